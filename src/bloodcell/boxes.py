@@ -1,0 +1,90 @@
+"""Box maths on numpy arrays (xyxy, float pixels).
+
+Hand-written because the torch-free runtime and the data layer must not import torch;
+torchvision.ops is used wherever torch is already loaded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def area(boxes: np.ndarray) -> np.ndarray:
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU, shape (len(a), len(b)); empty or degenerate boxes give 0."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def clip(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    return boxes
+
+
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """xyxy -> top-left xy plus width/height (the COCO layout)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+
+
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+
+def xyxy_to_cxcywh(boxes: np.ndarray) -> np.ndarray:
+    """xyxy -> centre xy plus width/height (the YOLO layout before normalizing)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], axis=1)
+
+
+def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    half = boxes[:, 2:] / 2
+    return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
+
+
+def normalize(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Pixel coordinates -> [0, 1] fractions of the image size."""
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / np.array([width, height, width, height])
+
+
+def denormalize(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array([width, height, width, height])
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices by descending score."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    keep: list[int] = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        if order.size == 1:
+            break
+        ious = iou_matrix(boxes[i : i + 1], boxes[order[1:]])[0]
+        order = order[1:][ious <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """NMS within each class: offsets boxes per class so classes never suppress each other."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if boxes.size == 0:
+        return np.zeros((0,), dtype=np.int64)
+    # The span (not just the max, as in torchvision) keeps classes apart when coordinates are negative.
+    offset = (boxes.max() - boxes.min() + 1.0) * np.asarray(labels, dtype=np.float64)[:, None]
+    return nms(boxes + offset, scores, iou_threshold)

@@ -1,0 +1,228 @@
+"""The ``bloodcell`` command: parses arguments, builds typed settings, calls one API function.
+
+Every failure the user can fix ends in one line on stderr and a non-zero exit code:
+2 for unusable input (dataset, model, options), 1 for "ran, but some items failed".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from bloodcell.errors import BloodcellError
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="check, describe, export and download Pascal VOC datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="{check,stats,export,download}")
+
+    p = dsub.add_parser("check", help="report every label fault (and what the repair does)")
+    p.add_argument("path", nargs="?", help="VOC dataset folder (default: --data, $BLOODCELL_DATA, or the cache)")
+    p.add_argument("--data", help="VOC dataset folder")
+    p.add_argument("--split", help="check only ImageSets/Main/<split>.txt (default: every annotation)")
+    p.add_argument("--strict", action="store_true", help="every finding is an error (exit 1)")
+    p.add_argument("--json", action="store_true", help="print findings as JSON instead of a table")
+    p.set_defaults(func=cmd_data_check)
+
+    p = dsub.add_parser("stats", help="per split and class: images, boxes, box sizes; PNG plots")
+    p.add_argument("path", nargs="?")
+    p.add_argument("--data")
+    p.add_argument("--out", help="folder for the plots and stats.json (default: runs/stats)", default="runs/stats")
+    p.set_defaults(func=cmd_data_stats)
+
+    p = dsub.add_parser("export", help="write the (repaired) labels as CSV, COCO, YOLO or TFRecord")
+    p.add_argument("path", nargs="?")
+    p.add_argument("--data")
+    p.add_argument("--format", required=True, choices=["csv", "coco", "yolo", "tfrecord"])
+    p.add_argument("--out", required=True, help="output folder (one file or folder per split)")
+    p.add_argument("--split", nargs="+", help="splits to export (default: train val test)")
+    p.set_defaults(func=cmd_data_export)
+
+    p = dsub.add_parser("download", help="fetch the public BCCD archive into the cache (sha256-checked)")
+    p.add_argument("--out", help="destination folder (default: ~/.cache/bloodcell/BCCD)")
+    p.add_argument("--url", help="archive to fetch instead of the pinned GitHub tarball (a mirror, or a file:// URL)")
+    p.add_argument("--sha256", help="expected sha256 of that archive (default: the pinned hash)")
+    p.set_defaults(func=cmd_data_download)
+
+
+def _data_root(args: argparse.Namespace):
+    from bloodcell.data.sources import resolve_data_root
+
+    return resolve_data_root(getattr(args, "path", None) or getattr(args, "data", None))
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from bloodcell.data.check import check_dataset, format_findings
+
+    report = check_dataset(_data_root(args), split=args.split)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(format_findings(report))
+    return 1 if (args.strict and report.findings) else 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from bloodcell.data.stats import compute_stats, plot_stats, write_stats
+
+    stats = compute_stats(_data_root(args))
+    print(stats)
+    write_stats(stats, args.out)
+    for path in plot_stats(stats, _data_root(args), args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_data_export(args: argparse.Namespace) -> int:
+    from bloodcell.data.export import export_dataset
+
+    for path in export_dataset(_data_root(args), args.format, args.out, splits=args.split):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from bloodcell.data.download import download_bccd
+
+    # Only options given on the command line override download_bccd's pinned defaults.
+    options = {k: v for k, v in (("url", args.url), ("sha256", args.sha256)) if v}
+    print(f"BCCD ready at {download_bccd(args.out, **options)}")
+    return 0
+
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    from bloodcell.config import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a detector on a VOC dataset")
+    p.add_argument("--model", default=d.model, help="architecture: cellnet (default), cellnet-mnv2, fasterrcnn")
+    p.add_argument("--data", help="VOC dataset folder")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--imgsz", type=int, default=d.imgsz, help="side of the square training crops (pixels)")
+    p.add_argument("--input-size", type=_size, default=d.input_size, help="WxH for validation and inference")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--augment", default=d.augment, help="augmentation preset: train, light, none")
+    p.add_argument("--val-every", type=int, default=d.val_every, help="validate every N epochs (and the last)")
+    p.add_argument("--weights", help="backbone weights file instead of the packaged ImageNet weights")
+    p.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights")
+    p.add_argument("--max-images", type=int, help="train on the first N images only (quick checks)")
+    p.add_argument("--out", default=d.out, help="run folder (default runs/train; numbered if it exists)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("val", help="score a model: VOC mAP@0.5, COCO AP, count error, plots")
+    p.add_argument("--model", help="model file (default: the shipped model)")
+    p.add_argument("--data", help="VOC dataset folder")
+    p.add_argument("--split", default="val")
+    p.add_argument("--conf", type=float, help="threshold for counts (default: the model's operating threshold)")
+    p.add_argument("--json", help="write the metrics as JSON to this file")
+    p.add_argument("--out", default="runs/val", help="folder for PR curves and the confusion matrix")
+    p.set_defaults(func=cmd_val)
+
+    p = sub.add_parser("predict", help="detect and count cells in images")
+    p.add_argument("source", nargs="+", help="image files, folders or globs")
+    p.add_argument("--model", help="model file (default: the shipped model)")
+    p.add_argument("--conf", type=float, help="threshold for counts (default: the model's operating threshold)")
+    p.add_argument("--min-score", type=float, help="lowest score listed in --json (default: --conf)")
+    p.add_argument("--out", help="folder for annotated images")
+    p.add_argument("--json", help="write one record per image to this JSON file")
+    p.add_argument("--csv", help="write per-image counts to this CSV file")
+    p.set_defaults(func=cmd_predict)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
+    return w, h
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bloodcell.config import TrainConfig
+    from bloodcell.engine.train import train
+
+    config = TrainConfig(
+        model=args.model,
+        data=args.data,
+        epochs=args.epochs,
+        batch=args.batch,
+        imgsz=args.imgsz,
+        input_size=args.input_size,
+        lr=args.lr,
+        seed=args.seed,
+        workers=args.workers,
+        device=args.device,
+        threads=args.threads,
+        augment=args.augment,
+        val_every=args.val_every,
+        weights=args.weights,
+        pretrained=not args.no_pretrained,
+        max_images=args.max_images,
+        out=args.out,
+        resume=args.resume,
+    )
+    train(config)
+    return 0
+
+
+def cmd_val(args: argparse.Namespace) -> int:
+    from bloodcell.engine.validate import validate
+
+    metrics = validate(
+        args.model, _data_root(args), split=args.split, conf=args.conf, out=args.out, json_path=args.json
+    )
+    print(metrics)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from bloodcell.app.predict_job import run_predict
+
+    return run_predict(
+        args.source,
+        model=args.model,
+        conf=args.conf,
+        min_score=args.min_score,
+        out=args.out,
+        json_path=args.json,
+        csv_path=args.csv,
+    )
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bloodcell", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_data_commands(sub)
+    _add_model_commands(sub)
+    return parser
+
+
+def _version() -> str:
+    from bloodcell import __version__
+
+    return f"bloodcell {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BloodcellError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

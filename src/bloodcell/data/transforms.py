@@ -1,0 +1,119 @@
+"""Augmentation presets chosen by name; every transform moves the image and its boxes together.
+
+Built on torchvision.transforms.v2 (tv_tensors.BoundingBoxes), so boxes can never drift from
+pixels. Microscopy has no "up": flips and 90-degree turns give all 8 orientations; stain and
+illumination vary between labs, hence colour jitter; scale jitter covers other magnifications.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from bloodcell.errors import ConfigError
+
+
+class RandomRotate90(v2.Transform):
+    """Turn by k * 90 degrees, k uniform in {0, 1, 2, 3}."""
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"k": int(torch.randint(4, ()).item())}
+
+    def transform(self, inpt, params: dict):
+        if params["k"] == 0:
+            return inpt
+        return F.rotate(inpt, angle=90.0 * params["k"], expand=True)
+
+
+class RandomScale(v2.Transform):
+    """Resize by one factor drawn uniformly from ``scale_range`` (aspect ratio kept, any orientation)."""
+
+    def __init__(self, scale_range: tuple[float, float] = (0.75, 1.25)) -> None:
+        super().__init__()
+        self.scale_range = scale_range
+
+    def make_params(self, flat_inputs: list) -> dict:
+        h, w = v2.query_size(flat_inputs)
+        lo, hi = self.scale_range
+        s = lo + (hi - lo) * float(torch.rand(()))
+        return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
+
+    def transform(self, inpt, params: dict):
+        return F.resize(inpt, params["size"], antialias=True)
+
+
+class RandomCropKeepVisible(v2.Transform):
+    """Random ``size`` crop (padding small images) that drops boxes left less than ``min_visible`` visible.
+
+    A sliver of a cell at the crop edge is not a cell; keeping it as a target would teach the
+    model to fire on fragments.
+    """
+
+    def __init__(self, size: int | tuple[int, int], min_visible: float = 0.4, fill: int = 0) -> None:
+        super().__init__()
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.min_visible = min_visible
+        self.fill = fill
+
+    def make_params(self, flat_inputs: list) -> dict:
+        h, w = v2.query_size(flat_inputs)
+        ch, cw = self.size
+        top = int(torch.randint(max(h - ch, 0) + 1, ()).item())
+        left = int(torch.randint(max(w - cw, 0) + 1, ()).item())
+        return {"top": top, "left": left}
+
+    def transform(self, inpt, params: dict):
+        ch, cw = self.size
+        out = F.crop(inpt, params["top"], params["left"], ch, cw)  # pads with zeros past the edge
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            before = _areas(inpt)
+            out = F.clamp_bounding_boxes(out)
+            visible = _areas(out) / before.clamp(min=1e-6)
+            out.visible = visible >= self.min_visible  # read by DropInvisible
+        return out
+
+
+def _areas(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+
+
+class DropInvisible(v2.Transform):
+    """Removes boxes (and their labels) marked invisible by RandomCropKeepVisible, then tiny ones."""
+
+    def __init__(self, min_size: float = 2.0) -> None:
+        super().__init__()
+        self.min_size = min_size
+
+    def forward(self, *inputs):
+        image, target = inputs if len(inputs) > 1 else inputs[0]
+        boxes = target["boxes"]
+        keep = getattr(boxes, "visible", torch.ones(len(boxes), dtype=torch.bool))
+        wh = boxes[:, 2:] - boxes[:, :2]
+        keep = keep & (wh >= self.min_size).all(dim=1)
+        target = dict(target)
+        target["boxes"] = tv_tensors.wrap(boxes[keep], like=boxes)
+        target["labels"] = target["labels"][keep]
+        return image, target
+
+
+def make_transforms(preset: str, crop_size: int = 384) -> v2.Compose | None:
+    """The augmentation policy called ``preset``: 'train' (full), 'light' (flips only), 'none'."""
+    if preset == "none":
+        return None
+    if preset == "light":
+        return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
+    if preset == "train":
+        return v2.Compose(
+            [
+                v2.RandomHorizontalFlip(),
+                RandomRotate90(),
+                v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.3, hue=0.04),
+                v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.2))], p=0.2),
+                RandomScale((0.75, 1.25)),
+                RandomCropKeepVisible(crop_size),
+                DropInvisible(),
+            ]
+        )
+    raise ConfigError(f"unknown augmentation preset {preset!r}; choose from 'train', 'light', 'none'")

@@ -1,0 +1,342 @@
+"""Pascal VOC reader that checks and repairs labels, reporting every finding.
+
+Coordinate convention: the numbers in ``<bndbox>`` are kept exactly as written and read as
+continuous pixel coordinates, x in [0, width] and y in [0, height]; a box covers
+``xmax - xmin`` pixels. This is how the seed's xml_to_csv / generate_tfrecord pipeline and
+the TF Object Detection API read BCCD, so exports reproduce the XML numbers unchanged.
+(Classic VOC tools subtract 1 from the 1-based ``xmin``/``ymin``; that shift is below the
+label noise of BCCD and is not applied.)
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from bloodcell import boxes as box_ops
+from bloodcell.errors import DatasetError
+from bloodcell.types import CLASS_NAMES, Detections
+
+#: Class-name variants seen in blood-smear datasets, keyed by their canonical spelling
+#: (lower case, no spaces, underscores or hyphens).
+DEFAULT_ALIASES: dict[str, str] = {
+    "rbc": "RBC",
+    "redbloodcell": "RBC",
+    "redbloodcells": "RBC",
+    "wbc": "WBC",
+    "whitebloodcell": "WBC",
+    "whitebloodcells": "WBC",
+    "platelets": "Platelets",
+    "platelet": "Platelets",
+    "platlets": "Platelets",
+    "platlet": "Platelets",
+    "plt": "Platelets",
+}
+
+DUPLICATE_IOU = 0.9
+SPLITS = ("train", "val", "test", "trainval")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found in the labels, and what the reader did about it."""
+
+    file: str
+    object: int | None  # 0-based index of the <object> in the XML, None for the whole file
+    kind: str
+    detail: str
+    action: str  # what the repair did: clipped, dropped, merged, renamed, skipped image, ...
+
+    def __str__(self) -> str:
+        where = self.file if self.object is None else f"{self.file} object {self.object}"
+        return f"{where}: {self.kind}: {self.detail} ({self.action})"
+
+
+@dataclass
+class VOCRecord:
+    """One image and its (repaired) boxes."""
+
+    image_path: Path
+    annotation_path: Path
+    width: int
+    height: int
+    boxes: np.ndarray  # (N, 4) float32 xyxy, see module docstring
+    labels: np.ndarray  # (N,) int64 indices into the dataset's class_names
+    difficult: np.ndarray  # (N,) bool
+
+    @property
+    def image_id(self) -> str:
+        return self.annotation_path.stem
+
+    @property
+    def targets(self) -> Detections:
+        return Detections(self.boxes, self.labels)
+
+
+@dataclass
+class VOCDataset:
+    root: Path
+    class_names: tuple[str, ...]
+    split: str | None
+    records: list[VOCRecord] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def box_counts(self) -> dict[str, int]:
+        labels = np.concatenate([r.labels for r in self.records]) if self.records else np.zeros(0, np.int64)
+        return Detections(np.zeros((len(labels), 4)), labels).counts(self.class_names)
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", name).casefold()
+
+
+def read_split_ids(root: Path, split: str) -> list[str]:
+    path = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not path.is_file():
+        raise DatasetError(f"{path}: split file not found (expected ImageSets/Main/{split}.txt)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read split file: {e}") from None
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
+
+
+def check_root(root: str | Path) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{root}: dataset folder not found (pass --data or set BLOODCELL_DATA)")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: is a file, expected a Pascal VOC folder with Annotations/ and JPEGImages/")
+    if not (root / "Annotations").is_dir():
+        raise DatasetError(f"{root}: no Annotations/ folder; not a Pascal VOC dataset")
+    return root
+
+
+def load_voc(
+    root: str | Path,
+    split: str | None = None,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+    aliases: dict[str, str] | None = None,
+    decode_images: bool = True,
+) -> VOCDataset:
+    """Read a VOC dataset, repairing what can be repaired and recording a Finding for each fault.
+
+    ``split`` names ImageSets/Main/<split>.txt; None reads every XML file in Annotations/.
+    With ``decode_images`` every image is fully decoded so that truncated files are found here
+    rather than in the middle of training.
+    """
+    root = check_root(root)
+    aliases = {**DEFAULT_ALIASES, **{canonical(k): v for k, v in (aliases or {}).items()}}
+    class_index = {name: i for i, name in enumerate(class_names)}
+    if split is None:
+        ids = sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
+        if not ids:
+            raise DatasetError(f"{root / 'Annotations'}: no .xml annotation files")
+    else:
+        ids = read_split_ids(root, split)
+    dataset = VOCDataset(root=root, class_names=tuple(class_names), split=split)
+    for image_id in ids:
+        record = _read_one(root, image_id, class_index, aliases, decode_images, dataset.findings)
+        if record is not None:
+            dataset.records.append(record)
+    return dataset
+
+
+def _find_image(root: Path, image_id: str, filename: str | None) -> Path | None:
+    folder = root / "JPEGImages"
+    if filename:
+        candidate = folder / Path(filename).name
+        if candidate.is_file():
+            return candidate
+    for ext in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".JPG", ".JPEG", ".PNG"):
+        candidate = folder / f"{image_id}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _parse_xml(path: Path, findings: list[Finding]) -> ET.Element | None:
+    name = path.name
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        findings.append(Finding(name, None, "missing-annotation", f"{path} not found", "skipped image"))
+        return None
+    except OSError as e:
+        findings.append(Finding(name, None, "unreadable-annotation", str(e), "skipped image"))
+        return None
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError as e:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            # Files saved by Windows tools in Latin-1 without a declaration: decode, re-parse.
+            try:
+                root = ET.fromstring(data.decode("latin-1"))
+            except ET.ParseError:
+                pass
+            else:
+                findings.append(
+                    Finding(name, None, "not-utf8", "XML is not valid UTF-8; read as Latin-1", "decoded as Latin-1")
+                )
+                return root
+        findings.append(Finding(name, None, "malformed-xml", f"XML does not parse: {e}", "skipped image"))
+        return None
+
+
+def _int_or_none(element: ET.Element | None, tag: str) -> int | None:
+    text = element.findtext(tag) if element is not None else None
+    try:
+        value = int(float(text)) if text is not None else None
+    except (ValueError, OverflowError):  # OverflowError: "inf" or "1e999" as a size
+        return None
+    return value if value is not None and value > 0 else None
+
+
+def _read_one(
+    root: Path,
+    image_id: str,
+    class_index: dict[str, int],
+    aliases: dict[str, str],
+    decode_images: bool,
+    findings: list[Finding],
+) -> VOCRecord | None:
+    xml_path = root / "Annotations" / f"{image_id}.xml"
+    xml_name = xml_path.name
+    tree = _parse_xml(xml_path, findings)
+    if tree is None:
+        return None
+
+    image_path = _find_image(root, image_id, tree.findtext("filename"))
+    if image_path is None:
+        detail = f"no image for {image_id} in JPEGImages/"
+        findings.append(Finding(xml_name, None, "missing-image", detail, "skipped image"))
+        return None
+    try:
+        with Image.open(image_path) as im:
+            width, height = im.size
+            if decode_images:
+                im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        detail = f"{image_path.name} cannot be decoded: {e}"
+        findings.append(Finding(xml_name, None, "bad-image", detail, "skipped image"))
+        return None
+
+    size = tree.find("size")
+    xml_w, xml_h = _int_or_none(size, "width"), _int_or_none(size, "height")
+    if xml_w is None or xml_h is None:
+        detail = f"<size> missing or invalid; image is {width}x{height}"
+        findings.append(Finding(xml_name, None, "missing-size", detail, "used image size"))
+    elif (xml_w, xml_h) != (width, height):
+        findings.append(
+            Finding(
+                xml_name,
+                None,
+                "size-mismatch",
+                f"<size> says {xml_w}x{xml_h} but {image_path.name} is {width}x{height}",
+                "used image size",
+            )
+        )
+
+    boxes: list[list[float]] = []
+    labels: list[int] = []
+    difficult: list[bool] = []
+    object_ids: list[int] = []
+    for i, obj in enumerate(tree.findall("object")):
+        raw_name = (obj.findtext("name") or "").strip()
+        name = raw_name if raw_name in class_index else aliases.get(canonical(raw_name), raw_name)
+        if name not in class_index:
+            detail = f"class {raw_name!r} is not one of {list(class_index)}"
+            findings.append(Finding(xml_name, i, "unknown-class", detail, "dropped"))
+            continue
+        if name != raw_name:
+            findings.append(Finding(xml_name, i, "class-alias", f"{raw_name!r} read as {name!r}", "renamed"))
+        bnd = obj.find("bndbox")
+        if bnd is None:
+            findings.append(Finding(xml_name, i, "missing-bndbox", "object has no <bndbox>", "dropped"))
+            continue
+        try:
+            coords = [float(bnd.findtext(tag)) for tag in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[arg-type]
+            if not all(np.isfinite(coords)):
+                raise ValueError("not finite")
+        except (TypeError, ValueError):
+            texts = {tag: bnd.findtext(tag) for tag in ("xmin", "ymin", "xmax", "ymax")}
+            detail = f"non-numeric or missing coordinates {texts}"
+            findings.append(Finding(xml_name, i, "bad-coordinate", detail, "dropped"))
+            continue
+        x1, y1, x2, y2 = coords
+        if x2 <= x1 or y2 <= y1:
+            findings.append(
+                Finding(xml_name, i, "degenerate-box", f"{name} box {coords} has zero or negative size", "dropped")
+            )
+            continue
+        clipped = box_ops.clip(np.array(coords), width, height)[0]
+        if not np.allclose(clipped, coords):
+            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+                detail = f"{name} box {coords} lies outside the {width}x{height} image"
+                findings.append(Finding(xml_name, i, "outside-image", detail, "dropped"))
+                continue
+            detail = f"{name} box {coords} extends past the {width}x{height} image"
+            findings.append(Finding(xml_name, i, "clipped-box", detail, "clipped"))
+            coords = [float(v) for v in clipped]
+        diff_text = obj.findtext("difficult")
+        boxes.append(coords)
+        labels.append(class_index[name])
+        difficult.append(diff_text is not None and diff_text.strip() == "1")
+        object_ids.append(i)
+
+    boxes_arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    difficult_arr = np.asarray(difficult, dtype=bool)
+    keep = _merge_duplicates(xml_name, boxes_arr, labels_arr, object_ids, list(class_index), findings)
+    return VOCRecord(
+        image_path=image_path,
+        annotation_path=xml_path,
+        width=width,
+        height=height,
+        boxes=boxes_arr[keep],
+        labels=labels_arr[keep],
+        difficult=difficult_arr[keep],
+    )
+
+
+def _merge_duplicates(
+    xml_name: str,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    object_ids: list[int],
+    class_names: list[str],
+    findings: list[Finding],
+) -> np.ndarray:
+    """Merge same-class pairs with IoU > 0.9 into their mean box (in place); return kept rows."""
+    keep = np.ones(len(boxes), dtype=bool)
+    if len(boxes) < 2:
+        return keep
+    ious = box_ops.iou_matrix(boxes, boxes)
+    for i in range(len(boxes)):
+        if not keep[i]:
+            continue
+        for j in range(i + 1, len(boxes)):
+            if keep[j] and labels[i] == labels[j] and ious[i, j] > DUPLICATE_IOU:
+                findings.append(
+                    Finding(
+                        xml_name,
+                        object_ids[j],
+                        "near-duplicate",
+                        f"{class_names[labels[j]]} box {boxes[j].tolist()} repeats object {object_ids[i]} "
+                        f"{boxes[i].tolist()} (IoU {ious[i, j]:.2f})",
+                        f"merged into object {object_ids[i]}",
+                    )
+                )
+                boxes[i] = (boxes[i] + boxes[j]) / 2
+                keep[j] = False
+    return keep

@@ -1,0 +1,305 @@
+"""Training: plain functions, everything passed in; a run folder that describes itself.
+
+run folder: config.yaml, metrics.csv (a row per epoch), results.png, last.pt (full state
+for --resume), best.pt (model file, chosen by val mAP@0.5, with the operating threshold).
+Every file is written atomically, so a kill at any moment leaves the last good state.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from bloodcell.atomic import write_text
+from bloodcell.config import TrainConfig
+from bloodcell.data.dataset import DetectionDataset, collate
+from bloodcell.data.sources import resolve_data_root
+from bloodcell.data.transforms import make_transforms
+from bloodcell.data.voc import load_voc
+from bloodcell.engine.ema import ModelEMA
+from bloodcell.engine.evaluate import choose_conf, predict_records, score
+from bloodcell.engine.metrics import DetectionMetrics
+from bloodcell.errors import ConfigError, DatasetError
+from bloodcell.models.cellnet_loss import CellNetLoss
+from bloodcell.models.checkpoint import ModelInfo, make_info, model_payload, read_checkpoint, save_checkpoint
+from bloodcell.models.registry import MODELS, build_model, model_config
+from bloodcell.runtime.torch_predictor import TorchPredictor
+
+CSV_FIELDS = ["epoch", "time_s", "lr", "loss_cls", "loss_box", "loss", "val_map50", "val_coco_ap50", "val_coco_ap50_95"]
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best: Path
+    epochs: int
+    best_map50: float
+    metrics: DetectionMetrics
+    wall_time_s: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    """Seed every RNG from (seed, epoch): a resumed epoch replays exactly as uninterrupted."""
+    s = seed * 100_003 + epoch
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    return torch.Generator().manual_seed(s)
+
+
+def lr_factor(it: int, total: int, warmup: int, min_ratio: float) -> float:
+    if it < warmup:
+        return 0.1 + 0.9 * it / max(warmup, 1)
+    progress = (it - warmup) / max(total - warmup, 1)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)  # no decay on norms and biases
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+
+
+def compute_losses(model: nn.Module, criterion, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+    if criterion is None:  # torchvision detectors compute their own losses
+        losses = model(list(images / 255.0), [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets])
+        return {
+            "cls": losses["loss_classifier"] + losses["loss_objectness"],
+            "box": losses["loss_box_reg"] + losses["loss_rpn_box_reg"],
+        }
+    cls, box = model(images)
+    return criterion(cls, box, targets, tuple(images.shape[-2:]))
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader: torch.utils.data.DataLoader,
+    ema: ModelEMA,
+    device: torch.device,
+    epoch: int,
+    grad_clip: float,
+    scaler: torch.amp.GradScaler | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    model.train()
+    totals = {"cls": 0.0, "box": 0.0}
+    n = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
+    for images, targets in bar:
+        images = images.to(device, non_blocking=True)
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        with torch.autocast(device.type, enabled=scaler is not None):
+            losses = compute_losses(model, criterion, images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"epoch {epoch + 1}: loss is {loss.item()}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+        scheduler.step()
+        ema.update(model)
+        n += 1
+        for k in totals:
+            totals[k] += float(losses[k].detach())
+        bar.set_postfix(loss=f"{(totals['cls'] + totals['box']) / n:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    out = {f"loss_{k}": v / max(n, 1) for k, v in totals.items()}
+    out["loss"] = out["loss_cls"] + out["loss_box"]
+    out["lr"] = optimizer.param_groups[0]["lr"]
+    return out
+
+
+def _run_dir(config: TrainConfig) -> Path:
+    out = Path(config.out)
+    if config.resume or not out.exists() or not any(out.iterdir()):
+        return out
+    i = 2
+    while (candidate := out.with_name(f"{out.name}{i}")).exists():
+        i += 1
+    return candidate
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    lines = [",".join(CSV_FIELDS)]
+    for r in rows:
+        lines.append(
+            ",".join(
+                "" if r.get(f) is None else (f"{r[f]:.6g}" if isinstance(r[f], float) else str(r[f]))
+                for f in CSV_FIELDS
+            )
+        )
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train ``config.model`` on the train split, pick the best epoch on val, return the run."""
+    out = _run_dir(config)
+    if config.resume:
+        if not (out / "last.pt").is_file():
+            raise ConfigError(f"--resume: {out / 'last.pt'} not found")
+        saved = read_checkpoint(out / "last.pt")
+        config = TrainConfig.from_dict({**saved["train_config"], "resume": True, "out": str(out)})
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    root = resolve_data_root(config.data)
+    train_set = load_voc(root, config.train_split)
+    val_set = load_voc(root, config.val_split)
+    records = train_set.records[: config.max_images] if config.max_images else train_set.records
+    if len(records) < config.batch:
+        raise DatasetError(f"{root}: split {config.train_split!r} has {len(records)} usable images, fewer than --batch")
+    class_names = train_set.class_names
+
+    mcfg = model_config(config.model, {"num_classes": len(class_names)})
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, mcfg, pretrained=config.pretrained, weights=config.weights).to(device)
+    criterion = CellNetLoss(mcfg, model.strides) if MODELS[config.model].kind == "dense" else None
+    dataset = DetectionDataset(records, make_transforms(config.augment, config.imgsz))
+    iters_per_epoch = len(dataset) // config.batch
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
+    total, warmup = iters_per_epoch * config.epochs, int(iters_per_epoch * config.warmup_epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, total, warmup, config.min_lr_ratio)
+    )
+    ema = ModelEMA(model, config.ema_decay)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    start_epoch, rows, best_map, elapsed = 0, [], -1.0, 0.0
+
+    if config.resume:
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start_epoch, rows, best_map = saved["epoch"] + 1, list(saved["rows"]), saved["best_map50"]
+        elapsed = saved["elapsed_s"]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    print(
+        f"training {config.model} on {len(records)} images ({root}), {config.epochs} epochs, device {device}, "
+        f"run folder {out}"
+    )
+
+    def model_info(conf: float = 0.5, metrics: dict | None = None) -> ModelInfo:
+        return make_info(
+            config.model,
+            mcfg,
+            class_names,
+            config.input_size,
+            conf=conf,
+            metrics=metrics or {},
+            extra={"train_config": config.to_dict()},
+        )
+
+    metrics = None
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.time()
+        generator = seed_epoch(config.seed, epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=config.batch,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=collate,
+            num_workers=config.workers,
+            generator=generator,
+            persistent_workers=False,
+        )
+        row = {
+            "epoch": epoch + 1,
+            **train_one_epoch(
+                model, criterion, optimizer, scheduler, loader, ema, device, epoch, config.grad_clip, scaler, progress
+            ),
+        }
+        last = epoch + 1 == config.epochs
+        if last or (epoch + 1) % config.val_every == 0:
+            predictor = TorchPredictor(ema.module, model_info(), device=str(device))
+            metrics = score(predict_records(predictor, val_set.records, progress), val_set.records, class_names, 0.5)
+            row.update(
+                val_map50=metrics.voc_map50, val_coco_ap50=metrics.coco_ap50, val_coco_ap50_95=metrics.coco_ap50_95
+            )
+            if metrics.voc_map50 > best_map:
+                best_map = metrics.voc_map50
+                save_checkpoint(out / "best.pt", model_payload(ema.module, model_info(metrics=metrics.to_dict())))
+        elapsed += time.time() - t0
+        row["time_s"] = round(elapsed, 1)
+        rows.append(row)
+        _write_csv(out / "metrics.csv", rows)
+        save_checkpoint(
+            out / "last.pt",
+            {
+                "format": "bloodcell-model",
+                "info": model_info().to_dict(),
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "rows": rows,
+                "best_map50": best_map,
+                "elapsed_s": elapsed,
+                "train_config": config.to_dict(),
+            },
+        )
+        summary = f"epoch {epoch + 1}/{config.epochs} loss {row['loss']:.3f} ({elapsed / 60:.1f} min)"
+        if "val_map50" in row:
+            summary += f" val mAP@0.5 {row['val_map50']:.4f} (best {best_map:.4f})"
+        print(summary, flush=True)
+        from bloodcell.engine.plots import plot_training
+
+        plot_training(rows, out / "results.png")
+
+    return finalize(out, val_set.records, class_names, elapsed, device)
+
+
+def finalize(out: Path, val_records: list, class_names: tuple[str, ...], elapsed: float, device) -> TrainResult:
+    """Choose the operating threshold on val for best.pt, store it with the final val metrics."""
+    from bloodcell.models.checkpoint import load_model
+
+    model, info = load_model(out / "best.pt")
+    predictor = TorchPredictor(model, info, device=str(device))
+    preds = predict_records(predictor, val_records)
+    info.conf = choose_conf(preds, val_records, len(class_names))
+    metrics = score(preds, val_records, class_names, info.conf)
+    info.metrics = {"val": metrics.to_dict()}
+    info.extra["train_wall_time_s"] = round(elapsed, 1)
+    save_checkpoint(out / "best.pt", model_payload(model, info))
+    print(metrics)
+    print(f"best model: {out / 'best.pt'} (operating threshold {info.conf:.3f})")
+    return TrainResult(out, out / "best.pt", len(list(csv_rows(out))), metrics.voc_map50, metrics, elapsed)
+
+
+def csv_rows(out: Path) -> list[str]:
+    text = (out / "metrics.csv").read_text().splitlines()
+    return text[1:]

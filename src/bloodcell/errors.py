@@ -1,0 +1,25 @@
+"""Errors that the CLI turns into one clear line (and an exit code) instead of a traceback."""
+
+
+class BloodcellError(Exception):
+    """Base class: the message alone must tell the user what is wrong and where."""
+
+    exit_code = 2
+
+
+class DatasetError(BloodcellError):
+    """The dataset cannot be read at all (missing folder, missing split file, ...)."""
+
+
+class ImageError(BloodcellError):
+    """One image cannot be read or decoded."""
+
+    exit_code = 1
+
+
+class ModelError(BloodcellError):
+    """A model file is missing, corrupt, or of an unknown kind."""
+
+
+class ConfigError(BloodcellError):
+    """Options that make no sense together, or unknown settings."""

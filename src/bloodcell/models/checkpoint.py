@@ -1,0 +1,119 @@
+"""Checkpoint I/O: plain dicts, written atomically, read with ``weights_only=True``.
+
+A model file holds what a user needs to run it: architecture name and settings, class
+names, input size, the operating threshold chosen on val, metrics and provenance.
+Training checkpoints (last.pt) add optimizer, scheduler, EMA and RNG state for --resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bloodcell.atomic import write_bytes
+from bloodcell.errors import ModelError
+from bloodcell.models.registry import MODELS, build_model, config_dict, model_config
+
+FORMAT = "bloodcell-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    config: dict[str, Any]
+    class_names: tuple[str, ...]
+    input_size: tuple[int, int]  # (width, height) the model runs at
+    conf: float = 0.5  # operating threshold for counts, chosen on val
+    iou_threshold: float = 0.5
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "config": self.config,
+            "class_names": list(self.class_names),
+            "input_size": list(self.input_size),
+            "conf": self.conf,
+            "iou_threshold": self.iou_threshold,
+            "metrics": self.metrics,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+        return cls(
+            name=d["name"],
+            config=dict(d["config"]),
+            class_names=tuple(d["class_names"]),
+            input_size=tuple(d["input_size"]),
+            conf=float(d.get("conf", 0.5)),
+            iou_threshold=float(d.get("iou_threshold", 0.5)),
+            metrics=dict(d.get("metrics", {})),
+            extra=dict(d.get("extra", {})),
+        )
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def model_payload(model: nn.Module, info: ModelInfo, half: bool = False) -> dict[str, Any]:
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "info": info.to_dict(), "model": state}
+
+
+def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    if expected_sha256 is not None:
+        actual = sha256_file(path)
+        if actual != expected_sha256:
+            raise ModelError(f"{path}: sha256 {actual[:12]}… does not match the expected {expected_sha256[:12]}…")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt zip, pickle refused by weights_only, truncated file, ...
+        raise ModelError(f"{path}: not a readable bloodcell model ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a bloodcell model file (no '{FORMAT}' header)")
+    return payload
+
+
+def load_model(path: str | Path, expected_sha256: str | None = None) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild the architecture from the file's settings and load its weights (eval mode)."""
+    payload = read_checkpoint(path, expected_sha256)
+    info = ModelInfo.from_dict(payload["info"])
+    if info.name not in MODELS:
+        raise ModelError(f"{path}: unknown architecture {info.name!r}")
+    model = build_model(info.name, model_config(info.name, info.config), pretrained=False)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"{path}: weights do not fit architecture {info.name!r}: {str(e)[:200]}") from None
+    model.eval()
+    return model, info
+
+
+def make_info(
+    name: str, config: Any, class_names: tuple[str, ...], input_size: tuple[int, int], **kw: Any
+) -> ModelInfo:
+    return ModelInfo(name=name, config=config_dict(config), class_names=tuple(class_names), input_size=input_size, **kw)

@@ -1,0 +1,36 @@
+"""Load any model file into a predictor, dispatching on its type; the shipped model by default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bloodcell.errors import ModelError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+MANIFEST = WEIGHTS_DIR / "manifest.json"
+
+
+def default_model() -> tuple[Path, str]:
+    """The shipped model file and its sha256 (from the manifest beside it)."""
+    try:
+        manifest = json.loads(MANIFEST.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{MANIFEST}: shipped model manifest unreadable ({e}); pass --model PATH") from None
+    return WEIGHTS_DIR / manifest["file"], manifest["sha256"]
+
+
+def load_predictor(path: str | Path | None = None, device: str = "cpu"):
+    """A predictor for ``path`` (.pt); None loads the shipped model after checking its sha256."""
+    expected = None
+    if path is None:
+        path, expected = default_model()
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        from bloodcell.models.checkpoint import load_model
+        from bloodcell.runtime.torch_predictor import TorchPredictor
+
+        model, info = load_model(path, expected_sha256=expected)
+        return TorchPredictor(model, info, device=device)
+    raise ModelError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected a .pt file")

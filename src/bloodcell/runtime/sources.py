@@ -1,0 +1,32 @@
+"""Expanding SOURCE arguments (files, folders, globs) into image paths."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+from bloodcell.runtime.images import IMAGE_SUFFIXES
+
+
+def expand_sources(sources: list[str]) -> tuple[list[Path], list[str]]:
+    """Return (image paths, problems). Folders give their images (sorted, not recursive);
+    globs their matches; a named file is always tried, whatever its suffix."""
+    paths: list[Path] = []
+    problems: list[str] = []
+    for source in sources:
+        p = Path(source)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        elif glob.has_magic(source):
+            found = sorted(Path(f) for f in glob.glob(source) if Path(f).is_file())
+            if not found:
+                problems.append(f"{source}: pattern matches no files")
+            paths.extend(found)
+        else:
+            problems.append(f"{p}: no such file or folder")
+    return paths, problems

@@ -1,0 +1,52 @@
+"""Predictor for PyTorch models (CellNet and torchvision detectors)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from bloodcell.models.checkpoint import ModelInfo
+from bloodcell.models.registry import MODELS
+from bloodcell.runtime.postprocess import PostprocessConfig, decode
+from bloodcell.runtime.preprocess import letterbox
+from bloodcell.types import Detections
+
+
+class TorchPredictor:
+    """Runs a model on RGB uint8 images; boxes come back in each image's own pixels."""
+
+    def __init__(self, model: nn.Module, info: ModelInfo, device: str = "cpu") -> None:
+        self.model = model.eval().to(device)
+        self.info = info
+        self.device = device
+        self.kind = MODELS[info.name].kind
+        self.class_names = info.class_names
+        self.input_size = tuple(info.input_size)
+        self.conf = info.conf
+        self.post = PostprocessConfig(iou_threshold=info.iou_threshold)
+
+    @torch.inference_mode()
+    def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections:
+        canvas, lb = letterbox(image, self.input_size)
+        x = torch.from_numpy(np.ascontiguousarray(canvas).copy()).permute(2, 0, 1)[None].float().to(self.device)
+        if self.kind == "dense":
+            cls, box = self.model(x)
+            dets = decode(
+                cls[0].float().cpu().numpy(),
+                box[0].float().cpu().numpy(),
+                self.input_size,
+                tuple(self.model.strides),
+                replace(self.post, min_score=min_score),
+            )
+        else:
+            out = self.model(list(x / 255.0))[0]
+            keep = out["scores"] >= min_score
+            dets = Detections(
+                out["boxes"][keep].cpu().numpy(),
+                out["labels"][keep].cpu().numpy() - 1,
+                out["scores"][keep].cpu().numpy(),
+            )
+        return Detections(lb.to_image(dets.boxes), dets.labels, dets.scores)

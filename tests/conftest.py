@@ -1,0 +1,34 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def bccd_root() -> Path:
+    """The read-only BCCD copy beside the repository (see ../shared/data/README.md)."""
+    root = REPO.parent / "shared" / "data" / "BCCD"
+    if not (root / "Annotations").is_dir():
+        pytest.skip(f"BCCD not found at {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_voc(bccd_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-image VOC folder (train 4, val 2) of symlinks into BCCD: real data, seconds to train on."""
+    root = tmp_path_factory.mktemp("tiny_voc")
+    split_ids = {s: (bccd_root / "ImageSets" / "Main" / f"{s}.txt").read_text().split() for s in ("train", "val")}
+    ids = {"train": split_ids["train"][:4], "val": split_ids["val"][:2]}
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    for split, names in ids.items():
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
+        for name in names:
+            (root / "Annotations" / f"{name}.xml").symlink_to(bccd_root / "Annotations" / f"{name}.xml")
+            (root / "JPEGImages" / f"{name}.jpg").symlink_to(bccd_root / "JPEGImages" / f"{name}.jpg")
+    return root

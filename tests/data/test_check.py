@@ -1,0 +1,94 @@
+"""`bloodcell data check`: exit codes, JSON output, and one-line errors for unusable datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from voc_factory import BCCD_FINDINGS, UNUSABLE, VOCFolder, make_voc
+
+from bloodcell.cli import main
+from bloodcell.data.check import check_dataset, format_findings
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["data", "check", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bccd_json_lists_exactly_the_known_faults(bccd_root: Path, capsys) -> None:
+    code, out, err = _run(capsys, str(bccd_root), "--json", "--strict")
+    assert code == 1 and err == ""
+    report = json.loads(out)
+    assert {(f["file"], f["object"], f["kind"]) for f in report["findings"]} == BCCD_FINDINGS
+    assert report["summary"] == {"near-duplicate": 7, "degenerate-box": 2}
+    assert report["images"] == 364
+    assert report["boxes_after_repair"] == {"RBC": 4146, "WBC": 372, "Platelets": 361}
+
+
+def test_bccd_table_ends_with_the_summary(bccd_root: Path, capsys) -> None:
+    code, out, _ = _run(capsys, "--data", str(bccd_root))
+    assert code == 0  # findings are repaired, so they fail only under --strict
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 + len(BCCD_FINDINGS) + 1  # header, one row per finding, summary
+    assert lines[-1] == (
+        "364 images, 4146 RBC, 372 WBC, 361 Platelets after repair; 9 findings (2 degenerate-box, 7 near-duplicate)"
+    )
+
+
+def test_bccd_split(bccd_root: Path, capsys) -> None:
+    code, out, _ = _run(capsys, str(bccd_root), "--split", "test", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["split"] == "test" and report["images"] == 72
+    assert [f["file"] for f in report["findings"]] == ["BloodImage_00284.xml"]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_clean_dataset_exits_0(tmp_path: Path, capsys, strict: bool) -> None:
+    make_voc(tmp_path)
+    code, out, err = _run(capsys, str(tmp_path), *(["--strict"] if strict else []))
+    assert (code, err) == (0, "")
+    assert out.strip() == "2 images, 2 RBC, 2 WBC, 2 Platelets after repair; 0 findings"
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_findings_exit_1_only_when_strict(tmp_path: Path, capsys, strict: bool) -> None:
+    voc = make_voc(tmp_path)
+    voc.add("bad", [("Platlets", (1, 1, 9, 9)), ("RBC", (5, 5, 5, 5))])
+    code, out, _ = _run(capsys, str(tmp_path), "--json", *(["--strict"] if strict else []))
+    assert code == (1 if strict else 0)
+    report = json.loads(out)
+    assert [(f["file"], f["object"], f["kind"]) for f in report["findings"]] == [
+        ("bad.xml", 0, "class-alias"),
+        ("bad.xml", 1, "degenerate-box"),
+    ]
+    assert report["summary"] == {"class-alias": 1, "degenerate-box": 1}
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE))
+def test_unusable_dataset_is_one_line_exit_2(tmp_path: Path, capsys, case: str) -> None:
+    build, split, words = UNUSABLE[case]
+    root = tmp_path / "voc"
+    build(root)
+    code, out, err = _run(capsys, str(root), *(["--split", split] if split else []))
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("error: ") and words in err
+
+
+def test_dataset_from_environment(tmp_path: Path, capsys, monkeypatch) -> None:
+    make_voc(tmp_path)
+    monkeypatch.setenv("BLOODCELL_DATA", str(tmp_path))
+    code, out, _ = _run(capsys)
+    assert code == 0 and "2 images" in out
+
+
+def test_format_findings_names_file_and_object(tmp_path: Path) -> None:
+    VOCFolder(tmp_path).add("x", [("RBC", (1, 1, 9, 9)), ("Neutrophil", (2, 2, 8, 8))])
+    text = format_findings(check_dataset(tmp_path))
+    header, row, summary = text.splitlines()
+    assert header.split()[:3] == ["file", "object", "kind"]
+    assert row.split()[:3] == ["x.xml", "1", "unknown-class"] and row.endswith("dropped")
+    assert summary.endswith("1 findings (1 unknown-class)")

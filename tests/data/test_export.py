@@ -1,0 +1,368 @@
+"""Exports of the repaired labels: every box of every split, atomic writes, the CLI, and a TensorFlow read-back."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from pycocotools.coco import COCO
+from voc_factory import VOCFolder
+
+from bloodcell import boxes as box_ops
+from bloodcell.cli import main
+from bloodcell.data import export as export_module
+from bloodcell.data.export import FORMATS, export_dataset
+from bloodcell.data.exports import csvfile, tfrecord
+from bloodcell.data.voc import VOCDataset, load_voc
+from bloodcell.errors import ConfigError, DatasetError
+from bloodcell.types import CLASS_NAMES
+
+SPLITS = ("train", "val", "test")
+BCCD_IMAGES = {"train": 205, "val": 87, "test": 72}
+BCCD_BOXES = {"RBC": 4146, "WBC": 372, "Platelets": 361}  # all three splits, after repair
+READBACK = Path(__file__).with_name("tfrecord_readback.py")
+
+
+# --- fixtures -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bccd(bccd_root: Path) -> dict[str, VOCDataset]:
+    datasets = {split: load_voc(bccd_root, split=split) for split in SPLITS}
+    assert {s: len(d) for s, d in datasets.items()} == BCCD_IMAGES
+    assert sum((Counter(d.box_counts()) for d in datasets.values()), Counter()) == BCCD_BOXES
+    return datasets
+
+
+@pytest.fixture(scope="module")
+def exported(bccd_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Export BCCD once per format for the whole module (each export reads all 364 images)."""
+    outs: dict[str, Path] = {}
+
+    def get(fmt: str) -> Path:
+        if fmt not in outs:
+            outs[fmt] = tmp_path_factory.mktemp(fmt)
+            export_dataset(bccd_root, fmt, outs[fmt])
+        return outs[fmt]
+
+    return get
+
+
+@pytest.fixture
+def tiny_voc(tmp_path: Path) -> Path:
+    """Non-integral coordinates, an image without boxes; train/val hold two images so a failure can hit mid-split."""
+    voc = VOCFolder(tmp_path / "voc")
+    voc.add("a", [("RBC", (10.5, 2, 30.25, 20)), ("Platelets", (1, 1, 5, 5))])
+    voc.add("b", [("WBC", (20, 10, 60, 44))])
+    voc.add("empty", [])
+    voc.write_split("train", ["a", "b"])
+    voc.write_split("val", ["a", "empty"])
+    voc.write_split("test", ["empty"])
+    return voc.root
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --- csv ------------------------------------------------------------------------------------------------------
+
+
+def test_csv_has_one_row_per_box_with_the_xml_numbers(exported: Callable[[str], Path], bccd: dict) -> None:
+    out = exported("csv")
+    assert sorted(p.name for p in out.iterdir()) == ["test.csv", "train.csv", "val.csv"]
+    totals: Counter[str] = Counter()
+    for split, dataset in bccd.items():
+        with (out / f"{split}.csv").open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            assert tuple(next(reader)) == csvfile.HEADER
+            rows = list(reader)
+        expected = [
+            [r.image_path.name, "640", "480", CLASS_NAMES[label], *(str(int(v)) for v in box)]  # BCCD: whole pixels
+            for r in dataset.records
+            for box, label in zip(r.boxes, r.labels, strict=True)
+        ]
+        assert rows == expected
+        assert len({row[0] for row in rows}) == BCCD_IMAGES[split]
+        totals.update(row[3] for row in rows)
+    assert totals == BCCD_BOXES
+
+
+def test_csv_writes_fractions_only_where_the_xml_has_them(tiny_voc: Path, tmp_path: Path) -> None:
+    export_dataset(tiny_voc, "csv", tmp_path / "out", splits=["train"])
+    text = (tmp_path / "out" / "train.csv").read_text(encoding="utf-8")
+    assert text.splitlines()[1:] == [
+        "a.jpg,64,48,RBC,10.5,2,30.25,20",
+        "a.jpg,64,48,Platelets,1,1,5,5",
+        "b.jpg,64,48,WBC,20,10,60,44",
+    ]
+
+
+# --- coco -----------------------------------------------------------------------------------------------------
+
+
+def test_coco_loads_in_pycocotools_with_every_box(exported: Callable[[str], Path], bccd: dict) -> None:
+    out = exported("coco")
+    totals: Counter[str] = Counter()
+    for split, dataset in bccd.items():
+        coco = COCO(str(out / f"{split}.json"))
+        assert len(coco.getImgIds()) == BCCD_IMAGES[split]
+        categories = coco.loadCats(coco.getCatIds())
+        assert [(c["id"], c["name"]) for c in categories] == [(1, "RBC"), (2, "WBC"), (3, "Platelets")]
+        for record, image in zip(dataset.records, coco.loadImgs(coco.getImgIds()), strict=True):
+            assert (image["file_name"], image["width"], image["height"]) == (record.image_path.name, 640, 480)
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+            np.testing.assert_allclose(box_ops.xywh_to_xyxy([a["bbox"] for a in anns]), record.boxes.reshape(-1, 4))
+            np.testing.assert_allclose([a["area"] for a in anns], box_ops.area(record.boxes))
+            assert [a["category_id"] - 1 for a in anns] == record.labels.tolist()
+            assert all(a["iscrowd"] == 0 for a in anns)
+        totals.update(CLASS_NAMES[a["category_id"] - 1] for a in coco.dataset["annotations"])
+    assert totals == BCCD_BOXES
+
+
+def test_coco_keeps_images_without_boxes(tiny_voc: Path, tmp_path: Path) -> None:
+    export_dataset(tiny_voc, "coco", tmp_path, splits=["val"])
+    data = json.loads((tmp_path / "val.json").read_text(encoding="utf-8"))
+    assert [i["file_name"] for i in data["images"]] == ["a.jpg", "empty.jpg"]
+    assert [a["bbox"] for a in data["annotations"]] == [[10.5, 2, 19.75, 18], [1, 1, 4, 4]]
+    assert {a["image_id"] for a in data["annotations"]} == {1}
+
+
+# --- yolo -----------------------------------------------------------------------------------------------------
+
+
+def _yolo_boxes(label_file: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.loadtxt(label_file, ndmin=2).reshape(-1, 5)
+    xyxy = box_ops.cxcywh_to_xyxy(box_ops.denormalize(rows[:, 1:], width, height))
+    return xyxy, rows[:, 0].astype(np.int64)
+
+
+def test_yolo_layout_labels_and_data_yaml(exported: Callable[[str], Path], bccd: dict) -> None:
+    out = exported("yolo")
+    data = yaml.safe_load((out / "data.yaml").read_text(encoding="utf-8"))
+    assert data == {
+        "path": str(out.resolve()),
+        "train": "images/train",
+        "val": "images/val",
+        "test": "images/test",
+        "names": {0: "RBC", 1: "WBC", 2: "Platelets"},
+    }
+    totals: Counter[str] = Counter()
+    for split, dataset in bccd.items():
+        assert len(list((out / "images" / split).iterdir())) == BCCD_IMAGES[split]
+        assert len(list((out / "labels" / split).iterdir())) == BCCD_IMAGES[split]
+        for record in dataset.records:
+            image = out / "images" / split / f"{record.image_id}.jpg"
+            assert image.read_bytes() == record.image_path.read_bytes()
+            boxes, labels = _yolo_boxes(out / "labels" / split / f"{record.image_id}.txt", 640, 480)
+            np.testing.assert_allclose(boxes, record.boxes, atol=1e-3)  # 6 decimals of 640 px
+            assert labels.tolist() == record.labels.tolist()
+            totals.update(CLASS_NAMES[i] for i in labels)
+    assert totals == BCCD_BOXES
+
+
+def test_yolo_line_format_and_empty_label_file(tiny_voc: Path, tmp_path: Path) -> None:
+    export_dataset(tiny_voc, "yolo", tmp_path, splits=["val"])
+    assert (tmp_path / "labels" / "val" / "a.txt").read_text(encoding="utf-8").splitlines() == [
+        "0 0.318359 0.229167 0.308594 0.375000",
+        "2 0.046875 0.062500 0.062500 0.083333",
+    ]
+    assert (tmp_path / "labels" / "val" / "empty.txt").read_text(encoding="utf-8") == ""
+
+
+def test_yolo_reexport_of_one_split_keeps_the_others_and_the_source(tiny_voc: Path, tmp_path: Path) -> None:
+    export_dataset(tiny_voc, "yolo", tmp_path)
+    export_dataset(tiny_voc, "yolo", tmp_path, splits=["val"])  # replaces images/val: links go, sources stay
+    data = yaml.safe_load((tmp_path / "data.yaml").read_text(encoding="utf-8"))
+    assert [k for k in data if k.startswith(("train", "val", "test"))] == ["train", "val", "test"]
+    assert sorted(p.name for p in (tiny_voc / "JPEGImages").iterdir()) == ["a.jpg", "b.jpg", "empty.jpg"]
+    assert (tmp_path / "images" / "val" / "a.jpg").read_bytes() == (tiny_voc / "JPEGImages" / "a.jpg").read_bytes()
+
+
+# --- tfrecord -------------------------------------------------------------------------------------------------
+
+
+def _read_frames(path: Path) -> list[bytes]:
+    """Split a TFRecord file into messages, checking both masked CRCs of each record."""
+    data, pos, messages = path.read_bytes(), 0, []
+    while pos < len(data):
+        header = data[pos : pos + 8]
+        (length,), (length_crc,) = struct.unpack("<Q", header), struct.unpack("<I", data[pos + 8 : pos + 12])
+        message = data[pos + 12 : pos + 12 + length]
+        (data_crc,) = struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])
+        assert (length_crc, data_crc) == (tfrecord.masked_crc32c(header), tfrecord.masked_crc32c(message))
+        messages.append(message)
+        pos += 16 + length
+    return messages
+
+
+def test_crc32c_matches_published_check_values() -> None:
+    assert tfrecord.crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check value
+    assert tfrecord.crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720, B.4
+    assert tfrecord.crc32c(b"\xff" * 32) == 0x62A8AB43
+
+
+def test_tfrecord_one_framed_example_per_image_and_label_map(exported: Callable[[str], Path]) -> None:
+    out = exported("tfrecord")
+    assert sorted(p.name for p in out.iterdir()) == ["label_map.pbtxt", *(f"{s}.tfrecord" for s in sorted(SPLITS))]
+    for split, n_images in BCCD_IMAGES.items():
+        assert len(_read_frames(out / f"{split}.tfrecord")) == n_images
+    assert (out / "label_map.pbtxt").read_text(encoding="utf-8").splitlines() == [
+        *("item {", "  id: 1", "  name: 'RBC'", "}"),
+        *("item {", "  id: 2", "  name: 'WBC'", "}"),
+        *("item {", "  id: 3", "  name: 'Platelets'", "}"),
+    ]
+
+
+def test_tfrecord_image_is_the_file_or_lossless_png(tmp_path: Path) -> None:
+    Image.new("RGB", (4, 3), (1, 2, 3)).save(tmp_path / "x.bmp")
+    Image.new("RGB", (4, 3), (1, 2, 3)).save(tmp_path / "x.jpg")
+    data, fmt = tfrecord.encoded_image(tmp_path / "x.bmp")
+    assert fmt == b"png"
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "x.bmp")), np.asarray(Image.open(io.BytesIO(data))))
+    assert tfrecord.encoded_image(tmp_path / "x.jpg") == ((tmp_path / "x.jpg").read_bytes(), b"jpeg")
+
+
+def _tensorflow_python() -> str:
+    """The interpreter that has TensorFlow (``make setup-dev`` installs the ``tf`` extra into the venv)."""
+    if importlib.util.find_spec("tensorflow") is None:
+        reason = "tensorflow is not installed; `make setup-dev` installs it (extra 'tf')"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}: the TFRecord read-back must run in CI")
+        pytest.skip(reason)
+    return sys.executable
+
+
+def _assert_matches(parsed: list[dict], dataset: VOCDataset) -> Counter[str]:
+    assert len(parsed) == len(dataset.records)
+    totals: Counter[str] = Counter()
+    for row, record in zip(parsed, dataset.records, strict=True):
+        name = record.image_path.name
+        assert (row["image/filename"], row["image/source_id"], row["image/format"]) == (name, name, "jpeg")
+        assert (row["image/height"], row["image/width"]) == (record.height, record.width)
+        assert row["decoded_shape"] == [record.height, record.width, 3]
+        assert row["encoded_sha256"] == hashlib.sha256(record.image_path.read_bytes()).hexdigest()
+        normalized = np.array([row[f"image/object/bbox/{k}"] for k in ("xmin", "ymin", "xmax", "ymax")]).T
+        boxes = box_ops.denormalize(normalized, record.width, record.height)
+        np.testing.assert_allclose(boxes, record.boxes.reshape(-1, 4), atol=1e-3)
+        assert row["image/object/class/label"] == (record.labels + 1).tolist()
+        assert row["image/object/class/text"] == [dataset.class_names[i] for i in record.labels]
+        assert row["image/object/difficult"] == record.difficult.astype(int).tolist()
+        totals.update(row["image/object/class/text"])
+    return totals
+
+
+def test_tfrecord_reads_back_with_tensorflow(
+    exported: Callable[[str], Path], bccd: dict, tiny_voc: Path, tmp_path: Path
+) -> None:
+    python = _tensorflow_python()
+    out = exported("tfrecord")
+    export_dataset(tiny_voc, "tfrecord", tmp_path, splits=["val"])  # an image with no boxes: empty lists
+    files = [out / f"{split}.tfrecord" for split in SPLITS] + [tmp_path / "val.tfrecord"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [python, str(READBACK), *map(str, files)], capture_output=True, text=True, env=env, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    parsed = json.loads(result.stdout)
+    totals = sum((_assert_matches(parsed[str(out / f"{s}.tfrecord")], bccd[s]) for s in SPLITS), Counter())
+    assert totals == BCCD_BOXES
+    _assert_matches(parsed[str(tmp_path / "val.tfrecord")], load_voc(tiny_voc, split="val"))
+
+
+# --- export_dataset and the CLI ---------------------------------------------------------------------------------
+
+
+def test_unknown_format_is_a_config_error_and_writes_nothing(tiny_voc: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown export format 'parquet'; choose one of: csv, coco, yolo, tfrecord"):
+        export_dataset(tiny_voc, "parquet", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_split_fails_before_anything_is_written(tiny_voc: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"nosuch\.txt"):
+        export_dataset(tiny_voc, "csv", tmp_path / "out", splits=["val", "nosuch"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_into_an_existing_folder_keeps_other_files(tiny_voc: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    paths = export_dataset(tiny_voc, "coco", out, splits=["test", "test"])
+    assert paths == [out / "test.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "test.json"]
+    with pytest.raises(ConfigError, match="not a folder"):
+        export_dataset(tiny_voc, "coco", out / "notes.txt")
+
+
+class _Exploding:
+    """A record whose every attribute fails, as a full disk or unreadable image would mid-export."""
+
+    def __getattr__(self, name: str) -> None:
+        raise OSError("simulated failure mid-export")
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_failure_mid_export_leaves_no_partial_file(
+    fmt: str, tiny_voc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def load_with_a_bad_val_record(root: Path, split: str, class_names: tuple[str, ...]) -> VOCDataset:
+        dataset = load_voc(root, split=split, class_names=class_names)
+        if split == "val":
+            dataset.records.insert(1, _Exploding())  # type: ignore[arg-type]  # after one good record
+        return dataset
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(export_module, "load_voc", load_with_a_bad_val_record)
+        with pytest.raises(OSError, match="simulated"):
+            export_dataset(tiny_voc, fmt, out)
+    written = [p.relative_to(out).as_posix() for p in out.rglob("*")]
+    assert any("train" in name for name in written), "train is written before val fails"
+    assert not [name for name in written if "/." in f"/{name}"], f"temporary files left: {written}"
+    assert not [name for name in written if "val" in name or "test" in name], written
+
+    export_dataset(tiny_voc, fmt, out)  # a complete export, then the same failure must not touch it
+    before = _files(out)
+    with monkeypatch.context() as m:
+        m.setattr(export_module, "load_voc", load_with_a_bad_val_record)
+        with pytest.raises(OSError, match="simulated"):
+            export_dataset(tiny_voc, fmt, out)
+    assert _files(out) == before
+    assert not [p for p in out.rglob(".*")], "temporary files or folders left"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("csv", ["val.csv"]),
+        ("coco", ["val.json"]),
+        ("yolo", ["data.yaml", "images", "labels"]),
+        ("tfrecord", ["label_map.pbtxt", "val.tfrecord"]),
+    ],
+)
+def test_cli_exports_one_split(
+    fmt: str, expected: list[str], bccd_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["data", "export", str(bccd_root), "--format", fmt, "--out", str(tmp_path), "--split", "val"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected
+    printed = capsys.readouterr().out.splitlines()
+    assert printed and all(line.startswith("wrote ") and Path(line[6:]).exists() for line in printed)
+    if fmt == "yolo":
+        assert [p.name for p in (tmp_path / "labels").iterdir()] == ["val"]
+        assert len(list((tmp_path / "images" / "val").iterdir())) == BCCD_IMAGES["val"]

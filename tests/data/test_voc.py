@@ -1,0 +1,173 @@
+"""The VOC reader: every known BCCD fault and nothing else; each kind of bad input gives its finding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from voc_factory import BCCD_FINDINGS, HEIGHT, UNUSABLE, WIDTH, VOCFolder, make_voc
+
+from bloodcell import boxes as box_ops
+from bloodcell.data.voc import load_voc
+from bloodcell.errors import DatasetError
+from bloodcell.types import CLASS_NAMES
+
+# Box counts (RBC, WBC, Platelets) after the repair drops 2 boxes and merges 7.
+BCCD_SPLIT_COUNTS = {"train": (2377, 214, 209), "val": (965, 87, 83), "test": (804, 71, 69)}
+
+
+def _where(findings) -> set[tuple[str, int | None, str]]:
+    return {(f.file, f.object, f.kind) for f in findings}
+
+
+@pytest.fixture(scope="module")
+def bccd(bccd_root: Path):
+    return load_voc(bccd_root)
+
+
+def test_bccd_reports_exactly_the_known_faults(bccd) -> None:
+    assert _where(bccd.findings) == BCCD_FINDINGS
+    assert len(bccd.findings) == len(BCCD_FINDINGS)
+    assert len(bccd) == 364
+    assert bccd.box_counts() == {"RBC": 4146, "WBC": 372, "Platelets": 361}
+
+
+def test_bccd_repair_leaves_no_degenerate_or_duplicate_box(bccd) -> None:
+    for record in bccd.records:
+        assert (record.boxes[:, 2:] > record.boxes[:, :2]).all(), record.image_id
+        assert (record.boxes[:, 2] <= record.width).all() and (record.boxes[:, 3] <= record.height).all()
+        ious = box_ops.iou_matrix(record.boxes, record.boxes)
+        same_class = record.labels[:, None] == record.labels[None, :]
+        np.fill_diagonal(ious, 0)
+        assert not (ious[same_class] > 0.9).any(), record.image_id
+
+
+@pytest.mark.parametrize("split", sorted(BCCD_SPLIT_COUNTS))
+def test_bccd_split_counts(bccd_root: Path, split: str) -> None:
+    dataset = load_voc(bccd_root, split=split, decode_images=False)
+    assert tuple(dataset.box_counts().values()) == BCCD_SPLIT_COUNTS[split]
+
+
+# --- bad input, one fault per case -------------------------------------------------------------
+
+Case = Callable[[VOCFolder], None]
+
+
+def _raw_xml(text: bytes) -> Case:
+    def build(voc: VOCFolder) -> None:
+        voc.add("bad")
+        voc.xml_path("bad").write_bytes(text)
+
+    return build
+
+
+def _objects(*objects) -> Case:
+    return lambda voc: voc.add("bad", objects)
+
+
+def _truncated_jpeg(voc: VOCFolder) -> None:
+    voc.add("bad")
+    # Noise, so that most of the file is scan data and the cut lands inside it, past the header.
+    Image.effect_noise((WIDTH, HEIGHT), 64).convert("RGB").save(voc.image_path("bad"), quality=95)
+    data = voc.image_path("bad").read_bytes()
+    voc.image_path("bad").write_bytes(data[: len(data) * 3 // 5])
+
+
+def _not_an_image(voc: VOCFolder) -> None:
+    voc.add("bad")
+    voc.image_path("bad").write_bytes(b"GIF? no")
+
+
+LATIN1_XML = (
+    "<annotation><folder>Blutausstrich Größe</folder><filename>bad.jpg</filename>"
+    f"<size><width>{WIDTH}</width><height>{HEIGHT}</height></size>"
+    "<object><name>RBC</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>"
+    "</annotation>"
+).encode("latin-1")
+
+# id -> (how to spoil a one-image dataset, the findings as (object, kind), boxes kept for the image or None if skipped)
+BAD_INPUT: dict[str, tuple[Case, set[tuple[int | None, str]], int | None]] = {
+    "malformed-xml": (_raw_xml(b"<annotation><object><name>RBC</name></annotation>"), {(None, "malformed-xml")}, None),
+    "empty-xml": (_raw_xml(b""), {(None, "malformed-xml")}, None),
+    "latin-1-xml": (_raw_xml(LATIN1_XML), {(None, "not-utf8")}, 1),
+    "missing-size": (lambda voc: voc.add("bad", xml_size=None), {(None, "missing-size")}, 1),
+    "infinite-size": (
+        _raw_xml(LATIN1_XML.replace(b"64</width>", b"inf</width>")),
+        {(None, "not-utf8"), (None, "missing-size")},
+        1,
+    ),
+    "size-mismatch": (lambda voc: voc.add("bad", xml_size=(640, 480)), {(None, "size-mismatch")}, 1),
+    "alias-platelet": (_objects(("platelet", (1, 1, 9, 9))), {(0, "class-alias")}, 1),
+    "alias-spaced-rbc": (_objects(("RBC", (20, 20, 40, 40)), (" rbc ", (1, 1, 9, 9))), {(1, "class-alias")}, 2),
+    "alias-platlets": (_objects(("Platlets", (1, 1, 9, 9))), {(0, "class-alias")}, 1),
+    "unknown-class": (_objects(("RBC", (20, 20, 40, 40)), ("Neutrophil", (1, 1, 9, 9))), {(1, "unknown-class")}, 1),
+    "no-bndbox": (_objects(("RBC", None)), {(0, "missing-bndbox")}, 0),
+    "non-numeric": (_objects(("RBC", (1, "one", 9, 9))), {(0, "bad-coordinate")}, 0),
+    "empty-coordinate": (_objects(("RBC", (1, "", 9, 9))), {(0, "bad-coordinate")}, 0),
+    "nan-coordinate": (_objects(("RBC", (1, "nan", 9, 9))), {(0, "bad-coordinate")}, 0),
+    "partly-outside": (_objects(("WBC", (-5, 30, 40, 60))), {(0, "clipped-box")}, 1),
+    "wholly-outside": (_objects(("WBC", (100, 10, 120, 20))), {(0, "outside-image")}, 0),
+    "zero-box": (_objects(("RBC", (20, 20, 40, 40)), ("RBC", (5, 5, 5, 5))), {(1, "degenerate-box")}, 1),
+    "negative-box": (_objects(("RBC", (30, 5, 10, 20))), {(0, "degenerate-box")}, 0),
+    "near-duplicate": (_objects(("RBC", (10, 10, 50, 46)), ("RBC", (11, 10, 51, 46))), {(1, "near-duplicate")}, 1),
+    "missing-image": (lambda voc: voc.add("bad", image=False), {(None, "missing-image")}, None),
+    "truncated-jpeg": (_truncated_jpeg, {(None, "bad-image")}, None),
+    "not-an-image": (_not_an_image, {(None, "bad-image")}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_gives_its_finding(tmp_path: Path, case: str) -> None:
+    build, expected, kept = BAD_INPUT[case]
+    voc = make_voc(tmp_path, n_images=1, splits=False)  # one clean image, img0, beside the spoiled one
+    build(voc)
+    dataset = load_voc(tmp_path)
+    assert _where(dataset.findings) == {("bad.xml", obj, kind) for obj, kind in expected}
+    assert all("bad" in str(f) for f in dataset.findings)  # the message names the file
+    by_id = {r.image_id: r for r in dataset.records}
+    assert len(by_id["img0"].boxes) == 3
+    if kept is None:
+        assert "bad" not in by_id
+    else:
+        assert len(by_id["bad"].boxes) == kept
+
+
+def test_repairs_give_the_expected_boxes(tmp_path: Path) -> None:
+    voc = VOCFolder(tmp_path)
+    # IoU of the two RBC boxes: 38*36 / (2*40*36 - 38*36) = 0.905, just over the 0.9 of a near-duplicate.
+    voc.add(
+        "a",
+        [("WBC", (-5, 30, 40, 60)), ("RBC", (10, 10, 50, 46)), ("RBC", (12, 10, 52, 46)), ("platelet", (1, 2, 3, 4))],
+    )
+    voc.add("b", [("RBC", (1, 1, 9, 9))], xml_size=(640, 480), image_size=(32, 24))
+    records = {r.image_id: r for r in load_voc(tmp_path).records}
+    a = records["a"]
+    np.testing.assert_array_equal(a.boxes, [[0, 30, 40, HEIGHT], [11, 10, 51, 46], [1, 2, 3, 4]])  # clipped, merged
+    assert [CLASS_NAMES[i] for i in a.labels] == ["WBC", "RBC", "Platelets"]
+    assert (records["b"].width, records["b"].height) == (32, 24)  # the pixels win over <size>
+
+
+def test_split_reads_only_listed_ids(tmp_path: Path) -> None:
+    make_voc(tmp_path, n_images=3)
+    assert [r.image_id for r in load_voc(tmp_path, split="train").records] == ["img0", "img1"]
+
+
+def test_split_id_without_annotation_is_a_finding(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path, n_images=1)
+    voc.write_split("val", ["img0", "ghost"])
+    dataset = load_voc(tmp_path, split="val")
+    assert _where(dataset.findings) == {("ghost.xml", None, "missing-annotation")}
+    assert len(dataset) == 1
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE))
+def test_unusable_dataset_raises_dataset_error(tmp_path: Path, case: str) -> None:
+    build, split, words = UNUSABLE[case]
+    root = tmp_path / "voc"
+    build(root)
+    with pytest.raises(DatasetError, match=words) as info:
+        load_voc(root, split=split)
+    assert str(root) in str(info.value) and "\n" not in str(info.value)

@@ -1,0 +1,117 @@
+"""`bloodcell predict`: odd images, bad files, outputs (a small random model keeps it fast)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bloodcell.cli import main
+from bloodcell.models.checkpoint import make_info, model_payload, save_checkpoint
+from bloodcell.models.registry import build_model, model_config
+from bloodcell.runtime.images import load_image
+from bloodcell.runtime.loader import load_predictor
+from bloodcell.types import CLASS_NAMES
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = model_config("cellnet", {"neck_channels": 16})
+    net = build_model("cellnet", cfg, pretrained=False).eval()
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, model_payload(net, make_info("cellnet", cfg, CLASS_NAMES, (320, 256), conf=0.3)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, bccd_root):
+    d = tmp_path_factory.mktemp("images")
+    rgb = Image.open(bccd_root / "JPEGImages" / "BloodImage_00001.jpg")
+    rgb.save(d / "a.jpg")
+    rgb.convert("L").save(d / "gray.png")
+    rgb.convert("RGBA").save(d / "rgba.png")
+    rgb.resize((4000, 3000)).save(d / "big.tif")
+    Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)).save(d / "deep16.png")
+    rgb.save(d / "b.bmp")
+    return d
+
+
+def test_image_modes_are_converted_to_rgb(images):
+    for name in ("gray.png", "rgba.png", "deep16.png", "b.bmp", "big.tif"):
+        a = load_image(images / name)
+        assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3, name
+    gray = load_image(images / "gray.png")
+    deep = load_image(images / "deep16.png")
+    assert np.abs(gray.astype(int) - deep.astype(int)).max() <= 1  # 16-bit scaled, not clipped
+
+
+def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path):
+    out, js, cs = tmp_path / "ann", tmp_path / "r.json", tmp_path / "c.csv"
+    code = main(["predict", str(images), "--model", str(model_file), "--out", str(out), "--json", str(js),
+                 "--csv", str(cs), "--min-score", "0.001"])
+    assert code == 0
+    records = json.loads(js.read_text())
+    assert {r["image"] for r in records} == {"a.jpg", "gray.png", "rgba.png", "big.tif", "deep16.png", "b.bmp"}
+    big = next(r for r in records if r["image"] == "big.tif")
+    assert (big["width"], big["height"]) == (4000, 3000)
+    for r in records:
+        assert set(r) == {"image", "width", "height", "counts", "detections"}
+        assert list(r["counts"]) == list(CLASS_NAMES)
+        for d in r["detections"]:
+            x1, y1, x2, y2 = d["box"]
+            assert 0 <= x1 <= x2 <= r["width"] and 0 <= y1 <= y2 <= r["height"]
+            assert d["score"] >= 0.001 and d["label"] in CLASS_NAMES
+        # counts are the detections at or above the model's operating threshold (0.3)
+        for name in CLASS_NAMES:
+            assert r["counts"][name] == sum(1 for d in r["detections"] if d["label"] == name and d["score"] >= 0.3)
+    rows = list(csv.DictReader(cs.open()))
+    assert len(rows) == 6 and set(rows[0]) == {"image", "width", "height", *CLASS_NAMES}
+    assert len(list(out.iterdir())) == 6
+
+
+def test_big_image_boxes_map_back_to_its_pixels(model_file, images):
+    predictor = load_predictor(model_file)
+    small = predictor.predict(load_image(images / "a.jpg"), min_score=0.2)
+    big = predictor.predict(load_image(images / "big.tif"), min_score=0.2)
+    if len(small) and len(big):
+        assert big.boxes.max() > small.boxes.max() * 3  # 6.25x larger image, boxes scaled up
+
+
+def test_corrupt_file_is_reported_and_skipped(model_file, images, tmp_path, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes((images / "a.jpg").read_bytes()[:2000])
+    txt = tmp_path / "notes.jpg"
+    txt.write_text("not an image")
+    code = main(["predict", str(bad), str(txt), str(images / "a.jpg"), "--model", str(model_file)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "broken.jpg" in err and "notes.jpg" in err and "Traceback" not in err
+    assert "1 images processed, 2 failed" in err
+
+
+def test_empty_folder_and_missing_path(model_file, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(empty), "--model", str(model_file)]) == 1
+    assert main(["predict", str(tmp_path / "nope.jpg"), "--model", str(model_file)]) == 1
+    err = capsys.readouterr().err
+    assert "folder has no images" in err and "no such file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10])
+def test_bad_model_file_is_one_line(tmp_path, images, capsys, content):
+    bad = tmp_path / "m.pt"
+    bad.write_bytes(content)
+    assert main(["predict", str(images / "a.jpg"), "--model", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "m.pt" in err[0]
+
+
+def test_unknown_model_type(tmp_path, images, capsys):
+    path = tmp_path / "m.caffemodel"
+    path.write_bytes(b"x")
+    assert main(["predict", str(images / "a.jpg"), "--model", str(path)]) == 2
+    assert "unknown model type" in capsys.readouterr().err
