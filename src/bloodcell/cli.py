@@ -97,7 +97,11 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a detector on a VOC dataset")
-    p.add_argument("--model", default=d.model, help="architecture: cellnet (default), cellnet-mnv2, fasterrcnn")
+    p.add_argument(
+        "--model",
+        default=d.model,
+        help="cellnet, cellnet-mnv2, fasterrcnn, or a .pt model to fine-tune",
+    )
     p.add_argument("--data", help="VOC dataset folder")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch", type=int, default=d.batch)
@@ -134,7 +138,28 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="folder for annotated images")
     p.add_argument("--json", help="write one record per image to this JSON file")
     p.add_argument("--csv", help="write per-image counts to this CSV file")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: the runtime's choice)")
+    p.add_argument("--edgetpu", action="store_true", help="run a compiled .tflite model on a Coral Edge TPU")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a model to ONNX or TFLite (fp32 or full-integer int8)")
+    p.add_argument("--model", help="model file (default: the shipped model)")
+    p.add_argument("--format", required=True, help="onnx or tflite")
+    p.add_argument("--int8", action="store_true", help="full-integer int8 (TFLite): int8 weights, activations, I/O")
+    p.add_argument("--calib-images", type=int, default=32, help="training images used to calibrate int8 ranges")
+    p.add_argument("--imgsz", type=_size, help="static input size WxH (default: the model's, 640x480)")
+    p.add_argument("--data", help="VOC dataset folder for calibration images")
+    p.add_argument("--out", required=True, help="output file (.onnx or .tflite); metadata goes to <out>.json")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("benchmark", help="size, mAP@0.5 and latency of every export format of a model")
+    p.add_argument("--model", help="model file (default: the shipped model)")
+    p.add_argument("--data", help="VOC dataset folder")
+    p.add_argument("--split", default="val")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--extra", nargs="+", default=[], help="more model files to include (e.g. a QAT .tflite)")
+    p.add_argument("--out", default="runs/benchmark", help="folder for the exports and benchmark.csv")
+    p.set_defaults(func=cmd_benchmark)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -194,7 +219,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
         out=args.out,
         json_path=args.json,
         csv_path=args.csv,
+        threads=args.threads,
+        edgetpu=args.edgetpu,
     )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bloodcell.export.exporter import export_model
+
+    result = export_model(
+        args.model,
+        args.format,
+        args.out,
+        int8=args.int8,
+        calib_images=args.calib_images,
+        imgsz=args.imgsz,
+        data=args.data,
+    )
+    print(f"wrote {result.path} ({result.size_bytes / 2**20:.2f} MB) and {result.metadata_path}")
+    if "ops" in result.metadata:
+        print(f"ops: {', '.join(result.metadata['ops'])}")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from bloodcell.engine.benchmark import benchmark, format_table
+
+    rows = benchmark(
+        args.model, _data_root(args), split=args.split, threads=args.threads, out=args.out, extra=args.extra
+    )
+    print(format_table(rows, args.split, args.threads))
+    print(f"wrote {args.out}/benchmark.csv")
+    return 1 if any(r.error for r in rows) else 0
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import tarfile
 import time
 from pathlib import Path
@@ -123,17 +122,26 @@ def test_not_a_tarball_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "BCCD").exists()
 
 
-def test_unpinned_hash_checks_the_layout_and_logs_the_digest(tmp_path: Path, monkeypatch, caplog) -> None:
-    archive, digest = make_archive(tmp_path)
+def test_without_archive_hash_the_layout_and_content_are_checked(tmp_path: Path, monkeypatch) -> None:
+    archive, _ = make_archive(tmp_path)
     with pytest.raises(DatasetError, match="2 annotation files, expected 364"):
         download_bccd(tmp_path / "BCCD", url=archive.as_uri(), sha256=None)
     assert not (tmp_path / "BCCD").exists()
 
     monkeypatch.setattr(download, "EXPECTED_ANNOTATIONS", 2)
-    with caplog.at_level(logging.WARNING, logger="bloodcell.data.download"):
+    with pytest.raises(DatasetError, match="not the pinned BCCD commit"):
         download_bccd(tmp_path / "BCCD", url=archive.as_uri(), sha256=None)
-    assert digest in caplog.text
+    assert not (tmp_path / "BCCD").exists()
+
+    content = download.tree_sha256_of(tmp_path / "src" / "BCCD")
+    download_bccd(tmp_path / "BCCD", url=archive.as_uri(), sha256=None, tree_sha256=content)
     assert (tmp_path / "BCCD" / "LICENSE").is_file()
+    assert download.tree_sha256_of(tmp_path / "BCCD") == content
+
+
+def test_pinned_tree_hash_is_the_real_bccd(bccd_root: Path) -> None:
+    """The pinned content hash equals the hash of the reference copy of the upstream commit."""
+    assert download.tree_sha256_of(bccd_root) == download.PINNED_TREE_SHA256
 
 
 UNREACHABLE = ["http://127.0.0.1:9/bccd.tar.gz", "file:///nonexistent/bccd.tar.gz", "nonsense-url"]

@@ -21,6 +21,7 @@ def test_perfect_predictions_score_one():
     assert m.voc_ap50["Platelets"] == pytest.approx(1.0)
     assert m.voc_ap50["WBC"] == 0.0  # no WBC in the ground truth: AP 0, as the OD API reports absent classes
     assert m.coco_ap50 == pytest.approx(1.0)
+    assert m.coco_ap50_95 == pytest.approx(1.0)
     assert m.count_mae == {"RBC": 0.0, "WBC": 0.0, "Platelets": 0.0}
 
 
@@ -35,7 +36,9 @@ def test_false_positive_ranked_first_halves_precision_at_first_hit():
 def test_duplicate_detection_counts_as_false_positive():
     ev = DetectionEvaluator(("RBC",), conf=0.5)
     gt = Detections([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 0])
-    ev.update(Detections([[0, 0, 10, 10], [0, 0, 10, 10.5], [20, 20, 30, 30]], [0, 0, 0], [0.9, 0.8, 0.7]), gt, (64, 64))
+    ev.update(
+        Detections([[0, 0, 10, 10], [0, 0, 10, 10.5], [20, 20, 30, 30]], [0, 0, 0], [0.9, 0.8, 0.7]), gt, (64, 64)
+    )
     # ranks: TP (p1 r.5), FP (p.5 r.5), TP (p.67 r1) -> AP = .5*1 + .5*.667
     assert ev.compute().voc_ap50["RBC"] == pytest.approx(0.5 + 0.5 * 2 / 3)
 

@@ -20,15 +20,23 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("model", ["cellnet", "fasterrcnn"])
 def test_smoke_train_two_iterations_writes_a_complete_run(tiny_voc, tmp_path, model):
-    cfg = TrainConfig(model=model, data=str(tiny_voc), epochs=1, batch=2, imgsz=256, out=str(tmp_path / "run"),
-                      threads=2, pretrained=False)
+    cfg = TrainConfig(
+        model=model,
+        data=str(tiny_voc),
+        epochs=1,
+        batch=2,
+        imgsz=256,
+        out=str(tmp_path / "run"),
+        threads=2,
+        pretrained=False,
+    )
     result = train(cfg, progress=False)
     run = tmp_path / "run"
     for name in ("config.yaml", "metrics.csv", "results.png", "last.pt", "best.pt"):
         assert (run / name).is_file(), name
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert len(rows) == 1 and float(rows[0]["loss"]) > 0
-    net, info = load_model(result.best)
+    _net, info = load_model(result.best)
     assert info.name == model and 0 < info.conf < 1
     assert "val" in info.metrics
 
@@ -41,9 +49,30 @@ def test_refuses_nonsense_options(tiny_voc):
 
 
 def _train_cmd(data, out, *extra):
-    return [sys.executable, "-m", "bloodcell.cli", "train", "--data", str(data), "--epochs", "3", "--batch", "2",
-            "--imgsz", "128", "--val-every", "1", "--threads", "1", "--seed", "7", "--no-pretrained", "--out", str(out),
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "bloodcell.cli",
+        "train",
+        "--data",
+        str(data),
+        "--epochs",
+        "3",
+        "--batch",
+        "2",
+        "--imgsz",
+        "128",
+        "--val-every",
+        "1",
+        "--threads",
+        "1",
+        "--seed",
+        "7",
+        "--no-pretrained",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_voc, tmp_path):
@@ -51,8 +80,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_voc, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(_train_cmd(tiny_voc, full), check=True, env=env, capture_output=True, timeout=300)
 
-    proc = subprocess.Popen(_train_cmd(tiny_voc, killed), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        _train_cmd(tiny_voc, killed), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     for line in proc.stdout:  # kill while epoch 2 runs, right after epoch 1 was saved
         if line.startswith("epoch 1/3"):
             time.sleep(0.3)

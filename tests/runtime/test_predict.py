@@ -34,7 +34,7 @@ def images(tmp_path_factory, bccd_root):
     rgb.convert("L").save(d / "gray.png")
     rgb.convert("RGBA").save(d / "rgba.png")
     rgb.resize((4000, 3000)).save(d / "big.tif")
-    Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)).save(d / "deep16.png")
+    Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257).save(d / "deep16.png")
     rgb.save(d / "b.bmp")
     return d
 
@@ -50,8 +50,22 @@ def test_image_modes_are_converted_to_rgb(images):
 
 def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path):
     out, js, cs = tmp_path / "ann", tmp_path / "r.json", tmp_path / "c.csv"
-    code = main(["predict", str(images), "--model", str(model_file), "--out", str(out), "--json", str(js),
-                 "--csv", str(cs), "--min-score", "0.001"])
+    code = main(
+        [
+            "predict",
+            str(images),
+            "--model",
+            str(model_file),
+            "--out",
+            str(out),
+            "--json",
+            str(js),
+            "--csv",
+            str(cs),
+            "--min-score",
+            "0.001",
+        ]
+    )
     assert code == 0
     records = json.loads(js.read_text())
     assert {r["image"] for r in records} == {"a.jpg", "gray.png", "rgba.png", "big.tif", "deep16.png", "b.bmp"}

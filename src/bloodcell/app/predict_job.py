@@ -20,12 +20,14 @@ def run_predict(
     out: str | None = None,
     json_path: str | None = None,
     csv_path: str | None = None,
+    threads: int | None = None,
+    edgetpu: bool = False,
 ) -> int:
     """Returns the exit code: 0 when every image was processed, 1 when any failed or none was found."""
     paths, problems = expand_sources(sources)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    predictor = load_predictor(model)
+    predictor = load_predictor(model, threads=threads, edgetpu=edgetpu)
     annotator = BoxAnnotator(predictor.class_names) if out else None
     results, failed = [], len(problems)
     for r in predict_paths(predictor, paths, conf=conf, min_score=min_score, keep_image=out is not None):

@@ -27,11 +27,13 @@ log = logging.getLogger(__name__)
 UPSTREAM_REPO = "Shenggan/BCCD_Dataset"
 UPSTREAM_COMMIT = "d272fb14cdff6e473fafeeeba32aba5f560e9e43"
 DEFAULT_URL = f"https://codeload.github.com/{UPSTREAM_REPO}/tar.gz/{UPSTREAM_COMMIT}"
-#: sha256 of the archive at DEFAULT_URL. None: not pinned yet, because it was written without
-#: network access. Until it is pinned, the download is checked by its layout instead (364
-#: annotations, each with its image, and the split files) and the computed hash is logged:
-#: pin that value here on the first networked run.
+#: sha256 of the archive at DEFAULT_URL. None: not pinned, because GitHub regenerates tarballs
+#: (their bytes, and so their hash, may change while the content does not). The content is
+#: pinned instead, by PINNED_TREE_SHA256.
 PINNED_SHA256: str | None = None
+#: sha256 over the unpacked Annotations/, JPEGImages/ and ImageSets/ of the pinned commit (see
+#: tree_sha256), computed from a copy of that commit; checked whenever the archive hash is not given.
+PINNED_TREE_SHA256 = "0bb479c7ed1c5f1e410e8e3c1b9a1565ee37feeb8e6375f6c93534deebf720c1"
 
 #: What the BCCD commit holds; used to check an archive whose hash is not pinned.
 EXPECTED_ANNOTATIONS = 364
@@ -46,11 +48,13 @@ def download_bccd(
     url: str = DEFAULT_URL,
     sha256: str | None = PINNED_SHA256,
     timeout: float = 60.0,
+    tree_sha256: str | None = PINNED_TREE_SHA256,
 ) -> Path:
     """Download the BCCD archive from ``url`` into ``dest`` (default: the user cache) and return ``dest``.
 
-    ``sha256`` is the archive's expected hash; None skips the hash and checks the unpacked layout
-    against the upstream counts instead. An existing BCCD folder at ``dest`` is replaced as a whole.
+    ``sha256`` is the archive's expected hash; without it the unpacked layout is checked against the
+    upstream counts and its content against ``tree_sha256``. An existing BCCD folder at ``dest`` is
+    replaced as a whole.
     """
     dest = Path(dest) if dest else default_data_root()
     _refuse_foreign_folder(dest)
@@ -67,9 +71,27 @@ def download_bccd(
         with atomic_dir(dest) as staging:
             _extract_bccd(archive, staging, url)
             _check_layout(staging, url, exact=sha256 is None)
+            if sha256 is None and tree_sha256 is not None:
+                content = tree_sha256_of(staging)
+                if content != tree_sha256:
+                    raise DatasetError(
+                        f"archive from {url}: dataset content has sha256 {content}, expected {tree_sha256}; "
+                        "it is not the pinned BCCD commit (nothing was written)"
+                    )
     if sha256 is None:
-        log.warning("sha256 of %s is %s (not pinned; layout checked instead)", url, digest)
+        log.info("sha256 of the archive from %s is %s (content checked by tree hash)", url, digest)
     return dest
+
+
+def tree_sha256_of(root: str | Path) -> str:
+    """sha256 over every file in the dataset folders: 'relative/path NUL sha256(file)' lines, sorted."""
+    root = Path(root)
+    lines = []
+    for folder in DATA_FOLDERS:
+        for path in sorted((root / folder).rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                lines.append(f"{path.relative_to(root).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n")
+    return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
 
 
 def _refuse_foreign_folder(dest: Path) -> None:

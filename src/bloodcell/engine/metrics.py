@@ -183,7 +183,6 @@ class DetectionEvaluator:
             gt.createIndex()
             dt = gt.loadRes(dets)
             ev = COCOeval(gt, dt, "bbox")
-            ev.params.maxDets = [1, 10, 300]  # a field holds up to ~40 cells; COCO's 100 would cut recall
             ev.evaluate()
             ev.accumulate()
             ev.summarize()

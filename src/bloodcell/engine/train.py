@@ -41,7 +41,6 @@ CSV_FIELDS = ["epoch", "time_s", "lr", "loss_cls", "loss_box", "loss", "val_map5
 class TrainResult:
     out: Path
     best: Path
-    epochs: int
     best_map50: float
     metrics: DetectionMetrics
     wall_time_s: float
@@ -83,7 +82,14 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
 
 def compute_losses(model: nn.Module, criterion, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
     if criterion is None:  # torchvision detectors compute their own losses
-        losses = model(list(images / 255.0), [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets])
+        # Their transform rescales every input to min_size; crops are already at native scale.
+        transform = model.transform
+        saved = transform.min_size, transform.max_size
+        transform.min_size, transform.max_size = (min(images.shape[-2:]),), max(images.shape[-2:])
+        try:
+            losses = model(list(images / 255.0), [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets])
+        finally:
+            transform.min_size, transform.max_size = saved
         return {
             "cls": losses["loss_classifier"] + losses["loss_objectness"],
             "box": losses["loss_box_reg"] + losses["loss_rpn_box_reg"],
@@ -162,6 +168,19 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
+def _initial_model(config: TrainConfig, class_names: tuple[str, ...]) -> tuple[str, object, nn.Module]:
+    """An architecture name builds a fresh model; a .pt model file is fine-tuned (same classes)."""
+    if config.model.endswith(".pt"):
+        from bloodcell.models.checkpoint import load_model
+
+        model, info = load_model(config.model)
+        if tuple(info.class_names) != tuple(class_names):
+            raise ConfigError(f"{config.model}: classes {info.class_names} differ from the dataset's {class_names}")
+        return info.name, model_config(info.name, info.config), model
+    mcfg = model_config(config.model, {"num_classes": len(class_names)})
+    return config.model, mcfg, build_model(config.model, mcfg, pretrained=config.pretrained, weights=config.weights)
+
+
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Train ``config.model`` on the train split, pick the best epoch on val, return the run."""
     out = _run_dir(config)
@@ -181,10 +200,10 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         raise DatasetError(f"{root}: split {config.train_split!r} has {len(records)} usable images, fewer than --batch")
     class_names = train_set.class_names
 
-    mcfg = model_config(config.model, {"num_classes": len(class_names)})
     torch.manual_seed(config.seed)
-    model = build_model(config.model, mcfg, pretrained=config.pretrained, weights=config.weights).to(device)
-    criterion = CellNetLoss(mcfg, model.strides) if MODELS[config.model].kind == "dense" else None
+    arch, mcfg, model = _initial_model(config, class_names)
+    model = model.to(device)
+    criterion = CellNetLoss(mcfg, model.strides) if MODELS[arch].kind == "dense" else None
     dataset = DetectionDataset(records, make_transforms(config.augment, config.imgsz))
     iters_per_epoch = len(dataset) // config.batch
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
@@ -213,7 +232,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
     def model_info(conf: float = 0.5, metrics: dict | None = None) -> ModelInfo:
         return make_info(
-            config.model,
+            arch,
             mcfg,
             class_names,
             config.input_size,
@@ -297,9 +316,4 @@ def finalize(out: Path, val_records: list, class_names: tuple[str, ...], elapsed
     save_checkpoint(out / "best.pt", model_payload(model, info))
     print(metrics)
     print(f"best model: {out / 'best.pt'} (operating threshold {info.conf:.3f})")
-    return TrainResult(out, out / "best.pt", len(list(csv_rows(out))), metrics.voc_map50, metrics, elapsed)
-
-
-def csv_rows(out: Path) -> list[str]:
-    text = (out / "metrics.csv").read_text().splitlines()
-    return text[1:]
+    return TrainResult(out, out / "best.pt", metrics.voc_map50, metrics, elapsed)

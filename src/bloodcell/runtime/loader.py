@@ -20,17 +20,35 @@ def default_model() -> tuple[Path, str]:
     return WEIGHTS_DIR / manifest["file"], manifest["sha256"]
 
 
-def load_predictor(path: str | Path | None = None, device: str = "cpu"):
-    """A predictor for ``path`` (.pt); None loads the shipped model after checking its sha256."""
+def load_predictor(
+    path: str | Path | None = None, device: str = "cpu", threads: int | None = None, edgetpu: bool = False
+):
+    """A predictor for ``path`` (.pt, .onnx, .tflite); None loads the shipped model after checking its sha256."""
     expected = None
     if path is None:
         path, expected = default_model()
     path = Path(path)
     suffix = path.suffix.lower()
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    if edgetpu and suffix != ".tflite":
+        raise ModelError(f"--edgetpu needs a .tflite model compiled for the Edge TPU, not {path.name}")
+    if suffix == ".onnx":
+        from bloodcell.runtime.exported import OnnxPredictor
+
+        return OnnxPredictor(path, threads=threads)
+    if suffix == ".tflite":
+        from bloodcell.runtime.exported import TFLitePredictor
+
+        return TFLitePredictor(path, threads=threads, edgetpu=edgetpu)
     if suffix == ".pt":
         from bloodcell.models.checkpoint import load_model
         from bloodcell.runtime.torch_predictor import TorchPredictor
 
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         model, info = load_model(path, expected_sha256=expected)
         return TorchPredictor(model, info, device=device)
-    raise ModelError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected a .pt file")
+    raise ModelError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected .pt, .onnx or .tflite")

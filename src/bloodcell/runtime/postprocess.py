@@ -46,14 +46,15 @@ def decode(
     input_size: tuple[int, int],
     strides: tuple[int, ...],
     config: PostprocessConfig = PostprocessConfig(),
+    probabilities: bool = False,
 ) -> Detections:
-    """One image: cls (A, K) logits and box (A, 4) log distances -> detections on the input canvas.
-
-    Every (point, class) pair above ``min_score`` is a candidate, as in torchvision's FCOS.
+    """One image: cls (A, K) logits (or probabilities) and box (A, 4) log distances -> detections
+    on the input canvas. Every (point, class) pair above ``min_score`` is a candidate, as in
+    torchvision's FCOS.
     """
     width, height = input_size
     points, point_strides = make_points(height, width, tuple(strides))
-    scores = sigmoid(cls_logits.astype(np.float32))
+    scores = cls_logits.astype(np.float32) if probabilities else sigmoid(cls_logits.astype(np.float32))
     idx, labels = np.nonzero(scores >= config.min_score)
     cand_scores = scores[idx, labels]
     if len(cand_scores) > config.pre_nms_topk:

@@ -1,0 +1,103 @@
+"""`bloodcell benchmark`: every deployable format of one model, scored and timed the same way.
+
+For each format: file size, VOC mAP@0.5 on a split (the same evaluator as `bloodcell val`) and
+the median latency per image after warm-up (letterbox + network + decode), like Ultralytics'
+benchmark. Exports are written to the output folder and reused by nothing else.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bloodcell.atomic import write_text
+from bloodcell.data.voc import load_voc
+from bloodcell.engine.evaluate import score
+from bloodcell.runtime.images import load_image
+from bloodcell.runtime.loader import default_model, load_predictor
+
+
+@dataclass
+class BenchmarkRow:
+    format: str
+    file: str
+    size_mb: float
+    map50: float | None
+    median_ms: float | None
+    error: str = ""
+
+
+def time_and_score(predictor, records, warmup: int = 3) -> tuple[float, float]:
+    images = [load_image(r.image_path) for r in records]
+    for im in images[:warmup]:
+        predictor.predict(im, min_score=0.001)
+    preds, times = [], []
+    for im in images:
+        t0 = time.perf_counter()
+        preds.append(predictor.predict(im, min_score=0.001))
+        times.append((time.perf_counter() - t0) * 1000)
+    metrics = score(preds, records, tuple(predictor.class_names), predictor.conf)
+    return metrics.voc_map50, statistics.median(times)
+
+
+def benchmark(
+    model: str | Path | None,
+    data: str | Path,
+    split: str = "val",
+    threads: int = 2,
+    out: str | Path = "runs/benchmark",
+    extra: list[str | Path] | None = None,
+    calib_images: int = 32,
+) -> list[BenchmarkRow]:
+    """Export ``model`` to every format, then score and time each (plus ``extra`` files, e.g. a QAT export)."""
+    from bloodcell.export.exporter import export_model
+
+    out = Path(out)
+    source = Path(model) if model else default_model()[0]
+    records = load_voc(data, split=split).records
+    candidates: list[tuple[str, Path | None, str]] = [("torch fp32", source, "")]
+    for name, fmt, suffix, int8 in (
+        ("onnx fp32", "onnx", ".onnx", False),
+        ("tflite fp32", "tflite", ".tflite", False),
+        ("tflite int8 (PTQ)", "tflite", "_int8.tflite", True),
+    ):
+        path = out / f"{source.stem}{suffix}"
+        try:
+            export_model(model, fmt, path, int8=int8, calib_images=calib_images, data=data)
+            candidates.append((name, path, ""))
+        except Exception as e:  # one failed export must not hide the others
+            candidates.append((name, None, f"{type(e).__name__}: {str(e)[:100]}"))
+    candidates += [(f"extra: {Path(p).name}", Path(p), "") for p in extra or []]
+
+    rows = []
+    for name, path, error in candidates:
+        if path is None:
+            rows.append(BenchmarkRow(name, "", 0.0, None, None, error))
+            continue
+        try:
+            predictor = load_predictor(path if path != source or model else None, threads=threads)
+            map50, ms = time_and_score(predictor, records)
+            rows.append(
+                BenchmarkRow(name, str(path), round(path.stat().st_size / 2**20, 2), round(map50, 4), round(ms, 1))
+            )
+        except Exception as e:
+            rows.append(BenchmarkRow(name, str(path), 0.0, None, None, f"{type(e).__name__}: {str(e)[:100]}"))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(asdict(rows[0])))
+    writer.writeheader()
+    writer.writerows(asdict(r) for r in rows)
+    write_text(out / "benchmark.csv", buffer.getvalue())
+    return rows
+
+
+def format_table(rows: list[BenchmarkRow], split: str, threads: int) -> str:
+    lines = [f"{'format':<22} {'size MB':>8} {f'mAP50 {split}':>11} {'ms/img':>8}  ({threads} threads)"]
+    for r in rows:
+        m = "-" if r.map50 is None else f"{r.map50:.4f}"
+        t = "-" if r.median_ms is None else f"{r.median_ms:.1f}"
+        lines.append(f"{r.format:<22} {r.size_mb:>8.2f} {m:>11} {t:>8}  {r.error}")
+    return "\n".join(lines)

@@ -1,0 +1,191 @@
+"""`bloodcell export`: a trained .pt model -> ONNX or TFLite (fp32 or full-integer int8).
+
+Each file gets a metadata sidecar ``<file>.json`` (class names, input size and layout,
+quantization, operating threshold, strides, source sha256, ops) that the torch-free runtime
+reads; decoding and NMS stay outside the graph (``bloodcell.runtime.postprocess``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bloodcell import __version__
+from bloodcell.atomic import atomic_open, write_text
+from bloodcell.errors import BloodcellError, ConfigError
+from bloodcell.export.formats import get_format
+from bloodcell.export.graph import ExportGraph
+from bloodcell.models.checkpoint import ModelInfo, load_model, sha256_file
+from bloodcell.models.registry import MODELS
+from bloodcell.runtime.loader import default_model
+
+OPSET = 17
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata_path: Path
+    size_bytes: int
+    metadata: dict = field(repr=False, default_factory=dict)
+
+
+def calibration_images(data: str | Path | None, size: tuple[int, int], count: int) -> list[np.ndarray]:
+    """The first ``count`` training images, letterboxed to ``size`` (deterministic)."""
+    from bloodcell.data.sources import resolve_data_root
+    from bloodcell.data.voc import load_voc
+    from bloodcell.runtime.images import load_image
+    from bloodcell.runtime.preprocess import letterbox
+
+    records = load_voc(resolve_data_root(data), split="train", decode_images=False).records[:count]
+    return [letterbox(load_image(r.image_path), size)[0] for r in records]
+
+
+def export_model(
+    model: str | Path | None,
+    fmt: str,
+    out: str | Path,
+    int8: bool = False,
+    calib_images: int = 32,
+    imgsz: tuple[int, int] | None = None,
+    data: str | Path | None = None,
+    qat_state: dict | None = None,
+) -> ExportResult:
+    """Export ``model`` (default: the shipped one) to ``out``."""
+    spec = get_format(fmt, int8)
+    out = Path(out)
+    if out.suffix.lower() != spec.suffix:
+        raise ConfigError(f"--out {out}: a {fmt} file must end in {spec.suffix}")
+    source = Path(model) if model else default_model()[0]
+    net, info = load_model(source, expected_sha256=None if model else default_model()[1])
+    if MODELS[info.name].kind != "dense":
+        raise ConfigError(f"{source}: {info.name} cannot be exported; export needs a one-stage model such as cellnet")
+    width, height = imgsz or tuple(info.input_size)
+    if width % 32 or height % 32:
+        raise ConfigError(f"--imgsz {width}x{height}: both sides must be multiples of 32")
+    graph = ExportGraph(net).eval()
+    example = torch.zeros(1, height, width, 3)
+
+    meta = _metadata(info, source, fmt, int8, (width, height), tuple(net.strides))
+    if fmt == "onnx":
+        _export_onnx(graph, example, out, meta)
+    else:
+        calibration = None
+        if int8 and qat_state is None:
+            images = calibration_images(data, (width, height), calib_images)
+            calibration = [torch.from_numpy(im.astype(np.float32))[None] for im in images]
+            meta["calibration_images"] = len(calibration)
+        _export_tflite(graph, example, out, int8, calibration, qat_state)
+        meta.update(_tflite_io(out))
+    meta_path = out.with_name(out.name + ".json")
+    write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    return ExportResult(out, meta_path, out.stat().st_size, meta)
+
+
+def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[int, int], strides) -> dict:
+    return {
+        "format": "bloodcell-export",
+        "version": __version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model_format": fmt,
+        "int8": int8,
+        "architecture": info.name,
+        "class_names": list(info.class_names),
+        "input_size": list(size),
+        "input_layout": "NHWC RGB pixels 0..255 (normalization is inside the graph)",
+        "outputs": {"scores": "(1, A, K) class probabilities", "boxes": "(1, A, 4) log distances l,t,r,b in strides"},
+        "strides": list(strides),
+        "conf": info.conf,
+        "iou_threshold": info.iou_threshold,
+        "source": source.name,
+        "source_sha256": sha256_file(source),
+        "source_metrics": info.metrics,
+    }
+
+
+def _export_onnx(graph: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict) -> None:
+    import onnx
+
+    with atomic_open(out, "wb") as f:
+        try:
+            torch.onnx.export(
+                graph,
+                (example,),
+                f,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["images"],
+                output_names=["scores", "boxes"],
+            )
+        except Exception as e:  # the exporter raises many types
+            raise BloodcellError(f"ONNX export failed: {type(e).__name__}: {str(e)[:200]}") from None
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    for key in ("class_names", "input_size", "strides", "conf", "iou_threshold", "source_sha256"):
+        model.metadata_props.add(key=key, value=json.dumps(meta[key]))
+    with atomic_open(out, "wb") as f:
+        f.write(model.SerializeToString())
+
+
+def _export_tflite(graph, example, out: Path, int8: bool, calibration, qat_state) -> None:
+    try:
+        import litert_torch
+        from litert_torch.quantize.quant_config import QuantConfig
+    except ImportError:
+        raise ConfigError("TFLite export needs litert-torch: pip install 'bloodcell[export]'") from None
+    from bloodcell.export.quantize import quantize_ptq
+
+    quant_config = None
+    module = graph
+    if int8:
+        if qat_state is not None:
+            module, quantizer = qat_state["graph"], qat_state["quantizer"]
+        else:
+            module, quantizer = quantize_ptq(graph, example, calibration)
+        quant_config = QuantConfig(pt2e_quantizer=quantizer)
+    try:
+        edge = litert_torch.convert(module, (example,), quant_config=quant_config)
+    except Exception as e:
+        raise BloodcellError(f"TFLite conversion failed: {type(e).__name__}: {str(e)[:200]}") from None
+    tmp = out.with_name(f".{out.name}.tmp")  # litert writes by path: write beside, then rename
+    try:
+        edge.export(str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def tflite_ops(path: str | Path) -> list[str]:
+    """The builtin operators of a .tflite file (as the interpreter sees them, before delegates)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    return sorted({op["op_name"] for op in it._get_ops_details()})
+
+
+def _tflite_io(path: Path) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(str(path))
+    detail = lambda d: {
+        "name": d["name"],
+        "shape": [int(v) for v in d["shape"]],
+        "dtype": np.dtype(d["dtype"]).name,
+        "quantization": [float(d["quantization"][0]), int(d["quantization"][1])],
+    }
+    outs = sorted(it.get_output_details(), key=lambda d: int(d["shape"][-1]), reverse=True)
+    return {
+        "ops": tflite_ops(path),
+        "tflite_input": detail(it.get_input_details()[0]),
+        "tflite_outputs": {
+            "scores": detail(outs[1]) if outs[0]["shape"][-1] == 4 else detail(outs[0]),
+            "boxes": detail(outs[0]) if outs[0]["shape"][-1] == 4 else detail(outs[1]),
+        },
+    }

@@ -1,0 +1,59 @@
+"""The shipped default model: integrity, and an accuracy guard on BCCD val (a drop fails CI)."""
+
+import json
+import shutil
+
+import pytest
+
+from bloodcell.cli import main
+from bloodcell.errors import ModelError
+from bloodcell.models.checkpoint import load_model
+from bloodcell.runtime.loader import default_model
+
+pytestmark = pytest.mark.slow
+
+#: Regression guard, not the target (BENCHMARKS.md has the measured numbers).
+MIN_VAL_MAP50 = 0.88
+
+
+def test_shipped_model_is_small_and_checked():
+    path, digest = default_model()
+    assert path.stat().st_size <= 25 * 2**20
+    _, info = load_model(path, expected_sha256=digest)
+    assert info.class_names == ("RBC", "WBC", "Platelets")
+    assert 0.05 <= info.conf <= 0.95
+
+
+def test_tampered_model_is_refused(tmp_path):
+    path, digest = default_model()
+    copy = tmp_path / path.name
+    shutil.copyfile(path, copy)
+    with copy.open("r+b") as f:
+        f.seek(-100, 2)
+        f.write(b"\0" * 10)
+    with pytest.raises(ModelError, match="sha256"):
+        load_model(copy, expected_sha256=digest)
+
+
+def test_shipped_model_accuracy_on_val(bccd_root, tmp_path, capsys):
+    out = tmp_path / "val"
+    code = main(
+        ["val", "--data", str(bccd_root), "--split", "val", "--json", str(tmp_path / "m.json"), "--out", str(out)]
+    )
+    assert code == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["images"] == 87
+    assert metrics["voc_map50"] >= MIN_VAL_MAP50, metrics
+    assert min(metrics["voc_ap50"].values()) >= 0.75, metrics
+    assert (out / "pr_curves.png").is_file() and (out / "confusion_matrix.png").is_file()
+    assert "VOC mAP@0.5" in capsys.readouterr().out
+
+
+def test_predict_counts_white_cells_on_bccd(bccd_root, tmp_path):
+    """Each of these val images holds exactly one labelled WBC; the shipped model must count it."""
+    names = ["BloodImage_00000.jpg", "BloodImage_00002.jpg", "BloodImage_00014.jpg"]
+    js = tmp_path / "r.json"
+    assert main(["predict", *(str(bccd_root / "JPEGImages" / n) for n in names), "--json", str(js)]) == 0
+    records = json.loads(js.read_text())
+    assert [r["counts"]["WBC"] for r in records] == [1, 1, 1]
+    assert all(r["counts"]["RBC"] >= 5 for r in records)
