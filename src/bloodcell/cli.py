@@ -11,7 +11,19 @@ import json
 import sys
 from collections.abc import Sequence
 
-from bloodcell.errors import BloodcellError
+from bloodcell.errors import BloodcellError, ConfigError
+
+#: Packages that only the training / export extras install; a missing one gets an install hint.
+EXTRAS = {
+    "torch": "torch",
+    "torchvision": "torch",
+    "timm": "torch",
+    "pycocotools": "torch",
+    "matplotlib": "torch",
+    "onnx": "export",
+    "litert_torch": "export",
+    "torchao": "export",
+}
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
@@ -152,6 +164,19 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output file (.onnx or .tflite); metadata goes to <out>.json")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("qat", help="quantization-aware fine-tuning, then export a full-integer int8 TFLite")
+    p.add_argument("--model", required=True, help="trained .pt model to start from")
+    p.add_argument("--data", help="VOC dataset folder (train split)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--imgsz", type=int, default=384, help="side of the square training crops")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--max-images", type=int, help="fine-tune on the first N images only (quick checks)")
+    p.add_argument("--out", required=True, help="output .tflite file; metadata goes to <out>.json")
+    p.set_defaults(func=cmd_qat)
+
     p = sub.add_parser("benchmark", help="size, mAP@0.5 and latency of every export format of a model")
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--data", help="VOC dataset folder")
@@ -242,6 +267,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_qat(args: argparse.Namespace) -> int:
+    from bloodcell.export.qat import QATConfig, qat_finetune
+
+    if not args.out.endswith(".tflite"):
+        raise ConfigError(f"--out {args.out}: QAT writes a .tflite file")
+    config = QATConfig(
+        model=args.model,
+        out=args.out,
+        data=args.data,
+        epochs=args.epochs,
+        batch=args.batch,
+        imgsz=args.imgsz,
+        lr=args.lr,
+        seed=args.seed,
+        max_images=args.max_images,
+        threads=args.threads,
+    )
+    result = qat_finetune(config)
+    print(f"wrote {result.path} ({result.size_bytes / 2**20:.2f} MB) and {result.metadata_path}")
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from bloodcell.engine.benchmark import benchmark, format_table
 
@@ -275,6 +322,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BloodcellError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # unwritable --out, a file where a folder is expected, full disk, ...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        print(f"error: `bloodcell {args.command}` needs {top}: pip install 'bloodcell[{EXTRAS[top]}]'", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

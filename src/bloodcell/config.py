@@ -38,8 +38,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.input_size = tuple(self.input_size)  # type: ignore[assignment]
-        if self.epochs < 1 or self.batch < 1:
-            raise ConfigError("--epochs and --batch must be at least 1")
+        if self.epochs < 1 or self.batch < 1 or self.val_every < 1:
+            raise ConfigError("--epochs, --batch and --val-every must be at least 1")
+        if self.lr <= 0 or self.workers < 0:
+            raise ConfigError("--lr must be positive and --workers not negative")
         if self.imgsz % 32 or any(s % 32 for s in self.input_size):
             raise ConfigError(f"--imgsz {self.imgsz} and input size {self.input_size} must be multiples of 32")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -21,5 +21,9 @@ class ModelError(BloodcellError):
     """A model file is missing, corrupt, or of an unknown kind."""
 
 
+class TrainingError(BloodcellError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
 class ConfigError(BloodcellError):
     """Options that make no sense together, or unknown settings."""

@@ -18,7 +18,7 @@ from bloodcell.models.checkpoint import load_model
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("model", ["cellnet", "fasterrcnn"])
+@pytest.mark.parametrize("model", ["cellnet", "cellnet-mnv2", "fasterrcnn"])
 def test_smoke_train_two_iterations_writes_a_complete_run(tiny_voc, tmp_path, model):
     cfg = TrainConfig(
         model=model,

@@ -88,10 +88,10 @@ def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path):
 
 def test_big_image_boxes_map_back_to_its_pixels(model_file, images):
     predictor = load_predictor(model_file)
-    small = predictor.predict(load_image(images / "a.jpg"), min_score=0.2)
-    big = predictor.predict(load_image(images / "big.tif"), min_score=0.2)
-    if len(small) and len(big):
-        assert big.boxes.max() > small.boxes.max() * 3  # 6.25x larger image, boxes scaled up
+    small = predictor.predict(load_image(images / "a.jpg"), min_score=0.001)
+    big = predictor.predict(load_image(images / "big.tif"), min_score=0.001)
+    assert len(small) and len(big)
+    assert big.boxes[:, 2].max() > 3 * 640 and big.boxes.max() <= 4000  # 6.25x larger image, boxes scaled up
 
 
 def test_corrupt_file_is_reported_and_skipped(model_file, images, tmp_path, capsys):

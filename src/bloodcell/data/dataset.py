@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from bloodcell.data.voc import VOCRecord
+from bloodcell.runtime.images import load_image
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -30,8 +29,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     def image(self, index: int) -> torch.Tensor:
         if index in self._cache:
             return self._cache[index]
-        with Image.open(self.records[index].image_path) as im:
-            tensor = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).contiguous()
+        pixels = load_image(self.records[index].image_path)  # the same decoding (EXIF, modes) as prediction
+        tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
         if self.cache:
             self._cache[index] = tensor
         return tensor

@@ -51,11 +51,10 @@ class RandomCropKeepVisible(v2.Transform):
     model to fire on fragments.
     """
 
-    def __init__(self, size: int | tuple[int, int], min_visible: float = 0.4, fill: int = 0) -> None:
+    def __init__(self, size: int | tuple[int, int], min_visible: float = 0.4) -> None:
         super().__init__()
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.min_visible = min_visible
-        self.fill = fill
 
     def make_params(self, flat_inputs: list) -> dict:
         h, w = v2.query_size(flat_inputs)
@@ -100,10 +99,12 @@ class DropInvisible(v2.Transform):
 
 def make_transforms(preset: str, crop_size: int = 384) -> v2.Compose | None:
     """The augmentation policy called ``preset``: 'train' (full), 'light' (flips only), 'none'."""
-    if preset == "none":
-        return None
+    if preset == "none":  # still cropped: batches need one image size
+        return v2.Compose([RandomCropKeepVisible(crop_size), DropInvisible()])
     if preset == "light":
-        return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
+        return v2.Compose(
+            [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomCropKeepVisible(crop_size), DropInvisible()]
+        )
     if preset == "train":
         return v2.Compose(
             [

@@ -224,6 +224,8 @@ def _read_one(
     try:
         with Image.open(image_path) as im:
             width, height = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says "turned 90°": pixels are read turned
+                width, height = height, width
             if decode_images:
                 im.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -280,7 +282,7 @@ def _read_one(
             )
             continue
         clipped = box_ops.clip(np.array(coords), width, height)[0]
-        if not np.allclose(clipped, coords):
+        if not np.array_equal(clipped, np.asarray(coords, dtype=np.float64)):
             if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
                 detail = f"{name} box {coords} lies outside the {width}x{height} image"
                 findings.append(Finding(xml_name, i, "outside-image", detail, "dropped"))

@@ -43,7 +43,7 @@ class DetectionMetrics:
         return {
             "images": self.images,
             "voc_map50": round(self.voc_map50, 4),
-            "voc_ap50": {k: round(v, 4) for k, v in self.voc_ap50.items()},
+            "voc_ap50": {k: None if np.isnan(v) else round(v, 4) for k, v in self.voc_ap50.items()},
             "coco_ap50": round(self.coco_ap50, 4),
             "coco_ap50_95": round(self.coco_ap50_95, 4),
             "count_mae": {k: round(v, 3) for k, v in self.count_mae.items()},
@@ -109,7 +109,7 @@ class DetectionEvaluator:
         return DetectionMetrics(
             class_names=self.class_names,
             voc_ap50=aps,
-            voc_map50=float(np.mean(list(aps.values()))),
+            voc_map50=float(np.nanmean(list(aps.values()))) if not all(np.isnan(list(aps.values()))) else 0.0,
             coco_ap50=coco50,
             coco_ap50_95=coco,
             count_mae=mae,
@@ -142,8 +142,8 @@ class DetectionEvaluator:
                 else:
                     tps.append(False)
                 scores.append(pscores[i])
-        if n_gt == 0:
-            return 0.0, ClassCurve(np.zeros(0), np.zeros(0), np.zeros(0))
+        if n_gt == 0:  # undefined, as in the TF OD API: left out of the mean
+            return float("nan"), ClassCurve(np.zeros(0), np.zeros(0), np.zeros(0))
         order = np.argsort(-np.asarray(scores), kind="stable")
         tp = np.asarray(tps, dtype=np.float64)[order]
         ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)

@@ -28,7 +28,8 @@ from bloodcell.data.voc import load_voc
 from bloodcell.engine.ema import ModelEMA
 from bloodcell.engine.evaluate import choose_conf, predict_records, score
 from bloodcell.engine.metrics import DetectionMetrics
-from bloodcell.errors import ConfigError, DatasetError
+from bloodcell.engine.plots import plot_training
+from bloodcell.errors import ConfigError, DatasetError, TrainingError
 from bloodcell.models.cellnet_loss import CellNetLoss
 from bloodcell.models.checkpoint import ModelInfo, make_info, model_payload, read_checkpoint, save_checkpoint
 from bloodcell.models.registry import MODELS, build_model, model_config
@@ -122,7 +123,7 @@ def train_one_epoch(
             losses = compute_losses(model, criterion, images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"epoch {epoch + 1}: loss is {loss.item()}; lower --lr")
+            raise TrainingError(f"epoch {epoch + 1}: loss is {loss.item()}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -220,6 +221,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
         start_epoch, rows, best_map = saved["epoch"] + 1, list(saved["rows"]), saved["best_map50"]
         elapsed = saved["elapsed_s"]
     else:
@@ -231,30 +234,16 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     )
 
     def model_info(conf: float = 0.5, metrics: dict | None = None) -> ModelInfo:
-        return make_info(
-            arch,
-            mcfg,
-            class_names,
-            config.input_size,
-            conf=conf,
-            metrics=metrics or {},
-            extra={"train_config": config.to_dict()},
-        )
+        extra = {"train_config": config.to_dict()}
+        return make_info(arch, mcfg, class_names, config.input_size, conf=conf, metrics=metrics or {}, extra=extra)
 
-    metrics = None
     for epoch in range(start_epoch, config.epochs):
         t0 = time.time()
         generator = seed_epoch(config.seed, epoch)
         loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=config.batch,
-            shuffle=True,
-            drop_last=True,
-            collate_fn=collate,
-            num_workers=config.workers,
-            generator=generator,
-            persistent_workers=False,
-        )
+            dataset, batch_size=config.batch, shuffle=True, drop_last=True, collate_fn=collate,
+            num_workers=config.workers, generator=generator,
+        )  # fmt: skip
         row = {
             "epoch": epoch + 1,
             **train_one_epoch(
@@ -275,28 +264,17 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         row["time_s"] = round(elapsed, 1)
         rows.append(row)
         _write_csv(out / "metrics.csv", rows)
-        save_checkpoint(
-            out / "last.pt",
-            {
-                "format": "bloodcell-model",
-                "info": model_info().to_dict(),
-                "model": model.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "rows": rows,
-                "best_map50": best_map,
-                "elapsed_s": elapsed,
-                "train_config": config.to_dict(),
-            },
-        )
+        save_checkpoint(out / "last.pt", {
+            "format": "bloodcell-model", "info": model_info().to_dict(), "model": model.state_dict(),
+            "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "rows": rows, "best_map50": best_map, "elapsed_s": elapsed,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "train_config": config.to_dict(),
+        })  # fmt: skip
         summary = f"epoch {epoch + 1}/{config.epochs} loss {row['loss']:.3f} ({elapsed / 60:.1f} min)"
         if "val_map50" in row:
             summary += f" val mAP@0.5 {row['val_map50']:.4f} (best {best_map:.4f})"
         print(summary, flush=True)
-        from bloodcell.engine.plots import plot_training
-
         plot_training(rows, out / "results.png")
 
     return finalize(out, val_set.records, class_names, elapsed, device)

@@ -56,6 +56,7 @@ def export_model(
     imgsz: tuple[int, int] | None = None,
     data: str | Path | None = None,
     qat_state: dict | None = None,
+    extra_metadata: dict | None = None,
 ) -> ExportResult:
     """Export ``model`` (default: the shipped one) to ``out``."""
     spec = get_format(fmt, int8)
@@ -82,7 +83,8 @@ def export_model(
             calibration = [torch.from_numpy(im.astype(np.float32))[None] for im in images]
             meta["calibration_images"] = len(calibration)
         _export_tflite(graph, example, out, int8, calibration, qat_state)
-        meta.update(_tflite_io(out))
+        meta.update(_tflite_io(out, len(info.class_names)))
+    meta.update(extra_metadata or {})
     meta_path = out.with_name(out.name + ".json")
     write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return ExportResult(out, meta_path, out.stat().st_size, meta)
@@ -110,27 +112,36 @@ def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[i
 
 
 def _export_onnx(graph: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict) -> None:
-    import onnx
+    import io
 
-    with atomic_open(out, "wb") as f:
-        try:
-            torch.onnx.export(
-                graph,
-                (example,),
-                f,
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=["images"],
-                output_names=["scores", "boxes"],
-            )
-        except Exception as e:  # the exporter raises many types
-            raise BloodcellError(f"ONNX export failed: {type(e).__name__}: {str(e)[:200]}") from None
-    model = onnx.load(str(out))
-    onnx.checker.check_model(model)
+    import onnx
+    import onnxruntime as ort
+
+    buffer = io.BytesIO()
+    try:
+        torch.onnx.export(
+            graph,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=["scores", "boxes"],
+        )
+    except Exception as e:  # the exporter raises many types
+        raise BloodcellError(f"ONNX export failed: {type(e).__name__}: {str(e)[:200]}") from None
+    model = onnx.load_from_string(buffer.getvalue())
     for key in ("class_names", "input_size", "strides", "conf", "iou_threshold", "source_sha256"):
         model.metadata_props.add(key=key, value=json.dumps(meta[key]))
+    data = model.SerializeToString()
+    try:  # checked by the ONNX checker and by running it once, before anything is written
+        onnx.checker.check_model(model)
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        session.run(None, {"images": example.numpy()})
+    except Exception as e:
+        raise BloodcellError(f"exported ONNX graph does not run in onnxruntime: {str(e)[:200]}") from None
     with atomic_open(out, "wb") as f:
-        f.write(model.SerializeToString())
+        f.write(data)
 
 
 def _export_tflite(graph, example, out: Path, int8: bool, calibration, qat_state) -> None:
@@ -170,22 +181,26 @@ def tflite_ops(path: str | Path) -> list[str]:
     return sorted({op["op_name"] for op in it._get_ops_details()})
 
 
-def _tflite_io(path: Path) -> dict:
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(str(path))
-    detail = lambda d: {
+def _tensor_info(d: dict) -> dict:
+    scale, zero = d["quantization"]
+    return {
         "name": d["name"],
         "shape": [int(v) for v in d["shape"]],
         "dtype": np.dtype(d["dtype"]).name,
-        "quantization": [float(d["quantization"][0]), int(d["quantization"][1])],
+        "quantization": [float(scale), int(zero)],
     }
-    outs = sorted(it.get_output_details(), key=lambda d: int(d["shape"][-1]), reverse=True)
+
+
+def _tflite_io(path: Path, num_classes: int) -> dict:
+    """Input/output tensor types and quantization, and the op list, for the metadata."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from bloodcell.runtime.exported import split_outputs
+
+    it = Interpreter(str(path))
+    scores, boxes = split_outputs(it.get_output_details(), num_classes)
     return {
         "ops": tflite_ops(path),
-        "tflite_input": detail(it.get_input_details()[0]),
-        "tflite_outputs": {
-            "scores": detail(outs[1]) if outs[0]["shape"][-1] == 4 else detail(outs[0]),
-            "boxes": detail(outs[0]) if outs[0]["shape"][-1] == 4 else detail(outs[1]),
-        },
+        "tflite_input": _tensor_info(it.get_input_details()[0]),
+        "tflite_outputs": {"scores": _tensor_info(scores), "boxes": _tensor_info(boxes)},
     }

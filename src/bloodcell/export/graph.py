@@ -21,12 +21,8 @@ class ExportGraph(nn.Module):
         self.model = model.eval()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        x = images.permute(0, 3, 1, 2) * m.scale + m.shift
-        feats = m.neck(m.backbone(x))
         scores, boxes = [], []
-        for head, f in zip(m.heads, feats, strict=True):
-            c, b = head(f)
+        for c, b in self.model.level_maps(images.permute(0, 3, 1, 2)):
             scores.append(torch.sigmoid(c).permute(0, 2, 3, 1).reshape(c.shape[0], -1, c.shape[1]))
             boxes.append(b.permute(0, 2, 3, 1).reshape(b.shape[0], -1, 4))
         return torch.cat(scores, 1), torch.cat(boxes, 1)

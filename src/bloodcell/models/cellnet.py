@@ -94,15 +94,16 @@ class CellNet(nn.Module):
             persistent=False,
         )
 
+    def level_maps(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per level: class logits (B, K, h, w) and box log distances (B, 4, h, w)."""
+        feats = self.neck(self.backbone(images * self.scale + self.shift))
+        return [head(f) for head, f in zip(self.heads, feats, strict=True)]
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images * self.scale + self.shift
-        feats = self.neck(self.backbone(x))
-        cls_out, box_out = [], []
-        for head, f in zip(self.heads, feats, strict=True):
-            c, b = head(f)
-            cls_out.append(c.flatten(2))  # (B, K, h*w)
-            box_out.append(b.flatten(2))
-        return torch.cat(cls_out, 2).transpose(1, 2), torch.cat(box_out, 2).transpose(1, 2)
+        maps = self.level_maps(images)
+        cls = torch.cat([c.flatten(2) for c, _ in maps], 2)  # (B, K, A)
+        box = torch.cat([b.flatten(2) for _, b in maps], 2)
+        return cls.transpose(1, 2), box.transpose(1, 2)
 
 
 def make_points(height: int, width: int, strides: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:

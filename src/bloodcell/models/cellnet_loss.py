@@ -17,8 +17,11 @@ INF = 1e8
 
 
 class CellNetLoss(nn.Module):
-    def __init__(self, config: CellNetConfig, strides: tuple[int, ...], box_weight: float = 2.0) -> None:
+    def __init__(
+        self, config: CellNetConfig, strides: tuple[int, ...], box_weight: float = 2.0, probabilities: bool = False
+    ) -> None:
         super().__init__()
+        self.probabilities = probabilities  # cls holds sigmoid outputs (the exported graph, for QAT)
         self.config = config
         self.strides = strides
         self.box_weight = box_weight
@@ -84,8 +87,12 @@ class CellNetLoss(nn.Module):
 
         num_pos = max(sum(len(p) for p in pos_pred), 1)
         # Quality focal loss: BCE towards the IoU target, modulated by |target - sigmoid|^2.
-        prob = cls.float().sigmoid()
-        bce = nn.functional.binary_cross_entropy_with_logits(cls.float(), cls_target, reduction="none")
+        if self.probabilities:
+            prob = cls.float().clamp(1e-6, 1 - 1e-6)
+            bce = nn.functional.binary_cross_entropy(prob, cls_target, reduction="none")
+        else:
+            prob = cls.float().sigmoid()
+            bce = nn.functional.binary_cross_entropy_with_logits(cls.float(), cls_target, reduction="none")
         loss_cls = (bce * (cls_target - prob).abs().pow(2)).sum() / num_pos
         if pos_pred:
             loss_box = generalized_box_iou_loss(torch.cat(pos_pred), torch.cat(pos_gt), reduction="sum") / num_pos

@@ -17,8 +17,16 @@ from bloodcell.runtime.preprocess import letterbox
 from bloodcell.types import Detections
 
 
+def metadata_path(path: Path) -> Path:
+    """<file>.json; for edgetpu_compiler's X_edgetpu.tflite, the sidecar of the X.tflite it came from."""
+    own = path.with_name(path.name + ".json")
+    if not own.exists() and path.stem.endswith("_edgetpu"):
+        return path.with_name(path.stem.removesuffix("_edgetpu") + path.suffix + ".json")
+    return own
+
+
 def read_metadata(path: Path) -> dict:
-    meta_path = path.with_name(path.name + ".json")
+    meta_path = metadata_path(path)
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
@@ -73,6 +81,16 @@ class OnnxPredictor(ExportedPredictor):
         return scores[0], boxes[0]
 
 
+def split_outputs(outputs: list[dict], num_classes: int) -> tuple[dict, dict]:
+    """(scores, boxes) output details, told apart by their last dimension (K vs 4); when K is 4 too,
+    by name order (output_0 is scores), which the Edge TPU compiler keeps."""
+    by_dim = {int(d["shape"][-1]): d for d in outputs}
+    if num_classes != 4 and set(by_dim) == {num_classes, 4}:
+        return by_dim[num_classes], by_dim[4]
+    first, second = sorted(outputs, key=lambda d: d["name"])
+    return first, second
+
+
 def _interpreter_module():
     try:
         from ai_edge_litert import interpreter
@@ -98,9 +116,7 @@ class TFLitePredictor(ExportedPredictor):
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"{path}: LiteRT cannot load it ({str(e)[:160]})") from None
         self.input = self.interpreter.get_input_details()[0]
-        outs = self.interpreter.get_output_details()
-        self.scores_out = next(d for d in outs if d["shape"][-1] == len(self.class_names))
-        self.boxes_out = next(d for d in outs if d is not self.scores_out and d["shape"][-1] == 4)
+        self.scores_out, self.boxes_out = split_outputs(self.interpreter.get_output_details(), len(self.class_names))
 
     def _quantize(self, canvas: np.ndarray) -> np.ndarray:
         dtype = self.input["dtype"]

@@ -13,15 +13,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
 def to_rgb_uint8(im: Image.Image) -> np.ndarray:
-    """Grayscale, palette, RGBA (alpha dropped onto black) and 16-bit images -> (H, W, 3) uint8."""
+    """Grayscale, palette, RGBA (alpha channel dropped) and 16-bit images -> (H, W, 3) uint8, EXIF-rotated."""
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
         top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
         a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        return np.asarray(im.convert("RGB"))
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im)

@@ -27,13 +27,15 @@ class ImageResult:
     timing_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     image: np.ndarray | None = field(default=None, repr=False)
+    min_score: float | None = None  # lowest score listed in records (None: all detections)
 
     @property
     def counts(self) -> dict[str, int]:
         return self.detections.above(self.conf).counts(self.class_names)
 
     def to_record(self) -> dict:
-        """The JSON record of `bloodcell predict --json` and the web API."""
+        """The JSON record of `bloodcell predict --json`."""
+        listed = self.detections if self.min_score is None else self.detections.above(self.min_score)
         return {
             "image": self.path.name,
             "width": self.width,
@@ -45,17 +47,19 @@ class ImageResult:
                     "score": round(float(s), 4),
                     "box": [round(float(v), 1) for v in b],
                 }
-                for b, lab, s in zip(self.detections.boxes, self.detections.labels, self.detections.scores, strict=True)
+                for b, lab, s in zip(listed.boxes, listed.labels, listed.scores, strict=True)
             ],
         }
 
 
 def predict_image(predictor, image: np.ndarray, path: Path, conf: float, min_score: float) -> ImageResult:
     t0 = time.perf_counter()
-    dets = predictor.predict(image, min_score=min_score)
+    dets = predictor.predict(image, min_score=min(conf, min_score))
     ms = (time.perf_counter() - t0) * 1000
     h, w = image.shape[:2]
-    return ImageResult(path, w, h, dets, conf, tuple(predictor.class_names), {"inference": ms}, image=image)
+    result = ImageResult(path, w, h, dets, conf, tuple(predictor.class_names), {"inference": ms}, image=image)
+    result.min_score = min_score
+    return result
 
 
 def predict_paths(

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from bloodcell.models.checkpoint import ModelInfo
+from bloodcell.models.fold import fold_batch_norms
 from bloodcell.models.registry import MODELS
 from bloodcell.runtime.postprocess import PostprocessConfig, decode
 from bloodcell.runtime.preprocess import letterbox
@@ -19,7 +20,10 @@ class TorchPredictor:
     """Runs a model on RGB uint8 images; boxes come back in each image's own pixels."""
 
     def __init__(self, model: nn.Module, info: ModelInfo, device: str = "cpu") -> None:
-        self.model = model.eval().to(device)
+        model = model.eval()
+        if MODELS[info.name].kind == "dense":
+            model = fold_batch_norms(model)[0]  # a copy; the same numbers, ~2x faster on CPU with channels_last
+        self.model = model.to(device, memory_format=torch.channels_last)
         self.info = info
         self.device = device
         self.kind = MODELS[info.name].kind
@@ -32,6 +36,7 @@ class TorchPredictor:
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections:
         canvas, lb = letterbox(image, self.input_size)
         x = torch.from_numpy(np.ascontiguousarray(canvas).copy()).permute(2, 0, 1)[None].float().to(self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
         if self.kind == "dense":
             cls, box = self.model(x)
             dets = decode(

@@ -1,0 +1,120 @@
+"""Quantization-aware training: fine-tune with fake int8 quantization, then convert to TFLite.
+
+Flow (torchao pt2e, which litert-torch converts): fold batch norms -> export the graph with
+dynamic batch and image size -> prepare_qat_pt2e with the same quantizer as PTQ -> fine-tune
+on training crops with the CellNet loss (on probabilities) -> convert_pt2e -> TFLite int8.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from bloodcell.data.dataset import DetectionDataset, collate
+from bloodcell.data.sources import resolve_data_root
+from bloodcell.data.transforms import make_transforms
+from bloodcell.data.voc import load_voc
+from bloodcell.engine.train import seed_epoch
+from bloodcell.errors import ConfigError
+from bloodcell.export.graph import ExportGraph
+from bloodcell.export.quantize import make_quantizer
+from bloodcell.models.cellnet_loss import CellNetLoss
+from bloodcell.models.checkpoint import load_model
+from bloodcell.models.fold import fold_batch_norms
+from bloodcell.models.registry import MODELS
+
+
+@dataclass
+class QATConfig:
+    model: str
+    out: str
+    data: str | None = None
+    epochs: int = 2
+    batch: int = 8
+    imgsz: int = 384
+    lr: float = 1e-4
+    seed: int = 0
+    max_images: int | None = None
+    threads: int | None = None
+
+
+def qat_finetune(config: QATConfig, progress: bool = True):
+    """Fine-tune ``config.model`` with fake quantization; write the int8 TFLite file and its metadata."""
+    from torch.export import Dim
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train, quantize_pt2e
+
+    from bloodcell.export.exporter import export_model
+
+    if config.imgsz % 32:
+        raise ConfigError(f"--imgsz {config.imgsz}: must be a multiple of 32")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    records = load_voc(resolve_data_root(config.data), split="train").records[: config.max_images]
+    if len(records) < config.batch:
+        raise ConfigError(f"QAT: {len(records)} training images, fewer than --batch {config.batch}")
+    net, info = load_model(config.model)
+    if MODELS[info.name].kind != "dense":
+        raise ConfigError(f"{config.model}: QAT needs a one-stage model such as cellnet, not {info.name}")
+    folded, _ = fold_batch_norms(net)
+    graph = ExportGraph(folded)
+    example = torch.zeros(2, config.imgsz, config.imgsz, 3)
+    dims = {
+        "images": {
+            0: Dim("batch", min=1, max=256),
+            1: 32 * Dim("h32", min=2, max=128),
+            2: 32 * Dim("w32", min=2, max=128),
+        }
+    }
+    exported = torch.export.export(graph, (example,), dynamic_shapes=dims).module()
+    quantizer = make_quantizer(is_qat=True)
+    quantizer.STATIC_QAT_ONLY_OPS = []  # batch norms are folded already
+    model = quantize_pt2e.prepare_qat_pt2e(exported, quantizer)
+
+    dataset = DetectionDataset(records, make_transforms("train", config.imgsz))
+    criterion = CellNetLoss(folded.config, folded.strides, probabilities=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    move_exported_model_to_train(model)
+    t0 = time.time()
+    for epoch in range(config.epochs):
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=config.batch,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=collate,
+            generator=seed_epoch(config.seed, epoch),
+        )
+        bar = tqdm(loader, desc=f"qat {epoch + 1}/{config.epochs}", leave=False, disable=not progress)
+        for images, targets in bar:
+            scores, boxes = model(images.permute(0, 2, 3, 1).contiguous())
+            losses = criterion(scores, boxes, targets, tuple(images.shape[-2:]))
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimizer.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        print(f"qat epoch {epoch + 1}/{config.epochs} loss {loss.item():.3f} ({(time.time() - t0) / 60:.1f} min)")
+    move_exported_model_to_eval(model)
+    quantized = quantize_pt2e.convert_pt2e(model, fold_quantize=False)
+    qat = {
+        "epochs": config.epochs,
+        "lr": config.lr,
+        "imgsz": config.imgsz,
+        "batch": config.batch,
+        "seed": config.seed,
+        "minutes": round((time.time() - t0) / 60, 1),
+    }
+    return export_model(
+        config.model,
+        "tflite",
+        Path(config.out),
+        int8=True,
+        data=config.data,
+        qat_state={"graph": quantized, "quantizer": quantizer},
+        extra_metadata={"qat": qat},
+    )

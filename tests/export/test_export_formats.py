@@ -1,0 +1,131 @@
+"""Exports of the shipped model: agreement with torch, full-integer int8, Edge TPU ops, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bloodcell.cli import main
+from bloodcell.data.voc import load_voc
+from bloodcell.engine.evaluate import evaluate
+from bloodcell.errors import ConfigError, ModelError
+from bloodcell.export.edgetpu import unsupported_ops
+from bloodcell.export.exporter import export_model, tflite_ops
+from bloodcell.runtime.images import load_image
+from bloodcell.runtime.loader import load_predictor
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def val_images(bccd_root):
+    records = load_voc(bccd_root, split="val", decode_images=False).records
+    return records, [load_image(r.image_path) for r in records[:4]]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_fp32_export_matches_torch(exports, val_images, fmt):
+    torch_p, exported = load_predictor(None), load_predictor(exports[fmt])
+    for image in val_images[1]:
+        a = torch_p.predict(image, min_score=0.05)
+        b = exported.predict(image, min_score=0.05)
+        assert len(a) > 5
+        # same detections in the same order (up to near-ties at the score floor)
+        n = min(len(a), len(b))
+        assert abs(len(a) - len(b)) <= 2
+        assert np.abs(a.scores[:n] - b.scores[:n]).max() < 1e-3
+        assert np.abs(a.boxes[:n] - b.boxes[:n]).max() <= 1.0
+        assert (a.labels[:n] == b.labels[:n]).all()
+
+
+def test_int8_is_full_integer_with_edge_tpu_ops(exports):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    meta = json.loads(exports["int8"].with_name(exports["int8"].name + ".json").read_text())
+    assert meta["int8"] and meta["tflite_input"]["dtype"] == "int8"
+    assert {o["dtype"] for o in meta["tflite_outputs"].values()} == {"int8"}
+    ops = tflite_ops(exports["int8"])
+    assert unsupported_ops(ops) == [], ops
+    assert "DEQUANTIZE" not in ops
+    it = Interpreter(
+        str(exports["int8"]), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    float_tensors = [t["name"] for t in it.get_tensor_details() if t["dtype"] == np.float32]
+    assert float_tensors == []  # weights, activations and I/O all integer
+    assert exports["int8"].stat().st_size <= 6 * 2**20
+
+
+def test_int8_map_within_one_and_a_half_points_of_fp32(exports, val_images):
+    records = val_images[0][:30]
+    fp32 = evaluate(load_predictor(exports["tflite"]), records).voc_map50
+    int8 = evaluate(load_predictor(exports["int8"]), records).voc_map50
+    assert int8 >= fp32 - 0.015, (fp32, int8)
+
+
+def test_image_of_another_size_is_letterboxed(exports, val_images):
+    from PIL import Image
+
+    image = val_images[1][0]
+    big = np.asarray(Image.fromarray(image).resize((1280, 960)))
+    p = load_predictor(exports["int8"])
+    small_dets, big_dets = p.predict(image, 0.3), p.predict(big, 0.3)
+    assert abs(len(small_dets) - len(big_dets)) <= 3
+    assert big_dets.boxes[:, 2].max() > 640  # boxes are in the big image's pixels
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "caffe", "--out", "m.caffemodel"], "unknown export format"),
+        (["--format", "onnx", "--int8", "--out", "m.onnx"], "--int8 is not available for onnx"),
+        (["--format", "onnx", "--out", "m.tflite"], "must end in .onnx"),
+        (["--format", "tflite", "--imgsz", "650x480", "--out", "m.tflite"], "multiples of 32"),
+    ],
+)
+def test_export_refuses_nonsense(tmp_path, capsys, args, message):
+    args = [a if not a.startswith("m.") else str(tmp_path / a) for a in args]
+    assert main(["export", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_or_corrupt_exported_model(tmp_path, exports, capsys):
+    broken = tmp_path / "m.tflite"
+    broken.write_bytes(exports["int8"].read_bytes()[:5000])
+    (tmp_path / "m.tflite.json").write_bytes(exports["int8"].with_name("cellnet_int8.tflite.json").read_bytes())
+    with pytest.raises(ModelError, match=r"m\.tflite"):
+        load_predictor(broken)
+    lonely = tmp_path / "x.onnx"
+    lonely.write_bytes(exports["onnx"].read_bytes())
+    with pytest.raises(ModelError, match="metadata missing"):
+        load_predictor(lonely)
+    with pytest.raises(ModelError, match="not found"):
+        load_predictor(tmp_path / "nope.tflite")
+
+
+def test_edgetpu_without_runtime_is_a_clear_error(exports):
+    with pytest.raises(ModelError, match="Edge TPU runtime"):
+        load_predictor(exports["int8"], edgetpu=True)
+    with pytest.raises(ModelError, match=r"needs a \.tflite"):
+        load_predictor(exports["onnx"], edgetpu=True)
+
+
+def test_fasterrcnn_cannot_be_exported(tmp_path):
+    import torch
+
+    from bloodcell.models.checkpoint import make_info, model_payload, save_checkpoint
+    from bloodcell.models.registry import build_model, model_config
+
+    cfg = model_config("fasterrcnn")
+    path = tmp_path / "frcnn.pt"
+    torch.manual_seed(0)
+    save_checkpoint(
+        path,
+        model_payload(
+            build_model("fasterrcnn", cfg, pretrained=False),
+            make_info("fasterrcnn", cfg, ("RBC", "WBC", "Platelets"), (640, 480)),
+        ),
+    )
+    with pytest.raises(ConfigError, match="cannot be exported"):
+        export_model(path, "onnx", tmp_path / "f.onnx")

@@ -1,0 +1,57 @@
+"""Batch-norm folding is exact; QAT fine-tunes and converts to a full-integer TFLite."""
+
+import json
+
+import pytest
+import torch
+
+from bloodcell.export.edgetpu import unsupported_ops
+from bloodcell.export.qat import QATConfig, qat_finetune
+from bloodcell.models.checkpoint import make_info, model_payload, save_checkpoint
+from bloodcell.models.fold import fold_batch_norms
+from bloodcell.models.registry import build_model, model_config
+from bloodcell.runtime.loader import load_predictor
+from bloodcell.types import CLASS_NAMES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = model_config("cellnet", {"neck_channels": 16})
+    net = build_model("cellnet", cfg, pretrained=False).eval()
+    with torch.no_grad():  # give batch norms non-trivial statistics, as training would
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("qat") / "small.pt"
+    save_checkpoint(path, model_payload(net, make_info("cellnet", cfg, CLASS_NAMES, (256, 192), conf=0.3)))
+    return path, net
+
+
+def test_folding_is_exact(small_model):
+    _, net = small_model
+    folded, pairs = fold_batch_norms(net)
+    assert pairs > 50
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(1, 3, 192, 256) * 255
+    with torch.no_grad():
+        (a_cls, a_box), (b_cls, b_box) = net(x), folded(x)
+    torch.testing.assert_close(a_cls, b_cls, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a_box, b_box, rtol=1e-4, atol=1e-4)
+
+
+def test_qat_writes_full_integer_tflite(small_model, tiny_voc, tmp_path):
+    path, _ = small_model
+    out = tmp_path / "qat.tflite"
+    config = QATConfig(model=str(path), out=str(out), data=str(tiny_voc), epochs=1, batch=2, imgsz=128)
+    result = qat_finetune(config, progress=False)
+    meta = json.loads(result.metadata_path.read_text())
+    assert meta["int8"] and meta["qat"]["epochs"] == 1
+    assert meta["tflite_input"]["dtype"] == "int8" and unsupported_ops(meta["ops"]) == []
+    predictor = load_predictor(out)
+    dets = predictor.predict(torch.randint(0, 255, (192, 256, 3), dtype=torch.uint8).numpy(), min_score=0.001)
+    assert dets.boxes.shape[1] == 4
