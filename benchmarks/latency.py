@@ -12,12 +12,12 @@ import argparse
 import json
 import platform
 import statistics
-import time
 
 import numpy as np
 import torch
 
 from bloodcell.data.voc import load_voc
+from bloodcell.engine.benchmark import latencies_ms
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 
@@ -36,13 +36,7 @@ def main() -> None:
     predictor = load_predictor(args.model)
     records = load_voc(args.data, split=args.split, decode_images=False).records[: args.images]
     images = [load_image(r.image_path) for r in records]
-    for image in images[: args.warmup]:
-        predictor.predict(image, min_score=predictor.conf)
-    times = []
-    for image in images:
-        t0 = time.perf_counter()
-        predictor.predict(image, min_score=predictor.conf)
-        times.append((time.perf_counter() - t0) * 1000)
+    times = latencies_ms(predictor, images, args.warmup)
     result = {
         "model": str(args.model or "shipped"),
         "input": f"{images[0].shape[1]}x{images[0].shape[0]}",
