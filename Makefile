@@ -17,7 +17,7 @@ setup: $(BIN)/python
 
 setup-dev: setup
 	# tf: TensorFlow reads the TFRecord export back in the tests (beside torch, no shared pins).
-	$(BIN)/pip install -q -e '.[torch,export,lite,dev,tf]'
+	$(BIN)/pip install -q -e '.[torch,export,lite,serve,dev,tf]'
 
 # The main job: detect and count cells in ten BCCD images with the shipped model.
 predict: setup

@@ -23,6 +23,10 @@ EXTRAS = {
     "onnx": "export",
     "litert_torch": "export",
     "torchao": "export",
+    "fastapi": "serve",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "python_multipart": "serve",
 }
 
 
@@ -187,6 +191,16 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_benchmark)
 
 
+def _add_serve_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="a local web page and JSON API: drop images, see boxes, download counts")
+    p.add_argument("--model", help="model file (default: the shipped model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this computer only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload (default: 20 MB)")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: the runtime's choice)")
+    p.set_defaults(func=cmd_serve)
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -300,12 +314,34 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 1 if any(r.error for r in rows) else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import uvicorn
+
+    from bloodcell.app.server import create_app
+    from bloodcell.runtime.loader import default_model, load_predictor
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: expected 0..65535")
+    if args.max_upload_mb <= 0:
+        raise ConfigError(f"--max-upload-mb {args.max_upload_mb:g}: must be positive")
+    predictor = load_predictor(args.model, threads=args.threads)
+    name = Path(args.model).name if args.model else default_model()[0].name
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: --host {args.host} lets other computers reach this server (no login)", file=sys.stderr)
+    print(f"serving {name} at http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
+    uvicorn.run(create_app(predictor, args.max_upload_mb, model_name=name), host=args.host, port=args.port)
+    return 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bloodcell", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(sub)
     _add_model_commands(sub)
+    _add_serve_command(sub)
     return parser
 
 
