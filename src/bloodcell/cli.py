@@ -336,7 +336,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bloodcell", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="bloodcell",
+        description="Detect and count RBC, WBC and platelets in blood-smear images.",
+    )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(sub)
