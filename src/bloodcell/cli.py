@@ -201,6 +201,15 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def _add_report_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML report of a slide from `predict --json` records")
+    p.add_argument("results", help="JSON file written by `bloodcell predict --json` (one record per field of view)")
+    p.add_argument("--images", help="folder holding the images named in the records (default: the JSON's folder)")
+    p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    p.add_argument("--title", help="page title (default: the JSON file's name)")
+    p.set_defaults(func=cmd_report)
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -335,6 +344,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from bloodcell.app.report import build_report
+
+    summary = build_report(args.results, images_dir=args.images, out=args.out, title=args.title)
+    print(summary)
+    print(f"wrote {summary.path}")
+    return 1 if summary.missing_images else 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bloodcell",
@@ -345,6 +363,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
     _add_model_commands(sub)
     _add_serve_command(sub)
+    _add_report_command(sub)
     return parser
 
 

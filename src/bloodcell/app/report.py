@@ -1,0 +1,272 @@
+"""`bloodcell report`: one self-contained HTML page for a slide (all records of a `predict --json` file).
+
+One slide = every record in the JSON file, each record one field of view. The page shows per-class
+totals and means per field, WBC and platelets per 100 RBC, a per-field table and a grid of
+thumbnails with boxes. Everything is inline (CSS, JPEG thumbnails as base64 data URIs): no
+external URL, no script, so the file can be mailed or archived as it is.
+
+Which boxes are drawn: a record lists every detection at or above ``--min-score`` but counts only
+those at or above the model's counting threshold, which the record does not carry. Since the
+counted detections of a class are exactly its top-scoring ones, a thumbnail shows, for each class,
+the ``counts[label]`` highest-scoring detections of that label: the boxes that were counted.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bloodcell.app.annotate import BoxAnnotator, class_color
+from bloodcell.atomic import write_text
+from bloodcell.errors import ConfigError, DatasetError, ImageError
+from bloodcell.runtime.images import load_image
+from bloodcell.types import Detections
+
+RBC, WBC, PLATELETS = "RBC", "WBC", "Platelets"
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """What a slide report says, as numbers; ratios are None when the slide has no RBC."""
+
+    classes: tuple[str, ...]
+    totals: dict[str, int]
+    mean_per_field: dict[str, float]
+    wbc_per_100_rbc: float | None
+    platelets_per_100_rbc: float | None
+    fields: int
+    missing_images: tuple[str, ...] = ()  # record names whose image was missing or unreadable
+    path: Path | None = None  # the HTML file written
+
+    def __str__(self) -> str:
+        lines = [f"{self.fields} fields of view"]
+        lines += [f"{c}: {self.totals[c]} total, {self.mean_per_field[c]:.1f} per field" for c in self.classes]
+        lines.append(f"WBC per 100 RBC: {_ratio(self.wbc_per_100_rbc)}")
+        lines.append(f"Platelets per 100 RBC: {_ratio(self.platelets_per_100_rbc)}")
+        if self.missing_images:
+            lines.append(f"{len(self.missing_images)} images missing or unreadable")
+        return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def build_report(
+    results_json_path: str | Path,
+    images_dir: str | Path | None = None,
+    out: str | Path = "report.html",
+    title: str | None = None,
+    thumb_px: int = 320,
+) -> ReportSummary:
+    """Write the HTML report of a slide to ``out``; missing images get a placeholder and a stderr warning."""
+    if thumb_px < 16:
+        raise ConfigError(f"thumb_px {thumb_px}: must be at least 16")
+    results_json_path = Path(results_json_path)
+    records = read_records(results_json_path)
+    images_dir = results_json_path.parent if images_dir is None else Path(images_dir)
+    if not images_dir.is_dir():
+        raise ConfigError(f"--images {images_dir}: not a folder")
+    summary = summarize(records)
+    annotator = BoxAnnotator(summary.classes, thickness=2, show_scores=False)
+    tiles, missing = [], []
+    for record in records:
+        try:
+            uri = thumbnail_uri(record, images_dir, annotator, thumb_px)
+        except ImageError as e:
+            print(f"warning: {e} (placeholder in the report)", file=sys.stderr)
+            missing.append(record["image"])
+            uri = None
+        tiles.append(uri)
+    title = title or f"Slide report: {results_json_path.name}"
+    write_text(out, render_html(title, summary, records, tiles, thumb_px))
+    return replace(summary, missing_images=tuple(missing), path=Path(out))
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of a `predict --json` file, checked; any fault is one DatasetError naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read ({e})") from None
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a list of records (from `bloodcell predict --json`)")
+    if not data:
+        raise DatasetError(f"{path}: no records (fields of view)")
+    for i, record in enumerate(data):
+        problem = _record_problem(record)
+        if problem:
+            raise DatasetError(f"{path}: record {i}: {problem}")
+    return data
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _record_problem(record: object) -> str | None:
+    if not isinstance(record, dict):
+        return "expected an object"
+    if not isinstance(record.get("image"), str) or not record["image"]:
+        return "'image' must be a non-empty string"
+    counts = record.get("counts")
+    if not isinstance(counts, dict) or not all(isinstance(k, str) and _is_count(v) for k, v in counts.items()):
+        return "'counts' must map class names to non-negative integers"
+    for key in ("width", "height"):
+        if key in record and not _is_count(record[key]):
+            return f"'{key}' must be a non-negative integer"
+    detections = record.get("detections")
+    if not isinstance(detections, list):
+        return "'detections' must be a list"
+    for j, d in enumerate(detections):
+        ok = (
+            isinstance(d, dict)
+            and isinstance(d.get("label"), str)
+            and _is_number(d.get("score"))
+            and isinstance(d.get("box"), list)
+            and len(d["box"]) == 4
+            and all(_is_number(v) for v in d["box"])
+        )
+        if not ok:
+            return f"detection {j}: expected {{'label': str, 'score': number, 'box': [x1, y1, x2, y2]}}"
+    return None
+
+
+def summarize(records: list[dict]) -> ReportSummary:
+    """Totals from each record's counts (classes in order of first appearance; absent classes count 0)."""
+    classes: list[str] = []
+    for record in records:
+        classes += [c for c in record["counts"] if c not in classes]
+    totals = {c: sum(r["counts"].get(c, 0) for r in records) for c in classes}
+    n = len(records)
+    rbc = totals.get(RBC, 0)
+    return ReportSummary(
+        classes=tuple(classes),
+        totals=totals,
+        mean_per_field={c: totals[c] / n for c in classes},
+        wbc_per_100_rbc=100 * totals.get(WBC, 0) / rbc if rbc else None,
+        platelets_per_100_rbc=100 * totals.get(PLATELETS, 0) / rbc if rbc else None,
+        fields=n,
+    )
+
+
+def counted_detections(record: dict, classes: tuple[str, ...]) -> Detections:
+    """For each class, its ``counts[label]`` top-scoring detections: the ones the record counted."""
+    boxes, labels, scores = [], [], []
+    for index, name in enumerate(classes):
+        mine = sorted((d for d in record["detections"] if d["label"] == name), key=lambda d: -d["score"])
+        for d in mine[: record["counts"].get(name, 0)]:
+            boxes.append(d["box"])
+            labels.append(index)
+            scores.append(d["score"])
+    return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64), np.array(scores))
+
+
+def thumbnail_uri(record: dict, images_dir: Path, annotator: BoxAnnotator, thumb_px: int) -> str:
+    """The record's image, shrunk to ``thumb_px`` on its long side, counted boxes drawn, as a JPEG data URI."""
+    path = images_dir / Path(record["image"]).name  # a bare name: the record never chooses a folder
+    image = Image.fromarray(load_image(path))
+    # Boxes are in the pixels of the image the record was made from (its width x height).
+    src_w, src_h = record.get("width") or image.width, record.get("height") or image.height
+    image.thumbnail((thumb_px, thumb_px))
+    dets = counted_detections(record, annotator.class_names)
+    dets.boxes = dets.boxes * np.array([image.width / src_w, image.height / src_h] * 2, np.float32)
+    drawn = annotator.annotate(np.asarray(image), dets)
+    buffer = io.BytesIO()
+    drawn.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; }
+table { border-collapse: collapse; margin: 0.8em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.swatch { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.3em; vertical-align: middle; }
+.grid { display: flex; flex-wrap: wrap; gap: 0.8em; }
+figure { margin: 0; width: %(px)dpx; }
+figure img { display: block; max-width: 100%%; }
+figcaption { font-size: 0.8em; overflow-wrap: anywhere; }
+.missing { width: %(px)dpx; height: %(ph)dpx; background: #eee; border: 2px dashed #c33; color: #c33;
+  display: flex; align-items: center; justify-content: center; text-align: center; font-size: 0.9em; }
+.note { font-size: 0.8em; color: #666; }
+"""
+
+
+def render_html(
+    title: str, summary: ReportSummary, records: list[dict], tiles: list[str | None], thumb_px: int = 320
+) -> str:
+    """The page; every string from the JSON or the user goes through ``html.escape``."""
+    e = html.escape
+    classes = summary.classes
+    swatch = {c: "#{:02x}{:02x}{:02x}".format(*class_color(c, i)) for i, c in enumerate(classes)}
+    head = "".join(f"<th>{e(c)}</th>" for c in classes)
+    totals = "".join(
+        f'<tr><td><span class="swatch" style="background:{swatch[c]}"></span>{e(c)}</td>'
+        f"<td>{summary.totals[c]}</td><td>{summary.mean_per_field[c]:.1f}</td></tr>"
+        for c in classes
+    )
+    rows = "".join(
+        f"<tr><td>{i + 1}</td><td>{e(r['image'])}{' (image missing)' if tile is None else ''}</td>"
+        + "".join(f"<td>{r['counts'].get(c, 0)}</td>" for c in classes)
+        + "</tr>"
+        for i, (r, tile) in enumerate(zip(records, tiles, strict=True))
+    )
+    figures = []
+    for r, tile in zip(records, tiles, strict=True):
+        counts = ", ".join(f"{r['counts'].get(c, 0)} {c}" for c in classes)
+        caption = f"<figcaption>{e(r['image'])}: {e(counts)}</figcaption>"
+        if tile is None:
+            body = f'<div class="missing">image not found or unreadable:<br>{e(r["image"])}</div>'
+        else:
+            body = f'<img src="{tile}" alt="{e(r["image"])}">'
+        figures.append(f"<figure>{body}{caption}</figure>")
+    css = CSS % {"px": thumb_px, "ph": thumb_px * 3 // 4}
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{e(title)}</title>
+<style>{css}</style>
+</head>
+<body>
+<h1>{e(title)}</h1>
+<p>{summary.fields} fields of view</p>
+<table>
+<tr><th>Class</th><th>Total</th><th>Mean per field</th></tr>
+{totals}
+</table>
+<table>
+<tr><td>WBC per 100 RBC</td><td>{_ratio(summary.wbc_per_100_rbc)}</td></tr>
+<tr><td>Platelets per 100 RBC</td><td>{_ratio(summary.platelets_per_100_rbc)}</td></tr>
+</table>
+<h2>Fields of view</h2>
+<table>
+<tr><th>#</th><th>Image</th>{head}</tr>
+{rows}
+</table>
+<div class="grid">
+{"".join(figures)}
+</div>
+<p class="note">Boxes: for each class, the top-scoring detections up to that field's count,
+i.e. the detections counted at the model's threshold.</p>
+</body>
+</html>
+"""

@@ -1,0 +1,184 @@
+"""`bloodcell report`: totals and ratios, a self-contained page, missing images, bad input, escaping."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bloodcell.app.report import build_report, counted_detections
+from bloodcell.cli import main
+from bloodcell.errors import DatasetError
+
+DATA_URI = "data:image/jpeg;base64,"
+
+
+def det(label: str, score: float, box=(4, 4, 20, 20)) -> dict:
+    return {"label": label, "score": score, "box": list(box)}
+
+
+def record(name: str, rbc: int, wbc: int, platelets: int, w: int = 64, h: int = 48) -> dict:
+    """A record whose detections include one extra low-scoring box per class (listed, not counted)."""
+    dets = (
+        [det("RBC", 0.9 - 0.01 * i) for i in range(rbc)] + [det("WBC", 0.8)] * wbc + [det("Platelets", 0.7)] * platelets
+    )
+    dets += [det("RBC", 0.1), det("WBC", 0.1), det("Platelets", 0.1)]
+    counts = {"RBC": rbc, "WBC": wbc, "Platelets": platelets}
+    return {"image": name, "width": w, "height": h, "counts": counts, "detections": dets}
+
+
+def make_slide(folder: Path, records: list[dict], write_images: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if write_images:
+        for i, r in enumerate(records):
+            Image.new("RGB", (r["width"], r["height"]), (230, 180 - 20 * i, 200)).save(folder / r["image"])
+    path = folder / "results.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.fixture
+def slide(tmp_path: Path) -> Path:
+    return make_slide(
+        tmp_path / "slide", [record("a.jpg", 40, 1, 3), record("b.jpg", 35, 0, 5), record("c.png", 25, 2, 0)]
+    )
+
+
+def test_summary_totals_and_ratios_equal_sums_from_json(slide: Path, tmp_path: Path):
+    records = json.loads(slide.read_text())
+    summary = build_report(slide, out=tmp_path / "r.html")
+    assert summary.fields == 3
+    for c in ("RBC", "WBC", "Platelets"):
+        total = sum(r["counts"][c] for r in records)
+        assert summary.totals[c] == total
+        assert summary.mean_per_field[c] == pytest.approx(total / 3)
+    assert summary.wbc_per_100_rbc == pytest.approx(100 * 3 / 100)
+    assert summary.platelets_per_100_rbc == pytest.approx(100 * 8 / 100)
+    assert summary.missing_images == ()
+    assert summary.path == tmp_path / "r.html"
+
+
+def test_page_is_self_contained_and_shows_totals(slide: Path, tmp_path: Path, capsys):
+    out = tmp_path / "report.html"
+    assert main(["report", str(slide), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.count(DATA_URI) == 3
+    for bad in ("http://", "https://", "<script", 'src="/', "url("):
+        assert bad not in text
+    assert "<td>100</td><td>33.3</td>" in text  # RBC total and mean per field
+    assert "<td>3</td><td>1.0</td>" in text  # WBC
+    assert "<td>8</td><td>2.7</td>" in text  # Platelets
+    assert "<td>WBC per 100 RBC</td><td>3.0</td>" in text
+    assert "<td>Platelets per 100 RBC</td><td>8.0</td>" in text
+    assert "<td>1</td><td>a.jpg</td><td>40</td><td>1</td><td>3</td>" in text  # per-field row
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_ratios_are_na_without_rbc(tmp_path: Path):
+    path = make_slide(tmp_path, [record("a.jpg", 0, 2, 1)])
+    summary = build_report(path, out=tmp_path / "r.html")
+    assert summary.wbc_per_100_rbc is None and summary.platelets_per_100_rbc is None
+    text = (tmp_path / "r.html").read_text()
+    assert "<td>WBC per 100 RBC</td><td>n/a</td>" in text
+    assert "<td>Platelets per 100 RBC</td><td>n/a</td>" in text
+
+
+def test_only_counted_detections_are_drawn():
+    r = record("a.jpg", 3, 1, 0)
+    dets = counted_detections(r, ("RBC", "WBC", "Platelets"))
+    assert dets.counts(("RBC", "WBC", "Platelets")) == {"RBC": 3, "WBC": 1, "Platelets": 0}
+    assert min(dets.scores) > 0.5  # the 0.1 boxes (listed, not counted) are left out
+
+
+def test_boxes_change_the_thumbnail(tmp_path: Path):
+    import base64
+    import io
+
+    import numpy as np
+
+    r = record("a.jpg", 1, 0, 0)
+    empty = {**r, "image": "b.jpg", "counts": {"RBC": 0, "WBC": 0, "Platelets": 0}}
+    path = make_slide(tmp_path, [r, empty])
+    build_report(path, out=tmp_path / "r.html")
+    uris = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', (tmp_path / "r.html").read_text())
+    a, b = (np.asarray(Image.open(io.BytesIO(base64.b64decode(u))), np.int16) for u in uris)
+    assert a.shape == b.shape and np.abs(a - b).max() > 60  # a red box on a, none on b
+
+
+@pytest.mark.parametrize("fault", ["missing", "corrupt"])
+def test_missing_image_gets_placeholder_and_exit_1(slide: Path, tmp_path: Path, capsys, fault: str):
+    if fault == "missing":
+        (slide.parent / "b.jpg").unlink()
+    else:
+        (slide.parent / "b.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "report.html"
+    assert main(["report", str(slide), "--out", str(out)]) == 1
+    text = out.read_text()
+    assert text.count(DATA_URI) == 2
+    assert 'class="missing"' in text and "b.jpg" in text
+    err = capsys.readouterr().err
+    assert "warning:" in err and "b.jpg" in err and "Traceback" not in err
+
+
+def test_images_folder_option(tmp_path: Path):
+    images = tmp_path / "images"
+    make_slide(images, [record("a.jpg", 2, 1, 1)])
+    results = tmp_path / "elsewhere" / "results.json"
+    results.parent.mkdir()
+    results.write_text((images / "results.json").read_text())
+    out = tmp_path / "r.html"
+    assert main(["report", str(results), "--out", str(out)]) == 1  # not beside the JSON
+    assert main(["report", str(results), "--images", str(images), "--out", str(out)]) == 0
+    assert out.read_text().count(DATA_URI) == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        None,  # no such file
+        "[{not json",
+        '{"image": "a.jpg"}',
+        "[]",
+        '[{"image": 3, "counts": {}, "detections": []}]',
+        '[{"image": "a.jpg", "counts": {"RBC": -1}, "detections": []}]',
+        '[{"image": "a.jpg", "counts": {"RBC": 1}, "detections": [{"label": "RBC", "score": 1, "box": [1, 2]}]}]',
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, content: str | None):
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_text(content)
+    out = tmp_path / "report.html"
+    assert main(["report", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and str(path) in err
+    assert "Traceback" not in err
+    assert not out.exists()
+    with pytest.raises(DatasetError):
+        build_report(path, out=out)
+
+
+def test_names_and_title_are_escaped(tmp_path: Path):
+    path = make_slide(tmp_path, [record("<b>x.jpg", 1, 0, 0), record("a&b.jpg", 1, 0, 0)])
+    out = tmp_path / "r.html"
+    build_report(path, out=out, title="<script>alert(1)</script>")
+    text = out.read_text()
+    assert "<b>" not in text and "&lt;b&gt;x.jpg" in text
+    assert "a&amp;b.jpg" in text
+    assert "<script" not in text and "&lt;script&gt;" in text
+    assert text.count(DATA_URI) == 2  # the odd name was still found on disk
+
+
+def test_report_from_real_predictions(bccd_root: Path, tmp_path: Path):
+    images = sorted((bccd_root / "JPEGImages").glob("*.jpg"))[:2]
+    results = tmp_path / "results.json"
+    assert main(["predict", *map(str, images), "--json", str(results), "--threads", "2"]) == 0
+    records = json.loads(results.read_text())
+    out = tmp_path / "report.html"
+    summary = build_report(results, images_dir=bccd_root / "JPEGImages", out=out)
+    assert summary.fields == 2
+    assert summary.totals == {c: sum(r["counts"][c] for r in records) for c in summary.classes}
+    text = out.read_text()
+    assert text.count(DATA_URI) == 2
+    assert f"<td>{summary.totals['RBC']}</td>" in text
