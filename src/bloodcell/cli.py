@@ -27,6 +27,7 @@ EXTRAS = {
     "starlette": "serve",
     "uvicorn": "serve",
     "python_multipart": "serve",
+    "watchdog": "serve",
 }
 
 
@@ -200,6 +201,16 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: the runtime's choice)")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("watch", help="count cells in each image dropped into a folder (once each, restart-safe)")
+    p.add_argument("folder", help="folder the microscope camera writes images into (top level only)")
+    p.add_argument("--out", help="folder for counts.csv, annotated/ and the state file (default: FOLDER/bloodcell)")
+    p.add_argument("--model", help="model file (default: the shipped model)")
+    p.add_argument("--conf", type=float, help="threshold for counts (default: the model's operating threshold)")
+    p.add_argument("--settle", type=float, default=1.0, help="seconds a file must stay unchanged (default: 1)")
+    p.add_argument("--once", action="store_true", help="process what is in the folder now, then exit")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: the runtime's choice)")
+    p.set_defaults(func=cmd_watch)
+
 
 def _add_report_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="one self-contained HTML report of a slide from `predict --json` records")
@@ -342,6 +353,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {name} at http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
     uvicorn.run(create_app(predictor, args.max_upload_mb, model_name=name), host=args.host, port=args.port)
     return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import threading
+    from pathlib import Path
+
+    import watchdog  # noqa: F401  (a missing extra is reported before the model loads)
+
+    from bloodcell.app.watch import Watcher
+    from bloodcell.runtime.loader import load_predictor
+
+    if args.settle < 0:
+        raise ConfigError(f"--settle {args.settle:g}: must be >= 0 seconds")
+    if args.conf is not None and not 0 < args.conf <= 1:
+        raise ConfigError(f"--conf {args.conf:g}: expected a value in (0, 1]")
+    if not Path(args.folder).is_dir():
+        raise ConfigError(f"{args.folder}: not a folder")
+    out = args.out or str(Path(args.folder) / "bloodcell")
+    predictor = load_predictor(args.model, threads=args.threads)
+    watcher = Watcher(predictor, args.folder, out, conf=args.conf, settle=args.settle, log=sys.stdout)
+    if args.once:
+        watcher.drain()
+    else:
+        print(f"watching {args.folder}, writing {out}/counts.csv (Ctrl+C stops)", file=sys.stderr)
+        try:
+            watcher.run(threading.Event())
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+    summary = f"{watcher.processed} images processed, {watcher.failed} failed"
+    print(summary, file=sys.stderr if watcher.failed else sys.stdout)
+    return 1 if watcher.failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -1,0 +1,271 @@
+"""`bloodcell watch`: count cells in every image a microscope camera drops into a folder, once each.
+
+How a file is judged complete: its (size, mtime_ns) has not changed for ``settle`` seconds, then it
+must decode. A file still being written is never decoded; one that is stable but does not decode is
+recorded once as failed (and reported on stderr), not retried while it stays the same.
+
+What is remembered: ``<out>/.bloodcell-watch.json`` maps each handled name to the (size, mtime_ns) it
+had, its status (``ok`` / ``failed``) and how many CSV rows it has given; it is rewritten atomically
+after every file, after the CSV row is on disk. On start the folder is scanned before watching, so
+files that arrived while the watcher was down are picked up, and nothing already in the state is
+processed again. A file whose size or mtime later changes (replaced, or a failed file rewritten) is
+a new version: it is processed again and gets a new CSV row (rows are never rewritten in place).
+If a crash came between the CSV row and the state write, the start-up check adopts that row, so the
+file is not counted twice.
+
+Only the top level of the folder is watched; names starting with "." (temporary files many cameras
+and copy tools write first) and suffixes not in IMAGE_SUFFIXES are ignored. Watchdog events only
+wake the loop; a periodic scan also runs, so folders where events are missed (network shares) work.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TextIO
+
+from bloodcell.app.annotate import BoxAnnotator
+from bloodcell.app.sinks import save_annotated
+from bloodcell.atomic import write_text
+from bloodcell.errors import ConfigError, ImageError
+from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
+from bloodcell.runtime.predict import ImageResult, predict_image
+
+STATE_NAME = ".bloodcell-watch.json"
+CSV_NAME = "counts.csv"
+STATE_VERSION = 1
+
+
+class Watcher:
+    """Scan ``folder`` and process each new, complete image once; the predictor is given, never built here."""
+
+    def __init__(
+        self,
+        predictor,
+        folder: str | Path,
+        out: str | Path,
+        conf: float | None = None,
+        settle: float = 1.0,
+        scan_interval: float = 2.0,
+        log: TextIO | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.out = Path(out)
+        if not self.folder.is_dir():
+            raise ConfigError(f"{self.folder}: not a folder")
+        if settle < 0:
+            raise ConfigError(f"--settle {settle:g}: must be >= 0 seconds")
+        if scan_interval <= 0:
+            raise ConfigError(f"scan interval {scan_interval:g}: must be positive")
+        self.predictor = predictor
+        self.class_names = tuple(predictor.class_names)
+        self.conf = predictor.conf if conf is None else conf
+        self.settle = settle
+        self.scan_interval = scan_interval
+        self.log = log
+        self.annotator = BoxAnnotator(self.class_names)
+        self.csv_path = self.out / CSV_NAME
+        self.state_path = self.out / STATE_NAME
+        self.annotated_dir = self.out / "annotated"
+        self.processed = 0
+        self.failed = 0
+        self._pending: dict[str, tuple[tuple[int, int], float]] = {}  # name -> (signature, stable since)
+        self._wake = threading.Event()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state = self._load_state()
+        self._check_csv()
+
+    # -- state and CSV ---------------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, dict]:
+        if not self.state_path.exists():
+            return {}
+        try:
+            data = json.loads(self.state_path.read_text(encoding="utf-8"))
+            files = data["files"]
+            if data.get("version") != STATE_VERSION or not isinstance(files, dict):
+                raise ValueError(f"unknown layout (version {data.get('version')!r})")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"{self.state_path}: watch state unreadable ({e}); move it away to start over "
+                "(every image in the folder is then processed again)"
+            ) from None
+        return files
+
+    def _save_state(self) -> None:
+        write_text(self.state_path, json.dumps({"version": STATE_VERSION, "files": self.state}, indent=1) + "\n")
+
+    def _check_csv(self) -> None:
+        """Refuse a CSV of another class list; drop a torn last line; adopt rows the state missed (crash)."""
+        header = ["image", "width", "height", *self.class_names]
+        if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
+            return
+        text = self.csv_path.read_text(encoding="utf-8")
+        if not text.endswith("\n"):  # a row torn by a crash: its file is not in the state, so it is redone
+            keep = text.rfind("\n") + 1
+            with open(self.csv_path, "r+b") as f:
+                f.truncate(len(text[:keep].encode("utf-8")))
+            text = text[:keep]
+        rows = list(csv.reader(text.splitlines()))
+        if rows and rows[0] != header:
+            raise ConfigError(
+                f"{self.csv_path}: columns {','.join(rows[0])} differ from this model's {','.join(header)}; "
+                "use another --out"
+            )
+        adopted = False
+        for name, n in Counter(r[0] for r in rows[1:] if r).items():
+            entry = self.state.get(name)
+            if n > (entry or {}).get("rows", 0):
+                sig = self._signature(self.folder / name)
+                if sig is not None:
+                    self.state[name] = {"size": sig[0], "mtime_ns": sig[1], "status": "ok", "rows": n}
+                    adopted = True
+        if adopted:
+            self._save_state()
+
+    def _append_row(self, result: ImageResult) -> None:
+        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        counts = result.counts
+        with open(self.csv_path, "a", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            if new:
+                writer.writerow(["image", "width", "height", *self.class_names])
+            writer.writerow([result.path.name, result.width, result.height, *(counts[c] for c in self.class_names)])
+            f.flush()
+            os.fsync(f.fileno())
+
+    # -- scanning ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _signature(path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
+    def _candidates(self) -> list[Path]:
+        try:
+            entries = sorted(os.scandir(self.folder), key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        return [
+            Path(e.path)
+            for e in entries
+            if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES and e.is_file()
+        ]
+
+    def _is_done(self, name: str, sig: tuple[int, int]) -> bool:
+        entry = self.state.get(name)
+        return entry is not None and (entry["size"], entry["mtime_ns"]) == sig
+
+    def poll_once(self) -> list[ImageResult]:
+        """One scan: process every new file that has settled; returns what was processed (failures have .error)."""
+        now = time.monotonic()
+        seen, ready = set(), []
+        for path in self._candidates():
+            sig = self._signature(path)
+            if sig is None or self._is_done(path.name, sig):
+                continue
+            seen.add(path.name)
+            known = self._pending.get(path.name)
+            if known is None or known[0] != sig:
+                # First sight of this version: an mtime already older than `settle` counts as settled time
+                # (files that arrived while we were down need no extra wait); a future mtime counts as none.
+                age = max(0.0, time.time() - sig[1] / 1e9)
+                known = (sig, now - age)
+                self._pending[path.name] = known
+            if now - known[1] >= self.settle:
+                ready.append((path, sig))
+        for name in set(self._pending) - seen:  # deleted, or handled
+            del self._pending[name]
+        results = []
+        for path, sig in ready:
+            results.append(self._process(path, sig))
+            self._pending.pop(path.name, None)
+        return results
+
+    def _process(self, path: Path, sig: tuple[int, int]) -> ImageResult:
+        entry = {"size": sig[0], "mtime_ns": sig[1], "rows": self.state.get(path.name, {}).get("rows", 0)}
+        try:
+            image = load_image(path)
+        except ImageError as e:
+            self.failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            self.state[path.name] = {**entry, "status": "failed", "error": str(e)}
+            self._save_state()
+            return ImageResult(path, conf=self.conf, class_names=self.class_names, error=str(e))
+        result = predict_image(self.predictor, image, path, self.conf, self.conf)
+        save_annotated(result, self.annotator, self.annotated_dir)
+        result.image = None
+        self._append_row(result)
+        self.state[path.name] = {**entry, "status": "ok", "rows": entry["rows"] + 1}
+        self._save_state()
+        self.processed += 1
+        if self.log is not None:
+            counts = ", ".join(f"{v} {k}" for k, v in result.counts.items())
+            print(f"{path.name}: {counts} ({result.timing_ms['inference']:.0f} ms)", file=self.log, flush=True)
+        return result
+
+    @property
+    def pending(self) -> int:
+        """Files seen but not yet settled."""
+        return len(self._pending)
+
+    # -- loops -------------------------------------------------------------------------------------------
+
+    def drain(self, stop_event: threading.Event | None = None) -> list[ImageResult]:
+        """`--once`: process what is in the folder now, waiting for files still being written to settle."""
+        results = self.poll_once()
+        while self._pending and not (stop_event is not None and stop_event.is_set()):
+            time.sleep(min(0.1, max(self.settle / 4, 0.01)))
+            results += self.poll_once()
+        return results
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Catch up on the folder, then watch it until ``stop_event`` is set."""
+        observer = _start_observer(self.folder, self.wake)
+        try:
+            while not stop_event.is_set():
+                self._wake.clear()
+                self.poll_once()
+                # Wake on an event, at the next scan, or sooner while a file is settling; stay responsive to stop.
+                timeout = self.scan_interval if not self._pending else max(min(self.settle / 4, 0.25), 0.01)
+                deadline = time.monotonic() + timeout
+                while not stop_event.is_set() and not self._wake.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(min(left, 0.2))
+        finally:
+            if observer is not None:
+                observer.stop()
+                observer.join(timeout=5)
+
+
+def _start_observer(folder: Path, callback):
+    """A watchdog observer calling ``callback`` on any event in ``folder``; None (polling only) if it cannot start."""
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    class _Wake(FileSystemEventHandler):
+        def on_any_event(self, event) -> None:
+            callback()
+
+    observer = Observer()
+    try:
+        observer.schedule(_Wake(), str(folder), recursive=False)
+        observer.start()
+    except OSError as e:  # e.g. the inotify watch limit: the periodic scan still works
+        print(f"warning: folder events unavailable ({e}); scanning every few seconds instead", file=sys.stderr)
+        return None
+    return observer

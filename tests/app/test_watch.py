@@ -1,0 +1,237 @@
+"""`bloodcell watch`: slow writers, a restart in the middle, bad files (a tiny random model keeps it fast)."""
+
+import csv
+import json
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bloodcell.app.watch import STATE_NAME, Watcher
+from bloodcell.cli import main
+from bloodcell.models.checkpoint import make_info, model_payload, save_checkpoint
+from bloodcell.models.registry import build_model, model_config
+from bloodcell.runtime.images import load_image
+from bloodcell.runtime.loader import load_predictor
+from bloodcell.types import CLASS_NAMES
+
+SETTLE = 0.3
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = model_config("cellnet", {"neck_channels": 16})
+    net = build_model("cellnet", cfg, pretrained=False).eval()
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, model_payload(net, make_info("cellnet", cfg, CLASS_NAMES, (320, 256), conf=0.05)))
+    return path
+
+
+class CountingPredictor:
+    """Delegates to the real predictor and counts calls."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.class_names = inner.class_names
+        self.conf = inner.conf
+        self.calls = 0
+
+    def predict(self, image, min_score=None):
+        self.calls += 1
+        return self.inner.predict(image, min_score=min_score)
+
+
+@pytest.fixture(scope="module")
+def predictor(model_file):
+    return load_predictor(model_file, threads=1)
+
+
+@pytest.fixture(scope="module")
+def sources(bccd_root, tmp_path_factory):
+    d = tmp_path_factory.mktemp("src")
+    for i, name in enumerate(("BloodImage_00001", "BloodImage_00002")):
+        shutil.copy(bccd_root / "JPEGImages" / f"{name}.jpg", d / f"cam{i}.jpg")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(d / "noise.png")
+    return d
+
+
+def expected_counts(predictor, path):
+    dets = predictor.predict(load_image(path), min_score=predictor.conf)
+    return dets.above(predictor.conf).counts(tuple(predictor.class_names))
+
+
+def read_rows(out):
+    with open(out / "counts.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["image", "width", "height", *CLASS_NAMES]
+    return rows[1:]
+
+
+def write_slowly(src, dst, chunks=8, pause=0.04):
+    data = src.read_bytes()
+    step = len(data) // chunks + 1
+    with open(dst, "wb") as f:
+        for i in range(0, len(data), step):
+            f.write(data[i : i + step])
+            f.flush()
+            time.sleep(pause)
+
+
+def wait_until(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class Running:
+    """A Watcher's run() in a thread, stopped on exit."""
+
+    def __init__(self, watcher) -> None:
+        self.watcher, self.stop = watcher, threading.Event()
+        self.thread = threading.Thread(target=watcher.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self.watcher
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+
+
+def test_slow_writes_are_processed_once_after_completion(predictor, sources, tmp_path):
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    counting = CountingPredictor(predictor)
+    watcher = Watcher(counting, folder, out, settle=SETTLE, scan_interval=0.5)
+    with Running(watcher):
+        writers = [
+            threading.Thread(target=write_slowly, args=(sources / name, folder / name))
+            for name in ("cam0.jpg", "cam1.jpg")
+        ]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join()
+        assert wait_until(lambda: watcher.processed == 2)
+        time.sleep(3 * SETTLE)  # more scans and events: still nothing processed twice
+    assert counting.calls == 2 and watcher.failed == 0
+    rows = read_rows(out)
+    assert sorted(r[0] for r in rows) == ["cam0.jpg", "cam1.jpg"]
+    for r in rows:
+        full = load_image(sources / r[0])
+        assert (int(r[1]), int(r[2])) == (full.shape[1], full.shape[0])  # decoded whole, not a partial file
+        want = expected_counts(predictor, sources / r[0])
+        assert [int(v) for v in r[3:]] == [want[c] for c in CLASS_NAMES]
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["cam0.jpg", "cam1.jpg"]
+    state = json.loads((out / STATE_NAME).read_text())["files"]
+    assert state["cam0.jpg"]["status"] == "ok" and state["cam0.jpg"]["size"] == (folder / "cam0.jpg").stat().st_size
+
+
+def test_a_file_still_being_written_waits(predictor, sources, tmp_path):
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    data = (sources / "cam0.jpg").read_bytes()
+    (folder / "cam0.jpg").write_bytes(data[: len(data) // 2])
+    watcher = Watcher(predictor, folder, tmp_path / "out", settle=30)
+    assert watcher.poll_once() == [] and watcher.pending == 1  # fresh mtime: not settled, not decoded
+    (folder / "cam0.jpg").write_bytes(data)
+    watcher.settle = 0
+    [result] = watcher.poll_once()
+    assert result.error is None and watcher.failed == 0
+
+
+def test_restart_in_the_middle(predictor, sources, tmp_path):
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    first = CountingPredictor(predictor)
+    watcher = Watcher(first, folder, out, settle=SETTLE, scan_interval=0.5)
+    with Running(watcher):
+        write_slowly(sources / "cam0.jpg", folder / "cam0.jpg")
+        assert wait_until(lambda: watcher.processed == 1)
+    # Down: two files arrive; after the catch-up scan a third is written slowly while it watches.
+    shutil.copy(sources / "cam1.jpg", folder / "cam1.jpg")
+    shutil.copy(sources / "noise.png", folder / "noise.png")
+    second = CountingPredictor(predictor)
+    watcher = Watcher(second, folder, out, settle=SETTLE, scan_interval=0.5)
+    with Running(watcher):
+        assert wait_until(lambda: watcher.processed == 2)
+        write_slowly(sources / "cam0.jpg", folder / "late.jpg")
+        assert wait_until(lambda: watcher.processed == 3)
+    assert second.calls == 3 and first.calls == 1
+    # A third start with nothing new does nothing.
+    third = CountingPredictor(predictor)
+    assert Watcher(third, folder, out, settle=0).drain() == [] and third.calls == 0
+    names = [r[0] for r in read_rows(out)]
+    assert sorted(names) == ["cam0.jpg", "cam1.jpg", "late.jpg", "noise.png"]
+
+
+def test_crash_between_csv_row_and_state_is_not_counted_twice(predictor, sources, tmp_path):
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(sources / "noise.png", folder / "noise.png")
+    Watcher(predictor, folder, out, settle=0).drain()
+    (out / STATE_NAME).write_text(json.dumps({"version": 1, "files": {}}))  # the state write was lost
+    with open(out / "counts.csv", "a") as f:
+        f.write("torn,12")  # and a row torn mid-write
+    counting = CountingPredictor(predictor)
+    assert Watcher(counting, folder, out, settle=0).drain() == [] and counting.calls == 0
+    assert [r[0] for r in read_rows(out)] == ["noise.png"]
+
+
+def test_corrupt_file_is_recorded_once_as_failed(predictor, sources, tmp_path, capsys):
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    shutil.copy(sources / "noise.png", folder / "good.png")
+    watcher = Watcher(predictor, folder, out, settle=0)
+    results = watcher.drain()
+    assert sorted((r.path.name, r.error is None) for r in results) == [("bad.jpg", False), ("good.png", True)]
+    assert "bad.jpg" in capsys.readouterr().err
+    assert watcher.drain() == []
+    restarted = Watcher(predictor, folder, out, settle=0)
+    assert restarted.drain() == [] and restarted.failed == 0
+    assert "bad.jpg" not in capsys.readouterr().err
+    assert [r[0] for r in read_rows(out)] == ["good.png"]
+    assert json.loads((out / STATE_NAME).read_text())["files"]["bad.jpg"]["status"] == "failed"
+    # Rewritten with a real image, it is a new version and is processed.
+    shutil.copy(sources / "cam0.jpg", folder / "bad.jpg")
+    [result] = restarted.drain()
+    assert result.error is None and [r[0] for r in read_rows(out)] == ["good.png", "bad.jpg"]
+
+
+def test_non_images_hidden_files_and_subfolders_are_ignored(predictor, sources, tmp_path):
+    folder, out = tmp_path / "cam", tmp_path / "cam" / "bloodcell"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("slide 12")
+    (folder / "image.jpg.part").write_bytes((sources / "cam0.jpg").read_bytes())
+    shutil.copy(sources / "noise.png", folder / ".tmp-upload.png")
+    (folder / "sub").mkdir()
+    shutil.copy(sources / "noise.png", folder / "sub" / "deep.png")
+    shutil.copy(sources / "noise.png", folder / "UPPER.PNG")
+    counting = CountingPredictor(predictor)
+    results = Watcher(counting, folder, out, settle=0).drain()
+    assert [r.path.name for r in results] == ["UPPER.PNG"] and counting.calls == 1
+    assert Watcher(counting, folder, out, settle=0).drain() == []  # its own out folder inside is not scanned
+
+
+def test_cli_once(model_file, sources, tmp_path, capsys):
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    shutil.copy(sources / "noise.png", folder / "a.png")
+    assert main(["watch", str(folder), "--model", str(model_file), "--once", "--settle", "0"]) == 0
+    assert "a.png:" in capsys.readouterr().out
+    assert [r[0] for r in read_rows(folder / "bloodcell")] == ["a.png"]
+    (folder / "b.png").write_bytes(b"garbage")
+    assert main(["watch", str(folder), "--model", str(model_file), "--once", "--settle", "0"]) == 1
+    assert main(["watch", str(tmp_path / "missing"), "--once"]) == 2
