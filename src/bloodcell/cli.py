@@ -28,6 +28,7 @@ EXTRAS = {
     "uvicorn": "serve",
     "python_multipart": "serve",
     "watchdog": "serve",
+    "cv2": "serve",
 }
 
 
@@ -147,12 +148,13 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/val", help="folder for PR curves and the confusion matrix")
     p.set_defaults(func=cmd_val)
 
-    p = sub.add_parser("predict", help="detect and count cells in images")
-    p.add_argument("source", nargs="+", help="image files, folders or globs")
+    p = sub.add_parser("predict", help="detect and count cells in images, a video or a camera")
+    p.add_argument("source", nargs="*", help="image files, folders or globs")
+    p.add_argument("--source", dest="stream", metavar="0|VIDEO|URL", help="camera index, video file or stream URL")
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--conf", type=float, help="threshold for counts (default: the model's operating threshold)")
     p.add_argument("--min-score", type=float, help="lowest score listed in --json (default: --conf)")
-    p.add_argument("--out", help="folder for annotated images")
+    p.add_argument("--out", help="folder for annotated images (with --source: the annotated video and counts CSV)")
     p.add_argument("--json", help="write one record per image to this JSON file")
     p.add_argument("--csv", help="write per-image counts to this CSV file")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: the runtime's choice)")
@@ -268,6 +270,12 @@ def cmd_val(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.source and args.stream:
+        raise ConfigError("predict: give image files or --source 0|VIDEO|URL, not both")
+    if not args.source and not args.stream:
+        raise ConfigError("predict: give image files, folders or globs, or --source 0|VIDEO|URL")
+    if args.stream:
+        return _predict_stream(args)
     from bloodcell.app.predict_job import run_predict
 
     return run_predict(
@@ -281,6 +289,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         threads=args.threads,
         edgetpu=args.edgetpu,
     )
+
+
+def _predict_stream(args: argparse.Namespace) -> int:
+    for flag in ("json", "csv", "min_score"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--{flag.replace('_', '-')} is for images; --source writes <out>/<name>_counts.csv")
+    from bloodcell.app.video import run_stream
+    from bloodcell.runtime.loader import load_predictor
+
+    predictor = load_predictor(args.model, threads=args.threads, edgetpu=args.edgetpu)
+    print(run_stream(predictor, args.stream, args.out, conf=args.conf))
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -1,0 +1,199 @@
+"""`bloodcell predict --source 0|video.mp4|URL`: detect and count cells frame by frame (OpenCV).
+
+With a display (``DISPLAY``/``WAYLAND_DISPLAY`` set and an OpenCV build with GUI support) and ``show``
+not False, a live window shows the boxes and counts (q or Esc quits). Without one, or whenever
+``out_dir`` is given, the annotated frames go to ``<out>/<name>_annotated.mp4`` (written under a
+temporary name and renamed at the end) and one row per frame to ``<out>/<name>_counts.csv``
+(``frame,time_s,<class counts>``, written atomically at the end).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bloodcell.app.annotate import BoxAnnotator
+from bloodcell.atomic import write_text
+from bloodcell.errors import ImageError
+from bloodcell.runtime.predict import predict_image
+
+DEFAULT_OUT = "runs/predict"
+WINDOW = "bloodcell"
+QUIT_KEYS = (ord("q"), ord("Q"), 27)  # q or Esc
+
+
+@dataclass
+class StreamSummary:
+    """What a stream gave: frames processed, running totals per class, and the files written."""
+
+    source: str
+    class_names: tuple[str, ...] = ()
+    frames: int = 0
+    totals: dict[str, int] = field(default_factory=dict)
+    fps: float = 0.0
+    shown: bool = False
+    video_path: Path | None = None
+    csv_path: Path | None = None
+
+    def mean_per_frame(self) -> dict[str, float]:
+        return {k: v / self.frames if self.frames else 0.0 for k, v in self.totals.items()}
+
+    def __str__(self) -> str:
+        means = ", ".join(f"{v:.1f} {k}" for k, v in self.mean_per_frame().items())
+        lines = [f"{self.source}: {self.frames} frames, mean per frame {means or '-'}"]
+        if self.video_path:
+            lines.append(f"annotated video: {self.video_path}")
+        if self.csv_path:
+            lines.append(f"per-frame counts: {self.csv_path}")
+        return "\n".join(lines)
+
+
+def stream_name(source: str) -> str:
+    """A file-name-safe stem: camera0 for index 0, the file's stem, or the URL's last path part."""
+    if source.isdigit():
+        return f"camera{int(source)}"
+    tail = source.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    stem = Path(tail).stem if tail else ""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "stream"
+
+
+def gui_available(cv2) -> bool:
+    """True when a window can be shown: a display is set and this OpenCV build has GUI support."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)  # headless builds raise cv2.error here
+    except cv2.error:
+        return False
+    return True
+
+
+def open_capture(cv2, source: str):
+    """An opened cv2.VideoCapture for a camera index, a video file or a URL; ImageError naming it otherwise."""
+    is_camera = source.isdigit()
+    is_url = "://" in source
+    if not (is_camera or is_url) and not Path(source).is_file():
+        raise ImageError(f"{source}: no such video file")
+    # Keep OpenCV's and FFmpeg's own log lines off stderr (FFmpeg reads this once, at its first use).
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    with contextlib.suppress(AttributeError, cv2.error):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    cap = cv2.VideoCapture(int(source) if is_camera else source)
+    if not cap.isOpened():
+        cap.release()
+        if is_camera:
+            raise ImageError(f"{source}: cannot open camera {source}")
+        raise ImageError(f"{source}: cannot open as a video (OPENCV_FFMPEG_LOGLEVEL=16 shows FFmpeg's reason)")
+    return cap
+
+
+class _FileSink:
+    """Annotated video (temporary name, renamed on close) and per-frame counts CSV (atomic, on close)."""
+
+    def __init__(self, cv2, out_dir: Path, name: str, fps: float, class_names: tuple[str, ...]) -> None:
+        self.cv2 = cv2
+        self.video_path = out_dir / f"{name}_annotated.mp4"
+        self.csv_path = out_dir / f"{name}_counts.csv"
+        self.tmp_path = out_dir / f".{name}_annotated.{os.getpid()}.tmp.mp4"  # .mp4 last: it picks the container
+        self.fps = fps
+        self.class_names = class_names
+        self.writer = None
+        self.rows = io.StringIO()
+        self.csv = csv.writer(self.rows, lineterminator="\n")
+        self.csv.writerow(["frame", "time_s", *class_names])
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def write(self, index: int, time_s: float, counts: dict[str, int], annotated_bgr: np.ndarray) -> None:
+        if self.writer is None:
+            h, w = annotated_bgr.shape[:2]
+            fourcc = self.cv2.VideoWriter_fourcc(*"mp4v")
+            self.writer = self.cv2.VideoWriter(str(self.tmp_path), fourcc, self.fps, (w, h))
+            if not self.writer.isOpened():
+                raise ImageError(f"{self.video_path}: cannot write an mp4v video of {w}x{h}")
+        self.writer.write(annotated_bgr)
+        self.csv.writerow([index, f"{time_s:.3f}", *(counts[c] for c in self.class_names)])
+
+    def close(self, ok: bool) -> bool:
+        """Finish both files when ``ok`` and a frame was written; otherwise remove the partial video."""
+        if self.writer is not None:
+            self.writer.release()
+        if not ok or self.writer is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.tmp_path.unlink()
+            return False
+        os.replace(self.tmp_path, self.video_path)
+        write_text(self.csv_path, self.rows.getvalue())
+        return True
+
+
+def run_stream(
+    predictor,
+    source: str,
+    out_dir: str | Path | None = None,
+    conf: float | None = None,
+    show: bool | None = None,
+    max_frames: int | None = None,
+) -> StreamSummary:
+    """Run ``predictor`` on every frame of ``source`` until it ends, q/Esc in the window, Ctrl-C or ``max_frames``."""
+    import cv2
+
+    source = str(source)
+    conf = predictor.conf if conf is None else conf
+    class_names = tuple(predictor.class_names)
+    name = stream_name(source)
+    cap = open_capture(cv2, source)
+    shown, sink, ok = False, None, False
+    try:
+        shown = show is not False and gui_available(cv2)
+        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        fps = fps if 0 < fps < 1000 else 0.0
+        if out_dir is not None or not shown:
+            sink = _FileSink(cv2, Path(out_dir or DEFAULT_OUT), name, fps or 10.0, class_names)
+        annotator = BoxAnnotator(class_names)
+        summary = StreamSummary(source, class_names, totals=dict.fromkeys(class_names, 0), fps=fps, shown=shown)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a camera stream; the files are kept
+            _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames)
+        if summary.frames == 0:
+            raise ImageError(f"{source}: no frame could be read")
+        ok = True
+    finally:
+        cap.release()
+        if shown:
+            with contextlib.suppress(cv2.error):
+                cv2.destroyWindow(WINDOW)
+        if sink is not None and sink.close(ok):
+            summary.video_path, summary.csv_path = sink.video_path, sink.csv_path
+    return summary
+
+
+def _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames) -> None:
+    timed_by_fps = summary.fps > 0 and not summary.source.isdigit()
+    start = time.monotonic()
+    while max_frames is None or summary.frames < max_frames:
+        grabbed, frame = cap.read()
+        if not grabbed or frame is None:
+            return
+        index = summary.frames
+        time_s = index / summary.fps if timed_by_fps else time.monotonic() - start
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        result = predict_image(predictor, rgb, Path(name), conf, conf)
+        counts = result.counts
+        drawn = annotator.annotate(rgb, result.detections.above(conf), {**counts, "frame": index})
+        bgr = cv2.cvtColor(np.asarray(drawn), cv2.COLOR_RGB2BGR)
+        if sink is not None:
+            sink.write(index, time_s, counts, bgr)
+        for k, v in counts.items():
+            summary.totals[k] += v
+        summary.frames += 1
+        if shown:
+            cv2.imshow(WINDOW, bgr)
+            if (cv2.waitKey(1) & 0xFF) in QUIT_KEYS or cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
+                return

@@ -1,0 +1,208 @@
+"""End to end in headless Chromium: the `bloodcell serve` page and a `bloodcell report` file (shipped model, BCCD).
+
+Playwright drives Debian's Chromium at /usr/bin/chromium (installed by `.ci/run` with apt; never a browser
+download). With BLOODCELL_UPDATE_DOCS=1 the screenshots are also copied to docs/ for the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from bloodcell.app.report import build_report
+from bloodcell.app.server import create_app
+from bloodcell.runtime.images import load_image
+from bloodcell.runtime.loader import load_predictor
+from bloodcell.runtime.predict import predict_image
+
+CHROMIUM = Path("/usr/bin/chromium")
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+# The flags known to work on these machines: no GPU, no QUIC, and no background calls to Google's hosts.
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+IMAGES = ("BloodImage_00001.jpg", "BloodImage_00002.jpg")
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI must provide it (.ci/run installs Debian's chromium)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def sync_playwright():
+    if not CHROMIUM.is_file():
+        _unavailable(f"{CHROMIUM} not found")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed (dev extra)")
+    return sync_playwright
+
+
+@pytest.fixture
+def page(sync_playwright, tmp_path: Path):
+    """A page in a fresh Chromium with a new, empty profile folder."""
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.set_default_timeout(20_000)
+            yield page
+        finally:
+            context.close()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_predictor(None)
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """Run ``app`` under uvicorn on a free loopback port in a thread; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not srv.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+    assert not thread.is_alive()
+
+
+def save_screenshot(page, path: Path, docs_name: str) -> None:
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    if os.environ.get("BLOODCELL_UPDATE_DOCS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        shutil.copyfile(path, DOCS / docs_name)
+
+
+def table_counts(page, classes: list[str], row: str) -> dict[str, int]:
+    """The per-class cells of one row of the page's summary table (``row``: a selector inside #summary)."""
+    head = page.locator("#summary thead th").all_inner_texts()
+    cells = page.locator(f"#summary {row} td").all_inner_texts()
+    assert head[2 : 2 + len(classes)] == classes, head
+    return {name: int(cells[head.index(name)]) for name in classes}
+
+
+def test_page_counts_equal_the_api(page, shipped, bccd_root: Path, tmp_path: Path):
+    from playwright.sync_api import expect
+
+    image = bccd_root / "JPEGImages" / IMAGES[0]
+    with serving(create_app(shipped)) as url:
+        model = httpx.get(f"{url}/api/v1/model", timeout=10).json()
+        classes = model["classes"]
+        api = httpx.post(f"{url}/api/v1/detect", files={"file": (image.name, image.read_bytes())}, timeout=30)
+        assert api.status_code == 200, api.text
+        api_counts = api.json()["counts"]
+        assert sum(api_counts.values()) > 0
+
+        page.goto(url + "/")
+        # Waits go through locators: the page's CSP (no 'unsafe-eval') refuses wait_for_function's string eval.
+        expect(page.locator("#thr-value")).not_to_have_text("")
+        thr = float(page.locator("#thr").input_value())
+        assert thr == pytest.approx(model["conf"], abs=1e-3)  # the slider starts at the operating threshold
+        page.locator("#files").set_input_files(str(image))
+        expect(page.locator("#status")).to_have_text("1 image(s)")
+        page.locator("#summary").wait_for(state="visible")
+        assert page.locator(".card.error").count() == 0
+
+        # Boxes were drawn: the card's canvas shows the image at its own size, not blank.
+        canvas = page.locator(".card canvas")
+        assert canvas.is_visible()
+        assert canvas.evaluate("c => [c.width, c.height]") == [api.json()["width"], api.json()["height"]]
+        assert canvas.evaluate("c => c.toDataURL().length") > 10_000
+
+        # Counts on the page (the image's row, the totals row and the card's caption) equal the API's.
+        assert page.locator("#summary tbody td").first.inner_text() == image.name
+        assert table_counts(page, classes, "tbody tr") == api_counts
+        assert table_counts(page, classes, "tfoot tr") == api_counts
+        caption = page.locator(".card .counts").inner_text()
+        assert caption == " · ".join(f"{name} {api_counts[name]}" for name in classes)
+        save_screenshot(page, tmp_path / "serve.png", "serve.png")
+
+        # Moving the slider re-counts in the page; the API at that threshold agrees.
+        higher = round(min(0.95, model["conf"] + 0.2), 3)
+        page.locator("#thr").evaluate(
+            "(el, v) => { el.value = v; el.dispatchEvent(new Event('input', { bubbles: true })); }", str(higher)
+        )
+        higher = float(page.locator("#thr").input_value())  # as the range input snapped it
+        expect(page.locator("#thr-value")).to_have_text(f"{higher:.3f}")
+        low = httpx.post(
+            f"{url}/api/v1/detect",
+            params={"min_score": higher},
+            files={"file": (image.name, image.read_bytes())},
+            timeout=30,
+        ).json()
+        expected = {name: sum(d["label"] == name for d in low["detections"]) for name in classes}
+        assert table_counts(page, classes, "tbody tr") == expected
+        assert sum(expected.values()) <= sum(api_counts.values())
+
+
+def test_report_renders_the_summary_totals(page, shipped, bccd_root: Path, tmp_path: Path):
+    images_dir = bccd_root / "JPEGImages"
+    records = [
+        predict_image(shipped, load_image(images_dir / name), Path(name), shipped.conf, shipped.conf).to_record()
+        for name in IMAGES
+    ]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(records))
+    summary = build_report(results, images_dir=images_dir, out=tmp_path / "report.html")
+    assert summary.missing_images == () and summary.fields == len(IMAGES)
+    for c in summary.classes:
+        assert summary.totals[c] == sum(r["counts"].get(c, 0) for r in records)
+
+    page.goto(summary.path.resolve().as_uri())
+    rows = page.locator("table").first.locator("tr")
+    assert rows.first.locator("th").all_inner_texts() == ["Class", "Total", "Mean per field"]
+    shown = {}
+    for i in range(1, rows.count()):
+        name, total, mean = rows.nth(i).locator("td").all_inner_texts()
+        shown[name.strip()] = (int(total), float(mean))
+    assert shown == {c: (summary.totals[c], round(summary.mean_per_field[c], 1)) for c in summary.classes}
+    assert page.get_by_text(f"{summary.fields} fields of view").is_visible()
+    ratios = dict(r.locator("td").all_inner_texts() for r in page.locator("table").nth(1).locator("tr").all())
+    assert ratios["WBC per 100 RBC"] == f"{summary.wbc_per_100_rbc:.1f}"
+    assert ratios["Platelets per 100 RBC"] == f"{summary.platelets_per_100_rbc:.1f}"
+    # Every thumbnail is an embedded image that the browser decoded.
+    thumbs = page.locator("figure img")
+    assert thumbs.count() == len(IMAGES)
+    assert all(w > 0 for w in thumbs.evaluate_all("imgs => imgs.map(i => i.naturalWidth)"))
+    save_screenshot(page, tmp_path / "report.png", "report.png")

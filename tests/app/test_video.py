@@ -1,0 +1,139 @@
+"""`bloodcell predict --source VIDEO`: per-frame counts CSV and annotated video (a small random model keeps it fast)."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from bloodcell.cli import main
+from bloodcell.models.checkpoint import make_info, model_payload, save_checkpoint
+from bloodcell.models.registry import build_model, model_config
+from bloodcell.runtime.loader import load_predictor
+from bloodcell.types import CLASS_NAMES
+
+cv2 = pytest.importorskip("cv2")
+
+FRAMES = 6
+CONF = 0.0155  # the random model scores ~0.015-0.017: a threshold that gives tens of boxes per frame
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = model_config("cellnet", {"neck_channels": 16})
+    net = build_model("cellnet", cfg, pretrained=False).eval()
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, model_payload(net, make_info("cellnet", cfg, CLASS_NAMES, (320, 256), conf=0.3)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory, bccd_root):
+    """6 frames at 2 fps: three BCCD images, two frames each."""
+    names = sorted((bccd_root / "JPEGImages").glob("*.jpg"))[:3]
+    frames = [cv2.resize(cv2.imread(str(p)), (640, 480)) for p in names]
+    path = tmp_path_factory.mktemp("video") / "slide.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 2.0, (640, 480))
+    assert writer.isOpened()
+    for i in range(FRAMES):
+        writer.write(frames[i // 2])
+    writer.release()
+    return path
+
+
+def read_frames(path):
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
+@pytest.fixture(autouse=True)
+def no_display(monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+
+
+def test_video_gives_counts_per_frame_and_annotated_video(model_file, video, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["predict", "--source", str(video), "--model", str(model_file), "--out", str(out), "--conf", str(CONF)]
+    assert main(argv) == 0
+    assert "6 frames" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "slide_counts.csv").open()))
+    assert len(rows) == FRAMES
+    assert list(rows[0]) == ["frame", "time_s", *CLASS_NAMES]
+    predictor = load_predictor(model_file)
+    decoded = read_frames(video)
+    assert len(decoded) == FRAMES
+    counted = []
+    for i, (row, frame) in enumerate(zip(rows, decoded, strict=True)):
+        assert int(row["frame"]) == i and float(row["time_s"]) == pytest.approx(i / 2.0)
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        expected = predictor.predict(rgb, min_score=CONF).above(CONF).counts(CLASS_NAMES)
+        assert {c: int(row[c]) for c in CLASS_NAMES} == expected
+        counted.append(sum(expected.values()))
+    assert min(counted) > 0  # the comparison is not between empty frames
+    annotated = read_frames(out / "slide_annotated.mp4")
+    assert len(annotated) == FRAMES and annotated[0].shape == (480, 640, 3)
+    assert not np.array_equal(annotated[0], decoded[0])  # boxes and the count banner are drawn
+    assert sorted(p.name for p in out.iterdir()) == ["slide_annotated.mp4", "slide_counts.csv"]  # no temp left
+
+
+def test_missing_video_is_one_line(model_file, tmp_path, capsys):
+    code = main(["predict", "--source", str(tmp_path / "nope.mp4"), "--model", str(model_file), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and "nope.mp4" in err[0] and "Traceback" not in err[0]
+
+
+def test_unreadable_video_leaves_no_files(model_file, tmp_path, capsys):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video" * 100)
+    out = tmp_path / "out"
+    code = main(["predict", "--source", str(bad), "--model", str(model_file), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and "bad.mp4" in err[0] and "Traceback" not in err[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    "extra", [["a.jpg"], [], ["--json", "r.json"]], ids=["with-positional", "neither", "json-flag"]
+)
+def test_source_flag_combinations_are_refused(model_file, video, capsys, extra):
+    argv = ["predict", *extra, "--model", str(model_file)]
+    if extra != []:
+        argv += ["--source", str(video)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+
+
+def test_headless_opencv_never_opens_a_window(monkeypatch):
+    from bloodcell.app.video import gui_available
+
+    monkeypatch.setenv("DISPLAY", ":0")
+    if "GUI:                           NONE" not in cv2.getBuildInformation():
+        pytest.skip("this OpenCV build has GUI support")
+    assert gui_available(cv2) is False
+
+
+def test_run_stream_stops_at_max_frames(model_file, video, tmp_path):
+    from bloodcell.app.video import run_stream, stream_name
+
+    summary = run_stream(load_predictor(model_file), str(video), tmp_path, conf=CONF, show=False, max_frames=2)
+    assert summary.frames == 2 and not summary.shown and summary.fps == pytest.approx(2.0)
+    assert len((tmp_path / "slide_counts.csv").read_text().splitlines()) == 3
+    assert sum(summary.totals.values()) > 0 and "2 frames" in str(summary)
+    assert [stream_name(s) for s in ("0", "a/b/x.mp4", "rtsp://h/cam?x=1", "http://h/")] == [
+        "camera0",
+        "x",
+        "cam",
+        "h",
+    ]
