@@ -35,3 +35,28 @@ def tiny_voc(bccd_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             (root / "Annotations" / f"{name}.xml").symlink_to(bccd_root / "Annotations" / f"{name}.xml")
             (root / "JPEGImages" / f"{name}.jpg").symlink_to(bccd_root / "JPEGImages" / f"{name}.jpg")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """Factory for small random CellNet model files (seconds to build, fast to run)."""
+
+    def make(conf: float = 0.3, cls_bias: float = 0.0, metrics: dict | None = None) -> Path:
+        import torch
+
+        from bloodcell.models.checkpoint import make_info, model_payload, save_checkpoint
+        from bloodcell.models.registry import build_model, model_config
+        from bloodcell.types import CLASS_NAMES
+
+        torch.manual_seed(0)
+        cfg = model_config("cellnet", {"neck_channels": 16})
+        net = build_model("cellnet", cfg, pretrained=False).eval()
+        with torch.no_grad():  # a higher class prior makes a random model's scores pass a threshold
+            for head in net.heads:
+                head.cls[1].bias += cls_bias
+        path = tmp_path_factory.mktemp("model") / "tiny.pt"
+        info = make_info("cellnet", cfg, CLASS_NAMES, (320, 256), conf=conf, metrics=metrics or {})
+        save_checkpoint(path, model_payload(net, info))
+        return path
+
+    return make

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -21,8 +20,6 @@ from PIL import Image
 from bloodcell.app import server
 from bloodcell.app.server import ApiError, create_app, read_upload, safe_name
 from bloodcell.cli import main
-from bloodcell.models.checkpoint import make_info, model_payload, save_checkpoint
-from bloodcell.models.registry import build_model, model_config
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.predict import predict_image
@@ -33,17 +30,9 @@ METRICS = {"val": {"voc_map50": 0.5}}
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = model_config("cellnet", {"neck_channels": 16})
-    net = build_model("cellnet", cfg, pretrained=False).eval()
-    with torch.no_grad():  # raise the class prior so some scores pass conf=0.3 and counts differ between images
-        for head in net.heads:
-            head.cls[1].bias += 3.5
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    info = make_info("cellnet", cfg, CLASS_NAMES, (320, 256), conf=0.3, metrics=METRICS)
-    save_checkpoint(path, model_payload(net, info))
-    return path
+def model_file(tiny_model):
+    # raise the class prior so some scores pass conf=0.3 and counts differ between images
+    return tiny_model(conf=0.3, cls_bias=3.5, metrics=METRICS)
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from bloodcell.app.watch import STATE_NAME, Watcher
 from bloodcell.cli import main
-from bloodcell.models.checkpoint import make_info, model_payload, save_checkpoint
-from bloodcell.models.registry import build_model, model_config
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.types import CLASS_NAMES
@@ -23,13 +20,8 @@ SETTLE = 0.3
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = model_config("cellnet", {"neck_channels": 16})
-    net = build_model("cellnet", cfg, pretrained=False).eval()
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, model_payload(net, make_info("cellnet", cfg, CLASS_NAMES, (320, 256), conf=0.05)))
-    return path
+def model_file(tiny_model):
+    return tiny_model(conf=0.05)
 
 
 class CountingPredictor:
