@@ -9,16 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from bloodcell.app.report import build_report
 from bloodcell.app.server import create_app
@@ -85,27 +79,6 @@ def shipped():
     return load_predictor(None)
 
 
-@contextmanager
-def serving(app) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free loopback port in a thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not srv.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert srv.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-    assert not thread.is_alive()
-
-
 def save_screenshot(page, path: Path, docs_name: str) -> None:
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
@@ -122,7 +95,7 @@ def table_counts(page, classes: list[str], row: str) -> dict[str, int]:
     return {name: int(cells[head.index(name)]) for name in classes}
 
 
-def test_page_counts_equal_the_api(page, shipped, bccd_root: Path, tmp_path: Path):
+def test_page_counts_equal_the_api(page, shipped, serving, bccd_root: Path, tmp_path: Path):
     from playwright.sync_api import expect
 
     image = bccd_root / "JPEGImages" / IMAGES[0]

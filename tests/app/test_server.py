@@ -3,9 +3,7 @@
 import asyncio
 import io
 import re
-import socket
 import struct
-import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -178,23 +176,11 @@ def test_upload_is_read_in_chunks_and_refused_at_the_limit():
     assert e.value.status == 413 and (1 << 20) <= sent <= (1 << 20) + 2 * 65536
 
 
-def test_fifty_concurrent_requests_on_loopback(predictor, bccd_images):
+def test_fifty_concurrent_requests_on_loopback(predictor, bccd_images, serving):
     expected = {p.name: expected_record(predictor, p, 0.05) for p in bccd_images}
     counts = [r["counts"] for r in expected.values()]
     assert counts[0] != counts[1] and all(sum(c.values()) for c in counts)  # a mixed-up answer would show
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(predictor), log_level="warning", limit_concurrency=200)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not srv.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert srv.started
-        url = f"http://127.0.0.1:{port}"
+    with serving(create_app(predictor), limit_concurrency=200) as url:
         payloads = [(p.name, p.read_bytes()) for p in bccd_images]
 
         def one(i: int) -> tuple[str, int, dict]:
@@ -211,11 +197,6 @@ def test_fifty_concurrent_requests_on_loopback(predictor, bccd_images):
         bad = httpx.post(f"{url}/api/v1/detect", files={"file": ("a.txt", b"hello")}, timeout=10)
         assert bad.status_code == 415
         assert httpx.get(f"{url}/api/v1/health", timeout=10).json()["status"] == "ok"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-    assert not thread.is_alive()
 
 
 def test_cli_serve_binds_loopback_by_default(model_file, monkeypatch, capsys):
