@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bloodcell.errors import BloodcellError, ConfigError
 
@@ -114,36 +116,69 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     from bloodcell.config import TrainConfig
 
     d = TrainConfig()
+    # No defaults here: cmd_train sees which settings were given (--resume keeps the run's for the others).
     p = sub.add_parser("train", help="train a detector on a VOC dataset")
     p.add_argument(
         "--model",
-        default=d.model,
-        help="cellnet, cellnet-mnv2, fasterrcnn, or a .pt model to fine-tune",
+        help=f"cellnet, cellnet-mnv2, fasterrcnn, or a .pt model to fine-tune (default {d.model})",
     )
-    p.add_argument("--data", help="VOC dataset folder")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--imgsz", type=int, default=d.imgsz, help="side of the square training crops (pixels)")
-    p.add_argument("--input-size", type=_size, default=d.input_size, help="WxH for validation and inference")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--augment", default=d.augment, help="augmentation preset: train, light, none")
-    p.add_argument("--val-every", type=int, default=d.val_every, help="validate every N epochs (and the last)")
+    p.add_argument("--data", help="VOC dataset folder or dataset YAML (several folders, label completeness)")
+    p.add_argument("--epochs", type=_positive_int, help=f"default {d.epochs}")
+    p.add_argument("--batch", type=_positive_int, help=f"default {d.batch}")
+    p.add_argument("--imgsz", type=_positive_int, help=f"side of the square training crops (default {d.imgsz} px)")
+    w, h = d.input_size
+    p.add_argument("--input-size", type=_size, help=f"WxH for validation and inference (default {w}x{h})")
+    p.add_argument("--lr", type=_positive_float, help=f"default {d.lr:g}")
+    p.add_argument("--seed", type=_non_negative_int, help=f"default {d.seed}")
+    p.add_argument("--workers", type=_non_negative_int, help=f"data loader processes (default {d.workers})")
+    p.add_argument("--device", help=f"auto, cpu or cuda (default {d.device})")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--augment", help=f"augmentation preset: train, train-v1, light, none (default {d.augment})")
+    p.add_argument(
+        "--missing-labels",
+        help="how unlabelled cells of classes a source marks non-exhaustive train: plain, ignore, pseudo, downweight"
+        f" (default {d.missing_labels})",
+    )
+    p.add_argument(
+        "--missing-tau",
+        type=_open_probability,
+        help=f"teacher score threshold (ignore, pseudo; default {d.missing_tau})",
+    )
+    p.add_argument(
+        "--val-every", type=_positive_int, help=f"validate every N epochs and the last (default {d.val_every})"
+    )
     p.add_argument("--weights", help="backbone weights file instead of the packaged ImageNet weights")
     p.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights")
-    p.add_argument("--max-images", type=int, help="train on the first N images only (quick checks)")
+    p.add_argument("--max-images", type=_positive_int, help="train on the first N images only (quick checks)")
     p.add_argument("--out", default=d.out, help="run folder (default runs/train; numbered if it exists)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last.pt; only --epochs (more), --device, --workers, --threads and "
+        "--val-every may change",
+    )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "calibrate", help="re-fit a .pt model's per-class operating points, count intervals and cell size on val"
+    )
+    p.add_argument("--model", required=True, help=".pt model file")
+    p.add_argument("--data", help="VOC dataset folder or dataset YAML whose val split is fitted on")
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", required=True, help="the new .pt model file (may be --model itself)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("val", help="score a model: VOC mAP@0.5, COCO AP, count error, plots")
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--data", help="VOC dataset folder")
     p.add_argument("--split", default="val")
-    p.add_argument("--conf", type=float, help="threshold for counts (default: the model's operating threshold)")
+    p.add_argument("--conf", type=_conf_text, help=CONF_HELP)
+    p.add_argument(
+        "--cell-size",
+        type=_cell_size,
+        default="auto",
+        help="red-cell diameter in pixels in your images, 'auto' (estimate per image, default) or 'none' (as is)",
+    )
     p.add_argument("--json", help="write the metrics as JSON to this file")
     p.add_argument("--out", default="runs/val", help="folder for PR curves and the confusion matrix")
     p.set_defaults(func=cmd_val)
@@ -152,12 +187,18 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", nargs="*", help="image files, folders or globs")
     p.add_argument("--source", dest="stream", metavar="0|VIDEO|URL", help="camera index, video file or stream URL")
     p.add_argument("--model", help="model file (default: the shipped model)")
-    p.add_argument("--conf", type=float, help="threshold for counts (default: the model's operating threshold)")
-    p.add_argument("--min-score", type=float, help="lowest score listed in --json (default: --conf)")
+    p.add_argument("--conf", type=_conf_text, help=CONF_HELP)
+    p.add_argument(
+        "--cell-size",
+        type=_cell_size,
+        default="auto",
+        help="red-cell diameter in pixels in your images, 'auto' (estimate per image, default) or 'none' (as is)",
+    )
+    p.add_argument("--min-score", type=_score, help="lowest score listed in --json (default: --conf)")
     p.add_argument("--out", help="folder for annotated images (with --source: the annotated video and counts CSV)")
     p.add_argument("--json", help="write one record per image to this JSON file")
     p.add_argument("--csv", help="write per-image counts to this CSV file")
-    p.add_argument("--threads", type=int, help="CPU threads for the model (default: the runtime's choice)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: the runtime's choice)")
     p.add_argument("--edgetpu", action="store_true", help="run a compiled .tflite model on a Coral Edge TPU")
     p.set_defaults(func=cmd_predict)
 
@@ -165,7 +206,9 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--format", required=True, help="onnx or tflite")
     p.add_argument("--int8", action="store_true", help="full-integer int8 (TFLite): int8 weights, activations, I/O")
-    p.add_argument("--calib-images", type=int, default=32, help="training images used to calibrate int8 ranges")
+    p.add_argument(
+        "--calib-images", type=_positive_int, default=32, help="training images used to calibrate int8 ranges"
+    )
     p.add_argument("--imgsz", type=_size, help="static input size WxH (default: the model's, 640x480)")
     p.add_argument("--data", help="VOC dataset folder for calibration images")
     p.add_argument("--out", required=True, help="output file (.onnx or .tflite); metadata goes to <out>.json")
@@ -174,13 +217,13 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("qat", help="quantization-aware fine-tuning, then export a full-integer int8 TFLite")
     p.add_argument("--model", required=True, help="trained .pt model to start from")
     p.add_argument("--data", help="VOC dataset folder (train split)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--imgsz", type=int, default=384, help="side of the square training crops")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--max-images", type=int, help="fine-tune on the first N images only (quick checks)")
+    p.add_argument("--epochs", type=_positive_int, default=2)
+    p.add_argument("--batch", type=_positive_int, default=8)
+    p.add_argument("--imgsz", type=_positive_int, default=384, help="side of the square training crops")
+    p.add_argument("--lr", type=_positive_float, default=1e-4)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--threads", type=_positive_int)
+    p.add_argument("--max-images", type=_positive_int, help="fine-tune on the first N images only (quick checks)")
     p.add_argument("--out", required=True, help="output .tflite file; metadata goes to <out>.json")
     p.set_defaults(func=cmd_qat)
 
@@ -188,7 +231,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--data", help="VOC dataset folder")
     p.add_argument("--split", default="val")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=_positive_int, default=2)
     p.add_argument("--extra", nargs="+", default=[], help="more model files to include (e.g. a QAT .tflite)")
     p.add_argument("--out", default="runs/benchmark", help="folder for the exports and benchmark.csv")
     p.set_defaults(func=cmd_benchmark)
@@ -198,19 +241,46 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="a local web page and JSON API: drop images, see boxes, download counts")
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this computer only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload (default: 20 MB)")
-    p.add_argument("--threads", type=int, help="CPU threads for the model (default: the runtime's choice)")
+    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--max-upload-mb", type=_positive_float, default=20, help="largest accepted upload (default: 20 MB)")
+    p.add_argument(
+        "--cell-size",
+        type=_cell_size,
+        default="auto",
+        help="red-cell diameter in pixels in your images, 'auto' (estimate per image, default) or 'none' (as is)",
+    )
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: the runtime's choice)")
+    p.add_argument(
+        "--max-megapixels",
+        type=_positive_float,
+        default=50,
+        help="largest accepted image in megapixels, under Pillow's bomb limit of 89 (default: 50)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name or address the page is reached under (e.g. behind a proxy); repeatable",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("watch", help="count cells in each image dropped into a folder (once each, restart-safe)")
     p.add_argument("folder", help="folder the microscope camera writes images into (top level only)")
     p.add_argument("--out", help="folder for counts.csv, annotated/ and the state file (default: FOLDER/bloodcell)")
     p.add_argument("--model", help="model file (default: the shipped model)")
-    p.add_argument("--conf", type=float, help="threshold for counts (default: the model's operating threshold)")
-    p.add_argument("--settle", type=float, default=1.0, help="seconds a file must stay unchanged (default: 1)")
+    p.add_argument("--conf", type=_conf_text, help=CONF_HELP)
+    p.add_argument(
+        "--cell-size",
+        type=_cell_size,
+        default="auto",
+        help="red-cell diameter in pixels in your images, 'auto' (estimate per image, default) or 'none' (as is)",
+    )
+    p.add_argument(
+        "--settle", type=_non_negative_float, default=1.0, help="seconds a file must stay unchanged (default: 1)"
+    )
     p.add_argument("--once", action="store_true", help="process what is in the folder now, then exit")
-    p.add_argument("--threads", type=int, help="CPU threads for the model (default: the runtime's choice)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: the runtime's choice)")
     p.set_defaults(func=cmd_watch)
 
 
@@ -223,39 +293,111 @@ def _add_report_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_report)
 
 
+CONF_HELP = "operating points for counts: one value, or per class like RBC=0.4,WBC=0.5 (default: the model's)"
+
+
+def _conf_text(text: str) -> str:
+    """Checks the form of --conf now (numbers in (0, 1]); class names are checked once the model is loaded."""
+    from bloodcell.runtime.counting import parse_conf
+
+    names = [part.partition("=")[0].strip() for part in text.split(",")] if "=" in text else ["all"]
+    try:
+        parse_conf(text, names, 0.5)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _cell_size(text: str) -> float | str | None:
+    if text.strip().lower() in ("auto", "none"):
+        return None if text.strip().lower() == "none" else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 'auto', 'none' or a diameter in pixels > 0")
+    return value
+
+
+def _resolve_conf(text: str | None, predictor) -> tuple[float, ...] | None:
+    """--conf for this model: None keeps its own operating points."""
+    if text is None:
+        return None
+    from bloodcell.runtime.counting import parse_conf
+
+    return parse_conf(text, tuple(predictor.class_names), predictor.conf)
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be at least 1")
     return w, h
+
+
+# Every numeric option is checked here, while parsing: a bad value ends in argparse's one-line
+# "argument --flag: ..." and exit code 2, before any model or dataset is loaded.
+
+
+def _number(cast: type, low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
+    """An argparse ``type=`` for a finite int or float in [low, high] (``*_open``: the bound itself excluded)."""
+    if high is None:
+        interval = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        interval = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    what = "an integer" if cast is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        ok = value is not None and math.isfinite(value) and (value > low if low_open else value >= low)
+        if ok and high is not None:
+            ok = value < high if high_open else value <= high
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what} {interval}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, 1)
+_non_negative_int = _number(int, 0)
+_positive_float = _number(float, 0, low_open=True)
+_non_negative_float = _number(float, 0)
+_probability = _number(float, 0, 1, low_open=True)  # (0, 1]
+_open_probability = _number(float, 0, 1, low_open=True, high_open=True)  # (0, 1)
+_score = _number(float, 0, 1)  # [0, 1]
+_port = _number(int, 1, 65535)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from bloodcell.config import TrainConfig
     from bloodcell.engine.train import train
 
-    config = TrainConfig(
-        model=args.model,
-        data=args.data,
-        epochs=args.epochs,
-        batch=args.batch,
-        imgsz=args.imgsz,
-        input_size=args.input_size,
-        lr=args.lr,
-        seed=args.seed,
-        workers=args.workers,
-        device=args.device,
-        threads=args.threads,
-        augment=args.augment,
-        val_every=args.val_every,
-        weights=args.weights,
-        pretrained=not args.no_pretrained,
-        max_images=args.max_images,
-        out=args.out,
-        resume=args.resume,
-    )
-    train(config)
+    options = ("model", "data", "epochs", "batch", "imgsz", "input_size", "lr", "seed", "workers", "device", "threads")
+    options += ("augment", "missing_labels", "missing_tau", "val_every", "weights", "max_images")
+    given = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
+    if args.no_pretrained:
+        given["pretrained"] = False
+    config = TrainConfig(**given, out=args.out, resume=args.resume)  # TrainConfig's defaults for the rest
+    train(config, progress=sys.stderr.isatty(), explicit=set(given))  # no progress bars in logs
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from bloodcell.data.sources import load_dataset
+    from bloodcell.engine.train import fit_counting_file
+
+    records = load_dataset(_data_root(args), split=args.split).records
+    if not records:
+        raise ConfigError(f"{_data_root(args)}: split {args.split!r} has no usable images")
+    fit_counting_file(Path(args.model), records, out=Path(args.out))
     return 0
 
 
@@ -263,7 +405,13 @@ def cmd_val(args: argparse.Namespace) -> int:
     from bloodcell.engine.validate import validate
 
     metrics = validate(
-        args.model, _data_root(args), split=args.split, conf=args.conf, out=args.out, json_path=args.json
+        args.model,
+        _data_root(args),
+        split=args.split,
+        conf=args.conf,
+        out=args.out,
+        json_path=args.json,
+        cell_size=args.cell_size,
     )
     print(metrics)
     return 0
@@ -282,6 +430,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.source,
         model=args.model,
         conf=args.conf,
+        cell_size=args.cell_size,
         min_score=args.min_score,
         out=args.out,
         json_path=args.json,
@@ -299,7 +448,8 @@ def _predict_stream(args: argparse.Namespace) -> int:
     from bloodcell.runtime.loader import load_predictor
 
     predictor = load_predictor(args.model, threads=args.threads, edgetpu=args.edgetpu)
-    print(run_stream(predictor, args.stream, args.out, conf=args.conf))
+    conf = _resolve_conf(args.conf, predictor)
+    print(run_stream(predictor, args.stream, args.out, conf=conf, cell_size=args.cell_size))
     return 0
 
 
@@ -362,16 +512,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bloodcell.app.server import create_app
     from bloodcell.runtime.loader import default_model, load_predictor
 
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port {args.port}: expected 0..65535")
-    if args.max_upload_mb <= 0:
-        raise ConfigError(f"--max-upload-mb {args.max_upload_mb:g}: must be positive")
     predictor = load_predictor(args.model, threads=args.threads)
     name = Path(args.model).name if args.model else default_model()[0].name
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: --host {args.host} lets other computers reach this server (no login)", file=sys.stderr)
     print(f"serving {name} at http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
-    uvicorn.run(create_app(predictor, args.max_upload_mb, model_name=name), host=args.host, port=args.port)
+    app = create_app(
+        predictor,
+        args.max_upload_mb,
+        model_name=name,
+        cell_size=args.cell_size,
+        max_pixels=int(args.max_megapixels * 1e6),
+        host=args.host,
+        allowed_hosts=args.allowed_host,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, server_header=False)
     return 0
 
 
@@ -384,23 +539,23 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from bloodcell.app.watch import Watcher
     from bloodcell.runtime.loader import load_predictor
 
-    if args.settle < 0:
-        raise ConfigError(f"--settle {args.settle:g}: must be >= 0 seconds")
-    if args.conf is not None and not 0 < args.conf <= 1:
-        raise ConfigError(f"--conf {args.conf:g}: expected a value in (0, 1]")
     if not Path(args.folder).is_dir():
         raise ConfigError(f"{args.folder}: not a folder")
     out = args.out or str(Path(args.folder) / "bloodcell")
     predictor = load_predictor(args.model, threads=args.threads)
-    watcher = Watcher(predictor, args.folder, out, conf=args.conf, settle=args.settle, log=sys.stdout)
-    if args.once:
-        watcher.drain()
-    else:
-        print(f"watching {args.folder}, writing {out}/counts.csv (Ctrl+C stops)", file=sys.stderr)
-        try:
-            watcher.run(threading.Event())
-        except KeyboardInterrupt:
-            print("stopped", file=sys.stderr)
+    conf = _resolve_conf(args.conf, predictor)
+    watcher = Watcher(
+        predictor, args.folder, out, conf=conf, settle=args.settle, log=sys.stdout, cell_size=args.cell_size
+    )
+    with watcher:  # holds the --out folder's lock until done
+        if args.once:
+            watcher.drain()
+        else:
+            print(f"watching {args.folder}, writing {out}/counts.csv (Ctrl+C stops)", file=sys.stderr)
+            try:
+                watcher.run(threading.Event())
+            except KeyboardInterrupt:
+                print("stopped", file=sys.stderr)
     summary = f"{watcher.processed} images processed, {watcher.failed} failed"
     print(summary, file=sys.stderr if watcher.failed else sys.stdout)
     return 1 if watcher.failed else 0

@@ -11,7 +11,7 @@ from bloodcell.errors import ConfigError
 @dataclass
 class TrainConfig:
     model: str = "cellnet"
-    data: str | None = None  # VOC folder; None: $BLOODCELL_DATA or the cache
+    data: str | None = None  # VOC folder or dataset YAML; None: $BLOODCELL_DATA or the cache
     train_split: str = "train"
     val_split: str = "val"
     epochs: int = 40
@@ -25,6 +25,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 10.0
     augment: str = "train"
+    missing_labels: str = "ignore"  # how unlabelled cells of non-exhaustive classes train (cellnet_loss)
+    missing_tau: float = 0.3
     seed: int = 0
     workers: int = 0
     device: str = "auto"
@@ -44,6 +46,12 @@ class TrainConfig:
             raise ConfigError("--lr must be positive and --workers not negative")
         if self.imgsz % 32 or any(s % 32 for s in self.input_size):
             raise ConfigError(f"--imgsz {self.imgsz} and input size {self.input_size} must be multiples of 32")
+        from bloodcell.models.cellnet_loss import MISSING_LABEL_METHODS
+
+        if self.missing_labels not in MISSING_LABEL_METHODS:
+            raise ConfigError(f"--missing-labels {self.missing_labels!r}: choose from {list(MISSING_LABEL_METHODS)}")
+        if not 0.0 < self.missing_tau < 1.0:
+            raise ConfigError(f"--missing-tau {self.missing_tau}: expected a value in (0, 1)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device {self.device!r}: use auto, cpu or cuda")
 

@@ -92,7 +92,7 @@ def table_counts(page, classes: list[str], row: str) -> dict[str, int]:
     head = page.locator("#summary thead th").all_inner_texts()
     cells = page.locator(f"#summary {row} td").all_inner_texts()
     assert head[2 : 2 + len(classes)] == classes, head
-    return {name: int(cells[head.index(name)]) for name in classes}
+    return {name: int(cells[head.index(name)].split()[0]) for name in classes}  # "21 (19–24)": the count
 
 
 def test_page_counts_equal_the_api(page, shipped, serving, bccd_root: Path, tmp_path: Path):
@@ -109,9 +109,8 @@ def test_page_counts_equal_the_api(page, shipped, serving, bccd_root: Path, tmp_
 
         page.goto(url + "/")
         # Waits go through locators: the page's CSP (no 'unsafe-eval') refuses wait_for_function's string eval.
-        expect(page.locator("#thr-value")).not_to_have_text("")
-        thr = float(page.locator("#thr").input_value())
-        assert thr == pytest.approx(model["conf"], abs=1e-3)  # the slider starts at the operating threshold
+        expect(page.locator("#thr-value")).to_have_text("+0.00")  # the slider starts at the model's operating points
+        assert float(page.locator("#thr").input_value()) == 0
         page.locator("#files").set_input_files(str(image))
         expect(page.locator("#status")).to_have_text("1 image(s)")
         page.locator("#summary").wait_for(state="visible")
@@ -128,31 +127,39 @@ def test_page_counts_equal_the_api(page, shipped, serving, bccd_root: Path, tmp_
         assert table_counts(page, classes, "tbody tr") == api_counts
         assert table_counts(page, classes, "tfoot tr") == api_counts
         caption = page.locator(".card .counts").inner_text()
-        assert caption == " · ".join(f"{name} {api_counts[name]}" for name in classes)
+        intervals = api.json()["count_intervals"]
+        assert caption == " · ".join(
+            f"{name} {api_counts[name]} ({intervals[name][0]}–{intervals[name][1]})" for name in classes
+        )
+        totals = page.locator("#summary tfoot td").all_inner_texts()
+        assert totals[2] == f"{api_counts['RBC']} ({intervals['RBC'][0]}–{intervals['RBC'][1]})"
         save_screenshot(page, tmp_path / "serve.png", "serve.png")
 
-        # Moving the slider re-counts in the page; the API at that threshold agrees.
-        higher = round(min(0.95, model["conf"] + 0.2), 3)
+        # Moving the slider shifts every class's operating point and re-counts in the page; the API agrees.
         page.locator("#thr").evaluate(
-            "(el, v) => { el.value = v; el.dispatchEvent(new Event('input', { bubbles: true })); }", str(higher)
+            "(el, v) => { el.value = v; el.dispatchEvent(new Event('input', { bubbles: true })); }", "0.2"
         )
-        higher = float(page.locator("#thr").input_value())  # as the range input snapped it
-        expect(page.locator("#thr-value")).to_have_text(f"{higher:.3f}")
+        expect(page.locator("#thr-value")).to_have_text("+0.20")
         low = httpx.post(
             f"{url}/api/v1/detect",
-            params={"min_score": higher},
+            params={"min_score": 0.05},
             files={"file": (image.name, image.read_bytes())},
             timeout=30,
         ).json()
-        expected = {name: sum(d["label"] == name for d in low["detections"]) for name in classes}
+        points = dict(zip(classes, model["conf"], strict=True))
+        expected = {
+            name: sum(d["label"] == name and d["score"] >= min(1.0, points[name] + 0.2) for d in low["detections"])
+            for name in classes
+        }
         assert table_counts(page, classes, "tbody tr") == expected
-        assert sum(expected.values()) <= sum(api_counts.values())
+        assert sum(expected.values()) < sum(api_counts.values())
+        assert "(" not in page.locator(".card .counts").inner_text()  # intervals hold at the model's own points only
 
 
 def test_report_renders_the_summary_totals(page, shipped, bccd_root: Path, tmp_path: Path):
     images_dir = bccd_root / "JPEGImages"
     records = [
-        predict_image(shipped, load_image(images_dir / name), Path(name), shipped.conf, shipped.conf).to_record()
+        predict_image(shipped, load_image(images_dir / name), Path(name), shipped.conf).to_record()
         for name in IMAGES
     ]
     results = tmp_path / "results.json"
@@ -164,12 +171,14 @@ def test_report_renders_the_summary_totals(page, shipped, bccd_root: Path, tmp_p
 
     page.goto(summary.path.resolve().as_uri())
     rows = page.locator("table").first.locator("tr")
-    assert rows.first.locator("th").all_inner_texts() == ["Class", "Total", "Mean per field"]
+    assert rows.first.locator("th").all_inner_texts() == ["Class", "Total", "90% interval", "Mean per field"]
     shown = {}
     for i in range(1, rows.count()):
-        name, total, mean = rows.nth(i).locator("td").all_inner_texts()
-        shown[name.strip()] = (int(total), float(mean))
-    assert shown == {c: (summary.totals[c], round(summary.mean_per_field[c], 1)) for c in summary.classes}
+        name, total, interval, mean = rows.nth(i).locator("td").all_inner_texts()
+        shown[name.strip()] = (int(total), tuple(int(v) for v in interval.split("–")), float(mean))
+    assert shown == {
+        c: (summary.totals[c], summary.intervals[c], round(summary.mean_per_field[c], 1)) for c in summary.classes
+    }
     assert page.get_by_text(f"{summary.fields} fields of view").is_visible()
     ratios = dict(r.locator("td").all_inner_texts() for r in page.locator("table").nth(1).locator("tr").all())
     assert ratios["WBC per 100 RBC"] == f"{summary.wbc_per_100_rbc:.1f}"

@@ -4,6 +4,7 @@ import asyncio
 import io
 import re
 import struct
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +19,14 @@ from PIL import Image
 from bloodcell.app import server
 from bloodcell.app.server import ApiError, create_app, read_upload, safe_name
 from bloodcell.cli import main
+from bloodcell.errors import ConfigError
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.predict import predict_image
 from bloodcell.types import CLASS_NAMES
 
 LIMIT_MB = 0.25
+BASE = "http://localhost:8000"  # TestClient's default Host, "testserver", is not one the app answers
 METRICS = {"val": {"voc_map50": 0.5}}
 
 
@@ -40,7 +43,7 @@ def predictor(model_file):
 
 @pytest.fixture(scope="module")
 def client(predictor):
-    with TestClient(create_app(predictor, max_upload_mb=LIMIT_MB, model_name="tiny.pt")) as c:
+    with TestClient(create_app(predictor, max_upload_mb=LIMIT_MB, model_name="tiny.pt"), base_url=BASE) as c:
         yield c
 
 
@@ -95,7 +98,7 @@ def test_health_and_model_info(client):
     card = client.get("/api/v1/model").json()
     assert card["name"] == "tiny.pt" and card["architecture"] == "cellnet" and card["format"] == "pytorch"
     assert card["classes"] == list(CLASS_NAMES) and set(card["colors"]) == set(CLASS_NAMES)
-    assert card["input_size"] == [320, 256] and card["conf"] == 0.3 and card["metrics"] == METRICS
+    assert card["input_size"] == [320, 256] and card["conf"] == [0.3, 0.3, 0.3] and card["metrics"] == METRICS
 
 
 def test_page_is_served_offline_and_api_documented(client):
@@ -201,15 +204,17 @@ def test_fifty_concurrent_requests_on_loopback(predictor, bccd_images, serving):
 
 def test_cli_serve_binds_loopback_by_default(model_file, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port: calls.append((app, host, port)))
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.append((app, host, port, kw)))
     assert main(["serve", "--model", str(model_file), "--max-upload-mb", "1"]) == 0
-    app, host, port = calls[0]
+    app, host, port, kw = calls[0]
     assert (host, port) == ("127.0.0.1", 8000)
-    with TestClient(app) as c:
+    assert kw == {"server_header": False}  # no "server: uvicorn" banner
+    with TestClient(app, base_url=BASE) as c:
         assert c.get("/api/v1/model").json()["name"] == "tiny.pt"
         big = io.BytesIO(b"\xff" * (2 << 20))
         assert c.post("/api/v1/detect", files={"file": ("a.jpg", big)}).status_code == 413
-    assert main(["serve", "--model", str(model_file), "--max-upload-mb", "0"]) == 2
+    with pytest.raises(SystemExit, match="2"):  # checked while parsing (tests/test_cli.py)
+        main(["serve", "--model", str(model_file), "--max-upload-mb", "0"])
     assert main(["serve", "--model", str(model_file.with_name("missing.pt"))]) == 2
     assert "missing.pt" in capsys.readouterr().err
 
@@ -219,3 +224,165 @@ def test_bomb_png_is_cheap_but_real():
     with Image.open(io.BytesIO(data)) as im:
         assert im.size == (2_000, 1_000)
         im.load()
+
+
+# -- issue 11: pixel cap and decode budget, Host/Origin checks, security headers, Starlette's multipart parser
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((width, height), 40).convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_images_over_max_pixels_get_413_before_decoding(predictor, bccd_images, monkeypatch):
+    decoded = []
+    real = server.decode_image
+    monkeypatch.setattr(server, "decode_image", lambda data, max_pixels: decoded.append(1) or real(data, max_pixels))
+    with TestClient(create_app(predictor, max_pixels=200_000), base_url=BASE) as c:
+        r = post(c, bccd_images[0].read_bytes())  # 640x480 = 0.31 MP
+        assert r.status_code == 413 and "640x480" in r.json()["error"] and "0.2 MP limit" in r.json()["error"]
+        assert decoded == []  # refused from the header alone
+        assert post(c, png(400, 300), "small.png").status_code == 200 and decoded == [1]
+
+
+def test_max_pixels_must_stay_under_pillows_bomb_limit(predictor):
+    with pytest.raises(ConfigError, match="decompression-bomb limit"):
+        create_app(predictor, max_pixels=Image.MAX_IMAGE_PIXELS + 1)
+    with pytest.raises(ConfigError, match="positive"):
+        create_app(predictor, max_pixels=0)
+
+
+def test_cli_max_megapixels_and_allowed_host(model_file, monkeypatch, bccd_images):
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.append(app))
+    argv = ["serve", "--model", str(model_file), "--max-megapixels", "0.2", "--allowed-host", "lab.example"]
+    assert main([*argv, "--allowed-host", "scope.local:8443"]) == 0
+    with TestClient(calls[0], base_url="http://lab.example") as c:
+        assert c.get("/api/v1/health").status_code == 200
+        assert c.get("/api/v1/health", headers={"host": "scope.local"}).status_code == 200
+        assert c.get("/api/v1/health", headers={"host": "evil.example"}).status_code == 400
+        assert post(c, bccd_images[0].read_bytes()).status_code == 413
+    assert main(["serve", "--model", str(model_file), "--max-megapixels", "500"]) == 2
+
+
+@pytest.mark.parametrize(("budget_images", "most"), [(2, 2), (8, 8)])
+def test_concurrent_decodes_stay_within_the_pixel_budget(predictor, monkeypatch, budget_images, most):
+    """8 uploads at once: with a budget of 2 images, never more than 2 decoded (and held) at a time."""
+    side, active, peak, guard = 96, [0], [0], threading.Lock()
+    real = server.decode_image
+
+    def slow_decode(data, max_pixels):
+        with guard:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.15)
+            return real(data, max_pixels)
+        finally:
+            with guard:
+                active[0] -= 1
+
+    monkeypatch.setattr(server, "decode_image", slow_decode)
+    data = png(side, side)
+    app = create_app(predictor, max_decoding_pixels=budget_images * side * side)
+    with TestClient(app, base_url=BASE) as c, ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda i: post(c, data, f"{i}.png").status_code, range(8)))
+    assert answers == [200] * 8
+    if most == 2:
+        assert 1 <= peak[0] <= 2
+    else:
+        assert peak[0] > 2  # the harness does overlap requests: the bound above is the budget's doing
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("localhost:8000", 200),
+        ("127.0.0.1", 200),
+        ("[::1]:8000", 200),
+        ("LocalHost", 200),
+        ("evil.example", 400),  # a DNS name rebound to 127.0.0.1
+        ("evil.example:8000", 400),
+        ("localhost.evil.example", 400),
+        ("127.0.0.1.nip.io", 400),
+        ("192.168.1.5:8000", 400),  # bound to loopback only
+    ],
+)
+def test_host_header_must_be_the_bound_address(client, host, status):
+    r = client.get("/api/v1/model", headers={"host": host})
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert "--allowed-host" in r.json()["error"] and set(r.json()) == {"error"}
+
+
+def test_host_check_with_wildcard_bind_and_allowed_hosts(predictor):
+    app = create_app(predictor, host="0.0.0.0", allowed_hosts=["Lab.Example"])
+    with TestClient(app, base_url=BASE) as c:
+        for host, status in [("lab.example:8000", 200), ("192.168.1.5:8000", 200), ("[fe80::1]", 200),
+                             ("evil.example", 400), ("lab.example.evil.example", 400)]:  # fmt: skip
+            assert c.get("/api/v1/health", headers={"host": host}).status_code == status, host
+    with TestClient(create_app(predictor, host="192.168.1.5"), base_url=BASE) as c:
+        assert c.get("/api/v1/health", headers={"host": "192.168.1.5:8000"}).status_code == 200
+        assert c.get("/api/v1/health", headers={"host": "10.0.0.1:8000"}).status_code == 400
+
+
+def test_cross_origin_posts_are_refused(predictor, bccd_images, monkeypatch):
+    ran = []
+    real = server.predict_image
+    monkeypatch.setattr(server, "predict_image", lambda *a, **k: ran.append(1) or real(*a, **k))
+    data = bccd_images[0].read_bytes()
+    with TestClient(create_app(predictor, allowed_hosts=["lab.example"]), base_url=BASE) as c:
+        for origin in ("http://evil.example", "null", "http://localhost:3000", "http://127.0.0.1:8000"):
+            r = c.post("/api/v1/detect", files={"file": ("a.jpg", data)}, headers={"origin": origin})
+            assert r.status_code == 403 and "cross-origin" in r.json()["error"], origin
+        assert ran == []  # refused before reading the upload
+        assert c.get("/api/v1/model", headers={"origin": "http://evil.example"}).status_code == 200  # reads are fine
+        for origin in (BASE, "https://lab.example"):  # the page itself, and an allowed site (e.g. a proxy)
+            r = c.post("/api/v1/detect", files={"file": ("a.jpg", data)}, headers={"origin": origin})
+            assert r.status_code == 200, origin
+        assert post(c, data).status_code == 200  # no Origin: curl, scripts
+        assert len(ran) == 3
+
+
+def test_security_headers_on_every_answer(client, bccd_images):
+    answers = [
+        client.get("/"),
+        client.get("/static/app.js"),
+        client.get("/api/v1/model"),
+        client.get("/missing"),
+        post(client, b"not an image"),
+        client.get("/api/v1/health", headers={"host": "evil.example"}),
+        client.post("/api/v1/detect", headers={"origin": "http://evil.example"}),
+    ]
+    assert [r.status_code for r in answers] == [200, 200, 200, 404, 415, 400, 403]
+    for r in answers:
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        assert r.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert "server" not in r.headers
+    page_csp = answers[0].headers["content-security-policy"]
+    assert "default-src 'self'" in page_csp and "script-src" not in page_csp  # static/app.js still loads
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "message"),
+    [
+        ({"file": ("a.jpg", b"x")}, {f"f{i}": "v" for i in range(100)}, 400, "Too many fields"),
+        ({"file": ("a.jpg", b"x")}, {"note": "x" * 100_000}, 400, "exceeded maximum size"),
+        ({"file": ("a.jpg", b"x")}, {"file": "a second part"}, 422, "one image"),
+    ],
+)
+def test_multipart_forms_are_parsed_by_starlette_with_caps(client, files, data, status, message):
+    r = client.post("/api/v1/detect", files=files, data=data)
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def test_chunked_upload_without_length_is_cut_at_the_limit(client):
+    def body():
+        yield b"--B\r\nContent-Disposition: form-data; name=file; filename=a.png\r\n\r\n"
+        for _ in range(64):  # 4 MB, far over the 0.25 MB limit
+            yield b"\0" * 65536
+
+    r = client.post("/api/v1/detect", content=body(), headers={"content-type": "multipart/form-data; boundary=B"})
+    assert r.status_code == 413 and "limit" in r.json()["error"]

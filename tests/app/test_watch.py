@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 import threading
 import time
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bloodcell.app.watch import STATE_NAME, Watcher
+from bloodcell.app.sinks import counts_header
+from bloodcell.app.watch import LOCK_NAME, STATE_NAME, Watcher
 from bloodcell.cli import main
+from bloodcell.errors import ConfigError
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.types import CLASS_NAMES
@@ -32,6 +35,9 @@ class CountingPredictor:
         self.class_names = inner.class_names
         self.conf = inner.conf
         self.calls = 0
+
+    def __getattr__(self, name):  # input_size, calibration, cell_size, ...
+        return getattr(self.inner, name)
 
     def predict(self, image, min_score=None):
         self.calls += 1
@@ -61,7 +67,7 @@ def expected_counts(predictor, path):
 def read_rows(out):
     with open(out / "counts.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["image", "width", "height", *CLASS_NAMES]
+    assert rows[0] == counts_header(CLASS_NAMES)
     return rows[1:]
 
 
@@ -99,6 +105,7 @@ class Running:
         self.stop.set()
         self.thread.join(timeout=10)
         assert not self.thread.is_alive()
+        self.watcher.close()  # releases the out folder's lock
 
 
 def test_slow_writes_are_processed_once_after_completion(predictor, sources, tmp_path):
@@ -191,6 +198,7 @@ def test_corrupt_file_is_recorded_once_as_failed(predictor, sources, tmp_path, c
     assert sorted((r.path.name, r.error is None) for r in results) == [("bad.jpg", False), ("good.png", True)]
     assert "bad.jpg" in capsys.readouterr().err
     assert watcher.drain() == []
+    watcher.close()
     restarted = Watcher(predictor, folder, out, settle=0)
     assert restarted.drain() == [] and restarted.failed == 0
     assert "bad.jpg" not in capsys.readouterr().err
@@ -227,3 +235,49 @@ def test_cli_once(model_file, sources, tmp_path, capsys):
     (folder / "b.png").write_bytes(b"garbage")
     assert main(["watch", str(folder), "--model", str(model_file), "--once", "--settle", "0"]) == 1
     assert main(["watch", str(tmp_path / "missing"), "--once"]) == 2
+
+
+def test_a_second_watcher_on_the_same_out_is_refused_until_the_first_is_closed(
+    predictor, model_file, sources, tmp_path, capsys
+):
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(sources / "noise.png", folder / "a.png")
+    first = Watcher(predictor, folder, out, settle=0)
+    with pytest.raises(ConfigError, match=rf"another bloodcell watch is writing to this folder \(pid {os.getpid()}\)"):
+        Watcher(predictor, tmp_path / "cam", out, settle=0)
+    # the CLI (another open of the lock file, as another process would do): one line, exit 2, nothing written
+    assert main(["watch", str(folder), "--out", str(out), "--model", str(model_file), "--once", "--settle", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {out / LOCK_NAME}: another bloodcell watch is writing to this folder (pid {os.getpid()})\n"
+    assert not (out / "counts.csv").exists()
+    assert [r.path.name for r in first.drain()] == ["a.png"]
+    first.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        first.poll_once()
+    counting = CountingPredictor(predictor)
+    with Watcher(counting, folder, out, settle=0) as second:  # released: the next one starts from the state file
+        assert second.drain() == [] and counting.calls == 0
+    assert [r[0] for r in read_rows(out)] == ["a.png"]
+
+
+@pytest.mark.parametrize("name", ["slide\u2028a.png", "page\x0cbreak.png", "line\nfeed.png", "carriage\rreturn.png"])
+def test_file_names_with_line_separators_are_one_row_after_a_crash(predictor, sources, tmp_path, name):
+    """str.splitlines split rows at U+2028 (and \\f, \\x85...): the row was not adopted and the file counted again."""
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(sources / "noise.png", folder / name)
+    with Watcher(predictor, folder, out, settle=0) as watcher:
+        assert [r.path.name for r in watcher.drain()] == [name]
+    (out / STATE_NAME).write_text(json.dumps({"version": 1, "files": {}}))  # crash: the state write was lost
+    with open(out / "counts.csv", encoding="utf-8", newline="") as f:
+        text = f.read()
+    row = text[text.index("\n") + 1 :]  # the one row, as written
+    assert row.count(name) == 1
+    with open(out / "counts.csv", "a", encoding="utf-8", newline="") as f:
+        f.write(row[: row.index(name) + len(name) - 4])  # and the same row again, torn just after the separator
+    counting = CountingPredictor(predictor)
+    with Watcher(counting, folder, out, settle=0) as watcher:
+        assert watcher.drain() == [] and counting.calls == 0
+        assert watcher.state[name]["rows"] == 1
+    assert [r[0] for r in read_rows(out)] == [name]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from voc_factory import BCCD_FINDINGS, HEIGHT, UNUSABLE, WIDTH, VOCFolder, make_voc
+from voc_factory import BCCD_FINDINGS, HEIGHT, UNUSABLE, WIDTH, VOCFolder, make_voc, oversize_png
 
 from bloodcell import boxes as box_ops
+from bloodcell.cli import main
 from bloodcell.data.voc import load_voc
 from bloodcell.errors import DatasetError
 from bloodcell.types import CLASS_NAMES
@@ -81,6 +84,11 @@ def _not_an_image(voc: VOCFolder) -> None:
     voc.image_path("bad").write_bytes(b"GIF? no")
 
 
+def _oversize_png(voc: VOCFolder) -> None:
+    voc.add("bad", image=False)
+    oversize_png(voc.root / "JPEGImages" / "bad.png")  # 20000x20000: over twice Pillow's MAX_IMAGE_PIXELS
+
+
 LATIN1_XML = (
     "<annotation><folder>Blutausstrich Größe</folder><filename>bad.jpg</filename>"
     f"<size><width>{WIDTH}</width><height>{HEIGHT}</height></size>"
@@ -116,6 +124,7 @@ BAD_INPUT: dict[str, tuple[Case, set[tuple[int | None, str]], int | None]] = {
     "missing-image": (lambda voc: voc.add("bad", image=False), {(None, "missing-image")}, None),
     "truncated-jpeg": (_truncated_jpeg, {(None, "bad-image")}, None),
     "not-an-image": (_not_an_image, {(None, "bad-image")}, None),
+    "oversize-png": (_oversize_png, {(None, "bad-image")}, None),
 }
 
 
@@ -133,6 +142,40 @@ def test_bad_input_gives_its_finding(tmp_path: Path, case: str) -> None:
         assert "bad" not in by_id
     else:
         assert len(by_id["bad"].boxes) == kept
+
+
+@pytest.mark.parametrize("decode_images", [True, False])
+def test_oversize_image_is_a_bad_image_finding_even_when_warnings_are_errors(
+    tmp_path: Path, monkeypatch, decode_images: bool
+) -> None:
+    voc = make_voc(tmp_path, n_images=1, splits=False)
+    _oversize_png(voc)
+    # 400 Mpx is over this limit but under twice it: Pillow only warns, and the warning is made an error here.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300_000_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        dataset = load_voc(tmp_path, decode_images=decode_images)
+    [finding] = dataset.findings
+    assert (finding.file, finding.kind, finding.action) == ("bad.xml", "bad-image", "skipped image")
+    assert "bad.png is too large" in finding.detail and "400000000 pixels" in finding.detail
+    assert [r.image_id for r in dataset.records] == ["img0"]
+
+
+@pytest.mark.parametrize("command", ["check", "stats", "export"])
+def test_cli_skips_an_oversize_image_without_traceback(tmp_path: Path, capsys, command: str) -> None:
+    voc = make_voc(tmp_path / "voc", n_images=3)
+    voc.add("bad", image=False)
+    oversize_png(voc.root / "JPEGImages" / "bad.png")
+    voc.write_split("train", ["img0", "img1", "bad"])
+    options = {"check": ["--json"], "stats": ["--out", str(tmp_path / "out")]}
+    options["export"] = ["--format", "csv", "--out", str(tmp_path / "out")]
+    assert main(["data", command, str(voc.root), *options[command]]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    if command == "check":
+        [finding] = json.loads(out)["findings"]
+        assert (finding["file"], finding["kind"]) == ("bad.xml", "bad-image")
+        assert "bad.png is too large" in finding["detail"]
 
 
 def test_repairs_give_the_expected_boxes(tmp_path: Path) -> None:

@@ -9,6 +9,9 @@ an object without ``<bndbox>``. Images are small solid-colour JPEGs, so a folder
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -66,6 +69,18 @@ def voc_xml(filename: str, objects: Sequence[Obj], size: tuple[int, int] | None 
         lines.append("  </object>")
     lines.append("</annotation>")
     return "\n".join(lines) + "\n"
+
+
+def oversize_png(path: Path, width: int = 20_000, height: int = 20_000) -> Path:
+    """A ~70-byte PNG whose header claims ``width`` x ``height`` pixels (1-bit): a decompression bomb's header."""
+    buffer = io.BytesIO()
+    Image.new("1", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
 
 
 def make_voc(root: Path, n_images: int = 2, splits: bool = True) -> VOCFolder:

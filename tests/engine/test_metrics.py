@@ -59,12 +59,46 @@ def test_count_error_and_confusion_at_threshold():
     assert m.confusion[2, 3] == 1  # platelet below threshold: missed
 
 
-def test_choose_conf_minimizes_count_error():
-    class R:
-        def __init__(self, labels):
-            self.labels = np.array(labels)
+def test_unlabelled_cells_of_a_non_exhaustive_class_are_neither_true_nor_false():
+    """LVIS's not-exhaustive rule: an unmatched RBC detection on an image whose RBCs are partly
+    labelled is left out of AP, and the image is left out of the RBC count metrics."""
+    gt = Detections([[10, 10, 50, 50]], [0])
+    pred = Detections([[100, 100, 140, 140], [10, 10, 50, 50]], [0, 0], [0.9, 0.8])  # unlabelled cell first
+    partial = DetectionEvaluator(("RBC",), conf=0.5)
+    partial.update(pred, gt, (200, 200), exhaustive=np.array([False]))
+    complete = DetectionEvaluator(("RBC",), conf=0.5)
+    complete.update(pred, gt, (200, 200))
+    assert partial.compute().voc_ap50["RBC"] == pytest.approx(1.0)
+    m = complete.compute()
+    assert m.voc_ap50["RBC"] == pytest.approx(0.5)
+    assert m.count_mae["RBC"] == 1.0 and m.count_me["RBC"] == 1.0 and m.count_total_error["RBC"] == 1.0
+    assert partial.compute().count_images["RBC"] == 0
 
-    records = [R([0, 0, 1])] * 3
-    preds = [Detections(np.zeros((4, 4)), [0, 0, 1, 0], [0.9, 0.8, 0.7, 0.2])] * 3
-    t = choose_conf(preds, records, 3)
-    assert 0.2 < t <= 0.7
+
+def test_per_class_operating_points_and_interval_coverage():
+    from bloodcell.runtime.counting import Calibration
+
+    gt = Detections([[10, 10, 50, 50], [60, 60, 100, 100]], [0, 1])
+    pred = Detections([[10, 10, 50, 50], [60, 60, 100, 100]], [0, 1], [0.3, 0.7])
+    certain = Calibration({"RBC": ((0.0, 1.0), (1.0, 1.0)), "WBC": ((0.0, 1.0), (1.0, 1.0))}, floor=0.05)
+    ev = DetectionEvaluator(("RBC", "WBC"), conf=(0.2, 0.8), calibration=certain)
+    ev.update(pred, gt, (128, 128))
+    m = ev.compute()
+    assert m.count_mae == {"RBC": 0.0, "WBC": 1.0}  # the WBC box is under its own threshold
+    assert m.count_coverage == {"RBC": 1.0, "WBC": 1.0}  # both candidates certain: interval [1, 1]
+    assert m.to_dict()["conf"] == [0.2, 0.8]
+
+
+def test_choose_conf_is_per_class():
+    gt = [Detections([[0, 0, 10, 10]] * 2 + [[20, 20, 30, 30]], [0, 0, 1]) for _ in range(3)]
+    preds = [Detections(np.zeros((4, 4)), [0, 0, 0, 1], [0.9, 0.8, 0.3, 0.4]) for _ in range(3)]
+
+    class Record:  # the parts of VOCRecord choose_conf reads
+        def __init__(self, targets):
+            self.labels = targets.labels
+
+        def exhaustive_mask(self, k):
+            return np.ones(k, bool)
+
+    conf = choose_conf(preds, [Record(g) for g in gt], 2)
+    assert 0.3 < conf[0] <= 0.8 and conf[1] <= 0.4

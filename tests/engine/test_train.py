@@ -2,6 +2,8 @@
 
 import csv
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +11,9 @@ import time
 
 import pytest
 import torch
+import yaml
 
+from bloodcell.cli import main
 from bloodcell.config import TrainConfig
 from bloodcell.engine.train import train
 from bloodcell.errors import ConfigError
@@ -101,3 +105,69 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_voc, tmp_path):
     a = torch.load(full / "best.pt", weights_only=True)["model"]
     b = torch.load(killed / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- --resume with flags: the ones that say how the run goes on are honoured, the rest refused ------------
+
+
+def _tiny_config(data, out, **kw) -> TrainConfig:
+    # A short warmup: the second epoch's learning rates depend on the run's length.
+    settings = dict(epochs=1, batch=2, imgsz=128, val_every=1, threads=1, seed=7, pretrained=False, warmup_epochs=0.5)
+    return TrainConfig(data=data and str(data), out=str(out), **{**settings, **kw})
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tiny_voc, tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume") / "run"
+    train(_tiny_config(tiny_voc, out), progress=False)
+    return out
+
+
+def test_resume_with_more_epochs_goes_on_like_an_uninterrupted_run(one_epoch_run, tiny_voc, tmp_path, capsys):
+    full = tmp_path / "full"
+    train(_tiny_config(tiny_voc, full, epochs=2), progress=False)
+    run = shutil.copytree(one_epoch_run, tmp_path / "run")
+    argv = ["train", "--resume", "--out", str(run), "--epochs", "2", "--device", "cpu", "--val-every", "5"]
+    assert main(argv) == 0
+    want = list(csv.DictReader((full / "metrics.csv").open()))
+    got = list(csv.DictReader((run / "metrics.csv").open()))
+    assert len(got) == 2
+    for key in ("loss", "val_map50"):  # the rest of the LR schedule runs over the new length
+        assert [r[key] for r in got] == [r[key] for r in want], key
+    assert got[1]["lr"] == want[1]["lr"]  # (epoch 1's row has the LR at the end of the 1-epoch schedule)
+    settings = yaml.safe_load((run / "config.yaml").read_text())
+    assert (settings["epochs"], settings["device"], settings["val_every"]) == (2, "cpu", 5)
+    assert torch.load(run / "last.pt", weights_only=True)["train_config"]["epochs"] == 2
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "1"]) == 2
+    assert re.fullmatch(
+        r"error: --resume --epochs 1: the run in \S+ already trained 2 epochs; give more to train on\n",
+        capsys.readouterr().err,
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--lr", "0.01"], "--lr 0.01 differs from the run's 0.002"),
+        (["--imgsz", "256"], "--imgsz 256 differs from the run's 128"),
+        (["--model", "cellnet-mnv2"], "--model cellnet-mnv2 differs from the run's cellnet"),
+        (["--augment", "none"], "--augment none differs"),
+        (["--seed", "0"], "--seed 0 differs from the run's 7"),
+        (["--batch", "4", "--threads", "2"], "--batch 4 differs"),
+    ],
+)
+def test_resume_refuses_flags_that_change_the_model_or_data(one_epoch_run, capsys, flags, words):
+    before = (one_epoch_run / "last.pt").read_bytes()
+    assert main(["train", "--resume", "--out", str(one_epoch_run), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and re.search(f"^error: --resume: {words}", err), err
+    assert (one_epoch_run / "last.pt").read_bytes() == before
+
+
+def test_resume_in_python_compares_with_the_defaults(one_epoch_run):
+    """Without the set of given flags, the settings that differ from TrainConfig's defaults count as given;
+    those equal to the run's are fine."""
+    with pytest.raises(ConfigError, match=r"--lr 0\.01 differs from the run.s 0\.002"):
+        train(TrainConfig(out=str(one_epoch_run), resume=True, lr=0.01), progress=False)
+    with pytest.raises(ConfigError, match="--max-images 2 differs"):
+        train(_tiny_config(None, one_epoch_run, resume=True, max_images=2), progress=False)

@@ -121,3 +121,32 @@ def test_unknown_model_type(tmp_path, images, capsys):
     path.write_bytes(b"x")
     assert main(["predict", str(images / "a.jpg"), "--model", str(path)]) == 2
     assert "unknown model type" in capsys.readouterr().err
+
+
+class _Pickled:  # any class: torch.save pickles it, torch.load(weights_only=True) refuses it
+    pass
+
+
+def test_pickled_model_file_is_refused_in_one_full_line(tmp_path, images, capsys):
+    import torch
+
+    path = tmp_path / "pickled.pt"
+    torch.save({"format": "bloodcell-model", "model": {}, "hook": _Pickled()}, path)
+    assert main(["predict", str(images / "a.jpg"), "--model", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: {path}: refused: the file holds pickled Python objects (")
+    assert "_Pickled" in err and err.rstrip().endswith("from a source you trust")
+    assert "weights_only" not in err and "\x1b" not in err  # never the advice to load it unsafely
+
+
+@pytest.mark.parametrize("flag", ["--json", "--csv"])
+@pytest.mark.parametrize("where", ["under-a-file", "a-folder"])
+def test_unwritable_output_fails_before_any_image(model_file, images, tmp_path, capsys, monkeypatch, flag, where):
+    (tmp_path / "file.txt").write_text("x")
+    target = tmp_path / "file.txt" / "results" if where == "under-a-file" else tmp_path
+    monkeypatch.setattr("bloodcell.app.predict_job.load_predictor", lambda *a, **k: pytest.fail("model loaded"))
+    assert main(["predict", str(images), "--model", str(model_file), flag, str(target)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: {flag} {target}: cannot write there (")

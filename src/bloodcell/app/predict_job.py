@@ -2,35 +2,64 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from bloodcell.app.annotate import BoxAnnotator
-from bloodcell.app.sinks import save_annotated, write_counts_csv, write_json
+from bloodcell.app.sinks import format_counts, save_annotated, write_counts_csv, write_json
+from bloodcell.errors import ConfigError
+from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.predict import predict_paths
 from bloodcell.runtime.sources import expand_sources
 
 
+def check_writable(flag: str, path: str | Path) -> None:
+    """ConfigError unless a file can be written at ``path`` (its folder is made, as the writer would)."""
+    target = Path(path)
+    try:
+        if target.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder, expected a file name")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+
+
 def run_predict(
     sources: list[str],
     model: str | None = None,
-    conf: float | None = None,
+    conf: str | None = None,
     min_score: float | None = None,
     out: str | None = None,
     json_path: str | None = None,
     csv_path: str | None = None,
     threads: int | None = None,
     edgetpu: bool = False,
+    cell_size: float | str | None = "auto",
 ) -> int:
-    """Returns the exit code: 0 when every image was processed, 1 when any failed or none was found."""
+    """Returns the exit code: 0 when every image was processed, 1 when any failed or none was found.
+
+    ``conf``: one operating point or per class (``RBC=0.4,WBC=0.5``); None keeps the model's."""
+    for flag, path in (("--json", json_path), ("--csv", csv_path)):
+        if path:  # fail now, not after every image was processed
+            check_writable(flag, path)
     paths, problems = expand_sources(sources)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     predictor = load_predictor(model, threads=threads, edgetpu=edgetpu)
     annotator = BoxAnnotator(predictor.class_names) if out else None
     results, failed = [], len(problems)
-    for r in predict_paths(predictor, paths, conf=conf, min_score=min_score, keep_image=out is not None):
+    thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
+    stream = predict_paths(
+        predictor, paths, conf=thresholds, min_score=min_score, keep_image=out is not None, cell_size=cell_size
+    )
+    for r in stream:
         if r.error:
             print(f"error: {r.error}", file=sys.stderr)
             failed += 1
@@ -38,8 +67,7 @@ def run_predict(
         if annotator is not None:
             save_annotated(r, annotator, out)
         r.image = None
-        counts = ", ".join(f"{v} {k}" for k, v in r.counts.items())
-        print(f"{r.path.name}: {counts} ({r.timing_ms['inference']:.0f} ms)")
+        print(f"{r.label}: {format_counts(r)} ({r.timing_ms['inference']:.0f} ms)")
         results.append(r)
     if json_path:
         write_json(results, json_path)

@@ -43,17 +43,45 @@ class ReportSummary:
     wbc_per_100_rbc: float | None
     platelets_per_100_rbc: float | None
     fields: int
+    intervals: dict[str, tuple[int, int]] | None = None  # 90% interval of each total (None: records have none)
     missing_images: tuple[str, ...] = ()  # record names whose image was missing or unreadable
     path: Path | None = None  # the HTML file written
 
     def __str__(self) -> str:
         lines = [f"{self.fields} fields of view"]
-        lines += [f"{c}: {self.totals[c]} total, {self.mean_per_field[c]:.1f} per field" for c in self.classes]
+        lines += [
+            f"{c}: {self.totals[c]} total{_interval_text(self.intervals, c)}, {self.mean_per_field[c]:.1f} per field"
+            for c in self.classes
+        ]
         lines.append(f"WBC per 100 RBC: {_ratio(self.wbc_per_100_rbc)}")
         lines.append(f"Platelets per 100 RBC: {_ratio(self.platelets_per_100_rbc)}")
         if self.missing_images:
             lines.append(f"{len(self.missing_images)} images missing or unreadable")
         return "\n".join(lines)
+
+
+def _interval_text(intervals: dict[str, tuple[int, int]] | None, name: str) -> str:
+    if not intervals or name not in intervals:
+        return ""
+    lo, hi = intervals[name]
+    return f" (90% interval {lo}–{hi})"
+
+
+def total_intervals(records: list[dict], classes: tuple[str, ...], z: float = 1.645) -> dict | None:
+    """90% interval of each slide total from the fields' intervals. Fields are independent; each
+    field's count is taken as normal with its interval's midpoint and half-width / z (a sum of many
+    Poisson-binomials is close to normal), so the total's half-width is z * sqrt(sum of variances)."""
+    if not records or not all(isinstance(r.get("count_intervals"), dict) for r in records):
+        return None
+    out = {}
+    for c in classes:
+        pairs = [r["count_intervals"].get(c) for r in records]
+        if not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            return None
+        mid = sum((lo + hi) / 2 for lo, hi in pairs)
+        half = z * float(np.sqrt(sum(((hi - lo) / (2 * z)) ** 2 for lo, hi in pairs)))
+        out[c] = (max(0, int(np.floor(mid - half))), int(np.ceil(mid + half)))
+    return out
 
 
 def _ratio(value: float | None) -> str:
@@ -131,6 +159,15 @@ def _record_problem(record: object) -> str | None:
     for key in ("width", "height"):
         if key in record and not _is_count(record[key]):
             return f"'{key}' must be a non-negative integer"
+    intervals = record.get("count_intervals")
+    if intervals is not None and not (
+        isinstance(intervals, dict)
+        and all(
+            isinstance(v, list) and len(v) == 2 and all(_is_count(x) for x in v) and v[0] <= v[1]
+            for v in intervals.values()
+        )
+    ):
+        return "'count_intervals' must map class names to [low, high] non-negative integers"
     detections = record.get("detections")
     if not isinstance(detections, list):
         return "'detections' must be a list"
@@ -163,6 +200,7 @@ def summarize(records: list[dict]) -> ReportSummary:
         wbc_per_100_rbc=100 * totals.get(WBC, 0) / rbc if rbc else None,
         platelets_per_100_rbc=100 * totals.get(PLATELETS, 0) / rbc if rbc else None,
         fields=n,
+        intervals=total_intervals(records, tuple(classes)),
     )
 
 
@@ -210,6 +248,19 @@ figcaption { font-size: 0.8em; overflow-wrap: anywhere; }
 """
 
 
+def _interval_cell(intervals: dict[str, tuple[int, int]] | None, name: str) -> str:
+    if not intervals or name not in intervals:
+        return "n/a"
+    lo, hi = intervals[name]
+    return f"{lo}–{hi}"
+
+
+def _field_count(record: dict, name: str) -> str:
+    count = record["counts"].get(name, 0)
+    iv = (record.get("count_intervals") or {}).get(name)
+    return f"{count} ({iv[0]}–{iv[1]})" if iv else f"{count}"
+
+
 def render_html(
     title: str, summary: ReportSummary, records: list[dict], tiles: list[str | None], thumb_px: int = 320
 ) -> str:
@@ -220,12 +271,13 @@ def render_html(
     head = "".join(f"<th>{e(c)}</th>" for c in classes)
     totals = "".join(
         f'<tr><td><span class="swatch" style="background:{swatch[c]}"></span>{e(c)}</td>'
-        f"<td>{summary.totals[c]}</td><td>{summary.mean_per_field[c]:.1f}</td></tr>"
+        f"<td>{summary.totals[c]}</td><td>{_interval_cell(summary.intervals, c)}</td>"
+        f"<td>{summary.mean_per_field[c]:.1f}</td></tr>"
         for c in classes
     )
     rows = "".join(
         f"<tr><td>{i + 1}</td><td>{e(r['image'])}{' (image missing)' if tile is None else ''}</td>"
-        + "".join(f"<td>{r['counts'].get(c, 0)}</td>" for c in classes)
+        + "".join(f"<td>{_field_count(r, c)}</td>" for c in classes)
         + "</tr>"
         for i, (r, tile) in enumerate(zip(records, tiles, strict=True))
     )
@@ -250,7 +302,7 @@ def render_html(
 <h1>{e(title)}</h1>
 <p>{summary.fields} fields of view</p>
 <table>
-<tr><th>Class</th><th>Total</th><th>Mean per field</th></tr>
+<tr><th>Class</th><th>Total</th><th>90% interval</th><th>Mean per field</th></tr>
 {totals}
 </table>
 <table>
@@ -266,7 +318,8 @@ def render_html(
 {"".join(figures)}
 </div>
 <p class="note">Boxes: for each class, the top-scoring detections up to that field's count,
-i.e. the detections counted at the model's threshold.</p>
+i.e. the detections counted at the model's operating points. Intervals: 90% intervals from the
+model's calibrated scores (fields) and their sum (totals).</p>
 </body>
 </html>
 """

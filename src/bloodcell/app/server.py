@@ -1,19 +1,30 @@
 """`bloodcell serve`: a FastAPI app (JSON API + one offline page) around a predictor it is given.
 
-Uploads are untrusted: the body is read in chunks up to a size limit, decoded from memory only
-when Pillow recognises it as an image, and the client's file name is only echoed (sanitized) in
-the JSON answer, never used as a path. Inference runs in a worker thread behind one lock,
-because predictors are not thread-safe.
+Uploads are untrusted: the body is read in chunks up to a size limit by Starlette's multipart
+parser, decoded from memory only when Pillow recognises it as an image of at most ``max_pixels``
+(read from its header first), and the client's file name is only echoed (sanitized) in the JSON
+answer, never used as a path. Inference runs in a worker thread behind one lock, because
+predictors are not thread-safe; a pixel budget bounds how many pixels are decoded and held at
+once (decoded images waiting for that lock would otherwise pile up in memory).
+
+Only loopback pages may use it by default: the Host header must name the bound address (or an
+allowed host), which defeats DNS rebinding, and a POST whose Origin is another site is refused,
+so a web page the user visits cannot post to the local API. Every answer forbids framing and
+MIME sniffing.
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import re
 import threading
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -21,21 +32,33 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from bloodcell import __version__
 from bloodcell.app.annotate import class_color
+from bloodcell.errors import ConfigError
+from bloodcell.runtime.counting import class_thresholds
 from bloodcell.runtime.images import to_rgb_uint8
 from bloodcell.runtime.predict import predict_image
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-MAX_PIXELS = 50_000_000  # larger images are refused (decompression bombs)
+MAX_PIXELS = 50_000_000  # default cap: larger images are refused with 413 (decompression bombs)
 FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")  # Pillow plugins allowed to decode uploads (JPEG covers MPO)
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and part headers allowed beyond the file itself
-PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'"
+MAX_FORM_FIELDS = 16  # non-file parts accepted (and ignored) in an upload form
+MAX_FIELD_BYTES = 16 * 1024  # size of each non-file part
+PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "content-security-policy": "frame-ancestors 'none'",  # unless the answer has its own (the page's includes it)
+}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 UPLOAD_SCHEMA = {
     "requestBody": {
         "required": True,
@@ -74,76 +97,82 @@ def safe_name(filename: str | None) -> str:
     return name or "upload"
 
 
+class UploadParser(MultiPartParser):
+    """Starlette's parser, taking a part named ``field`` as a file even without a filename (as httpx sends "")."""
+
+    def __init__(self, *args, field: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.field = field.encode()
+
+    def on_headers_finished(self) -> None:
+        disposition = self._current_part.content_disposition
+        if disposition:
+            _, options = parse_options_header(disposition)
+            if options.get(b"name") == self.field and b"filename" not in options:
+                self._current_part.content_disposition = disposition + b'; filename=""'
+        super().on_headers_finished()
+
+
 async def read_upload(chunks: AsyncIterator[bytes], content_type: str, limit: int, field: str = "file") -> Upload:
-    """Stream a multipart body into memory, keeping only ``field``; 413 as soon as it passes ``limit`` bytes."""
+    """Parse a multipart body with Starlette's parser, keeping only ``field``; 413 as soon as it passes ``limit`` bytes.
+
+    The stream is cut off just past ``limit`` plus the form overhead (whatever the Content-Length said, or
+    with none: chunked bodies), and only one file part and a few small fields are accepted.
+    """
     ctype, params = parse_options_header(content_type)
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
         raise ApiError(415, f"send the image as multipart/form-data in a field named {field!r}")
     too_big = ApiError(413, f"upload larger than the {limit / 2**20:g} MB limit")
-    parts: list[dict] = []
-    header = {"field": b"", "value": b""}
 
-    def on_part_begin() -> None:
-        parts.append({"headers": {}, "data": bytearray()})
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        header["field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        header["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        parts[-1]["headers"][header["field"].lower()] = header["value"]
-        header["field"] = header["value"] = b""
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        buffer = parts[-1]["data"]
-        buffer += data[start:end]
-        if len(buffer) > limit:
-            raise too_big
-
-    parser = MultipartParser(
-        params[b"boundary"],
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_data": on_part_data,
-        },
-    )
-    received = 0
-    try:
+    async def capped() -> AsyncIterator[bytes]:
+        received = 0
         async for chunk in chunks:
             received += len(chunk)
             if received > limit + FORM_OVERHEAD:
                 raise too_big
-            parser.write(chunk)
-        parser.finalize()
-    except FormParserError as e:
-        raise ApiError(400, f"malformed multipart body ({e})") from None
-    found = []
-    for part in parts:
-        _, options = parse_options_header(part["headers"].get(b"content-disposition", b""))
-        if options.get(b"name") == field.encode():
-            found.append(Upload(options.get(b"filename", b"").decode("utf-8", "replace"), bytes(part["data"])))
-    if not found:
-        raise ApiError(422, f"missing multipart field {field!r}")
-    if len(found) > 1:
-        raise ApiError(422, f"send one image per request (got {len(found)} {field!r} fields)")
-    return found[0]
+            yield chunk
+
+    parser = UploadParser(
+        Headers({"content-type": content_type}),
+        capped(),
+        field=field,
+        max_files=1,
+        max_fields=MAX_FORM_FIELDS,
+        max_part_size=MAX_FIELD_BYTES,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        if e.message.startswith("Too many files"):
+            raise ApiError(422, f"send one image per request (one file part named {field!r})") from None
+        raise ApiError(400, f"malformed multipart body ({e.message})") from None
+    try:
+        values = form.getlist(field)
+        if not values:
+            raise ApiError(422, f"missing multipart field {field!r}")
+        if len(values) > 1:
+            raise ApiError(422, f"send one image per request (got {len(values)} {field!r} fields)")
+        upload = values[0]
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, f"multipart field {field!r} must be a file part (with a filename)")
+        if upload.size is not None and upload.size > limit:
+            raise too_big
+        data = await upload.read()
+        if len(data) > limit:
+            raise too_big
+        return Upload(upload.filename or "", data)
+    finally:
+        await form.close()
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Bytes -> (H, W, 3) uint8 if Pillow decodes them as an image of at most MAX_PIXELS; else an ApiError."""
+@contextmanager
+def open_image(data: bytes) -> Iterator[Image.Image]:
+    """Pillow's image over ``data`` with only its header read; any failure, here or in the block, is an ApiError."""
     if not data:
         raise ApiError(400, "empty file")
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise ApiError(413, f"image of {im.width}x{im.height} pixels is over the {MAX_PIXELS / 1e6:g} MP limit")
-            im.load()
-            return np.ascontiguousarray(to_rgb_uint8(im))
+            yield im
     except ApiError:
         raise
     except UnidentifiedImageError:
@@ -152,6 +181,128 @@ def decode_image(data: bytes) -> np.ndarray:
         raise ApiError(413, f"image too large ({e})") from None
     except Exception as e:  # truncated or corrupt data: Pillow raises OSError, SyntaxError, ValueError, struct.error...
         raise ApiError(422, f"cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def _check_pixels(im: Image.Image, max_pixels: int) -> int:
+    pixels = im.width * im.height
+    if pixels > max_pixels:
+        raise ApiError(
+            413,
+            f"image of {im.width}x{im.height} pixels ({pixels / 1e6:.1f} MP) is over the {max_pixels / 1e6:g} MP limit",
+        )
+    return pixels
+
+
+def image_pixels(data: bytes, max_pixels: int = MAX_PIXELS) -> int:
+    """Width x height from the header alone (nothing decoded); 413 above ``max_pixels``, 4xx if not an image."""
+    with open_image(data) as im:
+        return _check_pixels(im, max_pixels)
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Bytes -> (H, W, 3) uint8 if Pillow decodes them as an image of at most ``max_pixels``; else an ApiError."""
+    with open_image(data) as im:
+        _check_pixels(im, max_pixels)
+        im.load()
+        return np.ascontiguousarray(to_rgb_uint8(im))
+
+
+class PixelBudget:
+    """A weighted semaphore, first come first served: at most ``capacity`` pixels held at once.
+
+    A request larger than the whole budget waits until it can run alone.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.free = capacity
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        need = min(pixels, self.capacity)
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            self._cond.wait_for(lambda: self._queue[0] is ticket and self.free >= need)
+            self._queue.popleft()
+            self.free -= need
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.free += need
+                self._cond.notify_all()
+
+
+def _host_name(value: str) -> str:
+    """'Example.org:8000' -> 'example.org', '[::1]:80' and '::1' -> '[::1]': the host part, lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[: value.find("]") + 1] if "]" in value else value
+    if value.count(":") > 1:  # a bare IPv6 address (as --host takes it)
+        return f"[{value}]"
+    return value.split(":", 1)[0].rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class GuardMiddleware:
+    """Host and Origin checks (DNS rebinding, cross-site POSTs) and security headers on every answer (pure ASGI)."""
+
+    def __init__(self, app, host: str, allowed_hosts: Iterable[str] = ()) -> None:
+        self.app = app
+        self.extra = {_host_name(h) for h in allowed_hosts if h.strip()}
+        self.hosts = {*LOOPBACK_HOSTS, _host_name(host), *self.extra}
+        # Bound to every address (0.0.0.0 / ::): any of the machine's IP addresses may be asked for by number;
+        # a name that is not listed is still refused (a rebound DNS name is never an IP literal).
+        self.any_ip = _host_name(host) in ("0.0.0.0", "[::]", "")
+
+    def host_allowed(self, host: str) -> bool:
+        name = _host_name(host)
+        return bool(name) and (name in self.hosts or (self.any_ip and _is_ip(name)))
+
+    def origin_allowed(self, origin: str, host: str) -> bool:
+        parts = urlsplit(origin.strip().lower())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return False  # "null" (sandboxed frames, file: pages) and anything odd
+        return parts.netloc == host.strip().lower() or _host_name(parts.netloc) in self.extra
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_guarded(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for key, value in SECURITY_HEADERS.items():
+                    headers.setdefault(key, value)
+            await send(message)
+
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        if not self.host_allowed(host):
+            error = (
+                f"Host {host!r} is not this server's; if you reach it under that name, "
+                "start bloodcell serve with --allowed-host NAME"
+            )
+            await JSONResponse({"error": error}, status_code=400)(scope, receive, send_guarded)
+            return
+        origin = headers.get("origin")
+        if scope["method"] not in SAFE_METHODS and origin is not None and not self.origin_allowed(origin, host):
+            error = f"cross-origin request from {origin!r} refused (allow a site with --allowed-host NAME)"
+            await JSONResponse({"error": error}, status_code=403)(scope, receive, send_guarded)
+            return
+        await self.app(scope, receive, send_guarded)
 
 
 def model_card(predictor, name: str | None = None) -> dict:
@@ -171,18 +322,42 @@ def model_card(predictor, name: str | None = None) -> dict:
         "classes": classes,
         "colors": {c: "#{:02x}{:02x}{:02x}".format(*class_color(c, i)) for i, c in enumerate(classes)},
         "input_size": [int(v) for v in predictor.input_size],
-        "conf": float(predictor.conf),
+        "conf": [float(v) for v in class_thresholds(predictor.conf, len(classes))],  # one operating point per class
         "metrics": metrics or None,
     }
 
 
-def create_app(predictor, max_upload_mb: float = 20, model_name: str | None = None) -> FastAPI:
-    """The web app around ``predictor`` (which it never builds); uploads over ``max_upload_mb`` get 413."""
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own bomb guard, process-wide: warns above, raises above 2x
+def create_app(
+    predictor,
+    max_upload_mb: float = 20,
+    model_name: str | None = None,
+    cell_size: float | str | None = "auto",
+    *,
+    max_pixels: int = MAX_PIXELS,
+    max_decoding_pixels: int | None = None,
+    host: str = "127.0.0.1",
+    allowed_hosts: Iterable[str] = (),
+) -> FastAPI:
+    """The web app around ``predictor`` (which it never builds); uploads over ``max_upload_mb`` get 413.
+
+    ``max_pixels``: larger images get 413 (it must stay under Pillow's decompression-bomb limit).
+    ``max_decoding_pixels``: at most that many pixels decoded at once, from decoding until inference ends
+    (default ``max_pixels``: one image at the cap, or many small ones). ``host``: the address uvicorn binds;
+    with ``allowed_hosts`` (names or addresses), the only Host headers answered, and the only other sites
+    allowed to POST.
+    """
+    bomb = Image.MAX_IMAGE_PIXELS  # Pillow's own guard (process-wide; None if someone turned it off)
+    if max_pixels <= 0 or (bomb is not None and max_pixels > bomb):
+        limit_text = f" and at most Pillow's decompression-bomb limit of {bomb / 1e6:g} MP" if bomb else ""
+        raise ConfigError(f"max pixels {max_pixels / 1e6:g} MP (--max-megapixels): must be positive{limit_text}")
+    if max_decoding_pixels is not None and max_decoding_pixels <= 0:
+        raise ConfigError(f"max decoding pixels {max_decoding_pixels}: must be positive")
+    budget = PixelBudget(max_decoding_pixels or max_pixels)
     limit = int(max_upload_mb * 2**20)
     lock = threading.Lock()
     card = model_card(predictor, model_name)
     app = FastAPI(title="bloodcell", version=__version__, description="Detect and count blood cells in images.")
+    app.add_middleware(GuardMiddleware, host=host, allowed_hosts=tuple(allowed_hosts))
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -198,12 +373,15 @@ def create_app(predictor, max_upload_mb: float = 20, model_name: str | None = No
         return JSONResponse({"error": text}, status_code=422)
 
     def detect_sync(upload: Upload, min_score: float | None) -> dict:
-        image = decode_image(upload.data)
-        conf = predictor.conf
-        low = conf if min_score is None else min_score
-        with lock:
-            result = predict_image(predictor, image, Path(safe_name(upload.filename)), conf, low)
-        return result.to_record()
+        pixels = image_pixels(upload.data, max_pixels)  # the header only: refused before anything is decoded
+        with budget.hold(pixels):  # decoded pixels are held until inference is done
+            image = decode_image(upload.data, max_pixels)
+            with lock:
+                name = Path(safe_name(upload.filename))
+                result = predict_image(predictor, image, name, predictor.conf, min_score, cell_size=cell_size)
+            del image
+            result.image = None
+            return result.to_record()
 
     @app.post("/api/v1/detect", openapi_extra=UPLOAD_SCHEMA, summary="Detect and count cells in one image")
     async def detect(

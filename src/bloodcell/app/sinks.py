@@ -17,21 +17,48 @@ def write_json(results: list[ImageResult], path: str | Path) -> Path:
     return Path(path)
 
 
+def format_counts(result: ImageResult) -> str:
+    """'21 RBC (19–24), 1 WBC (1–1), 2 Platelets (1–3)': counts with their 90% intervals, for terminals."""
+    intervals = result.intervals or {}
+    parts = []
+    for name, n in result.counts.items():
+        iv = intervals.get(name)
+        parts.append(f"{n} {name}" + (f" ({iv[0]}–{iv[1]})" if iv else ""))
+    scale = f" at scale {result.scale:.2f}" if result.scale != 1.0 else ""
+    return ", ".join(parts) + scale
+
+
+def counts_header(class_names: tuple[str, ...]) -> list[str]:
+    """Columns of every counts CSV (predict --csv, watch): a count and its 90% interval per class."""
+    cols = ["image", "width", "height", "scale"]
+    for c in class_names:
+        cols += [c, f"{c}_lo90", f"{c}_hi90"]
+    return cols
+
+
+def counts_row(result: ImageResult, class_names: tuple[str, ...]) -> list:
+    counts, intervals = result.counts, result.intervals or {}
+    row: list = [result.label, result.width, result.height, round(result.scale, 4)]
+    for c in class_names:
+        lo, hi = intervals.get(c, ("", ""))
+        row += [counts[c], lo, hi]
+    return row
+
+
 def write_counts_csv(results: list[ImageResult], class_names: tuple[str, ...], path: str | Path) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "width", "height", *class_names])
+    writer.writerow(counts_header(class_names))
     for r in results:
         if r.error is None:
-            counts = r.counts
-            writer.writerow([r.path.name, r.width, r.height, *(counts[c] for c in class_names)])
+            writer.writerow(counts_row(r, class_names))
     write_text(path, buffer.getvalue())
     return Path(path)
 
 
 def save_annotated(result: ImageResult, annotator: BoxAnnotator, out_dir: str | Path) -> Path:
     """Writes <out_dir>/<stem>.jpg (PNG for PNG/TIFF sources, to stay lossless)."""
-    im = annotator.annotate(result.image, result.detections.above(result.conf), result.counts)
+    im = annotator.annotate(result.image, result.counted, result.counts)
     suffix = ".png" if result.path.suffix.lower() in (".png", ".tif", ".tiff") else ".jpg"
     buffer = io.BytesIO()
     im.save(buffer, format="PNG" if suffix == ".png" else "JPEG", quality=92)

@@ -23,6 +23,7 @@ import numpy as np
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.atomic import write_text
 from bloodcell.errors import ImageError
+from bloodcell.runtime.counting import Conf
 from bloodcell.runtime.predict import predict_image
 
 DEFAULT_OUT = "runs/predict"
@@ -138,9 +139,10 @@ def run_stream(
     predictor,
     source: str,
     out_dir: str | Path | None = None,
-    conf: float | None = None,
+    conf: Conf | None = None,
     show: bool | None = None,
     max_frames: int | None = None,
+    cell_size: float | str | None = "auto",
 ) -> StreamSummary:
     """Run ``predictor`` on every frame of ``source`` until it ends, q/Esc in the window, Ctrl-C or ``max_frames``."""
     import cv2
@@ -160,7 +162,7 @@ def run_stream(
         annotator = BoxAnnotator(class_names)
         summary = StreamSummary(source, class_names, totals=dict.fromkeys(class_names, 0), fps=fps, shown=shown)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a camera stream; the files are kept
-            _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames)
+            _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames, cell_size)
         if summary.frames == 0:
             raise ImageError(f"{source}: no frame could be read")
         ok = True
@@ -174,7 +176,7 @@ def run_stream(
     return summary
 
 
-def _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames) -> None:
+def _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames, cell_size="auto") -> None:
     timed_by_fps = summary.fps > 0 and not summary.source.isdigit()
     start = time.monotonic()
     while max_frames is None or summary.frames < max_frames:
@@ -184,9 +186,9 @@ def _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_
         index = summary.frames
         time_s = index / summary.fps if timed_by_fps else time.monotonic() - start
         rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        result = predict_image(predictor, rgb, Path(name), conf, conf)
+        result = predict_image(predictor, rgb, Path(name), conf, cell_size=cell_size)
         counts = result.counts
-        drawn = annotator.annotate(rgb, result.detections.above(conf), {**counts, "frame": index})
+        drawn = annotator.annotate(rgb, result.counted, {**counts, "frame": index})
         bgr = cv2.cvtColor(np.asarray(drawn), cv2.COLOR_RGB2BGR)
         if sink is not None:
             sink.write(index, time_s, counts, bgr)

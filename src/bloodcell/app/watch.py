@@ -11,7 +11,13 @@ files that arrived while the watcher was down are picked up, and nothing already
 processed again. A file whose size or mtime later changes (replaced, or a failed file rewritten) is
 a new version: it is processed again and gets a new CSV row (rows are never rewritten in place).
 If a crash came between the CSV row and the state write, the start-up check adopts that row, so the
-file is not counted twice.
+file is not counted twice. The CSV is read back with the csv module only (never ``str.splitlines``,
+which also splits at U+2028 and other characters a file name may hold).
+
+One writer per output folder: a Watcher holds an exclusive lock on ``<out>/.bloodcell-watch.lock``
+(``flock``, released by ``close()``, at exit, or if the process dies) from before it reads the state
+until it is closed, so the state file it keeps is the one record of what was done; a second watcher on
+the same folder fails at once instead of counting every image again.
 
 Only the top level of the folder is watched; names starting with "." (temporary files many cameras
 and copy tools write first) and suffixes not in IMAGE_SUFFIXES are ignored. Watchdog events only
@@ -21,6 +27,7 @@ wake the loop; a periodic scan also runs, so folders where events are missed (ne
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import sys
@@ -31,13 +38,19 @@ from pathlib import Path
 from typing import TextIO
 
 from bloodcell.app.annotate import BoxAnnotator
-from bloodcell.app.sinks import save_annotated
+from bloodcell.app.sinks import counts_header, counts_row, format_counts, save_annotated
 from bloodcell.atomic import write_text
 from bloodcell.errors import ConfigError, ImageError
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.runtime.predict import ImageResult, predict_image
 
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): no folder lock
+    fcntl = None
+
 STATE_NAME = ".bloodcell-watch.json"
+LOCK_NAME = ".bloodcell-watch.lock"
 CSV_NAME = "counts.csv"
 STATE_VERSION = 1
 
@@ -50,10 +63,11 @@ class Watcher:
         predictor,
         folder: str | Path,
         out: str | Path,
-        conf: float | None = None,
+        conf: float | tuple[float, ...] | None = None,
         settle: float = 1.0,
         scan_interval: float = 2.0,
         log: TextIO | None = None,
+        cell_size: float | str | None = "auto",
     ) -> None:
         self.folder = Path(folder)
         self.out = Path(out)
@@ -66,6 +80,7 @@ class Watcher:
         self.predictor = predictor
         self.class_names = tuple(predictor.class_names)
         self.conf = predictor.conf if conf is None else conf
+        self.cell_size = cell_size
         self.settle = settle
         self.scan_interval = scan_interval
         self.log = log
@@ -78,8 +93,25 @@ class Watcher:
         self._pending: dict[str, tuple[tuple[int, int], float]] = {}  # name -> (signature, stable since)
         self._wake = threading.Event()
         self.out.mkdir(parents=True, exist_ok=True)
-        self.state = self._load_state()
-        self._check_csv()
+        self._lock = _lock_folder(self.out / LOCK_NAME)  # before the state is read: it is ours until close()
+        try:
+            self.state = self._load_state()
+            self._check_csv()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the output folder (another watcher may then take it over); the Watcher cannot process after."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.close()  # closing the file releases the flock
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- state and CSV ---------------------------------------------------------------------------------
 
@@ -102,17 +134,34 @@ class Watcher:
         write_text(self.state_path, json.dumps({"version": STATE_VERSION, "files": self.state}, indent=1) + "\n")
 
     def _check_csv(self) -> None:
-        """Refuse a CSV of another class list; drop a torn last line; adopt rows the state missed (crash)."""
-        header = ["image", "width", "height", *self.class_names]
+        """Refuse a CSV of another class list; drop a torn last row; adopt rows the state missed (crash).
+
+        Read with the csv module (newline=""): rows end only at a newline outside quotes, whatever the file
+        names hold (U+2028, form feeds, ... are line ends to ``str.splitlines``: a row split in two would not
+        be adopted and its file would be counted twice).
+        """
+        header = counts_header(self.class_names)
         if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
             return
-        text = self.csv_path.read_text(encoding="utf-8")
-        if not text.endswith("\n"):  # a row torn by a crash: its file is not in the state, so it is redone
-            keep = text.rfind("\n") + 1
+        # surrogateescape: a row torn inside a multi-byte character still reads (and is then dropped)
+        with open(self.csv_path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            lines = f.readlines()
+        reader = csv.reader(lines, strict=True)
+        rows: list[list[str]] = []
+        whole = 0  # lines holding complete rows
+        try:
+            for row in reader:
+                if not lines[reader.line_num - 1].endswith(("\n", "\r")):
+                    break  # the last row, torn by a crash: its file is not in the state, so it is redone
+                rows.append(row)
+                whole = reader.line_num
+        except csv.Error as e:
+            if reader.line_num < len(lines):
+                where = f"{self.csv_path}: line {reader.line_num}"
+                raise ConfigError(f"{where}: not a counts CSV ({e}); use another --out") from None
+        if whole < len(lines):
             with open(self.csv_path, "r+b") as f:
-                f.truncate(len(text[:keep].encode("utf-8")))
-            text = text[:keep]
-        rows = list(csv.reader(text.splitlines()))
+                f.truncate(sum(len(line.encode("utf-8", "surrogateescape")) for line in lines[:whole]))
         if rows and rows[0] != header:
             raise ConfigError(
                 f"{self.csv_path}: columns {','.join(rows[0])} differ from this model's {','.join(header)}; "
@@ -131,12 +180,14 @@ class Watcher:
 
     def _append_row(self, result: ImageResult) -> None:
         new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
-        counts = result.counts
         with open(self.csv_path, "a", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             if new:
-                writer.writerow(["image", "width", "height", *self.class_names])
-            writer.writerow([result.path.name, result.width, result.height, *(counts[c] for c in self.class_names)])
+                writer.writerow(counts_header(self.class_names))
+            row = counts_row(result, self.class_names)
+            # csv quotes "\n" but not a lone "\r", which would end the row on reading: quote such a (rare) row
+            quote = any("\r" in str(v) for v in row)
+            (csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL) if quote else writer).writerow(row)
             f.flush()
             os.fsync(f.fileno())
 
@@ -167,6 +218,8 @@ class Watcher:
 
     def poll_once(self) -> list[ImageResult]:
         """One scan: process every new file that has settled; returns what was processed (failures have .error)."""
+        if self._lock is None:
+            raise RuntimeError("this Watcher is closed: its output folder may have another writer now")
         now = time.monotonic()
         seen, ready = set(), []
         for path in self._candidates():
@@ -201,7 +254,7 @@ class Watcher:
             self.state[path.name] = {**entry, "status": "failed", "error": str(e)}
             self._save_state()
             return ImageResult(path, conf=self.conf, class_names=self.class_names, error=str(e))
-        result = predict_image(self.predictor, image, path, self.conf, self.conf)
+        result = predict_image(self.predictor, image, path, self.conf, cell_size=self.cell_size)
         save_annotated(result, self.annotator, self.annotated_dir)
         result.image = None
         self._append_row(result)
@@ -209,8 +262,8 @@ class Watcher:
         self._save_state()
         self.processed += 1
         if self.log is not None:
-            counts = ", ".join(f"{v} {k}" for k, v in result.counts.items())
-            print(f"{path.name}: {counts} ({result.timing_ms['inference']:.0f} ms)", file=self.log, flush=True)
+            line = f"{path.name}: {format_counts(result)} ({result.timing_ms['inference']:.0f} ms)"
+            print(line, file=self.log, flush=True)
         return result
 
     @property
@@ -250,6 +303,36 @@ class Watcher:
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=5)
+
+
+class _NoLock:
+    def close(self) -> None:
+        pass
+
+
+def _lock_folder(path: Path):
+    """An open lock file holding an exclusive flock (the pid inside); ConfigError at once if another process has it."""
+    if fcntl is None:
+        return _NoLock()
+    f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            holder = f.read().strip()
+            f.close()
+            pid = f"pid {holder}" if holder.isdigit() else "pid unknown"
+            raise ConfigError(f"{path}: another bloodcell watch is writing to this folder ({pid})") from None
+        f.close()
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # some network file systems
+            print(f"warning: {path}: cannot lock ({e.strerror}); run one bloodcell watch per --out", file=sys.stderr)
+            return _NoLock()
+        raise
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def _start_observer(folder: Path, callback):

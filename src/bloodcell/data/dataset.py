@@ -17,14 +17,20 @@ class DetectionDataset(torch.utils.data.Dataset):
     JPEG decoding would otherwise cost as much as the augmentation.
     """
 
-    def __init__(self, records: list[VOCRecord], transforms=None, cache: bool = True) -> None:
+    def __init__(self, records: list[VOCRecord], transforms=None, cache: bool = True, num_classes: int = 3) -> None:
         self.records = records
+        self.num_classes = num_classes
         self.transforms = transforms
         self._cache: dict[int, torch.Tensor] = {}
         self.cache = cache
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def preload(self) -> None:
+        """Decode every image now, so DataLoader workers (forked) share one cache instead of re-decoding."""
+        for i in range(len(self)):
+            self.image(i)
 
     def image(self, index: int) -> torch.Tensor:
         if index in self._cache:
@@ -43,6 +49,7 @@ class DetectionDataset(torch.utils.data.Dataset):
                 torch.from_numpy(record.boxes), format="XYXY", canvas_size=(record.height, record.width)
             ),
             "labels": torch.from_numpy(record.labels),
+            "exhaustive": torch.from_numpy(record.exhaustive_mask(self.num_classes)),
         }
         if self.transforms is not None:
             image, target = self.transforms(image, target)
@@ -52,5 +59,8 @@ class DetectionDataset(torch.utils.data.Dataset):
 def collate(batch: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     """Stack same-size images (float 0..255) and keep targets as a list."""
     images = torch.stack([img for img, _ in batch]).float()
-    targets = [{"boxes": t["boxes"].as_subclass(torch.Tensor).float(), "labels": t["labels"]} for _, t in batch]
+    targets = [
+        {"boxes": t["boxes"].as_subclass(torch.Tensor).float(), "labels": t["labels"], "exhaustive": t["exhaustive"]}
+        for _, t in batch
+    ]
     return images, targets

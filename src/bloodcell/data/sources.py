@@ -1,9 +1,29 @@
-"""Where the dataset comes from: --data, else $BLOODCELL_DATA, else the user cache."""
+"""Where the dataset comes from: --data, else $BLOODCELL_DATA, else the user cache.
+
+``--data`` is a Pascal VOC folder or a dataset YAML that stacks several VOC folders::
+
+    sources:                       # later sources override earlier ones, per image file name
+      - path: BCCD                 # relative to this file
+        exhaustive: [WBC]          # classes whose every cell has a box (others: missing labels)
+      - path: BCCD-dense
+        exhaustive: [RBC, WBC, Platelets]
+    splits: {train: train, val: val, test: test}   # optional: split name -> ImageSets/Main file
+
+A plain VOC folder is one source with every class exhaustive.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import yaml
+
+from bloodcell.errors import DatasetError
+from bloodcell.types import CLASS_NAMES
+
+YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def cache_dir() -> Path:
@@ -16,10 +36,117 @@ def default_data_root() -> Path:
 
 
 def resolve_data_root(path: str | os.PathLike | None = None) -> Path:
-    """The dataset folder to use: an explicit path wins, then BLOODCELL_DATA, then the cache."""
+    """The dataset folder or YAML to use: an explicit path wins, then BLOODCELL_DATA, then the cache."""
     if path:
         return Path(path)
     env = os.environ.get("BLOODCELL_DATA")
     if env:
         return Path(env)
     return default_data_root()
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    exhaustive: tuple[str, ...]  # class names labelled exhaustively in this source
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A stack of VOC folders; ``splits`` maps a split name to each folder's ImageSets/Main file."""
+
+    file: Path | None
+    sources: tuple[Source, ...]
+    splits: dict[str, str]
+
+    def split_file(self, split: str) -> str:
+        return self.splits.get(split, split)
+
+
+def is_spec_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in YAML_SUFFIXES
+
+
+def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAMES) -> DatasetSpec:
+    """Parse a dataset YAML (or wrap a plain VOC folder); every fault is a DatasetError naming the key."""
+    path = Path(path)
+    if not is_spec_file(path):
+        return DatasetSpec(None, (Source(path, tuple(class_names)),), {})
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: dataset file not found") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DatasetError(f"{path}: cannot read dataset YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise DatasetError(f"{path}: expected a mapping with 'sources'")
+    unknown = set(doc) - {"sources", "splits"}
+    if unknown:
+        raise DatasetError(f"{path}: unknown keys {sorted(unknown)}; expected 'sources' and optional 'splits'")
+    raw_sources = doc.get("sources")
+    if not isinstance(raw_sources, list) or not raw_sources:
+        raise DatasetError(f"{path}: 'sources' must be a non-empty list of {{path, exhaustive}}")
+    sources = []
+    for i, item in enumerate(raw_sources):
+        where = f"{path}: sources[{i}]"
+        if isinstance(item, str):
+            item = {"path": item}
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+            raise DatasetError(f"{where}: expected a mapping with a 'path' string")
+        unknown = set(item) - {"path", "exhaustive"}
+        if unknown:
+            raise DatasetError(f"{where}: unknown keys {sorted(unknown)}")
+        folder = Path(os.path.expanduser(os.path.expandvars(item["path"])))
+        if not folder.is_absolute():
+            folder = path.parent / folder
+        exhaustive = item.get("exhaustive", list(class_names))
+        if not isinstance(exhaustive, list) or not all(isinstance(c, str) for c in exhaustive):
+            raise DatasetError(f"{where}: 'exhaustive' must be a list of class names")
+        bad = [c for c in exhaustive if c not in class_names]
+        if bad:
+            raise DatasetError(f"{where}: exhaustive classes {bad} are not among {list(class_names)}")
+        sources.append(Source(folder, tuple(exhaustive)))
+    splits = doc.get("splits") or {}
+    if not isinstance(splits, dict) or not all(isinstance(v, str) for v in splits.values()):
+        raise DatasetError(f"{path}: 'splits' must map split names to ImageSets/Main file names")
+    return DatasetSpec(path, tuple(sources), {str(k): v for k, v in splits.items()})
+
+
+def load_dataset(
+    data: str | os.PathLike | None,
+    split: str | None = None,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+    decode_images: bool = True,
+):
+    """Records of ``split`` from a VOC folder or a dataset YAML (later sources override earlier ones).
+
+    Each record carries which classes are exhaustively labelled in it. A source without the
+    split's file is skipped; a split that no source has is an error.
+    """
+    from bloodcell.data.voc import VOCDataset, load_voc, read_split_ids
+
+    root = resolve_data_root(data)
+    spec = read_spec(root, class_names)
+    if spec.file is None:
+        return load_voc(root, split, class_names=class_names, decode_images=decode_images)
+    merged: dict[str, object] = {}
+    findings = []
+    found = False
+    for source in spec.sources:
+        split_name = None if split is None else spec.split_file(split)
+        if split_name is not None:
+            try:
+                read_split_ids(source.path, split_name)
+            except DatasetError:
+                continue
+        found = True
+        part = load_voc(source.path, split_name, class_names=class_names, decode_images=decode_images)
+        mask = tuple(name in source.exhaustive for name in class_names)
+        for record in part.records:
+            merged[record.image_path.name] = replace(record, exhaustive=mask)
+        findings += [replace(f, file=f"{source.path.name}/{f.file}") for f in part.findings]
+    if not found:
+        raise DatasetError(f"{root}: no source has split {split!r} (ImageSets/Main/{spec.split_file(split)}.txt)")
+    dataset = VOCDataset(root=root, class_names=tuple(class_names), split=split, findings=findings)
+    dataset.records = sorted(merged.values(), key=lambda r: r.image_path.name)  # type: ignore[attr-defined]
+    return dataset

@@ -7,6 +7,8 @@ illumination vary between labs, hence colour jitter; scale jitter covers other m
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -36,8 +38,8 @@ class RandomScale(v2.Transform):
 
     def make_params(self, flat_inputs: list) -> dict:
         h, w = v2.query_size(flat_inputs)
-        lo, hi = self.scale_range
-        s = lo + (hi - lo) * float(torch.rand(()))
+        lo, hi = self.scale_range  # log-uniform: 0.5x is as likely as 2x
+        s = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * float(torch.rand(())))
         return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
 
     def transform(self, inpt, params: dict):
@@ -105,7 +107,7 @@ def make_transforms(preset: str, crop_size: int = 384) -> v2.Compose | None:
         return v2.Compose(
             [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomCropKeepVisible(crop_size), DropInvisible()]
         )
-    if preset == "train":
+    if preset == "train-v1":  # the recipe of the first shipped model (kept to compare against)
         return v2.Compose(
             [
                 v2.RandomHorizontalFlip(),
@@ -117,4 +119,62 @@ def make_transforms(preset: str, crop_size: int = 384) -> v2.Compose | None:
                 DropInvisible(),
             ]
         )
-    raise ConfigError(f"unknown augmentation preset {preset!r}; choose from 'train', 'light', 'none'")
+    if preset in ("train", "train-mild"):
+        # Other microscopes: magnification (scale jitter), stain, white balance and exposure, focus,
+        # compression and sensor noise. Geometry first, then pixel changes on the (smaller) crop.
+        scale = (0.6, 1.6) if preset == "train" else (0.75, 1.33)
+        return v2.Compose(
+            [
+                v2.RandomHorizontalFlip(),
+                RandomRotate90(),
+                RandomScale(scale),
+                RandomCropKeepVisible(crop_size),
+                DropInvisible(),
+                v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.4, hue=0.08),
+                v2.RandomApply([WhiteBalance((0.8, 1.25))], p=0.5),
+                v2.RandomApply([v2.GaussianBlur(7, sigma=(0.1, 2.0))], p=0.25),
+                v2.RandomApply([v2.JPEG((30, 95))], p=0.2),
+                v2.RandomApply([SensorNoise((2.0, 12.0))], p=0.2),
+            ]
+        )
+    raise ConfigError(f"unknown augmentation preset {preset!r}; choose from {list(PRESETS)}")
+
+
+PRESETS = ("train", "train-mild", "train-v1", "light", "none")
+
+
+class SensorNoise(v2.Transform):
+    """Additive Gaussian noise with a standard deviation (in 0..255 units) drawn from ``sigma``."""
+
+    def __init__(self, sigma: tuple[float, float] = (2.0, 12.0)) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def make_params(self, flat_inputs: list) -> dict:
+        lo, hi = self.sigma
+        return {"sigma": lo + (hi - lo) * float(torch.rand(()))}
+
+    def transform(self, inpt, params: dict):
+        if not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        noisy = inpt.float() + torch.randn(inpt.shape) * params["sigma"]
+        return tv_tensors.wrap(noisy.clamp(0, 255).to(inpt.dtype), like=inpt)
+
+
+class WhiteBalance(v2.Transform):
+    """Multiply each colour channel by its own gain drawn log-uniformly from ``gains``: another
+    lamp, camera white balance or stain batch shifts the channels independently."""
+
+    def __init__(self, gains: tuple[float, float] = (0.8, 1.25)) -> None:
+        super().__init__()
+        self.gains = gains
+
+    def make_params(self, flat_inputs: list) -> dict:
+        lo, hi = math.log(self.gains[0]), math.log(self.gains[1])
+        return {"gain": torch.exp(lo + (hi - lo) * torch.rand(3)).view(3, 1, 1)}
+
+    def transform(self, inpt, params: dict):
+        if not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        out = inpt.float() * params["gain"]
+        return tv_tensors.wrap(out.clamp(0, 255).to(inpt.dtype), like=inpt)

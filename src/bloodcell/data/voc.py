@@ -68,6 +68,16 @@ class VOCRecord:
     boxes: np.ndarray  # (N, 4) float32 xyxy, see module docstring
     labels: np.ndarray  # (N,) int64 indices into the dataset's class_names
     difficult: np.ndarray  # (N,) bool
+    #: (K,) bool per class: True where every cell of that class in the image has a box. An image
+    #: whose labels skip some cells of a class (BCCD's RBCs) must not teach "unlabelled = background".
+    #: None: every class is exhaustive (a plain VOC folder).
+    exhaustive: tuple[bool, ...] | None = None
+
+    def exhaustive_mask(self, num_classes: int) -> np.ndarray:
+        """(K,) bool: which classes are labelled exhaustively in this image."""
+        if self.exhaustive is None:
+            return np.ones(num_classes, bool)
+        return np.asarray(self.exhaustive, bool)
 
     @property
     def image_id(self) -> str:
@@ -228,6 +238,10 @@ def _read_one(
                 width, height = height, width
             if decode_images:
                 im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning when made an error
+        detail = f"{image_path.name} is too large to read safely: {e}"
+        findings.append(Finding(xml_name, None, "bad-image", detail, "skipped image"))
+        return None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         detail = f"{image_path.name} cannot be decoded: {e}"
         findings.append(Finding(xml_name, None, "bad-image", detail, "skipped image"))

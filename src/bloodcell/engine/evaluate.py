@@ -3,48 +3,133 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
+from bloodcell import boxes as box_ops
 from bloodcell.data.voc import VOCRecord
 from bloodcell.engine.metrics import DetectionEvaluator, DetectionMetrics
+from bloodcell.runtime.counting import Calibration, Conf, fit_isotonic
 from bloodcell.runtime.images import load_image
+from bloodcell.runtime.scaling import detect_cells
 from bloodcell.types import Detections
 
 
-def predict_records(predictor, records: Iterable[VOCRecord], progress: bool = False) -> list[Detections]:
-    """Full ranked predictions (min score 0.001) for each record's image."""
+def predict_records(
+    predictor, records: Iterable[VOCRecord], progress: bool = False, cell_size: float | str | None = None
+) -> list[Detections]:
+    """Full ranked predictions (min score 0.001) for each record's image, through the same scale
+    handling as `bloodcell predict` (``cell_size`` None: the images as they are)."""
     records = list(records)
     it = tqdm(records, desc="val", leave=False, disable=not progress)
-    return [predictor.predict(load_image(r.image_path), min_score=0.001) for r in it]
+    reference = getattr(predictor, "cell_size", None)
+    return [
+        detect_cells(predictor, load_image(r.image_path), 0.001, cell_size, reference).detections for r in it
+    ]
 
 
 def score(
-    preds: list[Detections], records: list[VOCRecord], class_names: tuple[str, ...], conf: float
+    preds: list[Detections],
+    records: list[VOCRecord],
+    class_names: tuple[str, ...],
+    conf: Conf,
+    calibration: Calibration | None = None,
 ) -> DetectionMetrics:
-    ev = DetectionEvaluator(class_names, conf=conf)
+    ev = DetectionEvaluator(class_names, conf=conf, calibration=calibration)
     for p, r in zip(preds, records, strict=True):
-        ev.update(p, r.targets, (r.width, r.height), r.difficult)
+        ev.update(p, r.targets, (r.width, r.height), r.difficult, r.exhaustive_mask(len(class_names)))
     return ev.compute()
 
 
-def choose_conf(preds: list[Detections], records: list[VOCRecord], num_classes: int) -> float:
-    """The score threshold that minimizes the mean absolute count error over classes."""
-    grid = np.round(np.arange(0.05, 0.951, 0.025), 3)
-    gt = np.array([[int((r.labels == c).sum()) for c in range(num_classes)] for r in records])
-    best, best_err = 0.5, float("inf")
-    for t in grid:
-        counts = np.array([[int(((p.labels == c) & (p.scores >= t)).sum()) for c in range(num_classes)] for p in preds])
-        err = float(np.abs(counts - gt).mean())
-        if err < best_err - 1e-9:
-            best, best_err = float(t), err
-    return best
+def choose_conf(preds: list[Detections], records: list[VOCRecord], num_classes: int) -> tuple[float, ...]:
+    """Per class, the score threshold that minimizes the mean absolute count error per image, over
+    the images that label that class exhaustively (ties: the smallest total error, then the lower
+    threshold). A class no image labels exhaustively keeps 0.5."""
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 3)
+    out = []
+    for c in range(num_classes):
+        use = [i for i, r in enumerate(records) if r.exhaustive_mask(num_classes)[c]]
+        if not use:
+            out.append(0.5)
+            continue
+        gt = np.array([int((records[i].labels == c).sum()) for i in use])
+        scores = [preds[i].scores[preds[i].labels == c] for i in use]
+        counts = np.array([[int((s >= t).sum()) for s in scores] for t in grid])  # (T, images)
+        err = counts - gt
+        mae, total = np.abs(err).mean(axis=1), np.abs(err.sum(axis=1))
+        best = np.lexsort((grid, total, np.round(mae, 9)))[0]
+        out.append(float(grid[best]))
+    return tuple(out)
+
+
+def fit_calibration(
+    preds: list[Detections],
+    records: list[VOCRecord],
+    class_names: tuple[str, ...],
+    floor: float = 0.05,
+    iou_threshold: float = 0.5,
+) -> Calibration:
+    """Isotonic P(real cell | score) per class, from detections >= ``floor`` matched greedily (by
+    score) to true boxes at IoU >= ``iou_threshold``, on images labelling that class exhaustively."""
+    knots = {}
+    for c, name in enumerate(class_names):
+        scores, hits = [], []
+        for p, r in zip(preds, records, strict=True):
+            if not r.exhaustive_mask(len(class_names))[c]:
+                continue
+            keep = (p.labels == c) & (p.scores >= floor)
+            pb, ps = p.boxes[keep], p.scores[keep]
+            order = np.argsort(-ps, kind="stable")
+            gb = r.boxes[r.labels == c]
+            ious = box_ops.iou_matrix(pb[order], gb) if len(gb) else np.zeros((len(order), 0))
+            used = np.zeros(len(gb), bool)
+            for row, s in zip(ious, ps[order], strict=True):
+                j = int(np.argmax(np.where(used, -1.0, row))) if len(gb) else -1
+                hit = j >= 0 and not used[j] and row[j] >= iou_threshold
+                if hit:
+                    used[j] = True
+                scores.append(float(s))
+                hits.append(hit)
+        knots[name] = fit_isotonic(np.asarray(scores), np.asarray(hits, float))
+    return Calibration(knots, floor=floor)
 
 
 def evaluate(
-    predictor, records: list[VOCRecord], conf: float | None = None, progress: bool = False
+    predictor,
+    records: list[VOCRecord],
+    conf: Conf | None = None,
+    progress: bool = False,
+    cell_size: float | str | None = None,
 ) -> DetectionMetrics:
     """Score ``predictor`` on ``records``; counts use ``conf`` (default: the predictor's own)."""
-    preds = predict_records(predictor, records, progress=progress)
-    return score(preds, records, tuple(predictor.class_names), predictor.conf if conf is None else conf)
+    preds = predict_records(predictor, records, progress=progress, cell_size=cell_size)
+    calibration = getattr(predictor, "calibration", None)
+    return score(preds, records, tuple(predictor.class_names), predictor.conf if conf is None else conf, calibration)
+
+
+def detected_cell_size(preds: list[Detections], rbc_conf: float) -> float | None:
+    """Median red-cell diameter (sqrt of box area) among counted RBC detections: the model's
+    reference scale, measured the way ``runtime.scaling`` measures new images."""
+    sizes = [
+        np.sqrt(np.prod(np.clip(p.boxes[sel, 2:] - p.boxes[sel, :2], 0, None), axis=1))
+        for p in preds
+        for sel in [(p.labels == 0) & (p.scores >= rbc_conf)]
+    ]
+    flat = np.concatenate(sizes) if sizes else np.zeros(0)
+    return round(float(np.median(flat)), 1) if len(flat) else None
+
+
+@dataclass
+class CountingFit:
+    conf: tuple[float, ...]
+    calibration: Calibration
+    cell_size: float | None
+
+
+def fit_counting(preds: list[Detections], records: list[VOCRecord], class_names: tuple[str, ...]) -> CountingFit:
+    """Everything counting needs, fitted on val: per-class operating points, score calibration
+    for the intervals, and the reference red-cell size for rescaling other microscopes' images."""
+    conf = choose_conf(preds, records, len(class_names))
+    return CountingFit(conf, fit_calibration(preds, records, class_names), detected_cell_size(preds, conf[0]))

@@ -4,7 +4,12 @@
   PascalBoxes metric that the seed's 86.9% was reported with (hand-written: pycocotools only
   offers the 101-point COCO variant, and this one is 30 lines).
 - COCO AP50 and AP50:95 from pycocotools.
-- Mean absolute count error per image and class, at the operating threshold.
+- Counting per class at the operating points: mean absolute and mean signed error per image,
+  total error in percent, and how often the 90% count interval holds the true count.
+
+Images may label a class incompletely (``exhaustive`` False, e.g. BCCD's red cells): there, as
+in LVIS's "not exhaustively annotated" categories, a detection that matches no box is neither
+true nor false and is left out of AP, and the image is left out of that class's count metrics.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bloodcell import boxes as box_ops
+from bloodcell.runtime.counting import Calibration, Conf, class_thresholds, count_intervals
 from bloodcell.types import Detections
 
 
@@ -34,8 +40,12 @@ class DetectionMetrics:
     coco_ap50: float
     coco_ap50_95: float
     count_mae: dict[str, float]
-    conf: float
+    conf: Conf
     images: int
+    count_me: dict[str, float] = field(default_factory=dict)  # mean signed error per image
+    count_total_error: dict[str, float] = field(default_factory=dict)  # (sum predicted - sum true) / sum true
+    count_coverage: dict[str, float] = field(default_factory=dict)  # share of images whose interval holds the truth
+    count_images: dict[str, int] = field(default_factory=dict)  # images with the class exhaustively labelled
     curves: dict[str, ClassCurve] = field(default_factory=dict, repr=False)
     confusion: np.ndarray | None = field(default=None, repr=False)
 
@@ -47,18 +57,36 @@ class DetectionMetrics:
             "coco_ap50": round(self.coco_ap50, 4),
             "coco_ap50_95": round(self.coco_ap50_95, 4),
             "count_mae": {k: round(v, 3) for k, v in self.count_mae.items()},
-            "conf": self.conf,
+            "count_me": {k: round(v, 3) for k, v in self.count_me.items()},
+            "count_total_error": {k: round(v, 4) for k, v in self.count_total_error.items()},
+            "count_coverage": {k: round(v, 3) for k, v in self.count_coverage.items()},
+            "count_images": dict(self.count_images),
+            "conf": _round_conf(self.conf),
         }
 
     def __str__(self) -> str:
-        rows = [f"{'class':<10} {'AP50(VOC)':>9} {'count MAE':>9}"]
-        rows += [f"{n:<10} {self.voc_ap50[n]:>9.4f} {self.count_mae[n]:>9.3f}" for n in self.class_names]
-        rows.append(f"{'all':<10} {self.voc_map50:>9.4f} {np.mean(list(self.count_mae.values())):>9.3f}")
+        thr = class_thresholds(self.conf, len(self.class_names))
+        rows = [
+            f"{'class':<10} {'AP50(VOC)':>9} {'conf':>5} {'count MAE':>9} {'mean err':>8} {'total':>7} "
+            f"{'90% cover':>9} {'images':>6}"
+        ]
+        for i, n in enumerate(self.class_names):
+            cover = self.count_coverage.get(n)
+            rows.append(
+                f"{n:<10} {self.voc_ap50[n]:>9.4f} {thr[i]:>5.3f} {self.count_mae[n]:>9.3f} "
+                f"{self.count_me.get(n, float('nan')):>+8.3f} {self.count_total_error.get(n, float('nan')):>+7.1%} "
+                f"{'-' if cover is None else f'{cover:.0%}':>9} {self.count_images.get(n, self.images):>6}"
+            )
         rows.append(
             f"images {self.images}  VOC mAP@0.5 {self.voc_map50:.4f}  COCO AP50 {self.coco_ap50:.4f}  "
-            f"AP50:95 {self.coco_ap50_95:.4f}  (counts at conf {self.conf:.2f})"
+            f"AP50:95 {self.coco_ap50_95:.4f}"
         )
         return "\n".join(rows)
+
+
+def _round_conf(conf: Conf) -> float | list[float]:
+    arr = np.asarray(conf, dtype=np.float64).reshape(-1)
+    return round(float(arr[0]), 4) if arr.size == 1 else [round(float(v), 4) for v in arr]
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -73,10 +101,18 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
 class DetectionEvaluator:
     """Accumulates (prediction, ground truth) pairs image by image."""
 
-    def __init__(self, class_names: tuple[str, ...], conf: float = 0.5, iou_threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        class_names: tuple[str, ...],
+        conf: Conf = 0.5,
+        iou_threshold: float = 0.5,
+        calibration: Calibration | None = None,
+    ) -> None:
         self.class_names = tuple(class_names)
         self.conf = conf
+        self.thresholds = class_thresholds(conf, len(self.class_names))
         self.iou_threshold = iou_threshold
+        self.calibration = calibration
         self.reset()
 
     def reset(self) -> None:
@@ -84,10 +120,18 @@ class DetectionEvaluator:
         self.gts: list[Detections] = []
         self.difficult: list[np.ndarray] = []
         self.sizes: list[tuple[int, int]] = []
+        self.exhaustive: list[np.ndarray] = []
 
     def update(
-        self, pred: Detections, gt: Detections, size: tuple[int, int], difficult: np.ndarray | None = None
+        self,
+        pred: Detections,
+        gt: Detections,
+        size: tuple[int, int],
+        difficult: np.ndarray | None = None,
+        exhaustive: np.ndarray | None = None,
     ) -> None:
+        k = len(self.class_names)
+        self.exhaustive.append(np.ones(k, bool) if exhaustive is None else np.asarray(exhaustive, bool).reshape(k))
         self.preds.append(pred)
         self.gts.append(gt)
         self.difficult.append(np.zeros(len(gt), bool) if difficult is None else np.asarray(difficult, bool))
@@ -99,30 +143,48 @@ class DetectionEvaluator:
             ap, curve = self._voc_class(c)
             aps[name], curves[name] = ap, curve
         coco50, coco = self._coco()
-        mae = {}
-        for c, name in enumerate(self.class_names):
-            errs = [
-                abs(int((p.labels[p.scores >= self.conf] == c).sum()) - int((g.labels == c).sum()))
-                for p, g in zip(self.preds, self.gts, strict=True)
-            ]
-            mae[name] = float(np.mean(errs)) if errs else 0.0
+        counting = self._counting()
         return DetectionMetrics(
             class_names=self.class_names,
             voc_ap50=aps,
             voc_map50=float(np.nanmean(list(aps.values()))) if not all(np.isnan(list(aps.values()))) else 0.0,
             coco_ap50=coco50,
             coco_ap50_95=coco,
-            count_mae=mae,
             conf=self.conf,
             images=len(self.preds),
             curves=curves,
             confusion=self.confusion_matrix(),
+            **counting,
         )
+
+    def _counting(self) -> dict[str, dict]:
+        out: dict[str, dict] = {key: {} for key in ("count_mae", "count_me", "count_total_error", "count_coverage")}
+        out["count_images"] = {}
+        intervals = [count_intervals(p, self.class_names, self.calibration) for p in self.preds]
+        for c, name in enumerate(self.class_names):
+            pred, true, covered = [], [], []
+            for p, g, ex, iv in zip(self.preds, self.gts, self.exhaustive, intervals, strict=True):
+                if not ex[c]:
+                    continue
+                n_pred = int(((p.labels == c) & (p.scores >= self.thresholds[c])).sum())
+                n_true = int((g.labels == c).sum())
+                pred.append(n_pred)
+                true.append(n_true)
+                if iv is not None:
+                    covered.append(iv[name][0] <= n_true <= iv[name][1])
+            err = np.asarray(pred) - np.asarray(true)
+            out["count_images"][name] = len(pred)
+            out["count_mae"][name] = float(np.abs(err).mean()) if len(err) else float("nan")
+            out["count_me"][name] = float(err.mean()) if len(err) else float("nan")
+            out["count_total_error"][name] = float(err.sum() / max(sum(true), 1)) if len(err) else float("nan")
+            if covered:
+                out["count_coverage"][name] = float(np.mean(covered))
+        return out
 
     def _voc_class(self, c: int) -> tuple[float, ClassCurve]:
         scores, tps = [], []
         n_gt = 0
-        for pred, gt, diff in zip(self.preds, self.gts, self.difficult, strict=True):
+        for pred, gt, diff, ex in zip(self.preds, self.gts, self.difficult, self.exhaustive, strict=True):
             g = gt.labels == c
             gboxes, gdiff = gt.boxes[g], diff[g]
             n_gt += int((~gdiff).sum())
@@ -139,6 +201,8 @@ class DetectionEvaluator:
                         continue  # VOC: matches to difficult boxes count neither way
                     tps.append(not matched[j])
                     matched[j] = True
+                elif not ex[c]:
+                    continue  # may be a cell the labels left out: neither true nor false
                 else:
                     tps.append(False)
                 scores.append(pscores[i])
@@ -193,7 +257,7 @@ class DetectionEvaluator:
         k = len(self.class_names)
         m = np.zeros((k + 1, k + 1), dtype=np.int64)  # rows: true class, cols: predicted class
         for pred, gt in zip(self.preds, self.gts, strict=True):
-            p = pred.above(self.conf)
+            p = pred[pred.scores >= self.thresholds[pred.labels]]
             ious = box_ops.iou_matrix(gt.boxes, p.boxes)
             used = np.zeros(len(p), bool)
             for gi in np.argsort(-ious.max(axis=1) if ious.size else np.zeros(len(gt))):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,10 @@ from tqdm import tqdm
 from bloodcell.atomic import write_text
 from bloodcell.config import TrainConfig
 from bloodcell.data.dataset import DetectionDataset, collate
-from bloodcell.data.sources import resolve_data_root
+from bloodcell.data.sources import load_dataset, resolve_data_root
 from bloodcell.data.transforms import make_transforms
-from bloodcell.data.voc import load_voc
 from bloodcell.engine.ema import ModelEMA
-from bloodcell.engine.evaluate import choose_conf, predict_records, score
+from bloodcell.engine.evaluate import fit_counting, predict_records, score
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.engine.plots import plot_training
 from bloodcell.errors import ConfigError, DatasetError, TrainingError
@@ -81,7 +81,9 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     )
 
 
-def compute_losses(model: nn.Module, criterion, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+def compute_losses(
+    model: nn.Module, criterion, images: torch.Tensor, targets: list[dict], teacher: nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     if criterion is None:  # torchvision detectors compute their own losses
         # Their transform rescales every input to min_size; crops are already at native scale.
         transform = model.transform
@@ -95,8 +97,12 @@ def compute_losses(model: nn.Module, criterion, images: torch.Tensor, targets: l
             "cls": losses["loss_classifier"] + losses["loss_objectness"],
             "box": losses["loss_box_reg"] + losses["loss_rpn_box_reg"],
         }
+    teacher_probs = None
+    if teacher is not None and getattr(criterion, "needs_teacher", False):
+        with torch.no_grad():
+            teacher_probs = teacher(images)[0].float().sigmoid()
     cls, box = model(images)
-    return criterion(cls, box, targets, tuple(images.shape[-2:]))
+    return criterion(cls, box, targets, tuple(images.shape[-2:]), teacher=teacher_probs)
 
 
 def train_one_epoch(
@@ -120,7 +126,7 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True)
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         with torch.autocast(device.type, enabled=scaler is not None):
-            losses = compute_losses(model, criterion, images, targets)
+            losses = compute_losses(model, criterion, images, targets, ema.module)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise TrainingError(f"epoch {epoch + 1}: loss is {loss.item()}; lower --lr")
@@ -182,20 +188,63 @@ def _initial_model(config: TrainConfig, class_names: tuple[str, ...]) -> tuple[s
     return config.model, mcfg, build_model(config.model, mcfg, pretrained=config.pretrained, weights=config.weights)
 
 
-def train(config: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train ``config.model`` on the train split, pick the best epoch on val, return the run."""
+#: Settings a resumed run takes from the command line: how the run goes on, not what it learns.
+RESUME_OVERRIDES = ("epochs", "device", "workers", "threads", "val_every")
+
+
+def _flag(name: str) -> str:
+    return "--no-pretrained" if name == "pretrained" else f"--{name.replace('_', '-')}"
+
+
+def resume_config(
+    config: TrainConfig, saved: dict, out: Path, explicit: Collection[str] | None = None
+) -> TrainConfig:
+    """The saved run's settings with the given ones of ``RESUME_OVERRIDES`` applied.
+
+    ``explicit``: the settings the user gave (None: those that differ from TrainConfig's defaults).
+    Any other given setting must equal the run's, since it would change the model or its data.
+    """
+    run = TrainConfig.from_dict({**saved["train_config"], "resume": True, "out": str(out)})
+    if explicit is None:
+        default = TrainConfig()
+        explicit = [f.name for f in fields(TrainConfig) if getattr(config, f.name) != getattr(default, f.name)]
+    changes = {}
+    for name in sorted(set(explicit) - {"out", "resume"}):
+        value, before = getattr(config, name), getattr(run, name)
+        if value == before:
+            continue
+        if name not in RESUME_OVERRIDES:
+            raise ConfigError(
+                f"--resume: {_flag(name)} {value} differs from the run's {before} and would change the model or "
+                f"its data; resume without it, or start a new run (another --out)"
+            )
+        changes[name] = value
+    done = saved["epoch"] + 1
+    if "epochs" in changes and changes["epochs"] <= done:
+        raise ConfigError(
+            f"--resume --epochs {changes['epochs']}: the run in {out} already trained {done} epochs; "
+            f"give more to train on"
+        )
+    return replace(run, **changes)
+
+
+def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] | None = None) -> TrainResult:
+    """Train ``config.model`` on the train split, pick the best epoch on val, return the run.
+
+    With ``config.resume`` the run in ``config.out`` goes on from its last.pt with its own settings;
+    ``explicit`` names the settings the user gave (see ``resume_config``)."""
     out = _run_dir(config)
     if config.resume:
         if not (out / "last.pt").is_file():
             raise ConfigError(f"--resume: {out / 'last.pt'} not found")
         saved = read_checkpoint(out / "last.pt")
-        config = TrainConfig.from_dict({**saved["train_config"], "resume": True, "out": str(out)})
+        config = resume_config(config, saved, out, explicit)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     root = resolve_data_root(config.data)
-    train_set = load_voc(root, config.train_split)
-    val_set = load_voc(root, config.val_split)
+    train_set = load_dataset(root, config.train_split)
+    val_set = load_dataset(root, config.val_split)
     records = train_set.records[: config.max_images] if config.max_images else train_set.records
     if len(records) < config.batch:
         raise DatasetError(f"{root}: split {config.train_split!r} has {len(records)} usable images, fewer than --batch")
@@ -204,8 +253,12 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     torch.manual_seed(config.seed)
     arch, mcfg, model = _initial_model(config, class_names)
     model = model.to(device)
-    criterion = CellNetLoss(mcfg, model.strides) if MODELS[arch].kind == "dense" else None
-    dataset = DetectionDataset(records, make_transforms(config.augment, config.imgsz))
+    criterion = None  # torchvision detectors compute their own losses
+    if MODELS[arch].kind == "dense":
+        criterion = CellNetLoss(mcfg, model.strides, missing=config.missing_labels, tau=config.missing_tau)
+    dataset = DetectionDataset(records, make_transforms(config.augment, config.imgsz), num_classes=len(class_names))
+    if config.workers:
+        dataset.preload()  # forked workers share the decoded images instead of decoding them every epoch
     iters_per_epoch = len(dataset) // config.batch
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     total, warmup = iters_per_epoch * config.epochs, int(iters_per_epoch * config.warmup_epochs)
@@ -220,11 +273,16 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        scheduler.load_state_dict(saved["scheduler"])  # keeps this run's lambda: the schedule over config.epochs
+        if config.epochs != saved["train_config"]["epochs"]:  # more epochs: the rest follows the longer schedule
+            for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = base_lr * lr_factor(scheduler.last_epoch, total, warmup, config.min_lr_ratio)
         if scaler is not None and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
         start_epoch, rows, best_map = saved["epoch"] + 1, list(saved["rows"]), saved["best_map50"]
         elapsed = saved["elapsed_s"]
+        write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))  # with the new settings
+        print(f"resuming {out} after epoch {start_epoch}")
     else:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -277,21 +335,29 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         print(summary, flush=True)
         plot_training(rows, out / "results.png")
 
-    return finalize(out, val_set.records, class_names, elapsed, device)
+    metrics = fit_counting_file(out / "best.pt", val_set.records, extra={"train_wall_time_s": round(elapsed, 1)})
+    return TrainResult(out, out / "best.pt", metrics.voc_map50, metrics, elapsed)
 
 
-def finalize(out: Path, val_records: list, class_names: tuple[str, ...], elapsed: float, device) -> TrainResult:
-    """Choose the operating threshold on val for best.pt, store it with the final val metrics."""
+def fit_counting_file(
+    path: Path, val_records: list, out: Path | None = None, device: str = "cpu", extra: dict | None = None
+) -> DetectionMetrics:
+    """Fit a model file's counting on val (per-class operating points with the least count error,
+    score calibration for the 90% intervals, reference red-cell size) and store it with the val
+    metrics, in ``out`` (default: in place)."""
     from bloodcell.models.checkpoint import load_model
 
-    model, info = load_model(out / "best.pt")
+    model, info = load_model(path)
     predictor = TorchPredictor(model, info, device=str(device))
     preds = predict_records(predictor, val_records)
-    info.conf = choose_conf(preds, val_records, len(class_names))
-    metrics = score(preds, val_records, class_names, info.conf)
+    fit = fit_counting(preds, val_records, tuple(info.class_names))
+    info.conf, info.calibration, info.cell_size = fit.conf, fit.calibration.to_dict(), fit.cell_size
+    metrics = score(preds, val_records, tuple(info.class_names), fit.conf, fit.calibration)
     info.metrics = {"val": metrics.to_dict()}
-    info.extra["train_wall_time_s"] = round(elapsed, 1)
-    save_checkpoint(out / "best.pt", model_payload(model, info))
+    info.extra.update(extra or {})
+    target = out or path
+    save_checkpoint(target, model_payload(model, info))
     print(metrics)
-    print(f"best model: {out / 'best.pt'} (operating threshold {info.conf:.3f})")
-    return TrainResult(out, out / "best.pt", metrics.voc_map50, metrics, elapsed)
+    points = ", ".join(f"{n} {c:.2f}" for n, c in zip(info.class_names, fit.conf, strict=True))
+    print(f"model: {target} (operating points {points}; red cells {fit.cell_size} px)")
+    return metrics

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 from bloodcell.atomic import write_text
-from bloodcell.data.voc import load_voc
+from bloodcell.data.sources import load_dataset
 from bloodcell.engine.evaluate import evaluate
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.engine.plots import plot_confusion, plot_pr_curves
+from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor
 
 
@@ -17,13 +18,16 @@ def validate(
     model: str | Path | None,
     data_root: str | Path,
     split: str = "val",
-    conf: float | None = None,
+    conf: str | None = None,
     out: str | Path | None = None,
     json_path: str | Path | None = None,
+    cell_size: float | str | None = "auto",
 ) -> DetectionMetrics:
+    """Score a model file on a split of a VOC folder or dataset YAML. ``conf``: --conf text (None: the model's)."""
     predictor = load_predictor(model)
-    dataset = load_voc(data_root, split=split, class_names=tuple(predictor.class_names))
-    metrics = evaluate(predictor, dataset.records, conf=conf, progress=True)
+    thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
+    dataset = load_dataset(data_root, split=split, class_names=tuple(predictor.class_names))
+    metrics = evaluate(predictor, dataset.records, conf=thresholds, progress=True, cell_size=cell_size)
     if out:
         plot_pr_curves(metrics, Path(out) / "pr_curves.png")
         plot_confusion(metrics, Path(out) / "confusion_matrix.png")

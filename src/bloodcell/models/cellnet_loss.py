@@ -15,12 +15,29 @@ from bloodcell.models.cellnet import CellNetConfig, decode_boxes, make_points
 
 INF = 1e8
 
+#: How negatives of a class that an image does not label exhaustively are treated:
+#: plain       every unmatched point is background (what BCCD's missing RBCs taught the first model);
+#: ignore      unmatched points the EMA teacher scores >= tau are left out of the loss;
+#: pseudo      ... and those the teacher scores >= 2 * tau learn the teacher's score as a soft target;
+#: downweight  every such negative counts `1 - tau` less (background recalibration, no teacher).
+MISSING_LABEL_METHODS = ("plain", "ignore", "pseudo", "downweight")
+
 
 class CellNetLoss(nn.Module):
     def __init__(
-        self, config: CellNetConfig, strides: tuple[int, ...], box_weight: float = 2.0, probabilities: bool = False
+        self,
+        config: CellNetConfig,
+        strides: tuple[int, ...],
+        box_weight: float = 2.0,
+        probabilities: bool = False,
+        missing: str = "plain",
+        tau: float = 0.3,
     ) -> None:
         super().__init__()
+        if missing not in MISSING_LABEL_METHODS:
+            raise ValueError(f"missing-label method {missing!r}: choose from {MISSING_LABEL_METHODS}")
+        self.missing = missing
+        self.tau = tau
         self.probabilities = probabilities  # cls holds sigmoid outputs (the exported graph, for QAT)
         self.config = config
         self.strides = strides
@@ -63,15 +80,26 @@ class CellNetLoss(nn.Module):
         best_area, best = areas.min(dim=1)
         return torch.where(best_area < INF, best, torch.full_like(best, -1))
 
+    @property
+    def needs_teacher(self) -> bool:
+        return self.missing in ("ignore", "pseudo")
+
     def forward(
-        self, cls: torch.Tensor, box: torch.Tensor, targets: list[dict[str, torch.Tensor]], image_size: tuple[int, int]
+        self,
+        cls: torch.Tensor,
+        box: torch.Tensor,
+        targets: list[dict[str, torch.Tensor]],
+        image_size: tuple[int, int],
+        teacher: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """cls (B, A, K) logits, box (B, A, 4); targets: dicts with 'boxes' (M, 4) and 'labels' (M,)."""
+        """cls (B, A, K) logits, box (B, A, 4); targets: dicts with 'boxes' (M, 4), 'labels' (M,) and
+        optionally 'exhaustive' (K,) bool; teacher: (B, A, K) EMA-teacher probabilities (ignore, pseudo)."""
         height, width = image_size
         points, strides, ranges = self._grid(height, width, cls.device)
         pred_boxes = decode_boxes(box.float(), points, strides)
 
         cls_target = torch.zeros_like(cls, dtype=torch.float32)
+        weight = torch.ones_like(cls_target)
         pos_pred, pos_gt = [], []
         for b, t in enumerate(targets):
             matched = self.assign(points, strides, ranges, t["boxes"])
@@ -85,6 +113,7 @@ class CellNetLoss(nn.Module):
             pos_pred.append(pred_boxes[b, pos])
             pos_gt.append(gt)
 
+        self._missing_labels(cls_target, weight, targets, teacher)
         num_pos = max(sum(len(p) for p in pos_pred), 1)
         # Quality focal loss: BCE towards the IoU target, modulated by |target - sigmoid|^2.
         if self.probabilities:
@@ -93,9 +122,34 @@ class CellNetLoss(nn.Module):
         else:
             prob = cls.float().sigmoid()
             bce = nn.functional.binary_cross_entropy_with_logits(cls.float(), cls_target, reduction="none")
-        loss_cls = (bce * (cls_target - prob).abs().pow(2)).sum() / num_pos
+        loss_cls = (weight * bce * (cls_target - prob).abs().pow(2)).sum() / num_pos
         if pos_pred:
             loss_box = generalized_box_iou_loss(torch.cat(pos_pred), torch.cat(pos_gt), reduction="sum") / num_pos
         else:
             loss_box = box.sum() * 0.0
         return {"cls": loss_cls, "box": self.box_weight * loss_box}
+
+    @torch.no_grad()
+    def _missing_labels(
+        self, cls_target: torch.Tensor, weight: torch.Tensor, targets: list[dict], teacher: torch.Tensor | None
+    ) -> None:
+        """Change the negatives of non-exhaustive classes in place, per ``self.missing``."""
+        if self.missing == "plain":
+            return
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"missing-label method {self.missing!r} needs teacher probabilities")
+        for b, t in enumerate(targets):
+            exhaustive = t.get("exhaustive")
+            if exhaustive is None or bool(exhaustive.all()):
+                continue
+            partial = ~exhaustive.to(cls_target.device).bool()  # (K,)
+            negative = (cls_target[b] == 0) & partial  # (A, K): unmatched points of partially labelled classes
+            if self.missing == "downweight":
+                weight[b][negative] = 1.0 - self.tau
+                continue
+            score = teacher[b].float()
+            weight[b][negative & (score >= self.tau)] = 0.0
+            if self.missing == "pseudo":
+                sure = negative & (score >= 2 * self.tau)
+                cls_target[b][sure] = score[sure]
+                weight[b][sure] = 1.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ class ModelInfo:
     config: dict[str, Any]
     class_names: tuple[str, ...]
     input_size: tuple[int, int]  # (width, height) the model runs at
-    conf: float = 0.5  # operating threshold for counts, chosen on val
+    conf: float | tuple[float, ...] = 0.5  # operating point(s) for counts, one per class, chosen on val
     iou_threshold: float = 0.5
+    calibration: dict[str, Any] | None = None  # bloodcell.runtime.counting.Calibration.to_dict()
+    cell_size: float | None = None  # median RBC diameter (px) the model was trained at
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -41,8 +44,10 @@ class ModelInfo:
             "config": self.config,
             "class_names": list(self.class_names),
             "input_size": list(self.input_size),
-            "conf": self.conf,
+            "conf": list(self.conf) if isinstance(self.conf, tuple | list) else self.conf,
             "iou_threshold": self.iou_threshold,
+            "calibration": self.calibration,
+            "cell_size": self.cell_size,
             "metrics": self.metrics,
             "extra": self.extra,
         }
@@ -54,11 +59,19 @@ class ModelInfo:
             config=dict(d["config"]),
             class_names=tuple(d["class_names"]),
             input_size=tuple(d["input_size"]),
-            conf=float(d.get("conf", 0.5)),
+            conf=_conf(d.get("conf", 0.5)),
             iou_threshold=float(d.get("iou_threshold", 0.5)),
+            calibration=d.get("calibration"),
+            cell_size=None if d.get("cell_size") is None else float(d["cell_size"]),
             metrics=dict(d.get("metrics", {})),
             extra=dict(d.get("extra", {})),
         )
+
+
+def _conf(value: Any) -> float | tuple[float, ...]:
+    if isinstance(value, list | tuple):
+        return tuple(float(v) for v in value)
+    return float(value)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -91,10 +104,28 @@ def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dic
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt zip, pickle refused by weights_only, truncated file, ...
-        raise ModelError(f"{path}: not a readable bloodcell model ({type(e).__name__}: {str(e)[:120]})") from None
+        raise ModelError(f"{path}: {_load_failure(e)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path}: not a bloodcell model file (no '{FORMAT}' header)")
     return payload
+
+
+def _load_failure(e: Exception) -> str:
+    """One full line on why torch.load failed. Torch's own text for a refused pickle is several
+    lines and suggests ``weights_only=False``, which would run whatever code the file holds."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch's ANSI bold
+    if "Weights only load failed" in text:
+        reason = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Please use|Check the documentation|$)", text, re.S)
+        detail = " ".join(reason.group(1).split()).rstrip(".") if reason else "unsupported content"
+        found = re.match(r"Unsupported global: GLOBAL (\S+)", detail)
+        if found:
+            return (
+                f"refused: the file holds pickled Python objects ({found.group(1)}), not only weights; bloodcell "
+                f"never runs code from a model file: use a model written by bloodcell, from a source you trust"
+            )
+        return f"not a readable bloodcell model (the safe loader stopped at: {detail})"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"not a readable bloodcell model ({type(e).__name__}{': ' + first if first else ''})"
 
 
 def load_model(path: str | Path, expected_sha256: str | None = None) -> tuple[nn.Module, ModelInfo]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodcell.errors import ModelError
+from bloodcell.runtime.counting import Calibration
 from bloodcell.runtime.postprocess import PostprocessConfig, decode
 from bloodcell.runtime.preprocess import letterbox
 from bloodcell.types import Detections
@@ -47,7 +48,10 @@ class ExportedPredictor:
         self.class_names = tuple(meta["class_names"])
         self.input_size = tuple(meta["input_size"])
         self.strides = tuple(meta["strides"])
-        self.conf = float(meta["conf"])
+        conf = meta["conf"]
+        self.conf = tuple(float(v) for v in conf) if isinstance(conf, list) else float(conf)
+        self.calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
+        self.cell_size = None if meta.get("cell_size") is None else float(meta["cell_size"])
         self.post = PostprocessConfig(iou_threshold=float(meta["iou_threshold"]))
 
     def run(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

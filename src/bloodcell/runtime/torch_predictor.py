@@ -11,6 +11,7 @@ from torch import nn
 from bloodcell.models.checkpoint import ModelInfo
 from bloodcell.models.fold import fold_batch_norms
 from bloodcell.models.registry import MODELS
+from bloodcell.runtime.counting import Calibration
 from bloodcell.runtime.postprocess import PostprocessConfig, decode
 from bloodcell.runtime.preprocess import letterbox
 from bloodcell.types import Detections
@@ -30,6 +31,8 @@ class TorchPredictor:
         self.class_names = info.class_names
         self.input_size = tuple(info.input_size)
         self.conf = info.conf
+        self.calibration = Calibration.from_dict(info.calibration) if info.calibration else None
+        self.cell_size = info.cell_size
         self.post = PostprocessConfig(iou_threshold=info.iou_threshold)
 
     @torch.inference_mode()

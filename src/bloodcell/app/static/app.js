@@ -1,16 +1,21 @@
 "use strict";
-// Upload images to /api/v1/detect once (with a low min_score), then draw and count client-side at the slider's
-// threshold. Only textContent is used for names and messages: file names never become HTML.
+// Upload images to /api/v1/detect once (with a low min_score), then draw and count client-side. Each class has
+// its own operating point (model.conf[i]); the slider shifts all of them together, and at 0 the page shows the
+// server's counts with their 90% intervals. Only textContent is used for names and messages: file names never
+// become HTML.
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, minScore: 0.05, thr: 0.5, hidden: new Set(), items: [] };
+const state = { model: null, minScore: 0.05, shift: 0, hidden: new Set(), items: [] };
+const thresholdOf = (label) =>
+  Math.min(1, Math.max(state.minScore, state.model.conf[state.model.classes.indexOf(label)] + state.shift));
 
 async function init() {
   const model = await (await fetch("api/v1/model")).json();
-  Object.assign(state, { model, minScore: Math.min(0.05, model.conf), thr: model.conf });
-  $("model").textContent = `${model.name} · ${model.classes.join(", ")} · operating threshold ${model.conf}`;
-  Object.assign($("thr"), { min: state.minScore, value: model.conf });
-  $("thr-value").textContent = model.conf.toFixed(3);
+  Object.assign(state, { model, minScore: Math.min(0.05, ...model.conf), shift: 0 });
+  const points = model.classes.map((name, i) => `${name} ${model.conf[i].toFixed(2)}`).join(", ");
+  $("model").textContent = `${model.name} · operating points ${points}`;
+  Object.assign($("thr"), { min: -0.3, max: 0.3, step: 0.01, value: 0 });
+  $("thr-value").textContent = "+0.00";
   for (const name of model.classes) {
     const box = Object.assign(document.createElement("input"), { type: "checkbox", checked: true });
     box.addEventListener("change", () => {
@@ -26,10 +31,16 @@ async function init() {
 }
 
 function countsOf(record) {
-  if (state.thr === state.model.conf) return record.counts; // the server's own counts at the model's threshold
+  if (state.shift === 0) return record.counts; // the server's own counts at the model's operating points
   const counts = Object.fromEntries(state.model.classes.map((name) => [name, 0]));
-  for (const d of record.detections) if (d.score >= state.thr) counts[d.label] += 1;
+  for (const d of record.detections) if (d.score >= thresholdOf(d.label)) counts[d.label] += 1;
   return counts;
+}
+
+// "21 (19–24)": the count and its 90% interval, which holds for the model's own operating points only.
+function countText(record, counts, name) {
+  const interval = state.shift === 0 && record.count_intervals ? record.count_intervals[name] : null;
+  return interval ? `${counts[name]} (${interval[0]}–${interval[1]})` : `${counts[name]}`;
 }
 
 function newCard(name) {
@@ -76,7 +87,7 @@ function draw(item) {
   ctx.font = `${Math.max(10, Math.round(Math.max(width, height) / 50))}px sans-serif`;
   ctx.textBaseline = "top";
   for (const d of detections) {
-    if (d.score < state.thr || state.hidden.has(d.label)) continue;
+    if (d.score < thresholdOf(d.label) || state.hidden.has(d.label)) continue;
     const [x1, y1, x2, y2] = d.box;
     ctx.strokeStyle = ctx.fillStyle = state.model.colors[d.label];
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
@@ -107,9 +118,10 @@ function render() {
     draw(item);
     const counts = countsOf(item.record);
     classes.forEach((name) => (totals[name] += counts[name]));
-    text.textContent = classes.map((name) => `${name} ${counts[name]}`).join(" · ");
+    const shown = classes.map((name) => countText(item.record, counts, name));
+    text.textContent = classes.map((name, i) => `${name} ${shown[i]}`).join(" · ");
     const n = classes.map((name) => counts[name]);
-    row(table.tBodies[0], [item.name, `${item.record.width}×${item.record.height}`, ...n, n.reduce((a, b) => a + b)]);
+    row(table.tBodies[0], [item.name, `${item.record.width}×${item.record.height}`, ...shown, n.reduce((a, b) => a + b)]);
   }
   const done = state.items.filter((item) => item.record).length;
   const sums = classes.map((name) => totals[name]);
@@ -129,12 +141,17 @@ const csvCell = (v) => (typeof v === "number" ? v : `"${String(v).replace(/^([=+
 
 function downloadCsv() {
   const classes = state.model.classes;
-  const lines = [["image", "width", "height", ...classes, "threshold", "error"]];
+  const columns = classes.flatMap((k) => [k, `${k}_lo90`, `${k}_hi90`, `${k}_threshold`]);
+  const lines = [["image", "width", "height", ...columns, "error"]];
   for (const item of state.items) {
-    if (item.error) lines.push([item.name, "", "", ...classes.map(() => ""), state.thr, item.error]);
+    if (item.error) lines.push([item.name, "", "", ...columns.map(() => ""), item.error]);
     else if (item.record) {
       const counts = countsOf(item.record);
-      lines.push([item.name, item.record.width, item.record.height, ...classes.map((k) => counts[k]), state.thr, ""]);
+      const cells = classes.flatMap((k) => {
+        const iv = state.shift === 0 && item.record.count_intervals ? item.record.count_intervals[k] : ["", ""];
+        return [counts[k], iv[0], iv[1], thresholdOf(k)];
+      });
+      lines.push([item.name, item.record.width, item.record.height, ...cells, ""]);
     }
   }
   save(new Blob([lines.map((l) => l.map(csvCell).join(",")).join("\n") + "\n"], { type: "text/csv" }), "counts.csv");
@@ -144,9 +161,15 @@ function downloadJson() {
   const images = state.items.map((item) =>
     item.error
       ? { image: item.name, error: item.error }
-      : { ...item.record, counts: countsOf(item.record), detections: item.record.detections.filter((d) => d.score >= state.thr) },
+      : {
+          ...item.record,
+          counts: countsOf(item.record),
+          count_intervals: state.shift === 0 ? item.record.count_intervals : null,
+          detections: item.record.detections.filter((d) => d.score >= thresholdOf(d.label)),
+        },
   );
-  const text = JSON.stringify({ model: state.model.name, threshold: state.thr, images }, null, 2);
+  const thresholds = Object.fromEntries(state.model.classes.map((k) => [k, thresholdOf(k)]));
+  const text = JSON.stringify({ model: state.model.name, thresholds, images }, null, 2);
   save(new Blob([text], { type: "application/json" }), "results.json");
 }
 
@@ -172,8 +195,8 @@ function wire() {
   });
   $("files").addEventListener("change", (e) => upload(e.target.files).then(() => (e.target.value = "")));
   $("thr").addEventListener("input", (e) => {
-    state.thr = Number(e.target.value);
-    $("thr-value").textContent = state.thr.toFixed(3);
+    state.shift = Number(e.target.value);
+    $("thr-value").textContent = `${state.shift >= 0 ? "+" : ""}${state.shift.toFixed(2)}`;
     render();
   });
   $("csv").addEventListener("click", downloadCsv);

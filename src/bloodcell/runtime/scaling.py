@@ -1,0 +1,196 @@
+"""Cells at the size the model learned: scale estimate, rescaling and tiled inference (numpy only).
+
+Another microscope means another magnification and camera: red cells of 50 px or 200 px where
+the model learned ~100 px, in frames from 320x240 to 2592x1944. Squeezing such a frame into the
+640x480 input (letterboxing) makes cells tiny; feeding cells at twice the size makes red cells
+look like white ones. So before detection the image is rescaled by
+
+    scale = reference RBC diameter (stored in the model, measured on its val images) / RBC diameter here
+
+where the diameter here is given (``cell_size=PX``) or estimated (``"auto"``): the median size of
+the confident red cells found in a central window at scale 1 (tried at 0.5x and 2x too when too
+few are found). The rescaled image is padded onto the input canvas (never resized again) or,
+when larger, cut into overlapping tiles; each tile keeps the cells whose centre lies in the part
+it owns, and a final NMS merges the rest. For a 640x480 frame at the trained scale this is a
+single pass, the same as plain prediction.
+
+Hand-written because it needs the detector in the loop (the scale comes from its detections);
+slicing libraries (SAHI) assume a fixed scale and bring torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from bloodcell import boxes as box_ops
+from bloodcell.errors import ConfigError
+from bloodcell.runtime.counting import Conf, class_thresholds
+from bloodcell.types import Detections
+
+#: Within this factor of the reference size, cells count as "at the trained scale" (no resampling).
+TOLERANCE = 1.3
+PROBE_SCALES = (0.5, 2.0)
+MIN_CELLS = 3
+SCALE_RANGE = (0.2, 4.0)
+
+
+class RawPredictor(Protocol):
+    class_names: tuple[str, ...]
+    input_size: tuple[int, int]
+    conf: Conf
+
+    def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections: ...
+
+
+@dataclass(frozen=True)
+class ScaledDetections:
+    detections: Detections  # in the pixels of the original image
+    scale: float  # factor the image was resized by before detection
+    tiles: int  # network passes for the final detections
+    estimated: bool  # scale came from the automatic estimate
+
+
+def resize(image: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, reducing_gap=3.0))
+
+
+def _pad_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    w, h = size
+    if image.shape[1] == w and image.shape[0] == h:
+        return image
+    canvas = np.zeros((h, w, 3), np.uint8)
+    canvas[: image.shape[0], : image.shape[1]] = image
+    return canvas
+
+
+def _window(predictor: RawPredictor, image: np.ndarray, min_score: float) -> Detections:
+    """One network pass on an image no larger than the input: padded, never resized."""
+    h, w = image.shape[:2]
+    dets = predictor.predict(_pad_to(image, predictor.input_size), min_score=min_score)
+    return Detections(box_ops.clip(dets.boxes, w, h), dets.labels, dets.scores)
+
+
+def _starts(length: int, tile: int, step: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    return [*starts, length - tile]
+
+
+def detect_tiled(
+    predictor: RawPredictor, image: np.ndarray, min_score: float, overlap: int, iou_threshold: float = 0.5
+) -> tuple[Detections, int]:
+    """Detections on an image of any size at its current scale, and the number of passes."""
+    h, w = image.shape[:2]
+    tw, th = predictor.input_size
+    if w <= tw and h <= th:
+        return _window(predictor, image, min_score), 1
+    overlap = min(overlap, tw // 2, th // 2)
+    xs, ys = _starts(w, tw, tw - overlap), _starts(h, th, th - overlap)
+    parts = []
+    for y in ys:
+        for x in xs:
+            dets = _window(predictor, image[y : y + th, x : x + tw], min_score)
+            b = dets.boxes + np.array([x, y, x, y], np.float32)
+            cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+            # Owned region: split each overlap at its middle; the image border belongs to the edge tile.
+            x0 = 0 if x == xs[0] else x + overlap / 2
+            x1 = w if x == xs[-1] else x + tw - overlap / 2
+            y0 = 0 if y == ys[0] else y + overlap / 2
+            y1 = h if y == ys[-1] else y + th - overlap / 2
+            own = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
+            parts.append(Detections(b[own], dets.labels[own], dets.scores[own]))
+    merged = Detections.concat(parts)
+    keep = box_ops.batched_nms(merged.boxes, merged.scores, merged.labels, iou_threshold)
+    return merged[keep], len(xs) * len(ys)
+
+
+def _central(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    w, h = size
+    ih, iw = image.shape[:2]
+    top, left = max(0, (ih - h) // 2), max(0, (iw - w) // 2)
+    return image[top : top + h, left : left + w]
+
+
+def _rbc_sizes(dets: Detections, threshold: float) -> np.ndarray:
+    sel = (dets.labels == 0) & (dets.scores >= threshold)
+    wh = dets.boxes[sel, 2:] - dets.boxes[sel, :2]
+    return np.sqrt(np.clip(wh[:, 0] * wh[:, 1], 0, None))
+
+
+def _measure(predictor: RawPredictor, image: np.ndarray, scale: float, rbc_conf: float) -> tuple[float | None, int]:
+    """Red-cell diameter in ``image``'s pixels seen in the central window at ``scale`` (None if
+    fewer than MIN_CELLS), and how many red cells were seen."""
+    sizes = _rbc_sizes(_window(predictor, _central(resize(image, scale), predictor.input_size), 0.05), rbc_conf)
+    return (float(np.median(sizes)) / scale if len(sizes) >= MIN_CELLS else None), len(sizes)
+
+
+def estimate_scale(
+    predictor: RawPredictor, image: np.ndarray, reference: float, min_score: float = 0.001
+) -> tuple[float, Detections | None]:
+    """Scale that brings this image's red cells to ``reference`` px, and, when the image is one
+    window at scale 1, the detections of that pass (so no second pass is needed).
+
+    Cells far from the trained size come back with boxes biased towards it, so an estimate
+    away from 1 is measured once more at the scale it proposes (one more window pass)."""
+    rbc_conf = float(class_thresholds(predictor.conf, len(predictor.class_names))[0])
+    window = _central(image, predictor.input_size)
+    whole = window.shape[:2] == image.shape[:2]
+    native = _window(predictor, window, min_score)
+    sizes = _rbc_sizes(native, rbc_conf)
+    if len(sizes) >= MIN_CELLS:
+        diameter: float | None = float(np.median(sizes))
+    else:  # cells too small or too large to be found at scale 1: try 0.5x and 2x
+        diameter, _ = max((_measure(predictor, image, p, rbc_conf) for p in PROBE_SCALES), key=lambda m: m[1])
+    if diameter is None:
+        return 1.0, native if whole else None  # no red cells to measure: keep the image as it is
+    scale = float(np.clip(reference / diameter, *SCALE_RANGE))
+    if 1 / TOLERANCE <= scale <= TOLERANCE:
+        return 1.0, native if whole else None
+    refined, _ = _measure(predictor, image, scale, rbc_conf)
+    if refined is not None:
+        scale = float(np.clip(reference / refined, *SCALE_RANGE))
+    return scale, None
+
+
+def detect_cells(
+    predictor: RawPredictor,
+    image: np.ndarray,
+    min_score: float = 0.001,
+    cell_size: float | str | None = "auto",
+    reference: float | None = None,
+) -> ScaledDetections:
+    """Detections in ``image``'s own pixels with cells brought to the trained size.
+
+    ``cell_size``: "auto" (estimate), a red-cell diameter in pixels, or None (scale 1, tiles
+    when the image is larger than the input). ``reference``: the red-cell diameter the model
+    knows (default: ``predictor.cell_size``; a model that records none is letterboxed as is).
+    """
+    reference = reference or getattr(predictor, "cell_size", None)
+    if reference is None and cell_size in ("auto", None):
+        # A model that records no trained cell size (made before bloodcell 0.2, or a torchvision
+        # detector): letterboxed into its input as it always was.
+        return ScaledDetections(predictor.predict(image, min_score=min_score), 1.0, 1, False)
+    if reference is None:
+        raise ConfigError("--cell-size needs a model that records its trained cell size; use 'auto' or 'none'")
+    estimated, scale, first = False, 1.0, None
+    if cell_size == "auto":
+        scale, first = estimate_scale(predictor, image, reference, min_score)
+        estimated = True
+    elif cell_size is not None:
+        scale = float(np.clip(reference / float(cell_size), *SCALE_RANGE))
+    if first is not None:
+        return ScaledDetections(first, 1.0, 1, estimated)
+    overlap = round(2 * reference)  # a white cell (~2 red diameters) fits in the overlap
+    dets, passes = detect_tiled(predictor, resize(image, scale), min_score, overlap)
+    h, w = image.shape[:2]
+    boxes = box_ops.clip(dets.boxes / scale, w, h) if scale != 1.0 else dets.boxes
+    return ScaledDetections(Detections(boxes, dets.labels, dets.scores), scale, passes, estimated)

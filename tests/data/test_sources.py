@@ -1,0 +1,83 @@
+"""Dataset YAML: stacked VOC sources, later ones override earlier ones per image, label completeness."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bloodcell.data.sources import load_dataset, read_spec
+from bloodcell.errors import DatasetError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def dense_root(bccd_root: Path) -> Path:
+    root = bccd_root.parent / "BCCD-dense"
+    if not (root / "Annotations").is_dir():
+        pytest.skip(f"BCCD-dense not found at {root}")
+    return root
+
+
+def write_spec(tmp_path: Path, bccd_root: Path, dense_root: Path, extra: str = "") -> Path:
+    spec = tmp_path / "data.yaml"
+    spec.write_text(
+        f"sources:\n  - path: {bccd_root}\n    exhaustive: [WBC]\n"
+        f"  - path: {dense_root}\n    exhaustive: [RBC, WBC, Platelets]\n{extra}"
+    )
+    return spec
+
+
+def test_dense_labels_override_sparse_ones_per_image(tmp_path, bccd_root, dense_root):
+    merged = load_dataset(write_spec(tmp_path, bccd_root, dense_root), "val", decode_images=False)
+    sparse = {r.image_path.name: r for r in load_dataset(bccd_root, "val", decode_images=False).records}
+    dense = {r.image_path.name: r for r in load_dataset(dense_root, "val", decode_images=False).records}
+    assert len(merged.records) == len(sparse) == 87 and len(dense) == 42
+    for r in merged.records:
+        name = r.image_path.name
+        source = dense.get(name, sparse[name])
+        assert np.array_equal(r.boxes, source.boxes)
+        assert r.exhaustive_mask(3).tolist() == ([True] * 3 if name in dense else [False, True, False])
+    # BCCD-dense has more red cells than BCCD's XML on the same images
+    assert sum((r.labels == 0).sum() for r in merged.records) > sum((r.labels == 0).sum() for r in sparse.values())
+
+
+def test_plain_folder_is_one_exhaustive_source(bccd_root):
+    records = load_dataset(bccd_root, "val", decode_images=False).records
+    assert all(r.exhaustive_mask(3).all() for r in records)
+
+
+def test_shipped_example_yaml_reads(bccd_root, dense_root):
+    spec = read_spec(REPO / "datasets" / "bccd-dense.yaml")
+    assert [s.path.resolve() for s in spec.sources] == [bccd_root.resolve(), dense_root.resolve()]
+    assert spec.sources[0].exhaustive == ("WBC",)
+
+
+def test_split_that_only_one_source_has(tmp_path, bccd_root, dense_root):
+    # BCCD-dense has no test split: test comes from BCCD alone
+    records = load_dataset(write_spec(tmp_path, bccd_root, dense_root), "test", decode_images=False).records
+    assert len(records) == 72 and all(r.exhaustive_mask(3).tolist() == [False, True, False] for r in records)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("sources: []\n", "non-empty list"),
+        ("sources:\n  - path: x\n    exhaustive: [NK]\n", "not among"),
+        ("sources:\n  - path: x\n    colour: red\n", "unknown keys"),
+        ("source:\n  - path: x\n", "unknown keys"),
+        ("sources: [\n", "cannot read"),
+        ("sources:\n  - 3\n", "'path' string"),
+    ],
+)
+def test_bad_yaml_is_a_clear_error(tmp_path, text, message):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(text)
+    with pytest.raises(DatasetError, match=message) as info:
+        load_dataset(spec, "val")
+    assert str(spec) in str(info.value)
+
+
+def test_missing_split_everywhere(tmp_path, bccd_root, dense_root):
+    with pytest.raises(DatasetError, match="no source has split 'nope'"):
+        load_dataset(write_spec(tmp_path, bccd_root, dense_root), "nope")

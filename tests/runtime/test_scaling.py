@@ -1,0 +1,105 @@
+"""Scale estimate, rescaling and tiling with a numpy fake model that only sees squares of 60-140 px.
+
+The fake finds dark squares on a light background from row/column projections, like a detector
+trained at one scale: squares outside its size range are invisible to it.
+"""
+
+import numpy as np
+import pytest
+
+from bloodcell.runtime.scaling import detect_cells, detect_tiled
+from bloodcell.types import Detections
+
+
+class SquareModel:
+    class_names = ("RBC", "WBC", "Platelets")
+    input_size = (640, 480)
+    conf = 0.5
+    calibration = None
+    cell_size = 100.0
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections:
+        assert image.shape[:2] == (480, 640), "the pipeline must hand over exact input-size canvases"
+        self.calls += 1
+        dark = image[..., 0] < 128
+        boxes = []
+        for y0, y1 in _runs(dark.any(axis=1)):
+            for x0, x1 in _runs(dark[y0:y1].any(axis=0)):
+                w, h = x1 - x0, y1 - y0
+                if 60 <= w <= 140 and 60 <= h <= 140 and dark[(y0 + y1) // 2, (x0 + x1) // 2]:
+                    boxes.append([x0, y0, x1, y1])
+        n = len(boxes)
+        return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.zeros(n, np.int64), np.full(n, 0.9))
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[0::2], edges[1::2], strict=True))
+
+
+def squares(width: int, height: int, size: int, gap: int) -> tuple[np.ndarray, np.ndarray]:
+    image = np.full((height, width, 3), 230, np.uint8)
+    boxes = []
+    for y in range(gap, height - size, size + gap):
+        for x in range(gap, width - size, size + gap):
+            image[y : y + size, x : x + size] = 40
+            boxes.append([x, y, x + size, y + size])
+    return image, np.array(boxes, np.float32)
+
+
+def test_trained_scale_is_one_pass_and_exact():
+    model = SquareModel()
+    image, truth = squares(640, 480, 100, 40)
+    out = detect_cells(model, image)
+    assert (out.scale, out.tiles, model.calls) == (1.0, 1, 1)
+    assert len(out.detections) == len(truth)
+
+
+@pytest.mark.parametrize("size, frame", [(50, (640, 480)), (220, (1600, 1200))])
+def test_cells_outside_the_trained_size_are_rescaled_and_mapped_back(size, frame):
+    model = SquareModel()
+    image, truth = squares(*frame, size, size // 2)
+    out = detect_cells(model, image)
+    assert out.estimated and out.scale == pytest.approx(100 / size, rel=0.1)
+    assert len(out.detections) == len(truth)
+    found = out.detections.boxes[np.argsort(out.detections.boxes[:, 1] * 1e4 + out.detections.boxes[:, 0])]
+    expected = truth[np.argsort(truth[:, 1] * 1e4 + truth[:, 0])]
+    assert np.abs(found - expected).max() <= 2.0  # in the original image's pixels
+
+
+def test_plain_prediction_misses_them():
+    """The failure the scaling fixes: the same fake sees nothing at the wrong scale."""
+    image, _ = squares(640, 480, 50, 25)
+    assert len(detect_cells(SquareModel(), image, cell_size=None).detections) == 0
+
+
+def test_explicit_cell_size_sets_the_scale():
+    image, truth = squares(640, 480, 50, 25)
+    out = detect_cells(SquareModel(), image, cell_size=50.0)
+    assert out.scale == pytest.approx(2.0) and not out.estimated
+    assert len(out.detections) == len(truth)
+
+
+def test_large_frame_is_tiled_and_each_cell_counted_once():
+    model = SquareModel()
+    image, truth = squares(2000, 1500, 100, 37)  # squares cross every tile border somewhere
+    dets, passes = detect_tiled(model, image, 0.001, overlap=200)
+    assert passes == model.calls > 1
+    assert len(dets) == len(truth)
+    ious = np.array([[_iou(d, t) for t in truth] for d in dets.boxes])
+    assert (ious.max(axis=1) > 0.95).all() and len(set(ious.argmax(axis=1))) == len(truth)
+
+
+def test_no_cells_keeps_scale_one():
+    out = detect_cells(SquareModel(), np.full((480, 640, 3), 230, np.uint8))
+    assert out.scale == 1.0 and len(out.detections) == 0
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
