@@ -2,7 +2,9 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATA ?= ../shared/data/BCCD
+# `make predict DATA=/path/to/BCCD`: ten images of that VOC folder; without DATA, the package's three samples.
+DATA ?=
+SAMPLES := src/bloodcell/assets/samples/BloodImage_*.jpg
 
 .PHONY: setup setup-dev predict test lint
 
@@ -19,9 +21,9 @@ setup-dev: setup
 	# tf: TensorFlow reads the TFRecord export back in the tests (beside torch, no shared pins).
 	$(BIN)/pip install -q -e '.[torch,export,lite,serve,dev,tf]'
 
-# The main job: detect and count cells in ten BCCD images with the shipped model.
+# The main job: detect and count cells with the shipped model (the packaged BCCD samples, or DATA's first ten).
 predict: setup
-	$(BIN)/bloodcell predict $(DATA)/JPEGImages/BloodImage_0000[0-9].jpg --out runs/predict --json runs/predict/results.json --csv runs/predict/counts.csv
+	$(BIN)/bloodcell predict $(if $(DATA),$(DATA)/JPEGImages/BloodImage_0000[0-9].jpg,$(SAMPLES)) --out runs/predict --json runs/predict/results.json --csv runs/predict/counts.csv
 
 test: setup-dev
 	$(BIN)/ruff check src tests benchmarks tools

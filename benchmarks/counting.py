@@ -21,6 +21,7 @@ import torch
 
 from bloodcell.data.sources import load_dataset
 from bloodcell.engine.evaluate import choose_conf, fit_calibration, predict_records, score
+from bloodcell.runtime.counting import class_thresholds
 from bloodcell.runtime.loader import load_predictor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,7 +80,8 @@ def main() -> None:
             "bccd_test": score(predict_records(predictor, bccd_test), bccd_test, class_names, conf, calibration),
         }
         cover2 = two_fold_coverage(preds, merged, dense_names, class_names, conf)
-        print(f"\n=== {model}  operating points {dict(zip(class_names, np.round(conf, 3).tolist(), strict=True))}")
+        points = np.round(class_thresholds(conf, len(class_names)), 3).tolist()
+        print(f"\n=== {model}  operating points {dict(zip(class_names, points, strict=True))}")
         for key, m in results.items():
             print(f"-- {key}\n{m}")
         print(f"-- dense val 90% coverage with 2-fold calibration: { {k: round(v, 3) for k, v in cover2.items()} }")

@@ -510,7 +510,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from bloodcell.app.server import create_app
-    from bloodcell.runtime.loader import default_model, load_predictor
+    from bloodcell.runtime.loader import load_predictor
+    from bloodcell.weights import default_model
 
     predictor = load_predictor(args.model, threads=args.threads)
     name = Path(args.model).name if args.model else default_model()[0].name

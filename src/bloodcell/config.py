@@ -14,9 +14,9 @@ class TrainConfig:
     data: str | None = None  # VOC folder or dataset YAML; None: $BLOODCELL_DATA or the cache
     train_split: str = "train"
     val_split: str = "val"
-    epochs: int = 40
+    epochs: int = 60
     batch: int = 8
-    imgsz: int = 384  # side of the square training crops (cells keep their native scale)
+    imgsz: int = 448  # side of the square training crops (cells keep their native scale)
     input_size: tuple[int, int] = (640, 480)  # (width, height) for validation and inference
     lr: float = 2e-3
     weight_decay: float = 0.05

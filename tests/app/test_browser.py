@@ -159,8 +159,7 @@ def test_page_counts_equal_the_api(page, shipped, serving, bccd_root: Path, tmp_
 def test_report_renders_the_summary_totals(page, shipped, bccd_root: Path, tmp_path: Path):
     images_dir = bccd_root / "JPEGImages"
     records = [
-        predict_image(shipped, load_image(images_dir / name), Path(name), shipped.conf).to_record()
-        for name in IMAGES
+        predict_image(shipped, load_image(images_dir / name), Path(name), shipped.conf).to_record() for name in IMAGES
     ]
     results = tmp_path / "results.json"
     results.write_text(json.dumps(records))

@@ -66,9 +66,9 @@ def test_page_is_self_contained_and_shows_totals(slide: Path, tmp_path: Path, ca
     assert text.count(DATA_URI) == 3
     for bad in ("http://", "https://", "<script", 'src="/', "url("):
         assert bad not in text
-    assert "<td>100</td><td>33.3</td>" in text  # RBC total and mean per field
-    assert "<td>3</td><td>1.0</td>" in text  # WBC
-    assert "<td>8</td><td>2.7</td>" in text  # Platelets
+    assert "<td>100</td><td>n/a</td><td>33.3</td>" in text  # RBC total, no interval in these records, mean
+    assert "<td>3</td><td>n/a</td><td>1.0</td>" in text  # WBC
+    assert "<td>8</td><td>n/a</td><td>2.7</td>" in text  # Platelets
     assert "<td>WBC per 100 RBC</td><td>3.0</td>" in text
     assert "<td>Platelets per 100 RBC</td><td>8.0</td>" in text
     assert "<td>1</td><td>a.jpg</td><td>40</td><td>1</td><td>3</td>" in text  # per-field row

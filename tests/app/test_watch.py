@@ -131,7 +131,8 @@ def test_slow_writes_are_processed_once_after_completion(predictor, sources, tmp
         full = load_image(sources / r[0])
         assert (int(r[1]), int(r[2])) == (full.shape[1], full.shape[0])  # decoded whole, not a partial file
         want = expected_counts(predictor, sources / r[0])
-        assert [int(v) for v in r[3:]] == [want[c] for c in CLASS_NAMES]
+        header = counts_header(CLASS_NAMES)
+        assert [int(r[header.index(c)]) for c in CLASS_NAMES] == [want[c] for c in CLASS_NAMES]
     assert sorted(p.name for p in (out / "annotated").iterdir()) == ["cam0.jpg", "cam1.jpg"]
     state = json.loads((out / STATE_NAME).read_text())["files"]
     assert state["cam0.jpg"]["status"] == "ok" and state["cam0.jpg"]["size"] == (folder / "cam0.jpg").stat().st_size

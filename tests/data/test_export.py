@@ -210,10 +210,28 @@ def _read_frames(path: Path) -> list[bytes]:
     return messages
 
 
-def test_crc32c_matches_published_check_values() -> None:
-    assert tfrecord.crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check value
-    assert tfrecord.crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720, B.4
-    assert tfrecord.crc32c(b"\xff" * 32) == 0x62A8AB43
+@pytest.mark.parametrize("crc32c", [tfrecord.crc32c, tfrecord.crc32c_python], ids=["default", "python"])
+def test_crc32c_matches_published_check_values(crc32c) -> None:
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check value
+    assert crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720, B.4
+    assert crc32c(b"\xff" * 32) == 0x62A8AB43
+
+
+def test_crc32c_with_google_crc32c_gives_identical_bytes(tiny_voc: Path, tmp_path: Path, monkeypatch) -> None:
+    """google-crc32c (C) is used when installed; the plain-Python fallback must write the very same files."""
+    pytest.importorskip("google_crc32c")
+    assert tfrecord._native is not None
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 8, 9, 63, 64, 4095, 100_003):
+        data = rng.bytes(n)
+        assert tfrecord.crc32c(data) == tfrecord.crc32c_python(data), n
+    native = export_dataset(tiny_voc, "tfrecord", tmp_path / "native", splits=["train", "val"])
+    monkeypatch.setattr(tfrecord, "_native", None)
+    assert tfrecord.crc32c(b"123456789") == 0xE3069283
+    python = export_dataset(tiny_voc, "tfrecord", tmp_path / "python", splits=["train", "val"])
+    assert [p.name for p in native] == [p.name for p in python]
+    for a, b in zip(native, python, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
 
 
 def test_tfrecord_one_framed_example_per_image_and_label_map(exported: Callable[[str], Path]) -> None:

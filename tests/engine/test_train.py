@@ -41,7 +41,7 @@ def test_smoke_train_two_iterations_writes_a_complete_run(tiny_voc, tmp_path, mo
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert len(rows) == 1 and float(rows[0]["loss"]) > 0
     _net, info = load_model(result.best)
-    assert info.name == model and 0 < info.conf < 1
+    assert info.name == model and len(info.conf) == 3 and all(0 < c < 1 for c in info.conf)
     assert "val" in info.metrics
 
 

@@ -26,7 +26,8 @@ def setup(exhaustive):
 
 def loss(method, exhaustive=(False, True, False), tau=0.3):
     cls, box, targets, teacher = setup(list(exhaustive))
-    return CellNetLoss(CellNetConfig(), STRIDES, missing=method, tau=tau)(cls, box, targets, SIZE, teacher=teacher)["cls"]
+    criterion = CellNetLoss(CellNetConfig(), STRIDES, missing=method, tau=tau)
+    return criterion(cls, box, targets, SIZE, teacher=teacher)["cls"]
 
 
 def test_exhaustive_images_train_the_same_whatever_the_method():
@@ -46,7 +47,7 @@ def test_ignore_drops_only_negatives_the_teacher_believes():
 
 
 def test_pseudo_turns_confident_teacher_points_into_soft_positives():
-    cls, box, targets, teacher = setup([False, True, False])
+    _, _, targets, teacher = setup([False, True, False])
     crit = CellNetLoss(CellNetConfig(), STRIDES, missing="pseudo", tau=0.3)
     cls_target, weight = torch.zeros(1, A, 3), torch.ones(1, A, 3)
     crit._missing_labels(cls_target, weight, targets, teacher)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bloodcell.app.sinks import counts_header
 from bloodcell.cli import main
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
@@ -64,7 +65,8 @@ def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path):
     big = next(r for r in records if r["image"] == "big.tif")
     assert (big["width"], big["height"]) == (4000, 3000)
     for r in records:
-        assert set(r) == {"image", "width", "height", "counts", "detections"}
+        assert set(r) == {"image", "width", "height", "counts", "count_intervals", "conf", "scale", "detections"}
+        assert r["scale"] == 1.0 and r["count_intervals"] is None  # this model has no calibration
         assert list(r["counts"]) == list(CLASS_NAMES)
         for d in r["detections"]:
             x1, y1, x2, y2 = d["box"]
@@ -74,7 +76,7 @@ def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path):
         for name in CLASS_NAMES:
             assert r["counts"][name] == sum(1 for d in r["detections"] if d["label"] == name and d["score"] >= 0.3)
     rows = list(csv.DictReader(cs.open()))
-    assert len(rows) == 6 and set(rows[0]) == {"image", "width", "height", *CLASS_NAMES}
+    assert len(rows) == 6 and set(rows[0]) == set(counts_header(CLASS_NAMES))
     assert len(list(out.iterdir())) == 6
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 from bloodcell.atomic import write_text
 from bloodcell.data.voc import load_voc
 from bloodcell.engine.evaluate import score
+from bloodcell.runtime.counting import class_thresholds
 from bloodcell.runtime.images import load_image
-from bloodcell.runtime.loader import default_model, load_predictor
+from bloodcell.runtime.loader import load_predictor
+from bloodcell.weights import default_model
 
 
 @dataclass
@@ -33,12 +35,13 @@ class BenchmarkRow:
 
 def latencies_ms(predictor, images: list, warmup: int = 3) -> list[float]:
     """Per-image wall time of ``predictor.predict`` as deployed (at its operating threshold), after warm-up."""
+    low = float(class_thresholds(predictor.conf, len(predictor.class_names)).min())
     for im in images[:warmup]:
-        predictor.predict(im, min_score=predictor.conf)
+        predictor.predict(im, min_score=low)
     times = []
     for im in images:
         t0 = time.perf_counter()
-        predictor.predict(im, min_score=predictor.conf)
+        predictor.predict(im, min_score=low)
         times.append((time.perf_counter() - t0) * 1000)
     return times
 
@@ -47,7 +50,7 @@ def time_and_score(predictor, records, warmup: int = 3) -> tuple[float, float]:
     """mAP from the full ranked list (min score 0.001); median latency from ``latencies_ms``."""
     images = [load_image(r.image_path) for r in records]
     preds = [predictor.predict(im, min_score=0.001) for im in images]
-    metrics = score(preds, records, tuple(predictor.class_names), predictor.conf)
+    metrics = score(preds, records, tuple(predictor.class_names), predictor.conf, predictor.calibration)
     return metrics.voc_map50, statistics.median(latencies_ms(predictor, images, warmup))
 
 

@@ -11,7 +11,14 @@ from tqdm import tqdm
 from bloodcell import boxes as box_ops
 from bloodcell.data.voc import VOCRecord
 from bloodcell.engine.metrics import DetectionEvaluator, DetectionMetrics
-from bloodcell.runtime.counting import Calibration, Conf, fit_isotonic
+from bloodcell.runtime.counting import (
+    Calibration,
+    Conf,
+    central_interval,
+    fit_interval_width,
+    fit_isotonic,
+    poisson_binomial,
+)
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.scaling import detect_cells
 from bloodcell.types import Detections
@@ -25,9 +32,7 @@ def predict_records(
     records = list(records)
     it = tqdm(records, desc="val", leave=False, disable=not progress)
     reference = getattr(predictor, "cell_size", None)
-    return [
-        detect_cells(predictor, load_image(r.image_path), 0.001, cell_size, reference).detections for r in it
-    ]
+    return [detect_cells(predictor, load_image(r.image_path), 0.001, cell_size, reference).detections for r in it]
 
 
 def score(
@@ -72,7 +77,8 @@ def fit_calibration(
     iou_threshold: float = 0.5,
 ) -> Calibration:
     """Isotonic P(real cell | score) per class, from detections >= ``floor`` matched greedily (by
-    score) to true boxes at IoU >= ``iou_threshold``, on images labelling that class exhaustively."""
+    score) to true boxes at IoU >= ``iou_threshold``, on images labelling that class exhaustively;
+    then the split-conformal width factor of the count intervals on the same images."""
     knots = {}
     for c, name in enumerate(class_names):
         scores, hits = [], []
@@ -93,7 +99,18 @@ def fit_calibration(
                 scores.append(float(s))
                 hits.append(hit)
         knots[name] = fit_isotonic(np.asarray(scores), np.asarray(hits, float))
-    return Calibration(knots, floor=floor)
+    plain = Calibration(knots, floor=floor)
+    width = {}
+    for c, name in enumerate(class_names):
+        residuals = []
+        for p, r in zip(preds, records, strict=True):
+            if not r.exhaustive_mask(len(class_names))[c]:
+                continue
+            probs = plain.probabilities(name, p.scores[(p.labels == c) & (p.scores >= floor)])
+            lo, hi = central_interval(poisson_binomial(probs), plain.level)
+            residuals.append((float(probs.sum()), lo, hi, int((r.labels == c).sum())))
+        width[name] = round(fit_interval_width(residuals, plain.level), 4)
+    return Calibration(knots, floor=floor, width=width)
 
 
 def evaluate(

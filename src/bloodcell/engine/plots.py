@@ -7,6 +7,8 @@ from pathlib import Path
 
 import matplotlib
 
+from bloodcell.runtime.counting import class_thresholds
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
@@ -68,5 +70,6 @@ def plot_confusion(metrics, path: str | Path) -> Path:
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"confusion at conf {metrics.conf:.2f}, IoU 0.5")
+    points = "/".join(f"{c:.2f}" for c in class_thresholds(metrics.conf, len(metrics.class_names)))
+    ax.set_title(f"confusion at operating points {points}, IoU 0.5")
     return _save(fig, Path(path))

@@ -196,9 +196,7 @@ def _flag(name: str) -> str:
     return "--no-pretrained" if name == "pretrained" else f"--{name.replace('_', '-')}"
 
 
-def resume_config(
-    config: TrainConfig, saved: dict, out: Path, explicit: Collection[str] | None = None
-) -> TrainConfig:
+def resume_config(config: TrainConfig, saved: dict, out: Path, explicit: Collection[str] | None = None) -> TrainConfig:
     """The saved run's settings with the given ones of ``RESUME_OVERRIDES`` applied.
 
     ``explicit``: the settings the user gave (None: those that differ from TrainConfig's defaults).

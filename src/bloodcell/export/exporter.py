@@ -23,7 +23,7 @@ from bloodcell.export.formats import get_format
 from bloodcell.export.graph import ExportGraph
 from bloodcell.models.checkpoint import ModelInfo, load_model, sha256_file
 from bloodcell.models.registry import MODELS
-from bloodcell.runtime.loader import default_model
+from bloodcell.weights import default_model
 
 OPSET = 17
 

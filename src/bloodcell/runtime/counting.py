@@ -9,8 +9,9 @@ The calibration maps raw scores to probabilities with the isotonic curve fitted 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -73,11 +74,17 @@ def _threshold(text: str, flag: str) -> float:
 @dataclass(frozen=True)
 class Calibration:
     """Per class, a monotone piecewise-linear map from raw score to P(real cell); ``floor``: lowest
-    score that enters an interval (below it, candidates are noise the fit never saw)."""
+    score that enters an interval (below it, candidates are noise the fit never saw).
+
+    ``width``: per class, a factor on the interval's half-widths around the expected count, fitted on
+    val by split-conformal prediction (``fit_interval_width``). The Poisson-binomial alone assumes
+    independent candidates and no cell without a candidate; real counts spread more. Absent: 1.
+    """
 
     knots: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
     floor: float = 0.05
     level: float = 0.9
+    width: dict[str, float] = field(default_factory=dict)
 
     def probabilities(self, name: str, scores: np.ndarray) -> np.ndarray:
         xs, ys = self.knots[name]
@@ -88,12 +95,14 @@ class Calibration:
             "floor": self.floor,
             "level": self.level,
             "knots": {k: {"score": list(x), "prob": list(y)} for k, (x, y) in self.knots.items()},
+            "width": dict(self.width),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
         knots = {k: (tuple(map(float, v["score"])), tuple(map(float, v["prob"]))) for k, v in d["knots"].items()}
-        return cls(knots, float(d.get("floor", 0.05)), float(d.get("level", 0.9)))
+        width = {k: float(v) for k, v in d.get("width", {}).items()}
+        return cls(knots, float(d.get("floor", 0.05)), float(d.get("level", 0.9)), width)
 
 
 def poisson_binomial(probs: np.ndarray) -> np.ndarray:
@@ -126,8 +135,38 @@ def count_intervals(
         if name not in calibration.knots:
             return None
         scores = dets.scores[(dets.labels == c) & (dets.scores >= calibration.floor)]
-        out[name] = central_interval(poisson_binomial(calibration.probabilities(name, scores)), calibration.level)
+        probs = calibration.probabilities(name, scores)
+        lo, hi = central_interval(poisson_binomial(probs), calibration.level)
+        k = calibration.width.get(name)
+        if k is not None:
+            mean, (half_lo, half_hi) = float(probs.sum()), half_widths(probs.sum(), lo, hi)
+            # the integers within k half-widths of the mean (never empty: the nearest one at least)
+            nearest = round(mean)
+            lo = max(0, min(math.ceil(mean - k * half_lo - 1e-9), nearest))
+            hi = max(math.floor(mean + k * half_hi + 1e-9), nearest)
+        out[name] = (lo, hi)
     return out
+
+
+def half_widths(mean: float, lo: int, hi: int) -> tuple[float, float]:
+    """Distances from the expected count to the interval's ends, at least half a cell each."""
+    return max(mean - lo, 0.5), max(hi - mean, 0.5)
+
+
+def fit_interval_width(residuals: Sequence[tuple[float, int, int, int]], level: float = 0.9) -> float:
+    """Split-conformal factor on the half-widths: ``residuals`` holds (expected count, interval
+    low, high, true count) per val image; the result is the finite-sample ``level`` quantile of
+    |true - expected| / half-width on the side of the truth, so that about ``level`` of new
+    images from the same distribution fall inside (Vovk et al.; Lei et al. 2018)."""
+    if not residuals:
+        return 1.0
+    ratios = []
+    for mean, lo, hi, true in residuals:
+        half_lo, half_hi = half_widths(mean, lo, hi)
+        ratios.append(abs(true - mean) / (half_lo if true < mean else half_hi))
+    n = len(ratios)
+    q = min(1.0, level * (n + 1) / n)
+    return float(np.quantile(ratios, q, method="higher"))
 
 
 def fit_isotonic(scores: np.ndarray, hits: np.ndarray, max_knots: int = 24) -> tuple[tuple[float, ...], ...]:

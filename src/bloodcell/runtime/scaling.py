@@ -31,8 +31,9 @@ from bloodcell.errors import ConfigError
 from bloodcell.runtime.counting import Conf, class_thresholds
 from bloodcell.types import Detections
 
-#: Within this factor of the reference size, cells count as "at the trained scale" (no resampling).
-TOLERANCE = 1.3
+#: Within this factor of the reference size, cells count as "at the trained scale" (no resampling);
+#: per-image estimates on BCCD val images (all at the trained scale) span 0.84-1.12 (BENCHMARKS.md).
+TOLERANCE = 1.2
 PROBE_SCALES = (0.5, 2.0)
 MIN_CELLS = 3
 SCALE_RANGE = (0.2, 4.0)

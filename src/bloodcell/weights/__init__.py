@@ -1,0 +1,20 @@
+"""The shipped default model: its file, checked against the sha256 in the manifest beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bloodcell.errors import ModelError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent
+MANIFEST = WEIGHTS_DIR / "manifest.json"
+
+
+def default_model() -> tuple[Path, str]:
+    """The shipped model file and its sha256 (from the manifest beside it)."""
+    try:
+        manifest = json.loads(MANIFEST.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{MANIFEST}: shipped model manifest unreadable ({e}); pass --model PATH") from None
+    return WEIGHTS_DIR / manifest["file"], manifest["sha256"]

@@ -1,0 +1,45 @@
+"""Training on a dataset YAML with partial labels ends with a model that knows how to count."""
+
+import json
+
+import pytest
+
+from bloodcell.cli import main
+from bloodcell.config import TrainConfig
+from bloodcell.engine.train import train
+from bloodcell.errors import ConfigError
+from bloodcell.models.checkpoint import load_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_yaml_with_partial_labels_trains_and_fits_counting(tiny_voc, tmp_path):
+    spec = tmp_path / "data.yaml"
+    spec.write_text(f"sources:\n  - path: {tiny_voc}\n    exhaustive: [WBC]\n")
+    cfg = TrainConfig(
+        data=str(spec), epochs=1, batch=2, imgsz=256, out=str(tmp_path / "run"), threads=2,
+        pretrained=False, missing_labels="ignore",
+    )  # fmt: skip
+    result = train(cfg, progress=False)
+    _, info = load_model(result.best)
+    assert len(info.conf) == 3 and info.calibration is not None
+    assert info.extra["train_config"]["missing_labels"] == "ignore"
+    # RBC and platelets are not exhaustive anywhere: no image to fit or score their counts on
+    assert info.conf[0] == 0.5 and info.metrics["val"]["count_images"] == {"RBC": 0, "WBC": 2, "Platelets": 0}
+
+
+def test_calibrate_refits_a_model_file(tiny_voc, tiny_model, tmp_path, capsys):
+    out = tmp_path / "fitted.pt"
+    assert main(["calibrate", "--model", str(tiny_model()), "--data", str(tiny_voc), "--out", str(out)]) == 0
+    _, info = load_model(out)
+    assert len(info.conf) == 3 and set(info.calibration["knots"]) == {"RBC", "WBC", "Platelets"}
+    assert info.metrics["val"]["images"] == 2
+    assert "operating points" in capsys.readouterr().out
+    js = tmp_path / "v.json"
+    assert main(["val", "--model", str(out), "--data", str(tiny_voc), "--json", str(js), "--out", ""]) == 0
+    assert set(json.loads(js.read_text())["count_coverage"]) == {"RBC", "WBC", "Platelets"}
+
+
+def test_unknown_missing_label_method_is_refused():
+    with pytest.raises(ConfigError, match="--missing-labels"):
+        TrainConfig(missing_labels="guess")
