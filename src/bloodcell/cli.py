@@ -173,12 +173,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="VOC dataset folder")
     p.add_argument("--split", default="val")
     p.add_argument("--conf", type=_conf_text, help=CONF_HELP)
-    p.add_argument(
-        "--cell-size",
-        type=_cell_size,
-        default="auto",
-        help="red-cell diameter in pixels in your images, 'auto' (estimate per image, default) or 'none' (as is)",
-    )
+    _add_cell_size(p)
     p.add_argument("--json", help="write the metrics as JSON to this file")
     p.add_argument("--out", default="runs/val", help="folder for PR curves and the confusion matrix")
     p.set_defaults(func=cmd_val)
@@ -188,12 +183,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", dest="stream", metavar="0|VIDEO|URL", help="camera index, video file or stream URL")
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--conf", type=_conf_text, help=CONF_HELP)
-    p.add_argument(
-        "--cell-size",
-        type=_cell_size,
-        default="auto",
-        help="red-cell diameter in pixels in your images, 'auto' (estimate per image, default) or 'none' (as is)",
-    )
+    _add_cell_size(p)
     p.add_argument("--min-score", type=_score, help="lowest score listed in --json (default: --conf)")
     p.add_argument("--out", help="folder for annotated images (with --source: the annotated video and counts CSV)")
     p.add_argument("--json", help="write one record per image to this JSON file")
@@ -243,12 +233,7 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this computer only)")
     p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--max-upload-mb", type=_positive_float, default=20, help="largest accepted upload (default: 20 MB)")
-    p.add_argument(
-        "--cell-size",
-        type=_cell_size,
-        default="auto",
-        help="red-cell diameter in pixels in your images, 'auto' (estimate per image, default) or 'none' (as is)",
-    )
+    _add_cell_size(p)
     p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: the runtime's choice)")
     p.add_argument(
         "--max-megapixels",
@@ -270,12 +255,7 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="folder for counts.csv, annotated/ and the state file (default: FOLDER/bloodcell)")
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--conf", type=_conf_text, help=CONF_HELP)
-    p.add_argument(
-        "--cell-size",
-        type=_cell_size,
-        default="auto",
-        help="red-cell diameter in pixels in your images, 'auto' (estimate per image, default) or 'none' (as is)",
-    )
+    _add_cell_size(p)
     p.add_argument(
         "--settle", type=_non_negative_float, default=1.0, help="seconds a file must stay unchanged (default: 1)"
     )
@@ -291,6 +271,15 @@ def _add_report_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     p.add_argument("--title", help="page title (default: the JSON file's name)")
     p.set_defaults(func=cmd_report)
+
+
+def _add_cell_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cell-size",
+        type=_cell_size,
+        default="auto",
+        help="red-cell diameter in pixels in your images, 'auto' (estimate per image, default) or 'none' (as is)",
+    )
 
 
 CONF_HELP = "operating points for counts: one value, or per class like RBC=0.4,WBC=0.5 (default: the model's)"

@@ -7,6 +7,13 @@ from typing import Any
 
 from bloodcell.errors import ConfigError
 
+#: How negatives of a class that an image does not label exhaustively are treated:
+#: plain       every unmatched point is background (what BCCD's missing RBCs taught the first model);
+#: ignore      unmatched points the EMA teacher scores >= tau are left out of the loss;
+#: pseudo      ... and those the teacher scores >= 2 * tau learn the teacher's score as a soft target;
+#: downweight  every such negative weighs `1 - tau` (background recalibration, no teacher).
+MISSING_LABEL_METHODS = ("plain", "ignore", "pseudo", "downweight")
+
 
 @dataclass
 class TrainConfig:
@@ -46,8 +53,6 @@ class TrainConfig:
             raise ConfigError("--lr must be positive and --workers not negative")
         if self.imgsz % 32 or any(s % 32 for s in self.input_size):
             raise ConfigError(f"--imgsz {self.imgsz} and input size {self.input_size} must be multiples of 32")
-        from bloodcell.models.cellnet_loss import MISSING_LABEL_METHODS
-
         if self.missing_labels not in MISSING_LABEL_METHODS:
             raise ConfigError(f"--missing-labels {self.missing_labels!r}: choose from {list(MISSING_LABEL_METHODS)}")
         if not 0.0 < self.missing_tau < 1.0:

@@ -11,16 +11,10 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou, generalized_box_iou_loss
 
+from bloodcell.config import MISSING_LABEL_METHODS
 from bloodcell.models.cellnet import CellNetConfig, decode_boxes, make_points
 
 INF = 1e8
-
-#: How negatives of a class that an image does not label exhaustively are treated:
-#: plain       every unmatched point is background (what BCCD's missing RBCs taught the first model);
-#: ignore      unmatched points the EMA teacher scores >= tau are left out of the loss;
-#: pseudo      ... and those the teacher scores >= 2 * tau learn the teacher's score as a soft target;
-#: downweight  every such negative counts `1 - tau` less (background recalibration, no teacher).
-MISSING_LABEL_METHODS = ("plain", "ignore", "pseudo", "downweight")
 
 
 class CellNetLoss(nn.Module):
