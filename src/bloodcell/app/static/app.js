@@ -43,6 +43,22 @@ function countText(record, counts, name) {
   return interval ? `${counts[name]} (${interval[0]}–${interval[1]})` : `${counts[name]}`;
 }
 
+// The 90% interval of a total over images, as the slide report computes it (bloodcell.app.report):
+// each image's count taken as normal with its interval's midpoint and half-width / 1.645.
+function totalInterval(records, name) {
+  if (state.shift !== 0 || !records.length || !records.every((r) => r.count_intervals)) return null;
+  const z = 1.645;
+  let mid = 0;
+  let variance = 0;
+  for (const r of records) {
+    const [lo, hi] = r.count_intervals[name];
+    mid += (lo + hi) / 2;
+    variance += ((hi - lo) / (2 * z)) ** 2;
+  }
+  const half = z * Math.sqrt(variance);
+  return [Math.max(0, Math.floor(mid - half)), Math.ceil(mid + half)];
+}
+
 function newCard(name) {
   const card = $("card").content.firstElementChild.cloneNode(true);
   card.querySelector(".name").textContent = name;
@@ -125,7 +141,11 @@ function render() {
   }
   const done = state.items.filter((item) => item.record).length;
   const sums = classes.map((name) => totals[name]);
-  row(table.tFoot, [`All ${done} images`, "", ...sums, sums.reduce((a, b) => a + b, 0)]);
+  const shownSums = classes.map((name, i) => {
+    const iv = totalInterval(state.items.filter((item) => item.record).map((item) => item.record), name);
+    return iv ? `${sums[i]} (${iv[0]}–${iv[1]})` : `${sums[i]}`;
+  });
+  row(table.tFoot, [`All ${done} images`, "", ...shownSums, sums.reduce((a, b) => a + b, 0)]);
   table.hidden = done === 0;
   for (const id of ["csv", "json", "png"]) $(id).disabled = done === 0;
 }
