@@ -101,6 +101,22 @@ def test_health_and_model_info(client):
     assert card["input_size"] == [320, 256] and card["conf"] == [0.3, 0.3, 0.3] and card["metrics"] == METRICS
 
 
+@pytest.mark.parametrize("fmt", ["pytorch", "onnx"])
+def test_model_card_is_what_the_predictor_describes(model_file, tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        from bloodcell.export.exporter import export_model
+
+        model_file = export_model(model_file, "onnx", tmp_path / "tiny.onnx").path
+    predictor = load_predictor(model_file)
+    described = predictor.describe()
+    assert described == {"name": "cellnet", "architecture": "cellnet", "format": fmt, "metrics": METRICS}
+    with TestClient(create_app(predictor), base_url=BASE) as c:
+        card = c.get("/api/v1/model").json()
+    assert {k: card[k] for k in described} == described
+    assert card["classes"] == list(CLASS_NAMES) and card["input_size"] == [320, 256]
+
+
 def test_page_is_served_offline_and_api_documented(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")

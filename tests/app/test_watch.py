@@ -43,6 +43,9 @@ class CountingPredictor:
         self.calls += 1
         return self.inner.predict(image, min_score=min_score)
 
+    def describe(self) -> dict:
+        return self.inner.describe()
+
 
 @pytest.fixture(scope="module")
 def predictor(model_file):

@@ -16,6 +16,7 @@ from bloodcell import boxes as box_ops
 from bloodcell.cli import main
 from bloodcell.data.voc import load_voc
 from bloodcell.errors import DatasetError
+from bloodcell.runtime.images import IMAGE_SUFFIXES
 from bloodcell.types import CLASS_NAMES
 
 # Box counts (RBC, WBC, Platelets) after the repair drops 2 boxes and merges 7.
@@ -214,3 +215,18 @@ def test_unusable_dataset_raises_dataset_error(tmp_path: Path, case: str) -> Non
     with pytest.raises(DatasetError, match=words) as info:
         load_voc(root, split=split)
     assert str(root) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_images_are_found_by_id_with_every_image_suffix_in_either_case(tmp_path: Path) -> None:
+    """When <filename> names no file, the image is looked up by id with the suffixes `predict` accepts."""
+    voc = VOCFolder(tmp_path)
+    expected = {}
+    for ext in IMAGE_SUFFIXES:
+        for variant in (ext, ext.upper()):
+            image_id = f"img_{variant.lstrip('.')}"
+            voc.add(image_id, image=False)
+            path = tmp_path / "JPEGImages" / f"{image_id}{variant}"
+            Image.new("RGB", (WIDTH, HEIGHT), (200, 120, 130)).save(path, format=Image.registered_extensions()[ext])
+            expected[image_id] = path
+    found = {r.image_id: r.image_path for r in load_voc(tmp_path).records}
+    assert found == expected

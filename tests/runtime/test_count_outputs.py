@@ -109,3 +109,18 @@ def test_report_sums_intervals_over_fields(tmp_path):
     path.write_text(json.dumps(records))
     with pytest.raises(Exception, match="count_intervals"):
         build_report(path, out=tmp_path / "bad.html")
+
+
+def test_same_file_names_in_different_folders_keep_their_own_outputs(calibrated_model, bccd_root, tmp_path):
+    src = tmp_path / "in"
+    for rel, n in (("a/s.jpg", 1), ("b/s.jpg", 2), ("a/s.jpeg", 3)):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(bccd_root / "JPEGImages" / f"BloodImage_0000{n}.jpg").save(src / rel)
+    out, js, cs = tmp_path / "ann", tmp_path / "r.json", tmp_path / "c.csv"
+    argv = [str(src / "a"), str(src / "b"), "--model", str(calibrated_model), "--out", str(out)]
+    assert main(["predict", *argv, "--json", str(js), "--csv", str(cs)]) == 0
+    names = sorted(r["image"] for r in json.loads(js.read_text()))
+    assert names == ["a/s.jpeg", "a/s.jpg", "b/s.jpg"]
+    assert sorted(r["image"] for r in csv.DictReader(cs.open())) == names
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["a/s.jpeg.jpg", "a/s.jpg", "b/s.jpg"]

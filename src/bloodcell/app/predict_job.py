@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import format_counts, save_annotated, write_counts_csv, write_json
@@ -14,7 +15,10 @@ from bloodcell.errors import ConfigError
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.predict import predict_paths
-from bloodcell.runtime.sources import expand_sources
+from bloodcell.runtime.sources import expand_sources, output_names
+
+if TYPE_CHECKING:
+    from bloodcell.runtime.predict import Predictor
 
 
 def check_writable(flag: str, path: str | Path) -> None:
@@ -52,14 +56,16 @@ def run_predict(
     paths, problems = expand_sources(sources)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    predictor = load_predictor(model, threads=threads, edgetpu=edgetpu)
+    predictor: Predictor = load_predictor(model, threads=threads, edgetpu=edgetpu)
     annotator = BoxAnnotator(predictor.class_names) if out else None
     results, failed = [], len(problems)
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
     stream = predict_paths(
         predictor, paths, conf=thresholds, min_score=min_score, keep_image=out is not None, cell_size=cell_size
     )
+    names = dict(zip(paths, output_names(paths), strict=True))
     for r in stream:
+        r.name = names.get(r.path)
         if r.error:
             print(f"error: {r.error}", file=sys.stderr)
             failed += 1

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bloodcell.app.annotate import BoxAnnotator, class_color
+from bloodcell.app.annotate import BoxAnnotator, class_hex
 from bloodcell.atomic import write_text
 from bloodcell.errors import ConfigError, DatasetError, ImageError
 from bloodcell.runtime.images import load_image
@@ -267,7 +267,7 @@ def render_html(
     """The page; every string from the JSON or the user goes through ``html.escape``."""
     e = html.escape
     classes = summary.classes
-    swatch = {c: "#{:02x}{:02x}{:02x}".format(*class_color(c, i)) for i, c in enumerate(classes)}
+    swatch = {c: class_hex(c, i) for i, c in enumerate(classes)}
     head = "".join(f"<th>{e(c)}</th>" for c in classes)
     totals = "".join(
         f'<tr><td><span class="swatch" style="background:{swatch[c]}"></span>{e(c)}</td>'

@@ -43,7 +43,7 @@ from bloodcell.app.annotate import class_color
 from bloodcell.errors import ConfigError
 from bloodcell.runtime.counting import class_thresholds
 from bloodcell.runtime.images import to_rgb_uint8
-from bloodcell.runtime.predict import predict_image
+from bloodcell.runtime.predict import Predictor, predict_image
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_PIXELS = 50_000_000  # default cap: larger images are refused with 413 (decompression bombs)
@@ -305,30 +305,24 @@ class GuardMiddleware:
         await self.app(scope, receive, send_guarded)
 
 
-def model_card(predictor, name: str | None = None) -> dict:
-    """What /api/v1/model tells: from a .pt model's ModelInfo or an exported model's metadata."""
-    info, meta = getattr(predictor, "info", None), getattr(predictor, "meta", None)
-    if info is not None:
-        architecture, fmt, metrics = info.name, "pytorch", info.metrics
-    elif meta is not None:
-        architecture, fmt, metrics = meta.get("architecture"), meta.get("model_format"), meta.get("source_metrics")
-    else:
-        architecture = fmt = metrics = None
+def model_card(predictor: Predictor, name: str | None = None) -> dict:
+    """What /api/v1/model tells: the predictor's ``describe()`` plus classes, input size and thresholds."""
+    described = predictor.describe()
     classes = [str(c) for c in predictor.class_names]
     return {
-        "name": name or architecture,
-        "architecture": architecture,
-        "format": fmt,
+        "name": name or described.get("name"),
+        "architecture": described.get("architecture"),
+        "format": described.get("format"),
         "classes": classes,
         "colors": {c: "#{:02x}{:02x}{:02x}".format(*class_color(c, i)) for i, c in enumerate(classes)},
         "input_size": [int(v) for v in predictor.input_size],
         "conf": [float(v) for v in class_thresholds(predictor.conf, len(classes))],  # one operating point per class
-        "metrics": metrics or None,
+        "metrics": described.get("metrics") or None,
     }
 
 
 def create_app(
-    predictor,
+    predictor: Predictor,
     max_upload_mb: float = 20,
     model_name: str | None = None,
     cell_size: float | str | None = "auto",

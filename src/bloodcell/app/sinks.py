@@ -57,11 +57,15 @@ def write_counts_csv(results: list[ImageResult], class_names: tuple[str, ...], p
 
 
 def save_annotated(result: ImageResult, annotator: BoxAnnotator, out_dir: str | Path) -> Path:
-    """Writes <out_dir>/<stem>.jpg (PNG for PNG/TIFF sources, to stay lossless)."""
+    """Writes <out_dir>/<name> as JPEG, or PNG for PNG/TIFF sources (lossless), where <name> is the
+    result's label (a relative path when file names repeat); a source suffix that is not the output's
+    is kept before it (s.jpeg -> s.jpeg.jpg), so a/s.jpg and a/s.jpeg do not overwrite each other."""
     im = annotator.annotate(result.image, result.counted, result.counts)
-    suffix = ".png" if result.path.suffix.lower() in (".png", ".tif", ".tiff") else ".jpg"
+    lossless = result.path.suffix.lower() in (".png", ".tif", ".tiff")
+    suffix = ".png" if lossless else ".jpg"
     buffer = io.BytesIO()
-    im.save(buffer, format="PNG" if suffix == ".png" else "JPEG", quality=92)
-    path = Path(out_dir) / f"{result.path.stem}{suffix}"
+    im.save(buffer, format="PNG" if lossless else "JPEG", quality=92)
+    label = Path(result.label)
+    path = Path(out_dir) / (label if label.suffix.lower() == suffix else label.with_name(label.name + suffix))
     write_bytes(path, buffer.getvalue())
     return path

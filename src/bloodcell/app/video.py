@@ -24,7 +24,7 @@ from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.atomic import write_text
 from bloodcell.errors import ImageError
 from bloodcell.runtime.counting import Conf
-from bloodcell.runtime.predict import predict_image
+from bloodcell.runtime.predict import Predictor, predict_image
 
 DEFAULT_OUT = "runs/predict"
 WINDOW = "bloodcell"
@@ -136,7 +136,7 @@ class _FileSink:
 
 
 def run_stream(
-    predictor,
+    predictor: Predictor,
     source: str,
     out_dir: str | Path | None = None,
     conf: Conf | None = None,

@@ -35,7 +35,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import counts_header, counts_row, format_counts, save_annotated
@@ -43,6 +43,9 @@ from bloodcell.atomic import write_text
 from bloodcell.errors import ConfigError, ImageError
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.runtime.predict import ImageResult, predict_image
+
+if TYPE_CHECKING:
+    from bloodcell.runtime.predict import Predictor
 
 try:
     import fcntl
@@ -60,7 +63,7 @@ class Watcher:
 
     def __init__(
         self,
-        predictor,
+        predictor: Predictor,
         folder: str | Path,
         out: str | Path,
         conf: float | tuple[float, ...] | None = None,

@@ -16,6 +16,7 @@ import numpy as np
 
 from bloodcell import atomic
 from bloodcell import boxes as box_ops
+from bloodcell.app.annotate import class_hex
 from bloodcell.data.voc import VOCDataset, load_voc
 from bloodcell.types import CLASS_NAMES
 
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 STAT_SPLITS = ("train", "val", "test")
 #: Name of the one pseudo-split used when a dataset has no split files.
 ALL_SPLIT = "all"
-#: Fixed colours so that a class looks the same in every plot; unknown classes cycle tab10.
-CLASS_COLOURS = {"RBC": "tab:red", "WBC": "tab:blue", "Platelets": "tab:green"}
 
 
 @dataclass(frozen=True)
@@ -219,7 +218,8 @@ def write_stats(stats: DatasetStats, out_dir: str | Path) -> Path:
 
 
 def class_colour(name: str, class_names: tuple[str, ...]) -> str:
-    return CLASS_COLOURS.get(name) or f"C{class_names.index(name) % 10}"
+    """The class's colour from the one palette (``bloodcell.app.annotate``), as in reports and the web page."""
+    return class_hex(name, class_names.index(name))
 
 
 def plot_stats(stats: DatasetStats, root: str | Path, out_dir: str | Path) -> list[Path]:

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from bloodcell import boxes as box_ops
 from bloodcell.errors import DatasetError
+from bloodcell.runtime.images import IMAGE_SUFFIXES
 from bloodcell.types import CLASS_NAMES, Detections
 
 #: Class-name variants seen in blood-smear datasets, keyed by their canonical spelling
@@ -166,10 +167,12 @@ def _find_image(root: Path, image_id: str, filename: str | None) -> Path | None:
         candidate = folder / Path(filename).name
         if candidate.is_file():
             return candidate
-    for ext in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".JPG", ".JPEG", ".PNG"):
-        candidate = folder / f"{image_id}{ext}"
-        if candidate.is_file():
-            return candidate
+    # Both cases of each suffix: file systems are often case-sensitive and cameras write .JPG.
+    for ext in IMAGE_SUFFIXES:
+        for variant in (ext, ext.upper()):
+            candidate = folder / f"{image_id}{variant}"
+            if candidate.is_file():
+                return candidate
     return None
 
 

@@ -13,6 +13,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bloodcell.atomic import write_text
 from bloodcell.data.voc import load_voc
@@ -21,6 +22,9 @@ from bloodcell.runtime.counting import class_thresholds
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.weights import default_model
+
+if TYPE_CHECKING:
+    from bloodcell.runtime.predict import Predictor
 
 
 @dataclass
@@ -33,7 +37,7 @@ class BenchmarkRow:
     error: str = ""
 
 
-def latencies_ms(predictor, images: list, warmup: int = 3) -> list[float]:
+def latencies_ms(predictor: Predictor, images: list, warmup: int = 3) -> list[float]:
     """Per-image wall time of ``predictor.predict`` as deployed (at its operating threshold), after warm-up."""
     low = float(class_thresholds(predictor.conf, len(predictor.class_names)).min())
     for im in images[:warmup]:
@@ -46,7 +50,7 @@ def latencies_ms(predictor, images: list, warmup: int = 3) -> list[float]:
     return times
 
 
-def time_and_score(predictor, records, warmup: int = 3) -> tuple[float, float]:
+def time_and_score(predictor: Predictor, records, warmup: int = 3) -> tuple[float, float]:
     """mAP from the full ranked list (min score 0.001); median latency from ``latencies_ms``."""
     images = [load_image(r.image_path) for r in records]
     preds = [predictor.predict(im, min_score=0.001) for im in images]

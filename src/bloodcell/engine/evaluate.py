@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -23,9 +24,12 @@ from bloodcell.runtime.images import load_image
 from bloodcell.runtime.scaling import detect_cells
 from bloodcell.types import Detections
 
+if TYPE_CHECKING:
+    from bloodcell.runtime.predict import Predictor
+
 
 def predict_records(
-    predictor, records: Iterable[VOCRecord], progress: bool = False, cell_size: float | str | None = None
+    predictor: Predictor, records: Iterable[VOCRecord], progress: bool = False, cell_size: float | str | None = None
 ) -> list[Detections]:
     """Full ranked predictions (min score 0.001) for each record's image, through the same scale
     handling as `bloodcell predict` (``cell_size`` None: the images as they are)."""
@@ -114,7 +118,7 @@ def fit_calibration(
 
 
 def evaluate(
-    predictor,
+    predictor: Predictor,
     records: list[VOCRecord],
     conf: Conf | None = None,
     progress: bool = False,

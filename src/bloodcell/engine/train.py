@@ -111,13 +111,14 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     loader: torch.utils.data.DataLoader,
-    ema: ModelEMA,
+    ema: ModelEMA | None,
     device: torch.device,
     epoch: int,
     grad_clip: float,
     scaler: torch.amp.GradScaler | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
+    """One pass over ``loader``; ``ema`` (None: none) is updated after each step and is the distillation teacher."""
     model.train()
     totals = {"cls": 0.0, "box": 0.0}
     n = 0
@@ -126,7 +127,7 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True)
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         with torch.autocast(device.type, enabled=scaler is not None):
-            losses = compute_losses(model, criterion, images, targets, ema.module)
+            losses = compute_losses(model, criterion, images, targets, ema.module if ema else None)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise TrainingError(f"epoch {epoch + 1}: loss is {loss.item()}; lower --lr")
@@ -142,7 +143,8 @@ def train_one_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
         scheduler.step()
-        ema.update(model)
+        if ema is not None:
+            ema.update(model)
         n += 1
         for k in totals:
             totals[k] += float(losses[k].detach())

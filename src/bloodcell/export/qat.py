@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from torch import nn
 
 from bloodcell.data.dataset import DetectionDataset, collate
 from bloodcell.data.sources import resolve_data_root
 from bloodcell.data.transforms import make_transforms
 from bloodcell.data.voc import load_voc
-from bloodcell.engine.train import seed_epoch
+from bloodcell.engine.train import seed_epoch, train_one_epoch
 from bloodcell.errors import ConfigError
 from bloodcell.export.graph import ExportGraph
 from bloodcell.export.quantize import make_quantizer
@@ -40,6 +40,24 @@ class QATConfig:
     seed: int = 0
     max_images: int | None = None
     threads: int | None = None
+
+
+class _NHWCModel(nn.Module):
+    """The prepared QAT graph (NHWC pixels in, probabilities out) as the engine's NCHW model; train()/eval()
+    go through torchao's move_exported_model_to_train/eval (an exported graph refuses the usual ones)."""
+
+    def __init__(self, graph: nn.Module, to_train, to_eval) -> None:
+        super().__init__()
+        self.graph = graph
+        self._to_train, self._to_eval = to_train, to_eval
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.graph(images.permute(0, 2, 3, 1).contiguous())
+
+    def train(self, mode: bool = True) -> _NHWCModel:
+        (self._to_train if mode else self._to_eval)(self.graph)
+        self.training = mode
+        return self
 
 
 def qat_finetune(config: QATConfig, progress: bool = True):
@@ -76,8 +94,9 @@ def qat_finetune(config: QATConfig, progress: bool = True):
 
     dataset = DetectionDataset(records, make_transforms("train", config.imgsz))
     criterion = CellNetLoss(folded.config, folded.strides, probabilities=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    move_exported_model_to_train(model)
+    student = _NHWCModel(model, move_exported_model_to_train, move_exported_model_to_eval)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # a constant learning rate
     t0 = time.time()
     for epoch in range(config.epochs):
         loader = torch.utils.data.DataLoader(
@@ -88,18 +107,12 @@ def qat_finetune(config: QATConfig, progress: bool = True):
             collate_fn=collate,
             generator=seed_epoch(config.seed, epoch),
         )
-        bar = tqdm(loader, desc=f"qat {epoch + 1}/{config.epochs}", leave=False, disable=not progress)
-        for images, targets in bar:
-            scores, boxes = model(images.permute(0, 2, 3, 1).contiguous())
-            losses = criterion(scores, boxes, targets, tuple(images.shape[-2:]))
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        print(f"qat epoch {epoch + 1}/{config.epochs} loss {loss.item():.3f} ({(time.time() - t0) / 60:.1f} min)")
-    move_exported_model_to_eval(model)
+        stats = train_one_epoch(
+            student, criterion, optimizer, scheduler, loader, None, torch.device("cpu"), epoch, 10.0, progress=progress
+        )
+        minutes = (time.time() - t0) / 60
+        print(f"qat epoch {epoch + 1}/{config.epochs} loss {stats['loss']:.3f} ({minutes:.1f} min)")
+    student.eval()
     quantized = quantize_pt2e.convert_pt2e(model, fold_quantize=False)
     qat = {
         "epochs": config.epochs,

@@ -54,6 +54,17 @@ class ExportedPredictor:
         self.cell_size = None if meta.get("cell_size") is None else float(meta["cell_size"])
         self.post = PostprocessConfig(iou_threshold=float(meta["iou_threshold"]))
 
+    def describe(self) -> dict:
+        """Architecture, format, metrics and name, from the export metadata."""
+        meta = self.meta
+        architecture = meta.get("architecture")
+        return {
+            "name": architecture,
+            "architecture": architecture,
+            "format": meta.get("model_format"),
+            "metrics": meta.get("source_metrics") or None,
+        }
+
     def run(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bloodcell.errors import ModelError
 from bloodcell.weights import default_model
 
+if TYPE_CHECKING:
+    from bloodcell.runtime.predict import Predictor
+
 
 def load_predictor(
     path: str | Path | None = None, device: str = "cpu", threads: int | None = None, edgetpu: bool = False
-):
+) -> Predictor:
     """A predictor for ``path`` (.pt, .onnx, .tflite); None loads the shipped model after checking its sha256."""
     expected = None
     if path is None:

@@ -28,6 +28,10 @@ class Predictor(Protocol):
 
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections: ...
 
+    def describe(self) -> dict:
+        """What the model is: ``{"name", "architecture", "format" ("pytorch"/"onnx"/"tflite"), "metrics"}``."""
+        ...
+
 
 @dataclass
 class ImageResult:

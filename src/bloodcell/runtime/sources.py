@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 from bloodcell.runtime.images import IMAGE_SUFFIXES
@@ -30,3 +31,14 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str]]:
         else:
             problems.append(f"{p}: no such file or folder")
     return paths, problems
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """How outputs name each image: its file name, or, when two inputs share a file name (a/s.jpg,
+    b/s.jpg), its path relative to the inputs' common folder, so no output overwrites another."""
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    parents = [os.path.abspath(p.parent) for p in paths]
+    base = os.path.commonpath(parents)
+    return [Path(os.path.relpath(os.path.abspath(p), base)).as_posix() for p in paths]

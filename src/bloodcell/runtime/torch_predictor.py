@@ -35,6 +35,11 @@ class TorchPredictor:
         self.cell_size = info.cell_size
         self.post = PostprocessConfig(iou_threshold=info.iou_threshold)
 
+    def describe(self) -> dict:
+        """Architecture, format, metrics and name, from the model file's ModelInfo."""
+        info = self.info
+        return {"name": info.name, "architecture": info.name, "format": "pytorch", "metrics": info.metrics or None}
+
     @torch.inference_mode()
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections:
         canvas, lb = letterbox(image, self.input_size)
