@@ -157,10 +157,14 @@ class DetectionEvaluator:
             **counting,
         )
 
+    def _counts(self, pred: Detections) -> dict[str, int]:
+        counted = pred.labels[pred.scores >= self.thresholds[pred.labels]] if len(pred) else pred.labels
+        return {name: int((counted == c).sum()) for c, name in enumerate(self.class_names)}
+
     def _counting(self) -> dict[str, dict]:
         out: dict[str, dict] = {key: {} for key in ("count_mae", "count_me", "count_total_error", "count_coverage")}
         out["count_images"] = {}
-        intervals = [count_intervals(p, self.class_names, self.calibration) for p in self.preds]
+        intervals = [count_intervals(p, self.class_names, self.calibration, self._counts(p)) for p in self.preds]
         for c, name in enumerate(self.class_names):
             pred, true, covered = [], [], []
             for p, g, ex, iv in zip(self.preds, self.gts, self.exhaustive, intervals, strict=True):

@@ -125,9 +125,15 @@ def central_interval(pmf: np.ndarray, level: float = 0.9) -> tuple[int, int]:
 
 
 def count_intervals(
-    dets: Detections, class_names: Sequence[str], calibration: Calibration | None
+    dets: Detections,
+    class_names: Sequence[str],
+    calibration: Calibration | None,
+    counts: dict[str, int] | None = None,
 ) -> dict[str, tuple[int, int]] | None:
-    """Per class, the ``calibration.level`` interval of the number of real cells; None without calibration."""
+    """Per class, the ``calibration.level`` interval of the number of real cells; None without calibration.
+
+    With ``counts`` (the counts reported beside it), each interval is stretched to hold its count, so
+    a user never sees a count outside its own interval (coverage is measured with the same rule)."""
     if calibration is None:
         return None
     out = {}
@@ -144,6 +150,8 @@ def count_intervals(
             nearest = round(mean)
             lo = max(0, min(math.ceil(mean - k * half_lo - 1e-9), nearest))
             hi = max(math.floor(mean + k * half_hi + 1e-9), nearest)
+        if counts is not None:
+            lo, hi = min(lo, counts[name]), max(hi, counts[name])
         out[name] = (lo, hi)
     return out
 

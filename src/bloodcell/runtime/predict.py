@@ -110,7 +110,8 @@ def predict_image(
         predictor, image, lowest, cell_size=cell_size, reference=getattr(predictor, "cell_size", None)
     )
     dets = scaled.detections
-    intervals = count_intervals(dets, tuple(predictor.class_names), calibration)
+    counts = above(dets, conf, len(predictor.class_names)).counts(tuple(predictor.class_names))
+    intervals = count_intervals(dets, tuple(predictor.class_names), calibration, counts)
     keep = min(float(thresholds.min()), min_score)
     dets = dets[dets.scores >= keep] if len(dets) else dets
     ms = (time.perf_counter() - t0) * 1000
