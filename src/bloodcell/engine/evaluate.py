@@ -15,10 +15,8 @@ from bloodcell.engine.metrics import DetectionEvaluator, DetectionMetrics
 from bloodcell.runtime.counting import (
     Calibration,
     Conf,
-    central_interval,
     fit_interval_width,
     fit_isotonic,
-    poisson_binomial,
 )
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.scaling import detect_cells
@@ -35,8 +33,7 @@ def predict_records(
     handling as `bloodcell predict` (``cell_size`` None: the images as they are)."""
     records = list(records)
     it = tqdm(records, desc="val", leave=False, disable=not progress)
-    reference = getattr(predictor, "cell_size", None)
-    return [detect_cells(predictor, load_image(r.image_path), 0.001, cell_size, reference).detections for r in it]
+    return [detect_cells(predictor, load_image(r.image_path), 0.001, cell_size).detections for r in it]
 
 
 def score(
@@ -110,9 +107,8 @@ def fit_calibration(
         for p, r in zip(preds, records, strict=True):
             if not r.exhaustive_mask(len(class_names))[c]:
                 continue
-            probs = plain.probabilities(name, p.scores[(p.labels == c) & (p.scores >= floor)])
-            lo, hi = central_interval(poisson_binomial(probs), plain.level)
-            residuals.append((float(probs.sum()), lo, hi, int((r.labels == c).sum())))
+            mean, lo, hi = plain.plain_interval(name, p.scores[p.labels == c])
+            residuals.append((mean, lo, hi, int((r.labels == c).sum())))
         width[name] = round(fit_interval_width(residuals, plain.level), 4)
     return Calibration(knots, floor=floor, width=width)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bloodcell import boxes as box_ops
-from bloodcell.runtime.counting import Calibration, Conf, class_thresholds, count_intervals
+from bloodcell.runtime.counting import Calibration, Conf, above, class_thresholds, count_intervals
 from bloodcell.types import Detections
 
 
@@ -157,20 +157,19 @@ class DetectionEvaluator:
             **counting,
         )
 
-    def _counts(self, pred: Detections) -> dict[str, int]:
-        counted = pred.labels[pred.scores >= self.thresholds[pred.labels]] if len(pred) else pred.labels
-        return {name: int((counted == c).sum()) for c, name in enumerate(self.class_names)}
-
     def _counting(self) -> dict[str, dict]:
         out: dict[str, dict] = {key: {} for key in ("count_mae", "count_me", "count_total_error", "count_coverage")}
         out["count_images"] = {}
-        intervals = [count_intervals(p, self.class_names, self.calibration, self._counts(p)) for p in self.preds]
+        counts = [above(p, self.thresholds, len(self.class_names)).counts(self.class_names) for p in self.preds]
+        intervals = [
+            count_intervals(p, self.class_names, self.calibration, n) for p, n in zip(self.preds, counts, strict=True)
+        ]
         for c, name in enumerate(self.class_names):
             pred, true, covered = [], [], []
-            for p, g, ex, iv in zip(self.preds, self.gts, self.exhaustive, intervals, strict=True):
+            for n, g, ex, iv in zip(counts, self.gts, self.exhaustive, intervals, strict=True):
                 if not ex[c]:
                     continue
-                n_pred = int(((p.labels == c) & (p.scores >= self.thresholds[c])).sum())
+                n_pred = n[name]
                 n_true = int((g.labels == c).sum())
                 pred.append(n_pred)
                 true.append(n_true)
@@ -261,7 +260,7 @@ class DetectionEvaluator:
         k = len(self.class_names)
         m = np.zeros((k + 1, k + 1), dtype=np.int64)  # rows: true class, cols: predicted class
         for pred, gt in zip(self.preds, self.gts, strict=True):
-            p = pred[pred.scores >= self.thresholds[pred.labels]]
+            p = above(pred, self.thresholds, k)
             ious = box_ops.iou_matrix(gt.boxes, p.boxes)
             used = np.zeros(len(p), bool)
             for gi in np.argsort(-ious.max(axis=1) if ious.size else np.zeros(len(gt))):

@@ -90,6 +90,13 @@ class Calibration:
         xs, ys = self.knots[name]
         return np.interp(scores, xs, ys).astype(np.float64)
 
+    def plain_interval(self, name: str, scores: np.ndarray) -> tuple[float, int, int]:
+        """Expected number of real cells among ``scores`` (those >= floor) and its Poisson-binomial
+        ``level`` interval, before the conformal width."""
+        probs = self.probabilities(name, scores[scores >= self.floor])
+        lo, hi = central_interval(poisson_binomial(probs), self.level)
+        return float(probs.sum()), lo, hi
+
     def to_dict(self) -> dict:
         return {
             "floor": self.floor,
@@ -140,12 +147,10 @@ def count_intervals(
     for c, name in enumerate(class_names):
         if name not in calibration.knots:
             return None
-        scores = dets.scores[(dets.labels == c) & (dets.scores >= calibration.floor)]
-        probs = calibration.probabilities(name, scores)
-        lo, hi = central_interval(poisson_binomial(probs), calibration.level)
+        mean, lo, hi = calibration.plain_interval(name, dets.scores[dets.labels == c])
         k = calibration.width.get(name)
         if k is not None:
-            mean, (half_lo, half_hi) = float(probs.sum()), half_widths(probs.sum(), lo, hi)
+            half_lo, half_hi = half_widths(mean, lo, hi)
             # the integers within k half-widths of the mean (never empty: the nearest one at least)
             nearest = round(mean)
             lo = max(0, min(math.ceil(mean - k * half_lo - 1e-9), nearest))
