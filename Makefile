@@ -19,7 +19,7 @@ setup: $(BIN)/python
 
 setup-dev: setup
 	# tf: TensorFlow reads the TFRecord export back in the tests (beside torch, no shared pins).
-	$(BIN)/pip install -q -e '.[torch,export,lite,serve,dev,tf]'
+	$(BIN)/pip install -q -e '.[torch,export,lite,serve,cluster,dev,tf]'
 
 # The main job: detect and count cells with the shipped model (the packaged BCCD samples, or DATA's first ten).
 predict: setup

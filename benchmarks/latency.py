@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from bloodcell.data.voc import load_voc
-from bloodcell.engine.benchmark import latencies_ms
+from bloodcell.export.benchmark import latencies_ms
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+from dataclasses import dataclass, fields
 
 import pytest
 
 from bloodcell.cli import get_args_parser, main
+from bloodcell.config import AUGMENT_PRESETS, MISSING_LABEL_METHODS, MODEL_NAMES, TrainConfig, flag_name, show
 
 # (command line, the flag the error must name)
 BAD_NUMBERS = [
@@ -85,3 +89,120 @@ def test_no_numeric_option_is_left_unchecked() -> None:
         if action.type in (int, float)
     ]
     assert bare == []
+
+
+# --- `bloodcell train`: options generated from TrainConfig's fields --------------------------------------
+
+
+def _train_options() -> dict[str, argparse.Action]:
+    train = dict(_subparsers(get_args_parser()))["train"]
+    return {a.dest: a for a in train._actions if a.option_strings and a.dest != "help"}
+
+
+def test_every_train_setting_is_an_option_or_explicitly_not() -> None:
+    options = _train_options()
+    for f in fields(TrainConfig):
+        assert "flag" in f.metadata, f"TrainConfig.{f.name}: no Flag and no explicit metadata={{'flag': None}}"
+        if f.metadata["flag"] is None:
+            assert f.name not in options
+            continue
+        action = options.pop(f.name)
+        assert action.option_strings == [flag_name(f.name)] and action.help
+        assert action.default is None  # cmd_train must see which settings were given (--resume)
+    assert set(options) == {"devices"}  # no option that is not a setting, but the torchrun launcher's
+
+
+def test_a_setting_without_a_flag_breaks_the_parser(monkeypatch) -> None:
+    @dataclass
+    class Grown(TrainConfig):
+        new_setting: int = 1
+
+    monkeypatch.setattr("bloodcell.config.TrainConfig", Grown)
+    with pytest.raises(TypeError, match=r"TrainConfig\.new_setting: declare its Flag"):
+        get_args_parser()
+
+
+#: A value that is not the default for every setting: a new setting must be added here to be tested.
+NON_DEFAULT = TrainConfig(
+    model="cellnet-mnv2", data="voc", train_split="trainval", val_split="test", epochs=3, batch=2, imgsz=128,
+    input_size=(320, 256), lr=1e-3, weight_decay=0.01, warmup_epochs=0.5, min_lr_ratio=0.1, ema_decay=0.99,
+    grad_clip=5.0, freeze_bn=True, augment="light", missing_labels="pseudo", missing_tau=0.2, seed=7, workers=1,
+    device="cuda:1", threads=3, out="run", val_every=2, pretrained=False, weights="w.pth", max_images=4, resume=True,
+)  # fmt: skip
+
+
+def _capture_train(monkeypatch) -> list:
+    """Replaces training with a recorder of (config, explicit): what cmd_train hands on."""
+    import bloodcell.engine.train as engine
+
+    calls = []
+    monkeypatch.setattr(engine, "train", lambda config, progress, explicit: calls.append((config, explicit)))
+    return calls
+
+
+def test_command_line_round_trips_to_train_config(monkeypatch) -> None:
+    default = TrainConfig()
+    assert [f.name for f in fields(TrainConfig) if getattr(NON_DEFAULT, f.name) == getattr(default, f.name)] == []
+    argv = []
+    for f in fields(TrainConfig):
+        value = getattr(NON_DEFAULT, f.name)
+        argv += [flag_name(f.name)] if isinstance(value, bool) else [flag_name(f.name), show(value)]
+    calls = _capture_train(monkeypatch)
+    assert main(["train", *argv]) == 0
+    assert main(["train"]) == 0
+    assert calls == [(NON_DEFAULT, {f.name for f in fields(TrainConfig)}), (default, set())]
+
+
+BAD_CHOICES = [
+    ("--augment", "strong", AUGMENT_PRESETS),
+    ("--model", "cellnet2", (*MODEL_NAMES, "FILE.pt")),
+    ("--model", "model.pth", (*MODEL_NAMES, "FILE.pt")),
+    ("--missing-labels", "guess", MISSING_LABEL_METHODS),
+    ("--device", "gpu", ("auto", "cpu", "cuda", "cuda:N")),
+]
+
+
+@pytest.mark.parametrize(("flag", "value", "choices"), BAD_CHOICES, ids=[f"{f} {v}" for f, v, _ in BAD_CHOICES])
+def test_bad_choice_fails_while_parsing_naming_the_choices(flag, value, choices, monkeypatch, capsys) -> None:
+    calls = _capture_train(monkeypatch)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--data", "/nonexistent/slow/share", flag, value])
+    assert info.value.code == 2 and calls == []
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"bloodcell train: error: argument {flag}: {value!r}: choose from ")
+    assert all(choice in err for choice in choices), err
+
+
+def test_bad_choice_fails_before_torch_or_the_data_load() -> None:
+    """In a fresh interpreter: the error comes while torch (needed to decode any image) is not even imported."""
+    code = (
+        "import sys\n"
+        "from bloodcell.cli import main\n"
+        "try:\n"
+        "    main(['train', '--data', '/nonexistent/slow/share', '--augment', 'strong'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 2 and 'torch' not in sys.modules, sorted(sys.modules)\n"
+        "else:\n"
+        "    raise AssertionError('no error')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"bloodcell train: error: argument --augment: 'strong': choose from {', '.join(AUGMENT_PRESETS)}"
+    )
+
+
+def test_settings_checked_together_fail_before_training(monkeypatch, capsys) -> None:
+    calls = _capture_train(monkeypatch)
+    assert main(["train", "--data", "/nonexistent/slow/share", "--imgsz", "100"]) == 2
+    assert calls == [] and capsys.readouterr().err == "error: --imgsz 100: expected a multiple of 32\n"
+
+
+def test_train_help_shows_defaults_and_choices(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for part in ("--epochs EPOCHS training epochs (default 60)", "--input-size WxH", "(default 640x480)",
+                 "--augment {train,train-mild,train-v1,light,none}", "--no-pretrained", "--device {auto,cpu,cuda,",
+                 "--model {cellnet,cellnet-mnv2,fasterrcnn,FILE.pt}"):  # fmt: skip
+        assert part in text, part

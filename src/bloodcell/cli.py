@@ -10,10 +10,14 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bloodcell.errors import BloodcellError, ConfigError
+
+if TYPE_CHECKING:  # config is imported lazily below, like every other bloodcell module
+    from bloodcell.config import Choice, TrainConfig
 
 #: Packages that only the training / export extras install; a missing one gets an install hint.
 EXTRAS = {
@@ -22,6 +26,8 @@ EXTRAS = {
     "timm": "torch",
     "pycocotools": "torch",
     "matplotlib": "torch",
+    "pyarrow": "cluster",
+    "ray": "cluster",
     "onnx": "export",
     "litert_torch": "export",
     "torchao": "export",
@@ -113,49 +119,13 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
-    from bloodcell.config import TrainConfig
-
-    d = TrainConfig()
     # No defaults here: cmd_train sees which settings were given (--resume keeps the run's for the others).
     p = sub.add_parser("train", help="train a detector on a VOC dataset")
+    _add_train_options(p)
     p.add_argument(
-        "--model",
-        help=f"cellnet, cellnet-mnv2, fasterrcnn, or a .pt model to fine-tune (default {d.model})",
-    )
-    p.add_argument("--data", help="VOC dataset folder or dataset YAML (several folders, label completeness)")
-    p.add_argument("--epochs", type=_positive_int, help=f"default {d.epochs}")
-    p.add_argument("--batch", type=_positive_int, help=f"default {d.batch}")
-    p.add_argument("--imgsz", type=_positive_int, help=f"side of the square training crops (default {d.imgsz} px)")
-    w, h = d.input_size
-    p.add_argument("--input-size", type=_size, help=f"WxH for validation and inference (default {w}x{h})")
-    p.add_argument("--lr", type=_positive_float, help=f"default {d.lr:g}")
-    p.add_argument("--seed", type=_non_negative_int, help=f"default {d.seed}")
-    p.add_argument("--workers", type=_non_negative_int, help=f"data loader processes (default {d.workers})")
-    p.add_argument("--device", help=f"auto, cpu or cuda (default {d.device})")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--augment", help=f"augmentation preset: train, train-v1, light, none (default {d.augment})")
-    p.add_argument(
-        "--missing-labels",
-        help="how unlabelled cells of classes a source marks non-exhaustive train: plain, ignore, pseudo, downweight"
-        f" (default {d.missing_labels})",
-    )
-    p.add_argument(
-        "--missing-tau",
-        type=_open_probability,
-        help=f"teacher score threshold (ignore, pseudo; default {d.missing_tau})",
-    )
-    p.add_argument(
-        "--val-every", type=_positive_int, help=f"validate every N epochs and the last (default {d.val_every})"
-    )
-    p.add_argument("--weights", help="backbone weights file instead of the packaged ImageNet weights")
-    p.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights")
-    p.add_argument("--max-images", type=_positive_int, help="train on the first N images only (quick checks)")
-    p.add_argument("--out", default=d.out, help="run folder (default runs/train; numbered if it exists)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its last.pt; only --epochs (more), --device, --workers, --threads and "
-        "--val-every may change",
+        "--devices",
+        metavar="0,1|cpu:N",
+        help="train with DistributedDataParallel on these GPUs or N CPU processes (runs torchrun for you)",
     )
     p.set_defaults(func=cmd_train)
 
@@ -174,6 +144,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--conf", type=_conf_text, help=CONF_HELP)
     _add_cell_size(p)
+    _add_device(p)
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: every core)")
     p.add_argument("--json", help="write the metrics as JSON to this file")
     p.add_argument("--out", default="runs/val", help="folder for PR curves and the confusion matrix")
     p.set_defaults(func=cmd_val)
@@ -188,8 +160,10 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="folder for annotated images (with --source: the annotated video and counts CSV)")
     p.add_argument("--json", help="write one record per image to this JSON file")
     p.add_argument("--csv", help="write per-image counts to this CSV file")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: the runtime's choice)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: every core)")
+    _add_device(p)
     p.add_argument("--edgetpu", action="store_true", help="run a compiled .tflite model on a Coral Edge TPU")
+    p.add_argument("--verbose", action="store_true", help="per image, time per stage: load, letterbox, network, decode")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a model to ONNX or TFLite (fp32 or full-integer int8)")
@@ -264,6 +238,45 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_watch)
 
 
+def _add_batch_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch", help="count cells in an archive of images into a resumable Parquet dataset (local or Ray)"
+    )
+    p.add_argument("source", nargs="+", help="folders (recursive), globs, .txt lists of paths, or s3:// gs:// URIs")
+    p.add_argument("--out", required=True, help="folder or URI of the Parquet dataset (a rerun skips what is there)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local process pool (default) or Ray")
+    p.add_argument("--address", help="Ray cluster to join (e.g. ray://head:10001 or auto); default: a local Ray")
+    p.add_argument("--workers", type=_positive_int, default=1, help="processes or Ray actors, one model each")
+    p.add_argument("--model", help="model file (default: the shipped model)")
+    p.add_argument("--conf", type=_conf_text, help=CONF_HELP)
+    _add_cell_size(p)
+    _add_device(p)
+    p.add_argument("--threads", type=_positive_int, help="threads per worker (default: the cores shared out)")
+    p.add_argument("--part-rows", type=_positive_int, default=256, help="rows per Parquet part file (default 256)")
+    p.set_defaults(func=cmd_batch)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from bloodcell.app.archive import run_batch
+
+    summary = run_batch(
+        args.source,
+        args.out,
+        engine=args.engine,
+        address=args.address,
+        workers=args.workers,
+        device=args.device,
+        model=args.model,
+        threads=args.threads,
+        batch=args.batch,
+        conf=args.conf,
+        cell_size=args.cell_size,
+        part_rows=args.part_rows,
+    )
+    print(summary)
+    return 1 if summary.failed else 0
+
+
 def _add_report_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="one self-contained HTML report of a slide from `predict --json` records")
     p.add_argument("results", help="JSON file written by `bloodcell predict --json` (one record per field of view)")
@@ -271,6 +284,26 @@ def _add_report_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     p.add_argument("--title", help="page title (default: the JSON file's name)")
     p.set_defaults(func=cmd_report)
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        type=_device,
+        metavar="auto|cpu|cuda[:N]",
+        help="where a .pt model runs (default auto: a GPU when there is one; exported models run on the CPU)",
+    )
+    p.add_argument(
+        "--batch", type=_positive_int, default=1, help="images per network pass, .pt models (default 1; 16+ on a GPU)"
+    )
+
+
+def _device(text: str) -> str:
+    """auto, cpu, cuda or cuda:N; whether the GPU exists is checked when the model loads."""
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N")
 
 
 def _add_cell_size(p: argparse.ArgumentParser) -> None:
@@ -365,18 +398,85 @@ _score = _number(float, 0, 1)  # [0, 1]
 _port = _number(int, 1, 65535)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, from its ``Flag``: name, check and help are declared once, there."""
+    from dataclasses import fields
+
+    from bloodcell.config import Choice, Number, Size, TrainConfig, flag_name, show
+
+    for f in fields(TrainConfig):
+        if "flag" not in f.metadata:
+            raise TypeError(f"TrainConfig.{f.name}: declare its Flag, or metadata={{'flag': None}} if not an option")
+        flag = f.metadata["flag"]
+        if flag is None:
+            continue
+        if isinstance(f.default, bool):  # a switch; default None (not given) like every other option
+            p.add_argument(flag_name(f.name), dest=f.name, action="store_const", const=not f.default, help=flag.help)
+            continue
+        check = flag.check
+        if isinstance(check, Number):  # the same parse-time validators as every other numeric option
+            kind = _number(check.cast, check.low, check.high, low_open=check.low_open, high_open=check.high_open)
+        elif isinstance(check, Size):
+            kind = _size
+        elif isinstance(check, Choice):
+            kind = _choice(check)
+        else:
+            kind = None
+        p.add_argument(
+            flag_name(f.name),
+            dest=f.name,
+            type=kind,
+            metavar=flag.metavar or (check.metavar if isinstance(check, Choice) else None),
+            help=flag.help if f.default is None else f"{flag.help} (default {show(f.default)})",
+        )
+
+
+def _choice(choice: Choice) -> Callable[[str], str]:
+    """An argparse ``type=`` for a config.Choice: a bad name fails while parsing, before any data is read."""
+
+    def parse(text: str) -> str:
+        problem = choice.problem(text)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+        return text
+
+    return parse
+
+
+def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+    """TrainConfig from the options given (None: not given; TrainConfig's defaults), and their names."""
+    from dataclasses import fields
+
     from bloodcell.config import TrainConfig
+
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    return TrainConfig(**given), set(given)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config, given = _train_config(args)  # checked before torch loads or any image is read
+    if args.devices:
+        from bloodcell.engine.launch import launch, parse_devices
+
+        devices = parse_devices(args.devices)
+        return launch(devices, _without(args.argv[1:], ("--devices", "--device")), args.device)
     from bloodcell.engine.train import train
 
-    options = ("model", "data", "epochs", "batch", "imgsz", "input_size", "lr", "seed", "workers", "device", "threads")
-    options += ("augment", "missing_labels", "missing_tau", "val_every", "weights", "max_images")
-    given = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
-    if args.no_pretrained:
-        given["pretrained"] = False
-    config = TrainConfig(**given, out=args.out, resume=args.resume)  # TrainConfig's defaults for the rest
-    train(config, progress=sys.stderr.isatty(), explicit=set(given))  # no progress bars in logs
+    train(config, progress=sys.stderr.isatty(), explicit=given)  # no progress bars in logs
     return 0
+
+
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """``argv`` less the given options and their values (``--flag value`` or ``--flag=value``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True
+        elif not arg.startswith(tuple(f"{f}=" for f in flags)):
+            out.append(arg)
+    return out
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -401,6 +501,9 @@ def cmd_val(args: argparse.Namespace) -> int:
         out=args.out,
         json_path=args.json,
         cell_size=args.cell_size,
+        device=args.device,
+        batch=args.batch,
+        threads=args.threads,
     )
     print(metrics)
     return 0
@@ -426,6 +529,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         csv_path=args.csv,
         threads=args.threads,
         edgetpu=args.edgetpu,
+        device=args.device,
+        batch=args.batch,
+        verbose=args.verbose,
     )
 
 
@@ -433,10 +539,14 @@ def _predict_stream(args: argparse.Namespace) -> int:
     for flag in ("json", "csv", "min_score"):
         if getattr(args, flag) is not None:
             raise ConfigError(f"--{flag.replace('_', '-')} is for images; --source writes <out>/<name>_counts.csv")
+    if args.batch != 1:
+        raise ConfigError("--batch is for image files; --source takes frames one by one as they arrive")
+    if args.verbose:
+        raise ConfigError("--verbose is for image files; --source writes each frame's time to its counts CSV")
     from bloodcell.app.video import run_stream
     from bloodcell.runtime.loader import load_predictor
 
-    predictor = load_predictor(args.model, threads=args.threads, edgetpu=args.edgetpu)
+    predictor = load_predictor(args.model, device=args.device, threads=args.threads, edgetpu=args.edgetpu)
     conf = _resolve_conf(args.conf, predictor)
     print(run_stream(predictor, args.stream, args.out, conf=conf, cell_size=args.cell_size))
     return 0
@@ -483,7 +593,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from bloodcell.engine.benchmark import benchmark, format_table
+    from bloodcell.export.benchmark import benchmark, format_table
 
     rows = benchmark(
         args.model, _data_root(args), split=args.split, threads=args.threads, out=args.out, extra=args.extra
@@ -571,6 +681,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_model_commands(sub)
     _add_serve_command(sub)
     _add_report_command(sub)
+    _add_batch_command(sub)
     return parser
 
 
@@ -581,7 +692,9 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)
+    args.argv = argv  # the command as given: `train --devices` hands it on to torchrun
     try:
         return int(args.func(args) or 0)
     except BloodcellError as e:

@@ -1,8 +1,15 @@
-"""Typed settings. Unknown keys are errors, never silently ignored."""
+"""Typed settings. Unknown keys are errors, never silently ignored.
+
+Every ``TrainConfig`` field is declared once, with its command-line flag (``Flag`` in the field's
+metadata): ``bloodcell train``'s options are generated from ``fields(TrainConfig)``, and the same
+ranges and choices are checked again when a TrainConfig is built in Python, before any data is read.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from bloodcell.errors import ConfigError
@@ -14,51 +21,173 @@ from bloodcell.errors import ConfigError
 #: downweight  every such negative weighs `1 - tau` (background recalibration, no teacher).
 MISSING_LABEL_METHODS = ("plain", "ignore", "pseudo", "downweight")
 
+# Copies of bloodcell.models.registry.MODELS and bloodcell.data.transforms.PRESETS (tests keep them
+# equal): those modules import torch, and a bad choice must fail in milliseconds, before torch loads.
+MODEL_NAMES = ("cellnet", "cellnet-mnv2", "fasterrcnn")
+AUGMENT_PRESETS = ("train", "train-mild", "train-v1", "light", "none")
+
+
+@dataclass(frozen=True)
+class Number:
+    """An int or float setting's range; the CLI turns it into a parse-time ``type=`` validator."""
+
+    cast: type  # int or float
+    low: float
+    high: float | None = None
+    low_open: bool = False  # the bound itself is excluded
+    high_open: bool = False
+    multiple: int = 1  # checked when the config is built (argparse only checks the range)
+
+    def problem(self, value: Any) -> str | None:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (self.cast is int and not isinstance(value, int)) or not math.isfinite(value):
+            return f"expected {self.describe()}"
+        above = value > self.low if self.low_open else value >= self.low
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if not (above and below):
+            return f"expected {self.describe()}"
+        if self.multiple > 1 and value % self.multiple:
+            return f"expected a multiple of {self.multiple}"
+        return None
+
+    def describe(self) -> str:
+        what = "an integer" if self.cast is int else "a number"
+        if self.high is None:
+            return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
+        return f"{what} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of ``names``, or a value matching ``other`` (a regex, shown to the user as ``other_name``)."""
+
+    names: tuple[str, ...]
+    other: str | None = None
+    other_name: str | None = None
+
+    @property
+    def metavar(self) -> str:
+        return "{" + ",".join((*self.names, *filter(None, [self.other_name]))) + "}"
+
+    def problem(self, value: Any) -> str | None:
+        if value in self.names or (self.other and isinstance(value, str) and re.fullmatch(self.other, value)):
+            return None
+        return f"choose from {', '.join(self.names)}" + (f" or {self.other_name}" if self.other_name else "")
+
+
+@dataclass(frozen=True)
+class Size:
+    """WIDTHxHEIGHT on the command line, a (width, height) tuple in the config."""
+
+    multiple: int = 1
+
+    def problem(self, value: Any) -> str | None:
+        if len(value) != 2 or any(Number(int, 1).problem(v) for v in value):
+            return "expected two integers >= 1 (WIDTHxHEIGHT)"
+        if any(v % self.multiple for v in value):
+            return f"width and height must be multiples of {self.multiple}"
+        return None
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a TrainConfig field appears as a ``bloodcell train`` option.
+
+    The flag is ``--field-name``; a bool field is a switch (``--name`` if it defaults to False,
+    ``--no-name`` if True). The CLI appends "(default ...)" to ``help`` unless the default is None
+    (then ``help`` says what happens) or the field is a switch. A field that must not be an option
+    says so with ``metadata={"flag": None}``; one with no "flag" key fails the tests.
+    """
+
+    help: str
+    check: Number | Choice | Size | None = None  # None: free text (paths, split names) or a switch
+    metavar: str | None = None
+
+
+def _option(default: Any, help: str, check: Number | Choice | Size | None = None, metavar: str | None = None) -> Any:
+    return field(default=default, metadata={"flag": Flag(help, check, metavar)})
+
+
+_POSITIVE_INT = Number(int, 1)
+_NON_NEGATIVE = Number(float, 0)
+
 
 @dataclass
 class TrainConfig:
-    model: str = "cellnet"
-    data: str | None = None  # VOC folder or dataset YAML; None: $BLOODCELL_DATA or the cache
-    train_split: str = "train"
-    val_split: str = "val"
-    epochs: int = 60
-    batch: int = 8
-    imgsz: int = 448  # side of the square training crops (cells keep their native scale)
-    input_size: tuple[int, int] = (640, 480)  # (width, height) for validation and inference
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 2.0
-    min_lr_ratio: float = 0.02
-    ema_decay: float = 0.999
-    grad_clip: float = 10.0
-    augment: str = "train"
-    missing_labels: str = "ignore"  # how unlabelled cells of non-exhaustive classes train (cellnet_loss)
-    missing_tau: float = 0.3
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"
-    threads: int | None = None  # torch intra-op threads; None keeps torch's default
-    out: str = "runs/train"
-    val_every: int = 5  # also always validates on the last epoch
-    pretrained: bool = True
-    weights: str | None = None  # backbone weights file instead of the packaged ImageNet ones
-    max_images: int | None = None  # use only the first N training images (smoke tests)
-    resume: bool = False
+    model: str = _option(
+        "cellnet",
+        "architecture to train, or a .pt model file to fine-tune on the same classes",
+        Choice(MODEL_NAMES, other=r".+\.pt", other_name="FILE.pt"),
+    )
+    data: str | None = _option(
+        None,
+        "VOC dataset folder or dataset YAML (several folders, label completeness); default: $BLOODCELL_DATA or "
+        "the cache",
+        metavar="PATH",
+    )
+    train_split: str = _option("train", "split the model learns from: ImageSets/Main/<split>.txt", metavar="SPLIT")
+    val_split: str = _option("val", "split that picks the best epoch and fits the counting", metavar="SPLIT")
+    epochs: int = _option(60, "training epochs", _POSITIVE_INT)
+    batch: int = _option(8, "images per step", _POSITIVE_INT)
+    # cells keep their native scale: crops, not resizing
+    imgsz: int = _option(448, "side of the square training crops in px", Number(int, 1, multiple=32))
+    input_size: tuple[int, int] = _option(
+        (640, 480), "WIDTHxHEIGHT for validation and inference", Size(multiple=32), metavar="WxH"
+    )
+    lr: float = _option(2e-3, "peak learning rate of AdamW", Number(float, 0, low_open=True))
+    weight_decay: float = _option(0.05, "AdamW weight decay, not on norms and biases", _NON_NEGATIVE)
+    warmup_epochs: float = _option(2.0, "epochs of linear learning-rate warmup", _NON_NEGATIVE)
+    min_lr_ratio: float = _option(
+        0.02, "learning rate at the end of the cosine decay, as a fraction of --lr", Number(float, 0, 1)
+    )
+    ema_decay: float = _option(
+        0.999, "decay of the weight average that is validated and saved", Number(float, 0, 1, high_open=True)
+    )
+    grad_clip: float = _option(10.0, "gradient norm clip", Number(float, 0, low_open=True))
+    freeze_bn: bool = _option(
+        False,
+        "BatchNorm layers keep their running statistics while training: for tiny per-process batches "
+        "(DDP on CPUs, where torch has no SyncBatchNorm)",
+    )
+    augment: str = _option("train", "augmentation preset", Choice(AUGMENT_PRESETS))
+    missing_labels: str = _option(
+        "ignore",
+        "how unlabelled cells of classes a source marks non-exhaustive train",
+        Choice(MISSING_LABEL_METHODS),
+    )
+    missing_tau: float = _option(
+        0.3,
+        "teacher score threshold of --missing-labels ignore and pseudo",
+        Number(float, 0, 1, low_open=True, high_open=True),
+    )
+    seed: int = _option(0, "seed of every random number generator", Number(int, 0))
+    workers: int = _option(0, "data loader processes", Number(int, 0))
+    device: str = _option(
+        "auto", "where to train; auto: a GPU when there is one", Choice(("auto", "cpu", "cuda"), r"cuda:\d+", "cuda:N")
+    )
+    threads: int | None = _option(None, "CPU threads for torch (default: torch's choice)", _POSITIVE_INT)
+    out: str = _option("runs/train", "run folder, numbered if it exists", metavar="DIR")
+    val_every: int = _option(5, "validate every N epochs and the last", _POSITIVE_INT)
+    pretrained: bool = _option(True, "start the backbone from random weights instead of ImageNet's")
+    weights: str | None = _option(
+        None, "backbone weights file instead of the packaged ImageNet weights", metavar="FILE"
+    )
+    max_images: int | None = _option(None, "train on the first N images only (quick checks)", _POSITIVE_INT)
+    resume: bool = _option(
+        False,
+        "continue the run in --out from its last.pt; only --epochs (more), --device, --workers, --threads and "
+        "--val-every may change",
+    )
 
     def __post_init__(self) -> None:
         self.input_size = tuple(self.input_size)  # type: ignore[assignment]
-        if self.epochs < 1 or self.batch < 1 or self.val_every < 1:
-            raise ConfigError("--epochs, --batch and --val-every must be at least 1")
-        if self.lr <= 0 or self.workers < 0:
-            raise ConfigError("--lr must be positive and --workers not negative")
-        if self.imgsz % 32 or any(s % 32 for s in self.input_size):
-            raise ConfigError(f"--imgsz {self.imgsz} and input size {self.input_size} must be multiples of 32")
-        if self.missing_labels not in MISSING_LABEL_METHODS:
-            raise ConfigError(f"--missing-labels {self.missing_labels!r}: choose from {list(MISSING_LABEL_METHODS)}")
-        if not 0.0 < self.missing_tau < 1.0:
-            raise ConfigError(f"--missing-tau {self.missing_tau}: expected a value in (0, 1)")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"--device {self.device!r}: use auto, cpu or cuda")
+        for f in fields(self):
+            flag, value = f.metadata.get("flag"), getattr(self, f.name)
+            if flag is None or flag.check is None or value is None:  # None: an optional setting left unset
+                continue
+            problem = flag.check.problem(value)
+            if problem:
+                raise ConfigError(f"{flag_name(f.name)} {show(value)}: {problem}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,3 +201,17 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training settings {sorted(unknown)}")
         return cls(**d)
+
+
+def flag_name(name: str) -> str:
+    """The ``bloodcell train`` flag of setting ``name``: ``--input-size``, ``--resume``, ``--no-pretrained``."""
+    dashed = name.replace("_", "-")
+    default = TrainConfig.__dataclass_fields__[name].default
+    return f"--no-{dashed}" if default is True else f"--{dashed}"
+
+
+def show(value: Any) -> str:
+    """A setting as it is written on the command line."""
+    if isinstance(value, tuple | list) and len(value) == 2:
+        return f"{value[0]}x{value[1]}"
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -21,6 +21,10 @@ class ModelError(BloodcellError):
     """A model file is missing, corrupt, or of an unknown kind."""
 
 
+class MetadataError(ModelError):
+    """An exported model's metadata (sidecar or embedded) is missing, malformed, or not for this model."""
+
+
 class TrainingError(BloodcellError):
     """Training cannot go on (e.g. the loss became NaN)."""
 

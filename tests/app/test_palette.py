@@ -12,8 +12,8 @@ from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.report import build_report
 from bloodcell.app.server import create_app
 from bloodcell.data.stats import class_colour
-from bloodcell.runtime.loader import load_predictor
 from bloodcell.types import CLASS_NAMES, Detections
+from fakes import FakePredictor
 
 STATIC = Path(__file__).resolve().parents[2] / "src" / "bloodcell" / "app" / "static"
 
@@ -23,9 +23,8 @@ def hex_of(rgb) -> str:
 
 
 @pytest.fixture(scope="module")
-def card_colors(tiny_model):
-    predictor = load_predictor(tiny_model(conf=0.3))
-    app = create_app(predictor, model_name="tiny.pt")
+def card_colors():
+    app = create_app(FakePredictor(), model_name="fake.pt")
     with TestClient(app, base_url="http://localhost:8000") as client:
         card = client.get("/api/v1/model").json()
     assert card["classes"] == list(CLASS_NAMES)

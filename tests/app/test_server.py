@@ -1,4 +1,6 @@
-"""`bloodcell serve`: the JSON API, the page, bad uploads, and 50 concurrent requests on loopback (tiny model)."""
+"""`bloodcell serve`: the JSON API, the page, bad uploads, and 50 concurrent requests on loopback.
+
+On the numpy FakePredictor and synthetic slides; the model card is checked on real predictors too."""
 
 import asyncio
 import io
@@ -24,6 +26,7 @@ from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.predict import predict_image
 from bloodcell.types import CLASS_NAMES
+from fakes import FakePredictor, save_slide, use_fake_model
 
 LIMIT_MB = 0.25
 BASE = "http://localhost:8000"  # TestClient's default Host, "testserver", is not one the app answers
@@ -31,25 +34,27 @@ METRICS = {"val": {"voc_map50": 0.5}}
 
 
 @pytest.fixture(scope="module")
-def model_file(tiny_model):
-    # raise the class prior so some scores pass conf=0.3 and counts differ between images
-    return tiny_model(conf=0.3, cls_bias=3.5, metrics=METRICS)
+def predictor():
+    return FakePredictor(conf=0.3, metrics=METRICS)
 
 
-@pytest.fixture(scope="module")
-def predictor(model_file):
-    return load_predictor(model_file)
+@pytest.fixture
+def model_file(predictor, monkeypatch, tmp_path):
+    """A --model file that `bloodcell serve` loads as ``predictor``."""
+    return use_fake_model(monkeypatch, predictor, tmp_path / "fake.pt")
 
 
 @pytest.fixture(scope="module")
 def client(predictor):
-    with TestClient(create_app(predictor, max_upload_mb=LIMIT_MB, model_name="tiny.pt"), base_url=BASE) as c:
+    with TestClient(create_app(predictor, max_upload_mb=LIMIT_MB, model_name="fake.pt"), base_url=BASE) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def bccd_images(bccd_root):
-    return [bccd_root / "JPEGImages" / f"BloodImage_0000{i}.jpg" for i in (1, 2)]
+def slides(tmp_path_factory):
+    """Two 640x480 JPEGs with different counts."""
+    folder = tmp_path_factory.mktemp("slides")
+    return [save_slide(folder / f"slide{i}.jpg", seed=i) for i in (1, 2)]
 
 
 def expected_record(predictor, path: Path, min_score: float) -> dict:
@@ -73,8 +78,8 @@ def png_bomb(width: int, height: int) -> bytes:
 
 
 @pytest.mark.parametrize("min_score", [None, 0.001])
-def test_detect_answers_the_predict_record(client, predictor, bccd_images, min_score):
-    path = bccd_images[0]
+def test_detect_answers_the_predict_record(client, predictor, slides, min_score):
+    path = slides[0]
     params = {} if min_score is None else {"min_score": min_score}
     r = post(client, path.read_bytes(), path.name, **params)
     assert r.status_code == 200, r.text
@@ -87,22 +92,24 @@ def test_detect_answers_the_predict_record(client, predictor, bccd_images, min_s
     ("given", "echoed"),
     [("../../etc/passwd.jpg", "passwd.jpg"), ("C:\\x\\a<b>.jpg", "a_b_.jpg"), ("..", "upload"), ("", "upload")],
 )
-def test_client_file_names_are_only_echoed_sanitized(client, bccd_images, given, echoed):
+def test_client_file_names_are_only_echoed_sanitized(client, slides, given, echoed):
     assert safe_name(given) == echoed
-    r = post(client, bccd_images[0].read_bytes(), given)
+    r = post(client, slides[0].read_bytes(), given)
     assert r.status_code == 200 and r.json()["image"] == echoed
 
 
 def test_health_and_model_info(client):
     assert client.get("/api/v1/health").json()["status"] == "ok"
     card = client.get("/api/v1/model").json()
-    assert card["name"] == "tiny.pt" and card["architecture"] == "cellnet" and card["format"] == "pytorch"
+    assert card["name"] == "fake.pt" and card["architecture"] == "fake" and card["format"] == "numpy"
     assert card["classes"] == list(CLASS_NAMES) and set(card["colors"]) == set(CLASS_NAMES)
     assert card["input_size"] == [320, 256] and card["conf"] == [0.3, 0.3, 0.3] and card["metrics"] == METRICS
 
 
 @pytest.mark.parametrize("fmt", ["pytorch", "onnx"])
-def test_model_card_is_what_the_predictor_describes(model_file, tmp_path, fmt):
+def test_model_card_is_what_the_predictor_describes(tiny_model, tmp_path, fmt):
+    """The real predictors (torch, ONNX) describe themselves; the card passes it on."""
+    model_file = tiny_model(conf=0.3, metrics=METRICS)
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
         from bloodcell.export.exporter import export_model
@@ -134,8 +141,8 @@ def test_page_is_served_offline_and_api_documented(client):
     assert "multipart/form-data" in spec["paths"]["/api/v1/detect"]["post"]["requestBody"]["content"]
 
 
-def _jpeg_head(bccd_images) -> bytes:
-    return bccd_images[0].read_bytes()[:3000]
+def _jpeg_head(slides) -> bytes:
+    return slides[0].read_bytes()[:3000]
 
 
 BAD_UPLOADS = {
@@ -150,12 +157,12 @@ BAD_UPLOADS = {
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("kind", list(BAD_UPLOADS))
-def test_bad_uploads_get_4xx_and_the_server_keeps_serving(client, bccd_images, kind):
+def test_bad_uploads_get_4xx_and_the_server_keeps_serving(client, slides, kind):
     make, status = BAD_UPLOADS[kind]
-    r = post(client, make(bccd_images), "evil.jpg")
+    r = post(client, make(slides), "evil.jpg")
     assert r.status_code == status, r.text
     assert set(r.json()) == {"error"} and r.json()["error"]
-    assert post(client, bccd_images[0].read_bytes()).status_code == 200
+    assert post(client, slides[0].read_bytes()).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -173,8 +180,8 @@ def test_malformed_requests_get_json_errors(client, request_kw, status):
     assert r.status_code == status and set(r.json()) == {"error"}, r.text
 
 
-def test_two_file_fields_are_refused(client, bccd_images):
-    data = bccd_images[0].read_bytes()
+def test_two_file_fields_are_refused(client, slides):
+    data = slides[0].read_bytes()
     r = client.post("/api/v1/detect", files=[("file", ("a.jpg", data)), ("file", ("b.jpg", data))])
     assert r.status_code == 422 and "one image" in r.json()["error"]
 
@@ -195,12 +202,12 @@ def test_upload_is_read_in_chunks_and_refused_at_the_limit():
     assert e.value.status == 413 and (1 << 20) <= sent <= (1 << 20) + 2 * 65536
 
 
-def test_fifty_concurrent_requests_on_loopback(predictor, bccd_images, serving):
-    expected = {p.name: expected_record(predictor, p, 0.05) for p in bccd_images}
+def test_fifty_concurrent_requests_on_loopback(predictor, slides, serving):
+    expected = {p.name: expected_record(predictor, p, 0.05) for p in slides}
     counts = [r["counts"] for r in expected.values()]
     assert counts[0] != counts[1] and all(sum(c.values()) for c in counts)  # a mixed-up answer would show
     with serving(create_app(predictor), limit_concurrency=200) as url:
-        payloads = [(p.name, p.read_bytes()) for p in bccd_images]
+        payloads = [(p.name, p.read_bytes()) for p in slides]
 
         def one(i: int) -> tuple[str, int, dict]:
             name, data = payloads[i % 2]
@@ -226,7 +233,7 @@ def test_cli_serve_binds_loopback_by_default(model_file, monkeypatch, capsys):
     assert (host, port) == ("127.0.0.1", 8000)
     assert kw == {"server_header": False}  # no "server: uvicorn" banner
     with TestClient(app, base_url=BASE) as c:
-        assert c.get("/api/v1/model").json()["name"] == "tiny.pt"
+        assert c.get("/api/v1/model").json()["name"] == "fake.pt"
         big = io.BytesIO(b"\xff" * (2 << 20))
         assert c.post("/api/v1/detect", files={"file": ("a.jpg", big)}).status_code == 413
     with pytest.raises(SystemExit, match="2"):  # checked while parsing (tests/test_cli.py)
@@ -251,12 +258,12 @@ def png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_images_over_max_pixels_get_413_before_decoding(predictor, bccd_images, monkeypatch):
+def test_images_over_max_pixels_get_413_before_decoding(predictor, slides, monkeypatch):
     decoded = []
     real = server.decode_image
     monkeypatch.setattr(server, "decode_image", lambda data, max_pixels: decoded.append(1) or real(data, max_pixels))
     with TestClient(create_app(predictor, max_pixels=200_000), base_url=BASE) as c:
-        r = post(c, bccd_images[0].read_bytes())  # 640x480 = 0.31 MP
+        r = post(c, slides[0].read_bytes())  # 640x480 = 0.31 MP
         assert r.status_code == 413 and "640x480" in r.json()["error"] and "0.2 MP limit" in r.json()["error"]
         assert decoded == []  # refused from the header alone
         assert post(c, png(400, 300), "small.png").status_code == 200 and decoded == [1]
@@ -269,7 +276,7 @@ def test_max_pixels_must_stay_under_pillows_bomb_limit(predictor):
         create_app(predictor, max_pixels=0)
 
 
-def test_cli_max_megapixels_and_allowed_host(model_file, monkeypatch, bccd_images):
+def test_cli_max_megapixels_and_allowed_host(model_file, monkeypatch, slides):
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.append(app))
     argv = ["serve", "--model", str(model_file), "--max-megapixels", "0.2", "--allowed-host", "lab.example"]
@@ -278,7 +285,7 @@ def test_cli_max_megapixels_and_allowed_host(model_file, monkeypatch, bccd_image
         assert c.get("/api/v1/health").status_code == 200
         assert c.get("/api/v1/health", headers={"host": "scope.local"}).status_code == 200
         assert c.get("/api/v1/health", headers={"host": "evil.example"}).status_code == 400
-        assert post(c, bccd_images[0].read_bytes()).status_code == 413
+        assert post(c, slides[0].read_bytes()).status_code == 413
     assert main(["serve", "--model", str(model_file), "--max-megapixels", "500"]) == 2
 
 
@@ -343,11 +350,11 @@ def test_host_check_with_wildcard_bind_and_allowed_hosts(predictor):
         assert c.get("/api/v1/health", headers={"host": "10.0.0.1:8000"}).status_code == 400
 
 
-def test_cross_origin_posts_are_refused(predictor, bccd_images, monkeypatch):
+def test_cross_origin_posts_are_refused(predictor, slides, monkeypatch):
     ran = []
     real = server.predict_image
     monkeypatch.setattr(server, "predict_image", lambda *a, **k: ran.append(1) or real(*a, **k))
-    data = bccd_images[0].read_bytes()
+    data = slides[0].read_bytes()
     with TestClient(create_app(predictor, allowed_hosts=["lab.example"]), base_url=BASE) as c:
         for origin in ("http://evil.example", "null", "http://localhost:3000", "http://127.0.0.1:8000"):
             r = c.post("/api/v1/detect", files={"file": ("a.jpg", data)}, headers={"origin": origin})
@@ -361,7 +368,7 @@ def test_cross_origin_posts_are_refused(predictor, bccd_images, monkeypatch):
         assert len(ran) == 3
 
 
-def test_security_headers_on_every_answer(client, bccd_images):
+def test_security_headers_on_every_answer(client, slides):
     answers = [
         client.get("/"),
         client.get("/static/app.js"),

@@ -1,4 +1,4 @@
-"""`bloodcell predict --source VIDEO`: per-frame counts CSV and annotated video (a small random model keeps it fast)."""
+"""`bloodcell predict --source VIDEO`: per-frame counts CSV and annotated video (on the numpy FakePredictor)."""
 
 import csv
 import os
@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bloodcell.app.sinks import counts_header, counts_row, frame_counts_header
 from bloodcell.cli import main
-from bloodcell.runtime.loader import load_predictor
+from bloodcell.runtime.counting import Calibration
 from bloodcell.runtime.predict import predict_image
 from bloodcell.types import CLASS_NAMES
+from fakes import FakePredictor, slide_image, use_fake_model
 
 cv2 = pytest.importorskip("cv2")
 
@@ -21,17 +23,20 @@ CONF = 0.3  # the model's own operating point
 
 
 @pytest.fixture(scope="module")
-def model_file(tiny_model):
-    # A raised class prior (sigmoid(bias) well above CONF) makes the random model's boxes pass
-    # the threshold by construction, so every frame has counts to compare.
-    return tiny_model(conf=CONF, cls_bias=3.5)
+def predictor():
+    return FakePredictor(conf=CONF)
+
+
+@pytest.fixture
+def model_file(predictor, monkeypatch, tmp_path):
+    """A --model file that `bloodcell predict` loads as ``predictor``."""
+    return use_fake_model(monkeypatch, predictor, tmp_path / "models" / "fake.pt")
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory, bccd_root):
-    """6 frames at 2 fps: three BCCD images, two frames each."""
-    names = sorted((bccd_root / "JPEGImages").glob("*.jpg"))[:3]
-    frames = [cv2.resize(cv2.imread(str(p)), (640, 480)) for p in names]
+def video(tmp_path_factory):
+    """6 frames at 2 fps: three synthetic slides, two frames each."""
+    frames = [cv2.cvtColor(slide_image(seed), cv2.COLOR_RGB2BGR) for seed in range(3)]
     path = tmp_path_factory.mktemp("video") / "slide.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 2.0, (640, 480))
     assert writer.isOpened()
@@ -59,29 +64,47 @@ def no_display(monkeypatch):
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
 
 
-def test_video_gives_counts_per_frame_and_annotated_video(model_file, video, tmp_path, capsys):
+def test_video_gives_counts_per_frame_and_annotated_video(predictor, model_file, video, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["predict", "--source", str(video), "--model", str(model_file), "--out", str(out)]
     assert main(argv) == 0
     assert "6 frames" in capsys.readouterr().out
     rows = list(csv.DictReader((out / "slide_counts.csv").open()))
     assert len(rows) == FRAMES
-    assert list(rows[0]) == ["frame", "time_s", *CLASS_NAMES]
-    predictor = load_predictor(model_file)
+    # the columns of `predict --csv` (one writer, app/sinks.py), the frame and its time for the image name
+    assert list(rows[0]) == frame_counts_header(CLASS_NAMES) == ["frame", "time_s", *counts_header(CLASS_NAMES)[1:]]
     decoded = read_frames(video)
     assert len(decoded) == FRAMES
     counted = []
     for i, (row, frame) in enumerate(zip(rows, decoded, strict=True)):
         assert int(row["frame"]) == i and float(row["time_s"]) == pytest.approx(i / 2.0)
         rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        expected = predict_image(predictor, rgb, Path("slide"), predictor.conf).counts
+        result = predict_image(predictor, rgb, Path("slide"), predictor.conf)
+        expected = result.counts
         assert {c: int(row[c]) for c in CLASS_NAMES} == expected
+        assert (int(row["width"]), int(row["height"]), float(row["scale"])) == (640, 480, result.scale)
         counted.append(sum(expected.values()))
     assert min(counted) > 0  # the comparison is not between empty frames
     annotated = read_frames(out / "slide_annotated.mp4")
     assert len(annotated) == FRAMES and annotated[0].shape == (480, 640, 3)
     assert not np.array_equal(annotated[0], decoded[0])  # boxes and the count banner are drawn
     assert sorted(p.name for p in out.iterdir()) == ["slide_annotated.mp4", "slide_counts.csv"]  # no temp left
+
+
+def test_frame_rows_are_the_image_rows_with_frame_and_time(video, tmp_path):
+    """Counts with their 90% intervals, as `predict --csv` writes them for an image."""
+    from bloodcell.app.video import run_stream
+
+    calibration = Calibration({c: ((0.0, 0.5, 1.0), (0.0, 0.5, 0.9)) for c in CLASS_NAMES}, floor=0.05)
+    calibrated = FakePredictor(conf=CONF, calibration=calibration)
+    summary = run_stream(calibrated, str(video), tmp_path, show=False, max_frames=2)
+    with open(summary.csv_path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    assert len(rows) == 2
+    for i, (row, frame) in enumerate(zip(rows, read_frames(video), strict=False)):
+        result = predict_image(calibrated, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), Path("slide"), CONF)
+        assert result.intervals  # the interval columns are filled, not left empty
+        assert row == [str(i), f"{i / 2:.3f}", *map(str, counts_row(result, CLASS_NAMES)[1:])]
 
 
 def test_missing_video_is_one_line(model_file, tmp_path, capsys):
@@ -144,10 +167,10 @@ def _opencv_is_headless() -> bool:
     return done.returncode == 0 and done.stdout.strip() == "headless"
 
 
-def test_run_stream_stops_at_max_frames(model_file, video, tmp_path):
+def test_run_stream_stops_at_max_frames(predictor, video, tmp_path):
     from bloodcell.app.video import run_stream, stream_name
 
-    summary = run_stream(load_predictor(model_file), str(video), tmp_path, conf=CONF, show=False, max_frames=2)
+    summary = run_stream(predictor, str(video), tmp_path, conf=CONF, show=False, max_frames=2)
     assert summary.frames == 2 and not summary.shown and summary.fps == pytest.approx(2.0)
     assert len((tmp_path / "slide_counts.csv").read_text().splitlines()) == 3
     assert sum(summary.totals.values()) > 0 and "2 frames" in str(summary)

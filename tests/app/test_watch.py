@@ -1,4 +1,4 @@
-"""`bloodcell watch`: slow writers, a restart in the middle, bad files (a tiny random model keeps it fast)."""
+"""`bloodcell watch`: slow writers, a restart in the middle, bad files (on the numpy FakePredictor)."""
 
 import csv
 import json
@@ -16,47 +16,30 @@ from bloodcell.app.watch import LOCK_NAME, STATE_NAME, Watcher
 from bloodcell.cli import main
 from bloodcell.errors import ConfigError
 from bloodcell.runtime.images import load_image
-from bloodcell.runtime.loader import load_predictor
 from bloodcell.types import CLASS_NAMES
+from fakes import FakePredictor, save_slide, use_fake_model
 
 SETTLE = 0.3
+CONF = 0.05
 
 
 @pytest.fixture(scope="module")
-def model_file(tiny_model):
-    return tiny_model(conf=0.05)
+def predictor():
+    """Tests that count predict() calls take a fresh FakePredictor of their own (same detections)."""
+    return FakePredictor(conf=CONF)
 
 
-class CountingPredictor:
-    """Delegates to the real predictor and counts calls."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.class_names = inner.class_names
-        self.conf = inner.conf
-        self.calls = 0
-
-    def __getattr__(self, name):  # input_size, calibration, cell_size, ...
-        return getattr(self.inner, name)
-
-    def predict(self, image, min_score=None):
-        self.calls += 1
-        return self.inner.predict(image, min_score=min_score)
-
-    def describe(self) -> dict:
-        return self.inner.describe()
+@pytest.fixture
+def model_file(predictor, monkeypatch, tmp_path):
+    """A --model file that `bloodcell watch` loads as ``predictor``."""
+    return use_fake_model(monkeypatch, predictor, tmp_path / "models" / "fake.pt")
 
 
 @pytest.fixture(scope="module")
-def predictor(model_file):
-    return load_predictor(model_file, threads=1)
-
-
-@pytest.fixture(scope="module")
-def sources(bccd_root, tmp_path_factory):
+def sources(tmp_path_factory):
     d = tmp_path_factory.mktemp("src")
-    for i, name in enumerate(("BloodImage_00001", "BloodImage_00002")):
-        shutil.copy(bccd_root / "JPEGImages" / f"{name}.jpg", d / f"cam{i}.jpg")
+    for i in range(2):  # 640x480, as a microscope camera writes them
+        save_slide(d / f"cam{i}.jpg", seed=i)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(d / "noise.png")
     return d
@@ -114,7 +97,7 @@ class Running:
 def test_slow_writes_are_processed_once_after_completion(predictor, sources, tmp_path):
     folder, out = tmp_path / "cam", tmp_path / "out"
     folder.mkdir()
-    counting = CountingPredictor(predictor)
+    counting = FakePredictor(conf=CONF)
     watcher = Watcher(counting, folder, out, settle=SETTLE, scan_interval=0.5)
     with Running(watcher):
         writers = [
@@ -157,7 +140,7 @@ def test_a_file_still_being_written_waits(predictor, sources, tmp_path):
 def test_restart_in_the_middle(predictor, sources, tmp_path):
     folder, out = tmp_path / "cam", tmp_path / "out"
     folder.mkdir()
-    first = CountingPredictor(predictor)
+    first = FakePredictor(conf=CONF)
     watcher = Watcher(first, folder, out, settle=SETTLE, scan_interval=0.5)
     with Running(watcher):
         write_slowly(sources / "cam0.jpg", folder / "cam0.jpg")
@@ -165,7 +148,7 @@ def test_restart_in_the_middle(predictor, sources, tmp_path):
     # Down: two files arrive; after the catch-up scan a third is written slowly while it watches.
     shutil.copy(sources / "cam1.jpg", folder / "cam1.jpg")
     shutil.copy(sources / "noise.png", folder / "noise.png")
-    second = CountingPredictor(predictor)
+    second = FakePredictor(conf=CONF)
     watcher = Watcher(second, folder, out, settle=SETTLE, scan_interval=0.5)
     with Running(watcher):
         assert wait_until(lambda: watcher.processed == 2)
@@ -173,7 +156,7 @@ def test_restart_in_the_middle(predictor, sources, tmp_path):
         assert wait_until(lambda: watcher.processed == 3)
     assert second.calls == 3 and first.calls == 1
     # A third start with nothing new does nothing.
-    third = CountingPredictor(predictor)
+    third = FakePredictor(conf=CONF)
     assert Watcher(third, folder, out, settle=0).drain() == [] and third.calls == 0
     names = [r[0] for r in read_rows(out)]
     assert sorted(names) == ["cam0.jpg", "cam1.jpg", "late.jpg", "noise.png"]
@@ -187,7 +170,7 @@ def test_crash_between_csv_row_and_state_is_not_counted_twice(predictor, sources
     (out / STATE_NAME).write_text(json.dumps({"version": 1, "files": {}}))  # the state write was lost
     with open(out / "counts.csv", "a") as f:
         f.write("torn,12")  # and a row torn mid-write
-    counting = CountingPredictor(predictor)
+    counting = FakePredictor(conf=CONF)
     assert Watcher(counting, folder, out, settle=0).drain() == [] and counting.calls == 0
     assert [r[0] for r in read_rows(out)] == ["noise.png"]
 
@@ -223,7 +206,7 @@ def test_non_images_hidden_files_and_subfolders_are_ignored(predictor, sources, 
     (folder / "sub").mkdir()
     shutil.copy(sources / "noise.png", folder / "sub" / "deep.png")
     shutil.copy(sources / "noise.png", folder / "UPPER.PNG")
-    counting = CountingPredictor(predictor)
+    counting = FakePredictor(conf=CONF)
     results = Watcher(counting, folder, out, settle=0).drain()
     assert [r.path.name for r in results] == ["UPPER.PNG"] and counting.calls == 1
     assert Watcher(counting, folder, out, settle=0).drain() == []  # its own out folder inside is not scanned
@@ -259,7 +242,7 @@ def test_a_second_watcher_on_the_same_out_is_refused_until_the_first_is_closed(
     first.close()
     with pytest.raises(RuntimeError, match="closed"):
         first.poll_once()
-    counting = CountingPredictor(predictor)
+    counting = FakePredictor(conf=CONF)
     with Watcher(counting, folder, out, settle=0) as second:  # released: the next one starts from the state file
         assert second.drain() == [] and counting.calls == 0
     assert [r[0] for r in read_rows(out)] == ["a.png"]
@@ -280,7 +263,7 @@ def test_file_names_with_line_separators_are_one_row_after_a_crash(predictor, so
     assert row.count(name) == 1
     with open(out / "counts.csv", "a", encoding="utf-8", newline="") as f:
         f.write(row[: row.index(name) + len(name) - 4])  # and the same row again, torn just after the separator
-    counting = CountingPredictor(predictor)
+    counting = FakePredictor(conf=CONF)
     with Watcher(counting, folder, out, settle=0) as watcher:
         assert watcher.drain() == [] and counting.calls == 0
         assert watcher.state[name]["rows"] == 1

@@ -17,7 +17,7 @@ from bloodcell.cli import main
 from bloodcell.config import TrainConfig
 from bloodcell.engine.train import train
 from bloodcell.errors import ConfigError
-from bloodcell.models.checkpoint import load_model
+from bloodcell.models.checkpoint import FORMAT_VERSION, load_model, read_training_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +137,8 @@ def test_resume_with_more_epochs_goes_on_like_an_uninterrupted_run(one_epoch_run
     assert got[1]["lr"] == want[1]["lr"]  # (epoch 1's row has the LR at the end of the 1-epoch schedule)
     settings = yaml.safe_load((run / "config.yaml").read_text())
     assert (settings["epochs"], settings["device"], settings["val_every"]) == (2, "cpu", 5)
-    assert torch.load(run / "last.pt", weights_only=True)["train_config"]["epochs"] == 2
+    saved = read_training_checkpoint(run / "last.pt")  # rewritten by the resumed run, through the same helpers
+    assert (saved["format_version"], saved["epoch"], saved["train_config"]["epochs"]) == (FORMAT_VERSION, 1, 2)
     assert main(["train", "--resume", "--out", str(run), "--epochs", "1"]) == 2
     assert re.fullmatch(
         r"error: --resume --epochs 1: the run in \S+ already trained 2 epochs; give more to train on\n",
@@ -162,6 +163,22 @@ def test_resume_refuses_flags_that_change_the_model_or_data(one_epoch_run, capsy
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and re.search(f"^error: --resume: {words}", err), err
     assert (one_epoch_run / "last.pt").read_bytes() == before
+
+
+def test_last_pt_is_versioned_and_resume_refuses_an_unversioned_one(one_epoch_run, tmp_path, capsys):
+    saved = read_training_checkpoint(one_epoch_run / "last.pt")
+    header = (saved["format"], saved["format_version"], saved["kind"], saved["epoch"])
+    assert header == ("bloodcell-model", FORMAT_VERSION, "training", 0)
+    _net, info = load_model(one_epoch_run / "last.pt")  # still a model file: val, predict and --model read it
+    assert info.extra["train_config"]["epochs"] == 1
+    run = shutil.copytree(one_epoch_run, tmp_path / "old")
+    del saved["format_version"]  # as an older bloodcell wrote it
+    torch.save(saved, run / "last.pt")
+    before = (run / "last.pt").read_bytes()
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: \S+last\.pt: training checkpoint has no format version \(an older \w+\);.*\n", err)
+    assert (run / "last.pt").read_bytes() == before
 
 
 def test_resume_in_python_compares_with_the_defaults(one_epoch_run):

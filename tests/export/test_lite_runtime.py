@@ -1,69 +1,134 @@
-"""The torch-free install: `pip install bloodcell[lite]` in a fresh virtualenv runs exported models."""
+"""The torch-free install: with only what `pip install bloodcell[lite]` brings, `bloodcell predict` runs
+exported models and gives the full install's answers.
 
+Offline: this checkout is built into a wheel (pip, no index, no build isolation) and unpacked, and
+`bloodcell` runs from it in a child Python whose import system refuses every module outside the
+standard library and the distributions the wheel's lite requirements pull in (followed through
+this environment's installed metadata). torch and the other training packages are installed here,
+so the child proves they are not needed rather than merely absent.
+"""
+
+import email.parser
 import json
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
+from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from bloodcell.cli import main
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
+#: Runs in the child before anything else: argv[1] the allowed top-level modules (JSON), argv[2]
+#: the unpacked wheel, argv[3:] the arguments of the code that follows.
+GUARD = """\
+import importlib.abc, json, sys
+allowed = set(json.loads(sys.argv[1])) | set(sys.stdlib_module_names)
+sys.path.insert(0, sys.argv[2])
+
+class LiteOnly(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top not in allowed:  # as if not installed: the CLI's install hints key on e.name
+            raise ModuleNotFoundError(f"No module named {top!r}", name=top)
+        return None
+
+sys.meta_path.insert(0, LiteOnly())
+import bloodcell
+assert bloodcell.__file__.startswith(sys.argv[2]), bloodcell.__file__
+"""
+CLI = "from bloodcell.cli import main\nsys.exit(main(sys.argv[3:]))\n"
+PROBE = """\
+for module in ("numpy", "onnxruntime", "torch"):
+    try:
+        __import__(module)
+        print(module, "ok")
+    except ModuleNotFoundError:
+        print(module, "missing")
+"""
+
+
+def requirements(lines: list[str], extras: frozenset[str]) -> list[tuple[str, frozenset[str]]]:
+    """(distribution, its extras) for each requirement that applies with ``extras`` on this machine."""
+    wanted = []
+    for line in lines:
+        req = Requirement(line)
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras | {""}):
+            wanted.append((req.name, frozenset(req.extras)))
+    return wanted
+
 
 @pytest.fixture(scope="module")
-def lite_venv(tmp_path_factory):
-    venv = tmp_path_factory.mktemp("lite") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    # A non-editable build of this checkout with only the lite extra: what a Raspberry Pi user installs.
-    result = subprocess.run([*pip, f"{REPO}[lite]"], capture_output=True, text=True, timeout=900)
+def wheel(tmp_path_factory) -> Path:
+    """This checkout as a wheel, built offline from a copy (pip builds in the source tree, which is shared)."""
+    work = tmp_path_factory.mktemp("lite")
+    tree = work / "tree"
+    shutil.copytree(REPO / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, tree / name)
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    result = subprocess.run([*pip, "-w", str(work / "dist"), str(tree)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    return venv
+    [built] = (work / "dist").glob("bloodcell-*.whl")
+    return built
 
 
-def test_lite_venv_has_no_torch(lite_venv):
-    code = "import importlib.util as u; print([m for m in ('torch', 'torchvision', 'timm') if u.find_spec(m)])"
-    out = subprocess.run([str(lite_venv / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+@pytest.fixture(scope="module")
+def lite(wheel, tmp_path_factory):
+    """A function running Python code (or `bloodcell` arguments) as the lite install would."""
+    site = tmp_path_factory.mktemp("site")
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(site)  # the installed layout: what `pip install` puts in site-packages
+        [name] = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = email.parser.Parser().parsestr(z.read(name).decode()).get_all("Requires-Dist") or []
+    todo, seen = requirements(requires, frozenset({"lite"})), set()
+    while todo:
+        dist, extras = todo.pop()
+        if (canonicalize_name(dist), extras) not in seen:
+            seen.add((canonicalize_name(dist), extras))
+            todo += requirements(metadata.requires(dist) or [], extras)
+    dists = {d for d, _ in seen}
+    owners = metadata.packages_distributions()  # top-level module -> the distributions that install it
+    allowed = {top for top, names in owners.items() if dists & {canonicalize_name(n) for n in names}}
+    assert {"numpy", "PIL", "onnxruntime", "ai_edge_litert"} <= allowed and not allowed & {"torch", "torchvision"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run(*args: str, code: str = CLI) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-I", "-c", GUARD + code, json.dumps(sorted(allowed | {"bloodcell"})), str(site)]
+        return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=300, env=env)
+
+    return run
+
+
+def test_the_lite_child_cannot_import_torch_although_it_is_installed(lite):
+    assert find_spec("torch") is not None
+    run = lite(code=PROBE)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[:3] == ["numpy ok", "onnxruntime ok", "torch missing"]
 
 
 @pytest.mark.parametrize("kind", ["int8", "onnx"])
-def test_lite_predict_matches_full_install(lite_venv, exports, bccd_root, tmp_path, kind):
+def test_lite_predict_matches_full_install(lite, exports, bccd_root, tmp_path, kind):
     images = [str(bccd_root / "JPEGImages" / f"BloodImage_0000{i}.jpg") for i in (0, 2)]
     lite_json, full_json = tmp_path / "lite.json", tmp_path / "full.json"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    run = subprocess.run(
-        [
-            str(lite_venv / "bin" / "bloodcell"),
-            "predict",
-            *images,
-            "--model",
-            str(exports[kind]),
-            "--json",
-            str(lite_json),
-            "--csv",
-            str(tmp_path / "lite.csv"),
-            "--out",
-            str(tmp_path / "annotated"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    out = ["--json", str(lite_json), "--csv", str(tmp_path / "lite.csv"), "--out", str(tmp_path / "annotated")]
+    run = lite("predict", *images, "--model", str(exports[kind]), *out)
     assert run.returncode == 0, run.stderr[-2000:]
     assert main(["predict", *images, "--model", str(exports[kind]), "--json", str(full_json)]) == 0
     assert json.loads(lite_json.read_text()) == json.loads(full_json.read_text())
     assert len(list((tmp_path / "annotated").iterdir())) == 2
 
 
-def test_lite_install_explains_torch_commands(lite_venv, capsys):
-    run = subprocess.run(
-        [str(lite_venv / "bin" / "bloodcell"), "train", "--epochs", "1"], capture_output=True, text=True, timeout=120
-    )
+def test_lite_install_explains_torch_commands(lite):
+    run = lite("train", "--epochs", "1")
     assert run.returncode == 2
     assert "pip install 'bloodcell[torch]'" in run.stderr and "Traceback" not in run.stderr

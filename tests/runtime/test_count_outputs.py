@@ -1,47 +1,33 @@
-"""Counts with intervals and the scale used, in every output: predict JSON/CSV, the report; --conf per class."""
+"""Counts with intervals and the scale used, in every output: predict JSON/CSV, the report; --conf per class.
+
+On the numpy FakePredictor with per-class operating points and a calibration."""
 
 import csv
 import json
 
 import pytest
-from PIL import Image
 
 from bloodcell.app.report import build_report
 from bloodcell.cli import main
 from bloodcell.runtime.counting import Calibration
+from fakes import FakePredictor, save_slide, use_fake_model
 
 NAMES = ("RBC", "WBC", "Platelets")
 
 
-@pytest.fixture(scope="module")
-def calibrated_model(tmp_path_factory):
-    """A small random CellNet with per-class operating points, a calibration and a trained cell size."""
-    import torch
-
-    from bloodcell.models.checkpoint import make_info, model_payload, save_checkpoint
-    from bloodcell.models.registry import build_model, model_config
-
-    torch.manual_seed(0)
-    cfg = model_config("cellnet", {"neck_channels": 16})
-    net = build_model("cellnet", cfg, pretrained=False).eval()
-    with torch.no_grad():
-        for head in net.heads:
-            head.cls[1].bias += 3.5  # scores high enough to count something
+@pytest.fixture
+def calibrated_model(monkeypatch, tmp_path):
+    """A model file with per-class operating points, a calibration and no trained cell size."""
     calibration = Calibration({n: ((0.0, 0.5, 1.0), (0.0, 0.5, 0.9)) for n in NAMES}, floor=0.05)
-    info = make_info(
-        "cellnet", cfg, NAMES, (320, 256), conf=(0.3, 0.6, 0.4), calibration=calibration.to_dict(), cell_size=None
-    )
-    path = tmp_path_factory.mktemp("cal") / "cal.pt"
-    save_checkpoint(path, model_payload(net, info))
-    return path
+    predictor = FakePredictor(conf=(0.3, 0.6, 0.4), calibration=calibration, class_names=NAMES)
+    return use_fake_model(monkeypatch, predictor, tmp_path / "models" / "cal.pt")
 
 
 @pytest.fixture(scope="module")
-def image_dir(tmp_path_factory, bccd_root):
+def image_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("img")
-    Image.open(bccd_root / "JPEGImages" / "BloodImage_00001.jpg").save(d / "a.jpg")
-    (d / "sub").mkdir()
-    Image.open(bccd_root / "JPEGImages" / "BloodImage_00002.jpg").save(d / "sub" / "b.jpg")
+    save_slide(d / "a.jpg", seed=1)
+    save_slide(d / "sub" / "b.jpg", seed=2)
     return d
 
 
@@ -111,11 +97,10 @@ def test_report_sums_intervals_over_fields(tmp_path):
         build_report(path, out=tmp_path / "bad.html")
 
 
-def test_same_file_names_in_different_folders_keep_their_own_outputs(calibrated_model, bccd_root, tmp_path):
+def test_same_file_names_in_different_folders_keep_their_own_outputs(calibrated_model, tmp_path):
     src = tmp_path / "in"
-    for rel, n in (("a/s.jpg", 1), ("b/s.jpg", 2), ("a/s.jpeg", 3)):
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.open(bccd_root / "JPEGImages" / f"BloodImage_0000{n}.jpg").save(src / rel)
+    for rel, seed in (("a/s.jpg", 1), ("b/s.jpg", 2), ("a/s.jpeg", 3)):
+        save_slide(src / rel, seed)
     out, js, cs = tmp_path / "ann", tmp_path / "r.json", tmp_path / "c.csv"
     argv = [str(src / "a"), str(src / "b"), "--model", str(calibrated_model), "--out", str(out)]
     assert main(["predict", *argv, "--json", str(js), "--csv", str(cs)]) == 0

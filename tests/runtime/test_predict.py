@@ -1,4 +1,4 @@
-"""`bloodcell predict`: odd images, bad files, outputs (a small random model keeps it fast)."""
+"""`bloodcell predict`: odd images, bad files, outputs (on the numpy FakePredictor; model files on the real loader)."""
 
 import csv
 import json
@@ -11,19 +11,21 @@ from bloodcell.app.sinks import counts_header
 from bloodcell.cli import main
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
+from bloodcell.runtime.predict import Predictor
 from bloodcell.types import CLASS_NAMES
+from fakes import FakePredictor, save_slide, use_fake_model
+
+
+@pytest.fixture
+def model_file(monkeypatch, tmp_path):
+    """A --model file that `bloodcell predict` loads as a FakePredictor (operating point 0.3)."""
+    return use_fake_model(monkeypatch, FakePredictor(conf=0.3), tmp_path / "models" / "fake.pt")
 
 
 @pytest.fixture(scope="module")
-def model_file(tiny_model):
-    return tiny_model(conf=0.3)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory, bccd_root):
+def images(tmp_path_factory):
     d = tmp_path_factory.mktemp("images")
-    rgb = Image.open(bccd_root / "JPEGImages" / "BloodImage_00001.jpg")
-    rgb.save(d / "a.jpg")
+    rgb = Image.open(save_slide(d / "a.jpg", seed=0))
     rgb.convert("L").save(d / "gray.png")
     rgb.convert("RGBA").save(d / "rgba.png")
     rgb.resize((4000, 3000)).save(d / "big.tif")
@@ -80,8 +82,9 @@ def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path):
     assert len(list(out.iterdir())) == 6
 
 
-def test_big_image_boxes_map_back_to_its_pixels(model_file, images):
-    predictor = load_predictor(model_file)
+def test_big_image_boxes_map_back_to_its_pixels(tiny_model, images):
+    """The torch predictor letterboxes and maps its boxes back to the image's own pixels."""
+    predictor = load_predictor(tiny_model(conf=0.3))
     small = predictor.predict(load_image(images / "a.jpg"), min_score=0.001)
     big = predictor.predict(load_image(images / "big.tif"), min_score=0.001)
     assert len(small) and len(big)
@@ -95,7 +98,7 @@ def test_corrupt_file_is_reported_and_skipped(model_file, images, tmp_path, caps
     txt.write_text("not an image")
     code = main(["predict", str(bad), str(txt), str(images / "a.jpg"), "--model", str(model_file)])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 1, err
     assert "broken.jpg" in err and "notes.jpg" in err and "Traceback" not in err
     assert "1 images processed, 2 failed" in err
 
@@ -152,3 +155,12 @@ def test_unwritable_output_fails_before_any_image(model_file, images, tmp_path, 
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
     assert err.startswith(f"error: {flag} {target}: cannot write there (")
+
+
+def test_fake_predictor_has_every_member_of_the_protocol():
+    """The app and runtime tests stand on FakePredictor: it must keep up with what predictors offer."""
+    members = set(Predictor.__annotations__) | {m for m in vars(Predictor) if not m.startswith("_")}
+    fake = FakePredictor()
+    assert members and all(hasattr(fake, m) for m in members), members - set(dir(fake))
+    dets = fake.predict(np.zeros((48, 64, 3), np.uint8) + np.uint8(200), min_score=0.5)
+    assert len(dets) == 16 and dets.boxes.max() <= 64  # a 4x4 grid, in the image's pixels

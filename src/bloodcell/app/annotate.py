@@ -5,23 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from bloodcell.palette import class_color
 from bloodcell.types import Detections
-
-#: The one palette for class colours everywhere (annotated images and videos, the HTML report,
-#: the web page via /api/v1/model, dataset plots): RBC red, WBC blue, platelets amber, readable
-#: on pink-purple stains. Other classes take FALLBACK colours by class index.
-COLORS = {"RBC": (220, 40, 40), "WBC": (30, 90, 230), "Platelets": (240, 170, 0)}
-FALLBACK = [(0, 160, 120), (160, 0, 160), (90, 90, 90)]
-
-
-def class_color(name: str, index: int) -> tuple[int, int, int]:
-    """RGB colour of class ``name`` (``index``: its position in the model's class list)."""
-    return COLORS.get(name, FALLBACK[index % len(FALLBACK)])
-
-
-def class_hex(name: str, index: int) -> str:
-    """``class_color`` as a CSS/matplotlib colour string, e.g. ``#dc2828``."""
-    return "#{:02x}{:02x}{:02x}".format(*class_color(name, index))
 
 
 class BoxAnnotator:

@@ -35,6 +35,18 @@ def check_writable(flag: str, path: str | Path) -> None:
         raise ConfigError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
 
 
+STAGES = ("load", "letterbox", "network", "decode")
+
+
+def format_timing(result) -> str:
+    """Where one image's time went: decoding the file, then the model's stages; "other" is the rest
+    of inference (scale estimate, tiling, counting)."""
+    t = result.timing_ms
+    parts = [f"{k} {t[k]:.1f} ms" for k in STAGES if k in t]
+    other = t.get("inference", 0.0) - sum(t.get(k, 0.0) for k in STAGES[1:])
+    return " · ".join([*parts, f"other {max(other, 0.0):.1f} ms", f"scale {result.scale:.2f}"])
+
+
 def run_predict(
     sources: list[str],
     model: str | None = None,
@@ -46,6 +58,9 @@ def run_predict(
     threads: int | None = None,
     edgetpu: bool = False,
     cell_size: float | str | None = "auto",
+    device: str = "auto",
+    batch: int = 1,
+    verbose: bool = False,
 ) -> int:
     """Returns the exit code: 0 when every image was processed, 1 when any failed or none was found.
 
@@ -56,12 +71,19 @@ def run_predict(
     paths, problems = expand_sources(sources)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    predictor: Predictor = load_predictor(model, threads=threads, edgetpu=edgetpu)
+    predictor: Predictor = load_predictor(model, device=device, threads=threads, edgetpu=edgetpu, batch=batch)
     annotator = BoxAnnotator(predictor.class_names) if out else None
     results, failed = [], len(problems)
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
     stream = predict_paths(
-        predictor, paths, conf=thresholds, min_score=min_score, keep_image=out is not None, cell_size=cell_size
+        predictor,
+        paths,
+        conf=thresholds,
+        min_score=min_score,
+        keep_image=out is not None,
+        cell_size=cell_size,
+        batch=batch,
+        load_workers=2 if batch > 1 else 1,  # decode the next batch while this one runs
     )
     names = dict(zip(paths, output_names(paths), strict=True))
     for r in stream:
@@ -74,6 +96,8 @@ def run_predict(
             save_annotated(r, annotator, out)
         r.image = None
         print(f"{r.label}: {format_counts(r)} ({r.timing_ms['inference']:.0f} ms)")
+        if verbose:
+            print(f"  {format_timing(r)}")
         results.append(r)
     if json_path:
         write_json(results, json_path)

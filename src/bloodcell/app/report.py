@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bloodcell.app.annotate import BoxAnnotator, class_hex
+from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.atomic import write_text
 from bloodcell.errors import ConfigError, DatasetError, ImageError
+from bloodcell.palette import class_hex
 from bloodcell.runtime.images import load_image
 from bloodcell.types import Detections
 

@@ -39,8 +39,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from bloodcell import __version__
-from bloodcell.app.annotate import class_color
 from bloodcell.errors import ConfigError
+from bloodcell.palette import class_hex
 from bloodcell.runtime.counting import class_thresholds
 from bloodcell.runtime.images import to_rgb_uint8
 from bloodcell.runtime.predict import Predictor, predict_image
@@ -314,7 +314,7 @@ def model_card(predictor: Predictor, name: str | None = None) -> dict:
         "architecture": described.get("architecture"),
         "format": described.get("format"),
         "classes": classes,
-        "colors": {c: "#{:02x}{:02x}{:02x}".format(*class_color(c, i)) for i, c in enumerate(classes)},
+        "colors": {c: class_hex(c, i) for i, c in enumerate(classes)},
         "input_size": [int(v) for v in predictor.input_size],
         "conf": [float(v) for v in class_thresholds(predictor.conf, len(classes))],  # one operating point per class
         "metrics": described.get("metrics") or None,

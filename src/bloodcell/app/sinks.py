@@ -28,21 +28,39 @@ def format_counts(result: ImageResult) -> str:
     return ", ".join(parts) + scale
 
 
-def counts_header(class_names: tuple[str, ...]) -> list[str]:
-    """Columns of every counts CSV (predict --csv, watch): a count and its 90% interval per class."""
-    cols = ["image", "width", "height", "scale"]
+def _class_columns(class_names: tuple[str, ...]) -> list[str]:
+    cols = ["width", "height", "scale"]
     for c in class_names:
         cols += [c, f"{c}_lo90", f"{c}_hi90"]
     return cols
 
 
-def counts_row(result: ImageResult, class_names: tuple[str, ...]) -> list:
+def _class_values(result: ImageResult, class_names: tuple[str, ...]) -> list:
     counts, intervals = result.counts, result.intervals or {}
-    row: list = [result.label, result.width, result.height, round(result.scale, 4)]
+    row: list = [result.width, result.height, round(result.scale, 4)]
     for c in class_names:
         lo, hi = intervals.get(c, ("", ""))
         row += [counts[c], lo, hi]
     return row
+
+
+def counts_header(class_names: tuple[str, ...]) -> list[str]:
+    """Columns of every per-image counts CSV (predict --csv, watch): a count and its 90% interval per class."""
+    return ["image", *_class_columns(class_names)]
+
+
+def counts_row(result: ImageResult, class_names: tuple[str, ...]) -> list:
+    return [result.label, *_class_values(result, class_names)]
+
+
+def frame_counts_header(class_names: tuple[str, ...]) -> list[str]:
+    """Columns of the per-frame counts CSV (predict --source): the frame and its time, then the same
+    columns as ``counts_header``."""
+    return ["frame", "time_s", *_class_columns(class_names)]
+
+
+def frame_counts_row(index: int, time_s: float, result: ImageResult, class_names: tuple[str, ...]) -> list:
+    return [index, f"{time_s:.3f}", *_class_values(result, class_names)]
 
 
 def write_counts_csv(results: list[ImageResult], class_names: tuple[str, ...], path: str | Path) -> Path:

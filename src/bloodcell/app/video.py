@@ -4,7 +4,8 @@ With a display (``DISPLAY``/``WAYLAND_DISPLAY`` set and an OpenCV build with GUI
 not False, a live window shows the boxes and counts (q or Esc quits). Without one, or whenever
 ``out_dir`` is given, the annotated frames go to ``<out>/<name>_annotated.mp4`` (written under a
 temporary name and renamed at the end) and one row per frame to ``<out>/<name>_counts.csv``
-(``frame,time_s,<class counts>``, written atomically at the end).
+(``frame,time_s`` and the columns of `predict --csv`: size, scale, each class's count and 90% interval;
+written atomically at the end).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from bloodcell.app.annotate import BoxAnnotator
+from bloodcell.app.sinks import frame_counts_header, frame_counts_row
 from bloodcell.atomic import write_text
 from bloodcell.errors import ImageError
 from bloodcell.runtime.counting import Conf
-from bloodcell.runtime.predict import Predictor, predict_image
+from bloodcell.runtime.predict import ImageResult, Predictor, predict_image
 
 DEFAULT_OUT = "runs/predict"
 WINDOW = "bloodcell"
@@ -109,10 +111,10 @@ class _FileSink:
         self.writer = None
         self.rows = io.StringIO()
         self.csv = csv.writer(self.rows, lineterminator="\n")
-        self.csv.writerow(["frame", "time_s", *class_names])
+        self.csv.writerow(frame_counts_header(class_names))
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    def write(self, index: int, time_s: float, counts: dict[str, int], annotated_bgr: np.ndarray) -> None:
+    def write(self, index: int, time_s: float, result: ImageResult, annotated_bgr: np.ndarray) -> None:
         if self.writer is None:
             h, w = annotated_bgr.shape[:2]
             fourcc = self.cv2.VideoWriter_fourcc(*"mp4v")
@@ -120,7 +122,7 @@ class _FileSink:
             if not self.writer.isOpened():
                 raise ImageError(f"{self.video_path}: cannot write an mp4v video of {w}x{h}")
         self.writer.write(annotated_bgr)
-        self.csv.writerow([index, f"{time_s:.3f}", *(counts[c] for c in self.class_names)])
+        self.csv.writerow(frame_counts_row(index, time_s, result, self.class_names))
 
     def close(self, ok: bool) -> bool:
         """Finish both files when ``ok`` and a frame was written; otherwise remove the partial video."""
@@ -191,7 +193,7 @@ def _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_
         drawn = annotator.annotate(rgb, result.counted, {**counts, "frame": index})
         bgr = cv2.cvtColor(np.asarray(drawn), cv2.COLOR_RGB2BGR)
         if sink is not None:
-            sink.write(index, time_s, counts, bgr)
+            sink.write(index, time_s, result, bgr)
         for k, v in counts.items():
             summary.totals[k] += v
         summary.frames += 1

@@ -16,8 +16,8 @@ import numpy as np
 
 from bloodcell import atomic
 from bloodcell import boxes as box_ops
-from bloodcell.app.annotate import class_hex
 from bloodcell.data.voc import VOCDataset, load_voc
+from bloodcell.palette import class_hex
 from bloodcell.types import CLASS_NAMES
 
 if TYPE_CHECKING:
@@ -218,7 +218,7 @@ def write_stats(stats: DatasetStats, out_dir: str | Path) -> Path:
 
 
 def class_colour(name: str, class_names: tuple[str, ...]) -> str:
-    """The class's colour from the one palette (``bloodcell.app.annotate``), as in reports and the web page."""
+    """The class's colour from the one palette (``bloodcell.palette``), as in reports and the web page."""
     return class_hex(name, class_names.index(name))
 
 

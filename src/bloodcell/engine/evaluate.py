@@ -19,7 +19,7 @@ from bloodcell.runtime.counting import (
     fit_isotonic,
 )
 from bloodcell.runtime.images import load_image
-from bloodcell.runtime.scaling import detect_cells
+from bloodcell.runtime.scaling import detect_cells_batch
 from bloodcell.types import Detections
 
 if TYPE_CHECKING:
@@ -27,13 +27,23 @@ if TYPE_CHECKING:
 
 
 def predict_records(
-    predictor: Predictor, records: Iterable[VOCRecord], progress: bool = False, cell_size: float | str | None = None
+    predictor: Predictor,
+    records: Iterable[VOCRecord],
+    progress: bool = False,
+    cell_size: float | str | None = None,
+    batch: int = 1,
 ) -> list[Detections]:
     """Full ranked predictions (min score 0.001) for each record's image, through the same scale
-    handling as `bloodcell predict` (``cell_size`` None: the images as they are)."""
+    handling as `bloodcell predict` (``cell_size`` None: the images as they are). ``batch``: images
+    per network pass where the predictor batches (torch on a GPU); the results do not depend on it."""
     records = list(records)
-    it = tqdm(records, desc="val", leave=False, disable=not progress)
-    return [detect_cells(predictor, load_image(r.image_path), 0.001, cell_size).detections for r in it]
+    preds: list[Detections] = []
+    with tqdm(total=len(records), desc="val", leave=False, disable=not progress) as bar:
+        for start in range(0, len(records), batch):
+            images = [load_image(r.image_path) for r in records[start : start + batch]]
+            preds += [s.detections for s in detect_cells_batch(predictor, images, 0.001, cell_size)]
+            bar.update(len(images))
+    return preds
 
 
 def score(
@@ -119,9 +129,10 @@ def evaluate(
     conf: Conf | None = None,
     progress: bool = False,
     cell_size: float | str | None = None,
+    batch: int = 1,
 ) -> DetectionMetrics:
     """Score ``predictor`` on ``records``; counts use ``conf`` (default: the predictor's own)."""
-    preds = predict_records(predictor, records, progress=progress, cell_size=cell_size)
+    preds = predict_records(predictor, records, progress=progress, cell_size=cell_size, batch=batch)
     calibration = getattr(predictor, "calibration", None)
     return score(preds, records, tuple(predictor.class_names), predictor.conf if conf is None else conf, calibration)
 

@@ -21,19 +21,36 @@ from torch import nn
 from tqdm import tqdm
 
 from bloodcell.atomic import write_text
-from bloodcell.config import TrainConfig
+from bloodcell.config import TrainConfig, flag_name, show
 from bloodcell.data.dataset import DetectionDataset, collate
 from bloodcell.data.sources import load_dataset, resolve_data_root
 from bloodcell.data.transforms import make_transforms
+from bloodcell.engine.distributed import (
+    DistContext,
+    barrier,
+    broadcast,
+    cleanup,
+    init_distributed,
+    mean_over_ranks,
+    unwrap,
+    wrap,
+)
 from bloodcell.engine.ema import ModelEMA
 from bloodcell.engine.evaluate import fit_counting, predict_records, score
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.engine.plots import plot_training
 from bloodcell.errors import ConfigError, DatasetError, TrainingError
 from bloodcell.models.cellnet_loss import CellNetLoss
-from bloodcell.models.checkpoint import ModelInfo, make_info, model_payload, read_checkpoint, save_checkpoint
+from bloodcell.models.checkpoint import (
+    ModelInfo,
+    make_info,
+    model_payload,
+    read_training_checkpoint,
+    save_checkpoint,
+    training_payload,
+)
 from bloodcell.models.registry import MODELS, build_model, model_config
-from bloodcell.runtime.torch_predictor import TorchPredictor
+from bloodcell.runtime.torch_predictor import TorchPredictor, resolve_device
 
 CSV_FIELDS = ["epoch", "time_s", "lr", "loss_cls", "loss_box", "loss", "val_map50", "val_coco_ap50", "val_coco_ap50_95"]
 
@@ -43,21 +60,14 @@ class TrainResult:
     out: Path
     best: Path
     best_map50: float
-    metrics: DetectionMetrics
+    metrics: DetectionMetrics | None  # None on DDP ranks other than 0 (rank 0 validates)
     wall_time_s: float
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
-def seed_epoch(seed: int, epoch: int) -> torch.Generator:
-    """Seed every RNG from (seed, epoch): a resumed epoch replays exactly as uninterrupted."""
-    s = seed * 100_003 + epoch
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """Seed every RNG from (seed, epoch, rank): a resumed epoch replays exactly as uninterrupted,
+    and DDP processes draw different augmentations for their different images."""
+    s = seed * 100_003 + epoch + rank * 7_919
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
@@ -86,7 +96,7 @@ def compute_losses(
 ) -> dict[str, torch.Tensor]:
     if criterion is None:  # torchvision detectors compute their own losses
         # Their transform rescales every input to min_size; crops are already at native scale.
-        transform = model.transform
+        transform = unwrap(model).transform
         saved = transform.min_size, transform.max_size
         transform.min_size, transform.max_size = (min(images.shape[-2:]),), max(images.shape[-2:])
         try:
@@ -117,9 +127,15 @@ def train_one_epoch(
     grad_clip: float,
     scaler: torch.amp.GradScaler | None = None,
     progress: bool = True,
+    freeze_bn: bool = False,
 ) -> dict[str, float]:
-    """One pass over ``loader``; ``ema`` (None: none) is updated after each step and is the distillation teacher."""
+    """One pass over ``loader``; ``ema`` (None: none) is updated after each step and is the distillation teacher.
+    ``freeze_bn``: BatchNorm layers normalise with (and keep) their running statistics."""
     model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     totals = {"cls": 0.0, "box": 0.0}
     n = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
@@ -144,7 +160,7 @@ def train_one_epoch(
             optimizer.step()
         scheduler.step()
         if ema is not None:
-            ema.update(model)
+            ema.update(unwrap(model))
         n += 1
         for k in totals:
             totals[k] += float(losses[k].detach())
@@ -194,10 +210,6 @@ def _initial_model(config: TrainConfig, class_names: tuple[str, ...]) -> tuple[s
 RESUME_OVERRIDES = ("epochs", "device", "workers", "threads", "val_every")
 
 
-def _flag(name: str) -> str:
-    return "--no-pretrained" if name == "pretrained" else f"--{name.replace('_', '-')}"
-
-
 def resume_config(config: TrainConfig, saved: dict, out: Path, explicit: Collection[str] | None = None) -> TrainConfig:
     """The saved run's settings with the given ones of ``RESUME_OVERRIDES`` applied.
 
@@ -215,8 +227,8 @@ def resume_config(config: TrainConfig, saved: dict, out: Path, explicit: Collect
             continue
         if name not in RESUME_OVERRIDES:
             raise ConfigError(
-                f"--resume: {_flag(name)} {value} differs from the run's {before} and would change the model or "
-                f"its data; resume without it, or start a new run (another --out)"
+                f"--resume: {flag_name(name)} {show(value)} differs from the run's {show(before)} and would change "
+                f"the model or its data; resume without it, or start a new run (another --out)"
             )
         changes[name] = value
     done = saved["epoch"] + 1
@@ -232,16 +244,31 @@ def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] 
     """Train ``config.model`` on the train split, pick the best epoch on val, return the run.
 
     With ``config.resume`` the run in ``config.out`` goes on from its last.pt with its own settings;
-    ``explicit`` names the settings the user gave (see ``resume_config``)."""
-    out = _run_dir(config)
+    ``explicit`` names the settings the user gave (see ``resume_config``).
+
+    Under torchrun every process runs this; ``config.batch`` is the global batch, shared out."""
     if config.resume:
+        out = Path(config.out)
         if not (out / "last.pt").is_file():
             raise ConfigError(f"--resume: {out / 'last.pt'} not found")
-        saved = read_checkpoint(out / "last.pt")
+        saved = read_training_checkpoint(out / "last.pt")
         config = resume_config(config, saved, out, explicit)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
+    ctx = init_distributed(resolve_device(config.device))
+    try:
+        return _train(config, ctx, progress, saved if config.resume else None)
+    finally:
+        cleanup(ctx)
+
+
+def _train(config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | None) -> TrainResult:
+    device, main = ctx.device, ctx.is_main
+    progress = progress and main
+    log = print if main else (lambda *a, **k: None)
+    if config.batch % ctx.world_size:
+        raise ConfigError(f"--batch {config.batch} (global) must be a multiple of the {ctx.world_size} processes")
+    out = Path(config.out) if config.resume else broadcast(_run_dir(config) if main else None, ctx)
     root = resolve_data_root(config.data)
     train_set = load_dataset(root, config.train_split)
     val_set = load_dataset(root, config.val_split)
@@ -252,6 +279,8 @@ def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] 
 
     torch.manual_seed(config.seed)
     arch, mcfg, model = _initial_model(config, class_names)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
     model = model.to(device)
     criterion = None  # torchvision detectors compute their own losses
     if MODELS[arch].kind == "dense":
@@ -259,19 +288,25 @@ def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] 
     dataset = DetectionDataset(records, make_transforms(config.augment, config.imgsz), num_classes=len(class_names))
     if config.workers:
         dataset.preload()  # forked workers share the decoded images instead of decoding them every epoch
-    iters_per_epoch = len(dataset) // config.batch
+    # The same sampler for one process or many: each global batch holds the same images either way.
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed, drop_last=True
+    )
+    local_batch = config.batch // ctx.world_size
+    iters_per_epoch = len(sampler) // local_batch
+    ema = ModelEMA(model, config.ema_decay)  # plain BatchNorm, before DDP's SyncBatchNorm
+    if saved is not None:
+        ema.load_state_dict(saved["ema"])
+    model = wrap(model, ctx)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     total, warmup = iters_per_epoch * config.epochs, int(iters_per_epoch * config.warmup_epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(it, total, warmup, config.min_lr_ratio)
     )
-    ema = ModelEMA(model, config.ema_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     start_epoch, rows, best_map, elapsed = 0, [], -1.0, 0.0
 
-    if config.resume:
-        model.load_state_dict(saved["model"])
-        ema.load_state_dict(saved["ema"])
+    if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])  # keeps this run's lambda: the schedule over config.epochs
         if config.epochs != saved["train_config"]["epochs"]:  # more epochs: the rest follows the longer schedule
@@ -281,15 +316,12 @@ def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] 
             scaler.load_state_dict(saved["scaler"])
         start_epoch, rows, best_map = saved["epoch"] + 1, list(saved["rows"]), saved["best_map50"]
         elapsed = saved["elapsed_s"]
-        write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))  # with the new settings
-        print(f"resuming {out} after epoch {start_epoch}")
-    else:
+        log(f"resuming {out} after epoch {start_epoch}")
+    if main:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    print(
-        f"training {config.model} on {len(records)} images ({root}), {config.epochs} epochs, device {device}, "
-        f"run folder {out}"
-    )
+        write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))  # with any new settings
+    where = f"{ctx.world_size} processes ({device.type}), global batch {config.batch}" if ctx.distributed else device
+    log(f"training {config.model} on {len(records)} images ({root}), {config.epochs} epochs, {where}, run folder {out}")
 
     def model_info(conf: float = 0.5, metrics: dict | None = None) -> ModelInfo:
         extra = {"train_config": config.to_dict()}
@@ -297,18 +329,21 @@ def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] 
 
     for epoch in range(start_epoch, config.epochs):
         t0 = time.time()
-        generator = seed_epoch(config.seed, epoch)
+        generator = seed_epoch(config.seed, epoch, ctx.rank)
+        sampler.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch, shuffle=True, drop_last=True, collate_fn=collate,
+            dataset, batch_size=local_batch, sampler=sampler, drop_last=True, collate_fn=collate,
             num_workers=config.workers, generator=generator,
         )  # fmt: skip
-        row = {
-            "epoch": epoch + 1,
-            **train_one_epoch(
-                model, criterion, optimizer, scheduler, loader, ema, device, epoch, config.grad_clip, scaler, progress
-            ),
-        }
+        losses = train_one_epoch(
+            model, criterion, optimizer, scheduler, loader, ema, device, epoch, config.grad_clip, scaler, progress,
+            config.freeze_bn,
+        )  # fmt: skip
+        row = {"epoch": epoch + 1, **{k: mean_over_ranks(v, ctx) for k, v in losses.items()}}
         last = epoch + 1 == config.epochs
+        if not main:  # rank 0 validates and writes; the others wait for it
+            barrier(ctx)
+            continue
         if last or (epoch + 1) % config.val_every == 0:
             predictor = TorchPredictor(ema.module, model_info(), device=str(device))
             metrics = score(predict_records(predictor, val_set.records, progress), val_set.records, class_names, 0.5)
@@ -322,19 +357,21 @@ def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] 
         row["time_s"] = round(elapsed, 1)
         rows.append(row)
         _write_csv(out / "metrics.csv", rows)
-        save_checkpoint(out / "last.pt", {
-            "format": "bloodcell-model", "info": model_info().to_dict(), "model": model.state_dict(),
+        save_checkpoint(out / "last.pt", training_payload(unwrap(model), model_info(), {
             "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "rows": rows, "best_map50": best_map, "elapsed_s": elapsed,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "train_config": config.to_dict(),
-        })  # fmt: skip
+        }))  # fmt: skip
         summary = f"epoch {epoch + 1}/{config.epochs} loss {row['loss']:.3f} ({elapsed / 60:.1f} min)"
         if "val_map50" in row:
             summary += f" val mAP@0.5 {row['val_map50']:.4f} (best {best_map:.4f})"
         print(summary, flush=True)
         plot_training(rows, out / "results.png")
+        barrier(ctx)
 
+    if not main:
+        return TrainResult(out, out / "best.pt", best_map, None, elapsed)
     metrics = fit_counting_file(out / "best.pt", val_set.records, extra={"train_wall_time_s": round(elapsed, 1)})
     return TrainResult(out, out / "best.pt", metrics.voc_map50, metrics, elapsed)
 

@@ -22,12 +22,16 @@ def validate(
     out: str | Path | None = None,
     json_path: str | Path | None = None,
     cell_size: float | str | None = "auto",
+    device: str = "auto",
+    batch: int = 1,
+    threads: int | None = None,
 ) -> DetectionMetrics:
-    """Score a model file on a split of a VOC folder or dataset YAML. ``conf``: --conf text (None: the model's)."""
-    predictor = load_predictor(model)
+    """Score a model file on a split of a VOC folder or dataset YAML. ``conf``: --conf text (None: the model's).
+    ``device``/``batch``: where a .pt model runs and how many images per pass (results do not depend on them)."""
+    predictor = load_predictor(model, device=device, threads=threads, batch=batch)
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
     dataset = load_dataset(data_root, split=split, class_names=tuple(predictor.class_names))
-    metrics = evaluate(predictor, dataset.records, conf=thresholds, progress=True, cell_size=cell_size)
+    metrics = evaluate(predictor, dataset.records, conf=thresholds, progress=True, cell_size=cell_size, batch=batch)
     if out:
         plot_pr_curves(metrics, Path(out) / "pr_curves.png")
         plot_confusion(metrics, Path(out) / "confusion_matrix.png")

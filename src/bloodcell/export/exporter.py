@@ -1,8 +1,10 @@
 """`bloodcell export`: a trained .pt model -> ONNX or TFLite (fp32 or full-integer int8).
 
-Each file gets a metadata sidecar ``<file>.json`` (class names, input size and layout,
-quantization, operating threshold, strides, source sha256, ops) that the torch-free runtime
-reads; decoding and NMS stay outside the graph (``bloodcell.runtime.postprocess``).
+Each file gets its metadata (class names, input size and layout, quantization, operating
+threshold, strides, source sha256, ops; schema in ``bloodcell.runtime.metadata``) twice: as the
+sidecar ``<file>.json`` and embedded in the file itself (ONNX ``metadata_props``, TFLite
+``Model.metadata``, both named ``bloodcell``), so a model file copied alone still runs. Decoding
+and NMS stay outside the graph (``bloodcell.runtime.postprocess``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from bloodcell.export.formats import get_format
 from bloodcell.export.graph import ExportGraph
 from bloodcell.models.checkpoint import ModelInfo, load_model, sha256_file
 from bloodcell.models.registry import MODELS
+from bloodcell.runtime.metadata import EMBED_KEY, FORMAT, FORMAT_VERSION, parse_metadata
 from bloodcell.weights import default_model
 
 OPSET = 17
@@ -74,6 +77,9 @@ def export_model(
     example = torch.zeros(1, height, width, 3)
 
     meta = _metadata(info, source, fmt, int8, (width, height), tuple(net.strides))
+    meta.update(extra_metadata or {})
+    # Checked before the (slow) conversion: an export that the runtime would refuse is never written.
+    parse_metadata(meta, f"{out} (metadata of {source.name})")
     if fmt == "onnx":
         _export_onnx(graph, example, out, meta)
     else:
@@ -84,7 +90,7 @@ def export_model(
             meta["calibration_images"] = len(calibration)
         _export_tflite(graph, example, out, int8, calibration, qat_state)
         meta.update(_tflite_io(out, len(info.class_names)))
-    meta.update(extra_metadata or {})
+        embed_tflite_metadata(out, json.dumps(meta))
     meta_path = out.with_name(out.name + ".json")
     write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return ExportResult(out, meta_path, out.stat().st_size, meta)
@@ -92,7 +98,8 @@ def export_model(
 
 def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[int, int], strides) -> dict:
     return {
-        "format": "bloodcell-export",
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "version": __version__,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model_format": fmt,
@@ -133,8 +140,9 @@ def _export_onnx(graph: torch.nn.Module, example: torch.Tensor, out: Path, meta:
     except Exception as e:  # the exporter raises many types
         raise BloodcellError(f"ONNX export failed: {type(e).__name__}: {str(e)[:200]}") from None
     model = onnx.load_from_string(buffer.getvalue())
+    model.metadata_props.add(key=EMBED_KEY, value=json.dumps(meta))  # what the runtime reads
     for key in ("class_names", "input_size", "strides", "conf", "iou_threshold", "source_sha256"):
-        model.metadata_props.add(key=key, value=json.dumps(meta[key]))
+        model.metadata_props.add(key=key, value=json.dumps(meta[key]))  # one per key, for viewers like Netron
     data = model.SerializeToString()
     try:  # checked by the ONNX checker and by running it once, before anything is written
         onnx.checker.check_model(model)
@@ -172,6 +180,38 @@ def _export_tflite(graph, example, out: Path, int8: bool, calibration, qat_state
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def embed_tflite_metadata(path: Path, text: str) -> None:
+    """Put ``text`` in ``path``'s Model.metadata under ``bloodcell`` (a buffer holding it), in place.
+
+    Through the flatbuffer object API that ai_edge_litert ships (unpack, add, repack), as
+    TensorFlow's flatbuffer_utils and the TFLite metadata populator do; tensors, ops and
+    signatures are carried over unchanged."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = path.read_bytes()
+    model = schema.ModelT.InitFromPackedBuf(data, 0)
+    model.buffers = model.buffers or []
+    for buffer in model.buffers:  # buffers stored past the flatbuffer (models over 2 GB) move inside it
+        if buffer.offset > 1:
+            buffer.data = np.frombuffer(data[buffer.offset : buffer.offset + buffer.size], np.uint8)
+            buffer.offset = buffer.size = 0
+    payload = schema.BufferT()
+    payload.data = np.frombuffer(text.encode(), np.uint8)
+    entry = next((m for m in model.metadata or [] if m.name in (EMBED_KEY, EMBED_KEY.encode())), None)
+    if entry is None:
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = EMBED_KEY, len(model.buffers)
+        model.buffers.append(payload)
+        model.metadata = [*(model.metadata or []), entry]
+    else:  # embedding twice replaces the first copy
+        model.buffers[entry.buffer] = payload
+    builder = flatbuffers.Builder(len(data) + len(text) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    with atomic_open(path, "wb") as f:
+        f.write(builder.Output())
 
 
 def tflite_ops(path: str | Path) -> list[str]:

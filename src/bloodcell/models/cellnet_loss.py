@@ -108,7 +108,7 @@ class CellNetLoss(nn.Module):
             pos_gt.append(gt)
 
         self._missing_labels(cls_target, weight, targets, teacher)
-        num_pos = max(sum(len(p) for p in pos_pred), 1)
+        num_pos = max(_mean_over_ranks(sum(len(p) for p in pos_pred), cls.device), 1.0)
         # Quality focal loss: BCE towards the IoU target, modulated by |target - sigmoid|^2.
         if self.probabilities:
             prob = cls.float().clamp(1e-6, 1 - 1e-6)
@@ -147,3 +147,14 @@ class CellNetLoss(nn.Module):
                 sure = negative & (score >= 2 * self.tau)
                 cls_target[b][sure] = score[sure]
                 weight[b][sure] = 1.0
+
+
+def _mean_over_ranks(n: int, device: torch.device) -> float:
+    """Positives per process averaged over DDP processes: dividing by it makes the averaged
+    gradients those of one process on the global batch (FCOS/YOLO references do the same)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return float(n)
+    t = torch.tensor([float(n)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t) / dist.get_world_size()

@@ -93,6 +93,33 @@ def model_payload(model: nn.Module, info: ModelInfo, half: bool = False) -> dict
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "info": info.to_dict(), "model": state}
 
 
+#: What --resume needs from last.pt besides the model file's header, info and weights.
+TRAINING_KEYS = ("ema", "optimizer", "scheduler", "scaler", "epoch", "rows", "best_map50", "elapsed_s", "train_config")
+
+
+def training_payload(model: nn.Module, info: ModelInfo, state: dict[str, Any]) -> dict[str, Any]:
+    """last.pt: a model file (``load_model`` reads it) plus the training ``state`` (``TRAINING_KEYS``)."""
+    if set(state) != set(TRAINING_KEYS):
+        raise ValueError(f"training state keys {sorted(state)} != {sorted(TRAINING_KEYS)}")
+    return {**model_payload(model, info), "kind": "training", **state}
+
+
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A last.pt written by ``training_payload`` of this format version; anything else is a clear ModelError."""
+    payload = read_checkpoint(path)
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        # The training state has no migration: an older or newer layout cannot be resumed safely.
+        found = "no format version (an older bloodcell)" if version is None else f"format version {version}"
+        raise ModelError(
+            f"{path}: training checkpoint has {found}; this bloodcell resumes format version {FORMAT_VERSION} only: "
+            f"start a new run (another --out), or fine-tune from it with --model"
+        )
+    if payload.get("kind") != "training" or any(key not in payload for key in TRAINING_KEYS):
+        raise ModelError(f"{path}: a model file, not a training checkpoint (last.pt) that --resume can continue")
+    return payload
+
+
 def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

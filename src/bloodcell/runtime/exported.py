@@ -1,95 +1,86 @@
 """Predictors for exported models (ONNX, TFLite): numpy, Pillow and their runtime only, no torch.
 
-Both read the metadata sidecar ``<file>.json`` written by ``bloodcell export``, letterbox the
-image, run the graph, and decode with the same code as the torch predictor.
+Both read the metadata written by ``bloodcell export`` (the sidecar ``<file>.json``, else the copy
+embedded in the model file; validated, see ``bloodcell.runtime.metadata``), letterbox the image,
+run the graph, and decode with the same code as the torch predictor.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from bloodcell.errors import ModelError
-from bloodcell.runtime.counting import Calibration
+from bloodcell.runtime.metadata import (
+    ExportMetadata,
+    onnx_embedded,
+    read_sidecar,
+    resolve_metadata,
+    tflite_embedded,
+)
 from bloodcell.runtime.postprocess import PostprocessConfig, decode
 from bloodcell.runtime.preprocess import letterbox
+from bloodcell.runtime.timing import StageTimes, available_cores
 from bloodcell.types import Detections
-
-
-def metadata_path(path: Path) -> Path:
-    """<file>.json; for edgetpu_compiler's X_edgetpu.tflite, the sidecar of the X.tflite it came from."""
-    own = path.with_name(path.name + ".json")
-    if not own.exists() and path.stem.endswith("_edgetpu"):
-        return path.with_name(path.stem.removesuffix("_edgetpu") + path.suffix + ".json")
-    return own
-
-
-def read_metadata(path: Path) -> dict:
-    meta_path = metadata_path(path)
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{meta_path}: metadata missing; export the model again with `bloodcell export`") from None
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{meta_path}: unreadable metadata ({e})") from None
-    if meta.get("format") != "bloodcell-export":
-        raise ModelError(f"{meta_path}: not a bloodcell export metadata file")
-    return meta
 
 
 class ExportedPredictor:
     """Shared by the runtimes: letterbox -> run -> decode -> map boxes back to the image."""
 
-    def __init__(self, path: Path, meta: dict) -> None:
+    def __init__(self, path: Path, metadata: ExportMetadata) -> None:
         self.path = path
-        self.meta = meta
-        self.class_names = tuple(meta["class_names"])
-        self.input_size = tuple(meta["input_size"])
-        self.strides = tuple(meta["strides"])
-        conf = meta["conf"]
-        self.conf = tuple(float(v) for v in conf) if isinstance(conf, list) else float(conf)
-        self.calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
-        self.cell_size = None if meta.get("cell_size") is None else float(meta["cell_size"])
-        self.post = PostprocessConfig(iou_threshold=float(meta["iou_threshold"]))
+        self.metadata = metadata
+        self.class_names = metadata.class_names
+        self.input_size = metadata.input_size
+        self.strides = metadata.strides
+        self.conf = metadata.conf
+        self.calibration = metadata.calibration
+        self.cell_size = metadata.cell_size
+        self.post = PostprocessConfig(iou_threshold=metadata.iou_threshold)
+        self.times = StageTimes()
 
     def describe(self) -> dict:
         """Architecture, format, metrics and name, from the export metadata."""
-        meta = self.meta
-        architecture = meta.get("architecture")
+        meta = self.metadata
         return {
-            "name": architecture,
-            "architecture": architecture,
-            "format": meta.get("model_format"),
-            "metrics": meta.get("source_metrics") or None,
+            "name": meta.architecture,
+            "architecture": meta.architecture,
+            "format": meta.model_format,
+            "metrics": meta.source_metrics or None,
         }
 
     def run(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections:
-        canvas, lb = letterbox(image, self.input_size)
-        scores, boxes = self.run(canvas)
-        post = PostprocessConfig(min_score, self.post.iou_threshold, self.post.pre_nms_topk, self.post.max_detections)
-        dets = decode(scores, boxes, self.input_size, self.strides, post, probabilities=True)
-        return Detections(lb.to_image(dets.boxes), dets.labels, dets.scores)
+        with self.times.stage("letterbox"):
+            canvas, lb = letterbox(image, self.input_size)
+        with self.times.stage("network"):
+            scores, boxes = self.run(canvas)
+        with self.times.stage("decode"):
+            post = replace(self.post, min_score=min_score)
+            dets = decode(scores, boxes, self.input_size, self.strides, post, probabilities=True)
+            return Detections(lb.to_image(dets.boxes), dets.labels, dets.scores)
 
 
 class OnnxPredictor(ExportedPredictor):
     def __init__(self, path: Path, threads: int | None = None) -> None:
-        super().__init__(path, read_metadata(path))
+        sidecar = read_sidecar(path)  # a broken sidecar is reported before any runtime is needed
         try:
             import onnxruntime as ort
         except ImportError:
             raise ModelError("ONNX models need onnxruntime: pip install 'bloodcell[lite]'") from None
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads or available_cores()
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: onnxruntime cannot load it ({str(e)[:160]})") from None
+        super().__init__(path, resolve_metadata(path, sidecar, onnx_embedded(self.session)))
+        outputs = [o.shape for o in self.session.get_outputs()]
+        self.metadata.check_graph(path, self.session.get_inputs()[0].shape, outputs)
 
     def run(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores, boxes = self.session.run(["scores", "boxes"], {"images": canvas[None].astype(np.float32)})
@@ -122,16 +113,22 @@ EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "
 
 class TFLitePredictor(ExportedPredictor):
     def __init__(self, path: Path, threads: int | None = None, edgetpu: bool = False) -> None:
-        super().__init__(path, read_metadata(path))
+        sidecar = read_sidecar(path)  # a broken sidecar is reported before any runtime is needed
         interpreter = _interpreter_module()
         delegates = [_edgetpu_delegate(interpreter)] if edgetpu else None
         try:
-            self.interpreter = interpreter.Interpreter(str(path), num_threads=threads, experimental_delegates=delegates)
+            # LiteRT's own default is a single thread; every core is what a user expects.
+            self.interpreter = interpreter.Interpreter(
+                str(path), num_threads=threads or available_cores(), experimental_delegates=delegates
+            )
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"{path}: LiteRT cannot load it ({str(e)[:160]})") from None
+        super().__init__(path, resolve_metadata(path, sidecar, tflite_embedded(path)))
         self.input = self.interpreter.get_input_details()[0]
-        self.scores_out, self.boxes_out = split_outputs(self.interpreter.get_output_details(), len(self.class_names))
+        outputs = self.interpreter.get_output_details()
+        self.metadata.check_graph(path, self.input["shape"], [d["shape"] for d in outputs])
+        self.scores_out, self.boxes_out = split_outputs(outputs, len(self.class_names))
 
     def _quantize(self, canvas: np.ndarray) -> np.ndarray:
         dtype = self.input["dtype"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,18 @@ def to_rgb_uint8(im: Image.Image) -> np.ndarray:
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im)
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """``load_image`` for bytes already read (from a bucket, an upload); errors name ``name``."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return np.ascontiguousarray(to_rgb_uint8(im))
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: cannot decode image (not a format Pillow reads)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{name}: cannot decode image ({e})") from None
 
 
 def load_image(path: str | Path) -> np.ndarray:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bloodcell.errors import ModelError
+from bloodcell.runtime.timing import available_cores
 from bloodcell.weights import default_model
 
 if TYPE_CHECKING:
@@ -13,9 +14,16 @@ if TYPE_CHECKING:
 
 
 def load_predictor(
-    path: str | Path | None = None, device: str = "cpu", threads: int | None = None, edgetpu: bool = False
+    path: str | Path | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    edgetpu: bool = False,
+    batch: int = 1,
 ) -> Predictor:
-    """A predictor for ``path`` (.pt, .onnx, .tflite); None loads the shipped model after checking its sha256."""
+    """A predictor for ``path`` (.pt, .onnx, .tflite); None loads the shipped model after checking its sha256.
+
+    ``device`` (auto, cpu, cuda, cuda:N) and ``batch`` > 1 are for .pt models; exported models run
+    one image per pass on the CPU (or the Edge TPU), so asking them for more is refused, not ignored."""
     expected = None
     if path is None:
         path, expected = default_model()
@@ -23,6 +31,10 @@ def load_predictor(
     suffix = path.suffix.lower()
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
+    if suffix != ".pt" and device not in ("cpu", "auto"):
+        raise ModelError(f"--device {device}: {path.name} runs on the CPU; GPU inference needs a .pt model")
+    if suffix != ".pt" and batch > 1:
+        raise ModelError(f"--batch {batch}: {path.name} takes one image per pass; batching needs a .pt model")
     if edgetpu and suffix != ".tflite":
         raise ModelError(f"--edgetpu needs a .tflite model compiled for the Edge TPU, not {path.name}")
     if suffix == ".onnx":
@@ -34,13 +46,13 @@ def load_predictor(
 
         return TFLitePredictor(path, threads=threads, edgetpu=edgetpu)
     if suffix == ".pt":
+        import torch
+
         from bloodcell.models.checkpoint import load_model
         from bloodcell.runtime.torch_predictor import TorchPredictor
 
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
+        # torch's default counts physical cores (1 on a 2-vCPU cloud machine); use every core given to us.
+        torch.set_num_threads(threads or available_cores())
         model, info = load_model(path, expected_sha256=expected)
         return TorchPredictor(model, info, device=device)
     raise ModelError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected .pt, .onnx or .tflite")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Protocol
 
@@ -13,7 +16,8 @@ import numpy as np
 from bloodcell.errors import ImageError
 from bloodcell.runtime.counting import Calibration, Conf, above, class_thresholds, count_intervals
 from bloodcell.runtime.images import load_image
-from bloodcell.runtime.scaling import detect_cells
+from bloodcell.runtime.scaling import ScaledDetections, detect_cells_batch
+from bloodcell.runtime.timing import StageTimes
 from bloodcell.types import Detections
 
 
@@ -25,6 +29,7 @@ class Predictor(Protocol):
     conf: Conf  # operating point(s) for counts, one per class
     calibration: Calibration | None  # score -> P(real cell), for count intervals
     cell_size: float | None  # red-cell diameter (px) the model was trained at
+    times: StageTimes  # letterbox / network / decode time of the passes since last taken
 
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections: ...
 
@@ -91,6 +96,32 @@ class ImageResult:
         return record
 
 
+def _result(
+    predictor: Predictor, image: np.ndarray, path: Path, conf: Conf, min_score: float | None, scaled: ScaledDetections
+) -> ImageResult:
+    thresholds = class_thresholds(conf, len(predictor.class_names))
+    min_score = float(thresholds.min()) if min_score is None else min_score
+    dets = scaled.detections
+    counts = above(dets, conf, len(predictor.class_names)).counts(tuple(predictor.class_names))
+    intervals = count_intervals(dets, tuple(predictor.class_names), predictor.calibration, counts)
+    keep = min(float(thresholds.min()), min_score)
+    dets = dets[dets.scores >= keep] if len(dets) else dets
+    h, w = image.shape[:2]
+    result = ImageResult(path, w, h, dets, conf, tuple(predictor.class_names), {}, image=image)
+    result.min_score = min_score
+    result.intervals = intervals
+    result.scale = scaled.scale
+    return result
+
+
+def _lowest_score(predictor: Predictor, conf: Conf, min_score: float | None) -> float:
+    """The lowest score any output needs: counts, listed boxes, and the calibration's floor."""
+    thresholds = class_thresholds(conf, len(predictor.class_names))
+    min_score = float(thresholds.min()) if min_score is None else min_score
+    calibration = predictor.calibration
+    return min(float(thresholds.min()), min_score, calibration.floor if calibration else 1.0)
+
+
 def predict_image(
     predictor: Predictor,
     image: np.ndarray,
@@ -101,26 +132,61 @@ def predict_image(
 ) -> ImageResult:
     """Detect and count cells in one RGB image. ``min_score``: the lowest score kept in the result
     (default: the lowest operating point, so exactly the counted boxes and their classes' peers)."""
+    return predict_images(predictor, [image], [path], conf, min_score, cell_size)[0]
+
+
+def predict_images(
+    predictor: Predictor,
+    images: Sequence[np.ndarray],
+    paths: Sequence[Path],
+    conf: Conf,
+    min_score: float | None = None,
+    cell_size: float | str | None = "auto",
+) -> list[ImageResult]:
+    """``predict_image`` for several images at once: batched network passes where the predictor
+    offers ``predict_batch`` (the torch predictor), one by one otherwise. Same results either way."""
     t0 = time.perf_counter()
-    thresholds = class_thresholds(conf, len(predictor.class_names))
-    min_score = float(thresholds.min()) if min_score is None else min_score
-    calibration = getattr(predictor, "calibration", None)
-    lowest = min(float(thresholds.min()), min_score, calibration.floor if calibration else 1.0)
-    scaled = detect_cells(
-        predictor, image, lowest, cell_size=cell_size, reference=getattr(predictor, "cell_size", None)
-    )
-    dets = scaled.detections
-    counts = above(dets, conf, len(predictor.class_names)).counts(tuple(predictor.class_names))
-    intervals = count_intervals(dets, tuple(predictor.class_names), calibration, counts)
-    keep = min(float(thresholds.min()), min_score)
-    dets = dets[dets.scores >= keep] if len(dets) else dets
-    ms = (time.perf_counter() - t0) * 1000
-    h, w = image.shape[:2]
-    result = ImageResult(path, w, h, dets, conf, tuple(predictor.class_names), {"inference": ms}, image=image)
-    result.min_score = min_score
-    result.intervals = intervals
-    result.scale = scaled.scale
-    return result
+    predictor.times.take()  # only this call's passes
+    lowest = _lowest_score(predictor, conf, min_score)
+    scaled = detect_cells_batch(predictor, images, lowest, cell_size=cell_size, reference=predictor.cell_size)
+    results = [
+        _result(predictor, im, Path(p), conf, min_score, s) for im, p, s in zip(images, paths, scaled, strict=True)
+    ]
+    n = max(1, len(images))
+    stages = {k: v / n for k, v in predictor.times.take().items()}  # a batch's time, shared out
+    ms = (time.perf_counter() - t0) * 1000 / n
+    for r in results:
+        r.timing_ms.update(stages, inference=ms)
+    return results
+
+
+def _timed_load(path: Path) -> tuple[np.ndarray | ImageError, float]:
+    t0 = time.perf_counter()
+    try:
+        image: np.ndarray | ImageError = load_image(path)
+    except ImageError as e:
+        image = e
+    return image, (time.perf_counter() - t0) * 1000
+
+
+def load_ahead(
+    paths: Iterable[Path], workers: int, depth: int
+) -> Iterator[tuple[Path, np.ndarray | ImageError, float]]:
+    """Decode images in ``workers`` threads (Pillow releases the GIL), at most ``depth`` ahead, in order."""
+    if workers <= 1:
+        for path in paths:
+            yield (Path(path), *_timed_load(Path(path)))
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="bloodcell-load") as pool:
+        pending: deque = deque()
+        for path in paths:
+            pending.append((Path(path), pool.submit(_timed_load, Path(path))))
+            if len(pending) >= depth:
+                p, fut = pending.popleft()
+                yield (p, *fut.result())
+        while pending:
+            p, fut = pending.popleft()
+            yield (p, *fut.result())
 
 
 def predict_paths(
@@ -130,20 +196,30 @@ def predict_paths(
     min_score: float | None = None,
     keep_image: bool = True,
     cell_size: float | str | None = "auto",
+    batch: int = 1,
+    load_workers: int = 1,
 ) -> Iterator[ImageResult]:
-    """Yield one ImageResult per path; unreadable files yield a result with ``error`` set."""
+    """Yield one ImageResult per path, in order; unreadable files yield a result with ``error`` set.
+
+    ``batch``: images per network pass (worth it on a GPU); ``load_workers``: decoding threads.
+    """
     conf = predictor.conf if conf is None else conf
     min_score = float(class_thresholds(conf, len(predictor.class_names)).min()) if min_score is None else min_score
-    for path in paths:
-        t0 = time.perf_counter()
-        try:
-            image = load_image(path)
-        except ImageError as e:
-            yield ImageResult(Path(path), conf=conf, class_names=tuple(predictor.class_names), error=str(e))
-            continue
-        load_ms = (time.perf_counter() - t0) * 1000
-        result = predict_image(predictor, image, Path(path), conf, min_score, cell_size)
-        result.timing_ms["load"] = load_ms
-        if not keep_image:
-            result.image = None
-        yield result
+    loaded = load_ahead(paths, load_workers, depth=max(2 * batch, 2 * load_workers))
+    while True:
+        group = list(islice(loaded, batch))
+        if not group:
+            return
+        good = [(p, im, ms) for p, im, ms in group if not isinstance(im, ImageError)]
+        results = iter(
+            predict_images(predictor, [g[1] for g in good], [g[0] for g in good], conf, min_score, cell_size)
+        )
+        for path, image, load_ms in group:
+            if isinstance(image, ImageError):
+                yield ImageResult(path, conf=conf, class_names=tuple(predictor.class_names), error=str(image))
+                continue
+            result = next(results)
+            result.timing_ms["load"] = load_ms
+            if not keep_image:
+                result.image = None
+            yield result

@@ -20,6 +20,7 @@ slicing libraries (SAHI) assume a fixed scale and bring torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,11 +73,20 @@ def _pad_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return canvas
 
 
+def _windows(predictor: RawPredictor, images: Sequence[np.ndarray], min_score: float) -> list[Detections]:
+    """One network pass per image no larger than the input: padded, never resized; batched when
+    the predictor can (``predict_batch``: the torch predictor on a GPU)."""
+    padded = [_pad_to(im, predictor.input_size) for im in images]
+    batch = getattr(predictor, "predict_batch", None)
+    found = batch(padded, min_score=min_score) if batch else [predictor.predict(p, min_score=min_score) for p in padded]
+    return [
+        Detections(box_ops.clip(d.boxes, im.shape[1], im.shape[0]), d.labels, d.scores)
+        for d, im in zip(found, images, strict=True)
+    ]
+
+
 def _window(predictor: RawPredictor, image: np.ndarray, min_score: float) -> Detections:
-    """One network pass on an image no larger than the input: padded, never resized."""
-    h, w = image.shape[:2]
-    dets = predictor.predict(_pad_to(image, predictor.input_size), min_score=min_score)
-    return Detections(box_ops.clip(dets.boxes, w, h), dets.labels, dets.scores)
+    return _windows(predictor, [image], min_score)[0]
 
 
 def _starts(length: int, tile: int, step: int) -> list[int]:
@@ -135,17 +145,22 @@ def _measure(predictor: RawPredictor, image: np.ndarray, scale: float, rbc_conf:
 
 
 def estimate_scale(
-    predictor: RawPredictor, image: np.ndarray, reference: float, min_score: float = 0.001
+    predictor: RawPredictor,
+    image: np.ndarray,
+    reference: float,
+    min_score: float = 0.001,
+    native: Detections | None = None,
 ) -> tuple[float, Detections | None]:
     """Scale that brings this image's red cells to ``reference`` px, and, when the image is one
     window at scale 1, the detections of that pass (so no second pass is needed).
 
     Cells far from the trained size come back with boxes biased towards it, so an estimate
-    away from 1 is measured once more at the scale it proposes (one more window pass)."""
+    away from 1 is measured once more at the scale it proposes (one more window pass).
+    ``native``: the detections of the central window at scale 1 when already computed (batches)."""
     rbc_conf = float(class_thresholds(predictor.conf, len(predictor.class_names))[0])
     window = _central(image, predictor.input_size)
     whole = window.shape[:2] == image.shape[:2]
-    native = _window(predictor, window, min_score)
+    native = _window(predictor, window, min_score) if native is None else native
     sizes = _rbc_sizes(native, rbc_conf)
     if len(sizes) >= MIN_CELLS:
         diameter: float | None = float(np.median(sizes))
@@ -168,12 +183,14 @@ def detect_cells(
     min_score: float = 0.001,
     cell_size: float | str | None = "auto",
     reference: float | None = None,
+    native: Detections | None = None,
 ) -> ScaledDetections:
     """Detections in ``image``'s own pixels with cells brought to the trained size.
 
     ``cell_size``: "auto" (estimate), a red-cell diameter in pixels, or None (scale 1, tiles
     when the image is larger than the input). ``reference``: the red-cell diameter the model
     knows (default: ``predictor.cell_size``; a model that records none is letterboxed as is).
+    ``native``: see ``estimate_scale``.
     """
     reference = reference or getattr(predictor, "cell_size", None)
     if reference is None and cell_size in ("auto", None):
@@ -184,7 +201,7 @@ def detect_cells(
         raise ConfigError("--cell-size needs a model that records its trained cell size; use 'auto' or 'none'")
     estimated, scale, first = False, 1.0, None
     if cell_size == "auto":
-        scale, first = estimate_scale(predictor, image, reference, min_score)
+        scale, first = estimate_scale(predictor, image, reference, min_score, native)
         estimated = True
     elif cell_size is not None:
         scale = float(np.clip(reference / float(cell_size), *SCALE_RANGE))
@@ -195,3 +212,28 @@ def detect_cells(
     h, w = image.shape[:2]
     boxes = box_ops.clip(dets.boxes / scale, w, h) if scale != 1.0 else dets.boxes
     return ScaledDetections(Detections(boxes, dets.labels, dets.scores), scale, passes, estimated)
+
+
+def detect_cells_batch(
+    predictor: RawPredictor,
+    images: Sequence[np.ndarray],
+    min_score: float = 0.001,
+    cell_size: float | str | None = "auto",
+    reference: float | None = None,
+) -> list[ScaledDetections]:
+    """``detect_cells`` for several images, with the pass every image needs batched: the letterbox
+    pass (models without a trained cell size) or the scale-1 central window of the estimate. For
+    640x480 frames at the trained scale that is the only pass; other images go on one by one."""
+    reference = reference or getattr(predictor, "cell_size", None)
+    batch = getattr(predictor, "predict_batch", None)
+    if batch is None or len(images) < 2:
+        return [detect_cells(predictor, im, min_score, cell_size, reference) for im in images]
+    if reference is None and cell_size in ("auto", None):
+        return [ScaledDetections(d, 1.0, 1, False) for d in batch(list(images), min_score=min_score)]
+    if cell_size != "auto":
+        return [detect_cells(predictor, im, min_score, cell_size, reference) for im in images]
+    natives = _windows(predictor, [_central(im, predictor.input_size) for im in images], min_score)
+    return [
+        detect_cells(predictor, im, min_score, cell_size, reference, native=n)
+        for im, n in zip(images, natives, strict=True)
+    ]

@@ -3,6 +3,9 @@
 For each format: file size, VOC mAP@0.5 on a split (the same evaluator as `bloodcell val`) and
 the median latency per image after warm-up (letterbox + network + decode), like Ultralytics'
 benchmark. Exports are written to the output folder and reused by nothing else.
+
+It lives in ``export`` (not ``engine``): it exports, and only a later stage may import an earlier
+one (data -> models -> engine -> export -> app; tests/test_layering.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING
 from bloodcell.atomic import write_text
 from bloodcell.data.voc import load_voc
 from bloodcell.engine.evaluate import score
+from bloodcell.export.formats import FORMATS, ExportFormat
 from bloodcell.runtime.counting import class_thresholds
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
@@ -35,6 +39,26 @@ class BenchmarkRow:
     map50: float | None
     median_ms: float | None
     error: str = ""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One export to benchmark: a format of the table, fp32 or int8 (post-training quantized)."""
+
+    format: ExportFormat
+    int8: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.format.name} {'int8 (PTQ)' if self.int8 else 'fp32'}"
+
+    def file_name(self, stem: str) -> str:
+        return f"{stem}{'_int8' if self.int8 else ''}{self.format.suffix}"
+
+
+def variants() -> list[Variant]:
+    """Every format of ``bloodcell.export.formats.FORMATS`` in fp32, and in int8 where it allows it."""
+    return [Variant(fmt, int8) for fmt in FORMATS.values() for int8 in (False, True) if fmt.int8 or not int8]
 
 
 def latencies_ms(predictor: Predictor, images: list, warmup: int = 3) -> list[float]:
@@ -68,23 +92,20 @@ def benchmark(
     calib_images: int = 32,
 ) -> list[BenchmarkRow]:
     """Export ``model`` to every format, then score and time each (plus ``extra`` files, e.g. a QAT export)."""
+    # imported here: the exporter brings torch, and ``latencies_ms`` times .tflite/.onnx models without it
     from bloodcell.export.exporter import export_model
 
     out = Path(out)
     source = Path(model) if model else default_model()[0]
     records = load_voc(data, split=split).records
     candidates: list[tuple[str, Path | None, str]] = [("torch fp32", source, "")]
-    for name, fmt, suffix, int8 in (
-        ("onnx fp32", "onnx", ".onnx", False),
-        ("tflite fp32", "tflite", ".tflite", False),
-        ("tflite int8 (PTQ)", "tflite", "_int8.tflite", True),
-    ):
-        path = out / f"{source.stem}{suffix}"
+    for variant in variants():
+        path = out / variant.file_name(source.stem)
         try:
-            export_model(model, fmt, path, int8=int8, calib_images=calib_images, data=data)
-            candidates.append((name, path, ""))
+            export_model(model, variant.format.name, path, int8=variant.int8, calib_images=calib_images, data=data)
+            candidates.append((variant.label, path, ""))
         except Exception as e:  # one failed export must not hide the others
-            candidates.append((name, None, f"{type(e).__name__}: {str(e)[:100]}"))
+            candidates.append((variant.label, None, f"{type(e).__name__}: {str(e)[:100]}"))
     candidates += [(f"extra: {Path(p).name}", Path(p), "") for p in extra or []]
 
     rows = []

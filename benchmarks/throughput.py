@@ -1,0 +1,96 @@
+"""Archive throughput: images/s of `predict`, the local engine (1 and 2 workers) and Ray (2 workers).
+
+    python benchmarks/throughput.py [--data ../shared/data/BCCD] [--images 364] [--device cpu] [--out runs/throughput]
+
+Every configuration counts the same images (all of BCCD's JPEGImages by default, 640x480) with the
+shipped model, from a cold start: the time includes loading the model in each worker (and starting
+Ray), and is also given from the first finished image on ("steady"), which is what a long archive
+job sees. Workers get one thread each, so "2 workers" is against "1 worker, 1 thread".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from bloodcell.app.archive.engines import make_engine
+from bloodcell.app.archive.rows import PredictorSpec
+from bloodcell.runtime.loader import load_predictor
+from bloodcell.runtime.predict import predict_paths
+from bloodcell.weights import default_model
+
+
+def isa() -> str:
+    flags = Path("/proc/cpuinfo").read_text().split()
+    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), platform.processor())  # fmt: skip
+    return f"{model}; {' '.join(have) or 'no AVX2'}"
+
+
+def run_engine(name: str, workers: int, threads: int, uris: list[str], device: str) -> dict:
+    spec = PredictorSpec(str(default_model()[0]), "bench", "bench", device, threads, 1, None, "auto")
+    engine = make_engine(name, spec, workers, None)
+    t0 = time.perf_counter()
+    first, n = None, 0
+    for rows in engine.run(uris):
+        n += len(rows)
+        if first is None:
+            first, first_n = time.perf_counter(), n
+    end = time.perf_counter()
+    if name == "ray":
+        import ray
+
+        ray.shutdown()
+    steady = (n - first_n) / (end - first) if first and end > first else float("nan")
+    return {"images": n, "wall_s": round(end - t0, 2), "images_per_s": round(n / (end - t0), 2),
+            "steady_images_per_s": round(steady, 2)}  # fmt: skip
+
+
+def run_predict(paths: list[Path], device: str, batch: int) -> dict:
+    t0 = time.perf_counter()
+    predictor = load_predictor(None, device=device, batch=batch)  # threads: every core, as `bloodcell predict`
+    t1 = time.perf_counter()
+    n = sum(1 for _ in predict_paths(predictor, paths, keep_image=False, batch=batch, load_workers=2))
+    end = time.perf_counter()
+    return {"images": n, "wall_s": round(end - t0, 2), "images_per_s": round(n / (end - t0), 2),
+            "steady_images_per_s": round(n / (end - t1), 2)}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="../shared/data/BCCD")
+    p.add_argument("--images", type=int, default=364)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=1, help="images per pass for predict (GPU)")
+    p.add_argument("--configs", default="predict,local1,local2,ray2", help="which to run, comma-separated")
+    p.add_argument("--out", default="runs/throughput")
+    args = p.parse_args()
+
+    paths = sorted((Path(args.data) / "JPEGImages").glob("*.jpg"))[: args.images]
+    uris = [str(p.absolute()) for p in paths]
+    results = {"machine": isa(), "device": args.device, "images": len(paths)}
+    for config in args.configs.split(","):
+        if config == "predict":
+            results[config] = run_predict(paths, args.device, args.batch)
+        else:
+            engine = config.rstrip("0123456789")
+            workers = int(config.removeprefix(engine) or 1)
+            results[config] = run_engine(engine, workers, 1, uris, args.device)
+        print(config, results[config], flush=True)
+    if "local1" in results and "ray2" in results:
+        for key in ("images_per_s", "steady_images_per_s"):
+            results[f"ray2_vs_local1_{key}"] = round(results["ray2"][key] / results["local1"][key], 2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    shutil.rmtree(out / "tmp", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

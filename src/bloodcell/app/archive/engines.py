@@ -1,0 +1,135 @@
+"""Where the model runs: in this process, a local process pool, or a Ray cluster's actor pool.
+
+Every engine turns a list of URIs into row lists as they complete (any order); the job writes them."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Protocol
+
+from bloodcell.app.archive.rows import ImageWorker, PredictorSpec
+from bloodcell.errors import ConfigError
+
+ENGINES = ("local", "ray")
+
+
+class Engine(Protocol):
+    def run(self, uris: list[str]) -> Iterator[list[dict]]: ...
+
+
+def _task_size(spec: PredictorSpec) -> int:
+    return max(8, spec.batch)  # enough images per task that scheduling costs nothing
+
+
+_worker: ImageWorker | None = None
+
+
+def _init_process(spec: PredictorSpec) -> None:
+    global _worker
+    _worker = ImageWorker(spec)
+
+
+def _process_rows(uris: list[str]) -> list[dict]:
+    assert _worker is not None, "worker process not initialised"
+    return _worker.rows(uris)
+
+
+class LocalEngine:
+    """``workers`` processes, each with its own model and ``threads`` threads (default: the cores
+    shared out); one worker runs in this process. Spawned, not forked: torch's thread pools do not
+    survive a fork."""
+
+    def __init__(self, spec: PredictorSpec, workers: int = 1) -> None:
+        self.workers = workers
+        threads = spec.threads or max(1, (os.cpu_count() or 1) // workers)
+        self.spec = PredictorSpec(**{**spec.__dict__, "threads": threads})
+
+    def run(self, uris: list[str]) -> Iterator[list[dict]]:
+        size = _task_size(self.spec)
+        tasks = [uris[i : i + size] for i in range(0, len(uris), size)]
+        if self.workers == 1:
+            worker = ImageWorker(self.spec)
+            for task in tasks:
+                yield worker.rows(task)
+            return
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_init_process, initargs=(self.spec,)
+        ) as pool:
+            pending: set[Future] = set()
+            queue = iter(tasks)
+            for task in queue:  # keep every worker busy with one task queued behind it, no more
+                pending.add(pool.submit(_process_rows, task))
+                if len(pending) >= 2 * self.workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        yield fut.result()
+            for fut in pending:
+                yield fut.result()
+
+
+class _RayWorker:
+    """A Ray Data actor: one model per actor, for the actor's lifetime."""
+
+    def __init__(self, spec: PredictorSpec) -> None:
+        self.worker = ImageWorker(spec)
+        import pyarrow as pa
+
+        from bloodcell.app.archive.rows import schema
+
+        self.pa, self.schema = pa, schema(tuple(self.worker.predictor.class_names))
+
+    def __call__(self, batch: dict) -> object:
+        rows = self.worker.rows([str(u) for u in batch["uri"]])
+        return self.pa.Table.from_pylist(rows, schema=self.schema)
+
+
+class RayEngine:
+    """Ray Data: an actor pool of ``workers`` actors (1 CPU each, or 1 GPU each with a GPU device)
+    reading and predicting in parallel; joins ``address`` or starts a local Ray with ``workers`` CPUs."""
+
+    def __init__(self, spec: PredictorSpec, workers: int = 1, address: str | None = None) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("--engine ray needs Ray: pip install 'bloodcell[cluster]'") from None
+        self.gpu = spec.device.startswith("cuda")
+        self.spec = PredictorSpec(**{**spec.__dict__, "threads": spec.threads or 1})
+        self.workers, self.address = workers, address
+
+    def run(self, uris: list[str]) -> Iterator[list[dict]]:
+        import ray
+
+        if not ray.is_initialized():
+            if self.address:
+                ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+            else:
+                ray.init(num_cpus=self.workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the job shows one bar of its own
+        # Small inputs are cut finer so that every actor gets work.
+        size = max(1, min(_task_size(self.spec), -(-len(uris) // self.workers)))
+        items = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=-(-len(uris) // size))
+        rows = items.map_batches(
+            _RayWorker,
+            fn_constructor_kwargs={"spec": self.spec},
+            batch_size=size,
+            compute=ray.data.ActorPoolStrategy(size=self.workers),
+            num_cpus=0 if self.gpu else self.spec.threads,
+            num_gpus=1 if self.gpu else 0,
+            batch_format="numpy",
+        )
+        for table in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+            yield table.to_pylist()
+
+
+def make_engine(name: str, spec: PredictorSpec, workers: int, address: str | None) -> Engine:
+    if name not in ENGINES:
+        raise ConfigError(f"--engine {name!r}: choose from {list(ENGINES)}")
+    if address and name != "ray":
+        raise ConfigError("--address joins a Ray cluster; it needs --engine ray")
+    return RayEngine(spec, workers, address) if name == "ray" else LocalEngine(spec, workers)

@@ -1,0 +1,132 @@
+"""`bloodcell batch`: list the sources, skip what is written, run an engine, write Parquet parts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bloodcell.app.archive.engines import make_engine
+from bloodcell.app.archive.rows import PredictorSpec, content_hash, schema
+from bloodcell.app.archive.sources import expand, read_bytes
+from bloodcell.app.archive.store import ParquetStore
+from bloodcell.runtime.counting import parse_conf
+from bloodcell.runtime.loader import load_predictor
+from bloodcell.weights import default_model
+
+
+@dataclass
+class BatchSummary:
+    run_id: str
+    listed: int = 0  # images the sources named
+    skipped: int = 0  # already in the dataset with the same content
+    written: int = 0  # rows written by this run (bad images included)
+    failed: int = 0  # bad images, unreadable files and source problems
+    seconds: float = 0.0
+    totals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.written / self.seconds if self.seconds else 0.0
+
+    def __str__(self) -> str:
+        counts = ", ".join(f"{v} {k}" for k, v in self.totals.items())
+        return (
+            f"{self.written} images written, {self.skipped} skipped (already done), {self.failed} failed; "
+            f"{self.images_per_s:.1f} images/s; totals: {counts or 'none'}"
+        )
+
+
+def _unchanged(done: dict[str, set], uris: list[str]) -> set[str]:
+    """URIs already written with their current content (read and hashed again, in threads: I/O bound)."""
+    candidates = [u for u in uris if u in done]
+
+    def same(uri: str) -> bool:
+        try:
+            return content_hash(read_bytes(uri)) in done[uri]
+        except OSError:
+            return False  # unreadable now: the worker reports it
+
+    with ThreadPoolExecutor(8) as pool:
+        return {u for u, ok in zip(candidates, pool.map(same, candidates), strict=True) if ok}
+
+
+def run_batch(
+    sources: list[str],
+    out: str,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int = 1,
+    device: str = "cpu",
+    model: str | None = None,
+    threads: int | None = None,
+    batch: int = 1,
+    conf: str | None = None,
+    cell_size: float | str | None = "auto",
+    part_rows: int = 256,
+    progress: bool = True,
+) -> BatchSummary:
+    """Count cells in every image of ``sources`` into the Parquet dataset ``out`` (resumable).
+
+    ``conf``: --conf text (one operating point or per class; None keeps the model's)."""
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    summary = BatchSummary(run_id)
+    model_path = Path(model) if model else default_model()[0]
+    probe = load_predictor(model_path, device="cpu" if device == "auto" else device, batch=batch)  # fail fast
+    class_names = tuple(probe.class_names)
+    thresholds = None if conf is None else parse_conf(conf, class_names, probe.conf)
+    model_id = f"{probe.describe()['name']}@{content_hash(model_path.read_bytes())[:12]}"
+    del probe
+    expanded = expand(sources)
+    for problem in expanded.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    summary.failed += len(expanded.problems)
+    summary.listed = len(expanded.uris)
+    store = ParquetStore(out, schema(class_names))
+    skip = _unchanged(store.written(), expanded.uris)
+    todo = [u for u in expanded.uris if u not in skip]
+    summary.skipped = len(skip)
+    summary.totals = dict.fromkeys(class_names, 0)
+    spec = PredictorSpec(str(model_path), model_id, run_id, device, threads, batch, thresholds, cell_size)
+    runner = make_engine(engine, spec, workers, address)
+    t0 = time.perf_counter()
+    buffer: list[dict] = []
+    parts = 0
+
+    def flush() -> None:
+        nonlocal parts
+        if buffer:
+            store.write_part(buffer, f"part-{run_id}-{parts:05d}.parquet")
+            parts += 1
+            buffer.clear()
+
+    from tqdm import tqdm
+
+    with tqdm(total=len(todo), desc="batch", unit="img", disable=not progress, file=sys.stderr) as bar:
+        for rows in runner.run(todo) if todo else []:
+            for row in rows:
+                if row["error"]:
+                    print(f"error: {row['error']}", file=sys.stderr)
+                    summary.failed += 1
+                if row["sha256"] is None:
+                    continue  # unreadable: no row, so a rerun tries it again
+                for name, n in (row.get("counts") or {}).items():
+                    summary.totals[name] += n
+                buffer.append(row)
+                summary.written += 1
+                if len(buffer) >= part_rows:
+                    flush()
+            bar.update(len(rows))
+    flush()
+    summary.seconds = time.perf_counter() - t0
+    record = {k: v for k, v in asdict(summary).items() if k != "totals"}
+    record.update(
+        engine=engine, workers=workers, device=device, model=model_id, images_per_s=round(summary.images_per_s, 2)
+    )
+    record.update({f"total_{k}": v for k, v in summary.totals.items()})
+    store.write_summary(run_id, record)
+    return summary

@@ -1,0 +1,141 @@
+"""One Parquet row per image: what it is (path, content hash, size), what was found, and by which model."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bloodcell.app.archive.sources import read_bytes
+from bloodcell.errors import ImageError
+from bloodcell.runtime.counting import Conf
+from bloodcell.runtime.images import decode_image
+from bloodcell.runtime.loader import load_predictor
+from bloodcell.runtime.predict import ImageResult, Predictor, predict_images
+
+
+def schema(class_names: tuple[str, ...]):
+    """The dataset's columns; per-class counts are structs so a query reads ``counts.RBC``."""
+    import pyarrow as pa
+
+    per_class = pa.struct([(name, pa.int32()) for name in class_names])
+    detection = pa.struct([("label", pa.string()), ("score", pa.float32()), ("box", pa.list_(pa.float32(), 4))])
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("sha256", pa.string()),  # null when the file could not be read
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("counts", per_class),
+            ("count_lo90", per_class),
+            ("count_hi90", per_class),
+            ("scale", pa.float32()),
+            ("detections", pa.list_(detection)),
+            ("model", pa.string()),
+            ("error", pa.string()),  # null when the image was processed
+            ("run_id", pa.string()),
+            ("inference_ms", pa.float32()),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """What a worker needs to build its own predictor (picklable: sent to processes and Ray actors)."""
+
+    model: str | None
+    model_id: str
+    run_id: str
+    device: str = "cpu"
+    threads: int | None = None
+    batch: int = 1
+    conf: Conf | None = None
+    cell_size: float | str | None = "auto"
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _row(uri: str, digest: str | None, spec: PredictorSpec, **values: Any) -> dict:
+    return {"path": uri, "sha256": digest, "model": spec.model_id, "run_id": spec.run_id, "error": None, **values}
+
+
+def result_row(uri: str, digest: str, result: ImageResult, spec: PredictorSpec) -> dict:
+    names = result.class_names
+    lo = {n: (result.intervals or {}).get(n, (None, None))[0] for n in names}
+    hi = {n: (result.intervals or {}).get(n, (None, None))[1] for n in names}
+    counted = result.counted
+    return _row(
+        uri,
+        digest,
+        spec,
+        width=result.width,
+        height=result.height,
+        counts=result.counts,
+        count_lo90=lo if result.intervals else None,
+        count_hi90=hi if result.intervals else None,
+        scale=result.scale,
+        detections=[
+            {"label": names[int(label)], "score": float(score), "box": [float(v) for v in box]}
+            for box, label, score in zip(counted.boxes, counted.labels, counted.scores, strict=True)
+        ],
+        inference_ms=result.timing_ms.get("inference"),
+    )
+
+
+class ImageWorker:
+    """Holds one predictor (loaded once per process or actor) and turns URIs into rows.
+
+    A file that cannot be read or decoded becomes a row with ``error`` set; nothing is raised."""
+
+    def __init__(self, spec: PredictorSpec) -> None:
+        if spec.threads:
+            _limit_threads(spec.threads)
+        self.spec = spec
+        self.predictor: Predictor = load_predictor(
+            spec.model, device=spec.device, threads=spec.threads, batch=spec.batch
+        )
+        self.conf = self.predictor.conf if spec.conf is None else spec.conf
+
+    def rows(self, uris: list[str]) -> list[dict]:
+        out: dict[int, dict] = {}
+        good: list[tuple[int, str, str, Any]] = []
+        for i, uri in enumerate(uris):
+            try:
+                data = read_bytes(uri)
+            except OSError as e:
+                out[i] = _row(uri, None, self.spec, error=f"{uri}: cannot read ({e})")
+                continue
+            digest = content_hash(data)
+            try:
+                good.append((i, uri, digest, decode_image(data, uri)))
+            except ImageError as e:
+                out[i] = _row(uri, digest, self.spec, error=str(e))
+        for start in range(0, len(good), self.spec.batch):
+            part = good[start : start + self.spec.batch]
+            results = predict_images(
+                self.predictor,
+                [g[3] for g in part],
+                [Path(g[1]) for g in part],
+                self.conf,
+                cell_size=self.spec.cell_size,
+            )
+            for (i, uri, digest, _), result in zip(part, results, strict=True):
+                out[i] = result_row(uri, digest, result, self.spec)
+        return [out[i] for i in range(len(uris))]
+
+
+def _limit_threads(threads: int) -> None:
+    """One worker per core needs one thread per worker, in torch and in numpy's BLAS alike."""
+    import os
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:  # the torch-free runtime: onnxruntime/LiteRT take threads from the loader
+        pass

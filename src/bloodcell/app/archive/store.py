@@ -1,0 +1,67 @@
+"""The output: a Parquet dataset written in parts, each part whole or absent.
+
+A part is written under a dot-name (which readers skip) and then renamed, so a killed job leaves
+only complete parts; a rerun reads the (path, sha256) pairs already written and skips them."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import PurePosixPath
+
+from bloodcell.app.archive.sources import filesystem
+
+RUNS_DIR = "_runs"  # per-run summary CSVs; the underscore keeps Parquet readers away
+
+
+class ParquetStore:
+    def __init__(self, out: str, schema) -> None:
+        import pyarrow.fs as pafs
+
+        self.fs, self.root = filesystem(out)
+        self.schema = schema
+        info = self.fs.get_file_info(self.root)
+        if info.type == pafs.FileType.File:
+            from bloodcell.errors import ConfigError
+
+            raise ConfigError(f"--out {out}: is a file; expected a folder for the Parquet dataset")
+        self.fs.create_dir(self.root, recursive=True)
+
+    def _path(self, name: str) -> str:
+        return str(PurePosixPath(self.root) / name)
+
+    def written(self) -> dict[str, set[str | None]]:
+        """path -> content hashes already written (None: an unreadable file's row)."""
+        import pyarrow.dataset as pads
+
+        dataset = pads.dataset(
+            self.root, schema=self.schema, format="parquet", filesystem=self.fs
+        )  # skips '.' and '_' names
+        done: dict[str, set[str | None]] = {}
+        table = dataset.to_table(columns=["path", "sha256"])
+        for path, digest in zip(table.column("path").to_pylist(), table.column("sha256").to_pylist(), strict=True):
+            done.setdefault(path, set()).add(digest)
+        return done
+
+    def write_part(self, rows: list[dict], name: str) -> str:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        final, tmp = self._path(name), self._path(f".{name}.tmp")
+        with self.fs.open_output_stream(tmp) as f:
+            pq.write_table(table, f, compression="zstd")
+        self.fs.move(tmp, final)
+        return final
+
+    def write_summary(self, run_id: str, row: dict) -> str:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
+        self.fs.create_dir(self._path(RUNS_DIR), recursive=True)
+        final, tmp = self._path(f"{RUNS_DIR}/{run_id}.csv"), self._path(f"{RUNS_DIR}/.{run_id}.csv.tmp")
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(buf.getvalue().encode())
+        self.fs.move(tmp, final)
+        return final

@@ -1,0 +1,58 @@
+"""`bloodcell train --devices 0,1` (GPUs) or `--devices cpu:2` (gloo processes): torchrun, started for you.
+
+The same as typing `torchrun --standalone --nproc-per-node N -m bloodcell train ...` with the GPUs
+made visible; for several machines, run torchrun yourself (README: multi-node rendezvous).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from bloodcell.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Devices:
+    processes: int
+    gpus: tuple[int, ...] = ()  # empty: CPU processes
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus else "cpu"
+
+
+def parse_devices(text: str) -> Devices:
+    """``0,1`` (GPU indices) or ``cpu:N`` (N CPU processes)."""
+    if text.startswith("cpu:"):
+        n = text[4:]
+        if not n.isdigit() or int(n) < 1:
+            raise ConfigError(f"--devices {text!r}: cpu:N needs N >= 1 processes")
+        return Devices(int(n))
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+        raise ConfigError(f"--devices {text!r}: give GPU indices like 0,1 or cpu:N")
+    return Devices(len(parts), tuple(int(p) for p in parts))
+
+
+def torchrun_command(devices: Devices, train_argv: list[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices.processes}",
+        "-m", "bloodcell", "train", *train_argv, "--device", devices.device,
+    ]  # fmt: skip
+
+
+def launch(devices: Devices, train_argv: list[str], device_flag: str | None) -> int:
+    """Run training under torchrun; ``train_argv``: the train options without --devices/--device."""
+    if device_flag not in (None, "auto", devices.device) and not (devices.gpus and device_flag.startswith("cuda")):
+        raise ConfigError(f"--device {device_flag} contradicts --devices (which runs on {devices.device})")
+    env = dict(os.environ)
+    if devices.gpus:
+        import torch
+
+        if torch.cuda.device_count() <= max(devices.gpus):
+            raise ConfigError(f"--devices: GPU {max(devices.gpus)} not found ({torch.cuda.device_count()} visible)")
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices.gpus))
+    return subprocess.call(torchrun_command(devices, train_argv), env=env)

@@ -1,0 +1,132 @@
+"""`bloodcell batch`: sources, Parquet rows, resume after a kill, local and Ray engines agree with predict."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+import pyarrow.dataset as pads  # noqa: E402
+
+from bloodcell.app.archive import run_batch  # noqa: E402
+from bloodcell.app.archive.sources import expand  # noqa: E402
+from bloodcell.app.predict_job import run_predict  # noqa: E402
+
+SAMPLES = sorted((Path(__file__).resolve().parents[2] / "src/bloodcell/assets/samples").glob("*.jpg"))
+
+
+def read_rows(out: Path) -> list[dict]:
+    return pads.dataset(out, format="parquet").to_table().to_pylist()
+
+
+def predict_counts(paths: list[Path], tmp_path: Path) -> dict[str, dict[str, int]]:
+    """Counts from `bloodcell predict --csv` for the same images, keyed by absolute path."""
+    csv_path = tmp_path / "predict.csv"
+    assert run_predict([str(p) for p in paths], csv_path=str(csv_path), device="cpu") == 0
+    names = {p.name: str(p.absolute()) for p in paths}
+    with open(csv_path, newline="") as f:
+        return {names[r["image"]]: {k: int(r[k]) for k in ("RBC", "WBC", "Platelets")} for r in csv.DictReader(f)}
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    """The three samples, one again in a subfolder, and a file that is not an image."""
+    root = tmp_path / "archive"
+    (root / "day2").mkdir(parents=True)
+    for p in SAMPLES:
+        shutil.copy(p, root / p.name)
+    shutil.copy(SAMPLES[0], root / "day2" / "again.jpg")
+    (root / "day2" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def test_sources_expand_folders_globs_lists_and_uris(archive: Path, tmp_path: Path) -> None:
+    listing = tmp_path / "paths.txt"
+    listing.write_text(f"# the second day\n{archive / 'day2' / 'again.jpg'}\n\n{archive / 'nothing.jpg'}\n")
+    found = expand([str(archive), f"{archive}/*.jpg", str(listing), f"file://{archive / 'day2'}", "/no/such"])
+    assert len(found.uris) == 7  # 5 files from the folder, each once (globs and lists repeat them), + 2 URIs
+    assert f"file://{archive / 'day2' / 'broken.jpg'}" in found.uris
+    assert [p.split(":")[0] for p in found.problems] == [str(archive / "nothing.jpg"), "/no/such"]
+
+
+def test_local_batch_rows_match_predict_and_resume_skips(archive: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = run_batch([str(archive)], str(out), device="cpu", part_rows=2, progress=False)
+    assert (summary.written, summary.failed, summary.skipped) == (5, 1, 0)
+    rows = read_rows(out)
+    assert len(rows) == 5 and len(list(out.glob("part-*.parquet"))) == 3
+    bad = [r for r in rows if r["error"]]
+    assert len(bad) == 1 and "broken.jpg" in bad[0]["error"] and bad[0]["counts"] is None and bad[0]["sha256"]
+    good = [r for r in rows if not r["error"]]
+    expected = predict_counts([Path(r["path"]) for r in good], tmp_path)
+    assert {r["path"]: r["counts"] for r in good} == expected
+    for r in good:  # counted boxes are listed, and every count lies in its interval
+        assert len(r["detections"]) == sum(r["counts"].values())
+        assert all(r["count_lo90"][k] <= n <= r["count_hi90"][k] for k, n in r["counts"].items())
+    assert {r["model"] for r in rows} == {rows[0]["model"]} and rows[0]["model"].startswith("cellnet@")
+
+    again = run_batch([str(archive)], str(out), device="cpu", progress=False)
+    assert (again.written, again.skipped) == (0, 5) and len(read_rows(out)) == 5
+    summaries = sorted((out / "_runs").glob("*.csv"))
+    assert len(summaries) == 2 and "images_per_s" in summaries[0].read_text()
+
+    # Changed content under the same path is new work; unchanged files stay skipped.
+    shutil.copy(SAMPLES[1], archive / "day2" / "again.jpg")
+    changed = run_batch([str(archive)], str(out), device="cpu", progress=False)
+    assert (changed.written, changed.skipped) == (1, 4)
+
+
+def test_killed_batch_completes_each_image_exactly_once_on_rerun(bccd_root: Path, tmp_path: Path) -> None:
+    images = sorted((bccd_root / "JPEGImages").glob("*.jpg"))[:24]
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(map(str, images)) + "\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "bloodcell", "batch", str(listing), "--out", str(out), "--device", "cpu"]
+    proc = subprocess.Popen([*cmd, "--part-rows", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = len(read_rows(out))
+    assert 0 < first < len(images), "the kill must land mid-way for this test to mean anything"
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{first} skipped" in done.stdout
+    paths = [r["path"] for r in read_rows(out)]
+    assert sorted(paths) == sorted(map(str, images))  # every image, exactly once
+
+
+def test_ray_with_two_cpus_counts_like_predict_on_bccd_val(bccd_root: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    ids = (bccd_root / "ImageSets/Main/val.txt").read_text().split()
+    images = [bccd_root / "JPEGImages" / f"{i}.jpg" for i in ids]
+    listing = tmp_path / "val.txt"
+    listing.write_text("\n".join(map(str, images)) + "\n")
+    try:
+        summary = run_batch(
+            [str(listing)], str(tmp_path / "out"), engine="ray", workers=2, device="cpu", progress=False
+        )
+    finally:
+        ray.shutdown()
+    assert (summary.written, summary.failed) == (len(images), 0)
+    rows = read_rows(tmp_path / "out")
+    assert {r["path"]: r["counts"] for r in rows} == predict_counts(images, tmp_path)
+
+
+def test_batch_flags_are_checked(tmp_path: Path) -> None:
+    from bloodcell.cli import main
+
+    assert main(["batch", str(SAMPLES[0]), "--out", str(tmp_path / "o"), "--address", "auto"]) == 2
+    (tmp_path / "file").write_text("x")
+    assert main(["batch", str(SAMPLES[0]), "--out", str(tmp_path / "file")]) == 2
+    with pytest.raises(SystemExit):
+        main(["batch", str(SAMPLES[0]), "--out", str(tmp_path / "o"), "--engine", "spark"])

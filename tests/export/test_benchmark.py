@@ -1,0 +1,50 @@
+"""`bloodcell benchmark`: a row for every format of the export table (fp32, and int8 where the table
+allows it), one failed export reported without hiding the others; exports and models are stand-ins."""
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from bloodcell.errors import BloodcellError
+from bloodcell.export import benchmark as bench
+from bloodcell.export.formats import FORMATS, ExportFormat
+from fakes import FakePredictor
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    """Exports that write a 1 MiB file (onnx fails), models that load as a FakePredictor; returns the export calls."""
+    exported = []
+
+    def export_model(model, fmt, out, int8=False, calib_images=32, data=None):
+        exported.append((fmt, Path(out).name, int8))
+        if fmt == "onnx":
+            raise BloodcellError("no onnx today")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_bytes(b"\0" * 2**20)
+
+    monkeypatch.setattr("bloodcell.export.exporter.export_model", export_model)  # benchmark imports it per call
+    monkeypatch.setattr(bench, "load_predictor", lambda path, threads=None: FakePredictor())
+    return exported
+
+
+def test_benchmark_runs_every_format_of_the_table(stand_ins, tiny_voc, tmp_path, monkeypatch):
+    monkeypatch.setitem(FORMATS, "npz", ExportFormat("npz", ".npz", int8=True, runtime="numpy"))
+    model = tmp_path / "cell.pt"
+    model.write_bytes(b"weights")
+    rows = bench.benchmark(model, tiny_voc, split="val", threads=1, out=tmp_path / "out")
+
+    assert {fmt for fmt, _, int8 in stand_ins if not int8} == set(FORMATS)  # a format added to the table is run
+    assert {fmt for fmt, _, int8 in stand_ins if int8} == {n for n, f in FORMATS.items() if f.int8}
+    assert ("npz", "cell.npz", False) in stand_ins and ("npz", "cell_int8.npz", True) in stand_ins
+    by_name = {r.format: r for r in rows}
+    assert [r.format for r in rows] == ["torch fp32", *(v.label for v in bench.variants())]
+    assert by_name["npz int8 (PTQ)"].file == str(tmp_path / "out" / "cell_int8.npz")
+    assert by_name["onnx fp32"].map50 is None and "no onnx today" in by_name["onnx fp32"].error
+    for r in rows:
+        if r.format != "onnx fp32":  # scored by the same evaluator as `bloodcell val`, and timed
+            assert r.error == "" and 0 <= r.map50 <= 1 and r.median_ms > 0, r
+    assert by_name["npz fp32"].size_mb == 1.0
+    with open(tmp_path / "out" / "benchmark.csv", newline="") as f:
+        assert [row["format"] for row in csv.DictReader(f)] == [r.format for r in rows]

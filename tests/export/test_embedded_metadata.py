@@ -1,0 +1,174 @@
+"""Metadata embedded in exported files: a model copied without its sidecar runs the same; a broken
+sidecar is one line and exit 2 on the command line (a small random model keeps the exports fast)."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bloodcell.cli import main
+from bloodcell.errors import MetadataError
+from bloodcell.export.exporter import embed_tflite_metadata, tflite_ops
+from bloodcell.runtime.images import load_image
+from bloodcell.runtime.loader import load_predictor
+from bloodcell.runtime.metadata import EMBED_KEY, tflite_embedded
+
+pytestmark = pytest.mark.slow
+
+
+def sidecar_of(model):
+    return model.with_name(model.name + ".json")
+
+
+def alone(model, folder):
+    """A copy of ``model`` without its sidecar."""
+    folder.mkdir(exist_ok=True)
+    return shutil.copy(model, folder / model.name)
+
+
+@pytest.fixture(scope="module")
+def image(bccd_root):
+    return load_image(bccd_root / "JPEGImages" / "BloodImage_00001.jpg")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_embedded_metadata_is_the_sidecar(tiny_exports, fmt):
+    model = tiny_exports[fmt]
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        embedded = ort.InferenceSession(str(model)).get_modelmeta().custom_metadata_map[EMBED_KEY]
+    else:
+        embedded = tflite_embedded(model)
+    assert json.loads(embedded) == json.loads(sidecar_of(model).read_text())
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_model_without_sidecar_predicts_the_same(tiny_exports, image, tmp_path, fmt):
+    with_sidecar = load_predictor(tiny_exports[fmt])
+    without = load_predictor(alone(tiny_exports[fmt], tmp_path))
+    assert with_sidecar.metadata.source.endswith(".json")
+    assert without.metadata.source.endswith("(embedded metadata)")
+    assert without.metadata == with_sidecar.metadata
+    assert without.describe() == with_sidecar.describe()
+    a, b = with_sidecar.predict(image, 0.01), without.predict(image, 0.01)
+    assert len(a) > 10
+    assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+    assert np.array_equal(a.labels, b.labels)
+
+
+def test_embedding_leaves_the_tflite_graph_unchanged(tiny_exports, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    raw, embedded = tiny_exports["raw_tflite"], tiny_exports["tflite"]
+    assert tflite_embedded(raw) is None
+    x = np.random.default_rng(0).uniform(0, 255, (1, 256, 320, 3)).astype(np.float32)
+
+    def run(path):
+        it = Interpreter(str(path))
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        details = [
+            (d["name"], d["shape"].tolist(), np.dtype(d["dtype"]).name, d["quantization"])
+            for d in it.get_tensor_details()
+        ]
+        outputs = [it.get_tensor(d["index"]) for d in it.get_output_details()]
+        return details, it.get_signature_list(), outputs
+
+    (raw_details, raw_sigs, raw_out), (details, sigs, out) = run(raw), run(embedded)
+    assert details == raw_details and sigs == raw_sigs
+    assert all(np.array_equal(a, b) for a, b in zip(raw_out, out, strict=True))
+    assert tflite_ops(embedded) == tflite_ops(raw)
+    # embedding again replaces the entry instead of adding a second one
+    again = shutil.copy(embedded, tmp_path / "again.tflite")
+    embed_tflite_metadata(again, '{"replaced": true}')
+    assert json.loads(tflite_embedded(again)) == {"replaced": True}
+    assert run(again)[0] == raw_details
+
+
+def test_sidecar_retunes_operating_points(tiny_exports, tmp_path):
+    model = alone(tiny_exports["onnx"], tmp_path)
+    meta = json.loads(sidecar_of(tiny_exports["onnx"]).read_text())
+    sidecar_of(model).write_text(json.dumps({**meta, "conf": [0.5, 0.6, 0.7], "iou_threshold": 0.4}))
+    p = load_predictor(model)
+    assert p.conf == (0.5, 0.6, 0.7) and p.post.iou_threshold == 0.4
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_sidecar_of_another_export_is_refused(tiny_exports, tmp_path, fmt):
+    model = alone(tiny_exports[fmt], tmp_path)
+    meta = json.loads(sidecar_of(tiny_exports[fmt]).read_text())
+    sidecar_of(model).write_text(json.dumps({**meta, "class_names": ["WBC", "RBC", "Platelets"]}))
+    with pytest.raises(MetadataError, match=rf"{model.name}\.json: field 'class_names' is .* embedded in"):
+        load_predictor(model)
+
+
+def test_old_export_without_embedded_metadata(tiny_exports, tmp_path):
+    """Exports from before embedding: the sidecar alone, checked against the graph."""
+    import onnx
+
+    proto = onnx.load(str(tiny_exports["onnx"]))
+    kept = [p for p in proto.metadata_props if p.key != EMBED_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    model = tmp_path / "old.onnx"
+    onnx.save(proto, str(model))
+    with pytest.raises(MetadataError, match=r"old\.onnx\.json: metadata missing, and old\.onnx has none embedded"):
+        load_predictor(model)
+    meta = json.loads(sidecar_of(tiny_exports["onnx"]).read_text())
+    meta.pop("format_version")
+    sidecar_of(model).write_text(json.dumps(meta))
+    assert load_predictor(model).class_names == ("RBC", "WBC", "Platelets")
+    sidecar_of(model).write_text(json.dumps({**meta, "class_names": ["RBC", "WBC", "Platelets", "Mono"]}))
+    with pytest.raises(MetadataError, match=r"'class_names' has 4 names but old\.onnx outputs scores for 3 classes"):
+        load_predictor(model)
+    sidecar_of(model).write_text(json.dumps({**meta, "input_size": [640, 480]}))
+    with pytest.raises(MetadataError, match=r"'input_size' is 640x480 but old\.onnx takes 320x256 images"):
+        load_predictor(model)
+
+
+def breakages():
+    def drop(key):
+        return lambda m: {k: v for k, v in m.items() if k != key}
+
+    return [
+        ("partial", lambda m: json.dumps(drop("strides")(m)), "field 'strides' is missing"),
+        ("wrong type", lambda m: json.dumps({**m, "input_size": "320x256"}), "field 'input_size' must be 2"),
+        ("class count", lambda m: json.dumps({**m, "conf": [0.3, 0.3]}), "field 'conf' has 2 values"),
+        ("not json", lambda m: json.dumps(m)[:40], "not valid JSON"),
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+@pytest.mark.parametrize(("case", "breakage", "fragment"), breakages(), ids=[b[0] for b in breakages()])
+def test_cli_broken_sidecar_is_one_line(tiny_exports, bccd_root, tmp_path, capsys, fmt, case, breakage, fragment):
+    model = tmp_path / f"broken.{fmt}"
+    shutil.copy(tiny_exports[fmt], model)
+    sidecar_of(model).write_text(breakage(json.loads(sidecar_of(tiny_exports[fmt]).read_text())))
+    image = str(bccd_root / "JPEGImages" / "BloodImage_00001.jpg")
+    assert main(["predict", image, "--model", str(model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {model}.json: ") and fragment in err[0], err
+
+
+def test_cli_process_exits_2_without_traceback(tiny_exports, bccd_root, tmp_path):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(tiny_exports["onnx"].read_bytes()[:3000])  # no sidecar, truncated graph
+    model = shutil.copy(tiny_exports["onnx"], tmp_path / "broken.onnx")
+    meta = json.loads(sidecar_of(tiny_exports["onnx"]).read_text())
+    sidecar_of(model).write_text(json.dumps({k: v for k, v in meta.items() if k != "class_names"}))
+    image = str(bccd_root / "JPEGImages" / "BloodImage_00001.jpg")
+    for path, fragment in [(model, "field 'class_names' is missing"), (corrupt, "onnxruntime cannot load it")]:
+        run = subprocess.run(
+            [sys.executable, "-m", "bloodcell", "predict", image, "--model", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1, run.stderr[-2000:]
+        assert lines[0].startswith(f"error: {path}") and fragment in lines[0] and "Traceback" not in run.stderr

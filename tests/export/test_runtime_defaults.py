@@ -1,0 +1,43 @@
+"""What a user gets without flags: every core, and per-stage times on request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bloodcell.runtime.loader import load_predictor
+from bloodcell.runtime.timing import available_cores
+
+SAMPLE = next((Path(__file__).resolve().parents[2] / "src/bloodcell/assets/samples").glob("*.jpg"))
+
+
+def test_onnx_uses_every_core_unless_told(tiny_exports) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    default = load_predictor(tiny_exports["onnx"])
+    assert default.session.get_session_options().intra_op_num_threads == available_cores()
+    one = load_predictor(tiny_exports["onnx"], threads=1)
+    assert one.session.get_session_options().intra_op_num_threads == 1
+    assert ort.get_device() == "CPU"
+
+
+def test_torch_uses_every_core_unless_told(tiny_model) -> None:
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        load_predictor(tiny_model())
+        assert torch.get_num_threads() == available_cores()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_verbose_predict_shows_where_time_goes(fmt: str, tiny_exports, capsys) -> None:
+    from bloodcell.cli import main
+
+    assert main(["predict", str(SAMPLE), "--model", str(tiny_exports[fmt]), "--verbose", "--cell-size", "none"]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    stages = dict(part.rsplit(" ", 2)[:2] for part in line.strip().split(" · ") if part.endswith(" ms"))
+    assert list(stages) == ["load", "letterbox", "network", "decode", "other"]
+    assert all(float(v) >= 0 for v in stages.values()) and float(stages["network"]) > 0

@@ -1,0 +1,58 @@
+"""last.pt: a versioned training checkpoint; --resume reads only the version it writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bloodcell.errors import ModelError
+from bloodcell.models.checkpoint import (
+    FORMAT_VERSION,
+    TRAINING_KEYS,
+    ModelInfo,
+    model_payload,
+    read_training_checkpoint,
+    save_checkpoint,
+    training_payload,
+)
+
+INFO = ModelInfo(name="cellnet", config={}, class_names=("RBC",), input_size=(64, 64))
+
+
+def _state() -> dict:
+    return {key: i for i, key in enumerate(TRAINING_KEYS)}  # stand-ins: the helpers do not look inside
+
+
+def test_training_checkpoint_round_trips_with_the_format_version(tmp_path) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, training_payload(nn.Linear(2, 2), INFO, _state()))
+    payload = read_training_checkpoint(path)
+    assert payload["format_version"] == FORMAT_VERSION and payload["kind"] == "training"
+    assert {k: payload[k] for k in TRAINING_KEYS} == _state() and set(payload["model"]) == {"weight", "bias"}
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary left behind
+
+
+def test_training_state_keys_are_checked_when_written() -> None:
+    with pytest.raises(ValueError, match="training state keys"):
+        training_payload(nn.Linear(2, 2), INFO, {**_state(), "format_version": 99})
+
+
+@pytest.mark.parametrize(("version", "found"), [(None, "no format version"), (FORMAT_VERSION + 1, "format version 2")])
+def test_other_versions_are_refused_with_a_clear_error(tmp_path, version, found) -> None:
+    payload = training_payload(nn.Linear(2, 2), INFO, _state())
+    if version is None:
+        del payload["format_version"]
+    else:
+        payload["format_version"] = version
+    torch.save(payload, tmp_path / "last.pt")
+    with pytest.raises(ModelError) as info:
+        read_training_checkpoint(tmp_path / "last.pt")
+    message = str(info.value)
+    assert found in message and f"resumes format version {FORMAT_VERSION} only" in message and "\n" not in message
+
+
+def test_a_model_file_is_not_a_training_checkpoint(tmp_path) -> None:
+    save_checkpoint(tmp_path / "best.pt", model_payload(nn.Linear(2, 2), INFO))
+    with pytest.raises(ModelError, match="not a training checkpoint"):
+        read_training_checkpoint(tmp_path / "best.pt")

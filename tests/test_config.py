@@ -1,0 +1,48 @@
+"""TrainConfig checks every setting when built, before any data is read, with the checks its flags declare."""
+
+from __future__ import annotations
+
+import pytest
+
+from bloodcell.config import AUGMENT_PRESETS, MODEL_NAMES, TrainConfig
+from bloodcell.errors import ConfigError
+
+
+def test_choices_match_the_modules_that_use_them() -> None:
+    """config keeps copies (it must import without torch); these tests keep them equal."""
+    from bloodcell.data.transforms import PRESETS, make_transforms
+    from bloodcell.models.registry import MODELS
+
+    assert tuple(MODELS) == MODEL_NAMES
+    assert AUGMENT_PRESETS == PRESETS
+    for preset in AUGMENT_PRESETS:
+        assert make_transforms(preset, 64) is not None
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"augment": "strong"}, "--augment strong: choose from train, train-mild, train-v1, light, none"),
+        ({"model": "cellnet2"}, "--model cellnet2: choose from cellnet, cellnet-mnv2, fasterrcnn or FILE.pt"),
+        ({"device": "gpu"}, "--device gpu: choose from auto, cpu, cuda or cuda:N"),
+        ({"missing_labels": "guess"}, "--missing-labels guess: choose from plain, ignore, pseudo, downweight"),
+        ({"epochs": 0}, "--epochs 0: expected an integer >= 1"),
+        ({"epochs": 2.5}, "--epochs 2.5: expected an integer >= 1"),
+        ({"lr": float("nan")}, "--lr nan: expected a number > 0"),
+        ({"missing_tau": 1.0}, "--missing-tau 1: expected a number in (0, 1)"),
+        ({"ema_decay": 1.0}, "--ema-decay 1: expected a number in [0, 1)"),
+        ({"imgsz": 100}, "--imgsz 100: expected a multiple of 32"),
+        ({"input_size": (640, 470)}, "--input-size 640x470: width and height must be multiples of 32"),
+        ({"threads": 0}, "--threads 0: expected an integer >= 1"),
+    ],
+)
+def test_bad_settings_fail_when_built(settings, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(data="/nonexistent/slow/share", **settings)
+    assert str(info.value) == message
+
+
+def test_good_settings_and_saved_ones_are_accepted() -> None:
+    config = TrainConfig(model="runs/a/best.pt", device="cuda:1", input_size=[320, 256], lr=1, threads=None)
+    assert config.input_size == (320, 256)
+    assert TrainConfig.from_dict(config.to_dict()) == config
