@@ -109,8 +109,11 @@ class RayEngine:
                 ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
             else:
                 ray.init(num_cpus=self.workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-        ray.data.DataContext.get_current().enable_progress_bars = False  # the job shows one bar of its own
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # the job shows one bar of its own
+        ctx.print_on_execution_start = False
+        ctx.enable_auto_log_stats = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices would break the bar
         # Small inputs are cut finer so that every actor gets work.
         size = max(1, min(_task_size(self.spec), -(-len(uris) // self.workers)))
         items = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=-(-len(uris) // size))
