@@ -32,8 +32,8 @@ def isa() -> str:
     return f"{model}; {' '.join(have) or 'no AVX2'}"
 
 
-def run_engine(name: str, workers: int, threads: int, uris: list[str], device: str) -> dict:
-    spec = PredictorSpec(str(default_model()[0]), "bench", "bench", device, threads, 1, None, "auto")
+def run_engine(name: str, workers: int, threads: int, uris: list[str], device: str, batch: int = 1) -> dict:
+    spec = PredictorSpec(str(default_model()[0]), "bench", "bench", device, threads, batch, None, "auto")
     engine = make_engine(name, spec, workers, None)
     t0 = time.perf_counter()
     first, n = None, 0
@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data/BCCD")
     p.add_argument("--images", type=int, default=364)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch", type=int, default=1, help="images per pass for predict (GPU)")
+    p.add_argument("--batch", type=int, default=1, help="images per network pass (GPU)")
     p.add_argument("--configs", default="predict,local1,local2,ray2", help="which to run, comma-separated")
     p.add_argument("--out", default="runs/throughput")
     args = p.parse_args()
@@ -80,7 +80,7 @@ def main() -> None:
         else:
             engine = config.rstrip("0123456789")
             workers = int(config.removeprefix(engine) or 1)
-            results[config] = run_engine(engine, workers, 1, uris, args.device)
+            results[config] = run_engine(engine, workers, 1, uris, args.device, args.batch)
         print(config, results[config], flush=True)
     if "local1" in results and "ray2" in results:
         for key in ("images_per_s", "steady_images_per_s"):
