@@ -51,9 +51,11 @@ def archive(tmp_path: Path) -> Path:
 def test_sources_expand_folders_globs_lists_and_uris(archive: Path, tmp_path: Path) -> None:
     listing = tmp_path / "paths.txt"
     listing.write_text(f"# the second day\n{archive / 'day2' / 'again.jpg'}\n\n{archive / 'nothing.jpg'}\n")
-    found = expand([str(archive), f"{archive}/*.jpg", str(listing), f"file://{archive / 'day2'}", "/no/such"])
-    assert len(found.uris) == 7  # 5 files from the folder, each once (globs and lists repeat them), + 2 URIs
-    assert f"file://{archive / 'day2' / 'broken.jpg'}" in found.uris
+    relative = os.path.relpath(archive / "day2", Path.cwd()) + "/../day2/again.jpg"  # spelled another way
+    sources = [str(archive), f"{archive}/*.jpg", str(listing), f"file://{archive / 'day2'}", relative, "/no/such"]
+    found = expand(sources)
+    assert found.uris == sorted(str(p) for p in archive.rglob("*.jpg"))  # each file once, one spelling
+    assert expand([f"{archive}/*.jpg"]).uris == sorted(str(p) for p in archive.glob("*.jpg"))  # * stays in its folder
     assert [p.split(":")[0] for p in found.problems] == [str(archive / "nothing.jpg"), "/no/such"]
 
 
@@ -130,3 +132,12 @@ def test_batch_flags_are_checked(tmp_path: Path) -> None:
     assert main(["batch", str(SAMPLES[0]), "--out", str(tmp_path / "file")]) == 2
     with pytest.raises(SystemExit):
         main(["batch", str(SAMPLES[0]), "--out", str(tmp_path / "o"), "--engine", "spark"])
+
+
+def test_a_dataset_holds_one_models_counts(tmp_path: Path, tiny_model) -> None:
+    from bloodcell.errors import ConfigError
+
+    out = tmp_path / "out"
+    run_batch([str(SAMPLES[0])], str(out), device="cpu", progress=False)
+    with pytest.raises(ConfigError, match="holds counts by cellnet@"):
+        run_batch([str(SAMPLES[0])], str(out), model=str(tiny_model()), device="cpu", progress=False)

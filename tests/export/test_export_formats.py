@@ -47,6 +47,8 @@ def test_int8_is_full_integer_with_edge_tpu_ops(exports):
     ops = tflite_ops(exports["int8"])
     assert unsupported_ops(ops) == [], ops
     assert "DEQUANTIZE" not in ops
+    # Normalization lives in the input's quantization, not in a multiply-add over the whole image.
+    assert "MUL" not in ops and meta["input_normalization"]["shift"] == [-1.0, -1.0, -1.0]
     it = Interpreter(
         str(exports["int8"]), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     )

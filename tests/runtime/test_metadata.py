@@ -63,7 +63,7 @@ def test_valid_metadata_is_typed():
     assert meta.input_size == (640, 480) and meta.strides == (8, 16, 32)
     assert meta.conf == (0.67, 0.32, 0.62) and meta.iou_threshold == 0.5
     assert meta.calibration.width == {"RBC": 1.78, "WBC": 0.0} and meta.cell_size == 99.5
-    assert meta.model_format == "onnx" and meta.format_version == FORMAT_VERSION
+    assert meta.model_format == "onnx" and meta.format_version == 1  # 2 only with input_normalization
 
 
 def test_optional_fields_and_unknown_keys():
@@ -188,3 +188,18 @@ def test_metadata_must_describe_the_graph():
         with pytest.raises(MetadataError) as e:
             meta.check_graph(Path("m.onnx"), input_shape, outputs)
         assert str(e.value).startswith(f"{SOURCE}: field ") and fragment in str(e.value)
+
+
+def test_input_normalization_is_read_and_checked():
+    norm = {"scale": [1 / 127.5] * 3, "shift": [-1.0] * 3}
+    meta = parse_metadata({**VALID, "input_normalization": norm}, SOURCE)
+    assert meta.input_normalization == (tuple(norm["scale"]), (-1.0, -1.0, -1.0))
+    assert parse_metadata(VALID, SOURCE).input_normalization is None  # plain pixels
+    for bad, field_name in (
+        ({"scale": [1.0] * 3}, "input_normalization"),
+        ({"scale": [1.0] * 2, "shift": [0.0] * 3}, "input_normalization.scale"),
+        ({"scale": [1.0, 0.0, 1.0], "shift": [0.0] * 3}, "input_normalization.scale"),
+        ({"scale": [1.0] * 3, "shift": [0.0, "x", 0.0]}, "input_normalization.shift"),
+    ):
+        with pytest.raises(MetadataError, match=f"field '{field_name}'"):
+            parse_metadata({**VALID, "input_normalization": bad}, SOURCE)

@@ -8,6 +8,7 @@ Every file is written atomically, so a kill at any moment leaves the last good s
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Collection
@@ -50,6 +51,7 @@ from bloodcell.models.checkpoint import (
     training_payload,
 )
 from bloodcell.models.registry import MODELS, build_model, model_config
+from bloodcell.runtime.timing import available_cores
 from bloodcell.runtime.torch_predictor import TorchPredictor, resolve_device
 
 CSV_FIELDS = ["epoch", "time_s", "lr", "loss_cls", "loss_box", "loss", "val_map50", "val_coco_ap50", "val_coco_ap50_95"]
@@ -256,6 +258,9 @@ def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] 
     if config.threads:
         torch.set_num_threads(config.threads)
     ctx = init_distributed(resolve_device(config.device))
+    if ctx.distributed and ctx.device.type == "cpu" and not config.threads:
+        # torchrun sets OMP_NUM_THREADS=1 for several processes; share this node's cores out instead.
+        torch.set_num_threads(max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))))
     try:
         return _train(config, ctx, progress, saved if config.resume else None)
     finally:

@@ -73,10 +73,17 @@ def export_model(
     width, height = imgsz or tuple(info.input_size)
     if width % 32 or height % 32:
         raise ConfigError(f"--imgsz {width}x{height}: both sides must be multiples of 32")
-    graph = ExportGraph(net).eval()
+    # int8 (post-training): normalization moves into the input's quantization (export.graph).
+    normalized = int8 and qat_state is None
+    graph = ExportGraph(net, normalized_input=normalized).eval()
     example = torch.zeros(1, height, width, 3)
+    scale, shift = net.scale.flatten().tolist(), net.shift.flatten().tolist()
 
     meta = _metadata(info, source, fmt, int8, (width, height), tuple(net.strides))
+    if normalized:
+        meta["format_version"] = FORMAT_VERSION  # older runtimes would feed plain pixels: they must refuse it
+        meta["input_normalization"] = {"scale": scale, "shift": shift}
+        meta["input_layout"] = "NHWC RGB, pixels 0..255 times input_normalization.scale plus .shift, per channel"
     meta.update(extra_metadata or {})
     # Checked before the (slow) conversion: an export that the runtime would refuse is never written.
     parse_metadata(meta, f"{out} (metadata of {source.name})")
@@ -86,7 +93,8 @@ def export_model(
         calibration = None
         if int8 and qat_state is None:
             images = calibration_images(data, (width, height), calib_images)
-            calibration = [torch.from_numpy(im.astype(np.float32))[None] for im in images]
+            affine = np.float32(scale), np.float32(shift)
+            calibration = [torch.from_numpy(im.astype(np.float32) * affine[0] + affine[1])[None] for im in images]
             meta["calibration_images"] = len(calibration)
         _export_tflite(graph, example, out, int8, calibration, qat_state)
         meta.update(_tflite_io(out, len(info.class_names)))
@@ -99,7 +107,7 @@ def export_model(
 def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[int, int], strides) -> dict:
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,  # 2 with input_normalization (int8 TFLite)
         "version": __version__,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model_format": fmt,

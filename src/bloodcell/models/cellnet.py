@@ -94,9 +94,10 @@ class CellNet(nn.Module):
             persistent=False,
         )
 
-    def level_maps(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per level: class logits (B, K, h, w) and box log distances (B, 4, h, w)."""
-        feats = self.neck(self.backbone(images * self.scale + self.shift))
+    def level_maps(self, images: torch.Tensor, normalized: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per level: class logits (B, K, h, w) and box log distances (B, 4, h, w).
+        ``normalized``: ``images`` are already ``pixels * scale + shift`` (int8 exports, see export.graph)."""
+        feats = self.neck(self.backbone(images if normalized else images * self.scale + self.shift))
         return [head(f) for head, f in zip(self.heads, feats, strict=True)]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -54,6 +54,14 @@ class ExportedPredictor:
     def run(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def _real_input(self, canvas: np.ndarray) -> np.ndarray:
+        """The graph's input in real units: pixels, or pixels * scale + shift (input_normalization)."""
+        x = canvas.astype(np.float32)
+        if self.metadata.input_normalization is not None:
+            scale, shift = (np.asarray(v, np.float32) for v in self.metadata.input_normalization)
+            x = x * scale + shift
+        return x
+
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections:
         with self.times.stage("letterbox"):
             canvas, lb = letterbox(image, self.input_size)
@@ -83,7 +91,7 @@ class OnnxPredictor(ExportedPredictor):
         self.metadata.check_graph(path, self.session.get_inputs()[0].shape, outputs)
 
     def run(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores, boxes = self.session.run(["scores", "boxes"], {"images": canvas[None].astype(np.float32)})
+        scores, boxes = self.session.run(["scores", "boxes"], {"images": self._real_input(canvas)[None]})
         return scores[0], boxes[0]
 
 
@@ -129,15 +137,23 @@ class TFLitePredictor(ExportedPredictor):
         outputs = self.interpreter.get_output_details()
         self.metadata.check_graph(path, self.input["shape"], [d["shape"] for d in outputs])
         self.scores_out, self.boxes_out = split_outputs(outputs, len(self.class_names))
+        self._lookup = self._quantization_table()
 
-    def _quantize(self, canvas: np.ndarray) -> np.ndarray:
+    def _quantization_table(self) -> np.ndarray | None:
+        """(256, 3): the quantized input for each pixel value and channel, so an integer model's
+        input is one table lookup per pixel (normalization and quantization included)."""
         dtype = self.input["dtype"]
         if dtype == np.float32:
-            return canvas[None].astype(np.float32)
+            return None
         scale, zero = self.input["quantization"]
+        pixels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
         info = np.iinfo(dtype)
-        q = np.round(canvas.astype(np.float32) / scale + zero)
-        return np.clip(q, info.min, info.max).astype(dtype)[None]
+        return np.clip(np.round(self._real_input(pixels) / scale + zero), info.min, info.max).astype(dtype)
+
+    def _quantize(self, canvas: np.ndarray) -> np.ndarray:
+        if self._lookup is None:
+            return self._real_input(canvas)[None]
+        return self._lookup[canvas, np.arange(3)][None]
 
     def _read(self, detail: dict) -> np.ndarray:
         x = self.interpreter.get_tensor(detail["index"])[0]

@@ -25,12 +25,12 @@ from bloodcell.errors import MetadataError
 from bloodcell.runtime.counting import Calibration
 
 FORMAT = "bloodcell-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: int8 files may take normalized input ("input_normalization")
 EMBED_KEY = "bloodcell"  # ONNX metadata_props key and TFLite Model.metadata name
 MODEL_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 # What ties metadata to one graph; the other fields (conf, iou_threshold, calibration, cell_size) are
 # operating points that a user may retune in the sidecar without exporting again.
-GRAPH_FIELDS = ("model_format", "int8", "class_names", "input_size", "strides")
+GRAPH_FIELDS = ("model_format", "int8", "class_names", "input_size", "strides", "input_normalization")
 _TEXT_FIELDS = ("version", "date", "architecture", "input_layout", "source", "source_sha256")
 _DICT_FIELDS = ("outputs", "source_metrics", "tflite_input", "tflite_outputs", "qat")
 
@@ -50,6 +50,8 @@ class ExportMetadata:
     cell_size: float | None = None
     architecture: str | None = None
     source_metrics: dict[str, Any] | None = None
+    # The graph takes pixels * scale + shift (per channel) instead of pixels; None: plain pixels.
+    input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     format_version: int = FORMAT_VERSION
     source: str = field(default="", compare=False)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -260,6 +262,7 @@ class _Checker:
         images = self.get("calibration_images", required=False)
         if images is not None and not (_is_int(images) and images >= 0):
             self.fail("calibration_images", f"must be a non-negative integer, got {_show(images)}")
+        normalization = self.input_normalization()
         cell_size = self.get("cell_size", required=False)
         if cell_size is not None and not (_is_number(cell_size) and cell_size > 0):
             self.fail("cell_size", f"must be a positive number of pixels or null, got {_show(cell_size)}")
@@ -275,10 +278,26 @@ class _Checker:
             cell_size=None if cell_size is None else float(cell_size),
             architecture=self.raw.get("architecture"),
             source_metrics=self.raw.get("source_metrics"),
+            input_normalization=normalization,
             format_version=version,
             source=self.source,
             raw=dict(self.raw),
         )
+
+    def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        value = self.get("input_normalization", required=False)
+        if value is None:
+            return None
+        if not isinstance(value, dict) or set(value) != {"scale", "shift"}:
+            shape = "{'scale': [3 numbers], 'shift': [3 numbers]}"
+            self.fail("input_normalization", f"must be {shape}, got {_show(value)}")
+        for key in ("scale", "shift"):
+            v = value[key]
+            if not (isinstance(v, list) and len(v) == 3 and all(_is_number(x) and math.isfinite(x) for x in v)):
+                self.fail(f"input_normalization.{key}", f"must be 3 finite numbers (R, G, B), got {_show(v)}")
+        if any(x <= 0 for x in value["scale"]):
+            self.fail("input_normalization.scale", f"must be positive, got {_show(value['scale'])}")
+        return tuple(map(float, value["scale"])), tuple(map(float, value["shift"]))
 
     def class_names(self) -> tuple[str, ...]:
         names = self.get("class_names")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -32,6 +33,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@lru_cache(maxsize=8)
+def _device_points(height: int, width: int, strides: tuple[int, ...], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_points`` uploaded once per input size and device."""
+    points, point_strides = make_points(height, width, strides)
+    return torch.from_numpy(points).to(device), torch.from_numpy(point_strides).to(device)
+
+
 def decode_on_device(
     cls_logits: torch.Tensor,
     box_logd: torch.Tensor,
@@ -43,9 +51,7 @@ def decode_on_device(
     cross to the host. Same rule (every point-class pair above min_score, top-k, exp distances,
     per-class NMS); the numpy decoder stays the reference that every format is scored with."""
     width, height = input_size
-    points_np, strides_np = make_points(height, width, tuple(strides))
-    points = torch.from_numpy(points_np).to(cls_logits.device)
-    point_strides = torch.from_numpy(strides_np).to(cls_logits.device)
+    points, point_strides = _device_points(height, width, tuple(strides), str(cls_logits.device))
     scores = torch.sigmoid(cls_logits.float())
     idx, labels = torch.nonzero(scores >= config.min_score, as_tuple=True)
     cand = scores[idx, labels]

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Protocol
 
 from bloodcell.app.archive.rows import ImageWorker, PredictorSpec
 from bloodcell.errors import ConfigError
+from bloodcell.runtime.timing import available_cores
 
 ENGINES = ("local", "ray")
 
@@ -45,7 +45,7 @@ class LocalEngine:
 
     def __init__(self, spec: PredictorSpec, workers: int = 1) -> None:
         self.workers = workers
-        threads = spec.threads or max(1, (os.cpu_count() or 1) // workers)
+        threads = spec.threads or max(1, available_cores() // workers)
         self.spec = PredictorSpec(**{**spec.__dict__, "threads": threads})
 
     def run(self, uris: list[str]) -> Iterator[list[dict]]:
@@ -97,8 +97,10 @@ class RayEngine:
             import ray  # noqa: F401
         except ImportError:
             raise ConfigError("--engine ray needs Ray: pip install 'bloodcell[cluster]'") from None
-        self.gpu = spec.device.startswith("cuda")
-        self.spec = PredictorSpec(**{**spec.__dict__, "threads": spec.threads or 1})
+        self.gpu = spec.device.startswith("cuda")  # "auto" was resolved by the job
+        # Each actor sees only the GPU Ray gave it, as cuda (device 0).
+        device = "cuda" if self.gpu else spec.device
+        self.spec = PredictorSpec(**{**spec.__dict__, "threads": spec.threads or 1, "device": device})
         self.workers, self.address = workers, address
 
     def run(self, uris: list[str]) -> Iterator[list[dict]]:
@@ -108,7 +110,8 @@ class RayEngine:
             if self.address:
                 ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
             else:
-                ray.init(num_cpus=self.workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+                cpus = self.workers * (1 if self.gpu else self.spec.threads)  # every actor fits, none waits forever
+                ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the job shows one bar of its own
         ctx.print_on_execution_start = False

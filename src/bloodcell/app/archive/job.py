@@ -14,6 +14,7 @@ from bloodcell.app.archive.engines import make_engine
 from bloodcell.app.archive.rows import PredictorSpec, content_hash, schema
 from bloodcell.app.archive.sources import expand, read_bytes
 from bloodcell.app.archive.store import ParquetStore
+from bloodcell.errors import ConfigError
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.weights import default_model
@@ -55,6 +56,31 @@ def _unchanged(done: dict[str, set], uris: list[str]) -> set[str]:
         return {u for u, ok in zip(candidates, pool.map(same, candidates), strict=True) if ok}
 
 
+def _check_same_model(store: ParquetStore, out: str, model_id: str) -> None:
+    """One dataset, one model: skipping images another model counted would mix two models' counts."""
+    import pyarrow as pa
+
+    try:
+        others = store.models() - {model_id}
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise ConfigError(f"--out {out}: holds Parquet files that are not this model's counts ({e})") from None
+    if others:
+        raise ConfigError(
+            f"--out {out}: holds counts by {', '.join(sorted(others))}, not {model_id}; use another --out"
+        )
+
+
+def _resolve_device(device: str, model_path: Path) -> str:
+    """``auto`` becomes cuda or cpu here, once, so every worker and the Ray scheduler agree on it."""
+    if device != "auto":
+        return device
+    if model_path.suffix.lower() != ".pt":
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def run_batch(
     sources: list[str],
     out: str,
@@ -76,7 +102,8 @@ def run_batch(
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     summary = BatchSummary(run_id)
     model_path = Path(model) if model else default_model()[0]
-    probe = load_predictor(model_path, device="cpu" if device == "auto" else device, batch=batch)  # fail fast
+    device = _resolve_device(device, model_path)
+    probe = load_predictor(model_path, device=device, batch=batch)  # fail fast
     class_names = tuple(probe.class_names)
     thresholds = None if conf is None else parse_conf(conf, class_names, probe.conf)
     model_id = f"{probe.describe()['name']}@{content_hash(model_path.read_bytes())[:12]}"
@@ -87,6 +114,7 @@ def run_batch(
     summary.failed += len(expanded.problems)
     summary.listed = len(expanded.uris)
     store = ParquetStore(out, schema(class_names))
+    _check_same_model(store, out, model_id)
     skip = _unchanged(store.written(), expanded.uris)
     todo = [u for u in expanded.uris if u not in skip]
     summary.skipped = len(skip)
@@ -106,22 +134,24 @@ def run_batch(
 
     from tqdm import tqdm
 
-    with tqdm(total=len(todo), desc="batch", unit="img", disable=not progress, file=sys.stderr) as bar:
-        for rows in runner.run(todo) if todo else []:
-            for row in rows:
-                if row["error"]:
-                    print(f"error: {row['error']}", file=sys.stderr)
-                    summary.failed += 1
-                if row["sha256"] is None:
-                    continue  # unreadable: no row, so a rerun tries it again
-                for name, n in (row.get("counts") or {}).items():
-                    summary.totals[name] += n
-                buffer.append(row)
-                summary.written += 1
-                if len(buffer) >= part_rows:
-                    flush()
-            bar.update(len(rows))
-    flush()
+    try:
+        with tqdm(total=len(todo), desc="batch", unit="img", disable=not progress, file=sys.stderr) as bar:
+            for rows in runner.run(todo) if todo else []:
+                for row in rows:
+                    if row["error"]:
+                        print(f"error: {row['error']}", file=sys.stderr)
+                        summary.failed += 1
+                    if row["sha256"] is None:
+                        continue  # unreadable: no row, so a rerun tries it again
+                    for name, n in (row.get("counts") or {}).items():
+                        summary.totals[name] += n
+                    buffer.append(row)
+                    summary.written += 1
+                    if len(buffer) >= part_rows:
+                        flush()
+                bar.update(len(rows))
+    finally:  # rows already finished are kept, whatever stopped the run
+        flush()
     summary.seconds = time.perf_counter() - t0
     record = {k: v for k, v in asdict(summary).items() if k != "totals"}
     record.update(

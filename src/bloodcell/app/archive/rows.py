@@ -99,6 +99,10 @@ class ImageWorker:
         )
         self.conf = self.predictor.conf if spec.conf is None else spec.conf
 
+    def _predict(self, part: list[tuple[int, str, str, Any]]) -> list[ImageResult | str]:
+        images, paths = [g[3] for g in part], [Path(g[1]) for g in part]
+        return list(predict_images(self.predictor, images, paths, self.conf, cell_size=self.spec.cell_size))
+
     def rows(self, uris: list[str]) -> list[dict]:
         out: dict[int, dict] = {}
         good: list[tuple[int, str, str, Any]] = []
@@ -115,15 +119,20 @@ class ImageWorker:
                 out[i] = _row(uri, digest, self.spec, error=str(e))
         for start in range(0, len(good), self.spec.batch):
             part = good[start : start + self.spec.batch]
-            results = predict_images(
-                self.predictor,
-                [g[3] for g in part],
-                [Path(g[1]) for g in part],
-                self.conf,
-                cell_size=self.spec.cell_size,
-            )
+            try:
+                results = self._predict(part)
+            except Exception:
+                results = []
+                for one in part:  # alone, so the failure lands on the image that caused it
+                    try:
+                        results += self._predict([one])
+                    except Exception as e:
+                        results.append(f"{one[1]}: prediction failed ({type(e).__name__}: {str(e)[:200]})")
             for (i, uri, digest, _), result in zip(part, results, strict=True):
-                out[i] = result_row(uri, digest, result, self.spec)
+                if isinstance(result, str):
+                    out[i] = _row(uri, digest, self.spec, error=result)
+                else:
+                    out[i] = result_row(uri, digest, result, self.spec)
         return [out[i] for i in range(len(uris))]
 
 

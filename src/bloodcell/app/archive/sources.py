@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,16 +24,33 @@ def _pafs():
     return pafs
 
 
+def canonical(source: str) -> str:
+    """One spelling per file, so a rerun finds what an earlier run wrote: local paths (and file://
+    URIs) absolute and normalized; other URIs as given."""
+    if source.startswith("file://"):
+        source = source[len("file://") :]
+    return source if "://" in source else os.path.normpath(os.path.abspath(source))
+
+
 @lru_cache(maxsize=32)
-def filesystem(uri: str):
-    """(pyarrow FileSystem, path inside it) for a URI or a local path; cached per scheme and bucket."""
-    pafs = _pafs()
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), str(Path(uri).absolute())
+def _remote(uri: str):
     try:
-        return pafs.FileSystem.from_uri(uri)
+        return _pafs().FileSystem.from_uri(uri)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError with the scheme's own wording
         raise ConfigError(f"{uri}: cannot open ({e})") from None
+
+
+def filesystem(uri: str):
+    """(pyarrow FileSystem, path inside it) for a URI or a local path. Remote filesystems are cached
+    per bucket (scheme, host and options), so each image does not open a new client."""
+    if "://" not in uri or uri.startswith("file://"):
+        return _pafs().LocalFileSystem(), canonical(uri)
+    scheme, rest = uri.split("://", 1)
+    bucket, _, key = rest.partition("/")
+    query = rest.partition("?")[2]
+    fs, root = _remote(f"{scheme}://{bucket}" + (f"?{query}" if query else ""))
+    path = f"{root.rstrip('/')}/{key.partition('?')[0]}" if key else root
+    return fs, path
 
 
 @dataclass(frozen=True)
@@ -42,25 +60,42 @@ class ExpandedSources:
 
 
 def _uri(source: str, inner: str) -> str:
-    """A path inside the filesystem of ``source``, written the way ``source`` was (scheme kept)."""
-    return f"{source.split('://', 1)[0]}://{inner}" if "://" in source else inner
+    """A path inside the filesystem of ``source``, written the way ``source`` was (scheme and
+    options kept: an S3 endpoint or region in the query must reach the workers too)."""
+    if "://" not in source or source.startswith("file://"):
+        return canonical(inner)
+    scheme, rest = source.split("://", 1)
+    query = rest.partition("?")[2]
+    return f"{scheme}://{inner}" + (f"?{query}" if query else "")
+
+
+def _has_magic(source: str) -> bool:
+    return glob.has_magic(source.partition("?")[0] if "://" in source else source)
 
 
 def _glob(source: str) -> list[str]:
     """Matches of a glob: the local filesystem's own globbing, or a listing under the pattern's
     fixed prefix matched with fnmatch in a bucket (object stores have no glob)."""
-    if "://" not in source:
-        return sorted(str(Path(f).absolute()) for f in glob.glob(source, recursive=True) if Path(f).is_file())
+    if "://" not in source or source.startswith("file://"):
+        local = source[len("file://") :] if source.startswith("file://") else source
+        return sorted(canonical(f) for f in glob.glob(local, recursive=True) if Path(f).is_file())
     pafs = _pafs()
     fs, pattern = filesystem(source)
-    fixed = pattern[: min(pattern.find(c) for c in "*?[" if c in pattern)].rsplit("/", 1)[0]
+    fixed = pattern[: min(i for i in (pattern.find(c) for c in "*?[") if i >= 0)].rsplit("/", 1)[0]
+    depth = pattern.count("/")
     try:
         infos = fs.get_file_info(pafs.FileSelector(fixed, recursive=True))
     except OSError:
         return []
-    return sorted(
-        _uri(source, i.path) for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)
-    )
+    # fnmatch's * also crosses "/": keep a listing's depth equal to the pattern's, as a shell glob does
+    found = [
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File
+        and fnmatch.fnmatch(i.path, pattern)
+        and ("**" in pattern or i.path.count("/") == depth)
+    ]
+    return sorted(_uri(source, p) for p in found)
 
 
 def expand(sources: list[str]) -> ExpandedSources:
@@ -71,7 +106,7 @@ def expand(sources: list[str]) -> ExpandedSources:
     problems: list[str] = []
 
     def add(source: str, nested: bool = False) -> None:
-        if glob.has_magic(source):
+        if _has_magic(source):
             found = _glob(source)
             if not found:
                 problems.append(f"{source}: pattern matches no files")

@@ -1,7 +1,8 @@
 """The output: a Parquet dataset written in parts, each part whole or absent.
 
 A part is written under a dot-name (which readers skip) and then renamed, so a killed job leaves
-only complete parts; a rerun reads the (path, sha256) pairs already written and skips them."""
+only complete parts; a rerun reads the (path, sha256) pairs already written and skips them.
+One dataset holds one model's counts: a run with another model is refused (see ``written``)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,16 @@ class ParquetStore:
     def _path(self, name: str) -> str:
         return str(PurePosixPath(self.root) / name)
 
+    def models(self) -> set[str]:
+        """The model ids whose rows the dataset holds."""
+        import pyarrow.compute as pc
+        import pyarrow.dataset as pads
+
+        dataset = pads.dataset(self.root, schema=self.schema, format="parquet", filesystem=self.fs)
+        return set(pc.unique(dataset.to_table(columns=["model"]).column("model")).to_pylist())
+
     def written(self) -> dict[str, set[str | None]]:
-        """path -> content hashes already written (None: an unreadable file's row)."""
+        """path -> content hashes already written."""
         import pyarrow.dataset as pads
 
         dataset = pads.dataset(
