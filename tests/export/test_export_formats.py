@@ -58,7 +58,7 @@ def test_int8_is_full_integer_with_edge_tpu_ops(exports):
 
 
 def test_int8_map_within_one_and_a_half_points_of_fp32(exports, val_images):
-    records = val_images[0][:30]
+    records = val_images[0]  # all of val: on 30 images calibration noise alone moves int8 by 1-2 points
     fp32 = evaluate(load_predictor(exports["tflite"]), records).voc_map50
     int8 = evaluate(load_predictor(exports["int8"]), records).voc_map50
     assert int8 >= fp32 - 0.015, (fp32, int8)
