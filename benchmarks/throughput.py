@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import time
 from pathlib import Path
+
+from peers import cpu_info  # benchmarks/ is the script's folder, on sys.path
 
 from bloodcell.app.archive.engines import make_engine
 from bloodcell.app.archive.rows import PredictorSpec
@@ -25,11 +26,8 @@ from bloodcell.weights import default_model
 
 
 def isa() -> str:
-    flags = Path("/proc/cpuinfo").read_text().split()
-    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())  # fmt: skip
-    return f"{model}; {' '.join(have) or 'no AVX2'}"
+    cpu = cpu_info()
+    return f"{cpu['model']}; {' '.join(f for f, on in cpu['flags'].items() if on) or 'no AVX2'}"
 
 
 def run_engine(name: str, workers: int, threads: int, uris: list[str], device: str, batch: int = 1) -> dict:

@@ -97,14 +97,17 @@ class ImageResult:
 
 
 def _result(
-    predictor: Predictor, image: np.ndarray, path: Path, conf: Conf, min_score: float | None, scaled: ScaledDetections
+    predictor: Predictor,
+    image: np.ndarray,
+    path: Path,
+    conf: Conf,
+    min_score: float,
+    keep: float,
+    scaled: ScaledDetections,
 ) -> ImageResult:
-    thresholds = class_thresholds(conf, len(predictor.class_names))
-    min_score = float(thresholds.min()) if min_score is None else min_score
     dets = scaled.detections
     counts = above(dets, conf, len(predictor.class_names)).counts(tuple(predictor.class_names))
     intervals = count_intervals(dets, tuple(predictor.class_names), predictor.calibration, counts)
-    keep = min(float(thresholds.min()), min_score)
     dets = dets[dets.scores >= keep] if len(dets) else dets
     h, w = image.shape[:2]
     result = ImageResult(path, w, h, dets, conf, tuple(predictor.class_names), {}, image=image)
@@ -112,14 +115,6 @@ def _result(
     result.intervals = intervals
     result.scale = scaled.scale
     return result
-
-
-def _lowest_score(predictor: Predictor, conf: Conf, min_score: float | None) -> float:
-    """The lowest score any output needs: counts, listed boxes, and the calibration's floor."""
-    thresholds = class_thresholds(conf, len(predictor.class_names))
-    min_score = float(thresholds.min()) if min_score is None else min_score
-    calibration = predictor.calibration
-    return min(float(thresholds.min()), min_score, calibration.floor if calibration else 1.0)
 
 
 def predict_image(
@@ -147,10 +142,15 @@ def predict_images(
     offers ``predict_batch`` (the torch predictor), one by one otherwise. Same results either way."""
     t0 = time.perf_counter()
     predictor.times.take()  # only this call's passes
-    lowest = _lowest_score(predictor, conf, min_score)
+    lowest_conf = float(class_thresholds(conf, len(predictor.class_names)).min())
+    min_score = lowest_conf if min_score is None else min_score
+    keep = min(lowest_conf, min_score)  # the boxes a result lists: counted ones and those down to min_score
+    # ...and the calibration's floor: the intervals use every box above it.
+    lowest = min(keep, predictor.calibration.floor if predictor.calibration else 1.0)
     scaled = detect_cells_batch(predictor, images, lowest, cell_size=cell_size, reference=predictor.cell_size)
     results = [
-        _result(predictor, im, Path(p), conf, min_score, s) for im, p, s in zip(images, paths, scaled, strict=True)
+        _result(predictor, im, Path(p), conf, min_score, keep, s)
+        for im, p, s in zip(images, paths, scaled, strict=True)
     ]
     n = max(1, len(images))
     stages = {k: v / n for k, v in predictor.times.take().items()}  # a batch's time, shared out

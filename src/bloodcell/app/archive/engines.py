@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import replace
 from typing import Protocol
 
 from bloodcell.app.archive.rows import ImageWorker, PredictorSpec
@@ -46,7 +47,7 @@ class LocalEngine:
     def __init__(self, spec: PredictorSpec, workers: int = 1) -> None:
         self.workers = workers
         threads = spec.threads or max(1, available_cores() // workers)
-        self.spec = PredictorSpec(**{**spec.__dict__, "threads": threads})
+        self.spec = replace(spec, threads=threads)
 
     def run(self, uris: list[str]) -> Iterator[list[dict]]:
         size = _task_size(self.spec)
@@ -100,7 +101,7 @@ class RayEngine:
         self.gpu = spec.device.startswith("cuda")  # "auto" was resolved by the job
         # Each actor sees only the GPU Ray gave it, as cuda (device 0).
         device = "cuda" if self.gpu else spec.device
-        self.spec = PredictorSpec(**{**spec.__dict__, "threads": spec.threads or 1, "device": device})
+        self.spec = replace(spec, threads=spec.threads or 1, device=device)
         self.workers, self.address = workers, address
 
     def run(self, uris: list[str]) -> Iterator[list[dict]]:

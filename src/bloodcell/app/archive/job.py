@@ -56,18 +56,21 @@ def _unchanged(done: dict[str, set], uris: list[str]) -> set[str]:
         return {u for u, ok in zip(candidates, pool.map(same, candidates), strict=True) if ok}
 
 
-def _check_same_model(store: ParquetStore, out: str, model_id: str) -> None:
-    """One dataset, one model: skipping images another model counted would mix two models' counts."""
+def _written_by(store: ParquetStore, out: str, model_id: str) -> dict[str, set[str]]:
+    """path -> content hashes already in ``out``, all counted by ``model_id``: one dataset, one
+    model (skipping images another model counted would mix two models' counts)."""
     import pyarrow as pa
 
     try:
-        others = store.models() - {model_id}
+        done, models = store.written()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise ConfigError(f"--out {out}: holds Parquet files that are not this model's counts ({e})") from None
+    others = models - {model_id}
     if others:
         raise ConfigError(
             f"--out {out}: holds counts by {', '.join(sorted(others))}, not {model_id}; use another --out"
         )
+    return done
 
 
 def _resolve_device(device: str, model_path: Path) -> str:
@@ -114,8 +117,7 @@ def run_batch(
     summary.failed += len(expanded.problems)
     summary.listed = len(expanded.uris)
     store = ParquetStore(out, schema(class_names))
-    _check_same_model(store, out, model_id)
-    skip = _unchanged(store.written(), expanded.uris)
+    skip = _unchanged(_written_by(store, out, model_id), expanded.uris)
     todo = [u for u in expanded.uris if u not in skip]
     summary.skipped = len(skip)
     summary.totals = dict.fromkeys(class_names, 0)

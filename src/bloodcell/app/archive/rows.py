@@ -91,8 +91,6 @@ class ImageWorker:
     A file that cannot be read or decoded becomes a row with ``error`` set; nothing is raised."""
 
     def __init__(self, spec: PredictorSpec) -> None:
-        if spec.threads:
-            _limit_threads(spec.threads)
         self.spec = spec
         self.predictor: Predictor = load_predictor(
             spec.model, device=spec.device, threads=spec.threads, batch=spec.batch
@@ -134,17 +132,3 @@ class ImageWorker:
                 else:
                     out[i] = result_row(uri, digest, result, self.spec)
         return [out[i] for i in range(len(uris))]
-
-
-def _limit_threads(threads: int) -> None:
-    """One worker per core needs one thread per worker, in torch and in numpy's BLAS alike."""
-    import os
-
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-    except ImportError:  # the torch-free runtime: onnxruntime/LiteRT take threads from the loader
-        pass

@@ -31,26 +31,18 @@ class ParquetStore:
     def _path(self, name: str) -> str:
         return str(PurePosixPath(self.root) / name)
 
-    def models(self) -> set[str]:
-        """The model ids whose rows the dataset holds."""
-        import pyarrow.compute as pc
-        import pyarrow.dataset as pads
-
-        dataset = pads.dataset(self.root, schema=self.schema, format="parquet", filesystem=self.fs)
-        return set(pc.unique(dataset.to_table(columns=["model"]).column("model")).to_pylist())
-
-    def written(self) -> dict[str, set[str | None]]:
-        """path -> content hashes already written."""
+    def written(self) -> tuple[dict[str, set[str]], set[str]]:
+        """What the dataset holds, in one read: path -> content hashes, and the model ids."""
         import pyarrow.dataset as pads
 
         dataset = pads.dataset(
             self.root, schema=self.schema, format="parquet", filesystem=self.fs
         )  # skips '.' and '_' names
-        done: dict[str, set[str | None]] = {}
-        table = dataset.to_table(columns=["path", "sha256"])
+        table = dataset.to_table(columns=["path", "sha256", "model"])
+        done: dict[str, set[str]] = {}
         for path, digest in zip(table.column("path").to_pylist(), table.column("sha256").to_pylist(), strict=True):
             done.setdefault(path, set()).add(digest)
-        return done
+        return done, set(table.column("model").to_pylist())
 
     def write_part(self, rows: list[dict], name: str) -> str:
         import pyarrow as pa
