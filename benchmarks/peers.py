@@ -1,4 +1,4 @@
-"""Network latency of the shipped CellNet beside YOLO11n, YOLOv8n and torchvision detectors on this CPU.
+"""Network (and whole-pipeline) latency of CellNet beside YOLO11n, YOLOv8n and torchvision detectors on this CPU.
 
 Setup (once; ultralytics is AGPL and stays in its own venv, never a bloodcell dependency):
 
@@ -7,6 +7,7 @@ Setup (once; ultralytics is AGPL and stays in its own venv, never a bloodcell de
 Run (from the repository root; exports are cached under --out/models, --reexport redoes them):
 
     .venv/bin/python benchmarks/peers.py [--threads 2] [--rounds 2] [--iters 30] [--out runs/peers]
+        [--cellnet-model A.pt B.pt ...] [--pipeline N]
 
 What is timed: the network only, ``session.run`` / ``interpreter.invoke`` / ``module(x)`` on one fixed
 preprocessed tensor (the first BCCD val image, letterboxed to the model's input), median over the
@@ -25,6 +26,11 @@ files (odd rounds in reverse order) so slow drift of a shared machine hits every
   retinanet_resnet50_fpn at 640x480 (no resize to 800 px), num_classes=4, no weights; backbone+head
   exported to ONNX fp32 (no torchvision transform, anchor decoding or NMS, like the other rows).
   A model whose ONNX export fails is timed in torch eager instead, and the table says so.
+
+``--cellnet-model`` times these CellNet files (each at its own input size) instead of the shipped one.
+``--pipeline N`` adds a second table: each model's TFLite int8 file as a whole pipeline on N decoded
+BCCD val frames (bloodcell's ``predict_image``, with its scale handling, decoding, NMS and counts;
+ultralytics' ``predict`` with its letterbox and NMS), also in alternating rounds.
 
 Params and GFLOPs (2 FLOPs per multiply-add, torch.utils.flop_counter.FlopCounterMode) are counted
 on the torch models at the timed input size. Writes ``peers.md`` and ``peers.json`` to --out.
@@ -70,6 +76,12 @@ CPU_FLAGS = (
 YOLO_ARCHS = ("yolo11n", "yolov8n")
 TV_ARCHS = ("ssdlite320_mobilenet_v3_large", "fcos_resnet50_fpn", "retinanet_resnet50_fpn")
 ALL_MODELS = ("cellnet", *YOLO_ARCHS, *TV_ARCHS)
+
+
+def licence(model: str) -> str:
+    return LICENCES.get("cellnet" if model.startswith("cellnet") else model, "")
+
+
 LICENCES = {
     "cellnet": "Apache-2.0 (bloodcell)",
     **dict.fromkeys(YOLO_ARCHS, "AGPL-3.0"),
@@ -89,7 +101,7 @@ class Entry:
     format: str
     python: str  # "main" or "peers"
     spec: Spec
-    path: str | None = None  # model file; None for torch eager
+    path: str | None = None  # model file; for torch eager the CellNet .pt (None: shipped model or a peer)
     status: str = "ok"  # otherwise why it was not timed
     note: str = ""
     params_m: float | None = None
@@ -162,8 +174,9 @@ def error_text(e: BaseException) -> str:
 # ---------------------------------------------------------------- torch models (workers)
 
 
-def build_torch(model: str, work: Path) -> tuple[torch.nn.Module, Spec]:
-    """(eval module taking the spec's layout, spec) for a model name; no weights are downloaded."""
+def build_torch(model: str, work: Path, cellnet_model: str | None = None) -> tuple[torch.nn.Module, Spec]:
+    """(eval module taking the spec's layout, spec) for a model name; no weights are downloaded.
+    ``cellnet_model``: the CellNet .pt file (default: the shipped model)."""
     import torch
 
     torch.manual_seed(0)
@@ -172,7 +185,7 @@ def build_torch(model: str, work: Path) -> tuple[torch.nn.Module, Spec]:
         from bloodcell.models.checkpoint import load_model
         from bloodcell.weights import default_model
 
-        path, sha = default_model()
+        path, sha = (cellnet_model, None) if cellnet_model else default_model()
         net, info = load_model(path, sha)
         w, h = info.input_size
         return ExportGraph(net).eval(), {"layout": "NHWC", "width": w, "height": h, "scale": 1.0}
@@ -230,7 +243,7 @@ def worker_info(args: argparse.Namespace) -> None:
     """Params/GFLOPs and input spec of a torch model (CellNet, in the main venv)."""
     import torch
 
-    module, spec = build_torch(args.model, Path(args.work))
+    module, spec = build_torch(args.model, Path(args.work), args.cellnet_model)
     example = torch.from_numpy(load_input(Path(args.image), spec))
     params, gflops = count_flops(module, example)
     write_result({"spec": spec, "params_m": params, "gflops": gflops})
@@ -385,7 +398,9 @@ def worker_time(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        module, _ = build_torch(entry.model, Path(args.work))
+        # a CellNet row other than the shipped model keeps its .pt file in ``path``
+        arch = "cellnet" if entry.model.startswith("cellnet") else entry.model
+        module, _ = build_torch(arch, Path(args.work), entry.path)
         tensor = torch.from_numpy(x)
 
         def run() -> None:
@@ -499,6 +514,43 @@ def quantized_entry(runner: Runner, base: Entry, calib: list[Path], note: str) -
     return entry
 
 
+def cellnet_entries(runner: Runner, own: str | None, common: list[str], calib: list[Path], qnote: str) -> list[Entry]:
+    """Rows for one CellNet model file (None: the shipped model): torch eager and every bloodcell format."""
+    args, models_dir = runner.args, runner.out / "models"
+    stem = Path(own).stem if own else "cellnet"
+    name = f"cellnet-{stem}" if own else "cellnet"
+    chosen = ["--cellnet-model", str(Path(own).resolve())] if own else []
+    info = runner.cached("main", ["_info", "--model", "cellnet", *common, *chosen], f"info-{stem}")
+    if "error" in info:
+        return [Entry(name, "all", "main", {}, status=f"not run: {info['error']}")]
+    spec, stats = info["spec"], {"params_m": info["params_m"], "gflops": info["gflops"]}
+    what = f"{Path(own).name}, {spec['width']}x{spec['height']}" if own else "shipped cellnet_bccd.pt"
+    pt = str(Path(own).resolve()) if own else None
+    entries = [Entry(name, "torch eager (.pt)", "main", spec, pt, **stats, note=what)]
+    onnx_row = None
+    for fmt, extra, file in (
+        ("onnx fp32", [], f"{stem}.onnx"),
+        ("tflite fp32", [], f"{stem}_fp32.tflite"),
+        ("tflite int8", ["--int8", "--data", str(args.data)], f"{stem}_int8.tflite"),
+    ):
+        dst = models_dir / file
+        row = Entry(name, fmt, "main", spec, str(dst), **stats, note="bloodcell export")
+        if fmt == "tflite int8":
+            row.note += " (int8 I/O, 32 calibration images)"
+        if args.reexport or not dst.exists():
+            argv = ["-m", "bloodcell", "export", "--format", fmt.split()[0], *extra, "--out", str(dst)]
+            argv += ["--model", str(Path(own).resolve())] if own else []
+            with open(runner.logs / f"export-{dst.stem}.log", "w") as f:
+                rc = subprocess.run([str(runner.pythons["main"]), *argv], stdout=f, stderr=subprocess.STDOUT).returncode
+            if rc != 0:
+                row.status = f"conversion fails: bloodcell export exited {rc} (log: {f.name})"
+        entries.append(row)
+        onnx_row = row if fmt == "onnx fp32" else onnx_row
+    if onnx_row is not None:
+        entries.append(quantized_entry(runner, onnx_row, calib, qnote + "; not a bloodcell format"))
+    return entries
+
+
 def prepare(runner: Runner, models: list[str], image: Path, calib: list[Path]) -> list[Entry]:
     """Export every format of every model (cached) and return the rows to time."""
     args, out = runner.args, runner.out
@@ -509,37 +561,9 @@ def prepare(runner: Runner, models: list[str], image: Path, calib: list[Path]) -
     entries: list[Entry] = []
     qnote = f"ORT quantize_static QDQ u8/s8 per-channel, {len(calib)} BCCD train images"
 
-    info = (
-        runner.cached("main", ["_info", "--model", "cellnet", *common], "info-cellnet") if "cellnet" in models else {}
-    )
-    if "error" in info:
-        entries.append(Entry("cellnet", "all", "main", {}, status=f"not run: {info['error']}"))
-    elif "cellnet" in models:
-        spec, stats = info["spec"], {"params_m": info["params_m"], "gflops": info["gflops"]}
-        entries.append(Entry("cellnet", "torch eager (.pt)", "main", spec, **stats, note="shipped cellnet_bccd.pt"))
-        onnx_row = None
-        for fmt, extra, name in (
-            ("onnx fp32", [], "cellnet.onnx"),
-            ("tflite fp32", [], "cellnet_fp32.tflite"),
-            ("tflite int8", ["--int8", "--data", str(args.data)], "cellnet_int8.tflite"),
-        ):
-            dst = models_dir / name
-            row = Entry("cellnet", fmt, "main", spec, str(dst), **stats, note="bloodcell export")
-            if fmt == "tflite int8":
-                row.note += " (int8 I/O, 32 calibration images)"
-            if args.reexport or not dst.exists():
-                fmt_name = fmt.split()[0]
-                argv = ["-m", "bloodcell", "export", "--format", fmt_name, *extra, "--out", str(dst)]
-                with open(runner.logs / f"export-{dst.stem}.log", "w") as f:
-                    rc = subprocess.run(
-                        [str(runner.pythons["main"]), *argv], stdout=f, stderr=subprocess.STDOUT
-                    ).returncode
-                if rc != 0:
-                    row.status = f"conversion fails: bloodcell export exited {rc} (log: {f.name})"
-            entries.append(row)
-            onnx_row = row if fmt == "onnx fp32" else onnx_row
-        if onnx_row is not None:
-            entries.append(quantized_entry(runner, onnx_row, calib, qnote + "; not a bloodcell format"))
+    if "cellnet" in models:
+        for own in args.cellnet_model or [None]:  # None: the shipped model
+            entries += cellnet_entries(runner, own, common, calib, qnote)
 
     yolos = [m for m in models if m in YOLO_ARCHS]
     why_not = peers_ready(runner) if yolos else None
@@ -603,6 +627,84 @@ def time_all(runner: Runner, entries: list[Entry], image: Path) -> None:
             print(f"round {r + 1}/{args.rounds} [{i + 1}/{len(todo)}] {e.model} {e.format}: {med:.1f} ms", flush=True)
 
 
+def worker_pipeline(args: argparse.Namespace) -> None:
+    """Time one model's whole pipeline, decoded RGB frame in, final boxes out: bloodcell's
+    ``predict_image`` (scale handling, network, decode + NMS, counts) for CellNet files, ultralytics'
+    ``predict`` (letterbox, network, NMS) for YOLO files."""
+    import numpy as np
+    from PIL import Image
+
+    entry = Entry(**json.loads(Path(args.entry).read_text()))
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in args.images]
+    if entry.model.startswith("cellnet"):
+        from bloodcell.export.benchmark import latencies_ms
+        from bloodcell.runtime.loader import load_predictor
+
+        predictor = load_predictor(entry.path, threads=args.threads)
+        times = latencies_ms(predictor, images, warmup=args.warmup)
+        runtime = "bloodcell predict_image (cell size auto)"
+    else:
+        import ultralytics
+        from ultralytics import YOLO
+
+        model = YOLO(entry.path, task="detect")
+        frames = [np.ascontiguousarray(im[..., ::-1]) for im in images]  # ultralytics takes BGR arrays
+
+        def run(frame: np.ndarray) -> None:
+            model.predict(frame, imgsz=(480, 640), verbose=False)
+
+        for frame in frames[: args.warmup]:
+            run(frame)
+        times = []
+        for frame in frames:
+            t0 = time.perf_counter()
+            run(frame)
+            times.append((time.perf_counter() - t0) * 1000)
+        runtime = f"ultralytics {ultralytics.__version__} predict"
+    write_result({"times_ms": times, "runtime": runtime})
+
+
+def time_pipelines(runner: Runner, entries: list[Entry], images: list[Path]) -> list[Entry]:
+    """The int8 TFLite file of every model, timed as a whole pipeline in alternating rounds."""
+    args = runner.args
+    todo = [
+        dataclasses.replace(e, times_ms=[], runtime="", note="")
+        for e in entries
+        if e.status == "ok" and e.format == "tflite int8"
+    ]
+    for r in range(args.rounds):
+        for e in todo if r % 2 == 0 else todo[::-1]:
+            entry_file = runner.logs / "entry.json"
+            entry_file.write_text(json.dumps(dataclasses.asdict(e)))
+            argv = ["_pipeline", "--entry", str(entry_file), "--images", *map(str, images)]
+            argv += ["--threads", str(args.threads), "--warmup", str(args.warmup)]
+            result = runner.run(e.python, argv, f"pipeline-{e.model}-r{r}")
+            if "error" in result:
+                e.status = f"timing fails: {result['error']}"
+                continue
+            e.times_ms.append(result["times_ms"])
+            e.runtime = result["runtime"]
+            print(f"pipeline round {r + 1}/{args.rounds} {e.model}: {statistics.median(result['times_ms']):.1f} ms")
+    return todo
+
+
+def pipeline_markdown(rows: list[Entry], images: int) -> str:
+    lines = [
+        f"Full pipeline, decoded 640x480 RGB frame in, final boxes out; median over {images} BCCD val images per "
+        "round:",
+        "",
+        "| model | file | median ms | round medians | pipeline |",
+        "|---|---|---|---|---|",
+    ]
+    for e in rows:
+        pooled = [t for rnd in e.times_ms for t in rnd]
+        median = f"**{statistics.median(pooled):.1f}**" if pooled and e.status == "ok" else "—"
+        rounds = " / ".join(f"{statistics.median(rnd):.1f}" for rnd in e.times_ms) or "—"
+        what = e.runtime if e.status == "ok" else e.status
+        lines.append(f"| {e.model} | {Path(e.path or '').name} | {median} | {rounds} | {what} |")
+    return "\n".join(lines) + "\n"
+
+
 def fmt_num(v: float | None, digits: int) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
@@ -628,7 +730,7 @@ def markdown(entries: list[Entry], cpu: dict[str, Any], args: argparse.Namespace
         wh = f"{e.spec['width']}x{e.spec['height']}" if e.spec else "—"
         notes = "; ".join(x for x in (e.note, e.runtime, "" if e.status == "ok" else e.status) if x)
         lines.append(
-            f"| {e.model} | {LICENCES.get(e.model, '')} | {e.format} | {wh} | {fmt_num(e.params_m, 2)} | "
+            f"| {e.model} | {licence(e.model)} | {e.format} | {wh} | {fmt_num(e.params_m, 2)} | "
             f"{fmt_num(e.gflops, 2)} | {size_txt} | {median} | {rounds} | {notes.replace('|', '/')} |"
         )
     return "\n".join(lines) + "\n"
@@ -646,11 +748,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         w.add_argument("--image", required=True)
         w.add_argument("--work", required=True)
         w.add_argument("--models", required=True)
+    w_info.add_argument("--cellnet-model")
     w_yolo.add_argument("--calib-yaml", required=True)
     w_q = sub.add_parser("_quantize")
     for name in ("--src", "--dst", "--spec", "--input-name"):
         w_q.add_argument(name, required=True)
     w_q.add_argument("--calib", nargs="+", required=True)
+    w_p = sub.add_parser("_pipeline")
+    w_p.add_argument("--entry", required=True)
+    w_p.add_argument("--images", nargs="+", required=True)
+    w_p.add_argument("--threads", type=int, required=True)
+    w_p.add_argument("--warmup", type=int, required=True)
     w_t = sub.add_parser("_time")
     w_t.add_argument("--entry", required=True)
     w_t.add_argument("--image", required=True)
@@ -666,7 +774,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed iterations first (default 5)")
     p.add_argument("--budget-s", type=float, default=30.0, help="stop a round of one file after this (min 5 iters)")
     p.add_argument("--models", default=",".join(ALL_MODELS), help=f"comma list from {', '.join(ALL_MODELS)}")
+    p.add_argument(
+        "--cellnet-model", nargs="+", help="CellNet .pt files to export and time (default: the shipped model)"
+    )
     p.add_argument("--eager", action="store_true", help="also time every peer in torch eager mode")
+    p.add_argument(
+        "--pipeline", type=int, default=0, metavar="N",
+        help="also time each model's int8 TFLite file as a whole pipeline on N BCCD val images (default 0: no)",
+    )  # fmt: skip
     p.add_argument("--calib", type=int, default=8, help="BCCD train images to calibrate the ONNX/YOLO int8 files")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BCCD VOC folder")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "peers")
@@ -682,6 +797,7 @@ WORKERS: dict[str, Callable[[argparse.Namespace], None]] = {
     "_export_torchvision": worker_export_torchvision,
     "_quantize": worker_quantize,
     "_time": worker_time,
+    "_pipeline": worker_pipeline,
 }
 
 
@@ -704,6 +820,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"exports ready in {time.perf_counter() - t0:.0f} s; timing {sum(e.status == 'ok' for e in entries)} files")
     time_all(runner, entries, image)
     table = markdown(entries, cpu, args)
+    pipelines: list[Entry] = []
+    if args.pipeline:
+        names = (args.data / "ImageSets" / "Main" / "val.txt").read_text().split()[: args.pipeline]
+        pipelines = time_pipelines(runner, entries, [args.data / "JPEGImages" / f"{n}.jpg" for n in names])
+        table += "\n" + pipeline_markdown(pipelines, len(names))
     (out / "peers.md").write_text(table)
     rows = []
     for e in entries:
@@ -718,6 +839,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "image": str(image),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "rows": rows,
+        "pipelines": [dataclasses.asdict(e) for e in pipelines],
     }
     (out / "peers.json").write_text(json.dumps(report, indent=1))
     print()

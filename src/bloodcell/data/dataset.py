@@ -41,7 +41,17 @@ class DetectionDataset(torch.utils.data.Dataset):
             self._cache[index] = tensor
         return tensor
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        """``item``: an index, or (index, seed) from ``SeededSampler``: the augmentation then
+        depends on the seed alone, not on the process or the RNG state it runs in."""
+        if isinstance(item, tuple):
+            index, seed = item
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self._sample(index)
+        return self._sample(item)
+
+    def _sample(self, index: int):
         record = self.records[index]
         image = tv_tensors.Image(self.image(index))
         target = {
@@ -54,6 +64,28 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return F.to_dtype(image, torch.uint8), target
+
+
+class SeededSampler(torch.utils.data.Sampler):
+    """Yields (index, seed) pairs from ``sampler`` with seed = f(seed, epoch, index): augmentations
+    no longer depend on which loader worker draws a sample, so workers can persist across epochs
+    (no start-up per epoch) and a resumed epoch replays exactly."""
+
+    def __init__(self, sampler: torch.utils.data.DistributedSampler, seed: int) -> None:
+        self.sampler = sampler
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        base = (self.seed * 100_003 + self.epoch) * 1_000_003
+        return ((i, base + i) for i in self.sampler)
 
 
 def collate(batch: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:

@@ -99,13 +99,21 @@ class DropInvisible(v2.Transform):
         return image, target
 
 
-def make_transforms(preset: str, crop_size: int = 384) -> v2.Compose | None:
-    """The augmentation policy called ``preset``: 'train' (full), 'light' (flips only), 'none'."""
+def make_transforms(preset: str, crop_size: int = 384, scale: float = 1.0) -> v2.Compose | None:
+    """The augmentation policy called ``preset``: 'train' (full), 'light' (flips only), 'none'.
+    ``scale``: the magnification the model learns at (TrainConfig.scale); scale jitter is around it."""
+    fixed = [RandomScale((scale, scale))] if scale != 1.0 else []
     if preset == "none":  # still cropped: batches need one image size
-        return v2.Compose([RandomCropKeepVisible(crop_size), DropInvisible()])
+        return v2.Compose([*fixed, RandomCropKeepVisible(crop_size), DropInvisible()])
     if preset == "light":
         return v2.Compose(
-            [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomCropKeepVisible(crop_size), DropInvisible()]
+            [
+                v2.RandomHorizontalFlip(),
+                v2.RandomVerticalFlip(),
+                *fixed,
+                RandomCropKeepVisible(crop_size),
+                DropInvisible(),
+            ]
         )
     if preset == "train-v1":  # the recipe of the first shipped model (kept to compare against)
         return v2.Compose(
@@ -114,7 +122,7 @@ def make_transforms(preset: str, crop_size: int = 384) -> v2.Compose | None:
                 RandomRotate90(),
                 v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.3, hue=0.04),
                 v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.2))], p=0.2),
-                RandomScale((0.75, 1.25)),
+                RandomScale((0.75 * scale, 1.25 * scale)),
                 RandomCropKeepVisible(crop_size),
                 DropInvisible(),
             ]
@@ -122,12 +130,12 @@ def make_transforms(preset: str, crop_size: int = 384) -> v2.Compose | None:
     if preset in ("train", "train-mild"):
         # Other microscopes: magnification (scale jitter), stain, white balance and exposure, focus,
         # compression and sensor noise. Geometry first, then pixel changes on the (smaller) crop.
-        scale = (0.6, 1.6) if preset == "train" else (0.75, 1.33)
+        lo, hi = (0.6, 1.6) if preset == "train" else (0.75, 1.33)
         return v2.Compose(
             [
                 v2.RandomHorizontalFlip(),
                 RandomRotate90(),
-                RandomScale(scale),
+                RandomScale((lo * scale, hi * scale)),
                 RandomCropKeepVisible(crop_size),
                 DropInvisible(),
                 v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.4, hue=0.08),

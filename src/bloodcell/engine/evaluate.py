@@ -156,8 +156,13 @@ class CountingFit:
     cell_size: float | None
 
 
-def fit_counting(preds: list[Detections], records: list[VOCRecord], class_names: tuple[str, ...]) -> CountingFit:
+def fit_counting(
+    preds: list[Detections], records: list[VOCRecord], class_names: tuple[str, ...], input_scale: float = 1.0
+) -> CountingFit:
     """Everything counting needs, fitted on val: per-class operating points, score calibration
-    for the intervals, and the reference red-cell size for rescaling other microscopes' images."""
+    for the intervals, and the reference red-cell size for rescaling other microscopes' images
+    (in network pixels: the val images' cells times the model's ``input_scale``)."""
     conf = choose_conf(preds, records, len(class_names))
-    return CountingFit(conf, fit_calibration(preds, records, class_names), detected_cell_size(preds, conf[0]))
+    size = detected_cell_size(preds, conf[0])
+    reference = None if size is None else round(size * input_scale, 1)
+    return CountingFit(conf, fit_calibration(preds, records, class_names), reference)

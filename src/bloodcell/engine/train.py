@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from bloodcell.atomic import write_text
 from bloodcell.config import TrainConfig, flag_name, show
-from bloodcell.data.dataset import DetectionDataset, collate
+from bloodcell.data.dataset import DetectionDataset, SeededSampler, collate
 from bloodcell.data.sources import load_dataset, resolve_data_root
 from bloodcell.data.transforms import make_transforms
 from bloodcell.engine.distributed import (
@@ -54,6 +54,8 @@ from bloodcell.models.registry import MODELS, build_model, model_config
 from bloodcell.runtime.timing import available_cores
 from bloodcell.runtime.torch_predictor import TorchPredictor, resolve_device
 
+#: Validation images per network pass (the results do not depend on it): batched on a GPU.
+VAL_BATCH = {"cuda": 32}
 CSV_FIELDS = ["epoch", "time_s", "lr", "loss_cls", "loss_box", "loss", "val_map50", "val_coco_ap50", "val_coco_ap50_95"]
 
 
@@ -195,17 +197,20 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
-def _initial_model(config: TrainConfig, class_names: tuple[str, ...]) -> tuple[str, object, nn.Module]:
-    """An architecture name builds a fresh model; a .pt model file is fine-tuned (same classes)."""
+def _initial_model(config: TrainConfig, class_names: tuple[str, ...]) -> tuple[TrainConfig, str, object, nn.Module]:
+    """An architecture name builds a fresh model; a .pt model file is fine-tuned (same classes) at
+    its own scale and input size unless the config sets them."""
     if config.model.endswith(".pt"):
         from bloodcell.models.checkpoint import load_model
 
         model, info = load_model(config.model)
         if tuple(info.class_names) != tuple(class_names):
             raise ConfigError(f"{config.model}: classes {info.class_names} differ from the dataset's {class_names}")
-        return info.name, model_config(info.name, info.config), model
+        config = config.with_model_scale(info.input_scale, info.input_size)
+        return config, info.name, model_config(info.name, info.config), model
     mcfg = model_config(config.model, {"num_classes": len(class_names)})
-    return config.model, mcfg, build_model(config.model, mcfg, pretrained=config.pretrained, weights=config.weights)
+    model = build_model(config.model, mcfg, pretrained=config.pretrained, weights=config.weights)
+    return config, config.model, mcfg, model
 
 
 #: Settings a resumed run takes from the command line: how the run goes on, not what it learns.
@@ -283,22 +288,29 @@ def _train(config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | 
     class_names = train_set.class_names
 
     torch.manual_seed(config.seed)
-    arch, mcfg, model = _initial_model(config, class_names)
+    config, arch, mcfg, model = _initial_model(config, class_names)
     if saved is not None:
         model.load_state_dict(saved["model"])
     model = model.to(device)
     criterion = None  # torchvision detectors compute their own losses
     if MODELS[arch].kind == "dense":
         criterion = CellNetLoss(mcfg, model.strides, missing=config.missing_labels, tau=config.missing_tau)
-    dataset = DetectionDataset(records, make_transforms(config.augment, config.imgsz), num_classes=len(class_names))
+    transforms = make_transforms(config.augment, config.imgsz, config.scale)
+    dataset = DetectionDataset(records, transforms, num_classes=len(class_names))
     if config.workers:
         dataset.preload()  # forked workers share the decoded images instead of decoding them every epoch
-    # The same sampler for one process or many: each global batch holds the same images either way.
-    sampler = torch.utils.data.DistributedSampler(
-        dataset, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed, drop_last=True
-    )
+    # The same sampler for one process or many: each global batch holds the same images either way;
+    # each sample carries its augmentation seed, so workers can live across epochs.
+    sampler = SeededSampler(
+        torch.utils.data.DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed,
+                                            drop_last=True), config.seed
+    )  # fmt: skip
     local_batch = config.batch // ctx.world_size
     iters_per_epoch = len(sampler) // local_batch
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=local_batch, sampler=sampler, drop_last=True, collate_fn=collate,
+        num_workers=config.workers, persistent_workers=config.workers > 0, pin_memory=device.type == "cuda",
+    )  # fmt: skip
     ema = ModelEMA(model, config.ema_decay)  # plain BatchNorm, before DDP's SyncBatchNorm
     if saved is not None:
         ema.load_state_dict(saved["ema"])
@@ -330,16 +342,15 @@ def _train(config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | 
 
     def model_info(conf: float = 0.5, metrics: dict | None = None) -> ModelInfo:
         extra = {"train_config": config.to_dict()}
-        return make_info(arch, mcfg, class_names, config.input_size, conf=conf, metrics=metrics or {}, extra=extra)
+        return make_info(
+            arch, mcfg, class_names, config.input_size, conf=conf, metrics=metrics or {}, extra=extra,
+            input_scale=config.scale,
+        )  # fmt: skip
 
     for epoch in range(start_epoch, config.epochs):
         t0 = time.time()
-        generator = seed_epoch(config.seed, epoch, ctx.rank)
+        seed_epoch(config.seed, epoch, ctx.rank)
         sampler.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=local_batch, sampler=sampler, drop_last=True, collate_fn=collate,
-            num_workers=config.workers, generator=generator,
-        )  # fmt: skip
         losses = train_one_epoch(
             model, criterion, optimizer, scheduler, loader, ema, device, epoch, config.grad_clip, scaler, progress,
             config.freeze_bn,
@@ -351,7 +362,8 @@ def _train(config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | 
             continue
         if last or (epoch + 1) % config.val_every == 0:
             predictor = TorchPredictor(ema.module, model_info(), device=str(device))
-            metrics = score(predict_records(predictor, val_set.records, progress), val_set.records, class_names, 0.5)
+            preds = predict_records(predictor, val_set.records, progress, batch=VAL_BATCH.get(device.type, 1))
+            metrics = score(preds, val_set.records, class_names, 0.5)
             row.update(
                 val_map50=metrics.voc_map50, val_coco_ap50=metrics.coco_ap50, val_coco_ap50_95=metrics.coco_ap50_95
             )
@@ -392,7 +404,7 @@ def fit_counting_file(
     model, info = load_model(path)
     predictor = TorchPredictor(model, info, device=str(device))
     preds = predict_records(predictor, val_records)
-    fit = fit_counting(preds, val_records, tuple(info.class_names))
+    fit = fit_counting(preds, val_records, tuple(info.class_names), info.input_scale)
     info.conf, info.calibration, info.cell_size = fit.conf, fit.calibration.to_dict(), fit.cell_size
     metrics = score(preds, val_records, tuple(info.class_names), fit.conf, fit.calibration)
     info.metrics = {"val": metrics.to_dict()}

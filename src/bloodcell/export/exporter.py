@@ -122,6 +122,7 @@ def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[i
         "iou_threshold": info.iou_threshold,
         "calibration": info.calibration,
         "cell_size": info.cell_size,
+        "input_scale": info.input_scale,
         "source": source.name,
         "source_sha256": sha256_file(source),
         "source_metrics": info.metrics,

@@ -92,7 +92,7 @@ def qat_finetune(config: QATConfig, progress: bool = True):
     quantizer.STATIC_QAT_ONLY_OPS = []  # batch norms are folded already
     model = quantize_pt2e.prepare_qat_pt2e(exported, quantizer)
 
-    dataset = DetectionDataset(records, make_transforms("train", config.imgsz))
+    dataset = DetectionDataset(records, make_transforms("train", config.imgsz, info.input_scale))
     criterion = CellNetLoss(folded.config, folded.strides, probabilities=True)
     student = _NHWCModel(model, move_exported_model_to_train, move_exported_model_to_eval)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)

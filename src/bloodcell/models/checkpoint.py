@@ -35,6 +35,8 @@ class ModelInfo:
     iou_threshold: float = 0.5
     calibration: dict[str, Any] | None = None  # bloodcell.runtime.counting.Calibration.to_dict()
     cell_size: float | None = None  # median RBC diameter (px) the model was trained at
+    #: Images from the training microscope are resized by this before the network (TrainConfig.scale).
+    input_scale: float = 1.0
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -48,6 +50,7 @@ class ModelInfo:
             "iou_threshold": self.iou_threshold,
             "calibration": self.calibration,
             "cell_size": self.cell_size,
+            "input_scale": self.input_scale,
             "metrics": self.metrics,
             "extra": self.extra,
         }
@@ -63,6 +66,7 @@ class ModelInfo:
             iou_threshold=float(d.get("iou_threshold", 0.5)),
             calibration=d.get("calibration"),
             cell_size=None if d.get("cell_size") is None else float(d["cell_size"]),
+            input_scale=float(d.get("input_scale", 1.0)),
             metrics=dict(d.get("metrics", {})),
             extra=dict(d.get("extra", {})),
         )

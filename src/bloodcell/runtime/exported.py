@@ -38,6 +38,7 @@ class ExportedPredictor:
         self.conf = metadata.conf
         self.calibration = metadata.calibration
         self.cell_size = metadata.cell_size
+        self.input_scale = metadata.input_scale
         self.post = PostprocessConfig(iou_threshold=metadata.iou_threshold)
         self.times = StageTimes()
 

@@ -48,6 +48,8 @@ class ExportMetadata:
     int8: bool = False
     calibration: Calibration | None = None
     cell_size: float | None = None
+    # Images from the training microscope are resized by this before the network (TrainConfig.scale).
+    input_scale: float = 1.0
     architecture: str | None = None
     source_metrics: dict[str, Any] | None = None
     # The graph takes pixels * scale + shift (per channel) instead of pixels; None: plain pixels.
@@ -266,6 +268,9 @@ class _Checker:
         cell_size = self.get("cell_size", required=False)
         if cell_size is not None and not (_is_number(cell_size) and cell_size > 0):
             self.fail("cell_size", f"must be a positive number of pixels or null, got {_show(cell_size)}")
+        input_scale = self.get("input_scale", required=False)
+        if input_scale is not None and not (_is_number(input_scale) and 0.1 <= input_scale <= 10):
+            self.fail("input_scale", f"must be a number in [0.1, 10] or null, got {_show(input_scale)}")
         return ExportMetadata(
             model_format=model_format,
             class_names=class_names,
@@ -276,6 +281,7 @@ class _Checker:
             int8=int8,
             calibration=self.calibration(class_names),
             cell_size=None if cell_size is None else float(cell_size),
+            input_scale=1.0 if input_scale is None else float(input_scale),
             architecture=self.raw.get("architecture"),
             source_metrics=self.raw.get("source_metrics"),
             input_normalization=normalization,

@@ -29,6 +29,7 @@ class Predictor(Protocol):
     conf: Conf  # operating point(s) for counts, one per class
     calibration: Calibration | None  # score -> P(real cell), for count intervals
     cell_size: float | None  # red-cell diameter (px) the model was trained at
+    input_scale: float  # images from the training microscope are resized by this before the network
     times: StageTimes  # letterbox / network / decode time of the passes since last taken
 
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections: ...

@@ -87,6 +87,7 @@ class TorchPredictor:
         self.conf = info.conf
         self.calibration = Calibration.from_dict(info.calibration) if info.calibration else None
         self.cell_size = info.cell_size
+        self.input_scale = info.input_scale
         self.post = PostprocessConfig(iou_threshold=info.iou_threshold)
         # fp16 on a GPU: CellNet was trained with autocast there; the CPU keeps fp32.
         self.half = self.device.type == "cuda"
