@@ -97,7 +97,7 @@ def main() -> None:
         before = evaluate(load_predictor(model), val, cell_size="auto")
         t0 = time.time()
         config = TrainConfig(
-            model=model, data=str(root), epochs=args.epochs, batch=4, imgsz=448, lr=args.lr,
+            model=model, data=str(root), epochs=args.epochs, batch=4, lr=args.lr,  # crops: 448 x the model's scale
             warmup_epochs=1.0, threads=args.threads, val_every=args.epochs, out=args.out,
         )  # fmt: skip
         result = train(config, progress=False)

@@ -18,20 +18,26 @@ SAMPLES = sorted((Path(__file__).resolve().parents[2] / "src/bloodcell/assets/sa
 
 
 @pytest.mark.parametrize("min_score", [0.001, 0.3])
-def test_decode_on_device_matches_numpy_decode(min_score: float) -> None:
+def test_decode_on_device_matches_numpy_decode_per_image(min_score: float) -> None:
+    """Three images through one batched decode: each gives what the numpy decoder gives it alone
+    (boxes of one image never suppress another's, top-k and max_detections stay per image)."""
     rng = np.random.default_rng(0)
     size, strides = (128, 96), (8, 16, 32)
     anchors = sum((size[0] // s) * (size[1] // s) for s in strides)
-    cls = rng.normal(-2.0, 2.0, (anchors, 3)).astype(np.float32)
-    box = rng.normal(2.5, 0.5, (anchors, 4)).astype(np.float32)
+    cls = rng.normal(-2.0, 2.0, (3, anchors, 3)).astype(np.float32)
+    cls[1] = cls[0]  # the same outputs twice: identical boxes in two images, both kept
+    box = rng.normal(2.5, 0.5, (3, anchors, 4)).astype(np.float32)
+    box[1] = box[0]
     config = PostprocessConfig(min_score=min_score, pre_nms_topk=200, max_detections=50)
-    ref = decode(cls, box, size, strides, config)
-    got = decode_on_device(torch.from_numpy(cls), torch.from_numpy(box), size, strides, config)
-    assert len(ref) > 10 and len(got) == len(ref)
-    order_ref, order_got = np.argsort(-ref.scores, kind="stable"), np.argsort(-got.scores, kind="stable")
-    np.testing.assert_allclose(got.scores[order_got], ref.scores[order_ref], atol=1e-5)
-    np.testing.assert_array_equal(got.labels[order_got], ref.labels[order_ref])
-    np.testing.assert_allclose(got.boxes[order_got], ref.boxes[order_ref], atol=1e-3)
+    batch = decode_on_device(torch.from_numpy(cls), torch.from_numpy(box), size, strides, config)
+    assert len(batch) == 3
+    for i, got in enumerate(batch):
+        ref = decode(cls[i], box[i], size, strides, config)
+        assert len(ref) > 10 and len(got) == len(ref)
+        order_ref, order_got = np.argsort(-ref.scores, kind="stable"), np.argsort(-got.scores, kind="stable")
+        np.testing.assert_allclose(got.scores[order_got], ref.scores[order_ref], atol=1e-5)
+        np.testing.assert_array_equal(got.labels[order_got], ref.labels[order_ref])
+        np.testing.assert_allclose(got.boxes[order_got], ref.boxes[order_ref], atol=1e-3)
 
 
 def test_batch_gives_the_same_results_as_one_by_one() -> None:
