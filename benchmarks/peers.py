@@ -605,26 +605,35 @@ def prepare(runner: Runner, models: list[str], image: Path, calib: list[Path]) -
     return entries
 
 
-def time_all(runner: Runner, entries: list[Entry], image: Path) -> None:
-    """Alternating rounds: every runnable entry once per round, each in a fresh subprocess."""
-    args = runner.args
-    todo = [e for e in entries if e.status == "ok"]
-    for r in range(args.rounds):
+def run_rounds(runner: Runner, todo: list[Entry], worker: str, extra: list[str], label: str) -> None:
+    """Alternating rounds: every entry once per round (odd rounds in reverse), each in a fresh
+    subprocess running ``worker`` with the entry and ``extra``; its times go into the entry."""
+    rounds = runner.args.rounds
+    for r in range(rounds):
         for i, e in enumerate(todo if r % 2 == 0 else todo[::-1]):
             entry_file = runner.logs / "entry.json"
             entry_file.write_text(json.dumps(dataclasses.asdict(e)))
-            argv = ["_time", "--entry", str(entry_file), "--image", str(image), "--work", str(runner.out / "work")]
-            argv += ["--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters)]
-            argv += ["--budget-s", str(args.budget_s)]
             fmt_slug = "".join(c if c.isalnum() else "_" for c in e.format)
-            result = runner.run(e.python, argv, f"time-{e.model}-{fmt_slug}-r{r}")
+            result = runner.run(
+                e.python, [worker, "--entry", str(entry_file), *extra], f"{label}-{e.model}-{fmt_slug}-r{r}"
+            )
             if "error" in result:
                 e.status = f"timing fails: {result['error']}"
                 continue
             e.times_ms.append(result["times_ms"])
             e.runtime = result["runtime"]
             med = statistics.median(result["times_ms"])
-            print(f"round {r + 1}/{args.rounds} [{i + 1}/{len(todo)}] {e.model} {e.format}: {med:.1f} ms", flush=True)
+            print(
+                f"{label} round {r + 1}/{rounds} [{i + 1}/{len(todo)}] {e.model} {e.format}: {med:.1f} ms", flush=True
+            )
+
+
+def time_all(runner: Runner, entries: list[Entry], image: Path) -> None:
+    """Network only: every runnable entry on one fixed input tensor."""
+    args = runner.args
+    extra = ["--image", str(image), "--work", str(runner.out / "work"), "--threads", str(args.threads)]
+    extra += ["--warmup", str(args.warmup), "--iters", str(args.iters), "--budget-s", str(args.budget_s)]
+    run_rounds(runner, [e for e in entries if e.status == "ok"], "_time", extra, "time")
 
 
 def worker_pipeline(args: argparse.Namespace) -> None:
@@ -672,19 +681,8 @@ def time_pipelines(runner: Runner, entries: list[Entry], images: list[Path]) -> 
         for e in entries
         if e.status == "ok" and e.format == "tflite int8"
     ]
-    for r in range(args.rounds):
-        for e in todo if r % 2 == 0 else todo[::-1]:
-            entry_file = runner.logs / "entry.json"
-            entry_file.write_text(json.dumps(dataclasses.asdict(e)))
-            argv = ["_pipeline", "--entry", str(entry_file), "--images", *map(str, images)]
-            argv += ["--threads", str(args.threads), "--warmup", str(args.warmup)]
-            result = runner.run(e.python, argv, f"pipeline-{e.model}-r{r}")
-            if "error" in result:
-                e.status = f"timing fails: {result['error']}"
-                continue
-            e.times_ms.append(result["times_ms"])
-            e.runtime = result["runtime"]
-            print(f"pipeline round {r + 1}/{args.rounds} {e.model}: {statistics.median(result['times_ms']):.1f} ms")
+    extra = ["--images", *map(str, images), "--threads", str(args.threads), "--warmup", str(args.warmup)]
+    run_rounds(runner, todo, "_pipeline", extra, "pipeline")
     return todo
 
 
