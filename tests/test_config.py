@@ -80,3 +80,23 @@ def test_scaled_presets_jitter_around_the_scale() -> None:
     out, target = make_transforms("none", 64, scale=0.5)(image, {"boxes": boxes, "labels": torch.tensor([0])})
     assert out.shape[-2:] == (64, 64)
     assert torch.allclose(target["boxes"], torch.tensor([[10.0, 10.0, 30.0, 40.0]]))
+
+
+def test_configs_saved_before_scale_existed_load_at_scale_one() -> None:
+    """A run saved by an older bloodcell fine-tuned at 1.0, whatever the model file says today."""
+    saved = TrainConfig(model="runs/a/best.pt", scale=1.0).to_dict()
+    del saved["scale"]
+    assert TrainConfig.from_dict(saved).scale == 1.0
+
+
+def test_sample_seeds_stay_64_bit_for_any_seed() -> None:
+    from bloodcell.data.dataset import SeededSampler
+
+    class Indices(list):
+        def set_epoch(self, epoch: int) -> None:
+            pass
+
+    sampler = SeededSampler(Indices([0, 5]), seed=10**15)
+    sampler.set_epoch(3)
+    seeds = [s for _, s in sampler]
+    assert len(set(seeds)) == 2 and all(0 <= s < 2**63 for s in seeds)

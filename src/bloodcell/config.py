@@ -21,6 +21,9 @@ from bloodcell.errors import ConfigError
 #: downweight  every such negative weighs `1 - tau` (background recalibration, no teacher).
 MISSING_LABEL_METHODS = ("plain", "ignore", "pseudo", "downweight")
 
+#: The magnifications `--scale` accepts (also what export metadata may record as input_scale).
+SCALE_LIMITS = (0.25, 2.0)
+
 # Copies of bloodcell.models.registry.MODELS and bloodcell.data.transforms.PRESETS (tests keep them
 # equal): those modules import torch, and a bad choice must fail in milliseconds, before torch loads.
 MODEL_NAMES = ("cellnet", "cellnet-mnv2", "fasterrcnn")
@@ -134,7 +137,7 @@ class TrainConfig:
         "magnification the model learns and runs at, relative to the training images: 0.75 shrinks them to "
         "3/4, so cells are smaller and the network needs about half the compute; prediction applies the same "
         "factor to images from the training microscope (default: 1, or the fine-tuned model's)",
-        Number(float, 0.25, 2.0),
+        Number(float, *SCALE_LIMITS),
     )
     # cells keep their (scaled) size: crops, not resizing to the input
     imgsz: int | None = _option(
@@ -235,7 +238,7 @@ class TrainConfig:
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown training settings {sorted(unknown)}")
-        return cls(**d)
+        return cls(**{"scale": 1.0, **d})  # saved before --scale existed: every run was at 1
 
 
 def _multiple_of_32(pixels: float) -> int:

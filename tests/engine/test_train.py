@@ -188,3 +188,13 @@ def test_resume_in_python_compares_with_the_defaults(one_epoch_run):
         train(TrainConfig(out=str(one_epoch_run), resume=True, lr=0.01), progress=False)
     with pytest.raises(ConfigError, match="--max-images 2 differs"):
         train(_tiny_config(None, one_epoch_run, resume=True, max_images=2), progress=False)
+
+
+def test_resume_through_the_api_leaves_a_fine_tuned_models_scale_to_the_run(tmp_path):
+    """explicit=None (the Python API): settings left None (a .pt's scale and sizes) are not 'given'."""
+    from bloodcell.engine.train import resume_config
+
+    run = TrainConfig(model="runs/a/best.pt", scale=0.75, out=str(tmp_path))
+    saved = {"train_config": run.to_dict(), "epoch": 0}
+    resumed = resume_config(TrainConfig(model="runs/a/best.pt", out=str(tmp_path), resume=True), saved, tmp_path)
+    assert (resumed.scale, resumed.imgsz, resumed.input_size) == (0.75, 352, (480, 384))

@@ -105,7 +105,7 @@ def test_optional_fields_and_unknown_keys():
         (broken("iou_threshold", float("nan")), "iou_threshold", "NaN"),
         (broken("iou_threshold", 0), "iou_threshold", "(0.0, 1.0]"),
         (broken("cell_size", -3), "cell_size", "positive number"),
-        (broken("input_scale", 0), "input_scale", "[0.1, 10]"),
+        (broken("input_scale", 0), "input_scale", "[0.25, 2.0]"),
         (broken("architecture", 7), "architecture", "must be a string"),
         (broken("source_metrics", [1]), "source_metrics", "must be an object"),
         (broken("ops", "CONV_2D"), "ops", "operator names"),

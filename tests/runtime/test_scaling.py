@@ -161,3 +161,15 @@ def test_scaled_model_batches_the_prior_pass_with_the_same_results():
     for a, b in zip(alone, together, strict=True):
         assert np.array_equal(a.detections.boxes, b.detections.boxes)
     assert model.calls == one_by_one.calls  # the prior pass is reused, not repeated, after the batch
+
+
+@pytest.mark.parametrize("reference", [75.0, None])
+def test_scaled_model_batches_whole_passes_without_an_estimate(reference):
+    """Validation (cell size none) of a --scale model: one batched pass per image, mapped back."""
+    images = [squares(640, 480, 100, 40)[0], squares(640, 480, 100, 30)[0]]
+    alone = [detect_cells(_scaled(cell_size=reference), im, cell_size=None) for im in images]
+    model = _scaled(batched=True, cell_size=reference)
+    together = detect_cells_batch(model, images, cell_size=None)
+    assert model.calls == 2 and all(t.scale == 0.75 and t.tiles == 1 for t in together)
+    for a, b in zip(alone, together, strict=True):
+        assert np.array_equal(a.detections.boxes, b.detections.boxes)

@@ -85,7 +85,7 @@ class SeededSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         base = (self.seed * 100_003 + self.epoch) * 1_000_003
-        return ((i, base + i) for i in self.sampler)
+        return ((i, (base + i) % 2**63) for i in self.sampler)  # torch seeds are 64-bit
 
 
 def collate(batch: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:

@@ -226,7 +226,11 @@ def resume_config(config: TrainConfig, saved: dict, out: Path, explicit: Collect
     run = TrainConfig.from_dict({**saved["train_config"], "resume": True, "out": str(out)})
     if explicit is None:
         default = TrainConfig()
-        explicit = [f.name for f in fields(TrainConfig) if getattr(config, f.name) != getattr(default, f.name)]
+        explicit = [
+            f.name
+            for f in fields(TrainConfig)
+            if getattr(config, f.name) is not None and getattr(config, f.name) != getattr(default, f.name)
+        ]  # None: left to the run (a fine-tuned model's scale and sizes)
     changes = {}
     for name in sorted(set(explicit) - {"out", "resume"}):
         value, before = getattr(config, name), getattr(run, name)
@@ -310,6 +314,7 @@ def _train(config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | 
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=local_batch, sampler=sampler, drop_last=True, collate_fn=collate,
         num_workers=config.workers, persistent_workers=config.workers > 0, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),  # workers' base seed: not from the global RNG
     )  # fmt: skip
     ema = ModelEMA(model, config.ema_decay)  # plain BatchNorm, before DDP's SyncBatchNorm
     if saved is not None:

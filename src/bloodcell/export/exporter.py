@@ -39,15 +39,18 @@ class ExportResult:
     metadata: dict = field(repr=False, default_factory=dict)
 
 
-def calibration_images(data: str | Path | None, size: tuple[int, int], count: int) -> list[np.ndarray]:
-    """The first ``count`` training images, letterboxed to ``size`` (deterministic)."""
+def calibration_images(
+    data: str | Path | None, size: tuple[int, int], count: int, scale: float = 1.0
+) -> list[np.ndarray]:
+    """The first ``count`` training images as the network sees them: at the model's ``scale``, the
+    central ``size`` window (deterministic)."""
     from bloodcell.data.sources import resolve_data_root
     from bloodcell.data.voc import load_voc
     from bloodcell.runtime.images import load_image
-    from bloodcell.runtime.preprocess import letterbox
+    from bloodcell.runtime.scaling import model_window
 
     records = load_voc(resolve_data_root(data), split="train", decode_images=False).records[:count]
-    return [letterbox(load_image(r.image_path), size)[0] for r in records]
+    return [model_window(load_image(r.image_path), scale, size) for r in records]
 
 
 def export_model(
@@ -92,7 +95,7 @@ def export_model(
     else:
         calibration = None
         if int8 and qat_state is None:
-            images = calibration_images(data, (width, height), calib_images)
+            images = calibration_images(data, (width, height), calib_images, info.input_scale)
             affine = np.float32(scale), np.float32(shift)
             calibration = [torch.from_numpy(im.astype(np.float32) * affine[0] + affine[1])[None] for im in images]
             meta["calibration_images"] = len(calibration)

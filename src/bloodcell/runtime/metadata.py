@@ -21,6 +21,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, NoReturn
 
+from bloodcell.config import SCALE_LIMITS
 from bloodcell.errors import MetadataError
 from bloodcell.runtime.counting import Calibration
 
@@ -28,9 +29,9 @@ FORMAT = "bloodcell-export"
 FORMAT_VERSION = 2  # 2: int8 files may take normalized input ("input_normalization")
 EMBED_KEY = "bloodcell"  # ONNX metadata_props key and TFLite Model.metadata name
 MODEL_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
-# What ties metadata to one graph; the other fields (conf, iou_threshold, calibration, cell_size) are
+# What ties metadata to one graph and its weights; the other fields (conf, iou_threshold, calibration, cell_size) are
 # operating points that a user may retune in the sidecar without exporting again.
-GRAPH_FIELDS = ("model_format", "int8", "class_names", "input_size", "strides", "input_normalization")
+GRAPH_FIELDS = ("model_format", "int8", "class_names", "input_size", "strides", "input_normalization", "input_scale")
 _TEXT_FIELDS = ("version", "date", "architecture", "input_layout", "source", "source_sha256")
 _DICT_FIELDS = ("outputs", "source_metrics", "tflite_input", "tflite_outputs", "qat")
 
@@ -269,8 +270,9 @@ class _Checker:
         if cell_size is not None and not (_is_number(cell_size) and cell_size > 0):
             self.fail("cell_size", f"must be a positive number of pixels or null, got {_show(cell_size)}")
         input_scale = self.get("input_scale", required=False)
-        if input_scale is not None and not (_is_number(input_scale) and 0.1 <= input_scale <= 10):
-            self.fail("input_scale", f"must be a number in [0.1, 10] or null, got {_show(input_scale)}")
+        low, high = SCALE_LIMITS
+        if input_scale is not None and not (_is_number(input_scale) and low <= input_scale <= high):
+            self.fail("input_scale", f"must be a number in [{low}, {high}] or null, got {_show(input_scale)}")
         return ExportMetadata(
             model_format=model_format,
             class_names=class_names,

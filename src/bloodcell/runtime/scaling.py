@@ -159,6 +159,12 @@ def _measure(predictor: RawPredictor, image: np.ndarray, scale: float, rbc_conf:
     return (float(np.median(sizes)) / scale if len(sizes) >= MIN_CELLS else None), len(sizes)
 
 
+def model_window(image: np.ndarray, scale: float, size: tuple[int, int]) -> np.ndarray:
+    """What the network sees of ``image`` at ``scale``: the central ``size`` window, zero-padded to
+    it (int8 calibration images, so the ranges are those of real passes)."""
+    return _pad_to(_central(resize(image, scale), size), size)
+
+
 def _prior_window(predictor: RawPredictor, image: np.ndarray) -> np.ndarray:
     """The central input-sized window of ``image`` at the prior scale (cut before resizing: frames
     can be far larger than the window)."""
@@ -236,6 +242,8 @@ def detect_cells(
         estimated = True
     elif cell_size not in ("auto", None):
         scale = float(np.clip(reference / float(cell_size), *SCALE_RANGE))
+    elif native is not None and _fits(image, prior, predictor.input_size):
+        first = native  # the batched prior pass saw the whole image at the model's scale
     h, w = image.shape[:2]
     if first is not None:
         dets = first
@@ -256,16 +264,16 @@ def detect_cells_batch(
     reference: float | None = None,
 ) -> list[ScaledDetections]:
     """``detect_cells`` for several images, with the pass every image needs batched: the letterbox
-    pass (models without a trained cell size) or the central window at the prior scale of the
-    estimate. For frames from the training microscope that is the only pass; other images go on
-    one by one."""
+    pass (models without a trained cell size and scale) or the central window at the model's scale
+    (the estimate's first look, or the whole pass without an estimate). For frames from the training
+    microscope that is the only pass; other images go on one by one."""
     reference = reference or getattr(predictor, "cell_size", None)
     batch = getattr(predictor, "predict_batch", None)
     if batch is None or len(images) < 2:
         return [detect_cells(predictor, im, min_score, cell_size, reference) for im in images]
     if reference is None and cell_size in ("auto", None) and _prior(predictor) == 1.0:
         return [ScaledDetections(d, 1.0, 1, False) for d in batch(list(images), min_score=min_score)]
-    if cell_size != "auto" or reference is None:
+    if cell_size not in ("auto", None):
         return [detect_cells(predictor, im, min_score, cell_size, reference) for im in images]
     natives = _windows(predictor, [_prior_window(predictor, im) for im in images], min_score)
     return [
