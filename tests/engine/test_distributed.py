@@ -84,3 +84,11 @@ def test_devices_flag_is_checked() -> None:
             parse_devices(bad)
     cmd = torchrun_command(parse_devices("cpu:2"), ["--epochs", "3"])
     assert cmd[-6:] == ["bloodcell", "train", "--epochs", "3", "--device", "cpu"]
+
+
+def test_devices_index_the_gpus_a_scheduler_already_made_visible() -> None:
+    from bloodcell.engine.launch import visible_devices
+
+    assert visible_devices((0, 1), None) == "0,1"
+    assert visible_devices((0, 1), "2,3") == "2,3"  # SLURM gave this job GPUs 2 and 3
+    assert visible_devices((1,), "GPU-aa, GPU-bb") == "GPU-bb"

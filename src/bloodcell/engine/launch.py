@@ -44,6 +44,13 @@ def torchrun_command(devices: Devices, train_argv: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
+def visible_devices(gpus: tuple[int, ...], current: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for ``gpus``, which index the GPUs this process sees: under a scheduler
+    that already set CUDA_VISIBLE_DEVICES (SLURM: "2,3"), ``--devices 0,1`` means those two."""
+    seen = [d.strip() for d in current.split(",")] if current else None
+    return ",".join(seen[i] if seen else str(i) for i in gpus)
+
+
 def launch(devices: Devices, train_argv: list[str], device_flag: str | None) -> int:
     """Run training under torchrun; ``train_argv``: the train options without --devices/--device."""
     if device_flag not in (None, "auto", devices.device) and not (devices.gpus and device_flag.startswith("cuda")):
@@ -54,5 +61,5 @@ def launch(devices: Devices, train_argv: list[str], device_flag: str | None) -> 
 
         if torch.cuda.device_count() <= max(devices.gpus):
             raise ConfigError(f"--devices: GPU {max(devices.gpus)} not found ({torch.cuda.device_count()} visible)")
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices.gpus))
+        env["CUDA_VISIBLE_DEVICES"] = visible_devices(devices.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
     return subprocess.call(torchrun_command(devices, train_argv), env=env)
