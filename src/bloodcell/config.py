@@ -210,15 +210,11 @@ class TrainConfig:
             if problem:
                 raise ConfigError(f"{flag_name(f.name)} {show(value)}: {problem}")
 
-        if self.scale is not None:
-            self._fill_scaled_sizes()
-
-    def _fill_scaled_sizes(self) -> None:
-        assert self.scale is not None
-        if self.imgsz is None:
-            self.imgsz = _multiple_of_32(448 * self.scale)
-        if self.input_size is None:
-            self.input_size = (_multiple_of_32(640 * self.scale), _multiple_of_32(480 * self.scale))
+        if self.scale is not None:  # None: a fine-tuned model's, filled in by with_model_scale
+            if self.imgsz is None:
+                self.imgsz = _multiple_of_32(448 * self.scale)
+            if self.input_size is None:
+                self.input_size = (_multiple_of_32(640 * self.scale), _multiple_of_32(480 * self.scale))
 
     def with_model_scale(self, scale: float, input_size: tuple[int, int]) -> TrainConfig:
         """Settings left unset taken from a model file being fine-tuned: its scale and input size."""

@@ -69,8 +69,9 @@ class TrainResult:
 
 
 def seed_epoch(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
-    """Seed every RNG from (seed, epoch, rank): a resumed epoch replays exactly as uninterrupted,
-    and DDP processes draw different augmentations for their different images."""
+    """Seed every global RNG from (seed, epoch, rank), so a resumed epoch replays exactly as
+    uninterrupted; the generator returned is for loaders without per-sample seeds (QAT).
+    Training's augmentations are seeded per sample (``SeededSampler``)."""
     s = seed * 100_003 + epoch + rank * 7_919
     random.seed(s)
     np.random.seed(s % 2**32)

@@ -142,7 +142,7 @@ class TFLitePredictor(ExportedPredictor):
         self._lookup = self._quantization_table()
 
     def _quantization_table(self) -> np.ndarray | None:
-        """(256, 3): the quantized input for each pixel value and channel, so an integer model's
+        """(1, 256, 3), as cv2.LUT takes it: the quantized input for each pixel value and channel, so an integer model's
         input is one table lookup per pixel (normalization and quantization included)."""
         dtype = self.input["dtype"]
         if dtype == np.float32:
@@ -150,14 +150,14 @@ class TFLitePredictor(ExportedPredictor):
         scale, zero = self.input["quantization"]
         pixels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
         info = np.iinfo(dtype)
-        return np.clip(np.round(self._real_input(pixels) / scale + zero), info.min, info.max).astype(dtype)
+        table = np.clip(np.round(self._real_input(pixels) / scale + zero), info.min, info.max).astype(dtype)
+        return table.reshape(1, 256, 3)
 
     def _quantize(self, canvas: np.ndarray) -> np.ndarray:
         if self._lookup is None:
             return self._real_input(canvas)[None]
         # OpenCV's per-channel table lookup: 0.3 ms for a 480x384 canvas, numpy's fancy indexing 2.4 ms
-        table = self._lookup.reshape(1, 256, 3)
-        return cv2.LUT(np.ascontiguousarray(canvas, dtype=np.uint8), table)[None]
+        return cv2.LUT(np.ascontiguousarray(canvas, dtype=np.uint8), self._lookup)[None]
 
     def _read(self, detail: dict) -> np.ndarray:
         x = self.interpreter.get_tensor(detail["index"])[0]

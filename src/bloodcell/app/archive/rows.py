@@ -97,6 +97,9 @@ class ImageWorker:
             spec.model, device=spec.device, threads=spec.threads, batch=spec.batch
         )
         self.conf = self.predictor.conf if spec.conf is None else spec.conf
+        # Reading, hashing and JPEG decoding release the GIL: on a GPU, one thread per core keeps
+        # the network fed. One pool for the worker's life, not one per task.
+        self._loaders = ThreadPoolExecutor(max(1, spec.threads or 1))
 
     def _predict(self, part: list[tuple[int, str, str, Any]]) -> list[ImageResult | str]:
         images, paths = [g[3] for g in part], [Path(g[1]) for g in part]
@@ -117,11 +120,7 @@ class ImageWorker:
     def rows(self, uris: list[str]) -> list[dict]:
         out: dict[int, dict] = {}
         good: list[tuple[int, str, str, Any]] = []
-        # Reading, hashing and JPEG decoding release the GIL: on a GPU, one thread per core keeps
-        # the network fed (one decoding thread held a GPU worker under 300 images/s).
-        loaders = max(1, min(len(uris), self.spec.threads or 1))
-        with ThreadPoolExecutor(loaders) as pool:
-            loaded = list(pool.map(self._load, uris))
+        loaded = list(self._loaders.map(self._load, uris))
         for i, (uri, (digest, image, error)) in enumerate(zip(uris, loaded, strict=True)):
             if error is not None:
                 out[i] = _row(uri, digest, self.spec, error=error)
