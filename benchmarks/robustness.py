@@ -8,6 +8,13 @@ per image, white-cell precision (share of counted WBC boxes that are real white 
 a false WBC is the worst error a pathologist can get) and the median scale the pipeline chose.
 Re-crops keep a true box when at least half of it stays in the frame; a cell cut to less than
 half is "don't care" (as VOC's truncated objects): a detection on it is neither counted nor wrong.
+Magnified fields of view ("corners") are the four corner 640x480 fields of each magnified image:
+together they cover all of it (at 2x they tile it, so a cell on the centre lines is cut in every
+field; at 1.5x they overlap, so central cells count in up to four). Wider fields of view ("mosaic")
+are val images side by side. A cell that its source image truncates at an edge that becomes an
+inner seam of the mosaic lies abutting another image's content, which no microscope produces: by
+default (``--seam-cells ignore``) it is "don't care", however much of it is visible; ``count`` keeps
+it a true cell, as the identity transform keeps the cells truncated at the frame's outer edge.
 """
 
 from __future__ import annotations
@@ -43,11 +50,14 @@ def rescale(sample: Sample, s: float) -> Sample:
     return out, Detections(gt.boxes * np.float32(s), gt.labels), ignore * np.float32(s)
 
 
-def crop(sample: Sample, width: int, height: int, min_visible: float = 0.5) -> Sample:
-    """Central crop; boxes clipped, kept when at least ``min_visible`` of their area remains."""
+def crop(
+    sample: Sample, width: int, height: int, min_visible: float = 0.5, at: tuple[int, int] | None = None
+) -> Sample:
+    """Crop at ``at`` = (left, top), default central; boxes clipped, kept when at least
+    ``min_visible`` of their area remains."""
     im, gt, ignore = sample
     h, w = im.shape[:2]
-    top, left = (h - height) // 2, (w - width) // 2
+    left, top = at if at is not None else ((w - width) // 2, (h - height) // 2)
     shift = np.array([left, top, left, top], np.float32)
     b = gt.boxes - shift
     clipped = box_ops.clip(b, width, height)
@@ -59,17 +69,40 @@ def crop(sample: Sample, width: int, height: int, min_visible: float = 0.5) -> S
     return im[top : top + height, left : left + width], Detections(clipped[keep], gt.labels[keep]), ignore
 
 
-def mosaic(samples: list[Sample], cols: int, rows: int) -> Sample:
-    """Images side by side (all the same size), boxes shifted with them."""
+SEAM_CELLS = ("ignore", "count")
+
+
+def on_seam(boxes: np.ndarray, w: int, h: int, sides: tuple[bool, bool, bool, bool], tol: float) -> np.ndarray:
+    """Boxes within ``tol`` px of the image's left, top, right or bottom edge where ``sides`` says
+    that edge is a seam."""
+    left, top, right, bottom = sides
+    return (
+        (left & (boxes[:, 0] <= tol))
+        | (top & (boxes[:, 1] <= tol))
+        | (right & (boxes[:, 2] >= w - tol))
+        | (bottom & (boxes[:, 3] >= h - tol))
+    )
+
+
+def mosaic(samples: list[Sample], cols: int, rows: int, seam_cells: str = "ignore", tol: float = 2.0) -> Sample:
+    """Images side by side (all the same size), boxes shifted with them; cells within ``tol`` px of
+    an inner seam become "don't care" unless ``seam_cells`` is "count"."""
+    if seam_cells not in SEAM_CELLS:
+        raise ValueError(f"seam_cells {seam_cells!r}: expected one of {SEAM_CELLS}")
     h, w = samples[0][0].shape[:2]
     canvas = np.zeros((rows * h, cols * w, 3), np.uint8)
     boxes, labels, ignores = [], [], []
     for k, (im, gt, ignore) in enumerate(samples[: cols * rows]):
-        y, x = (k // cols) * h, (k % cols) * w
+        row, col = divmod(k, cols)
+        y, x = row * h, col * w
         canvas[y : y + h, x : x + w] = im
-        boxes.append(gt.boxes + np.array([x, y, x, y], np.float32))
-        labels.append(gt.labels)
-        ignores.append(ignore + np.array([x, y, x, y], np.float32))
+        shift = np.array([x, y, x, y], np.float32)
+        cut = np.zeros(len(gt), bool)
+        if seam_cells == "ignore":
+            cut = on_seam(gt.boxes, w, h, (col > 0, row > 0, col < cols - 1, row < rows - 1), tol)
+        boxes.append(gt.boxes[~cut] + shift)
+        labels.append(gt.labels[~cut])
+        ignores.append(np.concatenate([ignore, gt.boxes[cut]]) + shift)
     return canvas, Detections(np.concatenate(boxes), np.concatenate(labels)), np.concatenate(ignores)
 
 
@@ -101,19 +134,31 @@ def channels(sample: Sample, gains: tuple[float, float, float]) -> Sample:
     return np.clip(im, 0, 255).astype(np.uint8), sample[1], sample[2]
 
 
-def transforms(samples: list[Sample]) -> Iterator[tuple[str, list[Sample]]]:
+def corners(sample: Sample, width: int = 640, height: int = 480) -> list[tuple[int, int]]:
+    """(left, top) of the distinct ``width`` x ``height`` fields in the image's four corners."""
+    h, w = sample[0].shape[:2]
+    if w < width or h < height:
+        raise ValueError(f"a {w}x{h} image has no {width}x{height} corner fields")
+    return list(dict.fromkeys((left, top) for top in (0, h - height) for left in (0, w - width)))
+
+
+def transforms(samples: list[Sample], seam_cells: str = "ignore") -> Iterator[tuple[str, list[Sample]]]:
     n = len(samples)
 
     def quads(s: float) -> list[Sample]:  # 2x2 mosaics (cyclic), so a zoomed-out frame has more cells
-        return [mosaic([rescale(samples[(i + k) % n], s) for k in range(4)], 2, 2) for i in range(n)]
+        return [
+            mosaic([rescale(samples[(i + k) % n], s) for k in range(4)], 2, 2, seam_cells, tol=2.0 * s)
+            for i in range(n)
+        ]
 
     yield "identity", samples
     for s in (0.5, 0.75, 1.5, 2.0):
         yield f"scale {s}x whole", [rescale(x, s) for x in samples]
     for s in (0.5, 0.75):
-        yield f"scale {s}x 640x480", [crop(q, 640, 480) for q in quads(s)]
+        yield f"scale {s}x 640x480 mosaic", [crop(q, 640, 480) for q in quads(s)]
     for s in (1.5, 2.0):
-        yield f"scale {s}x 640x480", [crop(rescale(x, s), 640, 480) for x in samples]
+        zoomed = [rescale(x, s) for x in samples]
+        yield f"scale {s}x 640x480 corners", [crop(z, 640, 480, at=a) for z in zoomed for a in corners(z)]
     yield "hue +0.06", [hue(x, 0.06) for x in samples]
     yield "hue -0.06", [hue(x, -0.06) for x in samples]
     yield (
@@ -129,8 +174,8 @@ def transforms(samples: list[Sample]) -> Iterator[tuple[str, list[Sample]]]:
     frames = []
     for f in range(3):
         order = [samples[(f * 17 + k) % n] for k in range(49)]
-        frames.append(crop(mosaic([rescale(x, 0.6) for x in order], 7, 7), 2592, 1944, 0.5))
-    yield "2592x1944 frame, 0.6x cells", frames
+        frames.append(crop(mosaic([rescale(x, 0.6) for x in order], 7, 7, seam_cells, tol=1.2), 2592, 1944, 0.5))
+    yield "2592x1944 frame (mosaic), 0.6x cells", frames
 
 
 def wbc_precision(pred: Detections, gt: Detections, wbc: int = 1) -> tuple[int, int]:
@@ -177,6 +222,12 @@ def main() -> None:
     p.add_argument("--dense", default=str(REPO / "../shared/data/BCCD-dense"))
     p.add_argument("--split", default="val")
     p.add_argument("--cell-size", default="auto", help="auto, none, or a red-cell diameter in pixels")
+    p.add_argument(
+        "--seam-cells",
+        choices=SEAM_CELLS,
+        default="ignore",
+        help="cells cut at a mosaic's inner seams: don't care (default) or true cells",
+    )
     p.add_argument("--only", nargs="+", help="run only transforms whose name starts with one of these")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write the results to this file")
@@ -189,14 +240,15 @@ def main() -> None:
     )
     records = load_dataset(args.dense, args.split).records
     samples = [(load_image(r.image_path), r.targets, np.zeros((0, 4), np.float32)) for r in records]
-    results: dict = {}
+    results: dict = {"settings": {"cell_size": args.cell_size, "seam_cells": args.seam_cells, "split": args.split}}
     for model in args.models or [None]:
         predictor = load_predictor(model)
         name = Path(model).stem if model else "shipped"
-        print(f"\n=== {name} (cell size {args.cell_size}, reference {predictor.cell_size} px)")
+        print(f"\n=== {name} (cell size {args.cell_size}, reference {predictor.cell_size} px, ", end="")
+        print(f"seam cells {args.seam_cells})")
         print("| transform | RBC total | WBC total | Plt total | RBC MAE | WBC precision (n) | scale |")
         print("|---|---|---|---|---|---|---|")
-        for label, items in transforms(samples):
+        for label, items in transforms(samples, args.seam_cells):
             if args.only and not any(label.startswith(o) for o in args.only):
                 continue
             r = run(predictor, items, cell_size)

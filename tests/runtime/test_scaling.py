@@ -7,7 +7,7 @@ trained at one scale: squares outside its size range are invisible to it.
 import numpy as np
 import pytest
 
-from bloodcell.runtime.scaling import detect_cells, detect_cells_batch, detect_tiled
+from bloodcell.runtime.scaling import detect_cells, detect_cells_batch, detect_tiled, resize, scaled_window
 from bloodcell.types import Detections
 
 
@@ -173,3 +173,27 @@ def test_scaled_model_batches_whole_passes_without_an_estimate(reference):
     assert model.calls == 2 and all(t.scale == 0.75 and t.tiles == 1 for t in together)
     for a, b in zip(alone, together, strict=True):
         assert np.array_equal(a.detections.boxes, b.detections.boxes)
+
+
+@pytest.mark.parametrize("scale", [0.43, 0.75, 1.28, 2.0])
+@pytest.mark.parametrize("frame", [(640, 480), (2592, 1944)])
+def test_window_is_cut_before_resizing_and_matches_resizing_the_whole_frame(scale, frame):
+    """The estimate's window of a large frame: cut first (cheap), the same picture as resizing the
+    whole frame and cutting after, to under one source pixel of alignment."""
+    w, h = frame
+    image = np.zeros((h, w, 3), np.uint8)
+    for x, y in [(w // 2, h // 2), (w // 2 + 90, h // 2 - 60)]:  # markers: the centre and off it
+        image[y - 6 : y + 6, x - 6 : x + 6] = 255
+    size = (480, 384)
+    window = scaled_window(image, scale, size)
+    whole = resize(image, scale)
+    top, left = max(0, (whole.shape[0] - size[1]) // 2), max(0, (whole.shape[1] - size[0]) // 2)
+    expected = whole[top : top + size[1], left : left + size[0]]
+    assert window.shape == expected.shape
+
+    def centroids(im: np.ndarray) -> np.ndarray:
+        ys, xs = np.nonzero(im[..., 0] > 127)
+        right = xs > im.shape[1] / 2 + 45 * scale  # the off-centre marker
+        return np.array([[xs[~right].mean(), ys[~right].mean()], [xs[right].mean(), ys[right].mean()]])
+
+    assert np.abs(centroids(window) - centroids(expected)).max() <= max(1.0, scale)

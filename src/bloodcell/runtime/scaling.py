@@ -152,27 +152,33 @@ def _rbc_sizes(dets: Detections, threshold: float) -> np.ndarray:
     return np.sqrt(np.clip(wh[:, 0] * wh[:, 1], 0, None))
 
 
+def scaled_window(image: np.ndarray, scale: float, size: tuple[int, int]) -> np.ndarray:
+    """The central ``size`` window of ``image`` resized by ``scale``, cut before resizing (a frame
+    can be far larger than the window: resizing all of a 2592x1944 frame to look at 480x384 of it
+    would cost more than the network pass)."""
+    if scale == 1.0:
+        return _central(image, size)
+    w, h = size
+    around = _central(image, (int(np.ceil(w / scale)) + 1, int(np.ceil(h / scale)) + 1))
+    return _central(resize(around, scale), size)
+
+
 def _measure(predictor: RawPredictor, image: np.ndarray, scale: float, rbc_conf: float) -> tuple[float | None, int]:
     """Red-cell diameter in ``image``'s pixels seen in the central window at ``scale`` (None if
     fewer than MIN_CELLS), and how many red cells were seen."""
-    sizes = _rbc_sizes(_window(predictor, _central(resize(image, scale), predictor.input_size), 0.05), rbc_conf)
+    sizes = _rbc_sizes(_window(predictor, scaled_window(image, scale, predictor.input_size), 0.05), rbc_conf)
     return (float(np.median(sizes)) / scale if len(sizes) >= MIN_CELLS else None), len(sizes)
 
 
 def model_window(image: np.ndarray, scale: float, size: tuple[int, int]) -> np.ndarray:
     """What the network sees of ``image`` at ``scale``: the central ``size`` window, zero-padded to
     it (int8 calibration images, so the ranges are those of real passes)."""
-    return _pad_to(_central(resize(image, scale), size), size)
+    return _pad_to(scaled_window(image, scale, size), size)
 
 
 def _prior_window(predictor: RawPredictor, image: np.ndarray) -> np.ndarray:
-    """The central input-sized window of ``image`` at the prior scale (cut before resizing: frames
-    can be far larger than the window)."""
-    prior, (w, h) = _prior(predictor), predictor.input_size
-    if prior == 1.0:
-        return _central(image, (w, h))
-    around = _central(image, (int(np.ceil(w / prior)) + 1, int(np.ceil(h / prior)) + 1))
-    return _central(resize(around, prior), (w, h))
+    """The central input-sized window of ``image`` at the prior scale."""
+    return scaled_window(image, _prior(predictor), predictor.input_size)
 
 
 def estimate_scale(

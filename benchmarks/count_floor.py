@@ -1,0 +1,150 @@
+"""Where the red-cell count error comes from: is it the NMS overlap, or seed-to-seed variance?
+
+    python benchmarks/count_floor.py MODEL.pt [MODEL.pt ...] [--nms-iou 0.4 0.5 ...]
+
+On the dense val images (every cell boxed), with `--cell-size auto` as `bloodcell predict` runs:
+
+- per NMS IoU threshold, the first model's per-class count MAE with operating points refitted
+  (in-sample, as `bloodcell calibrate` does) and 2-fold (fitted on one half of the images, scored
+  on the other), and mAP@0.5;
+- with two or more models (same architecture and input, e.g. seeds of one recipe), their ensemble:
+  class probabilities and box distances averaged before decoding, scored the same way. An ensemble
+  removes most seed variance; if it counts no better than one model, more seeds will not either;
+- the first model's red-cell errors at its own operating point: missed cells and extra boxes (greedy
+  one-to-one matching at IoU >= 0.5), how many touch the image edge (within 8 px), and how much the
+  extra boxes overlap a true cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bloodcell import boxes as box_ops
+from bloodcell.data.sources import load_dataset
+from bloodcell.engine.evaluate import choose_conf, predict_records, score
+from bloodcell.runtime.loader import load_predictor
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class MeanOfModels(nn.Module):
+    """Dense CellNet-like models averaged: mean sigmoid scores (as logits) and mean box log-distances."""
+
+    def __init__(self, models: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(models)
+        self.strides = models[0].strides
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = [m(x) for m in self.members]
+        probs = torch.stack([cls.sigmoid() for cls, _ in outs]).mean(0)  # fp32: the models run on the CPU
+        return torch.logit(probs, eps=1e-6), torch.stack([box for _, box in outs]).mean(0)
+
+
+def counts(preds, conf) -> np.ndarray:
+    k = len(conf)
+    return np.array([[int(((d.labels == c) & (d.scores >= conf[c])).sum()) for c in range(k)] for d in preds])
+
+
+def summary(preds, records, class_names) -> dict:
+    truth = np.array([[int((r.labels == c).sum()) for c in range(len(class_names))] for r in records])
+    conf = choose_conf(preds, records, len(class_names))
+    crossed = np.zeros_like(truth)
+    for half in (0, 1):  # fit on one half, score the other
+        fit = [i for i in range(len(records)) if i % 2 == half]
+        rest = [i for i in range(len(records)) if i % 2 != half]
+        half_conf = choose_conf([preds[i] for i in fit], [records[i] for i in fit], len(class_names))
+        crossed[rest] = counts([preds[i] for i in rest], half_conf)
+    return {
+        "conf": conf,
+        "mae": np.abs(counts(preds, conf) - truth).mean(0),
+        "mae_2fold": np.abs(crossed - truth).mean(0),
+        "map50": score(preds, records, tuple(class_names), conf).voc_map50,
+    }
+
+
+def row(label: str, s: dict) -> str:
+    mae, cv = s["mae"], s["mae_2fold"]
+    return (
+        f"| {label} | {mae[0]:.3f} | {cv[0]:.3f} | {cv[1]:.3f} | {cv[2]:.3f} | {s['map50']:.4f} "
+        f"| {', '.join(f'{c:.2f}' for c in s['conf'])} |"
+    )
+
+
+def at_edge(b: np.ndarray, size: tuple[int, int], edge: float) -> np.ndarray:
+    w, h = size
+    return (b[:, 0] <= edge) | (b[:, 1] <= edge) | (b[:, 2] >= w - edge) | (b[:, 3] >= h - edge)
+
+
+def red_cell_errors(preds, records, threshold: float, edge: float = 8.0) -> str:
+    missed = extra = missed_edge = extra_edge = 0
+    overlaps: list[float] = []
+    for d, r in zip(preds, records, strict=True):
+        truth = r.boxes[r.labels == 0]
+        sel = (d.labels == 0) & (d.scores >= threshold)
+        boxes, scores = d.boxes[sel], d.scores[sel]
+        ious = box_ops.iou_matrix(boxes, truth) if len(boxes) and len(truth) else np.zeros((len(boxes), len(truth)))
+        used, hit = np.zeros(len(truth), bool), np.zeros(len(boxes), bool)
+        for i in np.argsort(-scores):
+            if len(truth):
+                j = int(np.argmax(np.where(used, -1.0, ious[i])))
+                if not used[j] and ious[i, j] >= 0.5:
+                    used[j] = hit[i] = True
+        size = (r.width, r.height)
+        missed, missed_edge = missed + int((~used).sum()), missed_edge + int(at_edge(truth[~used], size, edge).sum())
+        extra, extra_edge = extra + int((~hit).sum()), extra_edge + int(at_edge(boxes[~hit], size, edge).sum())
+        overlaps += ious[~hit].max(axis=1).tolist() if len(truth) else [0.0] * int((~hit).sum())
+    near = sum(0.2 <= o < 0.5 for o in overlaps)
+    total = sum(int((r.labels == 0).sum()) for r in records)
+    return (
+        f"red cells at the operating point {threshold:.2f}: {missed} of {total} missed ({missed_edge} at the edge), "
+        f"{extra} extra boxes ({extra_edge} at the edge; {near} overlap a true cell at IoU 0.2-0.5)"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", help=".pt models; the first is swept, all together are the ensemble")
+    p.add_argument("--dense", default=str(REPO / "../shared/data/BCCD-dense"))
+    p.add_argument("--nms-iou", type=float, nargs="+", default=[0.4, 0.45, 0.5, 0.55, 0.6, 0.7])
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    records = load_dataset(args.dense, "val").records
+    predictors = [load_predictor(m, device="cpu") for m in args.models]
+    first = predictors[0]
+    names = tuple(first.class_names)
+    dense = all(getattr(q, "kind", None) == "dense" for q in predictors)
+    if len(predictors) > 1 and not (
+        dense and all((q.input_size, q.model.strides) == (first.input_size, first.model.strides) for q in predictors)
+    ):
+        raise SystemExit("an ensemble needs CellNet .pt models with one input size and the same strides")
+    print(f"dense val ({len(records)} images); RBC MAE in-sample and 2-fold, WBC and platelet MAE 2-fold")
+    print("| setting | RBC MAE | RBC MAE 2-fold | WBC 2-fold | Plt 2-fold | mAP@0.5 | operating points |")
+    print("|---|---|---|---|---|---|---|")
+    stored = first.post
+    own = None
+    for iou in args.nms_iou:
+        first.post = replace(stored, iou_threshold=iou)
+        preds = predict_records(first, records, cell_size="auto")
+        own = preds if iou == stored.iou_threshold else own
+        print(row(f"{Path(args.models[0]).stem}, NMS IoU {iou}", summary(preds, records, names)), flush=True)
+    first.post = stored
+    if own is None:
+        own = predict_records(first, records, cell_size="auto")
+    if len(predictors) > 1:
+        first.model = MeanOfModels([q.model for q in predictors])
+        preds = predict_records(first, records, cell_size="auto")
+        label = f"ensemble of {len(predictors)}, NMS IoU {stored.iou_threshold}"
+        print(row(label, summary(preds, records, names)), flush=True)
+    print(red_cell_errors(own, records, float(np.atleast_1d(first.conf)[0])))
+
+
+if __name__ == "__main__":
+    main()
