@@ -145,6 +145,28 @@ def test_batched_nms_is_nms_per_class(data: tuple[np.ndarray, np.ndarray], draw:
     assert sorted(keep.tolist()) == sorted(expected)
 
 
+@fast
+@given(scored_boxes(), st.data())
+def test_batched_nms_takes_one_threshold_per_class(data: tuple[np.ndarray, np.ndarray], draw: st.DataObject) -> None:
+    boxes, scores = data
+    labels = draw.draw(arrays(np.int64, len(boxes), elements=st.integers(0, 2)))
+    limits = (0.5, 0.3, 0.7)
+    keep = box_ops.batched_nms(boxes, scores, labels, limits)
+    assert (np.diff(scores[keep]) <= 0).all()  # best first, as with one threshold
+    expected = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        expected += members[box_ops.nms(boxes[members], scores[members], limits[c])].tolist()
+    assert sorted(keep.tolist()) == sorted(expected)
+
+
+def test_per_class_threshold_drops_a_second_white_cell_box_but_keeps_touching_red_cells() -> None:
+    boxes = np.array([[0, 0, 100, 100], [40, 0, 140, 100]] * 2, dtype=np.float64)  # pairs at IoU 0.43
+    scores, labels = np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 0, 1, 1])
+    assert box_ops.batched_nms(boxes, scores, labels, 0.5).tolist() == [0, 1, 2, 3]
+    assert box_ops.batched_nms(boxes, scores, labels, (0.5, 0.3, 0.5)).tolist() == [0, 1, 2]
+
+
 def test_batched_nms_keeps_classes_apart_with_negative_coordinates() -> None:
     # With an offset of max + 1 = 101 the class-1 box lands exactly on the class-0 box.
     boxes = np.array([[0, 0, 100, 100], [-101, -101, -1, -1]], dtype=np.float64)

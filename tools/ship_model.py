@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--dense", default=str(REPO / "../shared/data/BCCD-dense"))
     p.add_argument("--command", required=True, help="the exact training command, for the card")
     p.add_argument("--trained-on", required=True, help="where and how long it trained, for the card")
+    p.add_argument("--nms-note", default="", help="why the NMS thresholds are what they are, for the card")
     args = p.parse_args()
 
     torch.set_num_threads(2)
@@ -52,10 +53,11 @@ def main() -> None:
     info = payload["info"]
     manifest = {"file": FILE, "sha256": digest, "name": info["name"], "metrics": results}
     write_text(MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    write_text(WEIGHTS_DIR / "MODEL_CARD.md", card(info, digest, results, args.command, args.trained_on, target))
+    text = card(info, digest, results, args.command, args.trained_on, target, args.nms_note)
+    write_text(WEIGHTS_DIR / "MODEL_CARD.md", text)
 
 
-def card(info: dict, digest: str, results: dict, command: str, trained_on: str, path: Path) -> str:
+def card(info: dict, digest: str, results: dict, command: str, trained_on: str, path: Path, nms_note: str = "") -> str:
     tc = info["extra"].get("train_config", {})
     rows = []
     for key, label in (("val", "BCCD val, original labels"), ("test", "BCCD test, original labels (hold-out)"),
@@ -75,6 +77,9 @@ def card(info: dict, digest: str, results: dict, command: str, trained_on: str, 
             f"| {'-' if cover is None else f'{cover:.0%}'} |"
         )
     points = ", ".join(f"{n} {c:.2f}" for n, c in zip(info["class_names"], info["conf"], strict=True))
+    iou = info.get("iou_threshold", 0.5)
+    ious = iou if isinstance(iou, list) else [iou] * len(info["class_names"])
+    nms = ", ".join(f"{n} {t:.2f}" for n, t in zip(info["class_names"], ious, strict=True))
     return f"""# Model card: {path.name}
 
 - **Architecture**: CellNet ({info["config"]["backbone"]} backbone, FPN {info["config"]["neck_channels"]} ch,
@@ -95,6 +100,7 @@ def card(info: dict, digest: str, results: dict, command: str, trained_on: str, 
 - **Seed**: {tc.get("seed")}; epochs {tc.get("epochs")}, batch {tc.get("batch")}, crops {tc.get("imgsz")} px,
   lr {tc.get("lr")}, augment preset `{tc.get("augment")}`. Trained on {trained_on}.
 - **Operating points** (counts): {points}, per class, chosen on val to minimise the count error per image.
+- **NMS IoU** (per class): {nms}. {nms_note}
 - **Count intervals**: isotonic calibration of each class's scores on val; 90% intervals from the
   Poisson-binomial of the calibrated scores.
 - **sha256**: `{digest}`

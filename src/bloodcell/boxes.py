@@ -6,6 +6,8 @@ torchvision.ops is used wherever torch is already loaded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -65,10 +67,12 @@ def denormalize(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array([width, height, width, height])
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression; returns kept indices by descending score."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float | np.ndarray) -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices by descending score.
+    ``iou_threshold``: one number, or one per box (a kept box suppresses others above its own)."""
     order = np.argsort(-np.asarray(scores), kind="stable")
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    limits = np.broadcast_to(np.asarray(iou_threshold, dtype=np.float64), (len(boxes),))
     keep: list[int] = []
     while order.size:
         i = order[0]
@@ -76,15 +80,21 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         if order.size == 1:
             break
         ious = iou_matrix(boxes[i : i + 1], boxes[order[1:]])[0]
-        order = order[1:][ious <= iou_threshold]
+        order = order[1:][ious <= limits[i]]
     return np.asarray(keep, dtype=np.int64)
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """NMS within each class: offsets boxes per class so classes never suppress each other."""
+def batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float | Sequence[float]
+) -> np.ndarray:
+    """NMS within each class: offsets boxes per class so classes never suppress each other.
+    ``iou_threshold``: one number, or one per class (indexed by label)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if boxes.size == 0:
         return np.zeros((0,), dtype=np.int64)
+    labels = np.asarray(labels)
+    limits = np.asarray(iou_threshold, dtype=np.float64)
+    limits = limits[labels] if limits.ndim else limits
     # The span (not just the max, as in torchvision) keeps classes apart when coordinates are negative.
-    offset = (boxes.max() - boxes.min() + 1.0) * np.asarray(labels, dtype=np.float64)[:, None]
-    return nms(boxes + offset, scores, iou_threshold)
+    offset = (boxes.max() - boxes.min() + 1.0) * labels.astype(np.float64)[:, None]
+    return nms(boxes + offset, scores, limits)

@@ -136,6 +136,12 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="VOC dataset folder or dataset YAML whose val split is fitted on")
     p.add_argument("--split", default="val")
     p.add_argument("--out", required=True, help="the new .pt model file (may be --model itself)")
+    p.add_argument(
+        "--nms-iou",
+        type=_nms_iou_text,
+        help="NMS IoU threshold(s) to store: one value, or per class like WBC=0.3 (others keep the model's); "
+        "the operating points are then fitted with them",
+    )
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("val", help="score a model: VOC mAP@0.5, COCO AP, count error, plots")
@@ -318,16 +324,20 @@ def _add_cell_size(p: argparse.ArgumentParser) -> None:
 CONF_HELP = "operating points for counts: one value, or per class like RBC=0.4,WBC=0.5 (default: the model's)"
 
 
-def _conf_text(text: str) -> str:
+def _conf_text(text: str, flag: str = "--conf") -> str:
     """Checks the form of --conf now (numbers in (0, 1]); class names are checked once the model is loaded."""
     from bloodcell.runtime.counting import parse_conf
 
     names = [part.partition("=")[0].strip() for part in text.split(",")] if "=" in text else ["all"]
     try:
-        parse_conf(text, names, 0.5)
+        parse_conf(text, names, 0.5, flag)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
+
+
+def _nms_iou_text(text: str) -> str:
+    return _conf_text(text, "--nms-iou")
 
 
 def _cell_size(text: str) -> float | str | None:
@@ -486,7 +496,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     records = load_dataset(_data_root(args), split=args.split).records
     if not records:
         raise ConfigError(f"{_data_root(args)}: split {args.split!r} has no usable images")
-    fit_counting_file(Path(args.model), records, out=Path(args.out))
+    fit_counting_file(Path(args.model), records, out=Path(args.out), nms_iou=args.nms_iou)
     return 0
 
 

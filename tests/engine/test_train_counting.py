@@ -40,6 +40,22 @@ def test_calibrate_refits_a_model_file(tiny_voc, tiny_model, tmp_path, capsys):
     assert set(json.loads(js.read_text())["count_coverage"]) == {"RBC", "WBC", "Platelets"}
 
 
+def test_calibrate_stores_per_class_nms_iou_and_refuses_bad_ones(tiny_voc, tiny_model, tmp_path, capsys):
+    source, out = tiny_model(), tmp_path / "fitted.pt"
+    args = ["calibrate", "--model", str(source), "--data", str(tiny_voc), "--out", str(out)]
+    assert main([*args, "--nms-iou", "WBC=0.3"]) == 0
+    _, info = load_model(out)
+    assert info.iou_threshold == (0.5, 0.3, 0.5)
+    assert "NMS IoU RBC 0.50, WBC 0.30, Platelets 0.50" in capsys.readouterr().out
+    _, again = load_model(source)
+    assert again.iou_threshold == 0.5  # the source file is untouched
+    assert main([*args, "--nms-iou", "Monocyte=0.3"]) == 2
+    assert "--nms-iou 'Monocyte=0.3'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--nms-iou", "0"])
+    assert "--nms-iou 0: expected a value in (0, 1]" in capsys.readouterr().err
+
+
 def test_unknown_missing_label_method_is_refused():
     with pytest.raises(ConfigError, match="--missing-labels"):
         TrainConfig(missing_labels="guess")

@@ -26,6 +26,8 @@ def val_images(bccd_root):
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
 def test_fp32_export_matches_torch(exports, val_images, fmt):
     torch_p, exported = load_predictor(None), load_predictor(exports[fmt])
+    assert exported.post.iou_threshold == torch_p.post.iou_threshold  # per class, from the model file
+    assert exported.conf == torch_p.conf
     for image in val_images[1]:
         a = torch_p.predict(image, min_score=0.05)
         b = exported.predict(image, min_score=0.05)

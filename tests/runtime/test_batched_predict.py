@@ -17,8 +17,9 @@ from bloodcell.runtime.torch_predictor import decode_on_device  # noqa: E402
 SAMPLES = sorted((Path(__file__).resolve().parents[2] / "src/bloodcell/assets/samples").glob("*.jpg"))
 
 
+@pytest.mark.parametrize("iou_threshold", [0.5, (0.5, 0.3, 0.6)])
 @pytest.mark.parametrize("min_score", [0.001, 0.3])
-def test_decode_on_device_matches_numpy_decode_per_image(min_score: float) -> None:
+def test_decode_on_device_matches_numpy_decode_per_image(min_score: float, iou_threshold) -> None:
     """Three images through one batched decode: each gives what the numpy decoder gives it alone
     (boxes of one image never suppress another's, top-k and max_detections stay per image)."""
     rng = np.random.default_rng(0)
@@ -28,7 +29,7 @@ def test_decode_on_device_matches_numpy_decode_per_image(min_score: float) -> No
     cls[1] = cls[0]  # the same outputs twice: identical boxes in two images, both kept
     box = rng.normal(2.5, 0.5, (3, anchors, 4)).astype(np.float32)
     box[1] = box[0]
-    config = PostprocessConfig(min_score=min_score, pre_nms_topk=200, max_detections=12)  # both bind
+    config = PostprocessConfig(min_score=min_score, iou_threshold=iou_threshold, pre_nms_topk=200, max_detections=12)
     batch = decode_on_device(torch.from_numpy(cls), torch.from_numpy(box), size, strides, config)
     assert len(batch) == 3
     for i, got in enumerate(batch):

@@ -68,6 +68,10 @@ def test_valid_metadata_is_typed():
     assert meta.model_format == "onnx" and meta.format_version == 1  # 2 only with input_normalization
 
 
+def test_nms_iou_per_class():
+    assert parse_metadata({**VALID, "iou_threshold": [0.5, 0.3, 0.5]}, SOURCE).iou_threshold == (0.5, 0.3, 0.5)
+
+
 def test_optional_fields_and_unknown_keys():
     minimal = {k: VALID[k] for k in ("format", "model_format", "class_names", "input_size", "strides", "conf")}
     minimal["iou_threshold"] = 0.5
@@ -104,6 +108,8 @@ def test_optional_fields_and_unknown_keys():
         (broken("conf", [0.5, None, 0.5]), "conf", "must be a number"),
         (broken("iou_threshold", float("nan")), "iou_threshold", "NaN"),
         (broken("iou_threshold", 0), "iou_threshold", "(0.0, 1.0]"),
+        (broken("iou_threshold", [0.5, 0.3]), "iou_threshold", "has 2 values but 'class_names' has 3"),
+        (broken("iou_threshold", [0.5, 0.0, 0.5]), "iou_threshold", "(0.0, 1.0]"),
         (broken("cell_size", -3), "cell_size", "positive number"),
         (broken("input_scale", 0), "input_scale", "[0.25, 2.0]"),
         (broken("architecture", 7), "architecture", "must be a string"),

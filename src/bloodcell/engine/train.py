@@ -400,14 +400,23 @@ def _train(config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | 
 
 
 def fit_counting_file(
-    path: Path, val_records: list, out: Path | None = None, device: str = "cpu", extra: dict | None = None
+    path: Path,
+    val_records: list,
+    out: Path | None = None,
+    device: str = "cpu",
+    extra: dict | None = None,
+    nms_iou: str | None = None,
 ) -> DetectionMetrics:
     """Fit a model file's counting on val (per-class operating points with the least count error,
     score calibration for the 90% intervals, reference red-cell size) and store it with the val
-    metrics, in ``out`` (default: in place)."""
+    metrics, in ``out`` (default: in place). ``nms_iou``: new NMS IoU threshold(s) to store first,
+    as ``--nms-iou`` takes them ("0.45" or "WBC=0.3"; other classes keep the model's)."""
     from bloodcell.models.checkpoint import load_model
+    from bloodcell.runtime.counting import class_thresholds, parse_conf
 
     model, info = load_model(path)
+    if nms_iou is not None:
+        info.iou_threshold = parse_conf(nms_iou, info.class_names, info.iou_threshold, "--nms-iou")
     predictor = TorchPredictor(model, info, device=str(device))
     preds = predict_records(predictor, val_records)
     fit = fit_counting(preds, val_records, tuple(info.class_names), info.input_scale)
@@ -419,5 +428,7 @@ def fit_counting_file(
     save_checkpoint(target, model_payload(model, info))
     print(metrics)
     points = ", ".join(f"{n} {c:.2f}" for n, c in zip(info.class_names, fit.conf, strict=True))
-    print(f"model: {target} (operating points {points}; red cells {fit.cell_size} px)")
+    nms = class_thresholds(info.iou_threshold, len(info.class_names))
+    iou = ", ".join(f"{n} {t:.2f}" for n, t in zip(info.class_names, nms, strict=True))
+    print(f"model: {target} (operating points {points}; NMS IoU {iou}; red cells {fit.cell_size} px)")
     return metrics

@@ -122,7 +122,9 @@ def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[i
         "outputs": {"scores": "(1, A, K) class probabilities", "boxes": "(1, A, 4) log distances l,t,r,b in strides"},
         "strides": list(strides),
         "conf": list(info.conf) if isinstance(info.conf, tuple | list) else info.conf,
-        "iou_threshold": info.iou_threshold,
+        "iou_threshold": list(info.iou_threshold)
+        if isinstance(info.iou_threshold, tuple | list)
+        else info.iou_threshold,
         "calibration": info.calibration,
         "cell_size": info.cell_size,
         "input_scale": info.input_scale,

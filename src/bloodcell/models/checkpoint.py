@@ -32,7 +32,7 @@ class ModelInfo:
     class_names: tuple[str, ...]
     input_size: tuple[int, int]  # (width, height) the model runs at
     conf: float | tuple[float, ...] = 0.5  # operating point(s) for counts, one per class, chosen on val
-    iou_threshold: float = 0.5
+    iou_threshold: float | tuple[float, ...] = 0.5  # NMS IoU, one or one per class
     calibration: dict[str, Any] | None = None  # bloodcell.runtime.counting.Calibration.to_dict()
     cell_size: float | None = None  # median RBC diameter (px) the model was trained at
     #: Images from the training microscope are resized by this before the network (TrainConfig.scale).
@@ -47,7 +47,7 @@ class ModelInfo:
             "class_names": list(self.class_names),
             "input_size": list(self.input_size),
             "conf": list(self.conf) if isinstance(self.conf, tuple | list) else self.conf,
-            "iou_threshold": self.iou_threshold,
+            "iou_threshold": list(self.iou_threshold) if isinstance(self.iou_threshold, tuple) else self.iou_threshold,
             "calibration": self.calibration,
             "cell_size": self.cell_size,
             "input_scale": self.input_scale,
@@ -63,7 +63,7 @@ class ModelInfo:
             class_names=tuple(d["class_names"]),
             input_size=tuple(d["input_size"]),
             conf=_conf(d.get("conf", 0.5)),
-            iou_threshold=float(d.get("iou_threshold", 0.5)),
+            iou_threshold=_conf(d.get("iou_threshold", 0.5)),
             calibration=d.get("calibration"),
             cell_size=None if d.get("cell_size") is None else float(d["cell_size"]),
             input_scale=float(d.get("input_scale", 1.0)),

@@ -41,23 +41,24 @@ class ConfigValueError(ConfigError, ValueError):
     """A bad --conf: a ConfigError for the CLI, a ValueError for argparse type checks."""
 
 
-def parse_conf(text: str, class_names: Sequence[str], default: Conf) -> tuple[float, ...]:
-    """``0.4`` (every class) or ``RBC=0.4,WBC=0.5`` (others keep ``default``) -> per-class thresholds.
+def parse_conf(text: str, class_names: Sequence[str], default: Conf, flag: str = "--conf") -> tuple[float, ...]:
+    """``0.4`` (every class) or ``RBC=0.4,WBC=0.5`` (others keep ``default``) -> per-class values in
+    (0, 1]: operating points, or NMS IoU thresholds (``flag`` names the option in errors).
 
     Raises ConfigError (a ValueError too) naming the faulty part."""
     base = [float(v) for v in class_thresholds(default, len(class_names))]
     text = text.strip()
     if "=" not in text:
-        values = [_threshold(text, "--conf")] * len(class_names)
+        values = [_threshold(text, flag)] * len(class_names)
         return tuple(values)
     lookup = {n.casefold(): i for i, n in enumerate(class_names)}
     for part in text.split(","):
         name, sep, value = part.partition("=")
         if not sep or name.strip().casefold() not in lookup:
             raise ConfigValueError(
-                f"--conf {text!r}: {part.strip()!r} is not CLASS=VALUE with CLASS in {list(class_names)}"
+                f"{flag} {text!r}: {part.strip()!r} is not CLASS=VALUE with CLASS in {list(class_names)}"
             )
-        base[lookup[name.strip().casefold()]] = _threshold(value, f"--conf {name.strip()}")
+        base[lookup[name.strip().casefold()]] = _threshold(value, f"{flag} {name.strip()}")
     return tuple(base)
 
 

@@ -45,7 +45,7 @@ class ExportMetadata:
     input_size: tuple[int, int]  # (width, height)
     strides: tuple[int, ...]
     conf: float | tuple[float, ...]  # one operating point, or one per class
-    iou_threshold: float
+    iou_threshold: float | tuple[float, ...]  # NMS IoU, one or one per class
     int8: bool = False
     calibration: Calibration | None = None
     cell_size: float | None = None
@@ -278,8 +278,8 @@ class _Checker:
             class_names=class_names,
             input_size=(input_size[0], input_size[1]),
             strides=strides,
-            conf=self.conf(len(class_names)),
-            iou_threshold=self.number("iou_threshold", self.get("iou_threshold"), 0.0, 1.0, lo_open=True),
+            conf=self.per_class("conf", len(class_names)),
+            iou_threshold=self.per_class("iou_threshold", len(class_names), lo_open=True),
             int8=int8,
             calibration=self.calibration(class_names),
             cell_size=None if cell_size is None else float(cell_size),
@@ -323,15 +323,17 @@ class _Checker:
             self.fail(key, f"must be {count}positive integers{' ' + what if what else ''}, got {_show(value)}")
         return tuple(value)
 
-    def conf(self, k: int) -> float | tuple[float, ...]:
-        value = self.get("conf")
+    def per_class(self, key: str, k: int, lo_open: bool = False) -> float | tuple[float, ...]:
+        """A number in [0, 1] ((0, 1] with ``lo_open``) or a list of ``k``, one per class."""
+        value = self.get(key)
         if isinstance(value, list):
             if len(value) != k:
-                self.fail("conf", f"has {len(value)} values but 'class_names' has {k} classes (one per class)")
-            return tuple(self.number("conf", v, 0.0, 1.0) for v in value)
+                self.fail(key, f"has {len(value)} values but 'class_names' has {k} classes (one per class)")
+            return tuple(self.number(key, v, 0.0, 1.0, lo_open) for v in value)
         if not _is_number(value):
-            self.fail("conf", f"must be a number in [0, 1] or a list of {k} (one per class), got {_show(value)}")
-        return self.number("conf", value, 0.0, 1.0)
+            bound = "(0, 1]" if lo_open else "[0, 1]"
+            self.fail(key, f"must be a number in {bound} or a list of {k} (one per class), got {_show(value)}")
+        return self.number(key, value, 0.0, 1.0, lo_open)
 
     def calibration(self, class_names: tuple[str, ...]) -> Calibration | None:
         cal = self.get("calibration", required=False)

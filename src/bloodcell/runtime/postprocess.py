@@ -18,7 +18,7 @@ from bloodcell.types import Detections
 @dataclass(frozen=True)
 class PostprocessConfig:
     min_score: float = 0.001
-    iou_threshold: float = 0.5
+    iou_threshold: float | tuple[float, ...] = 0.5  # one, or one per class
     pre_nms_topk: int = 1000
     max_detections: int = 300
 

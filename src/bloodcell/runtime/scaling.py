@@ -101,9 +101,16 @@ def _starts(length: int, tile: int, step: int) -> list[int]:
 
 
 def detect_tiled(
-    predictor: RawPredictor, image: np.ndarray, min_score: float, overlap: int, iou_threshold: float = 0.5
+    predictor: RawPredictor,
+    image: np.ndarray,
+    min_score: float,
+    overlap: int,
+    iou_threshold: float | Sequence[float] | None = None,
 ) -> tuple[Detections, int]:
-    """Detections on an image of any size at its current scale, and the number of passes."""
+    """Detections on an image of any size at its current scale, and the number of passes; tiles are
+    merged with ``iou_threshold`` (default: the predictor's own NMS threshold(s))."""
+    if iou_threshold is None:
+        iou_threshold = getattr(getattr(predictor, "post", None), "iou_threshold", 0.5)
     h, w = image.shape[:2]
     tw, th = predictor.input_size
     if w <= tw and h <= th:

@@ -40,6 +40,27 @@ def _device_points(height: int, width: int, strides: tuple[int, ...], device: st
     return torch.from_numpy(points).to(device), torch.from_numpy(point_strides).to(device)
 
 
+def _batched_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    groups: torch.Tensor,
+    labels: torch.Tensor,
+    iou_threshold: float | tuple[float, ...],
+) -> torch.Tensor:
+    """torchvision's batched NMS (one threshold) run once per distinct per-class threshold; kept
+    indices best first, as with one threshold."""
+    if not isinstance(iou_threshold, tuple | list) or len(set(iou_threshold)) == 1:
+        value = iou_threshold[0] if isinstance(iou_threshold, tuple | list) else iou_threshold
+        return batched_nms(boxes, scores, groups, float(value))
+    limits = torch.tensor(iou_threshold, dtype=torch.float32, device=boxes.device)[labels]
+    parts = []
+    for value in sorted(set(iou_threshold)):
+        idx = torch.nonzero(limits == value).flatten()
+        parts.append(idx[batched_nms(boxes[idx], scores[idx], groups[idx], float(value))])
+    keep = torch.cat(parts)
+    return keep[torch.sort(scores[keep], descending=True, stable=True).indices]
+
+
 def decode_on_device(
     cls_logits: torch.Tensor,
     box_logd: torch.Tensor,
@@ -67,7 +88,7 @@ def decode_on_device(
     boxes = torch.cat([p - d[:, :2], p + d[:, 2:]], dim=1)
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    keep = batched_nms(boxes, cand, image * classes + labels, config.iou_threshold)  # best first
+    keep = _batched_nms(boxes, cand, image * classes + labels, labels, config.iou_threshold)  # best first
     kept = [t[keep].cpu().numpy() for t in (boxes, labels, cand, image)]
     out = []
     for i in range(batch):
