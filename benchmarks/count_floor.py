@@ -133,7 +133,7 @@ def main() -> None:
     for iou in args.nms_iou:
         first.post = replace(stored, iou_threshold=iou)
         preds = predict_records(first, records, cell_size="auto")
-        own = preds if iou == stored.iou_threshold else own
+        own = preds if np.all(np.asarray(stored.iou_threshold) == iou) else own
         print(row(f"{Path(args.models[0]).stem}, NMS IoU {iou}", summary(preds, records, names)), flush=True)
     first.post = stored
     if own is None:
@@ -141,7 +141,8 @@ def main() -> None:
     if len(predictors) > 1:
         first.model = MeanOfModels([q.model for q in predictors])
         preds = predict_records(first, records, cell_size="auto")
-        label = f"ensemble of {len(predictors)}, NMS IoU {stored.iou_threshold}"
+        nms = "/".join(f"{t:g}" for t in np.atleast_1d(stored.iou_threshold))
+        label = f"ensemble of {len(predictors)}, NMS IoU {nms} (the first model's)"
         print(row(label, summary(preds, records, names)), flush=True)
     print(red_cell_errors(own, records, float(np.atleast_1d(first.conf)[0])))
 

@@ -69,7 +69,8 @@ def denormalize(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float | np.ndarray) -> np.ndarray:
     """Greedy non-maximum suppression; returns kept indices by descending score.
-    ``iou_threshold``: one number, or one per box (a kept box suppresses others above its own)."""
+    ``iou_threshold``: one number, or an array with one per box (a kept box suppresses others above
+    its own); per-class thresholds go through ``batched_nms``."""
     order = np.argsort(-np.asarray(scores), kind="stable")
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     limits = np.broadcast_to(np.asarray(iou_threshold, dtype=np.float64), (len(boxes),))

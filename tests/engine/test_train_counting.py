@@ -49,6 +49,10 @@ def test_calibrate_stores_per_class_nms_iou_and_refuses_bad_ones(tiny_voc, tiny_
     assert "NMS IoU RBC 0.50, WBC 0.30, Platelets 0.50" in capsys.readouterr().out
     _, again = load_model(source)
     assert again.iou_threshold == 0.5  # the source file is untouched
+    from bloodcell.engine.train import _initial_model
+
+    initial = _initial_model(TrainConfig(model=str(out)), info.class_names)
+    assert initial.iou_threshold == (0.5, 0.3, 0.5)  # a fine-tune keeps them, as it keeps the scale
     assert main([*args, "--nms-iou", "Monocyte=0.3"]) == 2
     assert "--nms-iou 'Monocyte=0.3'" in capsys.readouterr().err
     with pytest.raises(SystemExit):

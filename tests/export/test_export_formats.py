@@ -51,6 +51,8 @@ def test_int8_is_full_integer_with_edge_tpu_ops(exports):
     assert "DEQUANTIZE" not in ops
     # Normalization lives in the input's quantization, not in a multiply-add over the whole image.
     assert "MUL" not in ops and meta["input_normalization"]["shift"] == [-1.0, -1.0, -1.0]
+    # the shipped model's per-class NMS: runtimes older than version 3 refuse the file instead of misreading it
+    assert meta["iou_threshold"] == [0.5, 0.3, 0.5] and meta["format_version"] == 3
     it = Interpreter(
         str(exports["int8"]), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     )

@@ -11,6 +11,7 @@ from bloodcell.models.checkpoint import (
     FORMAT_VERSION,
     TRAINING_KEYS,
     ModelInfo,
+    load_model,
     model_payload,
     read_training_checkpoint,
     save_checkpoint,
@@ -56,3 +57,14 @@ def test_a_model_file_is_not_a_training_checkpoint(tmp_path) -> None:
     save_checkpoint(tmp_path / "best.pt", model_payload(nn.Linear(2, 2), INFO))
     with pytest.raises(ModelError, match="not a training checkpoint"):
         read_training_checkpoint(tmp_path / "best.pt")
+
+
+@pytest.mark.parametrize(
+    ("iou", "message"),
+    [((0.5, 0.3), "has 2 values for 1 classes"), (0.0, r"0\.0: expected a number in \(0, 1\]"), ("high", "'high'")],
+)
+def test_bad_nms_thresholds_in_a_model_file_are_named(tmp_path, iou, message) -> None:
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model_payload(nn.Linear(1, 1), ModelInfo(**{**INFO.__dict__, "iou_threshold": iou})))
+    with pytest.raises(ModelError, match=rf"m\.pt: bad model settings: iou_threshold .*{message}"):
+        load_model(path)

@@ -197,3 +197,26 @@ def test_window_is_cut_before_resizing_and_matches_resizing_the_whole_frame(scal
         return np.array([[xs[~right].mean(), ys[~right].mean()], [xs[right].mean(), ys[right].mean()]])
 
     assert np.abs(centroids(window) - centroids(expected)).max() <= max(1.0, scale)
+
+
+class TwoBoxesPerTile:
+    """Every tile: two white-cell boxes on one cell, overlapping at IoU 0.43."""
+
+    class_names = ("RBC", "WBC", "Platelets")
+    input_size = (320, 256)
+
+    def __init__(self, iou_threshold) -> None:
+        from bloodcell.runtime.postprocess import PostprocessConfig
+
+        self.post = PostprocessConfig(iou_threshold=iou_threshold)
+
+    def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections:
+        boxes = np.array([[100, 80, 200, 180], [140, 80, 240, 180]], np.float32)
+        return Detections(boxes, np.array([1, 1]), np.array([0.9, 0.8]))
+
+
+def test_tiles_are_merged_with_the_models_per_class_nms():
+    image = np.zeros((512, 1280, 3), np.uint8)
+    plain, tiles = detect_tiled(TwoBoxesPerTile(0.5), image, 0.05, overlap=64)
+    per_class, _ = detect_tiled(TwoBoxesPerTile((0.5, 0.3, 0.5)), image, 0.05, overlap=64)
+    assert tiles > 1 and len(plain) == 2 * tiles and len(per_class) == tiles

@@ -198,9 +198,18 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
-def _initial_model(config: TrainConfig, class_names: tuple[str, ...]) -> tuple[TrainConfig, str, object, nn.Module]:
+@dataclass
+class InitialModel:
+    config: TrainConfig  # with the source model's scale and input size filled in when fine-tuning
+    arch: str
+    model_config: object
+    model: nn.Module
+    iou_threshold: float | tuple[float, ...] = 0.5  # NMS, kept from the source model when fine-tuning
+
+
+def _initial_model(config: TrainConfig, class_names: tuple[str, ...]) -> InitialModel:
     """An architecture name builds a fresh model; a .pt model file is fine-tuned (same classes) at
-    its own scale and input size unless the config sets them."""
+    its own scale, input size and NMS thresholds unless the config sets them."""
     if config.model.endswith(".pt"):
         from bloodcell.models.checkpoint import load_model
 
@@ -208,10 +217,10 @@ def _initial_model(config: TrainConfig, class_names: tuple[str, ...]) -> tuple[T
         if tuple(info.class_names) != tuple(class_names):
             raise ConfigError(f"{config.model}: classes {info.class_names} differ from the dataset's {class_names}")
         config = config.with_model_scale(info.input_scale, info.input_size)
-        return config, info.name, model_config(info.name, info.config), model
+        return InitialModel(config, info.name, model_config(info.name, info.config), model, info.iou_threshold)
     mcfg = model_config(config.model, {"num_classes": len(class_names)})
     model = build_model(config.model, mcfg, pretrained=config.pretrained, weights=config.weights)
-    return config, config.model, mcfg, model
+    return InitialModel(config, config.model, mcfg, model)
 
 
 #: Settings a resumed run takes from the command line: how the run goes on, not what it learns.
@@ -293,7 +302,8 @@ def _train(config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | 
     class_names = train_set.class_names
 
     torch.manual_seed(config.seed)
-    config, arch, mcfg, model = _initial_model(config, class_names)
+    initial = _initial_model(config, class_names)
+    config, arch, mcfg, model = initial.config, initial.arch, initial.model_config, initial.model
     if saved is not None:
         model.load_state_dict(saved["model"])
     model = model.to(device)
@@ -350,7 +360,7 @@ def _train(config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | 
         extra = {"train_config": config.to_dict()}
         return make_info(
             arch, mcfg, class_names, config.input_size, conf=conf, metrics=metrics or {}, extra=extra,
-            input_scale=config.scale,
+            input_scale=config.scale, iou_threshold=initial.iou_threshold,
         )  # fmt: skip
 
     for epoch in range(start_epoch, config.epochs):

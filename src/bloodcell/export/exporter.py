@@ -25,7 +25,13 @@ from bloodcell.export.formats import get_format
 from bloodcell.export.graph import ExportGraph
 from bloodcell.models.checkpoint import ModelInfo, load_model, sha256_file
 from bloodcell.models.registry import MODELS
-from bloodcell.runtime.metadata import EMBED_KEY, FORMAT, FORMAT_VERSION, parse_metadata
+from bloodcell.runtime.metadata import (
+    EMBED_KEY,
+    FORMAT,
+    NORMALIZED_INPUT_VERSION,
+    PER_CLASS_NMS_VERSION,
+    parse_metadata,
+)
 from bloodcell.weights import default_model
 
 OPSET = 17
@@ -83,8 +89,12 @@ def export_model(
     scale, shift = net.scale.flatten().tolist(), net.shift.flatten().tolist()
 
     meta = _metadata(info, source, fmt, int8, (width, height), tuple(net.strides))
+    # The lowest version that reads this file right: older runtimes refuse newer versions ("upgrade").
+    if isinstance(meta["iou_threshold"], list):  # an older runtime would refuse it as "not a number"
+        meta["format_version"] = PER_CLASS_NMS_VERSION
     if normalized:
-        meta["format_version"] = FORMAT_VERSION  # older runtimes would feed plain pixels: they must refuse it
+        # older runtimes would feed plain pixels: they must refuse it
+        meta["format_version"] = max(meta["format_version"], NORMALIZED_INPUT_VERSION)
         meta["input_normalization"] = {"scale": scale, "shift": shift}
         meta["input_layout"] = "NHWC RGB, pixels 0..255 times input_normalization.scale plus .shift, per channel"
     meta.update(extra_metadata or {})
@@ -110,7 +120,7 @@ def export_model(
 def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[int, int], strides) -> dict:
     return {
         "format": FORMAT,
-        "format_version": 1,  # 2 with input_normalization (int8 TFLite)
+        "format_version": 1,  # 2 with input_normalization (int8 TFLite), 3 with per-class NMS
         "version": __version__,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model_format": fmt,

@@ -63,13 +63,24 @@ class ModelInfo:
             class_names=tuple(d["class_names"]),
             input_size=tuple(d["input_size"]),
             conf=_conf(d.get("conf", 0.5)),
-            iou_threshold=_conf(d.get("iou_threshold", 0.5)),
+            iou_threshold=_nms_iou(d.get("iou_threshold", 0.5), len(d["class_names"])),
             calibration=d.get("calibration"),
             cell_size=None if d.get("cell_size") is None else float(d["cell_size"]),
             input_scale=float(d.get("input_scale", 1.0)),
             metrics=dict(d.get("metrics", {})),
             extra=dict(d.get("extra", {})),
         )
+
+
+def _nms_iou(value: Any, num_classes: int) -> float | tuple[float, ...]:
+    """One NMS IoU threshold or one per class, each in (0, 1]; ValueError naming what is wrong."""
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    if isinstance(value, list | tuple) and len(values) != num_classes:
+        raise ValueError(f"iou_threshold has {len(values)} values for {num_classes} classes (one per class)")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 < v <= 1.0:
+            raise ValueError(f"iou_threshold {v!r}: expected a number in (0, 1]")
+    return _conf(value)
 
 
 def _conf(value: Any) -> float | tuple[float, ...]:
@@ -162,7 +173,10 @@ def _load_failure(e: Exception) -> str:
 def load_model(path: str | Path, expected_sha256: str | None = None) -> tuple[nn.Module, ModelInfo]:
     """Rebuild the architecture from the file's settings and load its weights (eval mode)."""
     payload = read_checkpoint(path, expected_sha256)
-    info = ModelInfo.from_dict(payload["info"])
+    try:
+        info = ModelInfo.from_dict(payload["info"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{path}: bad model settings: {e}") from None
     if info.name not in MODELS:
         raise ModelError(f"{path}: unknown architecture {info.name!r}")
     model = build_model(info.name, model_config(info.name, info.config), pretrained=False)

@@ -26,7 +26,9 @@ from bloodcell.errors import MetadataError
 from bloodcell.runtime.counting import Calibration
 
 FORMAT = "bloodcell-export"
-FORMAT_VERSION = 2  # 2: int8 files may take normalized input ("input_normalization")
+NORMALIZED_INPUT_VERSION = 2  # int8 files may take normalized input ("input_normalization")
+PER_CLASS_NMS_VERSION = 3  # "iou_threshold" may be one per class
+FORMAT_VERSION = PER_CLASS_NMS_VERSION
 EMBED_KEY = "bloodcell"  # ONNX metadata_props key and TFLite Model.metadata name
 MODEL_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 # What ties metadata to one graph and its weights; the other fields (conf, iou_threshold, calibration, cell_size) are

@@ -109,7 +109,7 @@ def detect_tiled(
 ) -> tuple[Detections, int]:
     """Detections on an image of any size at its current scale, and the number of passes; tiles are
     merged with ``iou_threshold`` (default: the predictor's own NMS threshold(s))."""
-    if iou_threshold is None:
+    if iou_threshold is None:  # bloodcell's predictors have a post-processing config; others merge at 0.5
         iou_threshold = getattr(getattr(predictor, "post", None), "iou_threshold", 0.5)
     h, w = image.shape[:2]
     tw, th = predictor.input_size

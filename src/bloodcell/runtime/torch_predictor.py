@@ -52,12 +52,12 @@ def _batched_nms(
     if not isinstance(iou_threshold, tuple | list) or len(set(iou_threshold)) == 1:
         value = iou_threshold[0] if isinstance(iou_threshold, tuple | list) else iou_threshold
         return batched_nms(boxes, scores, groups, float(value))
-    limits = torch.tensor(iou_threshold, dtype=torch.float32, device=boxes.device)[labels]
     parts = []
     for value in sorted(set(iou_threshold)):
-        idx = torch.nonzero(limits == value).flatten()
+        classes = torch.tensor([c for c, t in enumerate(iou_threshold) if t == value], device=labels.device)
+        idx = torch.nonzero(torch.isin(labels, classes)).flatten()
         parts.append(idx[batched_nms(boxes[idx], scores[idx], groups[idx], float(value))])
-    keep = torch.cat(parts)
+    keep = torch.cat(parts).sort().values  # candidate order, then best first: ties as a single NMS orders them
     return keep[torch.sort(scores[keep], descending=True, stable=True).indices]
 
 
