@@ -141,3 +141,22 @@ def test_a_dataset_holds_one_models_counts(tmp_path: Path, tiny_model) -> None:
     run_batch([str(SAMPLES[0])], str(out), device="cpu", progress=False)
     with pytest.raises(ConfigError, match="holds counts by cellnet@"):
         run_batch([str(SAMPLES[0])], str(out), model=str(tiny_model()), device="cpu", progress=False)
+
+
+def test_parts_left_by_killed_runs_are_removed_once_stale(tmp_path: Path) -> None:
+    """A killed run leaves a hidden .tmp part; the next run removes it when it is an hour old, never
+    a fresh one (a concurrent writer's) nor a finished part."""
+    from bloodcell.app.archive.rows import schema
+    from bloodcell.app.archive.store import ParquetStore
+
+    store = ParquetStore(str(tmp_path / "counts"), schema(("RBC", "WBC", "Platelets")))
+    root = tmp_path / "counts"
+    stale, fresh = root / ".part-a-00000.parquet.tmp", root / ".part-b-00000.parquet.tmp"
+    done = root / "part-a-00001.parquet"
+    for path in (stale, fresh, done):
+        path.write_bytes(b"x")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    os.utime(done, (old, old))
+    assert store.remove_stale_parts() == 1
+    assert not stale.exists() and fresh.exists() and done.exists()

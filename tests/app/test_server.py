@@ -104,6 +104,7 @@ def test_health_and_model_info(client):
     assert card["name"] == "fake.pt" and card["architecture"] == "fake" and card["format"] == "numpy"
     assert card["classes"] == list(CLASS_NAMES) and set(card["colors"]) == set(CLASS_NAMES)
     assert card["input_size"] == [320, 256] and card["conf"] == [0.3, 0.3, 0.3] and card["metrics"] == METRICS
+    assert card["nms_iou"] == [0.5, 0.5, 0.5]
 
 
 @pytest.mark.parametrize("fmt", ["pytorch", "onnx"])

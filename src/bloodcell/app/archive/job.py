@@ -117,6 +117,8 @@ def run_batch(
     summary.failed += len(expanded.problems)
     summary.listed = len(expanded.uris)
     store = ParquetStore(out, schema(class_names))
+    if stale := store.remove_stale_parts():
+        print(f"removed {stale} unfinished part file(s) left by killed runs in {out}", file=sys.stderr)
     skip = _unchanged(_written_by(store, out, model_id), expanded.uris)
     todo = [u for u in expanded.uris if u not in skip]
     summary.skipped = len(skip)

@@ -1,7 +1,9 @@
 """The output: a Parquet dataset written in parts, each part whole or absent.
 
 A part is written under a dot-name (which readers skip) and then renamed, so a killed job leaves
-only complete parts; a rerun reads the (path, sha256) pairs already written and skips them.
+only complete parts (and a hidden ``.tmp`` that the next run removes once it is an hour old: a part
+takes seconds to write, so an older one has no writer left); a rerun reads the (path, sha256) pairs
+already written and skips them.
 One dataset holds one model's counts: a run with another model is refused (see ``written``)."""
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import PurePosixPath
 from bloodcell.app.archive.sources import filesystem
 
 RUNS_DIR = "_runs"  # per-run summary CSVs; the underscore keeps Parquet readers away
+STALE_PART_S = 3600.0
 
 
 class ParquetStore:
@@ -43,6 +46,25 @@ class ParquetStore:
         for path, digest in zip(table.column("path").to_pylist(), table.column("sha256").to_pylist(), strict=True):
             done.setdefault(path, set()).add(digest)
         return done, set(table.column("model").to_pylist())
+
+    def remove_stale_parts(self, max_age_s: float = STALE_PART_S) -> int:
+        """Delete the hidden part files that killed jobs left behind, older than ``max_age_s``; how many."""
+        import datetime as dt
+
+        import pyarrow.fs as pafs
+
+        now = dt.datetime.now(dt.timezone.utc)
+        removed = 0
+        for entry in self.fs.get_file_info(pafs.FileSelector(self.root)):
+            if not (entry.type == pafs.FileType.File and entry.base_name.startswith(".part-")):
+                continue
+            if not entry.base_name.endswith(".tmp") or entry.mtime is None:
+                continue
+            mtime = entry.mtime if entry.mtime.tzinfo else entry.mtime.replace(tzinfo=dt.timezone.utc)
+            if (now - mtime).total_seconds() > max_age_s:
+                self.fs.delete_file(entry.path)
+                removed += 1
+        return removed
 
     def write_part(self, rows: list[dict], name: str) -> str:
         import pyarrow as pa
