@@ -207,3 +207,16 @@ def test_train_help_shows_defaults_and_choices(capsys) -> None:
                  "--augment {train,train-mild,train-v1,light,none}", "--no-pretrained", "--device {auto,cpu,cuda,",
                  "--model {cellnet,cellnet-mnv2,fasterrcnn,FILE.pt}"):  # fmt: skip
         assert part in text, part
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["export", "--format", "onnx", "--out", "m.onnx", "--calib-images", "5"], "--calib-images is for int8"),
+        (["export", "--format", "onnx", "--out", "m.onnx", "--data", "/nope"], "--data is for int8"),
+        (["calibrate", "--model", "m.onnx", "--data", "d", "--out", "x.pt"], "calibrate re-fits a .pt model"),
+    ],
+)
+def test_flags_that_would_do_nothing_are_refused(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -134,7 +134,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help=".pt model file")
     p.add_argument("--data", help="VOC dataset folder or dataset YAML whose val split is fitted on")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val", help="the split fitted on (default: val)")
     p.add_argument("--out", required=True, help="the new .pt model file (may be --model itself)")
     p.add_argument(
         "--nms-iou",
@@ -146,14 +146,16 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("val", help="score a model: VOC mAP@0.5, COCO AP, count error, plots")
     p.add_argument("--model", help="model file (default: the shipped model)")
-    p.add_argument("--data", help="VOC dataset folder")
-    p.add_argument("--split", default="val")
+    p.add_argument("--data", help="VOC dataset folder or dataset YAML")
+    p.add_argument("--split", default="val", help="the split scored (default: val)")
     p.add_argument("--conf", type=_conf_text, help=CONF_HELP)
     _add_cell_size(p)
     _add_device(p)
     p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: every core)")
     p.add_argument("--json", help="write the metrics as JSON to this file")
-    p.add_argument("--out", default="runs/val", help="folder for PR curves and the confusion matrix")
+    p.add_argument(
+        "--out", default="runs/val", help="folder for PR curves and the confusion matrix (default: runs/val; '': none)"
+    )
     p.set_defaults(func=cmd_val)
 
     p = sub.add_parser("predict", help="detect and count cells in images, a video or a camera")
@@ -177,10 +179,10 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, help="onnx or tflite")
     p.add_argument("--int8", action="store_true", help="full-integer int8 (TFLite): int8 weights, activations, I/O")
     p.add_argument(
-        "--calib-images", type=_positive_int, default=32, help="training images used to calibrate int8 ranges"
+        "--calib-images", type=_positive_int, help="with --int8: training images that set int8 ranges (default: 32)"
     )
-    p.add_argument("--imgsz", type=_size, help="static input size WxH (default: the model's, 640x480)")
-    p.add_argument("--data", help="VOC dataset folder for calibration images")
+    p.add_argument("--imgsz", type=_size, help="static input size WxH (default: the model's, 480x384 when shipped)")
+    p.add_argument("--data", help="with --int8: VOC dataset folder or YAML for the calibration images")
     p.add_argument("--out", required=True, help="output file (.onnx or .tflite); metadata goes to <out>.json")
     p.set_defaults(func=cmd_export)
 
@@ -493,6 +495,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from bloodcell.data.sources import load_dataset
     from bloodcell.engine.train import fit_counting_file
 
+    if Path(args.model).suffix.lower() != ".pt":
+        raise ConfigError(f"--model {args.model}: calibrate re-fits a .pt model file (exports carry what it fitted)")
     records = load_dataset(_data_root(args), split=args.split).records
     if not records:
         raise ConfigError(f"{_data_root(args)}: split {args.split!r} has no usable images")
@@ -516,6 +520,8 @@ def cmd_val(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     print(metrics)
+    if args.out:
+        print(f"plots: {Path(args.out) / 'pr_curves.png'}, {Path(args.out) / 'confusion_matrix.png'}")
     return 0
 
 
@@ -565,12 +571,15 @@ def _predict_stream(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from bloodcell.export.exporter import export_model
 
+    for flag, value in (("--calib-images", args.calib_images), ("--data", args.data)):
+        if value is not None and not args.int8:
+            raise ConfigError(f"{flag} is for int8 calibration; add --int8 or leave it out")
     result = export_model(
         args.model,
         args.format,
         args.out,
         int8=args.int8,
-        calib_images=args.calib_images,
+        calib_images=args.calib_images or 32,
         imgsz=args.imgsz,
         data=args.data,
     )
@@ -666,7 +675,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 watcher.run(threading.Event())
             except KeyboardInterrupt:
                 print("stopped", file=sys.stderr)
-    summary = f"{watcher.processed} images processed, {watcher.failed} failed"
+    summary = f"{watcher.processed} image{'s' if watcher.processed != 1 else ''} processed, {watcher.failed} failed"
     print(summary, file=sys.stderr if watcher.failed else sys.stdout)
     return 1 if watcher.failed else 0
 

@@ -37,6 +37,9 @@ def test_calibrate_refits_a_model_file(tiny_voc, tiny_model, tmp_path, capsys):
     assert "operating points" in capsys.readouterr().out
     js = tmp_path / "v.json"
     assert main(["val", "--model", str(out), "--data", str(tiny_voc), "--json", str(js), "--out", ""]) == 0
+    table = capsys.readouterr().out
+    assert "nan" not in table and "plots:" not in table  # what cannot be scored shows "-"; no plots asked for
+    assert table.splitlines()[3].split()[:2] == ["Platelets", "-"]  # no platelet in these images: no AP
     assert set(json.loads(js.read_text())["count_coverage"]) == {"RBC", "WBC", "Platelets"}
 
 

@@ -100,7 +100,7 @@ def test_corrupt_file_is_reported_and_skipped(model_file, images, tmp_path, caps
     err = capsys.readouterr().err
     assert code == 1, err
     assert "broken.jpg" in err and "notes.jpg" in err and "Traceback" not in err
-    assert "1 images processed, 2 failed" in err
+    assert "1 image processed, 2 failed" in err
 
 
 def test_empty_folder_and_missing_path(model_file, tmp_path, capsys):

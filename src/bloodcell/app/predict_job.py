@@ -105,5 +105,6 @@ def run_predict(
         write_counts_csv(results, tuple(predictor.class_names), csv_path)
     if out and results:
         print(f"annotated images in {Path(out)}")
-    print(f"{len(results)} images processed, {failed} failed", file=sys.stderr if failed else sys.stdout)
+    done = f"{len(results)} image{'s' if len(results) != 1 else ''} processed, {failed} failed"
+    print(done, file=sys.stderr if failed else sys.stdout)
     return 1 if failed or not results else 0

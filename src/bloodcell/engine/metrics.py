@@ -70,12 +70,15 @@ class DetectionMetrics:
             f"{'class':<10} {'AP50(VOC)':>9} {'conf':>5} {'count MAE':>9} {'mean err':>8} {'total':>7} "
             f"{'90% cover':>9} {'images':>6}"
         ]
+
+        def shown(value: float | None, spec: str) -> str:  # "-": no image labels this class exhaustively
+            return "-" if value is None or np.isnan(value) else format(value, spec)
+
         for i, n in enumerate(self.class_names):
-            cover = self.count_coverage.get(n)
             rows.append(
-                f"{n:<10} {self.voc_ap50[n]:>9.4f} {thr[i]:>5.3f} {self.count_mae[n]:>9.3f} "
-                f"{self.count_me.get(n, float('nan')):>+8.3f} {self.count_total_error.get(n, float('nan')):>+7.1%} "
-                f"{'-' if cover is None else f'{cover:.0%}':>9} {self.count_images.get(n, self.images):>6}"
+                f"{n:<10} {shown(self.voc_ap50[n], '.4f'):>9} {thr[i]:>5.3f} {shown(self.count_mae[n], '.3f'):>9} "
+                f"{shown(self.count_me.get(n), '+.3f'):>8} {shown(self.count_total_error.get(n), '+.1%'):>7} "
+                f"{shown(self.count_coverage.get(n), '.0%'):>9} {self.count_images.get(n, self.images):>6}"
             )
         rows.append(
             f"images {self.images}  VOC mAP@0.5 {self.voc_map50:.4f}  COCO AP50 {self.coco_ap50:.4f}  "

@@ -74,7 +74,7 @@ def export_model(
     spec = get_format(fmt, int8)
     out = Path(out)
     if out.suffix.lower() != spec.suffix:
-        raise ConfigError(f"--out {out}: a {fmt} file must end in {spec.suffix}")
+        raise ConfigError(f"--out {out}: {'an' if fmt[0] in 'aeiou' else 'a'} {fmt} file must end in {spec.suffix}")
     source = Path(model) if model else default_model()[0]
     net, info = load_model(source, expected_sha256=None if model else default_model()[1])
     if MODELS[info.name].kind != "dense":
