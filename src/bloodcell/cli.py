@@ -655,6 +655,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     import watchdog  # noqa: F401  (a missing extra is reported before the model loads)
 
+    from bloodcell.app.predict_job import processed_line
     from bloodcell.app.watch import Watcher
     from bloodcell.runtime.loader import load_predictor
 
@@ -675,8 +676,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 watcher.run(threading.Event())
             except KeyboardInterrupt:
                 print("stopped", file=sys.stderr)
-    summary = f"{watcher.processed} image{'s' if watcher.processed != 1 else ''} processed, {watcher.failed} failed"
-    print(summary, file=sys.stderr if watcher.failed else sys.stdout)
+    print(processed_line(watcher.processed, watcher.failed), file=sys.stderr if watcher.failed else sys.stdout)
     return 1 if watcher.failed else 0
 
 

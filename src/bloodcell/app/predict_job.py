@@ -47,6 +47,11 @@ def format_timing(result) -> str:
     return " · ".join([*parts, f"other {max(other, 0.0):.1f} ms", f"scale {result.scale:.2f}"])
 
 
+def processed_line(done: int, failed: int) -> str:
+    """The last line of predict and watch: "3 images processed, 0 failed"."""
+    return f"{done} image{'' if done == 1 else 's'} processed, {failed} failed"
+
+
 def run_predict(
     sources: list[str],
     model: str | None = None,
@@ -105,6 +110,5 @@ def run_predict(
         write_counts_csv(results, tuple(predictor.class_names), csv_path)
     if out and results:
         print(f"annotated images in {Path(out)}")
-    done = f"{len(results)} image{'s' if len(results) != 1 else ''} processed, {failed} failed"
-    print(done, file=sys.stderr if failed else sys.stdout)
+    print(processed_line(len(results), failed), file=sys.stderr if failed else sys.stdout)
     return 1 if failed or not results else 0

@@ -118,6 +118,7 @@ def export_model(
 
 
 def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[int, int], strides) -> dict:
+    saved = info.to_dict()  # JSON-ready: per-class values as lists
     return {
         "format": FORMAT,
         "format_version": 1,  # 2 with input_normalization (int8 TFLite), 3 with per-class NMS
@@ -131,10 +132,8 @@ def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[i
         "input_layout": "NHWC RGB pixels 0..255 (normalization is inside the graph)",
         "outputs": {"scores": "(1, A, K) class probabilities", "boxes": "(1, A, 4) log distances l,t,r,b in strides"},
         "strides": list(strides),
-        "conf": list(info.conf) if isinstance(info.conf, tuple | list) else info.conf,
-        "iou_threshold": list(info.iou_threshold)
-        if isinstance(info.iou_threshold, tuple | list)
-        else info.iou_threshold,
+        "conf": saved["conf"],
+        "iou_threshold": saved["iou_threshold"],
         "calibration": info.calibration,
         "cell_size": info.cell_size,
         "input_scale": info.input_scale,

@@ -56,9 +56,9 @@ class ParquetStore:
         now = dt.datetime.now(dt.timezone.utc)
         removed = 0
         for entry in self.fs.get_file_info(pafs.FileSelector(self.root)):
-            if not (entry.type == pafs.FileType.File and entry.base_name.startswith(".part-")):
-                continue
-            if not entry.base_name.endswith(".tmp") or entry.mtime is None:
+            name = entry.base_name
+            hidden_part = name.startswith(".part-") and name.endswith(".tmp")
+            if entry.type != pafs.FileType.File or not hidden_part or entry.mtime is None:
                 continue
             mtime = entry.mtime if entry.mtime.tzinfo else entry.mtime.replace(tzinfo=dt.timezone.utc)
             if (now - mtime).total_seconds() > max_age_s:
