@@ -142,13 +142,9 @@ def red_cell_errors(preds, records, threshold: float, edge: float = 8.0) -> str:
         truth = r.boxes[r.labels == 0]
         sel = (d.labels == 0) & (d.scores >= threshold)
         boxes, scores = d.boxes[sel], d.scores[sel]
-        ious = box_ops.iou_matrix(boxes, truth) if len(boxes) and len(truth) else np.zeros((len(boxes), len(truth)))
-        used, hit = np.zeros(len(truth), bool), np.zeros(len(boxes), bool)
-        for i in np.argsort(-scores):
-            if len(truth):
-                j = int(np.argmax(np.where(used, -1.0, ious[i])))
-                if not used[j] and ious[i, j] >= 0.5:
-                    used[j] = hit[i] = True
+        ious = box_ops.iou_matrix(boxes, truth)
+        matched = box_ops.match_greedy(boxes, scores, truth)
+        hit, used = matched >= 0, np.isin(np.arange(len(truth)), matched)
         size = (r.width, r.height)
         missed, missed_edge = missed + int((~used).sum()), missed_edge + int(at_edge(truth[~used], size, edge).sum())
         extra, extra_edge = extra + int((~hit).sum()), extra_edge + int(at_edge(boxes[~hit], size, edge).sum())

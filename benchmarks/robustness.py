@@ -181,15 +181,7 @@ def transforms(samples: list[Sample], seam_cells: str = "ignore") -> Iterator[tu
 def wbc_precision(pred: Detections, gt: Detections, wbc: int = 1) -> tuple[int, int]:
     """(counted WBC boxes, those matching a true WBC one to one at IoU >= 0.5)."""
     p, g = pred.boxes[pred.labels == wbc], gt.boxes[gt.labels == wbc]
-    if not len(p):
-        return 0, 0
-    ious = box_ops.iou_matrix(p, g) if len(g) else np.zeros((len(p), 0))
-    used, good = np.zeros(len(g), bool), 0
-    for row in ious:
-        j = int(np.argmax(np.where(used, -1, row))) if len(g) else -1
-        if j >= 0 and not used[j] and row[j] >= 0.5:
-            used[j], good = True, good + 1
-    return len(p), good
+    return len(p), int((box_ops.match_greedy(p, pred.scores[pred.labels == wbc], g) >= 0).sum())
 
 
 def run(predictor, samples: list[Sample], cell_size) -> dict:

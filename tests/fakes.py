@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from bloodcell.runtime.counting import Calibration, Conf
+from bloodcell.runtime.postprocess import PostprocessConfig
 from bloodcell.runtime.timing import StageTimes
 from bloodcell.types import CLASS_NAMES, Detections
 
@@ -48,6 +49,7 @@ class FakePredictor:
         self.calibration = calibration
         self.cell_size = cell_size
         self.input_scale = 1.0
+        self.post = PostprocessConfig()
         self.grid = grid
         self.metrics = metrics or {}
         self.calls = 0  # predict() calls: servers call from many threads, hence the lock

@@ -177,3 +177,32 @@ def test_batched_nms_keeps_classes_apart_with_negative_coordinates() -> None:
 def test_nms_of_nothing() -> None:
     assert box_ops.nms(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
     assert box_ops.batched_nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0), 0.5).shape == (0,)
+
+
+def test_match_greedy_gives_a_taken_cell_to_the_higher_score_and_lets_the_next_box_take_its_neighbour() -> None:
+    truth = np.array([[0, 0, 10, 10], [2, 0, 12, 10]], float)
+    pred = np.array([[0.5, 0, 10.5, 10], [0, 0, 10, 10], [100, 100, 110, 110]], float)
+    # Box 1 (higher score) takes cell 0; box 0 overlaps cell 0 best (0.90) but falls to cell 1 (0.74).
+    np.testing.assert_array_equal(box_ops.match_greedy(pred, np.array([0.6, 0.9, 0.8]), truth), [1, 0, -1])
+    # At IoU 0.8 box 0 has no free cell left.
+    np.testing.assert_array_equal(box_ops.match_greedy(pred, np.array([0.6, 0.9, 0.8]), truth, 0.8), [-1, 0, -1])
+    assert box_ops.match_greedy(np.zeros((0, 4)), np.zeros(0), truth).shape == (0,)
+    np.testing.assert_array_equal(box_ops.match_greedy(pred, np.ones(3), np.zeros((0, 4))), [-1, -1, -1])
+
+
+@fast
+@given(scored_boxes(), valid_boxes(max_size=10), st.floats(0.1, 0.9))
+def test_match_greedy_is_one_to_one_above_the_threshold(
+    data: tuple[np.ndarray, np.ndarray], truth: np.ndarray, threshold: float
+) -> None:
+    pred, scores = data
+    truth = truth / 4  # near the predictions, so matches happen
+    matched = box_ops.match_greedy(pred, scores, truth, threshold)
+    hits = matched[matched >= 0]
+    assert len(np.unique(hits)) == len(hits)
+    ious = box_ops.iou_matrix(pred, truth)
+    assert all(ious[i, j] >= threshold for i, j in enumerate(matched) if j >= 0)
+    # Greedy: an unmatched prediction has no free cell at the threshold when its turn came.
+    for i in np.nonzero(matched < 0)[0]:
+        taken_before = {matched[k] for k in np.nonzero(scores > scores[i])[0] if matched[k] >= 0}
+        assert all(j in taken_before for j in np.nonzero(ious[i] >= threshold)[0])

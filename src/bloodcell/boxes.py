@@ -28,6 +28,23 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
+def match_greedy(pred: np.ndarray, scores: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
+    """One-to-one matching by descending score: each prediction takes the best still-free true box
+    if their IoU reaches ``iou_threshold``. Returns, per prediction, the matched truth index or -1.
+    (VOC's AP matching differs: a prediction whose best true box is taken is a false positive.)"""
+    ious = iou_matrix(pred, truth)
+    out = np.full(len(ious), -1, dtype=np.int64)
+    if not ious.size:
+        return out
+    used = np.zeros(ious.shape[1], bool)
+    for i in np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable"):
+        free = np.where(used, -1.0, ious[i])
+        j = int(np.argmax(free))
+        if free[j] >= iou_threshold:
+            used[j], out[i] = True, j
+    return out
+
+
 def clip(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)

@@ -7,6 +7,7 @@ trained at one scale: squares outside its size range are invisible to it.
 import numpy as np
 import pytest
 
+from bloodcell.runtime.postprocess import PostprocessConfig
 from bloodcell.runtime.scaling import detect_cells, detect_cells_batch, detect_tiled, resize, scaled_window
 from bloodcell.types import Detections
 
@@ -18,6 +19,7 @@ class SquareModel:
     class_names = ("RBC", "WBC", "Platelets")
     conf = 0.5
     calibration = None
+    post = PostprocessConfig()
 
     def __init__(self, cell_size: float | None = 100.0, input_size=(640, 480), input_scale: float = 1.0) -> None:
         self.calls = 0
@@ -206,8 +208,6 @@ class TwoBoxesPerTile:
     input_size = (320, 256)
 
     def __init__(self, iou_threshold) -> None:
-        from bloodcell.runtime.postprocess import PostprocessConfig
-
         self.post = PostprocessConfig(iou_threshold=iou_threshold)
 
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections:

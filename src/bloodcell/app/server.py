@@ -43,7 +43,6 @@ from bloodcell.errors import ConfigError
 from bloodcell.palette import class_hex
 from bloodcell.runtime.counting import class_thresholds
 from bloodcell.runtime.images import to_rgb_uint8
-from bloodcell.runtime.postprocess import PostprocessConfig
 from bloodcell.runtime.predict import Predictor, predict_image
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -306,10 +305,6 @@ class GuardMiddleware:
         await self.app(scope, receive, send_guarded)
 
 
-def _post(predictor: Predictor) -> PostprocessConfig:
-    return getattr(predictor, "post", None) or PostprocessConfig()  # bloodcell's predictors all have one
-
-
 def model_card(predictor: Predictor, name: str | None = None) -> dict:
     """What /api/v1/model tells: the predictor's ``describe()`` plus classes, input size and thresholds."""
     described = predictor.describe()
@@ -322,7 +317,7 @@ def model_card(predictor: Predictor, name: str | None = None) -> dict:
         "colors": {c: class_hex(c, i) for i, c in enumerate(classes)},
         "input_size": [int(v) for v in predictor.input_size],
         "conf": [float(v) for v in class_thresholds(predictor.conf, len(classes))],  # one operating point per class
-        "nms_iou": [float(v) for v in class_thresholds(_post(predictor).iou_threshold, len(classes))],  # per class
+        "nms_iou": [float(v) for v in class_thresholds(predictor.post.iou_threshold, len(classes))],  # per class
         "metrics": described.get("metrics") or None,
     }
 

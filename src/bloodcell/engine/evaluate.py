@@ -98,17 +98,10 @@ def fit_calibration(
                 continue
             keep = (p.labels == c) & (p.scores >= floor)
             pb, ps = p.boxes[keep], p.scores[keep]
-            order = np.argsort(-ps, kind="stable")
-            gb = r.boxes[r.labels == c]
-            ious = box_ops.iou_matrix(pb[order], gb) if len(gb) else np.zeros((len(order), 0))
-            used = np.zeros(len(gb), bool)
-            for row, s in zip(ious, ps[order], strict=True):
-                j = int(np.argmax(np.where(used, -1.0, row))) if len(gb) else -1
-                hit = j >= 0 and not used[j] and row[j] >= iou_threshold
-                if hit:
-                    used[j] = True
-                scores.append(float(s))
-                hits.append(hit)
+            order = np.argsort(-ps, kind="stable")  # the isotonic fit's order on tied scores
+            matched = box_ops.match_greedy(pb, ps, r.boxes[r.labels == c], iou_threshold)
+            scores += ps[order].tolist()
+            hits += (matched[order] >= 0).tolist()
         knots[name] = fit_isotonic(np.asarray(scores), np.asarray(hits, float))
     plain = Calibration(knots, floor=floor)
     width = {}

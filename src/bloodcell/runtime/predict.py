@@ -16,6 +16,7 @@ import numpy as np
 from bloodcell.errors import ImageError
 from bloodcell.runtime.counting import Calibration, Conf, above, class_thresholds, count_intervals
 from bloodcell.runtime.images import load_image
+from bloodcell.runtime.postprocess import PostprocessConfig
 from bloodcell.runtime.scaling import ScaledDetections, detect_cells_batch
 from bloodcell.runtime.timing import StageTimes
 from bloodcell.types import Detections
@@ -31,6 +32,7 @@ class Predictor(Protocol):
     cell_size: float | None  # red-cell diameter (px) the model was trained at
     input_scale: float  # images from the training microscope are resized by this before the network
     times: StageTimes  # letterbox / network / decode time of the passes since last taken
+    post: PostprocessConfig  # decoding and NMS settings (per-class IoU thresholds)
 
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections: ...
 

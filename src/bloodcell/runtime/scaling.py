@@ -30,6 +30,7 @@ import numpy as np
 from bloodcell import boxes as box_ops
 from bloodcell.errors import ConfigError
 from bloodcell.runtime.counting import Conf, class_thresholds
+from bloodcell.runtime.postprocess import PostprocessConfig
 from bloodcell.types import Detections
 
 #: Within this factor of the reference size, cells count as "at the trained scale" (no resampling);
@@ -44,6 +45,7 @@ class RawPredictor(Protocol):
     class_names: tuple[str, ...]
     input_size: tuple[int, int]
     conf: Conf
+    post: PostprocessConfig  # NMS threshold(s): tiles are merged with the model's own
 
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections: ...
 
@@ -109,8 +111,8 @@ def detect_tiled(
 ) -> tuple[Detections, int]:
     """Detections on an image of any size at its current scale, and the number of passes; tiles are
     merged with ``iou_threshold`` (default: the predictor's own NMS threshold(s))."""
-    if iou_threshold is None:  # bloodcell's predictors have a post-processing config; others merge at 0.5
-        iou_threshold = getattr(getattr(predictor, "post", None), "iou_threshold", 0.5)
+    if iou_threshold is None:
+        iou_threshold = predictor.post.iou_threshold
     h, w = image.shape[:2]
     tw, th = predictor.input_size
     if w <= tw and h <= th:
