@@ -14,6 +14,10 @@ On the dense val images (every cell boxed), with `--cell-size auto` as `bloodcel
   exp(-IoU^2 / sigma) instead of the boxes being dropped; other classes keep the model's NMS), on the
   first model's candidates, scored the same way, and once nested: on each half of the images sigma
   and the red-cell operating point are chosen, then scored on the other half (is sigma's gain real?);
+- with ``--edge-extent PX ...``: red-cell boxes that touch the image edge (within 8 px) and show less
+  than PX pixels across (their shorter side) are dropped before counting, operating points refitted:
+  does a labelling convention for cut cells (BCCD-dense boxes a cut red cell once about 44 px of it is
+  visible) explain the edge errors?
 - the first model's red-cell errors at its own operating point: missed cells and extra boxes (greedy
   one-to-one matching at IoU >= 0.5), how many touch the image edge (within 8 px), and how much the
   extra boxes overlap a true cell.
@@ -135,6 +139,11 @@ def at_edge(b: np.ndarray, size: tuple[int, int], edge: float) -> np.ndarray:
     return (b[:, 0] <= edge) | (b[:, 1] <= edge) | (b[:, 2] >= w - edge) | (b[:, 3] >= h - edge)
 
 
+def drop_edge_slivers(d: Detections, size: tuple[int, int], extent: float, edge: float = 8.0) -> Detections:
+    shorter = np.minimum(d.boxes[:, 2] - d.boxes[:, 0], d.boxes[:, 3] - d.boxes[:, 1])
+    return d[~((d.labels == 0) & at_edge(d.boxes, size, edge) & (shorter < extent))]
+
+
 def red_cell_errors(preds, records, threshold: float, edge: float = 8.0) -> str:
     missed = extra = missed_edge = extra_edge = 0
     overlaps: list[float] = []
@@ -163,6 +172,7 @@ def main() -> None:
     p.add_argument("--dense", default=str(REPO / "../shared/data/BCCD-dense"))
     p.add_argument("--nms-iou", type=float, nargs="+", default=[0.4, 0.45, 0.5, 0.55, 0.6, 0.7])
     p.add_argument("--soft-nms", type=float, nargs="*", default=[], metavar="SIGMA", help="soft-NMS sigmas to try")
+    p.add_argument("--edge-extent", type=float, nargs="*", default=[], metavar="PX", help="edge-sliver rules to try")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -198,6 +208,13 @@ def main() -> None:
     first.post = stored
     if own is None:
         own = predict_records(first, records, cell_size="auto")
+    for extent in args.edge_extent:
+        cut = [drop_edge_slivers(d, (r.width, r.height), extent) for d, r in zip(own, records, strict=True)]
+        print(
+            row(
+                f"{Path(args.models[0]).stem}, edge red cells under {extent:g} px dropped", summary(cut, records, names)
+            )
+        )
     if len(predictors) > 1:
         first.model = MeanOfModels([q.model for q in predictors])
         preds = predict_records(first, records, cell_size="auto")
