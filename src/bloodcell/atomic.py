@@ -28,7 +28,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         raise ValueError(f"atomic_open writes whole files only (mode 'w' or 'wb'), not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _as_target(e, path) from None
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
@@ -36,10 +39,23 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename == tmp:
+            raise _as_target(e, path) from None
         raise
+
+
+def temp_prefix(path: Path) -> str:
+    """Hidden prefix of a temporary sibling of ``path``. Cut so that prefix + mkstemp's 8 characters +
+    ".tmp" stay within a file-name limit (255 bytes) that ``path``'s own name may be close to."""
+    return f".{path.name[:48]}."
+
+
+def _as_target(e: OSError, path: Path) -> OSError:
+    """The same error, naming the file the caller asked for instead of its temporary sibling."""
+    return type(e)(e.errno, e.strerror, str(path))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -57,7 +73,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``path`` as a whole when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bloodcell.errors import BloodcellError, ConfigError
+from bloodcell.errors import BloodcellError, ConfigError, describe_os_error
 
 if TYPE_CHECKING:  # config is imported lazily below, like every other bloodcell module
     from bloodcell.config import Choice, TrainConfig
@@ -720,8 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # unwritable --out, a file where a folder is expected, full disk, ...
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:
         top = (e.name or "").split(".")[0]

@@ -31,3 +31,10 @@ class TrainingError(BloodcellError):
 
 class ConfigError(BloodcellError):
     """Options that make no sense together, or unknown settings."""
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for a failed read or write: "<file>: <reason>" (the file as the user named it:
+    atomic writes re-raise their temporary file's errors under the target's name)."""
+    reason = e.strerror or str(e)
+    return f"{e.filename}: {reason}" if e.filename else reason

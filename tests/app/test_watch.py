@@ -268,3 +268,21 @@ def test_file_names_with_line_separators_are_one_row_after_a_crash(predictor, so
         assert watcher.drain() == [] and counting.calls == 0
         assert watcher.state[name]["rows"] == 1
     assert [r[0] for r in read_rows(out)] == [name]
+
+
+def test_an_image_whose_outputs_cannot_be_written_fails_alone(predictor, sources, tmp_path, capsys):
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    long_name = "x" * 245 + ".png"  # 249 bytes: fits the file system, its temporary sibling must too
+    for name in (long_name, "blocked.png", "good.png"):
+        shutil.copy(sources / "noise.png", folder / name)
+    (out / "annotated" / "blocked.png").mkdir(parents=True)  # a folder where the annotated image goes
+    watcher = Watcher(predictor, folder, out, settle=0)
+    results = {r.path.name: r for r in watcher.drain()}
+    assert results[long_name].error is None and results["good.png"].error is None
+    assert results["blocked.png"].error and watcher.failed == 1
+    err = capsys.readouterr().err
+    assert f"{out / 'annotated' / 'blocked.png'}: Is a directory" in err and ".tmp" not in err
+    assert sorted(r[0] for r in read_rows(out)) == sorted([long_name, "good.png"])
+    watcher.close()
+    assert json.loads((out / STATE_NAME).read_text())["files"]["blocked.png"]["status"] == "failed"

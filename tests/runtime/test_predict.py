@@ -157,6 +157,27 @@ def test_unwritable_output_fails_before_any_image(model_file, images, tmp_path, 
     assert err.startswith(f"error: {flag} {target}: cannot write there (")
 
 
+@pytest.mark.parametrize("where", ["a-file", "under-a-file"])
+def test_out_that_cannot_be_a_folder_fails_before_any_image(model_file, images, tmp_path, capsys, monkeypatch, where):
+    (tmp_path / "file.txt").write_text("x")
+    target = tmp_path / "file.txt" if where == "a-file" else tmp_path / "file.txt" / "annotated"
+    monkeypatch.setattr("bloodcell.app.predict_job.load_predictor", lambda *a, **k: pytest.fail("model loaded"))
+    assert main(["predict", str(images), "--model", str(model_file), "--out", str(target)]) == 2
+    out, err = capsys.readouterr()
+    reason = "is a file, expected a folder" if where == "a-file" else "cannot write there"
+    assert out == "" and err == f"error: --out {target}: {reason}\n"
+
+
+def test_an_annotated_image_that_cannot_be_written_fails_alone(model_file, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "a.jpg").mkdir(parents=True)  # a folder where a.jpg's annotated image goes
+    args = [str(images / "a.jpg"), str(images / "b.bmp"), "--model", str(model_file), "--out", str(out)]
+    code = main(["predict", *args])
+    err = capsys.readouterr().err
+    assert code == 1 and f"error: a.jpg: annotated image not written ({out / 'a.jpg'}: Is a directory)" in err
+    assert "1 image processed, 1 failed" in err and (out / "b.bmp.jpg").is_file()
+
+
 def test_fake_predictor_has_every_member_of_the_protocol():
     """The app and runtime tests stand on FakePredictor: it must keep up with what predictors offer."""
     members = set(Predictor.__annotations__) | {m for m in vars(Predictor) if not m.startswith("_")}

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import format_counts, save_annotated, write_counts_csv, write_json
-from bloodcell.errors import ConfigError
+from bloodcell.atomic import temp_prefix
+from bloodcell.errors import ConfigError, describe_os_error
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.predict import predict_paths
@@ -21,6 +22,16 @@ if TYPE_CHECKING:
     from bloodcell.runtime.predict import Predictor
 
 
+def check_folder(flag: str, path: str | Path) -> None:
+    """ConfigError unless ``path`` is (or can be made) a folder that files can be written to."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        check_writable(flag, Path(path) / "probe")
+    except (OSError, ConfigError):
+        reason = "is a file, expected a folder" if Path(path).is_file() else "cannot write there"
+        raise ConfigError(f"{flag} {path}: {reason}") from None
+
+
 def check_writable(flag: str, path: str | Path) -> None:
     """ConfigError unless a file can be written at ``path`` (its folder is made, as the writer would)."""
     target = Path(path)
@@ -28,7 +39,7 @@ def check_writable(flag: str, path: str | Path) -> None:
         if target.is_dir():
             raise IsADirectoryError(errno.EISDIR, "is a folder, expected a file name")
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, probe = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -73,6 +84,8 @@ def run_predict(
     for flag, path in (("--json", json_path), ("--csv", csv_path)):
         if path:  # fail now, not after every image was processed
             check_writable(flag, path)
+    if out:
+        check_folder("--out", out)
     paths, problems = expand_sources(sources)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -98,7 +111,12 @@ def run_predict(
             failed += 1
             continue
         if annotator is not None:
-            save_annotated(r, annotator, out)
+            try:
+                save_annotated(r, annotator, out)
+            except OSError as e:  # e.g. a name too long for the output file system: the others go on
+                print(f"error: {r.label}: annotated image not written ({describe_os_error(e)})", file=sys.stderr)
+                failed += 1
+                continue
         r.image = None
         print(f"{r.label}: {format_counts(r)} ({r.timing_ms['inference']:.0f} ms)")
         if verbose:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, TextIO
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import counts_header, counts_row, format_counts, save_annotated
 from bloodcell.atomic import write_text
-from bloodcell.errors import ConfigError, ImageError
+from bloodcell.errors import BloodcellError, ConfigError, describe_os_error
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.runtime.predict import ImageResult, predict_image
 
@@ -251,16 +251,17 @@ class Watcher:
         entry = {"size": sig[0], "mtime_ns": sig[1], "rows": self.state.get(path.name, {}).get("rows", 0)}
         try:
             image = load_image(path)
-        except ImageError as e:
+            result = predict_image(self.predictor, image, path, self.conf, cell_size=self.cell_size)
+            save_annotated(result, self.annotator, self.annotated_dir)
+            result.image = None
+            self._append_row(result)
+        except (BloodcellError, OSError) as e:  # this file failed (unreadable, or its outputs): the watch goes on
+            error = str(e) if isinstance(e, BloodcellError) else describe_os_error(e)
             self.failed += 1
-            print(f"error: {e}", file=sys.stderr)
-            self.state[path.name] = {**entry, "status": "failed", "error": str(e)}
+            print(f"error: {error}", file=sys.stderr)
+            self.state[path.name] = {**entry, "status": "failed", "error": error}
             self._save_state()
-            return ImageResult(path, conf=self.conf, class_names=self.class_names, error=str(e))
-        result = predict_image(self.predictor, image, path, self.conf, cell_size=self.cell_size)
-        save_annotated(result, self.annotator, self.annotated_dir)
-        result.image = None
-        self._append_row(result)
+            return ImageResult(path, conf=self.conf, class_names=self.class_names, error=error)
         self.state[path.name] = {**entry, "status": "ok", "rows": entry["rows"] + 1}
         self._save_state()
         self.processed += 1
