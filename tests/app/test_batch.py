@@ -52,11 +52,13 @@ def test_sources_expand_folders_globs_lists_and_uris(archive: Path, tmp_path: Pa
     listing = tmp_path / "paths.txt"
     listing.write_text(f"# the second day\n{archive / 'day2' / 'again.jpg'}\n\n{archive / 'nothing.jpg'}\n")
     relative = os.path.relpath(archive / "day2", Path.cwd()) + "/../day2/again.jpg"  # spelled another way
+    listing.write_text(listing.read_text() + "foo://bucket/x.jpg\n")  # a scheme nobody serves: one problem
     sources = [str(archive), f"{archive}/*.jpg", str(listing), f"file://{archive / 'day2'}", relative, "/no/such"]
     found = expand(sources)
     assert found.uris == sorted(str(p) for p in archive.rglob("*.jpg"))  # each file once, one spelling
     assert expand([f"{archive}/*.jpg"]).uris == sorted(str(p) for p in archive.glob("*.jpg"))  # * stays in its folder
-    assert [p.split(":")[0] for p in found.problems] == [str(archive / "nothing.jpg"), "/no/such"]
+    assert [p.split(":")[0] for p in found.problems] == [str(archive / "nothing.jpg"), "foo", "/no/such"]
+    assert found.problems[1].startswith("foo://bucket")
 
 
 def test_local_batch_rows_match_predict_and_resume_skips(archive: Path, tmp_path: Path) -> None:
@@ -76,14 +78,14 @@ def test_local_batch_rows_match_predict_and_resume_skips(archive: Path, tmp_path
     assert {r["model"] for r in rows} == {rows[0]["model"]} and rows[0]["model"].startswith("cellnet@")
 
     again = run_batch([str(archive)], str(out), device="cpu", progress=False)
-    assert (again.written, again.skipped) == (0, 5) and len(read_rows(out)) == 5
+    assert (again.written, again.skipped, again.failed) == (0, 5, 1) and len(read_rows(out)) == 5
     summaries = sorted((out / "_runs").glob("*.csv"))
     assert len(summaries) == 2 and "images_per_s" in summaries[0].read_text()
 
     # Changed content under the same path is new work; unchanged files stay skipped.
     shutil.copy(SAMPLES[1], archive / "day2" / "again.jpg")
     changed = run_batch([str(archive)], str(out), device="cpu", progress=False)
-    assert (changed.written, changed.skipped) == (1, 4)
+    assert (changed.written, changed.skipped, changed.failed) == (1, 4, 1)
 
 
 def test_killed_batch_completes_each_image_exactly_once_on_rerun(bccd_root: Path, tmp_path: Path) -> None:
@@ -128,6 +130,8 @@ def test_batch_flags_are_checked(tmp_path: Path) -> None:
     from bloodcell.cli import main
 
     assert main(["batch", str(SAMPLES[0]), "--out", str(tmp_path / "o"), "--address", "auto"]) == 2
+    assert main(["batch", str(SAMPLES[0]), "--out", str(tmp_path / "o"), "--engine", "ray", "--device", "cuda:1"]) == 2
+    assert not (tmp_path / "o").exists()  # refused before any work
     (tmp_path / "file").write_text("x")
     assert main(["batch", str(SAMPLES[0]), "--out", str(tmp_path / "file")]) == 2
     with pytest.raises(SystemExit):

@@ -134,9 +134,16 @@ class RayEngine:
             yield table.to_pylist()
 
 
-def make_engine(name: str, spec: PredictorSpec, workers: int, address: str | None) -> Engine:
+def check_engine(name: str, address: str | None, device: str) -> None:
+    """ConfigError for settings the engine cannot honour (checked before any work starts)."""
     if name not in ENGINES:
         raise ConfigError(f"--engine {name!r}: choose from {list(ENGINES)}")
     if address and name != "ray":
         raise ConfigError("--address joins a Ray cluster; it needs --engine ray")
+    if name == "ray" and device.startswith("cuda:"):
+        raise ConfigError(f"--device {device}: Ray gives each worker a GPU of its own; use --device cuda")
+
+
+def make_engine(name: str, spec: PredictorSpec, workers: int, address: str | None) -> Engine:
+    check_engine(name, address, spec.device)
     return RayEngine(spec, workers, address) if name == "ray" else LocalEngine(spec, workers)

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bloodcell.app.archive.engines import make_engine
+from bloodcell.app.archive.engines import check_engine, make_engine
 from bloodcell.app.archive.rows import PredictorSpec, content_hash, schema
 from bloodcell.app.archive.sources import expand, read_bytes
 from bloodcell.app.archive.store import ParquetStore
@@ -24,7 +24,7 @@ from bloodcell.weights import default_model
 class BatchSummary:
     run_id: str
     listed: int = 0  # images the sources named
-    skipped: int = 0  # already in the dataset with the same content
+    skipped: int = 0  # already in the dataset with the same content (failed rows too: counted in failed)
     written: int = 0  # rows written by this run (bad images included)
     failed: int = 0  # bad images, unreadable files and source problems
     seconds: float = 0.0
@@ -42,21 +42,24 @@ class BatchSummary:
         )
 
 
-def _unchanged(done: dict[str, set], uris: list[str]) -> set[str]:
-    """URIs already written with their current content (read and hashed again, in threads: I/O bound)."""
+def _unchanged(done: dict[str, dict[str, str | None]], uris: list[str]) -> dict[str, str | None]:
+    """URIs already written with their current content (read and hashed again, in threads: I/O bound),
+    each with its row's error (None: counted)."""
     candidates = [u for u in uris if u in done]
 
-    def same(uri: str) -> bool:
+    def same(uri: str) -> str | None:
         try:
-            return content_hash(read_bytes(uri)) in done[uri]
+            digest = content_hash(read_bytes(uri))
         except OSError:
-            return False  # unreadable now: the worker reports it
+            return None  # unreadable now: the worker reports it
+        return digest if digest in done[uri] else None
 
     with ThreadPoolExecutor(8) as pool:
-        return {u for u, ok in zip(candidates, pool.map(same, candidates), strict=True) if ok}
+        found = zip(candidates, pool.map(same, candidates), strict=True)
+        return {u: done[u][digest] for u, digest in found if digest is not None}
 
 
-def _written_by(store: ParquetStore, out: str, model_id: str) -> dict[str, set[str]]:
+def _written_by(store: ParquetStore, out: str, model_id: str) -> dict[str, dict[str, str | None]]:
     """path -> content hashes already in ``out``, all counted by ``model_id``: one dataset, one
     model (skipping images another model counted would mix two models' counts)."""
     import pyarrow as pa
@@ -104,6 +107,7 @@ def run_batch(
     ``conf``: --conf text (one operating point or per class; None keeps the model's)."""
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     summary = BatchSummary(run_id)
+    check_engine(engine, address, device)
     model_path = Path(model) if model else default_model()[0]
     device = _resolve_device(device, model_path)
     probe = load_predictor(model_path, device=device, batch=batch)  # fail fast
@@ -122,6 +126,9 @@ def run_batch(
     skip = _unchanged(_written_by(store, out, model_id), expanded.uris)
     todo = [u for u in expanded.uris if u not in skip]
     summary.skipped = len(skip)
+    for error in filter(None, skip.values()):  # a bad file stays bad until it changes: the exit code says so
+        print(f"error: {error} (unchanged since an earlier run)", file=sys.stderr)
+        summary.failed += 1
     summary.totals = dict.fromkeys(class_names, 0)
     spec = PredictorSpec(str(model_path), model_id, run_id, device, threads, batch, thresholds, cell_size)
     runner = make_engine(engine, spec, workers, address)

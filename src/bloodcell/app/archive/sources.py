@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from bloodcell.errors import ConfigError
+from bloodcell.errors import BloodcellError, ConfigError
 from bloodcell.runtime.images import IMAGE_SUFFIXES
 
 #: A SOURCE with one of these suffixes is a list of sources, one per line ('#' starts a comment).
@@ -106,6 +106,14 @@ def expand(sources: list[str]) -> ExpandedSources:
     problems: list[str] = []
 
     def add(source: str, nested: bool = False) -> None:
+        try:
+            add_one(source, nested)
+        except BloodcellError as e:  # an unknown scheme, a bucket that cannot be opened: the others go on
+            problems.append(str(e))
+        except OSError as e:  # e.g. an unreadable subfolder or list file
+            problems.append(f"{source}: cannot read ({e.strerror or e})")
+
+    def add_one(source: str, nested: bool) -> None:
         if _has_magic(source):
             found = _glob(source)
             if not found:

@@ -34,17 +34,19 @@ class ParquetStore:
     def _path(self, name: str) -> str:
         return str(PurePosixPath(self.root) / name)
 
-    def written(self) -> tuple[dict[str, set[str]], set[str]]:
-        """What the dataset holds, in one read: path -> content hashes, and the model ids."""
+    def written(self) -> tuple[dict[str, dict[str, str | None]], set[str]]:
+        """What the dataset holds, in one read: path -> {content hash: its row's error (None: counted)},
+        and the model ids."""
         import pyarrow.dataset as pads
 
         dataset = pads.dataset(
             self.root, schema=self.schema, format="parquet", filesystem=self.fs
         )  # skips '.' and '_' names
-        table = dataset.to_table(columns=["path", "sha256", "model"])
-        done: dict[str, set[str]] = {}
-        for path, digest in zip(table.column("path").to_pylist(), table.column("sha256").to_pylist(), strict=True):
-            done.setdefault(path, set()).add(digest)
+        table = dataset.to_table(columns=["path", "sha256", "model", "error"])
+        done: dict[str, dict[str, str | None]] = {}
+        columns = (table.column(c).to_pylist() for c in ("path", "sha256", "error"))
+        for path, digest, error in zip(*columns, strict=True):
+            done.setdefault(path, {})[digest] = error
         return done, set(table.column("model").to_pylist())
 
     def remove_stale_parts(self, max_age_s: float = STALE_PART_S) -> int:
