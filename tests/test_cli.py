@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import pytest
 
@@ -146,11 +146,18 @@ def test_command_line_round_trips_to_train_config(monkeypatch) -> None:
     argv = []
     for f in fields(TrainConfig):
         value = getattr(NON_DEFAULT, f.name)
-        argv += [flag_name(f.name)] if isinstance(value, bool) else [flag_name(f.name), show(value)]
+        if f.name != "pretrained":  # --no-pretrained with --weights is refused: on its own below
+            argv += [flag_name(f.name)] if isinstance(value, bool) else [flag_name(f.name), show(value)]
     calls = _capture_train(monkeypatch)
     assert main(["train", *argv]) == 0
+    assert main(["train", "--no-pretrained"]) == 0
     assert main(["train"]) == 0
-    assert calls == [(NON_DEFAULT, {f.name for f in fields(TrainConfig)}), (default, set())]
+    every = {f.name for f in fields(TrainConfig)}
+    assert calls == [
+        (replace(NON_DEFAULT, pretrained=True), every - {"pretrained"}),
+        (TrainConfig(pretrained=False), {"pretrained"}),
+        (default, set()),
+    ]
 
 
 BAD_CHOICES = [
@@ -215,8 +222,26 @@ def test_train_help_shows_defaults_and_choices(capsys) -> None:
         (["export", "--format", "onnx", "--out", "m.onnx", "--calib-images", "5"], "--calib-images is for int8"),
         (["export", "--format", "onnx", "--out", "m.onnx", "--data", "/nope"], "--data is for int8"),
         (["calibrate", "--model", "m.onnx", "--data", "d", "--out", "x.pt"], "calibrate re-fits a .pt model"),
+        (["calibrate", "--model", "m.pt", "--data", "d", "--out", "x.onnx"], "calibrate writes a .pt model file"),
+        (["benchmark", "--model", "m.tflite", "--data", "d"], "benchmark exports a .pt model"),
+        (["train", "--model", "m.pt", "--no-pretrained"], "is fine-tuned from its own"),
+        (["train", "--model", "m.pt", "--weights", "w.pth"], "is fine-tuned from its own"),
+        (["train", "--no-pretrained", "--weights", "w.pth"], "contradict each other"),
+        (["train", "--model", "fasterrcnn", "--missing-labels", "plain"], "Faster R-CNN trains with its own"),
+        (["train", "--missing-labels", "downweight", "--missing-tau", "0.2"], "--missing-tau is the teacher threshold"),
+        (["predict", "a.jpg", "--min-score", "0.1"], "--min-score sets the lowest score listed in --json"),
+        (["data", "check", "/a", "--data", "/b"], "give the dataset once: /a or --data /b, not both"),
+        (["qat", "--model", "m.pt", "--out", "q.tflite", "--imgsz", "32"], "multiple of 32 from 64 to 4096"),
+        (["qat", "--model", "m.pt", "--out", "q.tflite", "--batch", "300"], "at most 256"),
     ],
 )
 def test_flags_that_would_do_nothing_are_refused(argv: list[str], message: str, capsys) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["", "abc", "0" * 63])
+def test_download_hash_must_be_a_sha256(value: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["data", "download", "--sha256", value])
+    assert "expected 64 hexadecimal digits" in capsys.readouterr().err

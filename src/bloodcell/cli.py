@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,7 +47,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
     p = dsub.add_parser("check", help="report every label fault (and what the repair does)")
     p.add_argument("path", nargs="?", help="VOC dataset folder (default: --data, $BLOODCELL_DATA, or the cache)")
-    p.add_argument("--data", help="VOC dataset folder")
+    p.add_argument("--data", help="VOC dataset folder or dataset YAML")
     p.add_argument("--split", help="check only ImageSets/Main/<split>.txt (default: every annotation)")
     p.add_argument("--strict", action="store_true", help="every finding is an error (exit 1)")
     p.add_argument("--json", action="store_true", help="print findings as JSON instead of a table")
@@ -69,14 +70,23 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p = dsub.add_parser("download", help="fetch the public BCCD archive into the cache (sha256-checked)")
     p.add_argument("--out", help="destination folder (default: ~/.cache/bloodcell/BCCD)")
     p.add_argument("--url", help="archive to fetch instead of the pinned GitHub tarball (a mirror, or a file:// URL)")
-    p.add_argument("--sha256", help="expected sha256 of that archive (default: the pinned hash)")
+    p.add_argument("--sha256", type=_sha256, help="expected sha256 of that archive (default: the pinned hash)")
     p.set_defaults(func=cmd_data_download)
+
+
+def _sha256(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 64 hexadecimal digits")
+    return text.lower()
 
 
 def _data_root(args: argparse.Namespace):
     from bloodcell.data.sources import resolve_data_root
 
-    return resolve_data_root(getattr(args, "path", None) or getattr(args, "data", None))
+    path, data = getattr(args, "path", None), getattr(args, "data", None)
+    if path and data:
+        raise ConfigError(f"give the dataset once: {path} or --data {data}, not both")
+    return resolve_data_root(path or data)
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -113,7 +123,7 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     from bloodcell.data.download import download_bccd
 
     # Only options given on the command line override download_bccd's pinned defaults.
-    options = {k: v for k, v in (("url", args.url), ("sha256", args.sha256)) if v}
+    options = {k: v for k, v in (("url", args.url), ("sha256", args.sha256)) if v is not None}
     print(f"BCCD ready at {download_bccd(args.out, **options)}")
     return 0
 
@@ -201,7 +211,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("benchmark", help="size, mAP@0.5 and latency of every export format of a model")
     p.add_argument("--model", help="model file (default: the shipped model)")
-    p.add_argument("--data", help="VOC dataset folder")
+    p.add_argument("--data", help="VOC dataset folder or dataset YAML")
     p.add_argument("--split", default="val")
     p.add_argument("--threads", type=_positive_int, default=2)
     p.add_argument("--extra", nargs="+", default=[], help="more model files to include (e.g. a QAT .tflite)")
@@ -462,7 +472,9 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
     from bloodcell.config import TrainConfig
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    return TrainConfig(**given), set(given)
+    config = TrainConfig(**given)
+    config.refuse_unused(given)
+    return config, set(given)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -497,6 +509,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if Path(args.model).suffix.lower() != ".pt":
         raise ConfigError(f"--model {args.model}: calibrate re-fits a .pt model file (exports carry what it fitted)")
+    if Path(args.out).suffix.lower() != ".pt":
+        raise ConfigError(f"--out {args.out}: calibrate writes a .pt model file; name it so")
     records = load_dataset(_data_root(args), split=args.split).records
     if not records:
         raise ConfigError(f"{_data_root(args)}: split {args.split!r} has no usable images")
@@ -532,6 +546,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("predict: give image files, folders or globs, or --source 0|VIDEO|URL")
     if args.stream:
         return _predict_stream(args)
+    if args.min_score is not None and not args.json:
+        raise ConfigError("--min-score sets the lowest score listed in --json; add --json FILE")
     from bloodcell.app.predict_job import run_predict
 
     return run_predict(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -215,6 +216,24 @@ class TrainConfig:
                 self.imgsz = _multiple_of_32(448 * self.scale)
             if self.input_size is None:
                 self.input_size = (_multiple_of_32(640 * self.scale), _multiple_of_32(480 * self.scale))
+
+    def refuse_unused(self, given: Collection[str]) -> None:
+        """ConfigError for settings given (by name) that this run would not use, so none is silently dropped."""
+        given = set(given)
+        if self.model.endswith(".pt") and (given & {"weights", "pretrained"}):
+            raise ConfigError(
+                "--weights / --no-pretrained choose a new model's backbone weights; "
+                f"--model {self.model} is fine-tuned from its own"
+            )
+        if self.weights is not None and not self.pretrained:
+            raise ConfigError(f"--no-pretrained (random backbone) and --weights {self.weights} contradict each other")
+        if self.model == "fasterrcnn" and given & {"missing_labels", "missing_tau"}:
+            raise ConfigError("--missing-labels / --missing-tau shape CellNet's loss; Faster R-CNN trains with its own")
+        if "missing_tau" in given and self.missing_labels not in ("ignore", "pseudo"):
+            raise ConfigError(
+                f"--missing-tau is the teacher threshold of --missing-labels ignore or pseudo, "
+                f"not {self.missing_labels}"
+            )
 
     def with_model_scale(self, scale: float, input_size: tuple[int, int]) -> TrainConfig:
         """Settings left unset taken from a model file being fine-tuned: its scale and input size."""

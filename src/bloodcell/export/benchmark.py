@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bloodcell.atomic import write_text
-from bloodcell.data.voc import load_voc
+from bloodcell.data.sources import load_dataset
 from bloodcell.engine.evaluate import predict_records, score
+from bloodcell.errors import ConfigError
 from bloodcell.export.formats import FORMATS, ExportFormat
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
@@ -97,9 +98,11 @@ def benchmark(
     # imported here: the exporter brings torch, and ``latencies_ms`` times .tflite/.onnx models without it
     from bloodcell.export.exporter import export_model
 
+    if model is not None and Path(model).suffix.lower() != ".pt":
+        raise ConfigError(f"--model {model}: benchmark exports a .pt model to every format (add exports with --extra)")
     out = Path(out)
     source = Path(model) if model else default_model()[0]
-    records = load_voc(data, split=split).records
+    records = load_dataset(data, split=split).records
     candidates: list[tuple[str, Path | None, str]] = [("torch fp32", source, "")]
     for variant in variants():
         path = out / variant.file_name(source.stem)

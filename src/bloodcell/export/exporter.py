@@ -50,12 +50,11 @@ def calibration_images(
 ) -> list[np.ndarray]:
     """The first ``count`` training images as the network sees them: at the model's ``scale``, the
     central ``size`` window (deterministic)."""
-    from bloodcell.data.sources import resolve_data_root
-    from bloodcell.data.voc import load_voc
+    from bloodcell.data.sources import load_dataset, resolve_data_root
     from bloodcell.runtime.images import load_image
     from bloodcell.runtime.scaling import model_window
 
-    records = load_voc(resolve_data_root(data), split="train", decode_images=False).records[:count]
+    records = load_dataset(resolve_data_root(data), split="train", decode_images=False).records[:count]
     return [model_window(load_image(r.image_path), scale, size) for r in records]
 
 
@@ -100,6 +99,9 @@ def export_model(
     meta.update(extra_metadata or {})
     # Checked before the (slow) conversion: an export that the runtime would refuse is never written.
     parse_metadata(meta, f"{out} (metadata of {source.name})")
+    meta_path = out.with_name(out.name + ".json")
+    # A sidecar is read before the file's own metadata: an earlier export's must not outlive a failed one.
+    meta_path.unlink(missing_ok=True)
     if fmt == "onnx":
         _export_onnx(graph, example, out, meta)
     else:
@@ -112,7 +114,6 @@ def export_model(
         _export_tflite(graph, example, out, int8, calibration, qat_state)
         meta.update(_tflite_io(out, len(info.class_names)))
         embed_tflite_metadata(out, json.dumps(meta))
-    meta_path = out.with_name(out.name + ".json")
     write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return ExportResult(out, meta_path, out.stat().st_size, meta)
 

@@ -60,6 +60,9 @@ class _NHWCModel(nn.Module):
         return self
 
 
+MAX_BATCH, SIDE32 = 256, (2, 128)  # the exported graph's dynamic range: batch, and sides in units of 32 px
+
+
 def qat_finetune(config: QATConfig, progress: bool = True):
     """Fine-tune ``config.model`` with fake quantization; write the int8 TFLite file and its metadata."""
     from torch.export import Dim
@@ -67,8 +70,11 @@ def qat_finetune(config: QATConfig, progress: bool = True):
 
     from bloodcell.export.exporter import export_model
 
-    if config.imgsz % 32:
-        raise ConfigError(f"--imgsz {config.imgsz}: must be a multiple of 32")
+    low, high = 32 * SIDE32[0], 32 * SIDE32[1]
+    if config.imgsz % 32 or not low <= config.imgsz <= high:
+        raise ConfigError(f"--imgsz {config.imgsz}: must be a multiple of 32 from {low} to {high}")
+    if config.batch > MAX_BATCH:
+        raise ConfigError(f"--batch {config.batch}: at most {MAX_BATCH} (the exported training graph's range)")
     if config.threads:
         torch.set_num_threads(config.threads)
     records = load_voc(resolve_data_root(config.data), split="train").records[: config.max_images]
@@ -82,9 +88,9 @@ def qat_finetune(config: QATConfig, progress: bool = True):
     example = torch.zeros(2, config.imgsz, config.imgsz, 3)
     dims = {
         "images": {
-            0: Dim("batch", min=1, max=256),
-            1: 32 * Dim("h32", min=2, max=128),
-            2: 32 * Dim("w32", min=2, max=128),
+            0: Dim("batch", min=1, max=MAX_BATCH),
+            1: 32 * Dim("h32", min=SIDE32[0], max=SIDE32[1]),
+            2: 32 * Dim("w32", min=SIDE32[0], max=SIDE32[1]),
         }
     }
     exported = torch.export.export(graph, (example,), dynamic_shapes=dims).module()
