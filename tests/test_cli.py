@@ -245,3 +245,25 @@ def test_download_hash_must_be_a_sha256(value: str, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["data", "download", "--sha256", value])
     assert "expected 64 hexadecimal digits" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["val", "--json", "{file}/m.json"],
+            "--json {file}/m.json: cannot write there ({file} is a file, not a folder)",
+        ),
+        (["val", "--out", "{file}"], "--out {file}: is a file, expected a folder"),
+        (["calibrate", "--model", "m.pt", "--data", "d", "--out", "{file}/x.pt"], "--out {file}/x.pt: cannot write"),
+        (["export", "--format", "onnx", "--out", "{dir}"], "--out {dir}: cannot write there (is a folder"),
+        (["qat", "--model", "m.pt", "--out", "{file}/q.tflite"], "--out {file}/q.tflite: cannot write there"),
+        (["benchmark", "--out", "{file}"], "--out {file}: is a file, expected a folder"),
+    ],
+)
+def test_outputs_are_checked_before_the_work(argv: list[str], message: str, tmp_path, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    where = {"file": tmp_path / "file", "dir": tmp_path}
+    assert main([a.format(**where) for a in argv]) == 2  # before any model or dataset is read
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message.format(**where)}") and err.count("\n") == 1

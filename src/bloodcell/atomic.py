@@ -7,12 +7,15 @@ and Windows when source and target share a folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from bloodcell.errors import ConfigError
 
 
 def _umask() -> int:
@@ -92,3 +95,29 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_folder(flag: str, path: str | Path) -> None:
+    """ConfigError unless ``path`` is (or can be made) a folder that files can be written to."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        check_writable(flag, Path(path) / "probe")
+    except (OSError, ConfigError):
+        reason = "is a file, expected a folder" if Path(path).is_file() else "cannot write there"
+        raise ConfigError(f"{flag} {path}: {reason}") from None
+
+
+def check_writable(flag: str, path: str | Path) -> None:
+    """ConfigError unless a file can be written at ``path`` (its folder is made, as the writer would)."""
+    target = Path(path)
+    try:
+        if target.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder, expected a file name")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        blocking = next((p for p in target.parents if p.is_file()), None)
+        reason = f"{blocking} is a file, not a folder" if blocking else (e.strerror or str(e))
+        raise ConfigError(f"{flag} {path}: cannot write there ({reason})") from None

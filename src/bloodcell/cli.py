@@ -511,6 +511,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--model {args.model}: calibrate re-fits a .pt model file (exports carry what it fitted)")
     if Path(args.out).suffix.lower() != ".pt":
         raise ConfigError(f"--out {args.out}: calibrate writes a .pt model file; name it so")
+    _check_outputs({"--out": args.out})
     records = load_dataset(_data_root(args), split=args.split).records
     if not records:
         raise ConfigError(f"{_data_root(args)}: split {args.split!r} has no usable images")
@@ -518,9 +519,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_outputs(files: dict[str, str | None], folders: dict[str, str | None] | None = None) -> None:
+    """Refuse outputs that cannot be written (flag -> path) before any long work."""
+    from bloodcell.atomic import check_folder, check_writable
+
+    for flag, path in files.items():
+        if path:
+            check_writable(flag, path)
+    for flag, path in (folders or {}).items():
+        if path:
+            check_folder(flag, path)
+
+
 def cmd_val(args: argparse.Namespace) -> int:
     from bloodcell.engine.validate import validate
 
+    _check_outputs({"--json": args.json}, {"--out": args.out})
     metrics = validate(
         args.model,
         _data_root(args),
@@ -590,6 +604,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for flag, value in (("--calib-images", args.calib_images), ("--data", args.data)):
         if value is not None and not args.int8:
             raise ConfigError(f"{flag} is for int8 calibration; add --int8 or leave it out")
+    _check_outputs({"--out": args.out})
     result = export_model(
         args.model,
         args.format,
@@ -610,6 +625,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
 
     if not args.out.endswith(".tflite"):
         raise ConfigError(f"--out {args.out}: QAT writes a .tflite file")
+    _check_outputs({"--out": args.out})
     config = QATConfig(
         model=args.model,
         out=args.out,
@@ -630,6 +646,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from bloodcell.export.benchmark import benchmark, format_table
 
+    _check_outputs({}, {"--out": args.out})
     rows = benchmark(
         args.model, _data_root(args), split=args.split, threads=args.threads, out=args.out, extra=args.extra
     )

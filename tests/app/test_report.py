@@ -182,3 +182,25 @@ def test_report_from_real_predictions(bccd_root: Path, tmp_path: Path):
     text = out.read_text()
     assert text.count(DATA_URI) == 2
     assert f"<td>{summary.totals['RBC']}</td>" in text
+
+
+def test_records_with_a_subfolder_show_their_own_image(tmp_path: Path):
+    """predict names inputs that share a file name a/s.jpg and b/s.jpg: each record gets its own image."""
+    import base64
+    import io
+
+    import numpy as np
+
+    root = tmp_path / "slides"
+    for sub, colour in (("a", (250, 0, 0)), ("b", (0, 0, 250))):
+        (root / sub).mkdir(parents=True)
+        Image.new("RGB", (64, 48), colour).save(root / sub / "s.png")
+    (root / "s.png").write_bytes(b"never read")
+    records = [{**record(f"{sub}/s.png", 0, 0, 0), "detections": []} for sub in ("a", "b")]
+    records.append({**record("../../s.png", 0, 0, 0), "detections": []})  # never outside --images
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(records))
+    assert main(["report", str(results), "--images", str(root), "--out", str(tmp_path / "r.html")]) == 1
+    uris = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', (tmp_path / "r.html").read_text())
+    a, b = (np.asarray(Image.open(io.BytesIO(base64.b64decode(u))), np.int16).mean((0, 1)) for u in uris)
+    assert a[0] > 200 > a[2] and b[2] > 200 > b[0]  # red from a/, blue from b/; the third is a placeholder

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import format_counts, save_annotated, write_counts_csv, write_json
-from bloodcell.atomic import temp_prefix
-from bloodcell.errors import ConfigError, describe_os_error
+from bloodcell.atomic import check_folder, check_writable
+from bloodcell.errors import describe_os_error
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.predict import predict_paths
@@ -20,30 +17,6 @@ from bloodcell.runtime.sources import expand_sources, output_names
 
 if TYPE_CHECKING:
     from bloodcell.runtime.predict import Predictor
-
-
-def check_folder(flag: str, path: str | Path) -> None:
-    """ConfigError unless ``path`` is (or can be made) a folder that files can be written to."""
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        check_writable(flag, Path(path) / "probe")
-    except (OSError, ConfigError):
-        reason = "is a file, expected a folder" if Path(path).is_file() else "cannot write there"
-        raise ConfigError(f"{flag} {path}: {reason}") from None
-
-
-def check_writable(flag: str, path: str | Path) -> None:
-    """ConfigError unless a file can be written at ``path`` (its folder is made, as the writer would)."""
-    target = Path(path)
-    try:
-        if target.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "is a folder, expected a file name")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ConfigError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
 
 
 STAGES = ("load", "letterbox", "network", "decode")

@@ -217,10 +217,18 @@ def counted_detections(record: dict, classes: tuple[str, ...]) -> Detections:
     return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64), np.array(scores))
 
 
+def image_path(name: str, images_dir: Path) -> Path:
+    """Where a record's image lies: its name under ``images_dir``, keeping the subfolder predict gives
+    to inputs that share a file name (a/s.jpg, b/s.jpg); a record never reaches outside ``images_dir``."""
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        relative = Path(relative.name)
+    return images_dir / relative
+
+
 def thumbnail_uri(record: dict, images_dir: Path, annotator: BoxAnnotator, thumb_px: int) -> str:
     """The record's image, shrunk to ``thumb_px`` on its long side, counted boxes drawn, as a JPEG data URI."""
-    path = images_dir / Path(record["image"]).name  # a bare name: the record never chooses a folder
-    image = Image.fromarray(load_image(path))
+    image = Image.fromarray(load_image(image_path(record["image"], images_dir)))
     # Boxes are in the pixels of the image the record was made from (its width x height).
     src_w, src_h = record.get("width") or image.width, record.get("height") or image.height
     image.thumbnail((thumb_px, thumb_px))
