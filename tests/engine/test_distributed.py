@@ -75,7 +75,7 @@ def test_two_gloo_processes_match_one_process_only_rank0_writes_and_resume(eight
 
 
 def test_devices_flag_is_checked() -> None:
-    from bloodcell.engine.launch import parse_devices, torchrun_command
+    from bloodcell.engine.launch import launch, parse_devices, torchrun_command
     from bloodcell.errors import ConfigError
 
     assert parse_devices("0,1").gpus == (0, 1) and parse_devices("cpu:2").processes == 2
@@ -84,6 +84,9 @@ def test_devices_flag_is_checked() -> None:
             parse_devices(bad)
     cmd = torchrun_command(parse_devices("cpu:2"), ["--epochs", "3"])
     assert cmd[-6:] == ["bloodcell", "train", "--epochs", "3", "--device", "cpu"]
+    for device, devices in (("cuda:1", "0,1"), ("cpu", "0,1"), ("cuda", "cpu:2")):  # refused before torchrun starts
+        with pytest.raises(ConfigError, match=f"--device {device} contradicts --devices"):
+            launch(parse_devices(devices), [], device)
 
 
 def test_devices_index_the_gpus_a_scheduler_already_made_visible() -> None:

@@ -53,7 +53,7 @@ def visible_devices(gpus: tuple[int, ...], current: str | None) -> str:
 
 def launch(devices: Devices, train_argv: list[str], device_flag: str | None) -> int:
     """Run training under torchrun; ``train_argv``: the train options without --devices/--device."""
-    if device_flag not in (None, "auto", devices.device) and not (devices.gpus and device_flag.startswith("cuda")):
+    if device_flag not in (None, "auto", devices.device) and not (devices.gpus and device_flag == "cuda"):
         raise ConfigError(f"--device {device_flag} contradicts --devices (which runs on {devices.device})")
     env = dict(os.environ)
     if devices.gpus:
