@@ -46,7 +46,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="{check,stats,export,download}")
 
     p = dsub.add_parser("check", help="report every label fault (and what the repair does)")
-    p.add_argument("path", nargs="?", help="VOC dataset folder (default: --data, $BLOODCELL_DATA, or the cache)")
+    p.add_argument("path", nargs="?", help=DATASET_HELP)
     p.add_argument("--data", help="VOC dataset folder or dataset YAML")
     p.add_argument("--split", help="check only ImageSets/Main/<split>.txt (default: every annotation)")
     p.add_argument("--strict", action="store_true", help="every finding is an error (exit 1)")
@@ -54,13 +54,13 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_data_check)
 
     p = dsub.add_parser("stats", help="per split and class: images, boxes, box sizes; PNG plots")
-    p.add_argument("path", nargs="?")
+    p.add_argument("path", nargs="?", help=DATASET_HELP)
     p.add_argument("--data")
     p.add_argument("--out", help="folder for the plots and stats.json (default: runs/stats)", default="runs/stats")
     p.set_defaults(func=cmd_data_stats)
 
     p = dsub.add_parser("export", help="write the (repaired) labels as CSV, COCO, YOLO or TFRecord")
-    p.add_argument("path", nargs="?")
+    p.add_argument("path", nargs="?", help=DATASET_HELP)
     p.add_argument("--data")
     p.add_argument("--format", required=True, choices=["csv", "coco", "yolo", "tfrecord"])
     p.add_argument("--out", required=True, help="output folder (one file or folder per split)")
@@ -72,6 +72,9 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", help="archive to fetch instead of the pinned GitHub tarball (a mirror, or a file:// URL)")
     p.add_argument("--sha256", type=_sha256, help="expected sha256 of that archive (default: the pinned hash)")
     p.set_defaults(func=cmd_data_download)
+
+
+DATASET_HELP = "VOC dataset folder or dataset YAML (default: --data, $BLOODCELL_DATA, or the cache)"
 
 
 def _sha256(text: str) -> str:

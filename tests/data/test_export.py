@@ -347,7 +347,7 @@ def test_failure_mid_export_leaves_no_partial_file(
 
     out = tmp_path / "out"
     with monkeypatch.context() as m:
-        m.setattr(export_module, "load_voc", load_with_a_bad_val_record)
+        m.setattr(export_module, "load_dataset", load_with_a_bad_val_record)
         with pytest.raises(OSError, match="simulated"):
             export_dataset(tiny_voc, fmt, out)
     written = [p.relative_to(out).as_posix() for p in out.rglob("*")]
@@ -358,7 +358,7 @@ def test_failure_mid_export_leaves_no_partial_file(
     export_dataset(tiny_voc, fmt, out)  # a complete export, then the same failure must not touch it
     before = _files(out)
     with monkeypatch.context() as m:
-        m.setattr(export_module, "load_voc", load_with_a_bad_val_record)
+        m.setattr(export_module, "load_dataset", load_with_a_bad_val_record)
         with pytest.raises(OSError, match="simulated"):
             export_dataset(tiny_voc, fmt, out)
     assert _files(out) == before

@@ -81,3 +81,26 @@ def test_bad_yaml_is_a_clear_error(tmp_path, text, message):
 def test_missing_split_everywhere(tmp_path, bccd_root, dense_root):
     with pytest.raises(DatasetError, match="no source has split 'nope'"):
         load_dataset(write_spec(tmp_path, bccd_root, dense_root), "nope")
+
+
+def test_data_check_stats_and_export_take_a_dataset_yaml(tmp_path, bccd_root, dense_root, capsys):
+    import json
+
+    from bloodcell.cli import main
+
+    spec = write_spec(tmp_path, bccd_root, dense_root)
+    merged = load_dataset(spec, "val", decode_images=False).records
+    rbc = int(sum((r.labels == 0).sum() for r in merged))
+    assert main(["data", "check", str(spec), "--split", "val", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 87 and report["boxes_after_repair"]["RBC"] == rbc  # dense labels where they exist
+    assert all(f["file"].startswith(("BCCD/", "BCCD-dense/")) for f in report["findings"])  # which source's file
+    assert main(["data", "stats", str(spec), "--out", str(tmp_path / "stats")]) == 0
+    stats = json.loads((tmp_path / "stats" / "stats.json").read_text())
+    assert stats["splits"]["val"]["classes"]["RBC"]["boxes"] == rbc
+    assert (tmp_path / "stats" / "sample.png").is_file()
+    out = tmp_path / "coco"
+    assert main(["data", "export", str(spec), "--format", "coco", "--out", str(out), "--split", "val"]) == 0
+    coco = json.loads((out / "val.json").read_text())
+    red = coco["categories"][0]["id"]
+    assert len(coco["images"]) == 87 and sum(a["category_id"] == red for a in coco["annotations"]) == rbc

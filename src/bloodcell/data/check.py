@@ -6,7 +6,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bloodcell.data.voc import Finding, load_voc
+from bloodcell.data.sources import load_dataset
+from bloodcell.data.voc import Finding
 from bloodcell.types import CLASS_NAMES
 
 
@@ -32,7 +33,7 @@ class CheckReport:
 def check_dataset(
     root: str | Path, split: str | None = None, class_names: tuple[str, ...] = CLASS_NAMES
 ) -> CheckReport:
-    dataset = load_voc(root, split=split, class_names=class_names)
+    dataset = load_dataset(root, split=split, class_names=class_names)  # a VOC folder or a dataset YAML
     return CheckReport(Path(root), split, len(dataset), dataset.box_counts(), dataset.findings)
 
 

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bloodcell.data.exports import coco, csvfile, tfrecord, yolo
-from bloodcell.data.voc import VOCDataset, load_voc
+from bloodcell.data.sources import load_dataset
+from bloodcell.data.voc import VOCDataset
 from bloodcell.errors import ConfigError
 from bloodcell.types import CLASS_NAMES
 
@@ -32,7 +33,8 @@ def export_dataset(
     splits: list[str] | None = None,
     class_names: tuple[str, ...] = CLASS_NAMES,
 ) -> list[Path]:
-    """Write each split of the VOC dataset at ``root`` to ``out`` in format ``fmt``; return the paths written."""
+    """Write each split of the VOC folder or dataset YAML at ``root`` to ``out`` in format ``fmt`` (a
+    YAML's sources merged, later ones overriding earlier ones); return the paths written."""
     writer = FORMATS.get(fmt)
     if writer is None:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -41,5 +43,5 @@ def export_dataset(
         raise ConfigError(f"{out}: export destination exists and is not a folder")
     # Read every split before writing anything, so a missing split file fails with no output at all.
     names = dict.fromkeys(splits or DEFAULT_SPLITS)  # drops repeats, keeps order
-    datasets = {split: load_voc(root, split=split, class_names=class_names) for split in names}
+    datasets = {split: load_dataset(root, split=split, class_names=class_names) for split in names}
     return writer(datasets, out)

@@ -8,6 +8,7 @@ Plotting lives in plain functions below, apart from the records, so the records 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,8 @@ import numpy as np
 
 from bloodcell import atomic
 from bloodcell import boxes as box_ops
-from bloodcell.data.voc import VOCDataset, load_voc
+from bloodcell.data.sources import is_spec_file, load_dataset, read_spec
+from bloodcell.data.voc import VOCDataset
 from bloodcell.palette import class_hex
 from bloodcell.types import CLASS_NAMES
 
@@ -145,9 +147,19 @@ class DatasetStats:
 
 
 def _available_splits(root: Path) -> list[str | None]:
-    main = root / "ImageSets" / "Main"
-    found = [s for s in STAT_SPLITS if (main / f"{s}.txt").is_file()]
+    """The standard splits that a VOC folder (or any source of a dataset YAML) lists, else [None]: all."""
+    spec = read_spec(root)
+    found = [
+        s
+        for s in STAT_SPLITS
+        if any((src.path / "ImageSets" / "Main" / f"{spec.split_file(s)}.txt").is_file() for src in spec.sources)
+    ]
     return list(found) if found else [None]
+
+
+def image_base(root: Path) -> Path:
+    """The folder that sample image paths are relative to: the VOC folder, or the dataset YAML's folder."""
+    return root.parent if is_spec_file(root) else root
 
 
 def _split_stats(name: str, dataset: VOCDataset) -> SplitStats:
@@ -185,7 +197,7 @@ def _pick_sample(root: Path, dataset: VOCDataset) -> SampleImage | None:
         return None
     record = max(dataset.records, key=lambda r: len(set(r.labels.tolist())))
     return SampleImage(
-        image=record.image_path.relative_to(root).as_posix(),
+        image=Path(os.path.relpath(record.image_path, image_base(root))).as_posix(),
         boxes=tuple(tuple(round(float(v), 2) for v in b) for b in record.boxes),  # type: ignore[misc]
         labels=tuple(dataset.class_names[i] for i in record.labels),
     )
@@ -198,7 +210,7 @@ def compute_stats(root: str | Path, class_names: tuple[str, ...] = CLASS_NAMES) 
     sample = None
     for split in _available_splits(root):
         # Sizes come from the XML; decoding every JPEG is `data check`'s job, not this one's.
-        dataset = load_voc(root, split=split, class_names=class_names, decode_images=False)
+        dataset = load_dataset(root, split=split, class_names=class_names, decode_images=False)
         splits.append(_split_stats(split or ALL_SPLIT, dataset))
         if sample is None:
             sample = _pick_sample(root, dataset)
@@ -281,7 +293,7 @@ def _plot_sample(sample: SampleImage, root: Path, class_names: tuple[str, ...]) 
     from matplotlib.patches import Patch, Rectangle
     from PIL import Image
 
-    with Image.open(root / sample.image) as im:
+    with Image.open(image_base(root) / sample.image) as im:
         pixels = np.asarray(im.convert("RGB"))
     fig = Figure(figsize=(8, 6.5), layout="constrained")
     ax = fig.add_subplot()
