@@ -66,3 +66,14 @@ def test_calibrate_stores_per_class_nms_iou_and_refuses_bad_ones(tiny_voc, tiny_
 def test_unknown_missing_label_method_is_refused():
     with pytest.raises(ConfigError, match="--missing-labels"):
         TrainConfig(missing_labels="guess")
+
+
+def test_val_says_when_the_reader_repaired_or_dropped_labels(tiny_model, tmp_path, capsys):
+    from data.voc_factory import make_voc
+
+    voc = make_voc(tmp_path / "voc", n_images=2)
+    voc.add("img1", [("RBC", (2, 2, 30, 30)), ("WBC", (40, 40, 40, 40))])  # a zero-size box: dropped
+    assert main(["val", "--model", str(tiny_model()), "--data", str(voc.root), "--out", ""]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {voc.root} split val: 1 label findings (1 degenerate-box) repaired or dropped" in err
+    assert f"`bloodcell data check {voc.root}` lists them" in err

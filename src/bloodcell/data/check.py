@@ -49,3 +49,17 @@ def format_findings(report: CheckReport) -> str:
         f" ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})" if kinds else ""
     )
     return "\n".join([*lines, summary])
+
+
+def findings_note(dataset, root: str | Path) -> str | None:
+    """One line for commands that read labels without listing their faults (train, val): how many the
+    reader repaired or dropped, and how to see them. None when there are none."""
+    if not dataset.findings:
+        return None
+    kinds = Counter(f.kind for f in dataset.findings)
+    listed = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    split = f" split {dataset.split}" if dataset.split else ""
+    return (
+        f"warning: {root}{split}: {len(dataset.findings)} label findings ({listed}) repaired or dropped; "
+        f"`bloodcell data check {root}` lists them"
+    )

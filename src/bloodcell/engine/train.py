@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, fields, replace
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from bloodcell.atomic import write_text
 from bloodcell.config import TrainConfig, flag_name, show
+from bloodcell.data.check import findings_note
 from bloodcell.data.dataset import DetectionDataset, SeededSampler, collate
 from bloodcell.data.sources import load_dataset, resolve_data_root
 from bloodcell.data.transforms import make_transforms
@@ -296,6 +298,9 @@ def _train(config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | 
     root = resolve_data_root(config.data)
     train_set = load_dataset(root, config.train_split)
     val_set = load_dataset(root, config.val_split)
+    for dataset in (train_set, val_set):
+        if note := findings_note(dataset, root):
+            log(note, file=sys.stderr)
     records = train_set.records[: config.max_images] if config.max_images else train_set.records
     if len(records) < config.batch:
         raise DatasetError(f"{root}: split {config.train_split!r} has {len(records)} usable images, fewer than --batch")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from bloodcell.atomic import write_text
+from bloodcell.data.check import findings_note
 from bloodcell.data.sources import load_dataset
 from bloodcell.engine.evaluate import evaluate
 from bloodcell.engine.metrics import DetectionMetrics
@@ -31,6 +33,8 @@ def validate(
     predictor = load_predictor(model, device=device, threads=threads, batch=batch)
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
     dataset = load_dataset(data_root, split=split, class_names=tuple(predictor.class_names))
+    if note := findings_note(dataset, data_root):
+        print(note, file=sys.stderr)
     metrics = evaluate(predictor, dataset.records, conf=thresholds, progress=True, cell_size=cell_size, batch=batch)
     if out:
         plot_pr_curves(metrics, Path(out) / "pr_curves.png")
