@@ -221,7 +221,9 @@ def test_train_help_shows_defaults_and_choices(capsys) -> None:
     [
         (["export", "--format", "onnx", "--out", "m.onnx", "--calib-images", "5"], "--calib-images is for int8"),
         (["export", "--format", "onnx", "--out", "m.onnx", "--data", "/nope"], "--data is for int8"),
-        (["calibrate", "--model", "m.onnx", "--data", "d", "--out", "x.pt"], "calibrate re-fits a .pt model"),
+        (["calibrate", "--model", "m.onnx", "--data", "d", "--out", "x.pt"], "an export's fit goes to its sidecar"),
+        (["calibrate", "--model", "m.caffemodel", "--data", "d", "--out", "x.pt"], "calibrate re-fits a .pt model or"),
+        (["calibrate", "--model", "m.pt", "--data", "d"], "--out: name the new .pt model file"),
         (["calibrate", "--model", "m.pt", "--data", "d", "--out", "x.onnx"], "calibrate writes a .pt model file"),
         (["benchmark", "--model", "m.tflite", "--data", "d"], "benchmark exports a .pt model"),
         (["train", "--model", "m.pt", "--no-pretrained"], "is fine-tuned from its own"),

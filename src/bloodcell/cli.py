@@ -143,12 +143,12 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        "calibrate", help="re-fit a .pt model's per-class operating points, count intervals and cell size on val"
+        "calibrate", help="re-fit a model's per-class operating points, count intervals and cell size on val"
     )
-    p.add_argument("--model", required=True, help=".pt model file")
+    p.add_argument("--model", required=True, help=".pt model file, or an .onnx/.tflite export (into its sidecar)")
     p.add_argument("--data", help="VOC dataset folder or dataset YAML whose val split is fitted on")
     p.add_argument("--split", default="val", help="the split fitted on (default: val)")
-    p.add_argument("--out", required=True, help="the new .pt model file (may be --model itself)")
+    p.add_argument("--out", help="the new .pt model file (may be --model itself); exports: their <file>.json sidecar")
     p.add_argument(
         "--nms-iou",
         type=_nms_iou_text,
@@ -301,7 +301,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def _add_report_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="one self-contained HTML report of a slide from `predict --json` records")
     p.add_argument("results", help="JSON file written by `bloodcell predict --json` (one record per field of view)")
-    p.add_argument("--images", help="folder holding the images named in the records (default: the JSON's folder)")
+    p.add_argument(
+        "--images",
+        help="folder holding the images named in the records (default: the input paths predict recorded, "
+        "else the JSON's folder)",
+    )
     p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     p.add_argument("--title", help="page title (default: the JSON file's name)")
     p.set_defaults(func=cmd_report)
@@ -508,17 +512,35 @@ def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from bloodcell.data.sources import load_dataset
-    from bloodcell.engine.train import fit_counting_file
+    from bloodcell.runtime.metadata import MODEL_FORMATS, sidecar_path
 
-    if Path(args.model).suffix.lower() != ".pt":
-        raise ConfigError(f"--model {args.model}: calibrate re-fits a .pt model file (exports carry what it fitted)")
-    if Path(args.out).suffix.lower() != ".pt":
+    model, suffix = Path(args.model), Path(args.model).suffix.lower()
+    if suffix in MODEL_FORMATS:  # an export: its fit goes where the runtime reads it first
+        sidecar = sidecar_path(model)
+        if args.out is not None and Path(args.out).resolve() != sidecar.resolve():
+            raise ConfigError(f"--out {args.out}: an export's fit goes to its sidecar {sidecar} (leave --out out)")
+        args.out = str(sidecar)
+    elif suffix != ".pt":
+        raise ConfigError(f"--model {args.model}: calibrate re-fits a .pt model or an .onnx/.tflite export")
+    elif args.out is None:
+        raise ConfigError("--out: name the new .pt model file (it may be --model itself)")
+    elif Path(args.out).suffix.lower() != ".pt":
         raise ConfigError(f"--out {args.out}: calibrate writes a .pt model file; name it so")
     _check_outputs({"--out": args.out})
     records = load_dataset(_data_root(args), split=args.split).records
     if not records:
         raise ConfigError(f"{_data_root(args)}: split {args.split!r} has no usable images")
-    fit_counting_file(Path(args.model), records, out=Path(args.out), nms_iou=args.nms_iou)
+    if suffix == ".pt":
+        from bloodcell.engine.train import fit_counting_file
+
+        fit_counting_file(model, records, out=Path(args.out), nms_iou=args.nms_iou)
+        return 0
+    from bloodcell.export.calibrate import fit_export_counting
+
+    metrics, sidecar = fit_export_counting(model, records, str(_data_root(args)), args.split, args.nms_iou)
+    print(metrics)
+    points = ", ".join(f"{n} {c:.2f}" for n, c in zip(metrics.class_names, metrics.conf, strict=True))
+    print(f"wrote {sidecar} (operating points {points}); {model.name} reads it before its embedded metadata")
     return 0
 
 

@@ -204,3 +204,20 @@ def test_records_with_a_subfolder_show_their_own_image(tmp_path: Path):
     uris = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', (tmp_path / "r.html").read_text())
     a, b = (np.asarray(Image.open(io.BytesIO(base64.b64decode(u))), np.int16).mean((0, 1)) for u in uris)
     assert a[0] > 200 > a[2] and b[2] > 200 > b[0]  # red from a/, blue from b/; the third is a placeholder
+
+
+def test_report_of_predict_output_draws_on_the_originals_not_the_annotated_copies(tmp_path: Path, monkeypatch):
+    from fakes import FakePredictor, save_slide, use_fake_model
+
+    model = use_fake_model(monkeypatch, FakePredictor(conf=0.3), tmp_path / "fake.pt")
+    images, out = tmp_path / "images", tmp_path / "run"
+    images.mkdir()
+    save_slide(images / "a.jpg", seed=0)
+    assert main(["predict", str(images), "--model", str(model), "--out", str(out), "--json", str(out / "r.json")]) == 0
+    assert (out / "a.jpg").is_file()  # predict's annotated copy, beside the JSON under the same name
+    assert main(["report", str(out / "r.json"), "--out", str(tmp_path / "default.html")]) == 0
+    assert main(["report", str(out / "r.json"), "--images", str(images), "--out", str(tmp_path / "given.html")]) == 0
+    assert main(["report", str(out / "r.json"), "--images", str(out), "--out", str(tmp_path / "copies.html")]) == 0
+    tile = {k: re.findall(r'src="(data:image/jpeg[^"]+)"', (tmp_path / f"{k}.html").read_text()) for k in
+            ("default", "given", "copies")}  # fmt: skip
+    assert tile["default"] == tile["given"] != tile["copies"]

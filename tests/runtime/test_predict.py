@@ -67,7 +67,9 @@ def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path):
     big = next(r for r in records if r["image"] == "big.tif")
     assert (big["width"], big["height"]) == (4000, 3000)
     for r in records:
-        assert set(r) == {"image", "width", "height", "counts", "count_intervals", "conf", "scale", "detections"}
+        fields = {"image", "path", "width", "height", "counts", "count_intervals", "conf", "scale", "detections"}
+        assert set(r) == fields
+        assert r["path"] == str((images / r["image"]).absolute())
         assert r["scale"] == 1.0 and r["count_intervals"] is None  # this model has no calibration
         assert list(r["counts"]) == list(CLASS_NAMES)
         for d in r["detections"]:
@@ -185,3 +187,25 @@ def test_fake_predictor_has_every_member_of_the_protocol():
     assert members and all(hasattr(fake, m) for m in members), members - set(dir(fake))
     dets = fake.predict(np.zeros((48, 64, 3), np.uint8) + np.uint8(200), min_score=0.5)
     assert len(dets) == 16 and dets.boxes.max() <= 64  # a 4x4 grid, in the image's pixels
+
+
+class _InterruptedAfterTwo(FakePredictor):
+    def predict(self, image, min_score: float = 0.001):
+        if self.calls == 2:
+            raise KeyboardInterrupt  # as Ctrl-C during the third image
+        return super().predict(image, min_score)
+
+
+def test_ctrl_c_keeps_the_results_of_finished_images(images, tmp_path, monkeypatch, capsys):
+    model = use_fake_model(monkeypatch, _InterruptedAfterTwo(conf=0.3), tmp_path / "models" / "fake.pt")
+    js, cs = tmp_path / "r.json", tmp_path / "r.csv"
+    code = main(["predict", str(images), "--model", str(model), "--json", str(js), "--csv", str(cs)])
+    err = capsys.readouterr().err
+    assert code == 130 and f"interrupted after 2 of 6 images; their results are in {js} and {cs}" in err
+    assert len(json.loads(js.read_text())) == 2 and len(list(csv.DictReader(cs.open()))) == 2
+
+
+def test_json_naming_the_out_folder_is_refused_before_any_image(model_file, images, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["predict", str(images), "--model", str(model_file), "--out", str(out), "--json", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: --json {out}: cannot write there (is a folder, expected a file name)\n"

@@ -54,11 +54,11 @@ def run_predict(
     """Returns the exit code: 0 when every image was processed, 1 when any failed or none was found.
 
     ``conf``: one operating point or per class (``RBC=0.4,WBC=0.5``); None keeps the model's."""
+    if out:  # first: it makes the folder, which --json must not name
+        check_folder("--out", out)
     for flag, path in (("--json", json_path), ("--csv", csv_path)):
         if path:  # fail now, not after every image was processed
             check_writable(flag, path)
-    if out:
-        check_folder("--out", out)
     paths, problems = expand_sources(sources)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -77,28 +77,37 @@ def run_predict(
         load_workers=2 if batch > 1 else 1,  # decode the next batch while this one runs
     )
     names = dict(zip(paths, output_names(paths), strict=True))
-    for r in stream:
-        r.name = names.get(r.path)
-        if r.error:
-            print(f"error: {r.error}", file=sys.stderr)
-            failed += 1
-            continue
-        if annotator is not None:
-            try:
-                save_annotated(r, annotator, out)
-            except OSError as e:  # e.g. a name too long for the output file system: the others go on
-                print(f"error: {r.label}: annotated image not written ({describe_os_error(e)})", file=sys.stderr)
+    interrupted = False
+    try:
+        for r in stream:
+            r.name = names.get(r.path)
+            if r.error:
+                print(f"error: {r.error}", file=sys.stderr)
                 failed += 1
                 continue
-        r.image = None
-        print(f"{r.label}: {format_counts(r)} ({r.timing_ms['inference']:.0f} ms)")
-        if verbose:
-            print(f"  {format_timing(r)}")
-        results.append(r)
+            if annotator is not None:
+                try:
+                    save_annotated(r, annotator, out)
+                except OSError as e:  # e.g. a name too long for the output file system: the others go on
+                    print(f"error: {r.label}: annotated image not written ({describe_os_error(e)})", file=sys.stderr)
+                    failed += 1
+                    continue
+            r.image = None
+            print(f"{r.label}: {format_counts(r)} ({r.timing_ms['inference']:.0f} ms)")
+            if verbose:
+                print(f"  {format_timing(r)}")
+            results.append(r)
+    except KeyboardInterrupt:  # keep what is done: the counts of a long folder are worth saving
+        interrupted = True
     if json_path:
         write_json(results, json_path)
     if csv_path:
         write_counts_csv(results, tuple(predictor.class_names), csv_path)
+    if interrupted:
+        saved = " and ".join(p for p in (json_path, csv_path) if p)
+        where = f"; their results are in {saved}" if saved else ""
+        print(f"interrupted after {len(results)} of {len(paths)} images{where}", file=sys.stderr)
+        raise KeyboardInterrupt
     if out and results:
         print(f"annotated images in {Path(out)}")
     print(processed_line(len(results), failed), file=sys.stderr if failed else sys.stdout)

@@ -101,15 +101,14 @@ def build_report(
         raise ConfigError(f"thumb_px {thumb_px}: must be at least 16")
     results_json_path = Path(results_json_path)
     records = read_records(results_json_path)
-    images_dir = results_json_path.parent if images_dir is None else Path(images_dir)
-    if not images_dir.is_dir():
+    if images_dir is not None and not Path(images_dir).is_dir():
         raise ConfigError(f"--images {images_dir}: not a folder")
     summary = summarize(records)
     annotator = BoxAnnotator(summary.classes, thickness=2, show_scores=False)
     tiles, missing = [], []
     for record in records:
         try:
-            uri = thumbnail_uri(record, images_dir, annotator, thumb_px)
+            uri = thumbnail_uri(record, source_image(record, results_json_path, images_dir), annotator, thumb_px)
         except ImageError as e:
             print(f"warning: {e} (placeholder in the report)", file=sys.stderr)
             missing.append(record["image"])
@@ -217,18 +216,25 @@ def counted_detections(record: dict, classes: tuple[str, ...]) -> Detections:
     return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64), np.array(scores))
 
 
-def image_path(name: str, images_dir: Path) -> Path:
-    """Where a record's image lies: its name under ``images_dir``, keeping the subfolder predict gives
-    to inputs that share a file name (a/s.jpg, b/s.jpg); a record never reaches outside ``images_dir``."""
-    relative = Path(name)
+def source_image(record: dict, results_json: Path, images_dir: str | Path | None) -> Path:
+    """Where a record's image lies. With ``--images``: its name under that folder, keeping the subfolder
+    predict gives to inputs that share a file name (a/s.jpg, b/s.jpg), never reaching outside it.
+    Without: the input path predict recorded, when that file is still there, else the name beside the JSON."""
+    if images_dir is None:
+        recorded = record.get("path")
+        if isinstance(recorded, str) and Path(recorded).is_file():
+            return Path(recorded)
+        images_dir = results_json.parent
+    relative = Path(record["image"])
     if relative.is_absolute() or ".." in relative.parts:
         relative = Path(relative.name)
-    return images_dir / relative
+    return Path(images_dir) / relative
 
 
-def thumbnail_uri(record: dict, images_dir: Path, annotator: BoxAnnotator, thumb_px: int) -> str:
-    """The record's image, shrunk to ``thumb_px`` on its long side, counted boxes drawn, as a JPEG data URI."""
-    image = Image.fromarray(load_image(image_path(record["image"], images_dir)))
+def thumbnail_uri(record: dict, path: Path, annotator: BoxAnnotator, thumb_px: int) -> str:
+    """The image at ``path``, shrunk to ``thumb_px`` on its long side, the record's counted boxes drawn,
+    as a JPEG data URI."""
+    image = Image.fromarray(load_image(path))
     # Boxes are in the pixels of the image the record was made from (its width x height).
     src_w, src_h = record.get("width") or image.width, record.get("height") or image.height
     image.thumbnail((thumb_px, thumb_px))

@@ -13,7 +13,14 @@ from bloodcell.runtime.predict import ImageResult
 
 
 def write_json(results: list[ImageResult], path: str | Path) -> Path:
-    write_text(path, json.dumps([r.to_record() for r in results if r.error is None], indent=1) + "\n")
+    """predict's --json: one record per image, with the input's absolute path (``bloodcell report`` finds
+    the original there; the folder of annotated copies beside the JSON would show boxes twice)."""
+    records = []
+    for r in results:
+        if r.error is None:
+            record = r.to_record()
+            records.append({"image": record.pop("image"), "path": str(r.path.absolute()), **record})
+    write_text(path, json.dumps(records, indent=1) + "\n")
     return Path(path)
 
 

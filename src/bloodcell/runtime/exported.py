@@ -50,7 +50,8 @@ class ExportedPredictor:
             "name": meta.architecture,
             "architecture": meta.architecture,
             "format": meta.model_format,
-            "metrics": meta.source_metrics or None,
+            # the export's own val metrics once `bloodcell calibrate` fitted it, else its source model's
+            "metrics": (meta.raw.get("fitted") or {}).get("metrics") or meta.source_metrics or None,
         }
 
     def run(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
