@@ -68,6 +68,31 @@ def test_int8_map_within_one_and_a_half_points_of_fp32(exports, val_images):
     assert int8 >= fp32 - 0.015, (fp32, int8)
 
 
+def test_calibrate_refits_an_int8_export_into_its_sidecar(exports, bccd_root, tmp_path, capsys):
+    """int8 shifts red-cell scores; the operating points inherited from the .pt undercount. A refit on
+    dense val with the export's own scores must count red cells within the shipped model's CI guard."""
+    import shutil
+
+    from bloodcell.data.sources import load_dataset
+
+    dense = bccd_root.parent / "BCCD-dense"
+    if not (dense / "Annotations").is_dir():
+        pytest.skip(f"BCCD-dense not found at {dense}")
+    model = tmp_path / "int8.tflite"
+    shutil.copyfile(exports["int8"], model)
+    shutil.copyfile(exports["int8"].with_name(exports["int8"].name + ".json"), tmp_path / "int8.tflite.json")
+    records = load_dataset(dense, "val", decode_images=False).records
+    inherited = evaluate(load_predictor(model), records, cell_size="auto")
+    assert main(["calibrate", "--model", str(model), "--data", str(dense)]) == 0
+    assert f"wrote {model}.json" in capsys.readouterr().out
+    sidecar = json.loads((tmp_path / "int8.tflite.json").read_text())
+    assert sidecar["fitted"]["images"] == 42 and sidecar["fitted"]["data"] == str(dense)
+    refit = load_predictor(model)
+    assert refit.conf == tuple(sidecar["conf"]) and refit.describe()["metrics"] == sidecar["fitted"]["metrics"]
+    fitted = evaluate(refit, records, cell_size="auto")
+    assert fitted.count_mae["RBC"] <= min(inherited.count_mae["RBC"], 1.5), (inherited.count_mae, fitted.count_mae)
+
+
 def test_image_of_another_size_is_letterboxed(exports, val_images):
     from PIL import Image
 
@@ -109,9 +134,16 @@ def test_missing_or_corrupt_exported_model(tmp_path, exports, capsys):
         load_predictor(tmp_path / "nope.tflite")
 
 
-def test_edgetpu_without_runtime_is_a_clear_error(exports):
+def test_edgetpu_without_runtime_is_a_clear_error(exports, monkeypatch):
+    import gc
+    import sys
+
+    unraisable = []  # LiteRT's Delegate prints a traceback when collected after its library failed to open
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     with pytest.raises(ModelError, match="Edge TPU runtime"):
         load_predictor(exports["int8"], edgetpu=True)
+    gc.collect()
+    assert unraisable == []
     with pytest.raises(ModelError, match=r"needs a \.tflite"):
         load_predictor(exports["onnx"], edgetpu=True)
 

@@ -220,3 +220,13 @@ def test_tiles_are_merged_with_the_models_per_class_nms():
     plain, tiles = detect_tiled(TwoBoxesPerTile(0.5), image, 0.05, overlap=64)
     per_class, _ = detect_tiled(TwoBoxesPerTile((0.5, 0.3, 0.5)), image, 0.05, overlap=64)
     assert tiles > 1 and len(plain) == 2 * tiles and len(per_class) == tiles
+
+
+@pytest.mark.parametrize("cell_size", [3.0, 100000.0])
+def test_a_cell_size_outside_the_supported_resize_is_refused_not_clamped(cell_size):
+    from bloodcell.errors import ConfigError
+
+    image = np.zeros((480, 640, 3), np.uint8)
+    with pytest.raises(ConfigError, match=rf"--cell-size {cell_size:g}: .* \(--cell-size 25 to 500\), or use auto"):
+        detect_cells(SquareModel(cell_size=100.0), image, 0.05, cell_size)
+    assert detect_cells(SquareModel(cell_size=100.0), image, 0.05, 25.0).scale == 4.0  # the edges are allowed

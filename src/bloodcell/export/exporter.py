@@ -194,6 +194,9 @@ def _export_tflite(graph, example, out: Path, int8: bool, calibration, qat_state
         else:
             module, quantizer = quantize_ptq(graph, example, calibration)
         quant_config = QuantConfig(pt2e_quantizer=quantizer)
+        # A captured pt2e graph (batch norms folded, no dropout) refuses .eval(); only its flag says
+        # "training", which makes the converter print an alarming and here meaningless warning.
+        module.training = False
     try:
         edge = litert_torch.convert(module, (example,), quant_config=quant_config)
     except Exception as e:

@@ -174,10 +174,13 @@ class TFLitePredictor(ExportedPredictor):
 
 
 def _edgetpu_delegate(interpreter):
+    import ctypes
     import platform
 
     library = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
     try:
+        # Opened here first: a Delegate whose library fails to open prints a traceback when collected.
+        ctypes.CDLL(library)
         return interpreter.load_delegate(library)
     except (ValueError, OSError, RuntimeError) as e:
         raise ModelError(

@@ -256,7 +256,7 @@ def detect_cells(
         scale, first = estimate_scale(predictor, image, reference, min_score, native)
         estimated = True
     elif cell_size not in ("auto", None):
-        scale = float(np.clip(reference / float(cell_size), *SCALE_RANGE))
+        scale = given_scale(float(cell_size), reference)
     elif native is not None and _fits(image, prior, predictor.input_size):
         first = native  # the batched prior pass saw the whole image at the model's scale
     h, w = image.shape[:2]
@@ -269,6 +269,20 @@ def detect_cells(
         dets, passes = detect_tiled(predictor, resize(image, scale), min_score, overlap)
     boxes = box_ops.clip(dets.boxes / scale, w, h) if scale != 1.0 else dets.boxes
     return ScaledDetections(Detections(boxes, dets.labels, dets.scores), scale, passes, estimated)
+
+
+def given_scale(cell_size: float, reference: float) -> float:
+    """The resize factor that a user's ``--cell-size`` asks for; ConfigError outside ``SCALE_RANGE``
+    (a typo like 3 or 100000 would be clamped into a count of the wrong cells, not refused)."""
+    scale = reference / cell_size
+    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+        low, high = reference / SCALE_RANGE[1], reference / SCALE_RANGE[0]
+        raise ConfigError(
+            f"--cell-size {cell_size:g}: the model sees red cells {reference:g} px across, so images would be "
+            f"resized {scale:.3g}x; {SCALE_RANGE[0]:g}x to {SCALE_RANGE[1]:g}x is supported "
+            f"(--cell-size {low:.0f} to {high:.0f}), or use auto"
+        )
+    return scale
 
 
 def detect_cells_batch(
