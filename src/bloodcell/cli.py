@@ -697,6 +697,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     name = Path(args.model).name if args.model else default_model()[0].name
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: --host {args.host} lets other computers reach this server (no login)", file=sys.stderr)
+    sock = _listening_socket(args.host, args.port)  # a busy port is one line before "serving ..." is said
     print(f"serving {name} at http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
     app = create_app(
         predictor,
@@ -707,8 +708,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         allowed_hosts=args.allowed_host,
     )
-    uvicorn.run(app, host=args.host, port=args.port, server_header=False)
+    config = uvicorn.Config(app, host=args.host, port=args.port, server_header=False)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _listening_socket(host: str, port: int):
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        reason = e.strerror or str(e)
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({reason}); try another --port") from None
+    return sock
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

@@ -410,3 +410,20 @@ def test_chunked_upload_without_length_is_cut_at_the_limit(client):
 
     r = client.post("/api/v1/detect", content=body(), headers={"content-type": "multipart/form-data; boundary=B"})
     assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
+def test_a_busy_port_is_one_line_before_serving_is_announced(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from fakes import FakePredictor, use_fake_model
+
+    model = use_fake_model(monkeypatch, FakePredictor(), tmp_path / "fake.pt")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--model", str(model), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use); " + (
+        "try another --port\n"
+    )

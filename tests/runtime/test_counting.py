@@ -1,6 +1,7 @@
 """Per-class operating points, --conf parsing, isotonic calibration and Poisson-binomial intervals."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -75,11 +76,13 @@ def test_parse_conf_forms_and_errors():
         ("nan", "(0, 1]"),
         ("-1", "(0, 1]"),
         ("x", "not a number"),
-        ("NK=0.3", "CLASS=VALUE"),
+        ("NK=0.3", "unknown class 'NK'; classes: ['RBC', 'WBC', 'Platelets']"),
+        ("RBC=0.6,WBC", "'WBC' is not CLASS=VALUE"),
+        ("RBC=0.6,rbc=0.1", "RBC is given twice"),
         ("RBC=1.5", "(0, 1]"),
         ("RBC", "not a number"),
     ]:
-        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
             parse_conf(bad, NAMES, 0.5)
 
 

@@ -52,13 +52,18 @@ def parse_conf(text: str, class_names: Sequence[str], default: Conf, flag: str =
         values = [_threshold(text, flag)] * len(class_names)
         return tuple(values)
     lookup = {n.casefold(): i for i, n in enumerate(class_names)}
+    seen: set[int] = set()
     for part in text.split(","):
         name, sep, value = part.partition("=")
-        if not sep or name.strip().casefold() not in lookup:
-            raise ConfigValueError(
-                f"{flag} {text!r}: {part.strip()!r} is not CLASS=VALUE with CLASS in {list(class_names)}"
-            )
-        base[lookup[name.strip().casefold()]] = _threshold(value, f"{flag} {name.strip()}")
+        if not sep:
+            raise ConfigValueError(f"{flag} {text!r}: {part.strip()!r} is not CLASS=VALUE")
+        index = lookup.get(name.strip().casefold())
+        if index is None:
+            raise ConfigValueError(f"{flag} {text!r}: unknown class {name.strip()!r}; classes: {list(class_names)}")
+        if index in seen:
+            raise ConfigValueError(f"{flag} {text!r}: {class_names[index]} is given twice")
+        seen.add(index)
+        base[index] = _threshold(value, f"{flag} {name.strip()}")
     return tuple(base)
 
 
