@@ -687,8 +687,6 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import uvicorn
-
     from bloodcell.app.server import create_app
     from bloodcell.runtime.loader import load_predictor
     from bloodcell.weights import default_model
@@ -708,9 +706,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         allowed_hosts=args.allowed_host,
     )
-    config = uvicorn.Config(app, host=args.host, port=args.port, server_header=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    _run_server(app, sock, host=args.host, port=args.port, server_header=False)
     return 0
+
+
+def _run_server(app, sock, **settings) -> None:
+    """uvicorn on the socket bound already (so a busy port was a clean error before any message)."""
+    import uvicorn
+
+    uvicorn.Server(uvicorn.Config(app, **settings)).run(sockets=[sock])
 
 
 def _listening_socket(host: str, port: int):

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -226,13 +225,21 @@ def test_fifty_concurrent_requests_on_loopback(predictor, slides, serving):
         assert httpx.get(f"{url}/api/v1/health", timeout=10).json()["status"] == "ok"
 
 
+def fake_server(monkeypatch) -> list:
+    """`bloodcell serve` up to the server: the socket is bound (and closed at once), the app recorded."""
+    import bloodcell.cli as cli
+
+    calls, bind = [], cli._listening_socket
+    monkeypatch.setattr(cli, "_listening_socket", lambda host, port: bind(host, 0))
+    monkeypatch.setattr(cli, "_run_server", lambda app, sock, **kw: calls.append((app, sock.close(), kw)))
+    return calls
+
+
 def test_cli_serve_binds_loopback_by_default(model_file, monkeypatch, capsys):
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.append((app, host, port, kw)))
+    calls = fake_server(monkeypatch)
     assert main(["serve", "--model", str(model_file), "--max-upload-mb", "1"]) == 0
-    app, host, port, kw = calls[0]
-    assert (host, port) == ("127.0.0.1", 8000)
-    assert kw == {"server_header": False}  # no "server: uvicorn" banner
+    app, _, kw = calls[0]
+    assert kw == {"host": "127.0.0.1", "port": 8000, "server_header": False}  # no "server: uvicorn" banner
     with TestClient(app, base_url=BASE) as c:
         assert c.get("/api/v1/model").json()["name"] == "fake.pt"
         big = io.BytesIO(b"\xff" * (2 << 20))
@@ -278,11 +285,10 @@ def test_max_pixels_must_stay_under_pillows_bomb_limit(predictor):
 
 
 def test_cli_max_megapixels_and_allowed_host(model_file, monkeypatch, slides):
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.append(app))
+    calls = fake_server(monkeypatch)
     argv = ["serve", "--model", str(model_file), "--max-megapixels", "0.2", "--allowed-host", "lab.example"]
     assert main([*argv, "--allowed-host", "scope.local:8443"]) == 0
-    with TestClient(calls[0], base_url="http://lab.example") as c:
+    with TestClient(calls[0][0], base_url="http://lab.example") as c:
         assert c.get("/api/v1/health").status_code == 200
         assert c.get("/api/v1/health", headers={"host": "scope.local"}).status_code == 200
         assert c.get("/api/v1/health", headers={"host": "evil.example"}).status_code == 400
