@@ -11,7 +11,7 @@ from bloodcell.app.sinks import counts_header
 from bloodcell.cli import main
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
-from bloodcell.runtime.predict import Predictor
+from bloodcell.runtime.predict import GRAYSCALE_WARNING, Predictor
 from bloodcell.types import CLASS_NAMES
 from fakes import FakePredictor, save_slide, use_fake_model
 
@@ -43,7 +43,7 @@ def test_image_modes_are_converted_to_rgb(images):
     assert np.abs(gray.astype(int) - deep.astype(int)).max() <= 1  # 16-bit scaled, not clipped
 
 
-def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path):
+def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path, capsys):
     out, js, cs = tmp_path / "ann", tmp_path / "r.json", tmp_path / "c.csv"
     code = main(
         [
@@ -67,8 +67,10 @@ def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path):
     big = next(r for r in records if r["image"] == "big.tif")
     assert (big["width"], big["height"]) == (4000, 3000)
     for r in records:
-        fields = {"image", "path", "width", "height", "counts", "count_intervals", "conf", "scale", "detections"}
-        assert set(r) == fields
+        fields = {"image", "path", "width", "height", "counts", "count_intervals", "conf", "scale", "warnings"}
+        assert set(r) == {*fields, "detections"}
+        gray = r["image"] in ("gray.png", "deep16.png")  # colour is what tells the cell types apart
+        assert r["warnings"] == ([GRAYSCALE_WARNING] if gray else []), r["image"]
         assert r["path"] == str((images / r["image"]).absolute())
         assert r["scale"] == 1.0 and r["count_intervals"] is None  # this model has no calibration
         assert list(r["counts"]) == list(CLASS_NAMES)
@@ -79,6 +81,8 @@ def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path):
         # counts are the detections at or above the model's operating threshold (0.3)
         for name in CLASS_NAMES:
             assert r["counts"][name] == sum(1 for d in r["detections"] if d["label"] == name and d["score"] >= 0.3)
+    err = capsys.readouterr().err
+    assert f"warning: gray.png: {GRAYSCALE_WARNING}" in err and "warning: a.jpg" not in err
     rows = list(csv.DictReader(cs.open()))
     assert len(rows) == 6 and set(rows[0]) == set(counts_header(CLASS_NAMES))
     assert len(list(out.iterdir())) == 6

@@ -94,6 +94,8 @@ def run_predict(
                     continue
             r.image = None
             print(f"{r.label}: {format_counts(r)} ({r.timing_ms['inference']:.0f} ms)")
+            for warning in r.warnings:
+                print(f"warning: {r.label}: {warning}", file=sys.stderr)
             if verbose:
                 print(f"  {format_timing(r)}")
             results.append(r)

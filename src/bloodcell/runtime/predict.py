@@ -62,6 +62,7 @@ class ImageResult:
     intervals: dict[str, tuple[int, int]] | None = None
     scale: float = 1.0
     name: str | None = None  # how outputs name the image (relative path); default: the file name
+    warnings: list[str] = field(default_factory=list)  # what makes these counts doubtful (e.g. no colour)
 
     @property
     def counted(self) -> Detections:
@@ -87,6 +88,7 @@ class ImageResult:
             "count_intervals": None if self.intervals is None else {k: list(v) for k, v in self.intervals.items()},
             "conf": [round(float(v), 4) for v in class_thresholds(self.conf, len(self.class_names))],
             "scale": round(self.scale, 4),
+            "warnings": list(self.warnings),
             "detections": [
                 {
                     "label": self.class_names[int(lab)],
@@ -117,7 +119,19 @@ def _result(
     result.min_score = min_score
     result.intervals = intervals
     result.scale = scaled.scale
+    if is_grayscale(image):
+        result.warnings.append(GRAYSCALE_WARNING)
     return result
+
+
+GRAYSCALE_WARNING = "grayscale image: the model tells white cells and platelets apart by their stain's colour"
+
+
+def is_grayscale(image: np.ndarray) -> bool:
+    """True when every pixel has R == G == B (sampled every 4th row and column: a converted gray image
+    is equal everywhere, a colour photo differs almost everywhere)."""
+    sample = image[::4, ::4]
+    return bool(np.array_equal(sample[..., 0], sample[..., 1]) and np.array_equal(sample[..., 1], sample[..., 2]))
 
 
 def predict_image(
