@@ -202,7 +202,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("qat", help="quantization-aware fine-tuning, then export a full-integer int8 TFLite")
     p.add_argument("--model", required=True, help="trained .pt model to start from")
-    p.add_argument("--data", help="VOC dataset folder (train split)")
+    p.add_argument("--data", help="VOC dataset folder or dataset YAML (train split)")
     p.add_argument("--epochs", type=_positive_int, default=2)
     p.add_argument("--batch", type=_positive_int, default=8)
     p.add_argument("--imgsz", type=_positive_int, default=384, help="side of the square training crops")

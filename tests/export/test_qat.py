@@ -29,7 +29,9 @@ def small_model(tmp_path_factory):
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
     path = tmp_path_factory.mktemp("qat") / "small.pt"
-    save_checkpoint(path, model_payload(net, make_info("cellnet", cfg, CLASS_NAMES, (256, 192), conf=0.3)))
+    trained = {"train_config": {"missing_labels": "ignore", "missing_tau": 0.3}}  # as the shipped model
+    info = make_info("cellnet", cfg, CLASS_NAMES, (256, 192), conf=0.3, extra=trained)
+    save_checkpoint(path, model_payload(net, info))
     return path, net
 
 
@@ -47,11 +49,13 @@ def test_folding_is_exact(small_model):
 
 def test_qat_writes_full_integer_tflite(small_model, tiny_voc, tmp_path):
     path, _ = small_model
-    out = tmp_path / "qat.tflite"
-    config = QATConfig(model=str(path), out=str(out), data=str(tiny_voc), epochs=1, batch=2, imgsz=128)
+    out, spec = tmp_path / "qat.tflite", tmp_path / "sparse.yaml"
+    spec.write_text(f"sources:\n  - path: {tiny_voc}\n    exhaustive: [WBC]\n")  # red cells left out, as BCCD
+    config = QATConfig(model=str(path), out=str(out), data=str(spec), epochs=1, batch=2, imgsz=128)
     result = qat_finetune(config, progress=False)
     meta = json.loads(result.metadata_path.read_text())
-    assert meta["int8"] and meta["qat"]["epochs"] == 1
+    # the source model's missing-label method, with the fp32 source as its teacher
+    assert meta["int8"] and meta["qat"]["epochs"] == 1 and meta["qat"]["missing_labels"] == "ignore"
     assert meta["tflite_input"]["dtype"] == "int8" and unsupported_ops(meta["ops"]) == []
     predictor = load_predictor(out)
     assert tuple(predictor.class_names) == CLASS_NAMES

@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from bloodcell.data.dataset import DetectionDataset, collate
-from bloodcell.data.sources import resolve_data_root
+from bloodcell.data.sources import load_dataset, resolve_data_root
 from bloodcell.data.transforms import make_transforms
-from bloodcell.data.voc import load_voc
 from bloodcell.engine.train import seed_epoch, train_one_epoch
 from bloodcell.errors import ConfigError
 from bloodcell.export.graph import ExportGraph
@@ -60,6 +59,18 @@ class _NHWCModel(nn.Module):
         return self
 
 
+class _FixedTeacher:
+    """The fp32 source model in train_one_epoch's teacher slot (an EMA there), never updated."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module.eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def update(self, model: nn.Module) -> None:
+        pass
+
+
 MAX_BATCH, SIDE32 = 256, (2, 128)  # the exported graph's dynamic range: batch, and sides in units of 32 px
 
 
@@ -77,7 +88,8 @@ def qat_finetune(config: QATConfig, progress: bool = True):
         raise ConfigError(f"--batch {config.batch}: at most {MAX_BATCH} (the exported training graph's range)")
     if config.threads:
         torch.set_num_threads(config.threads)
-    records = load_voc(resolve_data_root(config.data), split="train").records[: config.max_images]
+    # A dataset YAML keeps each source's label completeness, as in training (a plain VOC folder: all exhaustive).
+    records = load_dataset(resolve_data_root(config.data), split="train").records[: config.max_images]
     if len(records) < config.batch:
         raise ConfigError(f"QAT: {len(records)} training images, fewer than --batch {config.batch}")
     net, info = load_model(config.model)
@@ -98,8 +110,15 @@ def qat_finetune(config: QATConfig, progress: bool = True):
     quantizer.STATIC_QAT_ONLY_OPS = []  # batch norms are folded already
     model = quantize_pt2e.prepare_qat_pt2e(exported, quantizer)
 
-    dataset = DetectionDataset(records, make_transforms("train", config.imgsz, info.input_scale))
-    criterion = CellNetLoss(folded.config, folded.strides, probabilities=True)
+    transforms = make_transforms("train", config.imgsz, info.input_scale)
+    dataset = DetectionDataset(records, transforms, num_classes=len(info.class_names))
+    # The source model's own missing-label method: QAT on BCCD's sparse XML with a plain loss would teach
+    # the unboxed red cells as background again. Its teacher is the fp32 source model, held fixed.
+    trained = info.extra.get("train_config", {})
+    missing, tau = trained.get("missing_labels", "plain"), trained.get("missing_tau", 0.3)
+    criterion = CellNetLoss(folded.config, folded.strides, probabilities=True, missing=missing, tau=tau)
+    teacher = _FixedTeacher(net) if criterion.needs_teacher else None
+    print(f"qat: {len(records)} images, missing labels: {missing}" + (f" (teacher score {tau})" if teacher else ""))
     student = _NHWCModel(model, move_exported_model_to_train, move_exported_model_to_eval)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # a constant learning rate
@@ -114,8 +133,9 @@ def qat_finetune(config: QATConfig, progress: bool = True):
             generator=seed_epoch(config.seed, epoch),
         )
         stats = train_one_epoch(
-            student, criterion, optimizer, scheduler, loader, None, torch.device("cpu"), epoch, 10.0, progress=progress
-        )
+            student, criterion, optimizer, scheduler, loader, teacher, torch.device("cpu"), epoch, 10.0,
+            progress=progress,
+        )  # fmt: skip
         minutes = (time.time() - t0) / 60
         print(f"qat epoch {epoch + 1}/{config.epochs} loss {stats['loss']:.3f} ({minutes:.1f} min)")
     student.eval()
@@ -126,6 +146,7 @@ def qat_finetune(config: QATConfig, progress: bool = True):
         "imgsz": config.imgsz,
         "batch": config.batch,
         "seed": config.seed,
+        "missing_labels": missing,
         "minutes": round((time.time() - t0) / 60, 1),
     }
     return export_model(
