@@ -99,12 +99,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 def check_folder(flag: str, path: str | Path) -> None:
     """ConfigError unless ``path`` is (or can be made) a folder that files can be written to."""
+    target = Path(path)
+    if target.is_file():
+        raise ConfigError(f"{flag} {path}: is a file, expected a folder")
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        check_writable(flag, Path(path) / "probe")
-    except (OSError, ConfigError):
-        reason = "is a file, expected a folder" if Path(path).is_file() else "cannot write there"
-        raise ConfigError(f"{flag} {path}: {reason}") from None
+        target.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        blocking = next((p for p in target.parents if p.is_file()), None)
+        reason = f"{blocking} is a file, not a folder" if blocking else (e.strerror or str(e))
+        raise ConfigError(f"{flag} {path}: cannot write there ({reason})") from None
 
 
 def check_writable(flag: str, path: str | Path) -> None:

@@ -619,6 +619,7 @@ def _predict_stream(args: argparse.Namespace) -> int:
     from bloodcell.runtime.loader import load_predictor
 
     predictor = load_predictor(args.model, device=args.device, threads=args.threads, edgetpu=args.edgetpu)
+    _check_cell_size(predictor, args.cell_size)
     conf = _resolve_conf(args.conf, predictor)
     print(run_stream(predictor, args.stream, args.out, conf=conf, cell_size=args.cell_size))
     return 0
@@ -692,6 +693,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bloodcell.weights import default_model
 
     predictor = load_predictor(args.model, threads=args.threads)
+    _check_cell_size(predictor, args.cell_size)
     name = Path(args.model).name if args.model else default_model()[0].name
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: --host {args.host} lets other computers reach this server (no login)", file=sys.stderr)
@@ -715,6 +717,12 @@ def _run_server(app, sock, **settings) -> None:
     import uvicorn
 
     uvicorn.Server(uvicorn.Config(app, **settings)).run(sockets=[sock])
+
+
+def _check_cell_size(predictor, cell_size) -> None:
+    from bloodcell.runtime.scaling import check_cell_size
+
+    check_cell_size(predictor, cell_size)
 
 
 def _listening_socket(host: str, port: int):
@@ -746,6 +754,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.folder}: not a folder")
     out = args.out or str(Path(args.folder) / "bloodcell")
     predictor = load_predictor(args.model, threads=args.threads)
+    _check_cell_size(predictor, args.cell_size)
     conf = _resolve_conf(args.conf, predictor)
     watcher = Watcher(
         predictor, args.folder, out, conf=conf, settle=args.settle, log=sys.stdout, cell_size=args.cell_size

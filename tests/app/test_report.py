@@ -195,9 +195,10 @@ def test_records_with_a_subfolder_show_their_own_image(tmp_path: Path):
     for sub, colour in (("a", (250, 0, 0)), ("b", (0, 0, 250))):
         (root / sub).mkdir(parents=True)
         Image.new("RGB", (64, 48), colour).save(root / sub / "s.png")
-    (root / "s.png").write_bytes(b"never read")
+    (root / "s.png").write_bytes(b"not an image")  # where "../s.png" lands when kept inside --images
+    Image.new("RGB", (64, 48), (0, 250, 0)).save(tmp_path / "s.png")  # outside: must not be shown
     records = [{**record(f"{sub}/s.png", 0, 0, 0), "detections": []} for sub in ("a", "b")]
-    records.append({**record("../../s.png", 0, 0, 0), "detections": []})  # never outside --images
+    records.append({**record("../s.png", 0, 0, 0), "detections": []})
     results = tmp_path / "results.json"
     results.write_text(json.dumps(records))
     assert main(["report", str(results), "--images", str(root), "--out", str(tmp_path / "r.html")]) == 1

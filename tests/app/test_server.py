@@ -231,14 +231,20 @@ def fake_server(monkeypatch) -> list:
 
     calls, bind = [], cli._listening_socket
     monkeypatch.setattr(cli, "_listening_socket", lambda host, port: bind(host, 0))
-    monkeypatch.setattr(cli, "_run_server", lambda app, sock, **kw: calls.append((app, sock.close(), kw)))
+
+    def record(app, sock, **kw) -> None:
+        with sock:
+            calls.append((app, sock.getsockname(), kw))
+
+    monkeypatch.setattr(cli, "_run_server", record)
     return calls
 
 
 def test_cli_serve_binds_loopback_by_default(model_file, monkeypatch, capsys):
     calls = fake_server(monkeypatch)
     assert main(["serve", "--model", str(model_file), "--max-upload-mb", "1"]) == 0
-    app, _, kw = calls[0]
+    app, (host, _), kw = calls[0]
+    assert host == "127.0.0.1"  # the socket uvicorn serves on (port 0 here: any free one)
     assert kw == {"host": "127.0.0.1", "port": 8000, "server_header": False}  # no "server: uvicorn" banner
     with TestClient(app, base_url=BASE) as c:
         assert c.get("/api/v1/model").json()["name"] == "fake.pt"

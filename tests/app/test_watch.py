@@ -286,3 +286,35 @@ def test_an_image_whose_outputs_cannot_be_written_fails_alone(predictor, sources
     assert sorted(r[0] for r in read_rows(out)) == sorted([long_name, "good.png"])
     watcher.close()
     assert json.loads((out / STATE_NAME).read_text())["files"]["blocked.png"]["status"] == "failed"
+
+
+def test_an_output_error_of_the_environment_stops_the_watch_and_the_file_is_retried(
+    predictor, sources, tmp_path, monkeypatch
+):
+    import errno
+
+    import bloodcell.app.watch as watch_module
+
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(sources / "noise.png", folder / "a.png")
+    shutil.copy(sources / "cam0.jpg", folder / "b.jpg")
+    watcher = Watcher(predictor, folder, out, settle=0)
+    real_write = Watcher._write_row
+
+    def disk_full(self, result, new):
+        if result.path.name == "b.jpg":  # half a row reaches the disk, then it is full
+            with open(self.csv_path, "a") as f:
+                f.write("b.jpg,64")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, result, new)
+
+    monkeypatch.setattr(watch_module.Watcher, "_write_row", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        watcher.drain()
+    watcher.close()
+    assert [r[0] for r in read_rows(out)] == ["a.png"]  # the torn row was cut off
+    assert "b.jpg" not in json.loads((out / STATE_NAME).read_text())["files"]  # not failed for good
+    monkeypatch.setattr(watch_module.Watcher, "_write_row", real_write)
+    [result] = Watcher(predictor, folder, out, settle=0).drain()  # after a restart: retried
+    assert result.path.name == "b.jpg" and [r[0] for r in read_rows(out)] == ["a.png", "b.jpg"]

@@ -170,7 +170,8 @@ def test_out_that_cannot_be_a_folder_fails_before_any_image(model_file, images, 
     monkeypatch.setattr("bloodcell.app.predict_job.load_predictor", lambda *a, **k: pytest.fail("model loaded"))
     assert main(["predict", str(images), "--model", str(model_file), "--out", str(target)]) == 2
     out, err = capsys.readouterr()
-    reason = "is a file, expected a folder" if where == "a-file" else "cannot write there"
+    blocked = f"cannot write there ({tmp_path / 'file.txt'} is a file, not a folder)"
+    reason = "is a file, expected a folder" if where == "a-file" else blocked
     assert out == "" and err == f"error: --out {target}: {reason}\n"
 
 
@@ -213,3 +214,14 @@ def test_json_naming_the_out_folder_is_refused_before_any_image(model_file, imag
     out = tmp_path / "run"
     assert main(["predict", str(images), "--model", str(model_file), "--out", str(out), "--json", str(out)]) == 2
     assert capsys.readouterr().err == f"error: --json {out}: cannot write there (is a folder, expected a file name)\n"
+
+
+@pytest.mark.parametrize("command", ["predict", "serve", "watch"])
+def test_a_cell_size_the_model_cannot_honour_is_refused_once_at_start(command, images, tmp_path, monkeypatch, capsys):
+    """Not per image: a server would answer 500 to every request, a watch mark every file failed."""
+    model = use_fake_model(monkeypatch, FakePredictor(conf=0.3, cell_size=100.0), tmp_path / "models" / "fake.pt")
+    target = {"predict": [str(images)], "serve": [], "watch": [str(images), "--once"]}[command]
+    assert main([command, *target, "--model", str(model), "--cell-size", "3"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("error: --cell-size 3: the model sees red cells 100 px across")

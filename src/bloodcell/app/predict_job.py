@@ -13,6 +13,7 @@ from bloodcell.errors import describe_os_error
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.predict import predict_paths
+from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.runtime.sources import expand_sources, output_names
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ def run_predict(
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     predictor: Predictor = load_predictor(model, device=device, threads=threads, edgetpu=edgetpu, batch=batch)
+    check_cell_size(predictor, cell_size)
     annotator = BoxAnnotator(predictor.class_names) if out else None
     results, failed = [], len(problems)
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)

@@ -26,6 +26,7 @@ wake the loop; a periodic scan also runs, so folders where events are missed (ne
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, TextIO
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import counts_header, counts_row, format_counts, save_annotated
 from bloodcell.atomic import write_text
-from bloodcell.errors import BloodcellError, ConfigError, describe_os_error
+from bloodcell.errors import ConfigError, ImageError, describe_os_error
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.runtime.predict import ImageResult, predict_image
 
@@ -54,6 +55,9 @@ except ImportError:  # not POSIX (Windows): no folder lock
 
 STATE_NAME = ".bloodcell-watch.json"
 LOCK_NAME = ".bloodcell-watch.lock"
+# Output errors that belong to one image's name (too long for the file system, taken by a folder):
+# that image fails alone; any other output error stops the watch.
+FILE_NAME_ERRORS = (errno.ENAMETOOLONG, errno.EISDIR, errno.EINVAL)
 CSV_NAME = "counts.csv"
 STATE_VERSION = 1
 
@@ -182,7 +186,15 @@ class Watcher:
             self._save_state()
 
     def _append_row(self, result: ImageResult) -> None:
-        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        size = self.csv_path.stat().st_size if self.csv_path.exists() else 0
+        try:
+            self._write_row(result, new=size == 0)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError), open(self.csv_path, "r+b") as f:
+                f.truncate(size)  # no torn row for the next one to continue
+            raise
+
+    def _write_row(self, result: ImageResult, new: bool) -> None:
         with open(self.csv_path, "a", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             if new:
@@ -255,8 +267,11 @@ class Watcher:
             save_annotated(result, self.annotator, self.annotated_dir)
             result.image = None
             self._append_row(result)
-        except (BloodcellError, OSError) as e:  # this file failed (unreadable, or its outputs): the watch goes on
-            error = str(e) if isinstance(e, BloodcellError) else describe_os_error(e)
+        except (ImageError, OSError) as e:
+            if isinstance(e, OSError) and e.errno not in FILE_NAME_ERRORS:
+                raise  # a full disk, a lost --out: the environment's fault; a restart retries this file
+            # this file failed for good while it stays the same (unreadable, or a name no output can take)
+            error = str(e) if isinstance(e, ImageError) else describe_os_error(e)
             self.failed += 1
             print(f"error: {error}", file=sys.stderr)
             self.state[path.name] = {**entry, "status": "failed", "error": error}

@@ -271,6 +271,17 @@ def detect_cells(
     return ScaledDetections(Detections(boxes, dets.labels, dets.scores), scale, passes, estimated)
 
 
+def check_cell_size(predictor: RawPredictor, cell_size: float | str | None) -> None:
+    """ConfigError now for a ``--cell-size`` this model cannot honour (long-running commands call it
+    once after loading the model, instead of failing on every image)."""
+    if cell_size in ("auto", None):
+        return
+    reference = getattr(predictor, "cell_size", None)
+    if reference is None:
+        raise ConfigError("--cell-size needs a model that records its trained cell size; use 'auto' or 'none'")
+    given_scale(float(cell_size), reference)
+
+
 def given_scale(cell_size: float, reference: float) -> float:
     """The resize factor that a user's ``--cell-size`` asks for; ConfigError outside ``SCALE_RANGE``
     (a typo like 3 or 100000 would be clamped into a count of the wrong cells, not refused)."""

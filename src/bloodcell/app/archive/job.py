@@ -17,6 +17,7 @@ from bloodcell.app.archive.store import ParquetStore
 from bloodcell.errors import ConfigError
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor
+from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.weights import default_model
 
 
@@ -111,6 +112,7 @@ def run_batch(
     model_path = Path(model) if model else default_model()[0]
     device = _resolve_device(device, model_path)
     probe = load_predictor(model_path, device=device, batch=batch)  # fail fast
+    check_cell_size(probe, cell_size)
     class_names = tuple(probe.class_names)
     thresholds = None if conf is None else parse_conf(conf, class_names, probe.conf)
     model_id = f"{probe.describe()['name']}@{content_hash(model_path.read_bytes())[:12]}"
