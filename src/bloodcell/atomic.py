@@ -7,7 +7,6 @@ and Windows when source and target share a folder.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import tempfile
@@ -99,31 +98,27 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 def check_folder(flag: str, path: str | Path) -> None:
     """ConfigError unless ``path`` is (or can be made) a folder that files can be written to."""
-    target = Path(path)
-    if target.is_file():
+    if Path(path).is_file():
         raise ConfigError(f"{flag} {path}: is a file, expected a folder")
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=target)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        blocking = next((p for p in target.parents if p.is_file()), None)
-        reason = f"{blocking} is a file, not a folder" if blocking else (e.strerror or str(e))
-        raise ConfigError(f"{flag} {path}: cannot write there ({reason})") from None
+    _probe(flag, path, Path(path), ".probe.")
 
 
 def check_writable(flag: str, path: str | Path) -> None:
     """ConfigError unless a file can be written at ``path`` (its folder is made, as the writer would)."""
     target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{flag} {path}: cannot write there (is a folder, expected a file name)")
+    _probe(flag, path, target.parent, temp_prefix(target))
+
+
+def _probe(flag: str, path: str | Path, folder: Path, prefix: str) -> None:
+    """Make ``folder`` and a temporary file in it, as a writer would; ConfigError naming what blocks it."""
     try:
-        if target.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "is a folder, expected a file name")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        blocking = next((p for p in target.parents if p.is_file()), None)
+        blocking = next((p for p in (folder, *folder.parents) if p.is_file()), None)
         reason = f"{blocking} is a file, not a folder" if blocking else (e.strerror or str(e))
         raise ConfigError(f"{flag} {path}: cannot write there ({reason})") from None
