@@ -528,9 +528,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     elif Path(args.out).suffix.lower() != ".pt":
         raise ConfigError(f"--out {args.out}: calibrate writes a .pt model file; name it so")
     _check_outputs({"--out": args.out})
-    records = load_dataset(_data_root(args), split=args.split).records
+    root = _data_root(args)
+    records = load_dataset(root, split=args.split).records
     if not records:
-        raise ConfigError(f"{_data_root(args)}: split {args.split!r} has no usable images")
+        raise ConfigError(f"{root}: split {args.split!r} has no usable images")
     if suffix == ".pt":
         from bloodcell.engine.train import fit_counting_file
 
@@ -538,7 +539,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 0
     from bloodcell.export.calibrate import fit_export_counting
 
-    metrics, sidecar = fit_export_counting(model, records, str(_data_root(args)), args.split, args.nms_iou)
+    metrics, sidecar = fit_export_counting(model, records, str(root), args.split, args.nms_iou)
     print(metrics)
     points = ", ".join(f"{n} {c:.2f}" for n, c in zip(metrics.class_names, metrics.conf, strict=True))
     print(f"wrote {sidecar} (operating points {points}); {model.name} reads it before its embedded metadata")

@@ -45,21 +45,22 @@ def format_findings(report: CheckReport) -> str:
     kinds = Counter(f.kind for f in report.findings)
     boxes = ", ".join(f"{n} {name}" for name, n in report.boxes.items())
     summary = f"{report.images} images, {boxes} after repair; "
-    summary += f"{len(report.findings)} findings" + (
-        f" ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})" if kinds else ""
-    )
+    summary += f"{len(report.findings)} findings" + (f" ({_by_kind(report.findings)})" if kinds else "")
     return "\n".join([*lines, summary])
 
 
-def findings_note(dataset, root: str | Path) -> str | None:
+def _by_kind(findings: list[Finding]) -> str:
+    """ "1 degenerate-box, 2 near-duplicate": how many findings of each kind."""
+    return ", ".join(f"{n} {k}" for k, n in sorted(Counter(f.kind for f in findings).items()))
+
+
+def findings_note(dataset) -> str | None:
     """One line for commands that read labels without listing their faults (train, val): how many the
     reader repaired or dropped, and how to see them. None when there are none."""
     if not dataset.findings:
         return None
-    kinds = Counter(f.kind for f in dataset.findings)
-    listed = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
     split = f" split {dataset.split}" if dataset.split else ""
     return (
-        f"warning: {root}{split}: {len(dataset.findings)} label findings ({listed}) repaired or dropped; "
-        f"`bloodcell data check {root}` lists them"
+        f"warning: {dataset.root}{split}: {len(dataset.findings)} label findings ({_by_kind(dataset.findings)}) "
+        f"repaired or dropped; `bloodcell data check {dataset.root}` lists them"
     )

@@ -299,7 +299,7 @@ def _train(config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | 
     train_set = load_dataset(root, config.train_split)
     val_set = load_dataset(root, config.val_split)
     for dataset in (train_set, val_set):
-        if note := findings_note(dataset, root):
+        if note := findings_note(dataset):
             log(note, file=sys.stderr)
     records = train_set.records[: config.max_images] if config.max_images else train_set.records
     if len(records) < config.batch:

@@ -33,7 +33,7 @@ def validate(
     predictor = load_predictor(model, device=device, threads=threads, batch=batch)
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
     dataset = load_dataset(data_root, split=split, class_names=tuple(predictor.class_names))
-    if note := findings_note(dataset, dataset.root):
+    if note := findings_note(dataset):
         print(note, file=sys.stderr)
     metrics = evaluate(predictor, dataset.records, conf=thresholds, progress=True, cell_size=cell_size, batch=batch)
     if out:

@@ -249,8 +249,6 @@ def detect_cells(
         # A model that records no trained cell size (made before bloodcell 0.2, or a torchvision
         # detector): letterboxed into its input as it always was.
         return ScaledDetections(predictor.predict(image, min_score=min_score), 1.0, 1, False)
-    if reference is None and cell_size not in ("auto", None):
-        raise ConfigError("--cell-size needs a model that records its trained cell size; use 'auto' or 'none'")
     estimated, scale, first = False, prior, None
     if cell_size == "auto" and reference is not None:
         scale, first = estimate_scale(predictor, image, reference, min_score, native)
@@ -274,17 +272,16 @@ def detect_cells(
 def check_cell_size(predictor: RawPredictor, cell_size: float | str | None) -> None:
     """ConfigError now for a ``--cell-size`` this model cannot honour (long-running commands call it
     once after loading the model, instead of failing on every image)."""
-    if cell_size in ("auto", None):
-        return
-    reference = getattr(predictor, "cell_size", None)
+    if cell_size not in ("auto", None):
+        given_scale(float(cell_size), getattr(predictor, "cell_size", None))
+
+
+def given_scale(cell_size: float, reference: float | None) -> float:
+    """The resize factor that a user's ``--cell-size`` asks for; ConfigError outside ``SCALE_RANGE``
+    (a typo like 3 or 100000 would be clamped into a count of the wrong cells, not refused), or for a
+    model that records no trained cell size to compare with."""
     if reference is None:
         raise ConfigError("--cell-size needs a model that records its trained cell size; use 'auto' or 'none'")
-    given_scale(float(cell_size), reference)
-
-
-def given_scale(cell_size: float, reference: float) -> float:
-    """The resize factor that a user's ``--cell-size`` asks for; ConfigError outside ``SCALE_RANGE``
-    (a typo like 3 or 100000 would be clamped into a count of the wrong cells, not refused)."""
     scale = reference / cell_size
     if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
         low, high = reference / SCALE_RANGE[1], reference / SCALE_RANGE[0]
