@@ -206,3 +206,26 @@ def test_match_greedy_is_one_to_one_above_the_threshold(
     for i in np.nonzero(matched < 0)[0]:
         taken_before = {matched[k] for k in np.nonzero(scores > scores[i])[0] if matched[k] >= 0}
         assert all(j in taken_before for j in np.nonzero(ious[i] >= threshold)[0])
+
+
+@fast
+@given(scored_boxes(), st.data(), st.sampled_from([0.3, 0.45, 0.5, 0.6]))
+def test_decoder_nms_in_opencv_matches_the_numpy_rule(
+    data: tuple[np.ndarray, np.ndarray], draw: st.DataObject, rbc_limit: float
+) -> None:
+    """The decoder's case (float32 scores, boxes of positive area) runs in OpenCV: same boxes, same order."""
+    boxes, scores = data
+    boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    scores = np.unique(scores[: len(boxes)].astype(np.float32))  # distinct, as for one right answer
+    scores = draw.draw(st.permutations(scores[scores > 0]))
+    boxes = boxes[: len(scores)]
+    labels = draw.draw(arrays(np.int64, len(boxes), elements=st.integers(0, 2)))
+    limits = (rbc_limit, 0.3, 0.5)
+    scores = np.asarray(scores, dtype=np.float32)
+    assert box_ops._opencv_can_run(boxes, scores) or len(boxes) < 2
+    keep = box_ops.batched_nms(boxes, scores, labels, limits)
+    expected = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        expected += members[box_ops.nms(boxes[members], scores[members].astype(np.float64), limits[c])].tolist()
+    assert keep.tolist() == sorted(expected, key=lambda i: (-scores[i], i))

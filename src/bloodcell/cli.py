@@ -642,9 +642,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         imgsz=args.imgsz,
         data=args.data,
     )
-    print(f"wrote {result.path} ({result.size_bytes / 2**20:.2f} MB) and {result.metadata_path}")
-    if args.int8:  # quantized scores shift: the inherited operating points undercount (README, "Refit")
-        print(REFIT_HINT.format(path=result.path))
+    _print_written(result, int8=args.int8)
     if "ops" in result.metadata:
         print(f"ops: {', '.join(result.metadata['ops'])}")
     return 0
@@ -668,10 +666,14 @@ def cmd_qat(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         threads=args.threads,
     )
-    result = qat_finetune(config)
-    print(f"wrote {result.path} ({result.size_bytes / 2**20:.2f} MB) and {result.metadata_path}")
-    print(REFIT_HINT.format(path=result.path))  # an int8 file too
+    _print_written(qat_finetune(config), int8=True)
     return 0
+
+
+def _print_written(result, int8: bool) -> None:
+    print(f"wrote {result.path} ({result.size_bytes / 2**20:.2f} MB) and {result.metadata_path}")
+    if int8:  # quantized scores shift: the inherited operating points undercount (README, "Refit")
+        print(REFIT_HINT.format(path=result.path))
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:

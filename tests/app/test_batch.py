@@ -164,3 +164,55 @@ def test_parts_left_by_killed_runs_are_removed_once_stale(tmp_path: Path) -> Non
     os.utime(done, (old, old))
     assert store.remove_stale_parts() == 1
     assert not stale.exists() and fresh.exists() and done.exists()
+
+
+def test_ray_actors_get_the_model_and_its_sidecar_by_value(tiny_exports: dict, tmp_path: Path) -> None:
+    """A cluster node has none of the driver's files: the actor rebuilds the model from the bytes
+    sent through the object store, sidecar (retuned operating points) included, and counts alike."""
+    import json
+
+    from bloodcell.app.archive.engines import model_files, worker_from_files
+    from bloodcell.app.archive.rows import ImageWorker, PredictorSpec
+    from bloodcell.runtime.metadata import sidecar_path
+
+    def timeless(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "inference_ms"} for r in rows]
+
+    for fmt in ("onnx", "tflite"):
+        folder = tmp_path / fmt
+        folder.mkdir()
+        model = folder / tiny_exports[fmt].name
+        shutil.copyfile(tiny_exports[fmt], model)
+        meta = json.loads(sidecar_path(tiny_exports[fmt]).read_text())
+        meta["conf"] = [0.41, 0.42, 0.43]
+        sidecar_path(model).write_text(json.dumps(meta))
+        spec = PredictorSpec(str(model), "tiny@test", "run")
+        here = ImageWorker(spec).rows([str(p) for p in SAMPLES])
+        files = model_files(str(model))
+        shutil.rmtree(folder)
+        remote = worker_from_files(spec, files)
+        assert tuple(remote.conf) == pytest.approx((0.41, 0.42, 0.43)), fmt
+        assert not Path(remote.spec.model).exists(), "the node's temporary copy outlives the load"
+        assert timeless(remote.rows([str(p) for p in SAMPLES])) == timeless(here), fmt
+
+
+def test_a_failed_prediction_is_retried_by_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prediction that fails (out of GPU memory, a runtime error) is not a property of the file: it is
+    reported and counted as failed, keeps no row, and the next run predicts it."""
+    from bloodcell.app.archive.rows import ImageWorker
+
+    out = tmp_path / "out"
+    real = ImageWorker._predict
+
+    def failing(self, part):
+        if any(Path(g[1]).name == SAMPLES[1].name for g in part):
+            raise RuntimeError("CUDA out of memory")
+        return real(self, part)
+
+    monkeypatch.setattr(ImageWorker, "_predict", failing)
+    first = run_batch([str(p) for p in SAMPLES], str(out), device="cpu", progress=False)
+    assert (first.written, first.failed) == (len(SAMPLES) - 1, 1)
+    assert SAMPLES[1].name not in {Path(r["path"]).name for r in read_rows(out)}
+    monkeypatch.setattr(ImageWorker, "_predict", real)
+    second = run_batch([str(p) for p in SAMPLES], str(out), device="cpu", progress=False)
+    assert (second.written, second.skipped, second.failed) == (1, len(SAMPLES) - 1, 0)

@@ -56,6 +56,9 @@ def test_calibrate_stores_per_class_nms_iou_and_refuses_bad_ones(tiny_voc, tiny_
 
     initial = _initial_model(TrainConfig(model=str(out)), info.class_names)
     assert initial.iou_threshold == (0.5, 0.3, 0.5)  # a fine-tune keeps them, as it keeps the scale
+    assert main([*args, "--nms-iou", "0.45"]) == 0
+    _, same = load_model(out)
+    assert same.iou_threshold == 0.45  # one number stays one: no per-class format an older runtime refuses
     assert main([*args, "--nms-iou", "Monocyte=0.3"]) == 2
     assert "--nms-iou 'Monocyte=0.3'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -77,3 +80,19 @@ def test_val_says_when_the_reader_repaired_or_dropped_labels(tiny_model, tmp_pat
     err = capsys.readouterr().err
     assert f"warning: {voc.root} split val: 1 label findings (1 degenerate-box) repaired or dropped" in err
     assert f"`bloodcell data check {voc.root}` lists them" in err
+
+
+def test_calibrate_refuses_nms_iou_for_a_model_with_its_own_nms(tiny_voc, tmp_path, capsys):
+    import torch
+
+    from bloodcell.models.checkpoint import make_info, model_payload, save_checkpoint
+    from bloodcell.models.registry import build_model, model_config
+
+    cfg, path = model_config("fasterrcnn"), tmp_path / "frcnn.pt"
+    torch.manual_seed(0)
+    net = build_model("fasterrcnn", cfg, pretrained=False)
+    save_checkpoint(path, model_payload(net, make_info("fasterrcnn", cfg, ("RBC", "WBC", "Platelets"), (640, 480))))
+    args = ["calibrate", "--model", str(path), "--data", str(tiny_voc), "--out", str(tmp_path / "f.pt")]
+    assert main([*args, "--nms-iou", "WBC=0.3"]) == 2
+    assert "whose NMS is its own" in capsys.readouterr().err
+    assert not (tmp_path / "f.pt").exists()

@@ -172,3 +172,27 @@ def test_cli_process_exits_2_without_traceback(tiny_exports, bccd_root, tmp_path
         lines = run.stderr.strip().splitlines()
         assert run.returncode == 2 and len(lines) == 1, run.stderr[-2000:]
         assert lines[0].startswith(f"error: {path}") and fragment in lines[0] and "Traceback" not in run.stderr
+
+
+def test_a_failed_export_leaves_the_earlier_one_and_its_refit_untouched(tiny_exports, tiny_model, tmp_path, monkeypatch):
+    """Re-exporting over a calibrated export: until the new file is complete, nothing on disk changes
+    (not the model, not the sidecar `bloodcell calibrate` wrote, and no temporary file is left)."""
+    from bloodcell.errors import BloodcellError
+    from bloodcell.export import exporter
+
+    model = alone(tiny_exports["tflite"], tmp_path / "out")
+    meta = json.loads(sidecar_of(tiny_exports["tflite"]).read_text())
+    sidecar_of(model).write_text(json.dumps({**meta, "conf": [0.41, 0.42, 0.43]}))
+    before = {p.name: p.read_bytes() for p in model.parent.iterdir()}
+    source = tiny_model(conf=0.3, cls_bias=3.5)
+    with pytest.raises(BloodcellError, match="missing"):  # the calibration data is read after the checks
+        exporter.export_model(source, "tflite", model, int8=True, data=tmp_path / "missing")
+
+    def broken(path, text):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(exporter, "embed_tflite_metadata", broken)
+    with pytest.raises(OSError):  # after the conversion, before anything is committed
+        exporter.export_model(source, "tflite", model)
+    assert {p.name: p.read_bytes() for p in model.parent.iterdir()} == before
+    assert load_predictor(model).conf == pytest.approx((0.41, 0.42, 0.43))

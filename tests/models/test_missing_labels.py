@@ -71,3 +71,25 @@ def test_teacher_methods_need_a_teacher_and_names_are_checked():
         CellNetLoss(CellNetConfig(), STRIDES, missing="ignore")(cls, box, targets, SIZE)
     with pytest.raises(ValueError, match="choose from"):
         CellNetLoss(CellNetConfig(), STRIDES, missing="magic")
+
+
+def test_the_teacher_runs_only_for_batches_with_missing_labels():
+    from torch import nn
+
+    from bloodcell.engine.train import compute_losses
+
+    class Refusing(nn.Module):
+        def forward(self, x):
+            raise AssertionError("teacher ran on a fully labelled batch")
+
+    cls, box, targets, _ = setup([True, True, True])
+    model = nn.Module()
+    model.forward = lambda images: (cls, box)  # type: ignore[method-assign]
+    criterion = CellNetLoss(CellNetConfig(), STRIDES, missing="ignore", tau=0.3)
+    images = torch.zeros(1, 3, *SIZE)
+    losses = compute_losses(model, criterion, images, targets, teacher=Refusing())
+    assert torch.allclose(losses["cls"], loss("plain", (True, True, True)))
+    # a partial image needs it: without one the loss refuses rather than training plain
+    _, _, partial, _ = setup([False, True, False])
+    with pytest.raises(ValueError, match="needs teacher"):
+        criterion(cls, box, partial, SIZE, teacher=None)

@@ -98,6 +98,11 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     )
 
 
+def _any_partial(targets: list[dict]) -> bool:
+    """Whether some image leaves a class not exhaustively labelled: only then does the loss read the teacher."""
+    return any("exhaustive" in t and not bool(t["exhaustive"].all()) for t in targets)
+
+
 def compute_losses(
     model: nn.Module, criterion, images: torch.Tensor, targets: list[dict], teacher: nn.Module | None = None
 ) -> dict[str, torch.Tensor]:
@@ -115,7 +120,7 @@ def compute_losses(
             "box": losses["loss_box_reg"] + losses["loss_rpn_box_reg"],
         }
     teacher_probs = None
-    if teacher is not None and getattr(criterion, "needs_teacher", False):
+    if teacher is not None and getattr(criterion, "needs_teacher", False) and _any_partial(targets):
         with torch.no_grad():
             teacher_probs = teacher(images)[0].float().sigmoid()
     cls, box = model(images)
@@ -427,11 +432,13 @@ def fit_counting_file(
     metrics, in ``out`` (default: in place). ``nms_iou``: new NMS IoU threshold(s) to store first,
     as ``--nms-iou`` takes them ("0.45" or "WBC=0.3"; other classes keep the model's)."""
     from bloodcell.models.checkpoint import load_model
-    from bloodcell.runtime.counting import class_thresholds, parse_conf
+    from bloodcell.runtime.counting import class_thresholds, parse_nms_iou
 
     model, info = load_model(path)
     if nms_iou is not None:
-        info.iou_threshold = parse_conf(nms_iou, info.class_names, info.iou_threshold, "--nms-iou")
+        if MODELS[info.name].kind != "dense":  # torchvision's detectors run their own NMS inside the model
+            raise ConfigError(f"--nms-iou: {path} is a {info.name} model, whose NMS is its own; leave --nms-iou out")
+        info.iou_threshold = parse_nms_iou(nms_iou, info.class_names, info.iou_threshold)
     predictor = TorchPredictor(model, info, device=str(device))
     preds = predict_records(predictor, val_records)
     fit = fit_counting(preds, val_records, tuple(info.class_names), info.input_scale)

@@ -17,7 +17,7 @@ from bloodcell.atomic import write_text
 from bloodcell.engine.evaluate import fit_counting, predict_records, score
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.errors import ConfigError
-from bloodcell.runtime.counting import parse_conf
+from bloodcell.runtime.counting import parse_nms_iou
 from bloodcell.runtime.exported import ExportedPredictor
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.metadata import PER_CLASS_NMS_VERSION, parse_metadata, sidecar_path
@@ -33,7 +33,7 @@ def fit_export_counting(
         raise ConfigError(f"--model {path}: not an ONNX or TFLite export")
     meta = predictor.metadata
     if nms_iou is not None:
-        iou = parse_conf(nms_iou, meta.class_names, meta.iou_threshold, "--nms-iou")
+        iou = parse_nms_iou(nms_iou, meta.class_names, meta.iou_threshold)
         predictor.post = replace(predictor.post, iou_threshold=iou)
     names = tuple(meta.class_names)
     preds = predict_records(predictor, val_records)

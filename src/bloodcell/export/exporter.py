@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from bloodcell import __version__
-from bloodcell.atomic import atomic_open, write_text
+from bloodcell.atomic import atomic_open, temp_prefix, write_bytes, write_text
 from bloodcell.errors import BloodcellError, ConfigError
 from bloodcell.export.formats import get_format
 from bloodcell.export.graph import ExportGraph
@@ -99,11 +100,8 @@ def export_model(
     meta.update(extra_metadata or {})
     # Checked before the (slow) conversion: an export that the runtime would refuse is never written.
     parse_metadata(meta, f"{out} (metadata of {source.name})")
-    meta_path = out.with_name(out.name + ".json")
-    # A sidecar is read before the file's own metadata: an earlier export's must not outlive a failed one.
-    meta_path.unlink(missing_ok=True)
     if fmt == "onnx":
-        _export_onnx(graph, example, out, meta)
+        data = _export_onnx(graph, example, meta)
     else:
         calibration = None
         if int8 and qat_state is None:
@@ -111,9 +109,13 @@ def export_model(
             affine = np.float32(scale), np.float32(shift)
             calibration = [torch.from_numpy(im.astype(np.float32) * affine[0] + affine[1])[None] for im in images]
             meta["calibration_images"] = len(calibration)
-        _export_tflite(graph, example, out, int8, calibration, qat_state)
-        meta.update(_tflite_io(out, len(info.class_names)))
-        embed_tflite_metadata(out, json.dumps(meta))
+        data = _export_tflite(graph, example, out, int8, calibration, qat_state, meta, len(info.class_names))
+    # Only a finished export touches ``out``: a failed one leaves an earlier export and its sidecar as they
+    # were. The earlier sidecar goes first (it is read before the file's own metadata, and belongs to the
+    # old graph); a stop between the steps leaves a model that loads with its embedded metadata.
+    meta_path = out.with_name(out.name + ".json")
+    meta_path.unlink(missing_ok=True)
+    write_bytes(out, data)
     write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return ExportResult(out, meta_path, out.stat().st_size, meta)
 
@@ -144,7 +146,8 @@ def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[i
     }
 
 
-def _export_onnx(graph: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict) -> None:
+def _export_onnx(graph: torch.nn.Module, example: torch.Tensor, meta: dict) -> bytes:
+    """The ONNX file's bytes, with ``meta`` embedded, checked by running it once."""
     import io
 
     import onnx
@@ -174,11 +177,13 @@ def _export_onnx(graph: torch.nn.Module, example: torch.Tensor, out: Path, meta:
         session.run(None, {"images": example.numpy()})
     except Exception as e:
         raise BloodcellError(f"exported ONNX graph does not run in onnxruntime: {str(e)[:200]}") from None
-    with atomic_open(out, "wb") as f:
-        f.write(data)
+    return data
 
 
-def _export_tflite(graph, example, out: Path, int8: bool, calibration, qat_state) -> None:
+def _export_tflite(
+    graph, example, out: Path, int8: bool, calibration, qat_state, meta: dict, num_classes: int
+) -> bytes:
+    """The .tflite file's bytes, with its input/output details added to ``meta`` and ``meta`` embedded."""
     try:
         import litert_torch
         from litert_torch.quantize.quant_config import QuantConfig
@@ -201,10 +206,15 @@ def _export_tflite(graph, example, out: Path, int8: bool, calibration, qat_state
         edge = litert_torch.convert(module, (example,), quant_config=quant_config)
     except Exception as e:
         raise BloodcellError(f"TFLite conversion failed: {type(e).__name__}: {str(e)[:200]}") from None
-    tmp = out.with_name(f".{out.name}.tmp")  # litert writes by path: write beside, then rename
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(out), suffix=".tmp", dir=out.parent)  # litert writes by path
+    os.close(fd)
+    tmp = Path(name)
     try:
         edge.export(str(tmp))
-        os.replace(tmp, out)
+        meta.update(_tflite_io(tmp, num_classes))
+        embed_tflite_metadata(tmp, json.dumps(meta))
+        return tmp.read_bytes()
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -130,12 +130,12 @@ class CellNetLoss(nn.Module):
         """Change the negatives of non-exhaustive classes in place, per ``self.missing``."""
         if self.missing == "plain":
             return
-        if self.needs_teacher and teacher is None:
-            raise ValueError(f"missing-label method {self.missing!r} needs teacher probabilities")
         for b, t in enumerate(targets):
             exhaustive = t.get("exhaustive")
             if exhaustive is None or bool(exhaustive.all()):
-                continue
+                continue  # nothing missing here: the teacher is not needed (and not run) for this image
+            if self.needs_teacher and teacher is None:
+                raise ValueError(f"missing-label method {self.missing!r} needs teacher probabilities")
             partial = ~exhaustive.to(cls_target.device).bool()  # (K,)
             negative = (cls_target[b] == 0) & partial  # (A, K): unmatched points of partially labelled classes
             if self.missing == "downweight":

@@ -67,6 +67,13 @@ def parse_conf(text: str, class_names: Sequence[str], default: Conf, flag: str =
     return tuple(base)
 
 
+def parse_nms_iou(text: str, class_names: Sequence[str], default: float | Sequence[float]) -> float | tuple[float, ...]:
+    """``--nms-iou`` as ``parse_conf`` reads it, kept as one number when every class gets the same one
+    (a per-class list needs a newer file format, which older runtimes refuse)."""
+    values = parse_conf(text, class_names, default, "--nms-iou")  # type: ignore[arg-type]
+    return values[0] if len(set(values)) == 1 else values
+
+
 def _threshold(text: str, flag: str) -> float:
     try:
         value = float(text)

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import replace
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from bloodcell.app.archive.rows import ImageWorker, PredictorSpec
 from bloodcell.errors import ConfigError
 from bloodcell.runtime.timing import available_cores
+from bloodcell.weights import default_model
 
 ENGINES = ("local", "ray")
 
@@ -73,11 +76,37 @@ class LocalEngine:
                 yield fut.result()
 
 
-class _RayWorker:
-    """A Ray Data actor: one model per actor, for the actor's lifetime."""
+def model_files(model: str) -> dict[str, bytes]:
+    """The model file and its sidecar (an export's retuned operating points), by name: what a worker
+    on another node needs, where the driver's paths may not exist."""
+    from bloodcell.runtime.metadata import sidecar_path
 
-    def __init__(self, spec: PredictorSpec) -> None:
-        self.worker = ImageWorker(spec)
+    path = Path(model)
+    files = {path.name: path.read_bytes()}
+    if (sidecar := sidecar_path(path)).is_file():
+        files[path.name + ".json"] = sidecar.read_bytes()  # the name the copy's own sidecar_path looks for
+    return files
+
+
+def worker_from_files(spec: PredictorSpec, files: dict[str, bytes]) -> ImageWorker:
+    """An ImageWorker whose model is ``model_files``' output, written to a temporary folder of this node
+    for the load only (runtimes read or map the file when they open it; POSIX keeps a mapped file)."""
+    with tempfile.TemporaryDirectory(prefix="bloodcell-model-", ignore_cleanup_errors=True) as tmp:
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
+        return ImageWorker(replace(spec, model=str(Path(tmp) / next(iter(files)))))
+
+
+class _RayWorker:
+    """A Ray Data actor: one model per actor, for the actor's lifetime. The model arrives through the
+    object store, so actors on other nodes need no copy of the driver's files."""
+
+    def __init__(self, spec: PredictorSpec, files: Any) -> None:
+        import ray
+
+        if isinstance(files, ray.ObjectRef):
+            files = ray.get(files)
+        self.worker = worker_from_files(spec, files)
         import pyarrow as pa
 
         from bloodcell.app.archive.rows import schema
@@ -121,9 +150,11 @@ class RayEngine:
         # Small inputs are cut finer so that every actor gets work.
         size = max(1, min(_task_size(self.spec), -(-len(uris) // self.workers)))
         items = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=-(-len(uris) // size))
+        model = self.spec.model or str(default_model()[0])
+        files = ray.put(model_files(model))  # once for every actor, on whatever node
         rows = items.map_batches(
             _RayWorker,
-            fn_constructor_kwargs={"spec": self.spec},
+            fn_constructor_kwargs={"spec": self.spec, "files": files},
             batch_size=size,
             compute=ray.data.ActorPoolStrategy(size=self.workers),
             num_cpus=0 if self.gpu else self.spec.threads,

@@ -132,6 +132,12 @@ def run_batch(
         print(f"error: {error} (unchanged since an earlier run)", file=sys.stderr)
         summary.failed += 1
     summary.totals = dict.fromkeys(class_names, 0)
+    if address and any("://" not in u for u in todo):  # the model travels with the job; images do not
+        print(
+            f"note: --address {address}: local image paths must be readable at the same path on every node "
+            "(a shared filesystem); s3:// or gs:// URIs need no copy",
+            file=sys.stderr,
+        )
     spec = PredictorSpec(str(model_path), model_id, run_id, device, threads, batch, thresholds, cell_size)
     runner = make_engine(engine, spec, workers, address)
     t0 = time.perf_counter()
@@ -155,7 +161,7 @@ def run_batch(
                         print(f"error: {row['error']}", file=sys.stderr)
                         summary.failed += 1
                     if row["sha256"] is None:
-                        continue  # unreadable: no row, so a rerun tries it again
+                        continue  # unreadable, or the prediction failed (out of memory...): a rerun tries again
                     for name, n in (row.get("counts") or {}).items():
                         summary.totals[name] += n
                     buffer.append(row)

@@ -138,8 +138,8 @@ class ImageWorker:
                     except Exception as e:
                         results.append(f"{one[1]}: prediction failed ({type(e).__name__}: {str(e)[:200]})")
             for (i, uri, digest, _), result in zip(part, results, strict=True):
-                if isinstance(result, str):
-                    out[i] = _row(uri, digest, self.spec, error=result)
+                if isinstance(result, str):  # no hash: the job keeps no row, a rerun tries it again
+                    out[i] = _row(uri, None, self.spec, error=result)
                 else:
                     out[i] = result_row(uri, digest, result, self.spec)
         return [out[i] for i in range(len(uris))]
