@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from bloodcell.app.archive.rows import ImageWorker, PredictorSpec
 from bloodcell.errors import ConfigError
@@ -101,12 +101,10 @@ class _RayWorker:
     """A Ray Data actor: one model per actor, for the actor's lifetime. The model arrives through the
     object store, so actors on other nodes need no copy of the driver's files."""
 
-    def __init__(self, spec: PredictorSpec, files: Any) -> None:
+    def __init__(self, spec: PredictorSpec, files: list) -> None:
         import ray
 
-        if isinstance(files, ray.ObjectRef):
-            files = ray.get(files)
-        self.worker = worker_from_files(spec, files)
+        self.worker = worker_from_files(spec, ray.get(files[0]))
         import pyarrow as pa
 
         from bloodcell.app.archive.rows import schema
@@ -154,7 +152,8 @@ class RayEngine:
         files = ray.put(model_files(model))  # once for every actor, on whatever node
         rows = items.map_batches(
             _RayWorker,
-            fn_constructor_kwargs={"spec": self.spec, "files": files},
+            # a nested reference: a top-level one in an actor's arguments makes Ray warn about actor restarts
+            fn_constructor_kwargs={"spec": self.spec, "files": [files]},
             batch_size=size,
             compute=ray.data.ActorPoolStrategy(size=self.workers),
             num_cpus=0 if self.gpu else self.spec.threads,
