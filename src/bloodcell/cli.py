@@ -193,7 +193,9 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, help="onnx or tflite")
     p.add_argument("--int8", action="store_true", help="full-integer int8 (TFLite): int8 weights, activations, I/O")
     p.add_argument(
-        "--calib-images", type=_positive_int, help="with --int8: training images that set int8 ranges (default: 32)"
+        "--calib-images",
+        type=_positive_int,
+        help="with --int8: training images that set int8 ranges (default: 256, or all)",
     )
     p.add_argument("--imgsz", type=_size, help="static input size WxH (default: the model's, 480x384 when shipped)")
     p.add_argument("--data", help="with --int8: VOC dataset folder or YAML for the calibration images")
@@ -628,6 +630,7 @@ def _predict_stream(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from bloodcell.export.exporter import export_model
+    from bloodcell.export.formats import CALIB_IMAGES
 
     for flag, value in (("--calib-images", args.calib_images), ("--data", args.data)):
         if value is not None and not args.int8:
@@ -638,7 +641,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.format,
         args.out,
         int8=args.int8,
-        calib_images=args.calib_images or 32,
+        calib_images=args.calib_images or CALIB_IMAGES,
         imgsz=args.imgsz,
         data=args.data,
     )

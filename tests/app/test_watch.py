@@ -318,3 +318,22 @@ def test_an_output_error_of_the_environment_stops_the_watch_and_the_file_is_retr
     monkeypatch.setattr(watch_module.Watcher, "_write_row", real_write)
     [result] = Watcher(predictor, folder, out, settle=0).drain()  # after a restart: retried
     assert result.path.name == "b.jpg" and [r[0] for r in read_rows(out)] == ["a.png", "b.jpg"]
+
+
+def test_a_file_finished_after_a_pause_is_not_left_counted_as_failed(predictor, sources, tmp_path, capsys):
+    """A camera that stalls mid-file longer than --settle: the part fails to decode (said on stderr, with
+    the retry), the finished file is counted, and the run ends without a failure."""
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    whole = (sources / "cam0.jpg").read_bytes()
+    (folder / "slow.jpg").write_bytes(whole[: len(whole) // 3])
+    watcher = Watcher(predictor, folder, out, settle=0)
+    [part] = watcher.drain()
+    assert part.error and watcher.failed == 1
+    assert "tried again if the file changes" in capsys.readouterr().err
+    time.sleep(0.01)  # a new mtime even on coarse clocks
+    (folder / "slow.jpg").write_bytes(whole)
+    [done] = watcher.drain()
+    assert done.error is None and watcher.failed == 0
+    assert [r[0] for r in read_rows(out)] == ["slow.jpg"]
+    watcher.close()

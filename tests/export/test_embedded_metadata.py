@@ -174,7 +174,9 @@ def test_cli_process_exits_2_without_traceback(tiny_exports, bccd_root, tmp_path
         assert lines[0].startswith(f"error: {path}") and fragment in lines[0] and "Traceback" not in run.stderr
 
 
-def test_a_failed_export_leaves_the_earlier_one_and_its_refit_untouched(tiny_exports, tiny_model, tmp_path, monkeypatch):
+def test_a_failed_export_leaves_the_earlier_one_and_its_refit_untouched(
+    tiny_exports, tiny_model, tmp_path, monkeypatch
+):
     """Re-exporting over a calibrated export: until the new file is complete, nothing on disk changes
     (not the model, not the sidecar `bloodcell calibrate` wrote, and no temporary file is left)."""
     from bloodcell.errors import BloodcellError

@@ -230,3 +230,16 @@ def test_a_cell_size_outside_the_supported_resize_is_refused_not_clamped(cell_si
     with pytest.raises(ConfigError, match=rf"--cell-size {cell_size:g}: .* \(--cell-size 25 to 500\), or use auto"):
         detect_cells(SquareModel(cell_size=100.0), image, 0.05, cell_size)
     assert detect_cells(SquareModel(cell_size=100.0), image, 0.05, 25.0).scale == 4.0  # the edges are allowed
+
+
+def test_cells_too_large_to_measure_are_counted_with_a_warning():
+    """Cells beyond every scale the estimate tries (here 5x the trained size): no silent fallback."""
+    from bloodcell.runtime.scaling import unmeasured_warning
+
+    image, _ = squares(2400, 1800, 500, 100)
+    out = detect_cells(SquareModel(), image)
+    assert out.estimated and out.scale == 1.0 and out.warning == unmeasured_warning(100.0)
+    assert "--cell-size (their diameter, 25-500 px)" in out.warning
+    normal, _ = squares(640, 480, 100, 40)
+    assert detect_cells(SquareModel(), normal).warning is None
+    assert detect_cells(SquareModel(), image, cell_size=500.0).warning is None  # the user said how large

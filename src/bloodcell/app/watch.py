@@ -96,7 +96,7 @@ class Watcher:
         self.state_path = self.out / STATE_NAME
         self.annotated_dir = self.out / "annotated"
         self.processed = 0
-        self.failed = 0
+        self._failed: set[str] = set()  # files whose latest version failed in this run
         self._pending: dict[str, tuple[tuple[int, int], float]] = {}  # name -> (signature, stable since)
         self._wake = threading.Event()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -231,6 +231,11 @@ class Watcher:
         entry = self.state.get(name)
         return entry is not None and (entry["size"], entry["mtime_ns"]) == sig
 
+    @property
+    def failed(self) -> int:
+        """Files that failed in this run and were not then rewritten into a good image."""
+        return len(self._failed)
+
     def poll_once(self) -> list[ImageResult]:
         """One scan: process every new file that has settled; returns what was processed (failures have .error)."""
         if self._lock is None:
@@ -272,12 +277,13 @@ class Watcher:
                 raise  # a full disk, a lost --out: the environment's fault; a restart retries this file
             # this file failed for good while it stays the same (unreadable, or a name no output can take)
             error = str(e) if isinstance(e, ImageError) else describe_os_error(e)
-            self.failed += 1
-            print(f"error: {error}", file=sys.stderr)
+            self._failed.add(path.name)
+            print(f"error: {error} (tried again if the file changes)", file=sys.stderr)
             self.state[path.name] = {**entry, "status": "failed", "error": error}
             self._save_state()
             return ImageResult(path, conf=self.conf, class_names=self.class_names, error=error)
         self.state[path.name] = {**entry, "status": "ok", "rows": entry["rows"] + 1}
+        self._failed.discard(path.name)  # a camera that paused mid-file: the finished file counts, not the pause
         self._save_state()
         self.processed += 1
         if self.log is not None:

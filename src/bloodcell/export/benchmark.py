@@ -22,7 +22,7 @@ from bloodcell.atomic import write_text
 from bloodcell.data.sources import load_dataset
 from bloodcell.engine.evaluate import predict_records, score
 from bloodcell.errors import ConfigError
-from bloodcell.export.formats import FORMATS, ExportFormat
+from bloodcell.export.formats import CALIB_IMAGES, FORMATS, ExportFormat
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.predict import predict_image
@@ -92,7 +92,7 @@ def benchmark(
     threads: int = 2,
     out: str | Path = "runs/benchmark",
     extra: list[str | Path] | None = None,
-    calib_images: int = 32,
+    calib_images: int = CALIB_IMAGES,
 ) -> list[BenchmarkRow]:
     """Export ``model`` to every format, then score and time each (plus ``extra`` files, e.g. a QAT export)."""
     # imported here: the exporter brings torch, and ``latencies_ms`` times .tflite/.onnx models without it

@@ -22,7 +22,7 @@ import torch
 from bloodcell import __version__
 from bloodcell.atomic import atomic_open, temp_prefix, write_bytes, write_text
 from bloodcell.errors import BloodcellError, ConfigError
-from bloodcell.export.formats import get_format
+from bloodcell.export.formats import CALIB_IMAGES, get_format
 from bloodcell.export.graph import ExportGraph
 from bloodcell.models.checkpoint import ModelInfo, load_model, sha256_file
 from bloodcell.models.registry import MODELS
@@ -64,7 +64,7 @@ def export_model(
     fmt: str,
     out: str | Path,
     int8: bool = False,
-    calib_images: int = 32,
+    calib_images: int = CALIB_IMAGES,
     imgsz: tuple[int, int] | None = None,
     data: str | Path | None = None,
     qat_state: dict | None = None,

@@ -15,6 +15,10 @@ class ExportFormat:
     runtime: str  # what runs it without torch
 
 
+#: int8 ranges come from up to this many training images (BCCD: all 205). The first 32 alone left the int8
+#: file 10% under the .pt's red-cell count on BCCD test (BENCHMARKS.md, seventh session).
+CALIB_IMAGES = 256
+
 FORMATS: dict[str, ExportFormat] = {
     "onnx": ExportFormat("onnx", ".onnx", int8=False, runtime="onnxruntime"),
     "tflite": ExportFormat("tflite", ".tflite", int8=True, runtime="ai-edge-litert (LiteRT), Edge TPU after compiling"),

@@ -121,6 +121,8 @@ def _result(
     result.scale = scaled.scale
     if is_grayscale(image):
         result.warnings.append(GRAYSCALE_WARNING)
+    if scaled.warning:
+        result.warnings.append(scaled.warning)
     return result
 
 

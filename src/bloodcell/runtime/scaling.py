@@ -56,6 +56,7 @@ class ScaledDetections:
     scale: float  # factor the image was resized by before detection
     tiles: int  # network passes for the final detections
     estimated: bool  # scale came from the automatic estimate
+    warning: str | None = None  # why the estimate's scale is doubtful (too few red cells, out of range)
 
 
 def resize(image: np.ndarray, scale: float) -> np.ndarray:
@@ -190,16 +191,35 @@ def _prior_window(predictor: RawPredictor, image: np.ndarray) -> np.ndarray:
     return scaled_window(image, _prior(predictor), predictor.input_size)
 
 
+def _supported(reference: float) -> str:
+    return f"{reference / SCALE_RANGE[1]:.0f}-{reference / SCALE_RANGE[0]:.0f} px"
+
+
+def unmeasured_warning(reference: float) -> str:
+    """The estimate found fewer than MIN_CELLS red cells at every scale it tried."""
+    return (
+        "too few red cells to measure their size: counted at the model's own scale; if the cells look much "
+        f"larger or smaller than in the training images, pass --cell-size (their diameter, {_supported(reference)})"
+    )
+
+
+def _out_of_range_warning(diameter: float, reference: float) -> str:
+    return (
+        f"red cells measured about {diameter:.0f} px across, outside the {_supported(reference)} this model can "
+        "rescale to its trained size: counted at the nearest supported scale, counts may be wrong"
+    )
+
+
 def estimate_scale(
     predictor: RawPredictor,
     image: np.ndarray,
     reference: float,
     min_score: float = 0.001,
     native: Detections | None = None,
-) -> tuple[float, Detections | None]:
+) -> tuple[float, Detections | None, str | None]:
     """Scale that brings this image's red cells to ``reference`` px, and, when the image is one
     window at that scale, the detections of that pass in the resized image's pixels (so no second
-    pass is needed).
+    pass is needed), and a warning when the scale could not be measured or lies outside SCALE_RANGE.
 
     The first look is at the model's prior scale (its input scale: right for images from the
     training microscope, so those take one pass). Cells far from the trained size come back with
@@ -216,15 +236,17 @@ def estimate_scale(
     else:  # cells too small or too large to be found at the prior scale: try half and twice that
         probes = (prior * p for p in PROBE_SCALES)
         diameter, _ = max((_measure(predictor, image, p, rbc_conf) for p in probes), key=lambda m: m[1])
-    if diameter is None:
-        return prior, native if whole else None  # no red cells to measure: as the training microscope's
+    if diameter is None:  # no red cells to measure: as the training microscope's
+        return prior, native if whole else None, unmeasured_warning(reference)
     scale = float(np.clip(reference / diameter, *SCALE_RANGE))
     if 1 / TOLERANCE <= scale / prior <= TOLERANCE:
-        return prior, native if whole else None
+        return prior, native if whole else None, None
     refined, _ = _measure(predictor, image, scale, rbc_conf)
     if refined is not None:
+        diameter = refined
         scale = float(np.clip(reference / refined, *SCALE_RANGE))
-    return scale, None
+    outside = not SCALE_RANGE[0] <= reference / diameter <= SCALE_RANGE[1]
+    return scale, None, _out_of_range_warning(diameter, reference) if outside else None
 
 
 def detect_cells(
@@ -249,9 +271,9 @@ def detect_cells(
         # A model that records no trained cell size (made before bloodcell 0.2, or a torchvision
         # detector): letterboxed into its input as it always was.
         return ScaledDetections(predictor.predict(image, min_score=min_score), 1.0, 1, False)
-    estimated, scale, first = False, prior, None
+    estimated, scale, first, warning = False, prior, None, None
     if cell_size == "auto" and reference is not None:
-        scale, first = estimate_scale(predictor, image, reference, min_score, native)
+        scale, first, warning = estimate_scale(predictor, image, reference, min_score, native)
         estimated = True
     elif cell_size not in ("auto", None):
         scale = given_scale(float(cell_size), reference)
@@ -266,7 +288,7 @@ def detect_cells(
         overlap = round(2 * (reference or 0.2 * min(predictor.input_size)))
         dets, passes = detect_tiled(predictor, resize(image, scale), min_score, overlap)
     boxes = box_ops.clip(dets.boxes / scale, w, h) if scale != 1.0 else dets.boxes
-    return ScaledDetections(Detections(boxes, dets.labels, dets.scores), scale, passes, estimated)
+    return ScaledDetections(Detections(boxes, dets.labels, dets.scores), scale, passes, estimated, warning)
 
 
 def check_cell_size(predictor: RawPredictor, cell_size: float | str | None) -> None:
