@@ -302,12 +302,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _add_report_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="one self-contained HTML report of a slide from `predict --json` records")
-    p.add_argument("results", help="JSON file written by `bloodcell predict --json` (one record per field of view)")
+    p = sub.add_parser("report", help="one self-contained HTML report of a slide from `predict --json` or watch")
+    p.add_argument(
+        "results",
+        help="JSON file of `bloodcell predict --json`, or a counts CSV (watch's counts.csv, predict --csv); "
+        "one record or row per field of view",
+    )
     p.add_argument(
         "--images",
         help="folder holding the images named in the records (default: the input paths predict recorded, "
-        "else the JSON's folder)",
+        "else the JSON's folder; for a CSV, the annotated/ folder beside it)",
     )
     p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     p.add_argument("--title", help="page title (default: the JSON file's name)")

@@ -222,3 +222,21 @@ def test_report_of_predict_output_draws_on_the_originals_not_the_annotated_copie
     tile = {k: re.findall(r'src="(data:image/jpeg[^"]+)"', (tmp_path / f"{k}.html").read_text()) for k in
             ("default", "given", "copies")}  # fmt: skip
     assert tile["default"] == tile["given"] != tile["copies"]
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("frame,time_s,width,height,scale,RBC,RBC_lo90,RBC_hi90\n0,0.0,64,48,1,3,2,4\n", "first column is 'image'"),
+        ("image,width,height,scale,RBC,RBC_lo90,RBC_hi90\na.jpg,64,48,1,three,2,4\n", "line 2: not a whole number"),
+        ("image,width,height,scale,RBC,RBC_lo90,RBC_hi90\na.jpg,64,48,1,3,2\n", "line 2: 6 columns"),
+        ("image,width,height,scale,RBC,RBC_lo90,RBC_hi90\n", "no records"),
+    ],
+)
+def test_a_bad_counts_csv_is_one_line_and_exit_2(tmp_path: Path, capsys, content: str, problem: str):
+    path = tmp_path / "counts.csv"
+    path.write_text(content)
+    assert main(["report", str(path), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and str(path) in err and "Traceback" not in err
+    assert not (tmp_path / "r.html").exists()

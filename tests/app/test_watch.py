@@ -337,3 +337,29 @@ def test_a_file_finished_after_a_pause_is_not_left_counted_as_failed(predictor, 
     assert done.error is None and watcher.failed == 0
     assert [r[0] for r in read_rows(out)] == ["slow.jpg"]
     watcher.close()
+
+
+def test_a_watched_slide_makes_a_report(predictor, sources, tmp_path, capsys):
+    """watch -> report: the counts CSV's rows (the last one of a rewritten file) and the annotated copies."""
+    from bloodcell.app.report import build_report
+
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    for name in ("cam0.jpg", "noise.png"):
+        shutil.copy(sources / name, folder / name)
+    watcher = Watcher(predictor, folder, out, settle=0)
+    watcher.drain()
+    time.sleep(0.01)
+    shutil.copy(sources / "cam1.jpg", folder / "cam0.jpg")  # the camera rewrote a field: a second row
+    watcher.drain()
+    watcher.close()
+    rows = read_rows(out)
+    assert [r[0] for r in rows] == ["cam0.jpg", "noise.png", "cam0.jpg"]
+    summary = build_report(out / "counts.csv", out=tmp_path / "slide.html")
+    assert summary.fields == 2 and summary.missing_images == ()
+    latest = {r[0]: r for r in rows}  # the last row of each image
+    header = counts_header(CLASS_NAMES)
+    assert summary.totals == {c: sum(int(r[header.index(c)]) for r in latest.values()) for c in CLASS_NAMES}
+    assert (tmp_path / "slide.html").read_text().count("data:image/jpeg;base64,") == 2
+    (out / "annotated" / "noise.png").unlink()
+    assert build_report(out / "counts.csv", out=tmp_path / "again.html").missing_images == ("noise.png",)

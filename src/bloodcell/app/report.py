@@ -1,4 +1,5 @@
-"""`bloodcell report`: one self-contained HTML page for a slide (all records of a `predict --json` file).
+"""`bloodcell report`: one self-contained HTML page for a slide (all records of a `predict --json` file,
+or the rows of a counts CSV: `watch`'s counts.csv, `predict --csv`).
 
 One slide = every record in the JSON file, each record one field of view. The page shows per-class
 totals and means per field, WBC and platelets per 100 RBC, a per-field table and a grid of
@@ -14,6 +15,7 @@ the ``counts[label]`` highest-scoring detections of that label: the boxes that w
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import json
@@ -25,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from bloodcell.app.annotate import BoxAnnotator
+from bloodcell.app.sinks import annotated_path
 from bloodcell.atomic import write_text
 from bloodcell.errors import ConfigError, DatasetError, ImageError
 from bloodcell.palette import class_hex
@@ -120,7 +123,10 @@ def build_report(
 
 
 def read_records(path: Path) -> list[dict]:
-    """The records of a `predict --json` file, checked; any fault is one DatasetError naming the file."""
+    """The records of a `predict --json` file, or of a counts CSV (`watch`'s counts.csv, `predict --csv`),
+    checked; any fault is one DatasetError naming the file."""
+    if path.suffix.lower() == ".csv":
+        return _csv_records(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -138,6 +144,51 @@ def read_records(path: Path) -> list[dict]:
         if problem:
             raise DatasetError(f"{path}: record {i}: {problem}")
     return data
+
+
+def _csv_records(path: Path) -> list[dict]:
+    """A counts CSV as records without detections (its rows hold counts, not boxes): one per image, the
+    last row of an image that was counted again (watch appends a row when a file is rewritten)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read ({e})") from None
+    if not rows or not rows[0] or rows[0][0] != "image":
+        raise DatasetError(f"{path}: expected a counts CSV whose first column is 'image' (watch, predict --csv)")
+    header = rows[0]
+    classes = [c for c in header if f"{c}_lo90" in header and f"{c}_hi90" in header]
+    if not classes:
+        raise DatasetError(f"{path}: no class columns (CLASS, CLASS_lo90, CLASS_hi90)")
+    records: dict[str, dict] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise DatasetError(f"{path}: line {line}: {len(row)} columns, the header has {len(header)}")
+        values = dict(zip(header, row, strict=True))
+        record: dict = {"image": values["image"], "counts": {}, "count_intervals": {}, "detections": []}
+        try:
+            for key in ("width", "height"):
+                if values.get(key):
+                    record[key] = int(values[key])
+            for c in classes:
+                record["counts"][c] = int(values[c])
+                if values[f"{c}_lo90"] != "":
+                    record["count_intervals"][c] = [int(values[f"{c}_lo90"]), int(values[f"{c}_hi90"])]
+        except ValueError as e:
+            raise DatasetError(f"{path}: line {line}: not a whole number ({e})") from None
+        record["annotated"] = True  # its thumbnail comes from the annotated copy: the boxes are drawn on it
+        problem = _record_problem(record)
+        if problem:
+            raise DatasetError(f"{path}: line {line}: {problem}")
+        records.pop(record["image"], None)
+        records[record["image"]] = record
+    if not records:
+        raise DatasetError(f"{path}: no records (fields of view)")
+    return list(records.values())
 
 
 def _is_count(v: object) -> bool:
@@ -219,16 +270,25 @@ def counted_detections(record: dict, classes: tuple[str, ...]) -> Detections:
 def source_image(record: dict, results_json: Path, images_dir: str | Path | None) -> Path:
     """Where a record's image lies. With ``--images``: its name under that folder, keeping the subfolder
     predict gives to inputs that share a file name (a/s.jpg, b/s.jpg), never reaching outside it.
-    Without: the input path predict recorded, when that file is still there, else the name beside the JSON."""
+    Without: the input path predict recorded, when that file is still there, else the name beside the JSON.
+    A counts CSV's record: its annotated copy (``annotated/`` beside the CSV, as watch writes it, or in
+    ``--images``), else the plain image in ``--images``."""
+    if record.get("annotated"):
+        folder = Path(images_dir) if images_dir is not None else results_json.parent / "annotated"
+        copy = annotated_path(folder, _inside(record["image"]).as_posix())
+        return copy if copy.is_file() or images_dir is None else folder / _inside(record["image"])
     if images_dir is None:
         recorded = record.get("path")
         if isinstance(recorded, str) and Path(recorded).is_file():
             return Path(recorded)
         images_dir = results_json.parent
-    relative = Path(record["image"])
-    if relative.is_absolute() or ".." in relative.parts:
-        relative = Path(relative.name)
-    return Path(images_dir) / relative
+    return Path(images_dir) / _inside(record["image"])
+
+
+def _inside(name: str) -> Path:
+    """A record's image name as a path that stays inside the folder it is looked up in."""
+    relative = Path(name)
+    return Path(relative.name) if relative.is_absolute() or ".." in relative.parts else relative
 
 
 def thumbnail_uri(record: dict, path: Path, annotator: BoxAnnotator, thumb_px: int) -> str:

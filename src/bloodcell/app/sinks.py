@@ -86,11 +86,16 @@ def save_annotated(result: ImageResult, annotator: BoxAnnotator, out_dir: str | 
     result's label (a relative path when file names repeat); a source suffix that is not the output's
     is kept before it (s.jpeg -> s.jpeg.jpg), so a/s.jpg and a/s.jpeg do not overwrite each other."""
     im = annotator.annotate(result.image, result.counted, result.counts)
-    lossless = result.path.suffix.lower() in (".png", ".tif", ".tiff")
-    suffix = ".png" if lossless else ".jpg"
+    path = annotated_path(out_dir, result.label)
     buffer = io.BytesIO()
-    im.save(buffer, format="PNG" if lossless else "JPEG", quality=92)
-    label = Path(result.label)
-    path = Path(out_dir) / (label if label.suffix.lower() == suffix else label.with_name(label.name + suffix))
+    im.save(buffer, format="PNG" if path.suffix == ".png" else "JPEG", quality=92)
     write_bytes(path, buffer.getvalue())
     return path
+
+
+def annotated_path(out_dir: str | Path, label: str) -> Path:
+    """Where ``save_annotated`` puts the annotated copy of the image ``label`` names (a counts CSV's "image")."""
+    label_path = Path(label)
+    suffix = ".png" if label_path.suffix.lower() in (".png", ".tif", ".tiff") else ".jpg"
+    name = label_path if label_path.suffix.lower() == suffix else label_path.with_name(label_path.name + suffix)
+    return Path(out_dir) / name
