@@ -77,7 +77,7 @@ def exports(tmp_path_factory, bccd_root):
             "tflite",
             out / "cellnet_int8.tflite",
             int8=True,
-            data=bccd_root,  # default calibration (every BCCD train image)
+            data=bccd_root,  # default calibration (32)
         ).path,
     }
     return paths

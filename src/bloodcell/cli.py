@@ -195,7 +195,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calib-images",
         type=_positive_int,
-        help="with --int8: training images that set int8 ranges (default: 256, or all)",
+        help="with --int8: training images that set int8 ranges (default: 32)",
     )
     p.add_argument("--imgsz", type=_size, help="static input size WxH (default: the model's, 480x384 when shipped)")
     p.add_argument("--data", help="with --int8: VOC dataset folder or YAML for the calibration images")
