@@ -19,6 +19,7 @@ from bloodcell.errors import BloodcellError, ConfigError, describe_os_error
 
 if TYPE_CHECKING:  # config is imported lazily below, like every other bloodcell module
     from bloodcell.config import Choice, TrainConfig
+    from bloodcell.export.exporter import ExportResult
 
 #: Packages that only the training / export extras install; a missing one gets an install hint.
 EXTRAS = {
@@ -677,7 +678,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_written(result, int8: bool) -> None:
+def _print_written(result: ExportResult, int8: bool) -> None:
     print(f"wrote {result.path} ({result.size_bytes / 2**20:.2f} MB) and {result.metadata_path}")
     if int8:  # quantized scores shift: the inherited operating points undercount (README, "Refit")
         print(REFIT_HINT.format(path=result.path))
