@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,6 +68,36 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def write_files(files: Sequence[tuple[str | os.PathLike, bytes]]) -> None:
+    """Write several files that belong together (a model and its sidecar): each is written and synced to a
+    temporary sibling first, and only when all are complete are they renamed into place, in the order given.
+    A failed write (disk full) leaves every target as it was."""
+    done: list[tuple[str, Path]] = []
+    try:
+        for target, data in files:
+            path = Path(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+            except OSError as e:
+                raise _as_target(e, path) from None
+            done.append((tmp, path))
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise _as_target(e, path) from None
+            os.chmod(tmp, 0o666 & ~_umask())
+        for tmp, path in done:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in done:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 @contextlib.contextmanager

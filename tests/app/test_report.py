@@ -143,6 +143,7 @@ def test_images_folder_option(tmp_path: Path):
         '[{"image": 3, "counts": {}, "detections": []}]',
         '[{"image": "a.jpg", "counts": {"RBC": -1}, "detections": []}]',
         '[{"image": "a.jpg", "counts": {"RBC": 1}, "detections": [{"label": "RBC", "score": 1, "box": [1, 2]}]}]',
+        '[{"image": "a.jpg", "counts": {"RBC": 1}, "detections": [{"label": "RBC", "score": 1, "box": [9, 5, 1, 7]}]}]',
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, content: str | None):

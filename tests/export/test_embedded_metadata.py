@@ -2,9 +2,11 @@
 sidecar is one line and exit 2 on the command line (a small random model keeps the exports fast)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,5 +198,22 @@ def test_a_failed_export_leaves_the_earlier_one_and_its_refit_untouched(
     monkeypatch.setattr(exporter, "embed_tflite_metadata", broken)
     with pytest.raises(OSError):  # after the conversion, before anything is committed
         exporter.export_model(source, "tflite", model)
+    assert {p.name: p.read_bytes() for p in model.parent.iterdir()} == before
+    monkeypatch.undo()
+
+    import bloodcell.atomic
+
+    synced, fsync = [], os.fsync
+
+    def disk_fills(fd):  # the new sidecar is written, then the model's bytes do not fit
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        if synced[-1].startswith(f".{model.name}.") and not synced[-1].startswith(f".{model.name}.json"):
+            raise OSError(28, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(bloodcell.atomic.os, "fsync", disk_fills)
+    with pytest.raises(OSError, match=f"No space left on device: '{model}'"):
+        exporter.export_model(source, "tflite", model)
+    assert any(name.startswith(f".{model.name}.json") for name in synced)
     assert {p.name: p.read_bytes() for p in model.parent.iterdir()} == before
     assert load_predictor(model).conf == pytest.approx((0.41, 0.42, 0.43))

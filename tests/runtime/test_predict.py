@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -225,3 +226,20 @@ def test_a_cell_size_the_model_cannot_honour_is_refused_once_at_start(command, i
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
     assert err.startswith("error: --cell-size 3: the model sees red cells 100 px across")
+
+
+def test_an_image_reached_twice_is_counted_once(model_file, images, tmp_path, capsys):
+    """A folder and a glob over it (or two spellings of one path) must not double the image's cells."""
+    js = tmp_path / "r.json"
+    again = f"{images}/../{images.name}/a.jpg"
+    sources = [str(images), str(images / "*.jpg"), again]
+    assert main(["predict", *sources, "--model", str(model_file), "--json", str(js)]) == 0
+    names = [r["image"] for r in json.loads(js.read_text())]
+    assert sorted(names) == sorted(["a.jpg", "gray.png", "rgba.png", "big.tif", "deep16.png", "b.bmp"])
+
+
+def test_annotated_copy_of_an_upper_case_png_is_a_png(model_file, images, tmp_path):
+    shutil.copy(images / "rgba.png", tmp_path / "S.PNG")
+    assert main(["predict", str(tmp_path / "S.PNG"), "--model", str(model_file), "--out", str(tmp_path / "ann")]) == 0
+    (written,) = (tmp_path / "ann").iterdir()
+    assert written.name == "S.PNG" and Image.open(written).format == "PNG"

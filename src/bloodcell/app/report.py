@@ -233,6 +233,9 @@ def _record_problem(record: object) -> str | None:
         )
         if not ok:
             return f"detection {j}: expected {{'label': str, 'score': number, 'box': [x1, y1, x2, y2]}}"
+        x1, y1, x2, y2 = d["box"]
+        if x1 > x2 or y1 > y2:
+            return f"detection {j}: box {d['box']} has x1 > x2 or y1 > y2 (expected [x1, y1, x2, y2], top-left first)"
     return None
 
 

@@ -88,7 +88,7 @@ def save_annotated(result: ImageResult, annotator: BoxAnnotator, out_dir: str | 
     im = annotator.annotate(result.image, result.counted, result.counts)
     path = annotated_path(out_dir, result.label)
     buffer = io.BytesIO()
-    im.save(buffer, format="PNG" if path.suffix == ".png" else "JPEG", quality=92)
+    im.save(buffer, format="PNG" if path.suffix.lower() == ".png" else "JPEG", quality=92)
     write_bytes(path, buffer.getvalue())
     return path
 

@@ -132,6 +132,8 @@ class _FileSink:
             with contextlib.suppress(FileNotFoundError):
                 self.tmp_path.unlink()
             return False
+        with open(self.tmp_path, "rb") as f:  # on disk before the rename, as atomic_open does for other outputs
+            os.fsync(f.fileno())
         os.replace(self.tmp_path, self.video_path)
         write_text(self.csv_path, self.rows.getvalue())
         return True

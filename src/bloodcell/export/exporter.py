@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bloodcell import __version__
-from bloodcell.atomic import atomic_open, temp_prefix, write_bytes, write_text
+from bloodcell.atomic import atomic_open, temp_prefix, write_files
 from bloodcell.errors import BloodcellError, ConfigError
 from bloodcell.export.formats import CALIB_IMAGES, get_format
 from bloodcell.export.graph import ExportGraph
@@ -110,13 +110,12 @@ def export_model(
             calibration = [torch.from_numpy(im.astype(np.float32) * affine[0] + affine[1])[None] for im in images]
             meta["calibration_images"] = len(calibration)
         data = _export_tflite(graph, example, out, int8, calibration, qat_state, meta, len(info.class_names))
-    # Only a finished export touches ``out``: a failed one leaves an earlier export and its sidecar as they
-    # were. The earlier sidecar goes first (it is read before the file's own metadata, and belongs to the
-    # old graph); a stop between the steps leaves a model that loads with its embedded metadata.
+    # Only a finished export touches ``out``: a failed conversion or write leaves an earlier export and its
+    # (perhaps recalibrated) sidecar as they were. The sidecar is renamed into place first: a stop between
+    # the renames leaves the old file with the new sidecar (refused by the loader if their graphs differ),
+    # never a new file silently read with the old sidecar's operating points.
     meta_path = out.with_name(out.name + ".json")
-    meta_path.unlink(missing_ok=True)
-    write_bytes(out, data)
-    write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    write_files([(meta_path, (json.dumps(meta, indent=2) + "\n").encode()), (out, data)])
     return ExportResult(out, meta_path, out.stat().st_size, meta)
 
 

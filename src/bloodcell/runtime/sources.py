@@ -11,7 +11,9 @@ from bloodcell.runtime.images import IMAGE_SUFFIXES
 
 def expand_sources(sources: list[str]) -> tuple[list[Path], list[str]]:
     """Return (image paths, problems). Folders give their images (sorted, not recursive);
-    globs their matches; a named file is always tried, whatever its suffix."""
+    globs their matches; a named file is always tried, whatever its suffix. A file reached twice
+    (a folder and a glob over it, a/x.jpg and ./a/x.jpg) is listed once, where first reached:
+    counting it twice would double its cells in every total."""
     paths: list[Path] = []
     problems: list[str] = []
     for source in sources:
@@ -30,7 +32,10 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str]]:
             paths.extend(found)
         else:
             problems.append(f"{p}: no such file or folder")
-    return paths, problems
+    first: dict[str, Path] = {}
+    for path in paths:
+        first.setdefault(os.path.realpath(path), path)
+    return list(first.values()), problems
 
 
 def output_names(paths: list[Path]) -> list[str]:
