@@ -82,6 +82,23 @@ def test_scaled_presets_jitter_around_the_scale() -> None:
     assert torch.allclose(target["boxes"], torch.tensor([[10.0, 10.0, 30.0, 40.0]]))
 
 
+@pytest.mark.parametrize("preset", ["train", "train-mild", "train-v1", "light", "none"])
+def test_an_image_without_cells_goes_through_every_preset(preset: str) -> None:
+    """A field with no cells is valid VOC (no <object>): every orientation and crop must take it."""
+    import torch
+    from torchvision import tv_tensors
+
+    from bloodcell.data.transforms import make_transforms
+
+    transform = make_transforms(preset, 64, scale=0.75)
+    for seed in range(12):  # all four turns come up
+        torch.manual_seed(seed)
+        image = tv_tensors.Image(torch.zeros(3, 96, 128, dtype=torch.uint8))
+        boxes = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(96, 128))
+        out, target = transform(image, {"boxes": boxes, "labels": torch.zeros(0, dtype=torch.int64)})
+        assert out.shape[-2:] == (64, 64) and target["boxes"].shape == (0, 4)
+
+
 def test_configs_saved_before_scale_existed_load_at_scale_one() -> None:
     """A run saved by an older bloodcell fine-tuned at 1.0, whatever the model file says today."""
     saved = TrainConfig(model="runs/a/best.pt", scale=1.0).to_dict()
@@ -100,3 +117,26 @@ def test_sample_seeds_stay_64_bit_for_any_seed() -> None:
     sampler.set_epoch(3)
     seeds = [s for _, s in sampler]
     assert len(set(seeds)) == 2 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_jpeg_augmentation_is_a_real_jpeg_round_trip() -> None:
+    """The OpenCV codec gives what a camera saving at that quality gives (Pillow's libjpeg, same settings)."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchvision import tv_tensors
+
+    from bloodcell.data.transforms import JpegQuality
+
+    rng = np.random.default_rng(0)
+    rgb = np.clip(rng.normal(128, 40, (48, 64, 3)), 0, 255).astype(np.uint8)
+    image = tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1).contiguous())
+    for quality in (30, 90):
+        out = JpegQuality((quality, quality))(image)
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
+        expected = np.asarray(Image.open(buffer))
+        assert isinstance(out, tv_tensors.Image) and np.array_equal(out.permute(1, 2, 0).numpy(), expected)
+        assert not np.array_equal(expected, rgb)

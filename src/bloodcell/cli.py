@@ -56,16 +56,16 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
     p = dsub.add_parser("stats", help="per split and class: images, boxes, box sizes; PNG plots")
     p.add_argument("path", nargs="?", help=DATASET_HELP)
-    p.add_argument("--data")
+    p.add_argument("--data", help="VOC dataset folder or dataset YAML (the same as PATH)")
     p.add_argument("--out", help="folder for the plots and stats.json (default: runs/stats)", default="runs/stats")
     p.set_defaults(func=cmd_data_stats)
 
     p = dsub.add_parser("export", help="write the (repaired) labels as CSV, COCO, YOLO or TFRecord")
     p.add_argument("path", nargs="?", help=DATASET_HELP)
-    p.add_argument("--data")
-    p.add_argument("--format", required=True, choices=["csv", "coco", "yolo", "tfrecord"])
+    p.add_argument("--data", help="VOC dataset folder or dataset YAML (the same as PATH)")
+    p.add_argument("--format", required=True, choices=["csv", "coco", "yolo", "tfrecord"], help="output format")
     p.add_argument("--out", required=True, help="output folder (one file or folder per split)")
-    p.add_argument("--split", nargs="+", help="splits to export (default: train val test)")
+    p.add_argument("--split", nargs="+", help="splits to export (default: those of train val test it has)")
     p.set_defaults(func=cmd_data_export)
 
     p = dsub.add_parser("download", help="fetch the public BCCD archive into the cache (sha256-checked)")
@@ -102,7 +102,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(format_findings(report))
-    return 1 if (args.strict and report.findings) else 0
+    # Repaired labels are findings (errors only with --strict); an image that cannot be used at all is a failed input.
+    skipped = any(f.action == "skipped image" for f in report.findings)
+    return 1 if skipped or (args.strict and report.findings) else 0
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
@@ -110,6 +112,9 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
     stats = compute_stats(_data_root(args))
     print(stats)
+    warning = stats.findings_warning()
+    if warning:
+        print(warning, file=sys.stderr)
     write_stats(stats, args.out)
     for path in plot_stats(stats, _data_root(args), args.out):
         print(f"wrote {path}")
@@ -174,7 +179,9 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_val)
 
     p = sub.add_parser("predict", help="detect and count cells in images, a video or a camera")
-    p.add_argument("source", nargs="*", help="image files, folders or globs")
+    p.add_argument(
+        "source", nargs="*", help="image files, folders (their own images, not subfolders) or globs (** for any depth)"
+    )
     p.add_argument("--source", dest="stream", metavar="0|VIDEO|URL", help="camera index, video file or stream URL")
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--conf", type=_conf_text, help=CONF_HELP)
@@ -206,12 +213,12 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("qat", help="quantization-aware fine-tuning, then export a full-integer int8 TFLite")
     p.add_argument("--model", required=True, help="trained .pt model to start from")
     p.add_argument("--data", help="VOC dataset folder or dataset YAML (train split)")
-    p.add_argument("--epochs", type=_positive_int, default=2)
-    p.add_argument("--batch", type=_positive_int, default=8)
+    p.add_argument("--epochs", type=_positive_int, default=2, help="fine-tuning epochs (default: 2)")
+    p.add_argument("--batch", type=_positive_int, default=8, help="images per step (default: 8)")
     p.add_argument("--imgsz", type=_positive_int, default=384, help="side of the square training crops")
-    p.add_argument("--lr", type=_positive_float, default=1e-4)
-    p.add_argument("--seed", type=_non_negative_int, default=0)
-    p.add_argument("--threads", type=_positive_int)
+    p.add_argument("--lr", type=_positive_float, default=1e-4, help="learning rate (default: 1e-4)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's, all cores)")
     p.add_argument("--max-images", type=_positive_int, help="fine-tune on the first N images only (quick checks)")
     p.add_argument("--out", required=True, help="output .tflite file; metadata goes to <out>.json")
     p.set_defaults(func=cmd_qat)
@@ -219,8 +226,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("benchmark", help="size, mAP@0.5 and latency of every export format of a model")
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--data", help="VOC dataset folder or dataset YAML")
-    p.add_argument("--split", default="val")
-    p.add_argument("--threads", type=_positive_int, default=2)
+    p.add_argument("--split", default="val", help="split to score and time on (default: val)")
+    p.add_argument("--threads", type=_positive_int, default=2, help="inference threads (default: 2)")
     p.add_argument("--extra", nargs="+", default=[], help="more model files to include (e.g. a QAT .tflite)")
     p.add_argument("--out", default="runs/benchmark", help="folder for the exports and benchmark.csv")
     p.set_defaults(func=cmd_benchmark)
@@ -779,6 +786,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 watcher.run(threading.Event())
             except KeyboardInterrupt:
                 print("stopped", file=sys.stderr)
+    earlier = watcher.failed_earlier()
+    if earlier:  # a cron user would otherwise hear of a bad file only on the run that first met it
+        names = ", ".join(earlier[:5]) + (", ..." if len(earlier) > 5 else "")
+        print(f"note: {len(earlier)} unchanged file(s) failed in an earlier run, not retried: {names}", file=sys.stderr)
     print(processed_line(watcher.processed, watcher.failed), file=sys.stderr if watcher.failed else sys.stdout)
     return 1 if watcher.failed else 0
 

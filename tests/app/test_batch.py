@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 pa = pytest.importorskip("pyarrow")
 import pyarrow.dataset as pads  # noqa: E402
@@ -19,6 +20,7 @@ import pyarrow.dataset as pads  # noqa: E402
 from bloodcell.app.archive import run_batch  # noqa: E402
 from bloodcell.app.archive.sources import expand  # noqa: E402
 from bloodcell.app.predict_job import run_predict  # noqa: E402
+from bloodcell.runtime.predict import GRAYSCALE_WARNING  # noqa: E402
 
 SAMPLES = sorted((Path(__file__).resolve().parents[2] / "src/bloodcell/assets/samples").glob("*.jpg"))
 
@@ -86,6 +88,12 @@ def test_local_batch_rows_match_predict_and_resume_skips(archive: Path, tmp_path
     shutil.copy(SAMPLES[1], archive / "day2" / "again.jpg")
     changed = run_batch([str(archive)], str(out), device="cpu", progress=False)
     assert (changed.written, changed.skipped, changed.failed) == (1, 4, 1)
+
+    # What makes a count doubtful travels with the row, as predict prints it.
+    Image.open(SAMPLES[2]).convert("L").save(archive / "gray.png")
+    assert run_batch([str(archive)], str(out), device="cpu", progress=False).written == 1
+    warnings = {Path(r["path"]).name: r["warnings"] for r in read_rows(out) if not r["error"]}
+    assert warnings.pop("gray.png") == [GRAYSCALE_WARNING] and set(map(len, warnings.values())) == {0}
 
 
 def test_killed_batch_completes_each_image_exactly_once_on_rerun(bccd_root: Path, tmp_path: Path) -> None:

@@ -241,3 +241,18 @@ def test_a_bad_counts_csv_is_one_line_and_exit_2(tmp_path: Path, capsys, content
     err = capsys.readouterr().err
     assert problem in err and str(path) in err and "Traceback" not in err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_slide_intervals_add_fields_and_always_hold_the_total():
+    from bloodcell.app.report import total_intervals
+
+    def field(n: int, lo: int, hi: int) -> dict:
+        return {"counts": {"RBC": n}, "count_intervals": {"RBC": [lo, hi]}}
+
+    # Symmetric fields: the half-widths add in quadrature (4 fields of +-2 -> +-4).
+    assert total_intervals([field(10, 8, 12)] * 4, ("RBC",)) == {"RBC": (36, 44)}
+    # Counts at the bottom of their intervals (operating point below the calibrated expectation): the
+    # midpoints' offsets add up faster than the width, and the interval stretches to hold the total.
+    lo, hi = total_intervals([field(17, 17, 20)] * 76, ("RBC",))["RBC"]
+    assert (lo, hi) == (17 * 76, 1420)
+    assert total_intervals([field(1, 0, 2), {"counts": {"RBC": 1}}], ("RBC",)) is None  # a field without one

@@ -221,6 +221,12 @@ def test_cli_once(model_file, sources, tmp_path, capsys):
     assert [r[0] for r in read_rows(folder / "bloodcell")] == ["a.png"]
     (folder / "b.png").write_bytes(b"garbage")
     assert main(["watch", str(folder), "--model", str(model_file), "--once", "--settle", "0"]) == 1
+    capsys.readouterr()
+    assert main(["watch", str(folder), "--model", str(model_file), "--once", "--settle", "0"]) == 0
+    assert "1 unchanged file(s) failed in an earlier run, not retried: b.png" in capsys.readouterr().err
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(folder / "gray.png")  # grayscale: a doubtful count
+    assert main(["watch", str(folder), "--model", str(model_file), "--once", "--settle", "0"]) == 0
+    assert "warning: gray.png: " in capsys.readouterr().err
     assert main(["watch", str(tmp_path / "missing"), "--once"]) == 2
 
 

@@ -92,3 +92,12 @@ def test_format_findings_names_file_and_object(tmp_path: Path) -> None:
     assert header.split()[:3] == ["file", "object", "kind"]
     assert row.split()[:3] == ["x.xml", "1", "unknown-class"] and row.endswith("dropped")
     assert summary.endswith("1 findings (1 unknown-class)")
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_skipped_image_is_a_failed_input_exit_1(tmp_path: Path, capsys, strict: bool) -> None:
+    voc = make_voc(tmp_path)
+    voc.image_path("img0").unlink()  # its annotation now has no image: the image is skipped, not repaired
+    code, out, _ = _run(capsys, str(tmp_path), "--json", *(["--strict"] if strict else []))
+    assert code == 1
+    assert [(f["kind"], f["action"]) for f in json.loads(out)["findings"]] == [("missing-image", "skipped image")]

@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -315,6 +316,18 @@ def test_missing_split_fails_before_anything_is_written(tiny_voc: Path, tmp_path
     with pytest.raises(DatasetError, match=r"nosuch\.txt"):
         export_dataset(tiny_voc, "csv", tmp_path / "out", splits=["val", "nosuch"])
     assert not (tmp_path / "out").exists()
+
+
+def test_default_splits_are_those_the_dataset_has(tiny_voc: Path, tmp_path: Path) -> None:
+    """A lab's own folder with train and val only exports both; one without split files exports "all"."""
+    (tiny_voc / "ImageSets" / "Main" / "test.txt").unlink()
+    assert export_dataset(tiny_voc, "coco", tmp_path / "out") == [
+        tmp_path / "out" / f"{s}.json" for s in ("train", "val")
+    ]
+    shutil.rmtree(tiny_voc / "ImageSets")
+    [everything] = export_dataset(tiny_voc, "coco", tmp_path / "all")
+    assert everything == tmp_path / "all" / "all.json"
+    assert len(json.loads(everything.read_text())["images"]) == 3
 
 
 def test_export_into_an_existing_folder_keeps_other_files(tiny_voc: Path, tmp_path: Path) -> None:

@@ -68,6 +68,7 @@ def test_split_that_only_one_source_has(tmp_path, bccd_root, dense_root):
         ("source:\n  - path: x\n", "unknown keys"),
         ("sources: [\n", "cannot read"),
         ("sources:\n  - 3\n", "'path' string"),
+        ("sources:\n  - path: nowhere\n", r"sources\[0\]: path 'nowhere' \(.*nowhere\) is not a folder"),
     ],
 )
 def test_bad_yaml_is_a_clear_error(tmp_path, text, message):
@@ -104,3 +105,14 @@ def test_data_check_stats_and_export_take_a_dataset_yaml(tmp_path, bccd_root, de
     coco = json.loads((out / "val.json").read_text())
     red = coco["categories"][0]["id"]
     assert len(coco["images"]) == 87 and sum(a["category_id"] == red for a in coco["annotations"]) == rbc
+
+
+def test_a_split_the_yaml_names_must_exist_for_stats(tmp_path, bccd_root):
+    from bloodcell.data.sources import available_splits
+
+    spec = tmp_path / "renamed.yaml"
+    spec.write_text(f"sources:\n  - path: {bccd_root}\nsplits: {{train: nosuch}}\n")
+    with pytest.raises(DatasetError, match=r"renamed.yaml: splits \['train'\] name ImageSets/Main/nosuch.txt"):
+        available_splits(spec)
+    spec.write_text(f"sources:\n  - path: {bccd_root}\nsplits: {{train: trainval}}\n")
+    assert available_splits(spec) == ["train", "val", "test"]

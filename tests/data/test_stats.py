@@ -80,6 +80,13 @@ def test_bccd_stats_match_the_readme(bccd_root: Path) -> None:
 def test_cli_stats(tmp_path: Path, capsys) -> None:
     make_voc(tmp_path / "voc", n_images=2)
     assert main(["data", "stats", str(tmp_path / "voc"), "--out", str(tmp_path / "out")]) == 0
-    out = capsys.readouterr().out
-    assert "train  RBC" in out and f"wrote {tmp_path / 'out' / 'sample.png'}" in out
+    out, err = capsys.readouterr()
+    assert "train  RBC" in out and f"wrote {tmp_path / 'out' / 'sample.png'}" in out and err == ""
     assert (tmp_path / "out" / "stats.json").is_file()
+    voc = make_voc(tmp_path / "faulty", n_images=2)
+    voc.add("alias", [("rbc", (1, 1, 9, 9))])
+    voc.write_split("val", ["img1", "alias"])
+    assert main(["data", "stats", str(voc.root), "--out", str(tmp_path / "out2")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {voc.root}: label findings repaired or dropped (val 1)" in err
+    assert f"`bloodcell data check {voc.root}` lists them" in err

@@ -114,9 +114,15 @@ def test_empty_folder_and_missing_path(model_file, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["predict", str(empty), "--model", str(model_file)]) == 1
+    err = capsys.readouterr().err
+    assert "folder has no images" in err and "subfolders" not in err
+    save_slide(empty / "day1" / "deep" / "s.jpg", seed=0)
+    assert main(["predict", str(empty), "--model", str(model_file)]) == 1
+    assert f"subfolders are not searched (a glob like '{empty}/**/*.jpg' is)" in capsys.readouterr().err
+    assert main(["predict", f"{empty}/**/*.jpg", "--model", str(model_file)]) == 0  # any depth
     assert main(["predict", str(tmp_path / "nope.jpg"), "--model", str(model_file)]) == 1
     err = capsys.readouterr().err
-    assert "folder has no images" in err and "no such file" in err and "Traceback" not in err
+    assert "no such file" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10])
@@ -243,3 +249,17 @@ def test_annotated_copy_of_an_upper_case_png_is_a_png(model_file, images, tmp_pa
     assert main(["predict", str(tmp_path / "S.PNG"), "--model", str(model_file), "--out", str(tmp_path / "ann")]) == 0
     (written,) = (tmp_path / "ann").iterdir()
     assert written.name == "S.PNG" and Image.open(written).format == "PNG"
+
+
+@pytest.mark.parametrize("flag", ["--out", "--csv", "--json"])
+def test_outputs_never_overwrite_the_input_images(model_file, images, tmp_path, capsys, flag):
+    slide = tmp_path / "slide"
+    slide.mkdir()
+    shutil.copy(images / "a.jpg", slide / "a.jpg")
+    shutil.copy(images / "rgba.png", slide / "r.png")
+    before = {p.name: p.read_bytes() for p in slide.iterdir()}
+    target = {"--out": slide, "--csv": slide / "r.png", "--json": slide / "a.jpg"}[flag]
+    assert main(["predict", str(slide), "--model", str(model_file), flag, str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "overwrit" in err and str(target) in err
+    assert {p.name: p.read_bytes() for p in slide.iterdir()} == before

@@ -4,6 +4,8 @@ The fake finds dark squares on a light background from row/column projections, l
 trained at one scale: squares outside its size range are invisible to it.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -232,6 +234,21 @@ def test_a_cell_size_outside_the_supported_resize_is_refused_not_clamped(cell_si
     assert detect_cells(SquareModel(cell_size=100.0), image, 0.05, 25.0).scale == 4.0  # the edges are allowed
 
 
+@pytest.mark.parametrize("reference", [74.6, 99.5, 100.0, 33.3])
+def test_every_cell_size_the_refusal_names_is_accepted(reference):
+    """The range a refusal prints is whole pixels; both ends of it must pass (74.6 / 0.2 is 372.99...)."""
+    from bloodcell.errors import ConfigError
+    from bloodcell.runtime.scaling import given_scale
+
+    with pytest.raises(ConfigError) as refused:
+        given_scale(1e6, reference)
+    low, high = map(int, re.search(r"--cell-size (\d+) to (\d+)\)", str(refused.value)).groups())
+    assert 0.2 <= given_scale(low, reference) <= 4.0 and 0.2 <= given_scale(high, reference) <= 4.0
+    for outside in (low - 1, high + 1):
+        with pytest.raises(ConfigError):
+            given_scale(outside, reference)
+
+
 def test_cells_too_large_to_measure_are_counted_with_a_warning():
     """Cells beyond every scale the estimate tries (here 5x the trained size): no silent fallback."""
     from bloodcell.runtime.scaling import unmeasured_warning
@@ -239,7 +256,7 @@ def test_cells_too_large_to_measure_are_counted_with_a_warning():
     image, _ = squares(2400, 1800, 500, 100)
     out = detect_cells(SquareModel(), image)
     assert out.estimated and out.scale == 1.0 and out.warning == unmeasured_warning(100.0)
-    assert "--cell-size (their diameter, 25-500 px)" in out.warning
+    assert "--cell-size (their diameter, 25-500 px;" in out.warning
     normal, _ = squares(640, 480, 100, 40)
     assert detect_cells(SquareModel(), normal).warning is None
     assert detect_cells(SquareModel(), image, cell_size=500.0).warning is None  # the user said how large

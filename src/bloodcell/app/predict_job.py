@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bloodcell.app.annotate import BoxAnnotator
-from bloodcell.app.sinks import format_counts, save_annotated, write_counts_csv, write_json
+from bloodcell.app.sinks import annotated_path, format_counts, save_annotated, write_counts_csv, write_json
 from bloodcell.atomic import check_folder, check_writable
-from bloodcell.errors import describe_os_error
+from bloodcell.errors import ConfigError, describe_os_error
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.predict import predict_paths
@@ -37,6 +38,22 @@ def processed_line(done: int, failed: int) -> str:
     return f"{done} image{'' if done == 1 else 's'} processed, {failed} failed"
 
 
+def _refuse_overwriting_inputs(names: dict[Path, str], out: str | None, files: dict[str, str | None]) -> None:
+    """ConfigError before any work when an output would replace an input image (``--out`` the images'
+    own folder, ``--csv`` naming an image): the user's originals are never overwritten."""
+    inputs = {os.path.realpath(p): p for p in names}
+    for flag, path in files.items():
+        if path and os.path.realpath(path) in inputs:
+            raise ConfigError(f"{flag} {path}: is one of the input images; it would be overwritten")
+    for source, name in names.items() if out else ():
+        target = annotated_path(out, name)
+        if os.path.realpath(target) in inputs:
+            raise ConfigError(
+                f"--out {out}: the annotated copy of {source} would overwrite {inputs[os.path.realpath(target)]}; "
+                "choose another folder"
+            )
+
+
 def run_predict(
     sources: list[str],
     model: str | None = None,
@@ -61,6 +78,8 @@ def run_predict(
         if path:  # fail now, not after every image was processed
             check_writable(flag, path)
     paths, problems = expand_sources(sources)
+    names = dict(zip(paths, output_names(paths), strict=True))
+    _refuse_overwriting_inputs(names, out, {"--json": json_path, "--csv": csv_path})
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     predictor: Predictor = load_predictor(model, device=device, threads=threads, edgetpu=edgetpu, batch=batch)
@@ -78,7 +97,6 @@ def run_predict(
         batch=batch,
         load_workers=2 if batch > 1 else 1,  # decode the next batch while this one runs
     )
-    names = dict(zip(paths, output_names(paths), strict=True))
     interrupted = False
     try:
         for r in stream:

@@ -74,7 +74,10 @@ def _interval_text(intervals: dict[str, tuple[int, int]] | None, name: str) -> s
 def total_intervals(records: list[dict], classes: tuple[str, ...], z: float = 1.645) -> dict | None:
     """90% interval of each slide total from the fields' intervals. Fields are independent; each
     field's count is taken as normal with its interval's midpoint and half-width / z (a sum of many
-    Poisson-binomials is close to normal), so the total's half-width is z * sqrt(sum of variances)."""
+    Poisson-binomials is close to normal), so the total's half-width is z * sqrt(sum of variances).
+    A field's count need not be its interval's midpoint (the interval is the calibrated expectation's,
+    the count the operating point's); over many fields the offsets add up faster than the half-width,
+    so the interval is stretched to hold the total, as each field's is to hold its count."""
     if not records or not all(isinstance(r.get("count_intervals"), dict) for r in records):
         return None
     out = {}
@@ -84,7 +87,8 @@ def total_intervals(records: list[dict], classes: tuple[str, ...], z: float = 1.
             return None
         mid = sum((lo + hi) / 2 for lo, hi in pairs)
         half = z * float(np.sqrt(sum(((hi - lo) / (2 * z)) ** 2 for lo, hi in pairs)))
-        out[c] = (max(0, int(np.floor(mid - half))), int(np.ceil(mid + half)))
+        total = sum(int(r.get("counts", {}).get(c, 0)) for r in records)
+        out[c] = (min(total, max(0, int(np.floor(mid - half)))), max(total, int(np.ceil(mid + half))))
     return out
 
 

@@ -236,6 +236,16 @@ class Watcher:
         """Files that failed in this run and were not then rewritten into a good image."""
         return len(self._failed)
 
+    def failed_earlier(self) -> list[str]:
+        """Files that failed in an earlier run and are still there unchanged (not retried, so not in ``failed``)."""
+        return [
+            name
+            for name, entry in sorted(self.state.items())
+            if entry.get("status") == "failed"
+            and name not in self._failed
+            and self._is_done(name, self._signature(self.folder / name) or (-1, -1))
+        ]
+
     def poll_once(self) -> list[ImageResult]:
         """One scan: process every new file that has settled; returns what was processed (failures have .error)."""
         if self._lock is None:
@@ -289,6 +299,8 @@ class Watcher:
         if self.log is not None:
             line = f"{path.name}: {format_counts(result)} ({result.timing_ms['inference']:.0f} ms)"
             print(line, file=self.log, flush=True)
+        for warning in result.warnings:  # as predict says them: a doubtful count must not pass unnoticed
+            print(f"warning: {path.name}: {warning}", file=sys.stderr, flush=True)
         return result
 
     @property

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bloodcell.data.exports import coco, csvfile, tfrecord, yolo
-from bloodcell.data.sources import load_dataset
+from bloodcell.data.sources import ALL_SPLIT, available_splits, load_dataset
 from bloodcell.data.voc import VOCDataset
 from bloodcell.errors import ConfigError
 from bloodcell.types import CLASS_NAMES
@@ -23,7 +23,6 @@ FORMATS: dict[str, Writer] = {
     "yolo": yolo.write,
     "tfrecord": tfrecord.write,
 }
-DEFAULT_SPLITS = ("train", "val", "test")
 
 
 def export_dataset(
@@ -42,6 +41,10 @@ def export_dataset(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: export destination exists and is not a folder")
     # Read every split before writing anything, so a missing split file fails with no output at all.
-    names = dict.fromkeys(splits or DEFAULT_SPLITS)  # drops repeats, keeps order
+    # Default: the standard splits the dataset has (a lab's own folder may have no test split), or
+    # every annotation as "all" when it has no split files.
+    names = dict.fromkeys(splits or available_splits(root))  # drops repeats, keeps order
+    if not names:
+        return writer({ALL_SPLIT: load_dataset(root, split=None, class_names=class_names)}, out)
     datasets = {split: load_dataset(root, split=split, class_names=class_names) for split in names}
     return writer(datasets, out)

@@ -63,6 +63,26 @@ class DatasetSpec:
         return self.splits.get(split, split)
 
 
+STANDARD_SPLITS = ("train", "val", "test")
+ALL_SPLIT = "all"  # the one pseudo-split of a dataset without split files (every annotation)
+
+
+def available_splits(root: str | os.PathLike) -> list[str]:
+    """The standard splits whose ImageSets/Main file the VOC folder (or any source of the dataset YAML)
+    has, in order; empty when it has none."""
+    spec = read_spec(root)
+    found = [
+        s
+        for s in STANDARD_SPLITS
+        if any((src.path / "ImageSets" / "Main" / f"{spec.split_file(s)}.txt").is_file() for src in spec.sources)
+    ]
+    named = [s for s in spec.splits if s in STANDARD_SPLITS and s not in found]
+    if named:  # a split the YAML names on purpose is not silently left out
+        files = ", ".join(f"ImageSets/Main/{spec.split_file(s)}.txt" for s in named)
+        raise DatasetError(f"{spec.file}: splits {named} name {files}, which no source has")
+    return found
+
+
 def is_spec_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in YAML_SUFFIXES
 
@@ -105,6 +125,8 @@ def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAME
         bad = [c for c in exhaustive if c not in class_names]
         if bad:
             raise DatasetError(f"{where}: exhaustive classes {bad} are not among {list(class_names)}")
+        if not folder.is_dir():
+            raise DatasetError(f"{where}: path {item['path']!r} ({folder}) is not a folder")
         sources.append(Source(folder, tuple(exhaustive)))
     splits = doc.get("splits") or {}
     if not isinstance(splits, dict) or not all(isinstance(v, str) for v in splits.values()):

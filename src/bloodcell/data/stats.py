@@ -17,18 +17,13 @@ import numpy as np
 
 from bloodcell import atomic
 from bloodcell import boxes as box_ops
-from bloodcell.data.sources import is_spec_file, load_dataset, read_spec
+from bloodcell.data.sources import ALL_SPLIT, available_splits, is_spec_file, load_dataset
 from bloodcell.data.voc import VOCDataset
 from bloodcell.palette import class_hex
 from bloodcell.types import CLASS_NAMES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-#: The splits reported when their ImageSets/Main/<split>.txt exists; trainval is their union.
-STAT_SPLITS = ("train", "val", "test")
-#: Name of the one pseudo-split used when a dataset has no split files.
-ALL_SPLIT = "all"
 
 
 @dataclass(frozen=True)
@@ -145,16 +140,15 @@ class DatasetStats:
         title = f"{self.root} (box counts after repair; sizes in px, size = sqrt(area))"
         return "\n".join([title, *(line.rstrip() for line in lines)])
 
-
-def _available_splits(root: Path) -> list[str | None]:
-    """The standard splits that a VOC folder (or any source of a dataset YAML) lists, else [None]: all."""
-    spec = read_spec(root)
-    found = [
-        s
-        for s in STAT_SPLITS
-        if any((src.path / "ImageSets" / "Main" / f"{spec.split_file(s)}.txt").is_file() for src in spec.sources)
-    ]
-    return list(found) if found else [None]
+    def findings_warning(self) -> str | None:
+        """One stderr line when the reader repaired or skipped anything (as train and val say it)."""
+        found = [f"{s.name} {s.findings}" for s in self.splits if s.findings]
+        if not found:
+            return None
+        return (
+            f"warning: {self.root}: label findings repaired or dropped ({', '.join(found)}); images are not decoded "
+            f"here, so one that cannot be decoded is still counted: `bloodcell data check {self.root}` lists them"
+        )
 
 
 def image_base(root: Path) -> Path:
@@ -208,7 +202,7 @@ def compute_stats(root: str | Path, class_names: tuple[str, ...] = CLASS_NAMES) 
     root = Path(root)
     splits = []
     sample = None
-    for split in _available_splits(root):
+    for split in available_splits(root) or [None]:
         # Sizes come from the XML; decoding every JPEG is `data check`'s job, not this one's.
         dataset = load_dataset(root, split=split, class_names=class_names, decode_images=False)
         splits.append(_split_stats(split or ALL_SPLIT, dataset))

@@ -26,7 +26,11 @@ class RandomRotate90(v2.Transform):
     def transform(self, inpt, params: dict):
         if params["k"] == 0:
             return inpt
-        return F.rotate(inpt, angle=90.0 * params["k"], expand=True)
+        out = F.rotate(inpt, angle=90.0 * params["k"], expand=True)
+        if isinstance(inpt, tv_tensors.BoundingBoxes) and params["k"] % 2 and out.canvas_size == inpt.canvas_size:
+            # torchvision keeps an empty box set's canvas unturned (an image without cells, which is valid VOC)
+            out = tv_tensors.wrap(out, like=out, canvas_size=inpt.canvas_size[::-1])
+        return out
 
 
 class RandomScale(v2.Transform):
@@ -141,7 +145,7 @@ def make_transforms(preset: str, crop_size: int = 384, scale: float = 1.0) -> v2
                 v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.4, hue=0.08),
                 v2.RandomApply([WhiteBalance((0.8, 1.25))], p=0.5),
                 v2.RandomApply([v2.GaussianBlur(7, sigma=(0.1, 2.0))], p=0.25),
-                v2.RandomApply([v2.JPEG((30, 95))], p=0.2),
+                v2.RandomApply([JpegQuality((30, 95))], p=0.2),
                 v2.RandomApply([SensorNoise((2.0, 12.0))], p=0.2),
             ]
         )
@@ -186,3 +190,27 @@ class WhiteBalance(v2.Transform):
             return inpt
         out = inpt.float() * params["gain"]
         return tv_tensors.wrap(out.clamp(0, 255).to(inpt.dtype), like=inpt)
+
+
+class JpegQuality(v2.Transform):
+    """Compress and decode at a JPEG quality drawn from ``quality`` (compression artefacts of other
+    cameras). OpenCV's codec: torchvision's image encoders, which v2.JPEG uses, are deprecated."""
+
+    def __init__(self, quality: tuple[int, int] = (30, 95)) -> None:
+        super().__init__()
+        self.quality = quality
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"quality": int(torch.randint(self.quality[0], self.quality[1] + 1, ()).item())}
+
+    def transform(self, inpt, params: dict):
+        if not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        import cv2
+
+        bgr = cv2.cvtColor(inpt.permute(1, 2, 0).contiguous().numpy(), cv2.COLOR_RGB2BGR)
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, params["quality"]])
+        if not ok:
+            raise RuntimeError(f"OpenCV could not JPEG-encode a {bgr.shape} image")
+        rgb = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        return tv_tensors.wrap(torch.from_numpy(rgb).permute(2, 0, 1).contiguous(), like=inpt)

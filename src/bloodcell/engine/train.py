@@ -452,5 +452,6 @@ def fit_counting_file(
     points = ", ".join(f"{n} {c:.2f}" for n, c in zip(info.class_names, fit.conf, strict=True))
     nms = class_thresholds(info.iou_threshold, len(info.class_names))
     iou = ", ".join(f"{n} {t:.2f}" for n, t in zip(info.class_names, nms, strict=True))
-    print(f"model: {target} (operating points {points}; NMS IoU {iou}; red cells {fit.cell_size} px)")
+    cells = "no red cells found on val to measure" if fit.cell_size is None else f"red cells {fit.cell_size} px"
+    print(f"model: {target} (operating points {points}; NMS IoU {iou}; {cells})")
     return metrics

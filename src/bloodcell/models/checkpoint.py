@@ -138,7 +138,8 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
 def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"{path}: model file not found")
+        problem = "is a folder, expected a model file" if path.is_dir() else "model file not found"
+        raise ModelError(f"{path}: {problem}")
     if expected_sha256 is not None:
         actual = sha256_file(path)
         if actual != expected_sha256:

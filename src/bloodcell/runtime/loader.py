@@ -30,7 +30,8 @@ def load_predictor(
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
-        raise ModelError(f"{path}: model file not found")
+        problem = "is a folder, expected a model file" if path.is_dir() else "model file not found"
+        raise ModelError(f"{path}: {problem}")
     if suffix != ".pt" and device not in ("cpu", "auto"):
         raise ModelError(f"--device {device}: {path.name} runs on the CPU; GPU inference needs a .pt model")
     if suffix != ".pt" and batch > 1:

@@ -20,6 +20,7 @@ slicing libraries (SAHI) assume a fixed scale and bring torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -191,15 +192,22 @@ def _prior_window(predictor: RawPredictor, image: np.ndarray) -> np.ndarray:
     return scaled_window(image, _prior(predictor), predictor.input_size)
 
 
+def _cell_size_range(reference: float) -> tuple[int, int]:
+    """The whole-pixel --cell-size values ``given_scale`` accepts (rounded inwards: every one shown is accepted)."""
+    return math.ceil(reference / SCALE_RANGE[1] - 1e-9), math.floor(reference / SCALE_RANGE[0] + 1e-9)
+
+
 def _supported(reference: float) -> str:
-    return f"{reference / SCALE_RANGE[1]:.0f}-{reference / SCALE_RANGE[0]:.0f} px"
+    low, high = _cell_size_range(reference)
+    return f"{low}-{high} px"
 
 
 def unmeasured_warning(reference: float) -> str:
     """The estimate found fewer than MIN_CELLS red cells at every scale it tried."""
     return (
         "too few red cells to measure their size: counted at the model's own scale; if the cells look much "
-        f"larger or smaller than in the training images, pass --cell-size (their diameter, {_supported(reference)})"
+        f"larger or smaller than in the training images, pass --cell-size (their diameter, {_supported(reference)}; "
+        "resize images with larger or smaller cells into that range first)"
     )
 
 
@@ -305,14 +313,14 @@ def given_scale(cell_size: float, reference: float | None) -> float:
     if reference is None:
         raise ConfigError("--cell-size needs a model that records its trained cell size; use 'auto' or 'none'")
     scale = reference / cell_size
-    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
-        low, high = reference / SCALE_RANGE[1], reference / SCALE_RANGE[0]
+    if not SCALE_RANGE[0] - 1e-9 <= scale <= SCALE_RANGE[1] + 1e-9:  # 74.6 / 373 is 0.1999...: at the edge
+        low, high = _cell_size_range(reference)
         raise ConfigError(
             f"--cell-size {cell_size:g}: the model sees red cells {reference:g} px across, so images would be "
             f"resized {scale:.3g}x; {SCALE_RANGE[0]:g}x to {SCALE_RANGE[1]:g}x is supported "
-            f"(--cell-size {low:.0f} to {high:.0f}), or use auto"
+            f"(--cell-size {low} to {high}), or use auto"
         )
-    return scale
+    return min(max(scale, SCALE_RANGE[0]), SCALE_RANGE[1])
 
 
 def detect_cells_batch(

@@ -10,8 +10,8 @@ from bloodcell.runtime.images import IMAGE_SUFFIXES
 
 
 def expand_sources(sources: list[str]) -> tuple[list[Path], list[str]]:
-    """Return (image paths, problems). Folders give their images (sorted, not recursive);
-    globs their matches; a named file is always tried, whatever its suffix. A file reached twice
+    """Return (image paths, problems). Folders give their images (sorted, not recursive); globs their
+    matches ("**" at any depth); a named file is always tried, whatever its suffix. A file reached twice
     (a folder and a glob over it, a/x.jpg and ./a/x.jpg) is listed once, where first reached:
     counting it twice would double its cells in every total."""
     paths: list[Path] = []
@@ -21,12 +21,14 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str]]:
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                problems.append(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+                nested = any(f.is_dir() for f in p.iterdir())
+                hint = f"; subfolders are not searched (a glob like '{p / '**' / '*.jpg'}' is)" if nested else ""
+                problems.append(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)}){hint}")
             paths.extend(found)
         elif p.is_file():
             paths.append(p)
         elif glob.has_magic(source):
-            found = sorted(Path(f) for f in glob.glob(source) if Path(f).is_file())
+            found = sorted(Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file())  # "**": any depth
             if not found:
                 problems.append(f"{source}: pattern matches no files")
             paths.extend(found)

@@ -37,6 +37,7 @@ def schema(class_names: tuple[str, ...]):
             ("error", pa.string()),  # null when the image was processed
             ("run_id", pa.string()),
             ("inference_ms", pa.float32()),
+            ("warnings", pa.list_(pa.string())),  # what makes a count doubtful (grayscale, an unmeasured scale)
         ]
     )
 
@@ -83,6 +84,7 @@ def result_row(uri: str, digest: str, result: ImageResult, spec: PredictorSpec) 
             for box, label, score in zip(counted.boxes, counted.labels, counted.scores, strict=True)
         ],
         inference_ms=result.timing_ms.get("inference"),
+        warnings=list(result.warnings),
     )
 
 
