@@ -230,7 +230,7 @@ def test_train_help_shows_defaults_and_choices(capsys) -> None:
         (["train", "--model", "m.pt", "--weights", "w.pth"], "is fine-tuned from its own"),
         (["train", "--no-pretrained", "--weights", "w.pth"], "contradict each other"),
         (["train", "--model", "fasterrcnn", "--missing-labels", "plain"], "Faster R-CNN trains with its own"),
-        (["train", "--missing-labels", "downweight", "--missing-tau", "0.2"], "--missing-tau is the teacher threshold"),
+        (["train", "--missing-labels", "plain", "--missing-tau", "0.2"], "--missing-labels plain does not use it"),
         (["predict", "a.jpg", "--min-score", "0.1"], "--min-score sets the lowest score listed in --json"),
         (["data", "check", "/a", "--data", "/b"], "give the dataset once: /a or --data /b, not both"),
         (["qat", "--model", "m.pt", "--out", "q.tflite", "--imgsz", "32"], "multiple of 32 from 64 to 4096"),

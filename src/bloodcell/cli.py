@@ -122,11 +122,20 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_data_export(args: argparse.Namespace) -> int:
+    from bloodcell.data.check import findings_note
     from bloodcell.data.export import export_dataset
 
-    for path in export_dataset(_data_root(args), args.format, args.out, splits=args.split):
+    skipped = []
+
+    def report(dataset) -> None:
+        note = findings_note(dataset)
+        if note:
+            print(note, file=sys.stderr)
+        skipped.extend(f for f in dataset.findings if f.action == "skipped image")
+
+    for path in export_dataset(_data_root(args), args.format, args.out, splits=args.split, on_read=report):
         print(f"wrote {path}")
-    return 0
+    return 1 if skipped else 0  # an image left out of the export is a failed input, as in `data check`
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:

@@ -176,7 +176,7 @@ class TrainConfig:
     )
     missing_tau: float = _option(
         0.3,
-        "teacher score threshold of --missing-labels ignore and pseudo",
+        "teacher score threshold of --missing-labels ignore and pseudo (downweight: negatives weigh 1 - tau)",
         Number(float, 0, 1, low_open=True, high_open=True),
     )
     seed: int = _option(0, "seed of every random number generator", Number(int, 0))
@@ -229,10 +229,10 @@ class TrainConfig:
             raise ConfigError(f"--no-pretrained (random backbone) and --weights {self.weights} contradict each other")
         if self.model == "fasterrcnn" and given & {"missing_labels", "missing_tau"}:
             raise ConfigError("--missing-labels / --missing-tau shape CellNet's loss; Faster R-CNN trains with its own")
-        if "missing_tau" in given and self.missing_labels not in ("ignore", "pseudo"):
+        if "missing_tau" in given and self.missing_labels == "plain":
             raise ConfigError(
-                f"--missing-tau is the teacher threshold of --missing-labels ignore or pseudo, "
-                f"not {self.missing_labels}"
+                "--missing-tau is the teacher threshold of --missing-labels ignore or pseudo (and downweight's "
+                "weight 1 - tau); --missing-labels plain does not use it"
             )
 
     def with_model_scale(self, scale: float, input_size: tuple[int, int]) -> TrainConfig:

@@ -116,3 +116,13 @@ def test_a_split_the_yaml_names_must_exist_for_stats(tmp_path, bccd_root):
         available_splits(spec)
     spec.write_text(f"sources:\n  - path: {bccd_root}\nsplits: {{train: trainval}}\n")
     assert available_splits(spec) == ["train", "val", "test"]
+
+
+def test_a_later_source_labels_its_images_in_splits_it_has_no_file_for(tmp_path, bccd_root, dense_root):
+    """BCCD-dense has train and val files only; trainval (BCCD's file) must still take the dense labels."""
+    spec = write_spec(tmp_path, bccd_root, dense_root)
+    trainval = load_dataset(spec, "trainval", decode_images=False).records
+    parts = [load_dataset(spec, s, decode_images=False).records for s in ("train", "val")]
+    assert len(trainval) == 292 and sum(all(r.exhaustive) for r in trainval) == 132
+    by_name = {r.image_path.name: r for part in parts for r in part}
+    assert all(np.array_equal(r.boxes, by_name[r.image_path.name].boxes) for r in trainval)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -73,6 +75,9 @@ def test_unlabelled_cells_of_a_non_exhaustive_class_are_neither_true_nor_false()
     assert m.voc_ap50["RBC"] == pytest.approx(0.5)
     assert m.count_mae["RBC"] == 1.0 and m.count_me["RBC"] == 1.0 and m.count_total_error["RBC"] == 1.0
     assert partial.compute().count_images["RBC"] == 0
+    # Undefined count metrics are null in JSON (NaN is not JSON: model files and the web API carry these)
+    saved = json.loads(json.dumps(partial.compute().to_dict(), allow_nan=False))
+    assert saved["count_mae"] == {"RBC": None} and saved["count_total_error"] == {"RBC": None}
 
 
 def test_per_class_operating_points_and_interval_coverage():

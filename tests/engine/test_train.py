@@ -1,6 +1,7 @@
 """Smoke training, run-folder contents, and resume after SIGKILL (tiny 6-image dataset)."""
 
 import csv
+import dataclasses
 import os
 import re
 import shutil
@@ -43,6 +44,10 @@ def test_smoke_train_two_iterations_writes_a_complete_run(tiny_voc, tmp_path, mo
     _net, info = load_model(result.best)
     assert info.name == model and len(info.conf) == 3 and all(0 < c < 1 for c in info.conf)
     assert "val" in info.metrics
+    if model == "fasterrcnn":  # fine-tuning its file: CellNet's missing-label settings would be ignored
+        again = dataclasses.replace(cfg, model=str(result.best), pretrained=True, missing_labels="pseudo")
+        with pytest.raises(ConfigError, match="is a fasterrcnn model, which trains with its own"):
+            train(again, progress=False)
 
 
 def test_refuses_nonsense_options(tiny_voc):

@@ -68,3 +68,21 @@ def test_bad_nms_thresholds_in_a_model_file_are_named(tmp_path, iou, message) ->
     save_checkpoint(path, model_payload(nn.Linear(1, 1), ModelInfo(**{**INFO.__dict__, "iou_threshold": iou})))
     with pytest.raises(ModelError, match=rf"m\.pt: bad model settings: iou_threshold .*{message}"):
         load_model(path)
+
+
+def test_a_training_checkpoint_loads_as_a_model_with_its_ema_weights(tmp_path) -> None:
+    """`val --model last.pt` scores the EMA weights, which validation scored and best.pt holds."""
+    from bloodcell.models.checkpoint import make_info
+    from bloodcell.models.registry import build_model, model_config
+
+    cfg = model_config("cellnet", {"neck_channels": 16})
+    raw, averaged = (build_model("cellnet", cfg, pretrained=False) for _ in range(2))
+    with torch.no_grad():
+        for p in averaged.parameters():
+            p.add_(1.0)
+    info = make_info("cellnet", cfg, ("RBC", "WBC", "Platelets"), (64, 64))
+    state = {**_state(), "ema": {"module": averaged.state_dict(), "updates": 3}}
+    save_checkpoint(tmp_path / "last.pt", training_payload(raw, info, state))
+    loaded, _ = load_model(tmp_path / "last.pt")
+    expected = averaged.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())

@@ -76,3 +76,27 @@ def test_exported_models_refuse_gpu_and_batch(tmp_path: Path) -> None:
         load_predictor(fake, device="cuda")
     with pytest.raises(ModelError, match=r"batching needs a \.pt model"):
         load_predictor(fake, batch=8)
+
+
+def test_a_torchvision_detector_sees_its_input_at_the_trained_scale() -> None:
+    """Faster R-CNN resizes inputs to its min_size (480) unless told otherwise: a model trained at 0.75x
+    (input 480x384, crops not resized) must not see its letterboxed input upsampled to 600x480."""
+    from bloodcell.models.checkpoint import make_info
+    from bloodcell.models.registry import build_model, model_config
+    from bloodcell.runtime.torch_predictor import TorchPredictor
+    from bloodcell.types import CLASS_NAMES
+
+    cfg = model_config("fasterrcnn", {"num_classes": 3})
+    model = build_model("fasterrcnn", cfg, pretrained=False)
+    predictor = TorchPredictor(model, make_info("fasterrcnn", cfg, CLASS_NAMES, (480, 384), conf=0.3, metrics={}))
+    seen = []
+    resize = model.transform.resize
+
+    def spy(image, target=None):
+        out = resize(image, target)
+        seen.append(tuple(out[0].shape))
+        return out
+
+    model.transform.resize = spy
+    predictor.predict(np.zeros((384, 480, 3), np.uint8))
+    assert seen == [(3, 384, 480)]

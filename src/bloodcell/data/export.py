@@ -31,9 +31,11 @@ def export_dataset(
     out: str | Path,
     splits: list[str] | None = None,
     class_names: tuple[str, ...] = CLASS_NAMES,
+    on_read: Callable[[VOCDataset], None] | None = None,
 ) -> list[Path]:
     """Write each split of the VOC folder or dataset YAML at ``root`` to ``out`` in format ``fmt`` (a
-    YAML's sources merged, later ones overriding earlier ones); return the paths written."""
+    YAML's sources merged, later ones overriding earlier ones); return the paths written.
+    ``on_read``: called with each split's dataset before anything is written (the CLI reports findings)."""
     writer = FORMATS.get(fmt)
     if writer is None:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -43,8 +45,8 @@ def export_dataset(
     # Read every split before writing anything, so a missing split file fails with no output at all.
     # Default: the standard splits the dataset has (a lab's own folder may have no test split), or
     # every annotation as "all" when it has no split files.
-    names = dict.fromkeys(splits or available_splits(root))  # drops repeats, keeps order
-    if not names:
-        return writer({ALL_SPLIT: load_dataset(root, split=None, class_names=class_names)}, out)
-    datasets = {split: load_dataset(root, split=split, class_names=class_names) for split in names}
+    names = dict.fromkeys(splits or available_splits(root) or [None])  # drops repeats, keeps order
+    datasets = {split or ALL_SPLIT: load_dataset(root, split=split, class_names=class_names) for split in names}
+    for dataset in datasets.values() if on_read else ():
+        on_read(dataset)
     return writer(datasets, out)

@@ -142,8 +142,11 @@ def load_dataset(
 ):
     """Records of ``split`` from a VOC folder or a dataset YAML (later sources override earlier ones).
 
-    Each record carries which classes are exhaustively labelled in it. A source without the
-    split's file is skipped; a split that no source has is an error.
+    The split's images are those that any source's split file lists (sources without that file are
+    skipped; a split that no source has is an error). Each image's labels come from the last source
+    with an annotation for it, whether or not that source's own split files list the image (BCCD-dense
+    has train and val files only: a trainval split must still take its dense labels). Each record
+    carries which classes are exhaustively labelled in it.
     """
     from bloodcell.data.voc import VOCDataset, load_voc, read_split_ids
 
@@ -151,24 +154,36 @@ def load_dataset(
     spec = read_spec(root, class_names)
     if spec.file is None:
         return load_voc(root, split, class_names=class_names, decode_images=decode_images)
+    split_name = None if split is None else spec.split_file(split)
+    members: dict[str, Path] = {}  # image id -> the first source whose split file (or Annotations) lists it
+    for source in spec.sources:
+        if split_name is None:
+            ids = sorted(p.stem for p in (source.path / "Annotations").glob("*.xml"))
+        elif (source.path / "ImageSets" / "Main" / f"{split_name}.txt").is_file():
+            ids = read_split_ids(source.path, split_name)  # unreadable: an error, not a missing split
+        else:
+            continue
+        for image_id in ids:
+            members.setdefault(image_id, source.path)
+    if split_name is not None and not members:
+        raise DatasetError(f"{root}: no source has split {split!r} (ImageSets/Main/{split_name}.txt)")
+    annotated = {
+        source.path: {i for i in members if (source.path / "Annotations" / f"{i}.xml").is_file()}
+        for source in spec.sources
+    }
+    unannotated = {i for i in members if not any(i in ids for ids in annotated.values())}
     merged: dict[str, object] = {}
     findings = []
-    found = False
     for source in spec.sources:
-        split_name = None if split is None else spec.split_file(split)
-        if split_name is not None:
-            try:
-                read_split_ids(source.path, split_name)
-            except DatasetError:
-                continue
-        found = True
-        part = load_voc(source.path, split_name, class_names=class_names, decode_images=decode_images)
+        # the annotated images, and those annotated nowhere that this source lists (its reader reports them)
+        ids = [i for i in members if i in annotated[source.path] or (i in unannotated and members[i] == source.path)]
+        if not ids:
+            continue
+        part = load_voc(source.path, split_name, class_names=class_names, decode_images=decode_images, image_ids=ids)
         mask = tuple(name in source.exhaustive for name in class_names)
         for record in part.records:
             merged[record.image_path.name] = replace(record, exhaustive=mask)
         findings += [replace(f, file=f"{source.path.name}/{f.file}") for f in part.findings]
-    if not found:
-        raise DatasetError(f"{root}: no source has split {split!r} (ImageSets/Main/{spec.split_file(split)}.txt)")
     dataset = VOCDataset(root=root, class_names=tuple(class_names), split=split, findings=findings)
     dataset.records = sorted(merged.values(), key=lambda r: r.image_path.name)  # type: ignore[attr-defined]
     return dataset

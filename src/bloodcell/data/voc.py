@@ -137,17 +137,21 @@ def load_voc(
     class_names: tuple[str, ...] = CLASS_NAMES,
     aliases: dict[str, str] | None = None,
     decode_images: bool = True,
+    image_ids: list[str] | None = None,
 ) -> VOCDataset:
     """Read a VOC dataset, repairing what can be repaired and recording a Finding for each fault.
 
-    ``split`` names ImageSets/Main/<split>.txt; None reads every XML file in Annotations/.
+    ``split`` names ImageSets/Main/<split>.txt; None reads every XML file in Annotations/;
+    ``image_ids`` (instead of the split's file) names the annotations to read.
     With ``decode_images`` every image is fully decoded so that truncated files are found here
     rather than in the middle of training.
     """
     root = check_root(root)
     aliases = {**DEFAULT_ALIASES, **{canonical(k): v for k, v in (aliases or {}).items()}}
     class_index = {name: i for i, name in enumerate(class_names)}
-    if split is None:
+    if image_ids is not None:
+        ids = list(image_ids)
+    elif split is None:
         ids = sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
         if not ids:
             raise DatasetError(f"{root / 'Annotations'}: no .xml annotation files")

@@ -52,14 +52,14 @@ class DetectionMetrics:
     def to_dict(self) -> dict:
         return {
             "images": self.images,
-            "voc_map50": round(self.voc_map50, 4),
-            "voc_ap50": {k: None if np.isnan(v) else round(v, 4) for k, v in self.voc_ap50.items()},
-            "coco_ap50": round(self.coco_ap50, 4),
-            "coco_ap50_95": round(self.coco_ap50_95, 4),
-            "count_mae": {k: round(v, 3) for k, v in self.count_mae.items()},
-            "count_me": {k: round(v, 3) for k, v in self.count_me.items()},
-            "count_total_error": {k: round(v, 4) for k, v in self.count_total_error.items()},
-            "count_coverage": {k: round(v, 3) for k, v in self.count_coverage.items()},
+            "voc_map50": _json_number(self.voc_map50, 4),
+            "voc_ap50": {k: _json_number(v, 4) for k, v in self.voc_ap50.items()},
+            "coco_ap50": _json_number(self.coco_ap50, 4),
+            "coco_ap50_95": _json_number(self.coco_ap50_95, 4),
+            "count_mae": {k: _json_number(v, 3) for k, v in self.count_mae.items()},
+            "count_me": {k: _json_number(v, 3) for k, v in self.count_me.items()},
+            "count_total_error": {k: _json_number(v, 4) for k, v in self.count_total_error.items()},
+            "count_coverage": {k: _json_number(v, 3) for k, v in self.count_coverage.items()},
             "count_images": dict(self.count_images),
             "conf": _round_conf(self.conf),
         }
@@ -85,6 +85,12 @@ class DetectionMetrics:
             f"AP50:95 {self.coco_ap50_95:.4f}"
         )
         return "\n".join(rows)
+
+
+def _json_number(value: float, digits: int) -> float | None:
+    """Rounded, or None where undefined (NaN: no image labels the class exhaustively): JSON has no NaN,
+    and a model file or sidecar holding one breaks strict readers (the web API's model endpoint)."""
+    return None if not np.isfinite(value) else round(float(value), digits)
 
 
 def _round_conf(conf: Conf) -> float | list[float]:

@@ -223,6 +223,13 @@ def _initial_model(config: TrainConfig, class_names: tuple[str, ...]) -> Initial
         model, info = load_model(config.model)
         if tuple(info.class_names) != tuple(class_names):
             raise ConfigError(f"{config.model}: classes {info.class_names} differ from the dataset's {class_names}")
+        default = TrainConfig()
+        changed = (config.missing_labels, config.missing_tau) != (default.missing_labels, default.missing_tau)
+        if MODELS[info.name].kind != "dense" and changed:  # as refuse_unused does for --model fasterrcnn
+            raise ConfigError(
+                f"--missing-labels / --missing-tau shape CellNet's loss; {config.model} is a {info.name} model, "
+                "which trains with its own"
+            )
         config = config.with_model_scale(info.input_scale, info.input_size)
         return InitialModel(config, info.name, model_config(info.name, info.config), model, info.iou_threshold)
     mcfg = model_config(config.model, {"num_classes": len(class_names)})

@@ -172,7 +172,8 @@ def _load_failure(e: Exception) -> str:
 
 
 def load_model(path: str | Path, expected_sha256: str | None = None) -> tuple[nn.Module, ModelInfo]:
-    """Rebuild the architecture from the file's settings and load its weights (eval mode)."""
+    """Rebuild the architecture from the file's settings and load its weights (eval mode). A training
+    checkpoint (last.pt) gives its EMA weights: those are what validation scored and best.pt holds."""
     payload = read_checkpoint(path, expected_sha256)
     try:
         info = ModelInfo.from_dict(payload["info"])
@@ -181,7 +182,9 @@ def load_model(path: str | Path, expected_sha256: str | None = None) -> tuple[nn
     if info.name not in MODELS:
         raise ModelError(f"{path}: unknown architecture {info.name!r}")
     model = build_model(info.name, model_config(info.name, info.config), pretrained=False)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    ema = payload.get("ema") if payload.get("kind") == "training" else None
+    weights = ema["module"] if isinstance(ema, dict) and isinstance(ema.get("module"), dict) else payload["model"]
+    state = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

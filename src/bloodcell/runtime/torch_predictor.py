@@ -114,6 +114,10 @@ class TorchPredictor:
         self.kind = MODELS[info.name].kind
         self.class_names = info.class_names
         self.input_size = tuple(info.input_size)
+        if self.kind != "dense":
+            # torchvision's detectors resize every input to their min_size (480); ours is letterboxed to the
+            # input size already, at the scale training used (crops were not resized either), so it stays.
+            model.transform.min_size, model.transform.max_size = (min(self.input_size),), max(self.input_size)
         self.conf = info.conf
         self.calibration = Calibration.from_dict(info.calibration) if info.calibration else None
         self.cell_size = info.cell_size
