@@ -724,9 +724,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     name = Path(args.model).name if args.model else default_model()[0].name
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: --host {args.host} lets other computers reach this server (no login)", file=sys.stderr)
-    sock = _listening_socket(args.host, args.port)  # a busy port is one line before "serving ..." is said
-    print(f"serving {name} at http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
-    app = create_app(
+    app = create_app(  # checks its settings: a bad one is one line before "serving ..." is said
         predictor,
         args.max_upload_mb,
         model_name=name,
@@ -735,6 +733,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         allowed_hosts=args.allowed_host,
     )
+    sock = _listening_socket(args.host, args.port)  # a busy port too
+    print(f"serving {name} at http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
     _run_server(app, sock, host=args.host, port=args.port, server_header=False)
     return 0
 

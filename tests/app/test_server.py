@@ -290,7 +290,7 @@ def test_max_pixels_must_stay_under_pillows_bomb_limit(predictor):
         create_app(predictor, max_pixels=0)
 
 
-def test_cli_max_megapixels_and_allowed_host(model_file, monkeypatch, slides):
+def test_cli_max_megapixels_and_allowed_host(model_file, monkeypatch, slides, capsys):
     calls = fake_server(monkeypatch)
     argv = ["serve", "--model", str(model_file), "--max-megapixels", "0.2", "--allowed-host", "lab.example"]
     assert main([*argv, "--allowed-host", "scope.local:8443"]) == 0
@@ -299,7 +299,10 @@ def test_cli_max_megapixels_and_allowed_host(model_file, monkeypatch, slides):
         assert c.get("/api/v1/health", headers={"host": "scope.local"}).status_code == 200
         assert c.get("/api/v1/health", headers={"host": "evil.example"}).status_code == 400
         assert post(c, slides[0].read_bytes()).status_code == 413
+    capsys.readouterr()
     assert main(["serve", "--model", str(model_file), "--max-megapixels", "500"]) == 2
+    err = capsys.readouterr().err  # refused before the server says it is serving
+    assert "serving" not in err and err.startswith("error: max pixels 500 MP")
 
 
 @pytest.mark.parametrize(("budget_images", "most"), [(2, 2), (8, 8)])

@@ -107,3 +107,10 @@ def test_choose_conf_is_per_class():
 
     conf = choose_conf(preds, [Record(g) for g in gt], 2)
     assert 0.3 < conf[0] <= 0.8 and conf[1] <= 0.4
+    assert conf == (0.55, 0.22)  # the middles of the equally good ranges (0.31-0.80 and 0.05-0.40)
+
+    # A small val set (4 images, one sure white cell each): every threshold up to 0.90 counts exactly.
+    # The lowest (0.05) would count every doubtful candidate on new images; the middle keeps a margin.
+    one = [Detections([[20, 20, 30, 30]], [0]) for _ in range(4)]
+    sure = [Detections([[20, 20, 30, 30]], [0], [0.9]) for _ in range(4)]
+    assert choose_conf(sure, [Record(g) for g in one], 1) == (0.47,)

@@ -203,3 +203,37 @@ def test_resume_through_the_api_leaves_a_fine_tuned_models_scale_to_the_run(tmp_
     saved = {"train_config": run.to_dict(), "epoch": 0}
     resumed = resume_config(TrainConfig(model="runs/a/best.pt", out=str(tmp_path), resume=True), saved, tmp_path)
     assert (resumed.scale, resumed.imgsz, resumed.input_size) == (0.75, 352, (480, 384))
+
+
+def test_a_run_names_its_files_absolutely_and_resume_compares_files(one_epoch_run, tiny_voc, tmp_path, monkeypatch):
+    """A run started with --data my.yaml resumes from any folder, and another spelling of the same file
+    is the same data (it was refused as a change)."""
+    from bloodcell.engine.train import absolute_paths, resume_config
+
+    monkeypatch.chdir(tiny_voc.parent)
+    config = absolute_paths(TrainConfig(data=tiny_voc.name, model="cellnet", weights="w.pth"))
+    assert (config.data, config.model, config.weights) == (str(tiny_voc), "cellnet", str(tiny_voc.parent / "w.pth"))
+    saved = read_training_checkpoint(one_epoch_run / "last.pt")
+    monkeypatch.chdir(tmp_path)
+    other_spelling = os.path.relpath(tiny_voc, tmp_path) + "/."
+    resumed = resume_config(TrainConfig(data=other_spelling, resume=True), saved, one_epoch_run, explicit=["data"])
+    assert resumed.data == saved["train_config"]["data"]
+    with pytest.raises(ConfigError, match=r"--data .* differs from the run's"):
+        resume_config(TrainConfig(data=str(tmp_path), resume=True), saved, one_epoch_run, explicit=["data"])
+
+
+def test_resume_refuses_a_finished_run_and_finds_the_latest_numbered_run(one_epoch_run, tmp_path, capsys):
+    before = (one_epoch_run / "best.pt").read_bytes()
+    assert main(["train", "--resume", "--out", str(one_epoch_run)]) == 2  # nothing left: best.pt stays as it is
+    assert "finished its 1 epochs; give --epochs N (more) to train on" in capsys.readouterr().err
+    assert (one_epoch_run / "best.pt").read_bytes() == before
+
+    from bloodcell.engine.train import _run_to_resume
+
+    runs = tmp_path / "runs"
+    first, second = (shutil.copytree(one_epoch_run, runs / name) for name in ("train", "train2"))
+    os.utime(first / "last.pt", (1e9, 1e9))  # train2 is the run written last
+    config = TrainConfig(out=str(runs / "train"), resume=True)
+    assert _run_to_resume(config, explicit=["resume"]) == second
+    assert "resuming " in capsys.readouterr().err
+    assert _run_to_resume(config, explicit=["resume", "out"]) == first  # --out given: that run

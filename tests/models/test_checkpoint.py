@@ -86,3 +86,18 @@ def test_a_training_checkpoint_loads_as_a_model_with_its_ema_weights(tmp_path) -
     loaded, _ = load_model(tmp_path / "last.pt")
     expected = averaged.state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("m.pt", b"\xff\xd8\xff\xe0\x00\x10JFIF", r"m\.pt: not a bloodcell \.pt model file \(it is a JPEG image\)"),
+        ("m.pt", b"", r"\(the file is empty\)"),
+        ("m.pt", b"hello world", r"\(not a PyTorch file\)"),
+        ("m.onnx", b"\x08\x07", r"m\.onnx: an ONNX export; this needs the \.pt model it was exported from"),
+    ],
+)
+def test_a_file_that_is_not_a_model_says_what_it_is(tmp_path, name, content, message) -> None:
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ModelError, match=message):
+        load_model(tmp_path / name)

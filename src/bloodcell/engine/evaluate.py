@@ -61,8 +61,10 @@ def score(
 
 def choose_conf(preds: list[Detections], records: list[VOCRecord], num_classes: int) -> tuple[float, ...]:
     """Per class, the score threshold that minimizes the mean absolute count error per image, over
-    the images that label that class exhaustively (ties: the smallest total error, then the lower
-    threshold). A class no image labels exhaustively keeps 0.5."""
+    the images that label that class exhaustively (ties: the smallest total error, then the middle of
+    the widest run of equally good thresholds: the most margin for scores that shift a little on
+    another microscope or after int8 quantization; on a small val set whole ranges tie, and their lower
+    end counts every doubtful candidate). A class no image labels exhaustively keeps 0.5."""
     grid = np.round(np.arange(0.05, 0.951, 0.01), 3)
     out = []
     for c in range(num_classes):
@@ -74,10 +76,25 @@ def choose_conf(preds: list[Detections], records: list[VOCRecord], num_classes: 
         scores = [preds[i].scores[preds[i].labels == c] for i in use]
         counts = np.array([[int((s >= t).sum()) for s in scores] for t in grid])  # (T, images)
         err = counts - gt
-        mae, total = np.abs(err).mean(axis=1), np.abs(err.sum(axis=1))
-        best = np.lexsort((grid, total, np.round(mae, 9)))[0]
-        out.append(float(grid[best]))
+        mae, total = np.round(np.abs(err).mean(axis=1), 9), np.abs(err.sum(axis=1))
+        first = np.lexsort((grid, total, mae))[0]
+        tied = (mae == mae[first]) & (total == total[first])
+        out.append(float(grid[_middle_of_widest_run(tied)]))
     return tuple(out)
+
+
+def _middle_of_widest_run(flags: np.ndarray) -> int:
+    """Index of the middle of the longest run of True in ``flags`` (the lower middle for even runs;
+    the first such run on a tie)."""
+    best_start, best_len, start = 0, 0, None
+    for i, flag in enumerate([*flags.tolist(), False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            if i - start > best_len:
+                best_start, best_len = start, i - start
+            start = None
+    return best_start + (best_len - 1) // 2
 
 
 def fit_calibration(
@@ -142,11 +159,16 @@ def detected_cell_size(preds: list[Detections], rbc_conf: float) -> float | None
     return round(float(np.median(flat)), 1) if len(flat) else None
 
 
+#: Fewer labelled cells of a class on val than this, and its operating point is a guess: said as a warning.
+MIN_FIT_CELLS = 20
+
+
 @dataclass
 class CountingFit:
     conf: tuple[float, ...]
     calibration: Calibration
     cell_size: float | None
+    warnings: tuple[str, ...] = ()
 
 
 def fit_counting(
@@ -158,4 +180,12 @@ def fit_counting(
     conf = choose_conf(preds, records, len(class_names))
     size = detected_cell_size(preds, conf[0])
     reference = None if size is None else round(size * input_scale, 1)
-    return CountingFit(conf, fit_calibration(preds, records, class_names), reference)
+    warnings = []
+    for c, name in enumerate(class_names):
+        labelled = [int((r.labels == c).sum()) for r in records if r.exhaustive_mask(len(class_names))[c]]
+        if sum(labelled) < MIN_FIT_CELLS:
+            warnings.append(
+                f"{name}: operating point and interval fitted on {sum(labelled)} labelled cells in {len(labelled)} "
+                f"val images (fewer than {MIN_FIT_CELLS}): its counts may be off; label more val images"
+            )
+    return CountingFit(conf, fit_calibration(preds, records, class_names), reference, tuple(warnings))

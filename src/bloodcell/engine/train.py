@@ -193,6 +193,30 @@ def _run_dir(config: TrainConfig) -> Path:
     return candidate
 
 
+def _run_to_resume(config: TrainConfig, explicit: Collection[str] | None) -> Path:
+    """--out, or without it the most recent run of the default name (runs/train, runs/train2, ...: a new
+    run goes to the next free name, so the one to go on with is the last one written)."""
+    out = Path(config.out)
+    if explicit is None or "out" in explicit:
+        return out
+    runs = [p for p in [out, *out.parent.glob(f"{out.name}[0-9]*")] if (p / "last.pt").is_file()]
+    if not runs:
+        return out
+    latest = max(runs, key=lambda p: (p / "last.pt").stat().st_mtime)
+    if latest != out:
+        print(f"resuming {latest}, the most recent run (--out names another)", file=sys.stderr)
+    return latest
+
+
+def _finished(out: Path) -> bool:
+    """Whether the run's end (the counting fit into best.pt) was done: a run killed after its last epoch
+    but before that may still be resumed to finish it."""
+    from bloodcell.models.checkpoint import read_checkpoint
+
+    best = out / "best.pt"
+    return best.is_file() and "train_wall_time_s" in read_checkpoint(best).get("info", {}).get("extra", {})
+
+
 def _write_csv(path: Path, rows: list[dict]) -> None:
     lines = [",".join(CSV_FIELDS)]
     for r in rows:
@@ -239,6 +263,23 @@ def _initial_model(config: TrainConfig, class_names: tuple[str, ...]) -> Initial
 
 #: Settings a resumed run takes from the command line: how the run goes on, not what it learns.
 RESUME_OVERRIDES = ("epochs", "device", "workers", "threads", "val_every")
+#: Settings that name files: stored absolute, so a run resumes from any folder; compared as files.
+PATH_SETTINGS = ("data", "model", "weights")
+
+
+def _is_path(name: str, value: object) -> bool:
+    return name in PATH_SETTINGS and isinstance(value, str) and (name != "model" or value.endswith(".pt"))
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its file settings (--data, a --model file, --weights) made absolute."""
+    return replace(
+        config, **{n: os.path.abspath(getattr(config, n)) for n in PATH_SETTINGS if _is_path(n, getattr(config, n))}
+    )
 
 
 def resume_config(config: TrainConfig, saved: dict, out: Path, explicit: Collection[str] | None = None) -> TrainConfig:
@@ -258,7 +299,7 @@ def resume_config(config: TrainConfig, saved: dict, out: Path, explicit: Collect
     changes = {}
     for name in sorted(set(explicit) - {"out", "resume"}):
         value, before = getattr(config, name), getattr(run, name)
-        if value == before:
+        if value == before or (_is_path(name, value) and _is_path(name, before) and _same_file(value, before)):
             continue
         if name not in RESUME_OVERRIDES:
             raise ConfigError(
@@ -283,11 +324,17 @@ def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] 
 
     Under torchrun every process runs this; ``config.batch`` is the global batch, shared out."""
     if config.resume:
-        out = Path(config.out)
+        out = _run_to_resume(config, explicit)
         if not (out / "last.pt").is_file():
             raise ConfigError(f"--resume: {out / 'last.pt'} not found")
         saved = read_training_checkpoint(out / "last.pt")
         config = resume_config(config, saved, out, explicit)
+        if saved["epoch"] + 1 >= config.epochs and _finished(out):
+            raise ConfigError(
+                f"--resume: the run in {out} finished its {config.epochs} epochs; give --epochs N (more) to train on"
+            )
+    else:
+        config = absolute_paths(config)  # the run's config.yaml and last.pt name files so --resume works anywhere
     if config.threads:
         torch.set_num_threads(config.threads)
     ctx = init_distributed(resolve_device(config.device))
@@ -461,4 +508,6 @@ def fit_counting_file(
     iou = ", ".join(f"{n} {t:.2f}" for n, t in zip(info.class_names, nms, strict=True))
     cells = "no red cells found on val to measure" if fit.cell_size is None else f"red cells {fit.cell_size} px"
     print(f"model: {target} (operating points {points}; NMS IoU {iou}; {cells})")
+    for warning in fit.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return metrics

@@ -10,6 +10,7 @@ may change operating points, not the graph (``runtime.metadata.GRAPH_FIELDS``).
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def fit_export_counting(
     names = tuple(meta.class_names)
     preds = predict_records(predictor, val_records)
     fit = fit_counting(preds, val_records, names, meta.input_scale)
+    for warning in fit.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     metrics = score(preds, val_records, names, fit.conf, fit.calibration)
     raw = dict(meta.raw)
     iou = predictor.post.iou_threshold

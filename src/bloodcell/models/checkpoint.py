@@ -144,6 +144,12 @@ def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dic
         actual = sha256_file(path)
         if actual != expected_sha256:
             raise ModelError(f"{path}: sha256 {actual[:12]}… does not match the expected {expected_sha256[:12]}…")
+    if path.suffix.lower() in (".onnx", ".tflite"):
+        raise ModelError(f"{path}: an {path.suffix[1:].upper()} export; this needs the .pt model it was exported from")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or its legacy pickle
+        raise ModelError(f"{path}: not a bloodcell .pt model file ({_what_it_is(head)})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt zip, pickle refused by weights_only, truncated file, ...
@@ -151,6 +157,17 @@ def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dic
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path}: not a bloodcell model file (no '{FORMAT}' header)")
     return payload
+
+
+def _what_it_is(head: bytes) -> str:
+    """What a file that is not a torch file starts like, for the error message."""
+    if not head:
+        return "the file is empty"
+    kinds = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"II*\x00": "a TIFF image"}
+    kind = next((name for magic, name in kinds.items() if head.startswith(magic)), None)
+    if kind is None and head[4:8] == b"TFL3":
+        kind = "a TFLite model"
+    return f"it is {kind}" if kind else "not a PyTorch file"
 
 
 def _load_failure(e: Exception) -> str:
