@@ -29,11 +29,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files only (mode 'w' or 'wb'), not {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise _as_target(e, path) from None
+    fd, tmp = _temp_sibling(path)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
@@ -47,6 +43,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         if isinstance(e, OSError) and e.filename == tmp:
             raise _as_target(e, path) from None
         raise
+
+
+def _temp_sibling(path: Path) -> tuple[int, str]:
+    """An open temporary file beside ``path`` (its folder made); an error names ``path``, not the temporary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _as_target(e, path) from None
 
 
 def temp_prefix(path: Path) -> str:
@@ -78,11 +83,7 @@ def write_files(files: Sequence[tuple[str | os.PathLike, bytes]]) -> None:
     try:
         for target, data in files:
             path = Path(target)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
-            except OSError as e:
-                raise _as_target(e, path) from None
+            fd, tmp = _temp_sibling(path)
             done.append((tmp, path))
             try:
                 with os.fdopen(fd, "wb") as f:
