@@ -144,6 +144,7 @@ def test_resume_with_more_epochs_goes_on_like_an_uninterrupted_run(one_epoch_run
     assert (settings["epochs"], settings["device"], settings["val_every"]) == (2, "cpu", 5)
     saved = read_training_checkpoint(run / "last.pt")  # rewritten by the resumed run, through the same helpers
     assert (saved["format_version"], saved["epoch"], saved["train_config"]["epochs"]) == (FORMAT_VERSION, 1, 2)
+    capsys.readouterr()  # the run's own output (the 4-image set's few-cells warnings)
     assert main(["train", "--resume", "--out", str(run), "--epochs", "1"]) == 2
     assert re.fullmatch(
         r"error: --resume --epochs 1: the run in \S+ already trained 2 epochs; give more to train on\n",
