@@ -103,7 +103,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     else:
         print(format_findings(report))
     # Repaired labels are findings (errors only with --strict); an image that cannot be used at all is a failed input.
-    skipped = any(f.action == "skipped image" for f in report.findings)
+    skipped = any(f.skips_image for f in report.findings)
     return 1 if skipped or (args.strict and report.findings) else 0
 
 
@@ -131,7 +131,7 @@ def cmd_data_export(args: argparse.Namespace) -> int:
         note = findings_note(dataset)
         if note:
             print(note, file=sys.stderr)
-        skipped.extend(f for f in dataset.findings if f.action == "skipped image")
+        skipped.extend(f for f in dataset.findings if f.skips_image)
 
     for path in export_dataset(_data_root(args), args.format, args.out, splits=args.split, on_read=report):
         print(f"wrote {path}")

@@ -1,5 +1,7 @@
 """Errors that the CLI turns into one clear line (and an exit code) instead of a traceback."""
 
+from pathlib import Path
+
 
 class BloodcellError(Exception):
     """Base class: the message alone must tell the user what is wrong and where."""
@@ -38,3 +40,9 @@ def describe_os_error(e: OSError) -> str:
     atomic writes re-raise their temporary file's errors under the target's name)."""
     reason = e.strerror or str(e)
     return f"{e.filename}: {reason}" if e.filename else reason
+
+
+def missing_model(path: Path) -> ModelError:
+    """The error for a --model path that is not a file (a folder, or nothing there)."""
+    problem = "is a folder, expected a model file" if path.is_dir() else "model file not found"
+    return ModelError(f"{path}: {problem}")

@@ -46,11 +46,10 @@ def _refuse_overwriting_inputs(names: dict[Path, str], out: str | None, files: d
         if path and os.path.realpath(path) in inputs:
             raise ConfigError(f"{flag} {path}: is one of the input images; it would be overwritten")
     for source, name in names.items() if out else ():
-        target = annotated_path(out, name)
-        if os.path.realpath(target) in inputs:
+        overwritten = inputs.get(os.path.realpath(annotated_path(out, name)))
+        if overwritten is not None:
             raise ConfigError(
-                f"--out {out}: the annotated copy of {source} would overwrite {inputs[os.path.realpath(target)]}; "
-                "choose another folder"
+                f"--out {out}: the annotated copy of {source} would overwrite {overwritten}; choose another folder"
             )
 
 

@@ -238,13 +238,8 @@ class Watcher:
 
     def failed_earlier(self) -> list[str]:
         """Files that failed in an earlier run and are still there unchanged (not retried, so not in ``failed``)."""
-        return [
-            name
-            for name, entry in sorted(self.state.items())
-            if entry.get("status") == "failed"
-            and name not in self._failed
-            and self._is_done(name, self._signature(self.folder / name) or (-1, -1))
-        ]
+        failed = [n for n, e in sorted(self.state.items()) if e.get("status") == "failed" and n not in self._failed]
+        return [n for n in failed if (sig := self._signature(self.folder / n)) is not None and self._is_done(n, sig)]
 
     def poll_once(self) -> list[ImageResult]:
         """One scan: process every new file that has settled; returns what was processed (failures have .error)."""

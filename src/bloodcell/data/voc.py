@@ -43,6 +43,10 @@ DUPLICATE_IOU = 0.9
 SPLITS = ("train", "val", "test", "trainval")
 
 
+#: The action of a finding whose image could not be used at all (the dataset goes on without it).
+SKIPPED_IMAGE = "skipped image"
+
+
 @dataclass(frozen=True)
 class Finding:
     """One problem found in the labels, and what the reader did about it."""
@@ -52,6 +56,11 @@ class Finding:
     kind: str
     detail: str
     action: str  # what the repair did: clipped, dropped, merged, renamed, skipped image, ...
+
+    @property
+    def skips_image(self) -> bool:
+        """Whether the image was left out (a failed input), rather than its labels repaired."""
+        return self.action == SKIPPED_IMAGE
 
     def __str__(self) -> str:
         where = self.file if self.object is None else f"{self.file} object {self.object}"
@@ -185,10 +194,10 @@ def _parse_xml(path: Path, findings: list[Finding]) -> ET.Element | None:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        findings.append(Finding(name, None, "missing-annotation", f"{path} not found", "skipped image"))
+        findings.append(Finding(name, None, "missing-annotation", f"{path} not found", SKIPPED_IMAGE))
         return None
     except OSError as e:
-        findings.append(Finding(name, None, "unreadable-annotation", str(e), "skipped image"))
+        findings.append(Finding(name, None, "unreadable-annotation", str(e), SKIPPED_IMAGE))
         return None
     try:
         return ET.fromstring(data)
@@ -206,7 +215,7 @@ def _parse_xml(path: Path, findings: list[Finding]) -> ET.Element | None:
                     Finding(name, None, "not-utf8", "XML is not valid UTF-8; read as Latin-1", "decoded as Latin-1")
                 )
                 return root
-        findings.append(Finding(name, None, "malformed-xml", f"XML does not parse: {e}", "skipped image"))
+        findings.append(Finding(name, None, "malformed-xml", f"XML does not parse: {e}", SKIPPED_IMAGE))
         return None
 
 
@@ -236,7 +245,7 @@ def _read_one(
     image_path = _find_image(root, image_id, tree.findtext("filename"))
     if image_path is None:
         detail = f"no image for {image_id} in JPEGImages/"
-        findings.append(Finding(xml_name, None, "missing-image", detail, "skipped image"))
+        findings.append(Finding(xml_name, None, "missing-image", detail, SKIPPED_IMAGE))
         return None
     try:
         with Image.open(image_path) as im:
@@ -247,11 +256,11 @@ def _read_one(
                 im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning when made an error
         detail = f"{image_path.name} is too large to read safely: {e}"
-        findings.append(Finding(xml_name, None, "bad-image", detail, "skipped image"))
+        findings.append(Finding(xml_name, None, "bad-image", detail, SKIPPED_IMAGE))
         return None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         detail = f"{image_path.name} cannot be decoded: {e}"
-        findings.append(Finding(xml_name, None, "bad-image", detail, "skipped image"))
+        findings.append(Finding(xml_name, None, "bad-image", detail, SKIPPED_IMAGE))
         return None
 
     size = tree.find("size")

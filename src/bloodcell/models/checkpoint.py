@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bloodcell.atomic import write_bytes
-from bloodcell.errors import ModelError
+from bloodcell.errors import ModelError, missing_model
 from bloodcell.models.registry import MODELS, build_model, config_dict, model_config
 
 FORMAT = "bloodcell-model"
@@ -138,8 +138,7 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
 def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        problem = "is a folder, expected a model file" if path.is_dir() else "model file not found"
-        raise ModelError(f"{path}: {problem}")
+        raise missing_model(path)
     if expected_sha256 is not None:
         actual = sha256_file(path)
         if actual != expected_sha256:

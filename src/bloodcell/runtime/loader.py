@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bloodcell.errors import ModelError
+from bloodcell.errors import ModelError, missing_model
 from bloodcell.runtime.timing import available_cores
 from bloodcell.weights import default_model
 
@@ -30,8 +30,7 @@ def load_predictor(
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
-        problem = "is a folder, expected a model file" if path.is_dir() else "model file not found"
-        raise ModelError(f"{path}: {problem}")
+        raise missing_model(path)
     if suffix != ".pt" and device not in ("cpu", "auto"):
         raise ModelError(f"--device {device}: {path.name} runs on the CPU; GPU inference needs a .pt model")
     if suffix != ".pt" and batch > 1:
