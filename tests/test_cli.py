@@ -269,3 +269,14 @@ def test_outputs_are_checked_before_the_work(argv: list[str], message: str, tmp_
     assert main([a.format(**where) for a in argv]) == 2  # before any model or dataset is read
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message.format(**where)}") and err.count("\n") == 1
+
+
+def test_a_refused_command_leaves_no_output_folders(tmp_path, capsys) -> None:
+    """The output checks make the folders they probe and remove them: a command refused after them
+    (here: no such model) leaves nothing behind; a file named as the output folder is refused."""
+    out = tmp_path / "runs" / "val1"
+    assert main(["val", "--model", str(tmp_path / "missing.pt"), "--out", str(out), "--json", str(out / "m.json")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    assert main(["val", "--out", str(out), "--json", str(out)]) == 2
+    assert f"--json {out}: cannot write there (it is the --out folder; expected a file name)" in capsys.readouterr().err

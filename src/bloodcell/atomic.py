@@ -142,8 +142,25 @@ def check_writable(flag: str, path: str | Path) -> None:
     _probe(flag, path, target.parent, temp_prefix(target))
 
 
+def check_outputs(files: dict[str, str | None], folders: dict[str, str | None] | None = None) -> None:
+    """Refuse outputs (flag -> path; None: not asked for) that cannot be written, or where a file
+    would be written at a folder's path, before any long work."""
+    folders = {flag: path for flag, path in (folders or {}).items() if path}
+    for flag, path in folders.items():
+        check_folder(flag, path)
+    for flag, path in files.items():
+        if not path:
+            continue
+        same = next((f for f, folder in folders.items() if Path(folder).resolve() == Path(path).resolve()), None)
+        if same:
+            raise ConfigError(f"{flag} {path}: cannot write there (it is the {same} folder; expected a file name)")
+        check_writable(flag, path)
+
+
 def _probe(flag: str, path: str | Path, folder: Path, prefix: str) -> None:
-    """Make ``folder`` and a temporary file in it, as a writer would; ConfigError naming what blocks it."""
+    """Make ``folder`` and a temporary file in it, as a writer would, then remove what it made (a
+    command refused later, or interrupted, leaves no empty folders); ConfigError naming what blocks it."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
@@ -153,3 +170,7 @@ def _probe(flag: str, path: str | Path, folder: Path, prefix: str) -> None:
         blocking = next((p for p in (folder, *folder.parents) if p.is_file()), None)
         reason = f"{blocking} is a file, not a folder" if blocking else (e.strerror or str(e))
         raise ConfigError(f"{flag} {path}: cannot write there ({reason})") from None
+    finally:
+        for p in made:
+            with contextlib.suppress(OSError):  # another process may have written there meanwhile
+                p.rmdir()

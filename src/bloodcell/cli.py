@@ -570,15 +570,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _check_outputs(files: dict[str, str | None], folders: dict[str, str | None] | None = None) -> None:
-    """Refuse outputs that cannot be written (flag -> path) before any long work."""
-    from bloodcell.atomic import check_folder, check_writable
+    from bloodcell.atomic import check_outputs
 
-    for flag, path in files.items():
-        if path:
-            check_writable(flag, path)
-    for flag, path in (folders or {}).items():
-        if path:
-            check_folder(flag, path)
+    check_outputs(files, folders)
 
 
 def cmd_val(args: argparse.Namespace) -> int:

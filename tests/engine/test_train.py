@@ -48,6 +48,9 @@ def test_smoke_train_two_iterations_writes_a_complete_run(tiny_voc, tmp_path, mo
         again = dataclasses.replace(cfg, model=str(result.best), pretrained=True, missing_labels="pseudo")
         with pytest.raises(ConfigError, match="is a fasterrcnn model, which trains with its own"):
             train(again, progress=False)
+        given_default = dataclasses.replace(again, missing_labels=TrainConfig().missing_labels)
+        with pytest.raises(ConfigError, match="is a fasterrcnn model, which trains with its own"):
+            train(given_default, progress=False, explicit={"model", "missing_labels"})  # given, though the default
 
 
 def test_refuses_nonsense_options(tiny_voc):

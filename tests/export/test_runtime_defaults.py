@@ -41,3 +41,16 @@ def test_verbose_predict_shows_where_time_goes(fmt: str, tiny_exports, capsys) -
     stages = dict(part.rsplit(" ", 2)[:2] for part in line.strip().split(" · ") if part.endswith(" ms"))
     assert list(stages) == ["load", "letterbox", "network", "decode", "other"]
     assert all(float(v) >= 0 for v in stages.values()) and float(stages["network"]) > 0
+
+
+def test_litert_load_chatter_is_dropped_and_its_warnings_kept(capfd):
+    """LiteRT prints an info line on every load from C++ (no log-level switch reaches it); what else
+    the native side prints while loading, e.g. a warning, still reaches the user."""
+    import os
+
+    from bloodcell.runtime.exported import LITERT_CHATTER, _without_litert_chatter
+
+    with _without_litert_chatter():
+        os.write(2, f"{LITERT_CHATTER[0]}\nWARNING: a native warning\n".encode())
+    err = capfd.readouterr().err
+    assert err == "WARNING: a native warning\n"

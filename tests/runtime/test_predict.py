@@ -220,7 +220,10 @@ def test_ctrl_c_keeps_the_results_of_finished_images(images, tmp_path, monkeypat
 def test_json_naming_the_out_folder_is_refused_before_any_image(model_file, images, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["predict", str(images), "--model", str(model_file), "--out", str(out), "--json", str(out)]) == 2
-    assert capsys.readouterr().err == f"error: --json {out}: cannot write there (is a folder, expected a file name)\n"
+    assert capsys.readouterr().err == (
+        f"error: --json {out}: cannot write there (it is the --out folder; expected a file name)\n"
+    )
+    assert not out.exists()  # the refused command made no folder
 
 
 @pytest.mark.parametrize("command", ["predict", "serve", "watch"])

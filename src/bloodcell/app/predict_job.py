@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import annotated_path, format_counts, save_annotated, write_counts_csv, write_json
-from bloodcell.atomic import check_folder, check_writable
+from bloodcell.atomic import check_outputs
 from bloodcell.errors import ConfigError, describe_os_error
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor
@@ -71,11 +71,7 @@ def run_predict(
     """Returns the exit code: 0 when every image was processed, 1 when any failed or none was found.
 
     ``conf``: one operating point or per class (``RBC=0.4,WBC=0.5``); None keeps the model's."""
-    if out:  # first: it makes the folder, which --json must not name
-        check_folder("--out", out)
-    for flag, path in (("--json", json_path), ("--csv", csv_path)):
-        if path:  # fail now, not after every image was processed
-            check_writable(flag, path)
+    check_outputs({"--json": json_path, "--csv": csv_path}, {"--out": out})  # now, not after every image
     paths, problems = expand_sources(sources)
     names = dict(zip(paths, output_names(paths), strict=True))
     _refuse_overwriting_inputs(names, out, {"--json": json_path, "--csv": csv_path})

@@ -238,18 +238,33 @@ class InitialModel:
     iou_threshold: float | tuple[float, ...] = 0.5  # NMS, kept from the source model when fine-tuning
 
 
-def _initial_model(config: TrainConfig, class_names: tuple[str, ...]) -> InitialModel:
+def given_settings(config: TrainConfig, explicit: Collection[str] | None) -> set[str]:
+    """The settings the user gave: ``explicit``, or (None: called from Python) those that differ from
+    TrainConfig's defaults; None values are left to the run (a fine-tuned model's scale and sizes)."""
+    if explicit is not None:
+        return set(explicit)
+    default = TrainConfig()
+    return {
+        f.name
+        for f in fields(TrainConfig)
+        if getattr(config, f.name) is not None and getattr(config, f.name) != getattr(default, f.name)
+    }
+
+
+def _initial_model(
+    config: TrainConfig, class_names: tuple[str, ...], explicit: Collection[str] | None = None
+) -> InitialModel:
     """An architecture name builds a fresh model; a .pt model file is fine-tuned (same classes) at
-    its own scale, input size and NMS thresholds unless the config sets them."""
+    its own scale, input size and NMS thresholds unless the config sets them. ``explicit``: see
+    ``given_settings``."""
     if config.model.endswith(".pt"):
         from bloodcell.models.checkpoint import load_model
 
         model, info = load_model(config.model)
         if tuple(info.class_names) != tuple(class_names):
             raise ConfigError(f"{config.model}: classes {info.class_names} differ from the dataset's {class_names}")
-        default = TrainConfig()
-        changed = (config.missing_labels, config.missing_tau) != (default.missing_labels, default.missing_tau)
-        if MODELS[info.name].kind != "dense" and changed:  # as refuse_unused does for --model fasterrcnn
+        loss_flags = given_settings(config, explicit) & {"missing_labels", "missing_tau"}
+        if MODELS[info.name].kind != "dense" and loss_flags:  # as refuse_unused does for --model fasterrcnn
             raise ConfigError(
                 f"--missing-labels / --missing-tau shape CellNet's loss; {config.model} is a {info.name} model, "
                 "which trains with its own"
@@ -289,15 +304,8 @@ def resume_config(config: TrainConfig, saved: dict, out: Path, explicit: Collect
     Any other given setting must equal the run's, since it would change the model or its data.
     """
     run = TrainConfig.from_dict({**saved["train_config"], "resume": True, "out": str(out)})
-    if explicit is None:
-        default = TrainConfig()
-        explicit = [
-            f.name
-            for f in fields(TrainConfig)
-            if getattr(config, f.name) is not None and getattr(config, f.name) != getattr(default, f.name)
-        ]  # None: left to the run (a fine-tuned model's scale and sizes)
     changes = {}
-    for name in sorted(set(explicit) - {"out", "resume"}):
+    for name in sorted(given_settings(config, explicit) - {"out", "resume"}):
         value, before = getattr(config, name), getattr(run, name)
         if value == before or (_is_path(name, value) and _is_path(name, before) and _same_file(value, before)):
             continue
@@ -342,12 +350,14 @@ def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] 
         # torchrun sets OMP_NUM_THREADS=1 for several processes; share this node's cores out instead.
         torch.set_num_threads(max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))))
     try:
-        return _train(config, ctx, progress, saved if config.resume else None)
+        return _train(config, ctx, progress, saved if config.resume else None, explicit)
     finally:
         cleanup(ctx)
 
 
-def _train(config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | None) -> TrainResult:
+def _train(
+    config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | None, explicit: Collection[str] | None
+) -> TrainResult:
     device, main = ctx.device, ctx.is_main
     progress = progress and main
     log = print if main else (lambda *a, **k: None)
@@ -366,7 +376,8 @@ def _train(config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | 
     class_names = train_set.class_names
 
     torch.manual_seed(config.seed)
-    initial = _initial_model(config, class_names)
+    # a resumed run's settings are its own (checked when it started), not the command line's
+    initial = _initial_model(config, class_names, None if saved is not None else explicit)
     config, arch, mcfg, model = initial.config, initial.arch, initial.model_config, initial.model
     if saved is not None:
         model.load_state_dict(saved["model"])

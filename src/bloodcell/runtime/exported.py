@@ -7,6 +7,11 @@ run the graph, and decode with the same code as the torch predictor.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,6 +124,36 @@ def _interpreter_module():
     return interpreter
 
 
+#: What LiteRT's C++ side prints to stderr on every load, whatever TF_CPP_MIN_LOG_LEVEL says.
+LITERT_CHATTER = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
+@contextlib.contextmanager
+def _without_litert_chatter() -> Iterator[None]:
+    """Native stderr captured while LiteRT loads a model and written back less its info lines (a
+    warning or error it prints still shows)."""
+    fd = 2  # where native code writes, whatever sys.stderr is
+    sys.stderr.flush()
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no stderr at all (a detached service)
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            rest = "".join(line for line in lines if line.rstrip() not in LITERT_CHATTER)
+            if rest:
+                sys.stderr.write(rest)
+                sys.stderr.flush()
+
+
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
 
@@ -129,10 +164,11 @@ class TFLitePredictor(ExportedPredictor):
         delegates = [_edgetpu_delegate(interpreter)] if edgetpu else None
         try:
             # LiteRT's own default is a single thread; every core is what a user expects.
-            self.interpreter = interpreter.Interpreter(
-                str(path), num_threads=threads or available_cores(), experimental_delegates=delegates
-            )
-            self.interpreter.allocate_tensors()
+            with _without_litert_chatter():
+                self.interpreter = interpreter.Interpreter(
+                    str(path), num_threads=threads or available_cores(), experimental_delegates=delegates
+                )
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"{path}: LiteRT cannot load it ({str(e)[:160]})") from None
         super().__init__(path, resolve_metadata(path, sidecar, tflite_embedded(path)))
