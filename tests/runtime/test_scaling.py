@@ -6,11 +6,20 @@ trained at one scale: squares outside its size range are invisible to it.
 
 import re
 
+import cv2
 import numpy as np
 import pytest
 
+from bloodcell.runtime import scaling
 from bloodcell.runtime.postprocess import PostprocessConfig
-from bloodcell.runtime.scaling import detect_cells, detect_cells_batch, detect_tiled, resize, scaled_window
+from bloodcell.runtime.scaling import (
+    Rescaled,
+    detect_cells,
+    detect_cells_batch,
+    detect_tiled,
+    resize,
+    scaled_window,
+)
 from bloodcell.types import Detections
 
 
@@ -105,6 +114,32 @@ def test_large_frame_is_tiled_and_each_cell_counted_once():
     assert len(dets) == len(truth)
     ious = np.array([[_iou(d, t) for t in truth] for d in dets.boxes])
     assert (ious.max(axis=1) > 0.95).all() and len(set(ious.argmax(axis=1))) == len(truth)
+
+
+@pytest.mark.parametrize("scale", [1.37, 2.0, 3.9])
+def test_a_large_upscale_is_resampled_tile_by_tile_as_resizing_the_whole_would(scale, monkeypatch):
+    """Memory stays bounded (a 50 MP frame at 4x would be 2.4 GB whole); each slice is within one
+    grey level of the same slice of the whole resize, edges included."""
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (300, 400, 3), np.uint8), (5, 5), 0)
+    whole = resize(image, scale)
+    monkeypatch.setattr(scaling, "MAX_RESIZED_PIXELS", 1000)
+    lazy = Rescaled(image, scale)
+    assert lazy.whole is None and lazy.shape == whole.shape
+    h, w = whole.shape[:2]
+    for window in [np.s_[:, :], np.s_[17:211, 33:400], np.s_[h - 100 :, w - 150 :], np.s_[0:1, 5:6]]:
+        tile = lazy[window]
+        assert tile.shape == whole[window].shape
+        assert np.abs(tile.astype(int) - whole[window].astype(int)).max() <= 1
+
+
+def test_tiled_counts_are_the_same_without_the_whole_resize(monkeypatch):
+    image, truth = squares(900, 700, 40, 23)  # cell size 40: resized 2.5x into 2250x1750, tiled
+    whole = detect_cells(SquareModel(), image, cell_size=40.0)
+    monkeypatch.setattr(scaling, "MAX_RESIZED_PIXELS", 640 * 480)
+    lazy = detect_cells(SquareModel(), image, cell_size=40.0)
+    assert len(lazy.detections) == len(whole.detections) == len(truth) and lazy.tiles == whole.tiles > 1
+    assert np.abs(np.sort(lazy.detections.boxes, axis=0) - np.sort(whole.detections.boxes, axis=0)).max() <= 1.0
 
 
 def test_no_cells_keeps_scale_one():
