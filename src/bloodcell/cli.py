@@ -248,6 +248,7 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this computer only)")
     p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--max-upload-mb", type=_positive_float, default=20, help="largest accepted upload (default: 20 MB)")
+    p.add_argument("--conf", type=_conf_text, help=CONF_HELP + "; the page's slider shifts them")
     _add_cell_size(p)
     p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: the runtime's choice)")
     p.add_argument(
@@ -259,6 +260,7 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--allowed-host",
         action="append",
+        type=_host_name,
         default=[],
         metavar="NAME",
         help="another name or address the page is reached under (e.g. behind a proxy); repeatable",
@@ -383,16 +385,21 @@ def _nms_iou_text(text: str) -> str:
     return _conf_text(text, "--nms-iou")
 
 
+def _host_name(text: str) -> str:
+    """--allowed-host: a name or address, optionally with a port; not a URL (it would match no Host header)."""
+    name = text.strip()
+    if not name or "/" in name or "://" in name or any(c.isspace() for c in name):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a host name or address like myscope.lab or 10.0.0.5")
+    return name
+
+
 def _cell_size(text: str) -> float | str | None:
-    if text.strip().lower() in ("auto", "none"):
-        return None if text.strip().lower() == "none" else "auto"
+    from bloodcell.runtime.scaling import parse_cell_size
+
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 'auto', 'none' or a diameter in pixels > 0")
-    return value
+        return parse_cell_size(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _resolve_conf(text: str | None, predictor) -> tuple[float, ...] | None:
@@ -715,6 +722,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     predictor = load_predictor(args.model, threads=args.threads)
     _check_cell_size(predictor, args.cell_size)
+    conf = _resolve_conf(args.conf, predictor)
     name = Path(args.model).name if args.model else default_model()[0].name
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: --host {args.host} lets other computers reach this server (no login)", file=sys.stderr)
@@ -723,6 +731,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.max_upload_mb,
         model_name=name,
         cell_size=args.cell_size,
+        conf=conf,
         max_pixels=int(args.max_megapixels * 1e6),
         host=args.host,
         allowed_hosts=args.allowed_host,

@@ -187,3 +187,40 @@ def test_report_renders_the_summary_totals(page, shipped, bccd_root: Path, tmp_p
     assert thumbs.count() == len(IMAGES)
     assert all(w > 0 for w in thumbs.evaluate_all("imgs => imgs.map(i => i.naturalWidth)"))
     save_screenshot(page, tmp_path / "report.png", "report.png")
+
+
+def test_page_shows_warnings_keeps_names_skips_repeats_and_its_json_makes_a_report(
+    page, shipped, serving, bccd_root: Path, tmp_path: Path
+):
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    gray = tmp_path / "patient #12 gray+1.png"  # a lab's name, kept as the browser sent it
+    Image.open(bccd_root / "JPEGImages" / IMAGES[0]).convert("L").save(gray)
+    color = bccd_root / "JPEGImages" / IMAGES[1]
+    with serving(create_app(shipped)) as url:
+        page.goto(url + "/")
+        expect(page.locator("#thr-value")).to_have_text("+0.00")
+        page.locator("#files").set_input_files([str(gray), str(color)])
+        expect(page.locator("#status")).to_have_text("2 image(s)")
+        assert page.locator("#summary tbody tr").first.locator("td").first.inner_text() == gray.name
+        warning = page.locator(".card .warnings").first.inner_text()
+        assert warning.startswith("⚠ grayscale image")  # the API's warning, shown where the counts are
+        assert page.locator("#summary tfoot td").last.inner_text() == "1 with warnings"
+
+        page.locator("#files").set_input_files(str(gray))  # the same file again is not counted twice
+        expect(page.locator("#status")).to_have_text("2 image(s); 1 file(s) already on the page, not added again")
+        assert page.locator(".card").count() == 2
+
+        with page.expect_download() as download:
+            page.locator("#json").click()
+        saved = tmp_path / "results.json"
+        download.value.save_as(saved)
+        summary = build_report(saved, out=tmp_path / "report.html")
+        assert summary.fields == 2
+        shown = [table_counts(page, list(summary.classes), f"tbody tr:nth-child({i})") for i in (1, 2)]
+        assert summary.totals == {c: sum(counts[c] for counts in shown) for c in summary.classes}
+
+        page.locator("#clear").click()
+        expect(page.locator("#status")).to_have_text("0 image(s)")
+        assert page.locator(".card").count() == 0 and page.locator("#summary").is_hidden()

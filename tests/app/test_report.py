@@ -256,3 +256,21 @@ def test_slide_intervals_add_fields_and_always_hold_the_total():
     lo, hi = total_intervals([field(17, 17, 20)] * 76, ("RBC",))["RBC"]
     assert (lo, hi) == (17 * 76, 1420)
     assert total_intervals([field(1, 0, 2), {"counts": {"RBC": 1}}], ("RBC",)) is None  # a field without one
+
+
+def test_the_web_pages_downloads_make_a_report_without_their_failed_uploads(slide: Path, tmp_path: Path, capsys):
+    """results.json ({model, thresholds, images}) and counts.csv from `bloodcell serve`'s page; an upload
+    that failed there is an entry or row with an error and no counts, left out with a note."""
+    records = json.loads(slide.read_text())
+    page_json = tmp_path / "results.json"
+    images = [*records, {"image": "broken.jpg", "error": "broken.jpg: empty file"}]
+    page_json.write_text(json.dumps({"model": "cellnet_bccd.pt", "thresholds": {}, "images": images}))
+    summary = build_report(page_json, images_dir=slide.parent, out=tmp_path / "r.html")
+    assert summary.fields == 3 and summary.totals["RBC"] == 100
+    assert "1 image(s) that failed to process left out: broken.jpg" in capsys.readouterr().err
+    header = "image,width,height,RBC,RBC_lo90,RBC_hi90,RBC_threshold,warnings,error\n"
+    page_csv = tmp_path / "counts.csv"
+    page_csv.write_text(header + '"a.jpg",64,48,40,38,43,0.64,"",""\n"b.jpg","","","","","","","","empty file"\n')
+    summary = build_report(page_csv, images_dir=slide.parent, out=tmp_path / "r2.html")
+    assert summary.fields == 1 and summary.totals["RBC"] == 40
+    assert "left out: b.jpg" in capsys.readouterr().err

@@ -89,12 +89,20 @@ def test_detect_answers_the_predict_record(client, predictor, slides, min_score)
 
 @pytest.mark.parametrize(
     ("given", "echoed"),
-    [("../../etc/passwd.jpg", "passwd.jpg"), ("C:\\x\\a<b>.jpg", "a_b_.jpg"), ("..", "upload"), ("", "upload")],
+    [
+        ("../../etc/passwd.jpg", "passwd.jpg"),
+        ("C:\\x\\a<b>.jpg", "a<b>.jpg"),
+        ("patient#12 slide+3.jpg", "patient#12 slide+3.jpg"),  # a lab's names come back as sent
+        ("día 1 [40x].jpg", "día 1 [40x].jpg"),
+        ("..", "upload"),
+        ("", "upload"),
+    ],
 )
-def test_client_file_names_are_only_echoed_sanitized(client, slides, given, echoed):
+def test_client_file_names_are_only_echoed_as_their_last_component(client, slides, given, echoed):
     assert safe_name(given) == echoed
     r = post(client, slides[0].read_bytes(), given)
     assert r.status_code == 200 and r.json()["image"] == echoed
+    assert safe_name("a\x00b\x1b[31m.jpg\n") == "ab[31m.jpg"  # no control characters
 
 
 def test_health_and_model_info(client):
@@ -278,7 +286,9 @@ def test_images_over_max_pixels_get_413_before_decoding(predictor, slides, monke
     monkeypatch.setattr(server, "decode_image", lambda data, max_pixels: decoded.append(1) or real(data, max_pixels))
     with TestClient(create_app(predictor, max_pixels=200_000), base_url=BASE) as c:
         r = post(c, slides[0].read_bytes())  # 640x480 = 0.31 MP
-        assert r.status_code == 413 and "640x480" in r.json()["error"] and "0.2 MP limit" in r.json()["error"]
+        assert r.status_code == 413 and r.json()["error"] == (
+            "x.jpg: image of 640x480 = 307,200 pixels is over the limit of 200,000 pixels"
+        )
         assert decoded == []  # refused from the header alone
         assert post(c, png(400, 300), "small.png").status_code == 200 and decoded == [1]
 
@@ -442,3 +452,67 @@ def test_a_busy_port_is_one_line_before_serving_is_announced(tmp_path, monkeypat
     assert err == f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use); " + (
         "try another --port\n"
     )
+
+
+def test_options_are_honoured_or_refused_never_ignored(client, predictor, slides):
+    """conf and cell_size per request; unknown, repeated or form-field options are a 422 naming them."""
+    data = slides[0].read_bytes()
+    default = post(client, data, "s.jpg").json()
+    low = post(client, data, "s.jpg", conf="0.05").json()
+    assert low["conf"] == [0.05] * 3 and sum(low["counts"].values()) > sum(default["counts"].values())
+    per_class = post(client, data, "s.jpg", conf="WBC=0.9").json()
+    assert per_class["conf"] == [0.3, 0.9, 0.3]
+    for params, message in [
+        ({"minscore": "0.9"}, "unknown option(s) 'minscore'"),
+        ({"conf": "Monocyte=0.5"}, "unknown class 'Monocyte'"),
+        ({"conf": "2"}, "conf 2: expected a value in (0, 1]"),
+        ({"cell_size": "big"}, "cell_size 'big': expected 'auto', 'none' or a diameter"),
+    ]:
+        r = post(client, data, "s.jpg", **params)
+        assert r.status_code == 422 and message in r.json()["error"], r.text
+    r = client.post("/api/v1/detect?min_score=0.1&min_score=0.9", files={"file": ("s.jpg", data)})
+    assert r.status_code == 422 and "'min_score' given more than once" in r.json()["error"]
+    r = client.post("/api/v1/detect", files={"file": ("s.jpg", data)}, data={"conf": "0.1"})
+    assert r.status_code == 422 and "unexpected form field(s) 'conf'" in r.json()["error"]
+    assert "options go in the query string" in r.json()["error"]
+
+
+def test_cell_size_per_request_is_checked_against_the_model(slides):
+    sized = FakePredictor(conf=0.3, cell_size=100.0)
+    with TestClient(create_app(sized), base_url=BASE) as c:
+        r = post(c, slides[0].read_bytes(), "s.jpg", cell_size="1000")
+        assert r.status_code == 422 and r.json()["error"].startswith("cell_size=1000: the model sees red cells")
+        assert post(c, slides[0].read_bytes(), "s.jpg", cell_size="none").json()["scale"] == 1.0
+
+
+def test_upload_errors_name_the_file_and_gif_is_an_image(client, slides):
+    r = post(client, b"", "field 7.jpg")
+    assert r.status_code == 400 and r.json()["error"] == "field 7.jpg: empty file"
+    gif = io.BytesIO()
+    Image.open(slides[0]).convert("P").save(gif, format="GIF")
+    assert post(client, gif.getvalue(), "s.gif").status_code == 200  # as `bloodcell predict s.gif` counts it
+
+
+def test_uploads_stay_in_memory(predictor, slides, monkeypatch):
+    """Starlette spools file parts over 1 MB to a temporary file; patient images never touch the disk."""
+    import tempfile
+
+    rolled = []
+    real = tempfile.SpooledTemporaryFile.rollover
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", lambda self: rolled.append(1) or real(self))
+    big = png(1200, 1000)  # about 3.6 MB of noise
+    assert len(big) > 2**21
+    with TestClient(create_app(predictor, max_upload_mb=8), base_url=BASE) as c:
+        assert post(c, big, "big.png").status_code == 200
+    assert rolled == []
+
+
+def test_cli_serve_conf_sets_the_servers_operating_points_and_allowed_host_is_a_name(model_file, monkeypatch, capsys):
+    calls = fake_server(monkeypatch)
+    assert main(["serve", "--model", str(model_file), "--conf", "RBC=0.4"]) == 0
+    with TestClient(calls[0][0], base_url=BASE) as c:
+        assert c.get("/api/v1/model").json()["conf"] == [0.4, 0.3, 0.3]  # what the page's slider starts from
+    with pytest.raises(SystemExit, match="2"):
+        main(["serve", "--model", str(model_file), "--allowed-host", "http://myscope.lab:8000/"])
+    assert "expected a host name or address" in capsys.readouterr().err
+    assert main(["serve", "--model", str(model_file), "--conf", "Monocyte=0.4"]) == 2

@@ -127,8 +127,9 @@ def build_report(
 
 
 def read_records(path: Path) -> list[dict]:
-    """The records of a `predict --json` file, or of a counts CSV (`watch`'s counts.csv, `predict --csv`),
-    checked; any fault is one DatasetError naming the file."""
+    """The records of a `predict --json` file, the web page's results.json, or a counts CSV (`watch`'s
+    counts.csv, `predict --csv`, the page's counts.csv), checked; any fault is one DatasetError naming
+    the file. Images that failed (the page's error entries and rows) are left out, with a note."""
     if path.suffix.lower() == ".csv":
         return _csv_records(path)
     try:
@@ -139,8 +140,12 @@ def read_records(path: Path) -> list[dict]:
         raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: cannot read ({e})") from None
+    if isinstance(data, dict) and isinstance(data.get("images"), list):  # the web page's results.json
+        data = _without_failed(path, data["images"], [r.get("image") for r in data["images"] if _failed(r)])
     if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected a list of records (from `bloodcell predict --json`)")
+        raise DatasetError(
+            f"{path}: expected a list of records (from `bloodcell predict --json`) or the web page's results.json"
+        )
     if not data:
         raise DatasetError(f"{path}: no records (fields of view)")
     for i, record in enumerate(data):
@@ -167,12 +172,16 @@ def _csv_records(path: Path) -> list[dict]:
     if not classes:
         raise DatasetError(f"{path}: no class columns (CLASS, CLASS_lo90, CLASS_hi90)")
     records: dict[str, dict] = {}
+    failed = []
     for line, row in enumerate(rows[1:], start=2):
         if not row:
             continue
         if len(row) != len(header):
             raise DatasetError(f"{path}: line {line}: {len(row)} columns, the header has {len(header)}")
         values = dict(zip(header, row, strict=True))
+        if values.get("error"):  # the page's row for an upload that failed: no counts
+            failed.append(values["image"])
+            continue
         record: dict = {"image": values["image"], "counts": {}, "count_intervals": {}, "detections": []}
         try:
             for key in ("width", "height"):
@@ -190,9 +199,22 @@ def _csv_records(path: Path) -> list[dict]:
             raise DatasetError(f"{path}: line {line}: {problem}")
         records.pop(record["image"], None)
         records[record["image"]] = record
+    _without_failed(path, [], failed)
     if not records:
         raise DatasetError(f"{path}: no records (fields of view)")
     return list(records.values())
+
+
+def _failed(record: object) -> bool:
+    return isinstance(record, dict) and bool(record.get("error"))
+
+
+def _without_failed(path: Path, records: list, failed: list) -> list:
+    """``records`` less those with an error, saying which images were left out."""
+    if failed:
+        names = ", ".join(str(n) for n in failed[:5]) + (", ..." if len(failed) > 5 else "")
+        print(f"note: {path}: {len(failed)} image(s) that failed to process left out: {names}", file=sys.stderr)
+    return [r for r in records if not _failed(r)]
 
 
 def _is_count(v: object) -> bool:

@@ -1,11 +1,12 @@
 """`bloodcell serve`: a FastAPI app (JSON API + one offline page) around a predictor it is given.
 
 Uploads are untrusted: the body is read in chunks up to a size limit by Starlette's multipart
-parser, decoded from memory only when Pillow recognises it as an image of at most ``max_pixels``
-(read from its header first), and the client's file name is only echoed (sanitized) in the JSON
-answer, never used as a path. Inference runs in a worker thread behind one lock, because
-predictors are not thread-safe; a pixel budget bounds how many pixels are decoded and held at
-once (decoded images waiting for that lock would otherwise pile up in memory).
+parser, held in memory (never spooled to disk: patient images), decoded only when Pillow recognises
+it as an image of at most ``max_pixels`` (read from its header first), and the client's file name
+is only echoed (its last path component, without control characters), never used as a path.
+Inference runs in a worker thread behind one lock, because predictors are not thread-safe; a pixel
+budget bounds how many pixels are decoded and held at once (decoded images waiting for that lock
+would otherwise pile up in memory).
 
 Only loopback pages may use it by default: the Host header must name the bound address (or an
 allowed host), which defeats DNS rebinding, and a POST whose Origin is another site is refused,
@@ -41,15 +42,16 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from bloodcell import __version__
 from bloodcell.errors import ConfigError
 from bloodcell.palette import class_hex
-from bloodcell.runtime.counting import class_thresholds
+from bloodcell.runtime.counting import Conf, class_thresholds, parse_conf
 from bloodcell.runtime.images import to_rgb_uint8
 from bloodcell.runtime.predict import Predictor, predict_image
+from bloodcell.runtime.scaling import check_cell_size, parse_cell_size
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_PIXELS = 50_000_000  # default cap: larger images are refused with 413 (decompression bombs)
-FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")  # Pillow plugins allowed to decode uploads (JPEG covers MPO)
+FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP", "GIF")  # Pillow plugins allowed to decode uploads (JPEG covers MPO)
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and part headers allowed beyond the file itself
-MAX_FORM_FIELDS = 16  # non-file parts accepted (and ignored) in an upload form
+MAX_FORM_FIELDS = 16  # non-file parts parsed in an upload form (and then refused: options go in the query)
 MAX_FIELD_BYTES = 16 * 1024  # size of each non-file part
 PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 SECURITY_HEADERS = {
@@ -58,6 +60,8 @@ SECURITY_HEADERS = {
     "content-security-policy": "frame-ancestors 'none'",  # unless the answer has its own (the page's includes it)
 }
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+QUERY_OPTIONS = ("conf", "cell_size", "min_score")  # what /api/v1/detect takes; anything else is refused
+QUERY_HELP = "?conf=0.5 or ?conf=RBC=0.4,WBC=0.6, ?cell_size=auto|none|PX, ?min_score=0.1"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 UPLOAD_SCHEMA = {
     "requestBody": {
@@ -85,24 +89,35 @@ class ApiError(Exception):
 
 
 @dataclass
+class DetectOptions:
+    """One request's settings: operating points, lowest score listed, cell size."""
+
+    conf: Conf
+    min_score: float | None
+    cell_size: float | str | None
+
+
+@dataclass
 class Upload:
     filename: str
     data: bytes
 
 
 def safe_name(filename: str | None) -> str:
-    """The last path component of a client's file name, reduced to harmless characters (only ever echoed)."""
+    """The last path component of a client's file name without control characters (only ever echoed, as
+    JSON: a lab's names like ``patient#12 slide+3.jpg`` come back as they were sent)."""
     name = re.split(r"[/\\]", filename or "")[-1]
-    name = re.sub(r"[^\w.\-() ]", "_", name).strip(". ")[:128]
-    return name or "upload"
+    name = re.sub(r"[\x00-\x1f\x7f]", "", name).strip()[:255]
+    return name if name.strip(".") else "upload"
 
 
 class UploadParser(MultiPartParser):
     """Starlette's parser, taking a part named ``field`` as a file even without a filename (as httpx sends "")."""
 
-    def __init__(self, *args, field: str, **kwargs) -> None:
+    def __init__(self, *args, field: str, memory_limit: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.field = field.encode()
+        self.spool_max_size = memory_limit  # Starlette writes file parts over 1 MB to a temporary file
 
     def on_headers_finished(self) -> None:
         disposition = self._current_part.content_disposition
@@ -136,6 +151,7 @@ async def read_upload(chunks: AsyncIterator[bytes], content_type: str, limit: in
         Headers({"content-type": content_type}),
         capped(),
         field=field,
+        memory_limit=limit + 1,
         max_files=1,
         max_fields=MAX_FORM_FIELDS,
         max_part_size=MAX_FIELD_BYTES,
@@ -147,6 +163,13 @@ async def read_upload(chunks: AsyncIterator[bytes], content_type: str, limit: in
             raise ApiError(422, f"send one image per request (one file part named {field!r})") from None
         raise ApiError(400, f"malformed multipart body ({e.message})") from None
     try:
+        other = sorted({key for key in form if key != field})
+        if other:
+            raise ApiError(
+                422,
+                f"unexpected form field(s) {', '.join(map(repr, other))}: send only the image as {field!r}; "
+                f"options go in the query string ({QUERY_HELP})",
+            )
         values = form.getlist(field)
         if not values:
             raise ApiError(422, f"missing multipart field {field!r}")
@@ -187,8 +210,7 @@ def _check_pixels(im: Image.Image, max_pixels: int) -> int:
     pixels = im.width * im.height
     if pixels > max_pixels:
         raise ApiError(
-            413,
-            f"image of {im.width}x{im.height} pixels ({pixels / 1e6:.1f} MP) is over the {max_pixels / 1e6:g} MP limit",
+            413, f"image of {im.width}x{im.height} = {pixels:,} pixels is over the limit of {max_pixels:,} pixels"
         )
     return pixels
 
@@ -328,6 +350,7 @@ def create_app(
     model_name: str | None = None,
     cell_size: float | str | None = "auto",
     *,
+    conf: Conf | None = None,
     max_pixels: int = MAX_PIXELS,
     max_decoding_pixels: int | None = None,
     host: str = "127.0.0.1",
@@ -337,7 +360,8 @@ def create_app(
 
     ``max_pixels``: larger images get 413 (it must stay under Pillow's decompression-bomb limit).
     ``max_decoding_pixels``: at most that many pixels decoded at once, from decoding until inference ends
-    (default ``max_pixels``: one image at the cap, or many small ones). ``host``: the address uvicorn binds;
+    (default ``max_pixels``: one image at the cap, or many small ones). ``conf``: the operating points the
+    page and the API count with (default: the model's). ``host``: the address uvicorn binds;
     with ``allowed_hosts`` (names or addresses), the only Host headers answered, and the only other sites
     allowed to POST.
     """
@@ -350,6 +374,8 @@ def create_app(
     budget = PixelBudget(max_decoding_pixels or max_pixels)
     limit = int(max_upload_mb * 2**20)
     lock = threading.Lock()
+    if conf is not None:  # the server's own operating points: the model card tells them, the page uses them
+        predictor.conf = tuple(float(v) for v in class_thresholds(conf, len(predictor.class_names)))
     card = model_card(predictor, model_name)
     app = FastAPI(title="bloodcell", version=__version__, description="Detect and count blood cells in images.")
     app.add_middleware(GuardMiddleware, host=host, allowed_hosts=tuple(allowed_hosts))
@@ -367,28 +393,65 @@ def create_app(
         text = "; ".join(f"{'.'.join(str(v) for v in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"error": text}, status_code=422)
 
-    def detect_sync(upload: Upload, min_score: float | None) -> dict:
-        pixels = image_pixels(upload.data, max_pixels)  # the header only: refused before anything is decoded
-        with budget.hold(pixels):  # decoded pixels are held until inference is done
-            image = decode_image(upload.data, max_pixels)
-            with lock:
-                name = Path(safe_name(upload.filename))
-                result = predict_image(predictor, image, name, predictor.conf, min_score, cell_size=cell_size)
-            del image
-            result.image = None
-            return result.to_record()
+    def detect_sync(upload: Upload, options: DetectOptions) -> dict:
+        name = safe_name(upload.filename)
+        try:
+            pixels = image_pixels(upload.data, max_pixels)  # the header only: refused before anything is decoded
+            with budget.hold(pixels):  # decoded pixels are held until inference is done
+                image = decode_image(upload.data, max_pixels)
+                with lock:
+                    result = predict_image(
+                        predictor, image, Path(name), options.conf, options.min_score, cell_size=options.cell_size
+                    )
+                del image
+        except ApiError as e:  # which upload: a page or script sending many needs to know
+            raise ApiError(e.status, f"{name}: {e.message}") from None
+        result.image = None
+        return result.to_record()
+
+    def detect_options(request: Request, min_score: float | None) -> DetectOptions:
+        """The query's options for this request, each checked; unknown or repeated ones are refused (422)."""
+        params = request.query_params
+        unknown = sorted(set(params.keys()) - set(QUERY_OPTIONS))
+        if unknown:
+            raise ApiError(422, f"unknown option(s) {', '.join(map(repr, unknown))}; this API takes {QUERY_HELP}")
+        repeated = sorted(k for k in set(params.keys()) if len(params.getlist(k)) > 1)
+        if repeated:
+            raise ApiError(422, f"option(s) {', '.join(map(repr, repeated))} given more than once")
+        options = DetectOptions(predictor.conf, min_score, cell_size)
+        try:
+            if "conf" in params:
+                options.conf = parse_conf(params["conf"], tuple(predictor.class_names), predictor.conf, "conf")
+        except ConfigError as e:
+            raise ApiError(422, str(e)) from None
+        try:
+            if "cell_size" in params:
+                options.cell_size = parse_cell_size(params["cell_size"])
+                check_cell_size(predictor, options.cell_size)
+        except ConfigError as e:
+            text = re.sub(r"--cell-size (?=\d)", "cell_size=", str(e)).replace("--cell-size", "cell_size")
+            raise ApiError(422, text if text.startswith("cell_size") else f"cell_size {text}") from None
+        return options
 
     @app.post("/api/v1/detect", openapi_extra=UPLOAD_SCHEMA, summary="Detect and count cells in one image")
     async def detect(
         request: Request,
         min_score: float | None = Query(None, gt=0, le=1, description="lowest score listed (default: conf)"),
+        conf: str | None = Query(
+            None, description="operating points: one value, or per class like RBC=0.4,WBC=0.6 (default: the server's)"
+        ),
+        cell_size: str | None = Query(
+            None, description="red-cell diameter in pixels, 'auto' (estimate) or 'none' (default: the server's)"
+        ),
     ) -> dict:
-        """The record of one image, as in `bloodcell predict --json`: counts use the model's threshold."""
+        """The record of one image, as in `bloodcell predict --json`: counts use the server's operating
+        points unless ``conf`` gives others."""
+        options = detect_options(request, min_score)  # before the body is read: a typo costs no upload
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit + FORM_OVERHEAD:
             raise ApiError(413, f"upload larger than the {max_upload_mb:g} MB limit")
         upload = await read_upload(request.stream(), request.headers.get("content-type", ""), limit)
-        return await run_in_threadpool(detect_sync, upload, min_score)
+        return await run_in_threadpool(detect_sync, upload, options)
 
     @app.get("/api/v1/health", summary="Liveness")
     async def health() -> dict:

@@ -30,7 +30,7 @@ import numpy as np
 
 from bloodcell import boxes as box_ops
 from bloodcell.errors import ConfigError
-from bloodcell.runtime.counting import Conf, class_thresholds
+from bloodcell.runtime.counting import Conf, ConfigValueError, class_thresholds
 from bloodcell.runtime.postprocess import PostprocessConfig
 from bloodcell.types import Detections
 
@@ -332,6 +332,21 @@ def detect_cells(
         dets, passes = detect_tiled(predictor, Rescaled(image, scale), min_score, overlap)
     boxes = box_ops.clip(dets.boxes / scale, w, h) if scale != 1.0 else dets.boxes
     return ScaledDetections(Detections(boxes, dets.labels, dets.scores), scale, passes, estimated, warning)
+
+
+def parse_cell_size(text: str) -> float | str | None:
+    """``--cell-size`` text: 'auto', 'none' (None: as is) or a red-cell diameter in pixels > 0;
+    ConfigValueError otherwise (whether this model can honour a diameter: ``check_cell_size``)."""
+    word = text.strip().lower()
+    if word in ("auto", "none"):
+        return None if word == "none" else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ConfigValueError(f"{text!r}: expected 'auto', 'none' or a diameter in pixels > 0")
+    return value
 
 
 def check_cell_size(predictor: RawPredictor, cell_size: float | str | None) -> None:

@@ -5,9 +5,13 @@
 // become HTML.
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, minScore: 0.05, shift: 0, hidden: new Set(), items: [] };
-const thresholdOf = (label) =>
-  Math.min(1, Math.max(state.minScore, state.model.conf[state.model.classes.indexOf(label)] + state.shift));
+const state = { model: null, minScore: 0.05, shift: 0, hidden: new Set(), items: [], queued: 0 };
+// Rounded to the slider's step: 0.55 + 0.07 is 0.6200000000000001 in floating point, which would leave out
+// a box scored 0.62 (scores come rounded to 4 decimals).
+const thresholdOf = (label) => {
+  const t = state.model.conf[state.model.classes.indexOf(label)] + state.shift;
+  return Math.min(1, Math.max(state.minScore, Math.round(t * 10000) / 10000));
+};
 
 async function init() {
   const model = await (await fetch("api/v1/model")).json();
@@ -44,8 +48,9 @@ function countText(record, counts, name) {
 }
 
 // The 90% interval of a total over images, as the slide report computes it (bloodcell.app.report):
-// each image's count taken as normal with its interval's midpoint and half-width / 1.645.
-function totalInterval(records, name) {
+// each image's count taken as normal with its interval's midpoint and half-width / 1.645, stretched to
+// hold the total (each field's interval holds its count, but over many fields the offsets add up).
+function totalInterval(records, name, total) {
   if (state.shift !== 0 || !records.length || !records.every((r) => r.count_intervals)) return null;
   const z = 1.645;
   let mid = 0;
@@ -56,7 +61,7 @@ function totalInterval(records, name) {
     variance += ((hi - lo) / (2 * z)) ** 2;
   }
   const half = z * Math.sqrt(variance);
-  return [Math.max(0, Math.floor(mid - half)), Math.ceil(mid + half)];
+  return [Math.min(total, Math.max(0, Math.floor(mid - half))), Math.max(total, Math.ceil(mid + half))];
 }
 
 function newCard(name) {
@@ -67,27 +72,50 @@ function newCard(name) {
   return card;
 }
 
+// A file already on the page (same name, size and time) is not counted twice in the totals.
+const sameFile = (a, b) => a.name === b.name && a.size === b.size && a.lastModified === b.lastModified;
+
+function showStatus(note = "") {
+  const done = state.items.filter((item) => item.record || item.error).length;
+  const text = state.queued ? `detecting… ${done} of ${state.items.length} done` : `${state.items.length} image(s)`;
+  $("status").textContent = note ? `${text}; ${note}` : text;
+}
+
 async function upload(files) {
-  const todo = [...files];
-  for (const [i, file] of todo.entries()) {
-    $("status").textContent = `detecting ${i + 1} / ${todo.length}…`;
-    const item = { name: file.name, record: null, bitmap: null, error: null, card: newCard(file.name) };
-    state.items.push(item);
+  const fresh = [...files].filter((f) => !state.items.some((item) => sameFile(item.file, f)));
+  const skipped = files.length - fresh.length;
+  const note = skipped ? `${skipped} file(s) already on the page, not added again` : "";
+  // Cards for the whole drop at once, so a second drop during this one queues behind it in the status.
+  const todo = fresh.map((file) => ({ file, name: file.name, record: null, bitmap: null, error: null }));
+  for (const item of todo) item.card = newCard(item.name);
+  state.items.push(...todo);
+  state.queued += todo.length;
+  showStatus(note);
+  for (const item of todo) {
+    const file = item.file;
     try {
       const body = new FormData();
       body.append("file", file);
       const response = await fetch(`api/v1/detect?min_score=${state.minScore}`, { method: "POST", body });
       const answer = await response.json().catch(() => ({}));
       if (!response.ok) throw new Error(answer.error || `${response.status} ${response.statusText}`);
-      item.record = answer;
-      item.name = answer.image;
+      item.record = answer; // item.name stays the browser's: the server echoes it, minus control characters
       item.bitmap = await createImageBitmap(file, { imageOrientation: "from-image" }).catch(() => null);
     } catch (e) {
       item.error = e.message;
     }
+    state.queued -= 1;
     render();
+    showStatus(note);
   }
-  $("status").textContent = `${state.items.length} image(s)`;
+}
+
+function clearAll() {
+  if (state.queued) return; // uploads in flight would come back to a page that forgot them
+  for (const item of state.items) item.card.remove();
+  state.items = [];
+  render();
+  showStatus();
 }
 
 function draw(item) {
@@ -122,12 +150,13 @@ function render() {
   const totals = Object.fromEntries(classes.map((name) => [name, 0]));
   const table = $("summary");
   for (const part of table.children) part.replaceChildren();
-  row(table.tHead, ["Image", "Size", ...classes, "Total"], "th");
+  row(table.tHead, ["Image", "Size", ...classes, "Total", "Warnings"], "th");
   for (const item of state.items) {
     item.card.classList.toggle("error", Boolean(item.error));
     const text = item.card.querySelector(".counts");
     if (item.error) {
       text.textContent = item.error;
+      item.card.querySelector("canvas").hidden = true;
       continue;
     }
     if (!item.record) continue;
@@ -136,18 +165,24 @@ function render() {
     classes.forEach((name) => (totals[name] += counts[name]));
     const shown = classes.map((name) => countText(item.record, counts, name));
     text.textContent = classes.map((name, i) => `${name} ${shown[i]}`).join(" · ");
+    const warnings = item.record.warnings || [];
+    item.card.querySelector(".warnings").textContent = warnings.map((w) => `⚠ ${w}`).join("\n");
     const n = classes.map((name) => counts[name]);
-    row(table.tBodies[0], [item.name, `${item.record.width}×${item.record.height}`, ...shown, n.reduce((a, b) => a + b)]);
+    const size = `${item.record.width}×${item.record.height}`;
+    row(table.tBodies[0], [item.name, size, ...shown, n.reduce((a, b) => a + b), warnings.join("; ")]);
   }
   const done = state.items.filter((item) => item.record).length;
   const sums = classes.map((name) => totals[name]);
   const shownSums = classes.map((name, i) => {
-    const iv = totalInterval(state.items.filter((item) => item.record).map((item) => item.record), name);
+    const iv = totalInterval(state.items.filter((item) => item.record).map((item) => item.record), name, sums[i]);
     return iv ? `${sums[i]} (${iv[0]}–${iv[1]})` : `${sums[i]}`;
   });
-  row(table.tFoot, [`All ${done} images`, "", ...shownSums, sums.reduce((a, b) => a + b, 0)]);
+  const doubtful = state.items.filter((item) => item.record && (item.record.warnings || []).length).length;
+  const flagged = doubtful ? `${doubtful} with warnings` : "";
+  row(table.tFoot, [`All ${done} images`, "", ...shownSums, sums.reduce((a, b) => a + b, 0), flagged]);
   table.hidden = done === 0;
   for (const id of ["csv", "json", "png"]) $(id).disabled = done === 0;
+  $("clear").disabled = state.items.length === 0;
 }
 
 function save(blob, name) {
@@ -162,16 +197,17 @@ const csvCell = (v) => (typeof v === "number" ? v : `"${String(v).replace(/^([=+
 function downloadCsv() {
   const classes = state.model.classes;
   const columns = classes.flatMap((k) => [k, `${k}_lo90`, `${k}_hi90`, `${k}_threshold`]);
-  const lines = [["image", "width", "height", ...columns, "error"]];
+  const lines = [["image", "width", "height", ...columns, "warnings", "error"]];
   for (const item of state.items) {
-    if (item.error) lines.push([item.name, "", "", ...columns.map(() => ""), item.error]);
+    if (item.error) lines.push([item.name, "", "", ...columns.map(() => ""), "", item.error]);
     else if (item.record) {
       const counts = countsOf(item.record);
       const cells = classes.flatMap((k) => {
         const iv = state.shift === 0 && item.record.count_intervals ? item.record.count_intervals[k] : ["", ""];
         return [counts[k], iv[0], iv[1], thresholdOf(k)];
       });
-      lines.push([item.name, item.record.width, item.record.height, ...cells, ""]);
+      const warnings = (item.record.warnings || []).join("; ");
+      lines.push([item.name, item.record.width, item.record.height, ...cells, warnings, ""]);
     }
   }
   save(new Blob([lines.map((l) => l.map(csvCell).join(",")).join("\n") + "\n"], { type: "text/csv" }), "counts.csv");
@@ -183,6 +219,8 @@ function downloadJson() {
       ? { image: item.name, error: item.error }
       : {
           ...item.record,
+          image: item.name,
+          conf: state.model.classes.map(thresholdOf), // the operating points these counts used
           counts: countsOf(item.record),
           count_intervals: state.shift === 0 ? item.record.count_intervals : null,
           detections: item.record.detections.filter((d) => d.score >= thresholdOf(d.label)),
@@ -222,6 +260,7 @@ function wire() {
   $("csv").addEventListener("click", downloadCsv);
   $("json").addEventListener("click", downloadJson);
   $("png").addEventListener("click", downloadPngs);
+  $("clear").addEventListener("click", clearAll);
 }
 
 init().then(wire, (e) => ($("model").textContent = `cannot reach the server: ${e.message}`));
