@@ -75,7 +75,15 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_data_download)
 
 
-REFIT_HINT = "int8: refit its counting on val with every cell boxed: bloodcell calibrate --model {path} --data DIR"
+REFIT_HINT = (
+    "int8: refit its counting: bloodcell calibrate --model {path} --data DATA, DATA a val split with every cell "
+    "boxed (e.g. datasets/bccd-dense.yaml)"
+)
+PLAIN_FOLDER_NOTE = (
+    "note: {root} is a plain VOC folder, so counting is fitted as if every cell in it is boxed; if its labels "
+    "leave cells out (BCCD's XML misses about 40% of red cells), fit on a dataset YAML that says which classes "
+    "are exhaustive (e.g. datasets/bccd-dense.yaml)"
+)
 DATASET_HELP = "VOC dataset folder or dataset YAML (default: --data, $BLOODCELL_DATA, or the cache)"
 
 
@@ -562,6 +570,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     records = load_dataset(root, split=args.split).records
     if not records:
         raise ConfigError(f"{root}: split {args.split!r} has no usable images")
+    if Path(root).is_dir():
+        print(PLAIN_FOLDER_NOTE.format(root=root), file=sys.stderr)
     if suffix == ".pt":
         from bloodcell.engine.train import fit_counting_file
 
@@ -572,7 +582,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     metrics, sidecar = fit_export_counting(model, records, str(root), args.split, args.nms_iou)
     print(metrics)
     points = ", ".join(f"{n} {c:.2f}" for n, c in zip(metrics.class_names, metrics.conf, strict=True))
-    print(f"wrote {sidecar} (operating points {points}); {model.name} reads it before its embedded metadata")
+    print(f"wrote {sidecar} and the metadata inside {model.name} (operating points {points})")
     return 0
 
 
@@ -640,14 +650,17 @@ def _predict_stream(args: argparse.Namespace) -> int:
         raise ConfigError("--batch is for image files; --source takes frames one by one as they arrive")
     if args.verbose:
         raise ConfigError("--verbose is for image files; --source writes each frame's time to its counts CSV")
-    from bloodcell.app.video import run_stream
-    from bloodcell.runtime.loader import load_predictor
+    from bloodcell.app.video import DEFAULT_OUT, run_stream
+    from bloodcell.runtime.loader import load_predictor, print_model_notes
 
+    _check_outputs({}, {"--out": args.out or DEFAULT_OUT})  # an unwritable folder: now, not after the video
     predictor = load_predictor(args.model, device=args.device, threads=args.threads, edgetpu=args.edgetpu)
+    print_model_notes(predictor)
     _check_cell_size(predictor, args.cell_size)
     conf = _resolve_conf(args.conf, predictor)
-    print(run_stream(predictor, args.stream, args.out, conf=conf, cell_size=args.cell_size))
-    return 0
+    summary = run_stream(predictor, args.stream, args.out, conf=conf, cell_size=args.cell_size)
+    print(summary)
+    return 130 if summary.interrupted else 0 if summary.complete else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -717,10 +730,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from bloodcell.app.server import create_app
-    from bloodcell.runtime.loader import load_predictor
+    from bloodcell.runtime.loader import load_predictor, print_model_notes
     from bloodcell.weights import default_model
 
     predictor = load_predictor(args.model, threads=args.threads)
+    print_model_notes(predictor)
     _check_cell_size(predictor, args.cell_size)
     conf = _resolve_conf(args.conf, predictor)
     name = Path(args.model).name if args.model else default_model()[0].name
@@ -778,12 +792,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     from bloodcell.app.predict_job import processed_line
     from bloodcell.app.watch import Watcher
-    from bloodcell.runtime.loader import load_predictor
+    from bloodcell.runtime.loader import load_predictor, print_model_notes
 
     if not Path(args.folder).is_dir():
         raise ConfigError(f"{args.folder}: not a folder")
     out = args.out or str(Path(args.folder) / "bloodcell")
     predictor = load_predictor(args.model, threads=args.threads)
+    print_model_notes(predictor)
     _check_cell_size(predictor, args.cell_size)
     conf = _resolve_conf(args.conf, predictor)
     watcher = Watcher(
@@ -836,10 +851,19 @@ def _version() -> str:
     return f"bloodcell {__version__}"
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # a scheduler's SIGTERM ends a command as Ctrl-C does: finished work is kept
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)
     args.argv = argv  # the command as given: `train --devices` hands it on to torchrun
+    import signal
+    import threading
+
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if on_main_thread else None
     try:
         return int(args.func(args) or 0)
     except BloodcellError as e:
@@ -857,6 +881,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

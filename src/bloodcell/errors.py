@@ -19,6 +19,10 @@ class ImageError(BloodcellError):
     exit_code = 1
 
 
+class UnreadableImageError(ImageError):
+    """One image cannot be read now (permissions): unlike a bad file, worth trying again later."""
+
+
 class ModelError(BloodcellError):
     """A model file is missing, corrupt, or of an unknown kind."""
 

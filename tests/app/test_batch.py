@@ -155,6 +155,37 @@ def test_a_dataset_holds_one_models_counts(tmp_path: Path, tiny_model) -> None:
         run_batch([str(SAMPLES[0])], str(out), model=str(tiny_model()), device="cpu", progress=False)
 
 
+def test_a_rerun_with_other_settings_is_refused_not_mixed(tmp_path: Path) -> None:
+    """Rows say which --conf and --cell-size counted them; a rerun with others would mix two kinds of counts."""
+    from bloodcell.errors import ConfigError
+
+    out = tmp_path / "out"
+    run_batch([str(SAMPLES[0])], str(out), device="cpu", conf="0.9", cell_size=70.0, progress=False)
+    [row] = read_rows(out)
+    assert row["model"].startswith("cellnet@") and row["model"].endswith(" conf=0.9,0.9,0.9 cell_size=70")
+    for settings in ({"conf": "0.95", "cell_size": 70.0}, {"conf": "0.9"}, {}):
+        with pytest.raises(ConfigError, match="another model, --conf or --cell-size"):
+            run_batch([str(SAMPLES[1])], str(out), device="cpu", progress=False, **settings)
+    same = run_batch([str(SAMPLES[0])], str(out), device="cpu", conf="0.9", cell_size=70.0, progress=False)
+    assert same.skipped == 1 and same.written == 0
+
+
+def test_folder_sources_take_each_real_file_once_and_skip_hidden_and_watch_output(archive: Path) -> None:
+    (archive / "day2" / "loop").symlink_to("..")  # a link back up: loops forever if followed blindly
+    (archive / "alias").symlink_to("day2")  # a second way to the same folder
+    (archive / "._resource.jpg").write_bytes(b"macOS resource fork")
+    watched = archive / "bloodcell"  # `bloodcell watch archive` writes here by default
+    (watched / "annotated").mkdir(parents=True)
+    shutil.copy(SAMPLES[0], watched / "annotated" / "x.jpg")
+    (watched / ".bloodcell-watch.json").write_text("{}")
+    found = expand([str(archive)])
+    expected = [*SAMPLES, archive / "day2" / "again.jpg", archive / "day2" / "broken.jpg"]
+    assert len(found.uris) == 5 and found.problems == []  # ended: the loop is not followed twice
+    assert sorted(os.path.realpath(u) for u in found.uris) == sorted(
+        os.path.realpath(archive / p.name) if p in SAMPLES else str(p) for p in expected
+    )
+
+
 def test_parts_left_by_killed_runs_are_removed_once_stale(tmp_path: Path) -> None:
     """A killed run leaves a hidden .tmp part; the next run removes it when it is an hour old, never
     a fresh one (a concurrent writer's) nor a finished part."""

@@ -129,7 +129,7 @@ def test_model_card_is_what_the_predictor_describes(tiny_model, tmp_path, fmt):
     with TestClient(create_app(predictor), base_url=BASE) as c:
         card = c.get("/api/v1/model").json()
     assert {k: card[k] for k in described} == described
-    assert card["classes"] == list(CLASS_NAMES) and card["input_size"] == [320, 256]
+    assert card["classes"] == list(CLASS_NAMES) and card["input_size"] == [320, 256] and card["notes"] == []
 
 
 def test_page_is_served_offline_and_api_documented(client):

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,9 +175,48 @@ def test_run_stream_stops_at_max_frames(predictor, video, tmp_path):
     assert summary.frames == 2 and not summary.shown and summary.fps == pytest.approx(2.0)
     assert len((tmp_path / "slide_counts.csv").read_text().splitlines()) == 3
     assert sum(summary.totals.values()) > 0 and "2 frames" in str(summary)
-    assert [stream_name(s) for s in ("0", "a/b/x.mp4", "rtsp://h/cam?x=1", "http://h/")] == [
-        "camera0",
-        "x",
-        "cam",
-        "h",
-    ]
+    assert [stream_name(s) for s in ("a/b/x.mp4", "rtsp://h/cam?x=1", "http://h/")] == ["x", "cam", "h"]
+    assert re.fullmatch(r"camera0-\d{8}T\d{6}", stream_name("0"))  # each camera session its own files
+
+
+def test_a_video_cut_short_is_said_and_exits_1(model_file, video, tmp_path, monkeypatch, capsys):
+    """A file announcing more frames than can be read (cut off, damaged): its frames are kept, the
+    summary and the exit code say it is incomplete."""
+    from bloodcell.app import video as video_module
+
+    real = video_module.open_capture
+
+    class Announces20:
+        def __init__(self, cap) -> None:
+            self.cap = cap
+
+        def get(self, prop):
+            return 20.0 if prop == cv2.CAP_PROP_FRAME_COUNT else self.cap.get(prop)
+
+        def __getattr__(self, name):
+            return getattr(self.cap, name)
+
+    monkeypatch.setattr(video_module, "open_capture", lambda cv2_, source: Announces20(real(cv2_, source)))
+    out = tmp_path / "out"
+    assert main(["predict", "--source", str(video), "--model", str(model_file), "--out", str(out)]) == 1
+    assert "warning: read 6 of the 20 frames the file announces" in capsys.readouterr().out
+    assert len((out / "slide_counts.csv").read_text().splitlines()) == 1 + FRAMES
+
+
+class _InterruptedAtThird(FakePredictor):
+    calls = 0
+
+    def predict(self, image, min_score: float = 0.001):
+        type(self).calls += 1
+        if type(self).calls == 3:
+            raise KeyboardInterrupt  # Ctrl-C, or a scheduler's SIGTERM (the CLI turns it into this)
+        return super().predict(image, min_score)
+
+
+def test_an_interrupted_video_file_keeps_its_frames_and_exits_130(video, tmp_path, monkeypatch, capsys):
+    model = use_fake_model(monkeypatch, _InterruptedAtThird(conf=0.3), tmp_path / "models" / "fake.pt")
+    out = tmp_path / "out"
+    assert main(["predict", "--source", str(video), "--model", str(model), "--out", str(out)]) == 130
+    assert "interrupted after 2 of 6 frames" in capsys.readouterr().out
+    assert len((out / "slide_counts.csv").read_text().splitlines()) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["slide_annotated.mp4", "slide_counts.csv"]

@@ -369,3 +369,42 @@ def test_a_watched_slide_makes_a_report(predictor, sources, tmp_path, capsys):
     assert (tmp_path / "slide.html").read_text().count("data:image/jpeg;base64,") == 2
     (out / "annotated" / "noise.png").unlink()
     assert build_report(out / "counts.csv", out=tmp_path / "again.html").missing_images == ("noise.png",)
+
+
+def test_an_unreadable_file_is_retried_not_recorded_as_failed(predictor, sources, tmp_path, monkeypatch, capsys):
+    """Permissions are not the file's fault: after a chmod (size and mtime unchanged) the file counts."""
+    from bloodcell.app import watch as watch_module
+    from bloodcell.errors import UnreadableImageError
+
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(sources / "cam0.jpg", folder / "locked.jpg")
+    real = watch_module.load_image
+
+    def denied(path):
+        raise UnreadableImageError(f"{path}: cannot read (Permission denied)")
+
+    monkeypatch.setattr(watch_module, "load_image", denied)
+    watcher = Watcher(predictor, folder, out, settle=0)
+    [result] = watcher.drain()
+    assert result.error and "tried again in 60 s, or at the next start" in capsys.readouterr().err
+    assert watcher.drain() == [] and watcher.failed == 1  # not retried at every poll
+    watcher.close()
+    state = out / STATE_NAME
+    assert not state.exists() or "locked.jpg" not in json.loads(state.read_text())["files"]
+    monkeypatch.setattr(watch_module, "load_image", real)  # the permissions fixed
+    restarted = Watcher(predictor, folder, out, settle=0)
+    [again] = restarted.drain()
+    assert again.error is None and [r[0] for r in read_rows(out)] == ["locked.jpg"]
+    restarted.close()
+
+
+def test_load_image_says_a_file_it_may_not_read_is_unreadable_not_undecodable(tmp_path, monkeypatch):
+    from bloodcell.errors import UnreadableImageError
+
+    def no_access(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("PIL.Image.open", no_access)
+    with pytest.raises(UnreadableImageError, match=r"x.jpg: cannot read \(Permission denied\)"):
+        load_image(tmp_path / "x.jpg")

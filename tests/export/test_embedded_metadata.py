@@ -109,6 +109,16 @@ def test_sidecar_of_another_export_is_refused(tiny_exports, tmp_path, fmt):
         load_predictor(model)
 
 
+def test_sidecar_of_another_models_export_is_refused(tiny_exports, tmp_path):
+    """Same graph shape, other weights (a re-export of a retrained model): its operating points, calibration
+    and cell size belong to those weights."""
+    model = alone(tiny_exports["onnx"], tmp_path)
+    meta = json.loads(sidecar_of(tiny_exports["onnx"]).read_text())
+    sidecar_of(model).write_text(json.dumps({**meta, "source_sha256": "0" * 64, "conf": [0.2, 0.9, 0.9]}))
+    with pytest.raises(MetadataError, match=r"made for an export of another model \(source sha256 000000000000"):
+        load_predictor(model)
+
+
 def test_old_export_without_embedded_metadata(tiny_exports, tmp_path):
     """Exports from before embedding: the sidecar alone, checked against the graph."""
     import onnx

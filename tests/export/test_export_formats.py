@@ -61,16 +61,18 @@ def test_int8_is_full_integer_with_edge_tpu_ops(exports):
     assert exports["int8"].stat().st_size <= 6 * 2**20
 
 
-def test_int8_map_within_one_and_a_half_points_of_fp32(exports, val_images):
+def test_int8_map_within_half_a_point_of_fp32(exports, val_images):
+    """Min/max activation ranges: with litert's default histogram observers int8 lost 1.1 points here."""
     records = val_images[0]  # all of val: on 30 images calibration noise alone moves int8 by 1-2 points
     fp32 = evaluate(load_predictor(exports["tflite"]), records).voc_map50
     int8 = evaluate(load_predictor(exports["int8"]), records).voc_map50
-    assert int8 >= fp32 - 0.015, (fp32, int8)
+    assert int8 >= fp32 - 0.005, (fp32, int8)
 
 
 def test_calibrate_refits_an_int8_export_into_its_sidecar(exports, bccd_root, tmp_path, capsys):
-    """int8 shifts red-cell scores; the operating points inherited from the .pt undercount. A refit on
-    dense val with the export's own scores must count red cells within the shipped model's CI guard."""
+    """The int8 file counts red cells on dense val close to the .pt at the operating points it inherits
+    (histogram activation ranges undercounted: MAE 1.69, the .pt 1.10), and a refit on dense val with the
+    export's own scores is no worse and within the shipped model's CI guard."""
     import shutil
 
     from bloodcell.data.sources import load_dataset
@@ -82,13 +84,21 @@ def test_calibrate_refits_an_int8_export_into_its_sidecar(exports, bccd_root, tm
     shutil.copyfile(exports["int8"], model)
     shutil.copyfile(exports["int8"].with_name(exports["int8"].name + ".json"), tmp_path / "int8.tflite.json")
     records = load_dataset(dense, "val", decode_images=False).records
-    inherited = evaluate(load_predictor(model), records, cell_size="auto")
+    unfitted = load_predictor(model)
+    assert unfitted.notes and "bloodcell calibrate --model" in unfitted.notes[0]  # said by predict, serve, val...
+    inherited = evaluate(unfitted, records, cell_size="auto")
+    assert inherited.count_mae["RBC"] <= 1.3 and abs(inherited.count_total_error["RBC"]) <= 0.03, inherited.count_mae
     assert main(["calibrate", "--model", str(model), "--data", str(dense)]) == 0
-    assert f"wrote {model}.json" in capsys.readouterr().out
+    assert f"wrote {model}.json and the metadata inside int8.tflite" in capsys.readouterr().out
     sidecar = json.loads((tmp_path / "int8.tflite.json").read_text())
     assert sidecar["fitted"]["images"] == 42 and sidecar["fitted"]["data"] == str(dense)
     refit = load_predictor(model)
     assert refit.conf == tuple(sidecar["conf"]) and refit.describe()["metrics"] == sidecar["fitted"]["metrics"]
+    assert refit.notes == []
+    alone = tmp_path / "pi" / "int8.tflite"  # the file copied without its sidecar counts the same
+    alone.parent.mkdir()
+    shutil.copyfile(model, alone)
+    assert load_predictor(alone).metadata.raw == sidecar
     fitted = evaluate(refit, records, cell_size="auto")
     assert fitted.count_mae["RBC"] <= min(inherited.count_mae["RBC"], 1.5), (inherited.count_mae, fitted.count_mae)
 

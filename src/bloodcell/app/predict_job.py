@@ -12,7 +12,7 @@ from bloodcell.app.sinks import annotated_path, format_counts, save_annotated, w
 from bloodcell.atomic import check_outputs
 from bloodcell.errors import ConfigError, describe_os_error
 from bloodcell.runtime.counting import parse_conf
-from bloodcell.runtime.loader import load_predictor
+from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.predict import predict_paths
 from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.runtime.sources import expand_sources, output_names
@@ -78,6 +78,7 @@ def run_predict(
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     predictor: Predictor = load_predictor(model, device=device, threads=threads, edgetpu=edgetpu, batch=batch)
+    print_model_notes(predictor)
     check_cell_size(predictor, cell_size)
     annotator = BoxAnnotator(predictor.class_names) if out else None
     results, failed = [], len(problems)

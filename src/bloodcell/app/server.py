@@ -341,6 +341,7 @@ def model_card(predictor: Predictor, name: str | None = None) -> dict:
         "conf": [float(v) for v in class_thresholds(predictor.conf, len(classes))],  # one operating point per class
         "nms_iou": [float(v) for v in class_thresholds(predictor.post.iou_threshold, len(classes))],  # per class
         "metrics": described.get("metrics") or None,
+        "notes": list(getattr(predictor, "notes", ())),  # e.g. an int8 file whose operating points were not refitted
     }
 
 

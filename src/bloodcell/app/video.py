@@ -45,6 +45,15 @@ class StreamSummary:
     shown: bool = False
     video_path: Path | None = None
     csv_path: Path | None = None
+    expected_frames: int = 0  # what a video file says it holds (0: a camera or a stream, unknown)
+    interrupted: bool = False  # Ctrl-C (or a stop signal) before a video file ended
+
+    @property
+    def complete(self) -> bool:
+        """A video file read to its end (a camera or a stream has none: stopping it is how it ends)."""
+        # a container's frame count can be an estimate (duration x rate): a frame or 1% short is not a cut
+        cut = self.expected_frames and self.frames < 0.99 * self.expected_frames - 1
+        return not (self.interrupted or cut)
 
     def mean_per_frame(self) -> dict[str, float]:
         return {k: v / self.frames if self.frames else 0.0 for k, v in self.totals.items()}
@@ -52,6 +61,13 @@ class StreamSummary:
     def __str__(self) -> str:
         means = ", ".join(f"{v:.1f} {k}" for k, v in self.mean_per_frame().items())
         lines = [f"{self.source}: {self.frames} frames, mean per frame {means or '-'}"]
+        if self.interrupted:
+            lines.append(f"interrupted after {self.frames} of {self.expected_frames} frames; the files hold those")
+        elif not self.complete:
+            lines.append(
+                f"warning: read {self.frames} of the {self.expected_frames} frames the file announces "
+                "(cut off or damaged?); the files hold those"
+            )
         if self.video_path:
             lines.append(f"annotated video: {self.video_path}")
         if self.csv_path:
@@ -60,9 +76,10 @@ class StreamSummary:
 
 
 def stream_name(source: str) -> str:
-    """A file-name-safe stem: camera0 for index 0, the file's stem, or the URL's last path part."""
+    """A file-name-safe stem: camera0-20261127T071233 for index 0 (each session its own files), the
+    file's stem, or the URL's last path part."""
     if source.isdigit():
-        return f"camera{int(source)}"
+        return f"camera{int(source)}-{time.strftime('%Y%m%dT%H%M%S')}"
     tail = source.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
     stem = Path(tail).stem if tail else ""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "stream"
@@ -165,8 +182,13 @@ def run_stream(
             sink = _FileSink(cv2, Path(out_dir or DEFAULT_OUT), name, fps or 10.0, class_names)
         annotator = BoxAnnotator(class_names)
         summary = StreamSummary(source, class_names, totals=dict.fromkeys(class_names, 0), fps=fps, shown=shown)
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a camera stream; the files are kept
+        is_file = not source.isdigit() and "://" not in source
+        if is_file and max_frames is None:
+            summary.expected_frames = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+        try:
             _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames, cell_size)
+        except KeyboardInterrupt:  # Ctrl-C ends a camera stream; the files are kept (a file's: said so)
+            summary.interrupted = is_file
         if summary.frames == 0:
             raise ImageError(f"{source}: no frame could be read")
         ok = True

@@ -39,21 +39,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from bloodcell.app.annotate import BoxAnnotator
+from bloodcell.app.folder_lock import lock_folder
 from bloodcell.app.sinks import counts_header, counts_row, format_counts, save_annotated
 from bloodcell.atomic import write_text
-from bloodcell.errors import ConfigError, ImageError, describe_os_error
+from bloodcell.errors import ConfigError, ImageError, UnreadableImageError, describe_os_error
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.runtime.predict import ImageResult, predict_image
 
 if TYPE_CHECKING:
     from bloodcell.runtime.predict import Predictor
 
-try:
-    import fcntl
-except ImportError:  # not POSIX (Windows): no folder lock
-    fcntl = None
-
 STATE_NAME = ".bloodcell-watch.json"
+RETRY_UNREADABLE_S = 60.0
 LOCK_NAME = ".bloodcell-watch.lock"
 # Output errors that belong to one image's name (too long for the file system, taken by a folder):
 # that image fails alone; any other output error stops the watch.
@@ -97,10 +94,13 @@ class Watcher:
         self.annotated_dir = self.out / "annotated"
         self.processed = 0
         self._failed: set[str] = set()  # files whose latest version failed in this run
+        # files that could not be read (permissions): version and when, retried after RETRY_UNREADABLE_S
+        self._unreadable: dict[str, tuple[tuple[int, int], float]] = {}
         self._pending: dict[str, tuple[tuple[int, int], float]] = {}  # name -> (signature, stable since)
         self._wake = threading.Event()
         self.out.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock_folder(self.out / LOCK_NAME)  # before the state is read: it is ours until close()
+        # before the state is read: it is ours until close()
+        self._lock = lock_folder(self.out / LOCK_NAME, "bloodcell watch")
         try:
             self.state = self._load_state()
             self._check_csv()
@@ -227,6 +227,10 @@ class Watcher:
             if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES and e.is_file()
         ]
 
+    def _waiting_to_retry(self, name: str, sig: tuple[int, int], now: float) -> bool:
+        known = self._unreadable.get(name)
+        return known is not None and known[0] == sig and now - known[1] < RETRY_UNREADABLE_S
+
     def _is_done(self, name: str, sig: tuple[int, int]) -> bool:
         entry = self.state.get(name)
         return entry is not None and (entry["size"], entry["mtime_ns"]) == sig
@@ -249,7 +253,7 @@ class Watcher:
         seen, ready = set(), []
         for path in self._candidates():
             sig = self._signature(path)
-            if sig is None or self._is_done(path.name, sig):
+            if sig is None or self._is_done(path.name, sig) or self._waiting_to_retry(path.name, sig, now):
                 continue
             seen.add(path.name)
             known = self._pending.get(path.name)
@@ -277,6 +281,11 @@ class Watcher:
             save_annotated(result, self.annotator, self.annotated_dir)
             result.image = None
             self._append_row(result)
+        except UnreadableImageError as e:  # e.g. permissions: not the file's fault, so not recorded as failed
+            self._failed.add(path.name)
+            self._unreadable[path.name] = (sig, time.monotonic())
+            print(f"error: {e} (tried again in {RETRY_UNREADABLE_S:g} s, or at the next start)", file=sys.stderr)
+            return ImageResult(path, conf=self.conf, class_names=self.class_names, error=str(e))
         except (ImageError, OSError) as e:
             if isinstance(e, OSError) and e.errno not in FILE_NAME_ERRORS:
                 raise  # a full disk, a lost --out: the environment's fault; a restart retries this file
@@ -289,6 +298,7 @@ class Watcher:
             return ImageResult(path, conf=self.conf, class_names=self.class_names, error=error)
         self.state[path.name] = {**entry, "status": "ok", "rows": entry["rows"] + 1}
         self._failed.discard(path.name)  # a camera that paused mid-file: the finished file counts, not the pause
+        self._unreadable.pop(path.name, None)
         self._save_state()
         self.processed += 1
         if self.log is not None:
@@ -335,36 +345,6 @@ class Watcher:
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=5)
-
-
-class _NoLock:
-    def close(self) -> None:
-        pass
-
-
-def _lock_folder(path: Path):
-    """An open lock file holding an exclusive flock (the pid inside); ConfigError at once if another process has it."""
-    if fcntl is None:
-        return _NoLock()
-    f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            holder = f.read().strip()
-            f.close()
-            pid = f"pid {holder}" if holder.isdigit() else "pid unknown"
-            raise ConfigError(f"{path}: another bloodcell watch is writing to this folder ({pid})") from None
-        f.close()
-        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # some network file systems
-            print(f"warning: {path}: cannot lock ({e.strerror}); run one bloodcell watch per --out", file=sys.stderr)
-            return _NoLock()
-        raise
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
 
 
 def _start_observer(folder: Path, callback):

@@ -13,7 +13,7 @@ from bloodcell.engine.evaluate import evaluate
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.engine.plots import plot_confusion, plot_pr_curves
 from bloodcell.runtime.counting import parse_conf
-from bloodcell.runtime.loader import load_predictor
+from bloodcell.runtime.loader import load_predictor, print_model_notes
 
 
 def validate(
@@ -31,6 +31,7 @@ def validate(
     """Score a model file on a split of a VOC folder or dataset YAML. ``conf``: --conf text (None: the model's).
     ``device``/``batch``: where a .pt model runs and how many images per pass (results do not depend on them)."""
     predictor = load_predictor(model, device=device, threads=threads, batch=batch)
+    print_model_notes(predictor)
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
     dataset = load_dataset(data_root, split=split, class_names=tuple(predictor.class_names))
     if note := findings_note(dataset):

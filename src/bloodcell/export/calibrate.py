@@ -1,10 +1,11 @@
-"""`bloodcell calibrate` for an export: refit its counting on its own scores, into its sidecar.
+"""`bloodcell calibrate` for an export: refit its counting on its own scores, into its metadata.
 
 An int8 graph does not score cells exactly as the .pt it came from (quantization shifts scores by a
 few hundredths, and red cells sit close to their operating point), so the operating points,
 calibration and reference cell size the export inherited are refitted on val with the export
-itself. The sidecar (``<model>.json``) holds the result: it is read before the embedded metadata and
-may change operating points, not the graph (``runtime.metadata.GRAPH_FIELDS``).
+itself. The result goes into the sidecar (``<model>.json``, read first) and the metadata embedded in
+the model file, so a file copied alone counts with it too; only operating points change, never the
+graph (``runtime.metadata.GRAPH_FIELDS``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bloodcell.atomic import write_text
+from bloodcell.atomic import write_files
 from bloodcell.engine.evaluate import fit_counting, predict_records, score
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.errors import ConfigError
+from bloodcell.export.exporter import with_metadata
 from bloodcell.runtime.counting import parse_nms_iou
 from bloodcell.runtime.exported import ExportedPredictor
 from bloodcell.runtime.loader import load_predictor
@@ -28,7 +30,8 @@ def fit_export_counting(
     path: Path, val_records: list, data: str, split: str = "val", nms_iou: str | None = None
 ) -> tuple[DetectionMetrics, Path]:
     """Refit ``path``'s (an .onnx or .tflite export) operating points, score calibration and reference
-    red-cell size on ``val_records`` and write them to its sidecar; returns the val metrics and the sidecar."""
+    red-cell size on ``val_records`` and write them to its sidecar and into the file; returns the val
+    metrics and the sidecar."""
     predictor = load_predictor(path)
     if not isinstance(predictor, ExportedPredictor):
         raise ConfigError(f"--model {path}: not an ONNX or TFLite export")
@@ -55,5 +58,6 @@ def fit_export_counting(
         raw["format_version"] = max(int(raw.get("format_version", 1)), PER_CLASS_NMS_VERSION)
     target = sidecar_path(path)
     parse_metadata(raw, str(target))  # never write a sidecar the runtime would refuse
-    write_text(target, json.dumps(raw, indent=2) + "\n")
+    # Both complete before either replaces its file; the sidecar first (see exporter.export_model).
+    write_files([(target, (json.dumps(raw, indent=2) + "\n").encode()), (path, with_metadata(path, raw))])
     return metrics, target

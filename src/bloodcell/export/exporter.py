@@ -165,10 +165,7 @@ def _export_onnx(graph: torch.nn.Module, example: torch.Tensor, meta: dict) -> b
         )
     except Exception as e:  # the exporter raises many types
         raise BloodcellError(f"ONNX export failed: {type(e).__name__}: {str(e)[:200]}") from None
-    model = onnx.load_from_string(buffer.getvalue())
-    model.metadata_props.add(key=EMBED_KEY, value=json.dumps(meta))  # what the runtime reads
-    for key in ("class_names", "input_size", "strides", "conf", "iou_threshold", "source_sha256"):
-        model.metadata_props.add(key=key, value=json.dumps(meta[key]))  # one per key, for viewers like Netron
+    model = onnx_with_metadata(onnx.load_from_string(buffer.getvalue()), meta)
     data = model.SerializeToString()
     try:  # checked by the ONNX checker and by running it once, before anything is written
         onnx.checker.check_model(model)
@@ -219,7 +216,14 @@ def _export_tflite(
 
 
 def embed_tflite_metadata(path: Path, text: str) -> None:
-    """Put ``text`` in ``path``'s Model.metadata under ``bloodcell`` (a buffer holding it), in place.
+    """Put ``text`` in ``path``'s Model.metadata under ``bloodcell`` (a buffer holding it), in place."""
+    data = tflite_with_metadata(path.read_bytes(), text)
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def tflite_with_metadata(data: bytes, text: str) -> bytes:
+    """The .tflite file ``data`` with ``text`` as its Model.metadata ``bloodcell`` entry (replaced if there).
 
     Through the flatbuffer object API that ai_edge_litert ships (unpack, add, repack), as
     TensorFlow's flatbuffer_utils and the TFLite metadata populator do; tensors, ops and
@@ -227,7 +231,6 @@ def embed_tflite_metadata(path: Path, text: str) -> None:
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
-    data = path.read_bytes()
     model = schema.ModelT.InitFromPackedBuf(data, 0)
     model.buffers = model.buffers or []
     for buffer in model.buffers:  # buffers stored past the flatbuffer (models over 2 GB) move inside it
@@ -246,8 +249,26 @@ def embed_tflite_metadata(path: Path, text: str) -> None:
         model.buffers[entry.buffer] = payload
     builder = flatbuffers.Builder(len(data) + len(text) + 1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    with atomic_open(path, "wb") as f:
-        f.write(builder.Output())
+    return bytes(builder.Output())
+
+
+def onnx_with_metadata(model, meta: dict):
+    """The ONNX ``model`` (a ModelProto) with ``meta`` as its metadata_props, replacing any there."""
+    del model.metadata_props[:]
+    model.metadata_props.add(key=EMBED_KEY, value=json.dumps(meta))  # what the runtime reads
+    for key in ("class_names", "input_size", "strides", "conf", "iou_threshold", "source_sha256"):
+        model.metadata_props.add(key=key, value=json.dumps(meta[key]))  # one per key, for viewers like Netron
+    return model
+
+
+def with_metadata(path: Path, meta: dict) -> bytes:
+    """The bytes of the export ``path`` with ``meta`` embedded in place of its own (``calibrate``: a model
+    file copied without its sidecar still counts with the refitted operating points)."""
+    if path.suffix.lower() == ".onnx":
+        import onnx
+
+        return onnx_with_metadata(onnx.load_from_string(path.read_bytes()), meta).SerializeToString()
+    return tflite_with_metadata(path.read_bytes(), json.dumps(meta))
 
 
 def tflite_ops(path: str | Path) -> list[str]:

@@ -47,6 +47,7 @@ class ExportedPredictor:
         self.input_scale = metadata.input_scale
         self.post = PostprocessConfig(iou_threshold=metadata.iou_threshold)
         self.times = StageTimes()
+        self.notes = [unfitted_int8_note(path)] if metadata.int8 and not metadata.raw.get("fitted") else []
 
     def describe(self) -> dict:
         """Architecture, format, metrics and name, from the export metadata."""
@@ -152,6 +153,15 @@ def _without_litert_chatter() -> Iterator[None]:
             if rest:
                 sys.stderr.write(rest)
                 sys.stderr.flush()
+
+
+def unfitted_int8_note(path: Path) -> str:
+    """What a user of an int8 file that `bloodcell calibrate` never refitted should know."""
+    return (
+        f"{path.name} is int8 and counts with the operating points of the model it came from; quantization "
+        f"can move scores, and counts with them: refit them with `bloodcell calibrate --model {path} --data "
+        "DATA`, DATA a val split with every cell boxed (e.g. datasets/bccd-dense.yaml)"
+    )
 
 
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}

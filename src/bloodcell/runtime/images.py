@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bloodcell.errors import ImageError
+from bloodcell.errors import ImageError, UnreadableImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -47,5 +47,7 @@ def load_image(path: str | Path) -> np.ndarray:
             return np.ascontiguousarray(to_rgb_uint8(im))
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
+    except PermissionError as e:
+        raise UnreadableImageError(f"{path}: cannot read ({e.strerror})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"{path}: cannot decode image ({e})") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,3 +57,9 @@ def load_predictor(
         model, info = load_model(path, expected_sha256=expected)
         return TorchPredictor(model, info, device=device)
     raise ModelError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected .pt, .onnx or .tflite")
+
+
+def print_model_notes(predictor: Predictor) -> None:
+    """Tell the user (stderr) what the loaded model file says about itself, e.g. an int8 file not refitted."""
+    for note in getattr(predictor, "notes", ()):
+        print(f"note: {note}", file=sys.stderr)

@@ -164,6 +164,12 @@ def resolve_metadata(model: Path, sidecar: ExportMetadata | None, embedded: str 
             "export the model again with `bloodcell export`"
         )
     if sidecar is not None and inside is not None:
+        ours, theirs = sidecar.raw.get("source_sha256"), inside.raw.get("source_sha256")
+        if ours and theirs and ours != theirs:  # same graph shape, other weights: its points fit those
+            raise MetadataError(
+                f"{sidecar.source}: made for an export of another model (source sha256 {str(ours)[:12]}…, the "
+                f"file's {str(theirs)[:12]}…); delete it, or refit it with bloodcell calibrate"
+            )
         for key in GRAPH_FIELDS:
             if getattr(sidecar, key) != getattr(inside, key):
                 raise MetadataError(

@@ -14,7 +14,7 @@ from bloodcell.app.archive.engines import check_engine, make_engine
 from bloodcell.app.archive.rows import PredictorSpec, content_hash, schema
 from bloodcell.app.archive.sources import expand, read_bytes
 from bloodcell.app.archive.store import ParquetStore
-from bloodcell.errors import ConfigError
+from bloodcell.errors import BloodcellError, ConfigError
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.scaling import check_cell_size
@@ -72,9 +72,21 @@ def _written_by(store: ParquetStore, out: str, model_id: str) -> dict[str, dict[
     others = models - {model_id}
     if others:
         raise ConfigError(
-            f"--out {out}: holds counts by {', '.join(sorted(others))}, not {model_id}; use another --out"
+            f"--out {out}: holds counts by {', '.join(sorted(others))}, not {model_id} (another model, --conf "
+            "or --cell-size); use another --out"
         )
     return done
+
+
+def counted_by(name: str, digest: str, thresholds: tuple[float, ...] | None, cell_size: float | str | None) -> str:
+    """The rows' ``model``: name@sha256 prefix, plus the --conf and --cell-size it counted with when not
+    the model's own, so a rerun with other settings is refused instead of mixing two kinds of counts."""
+    parts = [f"{name}@{digest[:12]}"]
+    if thresholds is not None:
+        parts.append("conf=" + ",".join(f"{t:g}" for t in thresholds))
+    if cell_size != "auto":
+        parts.append(f"cell_size={'none' if cell_size is None else f'{float(cell_size):g}'}")
+    return " ".join(parts)
 
 
 def _resolve_device(device: str, model_path: Path) -> str:
@@ -115,7 +127,7 @@ def run_batch(
     check_cell_size(probe, cell_size)
     class_names = tuple(probe.class_names)
     thresholds = None if conf is None else parse_conf(conf, class_names, probe.conf)
-    model_id = f"{probe.describe()['name']}@{content_hash(model_path.read_bytes())[:12]}"
+    model_id = counted_by(probe.describe()["name"], content_hash(model_path.read_bytes()), thresholds, cell_size)
     del probe
     expanded = expand(sources)
     for problem in expanded.problems:
@@ -123,11 +135,49 @@ def run_batch(
     summary.failed += len(expanded.problems)
     summary.listed = len(expanded.uris)
     store = ParquetStore(out, schema(class_names))
+    with store.locked():  # a second run on this --out would count every image again
+        return _count(
+            store,
+            expanded.uris,
+            summary,
+            class_names,
+            out,
+            engine,
+            workers,
+            address,
+            part_rows,
+            progress,
+            PredictorSpec(str(model_path), model_id, run_id, device, threads, batch, thresholds, cell_size),
+        )
+
+
+def _count(
+    store: ParquetStore,
+    uris: list[str],
+    summary: BatchSummary,
+    class_names: tuple[str, ...],
+    out: str,
+    engine: str,
+    workers: int,
+    address: str | None,
+    part_rows: int,
+    progress: bool,
+    spec: PredictorSpec,
+) -> BatchSummary:
+    """The run once the dataset is ours: skip what is written, count the rest in parts, write the summary."""
+    model_id, run_id = spec.model_id, spec.run_id
     if stale := store.remove_stale_parts():
         print(f"removed {stale} unfinished part file(s) left by killed runs in {out}", file=sys.stderr)
-    skip = _unchanged(_written_by(store, out, model_id), expanded.uris)
-    todo = [u for u in expanded.uris if u not in skip]
+    written = _written_by(store, out, model_id)
+    skip = _unchanged(written, uris)
+    todo = [u for u in uris if u not in skip]
     summary.skipped = len(skip)
+    if changed := sum(u in written for u in todo):
+        print(
+            f"note: {changed} image(s) changed since an earlier run are counted again; their earlier rows stay in "
+            f"{out} (history): for current counts take each path's row with the latest run_id",
+            file=sys.stderr,
+        )
     for error in filter(None, skip.values()):  # a bad file stays bad until it changes: the exit code says so
         print(f"error: {error} (unchanged since an earlier run)", file=sys.stderr)
         summary.failed += 1
@@ -138,7 +188,6 @@ def run_batch(
             "(a shared filesystem); s3:// or gs:// URIs need no copy",
             file=sys.stderr,
         )
-    spec = PredictorSpec(str(model_path), model_id, run_id, device, threads, batch, thresholds, cell_size)
     runner = make_engine(engine, spec, workers, address)
     t0 = time.perf_counter()
     buffer: list[dict] = []
@@ -151,14 +200,16 @@ def run_batch(
             parts += 1
             buffer.clear()
 
+    from concurrent.futures.process import BrokenProcessPool
+
     from tqdm import tqdm
 
     try:
         with tqdm(total=len(todo), desc="batch", unit="img", disable=not progress, file=sys.stderr) as bar:
             for rows in runner.run(todo) if todo else []:
                 for row in rows:
-                    if row["error"]:
-                        print(f"error: {row['error']}", file=sys.stderr)
+                    if row["error"]:  # through tqdm: a line of its own, not glued to the progress bar
+                        tqdm.write(f"error: {row['error']}", file=sys.stderr)
                         summary.failed += 1
                     if row["sha256"] is None:
                         continue  # unreadable, or the prediction failed (out of memory...): a rerun tries again
@@ -169,12 +220,17 @@ def run_batch(
                     if len(buffer) >= part_rows:
                         flush()
                 bar.update(len(rows))
+    except BrokenProcessPool:  # a worker was killed (out of memory, most often): its images get no row
+        raise BloodcellError(
+            f"a worker process died (out of memory?) after {summary.written} images were written; they are "
+            f"kept in {out}, and a rerun counts the rest (fewer --workers or --threads need less memory)"
+        ) from None
     finally:  # rows already finished are kept, whatever stopped the run
         flush()
     summary.seconds = time.perf_counter() - t0
     record = {k: v for k, v in asdict(summary).items() if k != "totals"}
     record.update(
-        engine=engine, workers=workers, device=device, model=model_id, images_per_s=round(summary.images_per_s, 2)
+        engine=engine, workers=workers, device=spec.device, model=model_id, images_per_s=round(summary.images_per_s, 2)
     )
     record.update({f"total_{k}": v for k, v in summary.totals.items()})
     store.write_summary(run_id, record)

@@ -9,11 +9,41 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from bloodcell.app.watch import STATE_NAME as WATCH_STATE
 from bloodcell.errors import BloodcellError, ConfigError
 from bloodcell.runtime.images import IMAGE_SUFFIXES
 
 #: A SOURCE with one of these suffixes is a list of sources, one per line ('#' starts a comment).
 LIST_SUFFIXES = (".txt", ".lst")
+
+
+def _is_hidden(name: str) -> bool:
+    """Dot-names: macOS ``._*`` resource forks, editors' temporaries; skipped as globs and watch skip them."""
+    return name.startswith(".")
+
+
+def _local_images(root: str) -> list[str]:
+    """Images under a local folder, recursively: symbolic links followed but each real folder and file
+    taken once (a link back up would loop, a second link to a folder would count it twice); hidden
+    names and `bloodcell watch` output folders skipped."""
+    seen_dirs: set[str] = set()
+    seen_files: set[str] = set()
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_dirs or WATCH_STATE in files:  # seen, or `bloodcell watch` output (annotated copies)
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+        for name in files:
+            path = os.path.join(folder, name)
+            if _is_hidden(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES or not os.path.isfile(path):
+                continue
+            if (real_file := os.path.realpath(path)) not in seen_files:
+                seen_files.add(real_file)
+                found.append(path)
+    return sorted(found)
 
 
 def _pafs():
@@ -126,11 +156,18 @@ def expand(sources: list[str]) -> ExpandedSources:
         except OSError as e:
             problems.append(f"{source}: cannot read ({e})")
             return
-        if info.type == pafs.FileType.Directory:
+        if info.type == pafs.FileType.Directory and isinstance(fs, pafs.LocalFileSystem):
+            found = _local_images(path)
+        elif info.type == pafs.FileType.Directory:  # a bucket: no links, no loops
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             found = sorted(
-                i.path for i in infos if i.type == pafs.FileType.File and Path(i.path).suffix.lower() in IMAGE_SUFFIXES
+                i.path
+                for i in infos
+                if i.type == pafs.FileType.File
+                and Path(i.path).suffix.lower() in IMAGE_SUFFIXES
+                and not any(_is_hidden(part) for part in i.path[len(path) :].split("/"))
             )
+        if info.type == pafs.FileType.Directory:
             if not found:
                 problems.append(f"{source}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
             uris.extend(_uri(source, f) for f in found)
@@ -147,7 +184,10 @@ def expand(sources: list[str]) -> ExpandedSources:
 
     for source in sources:
         add(source)
-    return ExpandedSources(list(dict.fromkeys(uris)), problems)
+    first: dict[str, str] = {}  # each file once, however it was reached (a folder and a glob, a link and its target)
+    for uri in uris:
+        first.setdefault(os.path.realpath(uri) if "://" not in uri else uri, uri)
+    return ExpandedSources(list(first.values()), problems)
 
 
 def read_bytes(uri: str) -> bytes:

@@ -8,12 +8,15 @@ One dataset holds one model's counts: a run with another model is refused (see `
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-from pathlib import PurePosixPath
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 
 from bloodcell.app.archive.sources import filesystem
 
+LOCK_NAME = ".bloodcell-batch.lock"  # a dot-name: Parquet readers skip it
 RUNS_DIR = "_runs"  # per-run summary CSVs; the underscore keeps Parquet readers away
 STALE_PART_S = 3600.0
 
@@ -30,6 +33,23 @@ class ParquetStore:
 
             raise ConfigError(f"--out {out}: is a file; expected a folder for the Parquet dataset")
         self.fs.create_dir(self.root, recursive=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """This dataset for one run at a time (a local folder: an flock; a bucket has none, and the
+        README says to run one job per --out there)."""
+        import pyarrow.fs as pafs
+
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            yield
+            return
+        from bloodcell.app.folder_lock import lock_folder
+
+        lock = lock_folder(Path(self._path(LOCK_NAME)), "bloodcell batch")
+        try:
+            yield
+        finally:
+            lock.close()
 
     def _path(self, name: str) -> str:
         return str(PurePosixPath(self.root) / name)
