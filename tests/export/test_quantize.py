@@ -43,5 +43,5 @@ def test_conv_relu6_has_one_range_its_outputs(is_qat):
         module = getattr(prepared, observer.target)
         seen = getattr(module, "activation_post_process", module)  # QAT: a fake-quant around its observer
         lo, hi = float(seen.min_val), float(seen.max_val)
-        assert 0.0 <= lo and hi <= 6.0, (node.name, lo, hi)
+        assert lo >= 0.0 and hi <= 6.0, (node.name, lo, hi)
     assert fused >= 10  # EfficientNet-Lite0's stem, expansions and depthwise convs

@@ -14,6 +14,7 @@ from bloodcell.app.archive.engines import check_engine, make_engine
 from bloodcell.app.archive.rows import PredictorSpec, content_hash, schema
 from bloodcell.app.archive.sources import expand, read_bytes
 from bloodcell.app.archive.store import ParquetStore
+from bloodcell.atomic import check_folder
 from bloodcell.errors import BloodcellError, ConfigError
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor
@@ -134,6 +135,8 @@ def run_batch(
         print(f"error: {problem}", file=sys.stderr)
     summary.failed += len(expanded.problems)
     summary.listed = len(expanded.uris)
+    if "://" not in out or out.startswith("file://"):  # an unwritable folder: now, not after the first part
+        check_folder("--out", out.removeprefix("file://"))
     store = ParquetStore(out, schema(class_names))
     with store.locked():  # a second run on this --out would count every image again
         return _count(
