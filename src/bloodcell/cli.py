@@ -859,11 +859,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)
     args.argv = argv  # the command as given: `train --devices` hands it on to torchrun
+    import os
     import signal
     import threading
 
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _stop) if on_main_thread else None
+    # Not under torchrun: it stops its workers with SIGTERM and a worker waiting in a collective would only
+    # see the exception once that returns; uvicorn (serve) installs its own handlers while it runs.
+    ours = threading.current_thread() is threading.main_thread() and "LOCAL_RANK" not in os.environ
+    previous = signal.signal(signal.SIGTERM, _stop) if ours else None
     try:
         return int(args.func(args) or 0)
     except BloodcellError as e:

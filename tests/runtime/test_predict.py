@@ -2,7 +2,9 @@
 
 import csv
 import json
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -266,3 +268,21 @@ def test_outputs_never_overwrite_the_input_images(model_file, images, tmp_path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "overwrit" in err and str(target) in err
     assert {p.name: p.read_bytes() for p in slide.iterdir()} == before
+
+
+class _TerminatedAfterTwo(FakePredictor):
+    def predict(self, image, min_score: float = 0.001):
+        if self.calls == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stopping the job during the third image
+        return super().predict(image, min_score)
+
+
+def test_sigterm_keeps_the_results_of_finished_images(images, tmp_path, monkeypatch, capsys):
+    model = use_fake_model(monkeypatch, _TerminatedAfterTwo(conf=0.3), tmp_path / "models" / "fake.pt")
+    js = tmp_path / "r.json"
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["predict", str(images), "--model", str(model), "--json", str(js)]) == 130
+    err = capsys.readouterr().err
+    assert err == f"interrupted after 2 of 6 images; their results are in {js}\ninterrupted\n", err
+    assert len(json.loads(js.read_text())) == 2
+    assert signal.getsignal(signal.SIGTERM) is before  # main() puts the process's own handler back
