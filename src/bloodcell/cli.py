@@ -851,6 +851,9 @@ def _version() -> str:
     return f"bloodcell {__version__}"
 
 
+STOPPABLE = ("predict", "watch")  # commands a SIGTERM stops as Ctrl-C does (see main)
+
+
 def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # a scheduler's SIGTERM ends a command as Ctrl-C does: finished work is kept
 
@@ -859,13 +862,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)
     args.argv = argv  # the command as given: `train --devices` hands it on to torchrun
-    import os
     import signal
     import threading
 
-    # Not under torchrun: it stops its workers with SIGTERM and a worker waiting in a collective would only
-    # see the exception once that returns; uvicorn (serve) installs its own handlers while it runs.
-    ours = threading.current_thread() is threading.main_thread() and "LOCAL_RANK" not in os.environ
+    # Only where stopping early keeps something: predict writes the results of the finished images, watch
+    # ends between files. Not train (torchrun and its launcher stop workers with SIGTERM themselves), serve
+    # (uvicorn's own handlers), nor batch (its parts are written as it goes: a stop loses at most a minute).
+    ours = args.command in STOPPABLE and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop) if ours else None
     try:
         return int(args.func(args) or 0)

@@ -178,12 +178,18 @@ def test_folder_sources_take_each_real_file_once_and_skip_hidden_and_watch_outpu
     (watched / "annotated").mkdir(parents=True)
     shutil.copy(SAMPLES[0], watched / "annotated" / "x.jpg")
     (watched / ".bloodcell-watch.json").write_text("{}")
+    elsewhere = archive.parent / "elsewhere"  # a link to a folder outside the source is followed
+    elsewhere.mkdir()
+    shutil.copy(SAMPLES[1], elsewhere / "far.jpg")
+    (archive / "day2" / "far").symlink_to(elsewhere)
     found = expand([str(archive)])
-    expected = [*SAMPLES, archive / "day2" / "again.jpg", archive / "day2" / "broken.jpg"]
-    assert len(found.uris) == 5 and found.problems == []  # ended: the loop is not followed twice
-    assert sorted(os.path.realpath(u) for u in found.uris) == sorted(
-        os.path.realpath(archive / p.name) if p in SAMPLES else str(p) for p in expected
-    )
+    # each file spelled by its own place under the source, so a rerun finds it under the same path
+    expected = [*(archive / p.name for p in SAMPLES), *(archive / "day2" / n for n in ("again.jpg", "broken.jpg"))]
+    assert found.uris == sorted(map(str, [*expected, archive / "day2" / "far" / "far.jpg"]))
+    assert found.problems == []
+    assert expand([str(archive / "day2")]).uris == [str(archive / "day2" / n) for n in ("again.jpg", "broken.jpg")] + [
+        str(archive / "day2" / "far" / "far.jpg")
+    ]  # the link back up (loop -> ..) does not take in the parent folder
 
 
 def test_parts_left_by_killed_runs_are_removed_once_stale(tmp_path: Path) -> None:

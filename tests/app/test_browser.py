@@ -221,6 +221,13 @@ def test_page_shows_warnings_keeps_names_skips_repeats_and_its_json_makes_a_repo
         shown = [table_counts(page, list(summary.classes), f"tbody tr:nth-child({i})") for i in (1, 2)]
         assert summary.totals == {c: sum(counts[c] for counts in shown) for c in summary.classes}
 
+        broken = tmp_path / "broken.jpg"
+        broken.write_text("not an image")
+        for _ in range(2):  # a failed upload dropped again is tried again, not refused as already there
+            page.locator("#files").set_input_files(str(broken))
+            expect(page.locator("#status")).to_have_text("3 image(s)")
+            assert page.locator(".card.error").count() == 1
+
         page.locator("#clear").click()
         expect(page.locator("#status")).to_have_text("0 image(s)")
         assert page.locator(".card").count() == 0 and page.locator("#summary").is_hidden()

@@ -13,7 +13,8 @@ import pytest
 
 from bloodcell.cli import main
 from bloodcell.errors import MetadataError
-from bloodcell.export.exporter import embed_tflite_metadata, tflite_ops
+from bloodcell.export.embed import embed_tflite_metadata
+from bloodcell.export.exporter import tflite_ops
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.metadata import EMBED_KEY, tflite_embedded

@@ -62,7 +62,8 @@ class StreamSummary:
         means = ", ".join(f"{v:.1f} {k}" for k, v in self.mean_per_frame().items())
         lines = [f"{self.source}: {self.frames} frames, mean per frame {means or '-'}"]
         if self.interrupted:
-            lines.append(f"interrupted after {self.frames} of {self.expected_frames} frames; the files hold those")
+            of = f" of {self.expected_frames}" if self.expected_frames else ""
+            lines.append(f"interrupted after {self.frames}{of} frames; the files hold those")
         elif not self.complete:
             lines.append(
                 f"warning: read {self.frames} of the {self.expected_frames} frames the file announces "
@@ -188,6 +189,8 @@ def run_stream(
         try:
             _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames, cell_size)
         except KeyboardInterrupt:  # Ctrl-C ends a camera stream; the files are kept (a file's: said so)
+            if summary.frames == 0:
+                raise  # nothing to keep: an interrupted command, not an unreadable source
             summary.interrupted = is_file
         if summary.frames == 0:
             raise ImageError(f"{source}: no frame could be read")

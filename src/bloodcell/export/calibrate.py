@@ -19,7 +19,7 @@ from bloodcell.atomic import write_files
 from bloodcell.engine.evaluate import fit_counting, predict_records, score
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.errors import ConfigError
-from bloodcell.export.exporter import with_metadata
+from bloodcell.export.embed import with_metadata
 from bloodcell.runtime.counting import parse_nms_iou
 from bloodcell.runtime.exported import ExportedPredictor
 from bloodcell.runtime.loader import load_predictor
@@ -58,6 +58,15 @@ def fit_export_counting(
         raw["format_version"] = max(int(raw.get("format_version", 1)), PER_CLASS_NMS_VERSION)
     target = sidecar_path(path)
     parse_metadata(raw, str(target))  # never write a sidecar the runtime would refuse
+    files = [(target, (json.dumps(raw, indent=2) + "\n").encode())]
+    try:
+        files.append((path, with_metadata(path, raw)))
+    except ModuleNotFoundError as e:  # an .onnx on an install without the onnx package (the lite extra)
+        print(
+            f"note: {e.name} is not installed, so the refit is in {target} only: copy it with {path.name} "
+            f"(pip install 'bloodcell[export]' writes it into the file too)",
+            file=sys.stderr,
+        )
     # Both complete before either replaces its file; the sidecar first (see exporter.export_model).
-    write_files([(target, (json.dumps(raw, indent=2) + "\n").encode()), (path, with_metadata(path, raw))])
+    write_files(files)
     return metrics, target

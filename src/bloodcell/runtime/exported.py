@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -129,30 +130,42 @@ def _interpreter_module():
 LITERT_CHATTER = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
 
 
+_NATIVE_STDERR = threading.Lock()  # fd 2 is the process's: one load redirects it at a time
+
+
 @contextlib.contextmanager
 def _without_litert_chatter() -> Iterator[None]:
     """Native stderr captured while LiteRT loads a model and written back less its info lines (a
-    warning or error it prints still shows)."""
-    fd = 2  # where native code writes, whatever sys.stderr is
-    sys.stderr.flush()
-    try:
-        saved = os.dup(fd)
-    except OSError:  # no stderr at all (a detached service)
-        yield
-        return
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), fd)
+    warning or error it prints still shows). Without a stderr, or a temporary file, it does nothing."""
+    with _NATIVE_STDERR:
+        if sys.stderr is not None:
+            sys.stderr.flush()
         try:
+            saved = os.dup(2)  # where native code writes, whatever sys.stderr is
+        except OSError:  # no stderr at all (a detached service)
+            saved = None
+        captured = None
+        if saved is not None:
+            try:
+                captured = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the with block below)
+            except OSError:
+                os.close(saved)
+        if captured is None:
             yield
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            rest = "".join(line for line in lines if line.rstrip() not in LITERT_CHATTER)
-            if rest:
-                sys.stderr.write(rest)
-                sys.stderr.flush()
+            return
+        with captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+                rest = "".join(line for line in lines if line.rstrip() not in LITERT_CHATTER)
+                if rest and sys.stderr is not None:
+                    sys.stderr.write(rest)
+                    sys.stderr.flush()
 
 
 def unfitted_int8_note(path: Path) -> str:

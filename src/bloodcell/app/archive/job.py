@@ -16,10 +16,12 @@ from bloodcell.app.archive.sources import expand, read_bytes
 from bloodcell.app.archive.store import ParquetStore
 from bloodcell.atomic import check_folder
 from bloodcell.errors import BloodcellError, ConfigError
-from bloodcell.runtime.counting import parse_conf
-from bloodcell.runtime.loader import load_predictor
+from bloodcell.runtime.counting import class_thresholds, parse_conf
+from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.weights import default_model
+
+PART_SECONDS = 60.0  # a part is written after this long, however few rows it has
 
 
 @dataclass
@@ -125,10 +127,13 @@ def run_batch(
     model_path = Path(model) if model else default_model()[0]
     device = _resolve_device(device, model_path)
     probe = load_predictor(model_path, device=device, batch=batch)  # fail fast
+    print_model_notes(probe)
     check_cell_size(probe, cell_size)
     class_names = tuple(probe.class_names)
     thresholds = None if conf is None else parse_conf(conf, class_names, probe.conf)
-    model_id = counted_by(probe.describe()["name"], content_hash(model_path.read_bytes()), thresholds, cell_size)
+    own = thresholds is None or thresholds == tuple(class_thresholds(probe.conf, len(class_names)))
+    digest = content_hash(model_path.read_bytes())
+    model_id = counted_by(probe.describe()["name"], digest, None if own else thresholds, cell_size)
     del probe
     expanded = expand(sources)
     for problem in expanded.problems:
@@ -195,13 +200,15 @@ def _count(
     t0 = time.perf_counter()
     buffer: list[dict] = []
     parts = 0
+    flushed = time.monotonic()
 
     def flush() -> None:
-        nonlocal parts
+        nonlocal parts, flushed
         if buffer:
             store.write_part(buffer, f"part-{run_id}-{parts:05d}.parquet")
             parts += 1
             buffer.clear()
+        flushed = time.monotonic()
 
     from concurrent.futures.process import BrokenProcessPool
 
@@ -220,12 +227,13 @@ def _count(
                         summary.totals[name] += n
                     buffer.append(row)
                     summary.written += 1
-                    if len(buffer) >= part_rows:
+                    # a kill (a scheduler's stop, out of memory) loses at most a part or a minute of work
+                    if len(buffer) >= part_rows or time.monotonic() - flushed >= PART_SECONDS:
                         flush()
                 bar.update(len(rows))
     except BrokenProcessPool:  # a worker was killed (out of memory, most often): its images get no row
         raise BloodcellError(
-            f"a worker process died (out of memory?) after {summary.written} images were written; they are "
+            f"a worker process died (killed, or out of memory?); the {summary.written} images finished are "
             f"kept in {out}, and a rerun counts the rest (fewer --workers or --threads need less memory)"
         ) from None
     finally:  # rows already finished are kept, whatever stopped the run

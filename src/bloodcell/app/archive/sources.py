@@ -22,28 +22,41 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _local_images(root: str) -> list[str]:
-    """Images under a local folder, recursively: symbolic links followed but each real folder and file
-    taken once (a link back up would loop, a second link to a folder would count it twice); hidden
-    names and `bloodcell watch` output folders skipped."""
-    seen_dirs: set[str] = set()
-    seen_files: set[str] = set()
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
+def _local_images(root: str) -> tuple[list[str], list[str]]:
+    """Images under a local folder, recursively, and the subfolders that could not be read. Each file is
+    spelled by its place under ``root``, so a rerun finds it under the same path: a symbolic link to a
+    folder inside ``root`` (a second way to it) or to one above it (a loop) is not followed; links to
+    folders elsewhere are, each real folder once. Hidden names and `bloodcell watch` output skipped."""
+    top = os.path.realpath(root)
+    seen: set[str] = set()
+    found: list[str] = []
+    problems: list[str] = []
+
+    def unreadable(e: OSError) -> None:
+        problems.append(f"{e.filename}: cannot read ({e.strerror or e})")
+
+    def elsewhere(folder: str) -> bool:
         real = os.path.realpath(folder)
-        if real in seen_dirs or WATCH_STATE in files:  # seen, or `bloodcell watch` output (annotated copies)
+        inside = real == top or real.startswith(top + os.sep)
+        above = top.startswith(real.rstrip(os.sep) + os.sep)
+        return not (inside or above)
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=unreadable):
+        real = os.path.realpath(folder)
+        if real in seen or WATCH_STATE in files:  # seen, or `bloodcell watch` output (annotated copies)
             dirs[:] = []
             continue
-        seen_dirs.add(real)
-        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+        seen.add(real)
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not _is_hidden(d) and (not os.path.islink(os.path.join(folder, d)) or elsewhere(os.path.join(folder, d)))
+        )
         for name in files:
             path = os.path.join(folder, name)
-            if _is_hidden(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES or not os.path.isfile(path):
-                continue
-            if (real_file := os.path.realpath(path)) not in seen_files:
-                seen_files.add(real_file)
+            if not _is_hidden(name) and Path(name).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(path):
                 found.append(path)
-    return sorted(found)
+    return sorted(found), problems
 
 
 def _pafs():
@@ -157,7 +170,8 @@ def expand(sources: list[str]) -> ExpandedSources:
             problems.append(f"{source}: cannot read ({e})")
             return
         if info.type == pafs.FileType.Directory and isinstance(fs, pafs.LocalFileSystem):
-            found = _local_images(path)
+            found, unreadable = _local_images(path)
+            problems.extend(unreadable)
         elif info.type == pafs.FileType.Directory:  # a bucket: no links, no loops
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             found = sorted(

@@ -82,6 +82,10 @@ function showStatus(note = "") {
 }
 
 async function upload(files) {
+  // A file that failed before is tried again (its error card goes); one counted already is not added twice.
+  const retried = (item) => item.error && [...files].some((f) => sameFile(item.file, f));
+  for (const item of state.items.filter(retried)) item.card.remove();
+  state.items = state.items.filter((item) => !retried(item));
   const fresh = [...files].filter((f) => !state.items.some((item) => sameFile(item.file, f)));
   const skipped = files.length - fresh.length;
   const note = skipped ? `${skipped} file(s) already on the page, not added again` : "";
@@ -214,7 +218,7 @@ function downloadCsv() {
 }
 
 function downloadJson() {
-  const images = state.items.map((item) =>
+  const images = state.items.filter((item) => item.record || item.error).map((item) =>
     item.error
       ? { image: item.name, error: item.error }
       : {
