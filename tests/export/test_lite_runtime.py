@@ -133,4 +133,3 @@ def test_lite_install_explains_torch_commands(lite):
     run = lite("train", "--epochs", "1")
     assert run.returncode == 2
     assert "pip install 'bloodcell[torch]'" in run.stderr and "Traceback" not in run.stderr
-
