@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -270,7 +271,9 @@ def test_the_web_pages_downloads_make_a_report_without_their_failed_uploads(slid
     assert "1 image(s) that failed to process left out: broken.jpg" in capsys.readouterr().err
     header = "image,width,height,RBC,RBC_lo90,RBC_hi90,RBC_threshold,warnings,error\n"
     page_csv = tmp_path / "counts.csv"
-    page_csv.write_text(header + '"a.jpg",64,48,40,38,43,0.64,"",""\n"b.jpg","","","","","","","","empty file"\n')
+    shutil.copy(slide.parent / "a.jpg", slide.parent / "-a.jpg")  # the page writes it as '-a.jpg (no formula)
+    rows = '"a.jpg",64,48,40,38,43,0.64,"",""\n"\'-a.jpg",64,48,4,3,5,0.64,"",""\n'
+    page_csv.write_text(header + rows + '"b.jpg","","","","","","","","empty file"\n')
     summary = build_report(page_csv, images_dir=slide.parent, out=tmp_path / "r2.html")
-    assert summary.fields == 1 and summary.totals["RBC"] == 40
+    assert summary.fields == 2 and summary.totals["RBC"] == 44 and summary.missing_images == ()
     assert "left out: b.jpg" in capsys.readouterr().err

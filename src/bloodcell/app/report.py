@@ -182,7 +182,7 @@ def _csv_records(path: Path) -> list[dict]:
         if values.get("error"):  # the page's row for an upload that failed: no counts
             failed.append(values["image"])
             continue
-        record: dict = {"image": values["image"], "counts": {}, "count_intervals": {}, "detections": []}
+        record: dict = {"image": _unescaped(values["image"]), "counts": {}, "count_intervals": {}, "detections": []}
         try:
             for key in ("width", "height"):
                 if values.get(key):
@@ -203,6 +203,12 @@ def _csv_records(path: Path) -> list[dict]:
     if not records:
         raise DatasetError(f"{path}: no records (fields of view)")
     return list(records.values())
+
+
+def _unescaped(name: str) -> str:
+    """An image name as the web page's counts.csv escaped it (a leading = + - @ gets a ', so spreadsheets
+    do not run it as a formula), back to the file's own name."""
+    return name[1:] if len(name) > 1 and name[0] == "'" and name[1] in "=+-@" else name
 
 
 def _failed(record: object) -> bool:
