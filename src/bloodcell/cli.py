@@ -710,7 +710,9 @@ def cmd_qat(args: argparse.Namespace) -> int:
 
 def _print_written(result: ExportResult, int8: bool) -> None:
     print(f"wrote {result.path} ({result.size_bytes / 2**20:.2f} MB) and {result.metadata_path}")
-    if int8:  # quantized scores shift: the inherited operating points undercount (README, "Refit")
+    if result.replaced_fit:
+        print(f"note: the {result.path.name} replaced had been refit by `bloodcell calibrate`; refit this one too")
+    if int8:  # quantized scores can shift: refit on val with every cell boxed (README, "int8 counting")
         print(REFIT_HINT.format(path=result.path))
 
 
@@ -827,7 +829,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     summary = build_report(args.results, images_dir=args.images, out=args.out, title=args.title)
     print(summary)
     print(f"wrote {summary.path}")
-    return 1 if summary.missing_images else 0
+    return 1 if summary.missing_images or summary.failed_images else 0
 
 
 def get_args_parser() -> argparse.ArgumentParser:

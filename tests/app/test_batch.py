@@ -261,3 +261,20 @@ def test_a_failed_prediction_is_retried_by_the_next_run(tmp_path: Path, monkeypa
     monkeypatch.setattr(ImageWorker, "_predict", real)
     second = run_batch([str(p) for p in SAMPLES], str(out), device="cpu", progress=False)
     assert (second.written, second.skipped, second.failed) == (1, len(SAMPLES) - 1, 0)
+
+
+def test_an_exports_sidecar_is_part_of_what_counted(tiny_exports: dict, tmp_path: Path) -> None:
+    """The same file with another sidecar counts at other operating points: a rerun with it is refused."""
+    import json
+
+    from bloodcell.errors import ConfigError
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(tiny_exports["onnx"], model)
+    shutil.copy(f"{tiny_exports['onnx']}.json", f"{model}.json")
+    out = tmp_path / "out"
+    run_batch([str(SAMPLES[0])], str(out), model=str(model), device="cpu", progress=False)
+    meta = json.loads(Path(f"{model}.json").read_text())
+    Path(f"{model}.json").write_text(json.dumps({**meta, "conf": [0.9, 0.9, 0.9]}))
+    with pytest.raises(ConfigError, match="another model, --conf or --cell-size"):
+        run_batch([str(SAMPLES[1])], str(out), model=str(model), device="cpu", progress=False)

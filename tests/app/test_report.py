@@ -261,14 +261,18 @@ def test_slide_intervals_add_fields_and_always_hold_the_total():
 
 def test_the_web_pages_downloads_make_a_report_without_their_failed_uploads(slide: Path, tmp_path: Path, capsys):
     """results.json ({model, thresholds, images}) and counts.csv from `bloodcell serve`'s page; an upload
-    that failed there is an entry or row with an error and no counts, left out with a note."""
+    that failed there is an entry or row with an error and no counts: left out, named in the report,
+    exit code 1."""
     records = json.loads(slide.read_text())
     page_json = tmp_path / "results.json"
     images = [*records, {"image": "broken.jpg", "error": "broken.jpg: empty file"}]
     page_json.write_text(json.dumps({"model": "cellnet_bccd.pt", "thresholds": {}, "images": images}))
     summary = build_report(page_json, images_dir=slide.parent, out=tmp_path / "r.html")
-    assert summary.fields == 3 and summary.totals["RBC"] == 100
-    assert "1 image(s) that failed to process left out: broken.jpg" in capsys.readouterr().err
+    assert summary.fields == 3 and summary.totals["RBC"] == 100 and summary.failed_images == ("broken.jpg",)
+    html = (tmp_path / "r.html").read_text()
+    assert "1 fields failed to process and are not counted: broken.jpg" in html
+    assert main(["report", str(page_json), "--images", str(slide.parent), "--out", str(tmp_path / "c.html")]) == 1
+    assert "1 fields failed to process and are not counted" in capsys.readouterr().out
     header = "image,width,height,RBC,RBC_lo90,RBC_hi90,RBC_threshold,warnings,error\n"
     page_csv = tmp_path / "counts.csv"
     shutil.copy(slide.parent / "a.jpg", slide.parent / "-a.jpg")  # the page writes it as '-a.jpg (no formula)
@@ -276,4 +280,17 @@ def test_the_web_pages_downloads_make_a_report_without_their_failed_uploads(slid
     page_csv.write_text(header + rows + '"b.jpg","","","","","","","","empty file"\n')
     summary = build_report(page_csv, images_dir=slide.parent, out=tmp_path / "r2.html")
     assert summary.fields == 2 and summary.totals["RBC"] == 44 and summary.missing_images == ()
-    assert "left out: b.jpg" in capsys.readouterr().err
+    assert summary.failed_images == ("b.jpg",)
+
+
+def test_the_report_says_which_operating_points_counted(tmp_path: Path):
+    """A server run with `--conf RBC=0.6` (or predict --conf) writes its points into every record."""
+    records = [
+        {**record("a.jpg", 40, 1, 3), "conf": [0.6, 0.55, 0.62]},
+        {**record("b.jpg", 35, 0, 5), "conf": [0.6, 0.55, 0.62]},
+    ]
+    build_report(make_slide(tmp_path / "s", records), out=tmp_path / "r.html")
+    assert "counted at operating points RBC 0.60, WBC 0.55, Platelets 0.62." in (tmp_path / "r.html").read_text()
+    records[1]["conf"] = [0.64, 0.55, 0.62]
+    build_report(make_slide(tmp_path / "t", records), out=tmp_path / "t.html")
+    assert "counted at each field's operating points." in (tmp_path / "t.html").read_text()

@@ -99,6 +99,12 @@ def test_sidecar_retunes_operating_points(tiny_exports, tmp_path):
     sidecar_of(model).write_text(json.dumps({**meta, "conf": [0.5, 0.6, 0.7], "iou_threshold": 0.4}))
     p = load_predictor(model)
     assert p.conf == (0.5, 0.6, 0.7) and p.post.iou_threshold == 0.4
+    # said, as an old sidecar left beside a refit file would be (it wins over the file's own)
+    assert p.notes == [
+        f"{model.name}.json sets operating points other than those inside {model.name}; "
+        "the sidecar's are used: delete it to count with the file's"
+    ]
+    assert load_predictor(tiny_exports["onnx"]).notes == []  # the export's own sidecar agrees with its file
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
@@ -228,3 +234,19 @@ def test_a_failed_export_leaves_the_earlier_one_and_its_refit_untouched(
     assert any(name.startswith(f".{model.name}.json") for name in synced)
     assert {p.name: p.read_bytes() for p in model.parent.iterdir()} == before
     assert load_predictor(model).conf == pytest.approx((0.41, 0.42, 0.43))
+
+
+def test_exporting_over_a_refit_file_says_so(tiny_model, tmp_path, capsys):
+    from bloodcell.cli import main
+
+    out = tmp_path / "m.onnx"
+    model = tiny_model()
+    assert main(["export", "--model", str(model), "--format", "onnx", "--out", str(out)]) == 0
+    assert "note:" not in capsys.readouterr().out
+    meta = json.loads(sidecar_of(out).read_text())
+    sidecar_of(out).write_text(json.dumps({**meta, "fitted": {"data": "d", "split": "val", "images": 4}}))
+    assert main(["export", "--model", str(model), "--format", "onnx", "--out", str(out)]) == 0
+    assert (
+        "note: the m.onnx replaced had been refit by `bloodcell calibrate`; refit this one too"
+        in capsys.readouterr().out
+    )

@@ -133,3 +133,12 @@ def test_lite_install_explains_torch_commands(lite):
     run = lite("train", "--epochs", "1")
     assert run.returncode == 2
     assert "pip install 'bloodcell[torch]'" in run.stderr and "Traceback" not in run.stderr
+    shipped = lite("predict", str(Path(bloodcell_root()) / "assets" / "samples" / "BloodImage_00007.jpg"))
+    assert shipped.returncode == 2 and "Traceback" not in shipped.stderr  # no --model: the shipped .pt
+    assert "is a PyTorch model and needs torch" in shipped.stderr and "--model cellnet_int8.tflite" in shipped.stderr
+
+
+def bloodcell_root() -> str:
+    import bloodcell
+
+    return str(Path(bloodcell.__file__).parent)

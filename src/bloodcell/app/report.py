@@ -49,6 +49,7 @@ class ReportSummary:
     fields: int
     intervals: dict[str, tuple[int, int]] | None = None  # 90% interval of each total (None: records have none)
     missing_images: tuple[str, ...] = ()  # record names whose image was missing or unreadable
+    failed_images: tuple[str, ...] = ()  # fields the results say failed to process: not counted
     path: Path | None = None  # the HTML file written
 
     def __str__(self) -> str:
@@ -61,6 +62,8 @@ class ReportSummary:
         lines.append(f"Platelets per 100 RBC: {_ratio(self.platelets_per_100_rbc)}")
         if self.missing_images:
             lines.append(f"{len(self.missing_images)} images missing or unreadable")
+        if self.failed_images:
+            lines.append(f"{len(self.failed_images)} fields failed to process and are not counted")
         return "\n".join(lines)
 
 
@@ -92,6 +95,15 @@ def total_intervals(records: list[dict], classes: tuple[str, ...], z: float = 1.
     return out
 
 
+def _points_text(records: list[dict], classes: tuple[str, ...]) -> str:
+    """Which operating points the counts used: the records' own (predict, watch and the page write them)."""
+    points = {tuple(r["conf"]) for r in records if isinstance(r.get("conf"), list) and len(r["conf"]) == len(classes)}
+    if len(points) == 1:
+        [conf] = points
+        return "at operating points " + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, conf, strict=True))
+    return "at each field's operating points" if points else "at the model's operating points"
+
+
 def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
@@ -107,10 +119,10 @@ def build_report(
     if thumb_px < 16:
         raise ConfigError(f"thumb_px {thumb_px}: must be at least 16")
     results_json_path = Path(results_json_path)
-    records = read_records(results_json_path)
+    records, failed = read_slide(results_json_path)
     if images_dir is not None and not Path(images_dir).is_dir():
         raise ConfigError(f"--images {images_dir}: not a folder")
-    summary = summarize(records)
+    summary = replace(summarize(records), failed_images=tuple(failed))
     annotator = BoxAnnotator(summary.classes, thickness=2, show_scores=False)
     tiles, missing = [], []
     for record in records:
@@ -129,7 +141,12 @@ def build_report(
 def read_records(path: Path) -> list[dict]:
     """The records of a `predict --json` file, the web page's results.json, or a counts CSV (`watch`'s
     counts.csv, `predict --csv`, the page's counts.csv), checked; any fault is one DatasetError naming
-    the file. Images that failed (the page's error entries and rows) are left out, with a note."""
+    the file. Images that failed (the page's error entries and rows) are left out (see ``read_slide``)."""
+    return read_slide(path)[0]
+
+
+def read_slide(path: Path) -> tuple[list[dict], list[str]]:
+    """``read_records``, and the names of the images that the results say failed to process."""
     if path.suffix.lower() == ".csv":
         return _csv_records(path)
     try:
@@ -140,8 +157,10 @@ def read_records(path: Path) -> list[dict]:
         raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: cannot read ({e})") from None
+    failed: list[str] = []
     if isinstance(data, dict) and isinstance(data.get("images"), list):  # the web page's results.json
-        data = _without_failed(path, data["images"], [r.get("image") for r in data["images"] if _failed(r)])
+        failed = [str(r.get("image")) for r in data["images"] if _failed(r)]
+        data = [r for r in data["images"] if not _failed(r)]
     if not isinstance(data, list):
         raise DatasetError(
             f"{path}: expected a list of records (from `bloodcell predict --json`) or the web page's results.json"
@@ -152,10 +171,10 @@ def read_records(path: Path) -> list[dict]:
         problem = _record_problem(record)
         if problem:
             raise DatasetError(f"{path}: record {i}: {problem}")
-    return data
+    return data, failed
 
 
-def _csv_records(path: Path) -> list[dict]:
+def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
     """A counts CSV as records without detections (its rows hold counts, not boxes): one per image, the
     last row of an image that was counted again (watch appends a row when a file is rewritten)."""
     try:
@@ -199,10 +218,9 @@ def _csv_records(path: Path) -> list[dict]:
             raise DatasetError(f"{path}: line {line}: {problem}")
         records.pop(record["image"], None)
         records[record["image"]] = record
-    _without_failed(path, [], failed)
     if not records:
         raise DatasetError(f"{path}: no records (fields of view)")
-    return list(records.values())
+    return list(records.values()), failed
 
 
 def _unescaped(name: str) -> str:
@@ -213,14 +231,6 @@ def _unescaped(name: str) -> str:
 
 def _failed(record: object) -> bool:
     return isinstance(record, dict) and bool(record.get("error"))
-
-
-def _without_failed(path: Path, records: list, failed: list) -> list:
-    """``records`` less those with an error, saying which images were left out."""
-    if failed:
-        names = ", ".join(str(n) for n in failed[:5]) + (", ..." if len(failed) > 5 else "")
-        print(f"note: {path}: {len(failed)} image(s) that failed to process left out: {names}", file=sys.stderr)
-    return [r for r in records if not _failed(r)]
 
 
 def _is_count(v: object) -> bool:
@@ -355,6 +365,7 @@ figcaption { font-size: 0.8em; overflow-wrap: anywhere; }
 .missing { width: %(px)dpx; height: %(ph)dpx; background: #eee; border: 2px dashed #c33; color: #c33;
   display: flex; align-items: center; justify-content: center; text-align: center; font-size: 0.9em; }
 .note { font-size: 0.8em; color: #666; }
+.warn { color: #a35a00; }
 """
 
 
@@ -401,6 +412,13 @@ def render_html(
             body = f'<img src="{tile}" alt="{e(r["image"])}">'
         figures.append(f"<figure>{body}{caption}</figure>")
     css = CSS % {"px": thumb_px, "ph": thumb_px * 3 // 4}
+    failed = ""
+    if summary.failed_images:
+        names = ", ".join(e(n) for n in summary.failed_images)
+        failed = (
+            f'<p class="warn">{len(summary.failed_images)} fields failed to process and are not counted: {names}</p>\n'
+        )
+
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -411,7 +429,7 @@ def render_html(
 <body>
 <h1>{e(title)}</h1>
 <p>{summary.fields} fields of view</p>
-<table>
+{failed}<table>
 <tr><th>Class</th><th>Total</th><th>90% interval</th><th>Mean per field</th></tr>
 {totals}
 </table>
@@ -428,7 +446,7 @@ def render_html(
 {"".join(figures)}
 </div>
 <p class="note">Boxes: for each class, the top-scoring detections up to that field's count,
-i.e. the detections counted at the model's operating points. Intervals: 90% intervals from the
+i.e. the detections counted {_points_text(records, summary.classes)}. Intervals: 90% intervals from the
 model's calibrated scores (fields) and their sum (totals).</p>
 </body>
 </html>

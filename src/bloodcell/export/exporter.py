@@ -44,6 +44,7 @@ class ExportResult:
     metadata_path: Path
     size_bytes: int
     metadata: dict = field(repr=False, default_factory=dict)
+    replaced_fit: bool = False  # the file replaced had been refit by `bloodcell calibrate`
 
 
 def calibration_images(
@@ -115,8 +116,17 @@ def export_model(
     # the renames leaves the old file with the new sidecar (refused by the loader if their graphs differ),
     # never a new file silently read with the old sidecar's operating points.
     meta_path = out.with_name(out.name + ".json")
+    replaced_fit = _fitted(meta_path)
     write_files([(meta_path, (json.dumps(meta, indent=2) + "\n").encode()), (out, data)])
-    return ExportResult(out, meta_path, out.stat().st_size, meta)
+    return ExportResult(out, meta_path, out.stat().st_size, meta, replaced_fit)
+
+
+def _fitted(sidecar: Path) -> bool:
+    """Whether ``sidecar`` holds a `bloodcell calibrate` refit (an export about to be replaced)."""
+    try:
+        return bool(json.loads(sidecar.read_text()).get("fitted"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[int, int], strides) -> dict:

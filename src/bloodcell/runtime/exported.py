@@ -25,6 +25,7 @@ from bloodcell.runtime.metadata import (
     onnx_embedded,
     read_sidecar,
     resolve_metadata,
+    sidecar_note,
     tflite_embedded,
 )
 from bloodcell.runtime.postprocess import PostprocessConfig, decode
@@ -96,7 +97,9 @@ class OnnxPredictor(ExportedPredictor):
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: onnxruntime cannot load it ({str(e)[:160]})") from None
-        super().__init__(path, resolve_metadata(path, sidecar, onnx_embedded(self.session)))
+        embedded = onnx_embedded(self.session)
+        super().__init__(path, resolve_metadata(path, sidecar, embedded))
+        self.notes += filter(None, [sidecar_note(path, sidecar, embedded)])
         outputs = [o.shape for o in self.session.get_outputs()]
         self.metadata.check_graph(path, self.session.get_inputs()[0].shape, outputs)
 
@@ -194,7 +197,9 @@ class TFLitePredictor(ExportedPredictor):
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"{path}: LiteRT cannot load it ({str(e)[:160]})") from None
-        super().__init__(path, resolve_metadata(path, sidecar, tflite_embedded(path)))
+        embedded = tflite_embedded(path)
+        super().__init__(path, resolve_metadata(path, sidecar, embedded))
+        self.notes += filter(None, [sidecar_note(path, sidecar, embedded)])
         self.input = self.interpreter.get_input_details()[0]
         outputs = self.interpreter.get_output_details()
         self.metadata.check_graph(path, self.input["shape"], [d["shape"] for d in outputs])

@@ -47,7 +47,13 @@ def load_predictor(
 
         return TFLitePredictor(path, threads=threads, edgetpu=edgetpu)
     if suffix == ".pt":
-        import torch
+        try:
+            import torch
+        except ModuleNotFoundError:  # the lite install (a Raspberry Pi): it runs exports only
+            raise ModelError(
+                f"{path.name} is a PyTorch model and needs torch (pip install 'bloodcell[torch]'); this install "
+                "runs exported models: --model cellnet_int8.tflite (made by `bloodcell export` where torch is)"
+            ) from None
 
         from bloodcell.models.checkpoint import load_model
         from bloodcell.runtime.torch_predictor import TorchPredictor

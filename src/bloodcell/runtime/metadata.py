@@ -183,6 +183,29 @@ def resolve_metadata(model: Path, sidecar: ExportMetadata | None, embedded: str 
     return meta
 
 
+#: What a sidecar may retune without another export (see GRAPH_FIELDS).
+OPERATING_FIELDS = ("conf", "iou_threshold", "calibration", "cell_size")
+
+
+def sidecar_note(model: Path, sidecar: ExportMetadata | None, embedded: str | bytes | None) -> str | None:
+    """What to tell a user whose sidecar sets operating points other than the file's own (it wins): a
+    retune is fine, an old sidecar left beside a file that `bloodcell calibrate` refit is not."""
+    if sidecar is None or embedded is None:
+        return None
+    try:
+        inside = json.loads(embedded)
+    except ValueError:
+        return None
+    if not isinstance(inside, dict) or all(sidecar.raw.get(k) == inside.get(k) for k in OPERATING_FIELDS):
+        return None
+    refit = inside.get("fitted") and inside.get("fitted") != sidecar.raw.get("fitted")
+    why = " (the file was refit by `bloodcell calibrate` after the sidecar was written)" if refit else ""
+    return (
+        f"{sidecar_path(model).name} sets operating points other than those inside {model.name}{why}; "
+        "the sidecar's are used: delete it to count with the file's"
+    )
+
+
 def _dims(shape: Any) -> tuple[int, ...] | None:
     """A shape as ints; None when some dimension is symbolic (ONNX names dynamic axes)."""
     try:
