@@ -278,3 +278,19 @@ def test_an_exports_sidecar_is_part_of_what_counted(tiny_exports: dict, tmp_path
     Path(f"{model}.json").write_text(json.dumps({**meta, "conf": [0.9, 0.9, 0.9]}))
     with pytest.raises(ConfigError, match="another model, --conf or --cell-size"):
         run_batch([str(SAMPLES[1])], str(out), model=str(model), device="cpu", progress=False)
+
+
+def test_an_unreadable_subfolder_is_skipped_with_a_warning(archive: Path, monkeypatch) -> None:
+    """A mount's lost+found (root only): not an image that failed, so not a failure every run."""
+    from bloodcell.app.archive import sources
+
+    walk = os.walk
+
+    def walk_with_a_locked_folder(top, **kwargs):
+        kwargs["onerror"](PermissionError(13, "Permission denied", str(Path(top) / "lost+found")))
+        yield from walk(top, **kwargs)
+
+    monkeypatch.setattr(sources.os, "walk", walk_with_a_locked_folder)
+    found = expand([str(archive)])
+    assert found.problems == [] and len(found.uris) == 5
+    assert found.skipped == [f"{archive / 'lost+found'}: cannot read (Permission denied)"]

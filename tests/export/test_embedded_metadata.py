@@ -99,12 +99,26 @@ def test_sidecar_retunes_operating_points(tiny_exports, tmp_path):
     sidecar_of(model).write_text(json.dumps({**meta, "conf": [0.5, 0.6, 0.7], "iou_threshold": 0.4}))
     p = load_predictor(model)
     assert p.conf == (0.5, 0.6, 0.7) and p.post.iou_threshold == 0.4
-    # said, as an old sidecar left beside a refit file would be (it wins over the file's own)
-    assert p.notes == [
-        f"{model.name}.json sets operating points other than those inside {model.name}; "
-        "the sidecar's are used: delete it to count with the file's"
+    assert p.notes == []  # a retune by hand is how the sidecar is meant to be used
+
+
+def test_a_sidecar_left_from_before_a_refit_is_said(tiny_exports, tmp_path):
+    """`bloodcell calibrate` writes the refit into the file and its sidecar; an older sidecar beside the
+    refit file would silently win."""
+    from bloodcell.export.embed import with_metadata
+
+    model = alone(tiny_exports["onnx"], tmp_path)
+    old = json.loads(sidecar_of(tiny_exports["onnx"]).read_text())
+    refit = {**old, "conf": [0.5, 0.6, 0.7], "fitted": {"data": "d", "split": "val", "images": 4}}
+    model.write_bytes(with_metadata(model, refit))
+    sidecar_of(model).write_text(json.dumps(old))
+    p = load_predictor(model)
+    assert p.conf == old["conf"] and p.notes == [
+        f"{model.name}.json sets operating points other than the refit inside {model.name} (`bloodcell calibrate`), "
+        "and is read first: if it is older than that refit, delete it"
     ]
-    assert load_predictor(tiny_exports["onnx"]).notes == []  # the export's own sidecar agrees with its file
+    sidecar_of(model).write_text(json.dumps(refit))
+    assert load_predictor(model).notes == []
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])

@@ -166,7 +166,7 @@ def read_slide(path: Path) -> tuple[list[dict], list[str]]:
             f"{path}: expected a list of records (from `bloodcell predict --json`) or the web page's results.json"
         )
     if not data:
-        raise DatasetError(f"{path}: no records (fields of view)")
+        raise DatasetError(f"{path}: no records (fields of view){_all_failed(failed)}")
     for i, record in enumerate(data):
         problem = _record_problem(record)
         if problem:
@@ -190,6 +190,9 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
     classes = [c for c in header if f"{c}_lo90" in header and f"{c}_hi90" in header]
     if not classes:
         raise DatasetError(f"{path}: no class columns (CLASS, CLASS_lo90, CLASS_hi90)")
+    # the web page's counts.csv: per-class thresholds, and names escaped against spreadsheet formulas
+    page = all(f"{c}_threshold" in header for c in classes)
+    name = _unescaped if page else str
     records: dict[str, dict] = {}
     failed = []
     for line, row in enumerate(rows[1:], start=2):
@@ -199,9 +202,9 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
             raise DatasetError(f"{path}: line {line}: {len(row)} columns, the header has {len(header)}")
         values = dict(zip(header, row, strict=True))
         if values.get("error"):  # the page's row for an upload that failed: no counts
-            failed.append(values["image"])
+            failed.append(name(values["image"]))
             continue
-        record: dict = {"image": _unescaped(values["image"]), "counts": {}, "count_intervals": {}, "detections": []}
+        record: dict = {"image": name(values["image"]), "counts": {}, "count_intervals": {}, "detections": []}
         try:
             for key in ("width", "height"):
                 if values.get(key):
@@ -212,6 +215,11 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
                     record["count_intervals"][c] = [int(values[f"{c}_lo90"]), int(values[f"{c}_hi90"])]
         except ValueError as e:
             raise DatasetError(f"{path}: line {line}: not a whole number ({e})") from None
+        if page:  # the operating points the page counted with (its slider may have moved them)
+            try:
+                record["conf"] = [float(values[f"{c}_threshold"]) for c in classes]
+            except ValueError as e:
+                raise DatasetError(f"{path}: line {line}: a threshold is not a number ({e})") from None
         record["annotated"] = True  # its thumbnail comes from the annotated copy: the boxes are drawn on it
         problem = _record_problem(record)
         if problem:
@@ -219,8 +227,15 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
         records.pop(record["image"], None)
         records[record["image"]] = record
     if not records:
-        raise DatasetError(f"{path}: no records (fields of view)")
+        raise DatasetError(f"{path}: no records (fields of view){_all_failed(failed)}")
     return list(records.values()), failed
+
+
+def _all_failed(failed: list[str]) -> str:
+    if not failed:
+        return ""
+    names = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
+    return f": every field failed to process ({names})"
 
 
 def _unescaped(name: str) -> str:

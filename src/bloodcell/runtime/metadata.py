@@ -188,21 +188,22 @@ OPERATING_FIELDS = ("conf", "iou_threshold", "calibration", "cell_size")
 
 
 def sidecar_note(model: Path, sidecar: ExportMetadata | None, embedded: str | bytes | None) -> str | None:
-    """What to tell a user whose sidecar sets operating points other than the file's own (it wins): a
-    retune is fine, an old sidecar left beside a file that `bloodcell calibrate` refit is not."""
+    """What to tell a user whose sidecar overrides a refit inside the file: `bloodcell calibrate` writes
+    both, so a sidecar that disagrees with the file's refit is most likely left from before it. (A sidecar
+    retuned by hand over an unrefit file, or a refit only in the sidecar, is how it should be: no note.)"""
     if sidecar is None or embedded is None:
         return None
     try:
         inside = json.loads(embedded)
     except ValueError:
         return None
-    if not isinstance(inside, dict) or all(sidecar.raw.get(k) == inside.get(k) for k in OPERATING_FIELDS):
+    if not isinstance(inside, dict) or not inside.get("fitted") or inside["fitted"] == sidecar.raw.get("fitted"):
         return None
-    refit = inside.get("fitted") and inside.get("fitted") != sidecar.raw.get("fitted")
-    why = " (the file was refit by `bloodcell calibrate` after the sidecar was written)" if refit else ""
+    if all(sidecar.raw.get(k) == inside.get(k) for k in OPERATING_FIELDS):
+        return None
     return (
-        f"{sidecar_path(model).name} sets operating points other than those inside {model.name}{why}; "
-        "the sidecar's are used: delete it to count with the file's"
+        f"{sidecar_path(model).name} sets operating points other than the refit inside {model.name} "
+        "(`bloodcell calibrate`), and is read first: if it is older than that refit, delete it"
     )
 
 

@@ -139,6 +139,8 @@ def run_batch(
     model_id = counted_by(probe.describe()["name"], digest, None if own else thresholds, cell_size)
     del probe
     expanded = expand(sources)
+    for skipped in expanded.skipped:  # a mount's lost+found, say: not images that failed
+        print(f"warning: {skipped}, skipped", file=sys.stderr)
     for problem in expanded.problems:
         print(f"error: {problem}", file=sys.stderr)
     summary.failed += len(expanded.problems)

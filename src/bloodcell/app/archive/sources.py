@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -100,6 +100,7 @@ def filesystem(uri: str):
 class ExpandedSources:
     uris: list[str]  # each image once, in the order given
     problems: list[str]
+    skipped: list[str] = field(default_factory=list)  # subfolders that could not be read (e.g. lost+found)
 
 
 def _uri(source: str, inner: str) -> str:
@@ -147,6 +148,7 @@ def expand(sources: list[str]) -> ExpandedSources:
     pafs = _pafs()
     uris: list[str] = []
     problems: list[str] = []
+    skipped: list[str] = []
 
     def add(source: str, nested: bool = False) -> None:
         try:
@@ -171,7 +173,7 @@ def expand(sources: list[str]) -> ExpandedSources:
             return
         if info.type == pafs.FileType.Directory and isinstance(fs, pafs.LocalFileSystem):
             found, unreadable = _local_images(path)
-            problems.extend(unreadable)
+            skipped.extend(unreadable)
         elif info.type == pafs.FileType.Directory:  # a bucket: no links, no loops
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             found = sorted(
@@ -201,7 +203,7 @@ def expand(sources: list[str]) -> ExpandedSources:
     first: dict[str, str] = {}  # each file once, however it was reached (a folder and a glob, a link and its target)
     for uri in uris:
         first.setdefault(os.path.realpath(uri) if "://" not in uri else uri, uri)
-    return ExpandedSources(list(first.values()), problems)
+    return ExpandedSources(list(first.values()), problems, skipped)
 
 
 def read_bytes(uri: str) -> bytes:
