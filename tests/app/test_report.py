@@ -281,6 +281,7 @@ def test_the_web_pages_downloads_make_a_report_without_their_failed_uploads(slid
     summary = build_report(page_csv, images_dir=slide.parent, out=tmp_path / "r2.html")
     assert summary.fields == 2 and summary.totals["RBC"] == 44 and summary.missing_images == ()
     assert summary.failed_images == ("b.jpg",)
+    assert "counted at operating points RBC 0.64." in (tmp_path / "r2.html").read_text()  # the page's thresholds
 
 
 def test_the_report_says_which_operating_points_counted(tmp_path: Path):
