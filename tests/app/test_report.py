@@ -282,6 +282,11 @@ def test_the_web_pages_downloads_make_a_report_without_their_failed_uploads(slid
     assert summary.fields == 2 and summary.totals["RBC"] == 44 and summary.missing_images == ()
     assert summary.failed_images == ("b.jpg",)
     assert "counted at operating points RBC 0.64." in (tmp_path / "r2.html").read_text()  # the page's thresholds
+    pngs = tmp_path / "downloads"  # the page's "Annotated PNGs" button saves <stem>_annotated.png
+    pngs.mkdir()
+    for stem in ("a", "-a"):
+        Image.new("RGB", (64, 48), (200, 40, 40)).save(pngs / f"{stem}_annotated.png")
+    assert build_report(page_csv, images_dir=pngs, out=tmp_path / "r3.html").missing_images == ()
 
 
 def test_the_report_says_which_operating_points_counted(tmp_path: Path):
