@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bloodcell.atomic import check_outputs
 from bloodcell.errors import BloodcellError, ConfigError, describe_os_error
 
 if TYPE_CHECKING:  # config is imported lazily below, like every other bloodcell module
@@ -565,7 +566,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise ConfigError("--out: name the new .pt model file (it may be --model itself)")
     elif Path(args.out).suffix.lower() != ".pt":
         raise ConfigError(f"--out {args.out}: calibrate writes a .pt model file; name it so")
-    _check_outputs({"--out": args.out})
+    check_outputs({"--out": args.out})
     root = _data_root(args)
     records = load_dataset(root, split=args.split).records
     if not records:
@@ -586,16 +587,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_outputs(files: dict[str, str | None], folders: dict[str, str | None] | None = None) -> None:
-    from bloodcell.atomic import check_outputs
-
-    check_outputs(files, folders)
-
-
 def cmd_val(args: argparse.Namespace) -> int:
     from bloodcell.engine.validate import validate
 
-    _check_outputs({"--json": args.json}, {"--out": args.out})
+    check_outputs({"--json": args.json}, {"--out": args.out})
     metrics = validate(
         args.model,
         _data_root(args),
@@ -653,7 +648,7 @@ def _predict_stream(args: argparse.Namespace) -> int:
     from bloodcell.app.video import DEFAULT_OUT, run_stream
     from bloodcell.runtime.loader import load_predictor, print_model_notes
 
-    _check_outputs({}, {"--out": args.out or DEFAULT_OUT})  # an unwritable folder: now, not after the video
+    check_outputs({}, {"--out": args.out or DEFAULT_OUT})  # an unwritable folder: now, not after the video
     predictor = load_predictor(args.model, device=args.device, threads=args.threads, edgetpu=args.edgetpu)
     print_model_notes(predictor)
     _check_cell_size(predictor, args.cell_size)
@@ -670,7 +665,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for flag, value in (("--calib-images", args.calib_images), ("--data", args.data)):
         if value is not None and not args.int8:
             raise ConfigError(f"{flag} is for int8 calibration; add --int8 or leave it out")
-    _check_outputs({"--out": args.out})
+    check_outputs({"--out": args.out})
     result = export_model(
         args.model,
         args.format,
@@ -691,7 +686,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
 
     if not args.out.endswith(".tflite"):
         raise ConfigError(f"--out {args.out}: QAT writes a .tflite file")
-    _check_outputs({"--out": args.out})
+    check_outputs({"--out": args.out})
     config = QATConfig(
         model=args.model,
         out=args.out,
@@ -719,7 +714,7 @@ def _print_written(result: ExportResult, int8: bool) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from bloodcell.export.benchmark import benchmark, format_table
 
-    _check_outputs({}, {"--out": args.out})
+    check_outputs({}, {"--out": args.out})
     rows = benchmark(
         args.model, _data_root(args), split=args.split, threads=args.threads, out=args.out, extra=args.extra
     )

@@ -327,8 +327,9 @@ class GuardMiddleware:
         await self.app(scope, receive, send_guarded)
 
 
-def model_card(predictor: Predictor, name: str | None = None) -> dict:
-    """What /api/v1/model tells: the predictor's ``describe()`` plus classes, input size and thresholds."""
+def model_card(predictor: Predictor, name: str | None = None, conf: Conf | None = None) -> dict:
+    """What /api/v1/model tells: the predictor's ``describe()`` plus classes, input size and thresholds
+    (``conf``: the operating points counted with, default the predictor's)."""
     described = predictor.describe()
     classes = [str(c) for c in predictor.class_names]
     return {
@@ -338,7 +339,7 @@ def model_card(predictor: Predictor, name: str | None = None) -> dict:
         "classes": classes,
         "colors": {c: class_hex(c, i) for i, c in enumerate(classes)},
         "input_size": [int(v) for v in predictor.input_size],
-        "conf": [float(v) for v in class_thresholds(predictor.conf, len(classes))],  # one operating point per class
+        "conf": [float(v) for v in class_thresholds(conf or predictor.conf, len(classes))],  # one per class
         "nms_iou": [float(v) for v in class_thresholds(predictor.post.iou_threshold, len(classes))],  # per class
         "metrics": described.get("metrics") or None,
         "notes": list(getattr(predictor, "notes", ())),  # e.g. an int8 file whose operating points were not refitted
@@ -375,9 +376,11 @@ def create_app(
     budget = PixelBudget(max_decoding_pixels or max_pixels)
     limit = int(max_upload_mb * 2**20)
     lock = threading.Lock()
-    if conf is not None:  # the server's own operating points: the model card tells them, the page uses them
-        predictor.conf = tuple(float(v) for v in class_thresholds(conf, len(predictor.class_names)))
-    card = model_card(predictor, model_name)
+    # the server's operating points: the model card tells them, the page and the API count with them
+    points = (
+        predictor.conf if conf is None else tuple(float(v) for v in class_thresholds(conf, len(predictor.class_names)))
+    )
+    card = model_card(predictor, model_name, points)
     app = FastAPI(title="bloodcell", version=__version__, description="Detect and count blood cells in images.")
     app.add_middleware(GuardMiddleware, host=host, allowed_hosts=tuple(allowed_hosts))
 
@@ -419,10 +422,10 @@ def create_app(
         repeated = sorted(k for k in set(params.keys()) if len(params.getlist(k)) > 1)
         if repeated:
             raise ApiError(422, f"option(s) {', '.join(map(repr, repeated))} given more than once")
-        options = DetectOptions(predictor.conf, min_score, cell_size)
+        options = DetectOptions(points, min_score, cell_size)
         try:
             if "conf" in params:
-                options.conf = parse_conf(params["conf"], tuple(predictor.class_names), predictor.conf, "conf")
+                options.conf = parse_conf(params["conf"], tuple(predictor.class_names), points, "conf")
         except ConfigError as e:
             raise ApiError(422, str(e)) from None
         try:

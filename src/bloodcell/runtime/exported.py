@@ -37,7 +37,9 @@ from bloodcell.types import Detections
 class ExportedPredictor:
     """Shared by the runtimes: letterbox -> run -> decode -> map boxes back to the image."""
 
-    def __init__(self, path: Path, metadata: ExportMetadata) -> None:
+    def __init__(self, path: Path, sidecar: ExportMetadata | None, embedded: str | bytes | None) -> None:
+        """``sidecar`` and ``embedded``: the two copies of the export's metadata (see ``resolve_metadata``)."""
+        metadata = resolve_metadata(path, sidecar, embedded)
         self.path = path
         self.metadata = metadata
         self.class_names = metadata.class_names
@@ -50,6 +52,7 @@ class ExportedPredictor:
         self.post = PostprocessConfig(iou_threshold=metadata.iou_threshold)
         self.times = StageTimes()
         self.notes = [unfitted_int8_note(path)] if metadata.int8 and not metadata.raw.get("fitted") else []
+        self.notes += filter(None, [sidecar_note(path, sidecar, embedded)])
 
     def describe(self) -> dict:
         """Architecture, format, metrics and name, from the export metadata."""
@@ -97,9 +100,7 @@ class OnnxPredictor(ExportedPredictor):
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: onnxruntime cannot load it ({str(e)[:160]})") from None
-        embedded = onnx_embedded(self.session)
-        super().__init__(path, resolve_metadata(path, sidecar, embedded))
-        self.notes += filter(None, [sidecar_note(path, sidecar, embedded)])
+        super().__init__(path, sidecar, onnx_embedded(self.session))
         outputs = [o.shape for o in self.session.get_outputs()]
         self.metadata.check_graph(path, self.session.get_inputs()[0].shape, outputs)
 
@@ -197,9 +198,7 @@ class TFLitePredictor(ExportedPredictor):
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"{path}: LiteRT cannot load it ({str(e)[:160]})") from None
-        embedded = tflite_embedded(path)
-        super().__init__(path, resolve_metadata(path, sidecar, embedded))
-        self.notes += filter(None, [sidecar_note(path, sidecar, embedded)])
+        super().__init__(path, sidecar, tflite_embedded(path))
         self.input = self.interpreter.get_input_details()[0]
         outputs = self.interpreter.get_output_details()
         self.metadata.check_graph(path, self.input["shape"], [d["shape"] for d in outputs])

@@ -87,7 +87,7 @@ class Rescaled:
         self.size = (max(1, round(w * scale)), max(1, round(h * scale)))
         small = scale <= 1 or self.size[0] * self.size[1] <= MAX_RESIZED_PIXELS  # shrinking: never above the source
         self.whole = resize(image, scale) if small else None
-        self.source = image
+        self.source = None if small else np.ascontiguousarray(image)  # cv2 needs it; once, not per tile
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -103,8 +103,7 @@ class Rescaled:
         sx, sy = sw / w, sh / h  # cv2.resize's mapping: source = (target + 0.5) * s - 0.5
         inverse = np.array([[sx, 0, (x0 + 0.5) * sx - 0.5], [0, sy, (y0 + 0.5) * sy - 0.5]])
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        source = np.ascontiguousarray(self.source)
-        return cv2.warpAffine(source, inverse, (x1 - x0, y1 - y0), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        return cv2.warpAffine(self.source, inverse, (x1 - x0, y1 - y0), flags=flags, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _pad_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
