@@ -5,7 +5,7 @@
 // become HTML.
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, minScore: 0.05, shift: 0, hidden: new Set(), items: [], queued: 0 };
+const state = { model: null, minScore: 0.05, shift: 0, hidden: new Set(), items: [] };
 // Rounded to the slider's step: 0.55 + 0.07 is 0.6200000000000001 in floating point, which would leave out
 // a box scored 0.62 (scores come rounded to 4 decimals).
 const thresholdOf = (label) => {
@@ -75,9 +75,12 @@ function newCard(name) {
 // A file already on the page (same name, size and time) is not counted twice in the totals.
 const sameFile = (a, b) => a.name === b.name && a.size === b.size && a.lastModified === b.lastModified;
 
+// Uploads still waiting for their answer (every drop's cards are made at once).
+const pending = () => state.items.filter((item) => !item.record && !item.error).length;
+
 function showStatus(note = "") {
-  const done = state.items.filter((item) => item.record || item.error).length;
-  const text = state.queued ? `detecting… ${done} of ${state.items.length} done` : `${state.items.length} image(s)`;
+  const done = state.items.length - pending();
+  const text = pending() ? `detecting… ${done} of ${state.items.length} done` : `${state.items.length} image(s)`;
   $("status").textContent = note ? `${text}; ${note}` : text;
 }
 
@@ -93,7 +96,6 @@ async function upload(files) {
   const todo = fresh.map((file) => ({ file, name: file.name, record: null, bitmap: null, error: null }));
   for (const item of todo) item.card = newCard(item.name);
   state.items.push(...todo);
-  state.queued += todo.length;
   showStatus(note);
   for (const item of todo) {
     const file = item.file;
@@ -108,14 +110,13 @@ async function upload(files) {
     } catch (e) {
       item.error = e.message;
     }
-    state.queued -= 1;
     render();
     showStatus(note);
   }
 }
 
 function clearAll() {
-  if (state.queued) return; // uploads in flight would come back to a page that forgot them
+  if (pending()) return; // uploads in flight would come back to a page that forgot them
   for (const item of state.items) item.card.remove();
   state.items = [];
   render();
