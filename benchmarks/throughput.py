@@ -30,8 +30,8 @@ def isa() -> str:
     return f"{cpu['model']}; {' '.join(f for f, on in cpu['flags'].items() if on) or 'no AVX2'}"
 
 
-def run_engine(name: str, workers: int, threads: int, uris: list[str], device: str, batch: int = 1) -> dict:
-    spec = PredictorSpec(str(default_model()[0]), "bench", "bench", device, threads, batch, None, "auto")
+def run_engine(name: str, workers: int, threads: int | None, uris: list[str], device: str, batch: int = 1) -> dict:
+    spec = PredictorSpec(str(default_model()[0]), "bench", "bench", device, threads or None, batch, None, "auto")
     engine = make_engine(name, spec, workers, None)
     t0 = time.perf_counter()
     first, n = None, 0
@@ -66,19 +66,22 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=1, help="images per network pass (GPU)")
     p.add_argument("--configs", default="predict,local1,local2,ray2", help="which to run, comma-separated")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads per engine worker (default 1: the CPU comparison's setting; 0: the engine's "
+                        "own default, the cores shared out, as `bloodcell batch` does)")  # fmt: skip
     p.add_argument("--out", default="runs/throughput")
     args = p.parse_args()
 
     paths = sorted((Path(args.data) / "JPEGImages").glob("*.jpg"))[: args.images]
     uris = [str(p.absolute()) for p in paths]
-    results = {"machine": isa(), "device": args.device, "images": len(paths)}
+    results = {"machine": isa(), "device": args.device, "images": len(paths), "threads_per_worker": args.threads}
     for config in args.configs.split(","):
         if config == "predict":
             results[config] = run_predict(paths, args.device, args.batch)
         else:
             engine = config.rstrip("0123456789")
             workers = int(config.removeprefix(engine) or 1)
-            results[config] = run_engine(engine, workers, 1, uris, args.device, args.batch)
+            results[config] = run_engine(engine, workers, args.threads, uris, args.device, args.batch)
         print(config, results[config], flush=True)
     if "local1" in results and "ray2" in results:
         for key in ("images_per_s", "steady_images_per_s"):
