@@ -1,7 +1,7 @@
 """Counting accuracy side by side: BCCD val with its original labels (the 2019 seed's metric), the
 dense relabelling of val (every cell boxed), and BCCD test as the untouched hold-out.
 
-    python benchmarks/counting.py MODEL.pt [MODEL.pt ...] [--refit] [--markdown]
+    python benchmarks/counting.py MODEL.pt [MODEL.pt ...] [--refit] [--json FILE]
 
 --refit fits each model's per-class operating points and score calibration on the val split of
 --fit-data (dense labels where they exist) before scoring, as `bloodcell train` does at its end;
