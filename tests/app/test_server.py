@@ -482,7 +482,11 @@ def test_cell_size_per_request_is_checked_against_the_model(slides):
     with TestClient(create_app(sized), base_url=BASE) as c:
         r = post(c, slides[0].read_bytes(), "s.jpg", cell_size="1000")
         assert r.status_code == 422 and r.json()["error"].startswith("cell_size=1000: the model sees red cells")
+        assert "(cell_size=" in r.json()["error"] and "--cell-size" not in r.json()["error"]  # the API's spelling
         assert post(c, slides[0].read_bytes(), "s.jpg", cell_size="none").json()["scale"] == 1.0
+    with TestClient(create_app(FakePredictor(conf=0.3, cell_size=None)), base_url=BASE) as c:
+        r = post(c, slides[0].read_bytes(), "s.jpg", cell_size="80")
+        assert r.status_code == 422 and r.json()["error"].startswith("cell_size needs a model that records")
 
 
 def test_upload_errors_name_the_file_and_gif_is_an_image(client, slides):

@@ -430,11 +430,10 @@ def create_app(
             raise ApiError(422, str(e)) from None
         try:
             if "cell_size" in params:
-                options.cell_size = parse_cell_size(params["cell_size"])
-                check_cell_size(predictor, options.cell_size)
+                options.cell_size = parse_cell_size(params["cell_size"], "cell_size")
+                check_cell_size(predictor, options.cell_size, "cell_size")
         except ConfigError as e:
-            text = re.sub(r"--cell-size (?=\d)", "cell_size=", str(e)).replace("--cell-size", "cell_size")
-            raise ApiError(422, text if text.startswith("cell_size") else f"cell_size {text}") from None
+            raise ApiError(422, str(e)) from None
         return options
 
     @app.post("/api/v1/detect", openapi_extra=UPLOAD_SCHEMA, summary="Detect and count cells in one image")

@@ -333,9 +333,15 @@ def detect_cells(
     return ScaledDetections(Detections(boxes, dets.labels, dets.scores), scale, passes, estimated, warning)
 
 
-def parse_cell_size(text: str) -> float | str | None:
+def _option(flag: str, value: str) -> str:
+    """How a user wrote the option: ``--cell-size 90`` on the command line, ``cell_size=90`` in a query."""
+    return f"{flag} {value}" if flag.startswith("-") else f"{flag}={value}"
+
+
+def parse_cell_size(text: str, flag: str = "") -> float | str | None:
     """``--cell-size`` text: 'auto', 'none' (None: as is) or a red-cell diameter in pixels > 0;
-    ConfigValueError otherwise (whether this model can honour a diameter: ``check_cell_size``)."""
+    ConfigValueError otherwise, naming ``flag`` if given (argparse names it itself; whether this model
+    can honour a diameter: ``check_cell_size``)."""
     word = text.strip().lower()
     if word in ("auto", "none"):
         return None if word == "none" else "auto"
@@ -344,30 +350,31 @@ def parse_cell_size(text: str) -> float | str | None:
     except ValueError:
         value = float("nan")
     if not value > 0 or value == float("inf"):
-        raise ConfigValueError(f"{text!r}: expected 'auto', 'none' or a diameter in pixels > 0")
+        named = f"{flag} {text!r}" if flag else repr(text)
+        raise ConfigValueError(f"{named}: expected 'auto', 'none' or a diameter in pixels > 0")
     return value
 
 
-def check_cell_size(predictor: RawPredictor, cell_size: float | str | None) -> None:
+def check_cell_size(predictor: RawPredictor, cell_size: float | str | None, flag: str = "--cell-size") -> None:
     """ConfigError now for a ``--cell-size`` this model cannot honour (long-running commands call it
-    once after loading the model, instead of failing on every image)."""
+    once after loading the model, instead of failing on every image); ``flag`` names it in the error."""
     if cell_size not in ("auto", None):
-        given_scale(float(cell_size), getattr(predictor, "cell_size", None))
+        given_scale(float(cell_size), getattr(predictor, "cell_size", None), flag)
 
 
-def given_scale(cell_size: float, reference: float | None) -> float:
+def given_scale(cell_size: float, reference: float | None, flag: str = "--cell-size") -> float:
     """The resize factor that a user's ``--cell-size`` asks for; ConfigError outside ``SCALE_RANGE``
     (a typo like 3 or 100000 would be clamped into a count of the wrong cells, not refused), or for a
     model that records no trained cell size to compare with."""
     if reference is None:
-        raise ConfigError("--cell-size needs a model that records its trained cell size; use 'auto' or 'none'")
+        raise ConfigError(f"{flag} needs a model that records its trained cell size; use 'auto' or 'none'")
     scale = reference / cell_size
     if not SCALE_RANGE[0] - 1e-9 <= scale <= SCALE_RANGE[1] + 1e-9:  # 74.6 / 373 is 0.1999...: at the edge
         low, high = _cell_size_range(reference)
         raise ConfigError(
-            f"--cell-size {cell_size:g}: the model sees red cells {reference:g} px across, so images would be "
-            f"resized {scale:.3g}x; {SCALE_RANGE[0]:g}x to {SCALE_RANGE[1]:g}x is supported "
-            f"(--cell-size {low} to {high}), or use auto"
+            f"{_option(flag, f'{cell_size:g}')}: the model sees red cells {reference:g} px across, so images would "
+            f"be resized {scale:.3g}x; {SCALE_RANGE[0]:g}x to {SCALE_RANGE[1]:g}x is supported "
+            f"({_option(flag, f'{low} to {high}')}), or use auto"
         )
     return min(max(scale, SCALE_RANGE[0]), SCALE_RANGE[1])
 
