@@ -149,35 +149,28 @@ def run_batch(
         check_folder("--out", out.removeprefix("file://"))
     store = ParquetStore(out, schema(class_names))
     with store.locked():  # a second run on this --out would count every image again
-        return _count(
-            store,
-            expanded.uris,
-            summary,
-            class_names,
-            out,
-            engine,
-            workers,
-            address,
-            part_rows,
-            progress,
-            PredictorSpec(str(model_path), model_id, run_id, device, threads, batch, thresholds, cell_size),
-        )
+        spec = PredictorSpec(str(model_path), model_id, run_id, device, threads, batch, thresholds, cell_size)
+        run = _Run(out, class_names, spec, engine, workers, address, part_rows, progress)
+        return _count(store, expanded.uris, summary, run)
 
 
-def _count(
-    store: ParquetStore,
-    uris: list[str],
-    summary: BatchSummary,
-    class_names: tuple[str, ...],
-    out: str,
-    engine: str,
-    workers: int,
-    address: str | None,
-    part_rows: int,
-    progress: bool,
-    spec: PredictorSpec,
-) -> BatchSummary:
+@dataclass(frozen=True)
+class _Run:
+    """What one batch run was asked for, once its model is checked and its sources are listed."""
+
+    out: str
+    class_names: tuple[str, ...]
+    spec: PredictorSpec
+    engine: str
+    workers: int
+    address: str | None
+    part_rows: int
+    progress: bool
+
+
+def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Run) -> BatchSummary:
     """The run once the dataset is ours: skip what is written, count the rest in parts, write the summary."""
+    out, spec, address = run.out, run.spec, run.address
     model_id, run_id = spec.model_id, spec.run_id
     if stale := store.remove_stale_parts():
         print(f"removed {stale} unfinished part file(s) left by killed runs in {out}", file=sys.stderr)
@@ -194,14 +187,14 @@ def _count(
     for error in filter(None, skip.values()):  # a bad file stays bad until it changes: the exit code says so
         print(f"error: {error} (unchanged since an earlier run)", file=sys.stderr)
         summary.failed += 1
-    summary.totals = dict.fromkeys(class_names, 0)
+    summary.totals = dict.fromkeys(run.class_names, 0)
     if address and any("://" not in u for u in todo):  # the model travels with the job; images do not
         print(
             f"note: --address {address}: local image paths must be readable at the same path on every node "
             "(a shared filesystem); s3:// or gs:// URIs need no copy",
             file=sys.stderr,
         )
-    runner = make_engine(engine, spec, workers, address)
+    runner = make_engine(run.engine, spec, run.workers, address)
     t0 = time.perf_counter()
     buffer: list[dict] = []
     parts = 0
@@ -220,7 +213,7 @@ def _count(
     from tqdm import tqdm
 
     try:
-        with tqdm(total=len(todo), desc="batch", unit="img", disable=not progress, file=sys.stderr) as bar:
+        with tqdm(total=len(todo), desc="batch", unit="img", disable=not run.progress, file=sys.stderr) as bar:
             for rows in runner.run(todo) if todo else []:
                 for row in rows:
                     if row["error"]:  # through tqdm: a line of its own, not glued to the progress bar
@@ -233,7 +226,7 @@ def _count(
                     buffer.append(row)
                     summary.written += 1
                     # a kill (a scheduler's stop, out of memory) loses at most a part or a minute of work
-                    if len(buffer) >= part_rows or time.monotonic() - flushed >= PART_SECONDS:
+                    if len(buffer) >= run.part_rows or time.monotonic() - flushed >= PART_SECONDS:
                         flush()
                 bar.update(len(rows))
     except BrokenProcessPool:  # a worker was killed (out of memory, most often): its images get no row
@@ -246,7 +239,11 @@ def _count(
     summary.seconds = time.perf_counter() - t0
     record = {k: v for k, v in asdict(summary).items() if k != "totals"}
     record.update(
-        engine=engine, workers=workers, device=spec.device, model=model_id, images_per_s=round(summary.images_per_s, 2)
+        engine=run.engine,
+        workers=run.workers,
+        device=spec.device,
+        model=model_id,
+        images_per_s=round(summary.images_per_s, 2),
     )
     record.update({f"total_{k}": v for k, v in summary.totals.items()})
     store.write_summary(run_id, record)
