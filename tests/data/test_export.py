@@ -185,6 +185,16 @@ def test_yolo_line_format_and_empty_label_file(tiny_voc: Path, tmp_path: Path) -
     assert (tmp_path / "labels" / "val" / "empty.txt").read_text(encoding="utf-8") == ""
 
 
+def test_yolo_data_yaml_of_a_folder_without_splits_names_train_and_val(tmp_path: Path) -> None:
+    voc = VOCFolder(tmp_path / "voc")
+    voc.add("a")
+    export_dataset(voc.root, "yolo", tmp_path / "out")
+    data = yaml.safe_load((tmp_path / "out" / "data.yaml").read_text(encoding="utf-8"))
+    # Ultralytics' check_det_dataset requires both keys; without split lists both are every image
+    assert (data["train"], data["val"], data["all"]) == ("images/all", "images/all", "images/all")
+    assert (tmp_path / "out" / "labels" / "all" / "a.txt").is_file()
+
+
 def test_yolo_reexport_of_one_split_keeps_the_others_and_the_source(tiny_voc: Path, tmp_path: Path) -> None:
     export_dataset(tiny_voc, "yolo", tmp_path)
     export_dataset(tiny_voc, "yolo", tmp_path, splits=["val"])  # replaces images/val: links go, sources stay

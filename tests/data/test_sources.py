@@ -126,3 +126,25 @@ def test_a_later_source_labels_its_images_in_splits_it_has_no_file_for(tmp_path,
     assert len(trainval) == 292 and sum(all(r.exhaustive) for r in trainval) == 132
     by_name = {r.image_path.name: r for part in parts for r in part}
     assert all(np.array_equal(r.boxes, by_name[r.image_path.name].boxes) for r in trainval)
+
+
+def test_findings_of_labels_a_later_source_replaces_say_superseded(tmp_path, bccd_root, dense_root):
+    merged = load_dataset(write_spec(tmp_path, bccd_root, dense_root), None, decode_images=False)
+    by_file = {f.file: f for f in merged.findings}
+    # BloodImage_00338's zero-size box is in BCCD's XML; BCCD-dense labels that image, so nothing was dropped
+    assert by_file["BCCD/BloodImage_00338.xml"].action == "superseded: BCCD-dense labels this image"
+    assert by_file["BCCD/BloodImage_00020.xml"].action.startswith("merged")  # no dense labels: the repair stands
+
+
+def test_an_image_a_later_source_labels_is_not_a_failed_input(tmp_path):
+    from voc_factory import VOCFolder
+
+    sparse, dense = VOCFolder(tmp_path / "sparse"), VOCFolder(tmp_path / "dense")
+    sparse.add("a")
+    sparse.xml_path("a").write_text("<annotation><object>")  # broken in the first source only
+    dense.add("a", [("RBC", (1, 1, 20, 20)), ("RBC", (22, 22, 40, 40))])
+    spec = tmp_path / "data.yaml"
+    spec.write_text(f"sources:\n  - path: {sparse.root}\n  - path: {dense.root}\n")
+    merged = load_dataset(spec, None)
+    assert [len(r.boxes) for r in merged.records] == [2]
+    assert [(f.kind, f.skips_image) for f in merged.findings] == [("malformed-xml", False)]

@@ -173,7 +173,8 @@ def load_dataset(
     }
     unannotated = {i for i in members if not any(i in ids for ids in annotated.values())}
     merged: dict[str, object] = {}
-    findings = []
+    labelled_by: dict[str, Path] = {}  # image id -> the source whose labels it keeps
+    parts = []
     for source in spec.sources:
         # the annotated images, and those annotated nowhere that this source lists (its reader reports them)
         ids = [i for i in members if i in annotated[source.path] or (i in unannotated and members[i] == source.path)]
@@ -183,7 +184,15 @@ def load_dataset(
         mask = tuple(name in source.exhaustive for name in class_names)
         for record in part.records:
             merged[record.image_path.name] = replace(record, exhaustive=mask)
-        findings += [replace(f, file=f"{source.path.name}/{f.file}") for f in part.findings]
+            labelled_by[record.image_id] = source.path
+        parts.append((source.path, part.findings))
+    findings = []
+    for path, found in parts:
+        for f in found:
+            later = labelled_by.get(Path(f.file).stem)
+            if later is not None and later != path:  # this source's labels of the image are not used at all
+                f = replace(f, action=f"superseded: {later.name} labels this image")
+            findings.append(replace(f, file=f"{path.name}/{f.file}"))
     dataset = VOCDataset(root=root, class_names=tuple(class_names), split=split, findings=findings)
     dataset.records = sorted(merged.values(), key=lambda r: r.image_path.name)  # type: ignore[attr-defined]
     return dataset

@@ -78,6 +78,7 @@ class SplitStats:
     boxes: int
     findings: int  # reader findings (repairs, skipped images) in this split
     classes: tuple[ClassStats, ...]
+    skipped: int = 0  # images left out: their annotation or image could not be used
 
     @property
     def boxes_per_image(self) -> float:
@@ -89,6 +90,7 @@ class SplitStats:
             "boxes": self.boxes,
             "boxes_per_image": self.boxes_per_image,
             "findings": self.findings,
+            "skipped_images": self.skipped,
             "classes": {c.name: c.to_dict() for c in self.classes},
         }
 
@@ -182,6 +184,7 @@ def _split_stats(name: str, dataset: VOCDataset) -> SplitStats:
         boxes=sum(c.boxes for c in class_stats),
         findings=len(dataset.findings),
         classes=tuple(class_stats),
+        skipped=sum(f.skips_image for f in dataset.findings),
     )
 
 

@@ -167,25 +167,52 @@ def load_voc(
     else:
         ids = read_split_ids(root, split)
     dataset = VOCDataset(root=root, class_names=tuple(class_names), split=split)
+    labelled_by: dict[Path, str] = {}  # image -> the annotation file that labels it
     for image_id in ids:
         record = _read_one(root, image_id, class_index, aliases, decode_images, dataset.findings)
-        if record is not None:
-            dataset.records.append(record)
+        if record is None:
+            continue
+        if (first := labelled_by.setdefault(record.image_path, f"{image_id}.xml")) != f"{image_id}.xml":
+            detail = f"{record.image_path.name} is already labelled by {first}; this file's boxes left out"
+            dataset.findings.append(Finding(f"{image_id}.xml", None, "duplicate-image", detail, SKIPPED_IMAGE))
+            continue
+        dataset.records.append(record)
+    if split is None and image_ids is None:  # the whole folder: an image nobody labelled is a forgotten file
+        annotated = set(ids)
+        for image in _images(root / "JPEGImages"):
+            if image.stem not in annotated and image not in labelled_by:
+                detail = f"JPEGImages/{image.name} has no Annotations/{image.stem}.xml"
+                dataset.findings.append(Finding(image.name, None, "missing-annotation", detail, SKIPPED_IMAGE))
     return dataset
 
 
-def _find_image(root: Path, image_id: str, filename: str | None) -> Path | None:
+def _images(folder: Path) -> list[Path]:
+    suffixes = {s.lower() for s in IMAGE_SUFFIXES}
+    return sorted(p for p in folder.glob("*") if p.suffix.lower() in suffixes and not p.name.startswith("."))
+
+
+def _find_image(root: Path, image_id: str, filename: str | None, findings: list[Finding]) -> Path | None:
+    """The image an annotation file labels: the one with its own name (VOC's image id), else the one its
+    ``<filename>`` names, unless another annotation file is that image's own (labels copied from it);
+    None, with a finding, when there is none."""
     folder = root / "JPEGImages"
-    if filename:
-        candidate = folder / Path(filename).name
-        if candidate.is_file():
-            return candidate
+    xml_name = f"{image_id}.xml"
+    named = folder / Path(filename).name if filename else None
     # Both cases of each suffix: file systems are often case-sensitive and cameras write .JPG.
     for ext in IMAGE_SUFFIXES:
         for variant in (ext, ext.upper()):
             candidate = folder / f"{image_id}{variant}"
             if candidate.is_file():
+                if named is not None and named.stem != image_id and named.is_file():
+                    detail = f"<filename> names {named.name}, another image; used {candidate.name}"
+                    findings.append(Finding(xml_name, None, "filename-mismatch", detail, "used the file's own name"))
                 return candidate
+    detail = f"no image for {image_id} in JPEGImages/"
+    if named is not None and named.is_file():
+        if not (root / "Annotations" / f"{named.stem}.xml").is_file():
+            return named
+        detail += f"; its <filename> names {named.name}, which {named.stem}.xml labels"
+    findings.append(Finding(xml_name, None, "missing-image", detail, SKIPPED_IMAGE))
     return None
 
 
@@ -198,6 +225,9 @@ def _parse_xml(path: Path, findings: list[Finding]) -> ET.Element | None:
         return None
     except OSError as e:
         findings.append(Finding(name, None, "unreadable-annotation", str(e), SKIPPED_IMAGE))
+        return None
+    if not data.strip():
+        findings.append(Finding(name, None, "malformed-xml", "empty file", SKIPPED_IMAGE))
         return None
     try:
         return ET.fromstring(data)
@@ -242,10 +272,8 @@ def _read_one(
     if tree is None:
         return None
 
-    image_path = _find_image(root, image_id, tree.findtext("filename"))
+    image_path = _find_image(root, image_id, tree.findtext("filename"), findings)
     if image_path is None:
-        detail = f"no image for {image_id} in JPEGImages/"
-        findings.append(Finding(xml_name, None, "missing-image", detail, SKIPPED_IMAGE))
         return None
     try:
         with Image.open(image_path) as im:

@@ -10,6 +10,7 @@ import yaml
 
 from bloodcell import boxes as box_ops
 from bloodcell.atomic import atomic_dir, write_text
+from bloodcell.data.sources import ALL_SPLIT
 from bloodcell.data.voc import VOCDataset, VOCRecord
 
 SPLIT_ORDER = ("train", "val", "test")
@@ -43,7 +44,11 @@ def _write_split(dataset: VOCDataset, images: Path, labels: Path) -> None:
 
 
 def data_yaml(out: Path, splits: list[str], class_names: tuple[str, ...]) -> str:
-    doc = {"path": str(out.resolve()), **{s: f"images/{s}" for s in splits}, "names": dict(enumerate(class_names))}
+    folders = {s: f"images/{s}" for s in splits}
+    if "train" not in folders and "val" not in folders and ALL_SPLIT in folders:
+        # A folder without split lists: Ultralytics refuses a data.yaml without train and val, so both are all of it.
+        folders = {"train": folders[ALL_SPLIT], "val": folders[ALL_SPLIT], **folders}
+    doc = {"path": str(out.resolve()), **folders, "names": dict(enumerate(class_names))}
     return yaml.safe_dump(doc, sort_keys=False)
 
 
