@@ -19,15 +19,16 @@ mkdir -p "$out" "$check"
 pack() { tar czf "$out/check.tgz" -C "$check" . ; }
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$check/gpu.txt" 2>&1
 if [[ ${ONLY_ARCHIVE:-0} == 1 ]]; then
-  mkdir -p /tmp/archive/JPEGImages
+  rm -rf /tmp/archive && mkdir -p /tmp/archive/JPEGImages  # a rerun with fewer COPIES counts no old ones
   for i in $(seq "${COPIES:-5}"); do
     for f in "$data"/BCCD/JPEGImages/*.jpg; do cp "$f" "/tmp/archive/JPEGImages/c${i}_${f##*/}"; done
   done
   timeout 120 python benchmarks/throughput.py --data /tmp/archive --images 100000 --device "${DEVICE:-cuda}" --batch 32 \
     --configs local1,local2,local4 --threads 0 --out "$check" > "$check/throughput.txt" 2>&1
+  rc=$?
   pack
   tail -n 30 "$check/throughput.txt"
-  exit 0
+  exit "$rc"
 fi
 timeout 60 python benchmarks/throughput.py --data "$data/BCCD" --device cuda --batch 32 --configs predict,local1 \
   --out "$check" > "$check/throughput.txt" 2>&1

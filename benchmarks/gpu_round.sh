@@ -7,14 +7,18 @@
 #   2. the scale-out checks (gpu_check.sh): CHECKS=1 (default) all of them (~5 minutes; with both steps
 #      ask the device tool for its 10-minute limit and TRAIN_TIMEOUT=270), CHECKS=archive the archive
 #      throughput alone (~1.5 minutes), CHECKS=0 none.
-# e.g. the tenth session's round: TRAIN_TIMEOUT=420 CHECKS=archive bash benchmarks/gpu_round.sh \
-#   s3 "--scale 0.75 --seed 3" e80-3 "--scale 0.75 --seed 3 --epochs 80" ...
+# e.g. the tenth session's round (BENCHMARKS.md): TRAIN_TIMEOUT=430 CHECKS=archive COPIES=8 bash benchmarks/gpu_round.sh \
+#   s3 "--scale 0.75 --seed 3" s4 "--scale 0.75 --seed 4" s5 "--scale 0.75 --seed 5" \
+#   e80-2 "--scale 0.75 --seed 2 --epochs 80" e80-3 "--scale 0.75 --seed 3 --epochs 80" \
+#   mild-3 "--scale 0.75 --seed 3 --augment train-mild"
 # Needs the efficientnet-lite0 and pycocotools wheels in .whl/ and a data copy in .gpu/data (carry both):
 #   pip install --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:$PWD/src bash benchmarks/gpu_round.sh
-# What comes back (the device tool returns at most 8 files, 64 MiB): the five best.pt as fp16 weights
+# What comes back (the device tool returns at most 8 files, 64 MiB: so at most six runs): each run's best.pt as fp16 weights
 # (load_model reads them back as fp32), runs.tgz (logs, metrics.csv, config.yaml), check.tgz.
 # (This session's run had step 2's checks inline, with a 130 s limit on the 40-epoch training.)
 set -uo pipefail
+(($# % 2 == 0)) || { echo "gpu_round.sh: give the runs as NAME \"FLAGS\" pairs" >&2; exit 2; }
+[[ ${CHECKS:-1} =~ ^(0|1|archive)$ ]] || { echo "gpu_round.sh: CHECKS is 1, archive or 0, not '$CHECKS'" >&2; exit 2; }
 out=${OUT:-runs/gpu_round}
 data=${DATA:-.gpu/data}
 runs=/tmp/round/runs

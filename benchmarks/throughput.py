@@ -1,11 +1,13 @@
 """Archive throughput: images/s of `predict`, the local engine (1 and 2 workers) and Ray (2 workers).
 
-    python benchmarks/throughput.py [--data ../shared/data/BCCD] [--images 364] [--device cpu] [--out runs/throughput]
+    python benchmarks/throughput.py [--data ../shared/data/BCCD] [--images 364] [--device cpu] [--threads 1]
+        [--configs predict,local1,local2,ray2] [--out runs/throughput]
 
 Every configuration counts the same images (all of BCCD's JPEGImages by default, 640x480) with the
 shipped model, from a cold start: the time includes loading the model in each worker (and starting
 Ray), and is also given from the first finished image on ("steady"), which is what a long archive
-job sees. Workers get one thread each, so "2 workers" is against "1 worker, 1 thread".
+job sees. Workers get one thread each by default, so "2 workers" is against "1 worker, 1 thread";
+``--threads 0`` gives each its share of the cores, as ``bloodcell batch`` does (the GPU runs).
 """
 
 from __future__ import annotations
