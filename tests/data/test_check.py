@@ -10,6 +10,7 @@ from voc_factory import BCCD_FINDINGS, UNUSABLE, VOCFolder, make_voc
 
 from bloodcell.cli import main
 from bloodcell.data.check import check_dataset, format_findings
+from bloodcell.data.sources import load_dataset
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -101,3 +102,23 @@ def test_a_skipped_image_is_a_failed_input_exit_1(tmp_path: Path, capsys, strict
     code, out, _ = _run(capsys, str(tmp_path), "--json", *(["--strict"] if strict else []))
     assert code == 1
     assert [(f["kind"], f["action"]) for f in json.loads(out)["findings"]] == [("missing-image", "skipped image")]
+
+
+def test_check_without_split_checks_the_split_lists_too(tmp_path: Path, capsys) -> None:
+    voc = make_voc(tmp_path, n_images=4)  # train img0-img2, val and test img3
+    voc.write_split("val", ["img3", "img1", "img3", "gone", "img2.jpg"])  # leak, twice, no such id, a suffix
+    code, out, _ = _run(capsys, str(tmp_path), "--json")
+    found = {(f["file"], f["kind"]): f for f in json.loads(out)["findings"]}
+    assert set(found) == {
+        ("img3.xml", "duplicate-id"),
+        ("gone.xml", "missing-annotation"),
+        ("img2.jpg.xml", "missing-annotation"),
+        ("img1.jpg", "split-overlap"),
+    }
+    duplicate = found[("img3.xml", "duplicate-id")]["detail"]
+    assert duplicate == "split val: listed 2 times in ImageSets/Main/val.txt; used once"
+    assert "without a suffix: img2)" in found[("img2.jpg.xml", "missing-annotation")]["detail"]
+    assert found[("img1.jpg", "split-overlap")]["detail"].startswith("in both train and val")
+    assert code == 1  # the ids without annotation are images left out
+    # the split as the other commands read it: each image once
+    assert [r.image_id for r in load_dataset(tmp_path, split="val").records] == ["img3", "img1"]

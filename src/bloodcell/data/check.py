@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from bloodcell.data.sources import load_dataset
+from bloodcell.data.sources import available_splits, load_dataset
 from bloodcell.data.voc import Finding
 from bloodcell.types import CLASS_NAMES
 
@@ -33,8 +33,31 @@ class CheckReport:
 def check_dataset(
     root: str | Path, split: str | None = None, class_names: tuple[str, ...] = CLASS_NAMES
 ) -> CheckReport:
+    """Every annotation (or one split's); without ``split``, also what the split lists get wrong: ids
+    with no annotation, ids listed twice, and images in train and also in val or test."""
     dataset = load_dataset(root, split=split, class_names=class_names)  # a VOC folder or a dataset YAML
-    return CheckReport(Path(root), split, len(dataset), dataset.box_counts(), dataset.findings)
+    findings = list(dataset.findings)
+    if split is None:
+        findings += _split_findings(root, class_names)
+    return CheckReport(Path(root), split, len(dataset), dataset.box_counts(), findings)
+
+
+SPLIT_KINDS = ("duplicate-id", "missing-annotation")  # findings a split list causes, not an annotation
+
+
+def _split_findings(root: str | Path, class_names: tuple[str, ...]) -> list[Finding]:
+    """What only the split lists get wrong (the whole-folder read already reported every annotation's faults)."""
+    found, members = [], {}
+    for name in available_splits(root):
+        part = load_dataset(root, split=name, class_names=class_names, decode_images=False)
+        # the other findings are the whole-folder read's again; these two exist only in a split list
+        found += [replace(f, detail=f"split {name}: {f.detail}") for f in part.findings if f.kind in SPLIT_KINDS]
+        members[name] = {r.image_path.name for r in part.records}
+    for scored in ("val", "test"):  # (trainval overlaps train and val by design)
+        for image in sorted(members.get("train", set()) & members.get(scored, set())):
+            detail = f"in both train and {scored}: {scored} would score an image the model learns from"
+            found.append(Finding(image, None, "split-overlap", detail, "none"))
+    return found
 
 
 def format_findings(report: CheckReport) -> str:

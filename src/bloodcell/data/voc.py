@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,6 +168,12 @@ def load_voc(
     else:
         ids = read_split_ids(root, split)
     dataset = VOCDataset(root=root, class_names=tuple(class_names), split=split)
+    if len(set(ids)) < len(ids):  # a split file listing an image twice would train on or score it twice
+        for image_id, n in Counter(ids).items():
+            if n > 1:
+                detail = f"listed {n} times" + (f" in ImageSets/Main/{split}.txt" if split else "") + "; used once"
+                dataset.findings.append(Finding(f"{image_id}.xml", None, "duplicate-id", detail, "used once"))
+        ids = list(dict.fromkeys(ids))
     labelled_by: dict[Path, str] = {}  # image -> the annotation file that labels it
     for image_id in ids:
         record = _read_one(root, image_id, class_index, aliases, decode_images, dataset.findings)
@@ -221,7 +228,10 @@ def _parse_xml(path: Path, findings: list[Finding]) -> ET.Element | None:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        findings.append(Finding(name, None, "missing-annotation", f"{path} not found", SKIPPED_IMAGE))
+        detail = f"{path} not found"
+        if Path(path.stem).suffix.lower() in {*IMAGE_SUFFIXES, ".xml"}:  # "a.jpg" in a split file: a.jpg.xml
+            detail += f" (split files list image ids without a suffix: {Path(path.stem).stem})"
+        findings.append(Finding(name, None, "missing-annotation", detail, SKIPPED_IMAGE))
         return None
     except OSError as e:
         findings.append(Finding(name, None, "unreadable-annotation", str(e), SKIPPED_IMAGE))
