@@ -49,4 +49,8 @@ def describe_os_error(e: OSError) -> str:
 def missing_model(path: Path) -> ModelError:
     """The error for a --model path that is not a file (a folder, or nothing there)."""
     problem = "is a folder, expected a model file" if path.is_dir() else "model file not found"
+    if path.suffix.lower() == ".pt" and not path.is_dir():
+        from bloodcell.weights import default_model  # weights imports this module
+
+        problem += f" (the shipped model, from any folder: --model {default_model()[0].name})"
     return ModelError(f"{path}: {problem}")

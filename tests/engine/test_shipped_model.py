@@ -1,6 +1,7 @@
 """The shipped default model: integrity, and accuracy and counting guards (a drop fails CI)."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -26,6 +27,26 @@ def test_shipped_model_is_small_and_checked():
     assert len(info.conf) == 3 and all(0.05 <= c <= 0.95 for c in info.conf)
     assert info.calibration is not None and set(info.calibration["knots"]) == set(info.class_names)
     assert 60 <= info.cell_size <= 140
+
+
+def test_the_shipped_model_by_its_file_name_from_any_folder(tmp_path, monkeypatch):
+    from bloodcell.models.checkpoint import read_checkpoint
+    from bloodcell.runtime.loader import load_predictor
+
+    path = default_model()[0]
+    monkeypatch.chdir(tmp_path)  # no such file here: the name means the packaged model, as yolo11n.pt does
+    assert load_predictor(path.name).describe()["name"] == load_predictor(None).describe()["name"]
+    assert read_checkpoint(path.name)["info"]["name"] == read_checkpoint(path)["info"]["name"]
+    with monkeypatch.context() as m:  # and it is checked against the manifest's sha256, as the default is
+        m.setattr("bloodcell.runtime.loader.default_model", lambda: (path, "0" * 64))
+        with pytest.raises(ModelError, match="sha256"):
+            load_predictor(path.name)
+    hint = f"(the shipped model, from any folder: --model {path.name})"
+    with pytest.raises(ModelError, match=re.escape(f"other.pt: model file not found {hint}")):
+        load_predictor("other.pt")
+    (tmp_path / path.name).write_bytes(b"not a model")  # a file of that name here is the user's, and is read
+    with pytest.raises(ModelError, match="not a"):
+        load_predictor(path.name)
 
 
 def test_tampered_model_is_refused(tmp_path):

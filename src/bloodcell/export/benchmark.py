@@ -26,7 +26,7 @@ from bloodcell.export.formats import CALIB_IMAGES, FORMATS, ExportFormat
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.predict import predict_image
-from bloodcell.weights import default_model
+from bloodcell.weights import default_model, shipped_by_name
 
 if TYPE_CHECKING:
     from bloodcell.runtime.predict import Predictor
@@ -101,7 +101,7 @@ def benchmark(
     if model is not None and Path(model).suffix.lower() != ".pt":
         raise ConfigError(f"--model {model}: benchmark exports a .pt model to every format (add exports with --extra)")
     out = Path(out)
-    source = Path(model) if model else default_model()[0]
+    source = shipped_by_name(model) if model else default_model()[0]
     records = load_dataset(data, split=split).records
     candidates: list[tuple[str, Path | None, str]] = [("torch fp32", source, "")]
     for variant in variants():

@@ -33,7 +33,7 @@ from bloodcell.runtime.metadata import (
     PER_CLASS_NMS_VERSION,
     parse_metadata,
 )
-from bloodcell.weights import default_model
+from bloodcell.weights import default_model, shipped_by_name
 
 OPSET = 17
 
@@ -76,7 +76,7 @@ def export_model(
     out = Path(out)
     if out.suffix.lower() != spec.suffix:
         raise ConfigError(f"--out {out}: {'an' if fmt[0] in 'aeiou' else 'a'} {fmt} file must end in {spec.suffix}")
-    source = Path(model) if model else default_model()[0]
+    source = shipped_by_name(model) if model else default_model()[0]
     net, info = load_model(source, expected_sha256=None if model else default_model()[1])
     if MODELS[info.name].kind != "dense":
         raise ConfigError(f"{source}: {info.name} cannot be exported; export needs a one-stage model such as cellnet")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from bloodcell.errors import ModelError, missing_model
 from bloodcell.runtime.timing import available_cores
-from bloodcell.weights import default_model
+from bloodcell.weights import default_model, shipped_by_name
 
 if TYPE_CHECKING:
     from bloodcell.runtime.predict import Predictor
@@ -26,7 +26,7 @@ def load_predictor(
     ``device`` (auto, cpu, cuda, cuda:N) and ``batch`` > 1 are for .pt models; exported models run
     one image per pass on the CPU (or the Edge TPU), so asking them for more is refused, not ignored."""
     expected = None
-    if path is None:
+    if path is None or shipped_by_name(path) == default_model()[0]:
         path, expected = default_model()
     path = Path(path)
     suffix = path.suffix.lower()

@@ -18,3 +18,13 @@ def default_model() -> tuple[Path, str]:
     except (OSError, ValueError) as e:
         raise ModelError(f"{MANIFEST}: shipped model manifest unreadable ({e}); pass --model PATH") from None
     return WEIGHTS_DIR / manifest["file"], manifest["sha256"]
+
+
+def shipped_by_name(path: str | Path) -> Path:
+    """``path``, or the shipped model when ``path`` is its bare file name (``cellnet_bccd.pt``) and no
+    such file is here: the name works from any folder and any install, as Ultralytics' ``yolo11n.pt``."""
+    path = Path(path)
+    if path.is_file() or path.parent != Path(".") or path.suffix.lower() != ".pt":
+        return path
+    shipped = default_model()[0]
+    return shipped if path.name == shipped.name else path

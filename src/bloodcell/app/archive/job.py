@@ -20,7 +20,7 @@ from bloodcell.runtime.counting import class_thresholds, parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.metadata import sidecar_path
 from bloodcell.runtime.scaling import check_cell_size
-from bloodcell.weights import default_model
+from bloodcell.weights import default_model, shipped_by_name
 
 PART_SECONDS = 60.0  # a part is written after this long, however few rows it has
 
@@ -125,7 +125,7 @@ def run_batch(
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     summary = BatchSummary(run_id)
     check_engine(engine, address, device)
-    model_path = Path(model) if model else default_model()[0]
+    model_path = shipped_by_name(model) if model else default_model()[0]
     device = _resolve_device(device, model_path)
     probe = load_predictor(model_path, device=device, batch=batch)  # fail fast
     print_model_notes(probe)
