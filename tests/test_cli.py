@@ -261,6 +261,8 @@ def test_download_hash_must_be_a_sha256(value: str, capsys) -> None:
         (["export", "--format", "onnx", "--out", "{dir}"], "--out {dir}: cannot write there (is a folder"),
         (["qat", "--model", "m.pt", "--out", "{file}/q.tflite"], "--out {file}/q.tflite: cannot write there"),
         (["benchmark", "--out", "{file}"], "--out {file}: is a file, expected a folder"),
+        (["data", "stats", "d", "--out", "{file}"], "--out {file}: is a file, expected a folder"),
+        (["train", "--data", "d", "--out", "{file}"], "--out {file}: is a file, expected a run folder"),
     ],
 )
 def test_outputs_are_checked_before_the_work(argv: list[str], message: str, tmp_path, capsys) -> None:

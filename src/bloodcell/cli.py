@@ -119,6 +119,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from bloodcell.data.stats import compute_stats, plot_stats, write_stats
 
+    check_outputs({}, {"--out": args.out})  # before the table, not after it
     stats = compute_stats(_data_root(args))
     print(stats)
     warning = stats.findings_warning()

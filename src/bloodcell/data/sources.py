@@ -96,7 +96,12 @@ def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAME
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DatasetError(f"{path}: dataset file not found") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    except yaml.YAMLError as e:  # where, as an editor shows it: "line 3, column 9: expected ',' or ']'"
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise DatasetError(f"{path}: cannot read dataset YAML: {where}{problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: cannot read dataset YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(doc, dict):
         raise DatasetError(f"{path}: expected a mapping with 'sources'")

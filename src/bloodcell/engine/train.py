@@ -185,6 +185,8 @@ def train_one_epoch(
 
 def _run_dir(config: TrainConfig) -> Path:
     out = Path(config.out)
+    if out.is_file():
+        raise ConfigError(f"--out {out}: is a file, expected a run folder")
     if config.resume or not out.exists() or not any(out.iterdir()):
         return out
     i = 2
