@@ -67,7 +67,7 @@ def test_split_that_only_one_source_has(tmp_path, bccd_root, dense_root):
         ("sources:\n  - path: x\n    colour: red\n", "unknown keys"),
         ("source:\n  - path: x\n", "unknown keys"),
         ("sources: [\n", "cannot read dataset YAML: line 2, column 1: expected the node content"),
-        ("sources:\n  - path: x\n   exhaustive: [RBC]\n", "cannot read dataset YAML: line 3, column 4: expected <block end>"),
+        ("sources:\n  - path: x\n   exhaustive: [RBC]\n", "YAML: line 3, column 4: expected <block end>"),
         ("sources:\n  - 3\n", "'path' string"),
         ("sources:\n  - path: nowhere\n", r"sources\[0\]: path 'nowhere' \(.*nowhere\) is not a folder"),
     ],
