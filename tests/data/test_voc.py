@@ -280,3 +280,14 @@ def test_images_are_found_by_id_with_every_image_suffix_in_either_case(tmp_path:
             expected[image_id] = path
     found = {r.image_id: r.image_path for r in load_voc(tmp_path).records}
     assert found == expected
+
+
+def test_an_unknown_class_that_looks_like_a_typo_says_which(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path, n_images=0, splits=False)
+    voc.add("bad", [("Plateletes", (1, 1, 9, 9)), ("WCB", (10, 10, 40, 40)), ("Neutrophil", (20, 20, 50, 50))])
+    details = [f.detail for f in load_voc(tmp_path).findings]
+    assert details == [
+        "class 'Plateletes' is not one of ['RBC', 'WBC', 'Platelets'] (a typo of 'Platelets'? fix the XML)",
+        "class 'WCB' is not one of ['RBC', 'WBC', 'Platelets'] (a typo of 'WBC'? fix the XML)",
+        "class 'Neutrophil' is not one of ['RBC', 'WBC', 'Platelets']",  # not a typo: no guess
+    ]

@@ -10,6 +10,7 @@ label noise of BCCD and is not applied.)
 
 from __future__ import annotations
 
+import difflib
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -198,6 +199,13 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*") if p.suffix.lower() in suffixes and not p.name.startswith("."))
 
 
+def _did_you_mean(raw_name: str, aliases: dict[str, str]) -> str:
+    """A typo's likely class ("Plateletes", "WCB"): said, not applied; a wrong guess would move a cell to
+    another class, and a cell left out of an exhaustive class is taught as background."""
+    close = difflib.get_close_matches(canonical(raw_name), list(aliases), n=1, cutoff=0.6)
+    return f" (a typo of {aliases[close[0]]!r}? fix the XML)" if close else ""
+
+
 def _find_image(root: Path, image_id: str, filename: str | None, findings: list[Finding]) -> Path | None:
     """The image an annotation file labels: the one with its own name (VOC's image id), else the one its
     ``<filename>`` names, unless another annotation file is that image's own (labels copied from it);
@@ -325,7 +333,7 @@ def _read_one(
         raw_name = (obj.findtext("name") or "").strip()
         name = raw_name if raw_name in class_index else aliases.get(canonical(raw_name), raw_name)
         if name not in class_index:
-            detail = f"class {raw_name!r} is not one of {list(class_index)}"
+            detail = f"class {raw_name!r} is not one of {list(class_index)}" + _did_you_mean(raw_name, aliases)
             findings.append(Finding(xml_name, i, "unknown-class", detail, "dropped"))
             continue
         if name != raw_name:
