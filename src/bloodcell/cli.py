@@ -227,6 +227,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=_size, help="static input size WxH (default: the model's, 480x384 when shipped)")
     p.add_argument("--data", help="with --int8: VOC dataset folder or YAML for the calibration images")
     p.add_argument("--out", required=True, help="output file (.onnx or .tflite); metadata goes to <out>.json")
+    p.add_argument("--verbose", action="store_true", help="show the TFLite converter's log (shown anyway if it fails)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("qat", help="quantization-aware fine-tuning, then export a full-integer int8 TFLite")
@@ -666,6 +667,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     for flag, value in (("--calib-images", args.calib_images), ("--data", args.data)):
         if value is not None and not args.int8:
             raise ConfigError(f"{flag} is for int8 calibration; add --int8 or leave it out")
+    if args.verbose and args.format != "tflite":
+        raise ConfigError("--verbose shows the TFLite converter's log; the ONNX export prints none")
     check_outputs({"--out": args.out})
     result = export_model(
         args.model,
@@ -675,8 +678,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         calib_images=args.calib_images or CALIB_IMAGES,
         imgsz=args.imgsz,
         data=args.data,
+        verbose=args.verbose,
     )
     _print_written(result, int8=args.int8)
+    asked, used = args.calib_images or CALIB_IMAGES, result.metadata.get("calibration_images")
+    if used is not None and used < asked:
+        print(f"note: int8 ranges set from {used} images: the train split has no more (asked for {asked})")
     if "ops" in result.metadata:
         print(f"ops: {', '.join(result.metadata['ops'])}")
     return 0

@@ -121,6 +121,7 @@ def test_image_of_another_size_is_letterboxed(exports, val_images):
         (["--format", "onnx", "--int8", "--out", "m.onnx"], "--int8 is not available for onnx"),
         (["--format", "onnx", "--out", "m.tflite"], "must end in .onnx"),
         (["--format", "tflite", "--imgsz", "650x480", "--out", "m.tflite"], "multiples of 32"),
+        (["--format", "onnx", "--verbose", "--out", "m.onnx"], "the ONNX export prints none"),
     ],
 )
 def test_export_refuses_nonsense(tmp_path, capsys, args, message):

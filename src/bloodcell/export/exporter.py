@@ -9,9 +9,12 @@ and NMS stay outside the graph (``bloodcell.runtime.postprocess``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import importlib.util
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,8 +73,9 @@ def export_model(
     data: str | Path | None = None,
     qat_state: dict | None = None,
     extra_metadata: dict | None = None,
+    verbose: bool = False,
 ) -> ExportResult:
-    """Export ``model`` (default: the shipped one) to ``out``."""
+    """Export ``model`` (default: the shipped one) to ``out``; ``verbose`` shows the TFLite converter's log."""
     spec = get_format(fmt, int8)
     out = Path(out)
     if out.suffix.lower() != spec.suffix:
@@ -110,7 +114,7 @@ def export_model(
             affine = np.float32(scale), np.float32(shift)
             calibration = [torch.from_numpy(im.astype(np.float32) * affine[0] + affine[1])[None] for im in images]
             meta["calibration_images"] = len(calibration)
-        data = _export_tflite(graph, example, out, int8, calibration, qat_state, meta, len(info.class_names))
+        data = _export_tflite(graph, example, out, int8, calibration, qat_state, meta, len(info.class_names), verbose)
     # Only a finished export touches ``out``: a failed conversion or write leaves an earlier export and its
     # (perhaps recalibrated) sidecar as they were. The sidecar is renamed into place first: a stop between
     # the renames leaves the old file with the new sidecar (refused by the loader if their graphs differ),
@@ -187,14 +191,32 @@ def _export_onnx(graph: torch.nn.Module, example: torch.Tensor, meta: dict) -> b
 
 
 def _export_tflite(
+    graph, example, out: Path, int8: bool, calibration, qat_state, meta: dict, num_classes: int, verbose: bool = False
+) -> bytes:
+    """The .tflite file's bytes, with its input/output details added to ``meta`` and ``meta`` embedded.
+
+    The converter's log (progress lines, absl and MLIR diagnostics: some 45 lines, one of them a warning
+    about the float outputs, which are float on purpose) is shown with ``verbose`` or when it fails."""
+    if importlib.util.find_spec("litert_torch") is None:  # found, not imported: importing it logs too
+        raise ConfigError("TFLite export needs litert-torch: pip install 'bloodcell[export]'")
+    from bloodcell.runtime.native_output import captured_output
+
+    log = None
+    try:
+        with contextlib.nullcontext() if verbose else captured_output((1, 2)) as log:
+            return _convert_tflite(graph, example, out, int8, calibration, qat_state, meta, num_classes)
+    except Exception:  # the converter's own words say what went wrong
+        if log is not None and log.text.strip():
+            sys.stderr.write("the converter's log (last lines):\n" + "".join(log.text.splitlines(True)[-40:]))
+        raise
+
+
+def _convert_tflite(
     graph, example, out: Path, int8: bool, calibration, qat_state, meta: dict, num_classes: int
 ) -> bytes:
-    """The .tflite file's bytes, with its input/output details added to ``meta`` and ``meta`` embedded."""
-    try:
-        import litert_torch
-        from litert_torch.quantize.quant_config import QuantConfig
-    except ImportError:
-        raise ConfigError("TFLite export needs litert-torch: pip install 'bloodcell[export]'") from None
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+
     from bloodcell.export.quantize import quantize_ptq
 
     quant_config = None

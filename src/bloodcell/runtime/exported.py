@@ -8,10 +8,7 @@ run the graph, and decode with the same code as the torch predictor.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +25,7 @@ from bloodcell.runtime.metadata import (
     sidecar_note,
     tflite_embedded,
 )
+from bloodcell.runtime.native_output import captured_output
 from bloodcell.runtime.postprocess import PostprocessConfig, decode
 from bloodcell.runtime.preprocess import letterbox
 from bloodcell.runtime.timing import StageTimes, available_cores
@@ -134,42 +132,20 @@ def _interpreter_module():
 LITERT_CHATTER = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
 
 
-_NATIVE_STDERR = threading.Lock()  # fd 2 is the process's: one load redirects it at a time
-
-
 @contextlib.contextmanager
 def _without_litert_chatter() -> Iterator[None]:
     """Native stderr captured while LiteRT loads a model and written back less its info lines (a
-    warning or error it prints still shows). Without a stderr, or a temporary file, it does nothing."""
-    with _NATIVE_STDERR:
-        if sys.stderr is not None:
-            sys.stderr.flush()
-        try:
-            saved = os.dup(2)  # where native code writes, whatever sys.stderr is
-        except OSError:  # no stderr at all (a detached service)
-            saved = None
-        captured = None
-        if saved is not None:
-            try:
-                captured = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the with block below)
-            except OSError:
-                os.close(saved)
-        if captured is None:
+    warning or error it prints still shows)."""
+    log = None
+    try:
+        with captured_output((2,)) as log:
             yield
-            return
-        with captured:
-            os.dup2(captured.fileno(), 2)
-            try:
-                yield
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-                captured.seek(0)
-                lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-                rest = "".join(line for line in lines if line.rstrip() not in LITERT_CHATTER)
-                if rest and sys.stderr is not None:
-                    sys.stderr.write(rest)
-                    sys.stderr.flush()
+    finally:
+        lines = log.text.splitlines(keepends=True) if log is not None else []
+        rest = "".join(line for line in lines if line.rstrip() not in LITERT_CHATTER)
+        if rest and sys.stderr is not None:
+            sys.stderr.write(rest)
+            sys.stderr.flush()
 
 
 def unfitted_int8_note(path: Path) -> str:

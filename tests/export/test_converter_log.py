@@ -1,0 +1,68 @@
+"""The TFLite converter's log: kept out of a successful export, shown with --verbose or when it fails."""
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+from bloodcell.export import exporter
+from bloodcell.runtime.native_output import captured_output
+
+
+def _noisy(*_args, **_kwargs) -> bytes:
+    os.write(2, b"I0000 absl: Missing quantization parameter on the output\n")  # native, as absl writes
+    print("(00:00) [START] LiteRT-Torch Convert")  # Python, as litert-torch's progress does
+    return b"tflite bytes"
+
+
+def _failing(*_args, **_kwargs) -> bytes:
+    os.write(2, b"error: 'tfl.conv_2d' op quantization parameters violate the same scale constraint\n")
+    raise RuntimeError("conversion failed")
+
+
+def test_native_and_python_output_are_both_captured(capfd):
+    with captured_output((1, 2)) as log:
+        os.write(1, b"native out\n")
+        os.write(2, b"native err\n")
+        print("python out")
+        print("python err", file=sys.stderr)
+    assert log.text.splitlines() == ["native out", "native err", "python out", "python err"]
+    assert capfd.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_successful_conversion_is_quiet_unless_verbose(monkeypatch, capfd, tmp_path, verbose):
+    if importlib.util.find_spec("litert_torch") is None:  # found, not imported: its import logs to fd 2
+        pytest.skip("needs litert-torch")
+    monkeypatch.setattr(exporter, "_convert_tflite", _noisy)
+    converted = exporter._export_tflite(None, None, tmp_path / "m.tflite", True, None, None, {}, 3, verbose)
+    assert converted == b"tflite bytes"
+    out, err = capfd.readouterr()
+    assert ("LiteRT-Torch Convert" in out and "Missing quantization" in err) == verbose
+    assert verbose or (out, err) == ("", "")
+
+
+def test_a_failed_conversion_shows_the_converters_log(monkeypatch, capfd, tmp_path):
+    if importlib.util.find_spec("litert_torch") is None:  # found, not imported: its import logs to fd 2
+        pytest.skip("needs litert-torch")
+    monkeypatch.setattr(exporter, "_convert_tflite", _failing)
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        exporter._export_tflite(None, None, tmp_path / "m.tflite", True, None, None, {}, 3)
+    err = capfd.readouterr().err
+    assert err.startswith("the converter's log (last lines):\n") and "same scale constraint" in err
+
+
+@pytest.mark.parametrize(("used", "noted"), [(14, True), (32, False)])
+def test_export_says_when_fewer_calibration_images_set_the_int8_ranges(monkeypatch, capsys, tmp_path, used, noted):
+    from bloodcell.cli import main
+
+    out = tmp_path / "m.tflite"
+
+    def export(*_args, **_kwargs):
+        return exporter.ExportResult(out, tmp_path / "m.tflite.json", 1, {"calibration_images": used})
+
+    monkeypatch.setattr(exporter, "export_model", export)
+    assert main(["export", "--format", "tflite", "--int8", "--out", str(out)]) == 0
+    note = "note: int8 ranges set from 14 images: the train split has no more (asked for 32)"
+    assert (note in capsys.readouterr().out) == noted
