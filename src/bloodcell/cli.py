@@ -856,7 +856,7 @@ def _version() -> str:
     return f"bloodcell {__version__}"
 
 
-STOPPABLE = ("predict", "watch")  # commands a SIGTERM stops as Ctrl-C does (see main)
+OWN_STOP = ("train", "serve", "batch")  # commands that keep SIGTERM's default (see main); others stop as on Ctrl-C
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -870,10 +870,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
     import threading
 
-    # Only where stopping early keeps something: predict writes the results of the finished images, watch
-    # ends between files. Not train (torchrun and its launcher stop workers with SIGTERM themselves), serve
-    # (uvicorn's own handlers), nor batch (its parts are written as it goes: a stop loses at most a minute).
-    ours = args.command in STOPPABLE and threading.current_thread() is threading.main_thread()
+    # A scheduler's stop ends a command as Ctrl-C does: predict writes the results of the finished images,
+    # watch ends between files, and every file being written is removed, not left as a hidden temporary.
+    # Not train (torchrun and its launcher stop workers with SIGTERM themselves), serve (uvicorn's own
+    # handlers), nor batch (its parts are written as it goes; a later run removes a killed run's part).
+    ours = args.command not in OWN_STOP and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop) if ours else None
     try:
         return int(args.func(args) or 0)

@@ -407,3 +407,22 @@ def test_cli_exports_one_split(
     if fmt == "yolo":
         assert [p.name for p in (tmp_path / "labels").iterdir()] == ["val"]
         assert len(list((tmp_path / "images" / "val").iterdir())) == BCCD_IMAGES["val"]
+
+
+def test_a_stopped_export_leaves_no_temporary_file(tiny_voc: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    import signal
+
+    from bloodcell.cli import main
+
+    fsync = os.fsync
+
+    def stopped(fd: int) -> None:  # a scheduler's SIGTERM while the first file is being written
+        os.kill(os.getpid(), signal.SIGTERM)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", stopped)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["data", "export", str(tiny_voc), "--format", "csv", "--out", str(tmp_path / "out")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # no hidden .train.csv.*.tmp
+    assert signal.getsignal(signal.SIGTERM) is before
