@@ -52,5 +52,10 @@ def missing_model(path: Path) -> ModelError:
     if path.suffix.lower() == ".pt" and not path.is_dir():
         from bloodcell.weights import default_model  # weights imports this module
 
-        problem += f" (the shipped model, from any folder: --model {default_model()[0].name})"
+        try:
+            shipped = default_model()[0].name
+        except ModelError:  # its manifest unreadable: the error at hand is this one
+            shipped = None
+        if path.name == shipped:  # its name, but given with a folder that does not hold it
+            problem += f" (the shipped model, from any folder: --model {shipped})"
     return ModelError(f"{path}: {problem}")

@@ -122,3 +122,12 @@ def test_check_without_split_checks_the_split_lists_too(tmp_path: Path, capsys) 
     assert code == 1  # the ids without annotation are images left out
     # the split as the other commands read it: each image once
     assert [r.image_id for r in load_dataset(tmp_path, split="val").records] == ["img3", "img1"]
+
+
+def test_an_unreadable_split_list_is_a_finding_not_the_end_of_the_report(tmp_path: Path, capsys) -> None:
+    voc = make_voc(tmp_path, n_images=2)
+    (voc.root / "ImageSets" / "Main" / "test.txt").write_bytes(b"\xff\xfe img1\n")
+    code, out, _ = _run(capsys, str(tmp_path), "--json")
+    report = json.loads(out)
+    assert [(f["file"], f["kind"]) for f in report["findings"]] == [("ImageSets/Main/test.txt", "unreadable-split")]
+    assert report["images"] == 2 and code == 1

@@ -149,3 +149,16 @@ def test_an_image_a_later_source_labels_is_not_a_failed_input(tmp_path):
     merged = load_dataset(spec, None)
     assert [len(r.boxes) for r in merged.records] == [2]
     assert [(f.kind, f.skips_image) for f in merged.findings] == [("malformed-xml", False)]
+
+
+def test_a_broken_later_source_is_not_superseded_by_an_earlier_one(tmp_path):
+    from voc_factory import VOCFolder
+
+    sparse, dense = VOCFolder(tmp_path / "sparse"), VOCFolder(tmp_path / "dense")
+    sparse.add("a")
+    dense.add("a")
+    dense.xml_path("a").write_text("<annotation><object>")  # the dense labels broken: the sparse ones stand in
+    spec = tmp_path / "data.yaml"
+    spec.write_text(f"sources:\n  - path: {sparse.root}\n  - path: {dense.root}\n")
+    merged = load_dataset(spec, None)
+    assert [(f.file, f.kind, f.skips_image) for f in merged.findings] == [("dense/a.xml", "malformed-xml", True)]

@@ -284,10 +284,23 @@ def test_images_are_found_by_id_with_every_image_suffix_in_either_case(tmp_path:
 
 def test_an_unknown_class_that_looks_like_a_typo_says_which(tmp_path: Path) -> None:
     voc = make_voc(tmp_path, n_images=0, splits=False)
-    voc.add("bad", [("Plateletes", (1, 1, 9, 9)), ("WCB", (10, 10, 40, 40)), ("Neutrophil", (20, 20, 50, 50))])
-    details = [f.detail for f in load_voc(tmp_path).findings]
+    names = ["Plateletes", "WCB", "Neutrophil", "NRBC", "Giant platelet", "ebc"]
+    voc.add("bad", [(name, (1 + i, 1, 9 + i, 9)) for i, name in enumerate(names)])
+    details = [f.detail.removeprefix("class ").replace(" is not one of ['RBC', 'WBC', 'Platelets']", "") for f in
+               load_voc(tmp_path).findings]  # fmt: skip
     assert details == [
-        "class 'Plateletes' is not one of ['RBC', 'WBC', 'Platelets'] (a typo of 'Platelets'? fix the XML)",
-        "class 'WCB' is not one of ['RBC', 'WBC', 'Platelets'] (a typo of 'WBC'? fix the XML)",
-        "class 'Neutrophil' is not one of ['RBC', 'WBC', 'Platelets']",  # not a typo: no guess
+        "'Plateletes' (perhaps a typo of 'Platelets'? fix the XML if so)",
+        "'WCB' (perhaps a typo of 'WBC'? fix the XML if so)",
+        "'Neutrophil'",  # not a typo: no guess
+        "'NRBC'",  # a class with more in front, or another word, is another cell: no guess
+        "'Giant platelet'",
+        "'ebc'",  # one letter from RBC and from WBC: no guess
     ]
+
+
+def test_a_filename_with_the_own_name_and_another_suffix_is_the_image(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path, n_images=1, splits=False)
+    Image.new("RGB", (WIDTH, HEIGHT)).save(voc.root / "JPEGImages" / "img0.png")  # img0.jpg and img0.png
+    _relabel(voc, "img0", "img0.png")
+    dataset = load_voc(tmp_path)
+    assert [r.image_path.name for r in dataset.records] == ["img0.png"] and dataset.findings == []

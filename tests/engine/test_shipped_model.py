@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -41,9 +42,19 @@ def test_the_shipped_model_by_its_file_name_from_any_folder(tmp_path, monkeypatc
         m.setattr("bloodcell.runtime.loader.default_model", lambda: (path, "0" * 64))
         with pytest.raises(ModelError, match="sha256"):
             load_predictor(path.name)
+    with monkeypatch.context() as m:  # also where it is read as a checkpoint (train, export, calibrate)
+        m.setattr("bloodcell.models.checkpoint.default_model", lambda: (path, "0" * 64))
+        with pytest.raises(ModelError, match="sha256"):
+            read_checkpoint(path.name)
     hint = f"(the shipped model, from any folder: --model {path.name})"
-    with pytest.raises(ModelError, match=re.escape(f"other.pt: model file not found {hint}")):
+    with pytest.raises(ModelError, match=re.escape(f"{Path('models', path.name)}: model file not found {hint}")):
+        load_predictor(Path("models", path.name))
+    with pytest.raises(ModelError, match=r"other\.pt: model file not found$"):  # another model: no hint
         load_predictor("other.pt")
+    from bloodcell.config import TrainConfig
+    from bloodcell.engine.train import absolute_paths
+
+    assert absolute_paths(TrainConfig(model=path.name)).model == str(path)  # `train --model cellnet_bccd.pt`
     (tmp_path / path.name).write_bytes(b"not a model")  # a file of that name here is the user's, and is read
     with pytest.raises(ModelError, match="not a"):
         load_predictor(path.name)

@@ -23,11 +23,14 @@ def _failing(*_args, **_kwargs) -> bytes:
 
 def test_native_and_python_output_are_both_captured(capfd):
     with captured_output((1, 2)) as log:
-        os.write(1, b"native out\n")
-        os.write(2, b"native err\n")
         print("python out")
+        os.write(1, b"native out\n")
         print("python err", file=sys.stderr)
-    assert log.text.splitlines() == ["native out", "native err", "python out", "python err"]
+        os.write(2, b"native err\n")
+        with captured_output((2,)) as inner:  # nested (a TFLite load inside an export): no deadlock
+            os.write(2, b"inner\n")
+    assert log.text.splitlines() == ["python out", "native out", "python err", "native err"]  # in order
+    assert inner.text == "inner\n"
     assert capfd.readouterr() == ("", "")
 
 

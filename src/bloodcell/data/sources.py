@@ -191,11 +191,14 @@ def load_dataset(
             merged[record.image_path.name] = replace(record, exhaustive=mask)
             labelled_by[record.image_id] = source.path
         parts.append((source.path, part.findings))
+    order = {source.path: i for i, source in enumerate(spec.sources)}
     findings = []
     for path, found in parts:
         for f in found:
             later = labelled_by.get(Path(f.file).stem)
-            if later is not None and later != path:  # this source's labels of the image are not used at all
+            # a later source's labels replace this one's: its faults no longer matter (an earlier source's
+            # labels standing in for a broken later one are no such thing: that finding stays as it is)
+            if later is not None and order[later] > order[path]:
                 f = replace(f, action=f"superseded: {later.name} labels this image")
             findings.append(replace(f, file=f"{path.name}/{f.file}"))
     dataset = VOCDataset(root=root, class_names=tuple(class_names), split=split, findings=findings)

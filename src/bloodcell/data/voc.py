@@ -10,7 +10,6 @@ label noise of BCCD and is not applied.)
 
 from __future__ import annotations
 
-import difflib
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -29,9 +28,11 @@ from bloodcell.types import CLASS_NAMES, Detections
 #: (lower case, no spaces, underscores or hyphens).
 DEFAULT_ALIASES: dict[str, str] = {
     "rbc": "RBC",
+    "rbcs": "RBC",
     "redbloodcell": "RBC",
     "redbloodcells": "RBC",
     "wbc": "WBC",
+    "wbcs": "WBC",
     "whitebloodcell": "WBC",
     "whitebloodcells": "WBC",
     "platelets": "Platelets",
@@ -175,23 +176,30 @@ def load_voc(
                 detail = f"listed {n} times" + (f" in ImageSets/Main/{split}.txt" if split else "") + "; used once"
                 dataset.findings.append(Finding(f"{image_id}.xml", None, "duplicate-id", detail, "used once"))
         ids = list(dict.fromkeys(ids))
-    labelled_by: dict[Path, str] = {}  # image -> the annotation file that labels it
+    # image file (device and inode: one file however an XML spells it on macOS or Windows) -> its annotation
+    labelled_by: dict[tuple[int, int], str] = {}
     for image_id in ids:
         record = _read_one(root, image_id, class_index, aliases, decode_images, dataset.findings)
         if record is None:
             continue
-        if (first := labelled_by.setdefault(record.image_path, f"{image_id}.xml")) != f"{image_id}.xml":
+        key = _file_id(record.image_path)
+        if (first := labelled_by.setdefault(key, f"{image_id}.xml")) != f"{image_id}.xml":
             detail = f"{record.image_path.name} is already labelled by {first}; this file's boxes left out"
-            dataset.findings.append(Finding(f"{image_id}.xml", None, "duplicate-image", detail, SKIPPED_IMAGE))
+            dataset.findings.append(Finding(f"{image_id}.xml", None, "duplicate-image", detail, "ignored"))
             continue
         dataset.records.append(record)
     if split is None and image_ids is None:  # the whole folder: an image nobody labelled is a forgotten file
         annotated = set(ids)
         for image in _images(root / "JPEGImages"):
-            if image.stem not in annotated and image not in labelled_by:
+            if image.stem not in annotated and _file_id(image) not in labelled_by:
                 detail = f"JPEGImages/{image.name} has no Annotations/{image.stem}.xml"
                 dataset.findings.append(Finding(image.name, None, "missing-annotation", detail, SKIPPED_IMAGE))
     return dataset
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
 
 
 def _images(folder: Path) -> list[Path]:
@@ -201,9 +209,33 @@ def _images(folder: Path) -> list[Path]:
 
 def _did_you_mean(raw_name: str, aliases: dict[str, str]) -> str:
     """A typo's likely class ("Plateletes", "WCB"): said, not applied; a wrong guess would move a cell to
-    another class, and a cell left out of an exhaustive class is taught as background."""
-    close = difflib.get_close_matches(canonical(raw_name), list(aliases), n=1, cutoff=0.6)
-    return f" (a typo of {aliases[close[0]]!r}? fix the XML)" if close else ""
+    another class, and a cell left out of an exhaustive class is taught as background. Only one or two
+    letters off one class, and not a class name with more added ("NRBC", "giant platelet" are other cells)."""
+    name = canonical(raw_name)
+    distance = {alias: _edits(name, alias) for alias in aliases}
+    nearest = min(distance.values(), default=99)
+    classes = {aliases[a] for a, d in distance.items() if d == nearest}
+    # another word, or letters in front, qualify a class: a different cell ("NRBC", "giant platelet")
+    words = [canonical(w) for w in re.split(r"[\s_\-]+", raw_name.strip()) if w]
+    extended = (len(words) > 1 and any(w in aliases for w in words)) or any(
+        name.endswith(a) and name != a for a in aliases if len(a) >= 3
+    )
+    if nearest > 2 or len(classes) != 1 or extended:
+        return ""
+    return f" (perhaps a typo of {classes.pop()!r}? fix the XML if so)"
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions and swaps of neighbours."""
+    rows = [list(range(len(b) + 1))]
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
 
 
 def _find_image(root: Path, image_id: str, filename: str | None, findings: list[Finding]) -> Path | None:
@@ -213,6 +245,8 @@ def _find_image(root: Path, image_id: str, filename: str | None, findings: list[
     folder = root / "JPEGImages"
     xml_name = f"{image_id}.xml"
     named = folder / Path(filename).name if filename else None
+    if named is not None and named.stem == image_id and named.is_file():  # x.png named beside an x.jpg
+        return named
     # Both cases of each suffix: file systems are often case-sensitive and cameras write .JPG.
     for ext in IMAGE_SUFFIXES:
         for variant in (ext, ext.upper()):

@@ -55,6 +55,7 @@ from bloodcell.models.checkpoint import (
 from bloodcell.models.registry import MODELS, build_model, model_config
 from bloodcell.runtime.timing import available_cores
 from bloodcell.runtime.torch_predictor import TorchPredictor, resolve_device
+from bloodcell.weights import shipped_by_name
 
 #: Validation images per network pass (the results do not depend on it): batched on a GPU.
 VAL_BATCH = {"cuda": 32}
@@ -293,7 +294,10 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:
-    """``config`` with its file settings (--data, a --model file, --weights) made absolute."""
+    """``config`` with its file settings (--data, a --model file, --weights) made absolute (the shipped
+    model's bare file name, ``cellnet_bccd.pt``, becomes the packaged file's path)."""
+    if _is_path("model", config.model):
+        config = replace(config, model=str(shipped_by_name(config.model)))
     return replace(
         config, **{n: os.path.abspath(getattr(config, n)) for n in PATH_SETTINGS if _is_path(n, getattr(config, n))}
     )

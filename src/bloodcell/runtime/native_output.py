@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-_LOCK = threading.Lock()  # the descriptors are the process's: one capture at a time
+_LOCK = threading.RLock()  # the descriptors are the process's: one thread's captures at a time (they nest)
 
 
 @dataclass
@@ -37,6 +37,7 @@ def captured_output(fds: tuple[int, ...] = (2,)) -> Iterator[Captured]:
     with _LOCK:
         _flush()
         saved: dict[int, int] = {}
+        sink = None
         try:
             for fd in fds:
                 saved[fd] = os.dup(fd)
@@ -44,13 +45,16 @@ def captured_output(fds: tuple[int, ...] = (2,)) -> Iterator[Captured]:
         except OSError:
             for copy in saved.values():
                 os.close(copy)
+        if sink is None:  # outside the except: the block's own errors are not "during handling of" this one
             yield result
             return
         with sink, contextlib.ExitStack() as python_side:
             for fd in fds:
                 os.dup2(sink.fileno(), fd)
             # sys.stdout may not write to fd 1 (a test's capture, an IDE): send Python's own prints along too
-            text = io.TextIOWrapper(open(sink.fileno(), "wb", closefd=False), write_through=True)  # noqa: SIM115
+            # unbuffered: Python's prints land in order with the native lines around them
+            raw = open(sink.fileno(), "wb", buffering=0, closefd=False)  # noqa: SIM115
+            text = io.TextIOWrapper(raw, write_through=True)
             python_side.callback(text.close)
             if 1 in fds:
                 python_side.enter_context(contextlib.redirect_stdout(text))
