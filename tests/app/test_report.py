@@ -270,9 +270,9 @@ def test_the_web_pages_downloads_make_a_report_without_their_failed_uploads(slid
     summary = build_report(page_json, images_dir=slide.parent, out=tmp_path / "r.html")
     assert summary.fields == 3 and summary.totals["RBC"] == 100 and summary.failed_images == ("broken.jpg",)
     html = (tmp_path / "r.html").read_text()
-    assert "1 fields failed to process and are not counted: broken.jpg" in html
+    assert "1 field failed to process, not counted: broken.jpg" in html
     assert main(["report", str(page_json), "--images", str(slide.parent), "--out", str(tmp_path / "c.html")]) == 1
-    assert "1 fields failed to process and are not counted" in capsys.readouterr().out
+    assert "1 field failed to process, not counted: broken.jpg" in capsys.readouterr().out
     header = "image,width,height,RBC,RBC_lo90,RBC_hi90,RBC_threshold,warnings,error\n"
     page_csv = tmp_path / "counts.csv"
     shutil.copy(slide.parent / "a.jpg", slide.parent / "-a.jpg")  # the page writes it as '-a.jpg (no formula)
@@ -300,3 +300,25 @@ def test_the_report_says_which_operating_points_counted(tmp_path: Path):
     records[1]["conf"] = [0.64, 0.55, 0.62]
     build_report(make_slide(tmp_path / "t", records), out=tmp_path / "t.html")
     assert "counted at each field's operating points." in (tmp_path / "t.html").read_text()
+
+
+def test_fields_counted_with_warnings_are_flagged_in_the_report(tmp_path: Path, capsys):
+    """predict's JSON records and the page's CSV carry warnings (a grayscale image, a scale that could not be
+    measured): counted, but said in the summary, the table and the captions."""
+    records = [record("a.jpg", 40, 1, 3), record("gray.png", 30, 0, 0), record("c.png", 25, 2, 0)]
+    records[1]["warnings"] = ["grayscale image: white cells and platelets are told apart by the stain's colour"]
+    slide = make_slide(tmp_path / "slide", records)
+    summary = build_report(slide, out=tmp_path / "r.html")
+    assert summary.doubtful_images == ("gray.png",) and summary.fields == 3  # still counted
+    html = (tmp_path / "r.html").read_text()
+    assert "1 field counted with warnings (their counts are doubtful; see the table): gray.png" in html
+    assert "<th>Warnings</th>" in html and "grayscale image: white cells" in html
+    assert "1 field counted with warnings (doubtful counts): gray.png" in str(summary)
+    header = "image,width,height,RBC,RBC_lo90,RBC_hi90,RBC_threshold,warnings,error\n"
+    page_csv = tmp_path / "counts.csv"
+    page_csv.write_text(header + '"a.jpg",64,48,40,38,43,0.64,"too few red cells; grayscale image",""\n')
+    summary = build_report(page_csv, images_dir=slide.parent, out=tmp_path / "r2.html")
+    assert summary.doubtful_images == ("a.jpg",)
+    assert "too few red cells; grayscale image" in (tmp_path / "r2.html").read_text()
+    clean = make_slide(tmp_path / "clean", [record("a.jpg", 40, 1, 3)])
+    assert "Warnings" not in (build_report(clean, out=tmp_path / "r3.html").path.read_text())

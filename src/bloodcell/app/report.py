@@ -50,6 +50,7 @@ class ReportSummary:
     intervals: dict[str, tuple[int, int]] | None = None  # 90% interval of each total (None: records have none)
     missing_images: tuple[str, ...] = ()  # record names whose image was missing or unreadable
     failed_images: tuple[str, ...] = ()  # fields the results say failed to process: not counted
+    doubtful_images: tuple[str, ...] = ()  # counted fields with warnings (grayscale, scale not measured...)
     path: Path | None = None  # the HTML file written
 
     def __str__(self) -> str:
@@ -63,8 +64,16 @@ class ReportSummary:
         if self.missing_images:
             lines.append(f"{len(self.missing_images)} images missing or unreadable")
         if self.failed_images:
-            lines.append(f"{len(self.failed_images)} fields failed to process and are not counted")
+            names = ", ".join(self.failed_images)
+            lines.append(f"{_fields(len(self.failed_images))} failed to process, not counted: {names}")
+        if self.doubtful_images:
+            names = ", ".join(self.doubtful_images)
+            lines.append(f"{_fields(len(self.doubtful_images))} counted with warnings (doubtful counts): {names}")
         return "\n".join(lines)
+
+
+def _fields(n: int) -> str:
+    return f"{n} field{'' if n == 1 else 's'}"
 
 
 def _interval_text(intervals: dict[str, tuple[int, int]] | None, name: str) -> str:
@@ -220,6 +229,8 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
                 record["conf"] = [float(values[f"{c}_threshold"]) for c in classes]
             except ValueError as e:
                 raise DatasetError(f"{path}: line {line}: a threshold is not a number ({e})") from None
+        if values.get("warnings"):  # the page's CSV: its warnings joined by "; "
+            record["warnings"] = values["warnings"].split("; ")
         record["annotated"] = True  # its thumbnail comes from the annotated copy: the boxes are drawn on it
         problem = _record_problem(record)
         if problem:
@@ -276,6 +287,9 @@ def _record_problem(record: object) -> str | None:
         )
     ):
         return "'count_intervals' must map class names to [low, high] non-negative integers"
+    warnings = record.get("warnings")
+    if warnings is not None and not (isinstance(warnings, list) and all(isinstance(w, str) for w in warnings)):
+        return "'warnings' must be a list of strings"
     detections = record.get("detections")
     if not isinstance(detections, list):
         return "'detections' must be a list"
@@ -312,6 +326,7 @@ def summarize(records: list[dict]) -> ReportSummary:
         platelets_per_100_rbc=100 * totals.get(PLATELETS, 0) / rbc if rbc else None,
         fields=n,
         intervals=total_intervals(records, tuple(classes)),
+        doubtful_images=tuple(r["image"] for r in records if r.get("warnings")),
     )
 
 
@@ -415,16 +430,21 @@ def render_html(
         f"<td>{summary.mean_per_field[c]:.1f}</td></tr>"
         for c in classes
     )
+    warned = bool(summary.doubtful_images)
     rows = "".join(
         f"<tr><td>{i + 1}</td><td>{e(r['image'])}{' (image missing)' if tile is None else ''}</td>"
         + "".join(f"<td>{_field_count(r, c)}</td>" for c in classes)
+        + (f'<td class="warn">{e("; ".join(r.get("warnings") or []))}</td>' if warned else "")
         + "</tr>"
         for i, (r, tile) in enumerate(zip(records, tiles, strict=True))
     )
+    if warned:
+        head += "<th>Warnings</th>"
     figures = []
     for r, tile in zip(records, tiles, strict=True):
         counts = ", ".join(f"{r['counts'].get(c, 0)} {c}" for c in classes)
-        caption = f"<figcaption>{e(r['image'])}: {e(counts)}</figcaption>"
+        flag = " ⚠ " + "; ".join(r["warnings"]) if r.get("warnings") else ""
+        caption = f"<figcaption>{e(r['image'])}: {e(counts)}{e(flag)}</figcaption>"
         if tile is None:
             body = f'<div class="missing">image not found or unreadable:<br>{e(r["image"])}</div>'
         else:
@@ -434,8 +454,12 @@ def render_html(
     failed = ""
     if summary.failed_images:
         names = ", ".join(e(n) for n in summary.failed_images)
-        failed = (
-            f'<p class="warn">{len(summary.failed_images)} fields failed to process and are not counted: {names}</p>\n'
+        failed = f'<p class="warn">{_fields(len(summary.failed_images))} failed to process, not counted: {names}</p>\n'
+    if summary.doubtful_images:
+        names = ", ".join(e(n) for n in summary.doubtful_images)
+        failed += (
+            f'<p class="warn">{_fields(len(summary.doubtful_images))} counted with warnings (their counts are '
+            f"doubtful; see the table): {names}</p>\n"
         )
 
     return f"""<!DOCTYPE html>
