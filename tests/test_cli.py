@@ -262,6 +262,7 @@ def test_download_hash_must_be_a_sha256(value: str, capsys) -> None:
         (["qat", "--model", "m.pt", "--out", "{file}/q.tflite"], "--out {file}/q.tflite: cannot write there"),
         (["benchmark", "--out", "{file}"], "--out {file}: is a file, expected a folder"),
         (["data", "stats", "d", "--out", "{file}"], "--out {file}: is a file, expected a folder"),
+        (["report", "r.json", "--out", "{dir}"], "--out {dir}: cannot write there (is a folder"),
         (["train", "--data", "d", "--out", "{file}"], "--out {file}: is a file, expected a run folder"),
     ],
 )

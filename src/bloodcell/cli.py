@@ -257,7 +257,7 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="a local web page and JSON API: drop images, see boxes, download counts")
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this computer only)")
-    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--max-upload-mb", type=_positive_float, default=20, help="largest accepted upload (default: 20 MB)")
     p.add_argument("--conf", type=_conf_text, help=CONF_HELP + "; the page's slider shifts them")
     _add_cell_size(p)
@@ -829,6 +829,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from bloodcell.app.report import build_report
 
+    check_outputs({"--out": args.out})
     summary = build_report(args.results, images_dir=args.images, out=args.out, title=args.title)
     print(summary)
     print(f"wrote {summary.path}")
