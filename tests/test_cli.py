@@ -283,3 +283,24 @@ def test_a_refused_command_leaves_no_output_folders(tmp_path, capsys) -> None:
     assert list(tmp_path.iterdir()) == []
     assert main(["val", "--out", str(out), "--json", str(out)]) == 2
     assert f"--json {out}: cannot write there (it is the --out folder; expected a file name)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "stops"),
+    [
+        (["val"], {}, True),
+        (["data", "export", "d", "--format", "csv", "--out", "o"], {}, True),
+        (["train"], {}, True),  # one process: as Ctrl-C
+        (["train", "--devices", "cpu:2"], {}, False),  # the launcher: torchrun stops its workers
+        (["train"], {"LOCAL_RANK": "0"}, False),  # a torchrun worker
+        (["serve"], {}, False),  # uvicorn's own handlers
+        (["batch", "s", "--out", "o"], {}, False),  # parts written as it goes
+    ],
+)
+def test_which_commands_a_sigterm_stops_as_ctrl_c(argv, env, stops, monkeypatch) -> None:
+    from bloodcell.cli import _stops_on_sigterm, get_args_parser
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert _stops_on_sigterm(get_args_parser().parse_args(argv)) == stops

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -112,7 +113,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     else:
         print(format_findings(report))
     # Repaired labels are findings (errors only with --strict); an image that cannot be used at all is a failed input.
-    skipped = any(f.skips_image for f in report.findings)
+    skipped = any(f.skips_image or f.kind == "unreadable-split" for f in report.findings)
     return 1 if skipped or (args.strict and report.findings) else 0
 
 
@@ -857,7 +858,13 @@ def _version() -> str:
     return f"bloodcell {__version__}"
 
 
-OWN_STOP = ("train", "serve", "batch")  # commands that keep SIGTERM's default (see main); others stop as on Ctrl-C
+OWN_STOP = ("serve", "batch")  # commands that keep SIGTERM's default (see main); others stop as on Ctrl-C
+
+
+def _stops_on_sigterm(args: argparse.Namespace) -> bool:
+    if args.command == "train":  # one process stops as on Ctrl-C; torchrun and its launcher stop workers themselves
+        return not getattr(args, "devices", None) and "LOCAL_RANK" not in os.environ
+    return args.command not in OWN_STOP
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -872,10 +879,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import threading
 
     # A scheduler's stop ends a command as Ctrl-C does: predict writes the results of the finished images,
-    # watch ends between files, and every file being written is removed, not left as a hidden temporary.
-    # Not train (torchrun and its launcher stop workers with SIGTERM themselves), serve (uvicorn's own
-    # handlers), nor batch (its parts are written as it goes; a later run removes a killed run's part).
-    ours = args.command not in OWN_STOP and threading.current_thread() is threading.main_thread()
+    # watch ends between files, and a file being written is removed, not left as a hidden temporary.
+    # Not distributed train (torchrun and its launcher stop workers with SIGTERM themselves), serve
+    # (uvicorn's own handlers), nor batch (its parts are written as it goes; a later run removes a killed part).
+    ours = _stops_on_sigterm(args) and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop) if ours else None
     try:
         return int(args.func(args) or 0)

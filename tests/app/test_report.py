@@ -320,5 +320,7 @@ def test_fields_counted_with_warnings_are_flagged_in_the_report(tmp_path: Path, 
     summary = build_report(page_csv, images_dir=slide.parent, out=tmp_path / "r2.html")
     assert summary.doubtful_images == ("a.jpg",)
     assert "too few red cells; grayscale image" in (tmp_path / "r2.html").read_text()
-    clean = make_slide(tmp_path / "clean", [record("a.jpg", 40, 1, 3)])
+    blank = [record("a.jpg", 40, 1, 3)]
+    blank[0]["warnings"] = ["", " "]  # no words, no warning
+    clean = make_slide(tmp_path / "clean", blank)
     assert "Warnings" not in (build_report(clean, out=tmp_path / "r3.html").path.read_text())

@@ -304,3 +304,16 @@ def test_a_filename_with_the_own_name_and_another_suffix_is_the_image(tmp_path: 
     _relabel(voc, "img0", "img0.png")
     dataset = load_voc(tmp_path)
     assert [r.image_path.name for r in dataset.records] == ["img0.png"] and dataset.findings == []
+
+
+def test_images_on_a_file_system_without_inode_numbers_stay_apart(tmp_path: Path, monkeypatch) -> None:
+    make_voc(tmp_path, n_images=3, splits=False)
+    real_stat = Path.stat
+
+    class NoInode:  # as some Windows and network file systems report: st_ino 0 for every file
+        def __init__(self, st) -> None:
+            self.st_dev, self.st_ino, self.st_size, self.st_mode = st.st_dev, 0, st.st_size, st.st_mode
+
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: NoInode(real_stat(self, **kw)))
+    dataset = load_voc(tmp_path, decode_images=False)
+    assert [r.image_id for r in dataset.records] == ["img0", "img1", "img2"] and dataset.findings == []

@@ -60,6 +60,19 @@ def test_the_shipped_model_by_its_file_name_from_any_folder(tmp_path, monkeypatc
         load_predictor(path.name)
 
 
+def test_another_model_reads_without_a_usable_shipped_model(tmp_path, monkeypatch):
+    from bloodcell.models.checkpoint import read_checkpoint
+
+    mine = tmp_path / "mine.pt"
+    shutil.copyfile(default_model()[0], mine)
+
+    def broken():
+        raise ModelError("shipped model manifest unreadable")
+
+    monkeypatch.setattr("bloodcell.models.checkpoint.default_model", broken)
+    assert read_checkpoint(mine)["info"]["name"]  # --model given: the shipped model's state does not matter
+
+
 def test_tampered_model_is_refused(tmp_path):
     path, digest = default_model()
     copy = tmp_path / path.name

@@ -64,12 +64,22 @@ class ReportSummary:
         if self.missing_images:
             lines.append(f"{len(self.missing_images)} images missing or unreadable")
         if self.failed_images:
-            names = ", ".join(self.failed_images)
+            names = _some(self.failed_images)
             lines.append(f"{_fields(len(self.failed_images))} failed to process, not counted: {names}")
         if self.doubtful_images:
-            names = ", ".join(self.doubtful_images)
+            names = _some(self.doubtful_images)
             lines.append(f"{_fields(len(self.doubtful_images))} counted with warnings (doubtful counts): {names}")
         return "\n".join(lines)
+
+
+def _warnings(record: dict) -> list[str]:
+    return [w for w in record.get("warnings") or [] if w.strip()]
+
+
+def _some(names: tuple[str, ...], shown: int = 5) -> str:
+    """The first names, for a terminal (the HTML lists them all)."""
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _fields(n: int) -> str:
@@ -229,7 +239,7 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
                 record["conf"] = [float(values[f"{c}_threshold"]) for c in classes]
             except ValueError as e:
                 raise DatasetError(f"{path}: line {line}: a threshold is not a number ({e})") from None
-        if values.get("warnings"):  # the page's CSV: its warnings joined by "; "
+        if values.get("warnings"):  # a CSV with a warnings column (the page's): its warnings joined by "; "
             record["warnings"] = values["warnings"].split("; ")
         record["annotated"] = True  # its thumbnail comes from the annotated copy: the boxes are drawn on it
         problem = _record_problem(record)
@@ -326,7 +336,7 @@ def summarize(records: list[dict]) -> ReportSummary:
         platelets_per_100_rbc=100 * totals.get(PLATELETS, 0) / rbc if rbc else None,
         fields=n,
         intervals=total_intervals(records, tuple(classes)),
-        doubtful_images=tuple(r["image"] for r in records if r.get("warnings")),
+        doubtful_images=tuple(r["image"] for r in records if _warnings(r)),
     )
 
 
@@ -434,7 +444,7 @@ def render_html(
     rows = "".join(
         f"<tr><td>{i + 1}</td><td>{e(r['image'])}{' (image missing)' if tile is None else ''}</td>"
         + "".join(f"<td>{_field_count(r, c)}</td>" for c in classes)
-        + (f'<td class="warn">{e("; ".join(r.get("warnings") or []))}</td>' if warned else "")
+        + (f'<td class="warn">{e("; ".join(_warnings(r)))}</td>' if warned else "")
         + "</tr>"
         for i, (r, tile) in enumerate(zip(records, tiles, strict=True))
     )
@@ -443,7 +453,7 @@ def render_html(
     figures = []
     for r, tile in zip(records, tiles, strict=True):
         counts = ", ".join(f"{r['counts'].get(c, 0)} {c}" for c in classes)
-        flag = " ⚠ " + "; ".join(r["warnings"]) if r.get("warnings") else ""
+        flag = " ⚠ " + "; ".join(_warnings(r)) if _warnings(r) else ""
         caption = f"<figcaption>{e(r['image'])}: {e(counts)}{e(flag)}</figcaption>"
         if tile is None:
             body = f'<div class="missing">image not found or unreadable:<br>{e(r["image"])}</div>'

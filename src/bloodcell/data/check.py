@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bloodcell.data.sources import available_splits, load_dataset
-from bloodcell.data.voc import SKIPPED_IMAGE, Finding
+from bloodcell.data.voc import Finding
 from bloodcell.errors import DatasetError
 from bloodcell.types import CLASS_NAMES
 
@@ -53,7 +53,7 @@ def _split_findings(root: str | Path, class_names: tuple[str, ...]) -> list[Find
         try:
             part = load_dataset(root, split=name, class_names=class_names, decode_images=False)
         except DatasetError as e:  # an unreadable split list: said, and the rest of the report still made
-            found.append(Finding(f"ImageSets/Main/{name}.txt", None, "unreadable-split", str(e), SKIPPED_IMAGE))
+            found.append(Finding(f"ImageSets/Main/{name}.txt", None, "unreadable-split", str(e), "split not read"))
             continue
         # the other findings are the whole-folder read's again; these two exist only in a split list
         found += [replace(f, detail=f"split {name}: {f.detail}") for f in part.findings if f.kind in SPLIT_KINDS]

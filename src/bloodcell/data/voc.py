@@ -10,6 +10,7 @@ label noise of BCCD and is not applied.)
 
 from __future__ import annotations
 
+import os
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -177,7 +178,7 @@ def load_voc(
                 dataset.findings.append(Finding(f"{image_id}.xml", None, "duplicate-id", detail, "used once"))
         ids = list(dict.fromkeys(ids))
     # image file (device and inode: one file however an XML spells it on macOS or Windows) -> its annotation
-    labelled_by: dict[tuple[int, int], str] = {}
+    labelled_by: dict[tuple[int, int | str], str] = {}
     for image_id in ids:
         record = _read_one(root, image_id, class_index, aliases, decode_images, dataset.findings)
         if record is None:
@@ -197,9 +198,11 @@ def load_voc(
     return dataset
 
 
-def _file_id(path: Path) -> tuple[int, int]:
+def _file_id(path: Path) -> tuple[int, int | str]:
+    """One key per file however it is spelled; inode 0 (some Windows and network file systems have no
+    inode numbers) falls back to the resolved, case-normalised path."""
     st = path.stat()
-    return st.st_dev, st.st_ino
+    return (st.st_dev, st.st_ino) if st.st_ino else (-1, os.path.normcase(str(path.resolve())))
 
 
 def _images(folder: Path) -> list[Path]:

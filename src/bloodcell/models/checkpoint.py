@@ -7,6 +7,7 @@ Training checkpoints (last.pt) add optimizer, scheduler, EMA and RNG state for -
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
@@ -138,9 +139,11 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dict[str, Any]:
     path = shipped_by_name(path)
-    shipped, digest = default_model()
-    if expected_sha256 is None and path.is_file() and path.samefile(shipped):  # however it was named
-        expected_sha256 = digest
+    if expected_sha256 is None and path.is_file():  # the shipped model is checked however it was named
+        with contextlib.suppress(ModelError, OSError):  # no usable shipped model: this file is another one
+            shipped, digest = default_model()
+            if path.samefile(shipped):
+                expected_sha256 = digest
     if not path.is_file():
         raise missing_model(path)
     if expected_sha256 is not None:
