@@ -39,7 +39,7 @@ def test_the_shipped_model_by_its_file_name_from_any_folder(tmp_path, monkeypatc
     assert load_predictor(path.name).describe()["name"] == load_predictor(None).describe()["name"]
     assert read_checkpoint(path.name)["info"]["name"] == read_checkpoint(path)["info"]["name"]
     with monkeypatch.context() as m:  # and it is checked against the manifest's sha256, as the default is
-        m.setattr("bloodcell.runtime.loader.default_model", lambda: (path, "0" * 64))
+        m.setattr("bloodcell.models.checkpoint.default_model", lambda: (path, "0" * 64))
         with pytest.raises(ModelError, match="sha256"):
             load_predictor(path.name)
     with monkeypatch.context() as m:  # also where it is read as a checkpoint (train, export, calibrate)

@@ -453,7 +453,7 @@ def render_html(
     figures = []
     for r, tile in zip(records, tiles, strict=True):
         counts = ", ".join(f"{r['counts'].get(c, 0)} {c}" for c in classes)
-        flag = " ⚠ " + "; ".join(_warnings(r)) if _warnings(r) else ""
+        flag = " ⚠ " + "; ".join(warnings) if (warnings := _warnings(r)) else ""
         caption = f"<figcaption>{e(r['image'])}: {e(counts)}{e(flag)}</figcaption>"
         if tile is None:
             body = f'<div class="missing">image not found or unreadable:<br>{e(r["image"])}</div>'

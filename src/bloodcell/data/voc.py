@@ -248,19 +248,21 @@ def _find_image(root: Path, image_id: str, filename: str | None, findings: list[
     folder = root / "JPEGImages"
     xml_name = f"{image_id}.xml"
     named = folder / Path(filename).name if filename else None
-    if named is not None and named.stem == image_id and named.is_file():  # x.png named beside an x.jpg
+    if named is not None and not named.is_file():
+        named = None  # a <filename> naming nothing there: only the annotation's own name counts
+    if named is not None and named.stem == image_id:  # x.png named beside an x.jpg
         return named
     # Both cases of each suffix: file systems are often case-sensitive and cameras write .JPG.
     for ext in IMAGE_SUFFIXES:
         for variant in (ext, ext.upper()):
             candidate = folder / f"{image_id}{variant}"
             if candidate.is_file():
-                if named is not None and named.stem != image_id and named.is_file():
+                if named is not None:  # another image
                     detail = f"<filename> names {named.name}, another image; used {candidate.name}"
                     findings.append(Finding(xml_name, None, "filename-mismatch", detail, "used the file's own name"))
                 return candidate
     detail = f"no image for {image_id} in JPEGImages/"
-    if named is not None and named.is_file():
+    if named is not None:
         if not (root / "Annotations" / f"{named.stem}.xml").is_file():
             return named
         detail += f"; its <filename> names {named.name}, which {named.stem}.xml labels"

@@ -25,10 +25,8 @@ def load_predictor(
 
     ``device`` (auto, cpu, cuda, cuda:N) and ``batch`` > 1 are for .pt models; exported models run
     one image per pass on the CPU (or the Edge TPU), so asking them for more is refused, not ignored."""
-    expected = None
-    if path is None or shipped_by_name(path) == default_model()[0]:
-        path, expected = default_model()
-    path = Path(path)
+    # the shipped model, by default or by its file name; read_checkpoint checks it against the manifest
+    path = default_model()[0] if path is None else shipped_by_name(path)
     suffix = path.suffix.lower()
     if not path.is_file():
         raise missing_model(path)
@@ -60,7 +58,7 @@ def load_predictor(
 
         # torch's default counts physical cores (1 on a 2-vCPU cloud machine); use every core given to us.
         torch.set_num_threads(threads or available_cores())
-        model, info = load_model(path, expected_sha256=expected)
+        model, info = load_model(path)
         return TorchPredictor(model, info, device=device)
     raise ModelError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected .pt, .onnx or .tflite")
 
