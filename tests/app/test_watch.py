@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bloodcell.app.report import read_slide
 from bloodcell.app.sinks import counts_header
 from bloodcell.app.watch import LOCK_NAME, STATE_NAME, Watcher
 from bloodcell.cli import main
@@ -189,12 +190,44 @@ def test_corrupt_file_is_recorded_once_as_failed(predictor, sources, tmp_path, c
     restarted = Watcher(predictor, folder, out, settle=0)
     assert restarted.drain() == [] and restarted.failed == 0
     assert "bad.jpg" not in capsys.readouterr().err
-    assert [r[0] for r in read_rows(out)] == ["good.png"]
+    rows = read_rows(out)  # one row each: the bad file's with its error and no counts, so a report can name it
+    assert [r[0] for r in rows] == ["bad.jpg", "good.png"]
+    assert "bad.jpg" in rows[0][-1] and rows[0][1:-1] == [""] * (len(rows[0]) - 2) and rows[1][-1] == ""
+    assert read_slide(out / "counts.csv")[1] == ["bad.jpg"]
     assert json.loads((out / STATE_NAME).read_text())["files"]["bad.jpg"]["status"] == "failed"
-    # Rewritten with a real image, it is a new version and is processed.
+    # Rewritten with a real image, it is a new version and is processed; its last row holds.
     shutil.copy(sources / "cam0.jpg", folder / "bad.jpg")
     [result] = restarted.drain()
-    assert result.error is None and [r[0] for r in read_rows(out)] == ["good.png", "bad.jpg"]
+    assert result.error is None and [r[0] for r in read_rows(out)] == ["bad.jpg", "good.png", "bad.jpg"]
+    records, failed = read_slide(out / "counts.csv")
+    assert sorted(r["image"] for r in records) == ["bad.jpg", "good.png"] and failed == []
+
+
+def test_a_failed_row_the_state_missed_is_adopted_as_failed(predictor, sources, tmp_path, capsys):
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    Watcher(predictor, folder, out, settle=0).drain()
+    (out / STATE_NAME).write_text(json.dumps({"version": 1, "files": {}}))  # the state write was lost
+    watcher = Watcher(predictor, folder, out, settle=0)
+    assert watcher.drain() == [] and watcher.failed_earlier() == ["bad.jpg"]
+    assert [r[0] for r in read_rows(out)] == ["bad.jpg"]
+
+
+def test_a_csv_begun_without_warnings_and_error_columns_goes_on_in_its_columns(predictor, sources, tmp_path):
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    out.mkdir()
+    old_header = counts_header(CLASS_NAMES)[:-2]
+    (out / "counts.csv").write_text(",".join(old_header) + "\n")
+    shutil.copy(sources / "noise.png", folder / "good.png")
+    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    results = Watcher(predictor, folder, out, settle=0).drain()
+    assert sorted(r.path.name for r in results) == ["bad.jpg", "good.png"]
+    with open(out / "counts.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == old_header and [len(r) for r in rows[1:]] == [len(old_header)]  # no row for the failure
+    assert rows[1][0] == "good.png"
 
 
 def test_non_images_hidden_files_and_subfolders_are_ignored(predictor, sources, tmp_path):
@@ -289,7 +322,9 @@ def test_an_image_whose_outputs_cannot_be_written_fails_alone(predictor, sources
     assert results["blocked.png"].error and watcher.failed == 1
     err = capsys.readouterr().err
     assert f"{out / 'annotated' / 'blocked.png'}: Is a directory" in err and ".tmp" not in err
-    assert sorted(r[0] for r in read_rows(out)) == sorted([long_name, "good.png"])
+    rows = {r[0]: r for r in read_rows(out)}  # the blocked file's row has its error and no counts
+    assert sorted(rows) == sorted([long_name, "good.png", "blocked.png"])
+    assert "Is a directory" in rows["blocked.png"][-1]
     watcher.close()
     assert json.loads((out / STATE_NAME).read_text())["files"]["blocked.png"]["status"] == "failed"
 
@@ -341,7 +376,9 @@ def test_a_file_finished_after_a_pause_is_not_left_counted_as_failed(predictor, 
     (folder / "slow.jpg").write_bytes(whole)
     [done] = watcher.drain()
     assert done.error is None and watcher.failed == 0
-    assert [r[0] for r in read_rows(out)] == ["slow.jpg"]
+    rows = read_rows(out)  # the part's row (its error, no counts), then the whole file's, which a report keeps
+    assert [r[0] for r in rows] == ["slow.jpg", "slow.jpg"] and rows[0][-1] and rows[1][-1] == ""
+    assert read_slide(out / "counts.csv")[1] == []
     watcher.close()
 
 

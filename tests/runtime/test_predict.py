@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bloodcell.app.report import read_slide
 from bloodcell.app.sinks import counts_header
 from bloodcell.cli import main
 from bloodcell.runtime.images import load_image
@@ -87,7 +88,10 @@ def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path, c
     err = capsys.readouterr().err
     assert f"warning: gray.png: {GRAYSCALE_WARNING}" in err and "warning: a.jpg" not in err
     rows = list(csv.DictReader(cs.open()))
-    assert len(rows) == 6 and set(rows[0]) == set(counts_header(CLASS_NAMES))
+    assert len(rows) == 6 and list(rows[0]) == counts_header(CLASS_NAMES)
+    warned = {r["image"]: r["warnings"] for r in rows if r["warnings"]}
+    assert warned == {"gray.png": GRAYSCALE_WARNING, "deep16.png": GRAYSCALE_WARNING}  # 16-bit gray
+    assert all(r["error"] == "" for r in rows)
     assert len(list(out.iterdir())) == 6
 
 
@@ -110,6 +114,27 @@ def test_corrupt_file_is_reported_and_skipped(model_file, images, tmp_path, caps
     assert code == 1, err
     assert "broken.jpg" in err and "notes.jpg" in err and "Traceback" not in err
     assert "1 image processed, 2 failed" in err
+    # the results name every image: a failed one with its error and no counts, which a report lists
+    js, cs = tmp_path / "r.json", tmp_path / "r.csv"
+    argv = ["predict", str(bad), str(txt), str(images / "a.jpg"), "--model", str(model_file)]
+    assert main([*argv, "--json", str(js), "--csv", str(cs)]) == 1
+    records = json.loads(js.read_text())
+    assert [(r["image"], "counts" in r, bool(r.get("error"))) for r in records] == [
+        ("broken.jpg", False, True),
+        ("notes.jpg", False, True),
+        ("a.jpg", True, False),
+    ]
+    assert "notes.jpg" in records[1]["error"] and records[1]["path"] == str(txt.absolute())
+    rows = list(csv.DictReader(cs.open()))
+    assert [(r["image"], bool(r["error"])) for r in rows] == [
+        ("broken.jpg", True),
+        ("notes.jpg", True),
+        ("a.jpg", False),
+    ]
+    assert rows[1]["RBC"] == "" and rows[2]["RBC"].isdigit()
+    for results in (js, cs):
+        counted, failed = read_slide(results)
+        assert [r["image"] for r in counted] == ["a.jpg"] and failed == ["broken.jpg", "notes.jpg"]
 
 
 def test_empty_folder_and_missing_path(model_file, tmp_path, capsys):

@@ -13,7 +13,7 @@ from bloodcell.atomic import check_outputs
 from bloodcell.errors import ConfigError, describe_os_error
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
-from bloodcell.runtime.predict import predict_paths
+from bloodcell.runtime.predict import ImageResult, predict_paths
 from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.runtime.sources import expand_sources, output_names
 
@@ -82,6 +82,7 @@ def run_predict(
     check_cell_size(predictor, cell_size)
     annotator = BoxAnnotator(predictor.class_names) if out else None
     results, failed = [], len(problems)
+    listed: list[ImageResult] = []  # what --json/--csv hold, in input order: failed images with their error
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
     stream = predict_paths(
         predictor,
@@ -97,6 +98,7 @@ def run_predict(
     try:
         for r in stream:
             r.name = names.get(r.path)
+            listed.append(r)
             if r.error:
                 print(f"error: {r.error}", file=sys.stderr)
                 failed += 1
@@ -105,7 +107,9 @@ def run_predict(
                 try:
                     save_annotated(r, annotator, out)
                 except OSError as e:  # e.g. a name too long for the output file system: the others go on
-                    print(f"error: {r.label}: annotated image not written ({describe_os_error(e)})", file=sys.stderr)
+                    r.error = f"{r.label}: annotated image not written ({describe_os_error(e)})"
+                    print(f"error: {r.error}", file=sys.stderr)
+                    r.image = None
                     failed += 1
                     continue
             r.image = None
@@ -118,9 +122,9 @@ def run_predict(
     except KeyboardInterrupt:  # keep what is done: the counts of a long folder are worth saving
         interrupted = True
     if json_path:
-        write_json(results, json_path)
+        write_json(listed, json_path)
     if csv_path:
-        write_counts_csv(results, tuple(predictor.class_names), csv_path)
+        write_counts_csv(listed, tuple(predictor.class_names), csv_path)
     if interrupted:
         saved = " and ".join(p for p in (json_path, csv_path) if p)
         where = f"; their results are in {saved}" if saved else ""

@@ -176,14 +176,15 @@ def read_slide(path: Path) -> tuple[list[dict], list[str]]:
         raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: cannot read ({e})") from None
-    failed: list[str] = []
     if isinstance(data, dict) and isinstance(data.get("images"), list):  # the web page's results.json
-        failed = [str(r.get("image")) for r in data["images"] if _failed(r)]
-        data = [r for r in data["images"] if not _failed(r)]
+        data = data["images"]
     if not isinstance(data, list):
         raise DatasetError(
             f"{path}: expected a list of records (from `bloodcell predict --json`) or the web page's results.json"
         )
+    # an image that failed (predict's and the page's records with an "error"): named, not counted
+    failed = [str(r.get("image")) for r in data if _failed(r)]
+    data = [r for r in data if not _failed(r)]
     if not data:
         raise DatasetError(f"{path}: no records (fields of view){_all_failed(failed)}")
     for i, record in enumerate(data):
@@ -213,15 +214,16 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
     page = all(f"{c}_threshold" in header for c in classes)
     name = _unescaped if page else str
     records: dict[str, dict] = {}
-    failed = []
+    failed: dict[str, None] = {}  # by name, in order: the images whose last row is an error
     for line, row in enumerate(rows[1:], start=2):
         if not row:
             continue
         if len(row) != len(header):
             raise DatasetError(f"{path}: line {line}: {len(row)} columns, the header has {len(header)}")
         values = dict(zip(header, row, strict=True))
-        if values.get("error"):  # the page's row for an upload that failed: no counts
-            failed.append(name(values["image"]))
+        if values.get("error"):  # an image that failed (predict's, watch's or the page's row): no counts
+            failed[name(values["image"])] = None
+            records.pop(name(values["image"]), None)  # watch: a good file rewritten into a broken one
             continue
         record: dict = {"image": name(values["image"]), "counts": {}, "count_intervals": {}, "detections": []}
         try:
@@ -239,7 +241,7 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
                 record["conf"] = [float(values[f"{c}_threshold"]) for c in classes]
             except ValueError as e:
                 raise DatasetError(f"{path}: line {line}: a threshold is not a number ({e})") from None
-        if values.get("warnings"):  # a CSV with a warnings column (the page's): its warnings joined by "; "
+        if values.get("warnings"):  # a CSV with a warnings column: its warnings joined by "; "
             record["warnings"] = values["warnings"].split("; ")
         record["annotated"] = True  # its thumbnail comes from the annotated copy: the boxes are drawn on it
         problem = _record_problem(record)
@@ -247,9 +249,10 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
             raise DatasetError(f"{path}: line {line}: {problem}")
         records.pop(record["image"], None)
         records[record["image"]] = record
+        failed.pop(record["image"], None)  # a failed file rewritten into a good image
     if not records:
-        raise DatasetError(f"{path}: no records (fields of view){_all_failed(failed)}")
-    return list(records.values()), failed
+        raise DatasetError(f"{path}: no records (fields of view){_all_failed(list(failed))}")
+    return list(records.values()), list(failed)
 
 
 def _all_failed(failed: list[str]) -> str:

@@ -14,12 +14,15 @@ from bloodcell.runtime.predict import ImageResult
 
 def write_json(results: list[ImageResult], path: str | Path) -> Path:
     """predict's --json: one record per image, with the input's absolute path (``bloodcell report`` finds
-    the original there; the folder of annotated copies beside the JSON would show boxes twice)."""
+    the original there; the folder of annotated copies beside the JSON would show boxes twice). An image
+    that failed is a record with its ``error`` and no counts, so the results name every input."""
     records = []
     for r in results:
         if r.error is None:
             record = r.to_record()
             records.append({"image": record.pop("image"), "path": str(r.path.absolute()), **record})
+        else:
+            records.append({"image": r.label, "path": str(r.path.absolute()), "error": r.error})
     write_text(path, json.dumps(records, indent=1) + "\n")
     return Path(path)
 
@@ -52,22 +55,26 @@ def _class_values(result: ImageResult, class_names: tuple[str, ...]) -> list:
 
 
 def counts_header(class_names: tuple[str, ...]) -> list[str]:
-    """Columns of every per-image counts CSV (predict --csv, watch): a count and its 90% interval per class."""
-    return ["image", *_class_columns(class_names)]
+    """Columns of every per-image counts CSV (predict --csv, watch): a count and its 90% interval per class,
+    what makes the counts doubtful ("; "-joined, as the web page's CSV), and why an image has no counts."""
+    return ["image", *_class_columns(class_names), "warnings", "error"]
 
 
 def counts_row(result: ImageResult, class_names: tuple[str, ...]) -> list:
-    return [result.label, *_class_values(result, class_names)]
+    """An image's row: its counts, or (a failed image) empty counts and its error."""
+    if result.error is not None:
+        return [result.label, *[""] * len(_class_columns(class_names)), "", result.error]
+    return [result.label, *_class_values(result, class_names), "; ".join(result.warnings), ""]
 
 
 def frame_counts_header(class_names: tuple[str, ...]) -> list[str]:
     """Columns of the per-frame counts CSV (predict --source): the frame and its time, then the same
-    columns as ``counts_header``."""
-    return ["frame", "time_s", *_class_columns(class_names)]
+    count and warnings columns as ``counts_header`` (a frame that cannot be read ends the video)."""
+    return ["frame", "time_s", *_class_columns(class_names), "warnings"]
 
 
 def frame_counts_row(index: int, time_s: float, result: ImageResult, class_names: tuple[str, ...]) -> list:
-    return [index, f"{time_s:.3f}", *_class_values(result, class_names)]
+    return [index, f"{time_s:.3f}", *_class_values(result, class_names), "; ".join(result.warnings)]
 
 
 def write_counts_csv(results: list[ImageResult], class_names: tuple[str, ...], path: str | Path) -> Path:
@@ -75,8 +82,7 @@ def write_counts_csv(results: list[ImageResult], class_names: tuple[str, ...], p
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(counts_header(class_names))
     for r in results:
-        if r.error is None:
-            writer.writerow(counts_row(r, class_names))
+        writer.writerow(counts_row(r, class_names))
     write_text(path, buffer.getvalue())
     return Path(path)
 

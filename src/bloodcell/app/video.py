@@ -4,8 +4,8 @@ With a display (``DISPLAY``/``WAYLAND_DISPLAY`` set and an OpenCV build with GUI
 not False, a live window shows the boxes and counts (q or Esc quits). Without one, or whenever
 ``out_dir`` is given, the annotated frames go to ``<out>/<name>_annotated.mp4`` (written under a
 temporary name and renamed at the end) and one row per frame to ``<out>/<name>_counts.csv``
-(``frame,time_s`` and the columns of `predict --csv`: size, scale, each class's count and 90% interval;
-written atomically at the end).
+(``frame,time_s`` and the columns of `predict --csv` but its error: size, scale, each class's count and
+90% interval, warnings; written atomically at the end).
 """
 
 from __future__ import annotations

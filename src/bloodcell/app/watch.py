@@ -2,7 +2,8 @@
 
 How a file is judged complete: its (size, mtime_ns) has not changed for ``settle`` seconds, then it
 must decode. A file still being written is never decoded; one that is stable but does not decode is
-recorded once as failed (and reported on stderr), not retried while it stays the same.
+recorded once as failed (reported on stderr, and a CSV row with its error and no counts, which
+``bloodcell report`` lists), not retried while it stays the same.
 
 What is remembered: ``<out>/.bloodcell-watch.json`` maps each handled name to the (size, mtime_ns) it
 had, its status (``ok`` / ``failed``) and how many CSV rows it has given; it is rewritten atomically
@@ -56,6 +57,7 @@ LOCK_NAME = ".bloodcell-watch.lock"
 # that image fails alone; any other output error stops the watch.
 FILE_NAME_ERRORS = (errno.ENAMETOOLONG, errno.EISDIR, errno.EINVAL)
 CSV_NAME = "counts.csv"
+LATER_COLUMNS = ("warnings", "error")  # added to counts.csv later: a CSV begun without them goes on without
 STATE_VERSION = 1
 
 
@@ -94,6 +96,7 @@ class Watcher:
         self.annotated_dir = self.out / "annotated"
         self.processed = 0
         self._failed: set[str] = set()  # files whose latest version failed in this run
+        self._columns = len(counts_header(self.class_names))  # fewer in a CSV an older bloodcell began
         # files that could not be read (permissions): version and when, retried after RETRY_UNREADABLE_S
         self._unreadable: dict[str, tuple[tuple[int, int], float]] = {}
         self._pending: dict[str, tuple[tuple[int, int], float]] = {}  # name -> (signature, stable since)
@@ -169,18 +172,23 @@ class Watcher:
         if whole < len(lines):
             with open(self.csv_path, "r+b") as f:
                 f.truncate(sum(len(line.encode("utf-8", "surrogateescape")) for line in lines[:whole]))
-        if rows and rows[0] != header:
+        if rows and rows[0] == header[: -len(LATER_COLUMNS)]:
+            self._columns = len(rows[0])  # a CSV begun by an older bloodcell: go on in its columns
+        elif rows and rows[0] != header:
             raise ConfigError(
                 f"{self.csv_path}: columns {','.join(rows[0])} differ from this model's {','.join(header)}; "
                 "use another --out"
             )
         adopted = False
+        last = {r[0]: r for r in rows[1:] if r}
         for name, n in Counter(r[0] for r in rows[1:] if r).items():
             entry = self.state.get(name)
             if n > (entry or {}).get("rows", 0):
                 sig = self._signature(self.folder / name)
                 if sig is not None:
-                    self.state[name] = {"size": sig[0], "mtime_ns": sig[1], "status": "ok", "rows": n}
+                    error = last[name][-1] if len(rows[0]) == len(header) else ""
+                    status = {"status": "failed", "error": error} if error else {"status": "ok"}
+                    self.state[name] = {"size": sig[0], "mtime_ns": sig[1], **status, "rows": n}
                     adopted = True
         if adopted:
             self._save_state()
@@ -199,7 +207,7 @@ class Watcher:
             writer = csv.writer(f, lineterminator="\n")
             if new:
                 writer.writerow(counts_header(self.class_names))
-            row = counts_row(result, self.class_names)
+            row = counts_row(result, self.class_names)[: self._columns]
             # csv quotes "\n" but not a lone "\r", which would end the row on reading: quote such a (rare) row
             quote = any("\r" in str(v) for v in row)
             (csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL) if quote else writer).writerow(row)
@@ -293,9 +301,13 @@ class Watcher:
             error = str(e) if isinstance(e, ImageError) else describe_os_error(e)
             self._failed.add(path.name)
             print(f"error: {error} (tried again if the file changes)", file=sys.stderr)
+            failure = ImageResult(path, conf=self.conf, class_names=self.class_names, error=error)
+            if self._columns == len(counts_header(self.class_names)):  # a row that names it (report lists it)
+                self._append_row(failure)
+                entry["rows"] += 1
             self.state[path.name] = {**entry, "status": "failed", "error": error}
             self._save_state()
-            return ImageResult(path, conf=self.conf, class_names=self.class_names, error=error)
+            return failure
         self.state[path.name] = {**entry, "status": "ok", "rows": entry["rows"] + 1}
         self._failed.discard(path.name)  # a camera that paused mid-file: the finished file counts, not the pause
         self._unreadable.pop(path.name, None)
