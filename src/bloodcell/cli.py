@@ -554,6 +554,7 @@ def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from bloodcell.data.check import findings_note, skipped_note
     from bloodcell.data.sources import load_dataset
     from bloodcell.runtime.metadata import MODEL_FORMATS, sidecar_path
 
@@ -571,29 +572,37 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out}: calibrate writes a .pt model file; name it so")
     check_outputs({"--out": args.out})
     root = _data_root(args)
-    records = load_dataset(root, split=args.split).records
+    dataset = load_dataset(root, split=args.split)
+    records = dataset.records
     if not records:
         raise ConfigError(f"{root}: split {args.split!r} has no usable images")
+    if note := findings_note(dataset):
+        print(note, file=sys.stderr)
     if Path(root).is_dir():
         print(PLAIN_FOLDER_NOTE.format(root=root), file=sys.stderr)
     if suffix == ".pt":
         from bloodcell.engine.train import fit_counting_file
 
         fit_counting_file(model, records, out=Path(args.out), nms_iou=args.nms_iou)
-        return 0
-    from bloodcell.export.calibrate import fit_export_counting
+    else:
+        from bloodcell.export.calibrate import fit_export_counting
 
-    metrics, sidecar = fit_export_counting(model, records, str(root), args.split, args.nms_iou)
-    print(metrics)
-    points = ", ".join(f"{n} {c:.2f}" for n, c in zip(metrics.class_names, metrics.conf, strict=True))
-    print(f"wrote {sidecar} and the metadata inside {model.name} (operating points {points})")
+        metrics, sidecar = fit_export_counting(model, records, str(root), args.split, args.nms_iou)
+        print(metrics)
+        points = ", ".join(f"{n} {c:.2f}" for n, c in zip(metrics.class_names, metrics.conf, strict=True))
+        print(f"wrote {sidecar} and the metadata inside {model.name} (operating points {points})")
+    if note := skipped_note(dataset):  # the fit is written, but over fewer images than the split lists
+        print(note, file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_val(args: argparse.Namespace) -> int:
+    from bloodcell.data.check import skipped_note
     from bloodcell.engine.validate import validate
 
     check_outputs({"--json": args.json}, {"--out": args.out})
+    skipped: list[str] = []
     metrics = validate(
         args.model,
         _data_root(args),
@@ -605,11 +614,14 @@ def cmd_val(args: argparse.Namespace) -> int:
         device=args.device,
         batch=args.batch,
         threads=args.threads,
+        on_read=lambda dataset: skipped.extend(filter(None, [skipped_note(dataset)])),
     )
     print(metrics)
     if args.out:
         print(f"plots: {Path(args.out) / 'pr_curves.png'}, {Path(args.out) / 'confusion_matrix.png'}")
-    return 0
+    for note in skipped:  # after the table, where it is seen: these scores are not the whole split's
+        print(note, file=sys.stderr)
+    return 1 if skipped else 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -101,3 +101,24 @@ def test_calibrate_refuses_nms_iou_for_a_model_with_its_own_nms(tiny_voc, tmp_pa
     assert main([*args, "--nms-iou", "WBC=0.3"]) == 2
     assert "whose NMS is its own" in capsys.readouterr().err
     assert not (tmp_path / "f.pt").exists()
+
+
+def test_val_and_calibrate_exit_1_when_listed_images_are_left_out(tiny_voc, tiny_model, tmp_path, capsys):
+    """Scores or a fit over fewer images than the split lists are a failed input: said after the table,
+    with which images, and in the exit code (the results are still written)."""
+    root = tmp_path / "voc"
+    root.mkdir()
+    for sub in ("Annotations", "JPEGImages"):
+        (root / sub).symlink_to(tiny_voc / sub)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    listed = (tiny_voc / "ImageSets" / "Main" / "val.txt").read_text().split()
+    (root / "ImageSets" / "Main" / "val.txt").write_text("\n".join([*listed, "BloodImage_09999"]) + "\n")
+    js = tmp_path / "v.json"
+    assert main(["val", "--model", str(tiny_model()), "--data", str(root), "--json", str(js), "--out", ""]) == 1
+    err = capsys.readouterr().err
+    assert "1 listed images left out (1 missing-annotation: BloodImage_09999.xml); the results cover the other 2" in err
+    assert json.loads(js.read_text())["images"] == 2
+    out = tmp_path / "fitted.pt"
+    assert main(["calibrate", "--model", str(tiny_model()), "--data", str(root), "--out", str(out)]) == 1
+    assert "BloodImage_09999.xml" in capsys.readouterr().err and out.is_file()
+    assert main(["val", "--model", str(out), "--data", str(tiny_voc), "--out", ""]) == 0  # the whole split: 0

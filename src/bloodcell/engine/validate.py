@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from bloodcell.atomic import write_text
 from bloodcell.data.check import findings_note
 from bloodcell.data.sources import load_dataset
+from bloodcell.data.voc import VOCDataset
 from bloodcell.engine.evaluate import evaluate
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.engine.plots import plot_confusion, plot_pr_curves
@@ -27,15 +29,19 @@ def validate(
     device: str = "auto",
     batch: int = 1,
     threads: int | None = None,
+    on_read: Callable[[VOCDataset], None] | None = None,
 ) -> DetectionMetrics:
     """Score a model file on a split of a VOC folder or dataset YAML. ``conf``: --conf text (None: the model's).
-    ``device``/``batch``: where a .pt model runs and how many images per pass (results do not depend on them)."""
+    ``device``/``batch``: where a .pt model runs and how many images per pass (results do not depend on them).
+    ``on_read``: called with the split as read (its findings say which listed images were left out)."""
     predictor = load_predictor(model, device=device, threads=threads, batch=batch)
     print_model_notes(predictor)
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
     dataset = load_dataset(data_root, split=split, class_names=tuple(predictor.class_names))
     if note := findings_note(dataset):
         print(note, file=sys.stderr)
+    if on_read is not None:
+        on_read(dataset)
     metrics = evaluate(predictor, dataset.records, conf=thresholds, progress=True, cell_size=cell_size, batch=batch)
     if out:
         plot_pr_curves(metrics, Path(out) / "pr_curves.png")
