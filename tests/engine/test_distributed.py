@@ -74,6 +74,17 @@ def test_two_gloo_processes_match_one_process_only_rank0_writes_and_resume(eight
     assert [r["epoch"] for r in last["rows"]] == [1, 2] and last["epoch"] == 1
 
 
+def test_a_workers_error_is_its_one_line_not_torchruns_report(eight_images: Path, tmp_path: Path) -> None:
+    """A dataset problem found in the workers: their one-line error and exit code 2, without torchrun's
+    logged exit code, traceback and FAILED summary."""
+    args = ["train", "--data", str(eight_images), "--out", str(tmp_path / "run"), "--batch", "64", "--devices", "cpu:1"]
+    done = subprocess.run([sys.executable, "-m", "bloodcell", *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [
+        f"error: {eight_images}: split 'train' has 8 usable images, fewer than --batch"
+    ]
+
+
 def test_devices_flag_is_checked() -> None:
     from bloodcell.engine.launch import launch, parse_devices, torchrun_command
     from bloodcell.errors import ConfigError
@@ -87,6 +98,36 @@ def test_devices_flag_is_checked() -> None:
     for device, devices in (("cuda:1", "0,1"), ("cpu", "0,1"), ("cuda", "cpu:2")):  # refused before torchrun starts
         with pytest.raises(ConfigError, match=f"--device {device} contradicts --devices"):
             launch(parse_devices(devices), [], device)
+
+
+def test_a_sigterm_to_the_launcher_reaches_torchrun(tmp_path: Path) -> None:
+    """A scheduler that stops the PID it started (the launcher) must stop torchrun too, not orphan it."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from bloodcell.engine.launch import run_forwarding_sigterm
+
+    ready, got = tmp_path / "ready", tmp_path / "got"
+    child = (  # stands in for torchrun: says when it listens, then waits to be stopped
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path(sys.argv[2]).write_text('TERM'), sys.exit(143)))\n"
+        "pathlib.Path(sys.argv[1]).touch()\n"
+        "time.sleep(60)\n"
+    )
+
+    def stop_when_ready() -> None:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)  # to this process only, as `kill PID` does
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=stop_when_ready, daemon=True).start()
+    code = run_forwarding_sigterm([sys.executable, "-c", child, str(ready), str(got)], dict(os.environ))
+    assert code == 143 and got.read_text() == "TERM"
+    assert signal.getsignal(signal.SIGTERM) is before  # the launcher's handler is gone with the child
 
 
 def test_devices_index_the_gpus_a_scheduler_already_made_visible() -> None:

@@ -7,8 +7,10 @@ made visible; for several machines, run torchrun yourself (README: multi-node re
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 
 from bloodcell.errors import ConfigError
@@ -39,7 +41,7 @@ def parse_devices(text: str) -> Devices:
 
 def torchrun_command(devices: Devices, train_argv: list[str]) -> list[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices.processes}",
+        sys.executable, "-m", "bloodcell.engine.torchrun", "--standalone", f"--nproc-per-node={devices.processes}",
         "-m", "bloodcell", "train", *train_argv, "--device", devices.device,
     ]  # fmt: skip
 
@@ -62,4 +64,22 @@ def launch(devices: Devices, train_argv: list[str], device_flag: str | None) -> 
         if torch.cuda.device_count() <= max(devices.gpus):
             raise ConfigError(f"--devices: GPU {max(devices.gpus)} not found ({torch.cuda.device_count()} visible)")
         env["CUDA_VISIBLE_DEVICES"] = visible_devices(devices.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    return subprocess.call(torchrun_command(devices, train_argv), env=env)
+    return run_forwarding_sigterm(torchrun_command(devices, train_argv), env)
+
+
+def run_forwarding_sigterm(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` to its end; a SIGTERM sent to this process alone (a scheduler stopping the PID it
+    started) goes on to it, so torchrun stops its workers instead of being orphaned. Ctrl-C reaches the
+    whole foreground process group, torchrun included: this process only waits for it to finish."""
+    proc = subprocess.Popen(command, env=env)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum)) if main_thread else None
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                continue  # torchrun got it too and is stopping its workers; its exit code is ours
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
