@@ -1,10 +1,12 @@
 """`bloodcell predict --source VIDEO`: per-frame counts CSV and annotated video (on the numpy FakePredictor)."""
 
 import csv
+import itertools
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +222,46 @@ def test_an_interrupted_video_file_keeps_its_frames_and_exits_130(video, tmp_pat
     assert "interrupted after 2 of 6 frames" in capsys.readouterr().out
     assert len((out / "slide_counts.csv").read_text().splitlines()) == 3
     assert sorted(p.name for p in out.iterdir()) == ["slide_annotated.mp4", "slide_counts.csv"]
+
+
+def test_a_camera_video_plays_in_real_time(predictor, video, tmp_path, monkeypatch):
+    """A camera says 10 fps but the model counts a frame every 0.5 s: each frame is held until the next,
+    so 3 frames over 1 s of wall time make a 1.1 s video (11 frames at 10 fps), not a 0.3 s one."""
+    from bloodcell.app import video as video_module
+
+    frames = read_frames(video)[::2]  # three different slides
+
+    class Camera:
+        def __init__(self) -> None:
+            self.left = list(frames)
+
+        def get(self, prop):
+            return 10.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+        def read(self):
+            return (True, self.left.pop(0)) if self.left else (False, None)
+
+        def release(self) -> None:
+            pass
+
+    class Clock:  # each reading 0.5 s after the last: the loop reads it once at the start and once per frame
+        now = 0.0
+
+        def monotonic(self) -> float:
+            self.now += 0.5
+            return self.now
+
+        def __getattr__(self, name: str):
+            return getattr(time, name)
+
+    monkeypatch.setattr(video_module, "open_capture", lambda cv2_, source: Camera())
+    monkeypatch.setattr(video_module, "time", Clock())
+    summary = video_module.run_stream(predictor, "0", tmp_path, conf=CONF, show=False)
+    assert summary.frames == 3
+    written = read_frames(summary.video_path)
+    assert len(written) == 11
+    rows = list(csv.DictReader(summary.csv_path.open()))
+    assert [r["time_s"] for r in rows] == ["0.500", "1.000", "1.500"]  # one row per counted frame
+    # frame 0 held for 0.5 s (5 video frames), then frame 1 for 0.5 s, then frame 2
+    same = [float(np.abs(a.astype(int) - b.astype(int)).mean()) < 3 for a, b in itertools.pairwise(written)]
+    assert same == [True] * 4 + [False] + [True] * 4 + [False]

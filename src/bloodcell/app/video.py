@@ -117,7 +117,11 @@ def open_capture(cv2, source: str):
 
 
 class _FileSink:
-    """Annotated video (temporary name, renamed on close) and per-frame counts CSV (atomic, on close)."""
+    """Annotated video (temporary name, renamed on close) and per-frame counts CSV (atomic, on close).
+
+    A file's frames are written one for one at its own rate. A live source (camera, stream) gives
+    frames as fast as the model counts them, slower than its nominal rate: each frame is held (written
+    again) until the next one came, so the video plays in real time rather than fast-forwarded."""
 
     def __init__(self, cv2, out_dir: Path, name: str, fps: float, class_names: tuple[str, ...]) -> None:
         self.cv2 = cv2
@@ -127,19 +131,31 @@ class _FileSink:
         self.fps = fps
         self.class_names = class_names
         self.writer = None
+        self.written = 0  # video frames, holds included
+        self.held: np.ndarray | None = None  # a live source's last frame
+        self.start_s = 0.0  # a live source's first frame time
         self.rows = io.StringIO()
         self.csv = csv.writer(self.rows, lineterminator="\n")
         self.csv.writerow(frame_counts_header(class_names))
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    def write(self, index: int, time_s: float, result: ImageResult, annotated_bgr: np.ndarray) -> None:
+    def write(
+        self, index: int, time_s: float, result: ImageResult, annotated_bgr: np.ndarray, live: bool = False
+    ) -> None:
         if self.writer is None:
             h, w = annotated_bgr.shape[:2]
             fourcc = self.cv2.VideoWriter_fourcc(*"mp4v")
             self.writer = self.cv2.VideoWriter(str(self.tmp_path), fourcc, self.fps, (w, h))
             if not self.writer.isOpened():
                 raise ImageError(f"{self.video_path}: cannot write an mp4v video of {w}x{h}")
+            self.start_s = time_s
+        if live and self.held is not None:  # hold the last frame until this one's time
+            while self.written < round((time_s - self.start_s) * self.fps):
+                self.writer.write(self.held)
+                self.written += 1
         self.writer.write(annotated_bgr)
+        self.written += 1
+        self.held = annotated_bgr if live else None
         self.csv.writerow(frame_counts_row(index, time_s, result, self.class_names))
 
     def close(self, ok: bool) -> bool:
@@ -207,6 +223,7 @@ def run_stream(
 
 def _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames, cell_size="auto") -> None:
     timed_by_fps = summary.fps > 0 and not summary.source.isdigit()
+    live = not timed_by_fps and (summary.source.isdigit() or "://" in summary.source)  # frames come in real time
     start = time.monotonic()
     while max_frames is None or summary.frames < max_frames:
         grabbed, frame = cap.read()
@@ -220,7 +237,7 @@ def _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_
         drawn = annotator.annotate(rgb, result.counted, {**counts, "frame": index})
         bgr = cv2.cvtColor(np.asarray(drawn), cv2.COLOR_RGB2BGR)
         if sink is not None:
-            sink.write(index, time_s, result, bgr)
+            sink.write(index, time_s, result, bgr, live=live)
         for k, v in counts.items():
             summary.totals[k] += v
         summary.frames += 1
