@@ -23,6 +23,10 @@ class UnreadableImageError(ImageError):
     """One image cannot be read now (permissions): unlike a bad file, worth trying again later."""
 
 
+class TruncatedImageError(ImageError):
+    """An image whose data ends early: a damaged file, or one still being copied (watch waits a little)."""
+
+
 class ModelError(BloodcellError):
     """A model file is missing, corrupt, or of an unknown kind."""
 

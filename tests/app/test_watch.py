@@ -179,7 +179,7 @@ def test_crash_between_csv_row_and_state_is_not_counted_twice(predictor, sources
 def test_corrupt_file_is_recorded_once_as_failed(predictor, sources, tmp_path, capsys):
     folder, out = tmp_path / "cam", tmp_path / "out"
     folder.mkdir()
-    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "bad.jpg").write_bytes(b"not an image at all")
     shutil.copy(sources / "noise.png", folder / "good.png")
     watcher = Watcher(predictor, folder, out, settle=0)
     results = watcher.drain()
@@ -206,7 +206,7 @@ def test_corrupt_file_is_recorded_once_as_failed(predictor, sources, tmp_path, c
 def test_a_failed_row_the_state_missed_is_adopted_as_failed(predictor, sources, tmp_path, capsys):
     folder, out = tmp_path / "cam", tmp_path / "out"
     folder.mkdir()
-    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "bad.jpg").write_bytes(b"not an image at all")
     Watcher(predictor, folder, out, settle=0).drain()
     (out / STATE_NAME).write_text(json.dumps({"version": 1, "files": {}}))  # the state write was lost
     watcher = Watcher(predictor, folder, out, settle=0)
@@ -221,7 +221,7 @@ def test_a_csv_begun_without_warnings_and_error_columns_goes_on_in_its_columns(p
     old_header = counts_header(CLASS_NAMES)[:-2]
     (out / "counts.csv").write_text(",".join(old_header) + "\n")
     shutil.copy(sources / "noise.png", folder / "good.png")
-    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "bad.jpg").write_bytes(b"not an image at all")
     results = Watcher(predictor, folder, out, settle=0).drain()
     assert sorted(r.path.name for r in results) == ["bad.jpg", "good.png"]
     with open(out / "counts.csv", newline="") as f:
@@ -361,24 +361,50 @@ def test_an_output_error_of_the_environment_stops_the_watch_and_the_file_is_retr
     assert result.path.name == "b.jpg" and [r[0] for r in read_rows(out)] == ["a.png", "b.jpg"]
 
 
-def test_a_file_finished_after_a_pause_is_not_left_counted_as_failed(predictor, sources, tmp_path, capsys):
-    """A camera that stalls mid-file longer than --settle: the part fails to decode (said on stderr, with
-    the retry), the finished file is counted, and the run ends without a failure."""
+def test_a_copy_paused_longer_than_settle_is_waited_for_not_failed(predictor, sources, tmp_path, capsys):
+    """A camera or network copy that stalls mid-file longer than --settle: the part ends early and is
+    young, so it is waited for (said once on stderr; no row, no failure) and counted once whole."""
     folder, out = tmp_path / "cam", tmp_path / "out"
     folder.mkdir()
     whole = (sources / "cam0.jpg").read_bytes()
     (folder / "slow.jpg").write_bytes(whole[: len(whole) // 3])
     watcher = Watcher(predictor, folder, out, settle=0)
-    [part] = watcher.drain()
-    assert part.error and watcher.failed == 1
-    assert "tried again if the file changes" in capsys.readouterr().err
+    assert watcher.poll_once() == [] and watcher.poll_once() == []
+    assert watcher.failed == 0 and watcher.pending == 1 and not (out / "counts.csv").exists()
+    assert capsys.readouterr().err.count("note: slow.jpg ends early (still being copied?)") == 1
     time.sleep(0.01)  # a new mtime even on coarse clocks
     (folder / "slow.jpg").write_bytes(whole)
+    [done] = watcher.poll_once()
+    assert done.error is None and watcher.failed == 0 and watcher.pending == 0
+    assert [r[0] for r in read_rows(out)] == ["slow.jpg"]
+    watcher.close()
+
+
+def test_a_truncated_file_fails_once_it_is_too_old_to_be_a_copy(predictor, sources, tmp_path, capsys, monkeypatch):
+    """--once waits for a young truncated file up to TRUNCATED_WAIT_S after its last change, then records
+    it as failed (an error row); an old one fails at once. Rewritten whole, its last row holds."""
+    from bloodcell.app import watch as watch_module
+
+    monkeypatch.setattr(watch_module, "TRUNCATED_WAIT_S", 0.5)
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    whole = (sources / "cam0.jpg").read_bytes()
+    (folder / "young.jpg").write_bytes(whole[: len(whole) // 3])
+    (folder / "old.jpg").write_bytes(whole[: len(whole) // 2])
+    os.utime(folder / "old.jpg", (time.time() - 3600, time.time() - 3600))
+    watcher = Watcher(predictor, folder, out, settle=0)
+    results = {r.path.name: r for r in watcher.drain()}
+    assert sorted(results) == ["old.jpg", "young.jpg"] and all(r.error for r in results.values())
+    assert "image file is truncated" in results["young.jpg"].error and watcher.failed == 2
+    err = capsys.readouterr().err
+    assert "note: young.jpg ends early" in err and "note: old.jpg" not in err
+    assert err.count("(tried again if the file changes)") == 2
+    (folder / "old.jpg").write_bytes(whole)
     [done] = watcher.drain()
-    assert done.error is None and watcher.failed == 0
+    assert done.path.name == "old.jpg" and done.error is None and watcher.failed == 1
     rows = read_rows(out)  # the part's row (its error, no counts), then the whole file's, which a report keeps
-    assert [r[0] for r in rows] == ["slow.jpg", "slow.jpg"] and rows[0][-1] and rows[1][-1] == ""
-    assert read_slide(out / "counts.csv")[1] == []
+    assert sorted(r[0] for r in rows) == ["old.jpg", "old.jpg", "young.jpg"]
+    assert read_slide(out / "counts.csv")[1] == ["young.jpg"]
     watcher.close()
 
 

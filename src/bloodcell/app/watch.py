@@ -3,7 +3,9 @@
 How a file is judged complete: its (size, mtime_ns) has not changed for ``settle`` seconds, then it
 must decode. A file still being written is never decoded; one that is stable but does not decode is
 recorded once as failed (reported on stderr, and a CSV row with its error and no counts, which
-``bloodcell report`` lists), not retried while it stays the same.
+``bloodcell report`` lists), not retried while it stays the same. A copy that pauses longer than
+``settle`` looks stable but ends early: a truncated file younger than TRUNCATED_WAIT_S (by mtime) is
+waited for, and fails only if it is still truncated and unchanged at that age.
 
 What is remembered: ``<out>/.bloodcell-watch.json`` maps each handled name to the (size, mtime_ns) it
 had, its status (``ok`` / ``failed``) and how many CSV rows it has given; it is rewritten atomically
@@ -43,7 +45,7 @@ from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.folder_lock import lock_folder
 from bloodcell.app.sinks import counts_header, counts_row, format_counts, save_annotated
 from bloodcell.atomic import write_text
-from bloodcell.errors import ConfigError, ImageError, UnreadableImageError, describe_os_error
+from bloodcell.errors import ConfigError, ImageError, TruncatedImageError, UnreadableImageError, describe_os_error
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.runtime.predict import ImageResult, predict_image
 
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 
 STATE_NAME = ".bloodcell-watch.json"
 RETRY_UNREADABLE_S = 60.0
+TRUNCATED_WAIT_S = 30.0  # how long a truncated file may still be a copy in progress (by its mtime)
 LOCK_NAME = ".bloodcell-watch.lock"
 # Output errors that belong to one image's name (too long for the file system, taken by a folder):
 # that image fails alone; any other output error stops the watch.
@@ -100,6 +103,7 @@ class Watcher:
         # files that could not be read (permissions): version and when, retried after RETRY_UNREADABLE_S
         self._unreadable: dict[str, tuple[tuple[int, int], float]] = {}
         self._pending: dict[str, tuple[tuple[int, int], float]] = {}  # name -> (signature, stable since)
+        self._truncated: dict[str, tuple[int, int]] = {}  # young truncated files (maybe copies): their version
         self._wake = threading.Event()
         self.out.mkdir(parents=True, exist_ok=True)
         # before the state is read: it is ours until close()
@@ -263,6 +267,10 @@ class Watcher:
             sig = self._signature(path)
             if sig is None or self._is_done(path.name, sig) or self._waiting_to_retry(path.name, sig, now):
                 continue
+            if self._truncated.get(path.name) == sig and _age_s(sig) < TRUNCATED_WAIT_S:
+                seen.add(path.name)
+                continue  # the rest of a paused copy may come yet
+            self._truncated.pop(path.name, None)
             seen.add(path.name)
             known = self._pending.get(path.name)
             if known is None or known[0] != sig:
@@ -275,16 +283,31 @@ class Watcher:
                 ready.append((path, sig))
         for name in set(self._pending) - seen:  # deleted, or handled
             del self._pending[name]
+        for name in set(self._truncated) - seen:  # deleted
+            del self._truncated[name]
         results = []
         for path, sig in ready:
-            results.append(self._process(path, sig))
+            result = self._process(path, sig)
+            if result is not None:
+                results.append(result)
             self._pending.pop(path.name, None)
         return results
 
-    def _process(self, path: Path, sig: tuple[int, int]) -> ImageResult:
+    def _process(self, path: Path, sig: tuple[int, int]) -> ImageResult | None:
+        """The file's result (failures have .error); None for a truncated file young enough to be a copy
+        still in progress (waited for, no row)."""
         entry = {"size": sig[0], "mtime_ns": sig[1], "rows": self.state.get(path.name, {}).get("rows", 0)}
         try:
-            image = load_image(path)
+            try:
+                image = load_image(path)
+            except TruncatedImageError:
+                if _age_s(sig) >= TRUNCATED_WAIT_S:
+                    raise
+                if path.name not in self._truncated:
+                    wait = f"waiting up to {TRUNCATED_WAIT_S:g} s after its last change for the rest of it"
+                    print(f"note: {path.name} ends early (still being copied?); {wait}", file=sys.stderr)
+                self._truncated[path.name] = sig
+                return None
             result = predict_image(self.predictor, image, path, self.conf, cell_size=self.cell_size)
             save_annotated(result, self.annotator, self.annotated_dir)
             result.image = None
@@ -322,15 +345,15 @@ class Watcher:
 
     @property
     def pending(self) -> int:
-        """Files seen but not yet settled."""
-        return len(self._pending)
+        """Files seen but not yet settled, or ending early while young enough to be copies in progress."""
+        return len(self._pending) + len(self._truncated)
 
     # -- loops -------------------------------------------------------------------------------------------
 
     def drain(self, stop_event: threading.Event | None = None) -> list[ImageResult]:
         """`--once`: process what is in the folder now, waiting for files still being written to settle."""
         results = self.poll_once()
-        while self._pending and not (stop_event is not None and stop_event.is_set()):
+        while self.pending and not (stop_event is not None and stop_event.is_set()):
             time.sleep(min(0.1, max(self.settle / 4, 0.01)))
             results += self.poll_once()
         return results
@@ -346,7 +369,7 @@ class Watcher:
                 self._wake.clear()
                 self.poll_once()
                 # Wake on an event, at the next scan, or sooner while a file is settling; stay responsive to stop.
-                timeout = self.scan_interval if not self._pending else max(min(self.settle / 4, 0.25), 0.01)
+                timeout = self.scan_interval if not self.pending else max(min(self.settle / 4, 0.25), 0.01)
                 deadline = time.monotonic() + timeout
                 while not stop_event.is_set() and not self._wake.is_set():
                     left = deadline - time.monotonic()
@@ -357,6 +380,11 @@ class Watcher:
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=5)
+
+
+def _age_s(sig: tuple[int, int]) -> float:
+    """Seconds since the version ``sig`` (size, mtime_ns) was last written (0 for a future mtime)."""
+    return max(0.0, time.time() - sig[1] / 1e9)
 
 
 def _start_observer(folder: Path, callback):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bloodcell.errors import ImageError, UnreadableImageError
+from bloodcell.errors import ImageError, TruncatedImageError, UnreadableImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -35,7 +35,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageError(f"{name}: cannot decode image (not a format Pillow reads)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{name}: cannot decode image ({e})") from None
+        raise _decode_error(name, e) from None
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -50,4 +50,10 @@ def load_image(path: str | Path) -> np.ndarray:
     except PermissionError as e:
         raise UnreadableImageError(f"{path}: cannot read ({e.strerror})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{path}: cannot decode image ({e})") from None
+        raise _decode_error(path, e) from None
+
+
+def _decode_error(name: str | Path, e: Exception) -> ImageError:
+    """Pillow says "image file is truncated" or "Truncated File Read" for data that ends early."""
+    kind = TruncatedImageError if isinstance(e, OSError) and "truncated" in str(e).lower() else ImageError
+    return kind(f"{name}: cannot decode image ({e})")
