@@ -183,13 +183,20 @@ def test_folder_sources_take_each_real_file_once_and_skip_hidden_and_watch_outpu
     shutil.copy(SAMPLES[1], elsewhere / "far.jpg")
     (archive / "day2" / "far").symlink_to(elsewhere)
     found = expand([str(archive)])
-    # each file spelled by its own place under the source, so a rerun finds it under the same path
+    # each file spelled by its real path (links resolved), so a rerun finds it however it reaches it
     expected = [*(archive / p.name for p in SAMPLES), *(archive / "day2" / n for n in ("again.jpg", "broken.jpg"))]
-    assert found.uris == sorted(map(str, [*expected, archive / "day2" / "far" / "far.jpg"]))
+    assert found.uris == sorted(map(str, [*expected, elsewhere / "far.jpg"]))
     assert found.problems == []
     assert expand([str(archive / "day2")]).uris == [str(archive / "day2" / n) for n in ("again.jpg", "broken.jpg")] + [
-        str(archive / "day2" / "far" / "far.jpg")
+        str(elsewhere / "far.jpg")
     ]  # the link back up (loop -> ..) does not take in the parent folder
+    linked = archive.parent / "linked"  # the archive through a link (a mount alias, a symlinked share)
+    linked.symlink_to(archive)
+    assert expand([str(linked)]).uris == found.uris
+    assert expand([str(linked / SAMPLES[0].name), f"{linked}/day2/*.jpg"]).uris == [
+        str(archive / SAMPLES[0].name),
+        *(str(archive / "day2" / n) for n in ("again.jpg", "broken.jpg")),
+    ]
 
 
 def test_parts_left_by_killed_runs_are_removed_once_stale(tmp_path: Path) -> None:

@@ -68,11 +68,12 @@ def _pafs():
 
 
 def canonical(source: str) -> str:
-    """One spelling per file, so a rerun finds what an earlier run wrote: local paths (and file://
-    URIs) absolute and normalized; other URIs as given."""
+    """One spelling per file, so a rerun finds what an earlier run wrote however it reaches the file:
+    local paths (and file:// URIs) absolute with symbolic links resolved (a linked or aliased folder is
+    the same archive); other URIs as given."""
     if source.startswith("file://"):
         source = source[len("file://") :]
-    return source if "://" in source else os.path.normpath(os.path.abspath(source))
+    return source if "://" in source else os.path.realpath(source)
 
 
 @lru_cache(maxsize=32)
