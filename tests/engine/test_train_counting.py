@@ -122,3 +122,36 @@ def test_val_and_calibrate_exit_1_when_listed_images_are_left_out(tiny_voc, tiny
     assert main(["calibrate", "--model", str(tiny_model()), "--data", str(root), "--out", str(out)]) == 1
     assert "BloodImage_09999.xml" in capsys.readouterr().err and out.is_file()
     assert main(["val", "--model", str(out), "--data", str(tiny_voc), "--out", ""]) == 0  # the whole split: 0
+
+
+def test_classes_val_cannot_fit_keep_the_models_counting(tiny_voc, tiny_model, tmp_path, capsys):
+    """Refitting (calibrate) or fine-tuning (train --model) on data that boxes only white cells keeps the
+    model's red-cell and platelet operating points and calibration: val holds nothing to fit them on."""
+    fitted = tmp_path / "fitted.pt"
+    assert main(["calibrate", "--model", str(tiny_model()), "--data", str(tiny_voc), "--out", str(fitted)]) == 0
+    _, before = load_model(fitted)
+    before.conf = (0.61, before.conf[1], 0.57)  # recognisable points, not the 0.5 default
+    from bloodcell.models.checkpoint import model_payload, save_checkpoint
+
+    model, _ = load_model(fitted)
+    save_checkpoint(fitted, model_payload(model, before))
+    wbc_only = tmp_path / "wbc.yaml"
+    wbc_only.write_text(f"sources:\n  - path: {tiny_voc}\n    exhaustive: [WBC]\n")
+    capsys.readouterr()
+    out = tmp_path / "refit.pt"
+    assert main(["calibrate", "--model", str(fitted), "--data", str(wbc_only), "--out", str(out)]) == 0
+    _, after = load_model(out)
+    assert (after.conf[0], after.conf[2]) == (0.61, 0.57)
+    for name in ("RBC", "Platelets"):
+        assert after.calibration["knots"][name] == before.calibration["knots"][name]
+        assert after.calibration["width"].get(name) == before.calibration["width"].get(name)
+    err = capsys.readouterr().err
+    assert "RBC: no val image labels it exhaustively, so it keeps the model's operating point 0.61" in err
+    assert "warning: WBC: operating point and interval fitted on 2 labelled cells" in err
+    cfg = TrainConfig(
+        data=str(wbc_only), model=str(fitted), epochs=1, batch=2, imgsz=256, out=str(tmp_path / "run"), threads=2,
+        missing_labels="ignore",
+    )  # fmt: skip
+    _, tuned = load_model(train(cfg, progress=False).best)
+    assert (tuned.conf[0], tuned.conf[2]) == (0.61, 0.57)
+    assert tuned.calibration["knots"]["RBC"] == before.calibration["knots"]["RBC"]

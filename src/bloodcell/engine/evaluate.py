@@ -15,6 +15,7 @@ from bloodcell.engine.metrics import DetectionEvaluator, DetectionMetrics
 from bloodcell.runtime.counting import (
     Calibration,
     Conf,
+    class_thresholds,
     fit_interval_width,
     fit_isotonic,
 )
@@ -172,20 +173,48 @@ class CountingFit:
 
 
 def fit_counting(
-    preds: list[Detections], records: list[VOCRecord], class_names: tuple[str, ...], input_scale: float = 1.0
+    preds: list[Detections],
+    records: list[VOCRecord],
+    class_names: tuple[str, ...],
+    input_scale: float = 1.0,
+    prior: tuple[Conf, Calibration | None] | None = None,
 ) -> CountingFit:
     """Everything counting needs, fitted on val: per-class operating points, score calibration
     for the intervals, and the reference red-cell size for rescaling other microscopes' images
-    (in network pixels: the val images' cells times the model's ``input_scale``)."""
-    conf = choose_conf(preds, records, len(class_names))
-    size = detected_cell_size(preds, conf[0])
-    reference = None if size is None else round(size * input_scale, 1)
+    (in network pixels: the val images' cells times the model's ``input_scale``).
+
+    ``prior``: the model's fitted operating points and calibration, which a class that no val image
+    labels exhaustively keeps (val holds nothing to fit it on; 0.5 and an uninformed calibration else)."""
+    k = len(class_names)
+    conf = list(choose_conf(preds, records, k))
+    calibration = fit_calibration(preds, records, class_names)
+    knots, width = dict(calibration.knots), dict(calibration.width)
     warnings = []
     for c, name in enumerate(class_names):
-        labelled = [int((r.labels == c).sum()) for r in records if r.exhaustive_mask(len(class_names))[c]]
-        if sum(labelled) < MIN_FIT_CELLS:
+        labelled = [int((r.labels == c).sum()) for r in records if r.exhaustive_mask(k)[c]]
+        if not labelled:
+            old = None if prior is None else class_thresholds(prior[0], k)[c]
+            kept = prior is not None and prior[1] is not None and name in prior[1].knots
+            if old is not None and kept:
+                conf[c], knots[name] = float(old), prior[1].knots[name]
+                width.pop(name, None)
+                if name in prior[1].width:
+                    width[name] = prior[1].width[name]
+                warnings.append(
+                    f"{name}: no val image labels it exhaustively, so it keeps the model's operating point "
+                    f"{old:.2f} and interval calibration (fitted before; refit on images that box every {name})"
+                )
+            else:
+                warnings.append(
+                    f"{name}: no val image labels it exhaustively: operating point left at {conf[c]:.2f} and its "
+                    f"intervals uninformed; its counts may be off (fit on images that box every {name})"
+                )
+        elif sum(labelled) < MIN_FIT_CELLS:
             warnings.append(
                 f"{name}: operating point and interval fitted on {sum(labelled)} labelled cells in {len(labelled)} "
                 f"val images (fewer than {MIN_FIT_CELLS}): its counts may be off; label more val images"
             )
-    return CountingFit(conf, fit_calibration(preds, records, class_names), reference, tuple(warnings))
+    size = detected_cell_size(preds, conf[0])
+    reference = None if size is None else round(size * input_scale, 1)
+    fitted = Calibration(knots, floor=calibration.floor, level=calibration.level, width=width)
+    return CountingFit(tuple(conf), fitted, reference, tuple(warnings))

@@ -53,6 +53,7 @@ from bloodcell.models.checkpoint import (
     training_payload,
 )
 from bloodcell.models.registry import MODELS, build_model, model_config
+from bloodcell.runtime.counting import Calibration, Conf
 from bloodcell.runtime.timing import available_cores
 from bloodcell.runtime.torch_predictor import TorchPredictor, resolve_device
 from bloodcell.weights import shipped_by_name
@@ -239,6 +240,8 @@ class InitialModel:
     model_config: object
     model: nn.Module
     iou_threshold: float | tuple[float, ...] = 0.5  # NMS, kept from the source model when fine-tuning
+    #: the source model's operating points and calibration: kept by classes val cannot fit (fine-tuning)
+    counting: tuple[Conf, Calibration | None] | None = None
 
 
 def given_settings(config: TrainConfig, explicit: Collection[str] | None) -> set[str]:
@@ -273,7 +276,9 @@ def _initial_model(
                 "which trains with its own"
             )
         config = config.with_model_scale(info.input_scale, info.input_size)
-        return InitialModel(config, info.name, model_config(info.name, info.config), model, info.iou_threshold)
+        fitted = None if info.calibration is None else (info.conf, Calibration.from_dict(info.calibration))
+        mcfg = model_config(info.name, info.config)
+        return InitialModel(config, info.name, mcfg, model, info.iou_threshold, fitted)
     mcfg = model_config(config.model, {"num_classes": len(class_names)})
     model = build_model(config.model, mcfg, pretrained=config.pretrained, weights=config.weights)
     return InitialModel(config, config.model, mcfg, model)
@@ -486,7 +491,8 @@ def _train(
 
     if not main:
         return TrainResult(out, out / "best.pt", best_map, None, elapsed)
-    metrics = fit_counting_file(out / "best.pt", val_set.records, extra={"train_wall_time_s": round(elapsed, 1)})
+    extra = {"train_wall_time_s": round(elapsed, 1)}
+    metrics = fit_counting_file(out / "best.pt", val_set.records, extra=extra, prior=initial.counting)
     return TrainResult(out, out / "best.pt", metrics.voc_map50, metrics, elapsed)
 
 
@@ -497,11 +503,13 @@ def fit_counting_file(
     device: str = "cpu",
     extra: dict | None = None,
     nms_iou: str | None = None,
+    prior: tuple[Conf, Calibration | None] | None = None,
 ) -> DetectionMetrics:
     """Fit a model file's counting on val (per-class operating points with the least count error,
     score calibration for the 90% intervals, reference red-cell size) and store it with the val
     metrics, in ``out`` (default: in place). ``nms_iou``: new NMS IoU threshold(s) to store first,
-    as ``--nms-iou`` takes them ("0.45" or "WBC=0.3"; other classes keep the model's)."""
+    as ``--nms-iou`` takes them ("0.45" or "WBC=0.3"; other classes keep the model's). ``prior``: what
+    a class no val image labels exhaustively keeps (default: the file's own fit, if it has one)."""
     from bloodcell.models.checkpoint import load_model
     from bloodcell.runtime.counting import class_thresholds, parse_nms_iou
 
@@ -512,7 +520,9 @@ def fit_counting_file(
         info.iou_threshold = parse_nms_iou(nms_iou, info.class_names, info.iou_threshold)
     predictor = TorchPredictor(model, info, device=str(device))
     preds = predict_records(predictor, val_records)
-    fit = fit_counting(preds, val_records, tuple(info.class_names), info.input_scale)
+    if prior is None and info.calibration is not None:
+        prior = (info.conf, Calibration.from_dict(info.calibration))
+    fit = fit_counting(preds, val_records, tuple(info.class_names), info.input_scale, prior)
     info.conf, info.calibration, info.cell_size = fit.conf, fit.calibration.to_dict(), fit.cell_size
     metrics = score(preds, val_records, tuple(info.class_names), fit.conf, fit.calibration)
     info.metrics = {"val": metrics.to_dict()}

@@ -41,7 +41,8 @@ def fit_export_counting(
         predictor.post = replace(predictor.post, iou_threshold=iou)
     names = tuple(meta.class_names)
     preds = predict_records(predictor, val_records)
-    fit = fit_counting(preds, val_records, names, meta.input_scale)
+    prior = None if meta.calibration is None else (meta.conf, meta.calibration)
+    fit = fit_counting(preds, val_records, names, meta.input_scale, prior)
     for warning in fit.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     metrics = score(preds, val_records, names, fit.conf, fit.calibration)
