@@ -165,8 +165,9 @@ class TrainConfig:
     grad_clip: float = _option(10.0, "gradient norm clip", Number(float, 0, low_open=True))
     freeze_bn: bool = _option(
         False,
-        "BatchNorm layers keep their running statistics while training: for tiny per-process batches "
-        "(DDP on CPUs, where torch has no SyncBatchNorm)",
+        "BatchNorm layers that have statistics (a pretrained backbone, a trained model) keep them while "
+        "training; new layers learn theirs: for tiny per-process batches (DDP on CPUs, where torch has no "
+        "SyncBatchNorm)",
     )
     augment: str = _option("train", "augmentation preset", Choice(AUGMENT_PRESETS))
     missing_labels: str = _option(

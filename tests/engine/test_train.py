@@ -241,3 +241,22 @@ def test_resume_refuses_a_finished_run_and_finds_the_latest_numbered_run(one_epo
     assert _run_to_resume(config, explicit=["resume"]) == second
     assert "resuming " in capsys.readouterr().err
     assert _run_to_resume(config, explicit=["resume", "out"]) == first  # --out given: that run
+
+
+def test_freeze_bn_freezes_the_layers_that_have_statistics_only() -> None:
+    """--freeze-bn keeps a pretrained backbone's (or a trained model's) statistics; a new head's layers
+    have none (mean 0, variance 1) and, frozen, would not normalise: they learn from their batches."""
+    from bloodcell.engine.train import bn_with_statistics
+    from bloodcell.models.cellnet import CellNet, CellNetConfig
+    from bloodcell.weights import shipped_by_name
+
+    def bn_names(model) -> set[str]:
+        return {n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+    fresh = CellNet(CellNetConfig(), pretrained=False)
+    assert bn_names(fresh) and bn_with_statistics(fresh) == set()
+    pretrained = CellNet(CellNetConfig(), pretrained=True)  # ImageNet backbone from its wheel, new neck and head
+    frozen = bn_with_statistics(pretrained)
+    assert frozen and all(n.startswith("backbone.") for n in frozen) and bn_names(pretrained) - frozen
+    trained, _ = load_model(shipped_by_name("cellnet_bccd.pt"))
+    assert bn_with_statistics(trained) == bn_names(trained)

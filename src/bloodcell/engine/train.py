@@ -141,15 +141,15 @@ def train_one_epoch(
     grad_clip: float,
     scaler: torch.amp.GradScaler | None = None,
     progress: bool = True,
-    freeze_bn: bool = False,
+    frozen_bn: Collection[str] = (),
 ) -> dict[str, float]:
     """One pass over ``loader``; ``ema`` (None: none) is updated after each step and is the distillation teacher.
-    ``freeze_bn``: BatchNorm layers normalise with (and keep) their running statistics."""
+    ``frozen_bn``: names (in the unwrapped model) of BatchNorm layers that normalise with, and keep, their
+    running statistics (``--freeze-bn``; see ``bn_with_statistics``)."""
     model.train()
-    if freeze_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
+    for name, m in unwrap(model).named_modules():
+        if name in frozen_bn:
+            m.eval()
     totals = {"cls": 0.0, "box": 0.0}
     n = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
@@ -284,6 +284,19 @@ def _initial_model(
     return InitialModel(config, config.model, mcfg, model)
 
 
+def bn_with_statistics(model: nn.Module) -> set[str]:
+    """The BatchNorm layers that hold statistics (a pretrained backbone, a trained model's every layer):
+    what ``--freeze-bn`` freezes. A new layer's are the defaults (mean 0, variance 1): frozen, it would not
+    normalise at all and a fresh head's activations blow up, so it learns from its batches."""
+    names = set()
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            fresh = int(m.num_batches_tracked) == 0 and bool((m.running_mean == 0).all() and (m.running_var == 1).all())
+            if not fresh:
+                names.add(name)
+    return names
+
+
 #: Settings a resumed run takes from the command line: how the run goes on, not what it learns.
 RESUME_OVERRIDES = ("epochs", "device", "workers", "threads", "val_every")
 #: Settings that name files: stored absolute, so a run resumes from any folder; compared as files.
@@ -294,7 +307,9 @@ def _is_path(name: str, value: object) -> bool:
     return name in PATH_SETTINGS and isinstance(value, str) and (name != "model" or value.endswith(".pt"))
 
 
-def _same_file(a: str, b: str) -> bool:
+def _same_file(name: str, a: str, b: str) -> bool:
+    if name == "model":  # `cellnet_bccd.pt` names the packaged model from any folder
+        a, b = str(shipped_by_name(a)), str(shipped_by_name(b))
     return os.path.realpath(a) == os.path.realpath(b)
 
 
@@ -318,7 +333,7 @@ def resume_config(config: TrainConfig, saved: dict, out: Path, explicit: Collect
     changes = {}
     for name in sorted(given_settings(config, explicit) - {"out", "resume"}):
         value, before = getattr(config, name), getattr(run, name)
-        if value == before or (_is_path(name, value) and _is_path(name, before) and _same_file(value, before)):
+        if value == before or (_is_path(name, value) and _is_path(name, before) and _same_file(name, value, before)):
             continue
         if name not in RESUME_OVERRIDES:
             raise ConfigError(
@@ -390,6 +405,7 @@ def _train(
     # a resumed run's settings are its own (checked when it started), not the command line's
     initial = _initial_model(config, class_names, None if saved is not None else explicit)
     config, arch, mcfg, model = initial.config, initial.arch, initial.model_config, initial.model
+    frozen_bn = bn_with_statistics(model) if config.freeze_bn else set()  # decided on the initial model, as resumed
     if saved is not None:
         model.load_state_dict(saved["model"])
     model = model.to(device)
@@ -455,7 +471,7 @@ def _train(
         sampler.set_epoch(epoch)
         losses = train_one_epoch(
             model, criterion, optimizer, scheduler, loader, ema, device, epoch, config.grad_clip, scaler, progress,
-            config.freeze_bn,
+            frozen_bn,
         )  # fmt: skip
         row = {"epoch": epoch + 1, **{k: mean_over_ranks(v, ctx) for k, v in losses.items()}}
         last = epoch + 1 == config.epochs
