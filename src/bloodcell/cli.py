@@ -536,8 +536,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch(devices, _without(args.argv[1:], ("--devices", "--device")), args.device)
     from bloodcell.engine.train import train
 
-    train(config, progress=sys.stderr.isatty(), explicit=given)  # no progress bars in logs
-    return 0
+    result = train(config, progress=sys.stderr.isatty(), explicit=given)  # no progress bars in logs
+    for note in result.skipped:  # trained, but on fewer images than the splits list: a failed input
+        print(note, file=sys.stderr)
+    return 1 if result.skipped else 0
 
 
 def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
@@ -879,6 +881,12 @@ def _stops_on_sigterm(args: argparse.Namespace) -> bool:
     return args.command not in OWN_STOP
 
 
+def _other_rank() -> bool:
+    """A distributed worker other than rank 0: its errors and stops are rank 0's too (every rank checks
+    the same settings and data), so only rank 0 says them; torchrun's wrapper names a rank that failed alone."""
+    return "LOCAL_RANK" in os.environ and os.environ.get("RANK", "0") != "0"
+
+
 def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # a scheduler's SIGTERM ends a command as Ctrl-C does: finished work is kept
 
@@ -899,7 +907,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BloodcellError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not _other_rank():
+            print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # unwritable --out, a file where a folder is expected, full disk, ...
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
@@ -911,7 +920,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: `bloodcell {args.command}` needs {top}: pip install 'bloodcell[{EXTRAS[top]}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if not _other_rank():
+            print("interrupted", file=sys.stderr)
         return 130
     finally:
         if previous is not None:

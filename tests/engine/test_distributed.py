@@ -137,3 +137,11 @@ def test_devices_index_the_gpus_a_scheduler_already_made_visible() -> None:
     assert visible_devices((0, 1), None) == "0,1"
     assert visible_devices((0, 1), "2,3") == "2,3"  # SLURM gave this job GPUs 2 and 3
     assert visible_devices((1,), "GPU-aa, GPU-bb") == "GPU-bb"
+
+
+def test_torchruns_stop_line_names_the_run_folder() -> None:
+    from bloodcell.engine.torchrun import _option
+
+    assert _option(["-m", "bloodcell", "train", "--out", "runs/a", "--epochs", "3"], "--out") == "runs/a"
+    assert _option(["train", "--out=runs/b"], "--out") == "runs/b"
+    assert _option(["train", "--epochs", "3"], "--out") is None

@@ -115,6 +115,46 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_voc, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_stopped_run_says_what_it_keeps_and_how_to_go_on(tiny_voc, tmp_path):
+    """SIGTERM (a scheduler's stop) ends a single-process run as Ctrl-C does: exit 130, and which epoch
+    last.pt holds, with the command that resumes it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        _train_cmd(tiny_voc, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for line in proc.stdout:
+        if line.startswith("epoch 1/3"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"stopped: {out / 'last.pt'} holds epoch 1 of 3; `bloodcell train --resume --out {out}` goes on" in err
+    assert err.rstrip().endswith("interrupted") and "Traceback" not in err
+    early = tmp_path / "early"  # stopped before its first epoch ended: only its config was written
+    early.mkdir()
+    shutil.copy(out / "config.yaml", early / "config.yaml")
+    done = subprocess.run([*_train_cmd(tiny_voc, early), "--resume"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"--resume: {early} holds no finished epoch (no last.pt)" in done.stderr
+
+
+def test_training_on_fewer_images_than_listed_exits_1_naming_them(tiny_voc, tmp_path, capsys):
+    root = tmp_path / "voc"
+    root.mkdir()
+    for sub in ("Annotations", "JPEGImages"):
+        (root / sub).symlink_to(tiny_voc / sub)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for split in ("train", "val"):
+        listed = (tiny_voc / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+        extra = ["BloodImage_09999"] if split == "train" else []
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join([*listed, *extra]) + "\n")
+    args = ["train", "--data", str(root), "--epochs", "1", "--batch", "2", "--imgsz", "128", "--no-pretrained"]
+    assert main([*args, "--out", str(tmp_path / "run"), "--threads", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "split train: 1 listed images left out (1 missing-annotation: BloodImage_09999.xml)" in err
+    assert (tmp_path / "run" / "best.pt").is_file()  # the model is made, on the images there are
+
+
 # --- --resume with flags: the ones that say how the run goes on are honoured, the rest refused ------------
 
 

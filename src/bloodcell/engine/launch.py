@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 
 from bloodcell.errors import ConfigError
+from bloodcell.runtime.timing import available_cores
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ def launch(devices: Devices, train_argv: list[str], device_flag: str | None) -> 
     if device_flag not in (None, "auto", devices.device) and not (devices.gpus and device_flag == "cuda"):
         raise ConfigError(f"--device {device_flag} contradicts --devices (which runs on {devices.device})")
     env = dict(os.environ)
+    # torchrun would set 1 thread per process, with a banner; each process gets its share of the cores
+    env.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // devices.processes)))
     if devices.gpus:
         import torch
 

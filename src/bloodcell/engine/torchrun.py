@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-# the workers' own exits: they printed their error (2), their stop (130) or Python's traceback (1)
+# bloodcell's own exits: rank 0 printed the error (2) or the stop (130), or a rank Python's traceback (1)
 SAID_BY_THE_WORKER = (1, 2, 130)
 
 
@@ -29,21 +29,32 @@ def main(argv: Sequence[str]) -> int:
         run(parse_args(list(argv)))
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
+        if failure.exitcode in SAID_BY_THE_WORKER:
+            return failure.exitcode  # said by rank 0 (every rank checks the same settings and data)
         if failure.exitcode < 0:
             name = signal.Signals(-failure.exitcode).name
             print(f"error: training process {rank} was killed by {name} (out of memory?)", file=sys.stderr)
             return 128 - failure.exitcode
-        if failure.exitcode not in SAID_BY_THE_WORKER:
-            print(f"error: training process {rank} exited with code {failure.exitcode}", file=sys.stderr)
+        print(f"error: training process {rank} exited with code {failure.exitcode}", file=sys.stderr)
         return failure.exitcode
     except SignalException as e:  # a SIGTERM/SIGINT to torchrun: it has stopped its workers
         name = signal.Signals(e.sigval).name
-        print(
-            f"stopped by {name}; `bloodcell train --resume --out RUN` goes on from the last epoch saved",
-            file=sys.stderr,
-        )
+        out = _option(argv, "--out") or "RUN (the run folder named above)"
+        print(f"stopped by {name}; `bloodcell train --resume --out {out}` goes on from the last epoch saved",
+              file=sys.stderr)  # fmt: skip
         return 128 + int(e.sigval)
     return 0
+
+
+def _option(argv: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` (``--flag V`` or ``--flag=V``) in ``argv``, the last one given."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"{flag}="):
+            value = arg[len(flag) + 1 :]
+    return value
 
 
 if __name__ == "__main__":

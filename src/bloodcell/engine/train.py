@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from bloodcell.atomic import write_text
 from bloodcell.config import TrainConfig, flag_name, show
-from bloodcell.data.check import findings_note
+from bloodcell.data.check import findings_note, skipped_note
 from bloodcell.data.dataset import DetectionDataset, SeededSampler, collate
 from bloodcell.data.sources import load_dataset, resolve_data_root
 from bloodcell.data.transforms import make_transforms
@@ -70,6 +70,7 @@ class TrainResult:
     best_map50: float
     metrics: DetectionMetrics | None  # None on DDP ranks other than 0 (rank 0 validates)
     wall_time_s: float
+    skipped: tuple[str, ...] = ()  # per split, which listed images were left out (data.check.skipped_note)
 
 
 def seed_epoch(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
@@ -297,6 +298,13 @@ def bn_with_statistics(model: nn.Module) -> set[str]:
     return names
 
 
+def _stopped_note(out: Path, epochs_done: int, epochs: int) -> str:
+    if not epochs_done:
+        return f"stopped before its first epoch ended: {out} holds no epoch to resume; start the run again"
+    done = "all its epochs, not the final fit" if epochs_done >= epochs else f"epoch {epochs_done} of {epochs}"
+    return f"stopped: {out / 'last.pt'} holds {done}; `bloodcell train --resume --out {out}` goes on from there"
+
+
 #: Settings a resumed run takes from the command line: how the run goes on, not what it learns.
 RESUME_OVERRIDES = ("epochs", "device", "workers", "threads", "val_every")
 #: Settings that name files: stored absolute, so a run resumes from any folder; compared as files.
@@ -360,6 +368,8 @@ def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] 
     if config.resume:
         out = _run_to_resume(config, explicit)
         if not (out / "last.pt").is_file():
+            if (out / "config.yaml").is_file():  # a run stopped before its first epoch ended
+                raise ConfigError(f"--resume: {out} holds no finished epoch (no last.pt); start the run again")
             raise ConfigError(f"--resume: {out / 'last.pt'} not found")
         saved = read_training_checkpoint(out / "last.pt")
         config = resume_config(config, saved, out, explicit)
@@ -465,51 +475,57 @@ def _train(
             input_scale=config.scale, iou_threshold=initial.iou_threshold,
         )  # fmt: skip
 
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.time()
-        seed_epoch(config.seed, epoch, ctx.rank)
-        sampler.set_epoch(epoch)
-        losses = train_one_epoch(
-            model, criterion, optimizer, scheduler, loader, ema, device, epoch, config.grad_clip, scaler, progress,
-            frozen_bn,
-        )  # fmt: skip
-        row = {"epoch": epoch + 1, **{k: mean_over_ranks(v, ctx) for k, v in losses.items()}}
-        last = epoch + 1 == config.epochs
-        if not main:  # rank 0 validates and writes; the others wait for it
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            t0 = time.time()
+            seed_epoch(config.seed, epoch, ctx.rank)
+            sampler.set_epoch(epoch)
+            losses = train_one_epoch(
+                model, criterion, optimizer, scheduler, loader, ema, device, epoch, config.grad_clip, scaler, progress,
+                frozen_bn,
+            )  # fmt: skip
+            row = {"epoch": epoch + 1, **{k: mean_over_ranks(v, ctx) for k, v in losses.items()}}
+            last = epoch + 1 == config.epochs
+            if not main:  # rank 0 validates and writes; the others wait for it
+                barrier(ctx)
+                continue
+            if last or (epoch + 1) % config.val_every == 0:
+                predictor = TorchPredictor(ema.module, model_info(), device=str(device))
+                preds = predict_records(predictor, val_set.records, progress, batch=VAL_BATCH.get(device.type, 1))
+                metrics = score(preds, val_set.records, class_names, 0.5)
+                row.update(
+                    val_map50=metrics.voc_map50, val_coco_ap50=metrics.coco_ap50, val_coco_ap50_95=metrics.coco_ap50_95
+                )
+                if metrics.voc_map50 > best_map:
+                    best_map = metrics.voc_map50
+                    save_checkpoint(out / "best.pt", model_payload(ema.module, model_info(metrics=metrics.to_dict())))
+            elapsed += time.time() - t0
+            row["time_s"] = round(elapsed, 1)
+            rows.append(row)
+            _write_csv(out / "metrics.csv", rows)
+            save_checkpoint(out / "last.pt", training_payload(unwrap(model), model_info(), {
+                "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "rows": rows, "best_map50": best_map, "elapsed_s": elapsed,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "train_config": config.to_dict(),
+            }))  # fmt: skip
+            summary = f"epoch {epoch + 1}/{config.epochs} loss {row['loss']:.3f} ({elapsed / 60:.1f} min)"
+            if "val_map50" in row:
+                summary += f" val mAP@0.5 {row['val_map50']:.4f} (best {best_map:.4f})"
+            print(summary, flush=True)
+            plot_training(rows, out / "results.png")
             barrier(ctx)
-            continue
-        if last or (epoch + 1) % config.val_every == 0:
-            predictor = TorchPredictor(ema.module, model_info(), device=str(device))
-            preds = predict_records(predictor, val_set.records, progress, batch=VAL_BATCH.get(device.type, 1))
-            metrics = score(preds, val_set.records, class_names, 0.5)
-            row.update(
-                val_map50=metrics.voc_map50, val_coco_ap50=metrics.coco_ap50, val_coco_ap50_95=metrics.coco_ap50_95
-            )
-            if metrics.voc_map50 > best_map:
-                best_map = metrics.voc_map50
-                save_checkpoint(out / "best.pt", model_payload(ema.module, model_info(metrics=metrics.to_dict())))
-        elapsed += time.time() - t0
-        row["time_s"] = round(elapsed, 1)
-        rows.append(row)
-        _write_csv(out / "metrics.csv", rows)
-        save_checkpoint(out / "last.pt", training_payload(unwrap(model), model_info(), {
-            "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch, "rows": rows, "best_map50": best_map, "elapsed_s": elapsed,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "train_config": config.to_dict(),
-        }))  # fmt: skip
-        summary = f"epoch {epoch + 1}/{config.epochs} loss {row['loss']:.3f} ({elapsed / 60:.1f} min)"
-        if "val_map50" in row:
-            summary += f" val mAP@0.5 {row['val_map50']:.4f} (best {best_map:.4f})"
-        print(summary, flush=True)
-        plot_training(rows, out / "results.png")
-        barrier(ctx)
 
-    if not main:
-        return TrainResult(out, out / "best.pt", best_map, None, elapsed)
-    extra = {"train_wall_time_s": round(elapsed, 1)}
-    metrics = fit_counting_file(out / "best.pt", val_set.records, extra=extra, prior=initial.counting)
-    return TrainResult(out, out / "best.pt", metrics.voc_map50, metrics, elapsed)
+        if not main:
+            return TrainResult(out, out / "best.pt", best_map, None, elapsed)
+        extra = {"train_wall_time_s": round(elapsed, 1)}
+        metrics = fit_counting_file(out / "best.pt", val_set.records, extra=extra, prior=initial.counting)
+        skipped = tuple(note for d in (train_set, val_set) if (note := skipped_note(d)))
+        return TrainResult(out, out / "best.pt", metrics.voc_map50, metrics, elapsed, skipped)
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, which the CLI turns into it): say what is kept
+        if main:
+            print(_stopped_note(out, len(rows), config.epochs), file=sys.stderr, flush=True)
+        raise
 
 
 def fit_counting_file(
