@@ -6,6 +6,7 @@ import argparse
 import subprocess
 import sys
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import pytest
 
@@ -136,7 +137,12 @@ def _capture_train(monkeypatch) -> list:
     import bloodcell.engine.train as engine
 
     calls = []
-    monkeypatch.setattr(engine, "train", lambda config, progress, explicit: calls.append((config, explicit)))
+
+    def record(config, progress, explicit):
+        calls.append((config, explicit))
+        return engine.TrainResult(Path("run"), Path("run/best.pt"), 0.0, None, 0.0)
+
+    monkeypatch.setattr(engine, "train", record)
     return calls
 
 
@@ -304,3 +310,20 @@ def test_which_commands_a_sigterm_stops_as_ctrl_c(argv, env, stops, monkeypatch)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert _stops_on_sigterm(get_args_parser().parse_args(argv)) == stops
+
+
+def test_calibrate_names_a_missing_model_before_reading_the_data(tmp_path, capsys) -> None:
+    args = ["calibrate", "--model", str(tmp_path / "nope.pt"), "--data", str(tmp_path), "--out", str(tmp_path / "x.pt")]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {tmp_path / 'nope.pt'}: model file not found"]
+
+
+def test_no_dataset_anywhere_says_how_to_get_one(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # an empty cache
+    monkeypatch.delenv("BLOODCELL_DATA", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert main(["data", "stats", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "error: no dataset given, and none at the default" in err and "`bloodcell data download`" in err
+    assert main(["data", "stats", str(tmp_path / "nope"), "--out", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: dataset folder not found"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bloodcell.atomic import check_outputs
-from bloodcell.errors import BloodcellError, ConfigError, describe_os_error
+from bloodcell.errors import BloodcellError, ConfigError, describe_os_error, missing_model
 
 if TYPE_CHECKING:  # config is imported lazily below, like every other bloodcell module
     from bloodcell.config import Choice, TrainConfig
@@ -559,6 +559,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from bloodcell.data.check import findings_note, skipped_note
     from bloodcell.data.sources import load_dataset
     from bloodcell.runtime.metadata import MODEL_FORMATS, sidecar_path
+    from bloodcell.weights import shipped_by_name
 
     model, suffix = Path(args.model), Path(args.model).suffix.lower()
     if suffix in MODEL_FORMATS:  # an export: its fit goes where the runtime reads it first
@@ -573,6 +574,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     elif Path(args.out).suffix.lower() != ".pt":
         raise ConfigError(f"--out {args.out}: calibrate writes a .pt model file; name it so")
     check_outputs({"--out": args.out})
+    if not shipped_by_name(model).is_file():  # before the data is read and its notes printed
+        raise missing_model(shipped_by_name(model))
     root = _data_root(args)
     dataset = load_dataset(root, split=args.split)
     records = dataset.records

@@ -99,6 +99,9 @@ def test_devices_flag_is_checked() -> None:
     for device, devices in (("cuda:1", "0,1"), ("cpu", "0,1"), ("cuda", "cpu:2")):  # refused before torchrun starts
         with pytest.raises(ConfigError, match=f"--device {device} contradicts --devices"):
             launch(parse_devices(devices), [], device)
+    if not torch.cuda.is_available():  # GPU indices on a machine without one: the CPU form is named
+        with pytest.raises(ConfigError, match=r"none is visible; for 2 CPU processes: --devices cpu:2$"):
+            launch(parse_devices("2,3"), [], None)
 
 
 def test_a_sigterm_to_the_launcher_reaches_torchrun(tmp_path: Path) -> None:

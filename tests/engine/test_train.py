@@ -204,6 +204,8 @@ def test_resume_with_more_epochs_goes_on_like_an_uninterrupted_run(one_epoch_run
         (["--augment", "none"], "--augment none differs"),
         (["--seed", "0"], "--seed 0 differs from the run's 7"),
         (["--batch", "4", "--threads", "2"], "--batch 4 differs"),
+        (["--freeze-bn"], "--freeze-bn: the run was started without it, which would change"),
+        (["--max-images", "4"], "--max-images 4: the run was started without it, which would change"),
     ],
 )
 def test_resume_refuses_flags_that_change_the_model_or_data(one_epoch_run, capsys, flags, words):

@@ -89,3 +89,12 @@ def test_bad_weights_file_is_a_clear_error(tmp_path, content):
 def test_unknown_backbone():
     with pytest.raises(ModelError, match="unknown backbone"):
         create_backbone("resnet9000")
+
+
+def test_a_weights_file_that_is_not_one_says_so(tmp_path):
+    from bloodcell.errors import ModelError
+
+    text = tmp_path / "w.pth"
+    text.write_text("hello")
+    with pytest.raises(ModelError, match=r"w\.pth: not a PyTorch weights file \(not a file torch\.save wrote\)$"):
+        create_backbone("efficientnet_lite0", pretrained=True, weights=str(text))

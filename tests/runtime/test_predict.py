@@ -161,6 +161,17 @@ def test_bad_model_file_is_one_line(tmp_path, images, capsys, content):
     assert len(err) == 1 and "m.pt" in err[0]
 
 
+def test_a_cut_off_model_file_says_so_in_a_few_words(tmp_path, images, capsys):
+    from bloodcell.weights import shipped_by_name
+
+    cut = tmp_path / "m.pt"
+    cut.write_bytes(shipped_by_name("cellnet_bccd.pt").read_bytes()[:300_000])  # a copy that stopped
+    assert main(["predict", str(images / "a.jpg"), "--model", str(cut)]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert f"{cut}: not a readable bloodcell model (the file is damaged or cut short: reading zip archive" in err
+    assert "miniz" not in err and len(err) < 200
+
+
 def test_unknown_model_type(tmp_path, images, capsys):
     path = tmp_path / "m.caffemodel"
     path.write_bytes(b"x")

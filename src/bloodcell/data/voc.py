@@ -136,7 +136,16 @@ def read_split_ids(root: Path, split: str) -> list[str]:
 def check_root(root: str | Path) -> Path:
     root = Path(root)
     if not root.exists():
-        raise DatasetError(f"{root}: dataset folder not found (pass --data or set BLOODCELL_DATA)")
+        from bloodcell.data.sources import default_data_root  # sources reads VOC folders with this module
+
+        if os.environ.get("BLOODCELL_DATA") and Path(os.environ["BLOODCELL_DATA"]) == root:
+            raise DatasetError(f"{root}: dataset folder not found (BLOODCELL_DATA names it)")
+        if root == default_data_root():
+            raise DatasetError(
+                f"no dataset given, and none at the default {root}: pass --data (a VOC folder or dataset YAML), "
+                "set BLOODCELL_DATA, or fetch BCCD there with `bloodcell data download`"
+            )
+        raise DatasetError(f"{root}: dataset folder not found")
     if not root.is_dir():
         raise DatasetError(f"{root}: is a file, expected a Pascal VOC folder with Annotations/ and JPEGImages/")
     if not (root / "Annotations").is_dir():

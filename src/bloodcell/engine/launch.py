@@ -64,6 +64,9 @@ def launch(devices: Devices, train_argv: list[str], device_flag: str | None) -> 
     if devices.gpus:
         import torch
 
+        if not torch.cuda.device_count():
+            n = len(devices.gpus)
+            raise ConfigError(f"--devices names GPUs and none is visible; for {n} CPU processes: --devices cpu:{n}")
         if torch.cuda.device_count() <= max(devices.gpus):
             raise ConfigError(f"--devices: GPU {max(devices.gpus)} not found ({torch.cuda.device_count()} visible)")
         env["CUDA_VISIBLE_DEVICES"] = visible_devices(devices.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))

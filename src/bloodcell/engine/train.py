@@ -344,9 +344,16 @@ def resume_config(config: TrainConfig, saved: dict, out: Path, explicit: Collect
         if value == before or (_is_path(name, value) and _is_path(name, before) and _same_file(name, value, before)):
             continue
         if name not in RESUME_OVERRIDES:
+            if isinstance(value, bool):  # an on/off flag: say whether the run had it
+                had = "with" if before != TrainConfig.__dataclass_fields__[name].default else "without"
+                change = f"{flag_name(name)}: the run was started {had} it, which"
+            elif before is None:
+                change = f"{flag_name(name)} {show(value)}: the run was started without it, which"
+            else:
+                change = f"{flag_name(name)} {show(value)} differs from the run's {show(before)} and"
             raise ConfigError(
-                f"--resume: {flag_name(name)} {show(value)} differs from the run's {show(before)} and would change "
-                f"the model or its data; resume without it, or start a new run (another --out)"
+                f"--resume: {change} would change the model or its data; resume without it, or start a new run "
+                "(another --out)"
             )
         changes[name] = value
     done = saved["epoch"] + 1
@@ -375,7 +382,8 @@ def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] 
         config = resume_config(config, saved, out, explicit)
         if saved["epoch"] + 1 >= config.epochs and _finished(out):
             raise ConfigError(
-                f"--resume: the run in {out} finished its {config.epochs} epochs; give --epochs N (more) to train on"
+                f"--resume: the run in {out} finished its {config.epochs} epoch{'s' if config.epochs != 1 else ''}; "
+                "give --epochs N (more) to train on"
             )
     else:
         config = absolute_paths(config)  # the run's config.yaml and last.pt name files so --resume works anywhere

@@ -130,7 +130,9 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt files
-        raise ModelError(f"{path}: cannot load weights: {e}") from None
+        from bloodcell.models.checkpoint import torch_load_reason
+
+        raise ModelError(f"{path}: not a PyTorch weights file ({torch_load_reason(e)})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -190,8 +190,20 @@ def _load_failure(e: Exception) -> str:
                 f"never runs code from a model file: use a model written by bloodcell, from a source you trust"
             )
         return f"not a readable bloodcell model (the safe loader stopped at: {detail})"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return f"not a readable bloodcell model ({type(e).__name__}{': ' + first if first else ''})"
+    return f"not a readable bloodcell model ({torch_load_reason(e)})"
+
+
+def torch_load_reason(e: Exception) -> str:
+    """torch.load's failure in a few words: its first sentence (a cut-off or damaged zip gets torch's
+    paragraph about miniz and corrupted checkpoints otherwise), or the exception type for a bare code."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
+    if "PytorchStreamReader" in text:
+        detail = text.split(". ")[0].removeprefix("PytorchStreamReader failed ").rstrip(".")
+        return f"the file is damaged or cut short: {detail}"
+    first = text.split(". ")[0].rstrip(".")
+    if not first or first.isdigit():  # the unpickler's bare KeyError on bytes that are no pickle
+        return "not a file torch.save wrote"
+    return f"{type(e).__name__}: {first}"
 
 
 def load_model(path: str | Path, expected_sha256: str | None = None) -> tuple[nn.Module, ModelInfo]:
