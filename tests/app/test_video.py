@@ -178,6 +178,8 @@ def test_run_stream_stops_at_max_frames(predictor, video, tmp_path):
     assert len((tmp_path / "slide_counts.csv").read_text().splitlines()) == 3
     assert sum(summary.totals.values()) > 0 and "2 frames" in str(summary)
     assert [stream_name(s) for s in ("a/b/x.mp4", "rtsp://h/cam?x=1", "http://h/")] == ["x", "cam", "h"]
+    # other containers keep their suffix (x.mp4 and x.avi never share outputs); letters of any script stay
+    assert [stream_name(s) for s in ("x.avi", "Müller 2.MOV", "é.mp4", "è.mp4")] == ["x.avi", "Müller_2.MOV", "é", "è"]
     assert re.fullmatch(r"camera0-\d{8}T\d{6}", stream_name("0"))  # each camera session its own files
 
 
@@ -265,3 +267,17 @@ def test_a_camera_video_plays_in_real_time(predictor, video, tmp_path, monkeypat
     # frame 0 held for 0.5 s (5 video frames), then frame 1 for 0.5 s, then frame 2
     same = [float(np.abs(a.astype(int) - b.astype(int)).mean()) < 3 for a, b in itertools.pairwise(written)]
     assert same == [True] * 4 + [False] + [True] * 4 + [False]
+
+
+def test_images_folders_and_videos_given_the_wrong_way_say_the_right_one(model_file, video, tmp_path, capsys):
+    folder = tmp_path / "slide"
+    folder.mkdir()
+    image = folder / "field.jpg"
+    cv2.imwrite(str(image), read_frames(video)[0])
+    assert main(["predict", "--source", str(image), "--model", str(model_file)]) == 2
+    assert f"an image; `bloodcell predict {image}` counts it" in capsys.readouterr().err
+    assert main(["predict", "--source", str(folder), "--model", str(model_file)]) == 2
+    assert f"a folder; images in it are counted by `bloodcell predict {folder}`" in capsys.readouterr().err
+    assert main(["predict", str(video), "--model", str(model_file)]) == 1
+    assert f"a video, not an image; `bloodcell predict --source {video}` counts its frames" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["field.jpg"]  # nothing written

@@ -24,8 +24,9 @@ import numpy as np
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import frame_counts_header, frame_counts_row
 from bloodcell.atomic import write_text
-from bloodcell.errors import ImageError
+from bloodcell.errors import ConfigError, ImageError
 from bloodcell.runtime.counting import Conf
+from bloodcell.runtime.images import IMAGE_SUFFIXES
 from bloodcell.runtime.predict import ImageResult, Predictor, predict_image
 
 DEFAULT_OUT = "runs/predict"
@@ -77,13 +78,15 @@ class StreamSummary:
 
 
 def stream_name(source: str) -> str:
-    """A file-name-safe stem: camera0-20261127T071233 for index 0 (each session its own files), the
-    file's stem, or the URL's last path part."""
+    """A file-name-safe name for the outputs: camera0-20261127T071233 for index 0 (each session its own
+    files); a file's stem for .mp4 and its whole name otherwise (slide.avi -> slide.avi_annotated.mp4, as
+    predict keeps an image's suffix that is not its output's: slide.mp4 and slide.avi never share
+    outputs); a URL's last path part. Letters of any script are kept; other characters become "_"."""
     if source.isdigit():
         return f"camera{int(source)}-{time.strftime('%Y%m%dT%H%M%S')}"
     tail = source.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
-    stem = Path(tail).stem if tail else ""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "stream"
+    name = Path(tail).stem if Path(tail).suffix.lower() == ".mp4" else tail
+    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "stream"
 
 
 def gui_available(cv2) -> bool:
@@ -101,8 +104,17 @@ def open_capture(cv2, source: str):
     """An opened cv2.VideoCapture for a camera index, a video file or a URL; ImageError naming it otherwise."""
     is_camera = source.isdigit()
     is_url = "://" in source
-    if not (is_camera or is_url) and not Path(source).is_file():
-        raise ImageError(f"{source}: no such video file")
+    if not (is_camera or is_url):
+        path = Path(source)
+        if path.is_dir():
+            raise ConfigError(f"--source {source}: a folder; images in it are counted by `bloodcell predict {source}`")
+        if not path.is_file():
+            raise ImageError(f"{source}: no such video file")
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            raise ConfigError(
+                f"--source {source}: an image; `bloodcell predict {source}` counts it (--source is for cameras, "
+                "videos and streams)"
+            )
     # Keep OpenCV's and FFmpeg's own log lines off stderr (FFmpeg reads this once, at its first use).
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     with contextlib.suppress(AttributeError, cv2.error):

@@ -11,6 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from bloodcell.errors import ImageError, TruncatedImageError, UnreadableImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
 
 
 def to_rgb_uint8(im: Image.Image) -> np.ndarray:
@@ -49,7 +50,12 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: file not found") from None
     except PermissionError as e:
         raise UnreadableImageError(f"{path}: cannot read ({e.strerror})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError as e:
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            hint = f"`bloodcell predict --source {path}` counts its frames"
+            raise ImageError(f"{path}: a video, not an image; {hint}") from None
+        raise _decode_error(path, e) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(path, e) from None
 
 
