@@ -59,8 +59,20 @@ def test_sources_expand_folders_globs_lists_and_uris(archive: Path, tmp_path: Pa
     found = expand(sources)
     assert found.uris == sorted(str(p) for p in archive.rglob("*.jpg"))  # each file once, one spelling
     assert expand([f"{archive}/*.jpg"]).uris == sorted(str(p) for p in archive.glob("*.jpg"))  # * stays in its folder
-    assert [p.split(":")[0] for p in found.problems] == [str(archive / "nothing.jpg"), "foo", "/no/such"]
-    assert found.problems[1].startswith("foo://bucket")
+    # a list's problems name the list; its relative lines are relative to its folder
+    assert [p.split(": ")[0] for p in found.problems] == [str(listing), str(listing), "/no/such"]
+    assert found.problems[0] == f"{listing}: {archive / 'nothing.jpg'}: no such file or folder"
+    assert found.problems[1].startswith(f"{listing}: foo://bucket")
+    nested = archive.parent / "lists" / "day2.lst"
+    nested.parent.mkdir()
+    nested.write_text("../archive/day2/again.jpg\nagain.jpg\n")
+    found = expand([str(nested)])
+    assert found.uris == [str(archive / "day2" / "again.jpg")]
+    assert found.problems == [f"{nested}: {nested.parent / 'again.jpg'}: no such file or folder"]
+    (archive / "day2" / "gone.jpg").symlink_to(archive / "no-such.jpg")  # a link to nothing: said, not silent
+    assert expand([str(archive / "day2")]).skipped == [
+        f"{archive / 'day2' / 'gone.jpg'}: a link to {archive / 'no-such.jpg'}, which does not exist"
+    ]
 
 
 def test_local_batch_rows_match_predict_and_resume_skips(archive: Path, tmp_path: Path) -> None:

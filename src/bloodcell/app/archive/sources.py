@@ -23,10 +23,10 @@ def _is_hidden(name: str) -> bool:
 
 
 def _local_images(root: str) -> tuple[list[str], list[str]]:
-    """Images under a local folder, recursively, and the subfolders that could not be read. Each file is
-    spelled by its place under ``root``, so a rerun finds it under the same path: a symbolic link to a
-    folder inside ``root`` (a second way to it) or to one above it (a loop) is not followed; links to
-    folders elsewhere are, each real folder once. Hidden names and `bloodcell watch` output skipped."""
+    """Images under a local folder, recursively, and what could not be read (subfolders; links to
+    nothing). A symbolic link to a folder inside ``root`` (a second way to it) or to one above it (a loop)
+    is not followed; links to folders elsewhere are, each real folder once. Hidden names and
+    `bloodcell watch` output skipped."""
     top = os.path.realpath(root)
     seen: set[str] = set()
     found: list[str] = []
@@ -54,8 +54,12 @@ def _local_images(root: str) -> tuple[list[str], list[str]]:
         )
         for name in files:
             path = os.path.join(folder, name)
-            if not _is_hidden(name) and Path(name).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(path):
+            if _is_hidden(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if os.path.isfile(path):
                 found.append(path)
+            elif os.path.islink(path):  # os.walk lists a link to nothing among the files
+                problems.append(f"{path}: a link to {os.readlink(path)}, which does not exist")
     return sorted(found), problems
 
 
@@ -191,9 +195,15 @@ def expand(sources: list[str]) -> ExpandedSources:
         elif info.type == pafs.FileType.File and Path(path).suffix.lower() in LIST_SUFFIXES and not nested:
             with fs.open_input_stream(path) as f:
                 lines = f.read().decode("utf-8", errors="replace").splitlines()
+            base = os.path.dirname(path) if isinstance(fs, pafs.LocalFileSystem) else None
             for line in (raw.strip() for raw in lines):
                 if line and not line.startswith("#"):
-                    add(line, nested=True)
+                    # a relative local path is relative to the list's folder (as wherever the list is read)
+                    local = base is not None and "://" not in line and not os.path.isabs(line)
+                    entry = os.path.join(base, line) if local else line
+                    before = len(problems)
+                    add(entry, nested=True)
+                    problems[before:] = [f"{source}: {p}" for p in problems[before:]]  # which list named it
         elif info.type == pafs.FileType.File:
             uris.append(_uri(source, path))
         else:
