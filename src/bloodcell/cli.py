@@ -327,6 +327,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         conf=args.conf,
         cell_size=args.cell_size,
         part_rows=args.part_rows,
+        progress=sys.stderr.isatty(),  # no progress bars in logs
     )
     print(summary)
     return 1 if summary.failed else 0

@@ -79,6 +79,7 @@ def test_local_batch_rows_match_predict_and_resume_skips(archive: Path, tmp_path
     out = tmp_path / "out"
     summary = run_batch([str(archive)], str(out), device="cpu", part_rows=2, progress=False)
     assert (summary.written, summary.failed, summary.skipped) == (5, 1, 0)
+    assert str(summary).startswith("4 images counted, 1 failed, 0 skipped (already done); 5 rows written;")
     rows = read_rows(out)
     assert len(rows) == 5 and len(list(out.glob("part-*.parquet"))) == 3
     bad = [r for r in rows if r["error"]]
@@ -313,3 +314,32 @@ def test_an_unreadable_subfolder_is_skipped_with_a_warning(archive: Path, monkey
     found = expand([str(archive)])
     assert found.problems == [] and len(found.uris) == 5
     assert found.skipped == [f"{archive / 'lost+found'}: cannot read (Permission denied)"]
+
+
+def test_a_stopped_run_keeps_its_rows_and_writes_its_summary(archive: Path, tmp_path: Path, monkeypatch, capsys):
+    """Ctrl-C (or SIGTERM turned into it) after the first image: that row is kept, _runs/<id>.csv says the
+    run was interrupted and how far it got, and a rerun counts the rest."""
+    from bloodcell.app.archive import job
+
+    real = job.make_engine
+
+    class StopsAfterOne:
+        def __init__(self, engine) -> None:
+            self.engine = engine
+
+        def run(self, uris):
+            for rows in self.engine.run(uris[:1]):
+                yield rows
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "make_engine", lambda *a: StopsAfterOne(real(*a)))
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_batch([str(archive)], str(out), device="cpu", progress=False)
+    assert len(read_rows(out)) == 1
+    [summary] = list(csv.DictReader(next((out / "_runs").glob("*.csv")).open()))
+    assert (summary["interrupted"], summary["written"], summary["listed"]) == ("True", "1", "5")
+    assert "stopped: 1 images counted" in capsys.readouterr().err
+    monkeypatch.setattr(job, "make_engine", real)
+    again = run_batch([str(archive)], str(out), device="cpu", progress=False)
+    assert (again.skipped, again.written) == (1, 4)

@@ -31,8 +31,10 @@ class BatchSummary:
     listed: int = 0  # images the sources named
     skipped: int = 0  # already in the dataset with the same content (failed rows too: counted in failed)
     written: int = 0  # rows written by this run (bad images included)
+    error_rows: int = 0  # of those, the rows of images that could not be decoded (their error, no counts)
     failed: int = 0  # bad images, unreadable files and source problems
     seconds: float = 0.0
+    interrupted: bool = False  # stopped (Ctrl-C, SIGTERM): the rows written so far are kept
     totals: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -42,8 +44,9 @@ class BatchSummary:
     def __str__(self) -> str:
         counts = ", ".join(f"{v} {k}" for k, v in self.totals.items())
         return (
-            f"{self.written} images written, {self.skipped} skipped (already done), {self.failed} failed; "
-            f"{self.images_per_s:.1f} images/s; totals: {counts or 'none'}"
+            f"{self.written - self.error_rows} images counted, {self.failed} failed, {self.skipped} skipped "
+            f"(already done); {self.written} rows written; {self.images_per_s:.1f} images/s; "
+            f"totals: {counts or 'none'}"
         )
 
 
@@ -221,6 +224,7 @@ def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Ru
                         summary.failed += 1
                     if row["sha256"] is None:
                         continue  # unreadable, or the prediction failed (out of memory...): a rerun tries again
+                    summary.error_rows += bool(row["error"])
                     for name, n in (row.get("counts") or {}).items():
                         summary.totals[name] += n
                     buffer.append(row)
@@ -234,17 +238,28 @@ def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Ru
             f"a worker process died (killed, or out of memory?); the {summary.written} images finished are "
             f"kept in {out}, and a rerun counts the rest (fewer --workers or --threads need less memory)"
         ) from None
+    except KeyboardInterrupt:  # Ctrl-C: the run's summary says how far it got, then the stop goes on
+        summary.interrupted = True
+        _write_summary(store, summary, run, t0)
+        print(f"stopped: {summary}; a rerun counts the rest", file=sys.stderr)
+        raise
     finally:  # rows already finished are kept, whatever stopped the run
         flush()
+    _write_summary(store, summary, run, t0)
+    return summary
+
+
+def _write_summary(store: ParquetStore, summary: BatchSummary, run: _Run, t0: float) -> None:
+    """_runs/<run_id>.csv: what this run listed, skipped, wrote and failed, its speed and totals."""
+    spec = run.spec
     summary.seconds = time.perf_counter() - t0
     record = {k: v for k, v in asdict(summary).items() if k != "totals"}
     record.update(
         engine=run.engine,
         workers=run.workers,
         device=spec.device,
-        model=model_id,
+        model=spec.model_id,
         images_per_s=round(summary.images_per_s, 2),
     )
     record.update({f"total_{k}": v for k, v in summary.totals.items()})
-    store.write_summary(run_id, record)
-    return summary
+    store.write_summary(spec.run_id, record)
