@@ -821,6 +821,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if not Path(args.folder).is_dir():
         raise ConfigError(f"{args.folder}: not a folder")
     out = args.out or str(Path(args.folder) / "bloodcell")
+    check_outputs({}, {"--out": out})  # a file there: said now, naming the option
     predictor = load_predictor(args.model, threads=args.threads)
     print_model_notes(predictor)
     _check_cell_size(predictor, args.cell_size)

@@ -471,3 +471,25 @@ def test_load_image_says_a_file_it_may_not_read_is_unreadable_not_undecodable(tm
     monkeypatch.setattr("PIL.Image.open", no_access)
     with pytest.raises(UnreadableImageError, match=r"x.jpg: cannot read \(Permission denied\)"):
         load_image(tmp_path / "x.jpg")
+
+
+def test_a_vanished_folder_is_said_once_and_its_return_too(predictor, sources, tmp_path, capsys):
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    watcher = Watcher(predictor, folder, out, settle=0)
+    folder.rmdir()  # deleted, or a share unmounted
+    assert watcher.poll_once() == [] and watcher.poll_once() == []
+    assert capsys.readouterr().err.count(f"warning: {folder} is gone; waiting for it to come back") == 1
+    folder.mkdir()
+    shutil.copy(sources / "noise.png", folder / "back.png")
+    assert [r.path.name for r in watcher.poll_once()] == ["back.png"]
+    assert f"note: {folder} is back" in capsys.readouterr().err
+    watcher.close()
+
+
+def test_cli_refuses_a_file_as_out(model_file, tmp_path, capsys):
+    folder, out = tmp_path / "cam", tmp_path / "afile"
+    folder.mkdir()
+    out.write_text("not a folder")
+    assert main(["watch", str(folder), "--out", str(out), "--once", "--model", str(model_file)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {out}: is a file, expected a folder"

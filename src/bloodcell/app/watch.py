@@ -105,6 +105,7 @@ class Watcher:
         self._pending: dict[str, tuple[tuple[int, int], float]] = {}  # name -> (signature, stable since)
         self._truncated: dict[str, tuple[int, int]] = {}  # young truncated files (maybe copies): their version
         self._wake = threading.Event()
+        self._gone = False  # the watched folder vanished (said once)
         self.out.mkdir(parents=True, exist_ok=True)
         # before the state is read: it is ours until close()
         self._lock = lock_folder(self.out / LOCK_NAME, "bloodcell watch")
@@ -232,7 +233,13 @@ class Watcher:
         try:
             entries = sorted(os.scandir(self.folder), key=lambda e: e.name)
         except FileNotFoundError:
+            if not self._gone:  # deleted, or a share unmounted: said once, not silently idle
+                print(f"warning: {self.folder} is gone; waiting for it to come back", file=sys.stderr, flush=True)
+            self._gone = True
             return []
+        if self._gone:
+            print(f"note: {self.folder} is back; watching it again", file=sys.stderr, flush=True)
+            self._gone = False
         return [
             Path(e.path)
             for e in entries
