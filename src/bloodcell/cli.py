@@ -665,7 +665,7 @@ def _predict_stream(args: argparse.Namespace) -> int:
     if args.batch != 1:
         raise ConfigError("--batch is for image files; --source takes frames one by one as they arrive")
     if args.verbose:
-        raise ConfigError("--verbose is for image files; --source writes each frame's time to its counts CSV")
+        raise ConfigError("--verbose is for image files (per-stage times); --source prints its frame rate at the end")
     from bloodcell.app.video import DEFAULT_OUT, run_stream
     from bloodcell.runtime.loader import load_predictor, print_model_notes
 

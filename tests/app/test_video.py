@@ -281,3 +281,23 @@ def test_images_folders_and_videos_given_the_wrong_way_say_the_right_one(model_f
     assert main(["predict", str(video), "--model", str(model_file)]) == 1
     assert f"a video, not an image; `bloodcell predict --source {video}` counts its frames" in capsys.readouterr().err
     assert sorted(p.name for p in folder.iterdir()) == ["field.jpg"]  # nothing written
+
+
+def test_a_stream_that_gives_no_frame_leaves_no_folder(model_file, tmp_path, monkeypatch, capsys):
+    from bloodcell.app import video as video_module
+
+    class Silent:  # opens (a URL that answers) but never gives a frame
+        def get(self, prop):
+            return 25.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+        def read(self):
+            return False, None
+
+        def release(self) -> None:
+            pass
+
+    monkeypatch.setattr(video_module, "open_capture", lambda cv2_, source: Silent())
+    out = tmp_path / "runs" / "cam"
+    assert main(["predict", "--source", "rtsp://scope/live", "--model", str(model_file), "--out", str(out)]) == 1
+    assert "rtsp://scope/live: no frame could be read" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -48,6 +48,7 @@ class StreamSummary:
     csv_path: Path | None = None
     expected_frames: int = 0  # what a video file says it holds (0: a camera or a stream, unknown)
     interrupted: bool = False  # Ctrl-C (or a stop signal) before a video file ended
+    seconds: float = 0.0  # wall time from the first frame read to the last counted
 
     @property
     def complete(self) -> bool:
@@ -61,7 +62,8 @@ class StreamSummary:
 
     def __str__(self) -> str:
         means = ", ".join(f"{v:.1f} {k}" for k, v in self.mean_per_frame().items())
-        lines = [f"{self.source}: {self.frames} frames, mean per frame {means or '-'}"]
+        rate = f" ({self.frames / self.seconds:.1f} counted per second)" if self.seconds > 0 else ""
+        lines = [f"{self.source}: {self.frames} frames{rate}, mean per frame {means or '-'}"]
         if self.interrupted:
             of = f" of {self.expected_frames}" if self.expected_frames else ""
             lines.append(f"interrupted after {self.frames}{of} frames; the files hold those")
@@ -149,6 +151,7 @@ class _FileSink:
         self.rows = io.StringIO()
         self.csv = csv.writer(self.rows, lineterminator="\n")
         self.csv.writerow(frame_counts_header(class_names))
+        self.made = [] if out_dir.is_dir() else [d for d in (out_dir, *out_dir.parents) if not d.exists()]
         out_dir.mkdir(parents=True, exist_ok=True)
 
     def write(
@@ -177,6 +180,9 @@ class _FileSink:
         if not ok or self.writer is None:
             with contextlib.suppress(FileNotFoundError):
                 self.tmp_path.unlink()
+            for folder in self.made:  # the folders made for outputs that never came, if still empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             return False
         with open(self.tmp_path, "rb") as f:  # on disk before the rename, as atomic_open does for other outputs
             os.fsync(f.fileno())
@@ -214,12 +220,14 @@ def run_stream(
         is_file = not source.isdigit() and "://" not in source
         if is_file and max_frames is None:
             summary.expected_frames = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+        started = time.monotonic()
         try:
             _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames, cell_size)
         except KeyboardInterrupt:  # Ctrl-C ends a camera stream; the files are kept (a file's: said so)
             if summary.frames == 0:
                 raise  # nothing to keep: an interrupted command, not an unreadable source
             summary.interrupted = is_file
+        summary.seconds = time.monotonic() - started
         if summary.frames == 0:
             raise ImageError(f"{source}: no frame could be read")
         ok = True
