@@ -70,7 +70,10 @@ def test_two_gloo_processes_match_one_process_only_rank0_writes_and_resume(eight
     # --resume under torchrun: the two-process run goes on for a second epoch.
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2")
     done = _train(eight_images, tmp_path / "two", "--device", "cpu", "--resume", "--epochs", "2", launcher=torchrun)
-    assert done.stdout.count("resuming") == 1
+    assert done.stdout.count("resuming") == 1 and "note: the run was trained by" not in done.stdout
+    # a one-process run resumed by two processes: allowed, and said
+    done = _train(eight_images, tmp_path / "one", "--device", "cpu", "--resume", "--epochs", "2", launcher=torchrun)
+    assert "note: the run was trained by 1 process(es) and goes on with 2" in done.stdout
     last = torch.load(tmp_path / "two/last.pt", map_location="cpu", weights_only=False)
     assert [r["epoch"] for r in last["rows"]] == [1, 2] and last["epoch"] == 1
 

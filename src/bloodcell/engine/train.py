@@ -470,6 +470,12 @@ def _train(
         start_epoch, rows, best_map = saved["epoch"] + 1, list(saved["rows"]), saved["best_map50"]
         elapsed = saved["elapsed_s"]
         log(f"resuming {out} after epoch {start_epoch}")
+        before = saved.get("processes", 1)
+        if before != ctx.world_size:  # allowed (the global batch is the same), but not silent
+            log(
+                f"note: the run was trained by {before} process(es) and goes on with {ctx.world_size} (same global "
+                "batch; without SyncBatchNorm, batch-norm statistics come from each process's share)"
+            )
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))  # with any new settings
@@ -514,7 +520,7 @@ def _train(
             save_checkpoint(out / "last.pt", training_payload(unwrap(model), model_info(), {
                 "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch, "rows": rows, "best_map50": best_map, "elapsed_s": elapsed,
-                "scaler": scaler.state_dict() if scaler is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None, "processes": ctx.world_size,
                 "train_config": config.to_dict(),
             }))  # fmt: skip
             summary = f"epoch {epoch + 1}/{config.epochs} loss {row['loss']:.3f} ({elapsed / 60:.1f} min)"

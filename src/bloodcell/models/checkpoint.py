@@ -112,11 +112,13 @@ def model_payload(model: nn.Module, info: ModelInfo, half: bool = False) -> dict
 
 #: What --resume needs from last.pt besides the model file's header, info and weights.
 TRAINING_KEYS = ("ema", "optimizer", "scheduler", "scaler", "epoch", "rows", "best_map50", "elapsed_s", "train_config")
+#: Later additions, absent from older last.pt files (readers use .get): how many processes trained it.
+OPTIONAL_TRAINING_KEYS = ("processes",)
 
 
 def training_payload(model: nn.Module, info: ModelInfo, state: dict[str, Any]) -> dict[str, Any]:
     """last.pt: a model file (``load_model`` reads it) plus the training ``state`` (``TRAINING_KEYS``)."""
-    if set(state) != set(TRAINING_KEYS):
+    if set(state) - set(OPTIONAL_TRAINING_KEYS) != set(TRAINING_KEYS):
         raise ValueError(f"training state keys {sorted(state)} != {sorted(TRAINING_KEYS)}")
     return {**model_payload(model, info), "kind": "training", **state}
 
