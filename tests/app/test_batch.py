@@ -328,8 +328,7 @@ def test_a_stopped_run_keeps_its_rows_and_writes_its_summary(archive: Path, tmp_
             self.engine = engine
 
         def run(self, uris):
-            for rows in self.engine.run(uris[:1]):
-                yield rows
+            yield from self.engine.run(uris[:1])
             raise KeyboardInterrupt
 
     monkeypatch.setattr(job, "make_engine", lambda *a: StopsAfterOne(real(*a)))

@@ -47,6 +47,23 @@ def test_image_modes_are_converted_to_rgb(images):
     assert np.abs(gray.astype(int) - deep.astype(int)).max() <= 1  # 16-bit scaled, not clipped
 
 
+def test_a_tiff_stack_is_refused_and_its_previews_ignored(images, tmp_path):
+    """Several full-size pages are fields of their own: counting the first alone would be silent; smaller
+    pages are a file's previews (thumbnails, pyramid levels)."""
+    from bloodcell.errors import ImageError
+    from bloodcell.runtime.images import decode_image
+
+    field = Image.open(images / "a.jpg").convert("RGB")
+    stack, preview = tmp_path / "stack.tif", tmp_path / "preview.tif"
+    field.save(stack, save_all=True, append_images=[field.rotate(90), field])
+    field.save(preview, save_all=True, append_images=[field.resize((field.width // 4, field.height // 4))])
+    with pytest.raises(ImageError, match=r"stack\.tif: a TIFF of 3 full-size pages .* save each page as its own"):
+        load_image(stack)
+    with pytest.raises(ImageError, match=r"upload\.tif: a TIFF of 3 full-size pages"):
+        decode_image(stack.read_bytes(), "upload.tif")
+    assert np.array_equal(load_image(preview), np.asarray(field))
+
+
 def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path, capsys):
     out, js, cs = tmp_path / "ann", tmp_path / "r.json", tmp_path / "c.csv"
     code = main(

@@ -16,6 +16,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpe
 
 def to_rgb_uint8(im: Image.Image) -> np.ndarray:
     """Grayscale, palette, RGBA (alpha channel dropped) and 16-bit images -> (H, W, 3) uint8, EXIF-rotated."""
+    _refuse_stacks(im)
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
@@ -25,6 +26,28 @@ def to_rgb_uint8(im: Image.Image) -> np.ndarray:
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im)
+
+
+class StackError(ValueError):
+    """A multi-page TIFF whose pages are fields of their own (a stack), not one image and its previews."""
+
+
+def _refuse_stacks(im: Image.Image) -> None:
+    """A TIFF with several full-size pages (fields of view, a focus stack) would be counted by its first
+    page alone, silently; smaller later pages are previews (thumbnails, pyramid levels) and are ignored."""
+    pages = getattr(im, "n_frames", 1)
+    if im.format != "TIFF" or pages <= 1:
+        return
+    size = im.size
+    try:
+        full = sum(1 for i in range(pages) if not im.seek(i) and im.size == size)
+    finally:
+        im.seek(0)
+    if full > 1:
+        raise StackError(
+            f"a TIFF of {full} full-size pages ({size[0]}x{size[1]}); bloodcell counts one image per file: "
+            "save each page as its own image (e.g. Pillow's ImageSequence) and count those"
+        )
 
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
@@ -61,5 +84,7 @@ def load_image(path: str | Path) -> np.ndarray:
 
 def _decode_error(name: str | Path, e: Exception) -> ImageError:
     """Pillow says "image file is truncated" or "Truncated File Read" for data that ends early."""
+    if isinstance(e, StackError):
+        return ImageError(f"{name}: {e}")
     kind = TruncatedImageError if isinstance(e, OSError) and "truncated" in str(e).lower() else ImageError
     return kind(f"{name}: cannot decode image ({e})")
