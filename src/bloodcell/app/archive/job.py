@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bloodcell.app.archive.engines import check_engine, make_engine
 from bloodcell.app.archive.rows import PredictorSpec, content_hash, schema
-from bloodcell.app.archive.sources import expand, read_bytes
+from bloodcell.app.archive.sources import expand, file_key, read_bytes
 from bloodcell.app.archive.store import ParquetStore
 from bloodcell.atomic import check_folder
 from bloodcell.errors import BloodcellError, ConfigError
@@ -50,21 +50,30 @@ class BatchSummary:
         )
 
 
+def _by_file(done: dict[str, dict[str, str | None]]) -> dict[str, dict[str, str | None]]:
+    """``done`` keyed by the file each path names (``file_key``): rows written through a link or alias."""
+    keyed: dict[str, dict[str, str | None]] = {}
+    for path, hashes in done.items():
+        keyed.setdefault(file_key(path), {}).update(hashes)
+    return keyed
+
+
 def _unchanged(done: dict[str, dict[str, str | None]], uris: list[str]) -> dict[str, str | None]:
-    """URIs already written with their current content (read and hashed again, in threads: I/O bound),
-    each with its row's error (None: counted)."""
-    candidates = [u for u in uris if u in done]
+    """URIs already written with their current content, under this spelling or another of the same file
+    (read and hashed again, in threads: I/O bound), each with its row's error (None: counted)."""
+    keyed = _by_file(done)
+    candidates = [u for u in uris if file_key(u) in keyed]
 
     def same(uri: str) -> str | None:
         try:
             digest = content_hash(read_bytes(uri))
         except OSError:
             return None  # unreadable now: the worker reports it
-        return digest if digest in done[uri] else None
+        return digest if digest in keyed[file_key(uri)] else None
 
     with ThreadPoolExecutor(8) as pool:
         found = zip(candidates, pool.map(same, candidates), strict=True)
-        return {u: done[u][digest] for u, digest in found if digest is not None}
+        return {u: keyed[file_key(u)][digest] for u, digest in found if digest is not None}
 
 
 def _written_by(store: ParquetStore, out: str, model_id: str) -> dict[str, dict[str, str | None]]:
@@ -181,7 +190,8 @@ def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Ru
     skip = _unchanged(written, uris)
     todo = [u for u in uris if u not in skip]
     summary.skipped = len(skip)
-    if changed := sum(u in written for u in todo):
+    keyed = _by_file(written)
+    if changed := sum(file_key(u) in keyed for u in todo):
         print(
             f"note: {changed} image(s) changed since an earlier run are counted again; their earlier rows stay in "
             f"{out} (history): for current counts take each path's row with the latest run_id",

@@ -72,12 +72,18 @@ def _pafs():
 
 
 def canonical(source: str) -> str:
-    """One spelling per file, so a rerun finds what an earlier run wrote however it reaches the file:
-    local paths (and file:// URIs) absolute with symbolic links resolved (a linked or aliased folder is
-    the same archive); other URIs as given."""
+    """The spelling rows record: local paths (and file:// URIs) absolute and normalized, links kept (a
+    file link's name is the field's, an alias may be the one path every node shares); other URIs as given.
+    Which rows are the same file is ``file_key``'s call."""
     if source.startswith("file://"):
         source = source[len("file://") :]
-    return source if "://" in source else os.path.realpath(source)
+    return source if "://" in source else os.path.normpath(os.path.abspath(source))
+
+
+def file_key(uri: str) -> str:
+    """The file a row's path names, links resolved: an archive reached through a linked folder or another
+    mount alias is the same archive (a rerun skips it; one run lists each file once)."""
+    return uri if "://" in uri else os.path.realpath(uri)
 
 
 @lru_cache(maxsize=32)
@@ -213,7 +219,7 @@ def expand(sources: list[str]) -> ExpandedSources:
         add(source)
     first: dict[str, str] = {}  # each file once, however it was reached (a folder and a glob, a link and its target)
     for uri in uris:
-        first.setdefault(os.path.realpath(uri) if "://" not in uri else uri, uri)
+        first.setdefault(file_key(uri), uri)
     return ExpandedSources(list(first.values()), problems, skipped)
 
 
