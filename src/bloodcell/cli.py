@@ -887,9 +887,10 @@ def _stops_on_sigterm(args: argparse.Namespace) -> bool:
 
 
 def _other_rank() -> bool:
-    """A distributed worker other than rank 0: its errors and stops are rank 0's too (every rank checks
-    the same settings and data), so only rank 0 says them; torchrun's wrapper names a rank that failed alone."""
-    return "LOCAL_RANK" in os.environ and os.environ.get("RANK", "0") != "0"
+    """A distributed worker other than its machine's first (local rank 0). Every process checks the same
+    settings and data, so the first one's error or stop is theirs too: only it says it, once per
+    machine (a fault of one machine's data is still said there)."""
+    return os.environ.get("LOCAL_RANK", "0") != "0"
 
 
 def _stop(signum: int, frame: object) -> None:

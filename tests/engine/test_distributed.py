@@ -79,9 +79,9 @@ def test_two_gloo_processes_match_one_process_only_rank0_writes_and_resume(eight
 
 
 def test_a_workers_error_is_its_one_line_not_torchruns_report(eight_images: Path, tmp_path: Path) -> None:
-    """A dataset problem found in the workers: their one-line error and exit code 2, without torchrun's
+    """A dataset problem both workers find: one line (the first process says it) and exit code 2, without torchrun's
     logged exit code, traceback and FAILED summary."""
-    args = ["train", "--data", str(eight_images), "--out", str(tmp_path / "run"), "--batch", "64", "--devices", "cpu:1"]
+    args = ["train", "--data", str(eight_images), "--out", str(tmp_path / "run"), "--batch", "64", "--devices", "cpu:2"]
     done = subprocess.run([sys.executable, "-m", "bloodcell", *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.strip().splitlines() == [

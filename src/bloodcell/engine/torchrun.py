@@ -13,7 +13,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-# bloodcell's own exits: rank 0 printed the error (2) or the stop (130), or a rank Python's traceback (1)
+# bloodcell's own exits: each machine's first process printed the error (2) or the stop (130) its others
+# share (cli._other_rank), or a process Python's traceback (1)
 SAID_BY_THE_WORKER = (1, 2, 130)
 
 
@@ -30,7 +31,7 @@ def main(argv: Sequence[str]) -> int:
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         if failure.exitcode in SAID_BY_THE_WORKER:
-            return failure.exitcode  # said by rank 0 (every rank checks the same settings and data)
+            return failure.exitcode  # said by the machine's first process
         if failure.exitcode < 0:
             name = signal.Signals(-failure.exitcode).name
             print(f"error: training process {rank} was killed by {name} (out of memory?)", file=sys.stderr)
