@@ -310,8 +310,8 @@ def test_an_unreadable_subfolder_is_skipped_with_a_warning(archive: Path, monkey
 
 
 def test_a_stopped_run_keeps_its_rows_and_writes_its_summary(archive: Path, tmp_path: Path, monkeypatch, capsys):
-    """Ctrl-C (or SIGTERM turned into it) after the first image: that row is kept, _runs/<id>.csv says the
-    run was interrupted and how far it got, and a rerun counts the rest."""
+    """Ctrl-C after the first image: that row is kept, _runs/<id>.csv says the run was interrupted and
+    how far it got, and a rerun counts the rest."""
     from bloodcell.app.archive import job
 
     real = job.make_engine

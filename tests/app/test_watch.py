@@ -222,12 +222,19 @@ def test_a_csv_begun_without_warnings_and_error_columns_goes_on_in_its_columns(p
     (out / "counts.csv").write_text(",".join(old_header) + "\n")
     shutil.copy(sources / "noise.png", folder / "good.png")
     (folder / "bad.jpg").write_bytes(b"not an image at all")
-    results = Watcher(predictor, folder, out, settle=0).drain()
+    watcher = Watcher(predictor, folder, out, settle=0)
+    results = watcher.drain()
     assert sorted(r.path.name for r in results) == ["bad.jpg", "good.png"]
     with open(out / "counts.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == old_header and [len(r) for r in rows[1:]] == [len(old_header)]  # no row for the failure
     assert rows[1][0] == "good.png"
+    (out / "counts.csv").unlink()  # rotated away while watching: the new file has the full columns
+    shutil.copy(sources / "noise.png", folder / "next.png")
+    watcher.drain()
+    with open(out / "counts.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == counts_header(CLASS_NAMES) and len(rows[1]) == len(rows[0])
 
 
 def test_non_images_hidden_files_and_subfolders_are_ignored(predictor, sources, tmp_path):
@@ -493,3 +500,36 @@ def test_cli_refuses_a_file_as_out(model_file, tmp_path, capsys):
     out.write_text("not a folder")
     assert main(["watch", str(folder), "--out", str(out), "--once", "--model", str(model_file)]) == 2
     assert capsys.readouterr().err.strip() == f"error: --out {out}: is a file, expected a folder"
+
+
+def test_a_truncated_file_from_a_clock_ahead_is_not_waited_for_forever(predictor, sources, tmp_path, monkeypatch):
+    """A camera whose clock runs ahead writes future mtimes: the wait also ends TRUNCATED_WAIT_S after the
+    file was first found truncated, so --once returns (the file fails) instead of waiting for that time."""
+    from bloodcell.app import watch as watch_module
+
+    monkeypatch.setattr(watch_module, "TRUNCATED_WAIT_S", 0.5)
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    whole = (sources / "cam0.jpg").read_bytes()
+    (folder / "ahead.jpg").write_bytes(whole[: len(whole) // 3])
+    os.utime(folder / "ahead.jpg", (time.time() + 3600, time.time() + 3600))
+    watcher = Watcher(predictor, folder, out, settle=0)
+    t0 = time.monotonic()
+    [result] = watcher.drain()
+    assert result.error and time.monotonic() - t0 < 5 and watcher.pending == 0
+    watcher.close()
+
+
+def test_a_corrupt_jpeg_body_fails_after_the_wait(predictor, tmp_path, monkeypatch, capsys):
+    """A JPEG header with garbage after it reads as truncated: waited for like a copy, then failed."""
+    from bloodcell.app import watch as watch_module
+
+    monkeypatch.setattr(watch_module, "TRUNCATED_WAIT_S", 0.3)
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    watcher = Watcher(predictor, folder, out, settle=0)
+    [result] = watcher.drain()
+    assert result.error and watcher.failed == 1 and "note: bad.jpg ends early" in capsys.readouterr().err
+    assert [r[0] for r in read_rows(out)] == ["bad.jpg"]
+    watcher.close()

@@ -302,3 +302,10 @@ def test_freeze_bn_freezes_the_layers_that_have_statistics_only() -> None:
     assert frozen and all(n.startswith("backbone.") for n in frozen) and bn_names(pretrained) - frozen
     trained, _ = load_model(shipped_by_name("cellnet_bccd.pt"))
     assert bn_with_statistics(trained) == bn_names(trained)
+
+
+def test_freeze_bn_says_what_it_freezes(tiny_voc, tmp_path, capsys):
+    args = ["train", "--data", str(tiny_voc), "--epochs", "1", "--batch", "2", "--imgsz", "128", "--threads", "1"]
+    assert main([*args, "--no-pretrained", "--freeze-bn", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"--freeze-bn: 0 of (\d+) batch-norm layers keep their statistics; the other \1 are new", err)

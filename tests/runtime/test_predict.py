@@ -339,3 +339,20 @@ def test_sigterm_keeps_the_results_of_finished_images(images, tmp_path, monkeypa
     assert err == f"interrupted after 2 of 6 images; their results are in {js}\ninterrupted\n", err
     assert len(json.loads(js.read_text())) == 2
     assert signal.getsignal(signal.SIGTERM) is before  # main() puts the process's own handler back
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF", "BMP", "WEBP"])
+def test_an_image_cut_short_is_a_truncated_image_error(images, fmt):
+    """watch waits for such a file (a copy in progress); a garbage file is a plain ImageError."""
+    import io
+
+    from bloodcell.errors import ImageError, TruncatedImageError
+    from bloodcell.runtime.images import decode_image
+
+    buffer = io.BytesIO()
+    Image.open(images / "a.jpg").convert("RGB").save(buffer, format=fmt)
+    with pytest.raises(TruncatedImageError):
+        decode_image(buffer.getvalue()[: len(buffer.getvalue()) // 2], f"cut.{fmt.lower()}")
+    with pytest.raises(ImageError) as garbage:
+        decode_image(b"no image here", "garbage.jpg")
+    assert not isinstance(garbage.value, TruncatedImageError)

@@ -133,9 +133,10 @@ def open_capture(cv2, source: str):
 class _FileSink:
     """Annotated video (temporary name, renamed on close) and per-frame counts CSV (atomic, on close).
 
-    A file's frames are written one for one at its own rate. A live source (camera, stream) gives
-    frames as fast as the model counts them, slower than its nominal rate: each frame is held (written
-    again) until the next one came, so the video plays in real time rather than fast-forwarded."""
+    A file's frames, and a stream's that reports its frame rate (read in turn, none dropped), are
+    written one for one at that rate. A camera (or a stream without a rate) gives frames as fast as the
+    model counts them, slower than it films: each frame is held (written again) until the next one
+    came, so the video plays in real time rather than fast-forwarded."""
 
     def __init__(self, cv2, out_dir: Path, name: str, fps: float, class_names: tuple[str, ...]) -> None:
         self.cv2 = cv2

@@ -103,7 +103,8 @@ class Watcher:
         # files that could not be read (permissions): version and when, retried after RETRY_UNREADABLE_S
         self._unreadable: dict[str, tuple[tuple[int, int], float]] = {}
         self._pending: dict[str, tuple[tuple[int, int], float]] = {}  # name -> (signature, stable since)
-        self._truncated: dict[str, tuple[int, int]] = {}  # young truncated files (maybe copies): their version
+        # young truncated files (maybe copies): their version, and when it was first found truncated
+        self._truncated: dict[str, tuple[tuple[int, int], float]] = {}
         self._wake = threading.Event()
         self._gone = False  # the watched folder vanished (said once)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -210,8 +211,9 @@ class Watcher:
     def _write_row(self, result: ImageResult, new: bool) -> None:
         with open(self.csv_path, "a", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
-            if new:
+            if new:  # a fresh file (first, or the old one removed): the full columns from here on
                 writer.writerow(counts_header(self.class_names))
+                self._columns = len(counts_header(self.class_names))
             row = counts_row(result, self.class_names)[: self._columns]
             # csv quotes "\n" but not a lone "\r", which would end the row on reading: quote such a (rare) row
             quote = any("\r" in str(v) for v in row)
@@ -274,10 +276,10 @@ class Watcher:
             sig = self._signature(path)
             if sig is None or self._is_done(path.name, sig) or self._waiting_to_retry(path.name, sig, now):
                 continue
-            if self._truncated.get(path.name) == sig and _age_s(sig) < TRUNCATED_WAIT_S:
+            truncated = self._truncated.get(path.name)
+            if truncated is not None and truncated[0] == sig and self._young(path.name, sig):
                 seen.add(path.name)
                 continue  # the rest of a paused copy may come yet
-            self._truncated.pop(path.name, None)
             seen.add(path.name)
             known = self._pending.get(path.name)
             if known is None or known[0] != sig:
@@ -295,7 +297,8 @@ class Watcher:
         results = []
         for path, sig in ready:
             result = self._process(path, sig)
-            if result is not None:
+            if result is not None:  # done with this name (whole now, or failed for good)
+                self._truncated.pop(path.name, None)
                 results.append(result)
             self._pending.pop(path.name, None)
         return results
@@ -308,12 +311,15 @@ class Watcher:
             try:
                 image = load_image(path)
             except TruncatedImageError:
-                if _age_s(sig) >= TRUNCATED_WAIT_S:
+                known = self._truncated.get(path.name)
+                if known is None or known[0] != sig:  # this version found truncated for the first time
+                    self._truncated[path.name] = (sig, time.monotonic())
+                if not self._young(path.name, sig):
+                    del self._truncated[path.name]
                     raise
-                if path.name not in self._truncated:
+                if known is None:
                     wait = f"waiting up to {TRUNCATED_WAIT_S:g} s after its last change for the rest of it"
                     print(f"note: {path.name} ends early (still being copied?); {wait}", file=sys.stderr)
-                self._truncated[path.name] = sig
                 return None
             result = predict_image(self.predictor, image, path, self.conf, cell_size=self.cell_size)
             save_annotated(result, self.annotator, self.annotated_dir)
@@ -349,6 +355,11 @@ class Watcher:
         for warning in result.warnings:  # as predict says them: a doubtful count must not pass unnoticed
             print(f"warning: {path.name}: {warning}", file=sys.stderr, flush=True)
         return result
+
+    def _young(self, name: str, sig: tuple[int, int]) -> bool:
+        """Whether a truncated file may still be a copy in progress: last changed (by its mtime) and first
+        found truncated (by this clock: a camera's clock may run ahead) less than TRUNCATED_WAIT_S ago."""
+        return _age_s(sig) < TRUNCATED_WAIT_S and time.monotonic() - self._truncated[name][1] < TRUNCATED_WAIT_S
 
     @property
     def pending(self) -> int:

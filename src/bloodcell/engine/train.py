@@ -424,6 +424,13 @@ def _train(
     initial = _initial_model(config, class_names, None if saved is not None else explicit)
     config, arch, mcfg, model = initial.config, initial.arch, initial.model_config, initial.model
     frozen_bn = bn_with_statistics(model) if config.freeze_bn else set()  # decided on the initial model, as resumed
+    if config.freeze_bn:  # what --freeze-bn does to this model, never silently nothing
+        layers = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        log(
+            f"--freeze-bn: {len(frozen_bn)} of {layers} batch-norm layers keep their statistics; the other "
+            f"{layers - len(frozen_bn)} are new (no pretrained or trained statistics) and learn theirs",
+            file=sys.stderr,
+        )
     if saved is not None:
         model.load_state_dict(saved["model"])
     model = model.to(device)
@@ -470,8 +477,8 @@ def _train(
         start_epoch, rows, best_map = saved["epoch"] + 1, list(saved["rows"]), saved["best_map50"]
         elapsed = saved["elapsed_s"]
         log(f"resuming {out} after epoch {start_epoch}")
-        before = saved.get("processes", 1)
-        if before != ctx.world_size:  # allowed (the global batch is the same), but not silent
+        before = saved.get("processes")  # None: a last.pt from before this was recorded
+        if before is not None and before != ctx.world_size:  # allowed (the same global batch), not silent
             log(
                 f"note: the run was trained by {before} process(es) and goes on with {ctx.world_size} (same global "
                 "batch; without SyncBatchNorm, batch-norm statistics come from each process's share)"
@@ -489,6 +496,7 @@ def _train(
             input_scale=config.scale, iou_threshold=initial.iou_threshold,
         )  # fmt: skip
 
+    saved_epochs = start_epoch  # the epochs last.pt holds (the stop note's)
     try:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.time()
@@ -523,6 +531,7 @@ def _train(
                 "scaler": scaler.state_dict() if scaler is not None else None, "processes": ctx.world_size,
                 "train_config": config.to_dict(),
             }))  # fmt: skip
+            saved_epochs = epoch + 1
             summary = f"epoch {epoch + 1}/{config.epochs} loss {row['loss']:.3f} ({elapsed / 60:.1f} min)"
             if "val_map50" in row:
                 summary += f" val mAP@0.5 {row['val_map50']:.4f} (best {best_map:.4f})"
@@ -538,7 +547,7 @@ def _train(
         return TrainResult(out, out / "best.pt", metrics.voc_map50, metrics, elapsed, skipped)
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, which the CLI turns into it): say what is kept
         if main:
-            print(_stopped_note(out, len(rows), config.epochs), file=sys.stderr, flush=True)
+            print(_stopped_note(out, saved_epochs, config.epochs), file=sys.stderr, flush=True)
         raise
 
 

@@ -83,8 +83,11 @@ def load_image(path: str | Path) -> np.ndarray:
 
 
 def _decode_error(name: str | Path, e: Exception) -> ImageError:
-    """Pillow says "image file is truncated" or "Truncated File Read" for data that ends early."""
+    """Pillow says "image file is truncated" or "Truncated File Read" for data that ends early, and "could
+    not create decoder object" for a WebP cut short."""
     if isinstance(e, StackError):
         return ImageError(f"{name}: {e}")
-    kind = TruncatedImageError if isinstance(e, OSError) and "truncated" in str(e).lower() else ImageError
+    text = str(e).lower()
+    cut = "truncated" in text or "could not create decoder object" in text
+    kind = TruncatedImageError if isinstance(e, OSError) and cut else ImageError
     return kind(f"{name}: cannot decode image ({e})")

@@ -34,7 +34,7 @@ class BatchSummary:
     error_rows: int = 0  # of those, the rows of images that could not be decoded (their error, no counts)
     failed: int = 0  # bad images, unreadable files and source problems
     seconds: float = 0.0
-    interrupted: bool = False  # stopped (Ctrl-C, SIGTERM): the rows written so far are kept
+    interrupted: bool = False  # stopped by Ctrl-C: the rows written so far are kept (SIGTERM: see cli.OWN_STOP)
     totals: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -248,8 +248,9 @@ def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Ru
             f"a worker process died (killed, or out of memory?); the {summary.written} images finished are "
             f"kept in {out}, and a rerun counts the rest (fewer --workers or --threads need less memory)"
         ) from None
-    except KeyboardInterrupt:  # Ctrl-C: the run's summary says how far it got, then the stop goes on
+    except KeyboardInterrupt:  # Ctrl-C: the rows finished are written, then the summary says how far it got
         summary.interrupted = True
+        flush()
         _write_summary(store, summary, run, t0)
         print(f"stopped: {summary}; a rerun counts the rest", file=sys.stderr)
         raise
