@@ -237,7 +237,7 @@ def test_resume_in_python_compares_with_the_defaults(one_epoch_run):
     those equal to the run's are fine."""
     with pytest.raises(ConfigError, match=r"--lr 0\.01 differs from the run.s 0\.002"):
         train(TrainConfig(out=str(one_epoch_run), resume=True, lr=0.01), progress=False)
-    with pytest.raises(ConfigError, match="--max-images 2 differs"):
+    with pytest.raises(ConfigError, match="--max-images 2: the run was started without it"):
         train(_tiny_config(None, one_epoch_run, resume=True, max_images=2), progress=False)
 
 
@@ -271,7 +271,7 @@ def test_a_run_names_its_files_absolutely_and_resume_compares_files(one_epoch_ru
 def test_resume_refuses_a_finished_run_and_finds_the_latest_numbered_run(one_epoch_run, tmp_path, capsys):
     before = (one_epoch_run / "best.pt").read_bytes()
     assert main(["train", "--resume", "--out", str(one_epoch_run)]) == 2  # nothing left: best.pt stays as it is
-    assert "finished its 1 epochs; give --epochs N (more) to train on" in capsys.readouterr().err
+    assert "finished its 1 epoch; give --epochs N (more) to train on" in capsys.readouterr().err
     assert (one_epoch_run / "best.pt").read_bytes() == before
 
     from bloodcell.engine.train import _run_to_resume
