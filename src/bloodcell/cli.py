@@ -40,7 +40,6 @@ EXTRAS = {
     "uvicorn": "serve",
     "python_multipart": "serve",
     "watchdog": "serve",
-    "cv2": "serve",
 }
 
 
@@ -73,7 +72,11 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p = dsub.add_parser("download", help="fetch the public BCCD archive into the cache (sha256-checked)")
     p.add_argument("--out", help="destination folder (default: ~/.cache/bloodcell/BCCD)")
     p.add_argument("--url", help="archive to fetch instead of the pinned GitHub tarball (a mirror, or a file:// URL)")
-    p.add_argument("--sha256", type=_sha256, help="expected sha256 of that archive (default: the pinned hash)")
+    p.add_argument(
+        "--sha256",
+        type=_sha256,
+        help="expected sha256 of that archive (default: none; the files are checked against the pinned tree hash)",
+    )
     p.set_defaults(func=cmd_data_download)
 
 
@@ -175,7 +178,11 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help=".pt model file, or an .onnx/.tflite export (into its sidecar)")
     p.add_argument("--data", help="VOC dataset folder or dataset YAML whose val split is fitted on")
     p.add_argument("--split", default="val", help="the split fitted on (default: val)")
-    p.add_argument("--out", help="the new .pt model file (may be --model itself); exports: their <file>.json sidecar")
+    p.add_argument(
+        "--out",
+        help="the new .pt model file (required for a .pt; may be --model itself); an export's fit goes into the file "
+        "and its <file>.json sidecar (leave --out out)",
+    )
     p.add_argument(
         "--nms-iou",
         type=_nms_iou_text,
@@ -206,14 +213,20 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--conf", type=_conf_text, help=CONF_HELP)
     _add_cell_size(p)
-    p.add_argument("--min-score", type=_score, help="lowest score listed in --json (default: --conf)")
+    p.add_argument(
+        "--min-score",
+        type=_score,
+        help="lowest score listed in --json, which it needs (default: the lowest operating point)",
+    )
     p.add_argument("--out", help="folder for annotated images (with --source: the annotated video and counts CSV)")
     p.add_argument("--json", help="write one record per image to this JSON file")
     p.add_argument("--csv", help="write per-image counts to this CSV file")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: every core)")
     _add_device(p)
     p.add_argument("--edgetpu", action="store_true", help="run a compiled .tflite model on a Coral Edge TPU")
-    p.add_argument("--verbose", action="store_true", help="per image, time per stage: load, letterbox, network, decode")
+    p.add_argument(
+        "--verbose", action="store_true", help="per image, time per stage: load, letterbox, network, decode, the rest"
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a model to ONNX or TFLite (fp32 or full-integer int8)")
@@ -236,7 +249,9 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="VOC dataset folder or dataset YAML (train split)")
     p.add_argument("--epochs", type=_positive_int, default=2, help="fine-tuning epochs (default: 2)")
     p.add_argument("--batch", type=_positive_int, default=8, help="images per step (default: 8)")
-    p.add_argument("--imgsz", type=_positive_int, default=384, help="side of the square training crops")
+    p.add_argument(
+        "--imgsz", type=_positive_int, default=384, help="side of the square training crops, one number (default: 384)"
+    )
     p.add_argument("--lr", type=_positive_float, default=1e-4, help="learning rate (default: 1e-4)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's, all cores)")
@@ -250,7 +265,9 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="split to score and time on (default: val)")
     p.add_argument("--threads", type=_positive_int, default=2, help="inference threads (default: 2)")
     p.add_argument("--extra", nargs="+", default=[], help="more model files to include (e.g. a QAT .tflite)")
-    p.add_argument("--out", default="runs/benchmark", help="folder for the exports and benchmark.csv")
+    p.add_argument(
+        "--out", default="runs/benchmark", help="folder for the exports and benchmark.csv (default: runs/benchmark)"
+    )
     p.set_defaults(func=cmd_benchmark)
 
 
@@ -262,7 +279,7 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=_positive_float, default=20, help="largest accepted upload (default: 20 MB)")
     p.add_argument("--conf", type=_conf_text, help=CONF_HELP + "; the page's slider shifts them")
     _add_cell_size(p)
-    p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: the runtime's choice)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: every core)")
     p.add_argument(
         "--max-megapixels",
         type=_positive_float,
@@ -289,7 +306,7 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
         "--settle", type=_non_negative_float, default=1.0, help="seconds a file must stay unchanged (default: 1)"
     )
     p.add_argument("--once", action="store_true", help="process what is in the folder now, then exit")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: the runtime's choice)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: every core)")
     p.set_defaults(func=cmd_watch)
 
 
@@ -297,11 +314,17 @@ def _add_batch_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "batch", help="count cells in an archive of images into a resumable Parquet dataset (local or Ray)"
     )
-    p.add_argument("source", nargs="+", help="folders (recursive), globs, .txt lists of paths, or s3:// gs:// URIs")
+    p.add_argument(
+        "source",
+        nargs="+",
+        help="folders (recursive), globs, .txt/.lst lists of paths, or s3:// gs:// hdfs:// file:// URIs",
+    )
     p.add_argument("--out", required=True, help="folder or URI of the Parquet dataset (a rerun skips what is there)")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local process pool (default) or Ray")
     p.add_argument("--address", help="Ray cluster to join (e.g. ray://head:10001 or auto); default: a local Ray")
-    p.add_argument("--workers", type=_positive_int, default=1, help="processes or Ray actors, one model each")
+    p.add_argument(
+        "--workers", type=_positive_int, default=1, help="processes or Ray actors, one model each (default: 1)"
+    )
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--conf", type=_conf_text, help=CONF_HELP)
     _add_cell_size(p)

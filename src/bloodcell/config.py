@@ -132,11 +132,11 @@ class TrainConfig:
     train_split: str = _option("train", "split the model learns from: ImageSets/Main/<split>.txt", metavar="SPLIT")
     val_split: str = _option("val", "split that picks the best epoch and fits the counting", metavar="SPLIT")
     epochs: int = _option(60, "training epochs", _POSITIVE_INT)
-    batch: int = _option(8, "images per step", _POSITIVE_INT)
+    batch: int = _option(8, "images per step (under --devices: all processes together)", _POSITIVE_INT)
     scale: float | None = _option(
         None,
         "magnification the model learns and runs at, relative to the training images: 0.75 shrinks them to "
-        "3/4, so cells are smaller and the network needs about half the compute; prediction applies the same "
+        "3/4, so cells are smaller and the network input has 0.56x the pixels; prediction applies the same "
         "factor to images from the training microscope (default: 1, or the fine-tuned model's)",
         Number(float, *SCALE_LIMITS),
     )

@@ -118,6 +118,8 @@ def test_check_without_split_checks_the_split_lists_too(tmp_path: Path, capsys) 
     duplicate = found[("img3.xml", "duplicate-id")]["detail"]
     assert duplicate == "split val: listed 2 times in ImageSets/Main/val.txt; used once"
     assert "without a suffix: img2)" in found[("img2.jpg.xml", "missing-annotation")]["detail"]
+    # img2 is still in the report's images (the whole folder): only the split goes without it
+    assert found[("img2.jpg.xml", "missing-annotation")]["action"] == "skipped from val"
     assert found[("img1.jpg", "split-overlap")]["detail"].startswith("in both train and val")
     assert code == 1  # the ids without annotation are images left out
     # the split as the other commands read it: each image once

@@ -56,7 +56,11 @@ def _split_findings(root: str | Path, class_names: tuple[str, ...]) -> list[Find
             found.append(Finding(f"ImageSets/Main/{name}.txt", None, "unreadable-split", str(e), "split not read"))
             continue
         # the other findings are the whole-folder read's again; these two exist only in a split list
-        found += [replace(f, detail=f"split {name}: {f.detail}") for f in part.findings if f.kind in SPLIT_KINDS]
+        found += [
+            replace(f, detail=f"split {name}: {f.detail}", action=f"skipped from {name}" if f.skips_image else f.action)
+            for f in part.findings
+            if f.kind in SPLIT_KINDS
+        ]  # the whole-folder read still counts the image: only the split goes without it
         members[name] = {r.image_path.name for r in part.records}
     for scored in ("val", "test"):  # (trainval overlaps train and val by design)
         for image in sorted(members.get("train", set()) & members.get(scored, set())):

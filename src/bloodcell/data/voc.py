@@ -63,8 +63,9 @@ class Finding:
 
     @property
     def skips_image(self) -> bool:
-        """Whether the image was left out (a failed input), rather than its labels repaired."""
-        return self.action == SKIPPED_IMAGE
+        """Whether the image was left out (a failed input; of one split: "skipped from val"), rather than
+        its labels repaired."""
+        return self.action == SKIPPED_IMAGE or self.action.startswith("skipped from ")
 
     def __str__(self) -> str:
         where = self.file if self.object is None else f"{self.file} object {self.object}"
