@@ -202,12 +202,12 @@ def fit_counting(
                     width[name] = prior[1].width[name]
                 warnings.append(
                     f"{name}: no val image labels it exhaustively, so it keeps the model's operating point "
-                    f"{old:.2f} and interval calibration (fitted before; refit on images that box every {name})"
+                    f"{old:.2f} and interval calibration (fitted before; refit it on images that label it exhaustively)"
                 )
             else:
                 warnings.append(
                     f"{name}: no val image labels it exhaustively: operating point left at {conf[c]:.2f} and its "
-                    f"intervals uninformed; its counts may be off (fit on images that box every {name})"
+                    f"intervals uninformed; its counts may be off (fit it on images that label it exhaustively)"
                 )
         elif sum(labelled) < MIN_FIT_CELLS:
             warnings.append(
