@@ -89,6 +89,11 @@ PLAIN_FOLDER_NOTE = (
     "leave cells out (BCCD's XML misses about 40% of red cells), fit on a dataset YAML that says which classes "
     "are exhaustive (e.g. datasets/bccd-dense.yaml)"
 )
+VAL_PLAIN_FOLDER_NOTE = (
+    "note: {root} is a plain VOC folder, so counts are scored as if every cell in it is boxed; BCCD's XML "
+    "misses about 40% of red cells (score counts on a dataset YAML that says which classes are exhaustive, "
+    "e.g. datasets/bccd-dense.yaml)"
+)
 DATASET_HELP = "VOC dataset folder or dataset YAML (default: --data, $BLOODCELL_DATA, or the cache)"
 
 
@@ -619,7 +624,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         metrics, sidecar = fit_export_counting(model, records, str(root), args.split, args.nms_iou)
         print(metrics)
         points = ", ".join(f"{n} {c:.2f}" for n, c in zip(metrics.class_names, metrics.conf, strict=True))
-        print(f"wrote {sidecar} and the metadata inside {model.name} (operating points {points})")
+        stored = json.loads(sidecar.read_text(encoding="utf-8"))["iou_threshold"]
+        ious = stored if isinstance(stored, list) else [stored] * len(metrics.class_names)
+        iou = ", ".join(f"{n} {t:.2f}" for n, t in zip(metrics.class_names, ious, strict=True))
+        print(f"wrote {sidecar} and the metadata inside {model.name} (operating points {points}; NMS IoU {iou})")
     if note := skipped_note(dataset):  # the fit is written, but over fewer images than the split lists
         print(note, file=sys.stderr)
         return 1
@@ -632,6 +640,8 @@ def cmd_val(args: argparse.Namespace) -> int:
 
     check_outputs({"--json": args.json}, {"--out": args.out})
     skipped: list[str] = []
+    if Path(_data_root(args)).is_dir():  # after the table would be too late to read the counts right
+        print(VAL_PLAIN_FOLDER_NOTE.format(root=_data_root(args)), file=sys.stderr)
     metrics = validate(
         args.model,
         _data_root(args),
@@ -946,7 +956,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         top = (e.name or "").split(".")[0]
         if top not in EXTRAS:
             raise
-        print(f"error: `bloodcell {args.command}` needs {top}: pip install 'bloodcell[{EXTRAS[top]}]'", file=sys.stderr)
+        extra = "export" if args.command in ("export", "qat", "benchmark") else EXTRAS[top]  # torch and the converters
+        print(f"error: `bloodcell {args.command}` needs {top}: pip install 'bloodcell[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if not _other_rank():

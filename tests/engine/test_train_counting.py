@@ -117,6 +117,7 @@ def test_val_and_calibrate_exit_1_when_listed_images_are_left_out(tiny_voc, tiny
     assert main(["val", "--model", str(tiny_model()), "--data", str(root), "--json", str(js), "--out", ""]) == 1
     err = capsys.readouterr().err
     assert "1 listed images left out (1 missing-annotation: BloodImage_09999.xml); the results cover the other 2" in err
+    assert "is a plain VOC folder, so counts are scored as if every cell in it is boxed" in err
     assert json.loads(js.read_text())["images"] == 2
     out = tmp_path / "fitted.pt"
     assert main(["calibrate", "--model", str(tiny_model()), "--data", str(root), "--out", str(out)]) == 1

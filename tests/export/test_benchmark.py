@@ -25,6 +25,7 @@ def stand_ins(monkeypatch):
         Path(out).write_bytes(b"\0" * 2**20)
 
     monkeypatch.setattr("bloodcell.export.exporter.export_model", export_model)  # benchmark imports it per call
+    monkeypatch.setattr("bloodcell.models.checkpoint.read_checkpoint", lambda path: {})  # the stand-in .pt
     monkeypatch.setattr(bench, "load_predictor", lambda path, threads=None: FakePredictor())
     return exported
 
@@ -39,7 +40,7 @@ def test_benchmark_runs_every_format_of_the_table(stand_ins, tiny_voc, tmp_path,
     assert {fmt for fmt, _, int8 in stand_ins if int8} == {n for n, f in FORMATS.items() if f.int8}
     assert ("npz", "cell.npz", False) in stand_ins and ("npz", "cell_int8.npz", True) in stand_ins
     by_name = {r.format: r for r in rows}
-    assert [r.format for r in rows] == ["torch fp32", *(v.label for v in bench.variants())]
+    assert [r.format for r in rows] == ["torch (.pt)", *(v.label for v in bench.variants())]
     assert by_name["npz int8 (PTQ)"].file == str(tmp_path / "out" / "cell_int8.npz")
     assert by_name["onnx fp32"].map50 is None and "no onnx today" in by_name["onnx fp32"].error
     for r in rows:
@@ -48,3 +49,15 @@ def test_benchmark_runs_every_format_of_the_table(stand_ins, tiny_voc, tmp_path,
     assert by_name["npz fp32"].size_mb == 1.0
     with open(tmp_path / "out" / "benchmark.csv", newline="") as f:
         assert [row["format"] for row in csv.DictReader(f)] == [r.format for r in rows]
+
+
+def test_a_missing_model_or_extra_is_one_error_before_any_export(tiny_voc, tmp_path, monkeypatch):
+    from bloodcell.errors import ModelError
+
+    exported = []
+    monkeypatch.setattr("bloodcell.export.exporter.export_model", lambda *a, **k: exported.append(a))
+    with pytest.raises(ModelError, match=r"nope\.pt: model file not found"):
+        bench.benchmark(tmp_path / "nope.pt", tiny_voc, out=tmp_path / "out")
+    with pytest.raises(ModelError, match=r"there\.tflite: model file not found"):
+        bench.benchmark(None, tiny_voc, out=tmp_path / "out", extra=[tmp_path / "there.tflite"])
+    assert exported == [] and not (tmp_path / "out").exists()

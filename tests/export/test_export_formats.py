@@ -89,7 +89,9 @@ def test_calibrate_refits_an_int8_export_into_its_sidecar(exports, bccd_root, tm
     inherited = evaluate(unfitted, records, cell_size="auto")
     assert inherited.count_mae["RBC"] <= 1.3 and abs(inherited.count_total_error["RBC"]) <= 0.03, inherited.count_mae
     assert main(["calibrate", "--model", str(model), "--data", str(dense)]) == 0
-    assert f"wrote {model}.json and the metadata inside int8.tflite" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"wrote {model}.json and the metadata inside int8.tflite" in out
+    assert "; NMS IoU RBC 0.50, WBC 0.30, Platelets 0.50)" in out  # the stored thresholds, said
     sidecar = json.loads((tmp_path / "int8.tflite.json").read_text())
     assert sidecar["fitted"]["images"] == 42 and sidecar["fitted"]["data"] == str(dense)
     refit = load_predictor(model)
@@ -122,6 +124,9 @@ def test_image_of_another_size_is_letterboxed(exports, val_images):
         (["--format", "onnx", "--out", "m.tflite"], "must end in .onnx"),
         (["--format", "tflite", "--imgsz", "650x480", "--out", "m.tflite"], "multiples of 32"),
         (["--format", "onnx", "--verbose", "--out", "m.onnx"], "the ONNX export prints none"),
+        # too small to hold a few of the model's cells (it counted nothing at 32x32), too large for memory
+        (["--format", "onnx", "--imgsz", "160x128", "--out", "m.onnx"], "must hold 3 red cells of the model's"),
+        (["--format", "onnx", "--imgsz", "4800x3840", "--out", "m.onnx"], "sides up to 2048"),
     ],
 )
 def test_export_refuses_nonsense(tmp_path, capsys, args, message):
@@ -177,3 +182,19 @@ def test_fasterrcnn_cannot_be_exported(tmp_path):
     )
     with pytest.raises(ConfigError, match="cannot be exported"):
         export_model(path, "onnx", tmp_path / "f.onnx")
+
+
+def test_export_refuses_what_it_found_only_after_converting(tmp_path, capsys):
+    """An int8 export without a training image to set its ranges from (it detected nothing), and a
+    metadata path that is a folder, are refused before the conversion, naming the fault."""
+    empty = tmp_path / "voc"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (empty / sub).mkdir(parents=True)
+    (empty / "ImageSets/Main/train.txt").write_text("")
+    out = tmp_path / "m.tflite"
+    assert main(["export", "--format", "tflite", "--int8", "--data", str(empty), "--out", str(out)]) == 2
+    assert "has no images to set the int8 ranges from" in capsys.readouterr().err
+    (tmp_path / "m.onnx.json").mkdir()
+    assert main(["export", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert f"its metadata file {tmp_path / 'm.onnx.json'} is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.json", "voc"]

@@ -133,6 +133,8 @@ def test_lite_install_explains_torch_commands(lite):
     run = lite("train", "--epochs", "1")
     assert run.returncode == 2
     assert "pip install 'bloodcell[torch]'" in run.stderr and "Traceback" not in run.stderr
+    run = lite("export", "--format", "onnx", "--out", "m.onnx")  # torch alone would not export
+    assert run.returncode == 2 and "pip install 'bloodcell[export]'" in run.stderr
     shipped = lite("predict", str(Path(bloodcell_root()) / "assets" / "samples" / "BloodImage_00007.jpg"))
     assert shipped.returncode == 2 and "Traceback" not in shipped.stderr  # no --model: the shipped .pt
     assert "is a PyTorch model and needs torch" in shipped.stderr and "--model cellnet_int8.tflite" in shipped.stderr

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 from bloodcell.atomic import write_text
 from bloodcell.data.sources import load_dataset
 from bloodcell.engine.evaluate import predict_records, score
-from bloodcell.errors import ConfigError
+from bloodcell.errors import BloodcellError, ConfigError, missing_model
 from bloodcell.export.formats import CALIB_IMAGES, FORMATS, ExportFormat
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
@@ -97,21 +98,27 @@ def benchmark(
     """Export ``model`` to every format, then score and time each (plus ``extra`` files, e.g. a QAT export)."""
     # imported here: the exporter brings torch, and ``latencies_ms`` times .tflite/.onnx models without it
     from bloodcell.export.exporter import export_model
+    from bloodcell.models.checkpoint import read_checkpoint
 
     if model is not None and Path(model).suffix.lower() != ".pt":
         raise ConfigError(f"--model {model}: benchmark exports a .pt model to every format (add exports with --extra)")
     out = Path(out)
     source = shipped_by_name(model) if model else default_model()[0]
+    read_checkpoint(source)  # a missing or broken --model: one error now, not a row per format
+    for path in extra or []:  # as a missing --extra: now, not after the exports
+        if not Path(path).is_file():
+            raise missing_model(Path(path))
     records = load_dataset(data, split=split).records
-    candidates: list[tuple[str, Path | None, str]] = [("torch fp32", source, "")]
+    print(f"exporting {source.name} to {len(variants())} formats, then timing each", file=sys.stderr, flush=True)
+    candidates: list[tuple[str, Path | None, str]] = [("torch (.pt)", source, "")]
     for variant in variants():
         path = out / variant.file_name(source.stem)
         try:
             export_model(model, variant.format.name, path, int8=variant.int8, calib_images=calib_images, data=data)
             candidates.append((variant.label, path, ""))
         except Exception as e:  # one failed export must not hide the others
-            candidates.append((variant.label, None, f"{type(e).__name__}: {str(e)[:100]}"))
-    candidates += [(f"extra: {Path(p).name}", Path(p), "") for p in extra or []]
+            candidates.append((variant.label, None, _reason(e)))
+    candidates += [(f"extra: {Path(p).name}", Path(p).absolute(), "") for p in extra or []]
 
     rows = []
     for name, path, error in candidates:
@@ -125,13 +132,21 @@ def benchmark(
                 BenchmarkRow(name, str(path), round(path.stat().st_size / 2**20, 2), round(map50, 4), round(ms, 1))
             )
         except Exception as e:
-            rows.append(BenchmarkRow(name, str(path), 0.0, None, None, f"{type(e).__name__}: {str(e)[:100]}"))
+            rows.append(BenchmarkRow(name, str(path), 0.0, None, None, _reason(e)))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(asdict(rows[0])))
     writer.writeheader()
     writer.writerows(asdict(r) for r in rows)
     write_text(out / "benchmark.csv", buffer.getvalue())
     return rows
+
+
+def _reason(e: Exception) -> str:
+    """A failed row's reason: bloodcell's own message in full, another exception's type and first line."""
+    if isinstance(e, BloodcellError):
+        return str(e)
+    first = next((line for line in str(e).splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {first}"
 
 
 def format_table(rows: list[BenchmarkRow], split: str, threads: int) -> str:

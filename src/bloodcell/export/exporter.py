@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import importlib.util
 import json
+import math
 import os
 import sys
 import tempfile
@@ -87,6 +88,10 @@ def export_model(
     width, height = imgsz or tuple(info.input_size)
     if width % 32 or height % 32:
         raise ConfigError(f"--imgsz {width}x{height}: both sides must be multiples of 32")
+    check_input_size((width, height), info.cell_size)
+    meta_path = out.with_name(out.name + ".json")
+    if meta_path.is_dir():  # found now, not after the conversion
+        raise ConfigError(f"--out {out}: its metadata file {meta_path} is a folder")
     # int8 (post-training): normalization moves into the input's quantization (export.graph).
     normalized = int8 and qat_state is None
     graph = ExportGraph(net, normalized_input=normalized).eval()
@@ -111,6 +116,11 @@ def export_model(
         calibration = None
         if int8 and qat_state is None:
             images = calibration_images(data, (width, height), calib_images, info.input_scale)
+            if not images:  # int8 ranges from no image: a model that detects nothing, however it exits
+                raise ConfigError(
+                    f"--int8: the train split of {data or 'the default dataset'} has no images to set the int8 "
+                    "ranges from; give --data a dataset whose train split has some"
+                )
             affine = np.float32(scale), np.float32(shift)
             calibration = [torch.from_numpy(im.astype(np.float32) * affine[0] + affine[1])[None] for im in images]
             meta["calibration_images"] = len(calibration)
@@ -119,10 +129,33 @@ def export_model(
     # (perhaps recalibrated) sidecar as they were. The sidecar is renamed into place first: a stop between
     # the renames leaves the old file with the new sidecar (refused by the loader if their graphs differ),
     # never a new file silently read with the old sidecar's operating points.
-    meta_path = out.with_name(out.name + ".json")
     replaced_fit = _fitted(meta_path)
     write_files([(meta_path, (json.dumps(meta, indent=2) + "\n").encode()), (out, data)])
     return ExportResult(out, meta_path, out.stat().st_size, meta, replaced_fit)
+
+
+#: The largest network input side: larger images are tiled at prediction, so a larger input only costs
+#: memory (a 4800x3840 ONNX export took more than 24 GB).
+MAX_INPUT_SIDE = 2048
+#: The shorter side must hold this many red cells of the model's trained size: below it the cell-size
+#: estimate and the counts fail (a 160x128 input miscounted white cells; 256x224 counted as 480x384).
+MIN_CELLS_ACROSS = 3
+
+
+def check_input_size(size: tuple[int, int], cell_size: float | None) -> None:
+    """ConfigError for a network input too large to export or too small for the model's cells."""
+    width, height = size
+    if max(width, height) > MAX_INPUT_SIDE:
+        raise ConfigError(
+            f"--imgsz {width}x{height}: sides up to {MAX_INPUT_SIDE} (larger images are cut into tiles of the "
+            "model's input when predicting; a larger input only costs memory)"
+        )
+    if cell_size and min(width, height) < MIN_CELLS_ACROSS * cell_size:
+        need = 32 * math.ceil(MIN_CELLS_ACROSS * cell_size / 32)
+        raise ConfigError(
+            f"--imgsz {width}x{height}: the shorter side must hold {MIN_CELLS_ACROSS} red cells of the model's "
+            f"trained size ({cell_size:g} px), so {need} or more"
+        )
 
 
 def _fitted(sidecar: Path) -> bool:
