@@ -61,3 +61,13 @@ def test_a_missing_model_or_extra_is_one_error_before_any_export(tiny_voc, tmp_p
     with pytest.raises(ModelError, match=r"there\.tflite: model file not found"):
         bench.benchmark(None, tiny_voc, out=tmp_path / "out", extra=[tmp_path / "there.tflite"])
     assert exported == [] and not (tmp_path / "out").exists()
+
+
+def test_the_table_stays_aligned_with_long_names():
+    rows = [
+        bench.BenchmarkRow("torch (.pt)", "m.pt", 7.0, 0.9, 50.0),
+        bench.BenchmarkRow("extra: cellnet_int8_calibrated_on_my_slides.tflite", "x", 3.9, 0.89, 14.2),
+    ]
+    header, *lines = bench.format_table(rows, "val", 2).splitlines()
+    ends = {line.index(f"{r.size_mb:.2f}") + len(f"{r.size_mb:.2f}") for line, r in zip(lines, rows, strict=True)}
+    assert ends == {header.index("size MB") + len("size MB")}  # the size column ends under its header

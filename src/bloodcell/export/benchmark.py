@@ -150,9 +150,10 @@ def _reason(e: Exception) -> str:
 
 
 def format_table(rows: list[BenchmarkRow], split: str, threads: int) -> str:
-    lines = [f"{'format':<22} {'size MB':>8} {f'mAP50 {split}':>11} {'ms/img':>8}  ({threads} threads)"]
+    w = max([22, *(len(r.format) for r in rows)])  # long --extra names keep the columns aligned
+    lines = [f"{'format':<{w}} {'size MB':>8} {f'mAP50 {split}':>11} {'ms/img':>8}  ({threads} threads)"]
     for r in rows:
         m = "-" if r.map50 is None else f"{r.map50:.4f}"
         t = "-" if r.median_ms is None else f"{r.median_ms:.1f}"
-        lines.append(f"{r.format:<22} {r.size_mb:>8.2f} {m:>11} {t:>8}  {r.error}")
+        lines.append(f"{r.format:<{w}} {r.size_mb:>8.2f} {m:>11} {t:>8}  {r.error}")
     return "\n".join(lines)
