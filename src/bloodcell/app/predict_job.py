@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 from pathlib import Path
@@ -82,7 +83,13 @@ def run_predict(
     check_cell_size(predictor, cell_size)
     annotator = BoxAnnotator(predictor.class_names) if out else None
     results, failed = [], len(problems)
-    listed: list[ImageResult] = []  # what --json/--csv hold, in input order: failed images with their error
+    # what --json/--csv hold: first the files named that are not there, then every image in input order
+    # (failed ones with their error), so the results name every image input
+    listed = [
+        ImageResult(Path(source), error=f"{Path(source)}: no such file or folder")
+        for source in sources
+        if not glob.has_magic(source) and not Path(source).exists()
+    ]
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
     stream = predict_paths(
         predictor,
