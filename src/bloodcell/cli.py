@@ -90,9 +90,9 @@ PLAIN_FOLDER_NOTE = (
     "are exhaustive (e.g. datasets/bccd-dense.yaml)"
 )
 VAL_PLAIN_FOLDER_NOTE = (
-    "note: {root} is a plain VOC folder, so counts are scored as if every cell in it is boxed; BCCD's XML "
-    "misses about 40% of red cells (score counts on a dataset YAML that says which classes are exhaustive, "
-    "e.g. datasets/bccd-dense.yaml)"
+    "note: {root} is a plain VOC folder, so counts are scored as if every cell in it is boxed; if its labels "
+    "leave cells out (BCCD's XML misses about 40% of red cells), score counts on a dataset YAML that says which "
+    "classes are exhaustive (e.g. datasets/bccd-dense.yaml)"
 )
 DATASET_HELP = "VOC dataset folder or dataset YAML (default: --data, $BLOODCELL_DATA, or the cache)"
 

@@ -71,3 +71,12 @@ def test_the_table_stays_aligned_with_long_names():
     header, *lines = bench.format_table(rows, "val", 2).splitlines()
     ends = {line.index(f"{r.size_mb:.2f}") + len(f"{r.size_mb:.2f}") for line, r in zip(lines, rows, strict=True)}
     assert ends == {header.index("size MB") + len("size MB")}  # the size column ends under its header
+
+
+def test_a_model_that_cannot_be_exported_is_one_error(tiny_voc, tmp_path, monkeypatch):
+    from bloodcell.errors import ConfigError
+
+    monkeypatch.setattr("bloodcell.models.checkpoint.read_checkpoint", lambda path: {"info": {"name": "fasterrcnn"}})
+    with pytest.raises(ConfigError, match="a fasterrcnn model, which cannot be exported"):
+        bench.benchmark(tmp_path / "frcnn.pt", tiny_voc, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -198,3 +198,18 @@ def test_export_refuses_what_it_found_only_after_converting(tmp_path, capsys):
     assert main(["export", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     assert f"its metadata file {tmp_path / 'm.onnx.json'} is a folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.json", "voc"]
+
+
+def test_a_models_own_input_too_small_is_named_as_such(tmp_path, capsys):
+    """Without --imgsz the check reads the model's own input: the error says so and how to change it."""
+    from bloodcell.models.checkpoint import load_model, model_payload, save_checkpoint
+    from bloodcell.weights import shipped_by_name
+
+    net, info = load_model(shipped_by_name("cellnet_bccd.pt"))
+    info.input_size = (192, 160)  # as `train --input-size 192x160` would record it
+    small = tmp_path / "small.pt"
+    save_checkpoint(small, model_payload(net, info))
+    assert main(["export", "--model", str(small), "--format", "onnx", "--out", str(tmp_path / "s.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "the model's input 192x160 (pass --imgsz): the shorter side must hold 3 red cells" in err
+    assert not (tmp_path / "s.onnx").exists()

@@ -159,6 +159,15 @@ def test_corrupt_file_is_reported_and_skipped(model_file, images, tmp_path, caps
         ("gone.jpg", f"{gone}: no such file or folder"),
         ("a.jpg", None),
     ]
+    other = tmp_path / "other" / "a.jpg"  # a missing a.jpg beside a counted one: two names, both kept
+    other.parent.mkdir()
+    shutil.copy(images / "a.jpg", other)
+    assert (
+        main(["predict", str(tmp_path / "gone" / "a.jpg"), str(other), "--model", str(model_file), "--csv", str(cs)])
+        == 1
+    )
+    counted, failed = read_slide(cs)
+    assert [r["image"] for r in counted] == ["other/a.jpg"] and failed == ["gone/a.jpg"]
 
 
 def test_empty_folder_and_missing_path(model_file, tmp_path, capsys):

@@ -74,7 +74,8 @@ def run_predict(
     ``conf``: one operating point or per class (``RBC=0.4,WBC=0.5``); None keeps the model's."""
     check_outputs({"--json": json_path, "--csv": csv_path}, {"--out": out})  # now, not after every image
     paths, problems = expand_sources(sources)
-    names = dict(zip(paths, output_names(paths), strict=True))
+    missing = [Path(s) for s in sources if not glob.has_magic(s) and not Path(s).exists()]  # named, not there
+    names = dict(zip([*paths, *missing], output_names([*paths, *missing]), strict=True))  # one name each
     _refuse_overwriting_inputs(names, out, {"--json": json_path, "--csv": csv_path})
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -85,11 +86,7 @@ def run_predict(
     results, failed = [], len(problems)
     # what --json/--csv hold: first the files named that are not there, then every image in input order
     # (failed ones with their error), so the results name every image input
-    listed = [
-        ImageResult(Path(source), error=f"{Path(source)}: no such file or folder")
-        for source in sources
-        if not glob.has_magic(source) and not Path(source).exists()
-    ]
+    listed = [ImageResult(path, error=f"{path}: no such file or folder", name=names[path]) for path in missing]
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
     stream = predict_paths(
         predictor,

@@ -99,12 +99,16 @@ def benchmark(
     # imported here: the exporter brings torch, and ``latencies_ms`` times .tflite/.onnx models without it
     from bloodcell.export.exporter import export_model
     from bloodcell.models.checkpoint import read_checkpoint
+    from bloodcell.models.registry import MODELS
 
     if model is not None and Path(model).suffix.lower() != ".pt":
         raise ConfigError(f"--model {model}: benchmark exports a .pt model to every format (add exports with --extra)")
     out = Path(out)
     source = shipped_by_name(model) if model else default_model()[0]
-    read_checkpoint(source)  # a missing or broken --model: one error now, not a row per format
+    # a missing, broken or not exportable --model: one error now, not a row per format
+    arch = (read_checkpoint(source).get("info") or {}).get("name")
+    if arch in MODELS and MODELS[arch].kind != "dense":
+        raise ConfigError(f"--model {source}: a {arch} model, which cannot be exported; benchmark needs cellnet")
     for path in extra or []:  # as a missing --extra: now, not after the exports
         if not Path(path).is_file():
             raise missing_model(Path(path))

@@ -88,10 +88,8 @@ def export_model(
     width, height = imgsz or tuple(info.input_size)
     if width % 32 or height % 32:
         raise ConfigError(f"--imgsz {width}x{height}: both sides must be multiples of 32")
-    check_input_size((width, height), info.cell_size)
-    meta_path = out.with_name(out.name + ".json")
-    if meta_path.is_dir():  # found now, not after the conversion
-        raise ConfigError(f"--out {out}: its metadata file {meta_path} is a folder")
+    check_input_size((width, height), info.cell_size, given=imgsz is not None)
+    meta_path = check_metadata_path(out)
     # int8 (post-training): normalization moves into the input's quantization (export.graph).
     normalized = int8 and qat_state is None
     graph = ExportGraph(net, normalized_input=normalized).eval()
@@ -118,8 +116,8 @@ def export_model(
             images = calibration_images(data, (width, height), calib_images, info.input_scale)
             if not images:  # int8 ranges from no image: a model that detects nothing, however it exits
                 raise ConfigError(
-                    f"--int8: the train split of {data or 'the default dataset'} has no images to set the int8 "
-                    "ranges from; give --data a dataset whose train split has some"
+                    f"int8: the train split of {data or 'the default dataset'} has no images to set the int8 "
+                    "ranges from; use a dataset whose train split has some"
                 )
             affine = np.float32(scale), np.float32(shift)
             calibration = [torch.from_numpy(im.astype(np.float32) * affine[0] + affine[1])[None] for im in images]
@@ -142,20 +140,30 @@ MAX_INPUT_SIDE = 2048
 MIN_CELLS_ACROSS = 3
 
 
-def check_input_size(size: tuple[int, int], cell_size: float | None) -> None:
-    """ConfigError for a network input too large to export or too small for the model's cells."""
+def check_input_size(size: tuple[int, int], cell_size: float | None, given: bool = True) -> None:
+    """ConfigError for a network input too large to export or too small for the model's cells; ``given``:
+    the size came from --imgsz (else it is the model's own input, which --imgsz can replace)."""
     width, height = size
+    what = f"--imgsz {width}x{height}" if given else f"the model's input {width}x{height} (pass --imgsz)"
     if max(width, height) > MAX_INPUT_SIDE:
         raise ConfigError(
-            f"--imgsz {width}x{height}: sides up to {MAX_INPUT_SIDE} (larger images are cut into tiles of the "
-            "model's input when predicting; a larger input only costs memory)"
+            f"{what}: sides up to {MAX_INPUT_SIDE} (larger images are cut into tiles of the model's input "
+            "when predicting; a larger input only costs memory)"
         )
     if cell_size and min(width, height) < MIN_CELLS_ACROSS * cell_size:
         need = 32 * math.ceil(MIN_CELLS_ACROSS * cell_size / 32)
         raise ConfigError(
-            f"--imgsz {width}x{height}: the shorter side must hold {MIN_CELLS_ACROSS} red cells of the model's "
-            f"trained size ({cell_size:g} px), so {need} or more"
+            f"{what}: the shorter side must hold {MIN_CELLS_ACROSS} red cells of the model's trained size "
+            f"({cell_size:g} px), so {need} or more"
         )
+
+
+def check_metadata_path(out: Path) -> Path:
+    """The export's metadata file beside ``out``; ConfigError if a folder is in the way (said before work)."""
+    meta_path = out.with_name(out.name + ".json")
+    if meta_path.is_dir():
+        raise ConfigError(f"--out {out}: its metadata file {meta_path} is a folder")
+    return meta_path
 
 
 def _fitted(sidecar: Path) -> bool:

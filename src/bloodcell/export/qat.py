@@ -79,7 +79,7 @@ def qat_finetune(config: QATConfig, progress: bool = True):
     from torch.export import Dim
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train, quantize_pt2e
 
-    from bloodcell.export.exporter import export_model
+    from bloodcell.export.exporter import check_input_size, check_metadata_path, export_model
 
     low, high = 32 * SIDE32[0], 32 * SIDE32[1]
     if config.imgsz % 32 or not low <= config.imgsz <= high:
@@ -93,6 +93,8 @@ def qat_finetune(config: QATConfig, progress: bool = True):
     if len(records) < config.batch:
         raise ConfigError(f"QAT: {len(records)} training images, fewer than --batch {config.batch}")
     net, info = load_model(config.model)
+    check_input_size(tuple(info.input_size), info.cell_size, given=False)  # the export at the end: said now
+    check_metadata_path(Path(config.out))
     if MODELS[info.name].kind != "dense":
         raise ConfigError(f"{config.model}: QAT needs a one-stage model such as cellnet, not {info.name}")
     folded, _ = fold_batch_norms(net)
