@@ -603,8 +603,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     elif Path(args.out).suffix.lower() != ".pt":
         raise ConfigError(f"--out {args.out}: calibrate writes a .pt model file; name it so")
     check_outputs({"--out": args.out})
-    if not shipped_by_name(model).is_file():  # before the data is read and its notes printed
-        raise missing_model(shipped_by_name(model))
+    if not (found := shipped_by_name(model)).is_file():  # before the data is read and its notes printed
+        raise missing_model(found)
     root = _data_root(args)
     dataset = load_dataset(root, split=args.split)
     records = dataset.records
@@ -620,14 +620,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         fit_counting_file(model, records, out=Path(args.out), nms_iou=args.nms_iou)
     else:
         from bloodcell.export.calibrate import fit_export_counting
+        from bloodcell.runtime.counting import per_class
 
         metrics, sidecar = fit_export_counting(model, records, str(root), args.split, args.nms_iou)
         print(metrics)
-        points = ", ".join(f"{n} {c:.2f}" for n, c in zip(metrics.class_names, metrics.conf, strict=True))
-        stored = json.loads(sidecar.read_text(encoding="utf-8"))["iou_threshold"]
-        ious = stored if isinstance(stored, list) else [stored] * len(metrics.class_names)
-        iou = ", ".join(f"{n} {t:.2f}" for n, t in zip(metrics.class_names, ious, strict=True))
-        print(f"wrote {sidecar} and the metadata inside {model.name} (operating points {points}; NMS IoU {iou})")
+        iou = json.loads(sidecar.read_text(encoding="utf-8"))["iou_threshold"]  # as stored, --nms-iou applied
+        names = metrics.class_names
+        print(
+            f"wrote {sidecar} and the metadata inside {model.name} (operating points {per_class(names, metrics.conf)}; "
+            f"NMS IoU {per_class(names, iou)})"
+        )
     if note := skipped_note(dataset):  # the fit is written, but over fewer images than the split lists
         print(note, file=sys.stderr)
         return 1
@@ -640,11 +642,12 @@ def cmd_val(args: argparse.Namespace) -> int:
 
     check_outputs({"--json": args.json}, {"--out": args.out})
     skipped: list[str] = []
-    if Path(_data_root(args)).is_dir():  # after the table would be too late to read the counts right
-        print(VAL_PLAIN_FOLDER_NOTE.format(root=_data_root(args)), file=sys.stderr)
+    root = _data_root(args)
+    if Path(root).is_dir():  # after the table would be too late to read the counts right
+        print(VAL_PLAIN_FOLDER_NOTE.format(root=root), file=sys.stderr)
     metrics = validate(
         args.model,
-        _data_root(args),
+        root,
         split=args.split,
         conf=args.conf,
         out=args.out,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 from pathlib import Path
@@ -73,8 +72,7 @@ def run_predict(
 
     ``conf``: one operating point or per class (``RBC=0.4,WBC=0.5``); None keeps the model's."""
     check_outputs({"--json": json_path, "--csv": csv_path}, {"--out": out})  # now, not after every image
-    paths, problems = expand_sources(sources)
-    missing = [Path(s) for s in sources if not glob.has_magic(s) and not Path(s).exists()]  # named, not there
+    paths, problems, missing = expand_sources(sources)
     names = dict(zip([*paths, *missing], output_names([*paths, *missing]), strict=True))  # one name each
     _refuse_overwriting_inputs(names, out, {"--json": json_path, "--csv": csv_path})
     for problem in problems:

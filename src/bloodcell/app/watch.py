@@ -276,11 +276,10 @@ class Watcher:
             sig = self._signature(path)
             if sig is None or self._is_done(path.name, sig) or self._waiting_to_retry(path.name, sig, now):
                 continue
+            seen.add(path.name)
             truncated = self._truncated.get(path.name)
             if truncated is not None and truncated[0] == sig and self._young(path.name, sig):
-                seen.add(path.name)
                 continue  # the rest of a paused copy may come yet
-            seen.add(path.name)
             known = self._pending.get(path.name)
             if known is None or known[0] != sig:
                 # First sight of this version: an mtime already older than `settle` counts as settled time

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bloodcell.data.sources import available_splits, load_dataset
-from bloodcell.data.voc import Finding
+from bloodcell.data.voc import SKIPPED_FROM, Finding
 from bloodcell.errors import DatasetError
 from bloodcell.types import CLASS_NAMES
 
@@ -57,7 +57,7 @@ def _split_findings(root: str | Path, class_names: tuple[str, ...]) -> list[Find
             continue
         # the other findings are the whole-folder read's again; these two exist only in a split list
         found += [
-            replace(f, detail=f"split {name}: {f.detail}", action=f"skipped from {name}" if f.skips_image else f.action)
+            replace(f, detail=f"split {name}: {f.detail}", action=SKIPPED_FROM + name if f.skips_image else f.action)
             for f in part.findings
             if f.kind in SPLIT_KINDS
         ]  # the whole-folder read still counts the image: only the split goes without it

@@ -49,6 +49,8 @@ SPLITS = ("train", "val", "test", "trainval")
 
 #: The action of a finding whose image could not be used at all (the dataset goes on without it).
 SKIPPED_IMAGE = "skipped image"
+#: The action of a split list's finding whose image the split goes without (a whole-folder read keeps it).
+SKIPPED_FROM = "skipped from "
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class Finding:
     def skips_image(self) -> bool:
         """Whether the image was left out (a failed input; of one split: "skipped from val"), rather than
         its labels repaired."""
-        return self.action == SKIPPED_IMAGE or self.action.startswith("skipped from ")
+        return self.action == SKIPPED_IMAGE or self.action.startswith(SKIPPED_FROM)
 
     def __str__(self) -> str:
         where = self.file if self.object is None else f"{self.file} object {self.object}"

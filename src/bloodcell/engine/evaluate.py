@@ -193,13 +193,12 @@ def fit_counting(
     for c, name in enumerate(class_names):
         labelled = [int((r.labels == c).sum()) for r in records if r.exhaustive_mask(k)[c]]
         if not labelled:
-            old = None if prior is None else class_thresholds(prior[0], k)[c]
-            kept = prior is not None and prior[1] is not None and name in prior[1].knots
-            if old is not None and kept:
-                conf[c], knots[name] = float(old), prior[1].knots[name]
+            fitted = prior[1] if prior is not None else None
+            if fitted is not None and name in fitted.knots:
+                old = float(class_thresholds(prior[0], k)[c])
+                conf[c], knots[name] = old, fitted.knots[name]
                 width.pop(name, None)
-                if name in prior[1].width:
-                    width[name] = prior[1].width[name]
+                width.update({name: fitted.width[name]} if name in fitted.width else {})
                 warnings.append(
                     f"{name}: no val image labels it exhaustively, so it keeps the model's operating point "
                     f"{old:.2f} and interval calibration (fitted before; refit it on images that label it exhaustively)"

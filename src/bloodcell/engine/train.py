@@ -566,7 +566,7 @@ def fit_counting_file(
     as ``--nms-iou`` takes them ("0.45" or "WBC=0.3"; other classes keep the model's). ``prior``: what
     a class no val image labels exhaustively keeps (default: the file's own fit, if it has one)."""
     from bloodcell.models.checkpoint import load_model
-    from bloodcell.runtime.counting import class_thresholds, parse_nms_iou
+    from bloodcell.runtime.counting import parse_nms_iou, per_class
 
     model, info = load_model(path)
     if nms_iou is not None:
@@ -585,9 +585,7 @@ def fit_counting_file(
     target = out or path
     save_checkpoint(target, model_payload(model, info))
     print(metrics)
-    points = ", ".join(f"{n} {c:.2f}" for n, c in zip(info.class_names, fit.conf, strict=True))
-    nms = class_thresholds(info.iou_threshold, len(info.class_names))
-    iou = ", ".join(f"{n} {t:.2f}" for n, t in zip(info.class_names, nms, strict=True))
+    points, iou = per_class(info.class_names, fit.conf), per_class(info.class_names, info.iou_threshold)
     cells = "no red cells found on val to measure" if fit.cell_size is None else f"red cells {fit.cell_size} px"
     print(f"model: {target} (operating points {points}; NMS IoU {iou}; {cells})")
     for warning in fit.warnings:

@@ -31,6 +31,12 @@ def class_thresholds(conf: Conf, num_classes: int) -> np.ndarray:
     return arr
 
 
+def per_class(class_names: Sequence[str], values: Conf) -> str:
+    """'RBC 0.64, WBC 0.56, Platelets 0.63': one number or one per class, as messages show them."""
+    thresholds = class_thresholds(values, len(class_names))
+    return ", ".join(f"{n} {t:.2f}" for n, t in zip(class_names, thresholds, strict=True))
+
+
 def above(dets: Detections, conf: Conf, num_classes: int) -> Detections:
     """The detections at or above their class's threshold."""
     thr = class_thresholds(conf, num_classes)

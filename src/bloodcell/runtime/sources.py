@@ -9,13 +9,14 @@ from pathlib import Path
 from bloodcell.runtime.images import IMAGE_SUFFIXES
 
 
-def expand_sources(sources: list[str]) -> tuple[list[Path], list[str]]:
-    """Return (image paths, problems). Folders give their images (sorted, not recursive); globs their
-    matches ("**" at any depth); a named file is always tried, whatever its suffix. A file reached twice
-    (a folder and a glob over it, a/x.jpg and ./a/x.jpg) is listed once, where first reached:
-    counting it twice would double its cells in every total."""
+def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path]]:
+    """Return (image paths, problems, named paths that are not there). Folders give their images (sorted,
+    not recursive); globs their matches ("**" at any depth); a named file is always tried, whatever its
+    suffix. A file reached twice (a folder and a glob over it, a/x.jpg and ./a/x.jpg) is listed once,
+    where first reached: counting it twice would double its cells in every total."""
     paths: list[Path] = []
     problems: list[str] = []
+    missing: list[Path] = []
     for source in sources:
         p = Path(source)
         if p.is_dir():
@@ -34,10 +35,11 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str]]:
             paths.extend(found)
         else:
             problems.append(f"{p}: no such file or folder")
+            missing.append(p)
     first: dict[str, Path] = {}
     for path in paths:
         first.setdefault(os.path.realpath(path), path)
-    return list(first.values()), problems
+    return list(first.values()), problems, missing
 
 
 def output_names(paths: list[Path]) -> list[str]:

@@ -58,10 +58,10 @@ def _by_file(done: dict[str, dict[str, str | None]]) -> dict[str, dict[str, str 
     return keyed
 
 
-def _unchanged(done: dict[str, dict[str, str | None]], uris: list[str]) -> dict[str, str | None]:
+def _unchanged(keyed: dict[str, dict[str, str | None]], uris: list[str]) -> dict[str, str | None]:
     """URIs already written with their current content, under this spelling or another of the same file
-    (read and hashed again, in threads: I/O bound), each with its row's error (None: counted)."""
-    keyed = _by_file(done)
+    (``keyed``: ``_by_file``; read and hashed again, in threads: I/O bound), each with its row's error
+    (None: counted)."""
     candidates = [u for u in uris if file_key(u) in keyed]
 
     def same(uri: str) -> str | None:
@@ -186,11 +186,10 @@ def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Ru
     model_id, run_id = spec.model_id, spec.run_id
     if stale := store.remove_stale_parts():
         print(f"removed {stale} unfinished part file(s) left by killed runs in {out}", file=sys.stderr)
-    written = _written_by(store, out, model_id)
-    skip = _unchanged(written, uris)
+    keyed = _by_file(_written_by(store, out, model_id))
+    skip = _unchanged(keyed, uris)
     todo = [u for u in uris if u not in skip]
     summary.skipped = len(skip)
-    keyed = _by_file(written)
     if changed := sum(file_key(u) in keyed for u in todo):
         print(
             f"note: {changed} image(s) changed since an earlier run are counted again; their earlier rows stay in "
