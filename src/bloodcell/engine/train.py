@@ -12,8 +12,8 @@ import os
 import random
 import sys
 import time
-from collections.abc import Collection
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from bloodcell.data.check import findings_note, skipped_note
 from bloodcell.data.dataset import DetectionDataset, SeededSampler, collate
 from bloodcell.data.sources import load_dataset, resolve_data_root
 from bloodcell.data.transforms import make_transforms
+from bloodcell.data.voc import VOCDataset
 from bloodcell.engine.distributed import (
     DistContext,
     barrier,
@@ -399,6 +400,61 @@ def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] 
         cleanup(ctx)
 
 
+@dataclass
+class _Loop:
+    """What the epoch loop carries from one epoch to the next: the (wrapped) model, its weight average,
+    the optimiser's state and the run's history so far (restored from last.pt on --resume)."""
+
+    model: nn.Module
+    criterion: CellNetLoss | None  # None: torchvision detectors compute their own losses
+    ema: ModelEMA
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    sampler: SeededSampler
+    loader: torch.utils.data.DataLoader
+    frozen_bn: set[str]
+    start_epoch: int = 0
+    rows: list[dict] = field(default_factory=list)
+    best_map: float = -1.0
+    elapsed: float = 0.0
+    saved_epochs: int = 0  # the epochs last.pt holds (a stop's note says it)
+
+
+def _data_loader(
+    records: list, config: TrainConfig, ctx: DistContext, num_classes: int
+) -> tuple[SeededSampler, torch.utils.data.DataLoader]:
+    dataset = DetectionDataset(records, make_transforms(config.augment, config.imgsz, config.scale), num_classes)
+    if config.workers:
+        dataset.preload()  # forked workers share the decoded images instead of decoding them every epoch
+    # The same sampler for one process or many: each global batch holds the same images either way;
+    # each sample carries its augmentation seed, so workers can live across epochs.
+    sampler = SeededSampler(
+        torch.utils.data.DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed,
+                                            drop_last=True), config.seed
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch // ctx.world_size, sampler=sampler, drop_last=True, collate_fn=collate,
+        num_workers=config.workers, persistent_workers=config.workers > 0, pin_memory=ctx.device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),  # workers' base seed: not from the global RNG
+    )  # fmt: skip
+    return sampler, loader
+
+
+def _restore(loop: _Loop, saved: dict, config: TrainConfig, total: int, warmup: int) -> None:
+    """Put last.pt's optimiser, schedule, loss scale and history into ``loop`` (the weights are loaded)."""
+    loop.optimizer.load_state_dict(saved["optimizer"])
+    loop.scheduler.load_state_dict(saved["scheduler"])  # keeps this run's lambda: the schedule over config.epochs
+    if config.epochs != saved["train_config"]["epochs"]:  # more epochs: the rest follows the longer schedule
+        for group, base_lr in zip(loop.optimizer.param_groups, loop.scheduler.base_lrs, strict=True):
+            group["lr"] = base_lr * lr_factor(loop.scheduler.last_epoch, total, warmup, config.min_lr_ratio)
+    if loop.scaler is not None and saved.get("scaler"):
+        loop.scaler.load_state_dict(saved["scaler"])
+    loop.start_epoch, loop.rows, loop.best_map = saved["epoch"] + 1, list(saved["rows"]), saved["best_map50"]
+    loop.elapsed = saved["elapsed_s"]
+    loop.saved_epochs = loop.start_epoch
+
+
 def _train(
     config: TrainConfig, ctx: DistContext, progress: bool, saved: dict | None, explicit: Collection[str] | None
 ) -> TrainResult:
@@ -434,49 +490,25 @@ def _train(
     if saved is not None:
         model.load_state_dict(saved["model"])
     model = model.to(device)
-    criterion = None  # torchvision detectors compute their own losses
+    criterion = None
     if MODELS[arch].kind == "dense":
         criterion = CellNetLoss(mcfg, model.strides, missing=config.missing_labels, tau=config.missing_tau)
-    transforms = make_transforms(config.augment, config.imgsz, config.scale)
-    dataset = DetectionDataset(records, transforms, num_classes=len(class_names))
-    if config.workers:
-        dataset.preload()  # forked workers share the decoded images instead of decoding them every epoch
-    # The same sampler for one process or many: each global batch holds the same images either way;
-    # each sample carries its augmentation seed, so workers can live across epochs.
-    sampler = SeededSampler(
-        torch.utils.data.DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed,
-                                            drop_last=True), config.seed
-    )  # fmt: skip
-    local_batch = config.batch // ctx.world_size
-    iters_per_epoch = len(sampler) // local_batch
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=local_batch, sampler=sampler, drop_last=True, collate_fn=collate,
-        num_workers=config.workers, persistent_workers=config.workers > 0, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(config.seed),  # workers' base seed: not from the global RNG
-    )  # fmt: skip
+    sampler, loader = _data_loader(records, config, ctx, len(class_names))
     ema = ModelEMA(model, config.ema_decay)  # plain BatchNorm, before DDP's SyncBatchNorm
     if saved is not None:
         ema.load_state_dict(saved["ema"])
     model = wrap(model, ctx)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
+    iters_per_epoch = len(sampler) // (config.batch // ctx.world_size)
     total, warmup = iters_per_epoch * config.epochs, int(iters_per_epoch * config.warmup_epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(it, total, warmup, config.min_lr_ratio)
     )
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    start_epoch, rows, best_map, elapsed = 0, [], -1.0, 0.0
-
+    loop = _Loop(model, criterion, ema, optimizer, scheduler, scaler, sampler, loader, frozen_bn)
     if saved is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])  # keeps this run's lambda: the schedule over config.epochs
-        if config.epochs != saved["train_config"]["epochs"]:  # more epochs: the rest follows the longer schedule
-            for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-                group["lr"] = base_lr * lr_factor(scheduler.last_epoch, total, warmup, config.min_lr_ratio)
-        if scaler is not None and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        start_epoch, rows, best_map = saved["epoch"] + 1, list(saved["rows"]), saved["best_map50"]
-        elapsed = saved["elapsed_s"]
-        log(f"resuming {out} after epoch {start_epoch}")
+        _restore(loop, saved, config, total, warmup)
+        log(f"resuming {out} after epoch {loop.start_epoch}")
         before = saved.get("processes")  # None: a last.pt from before this was recorded
         if before is not None and before != ctx.world_size:  # allowed (the same global batch), not silent
             log(
@@ -496,59 +528,69 @@ def _train(
             input_scale=config.scale, iou_threshold=initial.iou_threshold,
         )  # fmt: skip
 
-    saved_epochs = start_epoch  # the epochs last.pt holds (the stop note's)
     try:
-        for epoch in range(start_epoch, config.epochs):
-            t0 = time.time()
-            seed_epoch(config.seed, epoch, ctx.rank)
-            sampler.set_epoch(epoch)
-            losses = train_one_epoch(
-                model, criterion, optimizer, scheduler, loader, ema, device, epoch, config.grad_clip, scaler, progress,
-                frozen_bn,
-            )  # fmt: skip
-            row = {"epoch": epoch + 1, **{k: mean_over_ranks(v, ctx) for k, v in losses.items()}}
-            last = epoch + 1 == config.epochs
-            if not main:  # rank 0 validates and writes; the others wait for it
-                barrier(ctx)
-                continue
-            if last or (epoch + 1) % config.val_every == 0:
-                predictor = TorchPredictor(ema.module, model_info(), device=str(device))
-                preds = predict_records(predictor, val_set.records, progress, batch=VAL_BATCH.get(device.type, 1))
-                metrics = score(preds, val_set.records, class_names, 0.5)
-                row.update(
-                    val_map50=metrics.voc_map50, val_coco_ap50=metrics.coco_ap50, val_coco_ap50_95=metrics.coco_ap50_95
-                )
-                if metrics.voc_map50 > best_map:
-                    best_map = metrics.voc_map50
-                    save_checkpoint(out / "best.pt", model_payload(ema.module, model_info(metrics=metrics.to_dict())))
-            elapsed += time.time() - t0
-            row["time_s"] = round(elapsed, 1)
-            rows.append(row)
-            _write_csv(out / "metrics.csv", rows)
-            save_checkpoint(out / "last.pt", training_payload(unwrap(model), model_info(), {
-                "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "rows": rows, "best_map50": best_map, "elapsed_s": elapsed,
-                "scaler": scaler.state_dict() if scaler is not None else None, "processes": ctx.world_size,
-                "train_config": config.to_dict(),
-            }))  # fmt: skip
-            saved_epochs = epoch + 1
-            summary = f"epoch {epoch + 1}/{config.epochs} loss {row['loss']:.3f} ({elapsed / 60:.1f} min)"
-            if "val_map50" in row:
-                summary += f" val mAP@0.5 {row['val_map50']:.4f} (best {best_map:.4f})"
-            print(summary, flush=True)
-            plot_training(rows, out / "results.png")
-            barrier(ctx)
-
+        for epoch in range(loop.start_epoch, config.epochs):
+            _train_epoch(loop, epoch, config, ctx, out, val_set, model_info, progress)
         if not main:
-            return TrainResult(out, out / "best.pt", best_map, None, elapsed)
-        extra = {"train_wall_time_s": round(elapsed, 1)}
+            return TrainResult(out, out / "best.pt", loop.best_map, None, loop.elapsed)
+        extra = {"train_wall_time_s": round(loop.elapsed, 1)}
         metrics = fit_counting_file(out / "best.pt", val_set.records, extra=extra, prior=initial.counting)
         skipped = tuple(note for d in (train_set, val_set) if (note := skipped_note(d)))
-        return TrainResult(out, out / "best.pt", metrics.voc_map50, metrics, elapsed, skipped)
+        return TrainResult(out, out / "best.pt", metrics.voc_map50, metrics, loop.elapsed, skipped)
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, which the CLI turns into it): say what is kept
         if main:
-            print(_stopped_note(out, saved_epochs, config.epochs), file=sys.stderr, flush=True)
+            print(_stopped_note(out, loop.saved_epochs, config.epochs), file=sys.stderr, flush=True)
         raise
+
+
+def _train_epoch(
+    loop: _Loop,
+    epoch: int,
+    config: TrainConfig,
+    ctx: DistContext,
+    out: Path,
+    val_set: VOCDataset,
+    model_info: Callable[..., ModelInfo],
+    progress: bool,
+) -> None:
+    """Train one epoch; rank 0 validates (every --val-every and the last), keeps best.pt and writes
+    last.pt, metrics.csv and the plot."""
+    t0 = time.time()
+    seed_epoch(config.seed, epoch, ctx.rank)
+    loop.sampler.set_epoch(epoch)
+    losses = train_one_epoch(
+        loop.model, loop.criterion, loop.optimizer, loop.scheduler, loop.loader, loop.ema, ctx.device, epoch,
+        config.grad_clip, loop.scaler, progress, loop.frozen_bn,
+    )  # fmt: skip
+    row = {"epoch": epoch + 1, **{k: mean_over_ranks(v, ctx) for k, v in losses.items()}}
+    if not ctx.is_main:  # rank 0 validates and writes; the others wait for it
+        barrier(ctx)
+        return
+    if epoch + 1 == config.epochs or (epoch + 1) % config.val_every == 0:
+        predictor = TorchPredictor(loop.ema.module, model_info(), device=str(ctx.device))
+        preds = predict_records(predictor, val_set.records, progress, batch=VAL_BATCH.get(ctx.device.type, 1))
+        metrics = score(preds, val_set.records, val_set.class_names, 0.5)
+        row.update(val_map50=metrics.voc_map50, val_coco_ap50=metrics.coco_ap50, val_coco_ap50_95=metrics.coco_ap50_95)
+        if metrics.voc_map50 > loop.best_map:
+            loop.best_map = metrics.voc_map50
+            save_checkpoint(out / "best.pt", model_payload(loop.ema.module, model_info(metrics=metrics.to_dict())))
+    loop.elapsed += time.time() - t0
+    row["time_s"] = round(loop.elapsed, 1)
+    loop.rows.append(row)
+    _write_csv(out / "metrics.csv", loop.rows)
+    save_checkpoint(out / "last.pt", training_payload(unwrap(loop.model), model_info(), {
+        "ema": loop.ema.state_dict(), "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict(), "epoch": epoch, "rows": loop.rows, "best_map50": loop.best_map,
+        "elapsed_s": loop.elapsed, "scaler": loop.scaler.state_dict() if loop.scaler is not None else None,
+        "processes": ctx.world_size, "train_config": config.to_dict(),
+    }))  # fmt: skip
+    loop.saved_epochs = epoch + 1
+    summary = f"epoch {epoch + 1}/{config.epochs} loss {row['loss']:.3f} ({loop.elapsed / 60:.1f} min)"
+    if "val_map50" in row:
+        summary += f" val mAP@0.5 {row['val_map50']:.4f} (best {loop.best_map:.4f})"
+    print(summary, flush=True)
+    plot_training(loop.rows, out / "results.png")
+    barrier(ctx)
 
 
 def fit_counting_file(
