@@ -1,9 +1,11 @@
 """Dataset YAML: stacked VOC sources, later ones override earlier ones per image, label completeness."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from voc_factory import make_voc
 
 from bloodcell.data.sources import load_dataset, read_spec
 from bloodcell.errors import DatasetError
@@ -162,3 +164,21 @@ def test_a_broken_later_source_is_not_superseded_by_an_earlier_one(tmp_path):
     spec.write_text(f"sources:\n  - path: {sparse.root}\n  - path: {dense.root}\n")
     merged = load_dataset(spec, None)
     assert [(f.file, f.kind, f.skips_image) for f in merged.findings] == [("dense/a.xml", "malformed-xml", True)]
+
+
+def test_a_yaml_reports_what_its_folders_report(tmp_path):
+    """Read through a dataset YAML, a folder's split list naming an image twice and its forgotten images are
+    findings as they are when the folder is read alone; an image another source labels is not forgotten."""
+    a, b = make_voc(tmp_path / "a", n_images=3), make_voc(tmp_path / "b", n_images=1, splits=False)
+    a.write_split("val", ["img2", "img2"])
+    (b.root / "Annotations" / "img0.xml").unlink()  # b's picture img0.jpg: labelled by a under the same name
+    (b.root / "JPEGImages" / "img0.jpg").rename(b.root / "JPEGImages" / "stray.jpg")
+    shutil.copy(a.root / "JPEGImages" / "img0.jpg", b.root / "JPEGImages" / "img0.jpg")
+    spec = tmp_path / "data.yaml"
+    spec.write_text(f"sources:\n  - path: {a.root}\n  - path: {b.root}\n    exhaustive: [wbc, ' Platelet ']\n")
+    assert read_spec(spec).sources[1].exhaustive == ("WBC", "Platelets")  # as the XML reader spells them
+    val = load_dataset(spec, "val", decode_images=False)
+    assert [(f.file, f.kind) for f in val.findings] == [("a/img2.xml", "duplicate-id")]
+    assert len(val.records) == 1
+    whole = load_dataset(spec, None, decode_images=False)
+    assert [(f.file, f.kind) for f in whole.findings] == [("b/stray.jpg", "missing-annotation")]

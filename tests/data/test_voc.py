@@ -303,7 +303,8 @@ def test_a_filename_with_the_own_name_and_another_suffix_is_the_image(tmp_path: 
     Image.new("RGB", (WIDTH, HEIGHT)).save(voc.root / "JPEGImages" / "img0.png")  # img0.jpg and img0.png
     _relabel(voc, "img0", "img0.png")
     dataset = load_voc(tmp_path)
-    assert [r.image_path.name for r in dataset.records] == ["img0.png"] and dataset.findings == []
+    assert [r.image_path.name for r in dataset.records] == ["img0.png"]
+    assert _where(dataset.findings) == {("img0.jpg", None, "unlabelled-image")}  # the other picture, said
 
 
 def test_images_on_a_file_system_without_inode_numbers_stay_apart(tmp_path: Path, monkeypatch) -> None:
@@ -317,3 +318,29 @@ def test_images_on_a_file_system_without_inode_numbers_stay_apart(tmp_path: Path
     monkeypatch.setattr(Path, "stat", lambda self, **kw: NoInode(real_stat(self, **kw)))
     dataset = load_voc(tmp_path, decode_images=False)
     assert [r.image_id for r in dataset.records] == ["img0", "img1", "img2"] and dataset.findings == []
+
+
+def test_split_files_written_by_windows_editors_and_ids_with_spaces(tmp_path: Path) -> None:
+    """A byte-order mark and CRLF are not part of an id; an id may hold spaces; VOC's per-class lists'
+    flags ("id -1") are not part of it either."""
+    voc = VOCFolder(tmp_path)
+    for image_id in ("BloodImage_00001", "slide 1 field", "Zelle é 01", "field 1"):
+        voc.add(image_id)
+    split = tmp_path / "ImageSets" / "Main" / "train.txt"
+    split.write_bytes("\ufeffBloodImage_00001\r\nslide 1 field\r\nZelle é 01 \r\nfield 1\r\n".encode())
+    dataset = load_voc(tmp_path, split="train")
+    assert dataset.findings == []
+    assert sorted(r.image_id for r in dataset.records) == ["BloodImage_00001", "Zelle é 01", "field 1", "slide 1 field"]
+    split.write_text("BloodImage_00001 -1\nslide 1 field  1\n", encoding="utf-8")
+    assert [r.image_id for r in load_voc(tmp_path, split="train").records] == ["BloodImage_00001", "slide 1 field"]
+
+
+def test_a_second_picture_with_a_labelled_images_name_is_a_finding(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path, n_images=2, splits=False)
+    Image.new("RGB", (WIDTH, HEIGHT), (10, 200, 10)).save(tmp_path / "JPEGImages" / "img0.png")
+    Image.new("RGB", (WIDTH, HEIGHT), (10, 200, 10)).save(tmp_path / "JPEGImages" / "forgotten.png")
+    dataset = load_voc(voc.root)
+    expected = {("img0.png", None, "unlabelled-image"), ("forgotten.png", None, "missing-annotation")}
+    assert _where(dataset.findings) == expected
+    (found,) = [f for f in dataset.findings if f.kind == "unlabelled-image"]
+    assert "shares its name with img0.jpg, which Annotations/img0.xml labels" in found.detail and found.skips_image

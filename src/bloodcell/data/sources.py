@@ -15,6 +15,7 @@ A plain VOC folder is one source with every class exhaustive.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -87,6 +88,14 @@ def is_spec_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in YAML_SUFFIXES
 
 
+def _class_name(name: str, class_names: tuple[str, ...]) -> str:
+    """A class as a YAML names it, spelled as the XML reader accepts it ("wbc", " Platelet ")."""
+    from bloodcell.data.voc import DEFAULT_ALIASES, canonical
+
+    alias = DEFAULT_ALIASES.get(canonical(name))
+    return alias if alias in class_names else name
+
+
 def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAMES) -> DatasetSpec:
     """Parse a dataset YAML (or wrap a plain VOC folder); every fault is a DatasetError naming the key."""
     path = Path(path)
@@ -127,6 +136,7 @@ def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAME
         exhaustive = item.get("exhaustive", list(class_names))
         if not isinstance(exhaustive, list) or not all(isinstance(c, str) for c in exhaustive):
             raise DatasetError(f"{where}: 'exhaustive' must be a list of class names")
+        exhaustive = [_class_name(c, class_names) for c in exhaustive]  # "wbc", "platelet": as the XML reads
         bad = [c for c in exhaustive if c not in class_names]
         if bad:
             raise DatasetError(f"{where}: exhaustive classes {bad} are not among {list(class_names)}")
@@ -153,7 +163,7 @@ def load_dataset(
     has train and val files only: a trainval split must still take its dense labels). Each record
     carries which classes are exhaustively labelled in it.
     """
-    from bloodcell.data.voc import VOCDataset, load_voc, read_split_ids
+    from bloodcell.data.voc import Finding, VOCDataset, load_voc, read_split_ids, unlabelled_images
 
     root = resolve_data_root(data)
     spec = read_spec(root, class_names)
@@ -161,6 +171,7 @@ def load_dataset(
         return load_voc(root, split, class_names=class_names, decode_images=decode_images)
     split_name = None if split is None else spec.split_file(split)
     members: dict[str, Path] = {}  # image id -> the first source whose split file (or Annotations) lists it
+    listed_twice = []  # (source, finding): a split file listing an image twice, as a plain folder reports it
     for source in spec.sources:
         if split_name is None:
             ids = sorted(p.stem for p in (source.path / "Annotations").glob("*.xml"))
@@ -168,8 +179,12 @@ def load_dataset(
             ids = read_split_ids(source.path, split_name)  # unreadable: an error, not a missing split
         else:
             continue
-        for image_id in ids:
+        for image_id, n in Counter(ids).items():
             members.setdefault(image_id, source.path)
+            if n > 1:
+                detail = f"listed {n} times in ImageSets/Main/{split_name}.txt; used once"
+                finding = Finding(f"{image_id}.xml", None, "duplicate-id", detail, "used once")
+                listed_twice.append((source.path, finding))
     if split_name is not None and not members:
         raise DatasetError(f"{root}: no source has split {split!r} (ImageSets/Main/{split_name}.txt)")
     annotated = {
@@ -190,10 +205,16 @@ def load_dataset(
         for record in part.records:
             merged[record.image_path.name] = replace(record, exhaustive=mask)
             labelled_by[record.image_id] = source.path
-        parts.append((source.path, part.findings))
+        parts.append((source.path, part.findings, part.records))
+    if split_name is None:  # every source's whole folder: its images that nobody labels are forgotten files
+        named = set(merged)
+        for source in spec.sources:
+            own = [r for path, _, records in parts if path == source.path for r in records]
+            parts.append((source.path, unlabelled_images(source.path, own, labelled_elsewhere=named), []))
+    parts += [(path, [finding], []) for path, finding in listed_twice]
     order = {source.path: i for i, source in enumerate(spec.sources)}
     findings = []
-    for path, found in parts:
+    for path, found, _ in parts:
         for f in found:
             later = labelled_by.get(Path(f.file).stem)
             # a later source's labels replace this one's: its faults no longer matter (an earlier source's

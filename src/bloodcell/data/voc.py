@@ -14,6 +14,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,10 +131,19 @@ def read_split_ids(root: Path, split: str) -> list[str]:
     if not path.is_file():
         raise DatasetError(f"{path}: split file not found (expected ImageSets/Main/{split}.txt)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of an id
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: cannot read split file: {e}") from None
-    return [line.split()[0] for line in text.splitlines() if line.strip()]
+    return [_split_id(root, line.strip()) for line in text.splitlines() if line.strip()]
+
+
+def _split_id(root: Path, line: str) -> str:
+    """A split file's line is an image id, which may hold spaces ("slide 1 field"); VOC's per-class lists
+    add a flag after it ("BloodImage_00001 -1"), dropped unless the whole line names an annotation."""
+    flagged = re.fullmatch(r"(.+?)\s+(-1|0|1)", line)
+    if flagged is None or (root / "Annotations" / f"{line}.xml").is_file():
+        return line
+    return flagged.group(1)
 
 
 def check_root(root: str | Path) -> Path:
@@ -202,12 +212,32 @@ def load_voc(
             continue
         dataset.records.append(record)
     if split is None and image_ids is None:  # the whole folder: an image nobody labelled is a forgotten file
-        annotated = set(ids)
-        for image in _images(root / "JPEGImages"):
-            if image.stem not in annotated and _file_id(image) not in labelled_by:
-                detail = f"JPEGImages/{image.name} has no Annotations/{image.stem}.xml"
-                dataset.findings.append(Finding(image.name, None, "missing-annotation", detail, SKIPPED_IMAGE))
+        dataset.findings += unlabelled_images(root, dataset.records)
     return dataset
+
+
+def unlabelled_images(root: Path, records: list[VOCRecord], labelled_elsewhere: Collection[str] = ()) -> list[Finding]:
+    """The images in ``root``/JPEGImages that no record uses: one with no annotation of its name is a
+    forgotten file; one that shares its name with the labelled image (x.png beside x.jpg) is another
+    picture left out. ``labelled_elsewhere``: image file names another source labels (a dataset YAML)."""
+    used = {_file_id(r.image_path): r.image_path for r in records}
+    by_stem = {path.stem: path for path in used.values()}
+    findings = []
+    for image in _images(root / "JPEGImages"):
+        if _file_id(image) in used or image.name in labelled_elsewhere:
+            continue
+        if (root / "Annotations" / f"{image.stem}.xml").is_file():
+            if image.stem not in by_stem:
+                continue  # its annotation was read and left out: that finding says why
+            detail = (
+                f"JPEGImages/{image.name} shares its name with {by_stem[image.stem].name}, which "
+                f"Annotations/{image.stem}.xml labels; this file is another picture with no labels"
+            )
+            findings.append(Finding(image.name, None, "unlabelled-image", detail, SKIPPED_IMAGE))
+        else:
+            detail = f"JPEGImages/{image.name} has no Annotations/{image.stem}.xml"
+            findings.append(Finding(image.name, None, "missing-annotation", detail, SKIPPED_IMAGE))
+    return findings
 
 
 def _file_id(path: Path) -> tuple[int, int | str]:
