@@ -71,8 +71,10 @@ def test_unlabelled_cells_of_a_non_exhaustive_class_are_neither_true_nor_false()
     complete = DetectionEvaluator(("RBC",), conf=0.5)
     complete.update(pred, gt, (200, 200))
     assert partial.compute().voc_ap50["RBC"] == pytest.approx(1.0)
+    assert partial.compute().coco_ap50 == pytest.approx(1.0)  # COCO AP follows the same rule
     m = complete.compute()
     assert m.voc_ap50["RBC"] == pytest.approx(0.5)
+    assert m.coco_ap50 == pytest.approx(0.5, abs=0.01)
     assert m.count_mae["RBC"] == 1.0 and m.count_me["RBC"] == 1.0 and m.count_total_error["RBC"] == 1.0
     assert partial.compute().count_images["RBC"] == 0
     # Undefined count metrics are null in JSON (NaN is not JSON: model files and the web API carry these)

@@ -123,6 +123,13 @@ def test_val_and_calibrate_exit_1_when_listed_images_are_left_out(tiny_voc, tiny
     assert main(["calibrate", "--model", str(tiny_model()), "--data", str(root), "--out", str(out)]) == 1
     assert "BloodImage_09999.xml" in capsys.readouterr().err and out.is_file()
     assert main(["val", "--model", str(out), "--data", str(tiny_voc), "--out", ""]) == 0  # the whole split: 0
+    # nothing left to score: no table of zeros, no JSON, exit 2 (it cannot run)
+    (root / "ImageSets" / "Main" / "gone.txt").write_text("BloodImage_09998\nBloodImage_09999\n")
+    js.unlink()
+    assert main(["val", "--model", str(out), "--data", str(root), "--split", "gone", "--json", str(js)]) == 2
+    err = capsys.readouterr().err
+    assert f"{root}: split 'gone' has no image to score (2 listed images left out; `bloodcell data check" in err
+    assert "mAP" not in err and not js.exists()
 
 
 def test_classes_val_cannot_fit_keep_the_models_counting(tiny_voc, tiny_model, tmp_path, capsys):

@@ -9,7 +9,8 @@
 
 Images may label a class incompletely (``exhaustive`` False, e.g. BCCD's red cells): there, as
 in LVIS's "not exhaustively annotated" categories, a detection that matches no box is neither
-true nor false and is left out of AP, and the image is left out of that class's count metrics.
+true nor false and is left out of AP (VOC and COCO alike), and the image is left out of that class's
+count metrics.
 """
 
 from __future__ import annotations
@@ -260,6 +261,9 @@ class DetectionEvaluator:
             dt = gt.loadRes(dets)
             ev = COCOeval(gt, dt, "bbox")
             ev.evaluate()
+            for e in ev.evalImgs:  # LVIS's rule: in an image that boxes a class incompletely, a detection
+                if e is not None and not self.exhaustive[e["image_id"]][e["category_id"] - 1]:  # matching no
+                    e["dtIgnore"] = np.logical_or(e["dtIgnore"], e["dtMatches"] == 0)  # box is not a false one
             ev.accumulate()
             ev.summarize()
         return float(ev.stats[1]), float(ev.stats[0])

@@ -473,6 +473,8 @@ def _train(
     records = train_set.records[: config.max_images] if config.max_images else train_set.records
     if len(records) < config.batch:
         raise DatasetError(f"{root}: split {config.train_split!r} has {len(records)} usable images, fewer than --batch")
+    if not val_set.records:  # nothing to pick the best epoch on or fit the counting to
+        raise DatasetError(f"{root}: split {config.val_split!r} has no usable images (--val-split)")
     class_names = train_set.class_names
 
     torch.manual_seed(config.seed)

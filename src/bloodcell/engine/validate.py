@@ -14,6 +14,7 @@ from bloodcell.data.voc import VOCDataset
 from bloodcell.engine.evaluate import evaluate
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.engine.plots import plot_confusion, plot_pr_curves
+from bloodcell.errors import DatasetError
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
 
@@ -42,7 +43,15 @@ def validate(
         print(note, file=sys.stderr)
     if on_read is not None:
         on_read(dataset)
-    metrics = evaluate(predictor, dataset.records, conf=thresholds, progress=True, cell_size=cell_size, batch=batch)
+    if not dataset.records:  # a score of nothing would print as 0.0000, as if the model had found nothing
+        left_out = sum(f.skips_image for f in dataset.findings)
+        raise DatasetError(
+            f"{data_root}: split {split!r} has no image to score ({left_out} listed images left out; "
+            f"`bloodcell data check {data_root}` says why)"
+        )
+    metrics = evaluate(
+        predictor, dataset.records, conf=thresholds, progress=sys.stderr.isatty(), cell_size=cell_size, batch=batch
+    )  # no progress bars in logs
     if out:
         plot_pr_curves(metrics, Path(out) / "pr_curves.png")
         plot_confusion(metrics, Path(out) / "confusion_matrix.png")
