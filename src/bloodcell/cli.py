@@ -151,6 +151,16 @@ def cmd_data_export(args: argparse.Namespace) -> int:
         if note:
             print(note, file=sys.stderr)
         skipped.extend(f for f in dataset.findings if f.skips_image)
+        k = len(dataset.class_names)
+        for c, name in enumerate(dataset.class_names):  # the formats cannot say it: a detector would learn
+            partial = sum(not r.exhaustive_mask(k)[c] for r in dataset.records)  # the unboxed cells as background
+            if partial:
+                print(
+                    f"warning: split {dataset.split or 'all'}: {name} is not boxed exhaustively in {partial} of "
+                    f"{len(dataset.records)} images; the {args.format} files cannot mark that, and a detector "
+                    "trained on this export learns the unboxed cells as background",
+                    file=sys.stderr,
+                )
 
     for path in export_dataset(_data_root(args), args.format, args.out, splits=args.split, on_read=report):
         print(f"wrote {path}")

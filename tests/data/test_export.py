@@ -26,7 +26,7 @@ from voc_factory import VOCFolder
 from bloodcell import boxes as box_ops
 from bloodcell.cli import main
 from bloodcell.data import export as export_module
-from bloodcell.data.export import FORMATS, export_dataset
+from bloodcell.data.export import FORMATS, MARK, export_dataset
 from bloodcell.data.exports import csvfile, tfrecord
 from bloodcell.data.voc import VOCDataset, load_voc
 from bloodcell.errors import ConfigError, DatasetError
@@ -85,7 +85,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_csv_has_one_row_per_box_with_the_xml_numbers(exported: Callable[[str], Path], bccd: dict) -> None:
     out = exported("csv")
-    assert sorted(p.name for p in out.iterdir()) == ["test.csv", "train.csv", "val.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [MARK, "test.csv", "train.csv", "val.csv"]
     totals: Counter[str] = Counter()
     for split, dataset in bccd.items():
         with (out / f"{split}.csv").open(newline="", encoding="utf-8") as f:
@@ -247,7 +247,8 @@ def test_crc32c_with_google_crc32c_gives_identical_bytes(tiny_voc: Path, tmp_pat
 
 def test_tfrecord_one_framed_example_per_image_and_label_map(exported: Callable[[str], Path]) -> None:
     out = exported("tfrecord")
-    assert sorted(p.name for p in out.iterdir()) == ["label_map.pbtxt", *(f"{s}.tfrecord" for s in sorted(SPLITS))]
+    expected = [MARK, "label_map.pbtxt", *(f"{s}.tfrecord" for s in sorted(SPLITS))]
+    assert sorted(p.name for p in out.iterdir()) == expected
     for split, n_images in BCCD_IMAGES.items():
         assert len(_read_frames(out / f"{split}.tfrecord")) == n_images
     assert (out / "label_map.pbtxt").read_text(encoding="utf-8").splitlines() == [
@@ -346,9 +347,36 @@ def test_export_into_an_existing_folder_keeps_other_files(tiny_voc: Path, tmp_pa
     (out / "notes.txt").write_text("mine", encoding="utf-8")
     paths = export_dataset(tiny_voc, "coco", out, splits=["test", "test"])
     assert paths == [out / "test.json"]
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "test.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARK, "notes.txt", "test.json"]
     with pytest.raises(ConfigError, match="not a folder"):
         export_dataset(tiny_voc, "coco", out / "notes.txt")
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_an_export_never_mixes_two_datasets_splits(fmt: str, tiny_voc: Path, tmp_path: Path) -> None:
+    """Another dataset's export in the same format (its test split would stay, and a YOLO data.yaml list it as
+    this one's) is refused before anything is written; the same data's adds splits; other formats coexist."""
+    other = VOCFolder(tmp_path / "other")
+    other.add("x")
+    other.write_split("val", ["x"])
+    out = tmp_path / "out"
+    export_dataset(tiny_voc, fmt, out)  # train, val, test
+    before = _files(out)
+    with pytest.raises(ConfigError, match=f"holds an export of {tiny_voc.resolve()} in {fmt} format") as info:
+        export_dataset(other.root, fmt, out)
+    assert "into a new or empty folder" in str(info.value) and _files(out) == before
+    export_dataset(tiny_voc, fmt, out, splits=["val"])  # the same data: fine
+    another = "csv" if fmt != "csv" else "coco"
+    export_dataset(other.root, another, out)  # another format beside it: fine
+    assert json.loads((out / MARK).read_text(encoding="utf-8")) == {
+        fmt: str(tiny_voc.resolve()),
+        another: str(other.root.resolve()),
+    }
+    unknown = tmp_path / "unknown"  # files of the format that no export recorded: whose, unknown
+    unknown.mkdir()
+    (unknown / {"csv": "a.csv", "coco": "a.json", "yolo": "data.yaml", "tfrecord": "a.tfrecord"}[fmt]).write_text("")
+    with pytest.raises(ConfigError, match="holds files with no record of their data"):
+        export_dataset(tiny_voc, fmt, unknown)
 
 
 class _Exploding:
@@ -377,6 +405,7 @@ def test_failure_mid_export_leaves_no_partial_file(
     assert any("train" in name for name in written), "train is written before val fails"
     assert not [name for name in written if "/." in f"/{name}"], f"temporary files left: {written}"
     assert not [name for name in written if "val" in name or "test" in name], written
+    assert json.loads((out / MARK).read_text(encoding="utf-8")) == {fmt: str(tiny_voc.resolve())}
 
     export_dataset(tiny_voc, fmt, out)  # a complete export, then the same failure must not touch it
     before = _files(out)
@@ -401,7 +430,7 @@ def test_cli_exports_one_split(
     fmt: str, expected: list[str], bccd_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["data", "export", str(bccd_root), "--format", fmt, "--out", str(tmp_path), "--split", "val"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MARK, *expected])
     printed = capsys.readouterr().out.splitlines()
     assert printed and all(line.startswith("wrote ") and Path(line[6:]).exists() for line in printed)
     if fmt == "yolo":
@@ -426,3 +455,22 @@ def test_a_stopped_export_leaves_no_temporary_file(tiny_voc: Path, tmp_path: Pat
     assert "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # no hidden .train.csv.*.tmp
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_coco_of_several_folders_names_images_under_one_root_and_the_cli_warns_of_partial_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dataset YAML's images live in several folders: file_name is relative to info.image_root, so each
+    resolves; and an export that cannot carry 'exhaustive' says which classes a detector would mislearn."""
+    a, b = VOCFolder(tmp_path / "a"), VOCFolder(tmp_path / "b")
+    a.add("x"), b.add("y")
+    spec = tmp_path / "data.yaml"
+    spec.write_text(f"sources:\n  - path: {a.root}\n    exhaustive: [WBC]\n  - path: {b.root}\n", encoding="utf-8")
+    assert main(["data", "export", str(spec), "--format", "coco", "--out", str(tmp_path / "out")]) == 0
+    data = json.loads((tmp_path / "out" / "all.json").read_text(encoding="utf-8"))
+    root = Path(data["info"]["image_root"])
+    assert [i["file_name"] for i in data["images"]] == ["a/JPEGImages/x.jpg", "b/JPEGImages/y.jpg"]
+    assert all((root / i["file_name"]).is_file() for i in data["images"])
+    err = capsys.readouterr().err
+    assert "warning: split all: RBC is not boxed exhaustively in 1 of 2 images; the coco files cannot mark" in err
+    assert "Platelets is not boxed exhaustively in 1 of 2" in err and "WBC is not" not in err

@@ -6,14 +6,28 @@ file and folder appears whole or not at all (``bloodcell.atomic``); split files 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+from bloodcell.atomic import write_text
 from bloodcell.data.exports import coco, csvfile, tfrecord, yolo
-from bloodcell.data.sources import ALL_SPLIT, available_splits, load_dataset
+from bloodcell.data.sources import ALL_SPLIT, available_splits, load_dataset, resolve_data_root
 from bloodcell.data.voc import VOCDataset
 from bloodcell.errors import ConfigError
 from bloodcell.types import CLASS_NAMES
+
+#: What an export folder holds beside the data: the dataset each format's files came from (JSON), so that
+#: a later export adds splits to it or is refused, and never mixes two datasets.
+MARK = "bloodcell-export.json"
+
+#: What each format writes (globs in the export folder): an earlier export's files, checked before writing.
+OUTPUTS = {
+    "csv": ("*.csv",),
+    "coco": ("*.json",),
+    "yolo": ("data.yaml", "images/*", "labels/*"),
+    "tfrecord": ("*.tfrecord", "label_map.pbtxt"),
+}
 
 Writer = Callable[[dict[str, VOCDataset], Path], list[Path]]
 
@@ -42,6 +56,8 @@ def export_dataset(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: export destination exists and is not a folder")
+    source = str(resolve_data_root(root).resolve())
+    _check_destination(out, source, fmt)
     # Read every split before writing anything, so a missing split file fails with no output at all.
     # Default: the standard splits the dataset has (a lab's own folder may have no test split), or
     # every annotation as "all" when it has no split files.
@@ -49,4 +65,31 @@ def export_dataset(
     datasets = {split or ALL_SPLIT: load_dataset(root, split=split, class_names=class_names) for split in names}
     for dataset in datasets.values() if on_read else ():
         on_read(dataset)
+    out.mkdir(parents=True, exist_ok=True)  # the record first: split files written before a failure are this data's
+    write_text(out / MARK, json.dumps({**_marks(out), fmt: source}, indent=2) + "\n")
     return writer(datasets, out)
+
+
+def _marks(out: Path) -> dict[str, str]:
+    try:
+        made = json.loads((out / MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return made if isinstance(made, dict) else {}
+
+
+def _check_destination(out: Path, source: str, fmt: str) -> None:
+    """Other files may share the folder, and an export may add splits to an earlier export of the same data
+    in the same format; but never mix two datasets' splits (a YOLO data.yaml would list the other's as
+    this one's): files of this format from other data, or from an export with no record of its data, are
+    refused."""
+    found = (p for pattern in OUTPUTS[fmt] for p in out.glob(pattern) if p.name != MARK)
+    there = sorted(p.relative_to(out).as_posix() for p in found)
+    made = _marks(out).get(fmt)
+    if there and made != source:
+        shown = ", ".join(there[:4]) + (", ..." if len(there) > 4 else "")
+        whose = f"an export of {made}" if made else "files with no record of their data"
+        raise ConfigError(
+            f"{out}: holds {whose} in {fmt} format ({shown}); export {source} into a new or empty folder, "
+            "or remove those files"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,18 @@ def _annotations(record: VOCRecord, image_id: int, first_id: int) -> list[dict[s
 def instances(dataset: VOCDataset) -> dict[str, Any]:
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    for image_id, record in enumerate(dataset.records, start=1):
-        images.append(
-            {"id": image_id, "file_name": record.image_path.name, "width": record.width, "height": record.height}
-        )
+    # file_name is relative to info.image_root: the images' folder, or (a dataset YAML's several) their common one
+    paths = [Path(os.path.abspath(r.image_path)) for r in dataset.records]
+    image_root = Path(os.path.commonpath({p.parent for p in paths})) if paths else None
+    for image_id, (record, path) in enumerate(zip(dataset.records, paths, strict=True), start=1):
+        name = path.relative_to(image_root).as_posix()  # type: ignore[arg-type]
+        images.append({"id": image_id, "file_name": name, "width": record.width, "height": record.height})
         annotations += _annotations(record, image_id, first_id=len(annotations) + 1)
     categories = [{"id": i + 1, "name": name, "supercategory": "cell"} for i, name in enumerate(dataset.class_names)]
-    info = {"description": f"{dataset.root.name} {dataset.split}, repaired labels, exported by bloodcell {__version__}"}
+    info = {
+        "description": f"{dataset.root.name} {dataset.split}, repaired labels, exported by bloodcell {__version__}",
+        "image_root": None if image_root is None else str(image_root),
+    }
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}
 
 
