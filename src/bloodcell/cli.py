@@ -28,8 +28,8 @@ EXTRAS = {
     "torch": "torch",
     "torchvision": "torch",
     "timm": "torch",
-    "pycocotools": "torch",
-    "matplotlib": "torch",
+    "pycocotools": "eval",
+    "matplotlib": "eval",
     "pyarrow": "cluster",
     "ray": "cluster",
     "onnx": "export",
@@ -126,6 +126,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
+    import matplotlib  # noqa: F401  (the plots' extra is said before anything is written, not after stats.json)
+
     from bloodcell.data.stats import compute_stats, plot_stats, write_stats
 
     check_outputs({}, {"--out": args.out})  # before the table, not after it
@@ -857,8 +859,6 @@ def _listening_socket(host: str, port: int):
 def cmd_watch(args: argparse.Namespace) -> int:
     import threading
     from pathlib import Path
-
-    import watchdog  # noqa: F401  (a missing extra is reported before the model loads)
 
     from bloodcell.app.predict_job import processed_line
     from bloodcell.app.watch import Watcher

@@ -533,3 +533,26 @@ def test_a_corrupt_jpeg_body_fails_after_the_wait(predictor, tmp_path, monkeypat
     assert result.error and watcher.failed == 1 and "note: bad.jpg ends early" in capsys.readouterr().err
     assert [r[0] for r in read_rows(out)] == ["bad.jpg"]
     watcher.close()
+
+
+def test_without_watchdog_the_periodic_scan_finds_new_files(sources, tmp_path, monkeypatch, capsys):
+    """The lite install has no watchdog: watch still runs, on its scan alone (and says so once)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_watchdog(name, *args, **kwargs):
+        if name.split(".")[0] == "watchdog":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_watchdog)
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    watcher = Watcher(FakePredictor(conf=CONF), folder, out, settle=SETTLE, scan_interval=0.2)
+    with Running(watcher):
+        time.sleep(0.3)
+        shutil.copy(sources / "cam0.jpg", folder / "cam0.jpg")
+        assert wait_until(lambda: watcher.processed == 1)
+    err = capsys.readouterr().err
+    assert "note: watchdog is not installed, so new files are found by a scan every few seconds" in err

@@ -144,3 +144,17 @@ def bloodcell_root() -> str:
     import bloodcell
 
     return str(Path(bloodcell.__file__).parent)
+
+
+def test_lite_install_names_the_eval_extra_and_watches_without_watchdog(lite, exports, tiny_voc, tmp_path):
+    """Scoring and plots need the small `eval` extra, not torch; it is said before anything is written.
+    `watch` runs on the lite install (no watchdog: the periodic scan)."""
+    run = lite("data", "stats", str(tiny_voc), "--out", str(tmp_path / "stats"))
+    assert run.returncode == 2 and "needs matplotlib: pip install 'bloodcell[eval]'" in run.stderr
+    assert not (tmp_path / "stats").exists()
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    shutil.copy(next((tiny_voc / "JPEGImages").glob("*.jpg")), folder / "field.jpg")
+    run = lite("watch", str(folder), "--model", str(exports["int8"]), "--once")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (folder / "bloodcell" / "counts.csv").is_file() and "Traceback" not in run.stderr

@@ -405,9 +405,18 @@ def _age_s(sig: tuple[int, int]) -> float:
 
 
 def _start_observer(folder: Path, callback):
-    """A watchdog observer calling ``callback`` on any event in ``folder``; None (polling only) if it cannot start."""
-    from watchdog.events import FileSystemEventHandler
-    from watchdog.observers import Observer
+    """A watchdog observer calling ``callback`` on any event in ``folder``; None (polling only) if it cannot start
+    or watchdog is not installed (the lite install: the periodic scan alone)."""
+    try:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+    except ImportError:
+        print(
+            "note: watchdog is not installed, so new files are found by a scan every few seconds "
+            "(pip install 'bloodcell[serve]' for folder events)",
+            file=sys.stderr,
+        )
+        return None
 
     class _Wake(FileSystemEventHandler):
         def on_any_event(self, event) -> None:
