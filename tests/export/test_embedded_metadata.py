@@ -103,22 +103,31 @@ def test_sidecar_retunes_operating_points(tiny_exports, tmp_path):
 
 
 def test_a_sidecar_left_from_before_a_refit_is_said(tiny_exports, tmp_path):
-    """`bloodcell calibrate` writes the refit into the file and its sidecar; an older sidecar beside the
-    refit file would silently win."""
+    """`bloodcell calibrate` writes the refit into the file and its sidecar (dated); a sidecar from before
+    it (no refit, or an earlier one) loses to the file's refit, and says so; undated refits that disagree:
+    the sidecar is read first, and that is said."""
     from bloodcell.export.embed import with_metadata
 
     model = alone(tiny_exports["onnx"], tmp_path)
     old = json.loads(sidecar_of(tiny_exports["onnx"]).read_text())
-    refit = {**old, "conf": [0.5, 0.6, 0.7], "fitted": {"data": "d", "split": "val", "images": 4}}
+    fitted = {"data": "d", "split": "val", "images": 4, "at": "2026-11-27T10:00:00+00:00"}
+    refit = {**old, "conf": [0.5, 0.6, 0.7], "fitted": fitted}
     model.write_bytes(with_metadata(model, refit))
-    sidecar_of(model).write_text(json.dumps(old))
+    stale = f"{model.name}.json is older than the refit inside {model.name} (`bloodcell calibrate`): the file's"
+    for before in (old, {**old, "fitted": {**fitted, "at": "2026-11-26T09:00:00+00:00"}}):
+        sidecar_of(model).write_text(json.dumps(before))
+        p = load_predictor(model)
+        assert p.conf == (0.5, 0.6, 0.7) and len(p.notes) == 1 and p.notes[0].startswith(stale)
+    sidecar_of(model).write_text(json.dumps(refit))
+    assert load_predictor(model).notes == []
+    undated = {**old, "conf": [0.4, 0.4, 0.4], "fitted": {"data": "other", "split": "val", "images": 4}}
+    model.write_bytes(with_metadata(model, {**refit, "fitted": {**fitted, "at": None}}))
+    sidecar_of(model).write_text(json.dumps(undated))
     p = load_predictor(model)
-    assert p.conf == old["conf"] and p.notes == [
+    assert p.conf == (0.4, 0.4, 0.4) and p.notes == [
         f"{model.name}.json sets operating points other than the refit inside {model.name} (`bloodcell calibrate`), "
         "and is read first: if it is older than that refit, delete it"
     ]
-    sidecar_of(model).write_text(json.dumps(refit))
-    assert load_predictor(model).notes == []
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])

@@ -1,5 +1,6 @@
 """Exports of the shipped model: agreement with torch, full-integer int8, Edge TPU ops, bad input."""
 
+import datetime as dt
 import json
 
 import numpy as np
@@ -94,6 +95,7 @@ def test_calibrate_refits_an_int8_export_into_its_sidecar(exports, bccd_root, tm
     assert "; NMS IoU RBC 0.50, WBC 0.30, Platelets 0.50)" in out  # the stored thresholds, said
     sidecar = json.loads((tmp_path / "int8.tflite.json").read_text())
     assert sidecar["fitted"]["images"] == 42 and sidecar["fitted"]["data"] == str(dense)
+    assert dt.datetime.fromisoformat(sidecar["fitted"]["at"]).tzinfo is not None  # dated: a stale copy is older
     refit = load_predictor(model)
     assert refit.conf == tuple(sidecar["conf"]) and refit.describe()["metrics"] == sidecar["fitted"]["metrics"]
     assert refit.notes == []

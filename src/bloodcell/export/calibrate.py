@@ -10,6 +10,7 @@ graph (``runtime.metadata.GRAPH_FIELDS``).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from dataclasses import replace
@@ -53,7 +54,13 @@ def fit_export_counting(
         calibration=fit.calibration.to_dict(),
         cell_size=fit.cell_size,
         iou_threshold=list(iou) if isinstance(iou, tuple) else iou,
-        fitted={"data": data, "split": split, "images": len(val_records), "metrics": {split: metrics.to_dict()}},
+        fitted={
+            "data": data,
+            "split": split,
+            "images": len(val_records),
+            "metrics": {split: metrics.to_dict()},
+            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),  # a stale copy is older
+        },
     )
     if isinstance(iou, tuple):  # older runtimes read one threshold only: they must refuse this sidecar
         raw["format_version"] = max(int(raw.get("format_version", 1)), PER_CLASS_NMS_VERSION)

@@ -154,8 +154,9 @@ def resolve_metadata(model: Path, sidecar: ExportMetadata | None, embedded: str 
     """The sidecar if there is one, else the embedded copy (each validated), else a clear error.
 
     When both exist, the sidecar wins on operating points (conf, iou_threshold, calibration,
-    cell_size: retuning them in the sidecar is legitimate), but disagreeing on GRAPH_FIELDS is
-    refused: that sidecar belongs to another export and would mislabel or break decoding."""
+    cell_size: retuning them in the sidecar is legitimate) unless the file holds a later refit
+    (``refit_inside_is_newer``: a sidecar left from before `bloodcell calibrate`); disagreeing on
+    GRAPH_FIELDS is refused: that sidecar belongs to another export and would mislabel or break decoding."""
     inside = None if embedded is None else parse_json(embedded, f"{model} (embedded metadata)")
     meta = sidecar or inside
     if meta is None:
@@ -177,10 +178,23 @@ def resolve_metadata(model: Path, sidecar: ExportMetadata | None, embedded: str 
                     f"in {model.name} says {_show(inside.raw.get(key))}; the sidecar is from another export "
                     "(delete it or export again)"
                 )
+        if refit_inside_is_newer(sidecar.raw, inside.raw):
+            meta = inside
     expected = MODEL_FORMATS.get(model.suffix.lower())
     if expected is not None and meta.model_format != expected:
         meta._fail("model_format", f"is {meta.model_format!r} but {model.name} is a {model.suffix} file")
     return meta
+
+
+def refit_inside_is_newer(sidecar: dict, inside: dict) -> bool:
+    """Whether the file's own metadata holds a refit (`bloodcell calibrate`) made after the sidecar's
+    operating points: the sidecar has no refit at all, or an earlier one (both dated)."""
+    mine, theirs = inside.get("fitted"), sidecar.get("fitted")
+    if not isinstance(mine, dict):
+        return False
+    if not isinstance(theirs, dict):
+        return True
+    return bool(mine.get("at") and theirs.get("at") and str(mine["at"]) > str(theirs["at"]))
 
 
 #: What a sidecar may retune without another export (see GRAPH_FIELDS).
@@ -201,6 +215,11 @@ def sidecar_note(model: Path, sidecar: ExportMetadata | None, embedded: str | by
         return None
     if all(sidecar.raw.get(k) == inside.get(k) for k in OPERATING_FIELDS):
         return None
+    if refit_inside_is_newer(sidecar.raw, inside):
+        return (
+            f"{sidecar_path(model).name} is older than the refit inside {model.name} (`bloodcell calibrate`): "
+            "the file's operating points are used; delete the sidecar or refit it"
+        )
     return (
         f"{sidecar_path(model).name} sets operating points other than the refit inside {model.name} "
         "(`bloodcell calibrate`), and is read first: if it is older than that refit, delete it"
