@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bloodcell.app import server
+from bloodcell.app.api_schema import DetectRecord
 from bloodcell.app.server import ApiError, create_app, read_upload, safe_name
 from bloodcell.cli import main
 from bloodcell.errors import ConfigError
@@ -85,6 +86,7 @@ def test_detect_answers_the_predict_record(client, predictor, slides, min_score)
     expected = expected_record(predictor, path, predictor.conf if min_score is None else min_score)
     assert r.json() == expected
     assert expected["detections"] and sum(expected["counts"].values()) and expected["image"] == path.name
+    DetectRecord.model_validate(r.json())  # the published schema is what is sent (extra keys forbidden)
 
 
 @pytest.mark.parametrize(
@@ -146,7 +148,14 @@ def test_page_is_served_offline_and_api_documented(client):
     assert sorted(p.name for p in server.STATIC_DIR.iterdir()) == ["app.js", "index.html", "style.css"]
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
-    assert "multipart/form-data" in spec["paths"]["/api/v1/detect"]["post"]["requestBody"]["content"]
+    detect = spec["paths"]["/api/v1/detect"]["post"]
+    assert "multipart/form-data" in detect["requestBody"]["content"]
+    # every status the endpoint answers is documented with the body it really has
+    schema = {code: r["content"]["application/json"]["schema"]["$ref"] for code, r in detect["responses"].items()}
+    assert schema == {"200": "#/components/schemas/DetectRecord"} | {
+        code: "#/components/schemas/ErrorBody" for code in ("400", "403", "413", "415", "422")
+    }
+    assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
 
 
 def _jpeg_head(slides) -> bytes:

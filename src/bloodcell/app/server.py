@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from bloodcell import __version__
+from bloodcell.app.api_schema import DETECT_RESPONSES
 from bloodcell.errors import ConfigError
 from bloodcell.palette import class_hex
 from bloodcell.runtime.counting import Conf, class_thresholds, parse_conf
@@ -436,7 +437,13 @@ def create_app(
             raise ApiError(422, str(e)) from None
         return options
 
-    @app.post("/api/v1/detect", openapi_extra=UPLOAD_SCHEMA, summary="Detect and count cells in one image")
+    @app.post(
+        "/api/v1/detect",
+        openapi_extra=UPLOAD_SCHEMA,
+        summary="Detect and count cells in one image",
+        response_model=None,  # the record as predict --json writes it; DETECT_RESPONSES documents it
+        responses=DETECT_RESPONSES,
+    )
     async def detect(
         request: Request,
         min_score: float | None = Query(None, gt=0, le=1, description="lowest score listed (default: conf)"),
