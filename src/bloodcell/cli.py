@@ -810,8 +810,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_cell_size(predictor, args.cell_size)
     conf = _resolve_conf(args.conf, predictor)
     name = Path(args.model).name if args.model else default_model()[0].name
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: --host {args.host} lets other computers reach this server (no login)", file=sys.stderr)
     app = create_app(  # checks its settings: a bad one is one line before "serving ..." is said
         predictor,
         args.max_upload_mb,
@@ -823,7 +821,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_hosts=args.allowed_host,
     )
     sock = _listening_socket(args.host, args.port)  # a busy port too
-    print(f"serving {name} at http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):  # once it is known to be an address here
+        print(f"warning: --host {args.host} lets other computers reach this server (no login)", file=sys.stderr)
+    url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"
+    if args.host in ("0.0.0.0", "::"):  # every address: not one a browser opens
+        url = f"every address of this computer, port {args.port} (here: http://127.0.0.1:{args.port}/)"
+    print(f"serving {name} at {url} (Ctrl+C stops)", file=sys.stderr)
     _run_server(app, sock, host=args.host, port=args.port, server_header=False)
     return 0
 
@@ -842,6 +845,7 @@ def _check_cell_size(predictor, cell_size) -> None:
 
 
 def _listening_socket(host: str, port: int):
+    import errno
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -852,7 +856,15 @@ def _listening_socket(host: str, port: int):
     except OSError as e:
         sock.close()
         reason = e.strerror or str(e)
-        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({reason}); try another --port") from None
+        if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:  # the host is the fault, not the port
+            raise ConfigError(
+                f"--host {host}: not an address of this computer ({reason}); use 127.0.0.1 (this computer only) "
+                "or 0.0.0.0 (every network)"
+            ) from None
+        hint = "ports below 1024 need root; " if e.errno == errno.EACCES else ""
+        raise ConfigError(
+            f"--host {host} --port {port}: cannot listen there ({reason}); {hint}try another --port"
+        ) from None
     return sock
 
 

@@ -461,6 +461,11 @@ def test_a_busy_port_is_one_line_before_serving_is_announced(tmp_path, monkeypat
     assert err == f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use); " + (
         "try another --port\n"
     )
+    # a host that is no address here: the host is named, not the port, and no "others can reach it" warning
+    assert main(["serve", "--model", str(model), "--host", "192.0.2.1", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --host 192.0.2.1: not an address of this computer (") and "warning" not in err
+    assert err.count("\n") == 1
 
 
 def test_options_are_honoured_or_refused_never_ignored(client, predictor, slides):

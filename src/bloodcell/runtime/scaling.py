@@ -240,8 +240,9 @@ def unmeasured_warning(reference: float) -> str:
     """The estimate found fewer than MIN_CELLS red cells at every scale it tried."""
     return (
         "too few red cells to measure their size: counted at the model's own scale; if the cells look much "
-        f"larger or smaller than in the training images, pass --cell-size (their diameter, {_supported(reference)}; "
-        "resize images with larger or smaller cells into that range first)"
+        f"larger or smaller than in the training images, give their diameter ({_supported(reference)}) with "
+        "--cell-size (serve: at start; the API: its cell_size option), resizing images with larger or smaller "
+        "cells into that range first"
     )
 
 
