@@ -206,6 +206,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         help="NMS IoU threshold(s) to store: one value, or per class like WBC=0.3 (others keep the model's); "
         "the operating points are then fitted with them",
     )
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for the model (default: every core)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("val", help="score a model: VOC mAP@0.5, COCO AP, count error, plots")
@@ -627,14 +628,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if Path(root).is_dir():
         print(PLAIN_FOLDER_NOTE.format(root=root), file=sys.stderr)
     if suffix == ".pt":
+        import torch
+
         from bloodcell.engine.train import fit_counting_file
 
+        if args.threads:
+            torch.set_num_threads(args.threads)
         fit_counting_file(model, records, out=Path(args.out), nms_iou=args.nms_iou)
     else:
         from bloodcell.export.calibrate import fit_export_counting
         from bloodcell.runtime.counting import per_class
 
-        metrics, sidecar = fit_export_counting(model, records, str(root), args.split, args.nms_iou)
+        metrics, sidecar = fit_export_counting(model, records, str(root), args.split, args.nms_iou, args.threads)
         print(metrics)
         iou = json.loads(sidecar.read_text(encoding="utf-8"))["iou_threshold"]  # as stored, --nms-iou applied
         names = metrics.class_names

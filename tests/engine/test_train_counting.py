@@ -163,3 +163,15 @@ def test_classes_val_cannot_fit_keep_the_models_counting(tiny_voc, tiny_model, t
     _, tuned = load_model(train(cfg, progress=False).best)
     assert (tuned.conf[0], tuned.conf[2]) == (0.61, 0.57)
     assert tuned.calibration["knots"]["RBC"] == before.calibration["knots"]["RBC"]
+
+
+def test_calibrate_honours_threads(tiny_voc, tiny_model, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        args = ["calibrate", "--model", str(tiny_model()), "--data", str(tiny_voc), "--out", str(tmp_path / "f.pt")]
+        assert main([*args, "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

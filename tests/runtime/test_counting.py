@@ -81,6 +81,7 @@ def test_parse_conf_forms_and_errors():
         ("RBC=0.6,rbc=0.1", "RBC is given twice"),
         ("RBC=1.5", "(0, 1]"),
         ("RBC", "not a number"),
+        ("0.5,0.6", "give one value for every class, or CLASS=VALUE per class (e.g. RBC=0.4,Platelets=0.6)"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             parse_conf(bad, NAMES, 0.5)

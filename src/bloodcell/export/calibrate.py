@@ -28,12 +28,17 @@ from bloodcell.runtime.metadata import PER_CLASS_NMS_VERSION, parse_metadata, si
 
 
 def fit_export_counting(
-    path: Path, val_records: list, data: str, split: str = "val", nms_iou: str | None = None
+    path: Path,
+    val_records: list,
+    data: str,
+    split: str = "val",
+    nms_iou: str | None = None,
+    threads: int | None = None,
 ) -> tuple[DetectionMetrics, Path]:
     """Refit ``path``'s (an .onnx or .tflite export) operating points, score calibration and reference
     red-cell size on ``val_records`` and write them to its sidecar and into the file; returns the val
-    metrics and the sidecar."""
-    predictor = load_predictor(path)
+    metrics and the sidecar. ``threads``: the runtime's CPU threads (default: every core)."""
+    predictor = load_predictor(path, threads=threads)
     if not isinstance(predictor, ExportedPredictor):
         raise ConfigError(f"--model {path}: not an ONNX or TFLite export")
     meta = predictor.metadata

@@ -55,6 +55,11 @@ def parse_conf(text: str, class_names: Sequence[str], default: Conf, flag: str =
     base = [float(v) for v in class_thresholds(default, len(class_names))]
     text = text.strip()
     if "=" not in text:
+        if "," in text:  # "0.5,0.6": a list by position is not taken (which class is which?)
+            raise ConfigValueError(
+                f"{flag} {text!r}: give one value for every class, or CLASS=VALUE per class "
+                f"(e.g. {class_names[0]}=0.4,{class_names[-1]}=0.6)"
+            )
         values = [_threshold(text, flag)] * len(class_names)
         return tuple(values)
     lookup = {n.casefold(): i for i, n in enumerate(class_names)}
