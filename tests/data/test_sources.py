@@ -137,6 +137,12 @@ def test_findings_of_labels_a_later_source_replaces_say_superseded(tmp_path, bcc
     # BloodImage_00338's zero-size box is in BCCD's XML; BCCD-dense labels that image, so nothing was dropped
     assert by_file["BCCD/BloodImage_00338.xml"].action == "superseded: BCCD-dense labels this image"
     assert by_file["BCCD/BloodImage_00020.xml"].action.startswith("merged")  # no dense labels: the repair stands
+    # train's and val's one-line note counts only the findings that still matter
+    from bloodcell.data.check import findings_note
+
+    standing = [f for f in merged.findings if not f.action.startswith("superseded")]
+    assert 0 < len(standing) < len(merged.findings)
+    assert f": {len(standing)} label findings (" in findings_note(merged)
 
 
 def test_an_image_a_later_source_labels_is_not_a_failed_input(tmp_path):

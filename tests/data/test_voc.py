@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -344,3 +345,17 @@ def test_a_second_picture_with_a_labelled_images_name_is_a_finding(tmp_path: Pat
     assert _where(dataset.findings) == expected
     (found,) = [f for f in dataset.findings if f.kind == "unlabelled-image"]
     assert "shares its name with img0.jpg, which Annotations/img0.xml labels" in found.detail and found.skips_image
+
+
+def test_folder_and_split_mistakes_say_what_to_give_instead(tmp_path: Path) -> None:
+    from bloodcell.data.sources import load_dataset
+
+    voc = make_voc(tmp_path / "voc", n_images=2)
+    with pytest.raises(DatasetError, match=re.escape(f"(it is inside one: give {voc.root})")):
+        load_voc(voc.root / "Annotations")
+    with pytest.raises(
+        DatasetError, match=re.escape("no split 'vla' (ImageSets/Main/vla.txt); this folder has test, train, val")
+    ):
+        load_voc(voc.root, split="vla")
+    plain = make_voc(tmp_path / "plain", n_images=2, splits=False)
+    assert len(load_dataset(plain.root, "all").records) == 2  # "all", as exports name a folder without split lists

@@ -128,7 +128,7 @@ UNUSABLE: dict[str, tuple[Callable[[Path], None], str | None, str]] = {
     "file-not-folder": (_file, None, "is a file"),
     "annotations-is-file": (_annotations_is_file, None, "no Annotations/"),
     "no-xml": (_no_xml, None, "no .xml"),
-    "missing-split-file": (_no_split_files, "val", "split file not found"),
+    "missing-split-file": (_no_split_files, "val", "no split 'val'"),
 }
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bloodcell.data.sources import available_splits, load_dataset
-from bloodcell.data.voc import SKIPPED_FROM, Finding
+from bloodcell.data.voc import SKIPPED_FROM, SUPERSEDED, Finding
 from bloodcell.errors import DatasetError
 from bloodcell.types import CLASS_NAMES
 
@@ -89,11 +89,12 @@ def _by_kind(findings: list[Finding]) -> str:
 def findings_note(dataset) -> str | None:
     """One line for commands that read labels without listing their faults (train, val): how many the
     reader repaired or dropped, and how to see them. None when there are none."""
-    if not dataset.findings:
+    found = [f for f in dataset.findings if not f.action.startswith(SUPERSEDED)]  # a later source's labels stand
+    if not found:
         return None
     split = f" split {dataset.split}" if dataset.split else ""
     return (
-        f"warning: {dataset.root}{split}: {len(dataset.findings)} label findings ({_by_kind(dataset.findings)}) "
+        f"warning: {dataset.root}{split}: {len(found)} label findings ({_by_kind(found)}) "
         f"repaired or dropped; `bloodcell data check {dataset.root}` lists them"
     )
 

@@ -163,10 +163,14 @@ def load_dataset(
     has train and val files only: a trainval split must still take its dense labels). Each record
     carries which classes are exhaustively labelled in it.
     """
-    from bloodcell.data.voc import Finding, VOCDataset, load_voc, read_split_ids, unlabelled_images
+    from bloodcell.data.voc import SUPERSEDED, Finding, VOCDataset, load_voc, read_split_ids, unlabelled_images
 
     root = resolve_data_root(data)
     spec = read_spec(root, class_names)
+    if split == ALL_SPLIT and not any(
+        (s.path / "ImageSets" / "Main" / f"{spec.split_file(split)}.txt").is_file() for s in spec.sources
+    ):
+        split = None  # "all", as exports name a folder without split lists: every annotation
     if spec.file is None:
         return load_voc(root, split, class_names=class_names, decode_images=decode_images)
     split_name = None if split is None else spec.split_file(split)
@@ -220,7 +224,7 @@ def load_dataset(
             # a later source's labels replace this one's: its faults no longer matter (an earlier source's
             # labels standing in for a broken later one are no such thing: that finding stays as it is)
             if later is not None and order[later] > order[path]:
-                f = replace(f, action=f"superseded: {later.name} labels this image")
+                f = replace(f, action=f"{SUPERSEDED}{later.name} labels this image")
             findings.append(replace(f, file=f"{path.name}/{f.file}"))
     dataset = VOCDataset(root=root, class_names=tuple(class_names), split=split, findings=findings)
     dataset.records = sorted(merged.values(), key=lambda r: r.image_path.name)  # type: ignore[attr-defined]

@@ -52,6 +52,8 @@ SPLITS = ("train", "val", "test", "trainval")
 SKIPPED_IMAGE = "skipped image"
 #: The action of a split list's finding whose image the split goes without (a whole-folder read keeps it).
 SKIPPED_FROM = "skipped from "
+#: The action of a finding whose labels a later source of a dataset YAML replaces (it no longer matters).
+SUPERSEDED = "superseded: "
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,9 @@ def canonical(name: str) -> str:
 def read_split_ids(root: Path, split: str) -> list[str]:
     path = root / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
-        raise DatasetError(f"{path}: split file not found (expected ImageSets/Main/{split}.txt)")
+        there = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt") if "_" not in p.stem)
+        has = f"this folder has {', '.join(there)}" if there else "this folder has no split files"
+        raise DatasetError(f"{root}: no split {split!r} (ImageSets/Main/{split}.txt); {has}")
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of an id
     except (OSError, UnicodeDecodeError) as e:
@@ -162,7 +166,9 @@ def check_root(root: str | Path) -> Path:
     if not root.is_dir():
         raise DatasetError(f"{root}: is a file, expected a Pascal VOC folder with Annotations/ and JPEGImages/")
     if not (root / "Annotations").is_dir():
-        raise DatasetError(f"{root}: no Annotations/ folder; not a Pascal VOC dataset")
+        inside = (root.parent / "Annotations").is_dir() and (root.parent / "JPEGImages").is_dir()
+        hint = f" (it is inside one: give {root.parent})" if inside else ""
+        raise DatasetError(f"{root}: no Annotations/ folder; not a Pascal VOC dataset{hint}")
     return root
 
 
