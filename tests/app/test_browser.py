@@ -231,3 +231,14 @@ def test_page_shows_warnings_keeps_names_skips_repeats_and_its_json_makes_a_repo
         page.locator("#clear").click()
         expect(page.locator("#status")).to_have_text("0 image(s)")
         assert page.locator(".card").count() == 0 and page.locator("#summary").is_hidden()
+
+        # a TIFF, which browsers cannot draw: its counts, and a line saying why there is no picture
+        tiff = tmp_path / "field.tif"
+        Image.open(color).save(tiff)
+        page.locator("#files").set_input_files([str(tiff), str(color)])
+        expect(page.locator("#status")).to_have_text("2 image(s)")
+        notes = page.locator(".card .no-preview")
+        assert [notes.nth(i).is_visible() for i in range(2)] == [True, False]
+        assert "cannot show this image" in notes.first.inner_text()
+        page.locator("#files").focus()  # the chooser is reachable by keyboard (not display: none)
+        expect(page.locator("#files")).to_be_focused()

@@ -114,6 +114,7 @@ def test_health_and_model_info(client):
     assert card["classes"] == list(CLASS_NAMES) and set(card["colors"]) == set(CLASS_NAMES)
     assert card["input_size"] == [320, 256] and card["conf"] == [0.3, 0.3, 0.3] and card["metrics"] == METRICS
     assert card["nms_iou"] == [0.5, 0.5, 0.5]
+    assert card["server"] == {"max_upload_mb": LIMIT_MB, "max_megapixels": server.MAX_PIXELS / 1e6, "cell_size": "auto"}
 
 
 @pytest.mark.parametrize("fmt", ["pytorch", "onnx"])

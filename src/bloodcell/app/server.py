@@ -382,6 +382,8 @@ def create_app(
         predictor.conf if conf is None else tuple(float(v) for v in class_thresholds(conf, len(predictor.class_names)))
     )
     card = model_card(predictor, model_name, points)
+    # what a client may send and how it is counted, before it learns it from a refusal
+    card["server"] = {"max_upload_mb": max_upload_mb, "max_megapixels": max_pixels / 1e6, "cell_size": cell_size}
     app = FastAPI(title="bloodcell", version=__version__, description="Detect and count blood cells in images.")
     app.add_middleware(GuardMiddleware, host=host, allowed_hosts=tuple(allowed_hosts))
 

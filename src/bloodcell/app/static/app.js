@@ -125,7 +125,8 @@ function clearAll() {
 
 function draw(item) {
   const canvas = item.card.querySelector("canvas");
-  canvas.hidden = !item.bitmap; // e.g. TIFF, which browsers cannot show: counts only
+  canvas.hidden = !item.bitmap; // e.g. TIFF, which browsers cannot show: counts only, and said
+  item.card.querySelector(".no-preview").hidden = Boolean(item.bitmap) || !item.record;
   if (!item.bitmap) return;
   const { width, height, detections } = item.record;
   Object.assign(canvas, { width, height });
