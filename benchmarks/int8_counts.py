@@ -46,7 +46,7 @@ def main() -> None:
     )
     refit = args.model.with_name(args.model.stem + "-refit" + args.model.suffix)
     shutil.copyfile(args.model, refit)
-    fitted, _ = fit_export_counting(refit, load_dataset(DENSE, "val").records, DENSE, "val")
+    fitted = fit_export_counting(refit, load_dataset(DENSE, "val").records, DENSE, "val").metrics
     row.update(
         refit_conf=list(fitted.conf),
         refit_rbc_mae=fitted.count_mae["RBC"],

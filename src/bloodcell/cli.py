@@ -639,13 +639,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         from bloodcell.export.calibrate import fit_export_counting
         from bloodcell.runtime.counting import per_class
 
-        metrics, sidecar = fit_export_counting(model, records, str(root), args.split, args.nms_iou, args.threads)
-        print(metrics)
-        iou = json.loads(sidecar.read_text(encoding="utf-8"))["iou_threshold"]  # as stored, --nms-iou applied
-        names = metrics.class_names
+        fit = fit_export_counting(model, records, str(root), args.split, args.nms_iou, args.threads)
+        print(fit.metrics)
+        names, points = fit.metrics.class_names, per_class(fit.metrics.class_names, fit.metrics.conf)
         print(
-            f"wrote {sidecar} and the metadata inside {model.name} (operating points {per_class(names, metrics.conf)}; "
-            f"NMS IoU {per_class(names, iou)})"
+            f"wrote {fit.sidecar} and the metadata inside {model.name} (operating points {points}; "
+            f"NMS IoU {per_class(names, fit.iou_threshold)})"
         )
     if note := skipped_note(dataset):  # the fit is written, but over fewer images than the split lists
         print(note, file=sys.stderr)

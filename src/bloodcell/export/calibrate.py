@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bloodcell.atomic import write_files
@@ -27,6 +27,16 @@ from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.metadata import PER_CLASS_NMS_VERSION, parse_metadata, sidecar_path
 
 
+@dataclass(frozen=True)
+class ExportFit:
+    """What a refit of an export did: its val metrics (at the new operating points), the sidecar
+    written, and the NMS IoU threshold(s) stored (``--nms-iou`` applied)."""
+
+    metrics: DetectionMetrics
+    sidecar: Path
+    iou_threshold: float | tuple[float, ...]
+
+
 def fit_export_counting(
     path: Path,
     val_records: list,
@@ -34,10 +44,10 @@ def fit_export_counting(
     split: str = "val",
     nms_iou: str | None = None,
     threads: int | None = None,
-) -> tuple[DetectionMetrics, Path]:
+) -> ExportFit:
     """Refit ``path``'s (an .onnx or .tflite export) operating points, score calibration and reference
-    red-cell size on ``val_records`` and write them to its sidecar and into the file; returns the val
-    metrics and the sidecar. ``threads``: the runtime's CPU threads (default: every core)."""
+    red-cell size on ``val_records`` and write them to its sidecar and into the file. ``threads``: the
+    runtime's CPU threads (default: every core)."""
     predictor = load_predictor(path, threads=threads)
     if not isinstance(predictor, ExportedPredictor):
         raise ConfigError(f"--model {path}: not an ONNX or TFLite export")
@@ -82,4 +92,4 @@ def fit_export_counting(
         )
     # Both complete before either replaces its file; the sidecar first (see exporter.export_model).
     write_files(files)
-    return metrics, target
+    return ExportFit(metrics, target, iou)
