@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bloodcell.app import server
-from bloodcell.app.api_schema import DetectRecord
+from bloodcell.app.api_schema import DetectRecord, ErrorBody
 from bloodcell.app.server import ApiError, create_app, read_upload, safe_name
 from bloodcell.cli import main
 from bloodcell.errors import ConfigError
@@ -157,6 +157,10 @@ def test_page_is_served_offline_and_api_documented(client):
         code: "#/components/schemas/ErrorBody" for code in ("400", "403", "413", "415", "422")
     }
     assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
+    for params in ({"confidence": "0.5"}, {}):  # an unknown option (422), and an empty upload (400): the body
+        r = client.post("/api/v1/detect", files={"file": ("e.jpg", b"")}, params=params)
+        assert r.status_code in (400, 422)
+        ErrorBody.model_validate(r.json())
 
 
 def _jpeg_head(slides) -> bytes:
@@ -463,6 +467,10 @@ def test_a_busy_port_is_one_line_before_serving_is_announced(tmp_path, monkeypat
         "try another --port\n"
     )
     # a host that is no address here: the host is named, not the port, and no "others can reach it" warning
+    def no_serving(*args, **kwargs):  # where the system lets a program bind any address: no hang, a failure
+        raise AssertionError("bound 192.0.2.1: this machine allows non-local binds")
+
+    monkeypatch.setattr("bloodcell.cli._run_server", no_serving)
     assert main(["serve", "--model", str(model), "--host", "192.0.2.1", "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --host 192.0.2.1: not an address of this computer (") and "warning" not in err

@@ -372,11 +372,15 @@ def test_an_export_never_mixes_two_datasets_splits(fmt: str, tiny_voc: Path, tmp
         fmt: str(tiny_voc.resolve()),
         another: str(other.root.resolve()),
     }
-    unknown = tmp_path / "unknown"  # files of the format that no export recorded: whose, unknown
+    unknown = tmp_path / "unknown"  # a split's file of the format that no export recorded: whose, unknown
     unknown.mkdir()
-    (unknown / {"csv": "a.csv", "coco": "a.json", "yolo": "data.yaml", "tfrecord": "a.tfrecord"}[fmt]).write_text("")
+    (unknown / {"csv": "test.csv", "coco": "val.json", "yolo": "data.yaml", "tfrecord": "test.tfrecord"}[fmt]).touch()
     with pytest.raises(ConfigError, match="holds files with no record of their data"):
         export_dataset(tiny_voc, fmt, unknown)
+    mine = tmp_path / "mine"  # a lab's own files named otherwise (a predict CSV, a val --json) are no export
+    mine.mkdir()
+    (mine / "counts.csv").touch(), (mine / "results.json").touch()
+    export_dataset(tiny_voc, fmt, mine)
 
 
 class _Exploding:

@@ -332,8 +332,12 @@ def test_split_files_written_by_windows_editors_and_ids_with_spaces(tmp_path: Pa
     dataset = load_voc(tmp_path, split="train")
     assert dataset.findings == []
     assert sorted(r.image_id for r in dataset.records) == ["BloodImage_00001", "Zelle é 01", "field 1", "slide 1 field"]
-    split.write_text("BloodImage_00001 -1\nslide 1 field  1\n", encoding="utf-8")
+    split.write_text("BloodImage_00001 -1\nslide 1 field  1\n", encoding="utf-8")  # a per-class list: flags
     assert [r.image_id for r in load_voc(tmp_path, split="train").records] == ["BloodImage_00001", "slide 1 field"]
+    # a plain list whose one line looks flagged: the whole line is the id, and its missing XML a finding
+    split.write_text("BloodImage_00001\nZelle é 01\nghost 1\n", encoding="utf-8")
+    dataset = load_voc(tmp_path, split="train")
+    assert [f.file for f in dataset.findings] == ["ghost 1.xml"] and len(dataset.records) == 2
 
 
 def test_a_second_picture_with_a_labelled_images_name_is_a_finding(tmp_path: Path) -> None:
@@ -359,3 +363,5 @@ def test_folder_and_split_mistakes_say_what_to_give_instead(tmp_path: Path) -> N
         load_voc(voc.root, split="vla")
     plain = make_voc(tmp_path / "plain", n_images=2, splits=False)
     assert len(load_dataset(plain.root, "all").records) == 2  # "all", as exports name a folder without split lists
+    with pytest.raises(DatasetError, match="no split 'all'"):  # with split lists, "all" is a split like any
+        load_dataset(voc.root, "all")

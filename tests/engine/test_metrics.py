@@ -77,6 +77,13 @@ def test_unlabelled_cells_of_a_non_exhaustive_class_are_neither_true_nor_false()
     assert m.coco_ap50 == pytest.approx(0.5, abs=0.01)
     assert m.count_mae["RBC"] == 1.0 and m.count_me["RBC"] == 1.0 and m.count_total_error["RBC"] == 1.0
     assert partial.compute().count_images["RBC"] == 0
+    # a second box on a labelled cell is a false positive in both, unboxed cells or not
+    dup = DetectionEvaluator(("RBC",), conf=0.5)
+    dup.update(Detections([[10, 10, 50, 50], [11, 11, 50, 50]], [0, 0], [0.9, 0.8]), gt, (200, 200), np.array([False]))
+    dup.update(Detections([[10, 10, 50, 50]], [0], [0.7]), gt, (200, 200), np.array([False]))
+    duplicated = dup.compute()
+    assert duplicated.voc_ap50["RBC"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert duplicated.coco_ap50 == pytest.approx(duplicated.voc_ap50["RBC"], abs=0.02)
     # Undefined count metrics are null in JSON (NaN is not JSON: model files and the web API carry these)
     saved = json.loads(json.dumps(partial.compute().to_dict(), allow_nan=False))
     assert saved["count_mae"] == {"RBC": None} and saved["count_total_error"] == {"RBC": None}

@@ -120,6 +120,16 @@ def test_a_sidecar_left_from_before_a_refit_is_said(tiny_exports, tmp_path):
         assert p.conf == (0.5, 0.6, 0.7) and len(p.notes) == 1 and p.notes[0].startswith(stale)
     sidecar_of(model).write_text(json.dumps(refit))
     assert load_predictor(model).notes == []
+    # a later refit into the sidecar alone (no onnx package on the lite install) counts on from the file's:
+    # it wins though a Pi without a clock dated it earlier
+    model.write_bytes(with_metadata(model, {**refit, "fitted": {**fitted, "generation": 1}}))
+    later = {
+        **old,
+        "conf": [0.45, 0.45, 0.45],
+        "fitted": {**fitted, "at": "2001-01-01T00:00:00+00:00", "generation": 2},
+    }
+    sidecar_of(model).write_text(json.dumps(later))
+    assert load_predictor(model).conf == (0.45, 0.45, 0.45)
     undated = {**old, "conf": [0.4, 0.4, 0.4], "fitted": {"data": "other", "split": "val", "images": 4}}
     model.write_bytes(with_metadata(model, {**refit, "fitted": {**fitted, "at": None}}))
     sidecar_of(model).write_text(json.dumps(undated))

@@ -96,6 +96,7 @@ def test_calibrate_refits_an_int8_export_into_its_sidecar(exports, bccd_root, tm
     sidecar = json.loads((tmp_path / "int8.tflite.json").read_text())
     assert sidecar["fitted"]["images"] == 42 and sidecar["fitted"]["data"] == str(dense)
     assert dt.datetime.fromisoformat(sidecar["fitted"]["at"]).tzinfo is not None  # dated: a stale copy is older
+    assert sidecar["fitted"]["generation"] == 1  # the export's first refit
     refit = load_predictor(model)
     assert refit.conf == tuple(sidecar["conf"]) and refit.describe()["metrics"] == sidecar["fitted"]["metrics"]
     assert refit.notes == []

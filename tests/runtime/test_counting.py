@@ -81,7 +81,12 @@ def test_parse_conf_forms_and_errors():
         ("RBC=0.6,rbc=0.1", "RBC is given twice"),
         ("RBC=1.5", "(0, 1]"),
         ("RBC", "not a number"),
-        ("0.5,0.6", "give one value for every class, or CLASS=VALUE per class (e.g. RBC=0.4,Platelets=0.6)"),
+        (
+            "0.5,0.6",
+            "a list by position is not read; give one value that every class takes, or CLASS=VALUE per class "
+            "(e.g. RBC=0.4,WBC=0.5)",
+        ),
+        ("0,5", "write decimals with a point (0.5)"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             parse_conf(bad, NAMES, 0.5)

@@ -34,6 +34,7 @@ class DetectRecord(BaseModel):
 class ErrorBody(BaseModel):
     """Every error: 400, 403, 413, 415 and 422 alike."""
 
+    model_config = ConfigDict(extra="forbid")
     error: str = Field(description="what is wrong, naming the upload or option")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bloodcell.atomic import write_text
 from bloodcell.data.exports import coco, csvfile, tfrecord, yolo
-from bloodcell.data.sources import ALL_SPLIT, available_splits, load_dataset, resolve_data_root
+from bloodcell.data.sources import ALL_SPLIT, STANDARD_SPLITS, available_splits, load_dataset, resolve_data_root
 from bloodcell.data.voc import VOCDataset
 from bloodcell.errors import ConfigError
 from bloodcell.types import CLASS_NAMES
@@ -21,12 +21,13 @@ from bloodcell.types import CLASS_NAMES
 #: a later export adds splits to it or is refused, and never mixes two datasets.
 MARK = "bloodcell-export.json"
 
-#: What each format writes (globs in the export folder): an earlier export's files, checked before writing.
+#: What each format writes (globs in the export folder, per split name): an earlier export's files of these
+#: names are checked before writing; other files (a val --json, a predict CSV) may share the folder.
 OUTPUTS = {
-    "csv": ("*.csv",),
-    "coco": ("*.json",),
+    "csv": ("{split}.csv",),
+    "coco": ("{split}.json",),
     "yolo": ("data.yaml", "images/*", "labels/*"),
-    "tfrecord": ("*.tfrecord", "label_map.pbtxt"),
+    "tfrecord": ("{split}.tfrecord", "label_map.pbtxt"),
 }
 
 Writer = Callable[[dict[str, VOCDataset], Path], list[Path]]
@@ -57,12 +58,12 @@ def export_dataset(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: export destination exists and is not a folder")
     source = str(resolve_data_root(root).resolve())
-    _check_destination(out, source, fmt)
     # Read every split before writing anything, so a missing split file fails with no output at all.
     # Default: the standard splits the dataset has (a lab's own folder may have no test split), or
     # every annotation as "all" when it has no split files.
     names = dict.fromkeys(splits or available_splits(root) or [None])  # drops repeats, keeps order
     datasets = {split or ALL_SPLIT: load_dataset(root, split=split, class_names=class_names) for split in names}
+    _check_destination(out, source, fmt, [*STANDARD_SPLITS, ALL_SPLIT, *datasets])
     for dataset in datasets.values() if on_read else ():
         on_read(dataset)
     out.mkdir(parents=True, exist_ok=True)  # the record first: split files written before a failure are this data's
@@ -78,12 +79,13 @@ def _marks(out: Path) -> dict[str, str]:
     return made if isinstance(made, dict) else {}
 
 
-def _check_destination(out: Path, source: str, fmt: str) -> None:
+def _check_destination(out: Path, source: str, fmt: str, splits: list[str]) -> None:
     """Other files may share the folder, and an export may add splits to an earlier export of the same data
     in the same format; but never mix two datasets' splits (a YOLO data.yaml would list the other's as
     this one's): files of this format from other data, or from an export with no record of its data, are
     refused."""
-    found = (p for pattern in OUTPUTS[fmt] for p in out.glob(pattern) if p.name != MARK)
+    patterns = {pattern.format(split=split) for pattern in OUTPUTS[fmt] for split in splits}
+    found = (p for pattern in sorted(patterns) for p in out.glob(pattern) if p.name != MARK)
     there = sorted(p.relative_to(out).as_posix() for p in found)
     made = _marks(out).get(fmt)
     if there and made != source:

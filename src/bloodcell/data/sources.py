@@ -167,9 +167,7 @@ def load_dataset(
 
     root = resolve_data_root(data)
     spec = read_spec(root, class_names)
-    if split == ALL_SPLIT and not any(
-        (s.path / "ImageSets" / "Main" / f"{spec.split_file(split)}.txt").is_file() for s in spec.sources
-    ):
+    if split == ALL_SPLIT and not any(any((s.path / "ImageSets" / "Main").glob("*.txt")) for s in spec.sources):
         split = None  # "all", as exports name a folder without split lists: every annotation
     if spec.file is None:
         return load_voc(root, split, class_names=class_names, decode_images=decode_images)

@@ -52,6 +52,8 @@ SPLITS = ("train", "val", "test", "trainval")
 SKIPPED_IMAGE = "skipped image"
 #: The action of a split list's finding whose image the split goes without (a whole-folder read keeps it).
 SKIPPED_FROM = "skipped from "
+#: A line of VOC's per-class split lists: the id, then whether the class is in it (1, 0 difficult, -1 not).
+FLAGGED_ID = re.compile(r"(.+?)\s+(-1|0|1)")
 #: The action of a finding whose labels a later source of a dataset YAML replaces (it no longer matters).
 SUPERSEDED = "superseded: "
 
@@ -131,23 +133,23 @@ def canonical(name: str) -> str:
 def read_split_ids(root: Path, split: str) -> list[str]:
     path = root / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
-        there = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt") if "_" not in p.stem)
+        there = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
         has = f"this folder has {', '.join(there)}" if there else "this folder has no split files"
         raise DatasetError(f"{root}: no split {split!r} (ImageSets/Main/{split}.txt); {has}")
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of an id
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: cannot read split file: {e}") from None
-    return [_split_id(root, line.strip()) for line in text.splitlines() if line.strip()]
-
-
-def _split_id(root: Path, line: str) -> str:
-    """A split file's line is an image id, which may hold spaces ("slide 1 field"); VOC's per-class lists
-    add a flag after it ("BloodImage_00001 -1"), dropped unless the whole line names an annotation."""
-    flagged = re.fullmatch(r"(.+?)\s+(-1|0|1)", line)
-    if flagged is None or (root / "Annotations" / f"{line}.xml").is_file():
-        return line
-    return flagged.group(1)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    flagged = [FLAGGED_ID.fullmatch(line) for line in lines]
+    if not all(flagged):  # a plain list: each line is an id, which may hold spaces ("slide 1 field")
+        return lines
+    # VOC's per-class lists add a flag to every line ("BloodImage_00001 -1"); a line that names an
+    # annotation whole is an id all the same ("field 1" beside "field 0")
+    ids = []
+    for line, match in zip(lines, flagged, strict=True):
+        ids.append(line if (root / "Annotations" / f"{line}.xml").is_file() else match.group(1))  # type: ignore[union-attr]
+    return ids
 
 
 def check_root(root: str | Path) -> Path:

@@ -261,12 +261,23 @@ class DetectionEvaluator:
             dt = gt.loadRes(dets)
             ev = COCOeval(gt, dt, "bbox")
             ev.evaluate()
-            for e in ev.evalImgs:  # LVIS's rule: in an image that boxes a class incompletely, a detection
-                if e is not None and not self.exhaustive[e["image_id"]][e["category_id"] - 1]:  # matching no
-                    e["dtIgnore"] = np.logical_or(e["dtIgnore"], e["dtMatches"] == 0)  # box is not a false one
+            self._ignore_unlabelled(ev)
             ev.accumulate()
             ev.summarize()
         return float(ev.stats[1]), float(ev.stats[0])
+
+    def _ignore_unlabelled(self, ev) -> None:
+        """LVIS's rule in pycocotools, as ``_voc_class`` applies it: in an image that boxes a class
+        incompletely, a detection overlapping no box of it (IoU below each threshold) may be an unboxed cell,
+        neither true nor false; one overlapping a box that another detection matched stays a false positive."""
+        thresholds = ev.params.iouThrs[:, None]
+        for e in ev.evalImgs:
+            if e is None or self.exhaustive[e["image_id"]][e["category_id"] - 1]:
+                continue
+            ious = np.asarray(ev.ious[(e["image_id"], e["category_id"])])  # dets (by score, as in e) x boxes
+            n = len(e["dtIds"])
+            best = ious.max(axis=1)[:n] if ious.size else np.zeros(n)
+            e["dtIgnore"] = np.logical_or(e["dtIgnore"], best[None, :] < thresholds)
 
     def confusion_matrix(self) -> np.ndarray:
         """(K+1) x (K+1) counts at the operating threshold; last row/col is background (missed / false)."""

@@ -31,10 +31,12 @@ def validate(
     batch: int = 1,
     threads: int | None = None,
     on_read: Callable[[VOCDataset], None] | None = None,
+    progress: bool | None = None,
 ) -> DetectionMetrics:
     """Score a model file on a split of a VOC folder or dataset YAML. ``conf``: --conf text (None: the model's).
     ``device``/``batch``: where a .pt model runs and how many images per pass (results do not depend on them).
-    ``on_read``: called with the split as read (its findings say which listed images were left out)."""
+    ``on_read``: called with the split as read (its findings say which listed images were left out).
+    ``progress``: a progress bar (default: when stderr is a terminal, so none in logs)."""
     predictor = load_predictor(model, device=device, threads=threads, batch=batch)
     print_model_notes(predictor)
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
@@ -50,8 +52,13 @@ def validate(
             f"`bloodcell data check {data_root}` says why)"
         )
     metrics = evaluate(
-        predictor, dataset.records, conf=thresholds, progress=sys.stderr.isatty(), cell_size=cell_size, batch=batch
-    )  # no progress bars in logs
+        predictor,
+        dataset.records,
+        conf=thresholds,
+        progress=sys.stderr.isatty() if progress is None else progress,
+        cell_size=cell_size,
+        batch=batch,
+    )
     if out:
         plot_pr_curves(metrics, Path(out) / "pr_curves.png")
         plot_confusion(metrics, Path(out) / "confusion_matrix.png")

@@ -24,7 +24,7 @@ from bloodcell.export.embed import with_metadata
 from bloodcell.runtime.counting import parse_nms_iou
 from bloodcell.runtime.exported import ExportedPredictor
 from bloodcell.runtime.loader import load_predictor
-from bloodcell.runtime.metadata import PER_CLASS_NMS_VERSION, parse_metadata, sidecar_path
+from bloodcell.runtime.metadata import PER_CLASS_NMS_VERSION, parse_metadata, refit_generation, sidecar_path
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,8 @@ def fit_export_counting(
             "split": split,
             "images": len(val_records),
             "metrics": {split: metrics.to_dict()},
-            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),  # a stale copy is older
+            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "generation": refit_generation(meta.raw) + 1,  # a stale copy has a lower one, whatever the clocks say
         },
     )
     if isinstance(iou, tuple):  # older runtimes read one threshold only: they must refuse this sidecar

@@ -10,6 +10,7 @@ The calibration maps raw scores to probabilities with the isotonic curve fitted 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -56,9 +57,12 @@ def parse_conf(text: str, class_names: Sequence[str], default: Conf, flag: str =
     text = text.strip()
     if "=" not in text:
         if "," in text:  # "0.5,0.6": a list by position is not taken (which class is which?)
+            if re.fullmatch(r"\d+,\d+", text):
+                raise ConfigValueError(f"{flag} {text!r}: write decimals with a point ({text.replace(',', '.')})")
+            example = ",".join(f"{name}=0.{4 + i}" for i, name in enumerate(class_names[:2]))
             raise ConfigValueError(
-                f"{flag} {text!r}: give one value for every class, or CLASS=VALUE per class "
-                f"(e.g. {class_names[0]}=0.4,{class_names[-1]}=0.6)"
+                f"{flag} {text!r}: a list by position is not read; give one value that every class takes, or "
+                f"CLASS=VALUE per class (e.g. {example})"
             )
         values = [_threshold(text, flag)] * len(class_names)
         return tuple(values)

@@ -14,6 +14,7 @@ Torch-free: the standard library, numpy, and the model runtimes (onnxruntime, ai
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from dataclasses import dataclass, field
@@ -188,13 +189,39 @@ def resolve_metadata(model: Path, sidecar: ExportMetadata | None, embedded: str 
 
 def refit_inside_is_newer(sidecar: dict, inside: dict) -> bool:
     """Whether the file's own metadata holds a refit (`bloodcell calibrate`) made after the sidecar's
-    operating points: the sidecar has no refit at all, or an earlier one (both dated)."""
+    operating points: the sidecar has no refit at all, or an earlier one. Each refit counts on from the
+    one it started from (``generation``), which no wrong clock can reorder; refits from before that was
+    recorded compare their dates; anything else leaves the sidecar first."""
     mine, theirs = inside.get("fitted"), sidecar.get("fitted")
     if not isinstance(mine, dict):
         return False
     if not isinstance(theirs, dict):
         return True
-    return bool(mine.get("at") and theirs.get("at") and str(mine["at"]) > str(theirs["at"]))
+    for key, read in (("generation", _int), ("at", _aware_time)):
+        a, b = read(mine.get(key)), read(theirs.get(key))
+        if a is not None and b is not None:
+            return a > b  # type: ignore[operator]
+    return False
+
+
+def refit_generation(raw: dict) -> int:
+    """How many refits the metadata ``raw`` has had (0: none; 1: one before generations were counted)."""
+    fitted = raw.get("fitted")
+    if not isinstance(fitted, dict):
+        return 0
+    return _int(fitted.get("generation")) or 1
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _aware_time(value: object) -> dt.datetime | None:
+    try:
+        when = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
 
 
 #: What a sidecar may retune without another export (see GRAPH_FIELDS).

@@ -35,9 +35,12 @@ def instances(dataset: VOCDataset) -> dict[str, Any]:
     annotations: list[dict[str, Any]] = []
     # file_name is relative to info.image_root: the images' folder, or (a dataset YAML's several) their common one
     paths = [Path(os.path.abspath(r.image_path)) for r in dataset.records]
-    image_root = Path(os.path.commonpath({p.parent for p in paths})) if paths else None
+    try:
+        image_root = Path(os.path.commonpath({p.parent for p in paths})) if paths else None
+    except ValueError:  # folders on different Windows drives: no common one, so file names are absolute
+        image_root = None
     for image_id, (record, path) in enumerate(zip(dataset.records, paths, strict=True), start=1):
-        name = path.relative_to(image_root).as_posix()  # type: ignore[arg-type]
+        name = path.as_posix() if image_root is None else path.relative_to(image_root).as_posix()
         images.append({"id": image_id, "file_name": name, "width": record.width, "height": record.height})
         annotations += _annotations(record, image_id, first_id=len(annotations) + 1)
     categories = [{"id": i + 1, "name": name, "supercategory": "cell"} for i, name in enumerate(dataset.class_names)]
