@@ -300,6 +300,29 @@ def test_the_report_says_which_operating_points_counted(tmp_path: Path):
     records[1]["conf"] = [0.64, 0.55, 0.62]
     build_report(make_slide(tmp_path / "t", records), out=tmp_path / "t.html")
     assert "counted at each field's operating points." in (tmp_path / "t.html").read_text()
+    for r in records:  # a predict or watch counts CSV records none: not claimed to be the model's
+        del r["conf"]
+    build_report(make_slide(tmp_path / "u", records), out=tmp_path / "u.html")
+    assert "counted at operating points the results do not record." in (tmp_path / "u.html").read_text()
+
+
+def test_the_report_never_writes_over_its_input_and_refuses_a_batch_archive(slide: Path, tmp_path: Path, capsys):
+    before = slide.read_bytes()
+    for out in (slide, slide.parent / "a.jpg"):  # its results, an image: refused, untouched
+        assert main(["report", str(slide), "--out", str(out)]) == 2
+        assert "the report is an HTML page; name it .html" in capsys.readouterr().err
+    assert slide.read_bytes() == before and Image.open(slide.parent / "a.jpg").size == (64, 48)
+    archive = tmp_path / "counts.parquet"
+    (archive / "_runs").mkdir(parents=True)
+    for given in (archive, archive / "_runs" / "r.csv"):
+        assert main(["report", str(given), "--out", str(tmp_path / "r.html")]) == 2
+        assert "`bloodcell batch`'s Parquet archive is not one" in capsys.readouterr().err
+
+
+def test_an_image_of_another_size_than_counted_is_warned_of(slide: Path, tmp_path: Path, capsys):
+    Image.new("RGB", (32, 24)).save(slide.parent / "a.jpg")  # the results say 64x48
+    assert main(["report", str(slide), "--out", str(tmp_path / "r.html")]) == 0
+    assert "a.jpg: 32x24, but a.jpg was counted at 64x48; its boxes are scaled to it" in capsys.readouterr().err
 
 
 def test_fields_counted_with_warnings_are_flagged_in_the_report(tmp_path: Path, capsys):

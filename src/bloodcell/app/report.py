@@ -120,7 +120,8 @@ def _points_text(records: list[dict], classes: tuple[str, ...]) -> str:
     if len(points) == 1:
         [conf] = points
         return "at operating points " + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, conf, strict=True))
-    return "at each field's operating points" if points else "at the model's operating points"
+    # a counts CSV of predict or watch does not record them: the model's unless --conf was given
+    return "at each field's operating points" if points else "at operating points the results do not record"
 
 
 def _ratio(value: float | None) -> str:
@@ -166,6 +167,12 @@ def read_records(path: Path) -> list[dict]:
 
 def read_slide(path: Path) -> tuple[list[dict], list[str]]:
     """``read_records``, and the names of the images that the results say failed to process."""
+    if path.is_dir() or path.suffix.lower() == ".parquet" or path.parent.name == "_runs":
+        raise DatasetError(
+            f"{path}: a slide report reads one slide's `predict --json`/`--csv`, `watch` or web-page results; "
+            "`bloodcell batch`'s Parquet archive is not one (count the slide's folder with `bloodcell predict "
+            "FOLDER --json results.json`, then report that)"
+        )
     if path.suffix.lower() == ".csv":
         return _csv_records(path)
     try:
@@ -389,6 +396,12 @@ def thumbnail_uri(record: dict, path: Path, annotator: BoxAnnotator, thumb_px: i
     image = Image.fromarray(load_image(path))
     # Boxes are in the pixels of the image the record was made from (its width x height).
     src_w, src_h = record.get("width") or image.width, record.get("height") or image.height
+    if (src_w, src_h) != image.size and record.get("detections"):  # a resized copy, or another picture
+        print(
+            f"warning: {path}: {image.width}x{image.height}, but {record['image']} was counted at {src_w}x{src_h}; "
+            "its boxes are scaled to it (wrong if this is another picture)",
+            file=sys.stderr,
+        )
     image.thumbnail((thumb_px, thumb_px))
     dets = counted_detections(record, annotator.class_names)
     dets.boxes = dets.boxes * np.array([image.width / src_w, image.height / src_h] * 2, np.float32)
