@@ -941,7 +941,7 @@ def _version() -> str:
     return f"bloodcell {__version__}"
 
 
-OWN_STOP = ("serve", "batch")  # commands that keep SIGTERM's default (see main); others stop as on Ctrl-C
+OWN_STOP = ("serve",)  # commands that keep SIGTERM's default (see main); others stop as on Ctrl-C
 
 
 def _stops_on_sigterm(args: argparse.Namespace) -> bool:
@@ -969,9 +969,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import threading
 
     # A scheduler's stop ends a command as Ctrl-C does: predict writes the results of the finished images,
-    # watch ends between files, and a file being written is removed, not left as a hidden temporary.
-    # Not distributed train (torchrun and its launcher stop workers with SIGTERM themselves), serve
-    # (uvicorn's own handlers), nor batch (its parts are written as it goes; a later run removes a killed part).
+    # watch ends between files, batch writes its finished rows and run record, and a file being written is
+    # removed, not left as a hidden temporary. Not distributed train (torchrun and its launcher stop workers
+    # with SIGTERM themselves), nor serve (uvicorn's own handlers).
     ours = _stops_on_sigterm(args) and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop) if ours else None
     try:

@@ -93,14 +93,15 @@ def test_local_batch_rows_match_predict_and_resume_skips(archive: Path, tmp_path
     assert {r["model"] for r in rows} == {rows[0]["model"]} and rows[0]["model"].startswith("cellnet@")
 
     again = run_batch([str(archive)], str(out), device="cpu", progress=False)
-    assert (again.written, again.skipped, again.failed) == (0, 5, 1) and len(read_rows(out)) == 5
+    # the bad file, unchanged, is failed again (not also skipped): 4 + 1 = the 5 rows
+    assert (again.written, again.skipped, again.failed) == (0, 4, 1) and len(read_rows(out)) == 5
     summaries = sorted((out / "_runs").glob("*.csv"))
     assert len(summaries) == 2 and "images_per_s" in summaries[0].read_text()
 
     # Changed content under the same path is new work; unchanged files stay skipped.
     shutil.copy(SAMPLES[1], archive / "day2" / "again.jpg")
     changed = run_batch([str(archive)], str(out), device="cpu", progress=False)
-    assert (changed.written, changed.skipped, changed.failed) == (1, 4, 1)
+    assert (changed.written, changed.skipped, changed.failed) == (1, 3, 1)
 
     # What makes a count doubtful travels with the row, as predict prints it.
     Image.open(SAMPLES[2]).convert("L").save(archive / "gray.png")
@@ -128,6 +129,26 @@ def test_killed_batch_completes_each_image_exactly_once_on_rerun(bccd_root: Path
     assert f"{first} skipped" in done.stdout
     paths = [r["path"] for r in read_rows(out)]
     assert sorted(paths) == sorted(map(str, images))  # every image, exactly once
+
+
+def test_sigterm_stops_a_batch_with_workers_as_ctrl_c_does(bccd_root: Path, tmp_path: Path) -> None:
+    """A scheduler's SIGTERM: the rows finished are written, _runs/<id>.csv says how far it got, exit 130,
+    and the worker processes end quietly (no tracebacks)."""
+    images = sorted((bccd_root / "JPEGImages").glob("*.jpg"))[:16]
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(map(str, images)) + "\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "bloodcell", "batch", str(listing), "--out", str(out), "--device", "cpu"]
+    proc = subprocess.Popen([*cmd, "--workers", "2", "--part-rows", "1"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "stopped: " in err
+    [summary] = list(csv.DictReader(next((out / "_runs").glob("*.csv")).open()))
+    assert summary["interrupted"] == "True" and int(summary["written"]) == len(read_rows(out)) > 0
 
 
 def test_ray_with_two_cpus_counts_like_predict_on_bccd_val(bccd_root: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 
@@ -62,6 +63,20 @@ def test_a_tiff_stack_is_refused_and_its_previews_ignored(images, tmp_path):
     with pytest.raises(ImageError, match=r"upload\.tif: a TIFF of 3 full-size pages"):
         decode_image(stack.read_bytes(), "upload.tif")
     assert np.array_equal(load_image(preview), np.asarray(field))
+
+
+def test_an_empty_file_and_a_non_image_say_the_same_from_disk_and_from_bytes(tmp_path):
+    from bloodcell.errors import ImageError
+    from bloodcell.runtime.images import decode_image
+
+    empty, text = tmp_path / "empty.jpg", tmp_path / "notes.jpg"
+    empty.touch()
+    text.write_text("patient notes")
+    for path, says in ((empty, "empty file (0 bytes)"), (text, "cannot decode image (not a format Pillow reads)")):
+        with pytest.raises(ImageError, match=re.escape(f"{path}: {says}")):
+            load_image(path)
+        with pytest.raises(ImageError, match=re.escape(f"{path.name}: {says}")):
+            decode_image(path.read_bytes(), path.name)
 
 
 def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path, capsys):

@@ -291,7 +291,7 @@ def test_cells_too_large_to_measure_are_counted_with_a_warning():
     image, _ = squares(2400, 1800, 500, 100)
     out = detect_cells(SquareModel(), image)
     assert out.estimated and out.scale == 1.0 and out.warning == unmeasured_warning(100.0)
-    assert "--cell-size (their diameter, 25-500 px;" in out.warning
+    assert "give their diameter (25-500 px) with --cell-size" in out.warning
     normal, _ = squares(640, 480, 100, 40)
     assert detect_cells(SquareModel(), normal).warning is None
     assert detect_cells(SquareModel(), image, cell_size=500.0).warning is None  # the user said how large

@@ -57,7 +57,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
             im.load()
             return np.ascontiguousarray(to_rgb_uint8(im))
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: cannot decode image (not a format Pillow reads)") from None
+        raise ImageError(f"{name}: {_unidentified(len(data))}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(name, e) from None
 
@@ -73,13 +73,18 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: file not found") from None
     except PermissionError as e:
         raise UnreadableImageError(f"{path}: cannot read ({e.strerror})") from None
-    except UnidentifiedImageError as e:
+    except UnidentifiedImageError:
         if path.suffix.lower() in VIDEO_SUFFIXES:
             hint = f"`bloodcell predict --source {path}` counts its frames"
             raise ImageError(f"{path}: a video, not an image; {hint}") from None
-        raise _decode_error(path, e) from None
+        raise ImageError(f"{path}: {_unidentified(path.stat().st_size)}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(path, e) from None
+
+
+def _unidentified(size: int) -> str:
+    """One message, from a file or from bytes, for what Pillow cannot identify."""
+    return "empty file (0 bytes)" if size == 0 else "cannot decode image (not a format Pillow reads)"
 
 
 def _decode_error(name: str | Path, e: Exception) -> ImageError:

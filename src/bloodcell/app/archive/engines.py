@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -34,6 +35,10 @@ _worker: ImageWorker | None = None
 
 def _init_process(spec: PredictorSpec) -> None:
     global _worker
+    # Ctrl-C reaches the whole process group and a scheduler may signal it too: the main process stops
+    # the run (writing what is done); a worker finishes its task quietly instead of dying with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _worker = ImageWorker(spec)
 
 
@@ -61,9 +66,8 @@ class LocalEngine:
                 yield worker.rows(task)
             return
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_init_process, initargs=(self.spec,)
-        ) as pool:
+        pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_process, initargs=(self.spec,))
+        try:
             pending: set[Future] = set()
             queue = iter(tasks)
             for task in queue:  # keep every worker busy with one task queued behind it, no more
@@ -74,6 +78,10 @@ class LocalEngine:
                         yield fut.result()
             for fut in pending:
                 yield fut.result()
+        except BaseException:  # stopped (Ctrl-C, SIGTERM, closed early): drop the queued tasks, don't wait on them
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
 
 
 def model_files(model: str) -> dict[str, bytes]:

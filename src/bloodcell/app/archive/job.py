@@ -189,7 +189,7 @@ def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Ru
     keyed = _by_file(_written_by(store, out, model_id))
     skip = _unchanged(keyed, uris)
     todo = [u for u in uris if u not in skip]
-    summary.skipped = len(skip)
+    summary.skipped = sum(not error for error in skip.values())  # a bad file unchanged counts as failed, below
     if changed := sum(file_key(u) in keyed for u in todo):
         print(
             f"note: {changed} image(s) changed since an earlier run are counted again; their earlier rows stay in "
@@ -224,9 +224,12 @@ def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Ru
 
     from tqdm import tqdm
 
+    stream = runner.run(todo) if todo else iter(())
+    processed = 0
     try:
         with tqdm(total=len(todo), desc="batch", unit="img", disable=not run.progress, file=sys.stderr) as bar:
-            for rows in runner.run(todo) if todo else []:
+            for rows in stream:
+                processed += len(rows)
                 for row in rows:
                     if row["error"]:  # through tqdm: a line of its own, not glued to the progress bar
                         tqdm.write(f"error: {row['error']}", file=sys.stderr)
@@ -247,11 +250,13 @@ def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Ru
             f"a worker process died (killed, or out of memory?); the {summary.written} images finished are "
             f"kept in {out}, and a rerun counts the rest (fewer --workers or --threads need less memory)"
         ) from None
-    except KeyboardInterrupt:  # Ctrl-C: the rows finished are written, then the summary says how far it got
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the rows finished are written, then how far it got is said
         summary.interrupted = True
+        getattr(stream, "close", lambda: None)()  # the workers' queued tasks are dropped now, not awaited
         flush()
         _write_summary(store, summary, run, t0)
-        print(f"stopped: {summary}; a rerun counts the rest", file=sys.stderr)
+        rest = "every listed image was done" if processed == len(todo) else "a rerun counts the rest"
+        print(f"stopped: {summary}; {rest}", file=sys.stderr)
         raise
     finally:  # rows already finished are kept, whatever stopped the run
         flush()
