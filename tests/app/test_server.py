@@ -466,6 +466,7 @@ def test_a_busy_port_is_one_line_before_serving_is_announced(tmp_path, monkeypat
     assert err == f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use); " + (
         "try another --port\n"
     )
+
     # a host that is no address here: the host is named, not the port, and no "others can reach it" warning
     def no_serving(*args, **kwargs):  # where the system lets a program bind any address: no hang, a failure
         raise AssertionError("bound 192.0.2.1: this machine allows non-local binds")
