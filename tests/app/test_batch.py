@@ -180,6 +180,23 @@ def test_batch_flags_are_checked(tmp_path: Path) -> None:
         main(["batch", str(SAMPLES[0]), "--out", str(tmp_path / "o"), "--engine", "spark"])
 
 
+def test_nothing_to_count_makes_no_dataset_and_another_folder_is_not_one(tmp_path: Path, capsys) -> None:
+    from bloodcell.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for source in (tmp_path / "typo", empty):  # a typo'd source, an empty folder: exit 1, no folder made
+        assert main(["batch", str(source), "--out", str(tmp_path / "o")]) == 1
+        assert f"error: no image found in {source}; nothing written to" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    images = tmp_path / "images"  # --out naming the images' folder: refused, nothing written there
+    images.mkdir()
+    shutil.copy(SAMPLES[0], images / "a.jpg")
+    assert main(["batch", str(images), "--out", str(images)]) == 2
+    assert "holds other files (a.jpg); give a new or empty folder" in capsys.readouterr().err
+    assert sorted(p.name for p in images.iterdir()) == ["a.jpg"]
+
+
 def test_a_dataset_holds_one_models_counts(tmp_path: Path, tiny_model) -> None:
     from bloodcell.errors import ConfigError
 

@@ -157,6 +157,10 @@ def run_batch(
         print(f"error: {problem}", file=sys.stderr)
     summary.failed += len(expanded.problems)
     summary.listed = len(expanded.uris)
+    if not expanded.uris:  # nothing to count: no dataset folder made for it (a typo'd source, an empty folder)
+        print(f"error: no image found in {' '.join(sources)}; nothing written to {out}", file=sys.stderr)
+        summary.failed = max(summary.failed, 1)
+        return summary
     if "://" not in out or out.startswith("file://"):  # an unwritable folder: now, not after the first part
         check_folder("--out", out.removeprefix("file://"))
     store = ParquetStore(out, schema(class_names))

@@ -21,6 +21,21 @@ RUNS_DIR = "_runs"  # per-run summary CSVs; the underscore keeps Parquet readers
 STALE_PART_S = 3600.0
 
 
+def _refuse_other_files(folder: Path, out: str) -> None:
+    """A dataset folder holds parts, their hidden temporaries, _runs/ and the lock; anything else means
+    --out names another folder (the images', say), where parts would be written among its files."""
+    other = sorted(
+        p.name for p in folder.iterdir() if not (p.name.endswith(".parquet") or p.name.startswith((".", "_")))
+    )
+    if other:
+        from bloodcell.errors import ConfigError
+
+        shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+        raise ConfigError(
+            f"--out {out}: holds other files ({shown}); give a new or empty folder, or an earlier batch's dataset"
+        )
+
+
 class ParquetStore:
     def __init__(self, out: str, schema) -> None:
         import pyarrow.fs as pafs
@@ -32,6 +47,8 @@ class ParquetStore:
             from bloodcell.errors import ConfigError
 
             raise ConfigError(f"--out {out}: is a file; expected a folder for the Parquet dataset")
+        if info.type == pafs.FileType.Directory and isinstance(self.fs, pafs.LocalFileSystem):
+            _refuse_other_files(Path(self.root), out)
         self.fs.create_dir(self.root, recursive=True)
 
     @contextlib.contextmanager
