@@ -491,6 +491,7 @@ def test_options_are_honoured_or_refused_never_ignored(client, predictor, slides
         ({"conf": "Monocyte=0.5"}, "unknown class 'Monocyte'"),
         ({"conf": "2"}, "conf 2: expected a value in (0, 1]"),
         ({"cell_size": "big"}, "cell_size 'big': expected 'auto', 'none' or a diameter"),
+        ({"min_score": "nan"}, "min_score nan: expected a value in (0, 1]"),
     ]:
         r = post(client, data, "s.jpg", **params)
         assert r.status_code == 422 and message in r.json()["error"], r.text

@@ -43,7 +43,7 @@ from bloodcell import __version__
 from bloodcell.app.api_schema import DETECT_RESPONSES
 from bloodcell.errors import ConfigError
 from bloodcell.palette import class_hex
-from bloodcell.runtime.counting import Conf, class_thresholds, parse_conf
+from bloodcell.runtime.counting import Conf, class_thresholds, parse_conf, parse_threshold
 from bloodcell.runtime.images import to_rgb_uint8
 from bloodcell.runtime.predict import Predictor, predict_image
 from bloodcell.runtime.scaling import check_cell_size, parse_cell_size
@@ -416,7 +416,7 @@ def create_app(
         result.image = None
         return result.to_record()
 
-    def detect_options(request: Request, min_score: float | None) -> DetectOptions:
+    def detect_options(request: Request, min_score: str | None) -> DetectOptions:
         """The query's options for this request, each checked; unknown or repeated ones are refused (422)."""
         params = request.query_params
         unknown = sorted(set(params.keys()) - set(QUERY_OPTIONS))
@@ -425,7 +425,12 @@ def create_app(
         repeated = sorted(k for k in set(params.keys()) if len(params.getlist(k)) > 1)
         if repeated:
             raise ApiError(422, f"option(s) {', '.join(map(repr, repeated))} given more than once")
-        options = DetectOptions(points, min_score, cell_size)
+        options = DetectOptions(points, None, cell_size)
+        if min_score is not None:  # read as --conf's values are: "nan" or "2" named, in the option's own words
+            try:
+                options.min_score = parse_threshold(min_score, "min_score")
+            except ConfigError as e:
+                raise ApiError(422, str(e)) from None
         try:
             if "conf" in params:
                 options.conf = parse_conf(params["conf"], tuple(predictor.class_names), points, "conf")
@@ -448,7 +453,7 @@ def create_app(
     )
     async def detect(
         request: Request,
-        min_score: float | None = Query(None, gt=0, le=1, description="lowest score listed (default: conf)"),
+        min_score: str | None = Query(None, description="lowest score listed, in (0, 1] (default: conf)"),
         conf: str | None = Query(
             None, description="operating points: one value, or per class like RBC=0.4,WBC=0.6 (default: the server's)"
         ),

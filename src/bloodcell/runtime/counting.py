@@ -64,7 +64,7 @@ def parse_conf(text: str, class_names: Sequence[str], default: Conf, flag: str =
                 f"{flag} {text!r}: a list by position is not read; give one value that every class takes, or "
                 f"CLASS=VALUE per class (e.g. {example})"
             )
-        values = [_threshold(text, flag)] * len(class_names)
+        values = [parse_threshold(text, flag)] * len(class_names)
         return tuple(values)
     lookup = {n.casefold(): i for i, n in enumerate(class_names)}
     seen: set[int] = set()
@@ -78,7 +78,7 @@ def parse_conf(text: str, class_names: Sequence[str], default: Conf, flag: str =
         if index in seen:
             raise ConfigValueError(f"{flag} {text!r}: {class_names[index]} is given twice")
         seen.add(index)
-        base[index] = _threshold(value, f"{flag} {name.strip()}")
+        base[index] = parse_threshold(value, f"{flag} {name.strip()}")
     return tuple(base)
 
 
@@ -89,7 +89,8 @@ def parse_nms_iou(text: str, class_names: Sequence[str], default: float | Sequen
     return values[0] if len(set(values)) == 1 else values
 
 
-def _threshold(text: str, flag: str) -> float:
+def parse_threshold(text: str, flag: str) -> float:
+    """One value in (0, 1] (an operating point, an IoU, a score), or a ConfigError naming ``flag``."""
     try:
         value = float(text)
     except ValueError:
