@@ -300,7 +300,7 @@ def test_a_refused_command_leaves_no_output_folders(tmp_path, capsys) -> None:
         (["train", "--devices", "cpu:2"], {}, False),  # the launcher: torchrun stops its workers
         (["train"], {"LOCAL_RANK": "0"}, False),  # a torchrun worker
         (["serve"], {}, False),  # uvicorn's own handlers
-        (["batch", "s", "--out", "o"], {}, False),  # parts written as it goes
+        (["batch", "s", "--out", "o"], {}, True),  # as Ctrl-C: finished rows and the run record written
     ],
 )
 def test_which_commands_a_sigterm_stops_as_ctrl_c(argv, env, stops, monkeypatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -134,21 +135,36 @@ def test_killed_batch_completes_each_image_exactly_once_on_rerun(bccd_root: Path
 def test_sigterm_stops_a_batch_with_workers_as_ctrl_c_does(bccd_root: Path, tmp_path: Path) -> None:
     """A scheduler's SIGTERM: the rows finished are written, _runs/<id>.csv says how far it got, exit 130,
     and the worker processes end quietly (no tracebacks)."""
-    images = sorted((bccd_root / "JPEGImages").glob("*.jpg"))[:16]
+    images = sorted((bccd_root / "JPEGImages").glob("*.jpg"))[:40]  # tasks of 8: two running, more queued
     listing = tmp_path / "images.txt"
     listing.write_text("\n".join(map(str, images)) + "\n")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "bloodcell", "batch", str(listing), "--out", str(out), "--device", "cpu"]
-    proc = subprocess.Popen([*cmd, "--workers", "2", "--part-rows", "1"], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err and "stopped: " in err
-    [summary] = list(csv.DictReader(next((out / "_runs").glob("*.csv")).open()))
-    assert summary["interrupted"] == "True" and int(summary["written"]) == len(read_rows(out)) > 0
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2", "--part-rows", "1"], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)  # the whole group, as a scheduler does: workers get it too
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err and "stopped: " in err and "a rerun counts the rest" in err
+        [summary] = list(csv.DictReader(next((out / "_runs").glob("*.csv")).open()))
+        assert summary["interrupted"] == "True" and 0 < int(summary["written"]) == len(read_rows(out)) < 40
+        deadline = time.monotonic() + 10  # and no worker outlives the run
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("worker processes outlived the stopped run")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_ray_with_two_cpus_counts_like_predict_on_bccd_val(bccd_root: Path, tmp_path: Path) -> None:
@@ -157,11 +173,18 @@ def test_ray_with_two_cpus_counts_like_predict_on_bccd_val(bccd_root: Path, tmp_
     images = [bccd_root / "JPEGImages" / f"{i}.jpg" for i in ids]
     listing = tmp_path / "val.txt"
     listing.write_text("\n".join(map(str, images)) + "\n")
+
+    def cli_stop(signum, frame):  # stands for the CLI's handler (SIGTERM ends a run as Ctrl-C does)
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, cli_stop)
     try:
         summary = run_batch(
             [str(listing)], str(tmp_path / "out"), engine="ray", workers=2, device="cpu", progress=False
         )
+        assert signal.getsignal(signal.SIGTERM) is cli_stop  # ray.init's own handler (sys.exit) did not stay
     finally:
+        signal.signal(signal.SIGTERM, before)
         ray.shutdown()
     assert (summary.written, summary.failed) == (len(images), 0)
     rows = read_rows(tmp_path / "out")

@@ -317,6 +317,12 @@ def test_the_report_never_writes_over_its_input_and_refuses_a_batch_archive(slid
     for given in (archive, archive / "_runs" / "r.csv"):
         assert main(["report", str(given), "--out", str(tmp_path / "r.html")]) == 2
         assert "`bloodcell batch`'s Parquet archive is not one" in capsys.readouterr().err
+    (slide.parent / "bloodcell").mkdir()
+    (slide.parent / "bloodcell" / "counts.csv").touch()
+    assert main(["report", str(slide.parent), "--out", str(tmp_path / "r.html")]) == 2  # a watched slide's folder
+    assert f"a folder, not a results file; its watch results are {slide.parent / 'bloodcell' / 'counts.csv'}" in (
+        capsys.readouterr().err
+    )
 
 
 def test_an_image_of_another_size_than_counted_is_warned_of(slide: Path, tmp_path: Path, capsys):

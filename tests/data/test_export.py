@@ -369,9 +369,14 @@ def test_an_export_never_mixes_two_datasets_splits(fmt: str, tiny_voc: Path, tmp
     another = "csv" if fmt != "csv" else "coco"
     export_dataset(other.root, another, out)  # another format beside it: fine
     assert json.loads((out / MARK).read_text(encoding="utf-8")) == {
-        fmt: str(tiny_voc.resolve()),
-        another: str(other.root.resolve()),
+        fmt: {"source": str(tiny_voc.resolve()), "splits": ["test", "train", "val"]},
+        another: {"source": str(other.root.resolve()), "splits": ["val"]},
     }
+    folds = tmp_path / "folds"  # a split of any name that an export recorded counts as that data's too
+    export_dataset(tiny_voc, fmt, folds, splits=["val"])
+    (folds / MARK).write_text(json.dumps({fmt: {"source": "/elsewhere", "splits": ["fold[1]", "val"]}}))
+    with pytest.raises(ConfigError, match="holds an export of /elsewhere"):
+        export_dataset(tiny_voc, fmt, folds, splits=["train"])
     unknown = tmp_path / "unknown"  # a split's file of the format that no export recorded: whose, unknown
     unknown.mkdir()
     (unknown / {"csv": "test.csv", "coco": "val.json", "yolo": "data.yaml", "tfrecord": "test.tfrecord"}[fmt]).touch()
@@ -409,7 +414,9 @@ def test_failure_mid_export_leaves_no_partial_file(
     assert any("train" in name for name in written), "train is written before val fails"
     assert not [name for name in written if "/." in f"/{name}"], f"temporary files left: {written}"
     assert not [name for name in written if "val" in name or "test" in name], written
-    assert json.loads((out / MARK).read_text(encoding="utf-8")) == {fmt: str(tiny_voc.resolve())}
+    assert json.loads((out / MARK).read_text(encoding="utf-8")) == {
+        fmt: {"source": str(tiny_voc.resolve()), "splits": ["test", "train", "val"]}
+    }
 
     export_dataset(tiny_voc, fmt, out)  # a complete export, then the same failure must not touch it
     before = _files(out)

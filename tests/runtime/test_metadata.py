@@ -213,3 +213,15 @@ def test_input_normalization_is_read_and_checked():
     ):
         with pytest.raises(MetadataError, match=f"field '{field_name}'"):
             parse_metadata({**VALID, "input_normalization": bad}, SOURCE)
+
+
+def test_which_refit_is_newer_follows_generations_before_clocks():
+    from bloodcell.runtime.metadata import refit_inside_is_newer
+
+    old = {"fitted": {"at": "2024-05-01T00:00:00+00:00"}}  # a refit from before generations were counted
+    pi = {"fitted": {"at": "2001-01-01T00:00:00+00:00", "generation": 2}}  # after it, on a Pi without a clock
+    assert not refit_inside_is_newer(sidecar=pi, inside=old) and refit_inside_is_newer(sidecar=old, inside=pi)
+    assert refit_inside_is_newer(sidecar={}, inside=old)  # a sidecar with no refit at all
+    later = {"fitted": {"at": "2024-05-02T00:00:00Z"}}  # both undated-generation: their dates, parsed
+    assert refit_inside_is_newer(sidecar=old, inside=later) and not refit_inside_is_newer(sidecar=later, inside=old)
+    assert not refit_inside_is_newer(sidecar=old, inside={"fitted": {"at": "not a date"}})

@@ -167,12 +167,16 @@ def read_records(path: Path) -> list[dict]:
 
 def read_slide(path: Path) -> tuple[list[dict], list[str]]:
     """``read_records``, and the names of the images that the results say failed to process."""
-    if path.is_dir() or path.suffix.lower() == ".parquet" or path.parent.name == "_runs":
+    if path.suffix.lower() == ".parquet" or path.parent.name == "_runs" or any(path.glob("part-*.parquet")):
         raise DatasetError(
             f"{path}: a slide report reads one slide's `predict --json`/`--csv`, `watch` or web-page results; "
             "`bloodcell batch`'s Parquet archive is not one (count the slide's folder with `bloodcell predict "
             "FOLDER --json results.json`, then report that)"
         )
+    if path.is_dir():
+        watched = path / "bloodcell" / "counts.csv"
+        hint = f"its watch results are {watched}" if watched.is_file() else "give `bloodcell predict --json` output"
+        raise DatasetError(f"{path}: a folder, not a results file; {hint}")
     if path.suffix.lower() == ".csv":
         return _csv_records(path)
     try:

@@ -6,6 +6,7 @@ file and folder appears whole or not at all (``bloodcell.atomic``); split files 
 
 from __future__ import annotations
 
+import glob
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -63,31 +64,38 @@ def export_dataset(
     # every annotation as "all" when it has no split files.
     names = dict.fromkeys(splits or available_splits(root) or [None])  # drops repeats, keeps order
     datasets = {split or ALL_SPLIT: load_dataset(root, split=split, class_names=class_names) for split in names}
-    _check_destination(out, source, fmt, [*STANDARD_SPLITS, ALL_SPLIT, *datasets])
+    marks = _marks(out)
+    earlier = marks.get(fmt, {})
+    _check_destination(out, source, fmt, [*STANDARD_SPLITS, ALL_SPLIT, *earlier.get("splits", []), *datasets])
     for dataset in datasets.values() if on_read else ():
         on_read(dataset)
     out.mkdir(parents=True, exist_ok=True)  # the record first: split files written before a failure are this data's
-    write_text(out / MARK, json.dumps({**_marks(out), fmt: source}, indent=2) + "\n")
+    kept = earlier.get("splits", []) if earlier.get("source") == source else []
+    marks[fmt] = {"source": source, "splits": sorted({*kept, *datasets})}
+    write_text(out / MARK, json.dumps(marks, indent=2) + "\n")
     return writer(datasets, out)
 
 
-def _marks(out: Path) -> dict[str, str]:
+def _marks(out: Path) -> dict[str, dict]:
+    """The folder's record: per format, the source and the splits written ({} where there is none)."""
     try:
         made = json.loads((out / MARK).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return made if isinstance(made, dict) else {}
+    if not isinstance(made, dict):
+        return {}
+    return {fmt: v for fmt, v in made.items() if isinstance(v, dict) and isinstance(v.get("source"), str)}
 
 
 def _check_destination(out: Path, source: str, fmt: str, splits: list[str]) -> None:
     """Other files may share the folder, and an export may add splits to an earlier export of the same data
     in the same format; but never mix two datasets' splits (a YOLO data.yaml would list the other's as
     this one's): files of this format from other data, or from an export with no record of its data, are
-    refused."""
-    patterns = {pattern.format(split=split) for pattern in OUTPUTS[fmt] for split in splits}
+    refused. ``splits``: the names whose files count (the standard ones, the earlier export's, this one's)."""
+    patterns = {pattern.format(split=glob.escape(split)) for pattern in OUTPUTS[fmt] for split in splits}
     found = (p for pattern in sorted(patterns) for p in out.glob(pattern) if p.name != MARK)
     there = sorted(p.relative_to(out).as_posix() for p in found)
-    made = _marks(out).get(fmt)
+    made = _marks(out).get(fmt, {}).get("source")
     if there and made != source:
         shown = ", ".join(there[:4]) + (", ..." if len(there) > 4 else "")
         whose = f"an export of {made}" if made else "files with no record of their data"

@@ -167,8 +167,11 @@ def load_dataset(
 
     root = resolve_data_root(data)
     spec = read_spec(root, class_names)
-    if split == ALL_SPLIT and not any(any((s.path / "ImageSets" / "Main").glob("*.txt")) for s in spec.sources):
-        split = None  # "all", as exports name a folder without split lists: every annotation
+    if split == ALL_SPLIT and not (
+        available_splits(root)
+        or any((s.path / "ImageSets" / "Main" / f"{spec.split_file(split)}.txt").is_file() for s in spec.sources)
+    ):
+        split = None  # "all", as exports name a folder without train/val/test lists: every annotation
     if spec.file is None:
         return load_voc(root, split, class_names=class_names, decode_images=decode_images)
     split_name = None if split is None else spec.split_file(split)

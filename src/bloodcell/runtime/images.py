@@ -77,7 +77,11 @@ def load_image(path: str | Path) -> np.ndarray:
         if path.suffix.lower() in VIDEO_SUFFIXES:
             hint = f"`bloodcell predict --source {path}` counts its frames"
             raise ImageError(f"{path}: a video, not an image; {hint}") from None
-        raise ImageError(f"{path}: {_unidentified(path.stat().st_size)}") from None
+        try:
+            size = path.stat().st_size
+        except OSError:  # gone since it was opened (a watched folder): not known to be empty
+            size = -1
+        raise ImageError(f"{path}: {_unidentified(size)}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(path, e) from None
 

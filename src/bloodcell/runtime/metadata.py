@@ -197,11 +197,10 @@ def refit_inside_is_newer(sidecar: dict, inside: dict) -> bool:
         return False
     if not isinstance(theirs, dict):
         return True
-    for key, read in (("generation", _int), ("at", _aware_time)):
-        a, b = read(mine.get(key)), read(theirs.get(key))
-        if a is not None and b is not None:
-            return a > b  # type: ignore[operator]
-    return False
+    if _int(mine.get("generation")) is not None or _int(theirs.get("generation")) is not None:
+        return refit_generation(inside) > refit_generation(sidecar)  # an undated-generation refit is the first
+    a, b = _aware_time(mine.get("at")), _aware_time(theirs.get("at"))
+    return a is not None and b is not None and a > b
 
 
 def refit_generation(raw: dict) -> int:

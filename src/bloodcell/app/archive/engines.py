@@ -4,10 +4,14 @@ Every engine turns a list of URIs into row lists as they complete (any order); t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import replace
@@ -36,10 +40,35 @@ _worker: ImageWorker | None = None
 def _init_process(spec: PredictorSpec) -> None:
     global _worker
     # Ctrl-C reaches the whole process group and a scheduler may signal it too: the main process stops
-    # the run (writing what is done); a worker finishes its task quietly instead of dying with a traceback.
+    # the run (writing what is done) and ends the workers; they do not die on their own with a traceback.
+    # (Spawned with both signals ignored already: see _ignoring_stops.) Nor do they outlive it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     _worker = ImageWorker(spec)
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker once its parent is gone (killed outright): nothing would ever give it work again."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+@contextlib.contextmanager
+def _ignoring_stops() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored while worker processes are spawned: an ignored signal stays ignored in
+    the new process from its first instruction, so a Ctrl-C during its start-up prints no traceback.
+    (Main thread only, where Python handles signals; a stop meanwhile is lost for those milliseconds.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
 
 
 def _process_rows(uris: list[str]) -> list[dict]:
@@ -71,6 +100,10 @@ class LocalEngine:
             pending: set[Future] = set()
             queue = iter(tasks)
             for task in queue:  # keep every worker busy with one task queued behind it, no more
+                if not pending:  # the first submit spawns every worker (spawn context)
+                    with _ignoring_stops():
+                        pending.add(pool.submit(_process_rows, task))
+                    continue
                 pending.add(pool.submit(_process_rows, task))
                 if len(pending) >= 2 * self.workers:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -78,7 +111,9 @@ class LocalEngine:
                         yield fut.result()
             for fut in pending:
                 yield fut.result()
-        except BaseException:  # stopped (Ctrl-C, SIGTERM, closed early): drop the queued tasks, don't wait on them
+        except BaseException:  # stopped (Ctrl-C, SIGTERM, closed early): the work in flight is dropped anyway,
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.kill()  # so the workers end now rather than finish it (they ignore SIGTERM)
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown()
@@ -139,15 +174,23 @@ class RayEngine:
         self.spec = replace(spec, threads=spec.threads or 1, device=device)
         self.workers, self.address = workers, address
 
+    def _init_ray(self, ray) -> None:
+        if self.address:
+            ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+        else:
+            cpus = self.workers * (1 if self.gpu else self.spec.threads)  # every actor fits, none waits forever
+            ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+
     def run(self, uris: list[str]) -> Iterator[list[dict]]:
         import ray
 
         if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
-            else:
-                cpus = self.workers * (1 if self.gpu else self.spec.threads)  # every actor fits, none waits forever
-                ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            sigterm = signal.getsignal(signal.SIGTERM)  # ray.init installs its own (sys.exit): keep the CLI's,
+            try:  # so a scheduler's stop still writes the finished rows and the run record
+                self._init_ray(ray)
+            finally:
+                if sigterm is not None and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, sigterm)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the job shows one bar of its own
         ctx.print_on_execution_start = False

@@ -29,12 +29,12 @@ PART_SECONDS = 60.0  # a part is written after this long, however few rows it ha
 class BatchSummary:
     run_id: str
     listed: int = 0  # images the sources named
-    skipped: int = 0  # already in the dataset with the same content (failed rows too: counted in failed)
+    skipped: int = 0  # already in the dataset with the same content (a bad file unchanged: in failed)
     written: int = 0  # rows written by this run (bad images included)
     error_rows: int = 0  # of those, the rows of images that could not be decoded (their error, no counts)
     failed: int = 0  # bad images, unreadable files and source problems
     seconds: float = 0.0
-    interrupted: bool = False  # stopped by Ctrl-C: the rows written so far are kept (SIGTERM: see cli.OWN_STOP)
+    interrupted: bool = False  # stopped by Ctrl-C or SIGTERM: the rows written so far are kept
     totals: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -233,7 +233,7 @@ def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Ru
     try:
         with tqdm(total=len(todo), desc="batch", unit="img", disable=not run.progress, file=sys.stderr) as bar:
             for rows in stream:
-                processed += len(rows)
+                processed += sum(row["sha256"] is not None for row in rows)  # unreadable ones: tried again later
                 for row in rows:
                     if row["error"]:  # through tqdm: a line of its own, not glued to the progress bar
                         tqdm.write(f"error: {row['error']}", file=sys.stderr)
