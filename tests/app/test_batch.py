@@ -85,6 +85,7 @@ def test_local_batch_rows_match_predict_and_resume_skips(archive: Path, tmp_path
     assert len(rows) == 5 and len(list(out.glob("part-*.parquet"))) == 3
     bad = [r for r in rows if r["error"]]
     assert len(bad) == 1 and "broken.jpg" in bad[0]["error"] and bad[0]["counts"] is None and bad[0]["sha256"]
+    assert bad[0]["warnings"] == []  # a list column holds lists on every row
     good = [r for r in rows if not r["error"]]
     expected = predict_counts([Path(r["path"]) for r in good], tmp_path)
     assert {r["path"]: r["counts"] for r in good} == expected

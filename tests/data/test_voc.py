@@ -365,3 +365,11 @@ def test_folder_and_split_mistakes_say_what_to_give_instead(tmp_path: Path) -> N
     assert len(load_dataset(plain.root, "all").records) == 2  # "all", as exports name a folder without split lists
     with pytest.raises(DatasetError, match="no split 'all'"):  # with split lists, "all" is a split like any
         load_dataset(voc.root, "all")
+
+
+def test_a_box_written_the_wrong_way_round_says_so(tmp_path: Path) -> None:
+    voc = VOCFolder(tmp_path)
+    voc.add("a", [("RBC", (30, 5, 10, 20)), ("RBC", (5, 5, 5, 20))])  # xmax < xmin; a zero-width box
+    first, second = load_voc(tmp_path).findings
+    assert first.detail.endswith("has zero or negative size (xmax < xmin: written the wrong way round?)")
+    assert second.detail.endswith("has zero or negative size")  # zero width: no swap to suggest

@@ -442,9 +442,10 @@ def _read_one(
             continue
         x1, y1, x2, y2 = coords
         if x2 <= x1 or y2 <= y1:
-            findings.append(
-                Finding(xml_name, i, "degenerate-box", f"{name} box {coords} has zero or negative size", "dropped")
-            )
+            swapped = [f"{hi} < {lo}" for lo, hi, a, b in (("xmin", "xmax", x1, x2), ("ymin", "ymax", y1, y2)) if b < a]
+            hint = f" ({', '.join(swapped)}: written the wrong way round?)" if swapped else ""
+            detail = f"{name} box {coords} has zero or negative size{hint}"
+            findings.append(Finding(xml_name, i, "degenerate-box", detail, "dropped"))
             continue
         clipped = box_ops.clip(np.array(coords), width, height)[0]
         if not np.array_equal(clipped, np.asarray(coords, dtype=np.float64)):

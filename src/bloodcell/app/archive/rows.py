@@ -61,7 +61,8 @@ def content_hash(data: bytes) -> str:
 
 
 def _row(uri: str, digest: str | None, spec: PredictorSpec, **values: Any) -> dict:
-    return {"path": uri, "sha256": digest, "model": spec.model_id, "run_id": spec.run_id, "error": None, **values}
+    base = {"path": uri, "sha256": digest, "model": spec.model_id, "run_id": spec.run_id, "error": None}
+    return {**base, "warnings": [], **values}  # an error row too: an empty list, as readers expect of a list column
 
 
 def result_row(uri: str, digest: str, result: ImageResult, spec: PredictorSpec) -> dict:
