@@ -911,9 +911,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from bloodcell.app.report import build_report
 
+    check_outputs({"--out": args.out})  # a folder there, an unwritable place: said as for every output
     if Path(args.out).suffix.lower() not in (".html", ".htm"):  # never over the results or an image
         raise ConfigError(f"--out {args.out}: the report is an HTML page; name it .html")
-    check_outputs({"--out": args.out})
     summary = build_report(args.results, images_dir=args.images, out=args.out, title=args.title)
     print(summary)
     print(f"wrote {summary.path}")
