@@ -202,6 +202,8 @@ def test_batch_flags_are_checked(tmp_path: Path) -> None:
     assert main(["batch", str(SAMPLES[0]), "--out", str(tmp_path / "file")]) == 2
     with pytest.raises(SystemExit):
         main(["batch", str(SAMPLES[0]), "--out", str(tmp_path / "o"), "--engine", "spark"])
+    assert main(["batch", str(SAMPLES[0]), "--out", str(tmp_path / "counts.csv")]) == 2  # a folder, not a CSV
+    assert not (tmp_path / "counts.csv").exists()
 
 
 def test_nothing_to_count_makes_no_dataset_and_another_folder_is_not_one(tmp_path: Path, capsys) -> None:

@@ -22,6 +22,8 @@ from bloodcell.runtime.metadata import sidecar_path
 from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.weights import default_model, shipped_by_name
 
+#: --out names a folder; these suffixes name a file a user meant instead (a CSV or JSON of counts)
+FILE_SUFFIXES = (".csv", ".json", ".txt", ".html", ".xlsx")
 PART_SECONDS = 60.0  # a part is written after this long, however few rows it has
 
 
@@ -134,6 +136,8 @@ def run_batch(
     """Count cells in every image of ``sources`` into the Parquet dataset ``out`` (resumable).
 
     ``conf``: --conf text (one operating point or per class; None keeps the model's)."""
+    if Path(out.rstrip("/")).suffix.lower() in FILE_SUFFIXES:  # "counts.csv" would become a folder of that name
+        raise ConfigError(f"--out {out}: batch writes a Parquet dataset, a folder: name it like counts.parquet")
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     summary = BatchSummary(run_id)
     check_engine(engine, address, device)
