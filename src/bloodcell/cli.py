@@ -778,7 +778,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         threads=args.threads,
     )
-    _print_written(qat_finetune(config), int8=True)
+    _print_written(qat_finetune(config, progress=sys.stderr.isatty()), int8=True)  # no progress bars in logs
     return 0
 
 

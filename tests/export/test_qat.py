@@ -70,3 +70,17 @@ def test_qat_writes_full_integer_tflite(small_model, tiny_voc, tmp_path):
     assert (x2 > x1).all() and (y2 > y1).all()
     assert (dets.scores >= 0.001).all() and (dets.scores <= 1.0).all()
     assert set(dets.labels.tolist()) <= set(range(len(CLASS_NAMES)))
+
+
+def test_the_qat_command_prints_its_own_lines_only(small_model, tiny_voc, tmp_path):
+    """torchao's and TensorFlow's import-time log lines stay hidden, as export hides its converter's, and a
+    log (stderr not a terminal) gets no progress bars."""
+    import subprocess
+    import sys
+
+    path, _ = small_model
+    out = tmp_path / "qat.tflite"
+    cmd = [sys.executable, "-m", "bloodcell", "qat", "--model", str(path), "--data", str(tiny_voc), "--out", str(out)]
+    run = subprocess.run([*cmd, "--epochs", "1", "--batch", "2", "--imgsz", "128"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr == "" and out.is_file()

@@ -77,7 +77,12 @@ MAX_BATCH, SIDE32 = 256, (2, 128)  # the exported graph's dynamic range: batch, 
 def qat_finetune(config: QATConfig, progress: bool = True):
     """Fine-tune ``config.model`` with fake quantization; write the int8 TFLite file and its metadata."""
     from torch.export import Dim
-    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train, quantize_pt2e
+
+    from bloodcell.runtime.native_output import captured_output
+
+    with captured_output((1, 2)):  # torchao's and TensorFlow's import-time log lines (export hides them too)
+        import litert_torch  # noqa: F401  (the quantizer's; imported here, where its log is caught)
+        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train, quantize_pt2e
 
     from bloodcell.export.exporter import check_input_size, check_metadata_path, export_model
 
