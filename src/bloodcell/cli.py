@@ -84,15 +84,11 @@ REFIT_HINT = (
     "int8: refit its counting: bloodcell calibrate --model {path} --data DATA, DATA a val split with every cell "
     "boxed (e.g. datasets/bccd-dense.yaml)"
 )
+#: calibrate's and val's note on a plain folder: ``done`` is what happens to counting, ``do`` what to do instead
 PLAIN_FOLDER_NOTE = (
-    "note: {root} is a plain VOC folder, so counting is fitted as if every cell in it is boxed; if its labels "
-    "leave cells out (BCCD's XML misses about 40% of red cells), fit on a dataset YAML that says which classes "
-    "are exhaustive (e.g. datasets/bccd-dense.yaml)"
-)
-VAL_PLAIN_FOLDER_NOTE = (
-    "note: {root} is a plain VOC folder, so counts are scored as if every cell in it is boxed; if its labels "
-    "leave cells out (BCCD's XML misses about 40% of red cells), score counts on a dataset YAML that says which "
-    "classes are exhaustive (e.g. datasets/bccd-dense.yaml)"
+    "note: {root} is a plain VOC folder, so {done} as if every cell in it is boxed; if its labels leave cells "
+    "out (BCCD's XML misses about 40% of red cells), {do} on a dataset YAML that says which classes are "
+    "exhaustive (e.g. datasets/bccd-dense.yaml)"
 )
 DATASET_HELP = "VOC dataset folder or dataset YAML (default: --data, $BLOODCELL_DATA, or the cache)"
 
@@ -626,7 +622,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if note := findings_note(dataset):
         print(note, file=sys.stderr)
     if Path(root).is_dir():
-        print(PLAIN_FOLDER_NOTE.format(root=root), file=sys.stderr)
+        print(PLAIN_FOLDER_NOTE.format(root=root, done="counting is fitted", do="fit"), file=sys.stderr)
     if suffix == ".pt":
         import torch
 
@@ -660,7 +656,7 @@ def cmd_val(args: argparse.Namespace) -> int:
     skipped: list[str] = []
     root = _data_root(args)
     if Path(root).is_dir():  # after the table would be too late to read the counts right
-        print(VAL_PLAIN_FOLDER_NOTE.format(root=root), file=sys.stderr)
+        print(PLAIN_FOLDER_NOTE.format(root=root, done="counts are scored", do="score counts"), file=sys.stderr)
     metrics = validate(
         args.model,
         root,

@@ -416,7 +416,7 @@ def create_app(
         result.image = None
         return result.to_record()
 
-    def detect_options(request: Request, min_score: str | None) -> DetectOptions:
+    def detect_options(request: Request) -> DetectOptions:
         """The query's options for this request, each checked; unknown or repeated ones are refused (422)."""
         params = request.query_params
         unknown = sorted(set(params.keys()) - set(QUERY_OPTIONS))
@@ -426,12 +426,9 @@ def create_app(
         if repeated:
             raise ApiError(422, f"option(s) {', '.join(map(repr, repeated))} given more than once")
         options = DetectOptions(points, None, cell_size)
-        if min_score is not None:  # read as --conf's values are: "nan" or "2" named, in the option's own words
-            try:
-                options.min_score = parse_threshold(min_score, "min_score")
-            except ConfigError as e:
-                raise ApiError(422, str(e)) from None
         try:
+            if "min_score" in params:  # as --conf's values are read: "nan" or "2" named in the option's words
+                options.min_score = parse_threshold(params["min_score"], "min_score")
             if "conf" in params:
                 options.conf = parse_conf(params["conf"], tuple(predictor.class_names), points, "conf")
         except ConfigError as e:
@@ -463,7 +460,7 @@ def create_app(
     ) -> dict:
         """The record of one image, as in `bloodcell predict --json`: counts use the server's operating
         points unless ``conf`` gives others."""
-        options = detect_options(request, min_score)  # before the body is read: a typo costs no upload
+        options = detect_options(request)  # before the body is read: a typo costs no upload
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit + FORM_OVERHEAD:
             raise ApiError(413, f"upload larger than the {max_upload_mb:g} MB limit")

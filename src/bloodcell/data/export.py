@@ -66,7 +66,8 @@ def export_dataset(
     datasets = {split or ALL_SPLIT: load_dataset(root, split=split, class_names=class_names) for split in names}
     marks = _marks(out)
     earlier = marks.get(fmt, {})
-    _check_destination(out, source, fmt, [*STANDARD_SPLITS, ALL_SPLIT, *earlier.get("splits", []), *datasets])
+    splits = [*STANDARD_SPLITS, ALL_SPLIT, *earlier.get("splits", []), *datasets]
+    _check_destination(out, source, fmt, splits, earlier.get("source"))
     for dataset in datasets.values() if on_read else ():
         on_read(dataset)
     out.mkdir(parents=True, exist_ok=True)  # the record first: split files written before a failure are this data's
@@ -87,15 +88,15 @@ def _marks(out: Path) -> dict[str, dict]:
     return {fmt: v for fmt, v in made.items() if isinstance(v, dict) and isinstance(v.get("source"), str)}
 
 
-def _check_destination(out: Path, source: str, fmt: str, splits: list[str]) -> None:
+def _check_destination(out: Path, source: str, fmt: str, splits: list[str], made: str | None) -> None:
     """Other files may share the folder, and an export may add splits to an earlier export of the same data
     in the same format; but never mix two datasets' splits (a YOLO data.yaml would list the other's as
     this one's): files of this format from other data, or from an export with no record of its data, are
-    refused. ``splits``: the names whose files count (the standard ones, the earlier export's, this one's)."""
+    refused. ``splits``: the names whose files count (the standard ones, the earlier export's, this one's);
+    ``made``: the source the folder's record gives for this format (None: no record)."""
     patterns = {pattern.format(split=glob.escape(split)) for pattern in OUTPUTS[fmt] for split in splits}
     found = (p for pattern in sorted(patterns) for p in out.glob(pattern) if p.name != MARK)
     there = sorted(p.relative_to(out).as_posix() for p in found)
-    made = _marks(out).get(fmt, {}).get("source")
     if there and made != source:
         shown = ", ".join(there[:4]) + (", ..." if len(there) > 4 else "")
         whose = f"an export of {made}" if made else "files with no record of their data"

@@ -199,7 +199,8 @@ def load_dataset(
     unannotated = {i for i in members if not any(i in ids for ids in annotated.values())}
     merged: dict[str, object] = {}
     labelled_by: dict[str, Path] = {}  # image id -> the source whose labels it keeps
-    parts = []
+    parts = []  # (source, its findings)
+    read: dict[Path, list] = {}  # source -> the records read from it (before a later source overrides them)
     for source in spec.sources:
         # the annotated images, and those annotated nowhere that this source lists (its reader reports them)
         ids = [i for i in members if i in annotated[source.path] or (i in unannotated and members[i] == source.path)]
@@ -210,16 +211,16 @@ def load_dataset(
         for record in part.records:
             merged[record.image_path.name] = replace(record, exhaustive=mask)
             labelled_by[record.image_id] = source.path
-        parts.append((source.path, part.findings, part.records))
+        parts.append((source.path, part.findings))
+        read[source.path] = part.records
     if split_name is None:  # every source's whole folder: its images that nobody labels are forgotten files
         named = set(merged)
         for source in spec.sources:
-            own = [r for path, _, records in parts if path == source.path for r in records]
-            parts.append((source.path, unlabelled_images(source.path, own, labelled_elsewhere=named), []))
-    parts += [(path, [finding], []) for path, finding in listed_twice]
+            parts.append((source.path, unlabelled_images(source.path, read.get(source.path, []), named)))
+    parts += [(path, [finding]) for path, finding in listed_twice]
     order = {source.path: i for i, source in enumerate(spec.sources)}
     findings = []
-    for path, found, _ in parts:
+    for path, found in parts:
         for f in found:
             later = labelled_by.get(Path(f.file).stem)
             # a later source's labels replace this one's: its faults no longer matter (an earlier source's

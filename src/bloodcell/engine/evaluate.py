@@ -198,7 +198,8 @@ def fit_counting(
                 old = float(class_thresholds(prior[0], k)[c])
                 conf[c], knots[name] = old, fitted.knots[name]
                 width.pop(name, None)
-                width.update({name: fitted.width[name]} if name in fitted.width else {})
+                if name in fitted.width:
+                    width[name] = fitted.width[name]
                 warnings.append(
                     f"{name}: no val image labels it exhaustively, so it keeps the model's operating point "
                     f"{old:.2f} and interval calibration (fitted before; refit it on images that label it exhaustively)"

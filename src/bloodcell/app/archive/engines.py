@@ -100,11 +100,9 @@ class LocalEngine:
             pending: set[Future] = set()
             queue = iter(tasks)
             for task in queue:  # keep every worker busy with one task queued behind it, no more
-                if not pending:  # the first submit spawns every worker (spawn context)
-                    with _ignoring_stops():
-                        pending.add(pool.submit(_process_rows, task))
-                    continue
-                pending.add(pool.submit(_process_rows, task))
+                # the first submit spawns every worker (spawn context)
+                with _ignoring_stops() if not pending else contextlib.nullcontext():
+                    pending.add(pool.submit(_process_rows, task))
                 if len(pending) >= 2 * self.workers:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
