@@ -30,6 +30,15 @@ def read_rows(out: Path) -> list[dict]:
     return pads.dataset(out, format="parquet").to_table().to_pylist()
 
 
+def has_parts(out: Path) -> bool:
+    """Whether a running batch has written a part yet. Its --out check makes the folder and removes it
+    again before the dataset is made, so the folder may vanish between a listing's steps."""
+    try:
+        return any(out.glob("part-*.parquet"))
+    except FileNotFoundError:
+        return False
+
+
 def predict_counts(paths: list[Path], tmp_path: Path) -> dict[str, dict[str, int]]:
     """Counts from `bloodcell predict --csv` for the same images, keyed by absolute path."""
     csv_path = tmp_path / "predict.csv"
@@ -120,7 +129,7 @@ def test_killed_batch_completes_each_image_exactly_once_on_rerun(bccd_root: Path
     cmd = [sys.executable, "-m", "bloodcell", "batch", str(listing), "--out", str(out), "--device", "cpu"]
     proc = subprocess.Popen([*cmd, "--part-rows", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
+    while not has_parts(out) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -146,7 +155,7 @@ def test_sigterm_stops_a_batch_with_workers_as_ctrl_c_does(bccd_root: Path, tmp_
     )
     try:
         deadline = time.monotonic() + 180
-        while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
+        while not has_parts(out) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGTERM)  # the whole group, as a scheduler does: workers get it too
         _, err = proc.communicate(timeout=120)
