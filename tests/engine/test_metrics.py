@@ -89,6 +89,23 @@ def test_unlabelled_cells_of_a_non_exhaustive_class_are_neither_true_nor_false()
     assert saved["count_mae"] == {"RBC": None} and saved["count_total_error"] == {"RBC": None}
 
 
+def test_difficult_boxes_are_neither_missed_nor_matched_in_voc_and_coco_alike():
+    """A VOC difficult box (LabelImg's flag): a detection on it is no false positive, and leaving it
+    undetected is no miss, in the VOC AP and the COCO AP of one `val` run."""
+    gt = Detections([[10, 10, 50, 50], [100, 100, 140, 140]], [0, 0])
+    hard = np.array([False, True])
+    found = DetectionEvaluator(("RBC",), conf=0.5)  # the difficult cell detected, second in rank
+    found.update(Detections(gt.boxes, gt.labels, [0.9, 0.8]), gt, (200, 200), difficult=hard)
+    missed = DetectionEvaluator(("RBC",), conf=0.5)  # the difficult cell left out
+    missed.update(Detections(gt.boxes[:1], gt.labels[:1], [0.9]), gt, (200, 200), difficult=hard)
+    for m in (found.compute(), missed.compute()):
+        assert m.voc_ap50["RBC"] == pytest.approx(1.0)
+        assert m.coco_ap50 == pytest.approx(1.0) and m.coco_ap50_95 == pytest.approx(1.0)
+    plain = DetectionEvaluator(("RBC",), conf=0.5)  # without the flag, the miss costs half the recall
+    plain.update(Detections(gt.boxes[:1], gt.labels[:1], [0.9]), gt, (200, 200))
+    assert plain.compute().coco_ap50 == pytest.approx(0.5, abs=0.01)
+
+
 def test_per_class_operating_points_and_interval_coverage():
     from bloodcell.runtime.counting import Calibration
 

@@ -180,7 +180,7 @@ class DetectionEvaluator:
                 if not ex[c]:
                     continue
                 n_pred = n[name]
-                n_true = int((g.labels == c).sum())
+                n_true = int((g.labels == c).sum())  # difficult boxes too: hard to find, yet cells to count
                 pred.append(n_pred)
                 true.append(n_true)
                 if iv is not None:
@@ -233,9 +233,11 @@ class DetectionEvaluator:
         from pycocotools.cocoeval import COCOeval
 
         images, anns, dets = [], [], []
-        for i, (pred, gt, (w, h)) in enumerate(zip(self.preds, self.gts, self.sizes, strict=True)):
+        for i, (pred, gt, diff, (w, h)) in enumerate(
+            zip(self.preds, self.gts, self.difficult, self.sizes, strict=True)
+        ):
             images.append({"id": i, "width": w, "height": h})
-            for b, lab in zip(box_ops.xyxy_to_xywh(gt.boxes), gt.labels, strict=True):
+            for b, lab, hard in zip(box_ops.xyxy_to_xywh(gt.boxes), gt.labels, diff, strict=True):
                 anns.append(
                     {
                         "id": len(anns) + 1,
@@ -243,7 +245,8 @@ class DetectionEvaluator:
                         "category_id": int(lab) + 1,
                         "bbox": b.tolist(),
                         "area": float(b[2] * b[3]),
-                        "iscrowd": 0,
+                        # pycocotools' one ignore mark: a VOC difficult box is neither missed nor matched
+                        "iscrowd": int(hard),
                     }
                 )
             for b, lab, s in zip(box_ops.xyxy_to_xywh(pred.boxes), pred.labels, pred.scores, strict=True):
