@@ -415,6 +415,37 @@ def test_a_truncated_file_fails_once_it_is_too_old_to_be_a_copy(predictor, sourc
     watcher.close()
 
 
+def test_a_file_written_to_after_it_settled_is_counted_once_as_its_last_version(
+    predictor, sources, tmp_path, monkeypatch
+):
+    """Files ahead of it took long: the last chunk of a copy lands between the scan that judged the file
+    settled and its decoding. The rows and the state name the version that was decoded, once."""
+    from bloodcell.app import watch as watch_module
+
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    target = folder / "late.jpg"
+    shutil.copy(sources / "cam0.jpg", target)
+    real_load = watch_module.load_image
+    appended = []
+
+    def load_while_a_writer_finishes(path):
+        if not appended:  # after the scan's stat: the writer's last bytes (a JPEG decodes past trailing data)
+            with open(path, "ab") as f:
+                f.write(b"\0" * 64)
+            appended.append(path)
+        return real_load(path)
+
+    monkeypatch.setattr(watch_module, "load_image", load_while_a_writer_finishes)
+    watcher = Watcher(predictor, folder, out, settle=0)
+    first = watcher.drain()
+    assert [r.path.name for r in watcher.drain()] == [] and [r.path.name for r in first] == ["late.jpg"]
+    assert [r[0] for r in read_rows(out)] == ["late.jpg"]  # one row, not one per version seen
+    state = json.loads((out / STATE_NAME).read_text())["files"]["late.jpg"]
+    assert (state["size"], state["rows"]) == (target.stat().st_size, 1)
+    watcher.close()
+
+
 def test_a_watched_slide_makes_a_report(predictor, sources, tmp_path, capsys):
     """watch -> report: the counts CSV's rows (the last one of a rewritten file) and the annotated copies."""
     from bloodcell.app.report import build_report

@@ -295,16 +295,16 @@ class Watcher:
             del self._truncated[name]
         results = []
         for path, sig in ready:
+            self._pending.pop(path.name, None)
             result = self._process(path, sig)
             if result is not None:  # done with this name (whole now, or failed for good)
                 self._truncated.pop(path.name, None)
                 results.append(result)
-            self._pending.pop(path.name, None)
         return results
 
     def _process(self, path: Path, sig: tuple[int, int]) -> ImageResult | None:
         """The file's result (failures have .error); None for a truncated file young enough to be a copy
-        still in progress (waited for, no row)."""
+        still in progress (waited for, no row) and for one that changed since ``sig`` (it settles again)."""
         entry = {"size": sig[0], "mtime_ns": sig[1], "rows": self.state.get(path.name, {}).get("rows", 0)}
         try:
             try:
@@ -319,6 +319,12 @@ class Watcher:
                 if known is None:
                     wait = f"waiting up to {TRUNCATED_WAIT_S:g} s after its last change for the rest of it"
                     print(f"note: {path.name} ends early (still being copied?); {wait}", file=sys.stderr)
+                return None
+            if (now := self._signature(path)) != sig:
+                # written to since it was judged settled (files ahead of it took long): the pixels read may be
+                # a later version than the one the state would record, which would then be counted again
+                if now is not None:  # not gone: it settles again from here
+                    self._pending[path.name] = (now, time.monotonic())
                 return None
             result = predict_image(self.predictor, image, path, self.conf, cell_size=self.cell_size)
             save_annotated(result, self.annotator, self.annotated_dir)
