@@ -62,6 +62,31 @@ class MeanOfModels(nn.Module):
         return torch.logit(probs, eps=1e-6), torch.stack([box for _, box in outs]).mean(0)
 
 
+class FlipMean(nn.Module):
+    """Test-time flips of one dense CellNet-like model: each flipped input's maps flipped back (left and
+    right box distances swapped under a horizontal flip, top and bottom under a vertical one), then
+    averaged as ``MeanOfModels`` averages models (mean sigmoid scores, mean box log-distances)."""
+
+    def __init__(self, model: nn.Module, flips: list[tuple[int, ...]]) -> None:
+        super().__init__()
+        self.model, self.flips = model, flips
+        self.strides = model.strides
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs, boxes = [], []
+        for dims in [(), *self.flips]:
+            maps = self.model.level_maps(x.flip(dims) if dims else x)
+            cls = torch.cat([(c.flip(dims) if dims else c).flatten(2) for c, _ in maps], 2).transpose(1, 2)
+            box = torch.cat([(b.flip(dims) if dims else b).flatten(2) for _, b in maps], 2).transpose(1, 2)
+            if 3 in dims:  # (l, t, r, b): a horizontal flip swaps left and right
+                box = box[..., [2, 1, 0, 3]]
+            if 2 in dims:
+                box = box[..., [0, 3, 2, 1]]
+            probs.append(cls.sigmoid())
+            boxes.append(box)
+        return torch.logit(torch.stack(probs).mean(0), eps=1e-6), torch.stack(boxes).mean(0)
+
+
 def soft_nms_red_cells(d: Detections, sigma: float, iou_threshold, floor: float = 0.05) -> Detections:
     """Gaussian soft-NMS (Bodla et al. 2017) for class 0, plain NMS at the model's threshold(s) for the rest."""
     limits = np.broadcast_to(np.asarray(iou_threshold, dtype=np.float64), (3,))
@@ -235,6 +260,7 @@ def main() -> None:
     p.add_argument("--edge-extent", type=float, nargs="*", default=[], metavar="PX", help="edge-sliver rules to try")
     p.add_argument("--expected-count", action="store_true", help="count red cells as the sum of probabilities")
     p.add_argument("--edge-points", action="store_true", help="separate red-cell points at the edge and inside")
+    p.add_argument("--flip-tta", action="store_true", help="the first model with test-time flips, averaged")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -283,6 +309,15 @@ def main() -> None:
         nms = "/".join(f"{t:g}" for t in np.atleast_1d(stored.iou_threshold))
         label = f"ensemble of {len(predictors)}, NMS IoU {nms} (the first model's)"
         print(row(label, summary(preds, records, names)), flush=True)
+    if args.flip_tta:
+        single = first.model
+        for flips, label in (([(3,)], "horizontal flip"), ([(3,), (2,), (2, 3)], "all four flips")):
+            first.model = FlipMean(single, flips)
+            preds = predict_records(first, records, cell_size="auto")
+            print(
+                row(f"{Path(args.models[0]).stem} with {label}, averaged", summary(preds, records, names)), flush=True
+            )
+        first.model = single
     if args.expected_count:
         print(expected_count_line(own, records, names))
     if args.edge_points:
