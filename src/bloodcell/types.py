@@ -54,6 +54,7 @@ class Detections:
 
     @staticmethod
     def concat(items: list[Detections]) -> Detections:
+        """One Detections of all of ``items``' boxes, in order."""
         if not items:
             return Detections()
         return Detections(

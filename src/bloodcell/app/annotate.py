@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bloodcell.palette import class_color
 from bloodcell.types import Detections
+
+if TYPE_CHECKING:
+    from bloodcell.runtime.predict import ImageResult
 
 
 class BoxAnnotator:
@@ -18,6 +23,8 @@ class BoxAnnotator:
         self.show_scores = show_scores
 
     def annotate(self, image: np.ndarray, detections: Detections, counts: dict[str, int] | None = None) -> Image.Image:
+        """A copy of the (H, W, 3) RGB ``image`` with each detection's box (and score), and a banner of
+        ``counts`` when given."""
         im = Image.fromarray(image).convert("RGB")
         draw = ImageDraw.Draw(im)
         t = self.thickness or max(1, round(max(im.size) / 320))
@@ -34,3 +41,24 @@ class BoxAnnotator:
             draw.rectangle([x0 - 3, y0 - 3, x1 + 3, y1 + 3], fill=(255, 255, 255))
             draw.text((4, 4), text, fill=(0, 0, 0), font=font)
         return im
+
+
+def annotate(
+    result: ImageResult, image: np.ndarray | Image.Image | None = None, show_scores: bool = True
+) -> Image.Image:
+    """The picture `bloodcell predict --out` saves: ``result``'s counted boxes and its counts on its image
+    (``image`` when the result does not keep its pixels, e.g. ``predict_paths(..., keep_image=False)``)."""
+    from bloodcell.errors import ImageError
+    from bloodcell.runtime.inputs import as_rgb
+
+    if not result.ok:
+        raise ImageError(f"{result.label}: nothing to draw ({result.error})")
+    if image is None and result.image is None:
+        raise ImageError(f"{result.label}: the result keeps no pixels (keep_image=False); pass image=")
+    pixels = as_rgb(image, result.label) if image is not None else result.image
+    if pixels.shape[:2] != (result.height, result.width):
+        raise ImageError(
+            f"{result.label}: image is {pixels.shape[1]}x{pixels.shape[0]}, counted at {result.width}x{result.height}"
+        )
+    annotator = BoxAnnotator(result.class_names, show_scores=show_scores)
+    return annotator.annotate(pixels, result.counted, result.counts)

@@ -18,11 +18,8 @@ def write_json(results: list[ImageResult], path: str | Path) -> Path:
     that failed is a record with its ``error`` and no counts, so the results name every input."""
     records = []
     for r in results:
-        if r.error is None:
-            record = r.to_record()
-            records.append({"image": record.pop("image"), "path": str(r.path.absolute()), **record})
-        else:
-            records.append({"image": r.label, "path": str(r.path.absolute()), "error": r.error})
+        record = r.to_record()
+        records.append({"image": record.pop("image"), "path": str(r.path.absolute()), **record})
     write_text(path, json.dumps(records, indent=1) + "\n")
     return Path(path)
 

@@ -18,11 +18,15 @@ import os
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from bloodcell.errors import DatasetError
 from bloodcell.types import CLASS_NAMES
+
+if TYPE_CHECKING:
+    from bloodcell.data.voc import VOCDataset
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -154,7 +158,7 @@ def load_dataset(
     split: str | None = None,
     class_names: tuple[str, ...] = CLASS_NAMES,
     decode_images: bool = True,
-):
+) -> VOCDataset:
     """Records of ``split`` from a VOC folder or a dataset YAML (later sources override earlier ones).
 
     The split's images are those that any source's split file lists (sources without that file are

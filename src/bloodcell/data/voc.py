@@ -166,7 +166,8 @@ def check_root(root: str | Path) -> Path:
             )
         raise DatasetError(f"{root}: dataset folder not found")
     if not root.is_dir():
-        raise DatasetError(f"{root}: is a file, expected a Pascal VOC folder with Annotations/ and JPEGImages/")
+        hint = "; a dataset YAML is read by load_dataset" if root.suffix.lower() in (".yaml", ".yml") else ""
+        raise DatasetError(f"{root}: is a file, expected a Pascal VOC folder with Annotations/ and JPEGImages/{hint}")
     if not (root / "Annotations").is_dir():
         inside = (root.parent / "Annotations").is_dir() and (root.parent / "JPEGImages").is_dir()
         hint = f" (it is inside one: give {root.parent})" if inside else ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -10,16 +10,19 @@ import numpy as np
 from tqdm import tqdm
 
 from bloodcell import boxes as box_ops
-from bloodcell.data.voc import VOCRecord
+from bloodcell.data.voc import VOCDataset, VOCRecord
 from bloodcell.engine.metrics import DetectionEvaluator, DetectionMetrics
+from bloodcell.errors import DatasetError
 from bloodcell.runtime.counting import (
     Calibration,
     Conf,
     class_thresholds,
     fit_interval_width,
     fit_isotonic,
+    resolve_conf,
 )
 from bloodcell.runtime.images import load_image
+from bloodcell.runtime.predict import api_cell_size
 from bloodcell.runtime.scaling import detect_cells_batch
 from bloodcell.types import Detections
 
@@ -136,16 +139,24 @@ def fit_calibration(
 
 def evaluate(
     predictor: Predictor,
-    records: list[VOCRecord],
-    conf: Conf | None = None,
+    records: list[VOCRecord] | VOCDataset,
+    conf: Conf | Mapping[str, float] | str | None = None,
     progress: bool = False,
     cell_size: float | str | None = None,
     batch: int = 1,
 ) -> DetectionMetrics:
-    """Score ``predictor`` on ``records``; counts use ``conf`` (default: the predictor's own)."""
+    """Score ``predictor`` on ``records`` (or a dataset's: ``load_dataset(...)``); counts use ``conf``
+    (one number, one per class, ``{"RBC": 0.4}``; default: the predictor's own). ``cell_size``: None scores
+    images at the model's input scale, as training chose it; "auto" as `bloodcell val` does."""
+    if isinstance(records, VOCDataset):
+        records = records.records
+    if not records:  # a score of nothing would read as 0.0000, as if the model had found nothing
+        raise DatasetError("no image to score (an empty list of records)")
+    thresholds = resolve_conf(conf, tuple(predictor.class_names), predictor.conf)
+    cell_size = api_cell_size(predictor, cell_size)
     preds = predict_records(predictor, records, progress=progress, cell_size=cell_size, batch=batch)
     calibration = getattr(predictor, "calibration", None)
-    return score(preds, records, tuple(predictor.class_names), predictor.conf if conf is None else conf, calibration)
+    return score(preds, records, tuple(predictor.class_names), thresholds, calibration)
 
 
 def detected_cell_size(preds: list[Detections], rbc_conf: float) -> float | None:

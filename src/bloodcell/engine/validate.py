@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from bloodcell.atomic import write_text
@@ -14,16 +14,17 @@ from bloodcell.data.voc import VOCDataset
 from bloodcell.engine.evaluate import evaluate
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.engine.plots import plot_confusion, plot_pr_curves
-from bloodcell.errors import DatasetError
-from bloodcell.runtime.counting import parse_conf
+from bloodcell.errors import ConfigError, DatasetError
+from bloodcell.runtime.counting import Conf, parse_conf, resolve_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
+from bloodcell.runtime.predict import Predictor
 
 
 def validate(
-    model: str | Path | None,
+    model: str | Path | Predictor | None,
     data_root: str | Path,
     split: str = "val",
-    conf: str | None = None,
+    conf: Conf | Mapping[str, float] | str | None = None,
     out: str | Path | None = None,
     json_path: str | Path | None = None,
     cell_size: float | str | None = "auto",
@@ -33,13 +34,23 @@ def validate(
     on_read: Callable[[VOCDataset], None] | None = None,
     progress: bool | None = None,
 ) -> DetectionMetrics:
-    """Score a model file on a split of a VOC folder or dataset YAML. ``conf``: --conf text (None: the model's).
+    """Score a model (a file, a loaded predictor, or None: the shipped one) on a split of a VOC folder or
+    dataset YAML. ``conf``: --conf text, one number, one per class or ``{"RBC": 0.4}`` (None: the model's).
     ``device``/``batch``: where a .pt model runs and how many images per pass (results do not depend on them).
     ``on_read``: called with the split as read (its findings say which listed images were left out).
     ``progress``: a progress bar (default: when stderr is a terminal, so none in logs)."""
-    predictor = load_predictor(model, device=device, threads=threads, batch=batch)
+    loaded = model is None or isinstance(model, (str, Path))
+    if not loaded and (device != "auto" or threads is not None):
+        raise ConfigError("device and threads are for a model file; a loaded predictor keeps its own")
+    predictor = load_predictor(model, device=device, threads=threads, batch=batch) if loaded else model
     print_model_notes(predictor)
-    thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
+    names = tuple(predictor.class_names)
+    if conf is None:
+        thresholds = None
+    elif isinstance(conf, str):  # the CLI's text: its errors name the option
+        thresholds = parse_conf(conf, names, predictor.conf)
+    else:
+        thresholds = resolve_conf(conf, names, predictor.conf)
     dataset = load_dataset(data_root, split=split, class_names=tuple(predictor.class_names))
     if note := findings_note(dataset):
         print(note, file=sys.stderr)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +80,31 @@ def parse_conf(text: str, class_names: Sequence[str], default: Conf, flag: str =
         seen.add(index)
         base[index] = parse_threshold(value, f"{flag} {name.strip()}")
     return tuple(base)
+
+
+def resolve_conf(
+    conf: Conf | Mapping[str, float] | str | None, class_names: Sequence[str], default: Conf, name: str = "conf"
+) -> tuple[float, ...]:
+    """The Python API's operating points, per class: None (``default``), one number, one per class in
+    ``class_names`` order, ``{"RBC": 0.4}`` (others keep ``default``) or the CLI's text; each in (0, 1].
+    ConfigError (a ValueError too) naming ``name`` and what is wrong."""
+    if conf is None:
+        values = [float(v) for v in class_thresholds(default, len(class_names))]
+    elif isinstance(conf, str):
+        return parse_conf(conf, class_names, default, name)
+    elif isinstance(conf, Mapping):
+        text = ",".join(f"{k}={v}" for k, v in conf.items())
+        return parse_conf(text, class_names, default, name) if conf else resolve_conf(None, class_names, default)
+    else:
+        try:
+            values = [float(v) for v in class_thresholds(conf, len(class_names))]
+        except (TypeError, ValueError) as e:
+            expected = f"give one number or one per class {list(class_names)}"
+            raise ConfigValueError(f"{name}={conf!r}: {e}; {expected}") from None
+    for value in values:
+        if not 0.0 < value <= 1.0:  # also refuses nan
+            raise ConfigValueError(f"{name}={conf!r}: expected values in (0, 1]")
+    return tuple(values)
 
 
 def parse_nms_iou(text: str, class_names: Sequence[str], default: float | Sequence[float]) -> float | tuple[float, ...]:

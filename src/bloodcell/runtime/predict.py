@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -12,12 +14,14 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from PIL import Image
 
-from bloodcell.errors import ImageError
-from bloodcell.runtime.counting import Calibration, Conf, above, class_thresholds, count_intervals
+from bloodcell.errors import ConfigError, ImageError
+from bloodcell.runtime.counting import Calibration, Conf, above, class_thresholds, count_intervals, resolve_conf
 from bloodcell.runtime.images import load_image
+from bloodcell.runtime.inputs import ImageInput, as_rgb
 from bloodcell.runtime.postprocess import PostprocessConfig
-from bloodcell.runtime.scaling import ScaledDetections, detect_cells_batch
+from bloodcell.runtime.scaling import ScaledDetections, check_cell_size, detect_cells_batch, parse_cell_size
 from bloodcell.runtime.timing import StageTimes
 from bloodcell.types import Detections
 
@@ -34,7 +38,10 @@ class Predictor(Protocol):
     times: StageTimes  # letterbox / network / decode time of the passes since last taken
     post: PostprocessConfig  # decoding and NMS settings (per-class IoU thresholds)
 
-    def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections: ...
+    def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections:
+        """One network pass on an (H, W, 3) uint8 RGB image, as is (no cell-size rescaling, no counts):
+        every detection scoring ``min_score`` or more. ``bloodcell.predict`` is what counts cells."""
+        ...
 
     def describe(self) -> dict:
         """What the model is: ``{"name", "architecture", "format" ("pytorch"/"onnx"/"tflite"), "metrics"}``."""
@@ -65,20 +72,34 @@ class ImageResult:
     warnings: list[str] = field(default_factory=list)  # what makes these counts doubtful (e.g. no colour)
 
     @property
+    def ok(self) -> bool:
+        """False when the image could not be read: ``error`` says why, and it has no counts."""
+        return self.error is None
+
+    @property
     def counted(self) -> Detections:
-        """The detections at or above their class's operating point: the boxes that are counted."""
+        """The detections at or above their class's operating point: the boxes that are counted.
+        ImageError for an image that failed (zero cells would read as a count)."""
+        if self.error is not None:
+            raise ImageError(self.error)
         return above(self.detections, self.conf, len(self.class_names))
 
     @property
     def counts(self) -> dict[str, int]:
+        """Cells per class name: the boxes at or above each class's operating point (``conf``).
+        ImageError for an image that failed (zero cells would read as a count)."""
         return self.counted.counts(self.class_names)
 
     @property
     def label(self) -> str:
+        """How outputs name the image: ``name`` (a relative path where file names repeat), else the file name."""
         return self.name or self.path.name
 
     def to_record(self) -> dict:
-        """The JSON record of `bloodcell predict --json`."""
+        """The JSON record of `bloodcell predict --json` (without its absolute ``path``); an image that
+        failed is ``{"image", "error"}``, with no counts."""
+        if self.error is not None:
+            return {"image": self.label, "error": self.error}
         listed = self.detections if self.min_score is None else self.detections.above(self.min_score)
         record = {
             "image": self.label,
@@ -144,8 +165,9 @@ def predict_image(
     min_score: float | None = None,
     cell_size: float | str | None = "auto",
 ) -> ImageResult:
-    """Detect and count cells in one RGB image. ``min_score``: the lowest score kept in the result
-    (default: the lowest operating point, so exactly the counted boxes and their classes' peers)."""
+    """Detect and count cells in one (H, W, 3) uint8 RGB image. ``min_score``: the lowest score that the
+    result's record lists (default: the lowest operating point); ``detections`` keep every counted box
+    whatever it is, so that ``counts`` and the drawn boxes agree."""
     return predict_images(predictor, [image], [path], conf, min_score, cell_size)[0]
 
 
@@ -210,21 +232,44 @@ def load_ahead(
 
 def predict_paths(
     predictor: Predictor,
-    paths: Iterable[Path],
-    conf: Conf | None = None,
+    paths: Iterable[str | os.PathLike] | str | os.PathLike,
+    conf: Conf | Mapping[str, float] | str | None = None,
     min_score: float | None = None,
     keep_image: bool = True,
     cell_size: float | str | None = "auto",
     batch: int = 1,
     load_workers: int = 1,
 ) -> Iterator[ImageResult]:
-    """Yield one ImageResult per path, in order; unreadable files yield a result with ``error`` set.
+    """Yield one ImageResult per image file, in order (a generator: images are read as it is consumed);
+    a file that cannot be read yields a result with ``error`` set and no counts.
 
-    ``batch``: images per network pass (worth it on a GPU); ``load_workers``: decoding threads.
+    ``conf``: operating points (see ``resolve_conf``; None: the model's); ``min_score``: the lowest score
+    records list; ``cell_size``: red-cell diameter in pixels, "auto" (estimated per image) or None (no
+    estimate: the model's input scale); ``keep_image``: keep the decoded pixels on the result (for
+    drawing); ``batch``: images per network pass (worth it on a GPU); ``load_workers``: decoding threads.
     """
-    conf = predictor.conf if conf is None else conf
-    min_score = float(class_thresholds(conf, len(predictor.class_names)).min()) if min_score is None else min_score
-    loaded = load_ahead(paths, load_workers, depth=max(2 * batch, 2 * load_workers))
+    names = tuple(predictor.class_names)
+    conf = resolve_conf(conf, names, predictor.conf)  # checked now, not at the first image
+    min_score = check_min_score(min_score)
+    cell_size = api_cell_size(predictor, cell_size)
+    if batch < 1 or load_workers < 1:
+        raise ConfigError(f"batch={batch}, load_workers={load_workers}: both must be 1 or more")
+    if isinstance(paths, (str, os.PathLike)):  # one file, not its name's characters
+        paths = [paths]
+    min_score = float(class_thresholds(conf, len(names)).min()) if min_score is None else min_score
+    loaded = load_ahead((Path(p) for p in paths), load_workers, depth=max(2 * batch, 2 * load_workers))
+    return _predict_loaded(predictor, loaded, conf, min_score, keep_image, cell_size, batch)
+
+
+def _predict_loaded(
+    predictor: Predictor,
+    loaded: Iterator[tuple[Path, np.ndarray | ImageError, float]],
+    conf: Conf,
+    min_score: float,
+    keep_image: bool,
+    cell_size: float | str | None,
+    batch: int,
+) -> Iterator[ImageResult]:
     while True:
         group = list(islice(loaded, batch))
         if not group:
@@ -242,3 +287,67 @@ def predict_paths(
             if not keep_image:
                 result.image = None
             yield result
+
+
+def check_min_score(min_score: float | None) -> float | None:
+    """The API's ``min_score``: None or a score in [0, 1]; ConfigError otherwise."""
+    if min_score is not None and not (isinstance(min_score, (int, float)) and 0.0 <= min_score <= 1.0):
+        raise ConfigError(f"min_score={min_score!r}: expected a score from 0 to 1, or None")
+    return min_score
+
+
+def api_cell_size(predictor: Predictor, cell_size: float | str | None) -> float | str | None:
+    """The API's ``cell_size``: "auto", None (or "none": no estimate) or a red-cell diameter in pixels
+    that this model can honour; ConfigError otherwise."""
+    if isinstance(cell_size, str):
+        cell_size = parse_cell_size(cell_size, "cell_size")
+    elif cell_size is not None and (
+        isinstance(cell_size, bool) or not isinstance(cell_size, (int, float)) or not 0 < cell_size < math.inf
+    ):
+        raise ConfigError(f"cell_size={cell_size!r}: expected 'auto', None or a diameter in pixels > 0")
+    check_cell_size(predictor, cell_size, "cell_size")
+    return cell_size
+
+
+def predict(
+    predictor: Predictor,
+    images: ImageInput | Sequence[ImageInput],
+    *,
+    conf: Conf | Mapping[str, float] | str | None = None,
+    min_score: float | None = None,
+    cell_size: float | str | None = "auto",
+    batch: int = 1,
+) -> list[ImageResult]:
+    """Detect and count cells in one image or a list of them; one ImageResult each, in order.
+
+    An image is a file path, a PIL image, or a numpy array: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA,
+    uint8, uint16 or float in 0..1 (OpenCV's BGR arrays: convert with cv2.cvtColor first). An array or
+    PIL image that cannot be an image raises ImageError before any work; a file that cannot be read gives
+    a result with ``error`` set (``ok`` is False and its ``counts`` raise), and the others are counted.
+
+    ``predictor``: from ``load_predictor`` (the shipped model, or a .pt/.onnx/.tflite file; load it once
+    for many calls). ``conf``: operating points, one number, one per class or ``{"RBC": 0.4}``
+    (None: the model's own); ``min_score``: the lowest score records list; ``cell_size``: the red-cell
+    diameter in pixels, "auto" (estimated per image, as the CLI does) or None (no estimate: the model's
+    input scale, right for its training microscope's images);
+    ``batch``: images per network pass (worth it on a GPU).
+    """
+    one = isinstance(images, (str, os.PathLike, np.ndarray, Image.Image))
+    items: list[ImageInput] = [images] if one else list(images)  # type: ignore[list-item]
+    names = tuple(predictor.class_names)
+    thresholds = resolve_conf(conf, names, predictor.conf)
+    min_score = check_min_score(min_score)
+    cell_size = api_cell_size(predictor, cell_size)
+    if batch < 1:
+        raise ConfigError(f"batch={batch}: expected 1 or more")
+    arrays = {i: as_rgb(im, f"image {i}") for i, im in enumerate(items) if not isinstance(im, (str, os.PathLike))}
+    files = [Path(im) for im in items if isinstance(im, (str, os.PathLike))]
+    from_files = iter(predict_paths(predictor, files, thresholds, min_score, True, cell_size, batch) if files else ())
+    in_memory = iter(
+        predict_images(
+            predictor, list(arrays.values()), [Path(f"image {i}") for i in arrays], thresholds, min_score, cell_size
+        )
+        if arrays
+        else ()
+    )
+    return [next(in_memory) if i in arrays else next(from_files) for i in range(len(items))]

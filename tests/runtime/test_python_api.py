@@ -1,0 +1,146 @@
+"""The Python API as a lab programmer uses it: in-memory images, clear errors, one result per image."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import bloodcell
+from bloodcell import ConfigError, DatasetError, ImageError
+
+SRC = Path(bloodcell.__file__).parent
+
+
+@pytest.fixture(scope="module")
+def shipped() -> bloodcell.Predictor:
+    return bloodcell.load_predictor()
+
+
+@pytest.fixture(scope="module")
+def image_path(bccd_root: Path) -> Path:
+    return bccd_root / "JPEGImages" / "BloodImage_00007.jpg"
+
+
+def test_arrays_and_pil_images_count_as_their_file_does(shipped, image_path: Path) -> None:
+    rgb = np.asarray(Image.open(image_path).convert("RGB"))
+    rgba = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=2)
+    inputs = [image_path, rgb, Image.open(image_path), rgb.astype(np.float32) / 255, rgb.astype(np.uint16) * 257, rgba]
+    results = bloodcell.predict(shipped, inputs)
+    assert len(results) == len(inputs) and all(r.ok for r in results)
+    from_file = results[0]
+    assert sum(from_file.counts.values()) > 10 and from_file.intervals is not None
+    for r in results[1:]:  # the same pixels, the same counts, boxes and rescaling as the file
+        assert r.counts == from_file.counts and r.scale == from_file.scale
+        np.testing.assert_allclose(r.detections.boxes, from_file.detections.boxes, atol=1e-3)
+    assert [r.label for r in results[:2]] == [image_path.name, "image 1"]
+    [gray] = bloodcell.predict(shipped, rgb[..., 1])  # one image, not a list: a list of one result
+    assert any("grayscale" in w for w in gray.warnings)
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (np.zeros((3, 48, 64), np.uint8), "looks channels-first"),
+        (np.full((48, 64, 3), 200.0, np.float32), "float images must hold 0 to 1"),
+        (np.zeros((0, 0, 3), np.uint8), "empty array"),
+        (np.zeros((48, 64, 2), np.uint8), "expected (H, W) gray"),
+        (np.zeros((48, 64, 3), bool), "bool array"),
+        (np.full((48, 64, 3), 300, np.int64), "values 300 to 300"),
+        (np.full((48, 64, 3), np.nan, np.float32), "NaN"),
+        ([[1, 2], [3, 4]], "a list, not an image"),
+    ],
+)
+def test_what_cannot_be_an_image_is_refused_before_any_work(shipped, image_path: Path, bad, says: str) -> None:
+    with pytest.raises(ImageError, match="image 1: .*" + re.escape(says)):
+        bloodcell.predict(shipped, [image_path, bad])
+
+
+def test_a_file_that_failed_has_no_counts_and_its_record_says_why(shipped, image_path: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.png"
+    good, failed = bloodcell.predict(shipped, [image_path, missing])
+    assert good.ok and not failed.ok and "file not found" in failed.error
+    with pytest.raises(ImageError, match="file not found"):  # zero cells would read as a count
+        _ = failed.counts
+    assert failed.to_record() == {"image": "missing.png", "error": failed.error}
+    with pytest.raises(ImageError, match="nothing to draw"):
+        bloodcell.annotate(failed)
+
+
+def test_predict_paths_takes_one_path_and_checks_its_options_at_the_call(shipped, image_path: Path) -> None:
+    assert len(list(bloodcell.predict_paths(shipped, str(image_path)))) == 1  # not one per character
+    assert len(list(bloodcell.predict_paths(shipped, image_path))) == 1
+    for options, says in [
+        ({"batch": 0}, "batch=0"),
+        ({"min_score": 2}, "min_score=2"),
+        ({"conf": 1.5}, "conf=1.5"),
+        ({"conf": float("nan")}, "conf=nan"),
+        ({"conf": (0.5, 0.5)}, "2 thresholds given for 3 classes"),
+        ({"conf": {"XX": 0.2}}, "unknown class 'XX'"),
+        ({"cell_size": "big"}, "cell_size 'big'"),
+        ({"cell_size": -5}, "cell_size=-5"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            bloodcell.predict_paths(shipped, [image_path], **options)  # raised here, not at the first image
+
+
+def test_operating_points_are_read_alike_in_every_form(shipped, image_path: Path) -> None:
+    forms = [{"RBC": 0.3}, "RBC=0.3", (0.3, *map(float, np.atleast_1d(shipped.conf)[1:]))]
+    counts = [bloodcell.predict(shipped, image_path, conf=c)[0].counts for c in forms]
+    assert counts[0] == counts[1] == counts[2]
+    assert counts[0]["RBC"] > bloodcell.predict(shipped, image_path)[0].counts["RBC"]  # a lower point counts more
+    assert bloodcell.predict(shipped, image_path, cell_size="none")[0].scale == shipped.input_scale
+
+
+def test_annotate_draws_the_counted_boxes_or_says_what_it_needs(shipped, image_path: Path) -> None:
+    [kept] = bloodcell.predict(shipped, image_path)
+    picture = bloodcell.annotate(kept)
+    assert picture.size == (kept.width, kept.height)
+    [lean] = list(bloodcell.predict_paths(shipped, [image_path], keep_image=False))
+    with pytest.raises(ImageError, match="keep_image=False"):
+        bloodcell.annotate(lean)
+    assert np.array_equal(np.asarray(bloodcell.annotate(lean, Image.open(image_path))), np.asarray(picture))
+    with pytest.raises(ImageError, match="counted at 640x480"):
+        bloodcell.annotate(lean, np.zeros((10, 10, 3), np.uint8))
+
+
+def test_evaluate_takes_a_dataset_and_refuses_nothing(shipped, tiny_voc: Path) -> None:
+    val = bloodcell.load_dataset(tiny_voc, split="val")
+    whole = bloodcell.evaluate(shipped, val)
+    assert whole.to_dict() == bloodcell.evaluate(shipped, val.records).to_dict()
+    with pytest.raises(DatasetError, match="no image to score"):
+        bloodcell.evaluate(shipped, [])
+    by_predictor = bloodcell.validate(shipped, tiny_voc, conf={"RBC": 0.5}, progress=False)
+    by_text = bloodcell.validate(None, tiny_voc, conf="RBC=0.5", progress=False)
+    assert by_predictor.to_dict() == by_text.to_dict()
+    with pytest.raises(ConfigError, match="a loaded predictor keeps its own"):
+        bloodcell.validate(shipped, tiny_voc, device="cpu")
+    with pytest.raises(DatasetError, match="read by load_dataset"):
+        bloodcell.load_voc(SRC.parents[1] / "datasets" / "bccd-dense.yaml", split="val")
+
+
+def test_every_public_name_resolves_and_type_checkers_see_the_same_ones() -> None:
+    for name in bloodcell.__all__:
+        assert getattr(bloodcell, name) is not None
+    assert set(bloodcell.__all__) <= set(dir(bloodcell))
+    tree = ast.parse((SRC / "__init__.py").read_text())
+    typed = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+        for stmt in node.body
+        if isinstance(stmt, ast.ImportFrom)
+        for alias in stmt.names
+    }
+    lazy = {k for k, v in ast.literal_eval(_assigned(tree, "_LAZY")).items()}
+    assert typed == lazy and lazy <= set(bloodcell.__all__)
+    assert (SRC / "py.typed").is_file()
+
+
+def _assigned(tree: ast.Module, name: str) -> str:
+    node = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == name)
+    return ast.unparse(node.value)
