@@ -896,6 +896,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 watcher.run(threading.Event())
             except KeyboardInterrupt:
                 print("stopped", file=sys.stderr)
+                if left := watcher.not_yet_counted():  # not lost: the next watch on this folder counts them
+                    names = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
+                    print(
+                        f"note: {len(left)} file(s) not counted yet ({names}); the next watch counts them",
+                        file=sys.stderr,
+                    )
     earlier = watcher.failed_earlier()
     if earlier:  # a cron user would otherwise hear of a bad file only on the run that first met it
         names = ", ".join(earlier[:5]) + (", ..." if len(earlier) > 5 else "")

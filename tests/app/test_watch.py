@@ -192,7 +192,9 @@ def test_corrupt_file_is_recorded_once_as_failed(predictor, sources, tmp_path, c
     assert "bad.jpg" not in capsys.readouterr().err
     rows = read_rows(out)  # one row each: the bad file's with its error and no counts, so a report can name it
     assert [r[0] for r in rows] == ["bad.jpg", "good.png"]
-    assert "bad.jpg" in rows[0][-1] and rows[0][1:-1] == [""] * (len(rows[0]) - 2) and rows[1][-1] == ""
+    # the error names the file as the image column does, not by the path it was opened with
+    assert rows[0][-1].startswith("bad.jpg: cannot decode image") and str(folder) not in rows[0][-1]
+    assert rows[0][1:-1] == [""] * (len(rows[0]) - 2) and rows[1][-1] == ""
     assert read_slide(out / "counts.csv")[1] == ["bad.jpg"]
     assert json.loads((out / STATE_NAME).read_text())["files"]["bad.jpg"]["status"] == "failed"
     # Rewritten with a real image, it is a new version and is processed; its last row holds.
@@ -587,3 +589,24 @@ def test_without_watchdog_the_periodic_scan_finds_new_files(sources, tmp_path, m
         assert wait_until(lambda: watcher.processed == 1)
     err = capsys.readouterr().err
     assert err.count("note: watchdog is not installed, so new files are found by a scan every few seconds") == 1
+
+
+def test_a_stopped_watch_names_the_files_it_leaves_for_the_next_run(model_file, sources, tmp_path, monkeypatch, capsys):
+    """Ctrl-C or SIGTERM while files still settle: they are not lost, and the user is told which wait."""
+    from bloodcell.app import watch as watch_module
+
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    shutil.copy(sources / "cam0.jpg", folder / "done.jpg")
+    shutil.copy(sources / "cam1.jpg", folder / "settling.jpg")
+
+    def stop_after_one_scan(self, stop_event):
+        self.poll_once()  # done.jpg is old enough to count; settling.jpg was touched just now
+        raise KeyboardInterrupt
+
+    os.utime(folder / "done.jpg", (time.time() - 60, time.time() - 60))
+    monkeypatch.setattr(watch_module.Watcher, "run", stop_after_one_scan)
+    assert main(["watch", str(folder), "--model", str(model_file), "--settle", "30"]) == 0
+    err = capsys.readouterr().err
+    assert "stopped" in err and "note: 1 file(s) not counted yet (settling.jpg); the next watch counts them" in err
+    assert [r[0] for r in read_rows(folder / "bloodcell")] == ["done.jpg"]

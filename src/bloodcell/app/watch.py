@@ -333,13 +333,14 @@ class Watcher:
         except UnreadableImageError as e:  # e.g. permissions: not the file's fault, so not recorded as failed
             self._failed.add(path.name)
             self._unreadable[path.name] = (sig, time.monotonic())
-            print(f"error: {e} (tried again in {RETRY_UNREADABLE_S:g} s, or at the next start)", file=sys.stderr)
-            return ImageResult(path, conf=self.conf, class_names=self.class_names, error=str(e))
+            error = _by_name(str(e), path)
+            print(f"error: {error} (tried again in {RETRY_UNREADABLE_S:g} s, or at the next start)", file=sys.stderr)
+            return ImageResult(path, conf=self.conf, class_names=self.class_names, error=error)
         except (ImageError, OSError) as e:
             if isinstance(e, OSError) and e.errno not in FILE_NAME_ERRORS:
                 raise  # a full disk, a lost --out: the environment's fault; a restart retries this file
             # this file failed for good while it stays the same (unreadable, or a name no output can take)
-            error = str(e) if isinstance(e, ImageError) else describe_os_error(e)
+            error = _by_name(str(e), path) if isinstance(e, ImageError) else describe_os_error(e)
             self._failed.add(path.name)
             print(f"error: {error} (tried again if the file changes)", file=sys.stderr)
             failure = ImageResult(path, conf=self.conf, class_names=self.class_names, error=error)
@@ -365,6 +366,11 @@ class Watcher:
         """Whether a truncated file may still be a copy in progress: last changed (by its mtime) and first
         found truncated (by this clock: a camera's clock may run ahead) less than TRUNCATED_WAIT_S ago."""
         return _age_s(sig) < TRUNCATED_WAIT_S and time.monotonic() - self._truncated[name][1] < TRUNCATED_WAIT_S
+
+    def not_yet_counted(self) -> list[str]:
+        """Images in the folder now that no run has finished: settling, ending early, or arrived since the
+        last scan (a stop leaves them to the next run, which counts them)."""
+        return [p.name for p in self._candidates() if (sig := self._signature(p)) and not self._is_done(p.name, sig)]
 
     @property
     def pending(self) -> int:
@@ -403,6 +409,13 @@ class Watcher:
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=5)
+
+
+def _by_name(message: str, path: Path) -> str:
+    """An image error as rows name the image: its file name, not the path it was opened by (which depends
+    on how the folder was given: ``w8/d.jpg`` or ``/data/w8/d.jpg``)."""
+    opened = f"{path}: "
+    return f"{path.name}: {message.removeprefix(opened)}" if message.startswith(opened) else message
 
 
 def _age_s(sig: tuple[int, int]) -> float:
