@@ -610,3 +610,30 @@ def test_a_stopped_watch_names_the_files_it_leaves_for_the_next_run(model_file, 
     err = capsys.readouterr().err
     assert "stopped" in err and "note: 1 file(s) not counted yet (settling.jpg); the next watch counts them" in err
     assert [r[0] for r in read_rows(folder / "bloodcell")] == ["done.jpg"]
+
+
+def test_a_counted_file_renamed_is_not_counted_again_but_a_new_one_of_its_size_and_time_is(
+    predictor, sources, tmp_path, capsys
+):
+    """A technician labels captures by renaming them: a second row would count that field twice in the
+    slide report. Size and time alone do not make a rename (coarse clocks, fixed-size formats): content does."""
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(sources / "cam0.jpg", folder / "a.jpg")
+    shutil.copy(sources / "cam1.jpg", folder / "b.jpg")
+    watcher = Watcher(predictor, folder, out, settle=0)
+    assert len(watcher.drain()) == 2
+    os.rename(folder / "a.jpg", folder / "patient7_a.jpg")
+    assert watcher.drain() == []
+    assert "note: patient7_a.jpg: same size, time and content as a.jpg, now gone" in capsys.readouterr().err
+    state = json.loads((out / STATE_NAME).read_text())["files"]
+    assert "a.jpg" not in state and state["patient7_a.jpg"]["renamed_from"] == "a.jpg"
+    # b.jpg replaced, under another name, by other bytes of its size and time: a new picture, counted
+    data, st = bytearray((folder / "b.jpg").read_bytes()), (folder / "b.jpg").stat()
+    (folder / "b.jpg").unlink()
+    data[-3] ^= 0xFF  # inside the last scan before the end marker: decodes, other pixels
+    (folder / "c.jpg").write_bytes(bytes(data))
+    os.utime(folder / "c.jpg", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert [r.path.name for r in watcher.drain()] == ["c.jpg"]
+    assert [r[0] for r in read_rows(out)] == ["a.jpg", "b.jpg", "c.jpg"]
+    watcher.close()

@@ -12,7 +12,8 @@ had, its status (``ok`` / ``failed``) and how many CSV rows it has given; it is 
 after every file, after the CSV row is on disk. On start the folder is scanned before watching, so
 files that arrived while the watcher was down are picked up, and nothing already in the state is
 processed again. A file whose size or mtime later changes (replaced, or a failed file rewritten) is
-a new version: it is processed again and gets a new CSV row (rows are never rewritten in place).
+a new version: it is processed again and gets a new CSV row (rows are never rewritten in place). A
+counted file renamed (its old name gone; same size, mtime and sha256) keeps its one row, under the old name.
 If a crash came between the CSV row and the state write, the start-up check adopts that row, so the
 file is not counted twice. The CSV is read back with the csv module only (never ``str.splitlines``,
 which also splits at U+2028 and other characters a file name may hold).
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import json
 import os
 import sys
@@ -305,6 +307,12 @@ class Watcher:
     def _process(self, path: Path, sig: tuple[int, int]) -> ImageResult | None:
         """The file's result (failures have .error); None for a truncated file young enough to be a copy
         still in progress (waited for, no row) and for one that changed since ``sig`` (it settles again)."""
+        if (renamed := self._renamed_from(path, sig)) is not None:  # its row stands: a second would count it twice
+            self.state[path.name] = {**self.state.pop(renamed), "renamed_from": renamed}
+            self._save_state()
+            note = f"same size, time and content as {renamed}, now gone: renamed, counted already as {renamed}"
+            print(f"note: {path.name}: {note}", file=sys.stderr)
+            return None
         entry = {"size": sig[0], "mtime_ns": sig[1], "rows": self.state.get(path.name, {}).get("rows", 0)}
         try:
             try:
@@ -326,6 +334,7 @@ class Watcher:
                 if now is not None:  # not gone: it settles again from here
                     self._pending[path.name] = (now, time.monotonic())
                 return None
+            entry["sha256"] = _digest(path)  # what tells a renamed file from a new one of the same size and time
             result = predict_image(self.predictor, image, path, self.conf, cell_size=self.cell_size)
             save_annotated(result, self.annotator, self.annotated_dir)
             result.image = None
@@ -366,6 +375,15 @@ class Watcher:
         """Whether a truncated file may still be a copy in progress: last changed (by its mtime) and first
         found truncated (by this clock: a camera's clock may run ahead) less than TRUNCATED_WAIT_S ago."""
         return _age_s(sig) < TRUNCATED_WAIT_S and time.monotonic() - self._truncated[name][1] < TRUNCATED_WAIT_S
+
+    def _renamed_from(self, path: Path, sig: tuple[int, int]) -> str | None:
+        """The counted file that ``path`` is under a new name (a technician labelling captures): one whose
+        name is gone from the folder, with the same size, mtime and content."""
+        for name, entry in self.state.items():
+            same = name != path.name and (entry["size"], entry["mtime_ns"]) == sig and entry.get("sha256")
+            if same and not (self.folder / name).exists() and _digest(path) == entry["sha256"]:
+                return name
+        return None
 
     def not_yet_counted(self) -> list[str]:
         """Images in the folder now that no run has finished: settling, ending early, or arrived since the
@@ -409,6 +427,13 @@ class Watcher:
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=5)
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _by_name(message: str, path: Path) -> str:
