@@ -203,7 +203,7 @@ def test_a_video_cut_short_is_said_and_exits_1(model_file, video, tmp_path, monk
     monkeypatch.setattr(video_module, "open_capture", lambda cv2_, source: Announces20(real(cv2_, source)))
     out = tmp_path / "out"
     assert main(["predict", "--source", str(video), "--model", str(model_file), "--out", str(out)]) == 1
-    assert "warning: read 6 of the 20 frames the file announces" in capsys.readouterr().out
+    assert "warning: read 6 of the 20 frames the source announces" in capsys.readouterr().out
     assert len((out / "slide_counts.csv").read_text().splitlines()) == 1 + FRAMES
 
 
@@ -260,6 +260,9 @@ def test_a_camera_video_plays_in_real_time(predictor, video, tmp_path, monkeypat
     monkeypatch.setattr(video_module, "time", Clock())
     summary = video_module.run_stream(predictor, "0", tmp_path, conf=CONF, show=False)
     assert summary.frames == 3
+    # a camera does not end by itself: no more frames is a dropout, said so (not a clean recording)
+    assert summary.source_stopped and not summary.complete
+    assert "warning: the camera stopped sending frames after 3" in str(summary)
     written = read_frames(summary.video_path)
     assert len(written) == 11
     rows = list(csv.DictReader(summary.csv_path.open()))
@@ -301,3 +304,35 @@ def test_a_stream_that_gives_no_frame_leaves_no_folder(model_file, tmp_path, mon
     assert main(["predict", "--source", "rtsp://scope/live", "--model", str(model_file), "--out", str(out)]) == 1
     assert "rtsp://scope/live: no frame could be read" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("announced", "says"), [(0, "the stream stopped sending frames after 6"), (20, "read 6 of the 20")]
+)
+def test_a_stream_that_stops_early_is_said_and_exits_1(
+    model_file, video, tmp_path, monkeypatch, capsys, announced, says
+):
+    """A URL: a live stream (no frame count) that stops sending frames, or one serving a file that
+    announces more frames than arrive (the connection dropped), is not reported as a clean end."""
+    from bloodcell.app import video as video_module
+
+    frames = read_frames(video)
+
+    class Stream:
+        def __init__(self) -> None:
+            self.left = list(frames)
+
+        def get(self, prop):
+            return {cv2.CAP_PROP_FPS: 25.0, cv2.CAP_PROP_FRAME_COUNT: float(announced)}.get(prop, 0.0)
+
+        def read(self):
+            return (True, self.left.pop(0)) if self.left else (False, None)
+
+        def release(self) -> None:
+            pass
+
+    monkeypatch.setattr(video_module, "open_capture", lambda cv2_, source: Stream())
+    out = tmp_path / "out"
+    assert main(["predict", "--source", "http://scope/live.avi", "--model", str(model_file), "--out", str(out)]) == 1
+    assert says in capsys.readouterr().out
+    assert len((out / "live.avi_counts.csv").read_text().splitlines()) == 1 + FRAMES

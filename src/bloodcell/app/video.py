@@ -48,6 +48,7 @@ class StreamSummary:
     csv_path: Path | None = None
     expected_frames: int = 0  # what a video file says it holds (0: a camera or a stream, unknown)
     interrupted: bool = False  # Ctrl-C (or a stop signal) before a video file ended
+    source_stopped: bool = False  # a camera, or a stream of unknown length, gave no more frames (not q/Ctrl-C)
     seconds: float = 0.0  # wall time from the first frame read to the last counted
 
     @property
@@ -55,7 +56,7 @@ class StreamSummary:
         """A video file read to its end (a camera or a stream has none: stopping it is how it ends)."""
         # a container's frame count can be an estimate (duration x rate): a frame or 1% short is not a cut
         cut = self.expected_frames and self.frames < 0.99 * self.expected_frames - 1
-        return not (self.interrupted or cut)
+        return not (self.interrupted or cut or self.source_stopped)
 
     def mean_per_frame(self) -> dict[str, float]:
         return {k: v / self.frames if self.frames else 0.0 for k, v in self.totals.items()}
@@ -67,9 +68,15 @@ class StreamSummary:
         if self.interrupted:
             of = f" of {self.expected_frames}" if self.expected_frames else ""
             lines.append(f"interrupted after {self.frames}{of} frames; the files hold those")
+        elif self.source_stopped:
+            what = "the camera" if self.source.isdigit() else "the stream"
+            lines.append(
+                f"warning: {what} stopped sending frames after {self.frames} (disconnected, or it ended?); "
+                "the files hold those"
+            )
         elif not self.complete:
             lines.append(
-                f"warning: read {self.frames} of the {self.expected_frames} frames the file announces "
+                f"warning: read {self.frames} of the {self.expected_frames} frames the source announces "
                 "(cut off or damaged?); the files hold those"
             )
         if self.video_path:
@@ -219,11 +226,13 @@ def run_stream(
         annotator = BoxAnnotator(class_names)
         summary = StreamSummary(source, class_names, totals=dict.fromkeys(class_names, 0), fps=fps, shown=shown)
         is_file = not source.isdigit() and "://" not in source
-        if is_file and max_frames is None:
+        if not source.isdigit() and max_frames is None:  # a file, or a stream that serves one (a live one: 0)
             summary.expected_frames = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
         started = time.monotonic()
         try:
-            _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames, cell_size)
+            ran_out = _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames, cell_size)
+            # a camera never ends by itself, nor does a live stream: no more frames is a dropout, not an end
+            summary.source_stopped = ran_out and not is_file and not summary.expected_frames
         except KeyboardInterrupt:  # Ctrl-C ends a camera stream; the files are kept (a file's: said so)
             if summary.frames == 0:
                 raise  # nothing to keep: an interrupted command, not an unreadable source
@@ -242,14 +251,15 @@ def run_stream(
     return summary
 
 
-def _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames, cell_size="auto") -> None:
+def _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames, cell_size="auto") -> bool:
+    """Count frames until the source gives no more (True), or q/Esc, a closed window or ``max_frames`` (False)."""
     timed_by_fps = summary.fps > 0 and not summary.source.isdigit()
     live = not timed_by_fps and (summary.source.isdigit() or "://" in summary.source)  # frames come in real time
     start = time.monotonic()
     while max_frames is None or summary.frames < max_frames:
         grabbed, frame = cap.read()
         if not grabbed or frame is None:
-            return
+            return True
         index = summary.frames
         time_s = index / summary.fps if timed_by_fps else time.monotonic() - start
         rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
@@ -265,4 +275,5 @@ def _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_
         if shown:
             cv2.imshow(WINDOW, bgr)
             if (cv2.waitKey(1) & 0xFF) in QUIT_KEYS or cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
-                return
+                return False
+    return False
