@@ -11,6 +11,7 @@ from PIL import Image
 from bloodcell.app.report import build_report, counted_detections
 from bloodcell.cli import main
 from bloodcell.errors import DatasetError
+from bloodcell.weights import default_model
 
 DATA_URI = "data:image/jpeg;base64,"
 
@@ -184,6 +185,10 @@ def test_report_from_real_predictions(bccd_root: Path, tmp_path: Path):
     text = out.read_text()
     assert text.count(DATA_URI) == 2
     assert f"<td>{summary.totals['RBC']}</td>" in text
+    # each record names the model that counted it: file name and the start of its sha256 (the manifest's)
+    shipped, sha256 = default_model()
+    assert {r["model"] for r in records} == {f"{shipped.name}@{sha256[:12]}"} == set(summary.models)
+    assert f"by {shipped.name}@{sha256[:12]}." in text and "warning" not in str(summary)
 
 
 def test_records_with_a_subfolder_show_their_own_image(tmp_path: Path):
@@ -304,6 +309,16 @@ def test_the_report_says_which_operating_points_counted(tmp_path: Path):
         del r["conf"]
     build_report(make_slide(tmp_path / "u", records), out=tmp_path / "u.html")
     assert "counted at operating points the results do not record." in (tmp_path / "u.html").read_text()
+
+
+def test_a_slide_counted_by_two_models_is_warned_of(tmp_path: Path):
+    """Fields counted by another model or refit (a rerun of some fields) sum counts of other operating points."""
+    records = [{**record("a.jpg", 40, 1, 3), "model": "cellnet_bccd.pt@aaaa"}]
+    records.append({**record("b.jpg", 35, 0, 5), "model": "refit.pt@bbbb"})
+    summary = build_report(make_slide(tmp_path / "s", records), out=tmp_path / "r.html")
+    said = "fields counted by 2 models (cellnet_bccd.pt@aaaa, refit.pt@bbbb): the totals mix their counts"
+    assert summary.models == ("cellnet_bccd.pt@aaaa", "refit.pt@bbbb") and f"warning: {said}" in str(summary)
+    assert said in (tmp_path / "r.html").read_text()
 
 
 def test_the_report_never_writes_over_its_input_and_refuses_a_batch_archive(slide: Path, tmp_path: Path, capsys):

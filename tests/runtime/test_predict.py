@@ -1,6 +1,7 @@
 """`bloodcell predict`: odd images, bad files, outputs (on the numpy FakePredictor; model files on the real loader)."""
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -103,8 +104,9 @@ def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path, c
     big = next(r for r in records if r["image"] == "big.tif")
     assert (big["width"], big["height"]) == (4000, 3000)
     for r in records:
-        fields = {"image", "path", "width", "height", "counts", "count_intervals", "conf", "scale", "warnings"}
-        assert set(r) == {*fields, "detections"}
+        fields = {"image", "path", "model", "width", "height", "counts", "count_intervals", "conf", "scale"}
+        assert set(r) == {*fields, "warnings", "detections"}
+        assert r["model"] == f"fake.pt@{hashlib.sha256(model_file.read_bytes()).hexdigest()[:12]}"
         gray = r["image"] in ("gray.png", "deep16.png")  # colour is what tells the cell types apart
         assert r["warnings"] == ([GRAYSCALE_WARNING] if gray else []), r["image"]
         assert r["path"] == str((images / r["image"]).absolute())

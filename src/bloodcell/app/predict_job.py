@@ -13,9 +13,11 @@ from bloodcell.atomic import check_outputs
 from bloodcell.errors import ConfigError, describe_os_error
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
+from bloodcell.runtime.metadata import model_ref
 from bloodcell.runtime.predict import ImageResult, predict_paths
 from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.runtime.sources import expand_sources, output_names
+from bloodcell.weights import default_model, shipped_by_name
 
 if TYPE_CHECKING:
     from bloodcell.runtime.predict import Predictor
@@ -124,7 +126,7 @@ def run_predict(
     except KeyboardInterrupt:  # keep what is done: the counts of a long folder are worth saving
         interrupted = True
     if json_path:
-        write_json(listed, json_path)
+        write_json(listed, json_path, model=model_ref(shipped_by_name(model) if model else default_model()[0]))
     if csv_path:
         write_counts_csv(listed, tuple(predictor.class_names), csv_path)
     if interrupted:

@@ -51,6 +51,7 @@ class ReportSummary:
     missing_images: tuple[str, ...] = ()  # record names whose image was missing or unreadable
     failed_images: tuple[str, ...] = ()  # fields the results say failed to process: not counted
     doubtful_images: tuple[str, ...] = ()  # counted fields with warnings (grayscale, scale not measured...)
+    models: tuple[str, ...] = ()  # the models the records name (predict --json), in order of first appearance
     path: Path | None = None  # the HTML file written
 
     def __str__(self) -> str:
@@ -69,7 +70,15 @@ class ReportSummary:
         if self.doubtful_images:
             names = _some(self.doubtful_images)
             lines.append(f"{_fields(len(self.doubtful_images))} counted with warnings (doubtful counts): {names}")
+        if len(self.models) > 1:
+            lines.append(f"warning: {MIXED_MODELS % (len(self.models), ', '.join(self.models))}")
+        elif self.models:
+            lines.append(f"counted by {self.models[0]}")
         return "\n".join(lines)
+
+
+# fields counted by other models (or refits) are counts at other operating points: their sum is no one count
+MIXED_MODELS = "fields counted by %d models (%s): the totals mix their counts; count the slide again with one"
 
 
 def _warnings(record: dict) -> list[str]:
@@ -122,6 +131,11 @@ def _points_text(records: list[dict], classes: tuple[str, ...]) -> str:
         return "at operating points " + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, conf, strict=True))
     # a counts CSV of predict or watch does not record them: the model's unless --conf was given
     return "at each field's operating points" if points else "at operating points the results do not record"
+
+
+def _model_text(models: tuple[str, ...]) -> str:
+    """Which model counted, where the records say (predict --json does; a counts CSV does not)."""
+    return f" by {html.escape(models[0])}" if len(models) == 1 else ""
 
 
 def _ratio(value: float | None) -> str:
@@ -351,6 +365,7 @@ def summarize(records: list[dict]) -> ReportSummary:
         fields=n,
         intervals=total_intervals(records, tuple(classes)),
         doubtful_images=tuple(r["image"] for r in records if _warnings(r)),
+        models=tuple(dict.fromkeys(r["model"] for r in records if isinstance(r.get("model"), str))),
     )
 
 
@@ -485,6 +500,8 @@ def render_html(
     if summary.failed_images:
         names = ", ".join(e(n) for n in summary.failed_images)
         failed = f'<p class="warn">{_fields(len(summary.failed_images))} failed to process, not counted: {names}</p>\n'
+    if len(summary.models) > 1:
+        failed += f'<p class="warn">{e(MIXED_MODELS % (len(summary.models), ", ".join(summary.models)))}.</p>\n'
     if summary.doubtful_images:
         names = ", ".join(e(n) for n in summary.doubtful_images)
         failed += (
@@ -519,8 +536,8 @@ def render_html(
 {"".join(figures)}
 </div>
 <p class="note">Boxes: for each class, the top-scoring detections up to that field's count,
-i.e. the detections counted {_points_text(records, summary.classes)}. Intervals: 90% intervals from the
-model's calibrated scores (fields) and their sum (totals).</p>
+i.e. the detections counted {_points_text(records, summary.classes)}{_model_text(summary.models)}. Intervals:
+90% intervals from the model's calibrated scores (fields) and their sum (totals).</p>
 </body>
 </html>
 """

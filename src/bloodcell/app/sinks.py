@@ -12,14 +12,16 @@ from bloodcell.atomic import write_bytes, write_text
 from bloodcell.runtime.predict import ImageResult
 
 
-def write_json(results: list[ImageResult], path: str | Path) -> Path:
+def write_json(results: list[ImageResult], path: str | Path, model: str | None = None) -> Path:
     """predict's --json: one record per image, with the input's absolute path (``bloodcell report`` finds
-    the original there; the folder of annotated copies beside the JSON would show boxes twice). An image
-    that failed is a record with its ``error`` and no counts, so the results name every input."""
+    the original there; the folder of annotated copies beside the JSON would show boxes twice) and the
+    ``model`` that counted it (``model_ref``). An image that failed is a record with its ``error`` and no
+    counts, so the results name every input."""
     records = []
     for r in results:
         record = r.to_record()
-        records.append({"image": record.pop("image"), "path": str(r.path.absolute()), **record})
+        named = {"model": model} if model else {}
+        records.append({"image": record.pop("image"), "path": str(r.path.absolute()), **named, **record})
     write_text(path, json.dumps(records, indent=1) + "\n")
     return Path(path)
 

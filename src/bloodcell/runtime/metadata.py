@@ -15,6 +15,7 @@ Torch-free: the standard library, numpy, and the model runtimes (onnxruntime, ai
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -107,6 +108,19 @@ def sidecar_path(model: Path) -> Path:
     if not own.exists() and model.stem.endswith("_edgetpu"):
         return model.with_name(model.stem.removesuffix("_edgetpu") + model.suffix + ".json")
     return own
+
+
+def model_digest(model: Path) -> str:
+    """sha256 of the model file and its sidecar, if any (an export's operating points may live there):
+    what changes when either changes the counts."""
+    sidecar = sidecar_path(model)
+    return hashlib.sha256(model.read_bytes() + (sidecar.read_bytes() if sidecar.is_file() else b"")).hexdigest()
+
+
+def model_ref(model: Path) -> str:
+    """How results name the model that counted them: ``cellnet_bccd.pt@3f2a9c01b7e4`` (file name and
+    the start of ``model_digest``), so a slide's fields counted by two models or refits can be told apart."""
+    return f"{model.name}@{model_digest(model)[:12]}"
 
 
 def read_sidecar(model: Path) -> ExportMetadata | None:

@@ -18,7 +18,7 @@ from bloodcell.atomic import check_folder
 from bloodcell.errors import BloodcellError, ConfigError
 from bloodcell.runtime.counting import class_thresholds, parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
-from bloodcell.runtime.metadata import sidecar_path
+from bloodcell.runtime.metadata import model_digest
 from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.weights import default_model, shipped_by_name
 
@@ -149,9 +149,7 @@ def run_batch(
     class_names = tuple(probe.class_names)
     thresholds = None if conf is None else parse_conf(conf, class_names, probe.conf)
     own = thresholds is None or thresholds == tuple(class_thresholds(probe.conf, len(class_names)))
-    # the file and its sidecar (an export's operating points may live there): either changes the counts
-    sidecar = sidecar_path(model_path)
-    digest = content_hash(model_path.read_bytes() + (sidecar.read_bytes() if sidecar.is_file() else b""))
+    digest = model_digest(model_path)
     model_id = counted_by(probe.describe()["name"], digest, None if own else thresholds, cell_size)
     del probe
     expanded = expand(sources)
