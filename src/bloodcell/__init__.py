@@ -9,7 +9,7 @@ The Python API behind the ``bloodcell`` command (heavy modules load on first use
     bloodcell.annotate(r).save("a_counted.jpg")                 # bloodcell predict --out
     report = bloodcell.check_dataset("path/to/BCCD")            # bloodcell data check
     val = bloodcell.load_dataset("datasets/bccd-dense.yaml", split="val")
-    metrics = bloodcell.evaluate(predictor, val)                # bloodcell val, on loaded records
+    metrics = bloodcell.evaluate(predictor, val, cell_size="auto")  # bloodcell val, on loaded records
     result = bloodcell.train(bloodcell.TrainConfig(epochs=40))  # bloodcell train
 """
 
@@ -87,4 +87,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*__all__, "errors", "types"})

@@ -448,6 +448,36 @@ def test_a_file_written_to_after_it_settled_is_counted_once_as_its_last_version(
     watcher.close()
 
 
+def test_a_file_that_fails_to_decode_while_being_written_is_judged_when_finished(
+    predictor, sources, tmp_path, monkeypatch
+):
+    """The bytes it failed on were the start of a copy that went on: no failure row for them; the
+    finished file is counted, once, by --once's drain too."""
+    from bloodcell.app import watch as watch_module
+    from bloodcell.errors import ImageError
+
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    target = folder / "mid.jpg"
+    target.write_bytes((sources / "cam0.jpg").read_bytes()[:40])
+    real_load = watch_module.load_image
+    finished = []
+
+    def fail_as_the_copy_finishes(path):
+        if not finished:
+            shutil.copy(sources / "cam0.jpg", path)
+            finished.append(path)
+            raise ImageError(f"{path}: cannot decode image (not a format Pillow reads)")
+        return real_load(path)
+
+    monkeypatch.setattr(watch_module, "load_image", fail_as_the_copy_finishes)
+    watcher = Watcher(predictor, folder, out, settle=0)
+    results = watcher.drain()
+    assert [(r.path.name, r.error) for r in results] == [("mid.jpg", None)] and watcher.failed == 0
+    assert [r[0] for r in read_rows(out)] == ["mid.jpg"] and read_rows(out)[0][-1] == ""
+    watcher.close()
+
+
 def test_a_watched_slide_makes_a_report(predictor, sources, tmp_path, capsys):
     """watch -> report: the counts CSV's rows (the last one of a rewritten file) and the annotated copies."""
     from bloodcell.app.report import build_report

@@ -60,6 +60,54 @@ def test_what_cannot_be_an_image_is_refused_before_any_work(shipped, image_path:
         bloodcell.predict(shipped, [image_path, bad])
 
 
+def test_other_pixel_forms_count_as_their_plain_image(shipped, image_path: Path) -> None:
+    """Big-endian 16-bit arrays (FITS, some TIFF readers) and float PIL images in 0..1 are read, not
+    refused or turned near-black (a silent count of zero)."""
+    gray = np.asarray(Image.open(image_path).convert("L"))
+    wide = gray.astype(np.uint16) * 257
+    forms = [gray, wide, wide.astype(">u2"), Image.fromarray(gray.astype(np.float32) / 255)]
+    counts = [r.counts for r in bloodcell.predict(shipped, forms)]
+    assert sum(counts[0].values()) > 5 and all(c == counts[0] for c in counts)
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (np.zeros((2, 48, 64, 3), np.uint8), "a stack of images; give them as a list, list(a)"),
+        (b"/data/a.jpg", "bytes are not an image"),
+    ],
+)
+def test_stacks_and_bytes_are_refused_with_what_to_give(shipped, bad, says: str) -> None:
+    with pytest.raises(ImageError, match=re.escape(says)):
+        bloodcell.predict(shipped, bad)
+
+
+def test_batches_keep_their_size_and_every_result_its_place(shipped, image_path: Path, tmp_path, monkeypatch) -> None:
+    """Arrays go through the network ``batch`` at a time (a GPU holds no more); files that fail, arrays
+    and files mixed, and two files of one name keep their order and their own labels."""
+    from bloodcell.runtime import predict as predict_module
+
+    passes = []
+    real = predict_module.detect_cells_batch
+
+    def recorded(predictor, images, *args, **kwargs):
+        passes.append(len(images))
+        return real(predictor, images, *args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "detect_cells_batch", recorded)
+    rgb = np.asarray(Image.open(image_path).convert("RGB"))
+    bloodcell.predict(shipped, [rgb] * 5, batch=2)
+    assert passes == [2, 2, 1]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "f01.jpg").symlink_to(image_path)
+    inputs = [tmp_path / "a" / "f01.jpg", tmp_path / "gone.jpg", rgb, tmp_path / "b" / "f01.jpg", rgb[..., 0]]
+    results = bloodcell.predict(shipped, inputs, batch=2)
+    assert [r.label for r in results] == ["a/f01.jpg", "gone.jpg", "image 2", "b/f01.jpg", "image 4"]
+    assert [r.ok for r in results] == [True, False, True, True, True]
+    assert results[0].counts == results[2].counts == results[3].counts
+
+
 def test_a_file_that_failed_has_no_counts_and_its_record_says_why(shipped, image_path: Path, tmp_path: Path) -> None:
     missing = tmp_path / "missing.png"
     good, failed = bloodcell.predict(shipped, [image_path, missing])
@@ -83,6 +131,11 @@ def test_predict_paths_takes_one_path_and_checks_its_options_at_the_call(shipped
         ({"conf": {"XX": 0.2}}, "unknown class 'XX'"),
         ({"cell_size": "big"}, "cell_size 'big'"),
         ({"cell_size": -5}, "cell_size=-5"),
+        ({"batch": 2.5}, "batch=2.5"),
+        ({"batch": True}, "batch=True"),
+        ({"conf": True}, "conf=True"),
+        ({"conf": {"RBC": "0.4,WBC=0.9"}}, "conf['RBC'] = '0.4,WBC=0.9': expected a number"),
+        ({"min_score": True}, "min_score=True"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(says)):
             bloodcell.predict_paths(shipped, [image_path], **options)  # raised here, not at the first image
@@ -94,6 +147,8 @@ def test_operating_points_are_read_alike_in_every_form(shipped, image_path: Path
     assert counts[0] == counts[1] == counts[2]
     assert counts[0]["RBC"] > bloodcell.predict(shipped, image_path)[0].counts["RBC"]  # a lower point counts more
     assert bloodcell.predict(shipped, image_path, cell_size="none")[0].scale == shipped.input_scale
+    numpy_numbers = bloodcell.predict(shipped, image_path, min_score=np.float32(0.2), cell_size=np.float64(100))
+    assert numpy_numbers[0].ok
 
 
 def test_annotate_draws_the_counted_boxes_or_says_what_it_needs(shipped, image_path: Path) -> None:
@@ -104,6 +159,7 @@ def test_annotate_draws_the_counted_boxes_or_says_what_it_needs(shipped, image_p
     with pytest.raises(ImageError, match="keep_image=False"):
         bloodcell.annotate(lean)
     assert np.array_equal(np.asarray(bloodcell.annotate(lean, Image.open(image_path))), np.asarray(picture))
+    assert np.array_equal(np.asarray(bloodcell.annotate(lean, image_path)), np.asarray(picture))
     with pytest.raises(ImageError, match="counted at 640x480"):
         bloodcell.annotate(lean, np.zeros((10, 10, 3), np.uint8))
 
@@ -119,6 +175,8 @@ def test_evaluate_takes_a_dataset_and_refuses_nothing(shipped, tiny_voc: Path) -
     assert by_predictor.to_dict() == by_text.to_dict()
     with pytest.raises(ConfigError, match="a loaded predictor keeps its own"):
         bloodcell.validate(shipped, tiny_voc, device="cpu")
+    with pytest.raises(ConfigError, match=r"^--cell-size 3: "):  # `bloodcell val --cell-size 3` names its option
+        bloodcell.validate(shipped, tiny_voc, cell_size=3.0)
     with pytest.raises(DatasetError, match="read by load_dataset"):
         bloodcell.load_voc(SRC.parents[1] / "datasets" / "bccd-dense.yaml", split="val")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,12 +45,18 @@ class BoxAnnotator:
 
 
 def annotate(
-    result: ImageResult, image: np.ndarray | Image.Image | None = None, show_scores: bool = True
+    result: ImageResult, image: str | os.PathLike | np.ndarray | Image.Image | None = None, show_scores: bool = True
 ) -> Image.Image:
     """The picture `bloodcell predict --out` saves: ``result``'s counted boxes and its counts on its image
-    (``image`` when the result does not keep its pixels, e.g. ``predict_paths(..., keep_image=False)``)."""
+    (``image``, a file or pixels, when the result does not keep its pixels, e.g. ``predict_paths(...,
+    keep_image=False)``). Boxes are in the pixels that were counted: a file is read as predict read it
+    (EXIF-rotated), but pixels given here must be the same (``np.asarray(Image.open(f))`` is not rotated)."""
     from bloodcell.errors import ImageError
+    from bloodcell.runtime.images import load_image
     from bloodcell.runtime.inputs import as_rgb
+
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image)
 
     if not result.ok:
         raise ImageError(f"{result.label}: nothing to draw ({result.error})")

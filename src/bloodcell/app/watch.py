@@ -328,11 +328,7 @@ class Watcher:
                     wait = f"waiting up to {TRUNCATED_WAIT_S:g} s after its last change for the rest of it"
                     print(f"note: {path.name} ends early (still being copied?); {wait}", file=sys.stderr)
                 return None
-            if (now := self._signature(path)) != sig:
-                # written to since it was judged settled (files ahead of it took long): the pixels read may be
-                # a later version than the one the state would record, which would then be counted again
-                if now is not None:  # not gone: it settles again from here
-                    self._pending[path.name] = (now, time.monotonic())
+            if self._changed_since(path, sig):
                 return None
             entry["sha256"] = _digest(path)  # what tells a renamed file from a new one of the same size and time
             result = predict_image(self.predictor, image, path, self.conf, cell_size=self.cell_size)
@@ -348,6 +344,8 @@ class Watcher:
         except (ImageError, OSError) as e:
             if isinstance(e, OSError) and e.errno not in FILE_NAME_ERRORS:
                 raise  # a full disk, a lost --out: the environment's fault; a restart retries this file
+            if isinstance(e, ImageError) and self._changed_since(path, sig):
+                return None  # the bytes it failed on were mid-write: the finished file is judged, not these
             # this file failed for good while it stays the same (unreadable, or a name no output can take)
             error = _by_name(str(e), path) if isinstance(e, ImageError) else describe_os_error(e)
             self._failed.add(path.name)
@@ -375,6 +373,19 @@ class Watcher:
         """Whether a truncated file may still be a copy in progress: last changed (by its mtime) and first
         found truncated (by this clock: a camera's clock may run ahead) less than TRUNCATED_WAIT_S ago."""
         return _age_s(sig) < TRUNCATED_WAIT_S and time.monotonic() - self._truncated[name][1] < TRUNCATED_WAIT_S
+
+    def _changed_since(self, path: Path, sig: tuple[int, int]) -> bool:
+        """Whether ``path`` was written to (or removed) since it was judged settled at ``sig``, e.g. while
+        files ahead of it took seconds: what was read may be another version than the state would record
+        (counted again as new), so it settles again from now; a removed file is said, not counted."""
+        now = self._signature(path)
+        if now == sig:
+            return False
+        if now is None:
+            print(f"note: {path.name} was removed while it was read; not counted", file=sys.stderr)
+        else:
+            self._pending[path.name] = (now, time.monotonic())
+        return True
 
     def _renamed_from(self, path: Path, sig: tuple[int, int]) -> str | None:
         """The counted file that ``path`` is under a new name (a technician labelling captures): one whose

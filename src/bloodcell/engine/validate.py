@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from bloodcell.errors import ConfigError, DatasetError
 from bloodcell.runtime.counting import Conf, parse_conf, resolve_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.predict import Predictor
+from bloodcell.runtime.scaling import check_cell_size
 
 
 def validate(
@@ -39,11 +41,12 @@ def validate(
     ``device``/``batch``: where a .pt model runs and how many images per pass (results do not depend on them).
     ``on_read``: called with the split as read (its findings say which listed images were left out).
     ``progress``: a progress bar (default: when stderr is a terminal, so none in logs)."""
-    loaded = model is None or isinstance(model, (str, Path))
+    loaded = model is None or isinstance(model, (str, os.PathLike))
     if not loaded and (device != "auto" or threads is not None):
         raise ConfigError("device and threads are for a model file; a loaded predictor keeps its own")
     predictor = load_predictor(model, device=device, threads=threads, batch=batch) if loaded else model
     print_model_notes(predictor)
+    check_cell_size(predictor, cell_size)  # named as the CLI's option: --cell-size
     names = tuple(predictor.class_names)
     if conf is None:
         thresholds = None

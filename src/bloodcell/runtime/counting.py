@@ -10,6 +10,7 @@ The calibration maps raw scores to probabilities with the isotonic curve fitted 
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,23 +89,40 @@ def resolve_conf(
     """The Python API's operating points, per class: None (``default``), one number, one per class in
     ``class_names`` order, ``{"RBC": 0.4}`` (others keep ``default``) or the CLI's text; each in (0, 1].
     ConfigError (a ValueError too) naming ``name`` and what is wrong."""
+    values = [float(v) for v in class_thresholds(default, len(class_names))]
     if conf is None:
-        values = [float(v) for v in class_thresholds(default, len(class_names))]
+        pass
     elif isinstance(conf, str):
         return parse_conf(conf, class_names, default, name)
     elif isinstance(conf, Mapping):
-        text = ",".join(f"{k}={v}" for k, v in conf.items())
-        return parse_conf(text, class_names, default, name) if conf else resolve_conf(None, class_names, default)
-    else:
+        lookup = {n.casefold(): i for i, n in enumerate(class_names)}
+        for key, value in conf.items():
+            index = lookup.get(str(key).strip().casefold())
+            if index is None:
+                raise ConfigValueError(f"{name}: unknown class {key!r}; classes: {list(class_names)}")
+            if not is_real(value):
+                raise ConfigValueError(f"{name}[{key!r}] = {value!r}: expected a number in (0, 1]")
+            values[index] = float(value)
+    elif is_real(conf) or (isinstance(conf, (Sequence, np.ndarray)) and all(is_real(v) for v in conf)):
         try:
             values = [float(v) for v in class_thresholds(conf, len(class_names))]
-        except (TypeError, ValueError) as e:
-            expected = f"give one number or one per class {list(class_names)}"
-            raise ConfigValueError(f"{name}={conf!r}: {e}; {expected}") from None
+        except ValueError as e:
+            raise ConfigValueError(
+                f"{name}={conf!r}: {e}; give one number or one per class {list(class_names)}"
+            ) from None
+    else:
+        raise ConfigValueError(
+            f"{name}={conf!r}: give one number, one per class {list(class_names)}, or a dict of class to number"
+        )
     for value in values:
         if not 0.0 < value <= 1.0:  # also refuses nan
             raise ConfigValueError(f"{name}={conf!r}: expected values in (0, 1]")
     return tuple(values)
+
+
+def is_real(value: object) -> bool:
+    """A number (numpy's too), not a bool: ``conf=True`` is a mistake, not 1.0."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def parse_nms_iou(text: str, class_names: Sequence[str], default: float | Sequence[float]) -> float | tuple[float, ...]:

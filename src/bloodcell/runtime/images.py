@@ -20,7 +20,10 @@ def to_rgb_uint8(im: Image.Image) -> np.ndarray:
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        if im.mode == "F" and a.size and a.min() >= 0.0 and a.max() <= 1.0:
+            top = 1.0  # a float image in 0..1 (scientific cameras' TIFFs, Image.fromarray of float pixels)
+        else:
+            top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
         a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
     if im.mode != "RGB":

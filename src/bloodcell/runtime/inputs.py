@@ -31,6 +31,8 @@ def as_rgb(image: np.ndarray | Image.Image, name: str) -> np.ndarray:
             f"{name}: a {type(image).__name__}, not an image; give a file path, a PIL image or an (H, W, 3) RGB array"
         )
     a = image
+    if a.ndim == 4:
+        raise ImageError(f"{name}: array of shape {a.shape} is a stack of images; give them as a list, list(a)")
     if a.ndim == 3 and a.shape[0] in _CHANNELS and a.shape[2] not in _CHANNELS:
         raise ImageError(
             f"{name}: array of shape {a.shape} looks channels-first; give (H, W, 3), e.g. a.transpose(1, 2, 0)"
@@ -49,8 +51,8 @@ def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
     """uint8 as is; uint16 scaled as a 16-bit file is; floats in 0..1; other integers when within 0..255."""
     if a.dtype == np.uint8:
         return a
-    if a.dtype == np.uint16:
-        return (a.astype(np.float64) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
+    if a.dtype.kind == "u" and a.dtype.itemsize == 2:  # either byte order (FITS and some TIFF readers: big-endian)
+        return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     if np.issubdtype(a.dtype, np.floating):
         if not np.isfinite(a).all():
             raise ImageError(f"{name}: {a.dtype} array holds NaN or infinite values")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections import deque
@@ -17,11 +18,20 @@ import numpy as np
 from PIL import Image
 
 from bloodcell.errors import ConfigError, ImageError
-from bloodcell.runtime.counting import Calibration, Conf, above, class_thresholds, count_intervals, resolve_conf
+from bloodcell.runtime.counting import (
+    Calibration,
+    Conf,
+    above,
+    class_thresholds,
+    count_intervals,
+    is_real,
+    resolve_conf,
+)
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.inputs import ImageInput, as_rgb
 from bloodcell.runtime.postprocess import PostprocessConfig
 from bloodcell.runtime.scaling import ScaledDetections, check_cell_size, detect_cells_batch, parse_cell_size
+from bloodcell.runtime.sources import output_names
 from bloodcell.runtime.timing import StageTimes
 from bloodcell.types import Detections
 
@@ -252,8 +262,9 @@ def predict_paths(
     conf = resolve_conf(conf, names, predictor.conf)  # checked now, not at the first image
     min_score = check_min_score(min_score)
     cell_size = api_cell_size(predictor, cell_size)
-    if batch < 1 or load_workers < 1:
-        raise ConfigError(f"batch={batch}, load_workers={load_workers}: both must be 1 or more")
+    check_batch(batch)
+    if not isinstance(load_workers, numbers.Integral) or isinstance(load_workers, bool) or load_workers < 1:
+        raise ConfigError(f"load_workers={load_workers!r}: expected a whole number of threads, 1 or more")
     if isinstance(paths, (str, os.PathLike)):  # one file, not its name's characters
         paths = [paths]
     min_score = float(class_thresholds(conf, len(names)).min()) if min_score is None else min_score
@@ -291,7 +302,7 @@ def _predict_loaded(
 
 def check_min_score(min_score: float | None) -> float | None:
     """The API's ``min_score``: None or a score in [0, 1]; ConfigError otherwise."""
-    if min_score is not None and not (isinstance(min_score, (int, float)) and 0.0 <= min_score <= 1.0):
+    if min_score is not None and not (is_real(min_score) and 0.0 <= min_score <= 1.0):
         raise ConfigError(f"min_score={min_score!r}: expected a score from 0 to 1, or None")
     return min_score
 
@@ -301,9 +312,7 @@ def api_cell_size(predictor: Predictor, cell_size: float | str | None) -> float 
     that this model can honour; ConfigError otherwise."""
     if isinstance(cell_size, str):
         cell_size = parse_cell_size(cell_size, "cell_size")
-    elif cell_size is not None and (
-        isinstance(cell_size, bool) or not isinstance(cell_size, (int, float)) or not 0 < cell_size < math.inf
-    ):
+    elif cell_size is not None and not (is_real(cell_size) and 0 < cell_size < math.inf):
         raise ConfigError(f"cell_size={cell_size!r}: expected 'auto', None or a diameter in pixels > 0")
     check_cell_size(predictor, cell_size, "cell_size")
     return cell_size
@@ -329,25 +338,48 @@ def predict(
     for many calls). ``conf``: operating points, one number, one per class or ``{"RBC": 0.4}``
     (None: the model's own); ``min_score``: the lowest score records list; ``cell_size``: the red-cell
     diameter in pixels, "auto" (estimated per image, as the CLI does) or None (no estimate: the model's
-    input scale, right for its training microscope's images);
-    ``batch``: images per network pass (worth it on a GPU).
+    input scale, right for its training microscope's images); ``batch``: images per network pass (worth
+    it on a GPU). Results keep their image's pixels (``image``, for ``annotate``); a file's label is its
+    name, or its path from the files' common folder where two files share a name. Folders are not
+    searched (the CLI's ``predict`` does that).
     """
+    if isinstance(images, (bytes, bytearray)):
+        raise ImageError("images: bytes are not an image; give a file path, a PIL image or an array")
     one = isinstance(images, (str, os.PathLike, np.ndarray, Image.Image))
     items: list[ImageInput] = [images] if one else list(images)  # type: ignore[list-item]
-    names = tuple(predictor.class_names)
-    thresholds = resolve_conf(conf, names, predictor.conf)
+    thresholds = resolve_conf(conf, tuple(predictor.class_names), predictor.conf)
     min_score = check_min_score(min_score)
     cell_size = api_cell_size(predictor, cell_size)
-    if batch < 1:
-        raise ConfigError(f"batch={batch}: expected 1 or more")
-    arrays = {i: as_rgb(im, f"image {i}") for i, im in enumerate(items) if not isinstance(im, (str, os.PathLike))}
-    files = [Path(im) for im in items if isinstance(im, (str, os.PathLike))]
+    check_batch(batch)
+    is_file = [isinstance(im, (str, os.PathLike)) for im in items]
+    arrays = {i: as_rgb(im, f"image {i}") for i, im in enumerate(items) if not is_file[i]}  # all checked first
+    files = [Path(im) for im, f in zip(items, is_file, strict=True) if f]  # type: ignore[arg-type]
+    labels = dict(zip(files, output_names(files), strict=True))  # a/f01.jpg and b/f01.jpg: two labels
     from_files = iter(predict_paths(predictor, files, thresholds, min_score, True, cell_size, batch) if files else ())
-    in_memory = iter(
-        predict_images(
-            predictor, list(arrays.values()), [Path(f"image {i}") for i in arrays], thresholds, min_score, cell_size
+    keys = list(arrays)
+    in_memory = (
+        result
+        for start in range(0, len(keys), batch)  # no more pixels per pass than batch asks for (GPU memory)
+        for result in predict_images(
+            predictor,
+            [arrays[i] for i in keys[start : start + batch]],
+            [Path(f"image {i}") for i in keys[start : start + batch]],
+            thresholds,
+            min_score,
+            cell_size,
         )
-        if arrays
-        else ()
     )
-    return [next(in_memory) if i in arrays else next(from_files) for i in range(len(items))]
+    results = []
+    for i in range(len(items)):
+        result = next(from_files) if is_file[i] else next(in_memory)
+        if is_file[i]:
+            result.name = labels[result.path]
+        results.append(result)
+    return results
+
+
+def check_batch(batch: int) -> int:
+    """The API's ``batch``: an int of 1 or more; ConfigError otherwise."""
+    if not isinstance(batch, numbers.Integral) or isinstance(batch, bool) or batch < 1:
+        raise ConfigError(f"batch={batch!r}: expected a whole number of images, 1 or more")
+    return int(batch)
