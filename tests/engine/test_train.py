@@ -44,6 +44,12 @@ def test_smoke_train_two_iterations_writes_a_complete_run(tiny_voc, tmp_path, mo
     _net, info = load_model(result.best)
     assert info.name == model and len(info.conf) == 3 and all(0 < c < 1 for c in info.conf)
     assert "val" in info.metrics
+    # last.pt's counting was never fitted (0.5 everywhere, no intervals): a user who loads it is told so
+    from bloodcell.runtime.loader import load_predictor
+
+    [note] = load_predictor(run / "last.pt", device="cpu").notes
+    assert "a training checkpoint whose counting was not fitted" in note and "bloodcell calibrate" in note
+    assert load_predictor(result.best, device="cpu").notes == []
     if model == "fasterrcnn":  # fine-tuning its file: CellNet's missing-label settings would be ignored
         again = dataclasses.replace(cfg, model=str(result.best), pretrained=True, missing_labels="pseudo")
         with pytest.raises(ConfigError, match="is a fasterrcnn model, which trains with its own"):

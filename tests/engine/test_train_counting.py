@@ -9,6 +9,7 @@ from bloodcell.config import TrainConfig
 from bloodcell.engine.train import train
 from bloodcell.errors import ConfigError
 from bloodcell.models.checkpoint import load_model
+from bloodcell.runtime.metadata import model_ref
 
 pytestmark = pytest.mark.slow
 
@@ -37,15 +38,21 @@ def test_calibrate_refits_a_model_file(tiny_voc, tiny_model, tmp_path, capsys):
     out_text, err = capsys.readouterr()
     assert "operating points" in out_text
     # Two val images hold 2 white cells and no platelet: their operating points are guesses, and say so.
-    assert "warning: WBC: operating point and interval fitted on 2 labelled cells in 2 val images" in err
-    assert "warning: Platelets: operating point and interval fitted on 0 labelled cells" in err
+    assert "warning: WBC: operating point and intervals fitted on 2 labelled cells in 2 val images" in err
+    assert "warning: Platelets: operating point and intervals fitted on 0 labelled cells" in err
     assert "warning: RBC" not in err
     js = tmp_path / "v.json"
     assert main(["val", "--model", str(out), "--data", str(tiny_voc), "--json", str(js), "--out", ""]) == 0
-    table = capsys.readouterr().out
+    table, err = capsys.readouterr()
+    # the split its counting was fitted on: val says its count errors there are in-sample; other images not
+    assert "note: 2 of the 2 images scored here are named as those the model's operating points" in err
+    assert main(["val", "--model", str(out), "--data", str(tiny_voc), "--split", "train", "--out", ""]) == 0
+    assert "in-sample" not in capsys.readouterr().err
     assert "nan" not in table and "plots:" not in table  # what cannot be scored shows "-"; no plots asked for
     assert table.splitlines()[3].split()[:2] == ["Platelets", "-"]  # no platelet in these images: no AP
-    assert set(json.loads(js.read_text())["count_coverage"]) == {"RBC", "WBC", "Platelets"}
+    scored = json.loads(js.read_text())
+    assert set(scored["count_coverage"]) == {"RBC", "WBC", "Platelets"}
+    assert scored["model"] == model_ref(out) and scored["data"] == str(tiny_voc) and scored["split"] == "val"
 
 
 def test_calibrate_stores_per_class_nms_iou_and_refuses_bad_ones(tiny_voc, tiny_model, tmp_path, capsys):
@@ -150,12 +157,13 @@ def test_classes_val_cannot_fit_keep_the_models_counting(tiny_voc, tiny_model, t
     assert main(["calibrate", "--model", str(fitted), "--data", str(wbc_only), "--out", str(out)]) == 0
     _, after = load_model(out)
     assert (after.conf[0], after.conf[2]) == (0.61, 0.57)
-    for name in ("RBC", "Platelets"):
+    for name in ("RBC", "Platelets", "WBC"):  # WBC: 2 cells make no calibration (its intervals would be n-n)
         assert after.calibration["knots"][name] == before.calibration["knots"][name]
         assert after.calibration["width"].get(name) == before.calibration["width"].get(name)
     err = capsys.readouterr().err
     assert "RBC: no val image labels it exhaustively, so it keeps the model's operating point 0.61" in err
-    assert "warning: WBC: operating point and interval fitted on 2 labelled cells" in err
+    assert "warning: WBC: operating point fitted on 2 labelled cells in 2 val images (fewer than 20), its " in err
+    assert "intervals keep the model's calibration (too few cells to fit one)" in err
     cfg = TrainConfig(
         data=str(wbc_only), model=str(fitted), epochs=1, batch=2, imgsz=256, out=str(tmp_path / "run"), threads=2,
         missing_labels="ignore",

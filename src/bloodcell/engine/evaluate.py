@@ -221,9 +221,20 @@ def fit_counting(
                     f"intervals uninformed; its counts may be off (fit it on images that label it exhaustively)"
                 )
         elif sum(labelled) < MIN_FIT_CELLS:
+            # a calibration fitted on a handful of cells is a step (every score certain), and its intervals
+            # collapse to the count itself ("2 (2-2)"): false certainty; the model's earlier fit, if any, stays
+            fitted = prior[1] if prior is not None else None
+            kept = fitted is not None and name in fitted.knots
+            if kept:
+                knots[name] = fitted.knots[name]
+                width.pop(name, None)
+                if name in fitted.width:
+                    width[name] = fitted.width[name]
+            what = "operating point" if kept else "operating point and intervals"
+            where = f"{sum(labelled)} labelled cells in {len(labelled)} val images (fewer than {MIN_FIT_CELLS})"
+            kept_note = ", its intervals keep the model's calibration (too few cells to fit one)" if kept else ""
             warnings.append(
-                f"{name}: operating point and interval fitted on {sum(labelled)} labelled cells in {len(labelled)} "
-                f"val images (fewer than {MIN_FIT_CELLS}): its counts may be off; label more val images"
+                f"{name}: {what} fitted on {where}{kept_note}: its counts may be off; label more val images"
             )
     size = detected_cell_size(preds, conf[0])
     reference = None if size is None else round(size * input_scale, 1)

@@ -626,6 +626,7 @@ def fit_counting_file(
     metrics = score(preds, val_records, tuple(info.class_names), fit.conf, fit.calibration)
     info.metrics = {"val": metrics.to_dict()}
     info.extra.update(extra or {})
+    info.extra["counting_fit"] = {"images": sorted({r.image_id for r in val_records})}  # val says when it scores these
     target = out or path
     save_checkpoint(target, model_payload(model, info))
     print(metrics)

@@ -18,8 +18,10 @@ from bloodcell.engine.plots import plot_confusion, plot_pr_curves
 from bloodcell.errors import ConfigError, DatasetError
 from bloodcell.runtime.counting import Conf, parse_conf, resolve_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
+from bloodcell.runtime.metadata import model_ref
 from bloodcell.runtime.predict import Predictor
 from bloodcell.runtime.scaling import check_cell_size
+from bloodcell.weights import default_model, shipped_by_name
 
 
 def validate(
@@ -57,6 +59,8 @@ def validate(
     dataset = load_dataset(data_root, split=split, class_names=tuple(predictor.class_names))
     if note := findings_note(dataset):
         print(note, file=sys.stderr)
+    if note := in_sample_note(predictor, dataset):
+        print(note, file=sys.stderr)
     if on_read is not None:
         on_read(dataset)
     if not dataset.records:  # a score of nothing would print as 0.0000, as if the model had found nothing
@@ -77,5 +81,23 @@ def validate(
         plot_pr_curves(metrics, Path(out) / "pr_curves.png")
         plot_confusion(metrics, Path(out) / "confusion_matrix.png")
     if json_path:
-        write_text(json_path, json.dumps({"split": split, **metrics.to_dict()}, indent=2) + "\n")
+        # which model scored which data: a shipped-vs-adapted pair of these files must be told apart
+        named = {"model": model_ref(default_model()[0] if model is None else shipped_by_name(model))} if loaded else {}
+        record = {**named, "data": str(Path(data_root).absolute()), "split": split, **metrics.to_dict()}
+        write_text(json_path, json.dumps(record, indent=2) + "\n")
     return metrics
+
+
+def in_sample_note(predictor: Predictor, dataset: VOCDataset) -> str | None:
+    """A note when the images scored are (by name) those the model's counting was fitted on: its count
+    errors and coverage there are in-sample, fitted to them, and say little about other images."""
+    info = getattr(predictor, "info", None)
+    fitted = set((getattr(info, "extra", None) or {}).get("counting_fit", {}).get("images", ()))
+    overlap = sum(r.image_id in fitted for r in dataset.records)
+    if not overlap:
+        return None
+    return (
+        f"note: {overlap} of the {len(dataset.records)} images scored here are named as those the model's operating "
+        "points and calibration were fitted on: its count errors and coverage are in-sample (optimistic); "
+        "score images it was not fitted on (a test split) to judge it"
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bloodcell.errors import ModelError, missing_model
+from bloodcell.runtime.counting import per_class
 from bloodcell.runtime.timing import available_cores
 from bloodcell.weights import default_model, shipped_by_name
 
@@ -59,7 +60,14 @@ def load_predictor(
         # torch's default counts physical cores (1 on a 2-vCPU cloud machine); use every core given to us.
         torch.set_num_threads(threads or available_cores())
         model, info = load_model(path)
-        return TorchPredictor(model, info, device=device)
+        predictor = TorchPredictor(model, info, device=device)
+        if info.calibration is None and "train_config" in info.extra:  # the end of training fits; a stop does not
+            predictor.notes.append(
+                f"{path}: a training checkpoint whose counting was not fitted (last.pt, or best.pt of a stopped "
+                f"run): counts use {per_class(info.class_names, info.conf)} and have no intervals; fit them on "
+                f"your val split with `bloodcell calibrate --model {path} --data DATA --out fitted.pt`"
+            )
+        return predictor
     raise ModelError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected .pt, .onnx or .tflite")
 
 

@@ -123,6 +123,7 @@ class TorchPredictor:
         self.cell_size = info.cell_size
         self.input_scale = info.input_scale
         self.post = PostprocessConfig(iou_threshold=info.iou_threshold)
+        self.notes: list[str] = []  # what the model file says about itself (print_model_notes)
         # fp16 on a GPU: CellNet was trained with autocast there; the CPU keeps fp32.
         self.half = self.device.type == "cuda"
         self.times = StageTimes()
