@@ -327,3 +327,21 @@ def test_no_dataset_anywhere_says_how_to_get_one(tmp_path, monkeypatch, capsys) 
     assert "error: no dataset given, and none at the default" in err and "`bloodcell data download`" in err
     assert main(["data", "stats", str(tmp_path / "nope"), "--out", str(tmp_path / "s")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: dataset folder not found"
+
+
+def test_a_bad_model_or_option_is_said_before_the_datas_notes(bccd_root, tmp_path, capsys):
+    """BCCD's label findings and the plain-folder note are long: a command that cannot run says only why."""
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a model")
+    runs = [
+        ["train", "--model", str(tmp_path / "gone.pt"), "--data", str(bccd_root), "--out", str(tmp_path / "r")],
+        ["train", "--model", str(junk), "--data", str(bccd_root), "--out", str(tmp_path / "r")],
+        ["calibrate", "--model", str(junk), "--data", str(bccd_root), "--out", str(tmp_path / "f.pt")],
+        ["calibrate", "--model", "cellnet_bccd.pt", "--data", str(bccd_root), "--out", str(tmp_path / "f.pt"),
+         "--nms-iou", "Foo=0.3"],
+    ]  # fmt: skip
+    for argv in runs:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()

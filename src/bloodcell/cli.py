@@ -614,6 +614,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     check_outputs({"--out": args.out})
     if not (found := shipped_by_name(model)).is_file():  # before the data is read and its notes printed
         raise missing_model(found)
+    if suffix == ".pt" and args.nms_iou is not None:  # a bad file or --nms-iou: said before the data's notes
+        from bloodcell.models.checkpoint import load_model
+        from bloodcell.runtime.counting import parse_nms_iou
+
+        info = load_model(found)[1]
+        parse_nms_iou(args.nms_iou, info.class_names, info.iou_threshold)
+    elif suffix == ".pt":
+        from bloodcell.models.checkpoint import read_checkpoint
+
+        read_checkpoint(found)  # not a model file: ModelError now
     root = _data_root(args)
     dataset = load_dataset(root, split=args.split)
     records = dataset.records

@@ -49,6 +49,7 @@ from bloodcell.models.checkpoint import (
     ModelInfo,
     make_info,
     model_payload,
+    read_checkpoint,
     read_training_checkpoint,
     save_checkpoint,
     training_payload,
@@ -463,6 +464,8 @@ def _train(
     log = print if main else (lambda *a, **k: None)
     if config.batch % ctx.world_size:
         raise ConfigError(f"--batch {config.batch} (global) must be a multiple of the {ctx.world_size} processes")
+    if saved is None and Path(config.model).suffix.lower() == ".pt":  # a missing or wrong --model file: said
+        read_checkpoint(config.model)  # now, before the data's findings are printed
     out = Path(config.out) if config.resume else broadcast(_run_dir(config) if main else None, ctx)
     root = resolve_data_root(config.data)
     train_set = load_dataset(root, config.train_split)
