@@ -62,8 +62,8 @@ def test_findings_exit_1_only_when_strict(tmp_path: Path, capsys, strict: bool) 
     assert code == (1 if strict else 0)
     report = json.loads(out)
     assert [(f["file"], f["object"], f["kind"]) for f in report["findings"]] == [
-        ("bad.xml", 0, "class-alias"),
-        ("bad.xml", 1, "degenerate-box"),
+        ("bad.xml", 1, "class-alias"),  # the first <object> of the file, as a person counts
+        ("bad.xml", 2, "degenerate-box"),
     ]
     assert report["summary"] == {"class-alias": 1, "degenerate-box": 1}
 
@@ -91,7 +91,7 @@ def test_format_findings_names_file_and_object(tmp_path: Path) -> None:
     text = format_findings(check_dataset(tmp_path))
     header, row, summary = text.splitlines()
     assert header.split()[:3] == ["file", "object", "kind"]
-    assert row.split()[:3] == ["x.xml", "1", "unknown-class"] and row.endswith("dropped")
+    assert row.split()[:3] == ["x.xml", "2", "unknown-class"] and row.endswith("dropped")  # the second <object>
     assert summary.endswith("1 findings (1 unknown-class)")
 
 

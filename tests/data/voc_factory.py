@@ -134,15 +134,15 @@ UNUSABLE: dict[str, tuple[Callable[[Path], None], str | None, str]] = {
 
 # --- the real dataset ------------------------------------------------------------------------------
 
-# (file, object index, kind) of every finding on BCCD: the faults listed in ../shared/data/README.md.
+# (file, object (counting from 1), kind) of every finding on BCCD: the faults listed in ../shared/data/README.md.
 BCCD_FINDINGS = {
-    ("BloodImage_00020.xml", 14, "near-duplicate"),
-    ("BloodImage_00100.xml", 2, "near-duplicate"),
-    ("BloodImage_00104.xml", 13, "near-duplicate"),
-    ("BloodImage_00251.xml", 7, "near-duplicate"),
-    ("BloodImage_00284.xml", 1, "near-duplicate"),
-    ("BloodImage_00331.xml", 2, "near-duplicate"),
-    ("BloodImage_00403.xml", 3, "near-duplicate"),
-    ("BloodImage_00338.xml", 12, "degenerate-box"),
-    ("BloodImage_00343.xml", 3, "degenerate-box"),
+    ("BloodImage_00020.xml", 15, "near-duplicate"),
+    ("BloodImage_00100.xml", 3, "near-duplicate"),
+    ("BloodImage_00104.xml", 14, "near-duplicate"),
+    ("BloodImage_00251.xml", 8, "near-duplicate"),
+    ("BloodImage_00284.xml", 2, "near-duplicate"),
+    ("BloodImage_00331.xml", 3, "near-duplicate"),
+    ("BloodImage_00403.xml", 4, "near-duplicate"),
+    ("BloodImage_00338.xml", 13, "degenerate-box"),
+    ("BloodImage_00343.xml", 4, "degenerate-box"),
 }

@@ -63,7 +63,7 @@ class Finding:
     """One problem found in the labels, and what the reader did about it."""
 
     file: str
-    object: int | None  # 0-based index of the <object> in the XML, None for the whole file
+    object: int | None  # which <object> of the XML, counting from 1 as an editor's reader does; None: the file
     kind: str
     detail: str
     action: str  # what the repair did: clipped, dropped, merged, renamed, skipped image, ...
@@ -419,7 +419,7 @@ def _read_one(
     labels: list[int] = []
     difficult: list[bool] = []
     object_ids: list[int] = []
-    for i, obj in enumerate(tree.findall("object")):
+    for i, obj in enumerate(tree.findall("object"), start=1):  # as a person counts them in the file
         raw_name = (obj.findtext("name") or "").strip()
         name = raw_name if raw_name in class_index else aliases.get(canonical(raw_name), raw_name)
         if name not in class_index:
