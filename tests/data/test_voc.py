@@ -123,6 +123,7 @@ BAD_INPUT: dict[str, tuple[Case, set[tuple[int | None, str]], int | None]] = {
     "zero-box": (_objects(("RBC", (20, 20, 40, 40)), ("RBC", (5, 5, 5, 5))), {(2, "degenerate-box")}, 1),
     "negative-box": (_objects(("RBC", (30, 5, 10, 20))), {(1, "degenerate-box")}, 0),
     "near-duplicate": (_objects(("RBC", (10, 10, 50, 46)), ("RBC", (11, 10, 51, 46))), {(2, "near-duplicate")}, 1),
+    "no-objects": (_objects(), {(None, "no-objects")}, 0),  # saved before labelling: kept, and said
     "missing-image": (lambda voc: voc.add("bad", image=False), {(None, "missing-image")}, None),
     "truncated-jpeg": (_truncated_jpeg, {(None, "bad-image")}, None),
     "not-an-image": (_not_an_image, {(None, "bad-image")}, None),

@@ -463,6 +463,9 @@ def _read_one(
         difficult.append(diff_text is not None and diff_text.strip() == "1")
         object_ids.append(i)
 
+    if not tree.findall("object"):  # a blood smear without a cell: far more often a file saved before labelling
+        detail = "no <object> in the file: every cell in its image is taken as background (training, scoring)"
+        findings.append(Finding(xml_name, None, "no-objects", detail, "kept"))
     boxes_arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     labels_arr = np.asarray(labels, dtype=np.int64)
     difficult_arr = np.asarray(difficult, dtype=bool)
