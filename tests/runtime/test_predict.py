@@ -170,11 +170,13 @@ def test_corrupt_file_is_reported_and_skipped(model_file, images, tmp_path, caps
         counted, failed = read_slide(results)
         assert [r["image"] for r in counted] == ["a.jpg"] and failed == ["broken.jpg", "notes.jpg"]
     gone = tmp_path / "gone.jpg"  # a file named that is not there is an input that failed too
-    assert main(["predict", str(gone), str(images / "a.jpg"), "--model", str(model_file), "--json", str(js)]) == 1
+    argv = [str(images / "a.jpg"), str(gone), str(images / "b.bmp")]  # listed in the order given, not missing first
+    assert main(["predict", *argv, "--model", str(model_file), "--json", str(js)]) == 1
     records = json.loads(js.read_text())
     assert [(r["image"], r.get("error")) for r in records] == [
-        ("gone.jpg", f"{gone}: no such file or folder"),
         ("a.jpg", None),
+        ("gone.jpg", f"{gone}: no such file or folder"),
+        ("b.bmp", None),
     ]
     other = tmp_path / "other" / "a.jpg"  # a missing a.jpg beside a counted one: two names, both kept
     other.parent.mkdir()

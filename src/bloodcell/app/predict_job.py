@@ -74,7 +74,7 @@ def run_predict(
 
     ``conf``: one operating point or per class (``RBC=0.4,WBC=0.5``); None keeps the model's."""
     check_outputs({"--json": json_path, "--csv": csv_path}, {"--out": out})  # now, not after every image
-    paths, problems, missing = expand_sources(sources)
+    paths, problems, missing, order = expand_sources(sources)
     names = dict(zip([*paths, *missing], output_names([*paths, *missing]), strict=True))  # one name each
     _refuse_overwriting_inputs(names, out, {"--json": json_path, "--csv": csv_path})
     for problem in problems:
@@ -84,8 +84,8 @@ def run_predict(
     check_cell_size(predictor, cell_size)
     annotator = BoxAnnotator(predictor.class_names) if out else None
     results, failed = [], len(problems)
-    # what --json/--csv hold: first the files named that are not there, then every image in input order
-    # (failed ones with their error), so the results name every image input
+    # what --json/--csv hold: every image input, failed ones with their error and names that are not there
+    # too, in the order given
     listed = [ImageResult(path, error=f"{path}: no such file or folder", name=names[path]) for path in missing]
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
     stream = predict_paths(
@@ -125,6 +125,8 @@ def run_predict(
             results.append(r)
     except KeyboardInterrupt:  # keep what is done: the counts of a long folder are worth saving
         interrupted = True
+    rank = {path: i for i, path in enumerate(order)}  # the results name every input in the order given
+    listed.sort(key=lambda r: rank.get(r.path, len(rank)))
     if json_path:
         write_json(listed, json_path, model=model_ref(shipped_by_name(model) if model else default_model()[0]))
     if csv_path:

@@ -9,14 +9,15 @@ from pathlib import Path
 from bloodcell.runtime.images import IMAGE_SUFFIXES
 
 
-def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path]]:
-    """Return (image paths, problems, named paths that are not there). Folders give their images (sorted,
-    not recursive); globs their matches ("**" at any depth); a named file is always tried, whatever its
-    suffix. A file reached twice (a folder and a glob over it, a/x.jpg and ./a/x.jpg) is listed once,
-    where first reached: counting it twice would double its cells in every total."""
+def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path], list[Path]]:
+    """Return (image paths, problems, named paths that are not there, both in the order given). Folders
+    give their images (sorted, not recursive); globs their matches ("**" at any depth); a named file is
+    always tried, whatever its suffix. A file reached twice (a folder and a glob over it, a/x.jpg and
+    ./a/x.jpg) is listed once, where first reached: counting it twice would double its cells in every total."""
     paths: list[Path] = []
     problems: list[str] = []
     missing: list[Path] = []
+    order: list[Path] = []  # images and missing names as the sources give them (results list them so)
     for source in sources:
         p = Path(source)
         if p.is_dir():
@@ -36,10 +37,19 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
         else:
             problems.append(f"{p}: no such file or folder")
             missing.append(p)
+            order.append(p)
+            continue
+        order.extend(paths[len(order) - len(missing) :])
     first: dict[str, Path] = {}
     for path in paths:
         first.setdefault(os.path.realpath(path), path)
-    return list(first.values()), problems, missing
+    ordered, seen = [], set()
+    for path in order:  # each once, where first reached, as the paths themselves
+        key = str(path) if path in missing else os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            ordered.append(path if path in missing else first[key])
+    return list(first.values()), problems, missing, ordered
 
 
 def output_names(paths: list[Path]) -> list[str]:
