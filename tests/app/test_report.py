@@ -319,6 +319,14 @@ def test_a_slide_counted_by_two_models_is_warned_of(tmp_path: Path):
     said = "fields counted by 2 models (cellnet_bccd.pt@aaaa, refit.pt@bbbb): the totals mix their counts"
     assert summary.models == ("cellnet_bccd.pt@aaaa", "refit.pt@bbbb") and f"warning: {said}" in str(summary)
     assert said in (tmp_path / "r.html").read_text()
+    del records[1]["model"]  # one that names none (an older results file merged in): said, not "counted by"
+    summary = build_report(make_slide(tmp_path / "t", records), out=tmp_path / "t.html")
+    said = "1 fields do not say which model counted them (the others: cellnet_bccd.pt@aaaa)"
+    assert f"warning: {said}" in str(summary) and "counted by" not in str(summary)
+    assert (
+        said in (tmp_path / "t.html").read_text()
+        and "by cellnet_bccd.pt@aaaa." not in (tmp_path / "t.html").read_text()
+    )
 
 
 def test_the_report_never_writes_over_its_input_and_refuses_a_batch_archive(slide: Path, tmp_path: Path, capsys):

@@ -336,3 +336,33 @@ def test_a_stream_that_stops_early_is_said_and_exits_1(
     assert main(["predict", "--source", "http://scope/live.avi", "--model", str(model_file), "--out", str(out)]) == 1
     assert says in capsys.readouterr().out
     assert len((out / "live.avi_counts.csv").read_text().splitlines()) == 1 + FRAMES
+
+
+@pytest.mark.parametrize(("announced", "code"), [(20, 130), (0, 0)])
+def test_ctrl_c_on_a_stream_is_an_interruption_only_when_it_serves_a_file(
+    video, tmp_path, monkeypatch, announced, code
+):
+    """A URL serving a video of known length, stopped early, is cut short (130, as a local file); a live
+    stream or camera is ended by stopping it (0)."""
+    from bloodcell.app import video as video_module
+
+    frames = read_frames(video)
+
+    class Stream:
+        def get(self, prop):
+            return {cv2.CAP_PROP_FPS: 25.0, cv2.CAP_PROP_FRAME_COUNT: float(announced)}.get(prop, 0.0)
+
+        def read(self):
+            return True, frames[0]
+
+        def release(self) -> None:
+            pass
+
+    class StoppedAtThird(_InterruptedAtThird):
+        calls = 0
+
+    monkeypatch.setattr(video_module, "open_capture", lambda cv2_, source: Stream())
+    model = use_fake_model(monkeypatch, StoppedAtThird(conf=0.3), tmp_path / "models" / "fake.pt")
+    out = tmp_path / "out"
+    assert main(["predict", "--source", "http://scope/slide.mp4", "--model", str(model), "--out", str(out)]) == code
+    assert len((out / "slide_counts.csv").read_text().splitlines()) == 3

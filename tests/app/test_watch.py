@@ -657,7 +657,14 @@ def test_a_counted_file_renamed_is_not_counted_again_but_a_new_one_of_its_size_a
     assert watcher.drain() == []
     assert "note: patient7_a.jpg: same size, time and content as a.jpg, now gone" in capsys.readouterr().err
     state = json.loads((out / STATE_NAME).read_text())["files"]
-    assert "a.jpg" not in state and state["patient7_a.jpg"]["renamed_from"] == "a.jpg"
+    assert state["patient7_a.jpg"]["renamed_from"] == "a.jpg" and state["patient7_a.jpg"]["rows"] == 0
+    assert state["a.jpg"]["rows"] == 1  # its row is in the CSV under that name (crash recovery counts on it)
+    # renamed again: still the one row, under the first name; the camera reuses the name for a new picture
+    os.rename(folder / "patient7_a.jpg", folder / "patient7.jpg")
+    shutil.copy(sources / "noise.png", folder / "a.jpg")
+    assert [r.path.name for r in watcher.drain()] == ["a.jpg"]
+    assert "note: patient7.jpg: same size, time and content as patient7_a.jpg" in capsys.readouterr().err
+    assert json.loads((out / STATE_NAME).read_text())["files"]["patient7.jpg"]["renamed_from"] == "a.jpg"
     # b.jpg replaced, under another name, by other bytes of its size and time: a new picture, counted
     data, st = bytearray((folder / "b.jpg").read_bytes()), (folder / "b.jpg").stat()
     (folder / "b.jpg").unlink()
@@ -665,5 +672,13 @@ def test_a_counted_file_renamed_is_not_counted_again_but_a_new_one_of_its_size_a
     (folder / "c.jpg").write_bytes(bytes(data))
     os.utime(folder / "c.jpg", ns=(st.st_atime_ns, st.st_mtime_ns))
     assert [r.path.name for r in watcher.drain()] == ["c.jpg"]
-    assert [r[0] for r in read_rows(out)] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [r[0] for r in read_rows(out)] == ["a.jpg", "b.jpg", "a.jpg", "c.jpg"]
+    # a file that failed (its annotated copy's name is taken) and is renamed to fix that: counted, not "already"
+    (out / "annotated" / "f.jpg").mkdir(parents=True)
+    shutil.copy(sources / "cam1.jpg", folder / "f.jpg")
+    [failed] = watcher.drain()
+    assert failed.error and watcher.failed == 1
+    os.rename(folder / "f.jpg", folder / "fixed.jpg")
+    [fixed] = watcher.drain()
+    assert fixed.path.name == "fixed.jpg" and fixed.error is None
     watcher.close()

@@ -80,6 +80,8 @@ def run_predict(
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     predictor: Predictor = load_predictor(model, device=device, threads=threads, edgetpu=edgetpu, batch=batch)
+    # the file that counts, named now: it may be rewritten (a training run's best.pt) before the JSON is
+    model_name = model_ref(shipped_by_name(model) if model else default_model()[0]) if json_path else None
     print_model_notes(predictor)
     check_cell_size(predictor, cell_size)
     annotator = BoxAnnotator(predictor.class_names) if out else None
@@ -128,7 +130,7 @@ def run_predict(
     rank = {path: i for i, path in enumerate(order)}  # the results name every input in the order given
     listed.sort(key=lambda r: rank.get(r.path, len(rank)))
     if json_path:
-        write_json(listed, json_path, model=model_ref(shipped_by_name(model) if model else default_model()[0]))
+        write_json(listed, json_path, model=model_name)
     if csv_path:
         write_counts_csv(listed, tuple(predictor.class_names), csv_path)
     if interrupted:

@@ -52,6 +52,7 @@ class ReportSummary:
     failed_images: tuple[str, ...] = ()  # fields the results say failed to process: not counted
     doubtful_images: tuple[str, ...] = ()  # counted fields with warnings (grayscale, scale not measured...)
     models: tuple[str, ...] = ()  # the models the records name (predict --json), in order of first appearance
+    unnamed_model: int = 0  # records that name no model, in a slide where others do
     path: Path | None = None  # the HTML file written
 
     def __str__(self) -> str:
@@ -72,6 +73,8 @@ class ReportSummary:
             lines.append(f"{_fields(len(self.doubtful_images))} counted with warnings (doubtful counts): {names}")
         if len(self.models) > 1:
             lines.append(f"warning: {MIXED_MODELS % (len(self.models), ', '.join(self.models))}")
+        elif self.models and self.unnamed_model:
+            lines.append(f"warning: {UNNAMED_MODEL % (self.unnamed_model, self.models[0])}")
         elif self.models:
             lines.append(f"counted by {self.models[0]}")
         return "\n".join(lines)
@@ -79,6 +82,7 @@ class ReportSummary:
 
 # fields counted by other models (or refits) are counts at other operating points: their sum is no one count
 MIXED_MODELS = "fields counted by %d models (%s): the totals mix their counts; count the slide again with one"
+UNNAMED_MODEL = "%d fields do not say which model counted them (the others: %s); the totals may mix models"
 
 
 def _warnings(record: dict) -> list[str]:
@@ -133,9 +137,10 @@ def _points_text(records: list[dict], classes: tuple[str, ...]) -> str:
     return "at each field's operating points" if points else "at operating points the results do not record"
 
 
-def _model_text(models: tuple[str, ...]) -> str:
-    """Which model counted, where the records say (predict --json does; a counts CSV does not)."""
-    return f" by {html.escape(models[0])}" if len(models) == 1 else ""
+def _model_text(summary: ReportSummary) -> str:
+    """Which model counted, where every record says (predict --json does; a counts CSV does not)."""
+    one = len(summary.models) == 1 and not summary.unnamed_model
+    return f" by {html.escape(summary.models[0])}" if one else ""
 
 
 def _ratio(value: float | None) -> str:
@@ -356,6 +361,7 @@ def summarize(records: list[dict]) -> ReportSummary:
     totals = {c: sum(r["counts"].get(c, 0) for r in records) for c in classes}
     n = len(records)
     rbc = totals.get(RBC, 0)
+    named = [r["model"] for r in records if isinstance(r.get("model"), str)]
     return ReportSummary(
         classes=tuple(classes),
         totals=totals,
@@ -365,7 +371,8 @@ def summarize(records: list[dict]) -> ReportSummary:
         fields=n,
         intervals=total_intervals(records, tuple(classes)),
         doubtful_images=tuple(r["image"] for r in records if _warnings(r)),
-        models=tuple(dict.fromkeys(r["model"] for r in records if isinstance(r.get("model"), str))),
+        models=tuple(dict.fromkeys(named)),
+        unnamed_model=len(records) - len(named) if named else 0,
     )
 
 
@@ -502,6 +509,8 @@ def render_html(
         failed = f'<p class="warn">{_fields(len(summary.failed_images))} failed to process, not counted: {names}</p>\n'
     if len(summary.models) > 1:
         failed += f'<p class="warn">{e(MIXED_MODELS % (len(summary.models), ", ".join(summary.models)))}.</p>\n'
+    elif summary.unnamed_model:
+        failed += f'<p class="warn">{e(UNNAMED_MODEL % (summary.unnamed_model, summary.models[0]))}.</p>\n'
     if summary.doubtful_images:
         names = ", ".join(e(n) for n in summary.doubtful_images)
         failed += (
@@ -536,7 +545,7 @@ def render_html(
 {"".join(figures)}
 </div>
 <p class="note">Boxes: for each class, the top-scoring detections up to that field's count,
-i.e. the detections counted {_points_text(records, summary.classes)}{_model_text(summary.models)}. Intervals:
+i.e. the detections counted {_points_text(records, summary.classes)}{_model_text(summary)}. Intervals:
 90% intervals from the model's calibrated scores (fields) and their sum (totals).</p>
 </body>
 </html>

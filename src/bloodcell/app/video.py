@@ -236,7 +236,7 @@ def run_stream(
         except KeyboardInterrupt:  # Ctrl-C ends a camera stream; the files are kept (a file's: said so)
             if summary.frames == 0:
                 raise  # nothing to keep: an interrupted command, not an unreadable source
-            summary.interrupted = is_file
+            summary.interrupted = is_file or summary.expected_frames > 0  # a file, here or served: cut short
         summary.seconds = time.monotonic() - started
         if summary.frames == 0:
             raise ImageError(f"{source}: no frame could be read")

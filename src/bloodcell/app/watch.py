@@ -13,7 +13,9 @@ after every file, after the CSV row is on disk. On start the folder is scanned b
 files that arrived while the watcher was down are picked up, and nothing already in the state is
 processed again. A file whose size or mtime later changes (replaced, or a failed file rewritten) is
 a new version: it is processed again and gets a new CSV row (rows are never rewritten in place). A
-counted file renamed (its old name gone; same size, mtime and sha256) keeps its one row, under the old name.
+counted file renamed (its old name gone or holding another file; same size, mtime and sha256) keeps its one
+row, under the old name; the new name's state entry says ``renamed_from``. Files counted before the state
+recorded sha256 are counted again when renamed.
 If a crash came between the CSV row and the state write, the start-up check adopts that row, so the
 file is not counted twice. The CSV is read back with the csv module only (never ``str.splitlines``,
 which also splits at U+2028 and other characters a file name may hold).
@@ -196,7 +198,8 @@ class Watcher:
                 if sig is not None:
                     error = last[name][-1] if len(rows[0]) == len(header) else ""
                     status = {"status": "failed", "error": error} if error else {"status": "ok"}
-                    self.state[name] = {"size": sig[0], "mtime_ns": sig[1], **status, "rows": n}
+                    content = {} if error else {"sha256": _digest(self.folder / name)}  # a later rename is known
+                    self.state[name] = {"size": sig[0], "mtime_ns": sig[1], **status, "rows": n, **content}
                     adopted = True
         if adopted:
             self._save_state()
@@ -308,9 +311,11 @@ class Watcher:
         """The file's result (failures have .error); None for a truncated file young enough to be a copy
         still in progress (waited for, no row) and for one that changed since ``sig`` (it settles again)."""
         if (renamed := self._renamed_from(path, sig)) is not None:  # its row stands: a second would count it twice
-            self.state[path.name] = {**self.state.pop(renamed), "renamed_from": renamed}
+            counted_as = self.state[renamed].get("renamed_from", renamed)  # the name its row has, through renames
+            # the old name's entry stays (its rows are in the CSV under it); this name has none of its own
+            self.state[path.name] = {**self.state[renamed], "rows": 0, "renamed_from": counted_as}
             self._save_state()
-            note = f"same size, time and content as {renamed}, now gone: renamed, counted already as {renamed}"
+            note = f"same size, time and content as {renamed}, now gone: renamed, counted already as {counted_as}"
             print(f"note: {path.name}: {note}", file=sys.stderr)
             return None
         entry = {"size": sig[0], "mtime_ns": sig[1], "rows": self.state.get(path.name, {}).get("rows", 0)}
@@ -388,11 +393,17 @@ class Watcher:
         return True
 
     def _renamed_from(self, path: Path, sig: tuple[int, int]) -> str | None:
-        """The counted file that ``path`` is under a new name (a technician labelling captures): one whose
-        name is gone from the folder, with the same size, mtime and content."""
+        """The counted file that ``path`` is under a new name (a technician labelling captures): a counted
+        version (ok, not failed: a failed file renamed is tried again) of the same size, mtime and content,
+        no longer under its name (gone, or replaced by another file: cameras reuse names)."""
+        digest = None
         for name, entry in self.state.items():
-            same = name != path.name and (entry["size"], entry["mtime_ns"]) == sig and entry.get("sha256")
-            if same and not (self.folder / name).exists() and _digest(path) == entry["sha256"]:
+            if name == path.name or entry.get("status") != "ok" or not entry.get("sha256"):
+                continue
+            if (entry["size"], entry["mtime_ns"]) != sig or self._signature(self.folder / name) == sig:
+                continue
+            digest = digest or _digest(path)
+            if digest == entry["sha256"]:
                 return name
         return None
 
@@ -442,7 +453,11 @@ class Watcher:
 
 def _digest(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
     except OSError:
         return None
 

@@ -232,7 +232,8 @@ def fit_counting(
                     width[name] = fitted.width[name]
             what = "operating point" if kept else "operating point and intervals"
             where = f"{sum(labelled)} labelled cells in {len(labelled)} val images (fewer than {MIN_FIT_CELLS})"
-            kept_note = ", its intervals keep the model's calibration (too few cells to fit one)" if kept else ""
+            # (after train --model: the starting model's, fitted on its weights; the closest to a fit there is)
+            kept_note = ", its intervals keep the calibration the model had (too few cells to fit one)" if kept else ""
             warnings.append(
                 f"{name}: {what} fitted on {where}{kept_note}: its counts may be off; label more val images"
             )

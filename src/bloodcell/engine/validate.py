@@ -47,6 +47,8 @@ def validate(
     if not loaded and (device != "auto" or threads is not None):
         raise ConfigError("device and threads are for a model file; a loaded predictor keeps its own")
     predictor = load_predictor(model, device=device, threads=threads, batch=batch) if loaded else model
+    # which model scored which data (--json): named as loaded; a loaded predictor does not know its file
+    named = {"model": model_ref(default_model()[0] if model is None else shipped_by_name(model))} if loaded else {}
     print_model_notes(predictor)
     check_cell_size(predictor, cell_size)  # named as the CLI's option: --cell-size
     names = tuple(predictor.class_names)
@@ -81,8 +83,6 @@ def validate(
         plot_pr_curves(metrics, Path(out) / "pr_curves.png")
         plot_confusion(metrics, Path(out) / "confusion_matrix.png")
     if json_path:
-        # which model scored which data: a shipped-vs-adapted pair of these files must be told apart
-        named = {"model": model_ref(default_model()[0] if model is None else shipped_by_name(model))} if loaded else {}
         record = {**named, "data": str(Path(data_root).absolute()), "split": split, **metrics.to_dict()}
         write_text(json_path, json.dumps(record, indent=2) + "\n")
     return metrics

@@ -113,8 +113,13 @@ def sidecar_path(model: Path) -> Path:
 def model_digest(model: Path) -> str:
     """sha256 of the model file and its sidecar, if any (an export's operating points may live there):
     what changes when either changes the counts."""
-    sidecar = sidecar_path(model)
-    return hashlib.sha256(model.read_bytes() + (sidecar.read_bytes() if sidecar.is_file() else b"")).hexdigest()
+    digest = hashlib.sha256()
+    for part in (model, sidecar_path(model)):
+        if part is model or part.is_file():
+            with open(part, "rb") as f:
+                while chunk := f.read(1 << 20):  # streamed: a model file need not sit in memory twice
+                    digest.update(chunk)
+    return digest.hexdigest()
 
 
 def model_ref(model: Path) -> str:
