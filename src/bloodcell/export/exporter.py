@@ -31,6 +31,7 @@ from bloodcell.export.formats import CALIB_IMAGES, get_format
 from bloodcell.export.graph import ExportGraph
 from bloodcell.models.checkpoint import ModelInfo, load_model, sha256_file
 from bloodcell.models.registry import MODELS
+from bloodcell.runtime.loader import unfitted_checkpoint_note
 from bloodcell.runtime.metadata import (
     FORMAT,
     NORMALIZED_INPUT_VERSION,
@@ -83,6 +84,8 @@ def export_model(
         raise ConfigError(f"--out {out}: {'an' if fmt[0] in 'aeiou' else 'a'} {fmt} file must end in {spec.suffix}")
     source = shipped_by_name(model) if model else default_model()[0]
     net, info = load_model(source)  # the shipped model is checked against its manifest there
+    if note := unfitted_checkpoint_note(source, info):  # the export would count at 0.5, without intervals
+        print(f"warning: {note}, then export that", file=sys.stderr)
     if MODELS[info.name].kind != "dense":
         raise ConfigError(f"{source}: {info.name} cannot be exported; export needs a one-stage model such as cellnet")
     width, height = imgsz or tuple(info.input_size)

@@ -12,6 +12,7 @@ from bloodcell.runtime.timing import available_cores
 from bloodcell.weights import default_model, shipped_by_name
 
 if TYPE_CHECKING:
+    from bloodcell.models.checkpoint import ModelInfo
     from bloodcell.runtime.predict import Predictor
 
 
@@ -61,14 +62,21 @@ def load_predictor(
         torch.set_num_threads(threads or available_cores())
         model, info = load_model(path)
         predictor = TorchPredictor(model, info, device=device)
-        if info.calibration is None and "train_config" in info.extra:  # the end of training fits; a stop does not
-            predictor.notes.append(
-                f"{path}: a training checkpoint whose counting was not fitted (last.pt, or best.pt of a stopped "
-                f"run): counts use {per_class(info.class_names, info.conf)} and have no intervals; fit them on "
-                f"your val split with `bloodcell calibrate --model {path} --data DATA --out fitted.pt`"
-            )
+        predictor.notes += filter(None, [unfitted_checkpoint_note(path, info)])
         return predictor
     raise ModelError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected .pt, .onnx or .tflite")
+
+
+def unfitted_checkpoint_note(path: Path, info: ModelInfo) -> str | None:
+    """What a training checkpoint whose counting was never fitted (last.pt, a stopped run's best.pt: the end
+    of training fits, a stop does not) counts with, and how to fit it; None for a fitted model."""
+    if info.calibration is not None or "train_config" not in info.extra:
+        return None
+    return (
+        f"{path}: a training checkpoint whose counting was not fitted (last.pt, or best.pt of a stopped run): "
+        f"counts use {per_class(info.class_names, info.conf)} and have no intervals; fit them on your val "
+        f"split with `bloodcell calibrate --model {path} --data DATA --out fitted.pt`"
+    )
 
 
 def print_model_notes(predictor: Predictor) -> None:
