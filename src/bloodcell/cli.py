@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bloodcell.atomic import check_outputs
-from bloodcell.errors import BloodcellError, ConfigError, describe_os_error, missing_model
+from bloodcell.errors import BloodcellError, ConfigError, StopSaid, describe_os_error, missing_model
 
 if TYPE_CHECKING:  # config is imported lazily below, like every other bloodcell module
     from bloodcell.config import Choice, TrainConfig
@@ -1002,8 +1002,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = "export" if args.command in ("export", "qat", "benchmark") else EXTRAS[top]  # torch and the converters
         print(f"error: `bloodcell {args.command}` needs {top}: pip install 'bloodcell[{extra}]'", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        if not _other_rank():
+    except KeyboardInterrupt as e:
+        if not _other_rank() and not isinstance(e, StopSaid):  # a command that said how it stopped: once
             print("interrupted", file=sys.stderr)
         return 130
     finally:

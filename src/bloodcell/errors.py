@@ -39,6 +39,11 @@ class TrainingError(BloodcellError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
 
+class StopSaid(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, after the command has said what it kept and how to go on (the CLI adds no
+    second "interrupted" line)."""
+
+
 class ConfigError(BloodcellError):
     """Options that make no sense together, or unknown settings."""
 

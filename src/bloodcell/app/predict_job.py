@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import annotated_path, format_counts, save_annotated, write_counts_csv, write_json
 from bloodcell.atomic import check_outputs
-from bloodcell.errors import ConfigError, describe_os_error
+from bloodcell.errors import ConfigError, StopSaid, describe_os_error
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.metadata import model_ref
@@ -137,7 +137,7 @@ def run_predict(
         saved = " and ".join(p for p in (json_path, csv_path) if p)
         where = f"; their results are in {saved}" if saved else ""
         print(f"interrupted after {len(results)} of {len(paths)} images{where}", file=sys.stderr)
-        raise KeyboardInterrupt
+        raise StopSaid
     if out and results:
         print(f"annotated images in {Path(out)}")
     print(processed_line(len(results), failed), file=sys.stderr if failed else sys.stdout)

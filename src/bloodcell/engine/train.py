@@ -43,7 +43,7 @@ from bloodcell.engine.ema import ModelEMA
 from bloodcell.engine.evaluate import fit_counting, predict_records, score
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.engine.plots import plot_training
-from bloodcell.errors import ConfigError, DatasetError, TrainingError
+from bloodcell.errors import ConfigError, DatasetError, StopSaid, TrainingError
 from bloodcell.models.cellnet_loss import CellNetLoss
 from bloodcell.models.checkpoint import (
     ModelInfo,
@@ -545,6 +545,7 @@ def _train(
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, which the CLI turns into it): say what is kept
         if main:
             print(_stopped_note(out, loop.saved_epochs, config.epochs), file=sys.stderr, flush=True)
+            raise StopSaid from None
         raise
 
 

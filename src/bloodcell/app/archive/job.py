@@ -15,7 +15,7 @@ from bloodcell.app.archive.rows import PredictorSpec, content_hash, schema
 from bloodcell.app.archive.sources import expand, file_key, read_bytes
 from bloodcell.app.archive.store import ParquetStore
 from bloodcell.atomic import check_folder
-from bloodcell.errors import BloodcellError, ConfigError
+from bloodcell.errors import BloodcellError, ConfigError, StopSaid
 from bloodcell.runtime.counting import class_thresholds, parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.metadata import model_digest
@@ -263,7 +263,7 @@ def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Ru
         _write_summary(store, summary, run, t0)
         rest = "every listed image was done" if processed == len(todo) else "a rerun counts the rest"
         print(f"stopped: {summary}; {rest}", file=sys.stderr)
-        raise
+        raise StopSaid from None
     finally:  # rows already finished are kept, whatever stopped the run
         flush()
     _write_summary(store, summary, run, t0)
