@@ -12,6 +12,7 @@ from bloodcell.runtime.counting import class_thresholds
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from bloodcell.atomic import write_bytes
 
@@ -31,7 +32,7 @@ def plot_training(rows: list[dict], path: str | Path) -> Path:
         ax1.plot(epochs, [r[key] for r in rows], label=key)
     ax1.set_xlabel("epoch")
     ax1.set_title("training loss")
-    ax1.legend()
+    ax1.legend(loc="best", framealpha=0.6)  # "best": away from the curves (a short run's lines fill the corners)
     val = [(r["epoch"], r["val_map50"], r.get("val_coco_ap50_95")) for r in rows if r.get("val_map50") is not None]
     if val:
         ax2.plot([v[0] for v in val], [v[1] for v in val], "o-", label="VOC mAP@0.5")
@@ -40,6 +41,8 @@ def plot_training(rows: list[dict], path: str | Path) -> Path:
     ax2.set_xlabel("epoch")
     ax2.set_title("validation")
     ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):  # epochs are whole numbers: no 1.2, 1.4 ticks on a short run
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, Path(path))
 
 
