@@ -118,6 +118,11 @@ def test_check_without_split_checks_the_split_lists_too(tmp_path: Path, capsys) 
     duplicate = found[("img3.xml", "duplicate-id")]["detail"]
     assert duplicate == "split val: listed 2 times in ImageSets/Main/val.txt; used once"
     assert "without a suffix: img2)" in found[("img2.jpg.xml", "missing-annotation")]["detail"]
+    gone = found[("gone.xml", "missing-annotation")]["detail"]  # the list's fault: it names the list
+    assert (
+        gone
+        == f"split val: ImageSets/Main/val.txt lists gone, but {tmp_path / 'Annotations' / 'gone.xml'} is not there"
+    )
     # img2 is still in the report's images (the whole folder): only the split goes without it
     assert found[("img2.jpg.xml", "missing-annotation")]["action"] == "skipped from val"
     assert found[("img1.jpg", "split-overlap")]["detail"].startswith("in both train and val")

@@ -211,7 +211,8 @@ def load_voc(
     # image file (device and inode: one file however an XML spells it on macOS or Windows) -> its annotation
     labelled_by: dict[tuple[int, int | str], str] = {}
     for image_id in ids:
-        record = _read_one(root, image_id, class_index, aliases, decode_images, dataset.findings)
+        listed_in = f"ImageSets/Main/{split}.txt" if split and image_ids is None else None
+        record = _read_one(root, image_id, class_index, aliases, decode_images, dataset.findings, listed_in)
         if record is None:
             continue
         key = _file_id(record.image_path)
@@ -321,12 +322,13 @@ def _find_image(root: Path, image_id: str, filename: str | None, findings: list[
     return None
 
 
-def _parse_xml(path: Path, findings: list[Finding]) -> ET.Element | None:
+def _parse_xml(path: Path, findings: list[Finding], listed_in: str | None = None) -> ET.Element | None:
+    """``listed_in``: the split file that named this annotation (a missing one is that list's fault)."""
     name = path.name
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        detail = f"{path} not found"
+        detail = f"{listed_in} lists {path.stem}, but {path} is not there" if listed_in else f"{path} not found"
         if Path(path.stem).suffix.lower() in {*IMAGE_SUFFIXES, ".xml"}:  # "a.jpg" in a split file: a.jpg.xml
             detail += f" (split files list image ids without a suffix: {Path(path.stem).stem})"
         findings.append(Finding(name, None, "missing-annotation", detail, SKIPPED_IMAGE))
@@ -373,10 +375,11 @@ def _read_one(
     aliases: dict[str, str],
     decode_images: bool,
     findings: list[Finding],
+    listed_in: str | None = None,
 ) -> VOCRecord | None:
     xml_path = root / "Annotations" / f"{image_id}.xml"
     xml_name = xml_path.name
-    tree = _parse_xml(xml_path, findings)
+    tree = _parse_xml(xml_path, findings, listed_in)
     if tree is None:
         return None
 
