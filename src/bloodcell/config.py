@@ -136,7 +136,8 @@ class TrainConfig:
     scale: float | None = _option(
         None,
         "magnification the model learns and runs at, relative to the training images: 0.75 shrinks them to "
-        "3/4, so cells are smaller and the network input has 0.56x the pixels; prediction applies the same "
+        "3/4, so cells are smaller and images have 0.56x the pixels (the network input, rounded up to "
+        "multiples of 32: 480x384 for 640x480); prediction applies the same "
         "factor to images from the training microscope (default: 1, or the fine-tuned model's)",
         Number(float, *SCALE_LIMITS),
     )
