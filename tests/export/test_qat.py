@@ -10,6 +10,7 @@ from bloodcell.export.qat import QATConfig, qat_finetune
 from bloodcell.models.checkpoint import make_info, model_payload, save_checkpoint
 from bloodcell.models.fold import fold_batch_norms
 from bloodcell.models.registry import build_model, model_config
+from bloodcell.runtime.counting import Calibration
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.types import CLASS_NAMES
@@ -30,7 +31,8 @@ def small_model(tmp_path_factory):
                 m.weight.uniform_(0.5, 1.5)
     path = tmp_path_factory.mktemp("qat") / "small.pt"
     trained = {"train_config": {"missing_labels": "ignore", "missing_tau": 0.3}}  # as the shipped model
-    info = make_info("cellnet", cfg, CLASS_NAMES, (256, 192), conf=0.3, extra=trained)
+    fitted = Calibration({name: ((0.0, 0.0), (1.0, 1.0)) for name in CLASS_NAMES}, floor=0.05).to_dict()  # and fitted
+    info = make_info("cellnet", cfg, CLASS_NAMES, (256, 192), conf=0.3, extra=trained, calibration=fitted)
     save_checkpoint(path, model_payload(net, info))
     return path, net
 
