@@ -100,6 +100,10 @@ def test_calibrate_refits_an_int8_export_into_its_sidecar(exports, bccd_root, tm
     refit = load_predictor(model)
     assert refit.conf == tuple(sidecar["conf"]) and refit.describe()["metrics"] == sidecar["fitted"]["metrics"]
     assert refit.notes == []
+    from bloodcell.engine.validate import in_sample_note  # val on those 42 images says they are in-sample
+
+    assert in_sample_note(refit, load_dataset(dense, "val", decode_images=False)).startswith("note: 42 of the 42")
+    assert in_sample_note(unfitted, load_dataset(dense, "val", decode_images=False)) is None  # (fitted elsewhere)
     alone = tmp_path / "pi" / "int8.tflite"  # the file copied without its sidecar counts the same
     alone.parent.mkdir()
     shutil.copyfile(model, alone)

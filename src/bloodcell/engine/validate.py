@@ -91,8 +91,9 @@ def validate(
 def in_sample_note(predictor: Predictor, dataset: VOCDataset) -> str | None:
     """A note when the images scored are (by name) those the model's counting was fitted on: its count
     errors and coverage there are in-sample, fitted to them, and say little about other images."""
-    info = getattr(predictor, "info", None)
-    fitted = set((getattr(info, "extra", None) or {}).get("counting_fit", {}).get("images", ()))
+    info, metadata = getattr(predictor, "info", None), getattr(predictor, "metadata", None)
+    record = (getattr(info, "extra", None) or getattr(metadata, "raw", None) or {}).get("counting_fit")  # .pt, export
+    fitted = set(record.get("images", ())) if isinstance(record, dict) else set()
     overlap = sum(r.image_id in fitted for r in dataset.records)
     if not overlap:
         return None

@@ -200,6 +200,8 @@ def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[i
         "source": source.name,
         "source_sha256": sha256_file(source),
         "source_metrics": info.metrics,
+        # the images the inherited counting was fitted on (val says when it scores those again)
+        **({"counting_fit": info.extra["counting_fit"]} if isinstance(info.extra.get("counting_fit"), dict) else {}),
     }
 
 

@@ -37,7 +37,7 @@ MODEL_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 # operating points that a user may retune in the sidecar without exporting again.
 GRAPH_FIELDS = ("model_format", "int8", "class_names", "input_size", "strides", "input_normalization", "input_scale")
 _TEXT_FIELDS = ("version", "date", "architecture", "input_layout", "source", "source_sha256")
-_DICT_FIELDS = ("outputs", "source_metrics", "tflite_input", "tflite_outputs", "qat", "fitted")
+_DICT_FIELDS = ("outputs", "source_metrics", "tflite_input", "tflite_outputs", "qat", "fitted", "counting_fit")
 
 
 @dataclass(frozen=True)
