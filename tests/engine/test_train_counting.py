@@ -183,3 +183,22 @@ def test_calibrate_honours_threads(tiny_voc, tiny_model, tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_fitted_images_a_file_records_are_read_whatever_its_history():
+    """An export's own refit names its images (an older bloodcell's refit names none: no note, rather than
+    the .pt's images); a hand-edited record that is not a list of names is no crash, and no note."""
+    from types import SimpleNamespace
+
+    from bloodcell.engine.validate import fitted_images
+
+    def export(raw: dict):
+        return SimpleNamespace(metadata=SimpleNamespace(raw=raw))
+
+    inherited = {"counting_fit": {"images": ["a", "b"]}}
+    assert fitted_images(export(inherited)) == ["a", "b"]
+    assert fitted_images(export({**inherited, "fitted": {"image_ids": ["c"]}})) == ["c"]
+    assert fitted_images(export({**inherited, "fitted": {"generation": 1}})) == []  # an older refit's
+    assert fitted_images(export({"counting_fit": {"images": 5}})) == []
+    assert fitted_images(export({"counting_fit": {"images": ["a", ["b"]]}})) == ["a"]
+    assert fitted_images(SimpleNamespace(info=SimpleNamespace(extra={"counting_fit": {"images": ["x"]}}))) == ["x"]

@@ -86,3 +86,25 @@ def test_the_qat_command_prints_its_own_lines_only(small_model, tiny_voc, tmp_pa
     run = subprocess.run([*cmd, "--epochs", "1", "--batch", "2", "--imgsz", "128"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stderr == "" and out.is_file()
+
+
+def test_qat_warns_of_an_unfitted_checkpoint_before_its_epochs(small_model, tiny_voc, tmp_path, monkeypatch, capsys):
+    """A last.pt would make an int8 file that counts at its 0.5 points: said before minutes of QAT, once."""
+    from bloodcell.export import qat as qat_module
+
+    _, net = small_model
+    unfitted = tmp_path / "last.pt"
+    info = make_info("cellnet", model_config("cellnet", {"neck_channels": 16}), CLASS_NAMES, (256, 192), conf=0.5,
+                     extra={"train_config": {}})  # fmt: skip
+    save_checkpoint(unfitted, model_payload(net, info))
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt  # where QAT's work begins
+
+    monkeypatch.setattr(qat_module, "fold_batch_norms", stop)
+    config = QATConfig(model=str(unfitted), out=str(tmp_path / "q.tflite"), data=str(tiny_voc), batch=2, imgsz=256)
+    with pytest.raises(KeyboardInterrupt):
+        qat_finetune(config, progress=False)
+    err = capsys.readouterr().err
+    assert f"warning: {unfitted}: a training checkpoint whose counting was not fitted" in err
+    assert err.count("not fitted") == 1

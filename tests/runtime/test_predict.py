@@ -170,7 +170,7 @@ def test_corrupt_file_is_reported_and_skipped(model_file, images, tmp_path, caps
         counted, failed = read_slide(results)
         assert [r["image"] for r in counted] == ["a.jpg"] and failed == ["broken.jpg", "notes.jpg"]
     gone = tmp_path / "gone.jpg"  # a file named that is not there is an input that failed too
-    argv = [str(images / "a.jpg"), str(gone), str(images / "b.bmp")]  # listed in the order given, not missing first
+    argv = [str(images / "a.jpg"), str(gone), str(images / "b.bmp"), str(gone)]  # in the order given; once each
     assert main(["predict", *argv, "--model", str(model_file), "--json", str(js)]) == 1
     records = json.loads(js.read_text())
     assert [(r["image"], r.get("error")) for r in records] == [

@@ -91,9 +91,7 @@ def validate(
 def in_sample_note(predictor: Predictor, dataset: VOCDataset) -> str | None:
     """A note when the images scored are (by name) those the model's counting was fitted on: its count
     errors and coverage there are in-sample, fitted to them, and say little about other images."""
-    info, metadata = getattr(predictor, "info", None), getattr(predictor, "metadata", None)
-    record = (getattr(info, "extra", None) or getattr(metadata, "raw", None) or {}).get("counting_fit")  # .pt, export
-    fitted = set(record.get("images", ())) if isinstance(record, dict) else set()
+    fitted = set(fitted_images(predictor))
     overlap = sum(r.image_id in fitted for r in dataset.records)
     if not overlap:
         return None
@@ -102,3 +100,18 @@ def in_sample_note(predictor: Predictor, dataset: VOCDataset) -> str | None:
         "points and calibration were fitted on: its count errors and coverage are in-sample (optimistic); "
         "score images it was not fitted on (a test split) to judge it"
     )
+
+
+def fitted_images(predictor: Predictor) -> list[str]:
+    """The image ids a model's counting was fitted on, as its file records them: a .pt's fit, an export's
+    own refit (``fitted.image_ids``), else the fit it inherited from its .pt (``counting_fit``); none if
+    the record is missing or malformed (a hand-edited sidecar)."""
+    info, metadata = getattr(predictor, "info", None), getattr(predictor, "metadata", None)
+    if info is not None:
+        record = (info.extra or {}).get("counting_fit")
+    else:
+        raw = getattr(metadata, "raw", None) or {}
+        refit = raw.get("fitted")
+        record = {"images": refit.get("image_ids")} if isinstance(refit, dict) else raw.get("counting_fit")
+    images = record.get("images") if isinstance(record, dict) else None
+    return [i for i in images if isinstance(i, str)] if isinstance(images, list) else []

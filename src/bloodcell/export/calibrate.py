@@ -76,8 +76,9 @@ def fit_export_counting(
             "metrics": {split: metrics.to_dict()},
             "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "generation": refit_generation(meta.raw) + 1,  # a stale copy has a lower one, whatever the clocks say
+            # val says when it scores these; inside "fitted", which any refit (an older bloodcell's too) replaces
+            "image_ids": sorted({r.image_id for r in val_records}),
         },
-        counting_fit={"images": sorted({r.image_id for r in val_records})},  # val says when it scores these
     )
     if isinstance(iou, tuple):  # older runtimes read one threshold only: they must refuse this sidecar
         raw["format_version"] = max(int(raw.get("format_version", 1)), PER_CLASS_NMS_VERSION)

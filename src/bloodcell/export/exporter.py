@@ -84,10 +84,10 @@ def export_model(
         raise ConfigError(f"--out {out}: {'an' if fmt[0] in 'aeiou' else 'a'} {fmt} file must end in {spec.suffix}")
     source = shipped_by_name(model) if model else default_model()[0]
     net, info = load_model(source)  # the shipped model is checked against its manifest there
-    if note := unfitted_checkpoint_note(source, info):  # the export would count at 0.5, without intervals
-        print(f"warning: {note}, then export that", file=sys.stderr)
     if MODELS[info.name].kind != "dense":
         raise ConfigError(f"{source}: {info.name} cannot be exported; export needs a one-stage model such as cellnet")
+    if qat_state is None and (note := unfitted_checkpoint_note(source, info)):  # (qat says it before training)
+        print(f"warning: {note}, then export that", file=sys.stderr)
     width, height = imgsz or tuple(info.input_size)
     if width % 32 or height % 32:
         raise ConfigError(f"--imgsz {width}x{height}: both sides must be multiples of 32")

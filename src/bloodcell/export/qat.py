@@ -7,6 +7,7 @@ on training crops with the CellNet loss (on probabilities) -> convert_pt2e -> TF
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from bloodcell.models.cellnet_loss import CellNetLoss
 from bloodcell.models.checkpoint import load_model
 from bloodcell.models.fold import fold_batch_norms
 from bloodcell.models.registry import MODELS
+from bloodcell.runtime.loader import unfitted_checkpoint_note
 
 
 @dataclass
@@ -102,6 +104,8 @@ def qat_finetune(config: QATConfig, progress: bool = True):
     check_metadata_path(Path(config.out))
     if MODELS[info.name].kind != "dense":
         raise ConfigError(f"{config.model}: QAT needs a one-stage model such as cellnet, not {info.name}")
+    if note := unfitted_checkpoint_note(Path(config.model), info):  # said before the QAT epochs, not after
+        print(f"warning: {note}, then run qat on that", file=sys.stderr)
     folded, _ = fold_batch_norms(net)
     graph = ExportGraph(folded)
     example = torch.zeros(2, config.imgsz, config.imgsz, 3)

@@ -18,6 +18,7 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
     problems: list[str] = []
     missing: list[Path] = []
     order: list[Path] = []  # images and missing names as the sources give them (results list them so)
+    taken = 0  # the paths already in order
     for source in sources:
         p = Path(source)
         if p.is_dir():
@@ -34,12 +35,12 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
             if not found:
                 problems.append(f"{source}: pattern matches no files")
             paths.extend(found)
-        else:
+        elif p not in missing:  # named twice: one failed input, not two
             problems.append(f"{p}: no such file or folder")
             missing.append(p)
             order.append(p)
-            continue
-        order.extend(paths[len(order) - len(missing) :])
+        order.extend(paths[taken:])
+        taken = len(paths)
     first: dict[str, Path] = {}
     for path in paths:
         first.setdefault(os.path.realpath(path), path)
