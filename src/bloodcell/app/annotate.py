@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from bloodcell.errors import ImageError
 from bloodcell.palette import class_color
+from bloodcell.runtime.images import load_image
+from bloodcell.runtime.inputs import as_rgb
 from bloodcell.types import Detections
 
 if TYPE_CHECKING:
@@ -51,13 +54,8 @@ def annotate(
     (``image``, a file or pixels, when the result does not keep its pixels, e.g. ``predict_paths(...,
     keep_image=False)``). Boxes are in the pixels that were counted: a file is read as predict read it
     (EXIF-rotated), but pixels given here must be the same (``np.asarray(Image.open(f))`` is not rotated)."""
-    from bloodcell.errors import ImageError
-    from bloodcell.runtime.images import load_image
-    from bloodcell.runtime.inputs import as_rgb
-
     if isinstance(image, (str, os.PathLike)):
         image = load_image(image)
-
     if not result.ok:
         raise ImageError(f"{result.label}: nothing to draw ({result.error})")
     if image is None and result.image is None:

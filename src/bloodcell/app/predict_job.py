@@ -17,7 +17,7 @@ from bloodcell.runtime.metadata import model_ref
 from bloodcell.runtime.predict import ImageResult, predict_paths
 from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.runtime.sources import expand_sources, output_names
-from bloodcell.weights import default_model, shipped_by_name
+from bloodcell.weights import model_file
 
 if TYPE_CHECKING:
     from bloodcell.runtime.predict import Predictor
@@ -81,7 +81,7 @@ def run_predict(
         print(f"error: {problem}", file=sys.stderr)
     predictor: Predictor = load_predictor(model, device=device, threads=threads, edgetpu=edgetpu, batch=batch)
     # the file that counts, named now: it may be rewritten (a training run's best.pt) before the JSON is
-    model_name = model_ref(shipped_by_name(model) if model else default_model()[0]) if json_path else None
+    model_name = model_ref(model_file(model)) if json_path else None
     print_model_notes(predictor)
     check_cell_size(predictor, cell_size)
     annotator = BoxAnnotator(predictor.class_names) if out else None

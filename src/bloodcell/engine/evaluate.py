@@ -200,17 +200,25 @@ def fit_counting(
     conf = list(choose_conf(preds, records, k))
     calibration = fit_calibration(preds, records, class_names)
     knots, width = dict(calibration.knots), dict(calibration.width)
+    earlier = prior[1] if prior is not None else None
+
+    def keep_earlier_calibration(name: str) -> bool:
+        """The class's interval calibration from the model's earlier fit, where there is one."""
+        if earlier is None or name not in earlier.knots:
+            return False
+        knots[name] = earlier.knots[name]
+        width.pop(name, None)
+        if name in earlier.width:
+            width[name] = earlier.width[name]
+        return True
+
     warnings = []
     for c, name in enumerate(class_names):
         labelled = [int((r.labels == c).sum()) for r in records if r.exhaustive_mask(k)[c]]
         if not labelled:
-            fitted = prior[1] if prior is not None else None
-            if fitted is not None and name in fitted.knots:
+            if keep_earlier_calibration(name):
                 old = float(class_thresholds(prior[0], k)[c])
-                conf[c], knots[name] = old, fitted.knots[name]
-                width.pop(name, None)
-                if name in fitted.width:
-                    width[name] = fitted.width[name]
+                conf[c] = old
                 warnings.append(
                     f"{name}: no val image labels it exhaustively, so it keeps the model's operating point "
                     f"{old:.2f} and interval calibration (fitted before; refit it on images that label it exhaustively)"
@@ -223,16 +231,10 @@ def fit_counting(
         elif sum(labelled) < MIN_FIT_CELLS:
             # a calibration fitted on a handful of cells is a step (every score certain), and its intervals
             # collapse to the count itself ("2 (2-2)"): false certainty; the model's earlier fit, if any, stays
-            fitted = prior[1] if prior is not None else None
-            kept = fitted is not None and name in fitted.knots
-            if kept:
-                knots[name] = fitted.knots[name]
-                width.pop(name, None)
-                if name in fitted.width:
-                    width[name] = fitted.width[name]
+            # (after train --model: the starting model's, fitted on its weights; the closest to a fit there is)
+            kept = keep_earlier_calibration(name)
             what = "operating point" if kept else "operating point and intervals"
             where = f"{sum(labelled)} labelled cells in {len(labelled)} val images (fewer than {MIN_FIT_CELLS})"
-            # (after train --model: the starting model's, fitted on its weights; the closest to a fit there is)
             kept_note = ", its intervals keep the calibration the model had (too few cells to fit one)" if kept else ""
             warnings.append(
                 f"{name}: {what} fitted on {where}{kept_note}: its counts may be off; label more val images"

@@ -16,12 +16,12 @@ from bloodcell.engine.evaluate import evaluate
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.engine.plots import plot_confusion, plot_pr_curves
 from bloodcell.errors import ConfigError, DatasetError
-from bloodcell.runtime.counting import Conf, parse_conf, resolve_conf
+from bloodcell.runtime.counting import Conf, resolve_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.metadata import model_ref
 from bloodcell.runtime.predict import Predictor
 from bloodcell.runtime.scaling import check_cell_size
-from bloodcell.weights import default_model, shipped_by_name
+from bloodcell.weights import model_file
 
 
 def validate(
@@ -48,16 +48,13 @@ def validate(
         raise ConfigError("device and threads are for a model file; a loaded predictor keeps its own")
     predictor = load_predictor(model, device=device, threads=threads, batch=batch) if loaded else model
     # which model scored which data (--json): named as loaded; a loaded predictor does not know its file
-    named = {"model": model_ref(default_model()[0] if model is None else shipped_by_name(model))} if loaded else {}
+    named = {"model": model_ref(model_file(model))} if loaded else {}
     print_model_notes(predictor)
     check_cell_size(predictor, cell_size)  # named as the CLI's option: --cell-size
-    names = tuple(predictor.class_names)
-    if conf is None:
-        thresholds = None
-    elif isinstance(conf, str):  # the CLI's text: its errors name the option
-        thresholds = parse_conf(conf, names, predictor.conf)
-    else:
-        thresholds = resolve_conf(conf, names, predictor.conf)
+    # the CLI's text: its errors name the option
+    thresholds = resolve_conf(
+        conf, predictor.class_names, predictor.conf, "--conf" if isinstance(conf, str) else "conf"
+    )
     dataset = load_dataset(data_root, split=split, class_names=tuple(predictor.class_names))
     if note := findings_note(dataset):
         print(note, file=sys.stderr)

@@ -27,7 +27,7 @@ from bloodcell.export.formats import CALIB_IMAGES, FORMATS, ExportFormat
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.predict import predict_image
-from bloodcell.weights import default_model, shipped_by_name
+from bloodcell.weights import model_file
 
 if TYPE_CHECKING:
     from bloodcell.runtime.predict import Predictor
@@ -104,7 +104,7 @@ def benchmark(
     if model is not None and Path(model).suffix.lower() != ".pt":
         raise ConfigError(f"--model {model}: benchmark exports a .pt model to every format (add exports with --extra)")
     out = Path(out)
-    source = shipped_by_name(model) if model else default_model()[0]
+    source = model_file(model)
     # a missing, broken or not exportable --model: one error now, not a row per format
     arch = (read_checkpoint(source).get("info") or {}).get("name")
     if arch in MODELS and MODELS[arch].kind != "dense":

@@ -38,7 +38,7 @@ from bloodcell.runtime.metadata import (
     PER_CLASS_NMS_VERSION,
     parse_metadata,
 )
-from bloodcell.weights import default_model, shipped_by_name
+from bloodcell.weights import model_file
 
 OPSET = 17
 
@@ -82,7 +82,7 @@ def export_model(
     out = Path(out)
     if out.suffix.lower() != spec.suffix:
         raise ConfigError(f"--out {out}: {'an' if fmt[0] in 'aeiou' else 'a'} {fmt} file must end in {spec.suffix}")
-    source = shipped_by_name(model) if model else default_model()[0]
+    source = model_file(model)
     net, info = load_model(source)  # the shipped model is checked against its manifest there
     if MODELS[info.name].kind != "dense":
         raise ConfigError(f"{source}: {info.name} cannot be exported; export needs a one-stage model such as cellnet")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from bloodcell.errors import ModelError, missing_model
 from bloodcell.runtime.counting import per_class
 from bloodcell.runtime.timing import available_cores
-from bloodcell.weights import default_model, shipped_by_name
+from bloodcell.weights import model_file
 
 if TYPE_CHECKING:
     from bloodcell.models.checkpoint import ModelInfo
@@ -28,7 +28,7 @@ def load_predictor(
     ``device`` (auto, cpu, cuda, cuda:N) and ``batch`` > 1 are for .pt models; exported models run
     one image per pass on the CPU (or the Edge TPU), so asking them for more is refused, not ignored."""
     # the shipped model, by default or by its file name; read_checkpoint checks it against the manifest
-    path = default_model()[0] if path is None else shipped_by_name(path)
+    path = model_file(path)
     suffix = path.suffix.lower()
     if not path.is_file():
         raise missing_model(path)

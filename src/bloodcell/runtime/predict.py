@@ -262,9 +262,8 @@ def predict_paths(
     conf = resolve_conf(conf, names, predictor.conf)  # checked now, not at the first image
     min_score = check_min_score(min_score)
     cell_size = api_cell_size(predictor, cell_size)
-    check_batch(batch)
-    if not isinstance(load_workers, numbers.Integral) or isinstance(load_workers, bool) or load_workers < 1:
-        raise ConfigError(f"load_workers={load_workers!r}: expected a whole number of threads, 1 or more")
+    check_count("batch", batch, "images")
+    check_count("load_workers", load_workers, "threads")
     if isinstance(paths, (str, os.PathLike)):  # one file, not its name's characters
         paths = [paths]
     min_score = float(class_thresholds(conf, len(names)).min()) if min_score is None else min_score
@@ -350,7 +349,7 @@ def predict(
     thresholds = resolve_conf(conf, tuple(predictor.class_names), predictor.conf)
     min_score = check_min_score(min_score)
     cell_size = api_cell_size(predictor, cell_size)
-    check_batch(batch)
+    check_count("batch", batch, "images")
     is_file = [isinstance(im, (str, os.PathLike)) for im in items]
     arrays = {i: as_rgb(im, f"image {i}") for i, im in enumerate(items) if not is_file[i]}  # all checked first
     files = [Path(im) for im, f in zip(items, is_file, strict=True) if f]  # type: ignore[arg-type]
@@ -378,8 +377,8 @@ def predict(
     return results
 
 
-def check_batch(batch: int) -> int:
-    """The API's ``batch``: an int of 1 or more; ConfigError otherwise."""
-    if not isinstance(batch, numbers.Integral) or isinstance(batch, bool) or batch < 1:
-        raise ConfigError(f"batch={batch!r}: expected a whole number of images, 1 or more")
-    return int(batch)
+def check_count(name: str, value: int, unit: str) -> int:
+    """An API count (``batch``, ``load_workers``): an int of 1 or more; ConfigError naming it otherwise."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name}={value!r}: expected a whole number of {unit}, 1 or more")
+    return int(value)

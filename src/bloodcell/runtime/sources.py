@@ -14,43 +14,35 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
     give their images (sorted, not recursive); globs their matches ("**" at any depth); a named file is
     always tried, whatever its suffix. A file reached twice (a folder and a glob over it, a/x.jpg and
     ./a/x.jpg) is listed once, where first reached: counting it twice would double its cells in every total."""
-    paths: list[Path] = []
     problems: list[str] = []
     missing: list[Path] = []
-    order: list[Path] = []  # images and missing names as the sources give them (results list them so)
-    taken = 0  # the paths already in order
+    # every input once, where first reached, in the order given: images by their real path, missing names
+    # by name (results list them so)
+    order: dict[str | tuple[str, str], Path] = {}
     for source in sources:
         p = Path(source)
+        found: list[Path] = []
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 nested = any(f.is_dir() for f in p.iterdir())
                 hint = f"; subfolders are not searched (a glob like '{p / '**' / '*.jpg'}' is)" if nested else ""
                 problems.append(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)}){hint}")
-            paths.extend(found)
         elif p.is_file():
-            paths.append(p)
+            found = [p]
         elif glob.has_magic(source):
             found = sorted(Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file())  # "**": any depth
             if not found:
                 problems.append(f"{source}: pattern matches no files")
-            paths.extend(found)
         elif p not in missing:  # named twice: one failed input, not two
             problems.append(f"{p}: no such file or folder")
             missing.append(p)
-            order.append(p)
-        order.extend(paths[taken:])
-        taken = len(paths)
-    first: dict[str, Path] = {}
-    for path in paths:
-        first.setdefault(os.path.realpath(path), path)
-    ordered, seen = [], set()
-    for path in order:  # each once, where first reached, as the paths themselves
-        key = str(path) if path in missing else os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            ordered.append(path if path in missing else first[key])
-    return list(first.values()), problems, missing, ordered
+            order[("missing", str(p))] = p
+        for path in found:
+            order.setdefault(os.path.realpath(path), path)
+    ordered = list(order.values())
+    gone = set(missing)
+    return [p for p in ordered if p not in gone], problems, missing, ordered
 
 
 def output_names(paths: list[Path]) -> list[str]:

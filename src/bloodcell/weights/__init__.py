@@ -28,3 +28,9 @@ def shipped_by_name(path: str | Path) -> Path:
         return path
     shipped = default_model()[0]
     return shipped if path.name == shipped.name else path
+
+
+def model_file(model: str | Path | None) -> Path:
+    """The model file a ``--model`` names: the shipped one when none is given, or when it is named by its
+    bare file name (``shipped_by_name``), else the path as given."""
+    return default_model()[0] if not model else shipped_by_name(model)

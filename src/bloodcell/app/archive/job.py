@@ -20,7 +20,7 @@ from bloodcell.runtime.counting import class_thresholds, parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.metadata import model_digest
 from bloodcell.runtime.scaling import check_cell_size
-from bloodcell.weights import default_model, shipped_by_name
+from bloodcell.weights import model_file
 
 #: --out names a folder; these suffixes name a file a user meant instead (a CSV or JSON of counts)
 FILE_SUFFIXES = (".csv", ".json", ".txt", ".html", ".xlsx")
@@ -141,7 +141,7 @@ def run_batch(
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     summary = BatchSummary(run_id)
     check_engine(engine, address, device)
-    model_path = shipped_by_name(model) if model else default_model()[0]
+    model_path = model_file(model)
     device = _resolve_device(device, model_path)
     probe = load_predictor(model_path, device=device, batch=batch)  # fail fast
     print_model_notes(probe)
