@@ -204,7 +204,7 @@ def test_a_video_cut_short_is_said_and_exits_1(model_file, video, tmp_path, monk
     out = tmp_path / "out"
     assert main(["predict", "--source", str(video), "--model", str(model_file), "--out", str(out)]) == 1
     assert "warning: read 6 of the 20 frames the source announces" in capsys.readouterr().out
-    assert len((out / "slide_counts.csv").read_text().splitlines()) == 1 + FRAMES
+    assert len((out / "slide_counts.partial.csv").read_text().splitlines()) == 1 + FRAMES
 
 
 class _InterruptedAtThird(FakePredictor):
@@ -218,11 +218,23 @@ class _InterruptedAtThird(FakePredictor):
 
 
 def test_an_interrupted_video_file_keeps_its_frames_and_exits_130(video, tmp_path, monkeypatch, capsys):
-    model = use_fake_model(monkeypatch, _InterruptedAtThird(conf=0.3), tmp_path / "models" / "fake.pt")
+    """The frames counted before Ctrl-C are kept under .partial names: a rerun cut short never replaces
+    an earlier whole run's files, and a later whole run removes the cut one's."""
     out = tmp_path / "out"
+    whole = use_fake_model(monkeypatch, FakePredictor(conf=0.3), tmp_path / "models" / "whole.pt")
+    assert main(["predict", "--source", str(video), "--model", str(whole), "--out", str(out)]) == 0
+    capsys.readouterr()
+    model = use_fake_model(monkeypatch, _InterruptedAtThird(conf=0.3), tmp_path / "models" / "fake.pt")
     assert main(["predict", "--source", str(video), "--model", str(model), "--out", str(out)]) == 130
-    assert "interrupted after 2 of 6 frames" in capsys.readouterr().out
-    assert len((out / "slide_counts.csv").read_text().splitlines()) == 3
+    said = capsys.readouterr().out
+    assert "interrupted after 2 of 6 frames; the .partial files hold those" in said
+    assert "slide_counts.partial.csv" in said and "slide_annotated.partial.mp4" in said
+    assert len((out / "slide_counts.partial.csv").read_text().splitlines()) == 3
+    assert len((out / "slide_counts.csv").read_text().splitlines()) == 1 + FRAMES  # the whole run's, untouched
+    assert len(read_frames(out / "slide_annotated.mp4")) == FRAMES
+    names = ["slide_annotated.mp4", "slide_annotated.partial.mp4", "slide_counts.csv", "slide_counts.partial.csv"]
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert main(["predict", "--source", str(video), "--model", str(whole), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["slide_annotated.mp4", "slide_counts.csv"]
 
 
@@ -335,7 +347,9 @@ def test_a_stream_that_stops_early_is_said_and_exits_1(
     out = tmp_path / "out"
     assert main(["predict", "--source", "http://scope/live.avi", "--model", str(model_file), "--out", str(out)]) == 1
     assert says in capsys.readouterr().out
-    assert len((out / "live.avi_counts.csv").read_text().splitlines()) == 1 + FRAMES
+    # a served file cut off is partial (its own file name); a live stream's end is where it stopped
+    counts = out / ("live.avi_counts.partial.csv" if announced else "live.avi_counts.csv")
+    assert len(counts.read_text().splitlines()) == 1 + FRAMES
 
 
 @pytest.mark.parametrize(("announced", "code"), [(20, 130), (0, 0)])
@@ -365,4 +379,5 @@ def test_ctrl_c_on_a_stream_is_an_interruption_only_when_it_serves_a_file(
     model = use_fake_model(monkeypatch, StoppedAtThird(conf=0.3), tmp_path / "models" / "fake.pt")
     out = tmp_path / "out"
     assert main(["predict", "--source", "http://scope/slide.mp4", "--model", str(model), "--out", str(out)]) == code
-    assert len((out / "slide_counts.csv").read_text().splitlines()) == 3
+    counts = out / ("slide_counts.partial.csv" if code else "slide_counts.csv")  # cut short: its own name
+    assert len(counts.read_text().splitlines()) == 3

@@ -67,7 +67,7 @@ class StreamSummary:
         lines = [f"{self.source}: {self.frames} frames{rate}, mean per frame {means or '-'}"]
         if self.interrupted:
             of = f" of {self.expected_frames}" if self.expected_frames else ""
-            lines.append(f"interrupted after {self.frames}{of} frames; the files hold those")
+            lines.append(f"interrupted after {self.frames}{of} frames; the .partial files hold those")
         elif self.source_stopped:
             what = "the camera" if self.source.isdigit() else "the stream"
             lines.append(
@@ -77,7 +77,7 @@ class StreamSummary:
         elif not self.complete:
             lines.append(
                 f"warning: read {self.frames} of the {self.expected_frames} frames the source announces "
-                "(cut off or damaged?); the files hold those"
+                "(cut off or damaged?); the .partial files hold those"
             )
         if self.video_path:
             lines.append(f"annotated video: {self.video_path}")
@@ -147,8 +147,8 @@ class _FileSink:
 
     def __init__(self, cv2, out_dir: Path, name: str, fps: float, class_names: tuple[str, ...]) -> None:
         self.cv2 = cv2
-        self.video_path = out_dir / f"{name}_annotated.mp4"
-        self.csv_path = out_dir / f"{name}_counts.csv"
+        self.out_dir, self.name = out_dir, name
+        self.video_path, self.csv_path = self.paths(partial=False)
         self.tmp_path = out_dir / f".{name}_annotated.{os.getpid()}.tmp.mp4"  # .mp4 last: it picks the container
         self.fps = fps
         self.class_names = class_names
@@ -181,8 +181,14 @@ class _FileSink:
         self.held = annotated_bgr if live else None
         self.csv.writerow(frame_counts_row(index, time_s, result, self.class_names))
 
-    def close(self, ok: bool) -> bool:
-        """Finish both files when ``ok`` and a frame was written; otherwise remove the partial video."""
+    def paths(self, partial: bool) -> tuple[Path, Path]:
+        """The video and CSV names; a run cut short gets its own, so it never replaces a whole run's files."""
+        tag = ".partial" if partial else ""
+        return self.out_dir / f"{self.name}_annotated{tag}.mp4", self.out_dir / f"{self.name}_counts{tag}.csv"
+
+    def close(self, ok: bool, partial: bool = False) -> bool:
+        """Finish both files when ``ok`` and a frame was written (under the .partial names when the run was
+        cut short; a whole run removes an earlier cut one's); otherwise remove the unfinished video."""
         if self.writer is not None:
             self.writer.release()
         if not ok or self.writer is None:
@@ -194,8 +200,13 @@ class _FileSink:
             return False
         with open(self.tmp_path, "rb") as f:  # on disk before the rename, as atomic_open does for other outputs
             os.fsync(f.fileno())
+        self.video_path, self.csv_path = self.paths(partial)
         os.replace(self.tmp_path, self.video_path)
         write_text(self.csv_path, self.rows.getvalue())
+        if not partial:  # this run's whole files supersede a cut-short earlier run's
+            for stale in self.paths(partial=True):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
         return True
 
 
@@ -216,7 +227,7 @@ def run_stream(
     class_names = tuple(predictor.class_names)
     name = stream_name(source)
     cap = open_capture(cv2, source)
-    shown, sink, ok = False, None, False
+    shown, sink, ok, partial = False, None, False, False
     try:
         shown = show is not False and gui_available(cv2)
         fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
@@ -241,12 +252,14 @@ def run_stream(
         if summary.frames == 0:
             raise ImageError(f"{source}: no frame could be read")
         ok = True
+        # a file (here or served) cut short; a camera's or live stream's end is its stop (names: per session)
+        partial = not summary.complete and not summary.source_stopped
     finally:
         cap.release()
         if shown:
             with contextlib.suppress(cv2.error):
                 cv2.destroyWindow(WINDOW)
-        if sink is not None and sink.close(ok):
+        if sink is not None and sink.close(ok, partial):
             summary.video_path, summary.csv_path = sink.video_path, sink.csv_path
     return summary
 
