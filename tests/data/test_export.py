@@ -185,6 +185,22 @@ def test_yolo_line_format_and_empty_label_file(tiny_voc: Path, tmp_path: Path) -
     assert (tmp_path / "labels" / "val" / "empty.txt").read_text(encoding="utf-8") == ""
 
 
+def test_yolo_images_of_symlinked_jpegs_are_the_files_themselves(tmp_path: Path) -> None:
+    """JPEGImages/x.jpg -> ../../pool/x.jpg (relative): the export's image is the pooled file, not a
+    link to the symlink (which dangles once it sits in another folder)."""
+    voc = VOCFolder(tmp_path / "ds")
+    voc.add("a", [("RBC", (10, 10, 40, 40))])
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    image = voc.root / "JPEGImages" / "a.jpg"
+    image.rename(pool / "a.jpg")
+    image.symlink_to(Path("../../pool/a.jpg"))
+    export_dataset(voc.root, "yolo", tmp_path / "out")
+    exported = tmp_path / "out" / "images" / "all" / "a.jpg"
+    assert not exported.is_symlink() and exported.read_bytes() == (pool / "a.jpg").read_bytes()
+    Image.open(exported).verify()
+
+
 def test_yolo_data_yaml_of_a_folder_without_splits_names_train_and_val(tmp_path: Path) -> None:
     voc = VOCFolder(tmp_path / "voc")
     voc.add("a")

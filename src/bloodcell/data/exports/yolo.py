@@ -26,8 +26,9 @@ def label_lines(record: VOCRecord) -> list[str]:
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     # A hard link costs no space or time and leaves the source's bytes alone; across filesystems, copy.
+    # Linked to the file a symlink points at: os.link on Linux links the symlink itself (dangling when relative).
     try:
-        os.link(src, dst)
+        os.link(src.resolve(), dst)
     except OSError:
         shutil.copyfile(src, dst)
 
