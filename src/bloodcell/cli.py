@@ -117,7 +117,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     else:
         print(format_findings(report))
     # Repaired labels are findings (errors only with --strict); an image that cannot be used at all is a failed input.
-    skipped = any(f.skips_image or f.kind == "unreadable-split" for f in report.findings)
+    skipped = any(f.skips_image or f.falls_back or f.kind == "unreadable-split" for f in report.findings)
     return 1 if skipped or (args.strict and report.findings) else 0
 
 

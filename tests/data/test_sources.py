@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from voc_factory import make_voc
 
+from bloodcell.cli import main
 from bloodcell.data.sources import load_dataset, read_spec
 from bloodcell.errors import DatasetError
 
@@ -159,17 +160,27 @@ def test_an_image_a_later_source_labels_is_not_a_failed_input(tmp_path):
     assert [(f.kind, f.skips_image) for f in merged.findings] == [("malformed-xml", False)]
 
 
-def test_a_broken_later_source_is_not_superseded_by_an_earlier_one(tmp_path):
+def test_a_broken_later_source_falls_back_to_the_earlier_labels_and_says_so(tmp_path):
     from voc_factory import VOCFolder
 
     sparse, dense = VOCFolder(tmp_path / "sparse"), VOCFolder(tmp_path / "dense")
-    sparse.add("a")
+    sparse.add("a", [("WBC", (1, 1, 20, 20))])
     dense.add("a")
     dense.xml_path("a").write_text("<annotation><object>")  # the dense labels broken: the sparse ones stand in
     spec = tmp_path / "data.yaml"
-    spec.write_text(f"sources:\n  - path: {sparse.root}\n  - path: {dense.root}\n")
+    spec.write_text(f"sources:\n  - path: {sparse.root}\n    exhaustive: [WBC]\n  - path: {dense.root}\n")
     merged = load_dataset(spec, None)
-    assert [(f.file, f.kind, f.skips_image) for f in merged.findings] == [("dense/a.xml", "malformed-xml", True)]
+    # the image is kept with the sparse labels and their completeness, and the finding says so (not "skipped")
+    assert [(len(r.boxes), r.exhaustive) for r in merged.records] == [(1, (False, True, False))]
+    [finding] = merged.findings
+    assert (finding.file, finding.kind, finding.skips_image, finding.falls_back) == (
+        "dense/a.xml",
+        "malformed-xml",
+        False,
+        True,
+    )
+    assert finding.action == "skipped here; fell back to sparse's labels (exhaustive there: WBC)"
+    assert main(["data", "check", str(spec)]) == 1  # still a failed input of its source
 
 
 def test_a_yaml_reports_what_its_folders_report(tmp_path):

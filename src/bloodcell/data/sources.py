@@ -167,7 +167,16 @@ def load_dataset(
     has train and val files only: a trainval split must still take its dense labels). Each record
     carries which classes are exhaustively labelled in it.
     """
-    from bloodcell.data.voc import SUPERSEDED, Finding, VOCDataset, load_voc, read_split_ids, unlabelled_images
+    from bloodcell.data.voc import (
+        FELL_BACK,
+        SKIPPED_IMAGE,
+        SUPERSEDED,
+        Finding,
+        VOCDataset,
+        load_voc,
+        read_split_ids,
+        unlabelled_images,
+    )
 
     root = resolve_data_root(data)
     spec = read_spec(root, class_names)
@@ -223,14 +232,19 @@ def load_dataset(
             parts.append((source.path, unlabelled_images(source.path, read.get(source.path, []), named)))
     parts += [(path, [finding]) for path, finding in listed_twice]
     order = {source.path: i for i, source in enumerate(spec.sources)}
+    exhaustive_of = {source.path: source.exhaustive for source in spec.sources}
     findings = []
     for path, found in parts:
         for f in found:
             later = labelled_by.get(Path(f.file).stem)
-            # a later source's labels replace this one's: its faults no longer matter (an earlier source's
-            # labels standing in for a broken later one are no such thing: that finding stays as it is)
+            # a later source's labels replace this one's: its faults no longer matter
             if later is not None and order[later] > order[path]:
                 f = replace(f, action=f"{SUPERSEDED}{later.name} labels this image")
+            elif later is not None and order[later] < order[path] and f.action == SKIPPED_IMAGE:
+                # an earlier source's labels stand in for this broken file: the image is kept, with their
+                # (perhaps partial) completeness, and the finding must not say it was left out
+                kept = ", ".join(exhaustive_of[later]) or "none"
+                f = replace(f, action=f"{FELL_BACK}{later.name}'s labels (exhaustive there: {kept})")
             findings.append(replace(f, file=f"{path.name}/{f.file}"))
     dataset = VOCDataset(root=root, class_names=tuple(class_names), split=split, findings=findings)
     dataset.records = sorted(merged.values(), key=lambda r: r.image_path.name)  # type: ignore[attr-defined]

@@ -56,6 +56,8 @@ SKIPPED_FROM = "skipped from "
 FLAGGED_ID = re.compile(r"(.+?)\s+(-1|0|1)")
 #: The action of a finding whose labels a later source of a dataset YAML replaces (it no longer matters).
 SUPERSEDED = "superseded: "
+#: The action of a later source's finding that left its image unlabelled there: an earlier source's labels stand.
+FELL_BACK = "skipped here; fell back to "
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,12 @@ class Finding:
         """Whether the image was left out (a failed input; of one split: "skipped from val"), rather than
         its labels repaired."""
         return self.action == SKIPPED_IMAGE or self.action.startswith(SKIPPED_FROM)
+
+    @property
+    def falls_back(self) -> bool:
+        """Whether a dataset YAML source's file was unusable and an earlier source's labels were used instead
+        (the image is kept; the file is still a failed input of its source)."""
+        return self.action.startswith(FELL_BACK)
 
     def __str__(self) -> str:
         where = self.file if self.object is None else f"{self.file} object {self.object}"
