@@ -138,3 +138,13 @@ def test_an_unreadable_split_list_is_a_finding_not_the_end_of_the_report(tmp_pat
     report = json.loads(out)
     assert [(f["file"], f["kind"]) for f in report["findings"]] == [("ImageSets/Main/test.txt", "unreadable-split")]
     assert report["images"] == 2 and code == 1
+
+
+def test_the_hint_command_quotes_a_folder_with_spaces(tmp_path: Path) -> None:
+    """The command a warning suggests can be pasted into a shell as it is printed."""
+    from bloodcell.data.check import findings_note
+
+    voc = make_voc(tmp_path / "my slides")
+    voc.add("bad", [("RBC", (5, 5, 5, 5))])
+    note = findings_note(load_dataset(voc.root, None, decode_images=False))
+    assert f"`bloodcell data check '{voc.root}'` lists them" in note

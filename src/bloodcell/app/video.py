@@ -15,6 +15,7 @@ import csv
 import io
 import os
 import re
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,13 +117,15 @@ def open_capture(cv2, source: str):
     if not (is_camera or is_url):
         path = Path(source)
         if path.is_dir():
-            raise ConfigError(f"--source {source}: a folder; images in it are counted by `bloodcell predict {source}`")
+            raise ConfigError(
+                f"--source {source}: a folder; images in it are counted by `bloodcell predict {shlex.quote(source)}`"
+            )
         if not path.is_file():
             raise ImageError(f"{source}: no such video file")
         if path.suffix.lower() in IMAGE_SUFFIXES:
             raise ConfigError(
-                f"--source {source}: an image; `bloodcell predict {source}` counts it (--source is for cameras, "
-                "videos and streams)"
+                f"--source {source}: an image; `bloodcell predict {shlex.quote(source)}` counts it "
+                "(--source is for cameras, videos and streams)"
             )
     # Keep OpenCV's and FFmpeg's own log lines off stderr (FFmpeg reads this once, at its first use).
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")

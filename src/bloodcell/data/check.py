@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -95,7 +96,7 @@ def findings_note(dataset) -> str | None:
     split = f" split {dataset.split}" if dataset.split else ""
     return (
         f"warning: {dataset.root}{split}: {len(found)} label findings ({_by_kind(found)}) "
-        f"repaired or dropped; `bloodcell data check {dataset.root}` lists them"
+        f"repaired or dropped; `bloodcell data check {shlex.quote(str(dataset.root))}` lists them"
     )
 
 

@@ -100,13 +100,29 @@ def _class_name(name: str, class_names: tuple[str, ...]) -> str:
     return alias if alias in class_names else name
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last, silently: a source's
+    second ``path`` would replace its first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (each key once per mapping)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAMES) -> DatasetSpec:
     """Parse a dataset YAML (or wrap a plain VOC folder); every fault is a DatasetError naming the key."""
     path = Path(path)
     if not is_spec_file(path):
         return DatasetSpec(None, (Source(path, tuple(class_names)),), {})
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
         raise DatasetError(f"{path}: dataset file not found") from None
     except yaml.YAMLError as e:  # where, as an editor shows it: "line 3, column 9: expected ',' or ']'"
@@ -146,6 +162,8 @@ def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAME
             raise DatasetError(f"{where}: exhaustive classes {bad} are not among {list(class_names)}")
         if not folder.is_dir():
             raise DatasetError(f"{where}: path {item['path']!r} ({folder}) is not a folder")
+        if any(os.path.samefile(folder, earlier.path) for earlier in sources):
+            raise DatasetError(f"{where}: path {item['path']!r} ({folder}) is listed twice; list each folder once")
         sources.append(Source(folder, tuple(exhaustive)))
     splits = doc.get("splits") or {}
     if not isinstance(splits, dict) or not all(isinstance(v, str) for v in splits.values()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -149,7 +150,8 @@ class DatasetStats:
             return None
         return (
             f"warning: {self.root}: label findings repaired or dropped ({', '.join(found)}); images are not decoded "
-            f"here, so one that cannot be decoded is still counted: `bloodcell data check {self.root}` lists them"
+            "here, so one that cannot be decoded is still counted: "
+            f"`bloodcell data check {shlex.quote(str(self.root))}` lists them"
         )
 
 

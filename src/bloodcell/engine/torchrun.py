@@ -9,6 +9,7 @@ of memory, a segfault) gets one line that says so.
 from __future__ import annotations
 
 import logging
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -40,7 +41,8 @@ def main(argv: Sequence[str]) -> int:
         return failure.exitcode
     except SignalException as e:  # a SIGTERM/SIGINT to torchrun: it has stopped its workers
         name = signal.Signals(e.sigval).name
-        out = _option(argv, "--out") or "RUN (the run folder named above)"
+        given = _option(argv, "--out")
+        out = shlex.quote(given) if given else "RUN (the run folder named above)"
         print(f"stopped by {name}; `bloodcell train --resume --out {out}` goes on from the last epoch saved",
               file=sys.stderr)  # fmt: skip
         return 128 + int(e.sigval)

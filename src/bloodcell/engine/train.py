@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shlex
 import sys
 import time
 from collections.abc import Callable, Collection
@@ -304,7 +305,8 @@ def _stopped_note(out: Path, epochs_done: int, epochs: int) -> str:
     if not epochs_done:
         return f"stopped before its first epoch ended: {out} holds no epoch to resume; start the run again"
     done = "all its epochs, not the final fit" if epochs_done >= epochs else f"epoch {epochs_done} of {epochs}"
-    return f"stopped: {out / 'last.pt'} holds {done}; `bloodcell train --resume --out {out}` goes on from there"
+    resume = f"bloodcell train --resume --out {shlex.quote(str(out))}"
+    return f"stopped: {out / 'last.pt'} holds {done}; `{resume}` goes on from there"
 
 
 #: Settings a resumed run takes from the command line: how the run goes on, not what it learns.

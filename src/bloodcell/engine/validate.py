@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -66,7 +67,7 @@ def validate(
         left_out = sum(f.skips_image for f in dataset.findings)
         raise DatasetError(
             f"{data_root}: split {split!r} has no image to score ({left_out} listed images left out; "
-            f"`bloodcell data check {data_root}` says why)"
+            f"`bloodcell data check {shlex.quote(str(data_root))}` says why)"
         )
     metrics = evaluate(
         predictor,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,7 @@ def load_image(path: str | Path) -> np.ndarray:
         raise UnreadableImageError(f"{path}: cannot read ({e.strerror})") from None
     except UnidentifiedImageError:
         if path.suffix.lower() in VIDEO_SUFFIXES:
-            hint = f"`bloodcell predict --source {path}` counts its frames"
+            hint = f"`bloodcell predict --source {shlex.quote(str(path))}` counts its frames"
             raise ImageError(f"{path}: a video, not an image; {hint}") from None
         try:
             size = path.stat().st_size

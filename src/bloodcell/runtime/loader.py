@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,7 +76,7 @@ def unfitted_checkpoint_note(path: Path, info: ModelInfo) -> str | None:
     return (
         f"{path}: a training checkpoint whose counting was not fitted (last.pt, or best.pt of a stopped run): "
         f"counts use {per_class(info.class_names, info.conf)} and have no intervals; fit them on your val "
-        f"split with `bloodcell calibrate --model {path} --data DATA --out fitted.pt`"
+        f"split with `bloodcell calibrate --model {shlex.quote(str(path))} --data DATA --out fitted.pt`"
     )
 
 
