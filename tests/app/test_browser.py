@@ -243,3 +243,39 @@ def test_page_shows_warnings_keeps_names_skips_repeats_and_its_json_makes_a_repo
         page.reload()
         page.keyboard.press("Tab")  # the chooser is the page's first stop for the keyboard (not display: none)
         expect(page.locator("#files")).to_be_focused()
+
+
+def test_two_files_of_one_name_are_two_fields_with_their_own_names(
+    page, shipped, serving, bccd_root: Path, tmp_path: Path
+):
+    """a/s.jpg and b/s.jpg (two folders, two pictures) are "s.jpg" and "s (2).jpg" on the page, in its CSV
+    so a report of its CSV counts both; a PNG is named after the whole file name (f.jpg and f.png differ)."""
+    from playwright.sync_api import expect
+
+    from bloodcell.app.report import build_report
+
+    names = []
+    for folder, image in (("a", IMAGES[0]), ("b", IMAGES[1])):
+        (tmp_path / folder).mkdir()
+        names.append(tmp_path / folder / "s.jpg")
+        shutil.copy(bccd_root / "JPEGImages" / image, names[-1])
+    with serving(create_app(shipped)) as url:
+        page.goto(url + "/")
+        page.locator("#files").set_input_files([str(p) for p in names])
+        expect(page.locator("#status")).to_have_text("2 image(s)")
+        rows = page.locator("#summary tbody tr")
+        assert [rows.nth(i).locator("td").first.inner_text() for i in range(2)] == ["s.jpg", "s (2).jpg"]
+        shown = [table_counts(page, list(shipped.class_names), f"tbody tr:nth-child({i})") for i in (1, 2)]
+        with page.expect_download() as download:
+            page.locator("#csv").click()
+        saved = tmp_path / "counts.csv"
+        download.value.save_as(saved)
+        summary = build_report(saved, out=tmp_path / "report.html")
+        assert summary.fields == 2
+        assert summary.totals == {c: sum(counts[c] for counts in shown) for c in summary.classes}
+        page.locator("#clear").click()
+        page.locator("#files").set_input_files(str(names[1]))  # one field: one download to catch
+        expect(page.locator("#status")).to_have_text("1 image(s)")
+        with page.expect_download() as download:
+            page.locator("#png").click()
+        assert download.value.suggested_filename == "s.jpg_annotated.png"  # the whole name: f.jpg and f.png differ

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bloodcell.app.report import build_report, counted_detections
+from bloodcell.app.report import build_report, counted_detections, source_image
 from bloodcell.cli import main
 from bloodcell.errors import DatasetError
 from bloodcell.weights import default_model
@@ -287,11 +287,18 @@ def test_the_web_pages_downloads_make_a_report_without_their_failed_uploads(slid
     assert summary.fields == 2 and summary.totals["RBC"] == 44 and summary.missing_images == ()
     assert summary.failed_images == ("b.jpg",)
     assert "counted at operating points RBC 0.64." in (tmp_path / "r2.html").read_text()  # the page's thresholds
-    pngs = tmp_path / "downloads"  # the page's "Annotated PNGs" button saves <stem>_annotated.png
+    pngs = tmp_path / "downloads"  # the page's "Annotated PNGs" button saves <name>_annotated.png
     pngs.mkdir()
-    for stem in ("a", "-a"):
-        Image.new("RGB", (64, 48), (200, 40, 40)).save(pngs / f"{stem}_annotated.png")
+    for name in ("a.jpg", "-a.jpg"):
+        Image.new("RGB", (64, 48), (200, 40, 40)).save(pngs / f"{name}_annotated.png")
     assert build_report(page_csv, images_dir=pngs, out=tmp_path / "r3.html").missing_images == ()
+    # f.jpg and f.png are two fields with two PNGs; an older page's f_annotated.png is still found
+    for name in ("f.jpg", "f.png"):
+        Image.new("RGB", (64, 48)).save(pngs / f"{name}_annotated.png")
+    Image.new("RGB", (64, 48)).save(pngs / "old_annotated.png")
+    fields = ("f.jpg", "f.png", "old.jpg")
+    found = {n: source_image({"image": n, "annotated": True}, page_csv, pngs).name for n in fields}
+    assert found == {"f.jpg": "f.jpg_annotated.png", "f.png": "f.png_annotated.png", "old.jpg": "old_annotated.png"}
 
 
 def test_the_report_says_which_operating_points_counted(tmp_path: Path):

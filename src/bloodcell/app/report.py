@@ -393,14 +393,16 @@ def source_image(record: dict, results_json: Path, images_dir: str | Path | None
     predict gives to inputs that share a file name (a/s.jpg, b/s.jpg), never reaching outside it.
     Without: the input path predict recorded, when that file is still there, else the name beside the JSON.
     A counts CSV's record: its annotated copy (``annotated/`` beside the CSV, as watch writes it, or in
-    ``--images``; or the web page's ``<stem>_annotated.png``), else the plain image in ``--images``."""
+    ``--images``; or the web page's ``<name>_annotated.png``), else the plain image in ``--images``."""
     if record.get("annotated"):
         folder = Path(images_dir) if images_dir is not None else results_json.parent / "annotated"
         inside = _inside(record["image"])
         copy = annotated_path(folder, inside.as_posix())
-        page_png = folder / inside.with_name(f"{inside.stem}_annotated.png")
-        if not copy.is_file() and page_png.is_file():
-            return page_png
+        # the page's PNG: f.jpg_annotated.png (an older page wrote f_annotated.png, which f.png shared)
+        for page_png in (folder / inside.with_name(f"{inside.name}_annotated.png"),
+                         folder / inside.with_name(f"{inside.stem}_annotated.png")):  # fmt: skip
+            if not copy.is_file() and page_png.is_file():
+                return page_png
         return copy if copy.is_file() or images_dir is None else folder / inside
     if images_dir is None:
         recorded = record.get("path")

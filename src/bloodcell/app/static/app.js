@@ -75,6 +75,15 @@ function newCard(name) {
 // A file already on the page (same name, size and time) is not counted twice in the totals.
 const sameFile = (a, b) => a.name === b.name && a.size === b.size && a.lastModified === b.lastModified;
 
+// Another file of a name already on the page (from another folder) is "s (2).jpg": the results, the CSV's rows
+// and the PNGs name each field once (a report keeps one row per name, and would show one picture for both).
+function uniqueName(name, taken) {
+  if (!taken.has(name)) return name;
+  const dot = name.lastIndexOf(".");
+  const [stem, ext] = dot > 0 ? [name.slice(0, dot), name.slice(dot)] : [name, ""];
+  for (let n = 2; ; n++) if (!taken.has(`${stem} (${n})${ext}`)) return `${stem} (${n})${ext}`;
+}
+
 // Uploads still waiting for their answer (every drop's cards are made at once).
 const pending = () => state.items.filter((item) => !item.record && !item.error).length;
 
@@ -93,7 +102,12 @@ async function upload(files) {
   const skipped = files.length - fresh.length;
   const note = skipped ? `${skipped} file(s) already on the page, not added again` : "";
   // Cards for the whole drop at once, so a second drop during this one queues behind it in the status.
-  const todo = fresh.map((file) => ({ file, name: file.name, record: null, bitmap: null, error: null }));
+  const taken = new Set(state.items.map((item) => item.name));
+  const todo = fresh.map((file) => {
+    const name = uniqueName(file.name, taken);
+    taken.add(name);
+    return { file, name, record: null, bitmap: null, error: null };
+  });
   for (const item of todo) item.card = newCard(item.name);
   state.items.push(...todo);
   showStatus(note);
@@ -240,8 +254,8 @@ function downloadJson() {
 function downloadPngs() {
   for (const item of state.items) {
     if (!item.bitmap) continue;
-    const stem = item.name.replace(/\.[^.]*$/, "");
-    item.card.querySelector("canvas").toBlob((blob) => save(blob, `${stem}_annotated.png`), "image/png");
+    // the whole name: f.jpg and f.png are two fields, f.jpg_annotated.png and f.png_annotated.png
+    item.card.querySelector("canvas").toBlob((blob) => save(blob, `${item.name}_annotated.png`), "image/png");
   }
 }
 
