@@ -238,11 +238,12 @@ def test_report_of_predict_output_draws_on_the_originals_not_the_annotated_copie
         ("image,width,height,scale,RBC,RBC_lo90,RBC_hi90\na.jpg,64,48,1,three,2,4\n", "line 2: not a whole number"),
         ("image,width,height,scale,RBC,RBC_lo90,RBC_hi90\na.jpg,64,48,1,3,2\n", "line 2: 6 columns"),
         ("image,width,height,scale,RBC,RBC_lo90,RBC_hi90\n", "no records"),
+        ("image,RBC,RBC_lo90,RBC_hi90\nb\xe4d.jpg,3,2,4\n".encode("latin-1"), "not UTF-8 text: byte 29 is 0xe4"),
     ],
 )
-def test_a_bad_counts_csv_is_one_line_and_exit_2(tmp_path: Path, capsys, content: str, problem: str):
+def test_a_bad_counts_csv_is_one_line_and_exit_2(tmp_path: Path, capsys, content: str | bytes, problem: str):
     path = tmp_path / "counts.csv"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert main(["report", str(path), "--out", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err
     assert problem in err and str(path) in err and "Traceback" not in err
@@ -383,3 +384,15 @@ def test_fields_counted_with_warnings_are_flagged_in_the_report(tmp_path: Path, 
     blank[0]["warnings"] = ["", " "]  # no words, no warning
     clean = make_slide(tmp_path / "clean", blank)
     assert "Warnings" not in (build_report(clean, out=tmp_path / "r3.html").path.read_text())
+
+
+def test_a_byte_order_mark_is_read_and_an_image_is_named_as_one(tmp_path: Path, capsys):
+    """Excel's "CSV UTF-8" and Notepad start the file with a BOM; an image given as the results says so."""
+    rows = "image,width,height,RBC,RBC_lo90,RBC_hi90\na.jpg,64,48,3,2,4\n"
+    (tmp_path / "counts.csv").write_text("\ufeff" + rows, encoding="utf-8")
+    assert build_report(tmp_path / "counts.csv", out=tmp_path / "c.html").totals == {"RBC": 3}
+    (tmp_path / "r.json").write_text("\ufeff" + json.dumps([record("a.jpg", 5, 1, 2)]), encoding="utf-8")
+    assert build_report(tmp_path / "r.json", out=tmp_path / "r.html").totals["RBC"] == 5
+    Image.new("RGB", (8, 8)).save(tmp_path / "field.jpg")
+    assert main(["report", str(tmp_path / "field.jpg"), "--out", str(tmp_path / "x.html")]) == 2
+    assert "field.jpg: an image, not a results file" in capsys.readouterr().err

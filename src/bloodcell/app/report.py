@@ -31,7 +31,7 @@ from bloodcell.app.sinks import annotated_path
 from bloodcell.atomic import write_text
 from bloodcell.errors import ConfigError, DatasetError, ImageError
 from bloodcell.palette import class_hex
-from bloodcell.runtime.images import load_image
+from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.types import Detections
 
 RBC, WBC, PLATELETS = "RBC", "WBC", "Platelets"
@@ -196,16 +196,21 @@ def read_slide(path: Path) -> tuple[list[dict], list[str]]:
         watched = path / "bloodcell" / "counts.csv"
         hint = f"its watch results are {watched}" if watched.is_file() else "give `bloodcell predict --json` output"
         raise DatasetError(f"{path}: a folder, not a results file; {hint}")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise DatasetError(
+            f"{path}: an image, not a results file; count the slide's images first "
+            "(`bloodcell predict FOLDER --json results.json`) and report that"
+        )
     if path.suffix.lower() == ".csv":
         return _csv_records(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+    try:  # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8", Notepad) is not part of the text
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read ({e})") from None
+        raise DatasetError(f"{path}: cannot read ({_read_error(e)})") from None
     if isinstance(data, dict) and isinstance(data.get("images"), list):  # the web page's results.json
         data = data["images"]
     if not isinstance(data, list):
@@ -224,16 +229,22 @@ def read_slide(path: Path) -> tuple[list[dict], list[str]]:
     return data, failed
 
 
+def _read_error(e: Exception) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 text: byte {e.start} is 0x{e.object[e.start]:02x}; save it as UTF-8"
+    return str(e)
+
+
 def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
     """A counts CSV as records without detections (its rows hold counts, not boxes): one per image, the
     last row of an image that was counted again (watch appends a row when a file is rewritten)."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:
             rows = list(csv.reader(f))
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read ({e})") from None
+        raise DatasetError(f"{path}: cannot read ({_read_error(e)})") from None
     if not rows or not rows[0] or rows[0][0] != "image":
         raise DatasetError(f"{path}: expected a counts CSV whose first column is 'image' (watch, predict --csv)")
     header = rows[0]
