@@ -115,6 +115,23 @@ BAD_INPUT: dict[str, tuple[Case, set[tuple[int | None, str]], int | None]] = {
     "alias-platlets": (_objects(("Platlets", (1, 1, 9, 9))), {(1, "class-alias")}, 1),
     "unknown-class": (_objects(("RBC", (20, 20, 40, 40)), ("Neutrophil", (1, 1, 9, 9))), {(2, "unknown-class")}, 1),
     "no-bndbox": (_objects(("RBC", None)), {(1, "missing-bndbox")}, 0),
+    "two-bndboxes": (
+        _raw_xml(
+            LATIN1_XML.decode("latin-1")
+            .replace("Größe", "x")
+            .replace(
+                "</bndbox>", "</bndbox><bndbox><xmin>20</xmin><ymin>20</ymin><xmax>30</xmax><ymax>30</ymax></bndbox>"
+            )
+            .encode()
+        ),
+        {(1, "extra-bndbox")},
+        1,
+    ),
+    "no-name": (
+        _raw_xml(LATIN1_XML.decode("latin-1").replace("Größe", "x").replace("<name>RBC</name>", "").encode()),
+        {(1, "unknown-class")},
+        0,
+    ),
     "non-numeric": (_objects(("RBC", (1, "one", 9, 9))), {(1, "bad-coordinate")}, 0),
     "empty-coordinate": (_objects(("RBC", (1, "", 9, 9))), {(1, "bad-coordinate")}, 0),
     "nan-coordinate": (_objects(("RBC", (1, "nan", 9, 9))), {(1, "bad-coordinate")}, 0),

@@ -433,6 +433,9 @@ def _read_one(
     for i, obj in enumerate(tree.findall("object"), start=1):  # as a person counts them in the file
         raw_name = (obj.findtext("name") or "").strip()
         name = raw_name if raw_name in class_index else aliases.get(canonical(raw_name), raw_name)
+        if obj.find("name") is None:
+            findings.append(Finding(xml_name, i, "unknown-class", "object has no <name>", "dropped"))
+            continue
         if name not in class_index:
             detail = f"class {raw_name!r} is not one of {list(class_index)}" + _did_you_mean(raw_name, aliases)
             findings.append(Finding(xml_name, i, "unknown-class", detail, "dropped"))
@@ -443,6 +446,10 @@ def _read_one(
         if bnd is None:
             findings.append(Finding(xml_name, i, "missing-bndbox", "object has no <bndbox>", "dropped"))
             continue
+        extra = len(obj.findall("bndbox")) - 1  # an editor's slip: one object, one box
+        if extra:
+            detail = f"object has {extra + 1} <bndbox> elements; the first is its box"
+            findings.append(Finding(xml_name, i, "extra-bndbox", detail, f"{extra} dropped"))
         try:
             coords = [float(bnd.findtext(tag)) for tag in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[arg-type]
             if not all(np.isfinite(coords)):
