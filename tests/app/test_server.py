@@ -194,12 +194,29 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_serving(client, slides, kind):
         ({"data": {"file": "not a file part"}}, 415),  # urlencoded form, not multipart
         ({"json": {"file": "x"}}, 415),
         ({"content": b"garbage", "headers": {"content-type": "multipart/form-data; boundary=B"}}, 400),
+        ({"content": b"--B\r\n", "headers": {"content-type": "multipart/form-data"}}, 400),  # no boundary=
         ({"files": {"file": ("a.jpg", b"x")}, "params": {"min_score": 2}}, 422),
     ],
 )
 def test_malformed_requests_get_json_errors(client, request_kw, status):
     r = client.post("/api/v1/detect", **request_kw)
     assert r.status_code == status and set(r.json()) == {"error"}, r.text
+
+
+def test_a_body_cut_off_before_its_closing_boundary_is_malformed_not_missing_a_field(client, slides):
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + slides[0].read_bytes()[:5000]
+    )  # no "\r\n--B--": the connection dropped mid-upload
+    r = client.post("/api/v1/detect", content=body, headers={"content-type": "multipart/form-data; boundary=B"})
+    assert r.status_code == 400 and "ends before its closing boundary" in r.json()["error"], r.text
+    whole = body + slides[0].read_bytes()[5000:] + b"\r\n--B--\r\n"
+    assert (
+        client.post(
+            "/api/v1/detect", content=whole, headers={"content-type": "multipart/form-data; boundary=B"}
+        ).status_code
+        == 200
+    )
 
 
 def test_two_file_fields_are_refused(client, slides):

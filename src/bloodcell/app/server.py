@@ -119,6 +119,11 @@ class UploadParser(MultiPartParser):
         super().__init__(*args, **kwargs)
         self.field = field.encode()
         self.spool_max_size = memory_limit  # Starlette writes file parts over 1 MB to a temporary file
+        self.ended = False  # the closing boundary came: a body cut off drops its last part without a word
+
+    def on_end(self) -> None:
+        self.ended = True
+        super().on_end()
 
     def on_headers_finished(self) -> None:
         disposition = self._current_part.content_disposition
@@ -136,8 +141,10 @@ async def read_upload(chunks: AsyncIterator[bytes], content_type: str, limit: in
     with none: chunked bodies), and only one file part and a few small fields are accepted.
     """
     ctype, params = parse_options_header(content_type)
-    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
+    if ctype != b"multipart/form-data":
         raise ApiError(415, f"send the image as multipart/form-data in a field named {field!r}")
+    if not params.get(b"boundary"):  # a client that set the header by hand, without the parts' separator
+        raise ApiError(400, "malformed multipart body (its Content-Type has no boundary=...)")
     too_big = ApiError(413, f"upload larger than the {limit / 2**20:g} MB limit")
 
     async def capped() -> AsyncIterator[bytes]:
@@ -163,6 +170,9 @@ async def read_upload(chunks: AsyncIterator[bytes], content_type: str, limit: in
         if e.message.startswith("Too many files"):
             raise ApiError(422, f"send one image per request (one file part named {field!r})") from None
         raise ApiError(400, f"malformed multipart body ({e.message})") from None
+    if not parser.ended:
+        await form.close()
+        raise ApiError(400, "malformed multipart body (it ends before its closing boundary: cut off in transit?)")
     try:
         other = sorted({key for key in form if key != field})
         if other:
