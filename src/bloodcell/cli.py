@@ -813,7 +813,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from bloodcell.app.server import create_app
     from bloodcell.runtime.loader import load_predictor, print_model_notes
-    from bloodcell.weights import default_model
+    from bloodcell.runtime.metadata import model_ref
+    from bloodcell.weights import default_model, model_file
 
     predictor = load_predictor(args.model, threads=args.threads)
     print_model_notes(predictor)
@@ -824,6 +825,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         predictor,
         args.max_upload_mb,
         model_name=name,
+        model_ref=model_ref(model_file(args.model)),
         cell_size=args.cell_size,
         conf=conf,
         max_pixels=int(args.max_megapixels * 1e6),

@@ -24,6 +24,7 @@ from bloodcell.cli import main
 from bloodcell.errors import ConfigError
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
+from bloodcell.runtime.metadata import model_ref
 from bloodcell.runtime.predict import predict_image
 from bloodcell.types import CLASS_NAMES
 from fakes import FakePredictor, save_slide, use_fake_model
@@ -287,6 +288,9 @@ def test_cli_serve_binds_loopback_by_default(model_file, monkeypatch, capsys):
     assert kw == {"host": "127.0.0.1", "port": 8000, "server_header": False}  # no "server: uvicorn" banner
     with TestClient(app, base_url=BASE) as c:
         assert c.get("/api/v1/model").json()["name"] == "fake.pt"
+        # each record names the model file as predict --json does, so a report of the page's JSON says it
+        record = c.post("/api/v1/detect", files={"file": ("a.png", png(64, 48))}).json()
+        assert record["model"] == model_ref(model_file)
         big = io.BytesIO(b"\xff" * (2 << 20))
         assert c.post("/api/v1/detect", files={"file": ("a.jpg", big)}).status_code == 413
     with pytest.raises(SystemExit, match="2"):  # checked while parsing (tests/test_cli.py)

@@ -29,6 +29,9 @@ class DetectRecord(BaseModel):
     scale: float = Field(description="factor the image was resized by so its cells match the model's trained size")
     warnings: list[str] = Field(description="what makes these counts doubtful (e.g. grayscale, cell size not measured)")
     detections: list[Detection] = Field(description="boxes scored at or above min_score (default: the operating point)")
+    model: str | None = Field(
+        default=None, description="the model file that counted, name@sha256 prefix, as predict --json names it"
+    )
 
 
 class ErrorBody(BaseModel):

@@ -363,6 +363,7 @@ def create_app(
     model_name: str | None = None,
     cell_size: float | str | None = "auto",
     *,
+    model_ref: str | None = None,
     conf: Conf | None = None,
     max_pixels: int = MAX_PIXELS,
     max_decoding_pixels: int | None = None,
@@ -376,7 +377,8 @@ def create_app(
     (default ``max_pixels``: one image at the cap, or many small ones). ``conf``: the operating points the
     page and the API count with (default: the model's). ``host``: the address uvicorn binds;
     with ``allowed_hosts`` (names or addresses), the only Host headers answered, and the only other sites
-    allowed to POST.
+    allowed to POST. ``model_ref``: how each record names the model that counted (``model_ref()`` of its
+    file, as `predict --json` names it), so a slide report of the page's results says which model counted.
     """
     bomb = Image.MAX_IMAGE_PIXELS  # Pillow's own guard (process-wide; None if someone turned it off)
     if max_pixels <= 0 or (bomb is not None and max_pixels > bomb):
@@ -424,7 +426,10 @@ def create_app(
         except ApiError as e:  # which upload: a page or script sending many needs to know
             raise ApiError(e.status, f"{name}: {e.message}") from None
         result.image = None
-        return result.to_record()
+        record = result.to_record()
+        if model_ref:  # as predict --json names it: a slide report says which model counted (and mixed ones)
+            record["model"] = model_ref
+        return record
 
     def detect_options(request: Request) -> DetectOptions:
         """The query's options for this request, each checked; unknown or repeated ones are refused (422)."""
