@@ -186,6 +186,16 @@ def test_bad_choice_fails_while_parsing_naming_the_choices(flag, value, choices,
     assert all(choice in err for choice in choices), err
 
 
+@pytest.mark.parametrize("argv", [["report", "r.json"], ["data", "check"], ["predict", "a.jpg"]])
+def test_an_unknown_option_is_refused_with_its_commands_usage(argv: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--bogus"])
+    err = capsys.readouterr().err
+    command = " ".join(a for a in argv if not a.endswith((".json", ".jpg")))
+    assert info.value.code == 2 and err.startswith(f"usage: bloodcell {command} [-h]")
+    assert err.splitlines()[-1] == f"bloodcell {command}: error: unrecognized arguments: --bogus"
+
+
 def test_bad_choice_fails_before_torch_or_the_data_load() -> None:
     """In a fresh interpreter: the error comes while torch (needed to decode any image) is not even imported."""
     code = (

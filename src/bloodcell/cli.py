@@ -928,6 +928,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_outputs({"--out": args.out})  # a folder there, an unwritable place: said as for every output
     if Path(args.out).suffix.lower() not in (".html", ".htm"):  # never over the results or an image
         raise ConfigError(f"--out {args.out}: the report is an HTML page; name it .html")
+    if args.title is not None and not args.title.strip():
+        raise ConfigError("--title is empty; give the slide's name, or leave --title out for the file's")
     summary = build_report(args.results, images_dir=args.images, out=args.out, title=args.title)
     print(summary)
     print(f"wrote {summary.path}")
@@ -940,13 +942,24 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Detect and count RBC, WBC and platelets in blood-smear images.",
     )
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
     _add_data_commands(sub)
     _add_model_commands(sub)
     _add_serve_command(sub)
     _add_report_command(sub)
     _add_batch_command(sub)
     return parser
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: an option it does not know is refused with that command's usage (argparse hands
+    unknown options up to `bloodcell`'s own parser, whose usage lists the commands, not the options)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extra = super().parse_known_args(args, namespace)
+        if extra and self._subparsers is None:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return namespace, extra
 
 
 def _version() -> str:

@@ -396,3 +396,8 @@ def test_a_byte_order_mark_is_read_and_an_image_is_named_as_one(tmp_path: Path, 
     Image.new("RGB", (8, 8)).save(tmp_path / "field.jpg")
     assert main(["report", str(tmp_path / "field.jpg"), "--out", str(tmp_path / "x.html")]) == 2
     assert "field.jpg: an image, not a results file" in capsys.readouterr().err
+
+
+def test_an_empty_title_is_refused(slide: Path, tmp_path: Path, capsys):
+    assert main(["report", str(slide), "--title", " ", "--out", str(tmp_path / "r.html")]) == 2
+    assert "--title is empty" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
