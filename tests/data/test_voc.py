@@ -391,3 +391,13 @@ def test_a_box_written_the_wrong_way_round_says_so(tmp_path: Path) -> None:
     first, second = load_voc(tmp_path).findings
     assert first.detail.endswith("has zero or negative size (xmax < xmin: written the wrong way round?)")
     assert second.detail.endswith("has zero or negative size")  # zero width: no swap to suggest
+
+
+def test_an_annotation_with_an_upper_case_suffix_is_named_in_the_finding(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path, n_images=2, splits=False)
+    voc.xml_path("img0").rename(voc.xml_path("img0").with_suffix(".XML"))  # as some Windows tools save it
+    dataset = load_voc(tmp_path)
+    assert [r.image_id for r in dataset.records] == ["img1"]
+    [finding] = dataset.findings
+    assert finding.kind == "missing-annotation"
+    assert "(img0.XML is there: rename it to img0.xml; annotations end in lowercase .xml)" in finding.detail

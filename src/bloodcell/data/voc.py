@@ -10,6 +10,7 @@ label noise of BCCD and is not applied.)
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -253,7 +254,9 @@ def unlabelled_images(root: Path, records: list[VOCRecord], labelled_elsewhere: 
             )
             findings.append(Finding(image.name, None, "unlabelled-image", detail, SKIPPED_IMAGE))
         else:
-            detail = f"JPEGImages/{image.name} has no Annotations/{image.stem}.xml"
+            detail = f"JPEGImages/{image.name} has no Annotations/{image.stem}.xml" + _xml_case_hint(
+                root / "Annotations", image.stem
+            )
             findings.append(Finding(image.name, None, "missing-annotation", detail, SKIPPED_IMAGE))
     return findings
 
@@ -330,6 +333,15 @@ def _find_image(root: Path, image_id: str, filename: str | None, findings: list[
     return None
 
 
+def _xml_case_hint(folder: Path, stem: str) -> str:
+    """ " (a.XML is there: ...)" where an annotation's suffix differs only in case (Windows tools), else ""."""
+    try:
+        other = next((p for p in folder.glob(f"{glob.escape(stem)}.*") if p.suffix.lower() == ".xml"), None)
+    except OSError:
+        return ""
+    return f" ({other.name} is there: rename it to {stem}.xml; annotations end in lowercase .xml)" if other else ""
+
+
 def _parse_xml(path: Path, findings: list[Finding], listed_in: str | None = None) -> ET.Element | None:
     """``listed_in``: the split file that named this annotation (a missing one is that list's fault)."""
     name = path.name
@@ -339,6 +351,7 @@ def _parse_xml(path: Path, findings: list[Finding], listed_in: str | None = None
         detail = f"{listed_in} lists {path.stem}, but {path} is not there" if listed_in else f"{path} not found"
         if Path(path.stem).suffix.lower() in {*IMAGE_SUFFIXES, ".xml"}:  # "a.jpg" in a split file: a.jpg.xml
             detail += f" (split files list image ids without a suffix: {Path(path.stem).stem})"
+        detail += _xml_case_hint(path.parent, path.stem)
         findings.append(Finding(name, None, "missing-annotation", detail, SKIPPED_IMAGE))
         return None
     except OSError as e:
