@@ -132,7 +132,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     warning = stats.findings_warning()
     if warning:
         print(warning, file=sys.stderr)
-    write_stats(stats, args.out)
+    print(f"wrote {write_stats(stats, args.out)}")
     for path in plot_stats(stats, _data_root(args), args.out):
         print(f"wrote {path}")
     return 1 if any(s.skipped for s in stats.splits) else 0  # images left out: a failed input, as in `data check`

@@ -148,3 +148,12 @@ def test_the_hint_command_quotes_a_folder_with_spaces(tmp_path: Path) -> None:
     voc.add("bad", [("RBC", (5, 5, 5, 5))])
     note = findings_note(load_dataset(voc.root, None, decode_images=False))
     assert f"`bloodcell data check '{voc.root}'` lists them" in note
+
+
+def test_an_empty_split_list_is_a_finding(tmp_path: Path, capsys) -> None:
+    voc = make_voc(tmp_path, n_images=3)
+    voc.write_split("test", [])  # saved before it was filled
+    code, out, _ = _run(capsys, str(tmp_path), "--json")
+    found = [(f["file"], f["kind"]) for f in json.loads(out)["findings"]]
+    assert found == [("ImageSets/Main/test.txt", "empty-split")]
+    assert code == 0  # no image is left out: a finding, an error only with --strict

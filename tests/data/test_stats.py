@@ -82,6 +82,7 @@ def test_cli_stats(tmp_path: Path, capsys) -> None:
     assert main(["data", "stats", str(tmp_path / "voc"), "--out", str(tmp_path / "out")]) == 0
     out, err = capsys.readouterr()
     assert "train  RBC" in out and f"wrote {tmp_path / 'out' / 'sample.png'}" in out and err == ""
+    assert f"wrote {tmp_path / 'out' / 'stats.json'}" in out
     assert (tmp_path / "out" / "stats.json").is_file()
     voc = make_voc(tmp_path / "faulty", n_images=2)
     voc.add("alias", [("rbc", (1, 1, 9, 9))])
