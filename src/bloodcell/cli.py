@@ -160,8 +160,14 @@ def cmd_data_export(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
 
-    for path in export_dataset(_data_root(args), args.format, args.out, splits=args.split, on_read=report):
-        print(f"wrote {path}")
+    said: set[Path] = set()
+
+    def written(path: Path) -> None:  # as each split finishes: a stopped export has named what it kept
+        if path not in said:
+            said.add(path)
+            print(f"wrote {path}", flush=True)
+
+    export_dataset(_data_root(args), args.format, args.out, splits=args.split, on_read=report, on_written=written)
     return 1 if skipped else 0  # an image left out of the export is a failed input, as in `data check`
 
 

@@ -430,9 +430,11 @@ def test_failure_mid_export_leaves_no_partial_file(
     assert any("train" in name for name in written), "train is written before val fails"
     assert not [name for name in written if "/." in f"/{name}"], f"temporary files left: {written}"
     assert not [name for name in written if "val" in name or "test" in name], written
-    assert json.loads((out / MARK).read_text(encoding="utf-8")) == {
-        fmt: {"source": str(tiny_voc.resolve()), "splits": ["test", "train", "val"]}
+    assert json.loads((out / MARK).read_text(encoding="utf-8")) == {  # the splits it finished, no more
+        fmt: {"source": str(tiny_voc.resolve()), "splits": ["train"]}
     }
+    if fmt in ("yolo", "tfrecord"):  # the files that go with each split come with the first one
+        assert {"yolo": "data.yaml", "tfrecord": "label_map.pbtxt"}[fmt] in written
 
     export_dataset(tiny_voc, fmt, out)  # a complete export, then the same failure must not touch it
     before = _files(out)
@@ -482,6 +484,25 @@ def test_a_stopped_export_leaves_no_temporary_file(tiny_voc: Path, tmp_path: Pat
     assert "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # no hidden .train.csv.*.tmp
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_stopped_export_has_named_the_splits_it_finished(tiny_voc: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from bloodcell.cli import main
+
+    write = csvfile.write
+
+    def stopped_at_val(datasets, out):
+        if "val" in datasets:
+            raise KeyboardInterrupt  # Ctrl-C while val is written
+        return write(datasets, out)
+
+    monkeypatch.setitem(export_module.FORMATS, "csv", stopped_at_val)
+    out = tmp_path / "out"
+    assert main(["data", "export", str(tiny_voc), "--format", "csv", "--out", str(out)]) == 130
+    said = capsys.readouterr()
+    assert said.out == f"wrote {out / 'train.csv'}\n"  # train, then val: said as it finished
+    assert json.loads((out / MARK).read_text(encoding="utf-8"))["csv"]["splits"] == ["train"]
+    assert sorted(p.name for p in out.iterdir()) == [MARK, "train.csv"]
 
 
 def test_coco_of_several_folders_names_images_under_one_root_and_the_cli_warns_of_partial_labels(

@@ -48,10 +48,13 @@ def export_dataset(
     splits: list[str] | None = None,
     class_names: tuple[str, ...] = CLASS_NAMES,
     on_read: Callable[[VOCDataset], None] | None = None,
+    on_written: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Write each split of the VOC folder or dataset YAML at ``root`` to ``out`` in format ``fmt`` (a
     YAML's sources merged, later ones overriding earlier ones); return the paths written.
-    ``on_read``: called with each split's dataset before anything is written (the CLI reports findings)."""
+    ``on_read``: called with each split's dataset before anything is written (the CLI reports findings).
+    ``on_written``: called with each path once it is complete, split by split (a stopped export has said
+    what it kept, and its record lists only the splits it finished)."""
     writer = FORMATS.get(fmt)
     if writer is None:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -70,11 +73,22 @@ def export_dataset(
     _check_destination(out, source, fmt, splits, earlier.get("source"))
     for dataset in datasets.values() if on_read else ():
         on_read(dataset)
-    out.mkdir(parents=True, exist_ok=True)  # the record first: split files written before a failure are this data's
-    kept = earlier.get("splits", []) if earlier.get("source") == source else []
-    marks[fmt] = {"source": source, "splits": sorted({*kept, *datasets})}
+    out.mkdir(parents=True, exist_ok=True)
+    done = set(earlier.get("splits", []) if earlier.get("source") == source else [])
+    written: list[Path] = []
+    for name, dataset in datasets.items():
+        # the record first (this data's files, should the split stop half-way), then each finished split in it
+        marks[fmt] = {"source": source, "splits": sorted(done)}
+        write_text(out / MARK, json.dumps(marks, indent=2) + "\n")
+        paths = writer({name: dataset}, out)
+        done.add(name)
+        for path in paths:
+            if on_written is not None:
+                on_written(path)
+        written += paths
+    marks[fmt] = {"source": source, "splits": sorted(done)}
     write_text(out / MARK, json.dumps(marks, indent=2) + "\n")
-    return writer(datasets, out)
+    return list(dict.fromkeys(written))  # data.yaml and label_map.pbtxt: rewritten with each split, named once
 
 
 def _marks(out: Path) -> dict[str, dict]:
