@@ -391,3 +391,20 @@ def test_an_image_cut_short_is_a_truncated_image_error(images, fmt):
     with pytest.raises(ImageError) as garbage:
         decode_image(b"no image here", "garbage.jpg")
     assert not isinstance(garbage.value, TruncatedImageError)
+
+
+def test_an_image_smaller_than_a_cell_is_counted_with_a_warning() -> None:
+    """A thumbnail or an icon is no field of view: its zero counts are said, not taken silently."""
+    from pathlib import Path
+
+    from bloodcell.runtime.predict import predict_image
+
+    predictor = FakePredictor(conf=0.3)
+
+    for h, w, warned in ((6, 8, True), (31, 200, True), (32, 32, False)):
+        image = np.full((h, w, 3), (200, 120, 140), np.uint8)
+        result = predict_image(predictor, image, Path("x.jpg"), predictor.conf)
+        tiny = [m for m in result.warnings if "not a field of view" in m]
+        assert tiny == (
+            [f"image of {w}x{h} px: smaller than a cell, not a field of view (a thumbnail?)"] if warned else []
+        )

@@ -152,12 +152,19 @@ def _result(
     result.scale = scaled.scale
     if is_grayscale(image):
         result.warnings.append(GRAYSCALE_WARNING)
+    if min(image.shape[:2]) < TINY_SIDE:
+        h, w = image.shape[:2]
+        result.warnings.append(TINY_WARNING.format(w=w, h=h))
     if scaled.warning:
         result.warnings.append(scaled.warning)
     return result
 
 
 GRAYSCALE_WARNING = "grayscale image: the model tells white cells and platelets apart by their stain's colour"
+# Under a platelet's size (~39 px on the training microscope): a thumbnail or an icon, not a field of view,
+# whose zero counts would pull a slide's mean per field down unseen.
+TINY_SIDE = 32
+TINY_WARNING = "image of {w}x{h} px: smaller than a cell, not a field of view (a thumbnail?)"
 
 
 def is_grayscale(image: np.ndarray) -> bool:
