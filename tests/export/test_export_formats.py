@@ -220,3 +220,20 @@ def test_a_models_own_input_too_small_is_named_as_such(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the model's input 192x160 (pass --imgsz): the shorter side must hold 3 red cells" in err
     assert not (tmp_path / "s.onnx").exists()
+
+
+def test_an_existing_file_is_replaced_only_when_it_is_an_earlier_export(tmp_path, exports, capsys):
+    """A re-export replaces the earlier one; a user's other file at --out (or at its .json) never."""
+    from bloodcell.export.exporter import check_replaceable
+
+    for kind in ("onnx", "int8"):  # the metadata inside the file marks it, with or without its sidecar
+        earlier = tmp_path / f"earlier_{kind}{exports[kind].suffix}"
+        earlier.write_bytes(exports[kind].read_bytes())
+        check_replaceable(earlier, earlier.with_name(earlier.name + ".json"))
+    for name, text in (("other.onnx", "important notes"), ("n.onnx.json", '{"my": "data"}')):
+        (tmp_path / name).write_text(text)
+        out = tmp_path / name.removesuffix(".json")
+        assert main(["export", "--format", "onnx", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / name} exists and is not a bloodcell export" in err
+        assert (tmp_path / name).read_text() == text

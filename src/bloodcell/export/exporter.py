@@ -93,6 +93,7 @@ def export_model(
         raise ConfigError(f"--imgsz {width}x{height}: both sides must be multiples of 32")
     check_input_size((width, height), info.cell_size, given=imgsz is not None)
     meta_path = check_metadata_path(out)
+    check_replaceable(out, meta_path)
     # int8 (post-training): normalization moves into the input's quantization (export.graph).
     normalized = int8 and qat_state is None
     graph = ExportGraph(net, normalized_input=normalized).eval()
@@ -167,6 +168,28 @@ def check_metadata_path(out: Path) -> Path:
     if meta_path.is_dir():
         raise ConfigError(f"--out {out}: its metadata file {meta_path} is a folder")
     return meta_path
+
+
+def check_replaceable(out: Path, meta_path: Path) -> None:
+    """ConfigError (before any work) when ``out`` or its metadata file exists and is not a bloodcell export:
+    an earlier export is replaced, as a re-export should; a user's other file of that name never is."""
+    ours = {path: path.is_file() and _is_export(path) for path in (out, meta_path)}
+    foreign = [path for path in (out, meta_path) if path.is_file() and not ours[path]]
+    if out in foreign and ours[meta_path]:  # an export from before metadata went inside the file: its sidecar says
+        foreign.remove(out)
+    if foreign:
+        raise ConfigError(
+            f"--out {out}: {foreign[0]} exists and is not a bloodcell export (nor its metadata); "
+            "move it away or choose another --out"
+        )
+
+
+def _is_export(path: Path) -> bool:
+    """Whether ``path`` holds bloodcell export metadata (a sidecar, or a model file with it embedded)."""
+    try:
+        return f'"format": "{FORMAT}"'.encode() in path.read_bytes()
+    except OSError:
+        return False
 
 
 def _fitted(sidecar: Path) -> bool:
