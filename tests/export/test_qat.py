@@ -108,3 +108,13 @@ def test_qat_warns_of_an_unfitted_checkpoint_before_its_epochs(small_model, tiny
     err = capsys.readouterr().err
     assert f"warning: {unfitted}: a training checkpoint whose counting was not fitted" in err
     assert err.count("not fitted") == 1
+
+
+def test_qat_names_a_wrong_model_before_reading_the_data(tmp_path, capsys):
+    """An export given as --model is said at once, not after the data (which may be a slow share) was read."""
+    from bloodcell.cli import main
+
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
+    argv = ["qat", "--model", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "no-such-data")]
+    assert main([*argv, "--out", str(tmp_path / "q.tflite")]) == 2
+    assert "m.onnx: an ONNX export; this needs the .pt model" in capsys.readouterr().err

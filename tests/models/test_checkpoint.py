@@ -95,6 +95,7 @@ def test_a_training_checkpoint_loads_as_a_model_with_its_ema_weights(tmp_path) -
         ("m.pt", b"", r"\(the file is empty\)"),
         ("m.pt", b"hello world", r"\(not a PyTorch file\)"),
         ("m.onnx", b"\x08\x07", r"m\.onnx: an ONNX export; this needs the \.pt model it was exported from"),
+        ("m.tflite", b"TFL3", r"m\.tflite: a TFLite export; this needs the \.pt model it was exported from"),
     ],
 )
 def test_a_file_that_is_not_a_model_says_what_it_is(tmp_path, name, content, message) -> None:

@@ -86,7 +86,7 @@ def qat_finetune(config: QATConfig, progress: bool = True):
         import litert_torch  # noqa: F401  (the quantizer's; imported here, where its log is caught)
         from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train, quantize_pt2e
 
-    from bloodcell.export.exporter import check_input_size, check_metadata_path, export_model
+    from bloodcell.export.exporter import check_input_size, check_metadata_path, check_replaceable, export_model
 
     low, high = 32 * SIDE32[0], 32 * SIDE32[1]
     if config.imgsz % 32 or not low <= config.imgsz <= high:
@@ -95,15 +95,15 @@ def qat_finetune(config: QATConfig, progress: bool = True):
         raise ConfigError(f"--batch {config.batch}: at most {MAX_BATCH} (the exported training graph's range)")
     if config.threads:
         torch.set_num_threads(config.threads)
+    net, info = load_model(config.model)  # the model's faults before the data's (the data may be slow to read)
+    check_input_size(tuple(info.input_size), info.cell_size, given=False)  # the export at the end: said now
+    check_replaceable(Path(config.out), check_metadata_path(Path(config.out)))
+    if MODELS[info.name].kind != "dense":
+        raise ConfigError(f"{config.model}: QAT needs a one-stage model such as cellnet, not {info.name}")
     # A dataset YAML keeps each source's label completeness, as in training (a plain VOC folder: all exhaustive).
     records = load_dataset(resolve_data_root(config.data), split="train").records[: config.max_images]
     if len(records) < config.batch:
         raise ConfigError(f"QAT: {len(records)} training images, fewer than --batch {config.batch}")
-    net, info = load_model(config.model)
-    check_input_size(tuple(info.input_size), info.cell_size, given=False)  # the export at the end: said now
-    check_metadata_path(Path(config.out))
-    if MODELS[info.name].kind != "dense":
-        raise ConfigError(f"{config.model}: QAT needs a one-stage model such as cellnet, not {info.name}")
     if note := unfitted_checkpoint_note(Path(config.model), info):  # said before the QAT epochs, not after
         print(f"warning: {note}, then run qat on that", file=sys.stderr)
     folded, _ = fold_batch_norms(net)

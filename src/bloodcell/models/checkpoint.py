@@ -153,7 +153,8 @@ def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dic
         if actual != expected_sha256:
             raise ModelError(f"{path}: sha256 {actual[:12]}… does not match the expected {expected_sha256[:12]}…")
     if path.suffix.lower() in (".onnx", ".tflite"):
-        raise ModelError(f"{path}: an {path.suffix[1:].upper()} export; this needs the .pt model it was exported from")
+        kind = {".onnx": "an ONNX", ".tflite": "a TFLite"}[path.suffix.lower()]
+        raise ModelError(f"{path}: {kind} export; this needs the .pt model it was exported from")
     with open(path, "rb") as f:
         head = f.read(8)
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or its legacy pickle
