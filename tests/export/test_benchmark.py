@@ -60,6 +60,9 @@ def test_a_missing_model_or_extra_is_one_error_before_any_export(tiny_voc, tmp_p
         bench.benchmark(tmp_path / "nope.pt", tiny_voc, out=tmp_path / "out")
     with pytest.raises(ModelError, match=r"there\.tflite: model file not found"):
         bench.benchmark(None, tiny_voc, out=tmp_path / "out", extra=[tmp_path / "there.tflite"])
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")  # there, but no model: said before the exports too
+    with pytest.raises(ModelError, match=r"broken\.onnx"):
+        bench.benchmark(None, tiny_voc, out=tmp_path / "out", extra=[tmp_path / "broken.onnx"])
     assert exported == [] and not (tmp_path / "out").exists()
 
 

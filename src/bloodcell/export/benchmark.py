@@ -109,9 +109,10 @@ def benchmark(
     arch = (read_checkpoint(source).get("info") or {}).get("name")
     if arch in MODELS and MODELS[arch].kind != "dense":
         raise ConfigError(f"--model {source}: a {arch} model, which cannot be exported; benchmark needs cellnet")
-    for path in extra or []:  # as a missing --extra: now, not after the exports
+    for path in extra or []:  # a missing or broken --extra (not a model, another export's sidecar): now
         if not Path(path).is_file():
             raise missing_model(Path(path))
+        load_predictor(path, threads=1)  # its ModelError names the file; loading costs a second, not the exports
     records = load_dataset(data, split=split).records
     print(f"exporting {source.name} to {len(variants())} formats, then timing each", file=sys.stderr, flush=True)
     candidates: list[tuple[str, Path | None, str]] = [("torch (.pt)", source, "")]
