@@ -95,6 +95,14 @@ def table_counts(page, classes: list[str], row: str) -> dict[str, int]:
     return {name: int(cells[head.index(name)].split()[0]) for name in classes}  # "21 (19–24)": the count
 
 
+def downloaded_report(page, button: str, saved: Path):
+    """Click the page's download ``button``, save the file as ``saved`` and make a slide report of it."""
+    with page.expect_download() as download:
+        page.locator(button).click()
+    download.value.save_as(saved)
+    return build_report(saved, out=saved.with_suffix(".html"))
+
+
 def test_page_counts_equal_the_api(page, shipped, serving, bccd_root: Path, tmp_path: Path):
     from playwright.sync_api import expect
 
@@ -212,11 +220,7 @@ def test_page_shows_warnings_keeps_names_skips_repeats_and_its_json_makes_a_repo
         expect(page.locator("#status")).to_have_text("2 image(s); 1 file(s) already on the page, not added again")
         assert page.locator(".card").count() == 2
 
-        with page.expect_download() as download:
-            page.locator("#json").click()
-        saved = tmp_path / "results.json"
-        download.value.save_as(saved)
-        summary = build_report(saved, out=tmp_path / "report.html")
+        summary = downloaded_report(page, "#json", tmp_path / "results.json")
         assert summary.fields == 2
         shown = [table_counts(page, list(summary.classes), f"tbody tr:nth-child({i})") for i in (1, 2)]
         assert summary.totals == {c: sum(counts[c] for counts in shown) for c in summary.classes}
@@ -252,8 +256,6 @@ def test_two_files_of_one_name_are_two_fields_with_their_own_names(
     so a report of its CSV counts both; a PNG is named after the whole file name (f.jpg and f.png differ)."""
     from playwright.sync_api import expect
 
-    from bloodcell.app.report import build_report
-
     names = []
     for folder, image in (("a", IMAGES[0]), ("b", IMAGES[1])):
         (tmp_path / folder).mkdir()
@@ -266,11 +268,7 @@ def test_two_files_of_one_name_are_two_fields_with_their_own_names(
         rows = page.locator("#summary tbody tr")
         assert [rows.nth(i).locator("td").first.inner_text() for i in range(2)] == ["s.jpg", "s (2).jpg"]
         shown = [table_counts(page, list(shipped.class_names), f"tbody tr:nth-child({i})") for i in (1, 2)]
-        with page.expect_download() as download:
-            page.locator("#csv").click()
-        saved = tmp_path / "counts.csv"
-        download.value.save_as(saved)
-        summary = build_report(saved, out=tmp_path / "report.html")
+        summary = downloaded_report(page, "#csv", tmp_path / "counts.csv")
         assert summary.fields == 2
         assert summary.totals == {c: sum(counts[c] for counts in shown) for c in summary.classes}
         page.locator("#clear").click()
