@@ -3,6 +3,7 @@ allows it), one failed export reported without hiding the others; exports and mo
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,6 +24,7 @@ def stand_ins(monkeypatch):
             raise BloodcellError("no onnx today")
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_bytes(b"\0" * 2**20)
+        return SimpleNamespace(metadata={"calibration_images": 3} if int8 else {})  # a split of 3 train images
 
     monkeypatch.setattr("bloodcell.export.exporter.export_model", export_model)  # benchmark imports it per call
     monkeypatch.setattr("bloodcell.models.checkpoint.read_checkpoint", lambda path: {})  # the stand-in .pt
@@ -30,7 +32,7 @@ def stand_ins(monkeypatch):
     return exported
 
 
-def test_benchmark_runs_every_format_of_the_table(stand_ins, tiny_voc, tmp_path, monkeypatch):
+def test_benchmark_runs_every_format_of_the_table(stand_ins, tiny_voc, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(FORMATS, "npz", ExportFormat("npz", ".npz", int8=True, runtime="numpy"))
     model = tmp_path / "cell.pt"
     model.write_bytes(b"weights")
@@ -49,6 +51,8 @@ def test_benchmark_runs_every_format_of_the_table(stand_ins, tiny_voc, tmp_path,
     assert by_name["npz fp32"].size_mb == 1.0
     with open(tmp_path / "out" / "benchmark.csv", newline="") as f:
         assert [row["format"] for row in csv.DictReader(f)] == [r.format for r in rows]
+    # int8 ranges from fewer images than asked: said, as `export --int8` says it
+    assert "int8 ranges set from 3 images: the train split has no more (asked for 32)" in capsys.readouterr().err
 
 
 def test_a_missing_model_or_extra_is_one_error_before_any_export(tiny_voc, tmp_path, monkeypatch):

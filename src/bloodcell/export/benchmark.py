@@ -119,7 +119,16 @@ def benchmark(
     for variant in variants():
         path = out / variant.file_name(source.stem)
         try:
-            export_model(model, variant.format.name, path, int8=variant.int8, calib_images=calib_images, data=data)
+            result = export_model(
+                model, variant.format.name, path, int8=variant.int8, calib_images=calib_images, data=data
+            )
+            used = result.metadata.get("calibration_images")
+            if used is not None and used < calib_images:  # as `export --int8` says it
+                print(
+                    f"note: {variant.label}: int8 ranges set from {used} images: the train split has no more "
+                    f"(asked for {calib_images})",
+                    file=sys.stderr,
+                )
             candidates.append((variant.label, path, ""))
         except Exception as e:  # one failed export must not hide the others
             candidates.append((variant.label, None, _reason(e)))
