@@ -158,3 +158,16 @@ def test_lite_install_names_the_eval_extra_and_watches_without_watchdog(lite, ex
     run = lite("watch", str(folder), "--model", str(exports["int8"]), "--once")
     assert run.returncode == 0, run.stderr[-2000:]
     assert (folder / "bloodcell" / "counts.csv").is_file() and "Traceback" not in run.stderr
+
+
+def test_an_export_of_an_unfitted_model_says_what_it_counts_with(exports, tmp_path):
+    """An export of a training checkpoint (no counting fit) is said at every load, as the checkpoint is."""
+    from bloodcell.runtime.loader import load_predictor
+
+    model = tmp_path / "last.onnx"
+    model.write_bytes(exports["onnx"].read_bytes())
+    meta = json.loads(exports["onnx"].with_name(exports["onnx"].name + ".json").read_text())
+    model.with_name("last.onnx.json").write_text(json.dumps({**meta, "calibration": None}))
+    notes = load_predictor(model).notes
+    assert any("last.onnx was exported from a model whose counting was not fitted" in n for n in notes), notes
+    assert not any("not fitted" in n for n in load_predictor(exports["onnx"]).notes)  # a fitted one: no note

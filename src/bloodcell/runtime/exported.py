@@ -8,6 +8,7 @@ run the graph, and decode with the same code as the torch predictor.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -49,7 +50,10 @@ class ExportedPredictor:
         self.input_scale = metadata.input_scale
         self.post = PostprocessConfig(iou_threshold=metadata.iou_threshold)
         self.times = StageTimes()
-        self.notes = [unfitted_int8_note(path)] if metadata.int8 and not metadata.raw.get("fitted") else []
+        refit = bool(metadata.raw.get("fitted"))
+        self.notes = [unfitted_int8_note(path)] if metadata.int8 and not refit else []
+        if metadata.calibration is None and not refit and not metadata.int8:  # (int8's note already says refit)
+            self.notes.append(unfitted_export_note(path))
         self.notes += filter(None, [sidecar_note(path, sidecar, embedded)])
 
     def describe(self) -> dict:
@@ -154,6 +158,15 @@ def unfitted_int8_note(path: Path) -> str:
         f"{path.name} is int8 and counts with the operating points of the model it came from; quantization "
         f"can move scores, and counts with them: refit them with `bloodcell calibrate --model {path} --data "
         "DATA`, DATA a val split with every cell boxed (e.g. datasets/bccd-dense.yaml)"
+    )
+
+
+def unfitted_export_note(path: Path) -> str:
+    """An export of a model whose counting was never fitted (a training checkpoint): what it counts with."""
+    return (
+        f"{path.name} was exported from a model whose counting was not fitted (a training checkpoint): its counts "
+        f"use the default operating points and have no intervals; fit them with `bloodcell calibrate --model "
+        f"{shlex.quote(str(path))} --data DATA`, DATA a val split with every cell boxed"
     )
 
 
