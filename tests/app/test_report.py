@@ -238,7 +238,15 @@ def test_report_of_predict_output_draws_on_the_originals_not_the_annotated_copie
         ("image,width,height,scale,RBC,RBC_lo90,RBC_hi90\na.jpg,64,48,1,three,2,4\n", "line 2: not a whole number"),
         ("image,width,height,scale,RBC,RBC_lo90,RBC_hi90\na.jpg,64,48,1,3,2\n", "line 2: 6 columns"),
         ("image,width,height,scale,RBC,RBC_lo90,RBC_hi90\n", "no records"),
-        ("image,RBC,RBC_lo90,RBC_hi90\nb\xe4d.jpg,3,2,4\n".encode("latin-1"), "not UTF-8 text: byte 29 is 0xe4"),
+        (
+            "image,RBC,RBC_lo90,RBC_hi90\nb\xe4d.jpg,3,2,4\n".encode("latin-1"),
+            "not UTF-8 text: line 2, byte 29 is 0xe4",
+        ),
+        (  # past the reader's first 8 KiB, after a byte-order mark: where the file has it
+            ("\ufeffimage,RBC,RBC_lo90,RBC_hi90\n" + "a.jpg,3,2,4\n" * 1000).encode()
+            + "\xe4.jpg,1,0,2\n".encode("latin-1"),
+            "not UTF-8 text: line 1002, byte 12031 is 0xe4",
+        ),
     ],
 )
 def test_a_bad_counts_csv_is_one_line_and_exit_2(tmp_path: Path, capsys, content: str | bytes, problem: str):

@@ -381,3 +381,16 @@ def test_ctrl_c_on_a_stream_is_an_interruption_only_when_it_serves_a_file(
     assert main(["predict", "--source", "http://scope/slide.mp4", "--model", str(model), "--out", str(out)]) == code
     counts = out / ("slide_counts.partial.csv" if code else "slide_counts.csv")  # cut short: its own name
     assert len(counts.read_text().splitlines()) == 3
+
+
+def test_quitting_a_video_file_in_the_window_is_partial_but_no_failure():
+    """q/Esc on a file: what was counted is kept under .partial names, said as a stop (not "cut off or
+    damaged?"), exit 0; on a camera the same key is just its end."""
+    from bloodcell.app.video import StreamSummary
+
+    quit_file = StreamSummary("slide.mp4", CLASS_NAMES, frames=2, expected_frames=6, quit=True)
+    assert quit_file.partial and quit_file.complete
+    assert "stopped in the window after 2 of 6 frames; the .partial files hold those" in str(quit_file)
+    assert "cut off" not in str(quit_file)
+    camera = StreamSummary("0", CLASS_NAMES, frames=40, quit=True)
+    assert not camera.partial and camera.complete and "stopped" not in str(camera)

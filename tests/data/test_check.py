@@ -157,3 +157,12 @@ def test_an_empty_split_list_is_a_finding(tmp_path: Path, capsys) -> None:
     found = [(f["file"], f["kind"]) for f in json.loads(out)["findings"]]
     assert found == [("ImageSets/Main/test.txt", "empty-split")]
     assert code == 0  # no image is left out: a finding, an error only with --strict
+
+
+def test_an_empty_split_list_read_through_a_yaml_is_the_same_finding(tmp_path: Path, capsys) -> None:
+    voc = make_voc(tmp_path / "a", n_images=3)
+    voc.write_split("test", [])
+    spec = tmp_path / "d.yaml"
+    spec.write_text(f"sources:\n  - path: {voc.root}\n")
+    code, out, _ = _run(capsys, str(spec), "--json")
+    assert [f["kind"] for f in json.loads(out)["findings"]] == ["empty-split"] and code == 0

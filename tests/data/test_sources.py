@@ -75,6 +75,7 @@ def test_split_that_only_one_source_has(tmp_path, bccd_root, dense_root):
         ("sources:\n  - path: nowhere\n", r"sources\[0\]: path 'nowhere' \(.*nowhere\) is not a folder"),
         ("sources:\n  - {path: x, path: y}\n", "line 2, column 15: duplicate key 'path'"),
         ("sources:\n  - path: .\n  - path: ./\n", r"sources\[1\]: path './' \(.*\) is listed twice"),
+        ("sources:\n  - ? [a, b]\n    : 1\n", "line 2, column 7: found unhashable key"),
     ],
 )
 def test_bad_yaml_is_a_clear_error(tmp_path, text, message):
@@ -201,3 +202,12 @@ def test_a_yaml_reports_what_its_folders_report(tmp_path):
     assert len(val.records) == 1
     whole = load_dataset(spec, None, decode_images=False)
     assert [(f.file, f.kind) for f in whole.findings] == [("b/stray.jpg", "missing-annotation")]
+
+
+def test_a_yaml_anchor_merged_into_a_source_may_be_overridden(tmp_path):
+    """`<<: *d` then `path:`: the merged path is replaced, as YAML means it (no duplicate key)."""
+    for name in ("d1", "d2"):
+        (tmp_path / name).mkdir()
+    spec = tmp_path / "m.yaml"
+    spec.write_text("sources:\n  - &d {path: d1, exhaustive: [RBC]}\n  - <<: *d\n    path: d2\n")
+    assert [(s.path.name, s.exhaustive) for s in read_spec(spec).sources] == [("d1", ("RBC",)), ("d2", ("RBC",))]

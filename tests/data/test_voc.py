@@ -401,3 +401,12 @@ def test_an_annotation_with_an_upper_case_suffix_is_named_in_the_finding(tmp_pat
     [finding] = dataset.findings
     assert finding.kind == "missing-annotation"
     assert "(img0.XML is there: rename it to img0.xml; annotations end in lowercase .xml)" in finding.detail
+
+
+def test_an_object_without_a_name_is_said_so(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path, n_images=1, splits=False)
+    path = voc.xml_path("img0")
+    text = path.read_text()
+    path.write_text(text.replace(text[text.index("<name>") : text.index("</name>") + 7], "", 1))
+    found = [f for f in load_voc(tmp_path).findings if f.object == 1]
+    assert [(f.kind, f.detail, f.action) for f in found] == [("unknown-class", "object has no <name>", "dropped")]

@@ -15,6 +15,7 @@ the ``counts[label]`` highest-scoring detections of that label: the boxes that w
 from __future__ import annotations
 
 import base64
+import codecs
 import csv
 import html
 import io
@@ -203,14 +204,10 @@ def read_slide(path: Path) -> tuple[list[dict], list[str]]:
         )
     if path.suffix.lower() == ".csv":
         return _csv_records(path)
-    try:  # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8", Notepad) is not part of the text
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
+    try:
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read ({_read_error(e)})") from None
     if isinstance(data, dict) and isinstance(data.get("images"), list):  # the web page's results.json
         data = data["images"]
     if not isinstance(data, list):
@@ -229,22 +226,30 @@ def read_slide(path: Path) -> tuple[list[dict], list[str]]:
     return data, failed
 
 
-def _read_error(e: Exception) -> str:
-    if isinstance(e, UnicodeDecodeError):
-        return f"not UTF-8 text: byte {e.start} is 0x{e.object[e.start]:02x}; save it as UTF-8"
-    return str(e)
+def _read_text(path: Path) -> str:
+    """The file's UTF-8 text, without a byte-order mark (Excel's "CSV UTF-8", Notepad); a DatasetError
+    naming the line and byte where it is not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read ({e})") from None
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = skip + e.start
+        line = data.count(b"\n", 0, at) + 1
+        raise DatasetError(
+            f"{path}: not UTF-8 text: line {line}, byte {at} is 0x{data[at]:02x}; save it as UTF-8"
+        ) from None
 
 
 def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
     """A counts CSV as records without detections (its rows hold counts, not boxes): one per image, the
     last row of an image that was counted again (watch appends a row when a file is rewritten)."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.reader(f))
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read ({_read_error(e)})") from None
+    rows = list(csv.reader(io.StringIO(_read_text(path), newline="")))
     if not rows or not rows[0] or rows[0][0] != "image":
         raise DatasetError(f"{path}: expected a counts CSV whose first column is 'image' (watch, predict --csv)")
     header = rows[0]

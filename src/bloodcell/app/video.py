@@ -49,6 +49,7 @@ class StreamSummary:
     csv_path: Path | None = None
     expected_frames: int = 0  # what a video file says it holds (0: a camera or a stream, unknown)
     interrupted: bool = False  # Ctrl-C (or a stop signal) before a video file ended
+    quit: bool = False  # q/Esc or the window closed, before the source ended
     source_stopped: bool = False  # a camera, or a stream of unknown length, gave no more frames (not q/Ctrl-C)
     seconds: float = 0.0  # wall time from the first frame read to the last counted
 
@@ -56,8 +57,15 @@ class StreamSummary:
     def complete(self) -> bool:
         """A video file read to its end (a camera or a stream has none: stopping it is how it ends)."""
         # a container's frame count can be an estimate (duration x rate): a frame or 1% short is not a cut
-        cut = self.expected_frames and self.frames < 0.99 * self.expected_frames - 1
+        cut = self.expected_frames and self.frames < 0.99 * self.expected_frames - 1 and not self.quit
         return not (self.interrupted or cut or self.source_stopped)
+
+    @property
+    def partial(self) -> bool:
+        """A file (here or served) not read to its end: its outputs get .partial names (a camera's or a live
+        stream's end is its stop; their names are per session)."""
+        short = self.expected_frames and self.frames < 0.99 * self.expected_frames - 1
+        return bool(self.interrupted or (short and not self.source_stopped))
 
     def mean_per_frame(self) -> dict[str, float]:
         return {k: v / self.frames if self.frames else 0.0 for k, v in self.totals.items()}
@@ -69,6 +77,11 @@ class StreamSummary:
         if self.interrupted:
             of = f" of {self.expected_frames}" if self.expected_frames else ""
             lines.append(f"interrupted after {self.frames}{of} frames; the .partial files hold those")
+        elif self.quit and self.partial:
+            lines.append(
+                f"stopped in the window after {self.frames} of {self.expected_frames} frames; "
+                "the .partial files hold those"
+            )
         elif self.source_stopped:
             what = "the camera" if self.source.isdigit() else "the stream"
             lines.append(
@@ -255,8 +268,7 @@ def run_stream(
         if summary.frames == 0:
             raise ImageError(f"{source}: no frame could be read")
         ok = True
-        # a file (here or served) cut short; a camera's or live stream's end is its stop (names: per session)
-        partial = not summary.complete and not summary.source_stopped
+        partial = summary.partial
     finally:
         cap.release()
         if shown:
@@ -291,5 +303,6 @@ def _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_
         if shown:
             cv2.imshow(WINDOW, bgr)
             if (cv2.waitKey(1) & 0xFF) in QUIT_KEYS or cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
+                summary.quit = True
                 return False
     return False

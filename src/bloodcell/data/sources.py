@@ -106,7 +106,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         seen = set()
-        for key_node, _ in node.value:
+        for key_node, _ in node.value:  # the mapping's own keys: a merged anchor's (<<: *d) may be overridden
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # a list or mapping as a key: the base class says "found unhashable key"
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -207,6 +209,7 @@ def load_dataset(
         return load_voc(root, split, class_names=class_names, decode_images=decode_images)
     split_name = None if split is None else spec.split_file(split)
     members: dict[str, Path] = {}  # image id -> the first source whose split file (or Annotations) lists it
+    has_split = False
     listed_twice = []  # (source, finding): a split file listing an image twice, as a plain folder reports it
     for source in spec.sources:
         if split_name is None:
@@ -215,13 +218,14 @@ def load_dataset(
             ids = read_split_ids(source.path, split_name)  # unreadable: an error, not a missing split
         else:
             continue
+        has_split = True
         for image_id, n in Counter(ids).items():
             members.setdefault(image_id, source.path)
             if n > 1:
                 detail = f"listed {n} times in ImageSets/Main/{split_name}.txt; used once"
                 finding = Finding(f"{image_id}.xml", None, "duplicate-id", detail, "used once")
                 listed_twice.append((source.path, finding))
-    if split_name is not None and not members:
+    if split_name is not None and not has_split:  # (a list that names no image is an empty split, not none)
         raise DatasetError(f"{root}: no source has split {split!r} (ImageSets/Main/{split_name}.txt)")
     annotated = {
         source.path: {i for i in members if (source.path / "Annotations" / f"{i}.xml").is_file()}

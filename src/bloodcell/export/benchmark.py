@@ -112,7 +112,10 @@ def benchmark(
     for path in extra or []:  # a missing or broken --extra (not a model, another export's sidecar): now
         if not Path(path).is_file():
             raise missing_model(Path(path))
-        load_predictor(path, threads=1)  # its ModelError names the file; loading costs a second, not the exports
+        if Path(path).suffix.lower() == ".pt":  # read, not loaded: loading sets torch's threads for the exports
+            read_checkpoint(Path(path))
+        else:
+            load_predictor(path, threads=1)  # its ModelError names the file; a second, not the exports' minutes
     records = load_dataset(data, split=split).records
     print(f"exporting {source.name} to {len(variants())} formats, then timing each", file=sys.stderr, flush=True)
     candidates: list[tuple[str, Path | None, str]] = [("torch (.pt)", source, "")]

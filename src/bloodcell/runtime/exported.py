@@ -162,10 +162,10 @@ def unfitted_int8_note(path: Path) -> str:
 
 
 def unfitted_export_note(path: Path) -> str:
-    """An export of a model whose counting was never fitted (a training checkpoint): what it counts with."""
+    """An export of a model whose counting was never fitted (e.g. a training checkpoint): what it counts with."""
     return (
-        f"{path.name} was exported from a model whose counting was not fitted (a training checkpoint): its counts "
-        f"use the default operating points and have no intervals; fit them with `bloodcell calibrate --model "
+        f"{path.name} was exported from a model whose counting was not fitted: its counts use the operating "
+        f"points it was exported with and have no intervals; fit them with `bloodcell calibrate --model "
         f"{shlex.quote(str(path))} --data DATA`, DATA a val split with every cell boxed"
     )
 
