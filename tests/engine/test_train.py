@@ -57,10 +57,13 @@ def test_smoke_train_two_iterations_writes_a_complete_run(tiny_voc, tmp_path, mo
         export_model(run / "last.pt", "onnx", tmp_path / "last.onnx")
         said = f"warning: {run / 'last.pt'}: a training checkpoint whose counting was not fitted"
         assert said in capsys.readouterr().err
+        [note] = load_predictor(tmp_path / "last.onnx").notes  # and the export says it at every load
+        assert "last.onnx was exported from a training checkpoint whose counting was not fitted" in note
         # best.pt's export carries the images its counting was fitted on (val's in-sample note reads them)
         exported = export_model(result.best, "onnx", tmp_path / "best.onnx").path
         val_ids = sorted((tiny_voc / "ImageSets" / "Main" / "val.txt").read_text().split())
         assert load_predictor(exported).metadata.raw["counting_fit"] == {"images": val_ids}
+        assert load_predictor(exported).notes == []
     if model == "fasterrcnn":  # fine-tuning its file: CellNet's missing-label settings would be ignored
         again = dataclasses.replace(cfg, model=str(result.best), pretrained=True, missing_labels="pseudo")
         with pytest.raises(ConfigError, match="is a fasterrcnn model, which trains with its own"):

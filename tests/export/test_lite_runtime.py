@@ -167,7 +167,8 @@ def test_an_export_of_an_unfitted_model_says_what_it_counts_with(exports, tmp_pa
     model = tmp_path / "last.onnx"
     model.write_bytes(exports["onnx"].read_bytes())
     meta = json.loads(exports["onnx"].with_name(exports["onnx"].name + ".json").read_text())
-    model.with_name("last.onnx.json").write_text(json.dumps({**meta, "calibration": None}))
+    # what export writes for a checkpoint whose counting was never fitted (last.pt)
+    model.with_name("last.onnx.json").write_text(json.dumps({**meta, "calibration": None, "unfitted_checkpoint": True}))
     notes = load_predictor(model).notes
-    assert any("last.onnx was exported from a model whose counting was not fitted" in n for n in notes), notes
+    assert any("last.onnx was exported from a training checkpoint whose counting was not" in n for n in notes), notes
     assert not any("not fitted" in n for n in load_predictor(exports["onnx"]).notes)  # a fitted one: no note

@@ -109,6 +109,8 @@ def export_model(
         meta["format_version"] = max(meta["format_version"], NORMALIZED_INPUT_VERSION)
         meta["input_normalization"] = {"scale": scale, "shift": shift}
         meta["input_layout"] = "NHWC RGB, pixels 0..255 times input_normalization.scale plus .shift, per channel"
+    if unfitted_checkpoint_note(source, info):  # the runtime says so at every load, as for the checkpoint
+        meta["unfitted_checkpoint"] = True
     meta.update(extra_metadata or {})
     # Checked before the (slow) conversion: an export that the runtime would refuse is never written.
     parse_metadata(meta, f"{out} (metadata of {source.name})")

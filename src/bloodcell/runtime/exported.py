@@ -52,7 +52,8 @@ class ExportedPredictor:
         self.times = StageTimes()
         refit = bool(metadata.raw.get("fitted"))
         self.notes = [unfitted_int8_note(path)] if metadata.int8 and not refit else []
-        if metadata.calibration is None and not refit and not metadata.int8:  # (int8's note already says refit)
+        unfitted = metadata.raw.get("unfitted_checkpoint") is True and metadata.calibration is None
+        if unfitted and not refit and not metadata.int8:  # (int8's note already says refit)
             self.notes.append(unfitted_export_note(path))
         self.notes += filter(None, [sidecar_note(path, sidecar, embedded)])
 
@@ -162,10 +163,10 @@ def unfitted_int8_note(path: Path) -> str:
 
 
 def unfitted_export_note(path: Path) -> str:
-    """An export of a model whose counting was never fitted (e.g. a training checkpoint): what it counts with."""
+    """An export of a training checkpoint whose counting was never fitted: what it counts with."""
     return (
-        f"{path.name} was exported from a model whose counting was not fitted: its counts use the operating "
-        f"points it was exported with and have no intervals; fit them with `bloodcell calibrate --model "
+        f"{path.name} was exported from a training checkpoint whose counting was not fitted: its counts use the "
+        f"operating points it was exported with and have no intervals; fit them with `bloodcell calibrate --model "
         f"{shlex.quote(str(path))} --data DATA`, DATA a val split with every cell boxed"
     )
 
