@@ -160,12 +160,8 @@ def cmd_data_export(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
 
-    said: set[Path] = set()
-
     def written(path: Path) -> None:  # as each split finishes: a stopped export has named what it kept
-        if path not in said:
-            said.add(path)
-            print(f"wrote {path}", flush=True)
+        print(f"wrote {path}", flush=True)
 
     export_dataset(_data_root(args), args.format, args.out, splits=args.split, on_read=report, on_written=written)
     return 1 if skipped else 0  # an image left out of the export is a failed input, as in `data check`
@@ -744,7 +740,7 @@ def _predict_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from bloodcell.export.exporter import export_model
+    from bloodcell.export.exporter import calibration_shortfall, export_model
     from bloodcell.export.formats import CALIB_IMAGES
 
     for flag, value in (("--calib-images", args.calib_images), ("--data", args.data)):
@@ -764,9 +760,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         verbose=args.verbose,
     )
     _print_written(result, int8=args.int8)
-    asked, used = args.calib_images or CALIB_IMAGES, result.metadata.get("calibration_images")
-    if used is not None and used < asked:
-        print(f"note: int8 ranges set from {used} images: the train split has no more (asked for {asked})")
+    if shortfall := calibration_shortfall(result, args.calib_images or CALIB_IMAGES):
+        print(f"note: {shortfall}")
     if "ops" in result.metadata:
         print(f"ops: {', '.join(result.metadata['ops'])}")
     return 0

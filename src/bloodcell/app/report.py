@@ -414,12 +414,13 @@ def source_image(record: dict, results_json: Path, images_dir: str | Path | None
         folder = Path(images_dir) if images_dir is not None else results_json.parent / "annotated"
         inside = _inside(record["image"])
         copy = annotated_path(folder, inside.as_posix())
+        if copy.is_file():
+            return copy
         # the page's PNG: f.jpg_annotated.png (an older page wrote f_annotated.png, which f.png shared)
-        for page_png in (folder / inside.with_name(f"{inside.name}_annotated.png"),
-                         folder / inside.with_name(f"{inside.stem}_annotated.png")):  # fmt: skip
-            if not copy.is_file() and page_png.is_file():
+        for png_name in (f"{inside.name}_annotated.png", f"{inside.stem}_annotated.png"):
+            if (page_png := folder / inside.with_name(png_name)).is_file():
                 return page_png
-        return copy if copy.is_file() or images_dir is None else folder / inside
+        return copy if images_dir is None else folder / inside
     if images_dir is None:
         recorded = record.get("path")
         if isinstance(recorded, str) and Path(recorded).is_file():

@@ -56,16 +56,19 @@ class StreamSummary:
     @property
     def complete(self) -> bool:
         """A video file read to its end (a camera or a stream has none: stopping it is how it ends)."""
-        # a container's frame count can be an estimate (duration x rate): a frame or 1% short is not a cut
-        cut = self.expected_frames and self.frames < 0.99 * self.expected_frames - 1 and not self.quit
-        return not (self.interrupted or cut or self.source_stopped)
+        return not (self.interrupted or (self._short and not self.quit) or self.source_stopped)
 
     @property
     def partial(self) -> bool:
         """A file (here or served) not read to its end: its outputs get .partial names (a camera's or a live
         stream's end is its stop; their names are per session)."""
-        short = self.expected_frames and self.frames < 0.99 * self.expected_frames - 1
-        return bool(self.interrupted or (short and not self.source_stopped))
+        return self.interrupted or (self._short and not self.source_stopped)
+
+    @property
+    def _short(self) -> bool:
+        """Fewer frames read than the source announces; a container's count can be an estimate (duration x
+        rate): a frame or 1% short is not short."""
+        return bool(self.expected_frames) and self.frames < 0.99 * self.expected_frames - 1
 
     def mean_per_frame(self) -> dict[str, float]:
         return {k: v / self.frames if self.frames else 0.0 for k, v in self.totals.items()}

@@ -63,9 +63,7 @@ def _split_findings(root: str | Path, class_names: tuple[str, ...]) -> list[Find
             if f.kind in SPLIT_KINDS
         ]  # the whole-folder read still counts the image: only the split goes without it
         members[name] = {r.image_path.name for r in part.records}
-        if (
-            not part.records and not part.findings
-        ):  # a list saved before it was filled: every command's split of nothing
+        if not part.records and not part.findings:  # a list saved before it was filled: a split of nothing
             detail = f"ImageSets/Main/{name}.txt lists no image: training, scoring or exporting it has nothing to use"
             found.append(Finding(f"ImageSets/Main/{name}.txt", None, "empty-split", detail, "none"))
     for scored in ("val", "test"):  # (trainval overlaps train and val by design)

@@ -53,7 +53,7 @@ def export_dataset(
     """Write each split of the VOC folder or dataset YAML at ``root`` to ``out`` in format ``fmt`` (a
     YAML's sources merged, later ones overriding earlier ones); return the paths written.
     ``on_read``: called with each split's dataset before anything is written (the CLI reports findings).
-    ``on_written``: called with each path once it is complete, split by split (a stopped export has said
+    ``on_written``: called once with each path when it is complete, split by split (a stopped export has said
     what it kept, and its record lists only the splits it finished)."""
     writer = FORMATS.get(fmt)
     if writer is None:
@@ -75,20 +75,22 @@ def export_dataset(
         on_read(dataset)
     out.mkdir(parents=True, exist_ok=True)
     done = set(earlier.get("splits", []) if earlier.get("source") == source else [])
-    written: list[Path] = []
-    for name, dataset in datasets.items():
-        # the record first (this data's files, should the split stop half-way), then each finished split in it
+
+    def record() -> None:
         marks[fmt] = {"source": source, "splits": sorted(done)}
         write_text(out / MARK, json.dumps(marks, indent=2) + "\n")
+
+    record()  # first: files of a split stopped half-way are this data's
+    written: dict[Path, None] = {}  # data.yaml and label_map.pbtxt: rewritten with each split, named once
+    for name, dataset in datasets.items():
         paths = writer({name: dataset}, out)
         done.add(name)
+        record()
         for path in paths:
-            if on_written is not None:
+            if path not in written and on_written is not None:
                 on_written(path)
-        written += paths
-    marks[fmt] = {"source": source, "splits": sorted(done)}
-    write_text(out / MARK, json.dumps(marks, indent=2) + "\n")
-    return list(dict.fromkeys(written))  # data.yaml and label_map.pbtxt: rewritten with each split, named once
+            written[path] = None
+    return list(written)
 
 
 def _marks(out: Path) -> dict[str, dict]:

@@ -97,7 +97,7 @@ def benchmark(
 ) -> list[BenchmarkRow]:
     """Export ``model`` to every format, then score and time each (plus ``extra`` files, e.g. a QAT export)."""
     # imported here: the exporter brings torch, and ``latencies_ms`` times .tflite/.onnx models without it
-    from bloodcell.export.exporter import export_model
+    from bloodcell.export.exporter import calibration_shortfall, export_model
     from bloodcell.models.checkpoint import read_checkpoint
     from bloodcell.models.registry import MODELS
 
@@ -125,13 +125,8 @@ def benchmark(
             result = export_model(
                 model, variant.format.name, path, int8=variant.int8, calib_images=calib_images, data=data
             )
-            used = result.metadata.get("calibration_images")
-            if used is not None and used < calib_images:  # as `export --int8` says it
-                print(
-                    f"note: {variant.label}: int8 ranges set from {used} images: the train split has no more "
-                    f"(asked for {calib_images})",
-                    file=sys.stderr,
-                )
+            if shortfall := calibration_shortfall(result, calib_images):  # as `export --int8` says it
+                print(f"note: {variant.label}: {shortfall}", file=sys.stderr)
             candidates.append((variant.label, path, ""))
         except Exception as e:  # one failed export must not hide the others
             candidates.append((variant.label, None, _reason(e)))

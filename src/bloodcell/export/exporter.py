@@ -86,8 +86,9 @@ def export_model(
     net, info = load_model(source)  # the shipped model is checked against its manifest there
     if MODELS[info.name].kind != "dense":
         raise ConfigError(f"{source}: {info.name} cannot be exported; export needs a one-stage model such as cellnet")
-    if qat_state is None and (note := unfitted_checkpoint_note(source, info)):  # (qat says it before training)
-        print(f"warning: {note}, then export that", file=sys.stderr)
+    unfitted = unfitted_checkpoint_note(source, info)  # the export would count as it does: said now, and at load
+    if qat_state is None and unfitted:  # (qat says it before training)
+        print(f"warning: {unfitted}, then export that", file=sys.stderr)
     width, height = imgsz or tuple(info.input_size)
     if width % 32 or height % 32:
         raise ConfigError(f"--imgsz {width}x{height}: both sides must be multiples of 32")
@@ -109,7 +110,7 @@ def export_model(
         meta["format_version"] = max(meta["format_version"], NORMALIZED_INPUT_VERSION)
         meta["input_normalization"] = {"scale": scale, "shift": shift}
         meta["input_layout"] = "NHWC RGB, pixels 0..255 times input_normalization.scale plus .shift, per channel"
-    if unfitted_checkpoint_note(source, info):  # the runtime says so at every load, as for the checkpoint
+    if unfitted:  # the runtime says so at every load, as for the checkpoint
         meta["unfitted_checkpoint"] = True
     meta.update(extra_metadata or {})
     # Checked before the (slow) conversion: an export that the runtime would refuse is never written.
@@ -170,6 +171,14 @@ def check_metadata_path(out: Path) -> Path:
     if meta_path.is_dir():
         raise ConfigError(f"--out {out}: its metadata file {meta_path} is a folder")
     return meta_path
+
+
+def calibration_shortfall(result: ExportResult, asked: int) -> str | None:
+    """What to say when an int8 export's ranges came from fewer train images than asked; None otherwise."""
+    used = result.metadata.get("calibration_images")
+    if used is None or used >= asked:
+        return None
+    return f"int8 ranges set from {used} images: the train split has no more (asked for {asked})"
 
 
 def check_replaceable(out: Path, meta_path: Path) -> None:
