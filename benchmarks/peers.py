@@ -14,9 +14,9 @@ preprocessed tensor (the first BCCD val image, letterboxed to the model's input)
 iterations after warm-up. Each model file runs in its own subprocess; the rounds alternate over all
 files (odd rounds in reverse order) so slow drift of a shared machine hits every model alike.
 
-- CellNet: every bloodcell export format of the shipped model (``bloodcell export``: ONNX fp32,
-  TFLite fp32, TFLite full-int8), the shipped .pt in torch eager, and an ONNX int8 made here with
-  onnxruntime's ``quantize_static`` (not a bloodcell format; the same recipe as the YOLO int8 rows).
+- CellNet: every bloodcell export format of the shipped model (``bloodcell export``: ONNX fp32 and
+  int8, TFLite fp32 and full-int8) and the shipped .pt in torch eager. bloodcell's ONNX int8 is
+  onnxruntime's ``quantize_static``, the recipe of the YOLO ONNX int8 rows, with a uint8 input.
   Timed with the main venv's python.
 - YOLO11n / YOLOv8n: built from their architecture YAMLs with nc=3 and random init (latency only, no
   weight download), exported by ultralytics at imgsz=(480, 640), i.e. a 640x480 network input like
@@ -28,7 +28,7 @@ files (odd rounds in reverse order) so slow drift of a shared machine hits every
   A model whose ONNX export fails is timed in torch eager instead, and the table says so.
 
 ``--cellnet-model`` times these CellNet files (each at its own input size) instead of the shipped one.
-``--pipeline N`` adds a second table: each model's TFLite int8 file as a whole pipeline on N decoded
+``--pipeline N`` adds a second table: each model's int8 files (TFLite, ONNX) as whole pipelines on N decoded
 BCCD val frames (bloodcell's ``predict_image``, with its scale handling, decoding, NMS and counts;
 ultralytics' ``predict`` with its letterbox and NMS), also in alternating rounds.
 
@@ -375,7 +375,10 @@ def worker_time(args: argparse.Namespace) -> None:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: x}
+        graph_input = session.get_inputs()[0]
+        if graph_input.type == "tensor(uint8)":  # bloodcell's int8 ONNX takes uint8 levels (same cost per value)
+            x = np.clip(np.round(x), 0, 255).astype(np.uint8)
+        feed = {graph_input.name: x}
         times = timed_loop(lambda: session.run(None, feed), args.warmup, args.iters, args.budget_s)
         runtime = f"onnxruntime {ort.__version__}"
     elif path is not None and path.suffix == ".tflite":
@@ -514,7 +517,7 @@ def quantized_entry(runner: Runner, base: Entry, calib: list[Path], note: str) -
     return entry
 
 
-def cellnet_entries(runner: Runner, own: str | None, common: list[str], calib: list[Path], qnote: str) -> list[Entry]:
+def cellnet_entries(runner: Runner, own: str | None, common: list[str]) -> list[Entry]:
     """Rows for one CellNet model file (None: the shipped model): torch eager and every bloodcell format."""
     args, models_dir = runner.args, runner.out / "models"
     stem = Path(own).stem if own else "cellnet"
@@ -527,16 +530,18 @@ def cellnet_entries(runner: Runner, own: str | None, common: list[str], calib: l
     what = f"{Path(own).name}, {spec['width']}x{spec['height']}" if own else "shipped cellnet_bccd.pt"
     pt = str(Path(own).resolve()) if own else None
     entries = [Entry(name, "torch eager (.pt)", "main", spec, pt, **stats, note=what)]
-    onnx_row = None
     for fmt, extra, file in (
         ("onnx fp32", [], f"{stem}.onnx"),
         ("tflite fp32", [], f"{stem}_fp32.tflite"),
         ("tflite int8", ["--int8", "--data", str(args.data)], f"{stem}_int8.tflite"),
+        ("onnx int8", ["--int8", "--data", str(args.data)], f"{stem}_int8.onnx"),
     ):
         dst = models_dir / file
         row = Entry(name, fmt, "main", spec, str(dst), **stats, note="bloodcell export")
         if fmt == "tflite int8":
             row.note += " (int8 I/O, 32 calibration images)"
+        elif fmt == "onnx int8":
+            row.note += " (QDQ u8/s8 per-channel, uint8 input, 32 calibration images)"
         if args.reexport or not dst.exists():
             argv = ["-m", "bloodcell", "export", "--format", fmt.split()[0], *extra, "--out", str(dst)]
             argv += ["--model", str(Path(own).resolve())] if own else []
@@ -545,9 +550,6 @@ def cellnet_entries(runner: Runner, own: str | None, common: list[str], calib: l
             if rc != 0:
                 row.status = f"conversion fails: bloodcell export exited {rc} (log: {f.name})"
         entries.append(row)
-        onnx_row = row if fmt == "onnx fp32" else onnx_row
-    if onnx_row is not None:
-        entries.append(quantized_entry(runner, onnx_row, calib, qnote + "; not a bloodcell format"))
     return entries
 
 
@@ -563,7 +565,7 @@ def prepare(runner: Runner, models: list[str], image: Path, calib: list[Path]) -
 
     if "cellnet" in models:
         for own in args.cellnet_model or [None]:  # None: the shipped model
-            entries += cellnet_entries(runner, own, common, calib, qnote)
+            entries += cellnet_entries(runner, own, common)
 
     yolos = [m for m in models if m in YOLO_ARCHS]
     why_not = peers_ready(runner) if yolos else None
@@ -674,12 +676,12 @@ def worker_pipeline(args: argparse.Namespace) -> None:
 
 
 def time_pipelines(runner: Runner, entries: list[Entry], images: list[Path]) -> list[Entry]:
-    """The int8 TFLite file of every model, timed as a whole pipeline in alternating rounds."""
+    """The int8 files (TFLite and ONNX) of every model, timed as whole pipelines in alternating rounds."""
     args = runner.args
     todo = [
         dataclasses.replace(e, times_ms=[], runtime="", note="")
         for e in entries
-        if e.status == "ok" and e.format == "tflite int8"
+        if e.status == "ok" and e.format in ("tflite int8", "onnx int8")
     ]
     extra = ["--images", *map(str, images), "--threads", str(args.threads), "--warmup", str(args.warmup)]
     run_rounds(runner, todo, "_pipeline", extra, "pipeline")
@@ -778,7 +780,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eager", action="store_true", help="also time every peer in torch eager mode")
     p.add_argument(
         "--pipeline", type=int, default=0, metavar="N",
-        help="also time each model's int8 TFLite file as a whole pipeline on N BCCD val images (default 0: no)",
+        help="also time each model's int8 files (TFLite, ONNX) as whole pipelines on N BCCD val images (default 0: no)",
     )  # fmt: skip
     p.add_argument("--calib", type=int, default=8, help="BCCD train images to calibrate the ONNX/YOLO int8 files")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BCCD VOC folder")

@@ -79,6 +79,7 @@ def exports(tmp_path_factory, bccd_root):
             int8=True,
             data=bccd_root,  # default calibration (32)
         ).path,
+        "onnx_int8": export_model(None, "onnx", out / "cellnet_int8.onnx", int8=True, data=bccd_root).path,
     }
     return paths
 

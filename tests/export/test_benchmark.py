@@ -44,9 +44,10 @@ def test_benchmark_runs_every_format_of_the_table(stand_ins, tiny_voc, tmp_path,
     by_name = {r.format: r for r in rows}
     assert [r.format for r in rows] == ["torch (.pt)", *(v.label for v in bench.variants())]
     assert by_name["npz int8 (PTQ)"].file == str(tmp_path / "out" / "cell_int8.npz")
-    assert by_name["onnx fp32"].map50 is None and "no onnx today" in by_name["onnx fp32"].error
+    for failed in ("onnx fp32", "onnx int8 (PTQ)"):  # a failed export is its row's error; the others go on
+        assert by_name[failed].map50 is None and "no onnx today" in by_name[failed].error
     for r in rows:
-        if r.format != "onnx fp32":  # scored by the same evaluator as `bloodcell val`, and timed
+        if not r.format.startswith("onnx"):  # scored by the same evaluator as `bloodcell val`, and timed
             assert r.error == "" and 0 <= r.map50 <= 1 and r.median_ms > 0, r
     assert by_name["npz fp32"].size_mb == 1.0
     with open(tmp_path / "out" / "benchmark.csv", newline="") as f:

@@ -9,7 +9,7 @@ import pytest
 from bloodcell.cli import main
 from bloodcell.data.voc import load_voc
 from bloodcell.engine.evaluate import evaluate
-from bloodcell.errors import ConfigError, ModelError
+from bloodcell.errors import ConfigError, MetadataError, ModelError
 from bloodcell.export.edgetpu import unsupported_ops
 from bloodcell.export.exporter import export_model, tflite_ops
 from bloodcell.runtime.images import load_image
@@ -60,6 +60,54 @@ def test_int8_is_full_integer_with_edge_tpu_ops(exports):
     float_tensors = [t["name"] for t in it.get_tensor_details() if t["dtype"] == np.float32]
     assert float_tensors == []  # weights, activations and I/O all integer
     assert exports["int8"].stat().st_size <= 6 * 2**20
+
+
+def test_onnx_int8_takes_uint8_levels_and_scores_like_fp32(exports, val_images, tmp_path):
+    """onnxruntime's int8 (the fastest format on AVX2-only CPUs): its input is uint8 levels that the runtime
+    looks up per pixel (no float QuantizeLinear over the image), and it ranks cells as the fp32 file does."""
+    import onnx
+    import onnxruntime as ort
+
+    path = exports["onnx_int8"]
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    assert meta["int8"] and meta["onnx_input"]["dtype"] == "uint8" and meta["format_version"] == 4
+    assert meta["calibration_images"] == 32 and meta["input_normalization"]["shift"] == [-1.0, -1.0, -1.0]
+    graph = onnx.load(path).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    first = [n.op_type for n in graph.node if "images" in n.input]
+    assert first == ["Transpose"]  # layout only; its output goes straight to a DequantizeLinear
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and path.stat().st_size <= 5 * 2**20
+    assert ort.InferenceSession(str(path)).get_inputs()[0].type == "tensor(uint8)"
+    records = val_images[0]
+    fp32 = evaluate(load_predictor(exports["onnx"]), records).voc_map50
+    int8 = evaluate(load_predictor(path), records).voc_map50
+    assert int8 >= fp32 - 0.005, (fp32, int8)
+    # A sidecar of another quantization is from another export: refused, not read with the wrong levels.
+    copy = tmp_path / "m.onnx"
+    copy.write_bytes(path.read_bytes())
+    meta["onnx_input"]["quantization"][1] += 1
+    (tmp_path / "m.onnx.json").write_text(json.dumps(meta))
+    with pytest.raises(MetadataError, match=r"field 'onnx_input'.*from another export"):
+        load_predictor(copy)
+
+
+def test_a_uint8_onnx_without_its_quantization_is_refused(exports, tmp_path):
+    """A uint8-input graph whose metadata lost onnx_input (hand-edited), and a float graph claiming one."""
+    import onnx
+
+    from bloodcell.export.embed import onnx_with_metadata
+
+    for kind, edit, message in (
+        ("onnx_int8", lambda m: m.pop("onnx_input"), "its input is uint8 but its metadata has no 'onnx_input'"),
+        ("onnx", lambda m: m.update(onnx_input={"dtype": "uint8", "quantization": [0.01, 128]}), "not uint8"),
+    ):
+        meta = json.loads(exports[kind].with_name(exports[kind].name + ".json").read_text())
+        edit(meta)
+        model = tmp_path / f"{kind}.onnx"
+        onnx.save(onnx_with_metadata(onnx.load(exports[kind]), meta), model)  # no sidecar: the copy inside
+        with pytest.raises((ModelError, MetadataError), match=message):
+            load_predictor(model)
 
 
 def test_int8_map_within_half_a_point_of_fp32(exports, val_images):
@@ -127,7 +175,6 @@ def test_image_of_another_size_is_letterboxed(exports, val_images):
     ("args", "message"),
     [
         (["--format", "caffe", "--out", "m.caffemodel"], "unknown export format"),
-        (["--format", "onnx", "--int8", "--out", "m.onnx"], "--int8 is not available for onnx"),
         (["--format", "onnx", "--out", "m.tflite"], "must end in .onnx"),
         (["--format", "tflite", "--imgsz", "650x480", "--out", "m.tflite"], "multiples of 32"),
         (["--format", "onnx", "--verbose", "--out", "m.onnx"], "the ONNX export prints none"),
@@ -226,7 +273,7 @@ def test_an_existing_file_is_replaced_only_when_it_is_an_earlier_export(tmp_path
     """A re-export replaces the earlier one; a user's other file at --out (or at its .json) never."""
     from bloodcell.export.exporter import check_replaceable
 
-    for kind in ("onnx", "int8"):  # the metadata inside the file marks it, with or without its sidecar
+    for kind in ("onnx", "int8", "onnx_int8"):  # the metadata inside the file marks it, with or without its sidecar
         earlier = tmp_path / f"earlier_{kind}{exports[kind].suffix}"
         earlier.write_bytes(exports[kind].read_bytes())
         check_replaceable(earlier, earlier.with_name(earlier.name + ".json"))

@@ -116,7 +116,7 @@ def test_the_lite_child_cannot_import_torch_although_it_is_installed(lite):
     assert run.stdout.split("\n")[:3] == ["numpy ok", "onnxruntime ok", "torch missing"]
 
 
-@pytest.mark.parametrize("kind", ["int8", "onnx"])
+@pytest.mark.parametrize("kind", ["int8", "onnx", "onnx_int8"])
 def test_lite_predict_matches_full_install(lite, exports, bccd_root, tmp_path, kind):
     images = [str(bccd_root / "JPEGImages" / f"BloodImage_0000{i}.jpg") for i in (0, 2)]
     lite_json, full_json = tmp_path / "lite.json", tmp_path / "full.json"

@@ -215,6 +215,24 @@ def test_input_normalization_is_read_and_checked():
             parse_metadata({**VALID, "input_normalization": bad}, SOURCE)
 
 
+def test_onnx_input_quantization_is_read_and_checked():
+    """int8 ONNX files take uint8 levels: their scale and zero point are part of the graph's description."""
+    meta = parse_metadata(
+        {**VALID, "int8": True, "onnx_input": {"dtype": "uint8", "quantization": [0.0078, 128]}}, SOURCE
+    )
+    assert meta.onnx_input == (0.0078, 128)
+    assert parse_metadata(VALID, SOURCE).onnx_input is None
+    for bad, field_name in (
+        ({"dtype": "int8", "quantization": [0.01, 0]}, "onnx_input"),
+        ({"dtype": "uint8"}, "onnx_input"),
+        ({"dtype": "uint8", "quantization": [0.0, 128]}, "onnx_input.quantization"),
+        ({"dtype": "uint8", "quantization": [0.01, 300]}, "onnx_input.quantization"),
+        ({"dtype": "uint8", "quantization": [0.01, 1.5]}, "onnx_input.quantization"),
+    ):
+        with pytest.raises(MetadataError, match=f"field '{field_name}'"):
+            parse_metadata({**VALID, "onnx_input": bad}, SOURCE)
+
+
 def test_which_refit_is_newer_follows_generations_before_clocks():
     from bloodcell.runtime.metadata import refit_inside_is_newer
 

@@ -35,6 +35,7 @@ from bloodcell.runtime.loader import unfitted_checkpoint_note
 from bloodcell.runtime.metadata import (
     FORMAT,
     NORMALIZED_INPUT_VERSION,
+    ONNX_INT8_VERSION,
     PER_CLASS_NMS_VERSION,
     parse_metadata,
 )
@@ -115,20 +116,20 @@ def export_model(
     meta.update(extra_metadata or {})
     # Checked before the (slow) conversion: an export that the runtime would refuse is never written.
     parse_metadata(meta, f"{out} (metadata of {source.name})")
+    calibration = None
+    if int8 and qat_state is None:
+        images = calibration_images(data, (width, height), calib_images, info.input_scale)
+        if not images:  # int8 ranges from no image: a model that detects nothing, however it exits
+            raise ConfigError(
+                f"int8: the train split of {data or 'the default dataset'} has no images to set the int8 "
+                "ranges from; use a dataset whose train split has some"
+            )
+        affine = np.float32(scale), np.float32(shift)
+        calibration = [torch.from_numpy(im.astype(np.float32) * affine[0] + affine[1])[None] for im in images]
+        meta["calibration_images"] = len(calibration)
     if fmt == "onnx":
-        data = _export_onnx(graph, example, meta)
+        data = _export_onnx(graph, example, meta, calibration)
     else:
-        calibration = None
-        if int8 and qat_state is None:
-            images = calibration_images(data, (width, height), calib_images, info.input_scale)
-            if not images:  # int8 ranges from no image: a model that detects nothing, however it exits
-                raise ConfigError(
-                    f"int8: the train split of {data or 'the default dataset'} has no images to set the int8 "
-                    "ranges from; use a dataset whose train split has some"
-                )
-            affine = np.float32(scale), np.float32(shift)
-            calibration = [torch.from_numpy(im.astype(np.float32) * affine[0] + affine[1])[None] for im in images]
-            meta["calibration_images"] = len(calibration)
         data = _export_tflite(graph, example, out, int8, calibration, qat_state, meta, len(info.class_names), verbose)
     # Only a finished export touches ``out``: a failed conversion or write leaves an earlier export and its
     # (perhaps recalibrated) sidecar as they were. The sidecar is renamed into place first: a stop between
@@ -215,7 +216,7 @@ def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[i
     saved = info.to_dict()  # JSON-ready: per-class values as lists
     return {
         "format": FORMAT,
-        "format_version": 1,  # 2 with input_normalization (int8 TFLite), 3 with per-class NMS
+        "format_version": 1,  # 2 with input_normalization (int8), 3 with per-class NMS, 4 int8 ONNX
         "version": __version__,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model_format": fmt,
@@ -239,8 +240,9 @@ def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[i
     }
 
 
-def _export_onnx(graph: torch.nn.Module, example: torch.Tensor, meta: dict) -> bytes:
-    """The ONNX file's bytes, with ``meta`` embedded, checked by running it once."""
+def _export_onnx(graph: torch.nn.Module, example: torch.Tensor, meta: dict, calibration=None) -> bytes:
+    """The ONNX file's bytes, with ``meta`` embedded, checked by running it once; int8 (uint8 input, see
+    export.onnx_int8) when ``calibration`` holds normalized inputs that set its ranges."""
     import io
 
     import onnx
@@ -259,12 +261,25 @@ def _export_onnx(graph: torch.nn.Module, example: torch.Tensor, meta: dict) -> b
         )
     except Exception as e:  # the exporter raises many types
         raise BloodcellError(f"ONNX export failed: {type(e).__name__}: {str(e)[:200]}") from None
-    model = onnx_with_metadata(onnx.load_from_string(buffer.getvalue()), meta)
+    model, feed = onnx.load_from_string(buffer.getvalue()), example.numpy()
+    if calibration is not None:
+        from bloodcell.export.onnx_int8 import quantize_onnx
+
+        try:
+            model, (input_scale, input_zero) = quantize_onnx(model, [x.numpy() for x in calibration])
+        except Exception as e:  # onnxruntime's quantizer raises many types
+            raise BloodcellError(f"ONNX int8 quantization failed: {type(e).__name__}: {str(e)[:200]}") from None
+        # older runtimes would feed floats to the uint8 input: they must refuse it
+        meta["format_version"] = max(meta["format_version"], ONNX_INT8_VERSION)
+        meta["onnx_input"] = {"dtype": "uint8", "quantization": [input_scale, input_zero]}
+        meta["input_layout"] += ", as uint8 levels: value = (level - onnx_input zero point) * scale"
+        feed = np.zeros(example.shape, np.uint8)
+    model = onnx_with_metadata(model, meta)
     data = model.SerializeToString()
     try:  # checked by the ONNX checker and by running it once, before anything is written
         onnx.checker.check_model(model)
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        session.run(None, {"images": example.numpy()})
+        session.run(None, {"images": feed})
     except Exception as e:
         raise BloodcellError(f"exported ONNX graph does not run in onnxruntime: {str(e)[:200]}") from None
     return data

@@ -20,7 +20,7 @@ class ExportFormat:
 CALIB_IMAGES = 32
 
 FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat("onnx", ".onnx", int8=False, runtime="onnxruntime"),
+    "onnx": ExportFormat("onnx", ".onnx", int8=True, runtime="onnxruntime"),
     "tflite": ExportFormat("tflite", ".tflite", int8=True, runtime="ai-edge-litert (LiteRT), Edge TPU after compiling"),
 }
 

@@ -30,12 +30,22 @@ from bloodcell.runtime.counting import Calibration
 FORMAT = "bloodcell-export"
 NORMALIZED_INPUT_VERSION = 2  # int8 files may take normalized input ("input_normalization")
 PER_CLASS_NMS_VERSION = 3  # "iou_threshold" may be one per class
-FORMAT_VERSION = PER_CLASS_NMS_VERSION
+ONNX_INT8_VERSION = 4  # int8 ONNX files take uint8 levels ("onnx_input")
+FORMAT_VERSION = ONNX_INT8_VERSION
 EMBED_KEY = "bloodcell"  # ONNX metadata_props key and TFLite Model.metadata name
 MODEL_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 # What ties metadata to one graph and its weights; the other fields (conf, iou_threshold, calibration, cell_size) are
 # operating points that a user may retune in the sidecar without exporting again.
-GRAPH_FIELDS = ("model_format", "int8", "class_names", "input_size", "strides", "input_normalization", "input_scale")
+GRAPH_FIELDS = (
+    "model_format",
+    "int8",
+    "class_names",
+    "input_size",
+    "strides",
+    "input_normalization",
+    "input_scale",
+    "onnx_input",
+)
 _TEXT_FIELDS = ("version", "date", "architecture", "input_layout", "source", "source_sha256")
 _DICT_FIELDS = ("outputs", "source_metrics", "tflite_input", "tflite_outputs", "qat", "fitted", "counting_fit")
 
@@ -59,6 +69,8 @@ class ExportMetadata:
     source_metrics: dict[str, Any] | None = None
     # The graph takes pixels * scale + shift (per channel) instead of pixels; None: plain pixels.
     input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # int8 ONNX: the graph takes uint8 levels of its (normalized) input, value = (level - zero) * scale.
+    onnx_input: tuple[float, int] | None = None
     format_version: int = FORMAT_VERSION
     source: str = field(default="", compare=False)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -362,6 +374,7 @@ class _Checker:
         if images is not None and not (_is_int(images) and images >= 0):
             self.fail("calibration_images", f"must be a non-negative integer, got {_show(images)}")
         normalization = self.input_normalization()
+        onnx_input = self.onnx_input()
         cell_size = self.get("cell_size", required=False)
         if cell_size is not None and not (_is_number(cell_size) and cell_size > 0):
             self.fail("cell_size", f"must be a positive number of pixels or null, got {_show(cell_size)}")
@@ -383,6 +396,7 @@ class _Checker:
             architecture=self.raw.get("architecture"),
             source_metrics=self.raw.get("source_metrics"),
             input_normalization=normalization,
+            onnx_input=onnx_input,
             format_version=version,
             source=self.source,
             raw=dict(self.raw),
@@ -402,6 +416,20 @@ class _Checker:
         if any(x <= 0 for x in value["scale"]):
             self.fail("input_normalization.scale", f"must be positive, got {_show(value['scale'])}")
         return tuple(map(float, value["scale"])), tuple(map(float, value["shift"]))
+
+    def onnx_input(self) -> tuple[float, int] | None:
+        value = self.get("onnx_input", required=False)
+        if value is None:
+            return None
+        if not isinstance(value, dict) or value.get("dtype") != "uint8" or "quantization" not in value:
+            self.fail(
+                "onnx_input", f"must be {{'dtype': 'uint8', 'quantization': [scale, zero point]}}, got {_show(value)}"
+            )
+        quant = value["quantization"]
+        ok = isinstance(quant, list) and len(quant) == 2 and _is_number(quant[0]) and math.isfinite(quant[0])
+        if not (ok and quant[0] > 0 and _is_int(quant[1]) and 0 <= quant[1] <= 255):
+            self.fail("onnx_input.quantization", f"must be [positive scale, zero point 0..255], got {_show(quant)}")
+        return float(quant[0]), int(quant[1])
 
     def class_names(self) -> tuple[str, ...]:
         names = self.get("class_names")
