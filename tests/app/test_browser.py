@@ -277,3 +277,24 @@ def test_two_files_of_one_name_are_two_fields_with_their_own_names(
         with page.expect_download() as download:
             page.locator("#png").click()
         assert download.value.suggested_filename == "s.jpg_annotated.png"  # the whole name: f.jpg and f.png differ
+
+
+def test_the_pages_csv_keeps_formula_names_as_text(page, shipped, serving, bccd_root: Path, tmp_path: Path):
+    """Files named like formulas: the page's counts.csv escapes them as bloodcell's own CSVs do (a leading ',
+    also before a name that starts with ' and a formula sign), and the report reads every name back."""
+    import csv
+
+    from playwright.sync_api import expect
+
+    files = [tmp_path / name for name in ("=1+2.jpg", "'=odd.jpg")]
+    for path in files:
+        shutil.copy(bccd_root / "JPEGImages" / IMAGES[0], path)
+    with serving(create_app(shipped)) as url:
+        page.goto(url + "/")
+        page.locator("#files").set_input_files([str(p) for p in files])
+        expect(page.locator("#status")).to_have_text("2 image(s)")
+        summary = downloaded_report(page, "#csv", tmp_path / "counts.csv")
+    with open(tmp_path / "counts.csv", newline="") as f:
+        assert sorted(row[0] for row in list(csv.reader(f))[1:]) == ["''=odd.jpg", "'=1+2.jpg"]
+    # (no annotated PNGs were saved: the report names the two fields without pictures, by their own names)
+    assert summary.fields == 2 and sorted(summary.missing_images) == ["'=odd.jpg", "=1+2.jpg"]

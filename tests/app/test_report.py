@@ -409,3 +409,30 @@ def test_a_byte_order_mark_is_read_and_an_image_is_named_as_one(tmp_path: Path, 
 def test_an_empty_title_is_refused(slide: Path, tmp_path: Path, capsys):
     assert main(["report", str(slide), "--title", " ", "--out", str(tmp_path / "r.html")]) == 2
     assert "--title is empty" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("value", ["a.jpg", "=x", "+1", "-a.jpg", "@s", "'a", "'=x", "''", "'", "", "=", "'''"])
+def test_spreadsheet_text_is_never_a_formula_and_round_trips(value: str):
+    from bloodcell.app.sinks import FORMULA_START, from_spreadsheet_text, spreadsheet_text
+
+    cell = spreadsheet_text(value)
+    assert cell[:1] not in tuple(FORMULA_START) and from_spreadsheet_text(cell) == value
+
+
+def test_predict_csv_names_formulas_as_text_and_the_report_reads_them_back(tmp_path: Path):
+    """`predict --csv` on files named like formulas: each name gets a leading ' (a spreadsheet shows it,
+    never runs it) and `bloodcell report` finds every image under its own name."""
+    import csv
+
+    sample = default_model()[0].parents[1] / "assets" / "samples" / "BloodImage_00007.jpg"
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    for name in ("=1+2.jpg", "@cell.jpg", "'=odd.jpg", "plain.jpg"):
+        shutil.copy(sample, folder / name)
+    counts = tmp_path / "counts.csv"
+    assert main(["predict", str(folder), "--csv", str(counts)]) == 0
+    with open(counts, newline="") as f:
+        names = sorted(row[0] for row in list(csv.reader(f))[1:])
+    assert names == ["''=odd.jpg", "'=1+2.jpg", "'@cell.jpg", "plain.jpg"]
+    summary = build_report(counts, images_dir=folder, out=tmp_path / "r.html")
+    assert summary.fields == 4 and summary.missing_images == ()

@@ -682,3 +682,17 @@ def test_a_counted_file_renamed_is_not_counted_again_but_a_new_one_of_its_size_a
     [fixed] = watcher.drain()
     assert fixed.path.name == "fixed.jpg" and fixed.error is None
     watcher.close()
+
+
+def test_names_that_spreadsheets_would_run_are_text_and_read_back(predictor, sources, tmp_path):
+    """A file named like a formula is written with a leading ' (CSV injection); a restart that adopts the
+    rows its state missed reads the names back unescaped, so nothing is counted twice."""
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    for name in ("=1+2.png", "@cell.png"):
+        shutil.copy(sources / "noise.png", folder / name)
+    Watcher(predictor, folder, out, settle=0).drain()
+    assert sorted(r[0] for r in read_rows(out)) == ["'=1+2.png", "'@cell.png"]
+    (out / STATE_NAME).write_text(json.dumps({"version": 1, "files": {}}))  # the state write was lost
+    counting = FakePredictor(conf=CONF)
+    assert Watcher(counting, folder, out, settle=0).drain() == [] and counting.calls == 0

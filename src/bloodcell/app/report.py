@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from bloodcell.app.annotate import BoxAnnotator
-from bloodcell.app.sinks import annotated_path
+from bloodcell.app.sinks import annotated_path, from_spreadsheet_text
 from bloodcell.atomic import write_text
 from bloodcell.errors import ConfigError, DatasetError, ImageError
 from bloodcell.palette import class_hex
@@ -256,9 +256,9 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
     classes = [c for c in header if f"{c}_lo90" in header and f"{c}_hi90" in header]
     if not classes:
         raise DatasetError(f"{path}: no class columns (CLASS, CLASS_lo90, CLASS_hi90)")
-    # the web page's counts.csv: per-class thresholds, and names escaped against spreadsheet formulas
+    # the web page's counts.csv: per-class thresholds
     page = all(f"{c}_threshold" in header for c in classes)
-    name = _unescaped if page else str
+    name = from_spreadsheet_text  # text cells are escaped against spreadsheet formulas (app.sinks)
     records: dict[str, dict] = {}
     failed: dict[str, None] = {}  # by name, in order: the images whose last row is an error
     for line, row in enumerate(rows[1:], start=2):
@@ -288,7 +288,7 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
             except ValueError as e:
                 raise DatasetError(f"{path}: line {line}: a threshold is not a number ({e})") from None
         if values.get("warnings"):  # a CSV with a warnings column: its warnings joined by "; "
-            record["warnings"] = values["warnings"].split("; ")
+            record["warnings"] = from_spreadsheet_text(values["warnings"]).split("; ")
         record["annotated"] = True  # its thumbnail comes from the annotated copy: the boxes are drawn on it
         problem = _record_problem(record)
         if problem:
@@ -306,12 +306,6 @@ def _all_failed(failed: list[str]) -> str:
         return ""
     names = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
     return f": every field failed to process ({names})"
-
-
-def _unescaped(name: str) -> str:
-    """An image name as the web page's counts.csv escaped it (a leading = + - @ gets a ', so spreadsheets
-    do not run it as a formula), back to the file's own name."""
-    return name[1:] if len(name) > 1 and name[0] == "'" and name[1] in "=+-@" else name
 
 
 def _failed(record: object) -> bool:

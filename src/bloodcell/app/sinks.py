@@ -37,6 +37,23 @@ def format_counts(result: ImageResult) -> str:
     return ", ".join(parts) + scale
 
 
+#: A CSV cell beginning with one of these is a formula to a spreadsheet (CSV injection): a ' before it keeps
+#: it text. A file may be named "=HYPERLINK(...).jpg"; the web page's counts.csv escapes the same way.
+FORMULA_START = "=+-@"
+
+
+def spreadsheet_text(value: str) -> str:
+    """``value`` as a CSV cell that spreadsheets show, never run: a leading = + - @ gets a ' (and so does a '
+    already before one, so ``from_spreadsheet_text`` restores every value exactly)."""
+    escape = value[:1] in tuple(FORMULA_START) or (value[:1] == "'" and value[1:2] in tuple(FORMULA_START + "'"))
+    return "'" + value if escape else value
+
+
+def from_spreadsheet_text(cell: str) -> str:
+    """The value that ``spreadsheet_text`` (or the web page) wrote as ``cell``."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] in tuple(FORMULA_START + "'") else cell
+
+
 def _class_columns(class_names: tuple[str, ...]) -> list[str]:
     cols = ["width", "height", "scale"]
     for c in class_names:
@@ -61,9 +78,10 @@ def counts_header(class_names: tuple[str, ...]) -> list[str]:
 
 def counts_row(result: ImageResult, class_names: tuple[str, ...]) -> list:
     """An image's row: its counts, or (a failed image) empty counts and its error."""
+    label = spreadsheet_text(result.label)
     if result.error is not None:
-        return [result.label, *[""] * len(_class_columns(class_names)), "", result.error]
-    return [result.label, *_class_values(result, class_names), "; ".join(result.warnings), ""]
+        return [label, *[""] * len(_class_columns(class_names)), "", spreadsheet_text(result.error)]
+    return [label, *_class_values(result, class_names), spreadsheet_text("; ".join(result.warnings)), ""]
 
 
 def frame_counts_header(class_names: tuple[str, ...]) -> list[str]:
@@ -73,7 +91,7 @@ def frame_counts_header(class_names: tuple[str, ...]) -> list[str]:
 
 
 def frame_counts_row(index: int, time_s: float, result: ImageResult, class_names: tuple[str, ...]) -> list:
-    return [index, f"{time_s:.3f}", *_class_values(result, class_names), "; ".join(result.warnings)]
+    return [index, f"{time_s:.3f}", *_class_values(result, class_names), spreadsheet_text("; ".join(result.warnings))]
 
 
 def write_counts_csv(results: list[ImageResult], class_names: tuple[str, ...], path: str | Path) -> Path:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.folder_lock import lock_folder
-from bloodcell.app.sinks import counts_header, counts_row, format_counts, save_annotated
+from bloodcell.app.sinks import counts_header, counts_row, format_counts, from_spreadsheet_text, save_annotated
 from bloodcell.atomic import write_text
 from bloodcell.errors import ConfigError, ImageError, TruncatedImageError, UnreadableImageError, describe_os_error
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
@@ -190,13 +190,15 @@ class Watcher:
                 "use another --out"
             )
         adopted = False
+        # names and errors were written as spreadsheet text (a leading = + - @ escaped, app.sinks)
+        rows[1:] = [[from_spreadsheet_text(r[0]), *r[1:]] if r else r for r in rows[1:]]
         last = {r[0]: r for r in rows[1:] if r}
         for name, n in Counter(r[0] for r in rows[1:] if r).items():
             entry = self.state.get(name)
             if n > (entry or {}).get("rows", 0):
                 sig = self._signature(self.folder / name)
                 if sig is not None:
-                    error = last[name][-1] if len(rows[0]) == len(header) else ""
+                    error = from_spreadsheet_text(last[name][-1]) if len(rows[0]) == len(header) else ""
                     status = {"status": "failed", "error": error} if error else {"status": "ok"}
                     content = {} if error else {"sha256": _digest(self.folder / name)}  # a later rename is known
                     self.state[name] = {"size": sig[0], "mtime_ns": sig[1], **status, "rows": n, **content}

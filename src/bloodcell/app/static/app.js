@@ -211,8 +211,10 @@ function save(blob, name) {
   setTimeout(() => URL.revokeObjectURL(a.href), 10000);
 }
 
-// Quoted CSV text; a leading = + - @ is escaped so spreadsheets do not run it as a formula.
-const csvCell = (v) => (typeof v === "number" ? v : `"${String(v).replace(/^([=+\-@])/, "'$1").replace(/"/g, '""')}"`);
+// Quoted CSV text; a leading = + - @ (or a ' before one) gets a ' so spreadsheets do not run it as a
+// formula, as bloodcell's own CSVs do (app/sinks.py spreadsheet_text; the report undoes it).
+const csvCell = (v) =>
+  typeof v === "number" ? v : `"${String(v).replace(/^([=+\-@]|'[=+\-@'])/, "'$1").replace(/"/g, '""')}"`;
 
 function downloadCsv() {
   const classes = state.model.classes;
