@@ -254,6 +254,17 @@ def test_export_refuses_what_it_found_only_after_converting(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.json", "voc"]
 
 
+def test_an_input_smaller_than_the_models_says_it_tiles():
+    """--imgsz below the model's own input is slower, not faster: every field becomes several tiles."""
+    from bloodcell.export.exporter import smaller_input_note
+
+    note = smaller_input_note((352, 288), (480, 384), 75.0)
+    assert note.startswith("--imgsz 352x288 is smaller than the model's input 480x384") and "into 4 tiles" in note
+    assert "bloodcell train --scale" in note
+    assert smaller_input_note((480, 384), (480, 384), 75.0) is None
+    assert smaller_input_note((640, 480), (480, 384), 75.0) is None  # larger: one pass, more margin
+
+
 def test_a_models_own_input_too_small_is_named_as_such(tmp_path, capsys):
     """Without --imgsz the check reads the model's own input: the error says so and how to change it."""
     from bloodcell.models.checkpoint import load_model, model_payload, save_checkpoint

@@ -19,6 +19,7 @@ from bloodcell.runtime.scaling import (
     detect_tiled,
     resize,
     scaled_window,
+    tile_passes,
 )
 from bloodcell.types import Detections
 
@@ -111,6 +112,7 @@ def test_large_frame_is_tiled_and_each_cell_counted_once():
     image, truth = squares(2000, 1500, 100, 37)  # squares cross every tile border somewhere
     dets, passes = detect_tiled(model, image, 0.001, overlap=200)
     assert passes == model.calls > 1
+    assert tile_passes((2000, 1500), model.input_size, 200) == passes  # what export's warning counts
     assert len(dets) == len(truth)
     ious = np.array([[_iou(d, t) for t in truth] for d in dets.boxes])
     assert (ious.max(axis=1) > 0.95).all() and len(set(ious.argmax(axis=1))) == len(truth)

@@ -94,6 +94,8 @@ def export_model(
     if width % 32 or height % 32:
         raise ConfigError(f"--imgsz {width}x{height}: both sides must be multiples of 32")
     check_input_size((width, height), info.cell_size, given=imgsz is not None)
+    if tiling := smaller_input_note((width, height), tuple(info.input_size), info.cell_size):
+        print(f"warning: {tiling}", file=sys.stderr)
     meta_path = check_metadata_path(out)
     check_replaceable(out, meta_path)
     # int8 (post-training): normalization moves into the input's quantization (export.graph).
@@ -164,6 +166,22 @@ def check_input_size(size: tuple[int, int], cell_size: float | None, given: bool
             f"{what}: the shorter side must hold {MIN_CELLS_ACROSS} red cells of the model's trained size "
             f"({cell_size:g} px), so {need} or more"
         )
+
+
+def smaller_input_note(size: tuple[int, int], native: tuple[int, int], cell_size: float | None) -> str | None:
+    """What an input smaller than the model's own costs: each of its fields becomes several tiles (a smaller
+    input is faster only for a model trained at a smaller scale). None when it is not smaller."""
+    from bloodcell.runtime.scaling import tile_overlap, tile_passes
+
+    passes = tile_passes(native, size, tile_overlap(cell_size, size))
+    if passes == 1:
+        return None
+    w, h = size
+    return (
+        f"--imgsz {w}x{h} is smaller than the model's input {native[0]}x{native[1]}: each field of the training "
+        f"microscope is then cut into {passes} tiles, {passes} network passes instead of one (slower, not faster); "
+        "for a faster model train one at a smaller scale (bloodcell train --scale)"
+    )
 
 
 def check_metadata_path(out: Path) -> Path:

@@ -138,6 +138,20 @@ def _starts(length: int, tile: int, step: int) -> list[int]:
     return [*starts, length - tile]
 
 
+def tile_overlap(reference: float | None, input_size: tuple[int, int]) -> int:
+    """Tiles overlap by this many pixels: a white cell (~2 red diameters) fits in the overlap."""
+    return round(2 * (reference or 0.2 * min(input_size)))
+
+
+def tile_passes(image_size: tuple[int, int], input_size: tuple[int, int], overlap: int) -> int:
+    """How many network passes ``detect_tiled`` makes for an image of ``image_size`` (width, height)."""
+    (w, h), (tw, th) = image_size, input_size
+    if w <= tw and h <= th:
+        return 1
+    overlap = min(overlap, tw // 2, th // 2)
+    return len(_starts(w, tw, tw - overlap)) * len(_starts(h, th, th - overlap))
+
+
 def detect_tiled(
     predictor: RawPredictor,
     image: np.ndarray | Rescaled,
@@ -327,8 +341,7 @@ def detect_cells(
         dets = first
         passes = 1
     else:
-        # a white cell (~2 red diameters) fits in the overlap
-        overlap = round(2 * (reference or 0.2 * min(predictor.input_size)))
+        overlap = tile_overlap(reference, predictor.input_size)
         dets, passes = detect_tiled(predictor, Rescaled(image, scale), min_score, overlap)
     boxes = box_ops.clip(dets.boxes / scale, w, h) if scale != 1.0 else dets.boxes
     return ScaledDetections(Detections(boxes, dets.labels, dets.scores), scale, passes, estimated, warning)
