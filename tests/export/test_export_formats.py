@@ -75,7 +75,7 @@ def test_onnx_int8_takes_uint8_levels_and_scores_like_fp32(exports, val_images, 
     graph = onnx.load(path).graph
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     first = [n.op_type for n in graph.node if "images" in n.input]
-    assert first == ["Transpose"]  # layout only; its output goes straight to a DequantizeLinear
+    assert first in (["Transpose"], ["DequantizeLinear"])  # layout only, or the levels read directly
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and path.stat().st_size <= 5 * 2**20
     assert ort.InferenceSession(str(path)).get_inputs()[0].type == "tensor(uint8)"
@@ -98,9 +98,15 @@ def test_a_uint8_onnx_without_its_quantization_is_refused(exports, tmp_path):
 
     from bloodcell.export.embed import onnx_with_metadata
 
+    levels, norm = {"dtype": "uint8", "quantization": [0.01, 128]}, {"scale": [0.01] * 3, "shift": [-1.0] * 3}
     for kind, edit, message in (
         ("onnx_int8", lambda m: m.pop("onnx_input"), "its input is uint8 but its metadata has no 'onnx_input'"),
-        ("onnx", lambda m: m.update(onnx_input={"dtype": "uint8", "quantization": [0.01, 128]}), "not uint8"),
+        ("onnx", lambda m: m.update(onnx_input={"dtype": "uint8", "quantization": [0.01, 128]}), "belongs to int8"),
+        (
+            "onnx",
+            lambda m: m.update(int8=True, format_version=4, onnx_input=levels, input_normalization=norm),
+            "not uint8",
+        ),
     ):
         meta = json.loads(exports[kind].with_name(exports[kind].name + ".json").read_text())
         edit(meta)
@@ -108,6 +114,21 @@ def test_a_uint8_onnx_without_its_quantization_is_refused(exports, tmp_path):
         onnx.save(onnx_with_metadata(onnx.load(exports[kind]), meta), model)  # no sidecar: the copy inside
         with pytest.raises((ModelError, MetadataError), match=message):
             load_predictor(model)
+    # an ONNX file of another integer input (another tool's): refused at load, not at the first image
+    model = onnx.load(exports["onnx"])
+    for node in model.graph.node:
+        node.input[:] = ["as_float" if name == "images" else name for name in node.input]
+    model.graph.node.insert(0, onnx.helper.make_node("Cast", ["images"], ["as_float"], to=onnx.TensorProto.FLOAT))
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.INT8
+    onnx.save(model, tmp_path / "int8_input.onnx")
+    with pytest.raises(ModelError, match=r"its input is tensor\(int8\); bloodcell's ONNX files take float"):
+        load_predictor(tmp_path / "int8_input.onnx")
+
+
+def test_quantization_aware_training_exports_to_tflite_only(tmp_path):
+    with pytest.raises(ConfigError, match="exports to TFLite only"):
+        export_model(None, "onnx", tmp_path / "q.onnx", int8=True, qat_state={"graph": None, "quantizer": None})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_int8_map_within_half_a_point_of_fp32(exports, val_images):
@@ -295,3 +316,12 @@ def test_an_existing_file_is_replaced_only_when_it_is_an_earlier_export(tmp_path
         err = capsys.readouterr().err
         assert f"{tmp_path / name} exists and is not a bloodcell export" in err
         assert (tmp_path / name).read_text() == text
+
+
+def test_int8_is_refused_for_a_format_without_it(monkeypatch):
+    from bloodcell.export.formats import FORMATS, ExportFormat, get_format
+
+    monkeypatch.setitem(FORMATS, "npz", ExportFormat("npz", ".npz", int8=False, runtime="numpy"))
+    with pytest.raises(ConfigError, match="--int8 is not available for npz; int8 formats: onnx, tflite"):
+        get_format("npz", int8=True)
+    assert get_format("onnx", int8=True).suffix == ".onnx"

@@ -217,11 +217,16 @@ def test_input_normalization_is_read_and_checked():
 
 def test_onnx_input_quantization_is_read_and_checked():
     """int8 ONNX files take uint8 levels: their scale and zero point are part of the graph's description."""
-    meta = parse_metadata(
-        {**VALID, "int8": True, "onnx_input": {"dtype": "uint8", "quantization": [0.0078, 128]}}, SOURCE
-    )
-    assert meta.onnx_input == (0.0078, 128)
+    norm = {"scale": [1 / 127.5] * 3, "shift": [-1.0] * 3}
+    int8_onnx = {**VALID, "int8": True, "input_normalization": norm, "format_version": 4}
+    levels = {"dtype": "uint8", "quantization": [0.0078, 128]}
+    assert parse_metadata({**int8_onnx, "onnx_input": levels}, SOURCE).onnx_input == (0.0078, 128)
     assert parse_metadata(VALID, SOURCE).onnx_input is None
+    # only an int8 ONNX file of a normalized input has input levels: without normalization every pixel
+    # would map to level 255 (a white image, no cells found and no error)
+    for other in ({"model_format": "tflite"}, {"int8": False}, {"input_normalization": None}, {"format_version": 3}):
+        with pytest.raises(MetadataError, match="field 'onnx_input' belongs to int8 ONNX files"):
+            parse_metadata({**int8_onnx, **other, "onnx_input": levels}, SOURCE)
     for bad, field_name in (
         ({"dtype": "int8", "quantization": [0.01, 0]}, "onnx_input"),
         ({"dtype": "uint8"}, "onnx_input"),
@@ -230,7 +235,7 @@ def test_onnx_input_quantization_is_read_and_checked():
         ({"dtype": "uint8", "quantization": [0.01, 1.5]}, "onnx_input.quantization"),
     ):
         with pytest.raises(MetadataError, match=f"field '{field_name}'"):
-            parse_metadata({**VALID, "onnx_input": bad}, SOURCE)
+            parse_metadata({**int8_onnx, "onnx_input": bad}, SOURCE)
 
 
 def test_which_refit_is_newer_follows_generations_before_clocks():

@@ -37,9 +37,10 @@ def format_counts(result: ImageResult) -> str:
     return ", ".join(parts) + scale
 
 
-#: A CSV cell beginning with one of these is a formula to a spreadsheet (CSV injection): a ' before it keeps
-#: it text. A file may be named "=HYPERLINK(...).jpg"; the web page's counts.csv escapes the same way.
-FORMULA_START = "=+-@"
+#: A CSV cell beginning with one of these is a formula to a spreadsheet (CSV injection; OWASP's list: tab and
+#: carriage return too): a ' before it keeps it text. A file may be named "=HYPERLINK(...).jpg"; the web page's
+#: counts.csv escapes the same way.
+FORMULA_START = "=+-@\t\r"
 
 
 def spreadsheet_text(value: str) -> str:

@@ -130,7 +130,10 @@ def export_model(
         calibration = [torch.from_numpy(im.astype(np.float32) * affine[0] + affine[1])[None] for im in images]
         meta["calibration_images"] = len(calibration)
     if fmt == "onnx":
+        if qat_state is not None:
+            raise ConfigError("quantization-aware training exports to TFLite only (bloodcell qat writes a .tflite)")
         data = _export_onnx(graph, example, meta, calibration)
+        parse_metadata(meta, f"{out} (metadata of {source.name})")  # with the int8 file's input levels
     else:
         data = _export_tflite(graph, example, out, int8, calibration, qat_state, meta, len(info.class_names), verbose)
     # Only a finished export touches ``out``: a failed conversion or write leaves an earlier export and its

@@ -132,6 +132,11 @@ class OnnxPredictor(ExportedPredictor):
             self._table = self._input_table(np.dtype(np.uint8), *self.metadata.onnx_input)
         elif self.metadata.onnx_input is not None:
             self.metadata._fail("onnx_input", f"is set but {path.name} takes {graph_input.type}, not uint8")
+        elif graph_input.type != "tensor(float)":
+            raise ModelError(
+                f"{path}: its input is {graph_input.type}; bloodcell's ONNX files take float pixels or, int8, uint8 "
+                "levels: export it with `bloodcell export --format onnx`"
+            )
 
     def run(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores, boxes = self.session.run(["scores", "boxes"], {"images": self._graph_input(canvas, self._table)})

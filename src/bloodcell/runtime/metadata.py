@@ -375,6 +375,14 @@ class _Checker:
             self.fail("calibration_images", f"must be a non-negative integer, got {_show(images)}")
         normalization = self.input_normalization()
         onnx_input = self.onnx_input()
+        # the uint8 levels of a normalized input: in int8 ONNX files only
+        int8_onnx = model_format == "onnx" and int8 and normalization is not None and version >= ONNX_INT8_VERSION
+        if onnx_input is not None and not int8_onnx:
+            self.fail(
+                "onnx_input",
+                "belongs to int8 ONNX files (model_format 'onnx', int8 true, input_normalization set, "
+                f"format_version {ONNX_INT8_VERSION} or more); this metadata is not one",
+            )
         cell_size = self.get("cell_size", required=False)
         if cell_size is not None and not (_is_number(cell_size) and cell_size > 0):
             self.fail("cell_size", f"must be a positive number of pixels or null, got {_show(cell_size)}")

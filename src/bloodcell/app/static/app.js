@@ -211,10 +211,10 @@ function save(blob, name) {
   setTimeout(() => URL.revokeObjectURL(a.href), 10000);
 }
 
-// Quoted CSV text; a leading = + - @ (or a ' before one) gets a ' so spreadsheets do not run it as a
-// formula, as bloodcell's own CSVs do (app/sinks.py spreadsheet_text; the report undoes it).
+// Quoted CSV text; a leading = + - @ tab CR (or a ' before one) gets a ' so spreadsheets do not run it as
+// a formula, as bloodcell's own CSVs do (app/sinks.py spreadsheet_text; the report undoes it).
 const csvCell = (v) =>
-  typeof v === "number" ? v : `"${String(v).replace(/^([=+\-@]|'[=+\-@'])/, "'$1").replace(/"/g, '""')}"`;
+  typeof v === "number" ? v : `"${String(v).replace(/^([=+\-@\t\r]|'[=+\-@\t\r'])/, "'$1").replace(/"/g, '""')}"`;
 
 function downloadCsv() {
   const classes = state.model.classes;
