@@ -994,6 +994,17 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # a scheduler's SIGTERM ends a command as Ctrl-C does: finished work is kept
 
 
+def _threads_note(threads: int | None) -> str | None:
+    """--threads above the cores this process may use: honoured, but the runtimes then fight over the cores
+    (16 threads on 2 cores ran the network 5-10x slower than 2)."""
+    from bloodcell.runtime.timing import available_cores
+
+    cores = available_cores()
+    if threads is None or threads <= cores:
+        return None
+    return f"--threads {threads} is more than the {cores} cores this process may use: slower, not faster"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)
@@ -1005,6 +1016,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # watch ends between files, batch writes its finished rows and run record, and a file being written is
     # removed, not left as a hidden temporary. Not distributed train (torchrun and its launcher stop workers
     # with SIGTERM themselves), nor serve (uvicorn's own handlers).
+    if note := _threads_note(getattr(args, "threads", None)):
+        print(f"warning: {note}", file=sys.stderr)
     ours = _stops_on_sigterm(args) and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop) if ours else None
     try:

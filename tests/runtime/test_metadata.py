@@ -104,7 +104,8 @@ def test_optional_fields_and_unknown_keys():
         (broken("strides", [0, 16]), "strides", "positive integers"),
         (broken("conf", [0.5, 0.5]), "conf", "has 2 values but 'class_names' has 3"),
         (broken("conf", "high"), "conf", "one per class"),
-        (broken("conf", 1.5), "conf", "[0.0, 1.0]"),
+        (broken("conf", 1.5), "conf", "(0.0, 1.0]"),
+        (broken("conf", [0, 0.5, 0.5]), "conf", "(0.0, 1.0]"),  # 0 would count every detection: at load, not per image
         (broken("conf", [0.5, None, 0.5]), "conf", "must be a number"),
         (broken("iou_threshold", float("nan")), "iou_threshold", "NaN"),
         (broken("iou_threshold", 0), "iou_threshold", "(0.0, 1.0]"),
@@ -153,6 +154,8 @@ def test_unreadable_sidecar(tmp_path, content, fragment):
     with pytest.raises(MetadataError, match=r"m\.onnx\.json: ") as e:
         read_sidecar(model)
     assert fragment in str(e.value) and "\n" not in str(e.value)
+    if fragment == "not valid JSON":  # the model file has its own copy: say how to fall back to it
+        assert str(e.value).endswith("; fix it, or delete it to use the metadata inside m.onnx")
 
 
 def test_sidecar_then_embedded_then_error(tmp_path):

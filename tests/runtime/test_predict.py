@@ -229,6 +229,19 @@ def test_unknown_model_type(tmp_path, images, capsys):
     path.write_bytes(b"x")
     assert main(["predict", str(images / "a.jpg"), "--model", str(path)]) == 2
     assert "unknown model type" in capsys.readouterr().err
+    sidecar = tmp_path / "m.onnx.json"  # the export's metadata given for the model
+    sidecar.write_text("{}")
+    assert main(["predict", str(images / "a.jpg"), "--model", str(sidecar)]) == 2
+    err = capsys.readouterr().err
+    assert f"this is the metadata of an export; pass the model itself: --model {tmp_path / 'm.onnx'}" in err
+
+
+def test_more_threads_than_cores_is_said(monkeypatch):
+    from bloodcell import cli
+
+    monkeypatch.setattr("bloodcell.runtime.timing.available_cores", lambda: 2)
+    assert cli._threads_note(None) is None and cli._threads_note(2) is None
+    assert cli._threads_note(16) == "--threads 16 is more than the 2 cores this process may use: slower, not faster"
 
 
 class _Pickled:  # any class: torch.save pickles it, torch.load(weights_only=True) refuses it

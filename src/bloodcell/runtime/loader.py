@@ -65,6 +65,10 @@ def load_predictor(
         predictor = TorchPredictor(model, info, device=device)
         predictor.notes += filter(None, [unfitted_checkpoint_note(path, info)])
         return predictor
+    if path.name.lower().endswith((".onnx.json", ".tflite.json")):
+        raise ModelError(
+            f"{path}: this is the metadata of an export; pass the model itself: --model {path.with_suffix('')}"
+        )
     raise ModelError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected .pt, .onnx or .tflite")
 
 

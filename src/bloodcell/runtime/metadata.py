@@ -106,11 +106,12 @@ def parse_metadata(raw: object, source: str) -> ExportMetadata:
     return _Checker(raw, source).metadata()
 
 
-def parse_json(text: str | bytes, source: str) -> ExportMetadata:
+def parse_json(text: str | bytes, source: str, hint: str = "") -> ExportMetadata:
+    """``hint``: what to do about JSON that does not parse (said after the parser's words)."""
     try:
         raw = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
-        raise MetadataError(f"{source}: not valid JSON ({e})") from None
+        raise MetadataError(f"{source}: not valid JSON ({e}){hint}") from None
     return parse_metadata(raw, source)
 
 
@@ -149,7 +150,9 @@ def read_sidecar(model: Path) -> ExportMetadata | None:
         return None
     except OSError as e:
         raise MetadataError(f"{path}: unreadable metadata ({e.strerror or e})") from None
-    return parse_json(text, str(path))
+    # the model file carries its own copy: without the sidecar it counts as exported (or last refitted)
+    hint = f"; fix it, or delete it to use the metadata inside {model.name}"
+    return parse_json(text, str(path), hint)
 
 
 def onnx_embedded(session: Any) -> str | None:
@@ -395,7 +398,7 @@ class _Checker:
             class_names=class_names,
             input_size=(input_size[0], input_size[1]),
             strides=strides,
-            conf=self.per_class("conf", len(class_names)),
+            conf=self.per_class("conf", len(class_names), lo_open=True),  # 0 would count every detection
             iou_threshold=self.per_class("iou_threshold", len(class_names), lo_open=True),
             int8=int8,
             calibration=self.calibration(class_names),
