@@ -468,6 +468,14 @@ def _resolve_conf(text: str | None, predictor) -> tuple[float, ...] | None:
     return parse_conf(text, tuple(predictor.class_names), predictor.conf)
 
 
+def _same_thresholds(conf: tuple[float, ...], predictor) -> bool:
+    """Whether --conf only restates the model's own operating points."""
+    from bloodcell.runtime.counting import class_thresholds
+
+    k = len(predictor.class_names)
+    return tuple(class_thresholds(conf, k)) == tuple(class_thresholds(predictor.conf, k))
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -893,6 +901,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from bloodcell.app.predict_job import processed_line
     from bloodcell.app.watch import Watcher
     from bloodcell.runtime.loader import load_predictor, print_model_notes
+    from bloodcell.runtime.metadata import counted_by, model_digest
+    from bloodcell.weights import model_file
 
     if not Path(args.folder).is_dir():
         raise ConfigError(f"{args.folder}: not a folder")
@@ -902,8 +912,21 @@ def cmd_watch(args: argparse.Namespace) -> int:
     print_model_notes(predictor)
     _check_cell_size(predictor, args.cell_size)
     conf = _resolve_conf(args.conf, predictor)
+    model = counted_by(
+        model_file(args.model).name,
+        model_digest(model_file(args.model)),
+        None if conf is None or _same_thresholds(conf, predictor) else conf,
+        args.cell_size,
+    )
     watcher = Watcher(
-        predictor, args.folder, out, conf=conf, settle=args.settle, log=sys.stdout, cell_size=args.cell_size
+        predictor,
+        args.folder,
+        out,
+        conf=conf,
+        settle=args.settle,
+        log=sys.stdout,
+        cell_size=args.cell_size,
+        model=model,
     )
     with watcher:  # holds the --out folder's lock until done
         if args.once:

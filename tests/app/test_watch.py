@@ -269,6 +269,10 @@ def test_cli_once(model_file, sources, tmp_path, capsys):
     Image.fromarray(np.zeros((60, 80), np.uint8)).save(folder / "gray.png")  # grayscale: a doubtful count
     assert main(["watch", str(folder), "--model", str(model_file), "--once", "--settle", "0"]) == 0
     assert "warning: gray.png: " in capsys.readouterr().err
+    # the same folder and --out, counted at other operating points: refused, one kind of count per counts.csv
+    other = ["watch", str(folder), "--model", str(model_file), "--once", "--settle", "0", "--conf", "0.9"]
+    assert main(other) == 2
+    assert f"holds counts by {model_file.name}@" in capsys.readouterr().err
     assert main(["watch", str(tmp_path / "missing"), "--once"]) == 2
 
 
@@ -696,3 +700,23 @@ def test_names_that_spreadsheets_would_run_are_text_and_read_back(predictor, sou
     (out / STATE_NAME).write_text(json.dumps({"version": 1, "files": {}}))  # the state write was lost
     counting = FakePredictor(conf=CONF)
     assert Watcher(counting, folder, out, settle=0).drain() == [] and counting.calls == 0
+
+
+def test_a_watch_with_another_model_into_the_same_counts_is_refused(predictor, sources, tmp_path):
+    """One counts.csv holds one kind of count: the state records what counted (model, --conf, --cell-size);
+    a state from before it did is taken over by the next watch."""
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(sources / "noise.png", folder / "a.png")
+    with Watcher(predictor, folder, out, settle=0, model="m.onnx@111111111111") as w:
+        w.drain()
+    assert json.loads((out / STATE_NAME).read_text())["model"] == "m.onnx@111111111111"
+    shutil.copy(sources / "noise.png", folder / "b.png")
+    with pytest.raises(ConfigError, match=r"holds counts by m\.onnx@111111111111, not m\.onnx@222222222222 conf=0\.3"):
+        Watcher(predictor, folder, out, settle=0, model="m.onnx@222222222222 conf=0.3")
+    assert [r[0] for r in read_rows(out)] == ["a.png"]  # nothing counted by the other model
+    state = json.loads((out / STATE_NAME).read_text())
+    (out / STATE_NAME).write_text(json.dumps({"version": 1, "files": state["files"]}))  # an older watch's state
+    with Watcher(predictor, folder, out, settle=0, model="m.onnx@222222222222") as w:
+        w.drain()
+    assert json.loads((out / STATE_NAME).read_text())["model"] == "m.onnx@222222222222"

@@ -81,7 +81,10 @@ class Watcher:
         scan_interval: float = 2.0,
         log: TextIO | None = None,
         cell_size: float | str | None = "auto",
+        model: str | None = None,
     ) -> None:
+        """``model``: what counts (``runtime.metadata.counted_by``), kept in the state: a later watch into the same
+        ``out`` with another model, --conf or --cell-size is refused, not mixed into one counts.csv."""
         self.folder = Path(folder)
         self.out = Path(out)
         if not self.folder.is_dir():
@@ -94,6 +97,7 @@ class Watcher:
         self.class_names = tuple(predictor.class_names)
         self.conf = predictor.conf if conf is None else conf
         self.cell_size = cell_size
+        self.model = model
         self.settle = settle
         self.scan_interval = scan_interval
         self.log = log
@@ -148,10 +152,18 @@ class Watcher:
                 f"{self.state_path}: watch state unreadable ({e}); move it away to start over "
                 "(every image in the folder is then processed again)"
             ) from None
+        earlier = data.get("model")  # (a state from before watch recorded it: taken as this model's)
+        if files and self.model and isinstance(earlier, str) and earlier != self.model:
+            raise ConfigError(
+                f"{self.out}: holds counts by {earlier}, not {self.model} (another model, --conf or --cell-size); "
+                "use another --out, so one counts.csv holds one kind of count"
+            )
         return files
 
     def _save_state(self) -> None:
-        write_text(self.state_path, json.dumps({"version": STATE_VERSION, "files": self.state}, indent=1) + "\n")
+        named = {"model": self.model} if self.model else {}
+        state = {"version": STATE_VERSION, **named, "files": self.state}
+        write_text(self.state_path, json.dumps(state, indent=1) + "\n")
 
     def _check_csv(self) -> None:
         """Refuse a CSV of another class list; drop a torn last row; adopt rows the state missed (crash).

@@ -141,6 +141,18 @@ def model_ref(model: Path) -> str:
     return f"{model.name}@{model_digest(model)[:12]}"
 
 
+def counted_by(name: str, digest: str, thresholds: tuple[float, ...] | None, cell_size: float | str | None) -> str:
+    """What counted a batch's rows or a watched folder: name@sha256 prefix, plus the --conf and --cell-size it
+    counted with when not the model's own, so a rerun with other settings is refused instead of mixing two
+    kinds of counts in one output."""
+    parts = [f"{name}@{digest[:12]}"]
+    if thresholds is not None:
+        parts.append("conf=" + ",".join(f"{t:g}" for t in thresholds))
+    if cell_size != "auto":
+        parts.append(f"cell_size={'none' if cell_size is None else f'{float(cell_size):g}'}")
+    return " ".join(parts)
+
+
 def read_sidecar(model: Path) -> ExportMetadata | None:
     """The validated sidecar of ``model``; None when there is none."""
     path = sidecar_path(model)

@@ -18,7 +18,7 @@ from bloodcell.atomic import check_folder
 from bloodcell.errors import BloodcellError, ConfigError, StopSaid
 from bloodcell.runtime.counting import class_thresholds, parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
-from bloodcell.runtime.metadata import model_digest
+from bloodcell.runtime.metadata import counted_by, model_digest
 from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.weights import model_file
 
@@ -94,17 +94,6 @@ def _written_by(store: ParquetStore, out: str, model_id: str) -> dict[str, dict[
             "or --cell-size); use another --out"
         )
     return done
-
-
-def counted_by(name: str, digest: str, thresholds: tuple[float, ...] | None, cell_size: float | str | None) -> str:
-    """The rows' ``model``: name@sha256 prefix, plus the --conf and --cell-size it counted with when not
-    the model's own, so a rerun with other settings is refused instead of mixing two kinds of counts."""
-    parts = [f"{name}@{digest[:12]}"]
-    if thresholds is not None:
-        parts.append("conf=" + ",".join(f"{t:g}" for t in thresholds))
-    if cell_size != "auto":
-        parts.append(f"cell_size={'none' if cell_size is None else f'{float(cell_size):g}'}")
-    return " ".join(parts)
 
 
 def _resolve_device(device: str, model_path: Path) -> str:
