@@ -90,6 +90,16 @@ def test_onnx_int8_takes_uint8_levels_and_scores_like_fp32(exports, val_images, 
     (tmp_path / "m.onnx.json").write_text(json.dumps(meta))
     with pytest.raises(MetadataError, match=r"field 'onnx_input'.*from another export"):
         load_predictor(copy)
+    # Nor a sidecar refitted on another int8 export of the same checkpoint (other calibration images): the
+    # converted graph's sha256 tells them apart where every other field agrees.
+    meta["onnx_input"]["quantization"][1] -= 1
+    fp32_graph = json.loads(exports["onnx"].with_name("cellnet.onnx.json").read_text())["graph_sha256"]
+    assert len(meta["graph_sha256"]) == 64 and meta["graph_sha256"] != fp32_graph
+    (tmp_path / "m.onnx.json").write_text(json.dumps({**meta, "graph_sha256": "0" * 64}))
+    with pytest.raises(MetadataError, match=r"field 'graph_sha256'.*from another export"):
+        load_predictor(copy)
+    (tmp_path / "m.onnx.json").write_text(json.dumps(meta))
+    assert load_predictor(copy).metadata.graph_sha256 == meta["graph_sha256"]
 
 
 def test_a_uint8_onnx_without_its_quantization_is_refused(exports, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import importlib.util
 import json
 import math
@@ -295,6 +296,7 @@ def _export_onnx(graph: torch.nn.Module, example: torch.Tensor, meta: dict, cali
         meta["onnx_input"] = {"dtype": "uint8", "quantization": [input_scale, input_zero]}
         meta["input_layout"] += ", as uint8 levels: value = (level - onnx_input zero point) * scale"
         feed = np.zeros(example.shape, np.uint8)
+    meta["graph_sha256"] = hashlib.sha256(model.SerializeToString()).hexdigest()  # before the metadata goes in
     model = onnx_with_metadata(model, meta)
     data = model.SerializeToString()
     try:  # checked by the ONNX checker and by running it once, before anything is written
@@ -356,6 +358,7 @@ def _convert_tflite(
     tmp = Path(name)
     try:
         edge.export(str(tmp))
+        meta["graph_sha256"] = sha256_file(tmp)  # before the metadata goes in
         meta.update(_tflite_io(tmp, num_classes))
         embed_tflite_metadata(tmp, json.dumps(meta))
         return tmp.read_bytes()

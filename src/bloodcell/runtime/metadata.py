@@ -45,8 +45,9 @@ GRAPH_FIELDS = (
     "input_normalization",
     "input_scale",
     "onnx_input",
+    "graph_sha256",
 )
-_TEXT_FIELDS = ("version", "date", "architecture", "input_layout", "source", "source_sha256")
+_TEXT_FIELDS = ("version", "date", "architecture", "input_layout", "source", "source_sha256", "graph_sha256")
 _DICT_FIELDS = ("outputs", "source_metrics", "tflite_input", "tflite_outputs", "qat", "fitted", "counting_fit")
 
 
@@ -66,6 +67,9 @@ class ExportMetadata:
     # Images from the training microscope are resized by this before the network (TrainConfig.scale).
     input_scale: float = 1.0
     architecture: str | None = None
+    # sha256 of the converted graph before its metadata went in: two int8 exports of one checkpoint (other
+    # calibration images) differ here, so a sidecar refitted on one is refused beside the other
+    graph_sha256: str | None = None
     source_metrics: dict[str, Any] | None = None
     # The graph takes pixels * scale + shift (per channel) instead of pixels; None: plain pixels.
     input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
@@ -417,6 +421,7 @@ class _Checker:
             cell_size=None if cell_size is None else float(cell_size),
             input_scale=1.0 if input_scale is None else float(input_scale),
             architecture=self.raw.get("architecture"),
+            graph_sha256=self.raw.get("graph_sha256"),
             source_metrics=self.raw.get("source_metrics"),
             input_normalization=normalization,
             onnx_input=onnx_input,
