@@ -101,7 +101,7 @@ def test_local_batch_rows_match_predict_and_resume_skips(archive: Path, tmp_path
     for r in good:  # counted boxes are listed, and every count lies in its interval
         assert len(r["detections"]) == sum(r["counts"].values())
         assert all(r["count_lo90"][k] <= n <= r["count_hi90"][k] for k, n in r["counts"].items())
-    assert {r["model"] for r in rows} == {rows[0]["model"]} and rows[0]["model"].startswith("cellnet@")
+    assert {r["model"] for r in rows} == {rows[0]["model"]} and rows[0]["model"].startswith("cellnet_bccd.pt@")
 
     again = run_batch([str(archive)], str(out), device="cpu", progress=False)
     # the bad file, unchanged, is failed again (not also skipped): 4 + 1 = the 5 rows
@@ -237,7 +237,7 @@ def test_a_dataset_holds_one_models_counts(tmp_path: Path, tiny_model) -> None:
 
     out = tmp_path / "out"
     run_batch([str(SAMPLES[0])], str(out), device="cpu", progress=False)
-    with pytest.raises(ConfigError, match="holds counts by cellnet@"):
+    with pytest.raises(ConfigError, match=r"holds counts by cellnet_bccd\.pt@"):
         run_batch([str(SAMPLES[0])], str(out), model=str(tiny_model()), device="cpu", progress=False)
 
 
@@ -248,7 +248,7 @@ def test_a_rerun_with_other_settings_is_refused_not_mixed(tmp_path: Path) -> Non
     out = tmp_path / "out"
     run_batch([str(SAMPLES[0])], str(out), device="cpu", conf="0.9", cell_size=70.0, progress=False)
     [row] = read_rows(out)
-    assert row["model"].startswith("cellnet@") and row["model"].endswith(" conf=0.9,0.9,0.9 cell_size=70")
+    assert row["model"].startswith("cellnet_bccd.pt@") and row["model"].endswith(" conf=0.9,0.9,0.9 cell_size=70")
     for settings in ({"conf": "0.95", "cell_size": 70.0}, {"conf": "0.9"}, {}):
         with pytest.raises(ConfigError, match="another model, --conf or --cell-size"):
             run_batch([str(SAMPLES[1])], str(out), device="cpu", progress=False, **settings)
@@ -423,3 +423,17 @@ def test_an_archive_reached_through_a_link_is_the_same_archive(archive: Path, tm
     again = run_batch([str(linked)], str(out), device="cpu", progress=False)
     assert (again.written, again.skipped) == (0, 4)
     assert all(r["path"].startswith(str(archive)) for r in read_rows(out))
+
+
+def test_rows_named_by_an_earlier_bloodcell_are_the_same_models() -> None:
+    """Rows name the model by its file, as predict, watch and the report do; an archive begun when rows named
+    the architecture (cellnet@sha) goes on with the same model, and refuses another."""
+    from types import SimpleNamespace
+
+    from bloodcell.app.archive.job import _written_by
+    from bloodcell.errors import ConfigError
+
+    store = SimpleNamespace(written=lambda: ({"a.jpg": {}}, {"cellnet@abc"}))
+    assert _written_by(store, "out", "cellnet_bccd.pt@abc", "cellnet@abc") == {"a.jpg": {}}
+    with pytest.raises(ConfigError, match=r"holds counts by cellnet@abc, not other\.pt@def"):
+        _written_by(store, "out", "other.pt@def", "cellnet@def")

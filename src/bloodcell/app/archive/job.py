@@ -78,16 +78,16 @@ def _unchanged(keyed: dict[str, dict[str, str | None]], uris: list[str]) -> dict
         return {u: keyed[file_key(u)][digest] for u, digest in found if digest is not None}
 
 
-def _written_by(store: ParquetStore, out: str, model_id: str) -> dict[str, dict[str, str | None]]:
-    """path -> content hashes already in ``out``, all counted by ``model_id``: one dataset, one
-    model (skipping images another model counted would mix two models' counts)."""
+def _written_by(store: ParquetStore, out: str, model_id: str, earlier_id: str = "") -> dict[str, dict[str, str | None]]:
+    """path -> content hashes already in ``out``, all counted by ``model_id`` (or ``earlier_id``, its older
+    name): one dataset, one model (skipping images another model counted would mix two models' counts)."""
     import pyarrow as pa
 
     try:
         done, models = store.written()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise ConfigError(f"--out {out}: holds Parquet files that are not this model's counts ({e})") from None
-    others = models - {model_id}
+    others = models - {model_id, earlier_id}
     if others:
         raise ConfigError(
             f"--out {out}: holds counts by {', '.join(sorted(others))}, not {model_id} (another model, --conf "
@@ -139,7 +139,10 @@ def run_batch(
     thresholds = None if conf is None else parse_conf(conf, class_names, probe.conf)
     own = thresholds is None or thresholds == tuple(class_thresholds(probe.conf, len(class_names)))
     digest = model_digest(model_path)
-    model_id = counted_by(probe.describe()["name"], digest, None if own else thresholds, cell_size)
+    # named as predict, watch and the report name it (the file); earlier bloodcells named the architecture:
+    # an archive begun so is the same model's and goes on
+    model_id = counted_by(model_path.name, digest, None if own else thresholds, cell_size)
+    earlier_id = counted_by(probe.describe()["name"], digest, None if own else thresholds, cell_size)
     del probe
     expanded = expand(sources)
     for skipped in expanded.skipped:  # a mount's lost+found, say: not images that failed
@@ -157,7 +160,7 @@ def run_batch(
     store = ParquetStore(out, schema(class_names))
     with store.locked():  # a second run on this --out would count every image again
         spec = PredictorSpec(str(model_path), model_id, run_id, device, threads, batch, thresholds, cell_size)
-        run = _Run(out, class_names, spec, engine, workers, address, part_rows, progress)
+        run = _Run(out, class_names, spec, engine, workers, address, part_rows, progress, earlier_id)
         return _count(store, expanded.uris, summary, run)
 
 
@@ -173,6 +176,7 @@ class _Run:
     address: str | None
     part_rows: int
     progress: bool
+    earlier_id: str = ""  # the same model as an older bloodcell named it in the rows
 
 
 def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Run) -> BatchSummary:
@@ -181,7 +185,7 @@ def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Ru
     model_id, run_id = spec.model_id, spec.run_id
     if stale := store.remove_stale_parts():
         print(f"removed {stale} unfinished part file(s) left by killed runs in {out}", file=sys.stderr)
-    keyed = _by_file(_written_by(store, out, model_id))
+    keyed = _by_file(_written_by(store, out, model_id, run.earlier_id))
     skip = _unchanged(keyed, uris)
     todo = [u for u in uris if u not in skip]
     summary.skipped = sum(not error for error in skip.values())  # a bad file unchanged counts as failed, below
