@@ -437,3 +437,15 @@ def test_rows_named_by_an_earlier_bloodcell_are_the_same_models() -> None:
     assert _written_by(store, "out", "cellnet_bccd.pt@abc", "cellnet@abc") == {"a.jpg": {}}
     with pytest.raises(ConfigError, match=r"holds counts by cellnet@abc, not other\.pt@def"):
         _written_by(store, "out", "other.pt@def", "cellnet@def")
+
+
+def test_the_summary_says_how_many_counts_are_doubtful(tmp_path: Path) -> None:
+    """predict and watch print each image's warnings; batch (archives of thousands) counts them in its summary."""
+    from PIL import Image
+
+    gray = tmp_path / "gray.png"
+    Image.open(SAMPLES[0]).convert("L").save(gray)
+    summary = run_batch([str(gray), str(SAMPLES[0])], str(tmp_path / "out"), device="cpu", progress=False)
+    assert summary.warned == 1
+    assert str(summary).startswith("2 images counted (1 with warnings: the rows' warnings column), 0 failed")
+    assert [bool(r["warnings"]) for r in sorted(read_rows(tmp_path / "out"), key=lambda r: r["path"])] == [True, False]

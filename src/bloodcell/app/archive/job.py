@@ -35,6 +35,7 @@ class BatchSummary:
     written: int = 0  # rows written by this run (bad images included)
     error_rows: int = 0  # of those, the rows of images that could not be decoded (their error, no counts)
     failed: int = 0  # bad images, unreadable files and source problems
+    warned: int = 0  # rows written with warnings (doubtful counts: no colour, a tiny image...)
     seconds: float = 0.0
     interrupted: bool = False  # stopped by Ctrl-C or SIGTERM: the rows written so far are kept
     totals: dict[str, int] = field(default_factory=dict)
@@ -45,9 +46,10 @@ class BatchSummary:
 
     def __str__(self) -> str:
         counts = ", ".join(f"{v} {k}" for k, v in self.totals.items())
+        warned = f" ({self.warned} with warnings: the rows' warnings column)" if self.warned else ""
         return (
-            f"{self.written - self.error_rows} images counted, {self.failed} failed, {self.skipped} skipped "
-            f"(already done); {self.written} rows written; {self.images_per_s:.1f} images/s; "
+            f"{self.written - self.error_rows} images counted{warned}, {self.failed} failed, {self.skipped} "
+            f"skipped (already done); {self.written} rows written; {self.images_per_s:.1f} images/s; "
             f"totals: {counts or 'none'}"
         )
 
@@ -236,6 +238,7 @@ def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Ru
                     if row["sha256"] is None:
                         continue  # unreadable, or the prediction failed (out of memory...): a rerun tries again
                     summary.error_rows += bool(row["error"])
+                    summary.warned += bool(row.get("warnings"))
                     for name, n in (row.get("counts") or {}).items():
                         summary.totals[name] += n
                     buffer.append(row)
