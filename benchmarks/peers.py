@@ -303,43 +303,22 @@ def worker_export_torchvision(args: argparse.Namespace) -> None:
 
 
 def worker_quantize(args: argparse.Namespace) -> None:
-    """ONNX fp32 -> int8 with onnxruntime quantize_static (QDQ, u8 activations, s8 per-channel weights)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """ONNX fp32 -> int8 with bloodcell's recipe (onnxruntime quantize_static: QDQ, u8 activations, s8
+    per-channel weights); the input stays float, as the peer's own pipeline feeds it."""
+    from bloodcell.export.onnx_int8 import quantize_qdq
 
     spec = json.loads(args.spec)
     src, dst = Path(args.src), Path(args.dst)
-    batches = [load_input(Path(p), spec) for p in args.calib]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter({args.input_name: b} for b in batches)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.items, None)
-
-    prepared = dst.with_name(dst.stem + ".prep.onnx")
-    try:  # shape inference + graph cleanup first, as onnxruntime recommends; optional
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        source = prepared
-    except Exception as e:  # best effort: quantize the plain graph
-        print(f"quant_pre_process skipped: {error_text(e)}", file=sys.stderr)
-        source = src
+    feeds = [{args.input_name: load_input(Path(p), spec)} for p in args.calib]
     try:
-        quantize_static(
-            str(source),
-            str(dst),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
+        try:  # shape inference + graph cleanup first, as onnxruntime recommends; optional here
+            quantize_qdq(src, dst, feeds)
+        except Exception as e:  # best effort: quantize the plain graph
+            print(f"prepared graph not quantized ({error_text(e)}); quantizing it as it is", file=sys.stderr)
+            quantize_qdq(src, dst, feeds, prepare=False)
         write_result({"path": str(dst)})
     except Exception as e:
         write_result({"error": f"quantization fails: {error_text(e)}"})
-    finally:
-        prepared.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- timing (worker)

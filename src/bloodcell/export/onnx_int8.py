@@ -28,31 +28,42 @@ def quantize_onnx(model, calibration: Sequence[np.ndarray], input_name: str = "i
     holds (1, H, W, 3) float32 inputs that set the activation ranges (onnxruntime's MinMax calibration).
     """
     import onnx
+
+    with tempfile.TemporaryDirectory(prefix="bloodcell-onnx-int8-") as tmp:
+        source, quantized = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, source)
+        quantize_qdq(source, quantized, [{input_name: x} for x in calibration])
+        return integer_input(onnx.load(quantized), input_name)
+
+
+def quantize_qdq(source: Path, out: Path, feeds: Sequence[dict[str, np.ndarray]], prepare: bool = True) -> None:
+    """onnxruntime's static quantization of the ONNX file ``source`` into ``out``: QDQ, uint8 activations, int8
+    per-channel weights, MinMax ranges from ``feeds`` (one input dict per pass). The recipe of bloodcell's int8
+    ONNX and of benchmarks/peers.py's peer int8 files. ``prepare``: shape inference and graph clean-up first,
+    as onnxruntime recommends (a graph it cannot prepare raises; False quantizes the graph as it is)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.items = iter([{input_name: x} for x in calibration])
+            self.items = iter(feeds)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.items, None)
 
-    with tempfile.TemporaryDirectory(prefix="bloodcell-onnx-int8-") as tmp:
-        source, prepared, quantized = (Path(tmp) / n for n in ("float.onnx", "prepared.onnx", "int8.onnx"))
-        onnx.save(model, source)
-        # shape inference and graph clean-up (batch norms folded) first, as onnxruntime recommends
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    with tempfile.TemporaryDirectory(prefix="bloodcell-qdq-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        if prepare:
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared),
-            str(quantized),
+            str(prepared if prepare else source),
+            str(out),
             Reader(),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
         )
-        return integer_input(onnx.load(quantized), input_name)
 
 
 def integer_input(model, input_name: str = "images"):
