@@ -468,14 +468,6 @@ def _resolve_conf(text: str | None, predictor) -> tuple[float, ...] | None:
     return parse_conf(text, tuple(predictor.class_names), predictor.conf)
 
 
-def _same_thresholds(conf: tuple[float, ...], predictor) -> bool:
-    """Whether --conf only restates the model's own operating points."""
-    from bloodcell.runtime.counting import class_thresholds
-
-    k = len(predictor.class_names)
-    return tuple(class_thresholds(conf, k)) == tuple(class_thresholds(predictor.conf, k))
-
-
 def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -900,6 +892,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     from bloodcell.app.predict_job import processed_line
     from bloodcell.app.watch import Watcher
+    from bloodcell.runtime.counting import conf_override
     from bloodcell.runtime.loader import load_predictor, print_model_notes
     from bloodcell.runtime.metadata import counted_by, model_digest
     from bloodcell.weights import model_file
@@ -912,12 +905,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     print_model_notes(predictor)
     _check_cell_size(predictor, args.cell_size)
     conf = _resolve_conf(args.conf, predictor)
-    model = counted_by(
-        model_file(args.model).name,
-        model_digest(model_file(args.model)),
-        None if conf is None or _same_thresholds(conf, predictor) else conf,
-        args.cell_size,
-    )
+    path = model_file(args.model)
+    override = conf_override(conf, predictor.conf, len(predictor.class_names))
+    model = counted_by(path.name, model_digest(path), override, args.cell_size)
     watcher = Watcher(
         predictor,
         args.folder,

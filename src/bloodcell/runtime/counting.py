@@ -33,6 +33,15 @@ def class_thresholds(conf: Conf, num_classes: int) -> np.ndarray:
     return arr
 
 
+def conf_override(thresholds: tuple[float, ...] | None, own: Conf, num_classes: int) -> tuple[float, ...] | None:
+    """--conf's thresholds when they differ from the model's own operating points ``own``; None when absent or
+    only restating them (outputs then name no override)."""
+    if thresholds is None:
+        return None
+    same = (class_thresholds(thresholds, num_classes) == class_thresholds(own, num_classes)).all()
+    return None if same else thresholds
+
+
 def per_class(class_names: Sequence[str], values: Conf) -> str:
     """'RBC 0.64, WBC 0.56, Platelets 0.63': one number or one per class, as messages show them."""
     thresholds = class_thresholds(values, len(class_names))

@@ -50,6 +50,7 @@ class ExportedPredictor:
         self.input_scale = metadata.input_scale
         self.post = PostprocessConfig(iou_threshold=metadata.iou_threshold)
         self.times = StageTimes()
+        self._table: np.ndarray | None = None  # integer inputs: (1, 256, 3) pixel -> level (``_input_table``)
         refit = bool(metadata.raw.get("fitted"))
         self.notes = [unfitted_int8_note(path)] if metadata.int8 and not refit else []
         unfitted = metadata.raw.get("unfitted_checkpoint") is True and metadata.calibration is None
@@ -87,12 +88,12 @@ class ExportedPredictor:
         table = np.clip(np.round(self._real_input(pixels) / scale + zero), info.min, info.max).astype(dtype)
         return table.reshape(1, 256, 3)
 
-    def _graph_input(self, canvas: np.ndarray, table: np.ndarray | None) -> np.ndarray:
-        """(1, H, W, 3): through ``table`` for an integer input, else real units."""
-        if table is None:
+    def _graph_input(self, canvas: np.ndarray) -> np.ndarray:
+        """(1, H, W, 3): through ``self._table`` for an integer input, else real units."""
+        if self._table is None:
             return self._real_input(canvas)[None]
         # OpenCV's per-channel table lookup: 0.3 ms for a 480x384 canvas, numpy's fancy indexing 2.4 ms
-        return cv2.LUT(np.ascontiguousarray(canvas, dtype=np.uint8), table)[None]
+        return cv2.LUT(np.ascontiguousarray(canvas, dtype=np.uint8), self._table)[None]
 
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections:
         with self.times.stage("letterbox"):
@@ -122,7 +123,6 @@ class OnnxPredictor(ExportedPredictor):
         graph_input = self.session.get_inputs()[0]
         outputs = [o.shape for o in self.session.get_outputs()]
         self.metadata.check_graph(path, graph_input.shape, outputs)
-        self._table = None
         if graph_input.type == "tensor(uint8)":  # int8 export: uint8 levels of the normalized input
             if self.metadata.onnx_input is None:
                 raise ModelError(
@@ -139,7 +139,7 @@ class OnnxPredictor(ExportedPredictor):
             )
 
     def run(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores, boxes = self.session.run(["scores", "boxes"], {"images": self._graph_input(canvas, self._table)})
+        scores, boxes = self.session.run(["scores", "boxes"], {"images": self._graph_input(canvas)})
         return scores[0], boxes[0]
 
 
@@ -225,7 +225,7 @@ class TFLitePredictor(ExportedPredictor):
         self.metadata.check_graph(path, self.input["shape"], [d["shape"] for d in outputs])
         self.scores_out, self.boxes_out = split_outputs(outputs, len(self.class_names))
         dtype = np.dtype(self.input["dtype"])
-        self._lookup = None if dtype == np.float32 else self._input_table(dtype, *self.input["quantization"])
+        self._table = None if dtype == np.float32 else self._input_table(dtype, *self.input["quantization"])
 
     def _read(self, detail: dict) -> np.ndarray:
         x = self.interpreter.get_tensor(detail["index"])[0]
@@ -235,7 +235,7 @@ class TFLitePredictor(ExportedPredictor):
         return (x.astype(np.float32) - zero) * scale
 
     def run(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        self.interpreter.set_tensor(self.input["index"], self._graph_input(canvas, self._lookup))
+        self.interpreter.set_tensor(self.input["index"], self._graph_input(canvas))
         self.interpreter.invoke()
         return self._read(self.scores_out), self._read(self.boxes_out)
 

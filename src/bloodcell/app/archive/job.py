@@ -16,7 +16,7 @@ from bloodcell.app.archive.sources import expand, file_key, read_bytes
 from bloodcell.app.archive.store import ParquetStore
 from bloodcell.atomic import check_folder
 from bloodcell.errors import BloodcellError, ConfigError, StopSaid
-from bloodcell.runtime.counting import class_thresholds, parse_conf
+from bloodcell.runtime.counting import conf_override, parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.metadata import counted_by, model_digest
 from bloodcell.runtime.scaling import check_cell_size
@@ -139,12 +139,12 @@ def run_batch(
     check_cell_size(probe, cell_size)
     class_names = tuple(probe.class_names)
     thresholds = None if conf is None else parse_conf(conf, class_names, probe.conf)
-    own = thresholds is None or thresholds == tuple(class_thresholds(probe.conf, len(class_names)))
+    override = conf_override(thresholds, probe.conf, len(class_names))
     digest = model_digest(model_path)
     # named as predict, watch and the report name it (the file); earlier bloodcells named the architecture:
     # an archive begun so is the same model's and goes on
-    model_id = counted_by(model_path.name, digest, None if own else thresholds, cell_size)
-    earlier_id = counted_by(probe.describe()["name"], digest, None if own else thresholds, cell_size)
+    model_id = counted_by(model_path.name, digest, override, cell_size)
+    earlier_id = counted_by(probe.describe()["name"], digest, override, cell_size)
     del probe
     expanded = expand(sources)
     for skipped in expanded.skipped:  # a mount's lost+found, say: not images that failed
