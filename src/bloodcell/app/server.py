@@ -44,7 +44,7 @@ from bloodcell.app.api_schema import DETECT_RESPONSES
 from bloodcell.errors import ConfigError
 from bloodcell.palette import class_hex
 from bloodcell.runtime.counting import Conf, class_thresholds, parse_conf, parse_threshold
-from bloodcell.runtime.images import to_rgb_uint8
+from bloodcell.runtime.images import read_pixels
 from bloodcell.runtime.predict import Predictor, predict_image
 from bloodcell.runtime.scaling import check_cell_size, parse_cell_size
 
@@ -236,8 +236,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Bytes -> (H, W, 3) uint8 if Pillow decodes them as an image of at most ``max_pixels``; else an ApiError."""
     with open_image(data) as im:
         _check_pixels(im, max_pixels)
-        im.load()
-        return np.ascontiguousarray(to_rgb_uint8(im))
+        return read_pixels(im, lambda: data)
 
 
 class PixelBudget:

@@ -1,13 +1,15 @@
-"""Reading any image a microscope camera writes into RGB uint8 (numpy + Pillow only)."""
+"""Reading any image a microscope camera writes into RGB uint8 (Pillow; OpenCV for 16-bit colour)."""
 
 from __future__ import annotations
 
 import io
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from bloodcell.errors import ImageError, TruncatedImageError, UnreadableImageError
 
@@ -15,21 +17,77 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
 
 
+CAMERA_BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def camera_levels(a: np.ndarray) -> np.ndarray:
+    """Integer pixels wider than 8 bits -> uint8 at the camera's bit depth: the smallest of 8, 10, 12, 14 or
+    16 bits that holds the brightest pixel. 10-, 12- and 14-bit sensors write their values in 16-bit files;
+    read as 0..65535, a 12-bit field is 16x too dark and counts as nearly empty. (A bright-field smear's
+    background is its brightest part, so the maximum is near the sensor's top.)"""
+    top = int(a.max()) if a.size else 0
+    bits = next((b for b in CAMERA_BIT_DEPTHS if top < 1 << b), top.bit_length())
+    return np.clip(a.astype(np.float32) * (255.0 / ((1 << bits) - 1)) + 0.5, 0, 255).astype(np.uint8)
+
+
 def to_rgb_uint8(im: Image.Image) -> np.ndarray:
     """Grayscale, palette, RGBA (alpha channel dropped) and 16-bit images -> (H, W, 3) uint8, EXIF-rotated."""
     _refuse_stacks(im)
     im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if im.mode == "F":
         a = np.asarray(im, dtype=np.float64)
-        if im.mode == "F" and a.size and a.min() >= 0.0 and a.max() <= 1.0:
-            top = 1.0  # a float image in 0..1 (scientific cameras' TIFFs, Image.fromarray of float pixels)
+        if a.size and a.min() >= 0.0 and a.max() <= 1.0:  # scientific cameras' float TIFFs, fromarray(float)
+            a = np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
         else:
-            top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            a = camera_levels(np.clip(np.rint(a), 0, 2**32 - 1).astype(np.uint32))
+        return np.repeat(a[..., None], 3, axis=2)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = camera_levels(np.clip(np.asarray(im, dtype=np.int64), 0, None))
         return np.repeat(a[..., None], 3, axis=2)
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im)
+
+
+def read_pixels(im: Image.Image, raw: Callable[[], bytes]) -> np.ndarray:
+    """``im`` (opened, not yet loaded) as a contiguous (H, W, 3) uint8 RGB array. ``raw`` gives the file's
+    bytes for 16-bit colour (48-bit TIFF/PNG): Pillow reads those as 8 bits per channel by dropping the low
+    byte, which leaves a 12-bit camera's field near-black, so OpenCV decodes them again at their full depth
+    (after Pillow's full decode, whose errors name a truncated or corrupt file)."""
+    deep_colour = _sixteen_bit_colour(im)  # the tile that says so is gone once loaded
+    im.load()
+    if deep_colour:
+        _refuse_stacks(im)
+        try:
+            deep = cv2.imdecode(np.frombuffer(raw(), np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            deep = None
+        if deep is not None and deep.dtype == np.uint16 and deep.ndim == 3 and deep.shape[2] in (3, 4):
+            rgb = Image.fromarray(np.ascontiguousarray(camera_levels(deep[..., 2::-1])))  # BGR(A) -> RGB
+            method = _EXIF_TRANSPOSE.get(im.getexif().get(ExifTags.Base.Orientation, 1))
+            return np.ascontiguousarray(rgb.transpose(method) if method is not None else rgb)
+    return np.ascontiguousarray(to_rgb_uint8(im))
+
+
+# EXIF orientation -> the transpose that undoes it (as ImageOps.exif_transpose does).
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _sixteen_bit_colour(im: Image.Image) -> bool:
+    """Pillow opens 48/64-bit colour as mode RGB/RGBA; its tile's raw mode ('RGB;16B', 'RGB;16N') says so."""
+    if im.mode not in ("RGB", "RGBA") or not im.tile:
+        return False
+    args = im.tile[0][3]
+    raw_mode = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
+    return isinstance(raw_mode, str) and ";16" in raw_mode
 
 
 class StackError(ValueError):
@@ -58,8 +116,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     """``load_image`` for bytes already read (from a bucket, an upload); errors name ``name``."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return np.ascontiguousarray(to_rgb_uint8(im))
+            return read_pixels(im, lambda: data)
     except UnidentifiedImageError:
         raise ImageError(f"{name}: {_unidentified(len(data))}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -71,8 +128,7 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as im:
-            im.load()
-            return np.ascontiguousarray(to_rgb_uint8(im))
+            return read_pixels(im, path.read_bytes)
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
     except PermissionError as e:

@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image
 
 from bloodcell.errors import ImageError
-from bloodcell.runtime.images import StackError, to_rgb_uint8
+from bloodcell.runtime.images import StackError, camera_levels, to_rgb_uint8
 
 # What ``bloodcell.predict`` takes: a file path, a PIL image, or an array (H, W) gray / (H, W, 3) RGB /
-# (H, W, 4) RGBA, uint8 (0-255), uint16 (0-65535, as 16-bit files) or float (0-1).
+# (H, W, 4) RGBA, uint8 (0-255), uint16 (at the camera's bit depth, as 16-bit files) or float (0-1).
 ImageInput = str | os.PathLike | np.ndarray | Image.Image
 
 _CHANNELS = (1, 3, 4)
@@ -48,11 +48,12 @@ def as_rgb(image: np.ndarray | Image.Image, name: str) -> np.ndarray:
 
 
 def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
-    """uint8 as is; uint16 scaled as a 16-bit file is; floats in 0..1; other integers when within 0..255."""
+    """uint8 as is; uint16 at its camera's bit depth, as a 16-bit file; floats in 0..1; other integers when
+    within 0..255."""
     if a.dtype == np.uint8:
         return a
     if a.dtype.kind == "u" and a.dtype.itemsize == 2:  # either byte order (FITS and some TIFF readers: big-endian)
-        return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        return camera_levels(a)
     if np.issubdtype(a.dtype, np.floating):
         if not np.isfinite(a).all():
             raise ImageError(f"{name}: {a.dtype} array holds NaN or infinite values")
