@@ -166,7 +166,8 @@ def transforms(samples: list[Sample], seam_cells: str = "ignore") -> Iterator[tu
         [pixels(lambda im: Image.blend(im.convert("L").convert("RGB"), im, 0.5))(x) for x in samples],
     )
     yield "warm white balance", [channels(x, (1.12, 1.0, 0.85)) for x in samples]
-    yield "dim (0.7)", [channels(x, (0.7, 0.7, 0.7)) for x in samples]
+    for gain in (0.7, 0.5, 0.35, 0.25, 0.1, 0.05):  # under-exposure: a dimmer lamp, a shorter exposure
+        yield f"dim ({gain:g})", [channels(x, (gain, gain, gain)) for x in samples]
     yield "blur sigma 2", [pixels(lambda im: im.filter(ImageFilter.GaussianBlur(2)))(x) for x in samples]
     yield "jpeg q30", [pixels(jpeg)(x) for x in samples]
     yield "noise sigma 12", [noise(x, 12.0, i) for i, x in enumerate(samples)]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bloodcell.atomic import check_outputs
+from bloodcell.atomic import atomic_open, check_outputs
 from bloodcell.errors import BloodcellError, ConfigError, StopSaid, describe_os_error, missing_model
 
 if TYPE_CHECKING:  # config is imported lazily below, like every other bloodcell module
@@ -52,7 +52,13 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="VOC dataset folder or dataset YAML")
     p.add_argument("--split", help="check only ImageSets/Main/<split>.txt (default: every annotation)")
     p.add_argument("--strict", action="store_true", help="every finding is an error (exit 1)")
-    p.add_argument("--json", action="store_true", help="print findings as JSON instead of a table")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="findings as JSON instead of a table: to this file, or printed when no file is given",
+    )
     p.set_defaults(func=cmd_data_check)
 
     p = dsub.add_parser("stats", help="per split and class: images, boxes, box sizes; PNG plots")
@@ -111,9 +117,17 @@ def _data_root(args: argparse.Namespace):
 def cmd_data_check(args: argparse.Namespace) -> int:
     from bloodcell.data.check import check_dataset, format_findings
 
+    if args.json and args.json != "-" and args.path is None and args.data is None and Path(args.json).is_dir():
+        args.path, args.json = args.json, "-"  # `data check --json FOLDER`: the flag as it was, then the dataset
+    check_outputs({"--json": None if args.json == "-" else args.json})
     report = check_dataset(_data_root(args), split=args.split)
-    if args.json:
+    if args.json == "-":
         print(json.dumps(report.to_dict(), indent=2))
+    elif args.json:
+        with atomic_open(args.json) as f:
+            f.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        print(format_findings(report))
+        print(f"wrote {args.json}")
     else:
         print(format_findings(report))
     # Repaired labels are findings (errors only with --strict); an image that cannot be used at all is a failed input.
@@ -584,6 +598,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(config, progress=sys.stderr.isatty(), explicit=given)  # no progress bars in logs
     for note in result.skipped:  # trained, but on fewer images than the splits list: a failed input
         print(note, file=sys.stderr)
+    if result.skipped:
+        print(f"the model is written ({result.best}); exit 1 says that listed images were left out", file=sys.stderr)
     return 1 if result.skipped else 0
 
 

@@ -39,6 +39,21 @@ def test_bccd_table_ends_with_the_summary(bccd_root: Path, capsys) -> None:
     )
 
 
+def test_json_goes_to_a_file_when_named_as_for_val_and_predict(bccd_root: Path, tmp_path: Path, capsys) -> None:
+    """`--json FILE` writes the report (the table still printed); `--json` alone prints it; `--json FOLDER`
+    with no dataset named otherwise is the old flag followed by the dataset."""
+    code, printed, _ = _run(capsys, str(bccd_root), "--split", "test", "--json")
+    out = tmp_path / "reports" / "check.json"
+    code_file, table, _ = _run(capsys, str(bccd_root), "--split", "test", "--json", str(out))
+    assert code == code_file == 0
+    assert json.loads(out.read_text()) == json.loads(printed)
+    assert table.splitlines()[-1] == f"wrote {out}" and "72 images" in table
+    code_old, printed_old, _ = _run(capsys, "--json", str(bccd_root), "--split", "test")
+    assert code_old == 0 and json.loads(printed_old) == json.loads(printed)
+    code_bad, _, err = _run(capsys, str(bccd_root), "--json", str(tmp_path))
+    assert code_bad == 2 and "--json" in err and "folder" in err
+
+
 def test_bccd_split(bccd_root: Path, capsys) -> None:
     code, out, _ = _run(capsys, str(bccd_root), "--split", "test", "--json")
     report = json.loads(out)

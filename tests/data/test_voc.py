@@ -211,6 +211,20 @@ def test_bad_input_gives_its_finding(tmp_path: Path, case: str) -> None:
         assert len(by_id["bad"].boxes) == kept
 
 
+@pytest.mark.parametrize(
+    ("content", "says"), [(b"", "empty file (0 bytes)"), (b"GIF? no", "not a format Pillow reads")]
+)
+def test_an_unidentified_image_finding_says_why_as_predict_does(tmp_path: Path, content: bytes, says: str) -> None:
+    voc = make_voc(tmp_path, n_images=1, splits=False)
+    voc.add("bad")
+    voc.image_path("bad").write_bytes(content)
+    [finding] = load_voc(tmp_path, decode_images=False).findings
+    assert finding.kind == "bad-image" and finding.detail == f"{voc.image_path('bad').name}: " + (
+        says if content == b"" else f"cannot decode image ({says})"
+    )
+    assert str(tmp_path) not in finding.detail  # the file's name, not Pillow's whole path
+
+
 @pytest.mark.parametrize("decode_images", [True, False])
 def test_oversize_image_is_a_bad_image_finding_even_when_warnings_are_errors(
     tmp_path: Path, monkeypatch, decode_images: bool

@@ -171,7 +171,12 @@ def test_training_on_fewer_images_than_listed_exits_1_naming_them(tiny_voc, tmp_
     args = ["train", "--data", str(root), "--epochs", "1", "--batch", "2", "--imgsz", "128", "--no-pretrained"]
     assert main([*args, "--out", str(tmp_path / "run"), "--threads", "1"]) == 1
     err = capsys.readouterr().err
-    assert "split train: 1 listed images left out (1 missing-annotation: BloodImage_09999.xml)" in err
+    said = "split train: 1 listed images left out (1 missing-annotation: BloodImage_09999.xml)"
+    lines = err.splitlines()
+    first = next(i for i, line in enumerate(lines) if said in line)
+    assert lines[first].startswith("warning: ") and "training goes on with the other" in lines[first]  # at the start
+    assert lines[-2].startswith("error: ") and said in lines[-2]  # and in the end, with the exit code
+    assert lines[-1].startswith(f"the model is written ({tmp_path / 'run' / 'best.pt'})")
     assert (tmp_path / "run" / "best.pt").is_file()  # the model is made, on the images there are
 
 

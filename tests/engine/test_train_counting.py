@@ -41,6 +41,7 @@ def test_calibrate_refits_a_model_file(tiny_voc, tiny_model, tmp_path, capsys):
     assert "warning: WBC: operating point and intervals fitted on 2 labelled cells in 2 val images" in err
     assert "warning: Platelets: operating point and intervals fitted on 0 labelled cells" in err
     assert "warning: RBC" not in err
+    assert "note: the count errors and coverage above are in-sample" in err and "on these 2 images" in err
     js = tmp_path / "v.json"
     assert main(["val", "--model", str(out), "--data", str(tiny_voc), "--json", str(js), "--out", ""]) == 0
     table, err = capsys.readouterr()

@@ -49,13 +49,21 @@ def test_folding_is_exact(small_model):
     torch.testing.assert_close(a_box, b_box, rtol=1e-4, atol=1e-4)
 
 
-def test_qat_writes_full_integer_tflite(small_model, tiny_voc, tmp_path):
+def test_the_qat_command_writes_full_integer_tflite_and_prints_its_own_lines_only(small_model, tiny_voc, tmp_path):
+    """One QAT run (the slowest step of the suite's exports), checked as a user sees it: torchao's and
+    TensorFlow's import-time log lines stay hidden, as export hides its converter's, and a log (stderr not a
+    terminal) gets no progress bars; the int8 file it writes counts."""
+    import subprocess
+    import sys
+
     path, _ = small_model
     out, spec = tmp_path / "qat.tflite", tmp_path / "sparse.yaml"
     spec.write_text(f"sources:\n  - path: {tiny_voc}\n    exhaustive: [WBC]\n")  # red cells left out, as BCCD
-    config = QATConfig(model=str(path), out=str(out), data=str(spec), epochs=1, batch=2, imgsz=128)
-    result = qat_finetune(config, progress=False)
-    meta = json.loads(result.metadata_path.read_text())
+    cmd = [sys.executable, "-m", "bloodcell", "qat", "--model", str(path), "--data", str(spec), "--out", str(out)]
+    run = subprocess.run([*cmd, "--epochs", "1", "--batch", "2", "--imgsz", "128"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr == "" and out.is_file()
+    meta = json.loads(out.with_name(out.name + ".json").read_text())
     # the source model's missing-label method, with the fp32 source as its teacher
     assert meta["int8"] and meta["qat"]["epochs"] == 1 and meta["qat"]["missing_labels"] == "ignore"
     assert meta["tflite_input"]["dtype"] == "int8" and unsupported_ops(meta["ops"]) == []
@@ -72,20 +80,6 @@ def test_qat_writes_full_integer_tflite(small_model, tiny_voc, tmp_path):
     assert (x2 > x1).all() and (y2 > y1).all()
     assert (dets.scores >= 0.001).all() and (dets.scores <= 1.0).all()
     assert set(dets.labels.tolist()) <= set(range(len(CLASS_NAMES)))
-
-
-def test_the_qat_command_prints_its_own_lines_only(small_model, tiny_voc, tmp_path):
-    """torchao's and TensorFlow's import-time log lines stay hidden, as export hides its converter's, and a
-    log (stderr not a terminal) gets no progress bars."""
-    import subprocess
-    import sys
-
-    path, _ = small_model
-    out = tmp_path / "qat.tflite"
-    cmd = [sys.executable, "-m", "bloodcell", "qat", "--model", str(path), "--data", str(tiny_voc), "--out", str(out)]
-    run = subprocess.run([*cmd, "--epochs", "1", "--batch", "2", "--imgsz", "128"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stderr == "" and out.is_file()
 
 
 def test_qat_warns_of_an_unfitted_checkpoint_before_its_epochs(small_model, tiny_voc, tmp_path, monkeypatch, capsys):

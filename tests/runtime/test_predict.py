@@ -104,7 +104,18 @@ def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path, c
     big = next(r for r in records if r["image"] == "big.tif")
     assert (big["width"], big["height"]) == (4000, 3000)
     for r in records:
-        fields = {"image", "path", "model", "width", "height", "counts", "count_intervals", "conf", "scale"}
+        fields = {
+            "image",
+            "path",
+            "model",
+            "width",
+            "height",
+            "counts",
+            "count_intervals",
+            "conf",
+            "scale",
+            "exposure_gain",
+        }
         assert set(r) == {*fields, "warnings", "detections"}
         assert r["model"] == f"fake.pt@{hashlib.sha256(model_file.read_bytes()).hexdigest()[:12]}"
         gray = r["image"] in ("gray.png", "deep16.png")  # colour is what tells the cell types apart
@@ -147,11 +158,12 @@ def test_corrupt_file_is_reported_and_skipped(model_file, images, tmp_path, caps
     err = capsys.readouterr().err
     assert code == 1, err
     assert "broken.jpg" in err and "notes.jpg" in err and "Traceback" not in err
-    assert "1 image processed, 2 failed" in err
+    assert "1 image counted, 2 failed" in err
     # the results name every image: a failed one with its error and no counts, which a report lists
     js, cs = tmp_path / "r.json", tmp_path / "r.csv"
     argv = ["predict", str(bad), str(txt), str(images / "a.jpg"), "--model", str(model_file)]
     assert main([*argv, "--json", str(js), "--csv", str(cs)]) == 1
+    assert capsys.readouterr().out.splitlines()[-2:] == [f"wrote {js}", f"wrote {cs}"]  # where the results went
     records = json.loads(js.read_text())
     assert [(r["image"], "counts" in r, bool(r.get("error"))) for r in records] == [
         ("broken.jpg", False, True),
@@ -292,7 +304,7 @@ def test_an_annotated_image_that_cannot_be_written_fails_alone(model_file, image
     code = main(["predict", *args])
     err = capsys.readouterr().err
     assert code == 1 and f"error: a.jpg: annotated image not written ({out / 'a.jpg'}: Is a directory)" in err
-    assert "1 image processed, 1 failed" in err and (out / "b.bmp.jpg").is_file()
+    assert "1 image counted, 1 failed" in err and (out / "b.bmp.jpg").is_file()
 
 
 def test_fake_predictor_has_every_member_of_the_protocol():

@@ -36,8 +36,8 @@ def format_timing(result) -> str:
 
 
 def processed_line(done: int, failed: int) -> str:
-    """The last line of predict and watch: "3 images processed, 0 failed"."""
-    return f"{done} image{'' if done == 1 else 's'} processed, {failed} failed"
+    """The last line of predict and watch: "3 images counted, 1 failed" (4 in all)."""
+    return f"{done} image{'' if done == 1 else 's'} counted, {failed} failed"
 
 
 def _refuse_overwriting_inputs(names: dict[Path, str], out: str | None, files: dict[str, str | None]) -> None:
@@ -140,5 +140,8 @@ def run_predict(
         raise StopSaid
     if out and results:
         print(f"annotated images in {Path(out)}")
+    for path in (json_path, csv_path):
+        if path:
+            print(f"wrote {path}")
     print(processed_line(len(results), failed), file=sys.stderr if failed else sys.stdout)
     return 1 if failed or not results else 0

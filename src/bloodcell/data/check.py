@@ -103,8 +103,8 @@ def findings_note(dataset) -> str | None:
     )
 
 
-def skipped_note(dataset) -> str | None:
-    """One error line for commands whose results cover a split (val, calibrate): which listed images were
+def skipped_note(dataset, level: str = "error", outcome: str = "the results cover") -> str | None:
+    """One line for commands whose results cover a split (train, val, calibrate): which listed images were
     left out, so the scores or the fit are over fewer images than the split names. None when none was."""
     skipped = [f for f in dataset.findings if f.skips_image]
     if not skipped:
@@ -112,6 +112,6 @@ def skipped_note(dataset) -> str | None:
     split = f" split {dataset.split}" if dataset.split else ""
     names = ", ".join(f.file for f in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
     return (
-        f"error: {dataset.root}{split}: {len(skipped)} listed images left out ({_by_kind(skipped)}: {names}); "
-        f"the results cover the other {len(dataset.records)}"
+        f"{level}: {dataset.root}{split}: {len(skipped)} listed images left out ({_by_kind(skipped)}: {names}); "
+        f"{outcome} the other {len(dataset.records)}"
     )

@@ -7,6 +7,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from bloodcell.data.voc import VOCRecord
+from bloodcell.runtime.exposure import normalize_exposure
 from bloodcell.runtime.images import load_image
 
 
@@ -35,7 +36,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     def image(self, index: int) -> torch.Tensor:
         if index in self._cache:
             return self._cache[index]
-        pixels = load_image(self.records[index].image_path)  # the same decoding (EXIF, modes) as prediction
+        # the same decoding (EXIF, modes) and exposure as prediction: a dark microscope trains as it is counted
+        pixels, _ = normalize_exposure(load_image(self.records[index].image_path))
         tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
         if self.cache:
             self._cache[index] = tensor

@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from bloodcell import boxes as box_ops
 from bloodcell.errors import DatasetError
-from bloodcell.runtime.images import IMAGE_SUFFIXES
+from bloodcell.runtime.images import IMAGE_SUFFIXES, describe_unidentified
 from bloodcell.types import CLASS_NAMES, Detections
 
 #: Class-name variants seen in blood-smear datasets, keyed by their canonical spelling
@@ -418,7 +418,12 @@ def _read_one(
         detail = f"{image_path.name} is too large to read safely: {e}"
         findings.append(Finding(xml_name, None, "bad-image", detail, SKIPPED_IMAGE))
         return None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:  # Pillow's text names the whole path and not why: said as predict says it
+        size = image_path.stat().st_size if image_path.exists() else -1
+        detail = f"{image_path.name}: {describe_unidentified(size)}"
+        findings.append(Finding(xml_name, None, "bad-image", detail, SKIPPED_IMAGE))
+        return None
+    except (OSError, SyntaxError, ValueError) as e:
         detail = f"{image_path.name} cannot be decoded: {e}"
         findings.append(Finding(xml_name, None, "bad-image", detail, SKIPPED_IMAGE))
         return None

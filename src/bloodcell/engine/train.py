@@ -475,6 +475,8 @@ def _train(
     for dataset in (train_set, val_set):
         if note := findings_note(dataset):
             log(note, file=sys.stderr)
+        if note := skipped_note(dataset, "warning", "training goes on with"):  # now, not only after the epochs
+            log(note, file=sys.stderr)
     records = train_set.records[: config.max_images] if config.max_images else train_set.records
     if len(records) < config.batch:
         raise DatasetError(f"{root}: split {config.train_split!r} has {len(records)} usable images, fewer than --batch")
@@ -636,6 +638,11 @@ def fit_counting_file(
     target = out or path
     save_checkpoint(target, model_payload(model, info))
     print(metrics)
+    print(
+        f"note: the count errors and coverage above are in-sample: the operating points and calibration were fitted "
+        f"on these {len(val_records)} images; score others (e.g. `bloodcell val --split test`) to judge them",
+        file=sys.stderr,
+    )
     points, iou = per_class(info.class_names, fit.conf), per_class(info.class_names, info.iou_threshold)
     cells = "no red cells found on val to measure" if fit.cell_size is None else f"red cells {fit.cell_size} px"
     print(f"model: {target} (operating points {points}; NMS IoU {iou}; {cells})")

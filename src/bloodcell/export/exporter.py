@@ -57,14 +57,15 @@ class ExportResult:
 def calibration_images(
     data: str | Path | None, size: tuple[int, int], count: int, scale: float = 1.0
 ) -> list[np.ndarray]:
-    """The first ``count`` training images as the network sees them: at the model's ``scale``, the
-    central ``size`` window (deterministic)."""
+    """The first ``count`` training images as the network sees them: exposure normalized, at the model's
+    ``scale``, the central ``size`` window (deterministic)."""
     from bloodcell.data.sources import load_dataset, resolve_data_root
+    from bloodcell.runtime.exposure import normalize_exposure
     from bloodcell.runtime.images import load_image
     from bloodcell.runtime.scaling import model_window
 
     records = load_dataset(resolve_data_root(data), split="train", decode_images=False).records[:count]
-    return [model_window(load_image(r.image_path), scale, size) for r in records]
+    return [model_window(normalize_exposure(load_image(r.image_path))[0], scale, size) for r in records]
 
 
 def export_model(

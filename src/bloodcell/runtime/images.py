@@ -118,7 +118,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             return read_pixels(im, lambda: data)
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: {_unidentified(len(data))}") from None
+        raise ImageError(f"{name}: {describe_unidentified(len(data))}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(name, e) from None
 
@@ -141,12 +141,12 @@ def load_image(path: str | Path) -> np.ndarray:
             size = path.stat().st_size
         except OSError:  # gone since it was opened (a watched folder): not known to be empty
             size = -1
-        raise ImageError(f"{path}: {_unidentified(size)}") from None
+        raise ImageError(f"{path}: {describe_unidentified(size)}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(path, e) from None
 
 
-def _unidentified(size: int) -> str:
+def describe_unidentified(size: int) -> str:
     """One message, from a file or from bytes, for what Pillow cannot identify."""
     return "empty file (0 bytes)" if size == 0 else "cannot decode image (not a format Pillow reads)"
 

@@ -64,6 +64,7 @@ class ImageResult:
 
     ``intervals``: per class, the 90% interval of the number of cells (None without calibration).
     ``scale``: the factor the image was resized by so its cells matched the model's trained size.
+    ``exposure_gain``: what an under-exposed image's pixels were multiplied by before detection.
     """
 
     path: Path
@@ -78,6 +79,7 @@ class ImageResult:
     min_score: float | None = None  # lowest score listed in records (None: all detections)
     intervals: dict[str, tuple[int, int]] | None = None
     scale: float = 1.0
+    exposure_gain: float = 1.0  # an under-exposed image was brightened by this before detection
     name: str | None = None  # how outputs name the image (relative path); default: the file name
     warnings: list[str] = field(default_factory=list)  # what makes these counts doubtful (e.g. no colour)
 
@@ -119,6 +121,7 @@ class ImageResult:
             "count_intervals": None if self.intervals is None else {k: list(v) for k, v in self.intervals.items()},
             "conf": [round(float(v), 4) for v in class_thresholds(self.conf, len(self.class_names))],
             "scale": round(self.scale, 4),
+            "exposure_gain": round(self.exposure_gain, 3),
             "warnings": list(self.warnings),
             "detections": [
                 {
@@ -150,6 +153,10 @@ def _result(
     result.min_score = min_score
     result.intervals = intervals
     result.scale = scaled.scale
+    if scaled.exposure is not None:
+        result.exposure_gain = scaled.exposure.gain
+        if scaled.exposure.warning:
+            result.warnings.append(scaled.exposure.warning)
     if is_grayscale(image):
         result.warnings.append(GRAYSCALE_WARNING)
     if min(image.shape[:2]) < TINY_SIDE:

@@ -31,6 +31,7 @@ import numpy as np
 from bloodcell import boxes as box_ops
 from bloodcell.errors import ConfigError
 from bloodcell.runtime.counting import Conf, ConfigValueError, class_thresholds
+from bloodcell.runtime.exposure import Exposure, normalize_exposure
 from bloodcell.runtime.postprocess import PostprocessConfig
 from bloodcell.types import Detections
 
@@ -58,6 +59,7 @@ class ScaledDetections:
     tiles: int  # network passes for the final detections
     estimated: bool  # scale came from the automatic estimate
     warning: str | None = None  # why the estimate's scale is doubtful (too few red cells, out of range)
+    exposure: Exposure | None = None  # the field's white level and the gain it was detected at
 
 
 def resize(image: np.ndarray, scale: float) -> np.ndarray:
@@ -320,14 +322,28 @@ def detect_cells(
     model's input scale, right for the training microscope's images; tiles when the image is larger
     than the input). ``reference``: the red-cell diameter the model knows in network pixels (default:
     ``predictor.cell_size``; a model that records none is letterboxed as is).
-    ``native``: see ``estimate_scale``.
+    ``native``: see ``estimate_scale``. An under-exposed image is brightened first (``exposure``).
     """
+    image, exposure = normalize_exposure(image)
+    return _detect_exposed(predictor, image, exposure, min_score, cell_size, reference, native)
+
+
+def _detect_exposed(
+    predictor: RawPredictor,
+    image: np.ndarray,
+    exposure: Exposure,
+    min_score: float,
+    cell_size: float | str | None,
+    reference: float | None,
+    native: Detections | None = None,
+) -> ScaledDetections:
+    """``detect_cells`` on an image whose exposure is already normalized (``native`` seen on it)."""
     reference = reference or getattr(predictor, "cell_size", None)
     prior = _prior(predictor)
     if reference is None and cell_size in ("auto", None) and prior == 1.0:
         # A model that records no trained cell size (made before bloodcell 0.2, or a torchvision
         # detector): letterboxed into its input as it always was.
-        return ScaledDetections(predictor.predict(image, min_score=min_score), 1.0, 1, False)
+        return ScaledDetections(predictor.predict(image, min_score=min_score), 1.0, 1, False, exposure=exposure)
     estimated, scale, first, warning = False, prior, None, None
     if cell_size == "auto" and reference is not None:
         scale, first, warning = estimate_scale(predictor, image, reference, min_score, native)
@@ -344,7 +360,7 @@ def detect_cells(
         overlap = tile_overlap(reference, predictor.input_size)
         dets, passes = detect_tiled(predictor, Rescaled(image, scale), min_score, overlap)
     boxes = box_ops.clip(dets.boxes / scale, w, h) if scale != 1.0 else dets.boxes
-    return ScaledDetections(Detections(boxes, dets.labels, dets.scores), scale, passes, estimated, warning)
+    return ScaledDetections(Detections(boxes, dets.labels, dets.scores), scale, passes, estimated, warning, exposure)
 
 
 def _option(flag: str, value: str) -> str:
@@ -405,15 +421,15 @@ def detect_cells_batch(
     (the estimate's first look, or the whole pass without an estimate). For frames from the training
     microscope that is the only pass; other images go on one by one."""
     reference = reference or getattr(predictor, "cell_size", None)
+    exposed = [normalize_exposure(im) for im in images]
     batch = getattr(predictor, "predict_batch", None)
-    if batch is None or len(images) < 2:
-        return [detect_cells(predictor, im, min_score, cell_size, reference) for im in images]
+    if batch is None or len(images) < 2 or cell_size not in ("auto", None):
+        return [_detect_exposed(predictor, im, e, min_score, cell_size, reference) for im, e in exposed]
     if reference is None and cell_size in ("auto", None) and _prior(predictor) == 1.0:
-        return [ScaledDetections(d, 1.0, 1, False) for d in batch(list(images), min_score=min_score)]
-    if cell_size not in ("auto", None):
-        return [detect_cells(predictor, im, min_score, cell_size, reference) for im in images]
-    natives = _windows(predictor, [_prior_window(predictor, im) for im in images], min_score)
+        found = batch([im for im, _ in exposed], min_score=min_score)
+        return [ScaledDetections(d, 1.0, 1, False, exposure=e) for d, (_, e) in zip(found, exposed, strict=True)]
+    natives = _windows(predictor, [_prior_window(predictor, im) for im, _ in exposed], min_score)
     return [
-        detect_cells(predictor, im, min_score, cell_size, reference, native=n)
-        for im, n in zip(images, natives, strict=True)
+        _detect_exposed(predictor, im, e, min_score, cell_size, reference, native=n)
+        for (im, e), n in zip(exposed, natives, strict=True)
     ]

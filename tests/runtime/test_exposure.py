@@ -1,0 +1,90 @@
+"""Under-exposed fields: brightened to the training images' white level before detection, in prediction,
+scoring, training and int8 calibration alike, and recorded in the results."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import bloodcell
+from bloodcell.cli import main
+from bloodcell.runtime import scaling
+from bloodcell.runtime.exposure import DARK_BELOW, DARKEST_MEASURED, WHITE_REFERENCE, normalize_exposure, white_level
+from bloodcell.runtime.images import load_image
+
+
+def dimmed(rgb: np.ndarray, exposure: float) -> np.ndarray:
+    """The field as a shorter exposure (or a dimmer lamp) gives it."""
+    return np.clip(rgb.astype(np.float32) * exposure + 0.5, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def field(bccd_root: Path) -> np.ndarray:
+    return load_image(bccd_root / "JPEGImages" / "BloodImage_00007.jpg")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> bloodcell.Predictor:
+    return bloodcell.load_predictor()
+
+
+def test_white_level_is_the_backgrounds_luminance() -> None:
+    gray = np.full((480, 640, 3), 100, np.uint8)
+    gray[:10] = 220  # a bright band of 2% of the pixels: the 99th percentile
+    assert white_level(gray) == pytest.approx(220, abs=0.5)
+    assert white_level(np.full((4000, 3000, 3), (200, 100, 50), np.uint8)) == pytest.approx(
+        0.299 * 200 + 0.587 * 100 + 0.114 * 50, abs=0.5
+    )
+
+
+def test_a_training_microscope_field_is_left_as_it_is(field: np.ndarray) -> None:
+    assert DARK_BELOW < white_level(field) <= 255
+    same, exposure = normalize_exposure(field)
+    assert same is field and exposure.gain == 1.0 and exposure.warning is None
+
+
+@pytest.mark.parametrize("exposure", [0.5, 0.25, 0.1])
+def test_a_dark_field_is_brought_to_the_reference_white_level(field: np.ndarray, exposure: float) -> None:
+    dark = dimmed(field, exposure)
+    bright, said = normalize_exposure(dark)
+    assert said.gain == pytest.approx(WHITE_REFERENCE / white_level(dark))
+    assert white_level(bright) == pytest.approx(WHITE_REFERENCE, abs=WHITE_REFERENCE * 0.02)
+    # one gain for the three channels: the stain's colour (channel ratios) stays
+    ratio = bright.reshape(-1, 3).astype(float).mean(0) / dark.reshape(-1, 3).astype(float).mean(0)
+    assert np.ptp(ratio) / ratio.mean() < 0.02
+    assert said.warning is None  # measured to count right down to 5% exposure
+
+
+def test_a_black_or_nearly_black_field_is_said_not_multiplied_without_end() -> None:
+    black = np.zeros((48, 64, 3), np.uint8)
+    same, exposure = normalize_exposure(black)
+    assert same is black and exposure.gain == 1.0 and "under-exposed" in exposure.warning
+    _, faint = normalize_exposure(np.full((48, 64, 3), int(DARKEST_MEASURED) - 2, np.uint8))
+    assert faint.gain > 10 and "raise the lamp or the exposure time" in faint.warning
+
+
+def test_a_quarter_exposure_counts_as_the_field_does(shipped, field: np.ndarray, monkeypatch) -> None:
+    """The shipped model on a field at 25% exposure: as the full one once brightened; not without it."""
+    dark = dimmed(field, 0.25)
+    full, quarter = bloodcell.predict(shipped, [field, dark])  # batched: the torch predictor's batch path
+    [alone] = bloodcell.predict(shipped, dark)  # one by one
+    assert quarter.exposure_gain == pytest.approx(4.0, rel=0.05) and full.exposure_gain == 1.0
+    assert quarter.counts == alone.counts
+    assert abs(quarter.counts["RBC"] - full.counts["RBC"]) <= 1
+    assert {k: quarter.counts[k] for k in ("WBC", "Platelets")} == {k: full.counts[k] for k in ("WBC", "Platelets")}
+    assert quarter.to_record()["exposure_gain"] == round(quarter.exposure_gain, 3) and not quarter.warnings
+    monkeypatch.setattr(scaling, "normalize_exposure", lambda image: (image, normalize_exposure(field)[1]))
+    [unbrightened] = bloodcell.predict(shipped, dark)
+    assert sum(unbrightened.counts.values()) < sum(full.counts.values()) - 2  # what the gain is for
+
+
+def test_predict_json_records_the_gain_and_warns_of_a_black_field(field: np.ndarray, tmp_path: Path) -> None:
+    Image.fromarray(dimmed(field, 0.3)).save(tmp_path / "dim.png")
+    Image.fromarray(np.zeros((480, 640, 3), np.uint8)).save(tmp_path / "black.png")
+    js = tmp_path / "r.json"
+    assert main(["predict", str(tmp_path / "dim.png"), str(tmp_path / "black.png"), "--json", str(js)]) == 0
+    dim, black = json.loads(js.read_text())
+    assert dim["exposure_gain"] == pytest.approx(1 / 0.3, rel=0.05) and dim["warnings"] == []
+    assert black["exposure_gain"] == 1.0 and any("under-exposed" in w for w in black["warnings"])
