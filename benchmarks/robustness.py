@@ -31,7 +31,9 @@ from PIL import Image, ImageFilter
 
 from bloodcell import boxes as box_ops
 from bloodcell.data.sources import load_dataset
+from bloodcell.runtime import scaling
 from bloodcell.runtime.counting import above
+from bloodcell.runtime.exposure import Exposure, background_colour
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.scaling import detect_cells
@@ -166,6 +168,7 @@ def transforms(samples: list[Sample], seam_cells: str = "ignore") -> Iterator[tu
         [pixels(lambda im: Image.blend(im.convert("L").convert("RGB"), im, 0.5))(x) for x in samples],
     )
     yield "warm white balance", [channels(x, (1.12, 1.0, 0.85)) for x in samples]
+    yield "cool white balance", [channels(x, (0.88, 1.0, 1.12)) for x in samples]
     for gain in (0.7, 0.5, 0.35, 0.25, 0.1, 0.05):  # under-exposure: a dimmer lamp, a shorter exposure
         yield f"dim ({gain:g})", [channels(x, (gain, gain, gain)) for x in samples]
     yield "blur sigma 2", [pixels(lambda im: im.filter(ImageFilter.GaussianBlur(2)))(x) for x in samples]
@@ -222,10 +225,17 @@ def main() -> None:
         help="cells cut at a mosaic's inner seams: don't care (default) or true cells",
     )
     p.add_argument("--only", nargs="+", help="run only transforms whose name starts with one of these")
+    p.add_argument(
+        "--as-is",
+        action="store_true",
+        help="detect on the pixels as given, without the exposure and white-balance step (to compare with it)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.as_is:
+        scaling.normalize_exposure = lambda image: (image, Exposure(background_colour(image)))
     cell_size = (
         {"auto": "auto", "none": None}.get(args.cell_size.lower())
         if not args.cell_size[0].isdigit()
@@ -238,7 +248,7 @@ def main() -> None:
         predictor = load_predictor(model)
         name = Path(model).stem if model else "shipped"
         print(f"\n=== {name} (cell size {args.cell_size}, reference {predictor.cell_size} px, ", end="")
-        print(f"seam cells {args.seam_cells})")
+        print(f"seam cells {args.seam_cells}{', pixels as given' if args.as_is else ''})")
         print("| transform | RBC total | WBC total | Plt total | RBC MAE | WBC precision (n) | scale |")
         print("|---|---|---|---|---|---|---|")
         for label, items in transforms(samples, args.seam_cells):

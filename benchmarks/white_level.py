@@ -1,5 +1,5 @@
-"""White levels (99th-percentile luminance, `bloodcell.runtime.exposure.white_level`) of a VOC dataset's
-images per split: where the exposure reference of `bloodcell.runtime.exposure` comes from.
+"""Background colours (mean RGB of each image's brightest 10% of pixels, `bloodcell.runtime.exposure`) of a
+VOC dataset's images per split: where the exposure and white-balance reference comes from.
 
     python benchmarks/white_level.py [--data ../shared/data/BCCD]
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodcell.data.sources import load_dataset
-from bloodcell.runtime.exposure import white_level
+from bloodcell.runtime.exposure import background_colour
 from bloodcell.runtime.images import load_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,12 +23,20 @@ def main() -> None:
     p.add_argument("--data", default=str(REPO / "../shared/data/BCCD"))
     p.add_argument("--splits", nargs="+", default=["train", "val"])
     args = p.parse_args()
-    print("| split | images | min | 1st pct | 5th pct | median | max |")
-    print("|---|---|---|---|---|---|---|")
+    print("| split | images | what | min | 1st pct | median | 99th pct | max |")
+    print("|---|---|---|---|---|---|---|---|")
     for split in args.splits:
-        levels = np.array([white_level(load_image(r.image_path)) for r in load_dataset(args.data, split).records])
-        cells = [levels.min(), *np.percentile(levels, [1, 5, 50]), levels.max()]
-        print(f"| {split} | {len(levels)} | " + " | ".join(f"{v:.1f}" for v in cells) + " |")
+        records = load_dataset(args.data, split).records
+        colours = np.array([background_colour(load_image(r.image_path)) for r in records])
+        rows = {f"background {c}": colours[:, i] for i, c in enumerate("RGB")}
+        rows["background luminance"] = colours @ np.array([0.299, 0.587, 0.114])
+        shares = colours / colours.mean(axis=1, keepdims=True)
+        rows |= {f"{c} share of the mean": shares[:, i] for i, c in enumerate("RGB")}
+        for what, v in rows.items():
+            cells = [v.min(), *np.percentile(v, [1, 50, 99]), v.max()]
+            text = " | ".join(f"{x:.3f}" if x < 5 else f"{x:.1f}" for x in cells)
+            print(f"| {split} | {len(v)} | {what} | {text} |")
+        print(f"{split}: mean background RGB {tuple(round(float(x), 1) for x in colours.mean(axis=0))}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Under-exposed fields: brightened to the training images' white level before detection, in prediction,
+"""Dark or colour-cast fields: brought to the training images' background before detection, in prediction,
 scoring, training and int8 calibration alike, and recorded in the results."""
 
 import json
@@ -11,13 +11,31 @@ from PIL import Image
 import bloodcell
 from bloodcell.cli import main
 from bloodcell.runtime import scaling
-from bloodcell.runtime.exposure import DARK_BELOW, DARKEST_MEASURED, WHITE_REFERENCE, normalize_exposure, white_level
+from bloodcell.runtime.exposure import (
+    BACKGROUND_REFERENCE,
+    CAST_TOLERANCE,
+    DARK_BELOW,
+    DARKEST_MEASURED,
+    WHITE_REFERENCE,
+    background_colour,
+    normalize_exposure,
+)
 from bloodcell.runtime.images import load_image
 
 
-def dimmed(rgb: np.ndarray, exposure: float) -> np.ndarray:
-    """The field as a shorter exposure (or a dimmer lamp) gives it."""
-    return np.clip(rgb.astype(np.float32) * exposure + 0.5, 0, 255).astype(np.uint8)
+def dimmed(rgb: np.ndarray, exposure: float | tuple[float, float, float]) -> np.ndarray:
+    """The field as a shorter exposure, a dimmer lamp (one number) or a lamp of another colour (one per channel)
+    gives it."""
+    return np.clip(rgb.astype(np.float32) * np.asarray(exposure, np.float32) + 0.5, 0, 255).astype(np.uint8)
+
+
+def white(image: np.ndarray) -> float:
+    return float(np.dot(background_colour(image), [0.299, 0.587, 0.114]))
+
+
+def shares(image: np.ndarray) -> np.ndarray:
+    colour = np.array(background_colour(image))
+    return colour / colour.mean()
 
 
 @pytest.fixture(scope="module")
@@ -30,39 +48,46 @@ def shipped() -> bloodcell.Predictor:
     return bloodcell.load_predictor()
 
 
-def test_white_level_is_the_backgrounds_luminance() -> None:
-    gray = np.full((480, 640, 3), 100, np.uint8)
-    gray[:10] = 220  # a bright band of 2% of the pixels: the 99th percentile
-    assert white_level(gray) == pytest.approx(220, abs=0.5)
-    assert white_level(np.full((4000, 3000, 3), (200, 100, 50), np.uint8)) == pytest.approx(
-        0.299 * 200 + 0.587 * 100 + 0.114 * 50, abs=0.5
-    )
+def test_the_background_is_the_brightest_tenth_of_the_pixels() -> None:
+    image = np.full((480, 640, 3), 100, np.uint8)
+    image[:72] = (220, 210, 200)  # a bright band of 15% of the pixels
+    assert background_colour(image) == pytest.approx((220, 210, 200), abs=0.5)
+    assert background_colour(np.full((4000, 3000, 3), (200, 100, 50), np.uint8)) == pytest.approx((200, 100, 50))
 
 
 def test_a_training_microscope_field_is_left_as_it_is(field: np.ndarray) -> None:
-    assert DARK_BELOW < white_level(field) <= 255
+    assert DARK_BELOW < white(field) <= 255
+    assert np.abs(shares(field) - np.array(BACKGROUND_REFERENCE) / np.mean(BACKGROUND_REFERENCE)).max() < CAST_TOLERANCE
     same, exposure = normalize_exposure(field)
-    assert same is field and exposure.gain == 1.0 and exposure.warning is None
+    assert same is field and exposure.gains == (1.0, 1.0, 1.0) and exposure.warning is None
 
 
 @pytest.mark.parametrize("exposure", [0.5, 0.25, 0.1])
 def test_a_dark_field_is_brought_to_the_reference_white_level(field: np.ndarray, exposure: float) -> None:
     dark = dimmed(field, exposure)
     bright, said = normalize_exposure(dark)
-    assert said.gain == pytest.approx(WHITE_REFERENCE / white_level(dark))
-    assert white_level(bright) == pytest.approx(WHITE_REFERENCE, abs=WHITE_REFERENCE * 0.02)
+    assert said.gains == pytest.approx((WHITE_REFERENCE / white(dark),) * 3)
+    assert white(bright) == pytest.approx(WHITE_REFERENCE, rel=0.02)
     # one gain for the three channels: the stain's colour (channel ratios) stays
-    ratio = bright.reshape(-1, 3).astype(float).mean(0) / dark.reshape(-1, 3).astype(float).mean(0)
-    assert np.ptp(ratio) / ratio.mean() < 0.02
+    assert np.abs(shares(bright) - shares(dark)).max() < 0.01
     assert said.warning is None  # measured to count right down to 5% exposure
+
+
+def test_a_warm_lamp_gets_the_training_images_white_balance(field: np.ndarray) -> None:
+    warm = dimmed(field, (1.12, 1.0, 0.85))
+    balanced, said = normalize_exposure(warm)
+    reference = np.array(BACKGROUND_REFERENCE) / np.mean(BACKGROUND_REFERENCE)
+    assert np.abs(shares(warm) - reference).max() > CAST_TOLERANCE
+    assert np.abs(shares(balanced) - reference).max() < 0.01
+    assert said.gains[0] < 1.0 < said.gains[2] and white(balanced) == pytest.approx(white(warm), rel=0.02)
 
 
 def test_a_black_or_nearly_black_field_is_said_not_multiplied_without_end() -> None:
     black = np.zeros((48, 64, 3), np.uint8)
     same, exposure = normalize_exposure(black)
-    assert same is black and exposure.gain == 1.0 and "under-exposed" in exposure.warning
+    assert same is black and exposure.gains == (1.0, 1.0, 1.0) and "under-exposed" in exposure.warning
     _, faint = normalize_exposure(np.full((48, 64, 3), int(DARKEST_MEASURED) - 2, np.uint8))
-    assert faint.gain > 10 and "raise the lamp or the exposure time" in faint.warning
+    assert min(faint.gains) > 10 and "raise the lamp or the exposure time" in faint.warning
 
 
 def test_a_quarter_exposure_counts_as_the_field_does(shipped, field: np.ndarray, monkeypatch) -> None:
@@ -70,11 +95,12 @@ def test_a_quarter_exposure_counts_as_the_field_does(shipped, field: np.ndarray,
     dark = dimmed(field, 0.25)
     full, quarter = bloodcell.predict(shipped, [field, dark])  # batched: the torch predictor's batch path
     [alone] = bloodcell.predict(shipped, dark)  # one by one
-    assert quarter.exposure_gain == pytest.approx(4.0, rel=0.05) and full.exposure_gain == 1.0
+    assert quarter.exposure_gains == pytest.approx((4.0,) * 3, rel=0.05) and full.exposure_gains == (1.0, 1.0, 1.0)
     assert quarter.counts == alone.counts
     assert abs(quarter.counts["RBC"] - full.counts["RBC"]) <= 1
     assert {k: quarter.counts[k] for k in ("WBC", "Platelets")} == {k: full.counts[k] for k in ("WBC", "Platelets")}
-    assert quarter.to_record()["exposure_gain"] == round(quarter.exposure_gain, 3) and not quarter.warnings
+    assert quarter.to_record()["exposure_gains"] == [round(g, 3) for g in quarter.exposure_gains]
+    assert not quarter.warnings
     monkeypatch.setattr(scaling, "normalize_exposure", lambda image: (image, normalize_exposure(field)[1]))
     [unbrightened] = bloodcell.predict(shipped, dark)
     assert sum(unbrightened.counts.values()) < sum(full.counts.values()) - 2  # what the gain is for
@@ -86,5 +112,5 @@ def test_predict_json_records_the_gain_and_warns_of_a_black_field(field: np.ndar
     js = tmp_path / "r.json"
     assert main(["predict", str(tmp_path / "dim.png"), str(tmp_path / "black.png"), "--json", str(js)]) == 0
     dim, black = json.loads(js.read_text())
-    assert dim["exposure_gain"] == pytest.approx(1 / 0.3, rel=0.05) and dim["warnings"] == []
-    assert black["exposure_gain"] == 1.0 and any("under-exposed" in w for w in black["warnings"])
+    assert dim["exposure_gains"] == pytest.approx([1 / 0.3] * 3, rel=0.05) and dim["warnings"] == []
+    assert black["exposure_gains"] == [1.0] * 3 and any("under-exposed" in w for w in black["warnings"])

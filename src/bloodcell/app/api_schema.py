@@ -27,8 +27,11 @@ class DetectRecord(BaseModel):
     )
     conf: list[float] = Field(description="the operating point of each class, in class order")
     scale: float = Field(description="factor the image was resized by so its cells match the model's trained size")
-    exposure_gain: float = Field(
-        description="what an under-exposed image's pixels were multiplied by before detection (1: left as they were)"
+    exposure_gains: list[float] = Field(
+        description="what each channel (R, G, B) was multiplied by before detection, to bring a dark or colour-cast "
+        "field to the training images' background (1, 1, 1: left as it was)",
+        min_length=3,
+        max_length=3,
     )
     warnings: list[str] = Field(description="what makes these counts doubtful (e.g. grayscale, cell size not measured)")
     detections: list[Detection] = Field(description="boxes scored at or above min_score (default: the operating point)")

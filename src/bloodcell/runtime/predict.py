@@ -64,7 +64,7 @@ class ImageResult:
 
     ``intervals``: per class, the 90% interval of the number of cells (None without calibration).
     ``scale``: the factor the image was resized by so its cells matched the model's trained size.
-    ``exposure_gain``: what an under-exposed image's pixels were multiplied by before detection.
+    ``exposure_gains``: what each channel was multiplied by before detection (a dark or colour-cast field).
     """
 
     path: Path
@@ -79,7 +79,7 @@ class ImageResult:
     min_score: float | None = None  # lowest score listed in records (None: all detections)
     intervals: dict[str, tuple[int, int]] | None = None
     scale: float = 1.0
-    exposure_gain: float = 1.0  # an under-exposed image was brightened by this before detection
+    exposure_gains: tuple[float, float, float] = (1.0, 1.0, 1.0)  # per channel, before detection (exposure)
     name: str | None = None  # how outputs name the image (relative path); default: the file name
     warnings: list[str] = field(default_factory=list)  # what makes these counts doubtful (e.g. no colour)
 
@@ -121,7 +121,7 @@ class ImageResult:
             "count_intervals": None if self.intervals is None else {k: list(v) for k, v in self.intervals.items()},
             "conf": [round(float(v), 4) for v in class_thresholds(self.conf, len(self.class_names))],
             "scale": round(self.scale, 4),
-            "exposure_gain": round(self.exposure_gain, 3),
+            "exposure_gains": [round(g, 3) for g in self.exposure_gains],
             "warnings": list(self.warnings),
             "detections": [
                 {
@@ -154,7 +154,7 @@ def _result(
     result.intervals = intervals
     result.scale = scaled.scale
     if scaled.exposure is not None:
-        result.exposure_gain = scaled.exposure.gain
+        result.exposure_gains = scaled.exposure.gains
         if scaled.exposure.warning:
             result.warnings.append(scaled.exposure.warning)
     if is_grayscale(image):
