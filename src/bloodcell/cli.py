@@ -117,8 +117,11 @@ def _data_root(args: argparse.Namespace):
 def cmd_data_check(args: argparse.Namespace) -> int:
     from bloodcell.data.check import check_dataset, format_findings
 
-    if args.json and args.json != "-" and args.path is None and args.data is None and Path(args.json).is_dir():
-        args.path, args.json = args.json, "-"  # `data check --json FOLDER`: the flag as it was, then the dataset
+    dataset_file = args.json and Path(args.json).suffix.lower() in (".yaml", ".yml")
+    if args.json and args.json != "-" and (Path(args.json).is_dir() or dataset_file):
+        if args.path is not None or args.data is not None:  # never written over: a dataset, not a report name
+            raise ConfigError(f"--json {args.json}: is a dataset, not a file to write the report to")
+        args.path, args.json = args.json, "-"  # `data check --json DATASET`: the flag as it was, then the dataset
     check_outputs({"--json": None if args.json == "-" else args.json})
     report = check_dataset(_data_root(args), split=args.split)
     if args.json == "-":

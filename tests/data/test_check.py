@@ -51,7 +51,14 @@ def test_json_goes_to_a_file_when_named_as_for_val_and_predict(bccd_root: Path, 
     code_old, printed_old, _ = _run(capsys, "--json", str(bccd_root), "--split", "test")
     assert code_old == 0 and json.loads(printed_old) == json.loads(printed)
     code_bad, _, err = _run(capsys, str(bccd_root), "--json", str(tmp_path))
-    assert code_bad == 2 and "--json" in err and "folder" in err
+    assert code_bad == 2 and "--json" in err and "dataset" in err
+    spec = tmp_path / "bccd.yaml"  # a dataset YAML after --json is the dataset, never written over
+    spec.write_text(f"sources:\n  - path: {bccd_root}\n")
+    code_yaml, printed_yaml, _ = _run(capsys, "--json", str(spec), "--split", "test")
+    assert code_yaml == 0 and json.loads(printed_yaml)["images"] == 72
+    code_refused, _, err = _run(capsys, str(bccd_root), "--json", str(spec))
+    assert code_refused == 2 and "is a dataset, not a file to write the report to" in err
+    assert spec.read_text().startswith("sources:")
 
 
 def test_bccd_split(bccd_root: Path, capsys) -> None:

@@ -256,7 +256,7 @@ def test_a_failed_export_leaves_the_earlier_one_and_its_refit_untouched(
     with pytest.raises(OSError):  # after the conversion, before anything is committed
         exporter.export_model(source, "tflite", model)
     assert {p.name: p.read_bytes() for p in model.parent.iterdir()} == before
-    monkeypatch.setattr(exporter, "embed_tflite_metadata", embed_tflite_metadata)
+    monkeypatch.setattr(exporter, "embed_tflite_metadata", embed_tflite_metadata)  # the fake converter stays
 
     import bloodcell.atomic
 

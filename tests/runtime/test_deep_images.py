@@ -63,11 +63,13 @@ def test_twelve_bit_colour_files_read_as_their_eight_bit_image(tmp_path: Path, s
         assert np.abs(got.astype(int) - rgb.astype(int)).max() <= 1
 
 
-def test_sixteen_bit_colour_with_alpha_and_full_range_keep_their_levels(tmp_path: Path) -> None:
+@pytest.mark.parametrize("colour_bits", [12, 16])
+def test_sixteen_bit_colour_with_alpha_keeps_the_colours_depth(tmp_path: Path, colour_bits: int) -> None:
+    """An opaque alpha channel (65535) says nothing of the camera's depth: the colour's own maximum does."""
     rgb = slide_image(seed=4).copy()
-    rgb[0, 0] = 255  # the full 16-bit range is used
-    full = rgb.astype(np.uint16) * 257
-    rgba = np.dstack([full, np.full(rgb.shape[:2], 65535, np.uint16)])
+    rgb[0, 0] = 255  # the colour reaches the top of its range
+    colour = twelve_bit(rgb) if colour_bits == 12 else rgb.astype(np.uint16) * 257
+    rgba = np.dstack([colour, np.full(rgb.shape[:2], 65535, np.uint16)])
     assert cv2.imwrite(str(tmp_path / "rgba.png"), rgba[..., [2, 1, 0, 3]])
     assert np.abs(load_image(tmp_path / "rgba.png").astype(int) - rgb.astype(int)).max() <= 1
 
@@ -81,15 +83,17 @@ def test_twelve_bit_gray_files_and_arrays_read_at_twelve_bits(tmp_path: Path) ->
         assert (got[..., 0] == got[..., 2]).all()
 
 
-def test_exif_orientation_of_a_sixteen_bit_colour_file_is_applied(tmp_path: Path) -> None:
+@pytest.mark.parametrize("orientation", [3, 6, 7])
+def test_exif_orientation_of_a_sixteen_bit_colour_file_is_applied(tmp_path: Path, orientation: int) -> None:
     rgb = slide_image(seed=6, size=(64, 48))
-    deep = with_exif_orientation(save_deep(tmp_path / "deep.png", twelve_bit(rgb)), orientation=6)
+    deep = with_exif_orientation(save_deep(tmp_path / "deep.png", twelve_bit(rgb)), orientation=orientation)
     plain = tmp_path / "plain.png"
     exif = Image.Exif()
-    exif[0x0112] = 6
+    exif[0x0112] = orientation
     Image.fromarray(rgb).save(plain, exif=exif)
     expected = load_image(plain)
-    assert expected.shape == (64, 48, 3)  # rotated a quarter turn
+    assert expected.shape == ((48, 64, 3) if orientation == 3 else (64, 48, 3))  # turned as the tag says
+    assert not np.array_equal(expected, rgb[::-1, ::-1] if orientation != 3 else rgb)
     assert np.abs(load_image(deep).astype(int) - expected.astype(int)).max() <= 1
 
 

@@ -13,11 +13,13 @@ from bloodcell.cli import main
 from bloodcell.runtime import scaling
 from bloodcell.runtime.exposure import (
     BACKGROUND_REFERENCE,
+    BALANCE_RANGE,
     CAST_TOLERANCE,
     DARK_BELOW,
     DARKEST_MEASURED,
     WHITE_REFERENCE,
     background_colour,
+    exposure_gains,
     normalize_exposure,
 )
 from bloodcell.runtime.images import load_image
@@ -80,6 +82,15 @@ def test_a_warm_lamp_gets_the_training_images_white_balance(field: np.ndarray) -
     assert np.abs(shares(warm) - reference).max() > CAST_TOLERANCE
     assert np.abs(shares(balanced) - reference).max() < 0.01
     assert said.gains[0] < 1.0 < said.gains[2] and white(balanced) == pytest.approx(white(warm), rel=0.02)
+
+
+def test_white_balance_moves_a_channel_by_a_bounded_factor() -> None:
+    """Where cells fill the frame its brightest tenth is cells: a misread background recolours the stain
+    by at most BALANCE_RANGE."""
+    assert exposure_gains((200.0, 200.0, 1.0)) == pytest.approx((0.886, 0.891, 1.25), abs=0.002)
+    for background in [(230.0, 180.0, 120.0), (150.0, 210.0, 240.0), (205.0, 200.0, 199.0)]:
+        low, high = BALANCE_RANGE
+        assert all(low - 1e-9 <= g <= high + 1e-9 for g in exposure_gains(background)), background
 
 
 def test_a_black_or_nearly_black_field_is_said_not_multiplied_without_end() -> None:

@@ -114,7 +114,7 @@ def test_predict_writes_json_csv_and_annotations(model_file, images, tmp_path, c
             "count_intervals",
             "conf",
             "scale",
-            "exposure_gain",
+            "exposure_gains",
         }
         assert set(r) == {*fields, "warnings", "detections"}
         assert r["model"] == f"fake.pt@{hashlib.sha256(model_file.read_bytes()).hexdigest()[:12]}"

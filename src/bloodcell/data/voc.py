@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from bloodcell import boxes as box_ops
 from bloodcell.errors import DatasetError
-from bloodcell.runtime.images import IMAGE_SUFFIXES, describe_unidentified
+from bloodcell.runtime.images import IMAGE_SUFFIXES
 from bloodcell.types import CLASS_NAMES, Detections
 
 #: Class-name variants seen in blood-smear datasets, keyed by their canonical spelling
@@ -419,8 +419,12 @@ def _read_one(
         findings.append(Finding(xml_name, None, "bad-image", detail, SKIPPED_IMAGE))
         return None
     except UnidentifiedImageError:  # Pillow's text names the whole path and not why: said as predict says it
-        size = image_path.stat().st_size if image_path.exists() else -1
-        detail = f"{image_path.name}: {describe_unidentified(size)}"
+        try:
+            size = image_path.stat().st_size
+        except OSError:  # gone since it was opened: not known to be empty
+            size = -1
+        why = "empty file (0 bytes)" if size == 0 else "not a format Pillow reads"
+        detail = f"{image_path.name} cannot be decoded: {why}"
         findings.append(Finding(xml_name, None, "bad-image", detail, SKIPPED_IMAGE))
         return None
     except (OSError, SyntaxError, ValueError) as e:

@@ -472,10 +472,10 @@ def _train(
     root = resolve_data_root(config.data)
     train_set = load_dataset(root, config.train_split)
     val_set = load_dataset(root, config.val_split)
-    for dataset in (train_set, val_set):
+    for dataset, outcome in ((train_set, "training goes on with"), (val_set, "validation and the counting fit use")):
         if note := findings_note(dataset):
             log(note, file=sys.stderr)
-        if note := skipped_note(dataset, "warning", "training goes on with"):  # now, not only after the epochs
+        if note := skipped_note(dataset, "warning", outcome):  # now, not only after the epochs
             log(note, file=sys.stderr)
     records = train_set.records[: config.max_images] if config.max_images else train_set.records
     if len(records) < config.batch:

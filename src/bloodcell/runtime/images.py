@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bloodcell.errors import ImageError, TruncatedImageError, UnreadableImageError
 
@@ -52,33 +52,31 @@ def to_rgb_uint8(im: Image.Image) -> np.ndarray:
 def read_pixels(im: Image.Image, raw: Callable[[], bytes]) -> np.ndarray:
     """``im`` (opened, not yet loaded) as a contiguous (H, W, 3) uint8 RGB array. ``raw`` gives the file's
     bytes for 16-bit colour (48-bit TIFF/PNG): Pillow reads those as 8 bits per channel by dropping the low
-    byte, which leaves a 12-bit camera's field near-black, so OpenCV decodes them again at their full depth
-    (after Pillow's full decode, whose errors name a truncated or corrupt file)."""
+    byte, which leaves a 12-bit camera's field near-black, so OpenCV decodes them again at their full depth.
+    Pillow's 8-bit image (decoded first, so a truncated file is still an error) is the reference: the deep
+    one is used in whichever orientation its high bytes equal it (Pillow and OpenCV versions differ in which
+    of them applies a TIFF's orientation tag), else Pillow's stands."""
     deep_colour = _sixteen_bit_colour(im)  # the tile that says so is gone once loaded
     im.load()
-    if deep_colour:
-        _refuse_stacks(im)
-        try:
-            deep = cv2.imdecode(np.frombuffer(raw(), np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error:
-            deep = None
-        if deep is not None and deep.dtype == np.uint16 and deep.ndim == 3 and deep.shape[2] in (3, 4):
-            rgb = Image.fromarray(np.ascontiguousarray(camera_levels(deep[..., 2::-1])))  # BGR(A) -> RGB
-            method = _EXIF_TRANSPOSE.get(im.getexif().get(ExifTags.Base.Orientation, 1))
-            return np.ascontiguousarray(rgb.transpose(method) if method is not None else rgb)
-    return np.ascontiguousarray(to_rgb_uint8(im))
+    rgb = np.ascontiguousarray(to_rgb_uint8(im))
+    if not deep_colour:
+        return rgb
+    try:
+        deep = cv2.imdecode(np.frombuffer(raw(), np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return rgb
+    if deep is None or deep.dtype != np.uint16 or deep.ndim != 3 or deep.shape[2] not in (3, 4):
+        return rgb
+    deep = deep[..., 2::-1]  # BGR(A) -> RGB
+    for turned in _orientations(deep):
+        if turned.shape == rgb.shape and np.array_equal((turned >> 8).astype(np.uint8), rgb):
+            return np.ascontiguousarray(camera_levels(turned))
+    return rgb
 
 
-# EXIF orientation -> the transpose that undoes it (as ImageOps.exif_transpose does).
-_EXIF_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
+def _orientations(a: np.ndarray) -> list[np.ndarray]:
+    """``a`` in its eight orientations (rotations by quarter turns, mirrored or not), the unturned first."""
+    return [np.rot90(m, k) for m in (a, a[:, ::-1]) for k in range(4)]
 
 
 def _sixteen_bit_colour(im: Image.Image) -> bool:
@@ -118,7 +116,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             return read_pixels(im, lambda: data)
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: {describe_unidentified(len(data))}") from None
+        raise ImageError(f"{name}: {_unidentified(len(data))}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(name, e) from None
 
@@ -141,12 +139,12 @@ def load_image(path: str | Path) -> np.ndarray:
             size = path.stat().st_size
         except OSError:  # gone since it was opened (a watched folder): not known to be empty
             size = -1
-        raise ImageError(f"{path}: {describe_unidentified(size)}") from None
+        raise ImageError(f"{path}: {_unidentified(size)}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(path, e) from None
 
 
-def describe_unidentified(size: int) -> str:
+def _unidentified(size: int) -> str:
     """One message, from a file or from bytes, for what Pillow cannot identify."""
     return "empty file (0 bytes)" if size == 0 else "cannot decode image (not a format Pillow reads)"
 

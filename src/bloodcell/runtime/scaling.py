@@ -59,7 +59,7 @@ class ScaledDetections:
     tiles: int  # network passes for the final detections
     estimated: bool  # scale came from the automatic estimate
     warning: str | None = None  # why the estimate's scale is doubtful (too few red cells, out of range)
-    exposure: Exposure | None = None  # the field's white level and the gain it was detected at
+    exposure: Exposure | None = None  # the field's background and the per-channel gains it was detected at
 
 
 def resize(image: np.ndarray, scale: float) -> np.ndarray:
@@ -322,7 +322,8 @@ def detect_cells(
     model's input scale, right for the training microscope's images; tiles when the image is larger
     than the input). ``reference``: the red-cell diameter the model knows in network pixels (default:
     ``predictor.cell_size``; a model that records none is letterboxed as is).
-    ``native``: see ``estimate_scale``. An under-exposed image is brightened first (``exposure``).
+    ``native``: see ``estimate_scale``. A dark or colour-cast image is first brought to the training
+    images' background (``runtime.exposure``).
     """
     image, exposure = normalize_exposure(image)
     return _detect_exposed(predictor, image, exposure, min_score, cell_size, reference, native)
