@@ -17,6 +17,7 @@ from bloodcell.app.watch import LOCK_NAME, STATE_NAME, Watcher
 from bloodcell.cli import main
 from bloodcell.errors import ConfigError
 from bloodcell.runtime.images import load_image
+from bloodcell.runtime.predict import predict_image
 from bloodcell.types import CLASS_NAMES
 from fakes import FakePredictor, save_slide, use_fake_model
 
@@ -47,8 +48,8 @@ def sources(tmp_path_factory):
 
 
 def expected_counts(predictor, path):
-    dets = predictor.predict(load_image(path), min_score=predictor.conf)
-    return dets.above(predictor.conf).counts(tuple(predictor.class_names))
+    """What `bloodcell predict` counts in ``path`` (the same pipeline: exposure step, operating points)."""
+    return predict_image(predictor, load_image(path), path, predictor.conf).counts
 
 
 def read_rows(out):
