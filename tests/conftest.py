@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
+
+from export_worker import tiny_model_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,65 +50,81 @@ def tiny_model(tmp_path_factory):
     """Factory for small random CellNet model files (seconds to build, fast to run)."""
 
     def make(conf: float = 0.3, cls_bias: float = 0.0, metrics: dict | None = None) -> Path:
-        import torch
-
-        from bloodcell.models.checkpoint import make_info, model_payload, save_checkpoint
-        from bloodcell.models.registry import build_model, model_config
-        from bloodcell.types import CLASS_NAMES
-
-        torch.manual_seed(0)
-        cfg = model_config("cellnet", {"neck_channels": 16})
-        net = build_model("cellnet", cfg, pretrained=False).eval()
-        with torch.no_grad():  # a higher class prior makes a random model's scores pass a threshold
-            for head in net.heads:
-                head.cls[1].bias += cls_bias
         path = tmp_path_factory.mktemp("model") / "tiny.pt"
-        info = make_info("cellnet", cfg, CLASS_NAMES, (320, 256), conf=conf, metrics=metrics or {})
-        save_checkpoint(path, model_payload(net, info))
-        return path
+        return tiny_model_file(path, conf=conf, cls_bias=cls_bias, metrics=metrics)
 
     return make
 
 
+# Exported models take two minutes of one core to build (the TFLite converter is single-threaded):
+# a subprocess builds them while the other tests run, and the tests that need them run last.
+BACKGROUND_FIXTURES = ("exports", "tiny_exports")
+
+
+class _BackgroundExports:
+    def __init__(self) -> None:
+        self.out = Path(tempfile.mkdtemp(prefix="bloodcell-test-exports-"))
+        self.log = self.out / "worker.log"
+        bccd = REPO.parent / "shared" / "data" / "BCCD"
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core for it, the other tests keep theirs
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("export_worker.py")), str(self.out), str(bccd)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def wait_for(self, name: str) -> dict[str, Path]:
+        """The paths the worker listed under ``name`` once written; the worker's log if it failed first."""
+        done = self.out / f"{name}.json"
+        while not done.is_file() and self.proc.poll() is None:
+            time.sleep(0.2)
+        if not done.is_file():
+            tail = self.log.read_text(errors="replace")[-3000:]
+            pytest.fail(f"the export worker stopped (exit {self.proc.returncode}) before {name}:\n{tail}")
+        return {k: Path(v) for k, v in json.loads(done.read_text()).items()}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.out, ignore_errors=True)
+
+
+_background: _BackgroundExports | None = None
+
+
+def _needs_exports(item: pytest.Item) -> bool:
+    return any(f in getattr(item, "fixturenames", ()) for f in BACKGROUND_FIXTURES)
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: no worker for tests that will not run
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the export worker if any collected test needs it, and move those tests' modules to the end."""
+    global _background
+    later = {getattr(item, "module", None) for item in items if _needs_exports(item)}
+    if not later or config.option.collectonly:
+        return
+    items[:] = sorted(items, key=lambda i: getattr(i, "module", None) in later)  # stable: order kept within each part
+    _background = _BackgroundExports()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _background is not None:
+        _background.close()
+
+
 @pytest.fixture(scope="session")
-def exports(tmp_path_factory, bccd_root):
-    """The shipped model exported once per test session to every format."""
-    from bloodcell.export.exporter import export_model
-
-    out = tmp_path_factory.mktemp("exports")
-    paths = {
-        "onnx": export_model(None, "onnx", out / "cellnet.onnx").path,
-        "tflite": export_model(None, "tflite", out / "cellnet.tflite").path,
-        "int8": export_model(
-            None,
-            "tflite",
-            out / "cellnet_int8.tflite",
-            int8=True,
-            data=bccd_root,  # default calibration (32)
-        ).path,
-        "onnx_int8": export_model(None, "onnx", out / "cellnet_int8.onnx", int8=True, data=bccd_root).path,
-    }
-    return paths
+def exports(bccd_root) -> dict[str, Path]:
+    """The shipped model exported once per test session to every format (the export worker's)."""
+    assert _background is not None, "conftest starts the export worker for tests that use this fixture"
+    return _background.wait_for("shipped")
 
 
 @pytest.fixture(scope="session")
-def tiny_exports(tmp_path_factory, tiny_model):
+def tiny_exports() -> dict[str, Path]:
     """A small random model exported to ONNX and fp32 TFLite (about 30 s), and under "raw_tflite"
     the .tflite file as the converter wrote it, before its metadata was embedded."""
-    from bloodcell.export import exporter
-    from bloodcell.export.exporter import export_model
-
-    out = tmp_path_factory.mktemp("tiny_exports")
-    model = tiny_model(conf=0.3, cls_bias=3.5)
-    raw = out / "raw.tflite"
-    embed = exporter.embed_tflite_metadata
-
-    def keep_raw(path, text):
-        shutil.copyfile(path, raw)
-        embed(path, text)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(exporter, "embed_tflite_metadata", keep_raw)
-        paths = {fmt: export_model(model, fmt, out / f"tiny.{fmt}").path for fmt in ("onnx", "tflite")}
-    assert raw.is_file()
-    return {**paths, "raw_tflite": raw}
+    assert _background is not None, "conftest starts the export worker for tests that use this fixture"
+    return _background.wait_for("tiny")

@@ -121,6 +121,25 @@ def test_local_batch_rows_match_predict_and_resume_skips(archive: Path, tmp_path
     assert warnings.pop("gray.png") == [GRAYSCALE_WARNING] and set(map(len, warnings.values())) == {0}
 
 
+def test_rows_record_the_exposure_gains_predict_detected_at(tmp_path: Path) -> None:
+    """A dim field is brightened before detection (runtime.exposure); its row says by how much, as predict's JSON."""
+    import json
+
+    import numpy as np
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    shutil.copy(SAMPLES[0], folder / "plain.jpg")
+    dim = (np.asarray(Image.open(SAMPLES[0]), np.float32) * 0.3 + 0.5).astype(np.uint8)
+    Image.fromarray(dim).save(folder / "dim.png")
+    run_batch([str(folder)], str(tmp_path / "out"), device="cpu", progress=False)
+    rows = {Path(r["path"]).name: r["exposure_gains"] for r in read_rows(tmp_path / "out")}
+    assert run_predict([str(folder / "plain.jpg"), str(folder / "dim.png")], json_path=str(tmp_path / "p.json")) == 0
+    predicted = {Path(r["image"]).name: r["exposure_gains"] for r in json.loads((tmp_path / "p.json").read_text())}
+    assert rows["plain.jpg"] == [1.0, 1.0, 1.0] == predicted["plain.jpg"]
+    assert min(rows["dim.png"]) > 2.5 and rows["dim.png"] == pytest.approx(predicted["dim.png"], abs=1e-3)
+
+
 def test_killed_batch_completes_each_image_exactly_once_on_rerun(bccd_root: Path, tmp_path: Path) -> None:
     images = sorted((bccd_root / "JPEGImages").glob("*.jpg"))[:24]
     listing = tmp_path / "images.txt"

@@ -32,6 +32,7 @@ def schema(class_names: tuple[str, ...]):
             ("count_lo90", per_class),
             ("count_hi90", per_class),
             ("scale", pa.float32()),
+            ("exposure_gains", pa.list_(pa.float32(), 3)),  # R, G, B multipliers before detection (runtime.exposure)
             ("detections", pa.list_(detection)),
             ("model", pa.string()),
             ("error", pa.string()),  # null when the image was processed
@@ -80,6 +81,7 @@ def result_row(uri: str, digest: str, result: ImageResult, spec: PredictorSpec) 
         count_lo90=lo if result.intervals else None,
         count_hi90=hi if result.intervals else None,
         scale=result.scale,
+        exposure_gains=list(result.exposure_gains),
         detections=[
             {"label": names[int(label)], "score": float(score), "box": [float(v) for v in box]}
             for box, label, score in zip(counted.boxes, counted.labels, counted.scores, strict=True)
