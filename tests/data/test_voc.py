@@ -422,3 +422,22 @@ def test_an_object_without_a_name_is_said_so(tmp_path: Path) -> None:
     path.write_text(text.replace(text[text.index("<name>") : text.index("</name>") + 7], "", 1))
     found = [f for f in load_voc(tmp_path).findings if f.object == 1]
     assert [(f.kind, f.detail, f.action) for f in found] == [("unknown-class", "object has no <name>", "dropped")]
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".tif", ".png"])
+@pytest.mark.parametrize("decode", [False, True])
+def test_a_turned_image_has_the_size_it_is_decoded_at(tmp_path: Path, suffix: str, decode: bool) -> None:
+    """EXIF orientation 6 (turned 90°): the record's size is the decoded image's, whichever format (Pillow gives a
+    TIFF's size after the turn and a JPEG's before), and an XML that says so is not a size mismatch."""
+    from bloodcell.runtime.images import load_image
+
+    folder = VOCFolder(tmp_path)
+    folder.add("turned", xml_size=(48, 64), image=False)  # the XML in the turned frame: 48 wide, 64 high
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image = folder.root / "JPEGImages" / f"turned{suffix}"
+    Image.new("RGB", (64, 48), (200, 120, 130)).save(image, exif=exif)
+    dataset = load_voc(folder.root, decode_images=decode)
+    assert load_image(image).shape[:2] == (64, 48)
+    assert [(r.width, r.height) for r in dataset.records] == [(48, 64)]
+    assert [f.kind for f in dataset.findings] == []

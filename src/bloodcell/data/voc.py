@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bloodcell import boxes as box_ops
 from bloodcell.errors import DatasetError
@@ -409,11 +409,13 @@ def _read_one(
         return None
     try:
         with Image.open(image_path) as im:
-            width, height = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says "turned 90°": pixels are read turned
-                width, height = height, width
             if decode_images:
                 im.load()
+            width, height = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                # EXIF says "turned 90°" and pixels are read turned; whether Pillow's size is before or after the
+                # turn differs by format and version (a TIFF's is after in Pillow 13), so take the decoder's.
+                width, height = ImageOps.exif_transpose(im).size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning when made an error
         detail = f"{image_path.name} is too large to read safely: {e}"
         findings.append(Finding(xml_name, None, "bad-image", detail, SKIPPED_IMAGE))
