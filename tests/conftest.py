@@ -59,6 +59,7 @@ def tiny_model(tmp_path_factory):
 # Exported models take two minutes of one core to build (the TFLite converter is single-threaded):
 # a subprocess builds them while the other tests run, and the tests that need them run last.
 BACKGROUND_FIXTURES = ("exports", "tiny_exports")
+WORKER_TIMEOUT_S = 1200  # about 2 min on a 2-core CPU; a hung converter fails its tests instead of CI
 
 
 class _BackgroundExports:
@@ -78,11 +79,14 @@ class _BackgroundExports:
     def wait_for(self, name: str) -> dict[str, Path]:
         """The paths the worker listed under ``name`` once written; the worker's log if it failed first."""
         done = self.out / f"{name}.json"
-        while not done.is_file() and self.proc.poll() is None:
+        deadline = time.monotonic() + WORKER_TIMEOUT_S
+        while not done.is_file() and self.proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         if not done.is_file():
             tail = self.log.read_text(errors="replace")[-3000:]
-            pytest.fail(f"the export worker stopped (exit {self.proc.returncode}) before {name}:\n{tail}")
+            done_or_not = self.proc.poll()
+            state = f"exited with {done_or_not}" if done_or_not is not None else f"ran {WORKER_TIMEOUT_S} s"
+            pytest.fail(f"the export worker {state} without writing {name}:\n{tail}")
         return {k: Path(v) for k, v in json.loads(done.read_text()).items()}
 
     def close(self) -> None:
