@@ -18,7 +18,7 @@ base=$("$main_py" -c 'import sys; print(sys._base_executable)')  # same interpre
 main_site=$("$main_py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 peers_site=$(.venv-peers/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 # addsitedir, not a bare path line: the main venv's own .pth files (bloodcell's editable install) must run too
-echo "import site; site.addsitedir('$main_site')" > "$peers_site/_main_venv.pth"
+"$main_py" -c 'import sys; print(f"import site; site.addsitedir({sys.argv[1]!r})")' "$main_site" > "$peers_site/_main_venv.pth"
 
 # --no-deps: ultralytics would pull opencv-python (the main venv has opencv-python-headless) and
 # nvidia-ml-py; its light runtime deps are installed by name instead (not polars, ~180 MB, which

@@ -58,34 +58,33 @@ def tiny_model(tmp_path_factory):
 
 # Exported models take two minutes of one core to build (the TFLite converter is single-threaded):
 # a subprocess builds them while the other tests run, and the tests that need them run last.
-BACKGROUND_FIXTURES = ("exports", "tiny_exports")
+BACKGROUND_FIXTURES = {"tiny_exports": "tiny", "exports": "shipped"}  # fixture -> what the worker builds
 WORKER_TIMEOUT_S = 1200  # about 2 min on a 2-core CPU; a hung converter fails its tests instead of CI
 
 
 class _BackgroundExports:
-    def __init__(self) -> None:
+    def __init__(self, builds: list[str]) -> None:
         self.out = Path(tempfile.mkdtemp(prefix="bloodcell-test-exports-"))
         self.log = self.out / "worker.log"
         bccd = REPO.parent / "shared" / "data" / "BCCD"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core for it, the other tests keep theirs
+        worker = [sys.executable, str(Path(__file__).with_name("export_worker.py")), str(self.out), str(bccd)]
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("export_worker.py")), str(self.out), str(bccd)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+            self.proc = subprocess.Popen([*worker, *builds], stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.deadline = time.monotonic() + WORKER_TIMEOUT_S  # one for the whole worker, however many wait
 
     def wait_for(self, name: str) -> dict[str, Path]:
         """The paths the worker listed under ``name`` once written; the worker's log if it failed first."""
         done = self.out / f"{name}.json"
-        deadline = time.monotonic() + WORKER_TIMEOUT_S
-        while not done.is_file() and self.proc.poll() is None and time.monotonic() < deadline:
+        while not done.is_file() and self.proc.poll() is None and time.monotonic() < self.deadline:
             time.sleep(0.2)
         if not done.is_file():
             tail = self.log.read_text(errors="replace")[-3000:]
-            done_or_not = self.proc.poll()
-            state = f"exited with {done_or_not}" if done_or_not is not None else f"ran {WORKER_TIMEOUT_S} s"
+            code = self.proc.poll()
+            if code is None:  # hung: stopped, so the next fixture does not wait again
+                self.proc.kill()
+                self.proc.wait()
+            state = f"exited with {code}" if code is not None else f"ran {WORKER_TIMEOUT_S} s and was stopped"
             pytest.fail(f"the export worker {state} without writing {name}:\n{tail}")
         return {k: Path(v) for k, v in json.loads(done.read_text()).items()}
 
@@ -99,19 +98,30 @@ class _BackgroundExports:
 _background: _BackgroundExports | None = None
 
 
-def _needs_exports(item: pytest.Item) -> bool:
-    return any(f in getattr(item, "fixturenames", ()) for f in BACKGROUND_FIXTURES)
+def _exports_needed(items: list[pytest.Item]) -> list[str]:
+    """What the worker must build for these tests: "tiny", "shipped", both or neither."""
+    used = {f for item in items for f in getattr(item, "fixturenames", ()) if f in BACKGROUND_FIXTURES}
+    return [build for fixture, build in BACKGROUND_FIXTURES.items() if fixture in used]
 
 
-@pytest.hookimpl(trylast=True)  # after -k/-m deselection: no worker for tests that will not run
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Start the export worker if any collected test needs it, and move those tests' modules to the end."""
+@pytest.hookimpl(tryfirst=True)  # before -k, --sw, --lf and the like choose from the order the run will have
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move the modules whose tests use the exported models to the end (a stable sort: order kept in each part)."""
+    later = {getattr(item, "module", None) for item in items if _exports_needed([item])}
+    later.discard(None)
+    items[:] = sorted(items, key=lambda item: getattr(item, "module", None) in later)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the export worker if a test that will run needs it (``session.items`` is the final selection)."""
     global _background
-    later = {getattr(item, "module", None) for item in items if _needs_exports(item)}
-    if not later or config.option.collectonly:
+    option = session.config.option
+    listing_only = ("collectonly", "setupplan", "setuponly", "showfixtures", "show_fixtures_per_test")
+    if any(getattr(option, name, False) for name in listing_only):
         return
-    items[:] = sorted(items, key=lambda i: getattr(i, "module", None) in later)  # stable: order kept within each part
-    _background = _BackgroundExports()
+    builds = _exports_needed(session.items)
+    if builds:
+        _background = _BackgroundExports(builds)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

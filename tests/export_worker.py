@@ -1,6 +1,6 @@
 """Builds the test session's exported models in a subprocess, beside the other tests.
 
-    python tests/export_worker.py OUT BCCD_ROOT
+    python tests/export_worker.py OUT BCCD_ROOT tiny shipped
 
 Converting to TFLite takes most of two minutes of one core and the converter is single-threaded, so
 conftest.py starts this when the session collects a test that needs ``exports`` or ``tiny_exports``,
@@ -78,10 +78,12 @@ def _write(out: Path, name: str, paths: dict[str, str]) -> None:
     tmp.replace(out / f"{name}.json")  # whole or absent: the fixtures poll for it
 
 
-def main(out: Path, bccd_root: Path) -> None:
-    _write(out, "tiny", tiny_exports(out / "tiny"))  # first: a random model, needed by more test modules
-    _write(out, "shipped", shipped_exports(out / "shipped", bccd_root))
+def main(out: Path, bccd_root: Path, builds: list[str]) -> None:
+    if "tiny" in builds:  # first: a random model, needed by more test modules
+        _write(out, "tiny", tiny_exports(out / "tiny"))
+    if "shipped" in builds:
+        _write(out, "shipped", shipped_exports(out / "shipped", bccd_root))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])

@@ -283,6 +283,20 @@ def test_tfrecord_image_is_the_file_or_lossless_png(tmp_path: Path) -> None:
     assert tfrecord.encoded_image(tmp_path / "x.jpg") == ((tmp_path / "x.jpg").read_bytes(), b"jpeg")
 
 
+def test_tfrecord_image_of_a_turned_photo_is_its_pixels_as_shown(tmp_path: Path) -> None:
+    """TensorFlow's decoders ignore EXIF; the boxes are in the turned frame: the record holds the turned pixels."""
+    from bloodcell.runtime.images import load_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned 90°
+    pixels = np.zeros((48, 64, 3), np.uint8)
+    pixels[:, :16] = (200, 30, 40)  # a band that says which way up it is
+    Image.fromarray(pixels).save(tmp_path / "turned.jpg", quality=95, exif=exif)
+    data, fmt = tfrecord.encoded_image(tmp_path / "turned.jpg")
+    assert fmt == b"png"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), load_image(tmp_path / "turned.jpg"))
+
+
 def _tensorflow_python() -> str:
     """The interpreter that has TensorFlow (``make setup-dev`` installs the ``tf`` extra into the venv)."""
     if importlib.util.find_spec("tensorflow") is None:

@@ -290,10 +290,10 @@ def _plot_sizes(stats: DatasetStats) -> Figure:
 def _plot_sample(sample: SampleImage, root: Path, class_names: tuple[str, ...]) -> Figure:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle
-    from PIL import Image
 
-    with Image.open(image_base(root) / sample.image) as im:
-        pixels = np.asarray(im.convert("RGB"))
+    from bloodcell.runtime.images import load_image
+
+    pixels = load_image(image_base(root) / sample.image)  # as training reads it: EXIF-turned, as the boxes are
     fig = Figure(figsize=(8, 6.5), layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(pixels)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from bloodcell import boxes as box_ops
 from bloodcell.errors import DatasetError
@@ -412,10 +412,10 @@ def _read_one(
             if decode_images:
                 im.load()
             width, height = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                # EXIF says "turned 90°" and pixels are read turned; whether Pillow's size is before or after the
-                # turn differs by format and version (a TIFF's is after in Pillow 13), so take the decoder's.
-                width, height = ImageOps.exif_transpose(im).size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says "turned 90°": pixels are read turned
+                # Pillow 13 gives a TIFF's size already turned (older ones did not): its tags say the stored one
+                stored = (im.tag_v2[256], im.tag_v2[257]) if im.format == "TIFF" and 256 in im.tag_v2 else im.size
+                width, height = stored[1], stored[0]
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning when made an error
         detail = f"{image_path.name} is too large to read safely: {e}"
         findings.append(Finding(xml_name, None, "bad-image", detail, SKIPPED_IMAGE))

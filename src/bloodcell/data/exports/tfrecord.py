@@ -11,7 +11,7 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from bloodcell import boxes as box_ops
 from bloodcell.atomic import atomic_open, write_text
@@ -112,15 +112,18 @@ def encode_example(features: dict[str, bytes]) -> bytes:
 
 
 def encoded_image(path: Path) -> tuple[bytes, bytes]:
-    """The file's own bytes and format; the OD API decodes only JPEG and PNG, so others become PNG (lossless)."""
+    """The file's own bytes and format where TensorFlow decodes them as bloodcell reads them: a JPEG or PNG
+    without an EXIF turn or flip. The OD API decodes only JPEG and PNG, and ignores EXIF while the boxes are in
+    the turned frame (as the image is shown), so others become a PNG (lossless) of the pixels as shown."""
     data = path.read_bytes()
-    if data.startswith(b"\xff\xd8\xff"):
-        return data, b"jpeg"
-    if data.startswith(_PNG_MAGIC):
-        return data, b"png"
     with Image.open(io.BytesIO(data)) as im:
+        if im.getexif().get(0x0112, 1) == 1:
+            if data.startswith(b"\xff\xd8\xff"):
+                return data, b"jpeg"
+            if data.startswith(_PNG_MAGIC):
+                return data, b"png"
         buffer = io.BytesIO()
-        im.save(buffer, format="PNG")
+        ImageOps.exif_transpose(im).save(buffer, format="PNG")
     return buffer.getvalue(), b"png"
 
 
