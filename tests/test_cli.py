@@ -12,6 +12,7 @@ import pytest
 
 from bloodcell.cli import get_args_parser, main
 from bloodcell.config import AUGMENT_PRESETS, MISSING_LABEL_METHODS, MODEL_NAMES, TrainConfig, flag_name, show
+from bloodcell.errors import ModelError
 
 # (command line, the flag the error must name)
 BAD_NUMBERS = [
@@ -320,6 +321,40 @@ def test_which_commands_a_sigterm_stops_as_ctrl_c(argv, env, stops, monkeypatch)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert _stops_on_sigterm(get_args_parser().parse_args(argv)) == stops
+
+
+def _raising(error: BaseException, turned_into: BaseException, suppress: bool = False):
+    def command(_args) -> int:
+        try:
+            raise error
+        except BaseException as e:
+            raise turned_into from (None if suppress else e)
+
+    return command
+
+
+@pytest.mark.parametrize(
+    ("error", "turned_into", "suppress", "code"),
+    [
+        (KeyboardInterrupt(), ImportError("initialization failed"), False, 130),  # a C extension's import
+        (KeyboardInterrupt(), ModelError("ONNX export failed: ..."), True, 130),  # the exporter's, `from None`
+        (ValueError("a bug"), ModelError("ONNX export failed: a bug"), True, 2),  # a real fault: said, its code
+        (ValueError("a bug"), ImportError("a bug"), False, None),  # a bug keeps its traceback
+    ],
+)
+def test_a_stop_turned_into_another_error_is_still_a_stop(error, turned_into, suppress, code, monkeypatch, capsys):
+    """Ctrl-C or SIGTERM inside a C extension's import surfaces as an ImportError caused by the
+    KeyboardInterrupt (seen in CI: a run stopped at its first plot exited 1 with a traceback)."""
+    from bloodcell import cli
+
+    monkeypatch.setattr(cli, "cmd_val", _raising(error, turned_into, suppress))
+    if code is None:
+        with pytest.raises(ImportError):
+            cli.main(["val"])
+        return
+    assert cli.main(["val"]) == code
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "interrupted" if code == 130 else last.startswith("error: ")
 
 
 def test_calibrate_names_a_missing_model_before_reading_the_data(tmp_path, capsys) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bloodcell.atomic import atomic_open, check_outputs
-from bloodcell.errors import BloodcellError, ConfigError, StopSaid, describe_os_error, missing_model
+from bloodcell.errors import BloodcellError, ConfigError, StopSaid, describe_os_error, is_interrupt, missing_model
 
 if TYPE_CHECKING:  # config is imported lazily below, like every other bloodcell module
     from bloodcell.config import Choice, TrainConfig
@@ -944,7 +944,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
             print(f"watching {args.folder}, writing {out}/counts.csv (Ctrl+C stops)", file=sys.stderr)
             try:
                 watcher.run(threading.Event())
-            except KeyboardInterrupt:
+            except BaseException as e:  # Ctrl-C or SIGTERM
+                if not is_interrupt(e):
+                    raise
                 print("stopped", file=sys.stderr)
                 if left := watcher.not_yet_counted():  # not lost: the next watch on this folder counts them
                     names = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
@@ -1037,6 +1039,24 @@ def _threads_note(threads: int | None) -> str | None:
     return f"--threads {threads} is more than the {cores} cores this process may use: slower, not faster"
 
 
+def _failed(error: BaseException, args: argparse.Namespace) -> int:
+    """The exit code of a command that failed, its reason said on one line; an unexpected error (a bug)
+    is raised again with its traceback."""
+    if isinstance(error, BloodcellError):
+        if not _other_rank():
+            print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    if isinstance(error, OSError):  # unwritable --out, a file where a folder is expected, full disk, ...
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
+    top = (getattr(error, "name", None) or "").split(".")[0]
+    if isinstance(error, ModuleNotFoundError) and top in EXTRAS:
+        extra = "export" if args.command in ("export", "qat", "benchmark") else EXTRAS[top]  # torch and the converters
+        print(f"error: `bloodcell {args.command}` needs {top}: pip install 'bloodcell[{extra}]'", file=sys.stderr)
+        return 2
+    raise error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)
@@ -1054,21 +1074,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _stop) if ours else None
     try:
         return int(args.func(args) or 0)
-    except BloodcellError as e:
-        if not _other_rank():
-            print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # unwritable --out, a file where a folder is expected, full disk, ...
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as e:
-        top = (e.name or "").split(".")[0]
-        if top not in EXTRAS:
-            raise
-        extra = "export" if args.command in ("export", "qat", "benchmark") else EXTRAS[top]  # torch and the converters
-        print(f"error: `bloodcell {args.command}` needs {top}: pip install 'bloodcell[{extra}]'", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:
+    except BaseException as e:
+        if not is_interrupt(e):
+            return _failed(e, args)
+        # Ctrl-C or SIGTERM, also where it landed inside code that turned it into its own error (a C
+        # extension's import, an exporter's "export failed"): a stop, not a fault
         if not _other_rank() and not isinstance(e, StopSaid):  # a command that said how it stopped: once
             print("interrupted", file=sys.stderr)
         return 130

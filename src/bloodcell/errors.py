@@ -44,6 +44,23 @@ class StopSaid(KeyboardInterrupt):
     second "interrupted" line)."""
 
 
+def is_interrupt(error: BaseException) -> bool:
+    """Ctrl-C or SIGTERM, also when it landed inside code that turned it into another error: a C
+    extension's import gives "ImportError: initialization failed" caused by the KeyboardInterrupt, and an
+    exporter's "export failed" hides it with ``from None`` (still its context: a stop, not a fault)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        todo += [current.__cause__, current.__context__]
+    return False
+
+
 class ConfigError(BloodcellError):
     """Options that make no sense together, or unknown settings."""
 

@@ -180,6 +180,26 @@ def test_training_on_fewer_images_than_listed_exits_1_naming_them(tiny_voc, tmp_
     assert (tmp_path / "run" / "best.pt").is_file()  # the model is made, on the images there are
 
 
+def test_a_stop_that_lands_inside_an_import_is_a_stop(tiny_voc, tmp_path, monkeypatch, capsys):
+    """SIGTERM during a C extension's import (matplotlib's Agg, on a run's first plot) reaches the code as
+    "ImportError: initialization failed" caused by the KeyboardInterrupt: still a stop, said as one."""
+    import bloodcell.engine.train as train_module
+
+    def stopped_inside_import(*_args, **_kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise ImportError("initialization failed") from e
+
+    monkeypatch.setattr(train_module, "plot_training", stopped_inside_import)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_voc), "--epochs", "2", "--batch", "2", "--imgsz", "128", "--no-pretrained"]
+    assert main([*args, "--out", str(out), "--threads", "1"]) == 130
+    err = capsys.readouterr().err
+    assert f"stopped: {out / 'last.pt'} holds epoch 1 of 2" in err
+    assert "interrupted" not in err and "ImportError" not in err
+
+
 # --- --resume with flags: the ones that say how the run goes on are honoured, the rest refused ------------
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import annotated_path, format_counts, save_annotated, write_counts_csv, write_json
 from bloodcell.atomic import check_outputs
-from bloodcell.errors import ConfigError, StopSaid, describe_os_error
+from bloodcell.errors import ConfigError, StopSaid, describe_os_error, is_interrupt
 from bloodcell.runtime.counting import parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.metadata import model_ref
@@ -125,7 +125,9 @@ def run_predict(
             if verbose:
                 print(f"  {format_timing(r)}")
             results.append(r)
-    except KeyboardInterrupt:  # keep what is done: the counts of a long folder are worth saving
+    except BaseException as e:  # Ctrl-C or SIGTERM: keep what is done, the counts of a long folder are worth saving
+        if not is_interrupt(e):
+            raise
         interrupted = True
     rank = {path: i for i, path in enumerate(order)}  # the results name every input in the order given
     listed.sort(key=lambda r: rank.get(r.path, len(rank)))

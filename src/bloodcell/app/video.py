@@ -25,7 +25,7 @@ import numpy as np
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import frame_counts_header, frame_counts_row
 from bloodcell.atomic import write_text
-from bloodcell.errors import ConfigError, ImageError
+from bloodcell.errors import ConfigError, ImageError, is_interrupt
 from bloodcell.runtime.counting import Conf
 from bloodcell.runtime.images import IMAGE_SUFFIXES
 from bloodcell.runtime.predict import ImageResult, Predictor, predict_image
@@ -263,8 +263,8 @@ def run_stream(
             ran_out = _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames, cell_size)
             # a camera never ends by itself, nor does a live stream: no more frames is a dropout, not an end
             summary.source_stopped = ran_out and not is_file and not summary.expected_frames
-        except KeyboardInterrupt:  # Ctrl-C ends a camera stream; the files are kept (a file's: said so)
-            if summary.frames == 0:
+        except BaseException as e:  # Ctrl-C ends a camera stream; the files are kept (a file's: said so)
+            if not is_interrupt(e) or summary.frames == 0:
                 raise  # nothing to keep: an interrupted command, not an unreadable source
             summary.interrupted = is_file or summary.expected_frames > 0  # a file, here or served: cut short
         summary.seconds = time.monotonic() - started

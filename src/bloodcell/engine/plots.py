@@ -16,6 +16,8 @@ from matplotlib.ticker import MaxNLocator
 
 from bloodcell.atomic import write_bytes
 
+plt.switch_backend("Agg")  # its C extension loads now, not on a run's first plot, where a stop can break its import
+
 
 def _save(fig, path: Path) -> Path:
     buffer = io.BytesIO()

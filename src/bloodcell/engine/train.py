@@ -44,7 +44,7 @@ from bloodcell.engine.ema import ModelEMA
 from bloodcell.engine.evaluate import fit_counting, predict_records, score
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.engine.plots import plot_training
-from bloodcell.errors import ConfigError, DatasetError, StopSaid, TrainingError
+from bloodcell.errors import ConfigError, DatasetError, StopSaid, TrainingError, is_interrupt
 from bloodcell.models.cellnet_loss import CellNetLoss
 from bloodcell.models.checkpoint import (
     ModelInfo,
@@ -546,7 +546,9 @@ def _train(
         metrics = fit_counting_file(out / "best.pt", val_set.records, extra=extra, prior=initial.counting)
         skipped = tuple(note for d in (train_set, val_set) if (note := skipped_note(d)))
         return TrainResult(out, out / "best.pt", metrics.voc_map50, metrics, loop.elapsed, skipped)
-    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, which the CLI turns into it): say what is kept
+    except BaseException as e:  # Ctrl-C (or SIGTERM, which the CLI turns into it): say what is kept
+        if not is_interrupt(e):
+            raise
         if main:
             print(_stopped_note(out, loop.saved_epochs, config.epochs), file=sys.stderr, flush=True)
             raise StopSaid from None

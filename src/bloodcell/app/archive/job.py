@@ -15,7 +15,7 @@ from bloodcell.app.archive.rows import PredictorSpec, content_hash, schema
 from bloodcell.app.archive.sources import expand, file_key, read_bytes
 from bloodcell.app.archive.store import ParquetStore
 from bloodcell.atomic import check_folder
-from bloodcell.errors import BloodcellError, ConfigError, StopSaid
+from bloodcell.errors import BloodcellError, ConfigError, StopSaid, is_interrupt
 from bloodcell.runtime.counting import conf_override, parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.metadata import counted_by, model_digest
@@ -252,7 +252,9 @@ def _count(store: ParquetStore, uris: list[str], summary: BatchSummary, run: _Ru
             f"a worker process died (killed, or out of memory?); the {summary.written} images finished are "
             f"kept in {out}, and a rerun counts the rest (fewer --workers or --threads need less memory)"
         ) from None
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the rows finished are written, then how far it got is said
+    except BaseException as e:  # Ctrl-C or SIGTERM: the rows finished are written, then how far it got is said
+        if not is_interrupt(e):
+            raise
         summary.interrupted = True
         getattr(stream, "close", lambda: None)()  # the workers' queued tasks are dropped now, not awaited
         flush()
