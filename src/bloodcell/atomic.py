@@ -145,15 +145,24 @@ def check_writable(flag: str, path: str | Path) -> None:
 def check_outputs(files: dict[str, str | None], folders: dict[str, str | None] | None = None) -> None:
     """Refuse outputs (flag -> path; None: not asked for) that cannot be written, or where a file
     would be written at a folder's path, before any long work."""
+    for flag, path in [*files.items(), *(folders or {}).items()]:
+        if path == "":  # `--csv ""` (an unset shell variable) is a mistake, not "no CSV"
+            raise ConfigError(f"{flag}: the path is empty; name a {'folder' if flag in (folders or {}) else 'file'}")
+        if path == "-":  # commands that can write to standard output say so before calling this
+            raise ConfigError(f"{flag} -: this command cannot write to standard output; name a file")
     folders = {flag: path for flag, path in (folders or {}).items() if path}
     for flag, path in folders.items():
         check_folder(flag, path)
+    seen: dict[Path, str] = {}
     for flag, path in files.items():
         if not path:
             continue
         same = next((f for f, folder in folders.items() if Path(folder).resolve() == Path(path).resolve()), None)
         if same:
             raise ConfigError(f"{flag} {path}: cannot write there (it is the {same} folder; expected a file name)")
+        other = seen.setdefault(Path(path).resolve(), flag)
+        if other != flag:
+            raise ConfigError(f"{flag} {path}: is also the {other} file; each output needs a file of its own")
         check_writable(flag, path)
 
 

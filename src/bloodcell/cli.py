@@ -7,6 +7,7 @@ Every failure the user can fix ends in one line on stderr and a non-zero exit co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -120,7 +121,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     dataset_file = args.json and Path(args.json).suffix.lower() in (".yaml", ".yml")
     if args.json and args.json != "-" and (Path(args.json).is_dir() or dataset_file):
         if args.path is not None or args.data is not None:  # never written over: a dataset, not a report name
-            raise ConfigError(f"--json {args.json}: is a dataset, not a file to write the report to")
+            what = "a dataset file" if dataset_file else "a folder"
+            raise ConfigError(f"--json {args.json}: is {what}, not a file to write the report to")
         args.path, args.json = args.json, "-"  # `data check --json DATASET`: the flag as it was, then the dataset
     check_outputs({"--json": None if args.json == "-" else args.json})
     report = check_dataset(_data_root(args), split=args.split)
@@ -446,8 +448,10 @@ CONF_HELP = "operating points for counts: one value, or per class like RBC=0.4,W
 def _conf_text(text: str, flag: str = "--conf") -> str:
     """Checks the form of --conf now (numbers in (0, 1]); class names are checked once the model is loaded."""
     from bloodcell.runtime.counting import parse_conf
+    from bloodcell.types import CLASS_NAMES
 
-    names = [part.partition("=")[0].strip() for part in text.split(",")] if "=" in text else ["all"]
+    # per-class names are checked against the model later; a plain list's error shows BCCD's names
+    names = [part.partition("=")[0].strip() for part in text.split(",")] if "=" in text else CLASS_NAMES
     try:
         parse_conf(text, names, 0.5, flag)
     except ValueError as e:
@@ -753,7 +757,9 @@ def _predict_stream(args: argparse.Namespace) -> int:
     from bloodcell.app.video import DEFAULT_OUT, run_stream
     from bloodcell.runtime.loader import load_predictor, print_model_notes
 
-    check_outputs({}, {"--out": args.out or DEFAULT_OUT})  # an unwritable folder: now, not after the video
+    check_outputs(
+        {}, {"--out": DEFAULT_OUT if args.out is None else args.out}
+    )  # an unwritable folder: now, not after the video
     predictor = load_predictor(args.model, device=args.device, threads=args.threads, edgetpu=args.edgetpu)
     print_model_notes(predictor)
     _check_cell_size(predictor, args.cell_size)
@@ -918,7 +924,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     if not Path(args.folder).is_dir():
         raise ConfigError(f"{args.folder}: not a folder")
-    out = args.out or str(Path(args.folder) / "bloodcell")
+    out = str(Path(args.folder) / "bloodcell") if args.out is None else args.out
     check_outputs({}, {"--out": out})  # a file there: said now, naming the option
     predictor = load_predictor(args.model, threads=args.threads)
     print_model_notes(predictor)
@@ -1039,6 +1045,26 @@ def _threads_note(threads: int | None) -> str | None:
     return f"--threads {threads} is more than the {cores} cores this process may use: slower, not faster"
 
 
+def _stdout_gone() -> bool:
+    """Whether standard output's reader has closed the pipe (not a socket's peer: poll says so of stdout
+    itself). If so, stdout is pointed at devnull, as Python's signal docs advise, so that the flush at exit
+    does not fail a second time."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # a stream without a descriptor (pytest's capture)
+        return False
+    if hasattr(select, "poll"):  # POSIX: a pipe with no reader left polls as an error
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):
+            return False
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return True
+
+
 def _failed(error: BaseException, args: argparse.Namespace) -> int:
     """The exit code of a command that failed, its reason said on one line; an unexpected error (a bug)
     is raised again with its traceback."""
@@ -1046,6 +1072,8 @@ def _failed(error: BaseException, args: argparse.Namespace) -> int:
         if not _other_rank():
             print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    if isinstance(error, BrokenPipeError) and _stdout_gone():  # `bloodcell data check --json - | head`
+        return 141  # as a Unix tool killed by SIGPIPE: quiet, the reader has what it wanted
     if isinstance(error, OSError):  # unwritable --out, a file where a folder is expected, full disk, ...
         print(f"error: {describe_os_error(error)}", file=sys.stderr)
         return 2

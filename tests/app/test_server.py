@@ -110,6 +110,7 @@ def test_client_file_names_are_only_echoed_as_their_last_component(client, slide
 
 def test_health_and_model_info(client):
     assert client.get("/api/v1/health").json()["status"] == "ok"
+    assert client.head("/api/v1/health").status_code == 200  # uptime monitors and load balancers
     card = client.get("/api/v1/model").json()
     assert card["name"] == "fake.pt" and card["architecture"] == "fake" and card["format"] == "numpy"
     assert card["classes"] == list(CLASS_NAMES) and set(card["colors"]) == set(CLASS_NAMES)

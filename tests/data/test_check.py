@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,13 +53,13 @@ def test_json_goes_to_a_file_when_named_as_for_val_and_predict(bccd_root: Path, 
     code_old, printed_old, _ = _run(capsys, "--json", str(bccd_root), "--split", "test")
     assert code_old == 0 and json.loads(printed_old) == json.loads(printed)
     code_bad, _, err = _run(capsys, str(bccd_root), "--json", str(tmp_path))
-    assert code_bad == 2 and "--json" in err and "dataset" in err
+    assert code_bad == 2 and f"--json {tmp_path}: is a folder, not a file to write the report to" in err
     spec = tmp_path / "bccd.yaml"  # a dataset YAML after --json is the dataset, never written over
     spec.write_text(f"sources:\n  - path: {bccd_root}\n")
     code_yaml, printed_yaml, _ = _run(capsys, "--json", str(spec), "--split", "test")
     assert code_yaml == 0 and json.loads(printed_yaml)["images"] == 72
     code_refused, _, err = _run(capsys, str(bccd_root), "--json", str(spec))
-    assert code_refused == 2 and "is a dataset, not a file to write the report to" in err
+    assert code_refused == 2 and f"--json {spec}: is a dataset file, not a file to write the report to" in err
     assert spec.read_text().startswith("sources:")
 
 
@@ -179,6 +181,8 @@ def test_an_empty_split_list_is_a_finding(tmp_path: Path, capsys) -> None:
     found = [(f["file"], f["kind"]) for f in json.loads(out)["findings"]]
     assert found == [("ImageSets/Main/test.txt", "empty-split")]
     assert code == 0  # no image is left out: a finding, an error only with --strict
+    code, out, _ = _run(capsys, str(tmp_path), "--split", "test", "--json")  # that split alone: the same
+    assert [(f["file"], f["kind"]) for f in json.loads(out)["findings"]] == found and code == 0
 
 
 def test_an_empty_split_list_read_through_a_yaml_is_the_same_finding(tmp_path: Path, capsys) -> None:
@@ -188,3 +192,16 @@ def test_an_empty_split_list_read_through_a_yaml_is_the_same_finding(tmp_path: P
     spec.write_text(f"sources:\n  - path: {voc.root}\n")
     code, out, _ = _run(capsys, str(spec), "--json")
     assert [f["kind"] for f in json.loads(out)["findings"]] == ["empty-split"] and code == 0
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):
+    """`bloodcell data check --json - DATA | head`: exit 141 as a Unix tool killed by SIGPIPE, and no
+    "error: Broken pipe" or "Exception ignored" from the flush at exit."""
+    voc = make_voc(tmp_path / "voc", n_images=2)
+    command = [sys.executable, "-m", "bloodcell", "data", "check", "--json", "-", str(voc.root)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the report is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+    whole = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert whole.returncode == 0 and whole.stdout.startswith("{")  # the same command, read to the end

@@ -79,6 +79,7 @@ def test_split_that_only_one_source_has(tmp_path, bccd_root, dense_root):
     ],
 )
 def test_bad_yaml_is_a_clear_error(tmp_path, text, message):
+    (tmp_path / "Annotations").mkdir()  # "." is a VOC folder (for the one listed twice)
     spec = tmp_path / "bad.yaml"
     spec.write_text(text)
     with pytest.raises(DatasetError, match=message) as info:
@@ -207,7 +208,46 @@ def test_a_yaml_reports_what_its_folders_report(tmp_path):
 def test_a_yaml_anchor_merged_into_a_source_may_be_overridden(tmp_path):
     """`<<: *d` then `path:`: the merged path is replaced, as YAML means it (no duplicate key)."""
     for name in ("d1", "d2"):
-        (tmp_path / name).mkdir()
+        (tmp_path / name / "Annotations").mkdir(parents=True)
     spec = tmp_path / "m.yaml"
     spec.write_text("sources:\n  - &d {path: d1, exhaustive: [RBC]}\n  - <<: *d\n    path: d2\n")
     assert [(s.path.name, s.exhaustive) for s in read_spec(spec).sources] == [("d1", ("RBC",)), ("d2", ("RBC",))]
+
+
+@pytest.mark.parametrize("where", ["JPEGImages", "empty"])
+def test_a_source_that_is_not_a_voc_folder_is_refused(tmp_path, where, capsys):
+    """A source naming the images' folder (or an empty one) would add no image, and the run would go on."""
+    from voc_factory import VOCFolder
+
+    voc = VOCFolder(tmp_path / "mine")
+    voc.add("a")
+    source = voc.root / "JPEGImages" if where == "JPEGImages" else tmp_path / "empty"
+    source.mkdir(exist_ok=True)
+    spec = tmp_path / "data.yaml"
+    spec.write_text(f"sources:\n  - path: {voc.root}\n  - path: {source}\n")
+    with pytest.raises(DatasetError) as info:
+        load_dataset(spec, None)
+    message = str(info.value)
+    assert message.startswith(f"{spec}: sources[1]: path '{source}': {source}: no Annotations/ folder"), message
+    assert (f"(it is inside one: give {voc.root})" in message) == (where == "JPEGImages")
+    assert main(["data", "check", str(spec)]) == 2
+    assert "sources[1]" in capsys.readouterr().err
+
+
+def test_a_later_source_replaces_an_image_saved_in_another_format(tmp_path):
+    """Override is per image id: the dense source's a.png replaces the sparse source's a.jpg, not beside it."""
+    from PIL import Image
+    from voc_factory import VOCFolder, voc_xml
+
+    sparse, dense = VOCFolder(tmp_path / "sparse"), VOCFolder(tmp_path / "dense")
+    sparse.add("a", [("WBC", (1, 1, 20, 20))])
+    sparse.add("b", [("WBC", (5, 5, 30, 30))])
+    Image.open(sparse.image_path("a")).save(dense.root / "JPEGImages" / "a.png")
+    dense.xml_path("a").write_text(voc_xml("a.png", [("RBC", (1, 1, 20, 20)), ("WBC", (22, 22, 40, 40))]))
+    spec = tmp_path / "data.yaml"
+    spec.write_text(f"sources:\n  - path: {sparse.root}\n    exhaustive: [WBC]\n  - path: {dense.root}\n")
+    merged = load_dataset(spec, None)
+    assert [(r.image_path.name, len(r.boxes), r.exhaustive) for r in merged.records] == [
+        ("a.png", 2, (True, True, True)),
+        ("b.jpg", 1, (False, True, False)),
+    ]

@@ -180,6 +180,25 @@ def test_training_on_fewer_images_than_listed_exits_1_naming_them(tiny_voc, tmp_
     assert (tmp_path / "run" / "best.pt").is_file()  # the model is made, on the images there are
 
 
+def test_training_says_when_val_holds_training_images_or_a_label_option_has_nothing_to_do(tiny_voc, tmp_path):
+    """What `data check` finds in the splits, said at the start of a run too (not refused: it may be meant)."""
+    from bloodcell.data.sources import load_dataset
+    from bloodcell.engine.train import _split_notes
+
+    train, val = (load_dataset(tiny_voc, s, decode_images=False).records for s in ("train", "val"))
+    config = TrainConfig(data=str(tiny_voc))
+    assert _split_notes(train, val, config, set()) == []
+    leaked = _split_notes(train, [*val, train[0]], config, set())
+    assert leaked == [
+        f"1 image is in both train and val ({train[0].image_id}): the best epoch and the counting fit are "
+        "chosen on images the model learns from"
+    ]
+    [note] = _split_notes(train, val, config, {"missing_labels"})  # a plain folder: every class exhaustive
+    assert note.startswith("--missing-labels / --missing-tau have nothing to do")
+    partial = [dataclasses.replace(r, exhaustive=(False, True, False)) for r in train]  # BCCD's XML in a dataset YAML
+    assert _split_notes(partial, val, config, {"missing_labels"}) == []
+
+
 def test_a_stop_that_lands_inside_an_import_is_a_stop(tiny_voc, tmp_path, monkeypatch, capsys):
     """SIGTERM during a C extension's import (matplotlib's Agg, on a run's first plot) reaches the code as
     "ImportError: initialization failed" caused by the KeyboardInterrupt: still a stop, said as one."""
@@ -328,6 +347,18 @@ def test_resume_refuses_a_finished_run_and_finds_the_latest_numbered_run(one_epo
     assert _run_to_resume(config, explicit=["resume"]) == second
     assert "resuming " in capsys.readouterr().err
     assert _run_to_resume(config, explicit=["resume", "out"]) == first  # --out given: that run
+
+
+def test_a_new_run_beside_a_used_folder_gets_a_name_no_other_run_has(tmp_path):
+    """runs/train -> runs/train2, as Ultralytics names them; runs/t1 -> runs/t1-2, not runs/t12 (run t12's)."""
+    from bloodcell.engine.train import _run_dir
+
+    for used in ("train", "t1", "t1-2"):
+        (tmp_path / used).mkdir()
+        (tmp_path / used / "last.pt").write_bytes(b"x")
+    assert _run_dir(TrainConfig(out=str(tmp_path / "train"))) == tmp_path / "train2"
+    assert _run_dir(TrainConfig(out=str(tmp_path / "t1"))) == tmp_path / "t1-3"
+    assert _run_dir(TrainConfig(out=str(tmp_path / "new"))) == tmp_path / "new"
 
 
 def test_freeze_bn_freezes_the_layers_that_have_statistics_only() -> None:

@@ -383,6 +383,59 @@ def test_outputs_never_overwrite_the_input_images(model_file, images, tmp_path, 
     assert {p.name: p.read_bytes() for p in slide.iterdir()} == before
 
 
+@pytest.mark.parametrize(
+    "outputs, message",
+    [
+        (["--csv", "{model}"], "--csv {model}: is the model file; it would be overwritten"),
+        (["--json", "{model}.json"], "--json {model}.json: is the model's sidecar; it would be overwritten"),
+        (["--json", "{tmp}/r", "--csv", "{tmp}/r"], "--csv {tmp}/r: is also the --json file; each output needs"),
+        (
+            ["--out", "{tmp}/ann", "--csv", "{tmp}/ann/a.jpg"],
+            "--csv {tmp}/ann/a.jpg: is where --out puts the annotated",
+        ),
+        (["--json", "{tmp}/counts.csv"], "--json {tmp}/counts.csv: names a CSV file; did you mean --csv?"),
+        (["--csv", ""], "--csv: the path is empty; name a file"),
+        (["--out", ""], "--out: the path is empty; name a folder"),
+        (["--json", "-"], "--json -: this command cannot write to standard output; name a file"),
+    ],
+    ids=["csv-model", "json-sidecar", "json-is-csv", "csv-in-out", "json-suffix", "empty-csv", "empty-out", "stdout"],
+)
+def test_outputs_that_would_clash_are_refused_before_any_image(
+    model_file, images, tmp_path, capsys, monkeypatch, outputs, message
+):
+    """The model file, its sidecar, one output over another: each asked-for file survives; an empty path
+    (an unset shell variable) is not taken for "no output"."""
+    sidecar = model_file.with_name(model_file.name + ".json")
+    sidecar.write_text("{}")
+    before = {p: p.read_bytes() for p in (model_file, sidecar)}
+    monkeypatch.setattr("bloodcell.app.predict_job.load_predictor", lambda *a, **k: pytest.fail("model loaded"))
+    args = [a.format(model=model_file, tmp=tmp_path) for a in outputs]
+    assert main(["predict", str(images / "a.jpg"), "--model", str(model_file), *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("error: " + message.format(model=model_file, tmp=tmp_path)), err
+    assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "ann").exists()
+
+
+def test_a_min_score_above_an_operating_point_is_warned_of(model_file, images, tmp_path, capsys):
+    """--json then lists fewer of the class's boxes than it counts: said, not left to be found."""
+    js = tmp_path / "r.json"
+    base = ["predict", str(images / "a.jpg"), "--model", str(model_file), "--json", str(js)]
+    assert main([*base, "--min-score", "0.3"]) == 0  # the model's point (0.3): every counted box listed
+    assert "--min-score" not in capsys.readouterr().err
+    assert main([*base, "--min-score", "0.5", "--conf", "WBC=0.6"]) == 0
+    err = capsys.readouterr().err
+    expected = "warning: --min-score 0.5 is above the operating points of RBC 0.30, Platelets 0.30: --json lists"
+    assert expected in err
+
+
+def test_a_list_of_operating_points_by_position_is_refused_with_an_example_that_works(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "a.jpg", "--conf", "0.4,0.5"])
+    err = capsys.readouterr().err
+    assert "CLASS=VALUE per class (e.g. RBC=0.4,WBC=0.5)" in err and "all=" not in err
+
+
 class _TerminatedAfterTwo(FakePredictor):
     def predict(self, image, min_score: float = 0.001):
         if self.calls == 2:

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import annotated_path, format_counts, save_annotated, write_counts_csv, write_json
 from bloodcell.atomic import check_outputs
-from bloodcell.errors import ConfigError, StopSaid, describe_os_error, is_interrupt
-from bloodcell.runtime.counting import parse_conf
+from bloodcell.errors import BloodcellError, ConfigError, StopSaid, describe_os_error, is_interrupt
+from bloodcell.runtime.counting import class_thresholds, parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
-from bloodcell.runtime.metadata import model_ref
+from bloodcell.runtime.metadata import model_ref, sidecar_path
 from bloodcell.runtime.predict import ImageResult, predict_paths
 from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.runtime.sources import expand_sources, output_names
@@ -40,19 +40,58 @@ def processed_line(done: int, failed: int) -> str:
     return f"{done} image{'' if done == 1 else 's'} counted, {failed} failed"
 
 
-def _refuse_overwriting_inputs(names: dict[Path, str], out: str | None, files: dict[str, str | None]) -> None:
-    """ConfigError before any work when an output would replace an input image (``--out`` the images'
-    own folder, ``--csv`` naming an image): the user's originals are never overwritten."""
-    inputs = {os.path.realpath(p): p for p in names}
+def _refuse_overwriting_inputs(
+    names: dict[Path, str], out: str | None, files: dict[str, str | None], model: str | None
+) -> None:
+    """ConfigError before any work when an output would replace an input (``--out`` the images' own
+    folder, ``--csv`` naming an image or the model's sidecar) or another output (``--json`` inside
+    ``--out`` where an annotated copy goes): what the user gave or asked for is never overwritten."""
+    inputs = {os.path.realpath(p): str(p) for p in names}
+    what = dict.fromkeys(inputs, "one of the input images")
+    try:
+        weights = model_file(model)
+    except BloodcellError:  # no shipped model here: load_predictor says so next
+        weights = None
+    if weights is not None:
+        for path, role in ((weights, "the model file"), (sidecar_path(weights), "the model's sidecar")):
+            inputs[os.path.realpath(path)], what[os.path.realpath(path)] = str(path), role
     for flag, path in files.items():
         if path and os.path.realpath(path) in inputs:
-            raise ConfigError(f"{flag} {path}: is one of the input images; it would be overwritten")
+            raise ConfigError(f"{flag} {path}: is {what[os.path.realpath(path)]}; it would be overwritten")
+    wanted = {os.path.realpath(path): flag for flag, path in files.items() if path}
     for source, name in names.items() if out else ():
-        overwritten = inputs.get(os.path.realpath(annotated_path(out, name)))
-        if overwritten is not None:
+        copy = os.path.realpath(annotated_path(out, name))
+        if copy in inputs:
             raise ConfigError(
-                f"--out {out}: the annotated copy of {source} would overwrite {overwritten}; choose another folder"
+                f"--out {out}: the annotated copy of {source} would overwrite {inputs[copy]}; choose another folder"
             )
+        if copy in wanted:
+            raise ConfigError(
+                f"{wanted[copy]} {files[wanted[copy]]}: is where --out puts the annotated copy of {source}; "
+                "name another file"
+            )
+
+
+def _check_suffixes(files: dict[str, str | None]) -> None:
+    """``--json counts.csv`` is a slip of the flag, not a wish for JSON in a .csv file."""
+    for flag, path in files.items():
+        other = {"--json": ".csv", "--csv": ".json"}[flag]
+        if path and Path(path).suffix.lower() == other:
+            raise ConfigError(
+                f"{flag} {path}: names a {other[1:].upper()} file; did you mean {other.replace('.', '--')}?"
+            )
+
+
+def _warn_min_score_above_points(min_score: float, predictor: Predictor, thresholds: tuple[float, ...] | None) -> None:
+    """A --min-score above a class's operating point leaves counted cells out of --json's list."""
+    points = class_thresholds(predictor.conf if thresholds is None else thresholds, len(predictor.class_names))
+    above = [f"{name} {p:.2f}" for name, p in zip(predictor.class_names, points, strict=True) if min_score > p]
+    if above:
+        print(
+            f"warning: --min-score {min_score:g} is above the operating points of {', '.join(above)}: "
+            "--json lists fewer of those cells than it counts",
+            file=sys.stderr,
+        )
 
 
 def run_predict(
@@ -73,10 +112,12 @@ def run_predict(
     """Returns the exit code: 0 when every image was processed, 1 when any failed or none was found.
 
     ``conf``: one operating point or per class (``RBC=0.4,WBC=0.5``); None keeps the model's."""
-    check_outputs({"--json": json_path, "--csv": csv_path}, {"--out": out})  # now, not after every image
+    files = {"--json": json_path, "--csv": csv_path}
+    _check_suffixes(files)
+    check_outputs(files, {"--out": out})  # now, not after every image
     paths, problems, missing, order = expand_sources(sources)
     names = dict(zip([*paths, *missing], output_names([*paths, *missing]), strict=True))  # one name each
-    _refuse_overwriting_inputs(names, out, {"--json": json_path, "--csv": csv_path})
+    _refuse_overwriting_inputs(names, out, files, model)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     predictor: Predictor = load_predictor(model, device=device, threads=threads, edgetpu=edgetpu, batch=batch)
@@ -90,6 +131,8 @@ def run_predict(
     # too, in the order given
     listed = [ImageResult(path, error=f"{path}: no such file or folder", name=names[path]) for path in missing]
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
+    if min_score is not None:
+        _warn_min_score_above_points(min_score, predictor, thresholds)
     stream = predict_paths(
         predictor,
         paths,

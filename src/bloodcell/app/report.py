@@ -475,6 +475,13 @@ def _interval_cell(intervals: dict[str, tuple[int, int]] | None, name: str) -> s
     return f"{lo}–{hi}"
 
 
+def _intervals_note(summary: ReportSummary) -> str:
+    if summary.intervals:
+        return "Intervals: 90% intervals from the model's calibrated scores (fields) and their sum (totals)."
+    # e.g. counts the web page made at shifted operating points: intervals hold at the model's own only
+    return "No 90% intervals: not every field's results carry one (they hold at the model's own operating points)."
+
+
 def _field_count(record: dict, name: str) -> str:
     count = record["counts"].get(name, 0)
     iv = (record.get("count_intervals") or {}).get(name)
@@ -558,8 +565,8 @@ def render_html(
 {"".join(figures)}
 </div>
 <p class="note">Boxes: for each class, the top-scoring detections up to that field's count,
-i.e. the detections counted {_points_text(records, summary.classes)}{_model_text(summary)}. Intervals:
-90% intervals from the model's calibrated scores (fields) and their sum (totals).</p>
+i.e. the detections counted {_points_text(records, summary.classes)}{_model_text(summary)}.
+{_intervals_note(summary)}</p>
 </body>
 </html>
 """

@@ -481,7 +481,7 @@ def create_app(
         upload = await read_upload(request.stream(), request.headers.get("content-type", ""), limit)
         return await run_in_threadpool(detect_sync, upload, options)
 
-    @app.get("/api/v1/health", summary="Liveness")
+    @app.api_route("/api/v1/health", methods=["GET", "HEAD"], summary="Liveness")  # monitors often send HEAD
     async def health() -> dict:
         return {"status": "ok", "version": __version__}
 

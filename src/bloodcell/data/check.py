@@ -41,6 +41,8 @@ def check_dataset(
     findings = list(dataset.findings)
     if split is None:
         findings += _split_findings(root, class_names)
+    elif not dataset.records and not findings:  # as the whole-folder check says of it
+        findings.append(_empty_split(split))
     return CheckReport(Path(root), split, len(dataset), dataset.box_counts(), findings)
 
 
@@ -64,8 +66,7 @@ def _split_findings(root: str | Path, class_names: tuple[str, ...]) -> list[Find
         ]  # the whole-folder read still counts the image: only the split goes without it
         members[name] = {r.image_path.name for r in part.records}
         if not part.records and not part.findings:  # a list saved before it was filled: a split of nothing
-            detail = f"ImageSets/Main/{name}.txt lists no image: training, scoring or exporting it has nothing to use"
-            found.append(Finding(f"ImageSets/Main/{name}.txt", None, "empty-split", detail, "none"))
+            found.append(_empty_split(name))
     for scored in ("val", "test"):  # (trainval overlaps train and val by design)
         for image in sorted(members.get("train", set()) & members.get(scored, set())):
             detail = f"in both train and {scored}: {scored} would score an image the model learns from"
@@ -115,3 +116,8 @@ def skipped_note(dataset, level: str = "error", outcome: str = "the results cove
         f"{level}: {dataset.root}{split}: {len(skipped)} listed images left out ({_by_kind(skipped)}: {names}); "
         f"{outcome} the other {len(dataset.records)}"
     )
+
+
+def _empty_split(name: str) -> Finding:
+    detail = f"ImageSets/Main/{name}.txt lists no image: training, scoring or exporting it has nothing to use"
+    return Finding(f"ImageSets/Main/{name}.txt", None, "empty-split", detail, "none")

@@ -120,6 +120,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAMES) -> DatasetSpec:
     """Parse a dataset YAML (or wrap a plain VOC folder); every fault is a DatasetError naming the key."""
+    from bloodcell.data.voc import check_root  # voc reads this module's defaults when a folder is missing
+
     path = Path(path)
     if not is_spec_file(path):
         return DatasetSpec(None, (Source(path, tuple(class_names)),), {})
@@ -164,6 +166,10 @@ def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAME
             raise DatasetError(f"{where}: exhaustive classes {bad} are not among {list(class_names)}")
         if not folder.is_dir():
             raise DatasetError(f"{where}: path {item['path']!r} ({folder}) is not a folder")
+        try:  # a folder without Annotations/ (its JPEGImages/, an empty folder) would add no image, silently
+            check_root(folder)
+        except DatasetError as e:
+            raise DatasetError(f"{where}: path {item['path']!r}: {e}") from None
         if any(os.path.samefile(folder, earlier.path) for earlier in sources):
             raise DatasetError(f"{where}: path {item['path']!r} ({folder}) is listed twice; list each folder once")
         sources.append(Source(folder, tuple(exhaustive)))
@@ -243,13 +249,13 @@ def load_dataset(
             continue
         part = load_voc(source.path, split_name, class_names=class_names, decode_images=decode_images, image_ids=ids)
         mask = tuple(name in source.exhaustive for name in class_names)
-        for record in part.records:
-            merged[record.image_path.name] = replace(record, exhaustive=mask)
+        for record in part.records:  # by image id: x.png in a later source replaces x.jpg in an earlier one
+            merged[record.image_id] = replace(record, exhaustive=mask)
             labelled_by[record.image_id] = source.path
         parts.append((source.path, part.findings))
         read[source.path] = part.records
     if split_name is None:  # every source's whole folder: its images that nobody labels are forgotten files
-        named = set(merged)
+        named = {record.image_path.name for record in merged.values()}  # type: ignore[attr-defined]
         for source in spec.sources:
             parts.append((source.path, unlabelled_images(source.path, read.get(source.path, []), named)))
     parts += [(path, [finding]) for path, finding in listed_twice]

@@ -7,6 +7,7 @@ Every file is written atomically, so a kill at any moment leaves the last good s
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import random
@@ -196,9 +197,14 @@ def _run_dir(config: TrainConfig) -> Path:
     if config.resume or not out.exists() or not any(out.iterdir()):
         return out
     i = 2
-    while (candidate := out.with_name(f"{out.name}{i}")).exists():
+    while (candidate := out.with_name(f"{_numbering_prefix(out.name)}{i}")).exists():
         i += 1
     return candidate
+
+
+def _numbering_prefix(name: str) -> str:
+    """runs/train -> train2; a name that ends in a digit gets a dash: t1 -> t1-2, never t12 (another run's)."""
+    return f"{name}-" if name[-1:].isdigit() else name
 
 
 def _run_to_resume(config: TrainConfig, explicit: Collection[str] | None) -> Path:
@@ -207,7 +213,8 @@ def _run_to_resume(config: TrainConfig, explicit: Collection[str] | None) -> Pat
     out = Path(config.out)
     if explicit is None or "out" in explicit:
         return out
-    runs = [p for p in [out, *out.parent.glob(f"{out.name}[0-9]*")] if (p / "last.pt").is_file()]
+    numbered = out.parent.glob(f"{glob.escape(_numbering_prefix(out.name))}[0-9]*")
+    runs = [p for p in [out, *numbered] if (p / "last.pt").is_file()]
     if not runs:
         return out
     latest = max(runs, key=lambda p: (p / "last.pt").stat().st_mtime)
@@ -246,6 +253,26 @@ class InitialModel:
     iou_threshold: float | tuple[float, ...] = 0.5  # NMS, kept from the source model when fine-tuning
     #: the source model's operating points and calibration: kept by classes val cannot fit (fine-tuning)
     counting: tuple[Conf, Calibration | None] | None = None
+
+
+def _split_notes(train: list, val: list, config: TrainConfig, given: set[str]) -> list[str]:
+    """What `data check` would say of the two splits that changes what training means (not refused: a
+    user may mean it)."""
+    notes = []
+    shared = sorted({r.image_id for r in train} & {r.image_id for r in val})
+    if shared and config.train_split != config.val_split:
+        named = ", ".join(shared[:3]) + (", ..." if len(shared) > 3 else "")
+        notes.append(
+            f"{len(shared)} image{'s are' if len(shared) > 1 else ' is'} in both {config.train_split} and "
+            f"{config.val_split} ({named}): the best "
+            "epoch and the counting fit are chosen on images the model learns from"
+        )
+    if given & {"missing_labels", "missing_tau"} and all(r.exhaustive is None or all(r.exhaustive) for r in train):
+        notes.append(
+            "--missing-labels / --missing-tau have nothing to do: every class is exhaustively labelled in "
+            "every training image (a dataset YAML's `exhaustive:` says which classes are not)"
+        )
+    return notes
 
 
 def given_settings(config: TrainConfig, explicit: Collection[str] | None) -> set[str]:
@@ -478,6 +505,8 @@ def _train(
         if note := skipped_note(dataset, "warning", outcome):  # now, not only after the epochs
             log(note, file=sys.stderr)
     records = train_set.records[: config.max_images] if config.max_images else train_set.records
+    for note in _split_notes(train_set.records, val_set.records, config, given_settings(config, explicit)):
+        log(f"warning: {note}", file=sys.stderr)
     if len(records) < config.batch:
         raise DatasetError(f"{root}: split {config.train_split!r} has {len(records)} usable images, fewer than --batch")
     if not val_set.records:  # nothing to pick the best epoch on or fit the counting to
