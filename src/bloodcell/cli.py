@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -154,20 +155,29 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     print(f"wrote {write_stats(stats, args.out)}")
     for path in plot_stats(stats, _data_root(args), args.out):
         print(f"wrote {path}")
-    return 1 if any(s.skipped for s in stats.splits) else 0  # images left out: a failed input, as in `data check`
+    left_out = [f"{s.name} {s.skipped}" for s in stats.splits if s.skipped]
+    if left_out:  # a failed input, as in `data check`: said with the exit code, not only as a warning
+        root = _data_root(args)
+        print(
+            f"error: {root}: listed images left out ({', '.join(left_out)}); the statistics cover the others: "
+            f"`bloodcell data check {shlex.quote(str(root))}` names them",
+            file=sys.stderr,
+        )
+    return 1 if left_out else 0
 
 
 def cmd_data_export(args: argparse.Namespace) -> int:
-    from bloodcell.data.check import findings_note
+    from bloodcell.data.check import findings_note, skipped_note
     from bloodcell.data.export import export_dataset
 
-    skipped = []
+    skipped = []  # one line per split that left images out, said again with the exit code
 
     def report(dataset) -> None:
         note = findings_note(dataset)
         if note:
             print(note, file=sys.stderr)
-        skipped.extend(f for f in dataset.findings if f.skips_image)
+        if left_out := skipped_note(dataset, "error", "the export holds"):
+            skipped.append(left_out)
         k = len(dataset.class_names)
         for c, name in enumerate(dataset.class_names):  # the formats cannot say it: a detector would learn
             partial = sum(not r.exhaustive_mask(k)[c] for r in dataset.records)  # the unboxed cells as background
@@ -183,7 +193,25 @@ def cmd_data_export(args: argparse.Namespace) -> int:
         print(f"wrote {path}", flush=True)
 
     export_dataset(_data_root(args), args.format, args.out, splits=args.split, on_read=report, on_written=written)
-    return 1 if skipped else 0  # an image left out of the export is a failed input, as in `data check`
+    if args.format == "yolo":
+        _warn_incomplete_yolo_yaml(Path(args.out) / "data.yaml")
+    for line in skipped:  # an image left out of the export is a failed input, as in `data check`
+        print(line, file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def _warn_incomplete_yolo_yaml(path: Path) -> None:
+    """Ultralytics refuses a data.yaml without train and val (`yolo val` too): one split exported alone."""
+    import yaml
+
+    missing = [k for k in ("train", "val") if k not in (yaml.safe_load(path.read_text(encoding="utf-8")) or {})]
+    if missing:
+        splits = " and ".join(missing)
+        print(
+            f"warning: {path} names no {splits} split yet; Ultralytics needs both: export {splits} into the same "
+            f"--out (--split {' '.join(missing)})",
+            file=sys.stderr,
+        )
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:

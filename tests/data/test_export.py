@@ -474,11 +474,19 @@ def test_cli_exports_one_split(
 ) -> None:
     assert main(["data", "export", str(bccd_root), "--format", fmt, "--out", str(tmp_path), "--split", "val"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MARK, *expected])
-    printed = capsys.readouterr().out.splitlines()
+    out, err = capsys.readouterr()
+    printed = out.splitlines()
     assert printed and all(line.startswith("wrote ") and Path(line[6:]).exists() for line in printed)
     if fmt == "yolo":
         assert [p.name for p in (tmp_path / "labels").iterdir()] == ["val"]
         assert len(list((tmp_path / "images" / "val").iterdir())) == BCCD_IMAGES["val"]
+        # a data.yaml Ultralytics refuses until train is exported beside it: said, with how
+        said = f"warning: {tmp_path / 'data.yaml'} names no train split yet; Ultralytics needs both: export train"
+        assert said in err
+        assert (
+            main(["data", "export", str(bccd_root), "--format", fmt, "--out", str(tmp_path), "--split", "train"]) == 0
+        )
+        assert "names no" not in capsys.readouterr().err
 
 
 def test_a_stopped_export_leaves_no_temporary_file(tiny_voc: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -536,3 +544,17 @@ def test_coco_of_several_folders_names_images_under_one_root_and_the_cli_warns_o
     err = capsys.readouterr().err
     assert "warning: split all: RBC is not boxed exhaustively in 1 of 2 images; the coco files cannot mark" in err
     assert "Platelets is not boxed exhaustively in 1 of 2" in err and "WBC is not" not in err
+
+
+def test_an_export_that_left_images_out_says_so_with_its_exit_code(tmp_path: Path, capsys) -> None:
+    voc = VOCFolder(tmp_path / "voc")
+    for name in ("a", "b"):
+        voc.add(name)
+    voc.xml_path("a").write_text("<annotation><object>")  # left out of the export
+    voc.write_split("train", ["a", "b"])
+    out = tmp_path / "out"
+    assert main(["data", "export", str(voc.root), "--format", "coco", "--out", str(out)]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]
+    said = "1 listed images left out (1 malformed-xml: a.xml); the export holds the other 1"
+    assert last == f"error: {voc.root} split train: {said}"
+    assert [i["file_name"] for i in json.loads((out / "train.json").read_text())["images"]] == ["b.jpg"]

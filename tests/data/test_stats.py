@@ -93,5 +93,7 @@ def test_cli_stats(tmp_path: Path, capsys) -> None:
     assert f"`bloodcell data check {voc.root}` lists them" in err
     voc.write_split("val", ["img1", "gone"])  # an image the split names has no annotation: left out, exit 1
     assert main(["data", "stats", str(voc.root), "--out", str(tmp_path / "out3")]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]  # the exit code's reason, said last
+    assert last.startswith(f"error: {voc.root}: listed images left out (val 1); the statistics cover the others")
     stats = json.loads((tmp_path / "out3" / "stats.json").read_text())
     assert stats["splits"]["val"]["skipped_images"] == 1 and stats["splits"]["train"]["skipped_images"] == 0
