@@ -216,6 +216,23 @@ def test_empty_folder_and_missing_path(model_file, tmp_path, capsys):
     assert "no such file" in err and "Traceback" not in err
 
 
+def test_a_broken_link_or_a_pipe_is_a_failed_input_not_a_silent_gap(model_file, images, tmp_path, capsys):
+    slide = tmp_path / "slide"
+    slide.mkdir()
+    shutil.copy(images / "a.jpg", slide / "a.jpg")
+    (slide / "b.jpg").symlink_to(tmp_path / "moved" / "b.jpg")  # the file it named was moved away
+    os.mkfifo(slide / "c.jpg")
+    js = tmp_path / "r.json"
+    assert main(["predict", str(slide), "--model", str(model_file), "--json", str(js)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {slide / 'b.jpg'}: broken link (to {tmp_path / 'moved' / 'b.jpg'}, which is not there)" in err
+    assert f"error: {slide / 'c.jpg'}: not a regular file (a pipe, socket or device)" in err
+    assert "1 image counted, 2 failed" in err
+    assert main(["predict", str(slide / "c.jpg"), "--model", str(model_file), "--json", str(js)]) == 1
+    [record] = json.loads(js.read_text())  # named on its own: listed in the results with why
+    assert record["error"] == f"{slide / 'c.jpg'}: not a regular file (a pipe, socket or device)"
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10])
 def test_bad_model_file_is_one_line(tmp_path, images, capsys, content):
     bad = tmp_path / "m.pt"

@@ -16,7 +16,7 @@ from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.metadata import model_ref, sidecar_path
 from bloodcell.runtime.predict import ImageResult, predict_paths
 from bloodcell.runtime.scaling import check_cell_size
-from bloodcell.runtime.sources import expand_sources, output_names
+from bloodcell.runtime.sources import expand_sources, output_names, unusable_reason
 from bloodcell.weights import model_file
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def run_predict(
     results, failed = [], len(problems)
     # what --json/--csv hold: every image input, failed ones with their error and names that are not there
     # too, in the order given
-    listed = [ImageResult(path, error=f"{path}: no such file or folder", name=names[path]) for path in missing]
+    listed = [ImageResult(path, error=f"{path}: {unusable_reason(path)}", name=names[path]) for path in missing]
     thresholds = None if conf is None else parse_conf(conf, tuple(predictor.class_names), predictor.conf)
     if min_score is not None:
         _warn_min_score_above_points(min_score, predictor, thresholds)

@@ -23,8 +23,12 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
         p = Path(source)
         found: list[Path] = []
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
+            named = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = [f for f in named if f.is_file()]
+            # x.jpg that is a broken link or a pipe: a failed input, not a file silently left out
+            unusable = [f"{f}: {unusable_reason(f)}" for f in named if not f.is_file() and not f.is_dir()]
+            problems += unusable
+            if not found and not unusable:
                 nested = any(f.is_dir() for f in p.iterdir())
                 hint = f"; subfolders are not searched (a glob like '{p / '**' / '*.jpg'}' is)" if nested else ""
                 problems.append(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)}){hint}")
@@ -35,7 +39,7 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
             if not found:
                 problems.append(f"{source}: pattern matches no files")
         elif p not in missing:  # named twice: one failed input, not two
-            problems.append(f"{p}: no such file or folder")
+            problems.append(f"{p}: {unusable_reason(p)}")
             missing.append(p)
             order[("missing", str(p))] = p
         for path in found:
@@ -43,6 +47,15 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
     ordered = list(order.values())
     gone = set(missing)
     return [p for p in ordered if p not in gone], problems, missing, ordered
+
+
+def unusable_reason(path: Path) -> str:
+    """Why a named path that is neither a file nor a folder cannot be read, in a few words."""
+    if path.is_symlink() and not path.exists():
+        return f"broken link (to {os.readlink(path)}, which is not there)"
+    if path.exists():
+        return "not a regular file (a pipe, socket or device)"
+    return "no such file or folder"
 
 
 def output_names(paths: list[Path]) -> list[str]:
