@@ -720,7 +720,7 @@ def cmd_val(args: argparse.Namespace) -> int:
     from bloodcell.data.check import skipped_note
     from bloodcell.engine.validate import validate
 
-    check_outputs({"--json": args.json}, {"--out": args.out})
+    check_outputs({"--json": args.json}, {"--out": args.out or None})  # --out '': no plots, as its help says
     skipped: list[str] = []
     root = _data_root(args)
     if Path(root).is_dir():  # after the table would be too late to read the counts right
