@@ -1108,7 +1108,8 @@ def _failed(error: BaseException, args: argparse.Namespace) -> int:
     top = (getattr(error, "name", None) or "").split(".")[0]
     if isinstance(error, ModuleNotFoundError) and top in EXTRAS:
         extra = "export" if args.command in ("export", "qat", "benchmark") else EXTRAS[top]  # torch and the converters
-        print(f"error: `bloodcell {args.command}` needs {top}: pip install 'bloodcell[{extra}]'", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))  # `data stats`
+        print(f"error: `bloodcell {command}` needs {top}: pip install 'bloodcell[{extra}]'", file=sys.stderr)
         return 2
     raise error
 

@@ -150,7 +150,8 @@ def test_lite_install_names_the_eval_extra_and_watches_without_watchdog(lite, ex
     """Scoring and plots need the small `eval` extra, not torch; it is said before anything is written.
     `watch` runs on the lite install (no watchdog: the periodic scan)."""
     run = lite("data", "stats", str(tiny_voc), "--out", str(tmp_path / "stats"))
-    assert run.returncode == 2 and "needs matplotlib: pip install 'bloodcell[eval]'" in run.stderr
+    assert run.returncode == 2
+    assert "`bloodcell data stats` needs matplotlib: pip install 'bloodcell[eval]'" in run.stderr
     assert not (tmp_path / "stats").exists()
     folder = tmp_path / "cam"
     folder.mkdir()

@@ -282,8 +282,11 @@ def test_every_cell_size_the_refusal_names_is_accepted(reference):
     low, high = map(int, re.search(r"--cell-size (\d+) to (\d+)\)", str(refused.value)).groups())
     assert 0.2 <= given_scale(low, reference) <= 4.0 and 0.2 <= given_scale(high, reference) <= 4.0
     for outside in (low - 1, high + 1):
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError) as just_out:
             given_scale(outside, reference)
+        # the refused factor never reads as one of the range's ends (74.3 / 372 is 0.1997x, not "0.2x")
+        shown = float(re.search(r"resized ([\d.]+)x", str(just_out.value)).group(1))
+        assert not 0.2 <= shown <= 4.0, str(just_out.value)
 
 
 def test_cells_too_large_to_measure_are_counted_with_a_warning():
