@@ -81,6 +81,18 @@ def _truncated_jpeg(voc: VOCFolder) -> None:
     voc.image_path("bad").write_bytes(data[: len(data) * 3 // 5])
 
 
+def _damaged_jpeg(voc: VOCFolder) -> None:
+    """Bytes of the scan data overwritten (a bad copy): Pillow decodes it silently, smeared."""
+    voc.add("bad")
+    Image.effect_noise((WIDTH, HEIGHT), 64).convert("RGB").save(voc.image_path("bad"), quality=95)
+    data = bytearray(voc.image_path("bad").read_bytes())
+    at = len(data) * 3 // 5
+    data[at : at + 16] = np.random.default_rng(0).integers(0, 256, 16, dtype=np.uint8).tobytes()
+    voc.image_path("bad").write_bytes(bytes(data))
+    with Image.open(voc.image_path("bad")) as im:
+        im.load()  # what the reader did before: no error
+
+
 def _not_an_image(voc: VOCFolder) -> None:
     voc.add("bad")
     voc.image_path("bad").write_bytes(b"GIF? no")
@@ -143,6 +155,7 @@ BAD_INPUT: dict[str, tuple[Case, set[tuple[int | None, str]], int | None]] = {
     "no-objects": (_objects(), {(None, "no-objects")}, 0),  # saved before labelling: kept, and said
     "missing-image": (lambda voc: voc.add("bad", image=False), {(None, "missing-image")}, None),
     "truncated-jpeg": (_truncated_jpeg, {(None, "bad-image")}, None),
+    "damaged-jpeg": (_damaged_jpeg, {(None, "bad-image")}, None),
     "not-an-image": (_not_an_image, {(None, "bad-image")}, None),
     "oversize-png": (_oversize_png, {(None, "bad-image")}, None),
 }

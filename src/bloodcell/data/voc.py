@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from bloodcell import boxes as box_ops
 from bloodcell.errors import DatasetError
-from bloodcell.runtime.images import IMAGE_SUFFIXES
+from bloodcell.runtime.images import IMAGE_SUFFIXES, check_jpeg_data
 from bloodcell.types import CLASS_NAMES, Detections
 
 #: Class-name variants seen in blood-smear datasets, keyed by their canonical spelling
@@ -411,6 +411,8 @@ def _read_one(
         with Image.open(image_path) as im:
             if decode_images:
                 im.load()
+                if im.format == "JPEG":  # damaged data decodes silently: a model would learn the garbage
+                    check_jpeg_data(image_path.read_bytes())
             width, height = im.size
             if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says "turned 90°": pixels are read turned
                 # Pillow 13 gives a TIFF's size already turned (older ones did not): its tags say the stored one

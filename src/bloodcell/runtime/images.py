@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -81,9 +82,12 @@ class CorruptJPEGError(ValueError):
 
 
 # libjpeg's warnings of damaged data (JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_JPEG_EOF,
-# JWRN_EXTRANEOUS_DATA); bytes before the end-of-image marker (0xd9) come after every pixel: harmless.
+# JWRN_EXTRANEOUS_DATA). A few bytes before the end-of-image marker (0xd9) are a writer's padding, after every
+# pixel; hundreds are compressed data the decoder never reached: garbled bytes threw it off and it filled the
+# rest of the picture with what it misread.
 _DAMAGED = ("corrupt jpeg data", "premature end of jpeg file")
-_HARMLESS = "before marker 0xd9"
+_PADDING = re.compile(r"(\d+) extraneous bytes before marker 0xd9")
+_MOST_PADDING = 16
 
 
 def check_jpeg_data(data: bytes) -> None:
@@ -99,7 +103,8 @@ def check_jpeg_data(data: bytes) -> None:
         simplejpeg.decode_jpeg(data, strict=True, min_width=1, min_height=1)
     except ValueError as e:
         text = str(e).lower()
-        if not text.startswith(_DAMAGED) or _HARMLESS in text:
+        padding = _PADDING.search(text)
+        if not text.startswith(_DAMAGED) or (padding and int(padding.group(1)) <= _MOST_PADDING):
             return  # not damage (a colour space simplejpeg does not convert, ...): Pillow's pixels stand
         if text.startswith("premature end of jpeg file"):  # as Pillow's own "truncated" errors: watch waits
             raise OSError(f"JPEG data truncated: {e}") from None
