@@ -673,7 +673,8 @@ def test_a_counted_file_renamed_is_not_counted_again_but_a_new_one_of_its_size_a
     # b.jpg replaced, under another name, by other bytes of its size and time: a new picture, counted
     data, st = bytearray((folder / "b.jpg").read_bytes()), (folder / "b.jpg").stat()
     (folder / "b.jpg").unlink()
-    data[-3] ^= 0xFF  # inside the last scan before the end marker: decodes, other pixels
+    table = data.index(b"\xff\xdb") + 5  # the first quantization table's values (after length, Pq/Tq)
+    data[table + 10] ^= 0x01  # decodes cleanly, other pixels (damaged scan data would be refused)
     (folder / "c.jpg").write_bytes(bytes(data))
     os.utime(folder / "c.jpg", ns=(st.st_atime_ns, st.st_mtime_ns))
     assert [r.path.name for r in watcher.drain()] == ["c.jpg"]

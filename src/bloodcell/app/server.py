@@ -481,9 +481,11 @@ def create_app(
         upload = await read_upload(request.stream(), request.headers.get("content-type", ""), limit)
         return await run_in_threadpool(detect_sync, upload, options)
 
-    @app.api_route("/api/v1/health", methods=["GET", "HEAD"], summary="Liveness")  # monitors often send HEAD
+    @app.get("/api/v1/health", summary="Liveness")
     async def health() -> dict:
         return {"status": "ok", "version": __version__}
+
+    app.head("/api/v1/health", include_in_schema=False)(health)  # uptime monitors and load balancers send HEAD
 
     @app.get("/api/v1/model", summary="Model name, classes, input size, threshold, metrics")
     async def model() -> dict:
