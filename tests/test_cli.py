@@ -390,3 +390,24 @@ def test_a_bad_model_or_option_is_said_before_the_datas_notes(bccd_root, tmp_pat
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_broken_pipe_is_said_as_an_error_where_stdout_cannot_be_polled(monkeypatch, capsys):
+    """Windows has no poll: a BrokenPipeError there may be a socket's or a child's, so it is not hidden."""
+    import select
+
+    from bloodcell import cli
+
+    monkeypatch.delattr(select, "poll", raising=False)
+    args = argparse.Namespace(command="predict")
+    assert cli._failed(BrokenPipeError(32, "Broken pipe"), args) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.parametrize("command", [["data", "export", "DATA", "--format", "csv"], ["train", "--data", "DATA"]])
+def test_an_empty_out_is_refused_not_taken_for_the_current_folder(command, tiny_voc, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = [str(tiny_voc) if a == "DATA" else a for a in command]
+    assert main([*argv, "--out", ""]) == 2
+    assert "--out: the path is empty; name a" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written where the command ran

@@ -146,10 +146,11 @@ def check_outputs(files: dict[str, str | None], folders: dict[str, str | None] |
     """Refuse outputs (flag -> path; None: not asked for) that cannot be written, or where a file
     would be written at a folder's path, before any long work."""
     for flag, path in [*files.items(), *(folders or {}).items()]:
+        kind = "folder" if flag in (folders or {}) else "file"
         if path == "":  # `--csv ""` (an unset shell variable) is a mistake, not "no CSV"
-            raise ConfigError(f"{flag}: the path is empty; name a {'folder' if flag in (folders or {}) else 'file'}")
+            raise ConfigError(f"{flag}: the path is empty; name a {kind}")
         if path == "-":  # commands that can write to standard output say so before calling this
-            raise ConfigError(f"{flag} -: this command cannot write to standard output; name a file")
+            raise ConfigError(f"{flag} -: this command cannot write to standard output; name a {kind}")
     folders = {flag: path for flag, path in (folders or {}).items() if path}
     for flag, path in folders.items():
         check_folder(flag, path)

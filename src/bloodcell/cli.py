@@ -170,6 +170,7 @@ def cmd_data_export(args: argparse.Namespace) -> int:
     from bloodcell.data.check import findings_note, skipped_note
     from bloodcell.data.export import export_dataset
 
+    check_outputs({}, {"--out": args.out})
     skipped = []  # one line per split that left images out, said again with the exit code
 
     def report(dataset) -> None:
@@ -1083,11 +1084,13 @@ def _stdout_gone() -> bool:
         fd = sys.stdout.fileno()
     except (OSError, ValueError):  # a stream without a descriptor (pytest's capture)
         return False
-    if hasattr(select, "poll"):  # POSIX: a pipe with no reader left polls as an error
-        poller = select.poll()
-        poller.register(fd, select.POLLOUT)
-        if not any(events & select.POLLERR for _, events in poller.poll(0)):
-            return False
+    if not hasattr(select, "poll"):  # Windows: not known to be stdout's pipe, so said as any other error
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    # a pipe with no reader left: POLLERR on Linux, POLLHUP on macOS
+    if not any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
+        return False
     with contextlib.suppress(OSError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
     return True

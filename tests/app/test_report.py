@@ -76,14 +76,19 @@ def test_page_is_self_contained_and_shows_totals(slide: Path, tmp_path: Path, ca
     assert "<td>1</td><td>a.jpg</td><td>40</td><td>1</td><td>3</td>" in text  # per-field row
     assert "wrote" in capsys.readouterr().out
     # the footnote claims no intervals the page does not show (a web page's counts at a shifted slider)
-    assert "No 90% intervals: not every field's results carry one" in text and "Intervals: 90%" not in text
+    assert "No 90% intervals: the results carry none" in text and "Intervals: 90%" not in text
     records = json.loads(slide.read_text())
+    records[0]["count_intervals"] = {c: [max(n - 2, 0), n + 2] for c, n in records[0]["counts"].items()}
+    slide.write_text(json.dumps(records))
+    assert main(["report", str(slide), "--out", str(out)]) == 0
+    text = out.read_text()  # one field with intervals: shown in its row, and the totals said to have none
+    assert "<td>40 (38–42)</td>" in text and "for the fields that carry one; the totals have none" in text
     for r in records:
         r["count_intervals"] = {c: [max(n - 2, 0), n + 2] for c, n in r["counts"].items()}
     slide.write_text(json.dumps(records))
     assert main(["report", str(slide), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "Intervals: 90% intervals from the model's calibrated scores" in text and "No 90%" not in text
+    assert "(fields) and their sum (totals)." in text and "No 90%" not in text and "have none" not in text
 
 
 def test_ratios_are_na_without_rbc(tmp_path: Path):

@@ -222,12 +222,19 @@ def test_a_broken_link_or_a_pipe_is_a_failed_input_not_a_silent_gap(model_file, 
     shutil.copy(images / "a.jpg", slide / "a.jpg")
     (slide / "b.jpg").symlink_to(tmp_path / "moved" / "b.jpg")  # the file it named was moved away
     os.mkfifo(slide / "c.jpg")
-    js = tmp_path / "r.json"
-    assert main(["predict", str(slide), "--model", str(model_file), "--json", str(js)]) == 1
+    (slide / "d.jpg").symlink_to("d.jpg")  # a link to itself
+    js, cs = tmp_path / "r.json", tmp_path / "r.csv"
+    assert (
+        main(["predict", str(slide), str(slide), "--model", str(model_file), "--json", str(js), "--csv", str(cs)]) == 1
+    )
     err = capsys.readouterr().err
     assert f"error: {slide / 'b.jpg'}: broken link (to {tmp_path / 'moved' / 'b.jpg'}, which is not there)" in err
     assert f"error: {slide / 'c.jpg'}: not a regular file (a pipe, socket or device)" in err
-    assert "1 image counted, 2 failed" in err
+    assert f"error: {slide / 'd.jpg'}: a link that leads back to itself" in err
+    assert "1 image counted, 3 failed" in err  # the folder named twice: each once
+    listed = {r["image"]: r.get("error") for r in json.loads(js.read_text())}  # every input, as for named ones
+    assert list(listed) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"] and listed["a.jpg"] is None
+    assert [r["image"] for r in csv.DictReader(cs.open())] == list(listed)
     assert main(["predict", str(slide / "c.jpg"), "--model", str(model_file), "--json", str(js)]) == 1
     [record] = json.loads(js.read_text())  # named on its own: listed in the results with why
     assert record["error"] == f"{slide / 'c.jpg'}: not a regular file (a pipe, socket or device)"
@@ -495,7 +502,8 @@ def test_a_jpeg_with_damaged_data_is_a_failed_input_not_garbage_counted(images, 
         assert not isinstance(info.value, TruncatedImageError) and str(info.value).startswith("bad.jpg: ")
     silent = sum(_pillow_decodes(bad) for bad in damaged)
     assert silent >= 4  # what the check is for: most of these decode in Pillow alone
-    for harmless in (data[:-2] + b"\0\0\0" + data[-2:], data + b"after the end"):
+    between = [data[:i] + b"\0\0" + data[i:] for i in (data.index(b"\xff\xdb"), data.index(b"\xff\xda"))]
+    for harmless in (data[:-2] + b"\0\0\0" + data[-2:], data + b"after the end", *between):
         assert np.array_equal(decode_image(harmless, "ok.jpg"), decode_image(data, "a.jpg"))
     slide = tmp_path / "slide"
     slide.mkdir()
@@ -505,6 +513,28 @@ def test_a_jpeg_with_damaged_data_is_a_failed_input_not_garbage_counted(images, 
     err = capsys.readouterr().err
     assert f"error: {slide / 'b.jpg'}: damaged JPEG data (Corrupt JPEG data:" in err
     assert "1 image counted, 1 failed" in err
+
+
+def test_a_reader_that_quits_early_still_gets_the_result_files(model_file, images, tmp_path, monkeypatch, capsys):
+    """`bloodcell predict ... --csv c.csv | head -0`: printing fails once the reader is gone, as Ctrl-C would
+    stop the run; the finished images' files are still written and said on stderr, then the pipe's error
+    goes on to the CLI (a quiet exit 141 there)."""
+    from bloodcell.app.predict_job import run_predict
+
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            pass
+
+    js, cs = tmp_path / "r.json", tmp_path / "r.csv"
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    with pytest.raises(BrokenPipeError):
+        run_predict([str(images)], model=str(model_file), json_path=str(js), csv_path=str(cs))
+    assert len(json.loads(js.read_text())) == 1 and len(list(csv.DictReader(cs.open()))) == 1  # its first line
+    said = capsys.readouterr().err
+    assert said == f"standard output closed after 1 of 6 images; their results are in {js} and {cs}\n"
 
 
 def _pillow_decodes(data: bytes) -> bool:

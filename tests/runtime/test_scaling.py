@@ -281,7 +281,7 @@ def test_every_cell_size_the_refusal_names_is_accepted(reference):
         given_scale(1e6, reference)
     low, high = map(int, re.search(r"--cell-size (\d+) to (\d+)\)", str(refused.value)).groups())
     assert 0.2 <= given_scale(low, reference) <= 4.0 and 0.2 <= given_scale(high, reference) <= 4.0
-    for outside in (low - 1, high + 1):
+    for outside in (low - 1, high + 1, reference / 0.19999, reference / 4.00001):
         with pytest.raises(ConfigError) as just_out:
             given_scale(outside, reference)
         # the refused factor never reads as one of the range's ends (74.3 / 372 is 0.1997x, not "0.2x")

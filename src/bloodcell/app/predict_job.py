@@ -144,6 +144,7 @@ def run_predict(
         load_workers=2 if batch > 1 else 1,  # decode the next batch while this one runs
     )
     interrupted = False
+    pipe_closed: BrokenPipeError | None = None
     try:
         for r in stream:
             r.name = names.get(r.path)
@@ -169,18 +170,24 @@ def run_predict(
                 print(f"  {format_timing(r)}")
             results.append(r)
     except BaseException as e:  # Ctrl-C or SIGTERM: keep what is done, the counts of a long folder are worth saving
-        if not is_interrupt(e):
+        if isinstance(e, BrokenPipeError):  # stdout's reader quit (`| head`): the files are still written
+            pipe_closed = e
+        elif not is_interrupt(e):
             raise
-        interrupted = True
+        else:
+            interrupted = True
     rank = {path: i for i, path in enumerate(order)}  # the results name every input in the order given
     listed.sort(key=lambda r: rank.get(r.path, len(rank)))
     if json_path:
         write_json(listed, json_path, model=model_name)
     if csv_path:
         write_counts_csv(listed, tuple(predictor.class_names), csv_path)
+    saved = " and ".join(p for p in (json_path, csv_path) if p)
+    where = f"; their results are in {saved}" if saved else ""
+    if pipe_closed is not None:  # said where it can still be read; then the CLI's quiet exit 141
+        print(f"standard output closed after {len(listed)} of {len(order)} images{where}", file=sys.stderr)
+        raise pipe_closed
     if interrupted:
-        saved = " and ".join(p for p in (json_path, csv_path) if p)
-        where = f"; their results are in {saved}" if saved else ""
         print(f"interrupted after {len(results)} of {len(paths)} images{where}", file=sys.stderr)
         raise StopSaid
     if out and results:

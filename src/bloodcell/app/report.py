@@ -475,11 +475,16 @@ def _interval_cell(intervals: dict[str, tuple[int, int]] | None, name: str) -> s
     return f"{lo}–{hi}"
 
 
-def _intervals_note(summary: ReportSummary) -> str:
+def _intervals_note(summary: ReportSummary, records: list[dict]) -> str:
     if summary.intervals:
         return "Intervals: 90% intervals from the model's calibrated scores (fields) and their sum (totals)."
     # e.g. counts the web page made at shifted operating points: intervals hold at the model's own only
-    return "No 90% intervals: not every field's results carry one (they hold at the model's own operating points)."
+    if any(r.get("count_intervals") for r in records):
+        return (
+            "Intervals: 90% intervals from the model's calibrated scores, for the fields that carry one; the "
+            "totals have none, as not every field does (they hold at the model's own operating points)."
+        )
+    return "No 90% intervals: the results carry none (they hold at the model's own operating points)."
 
 
 def _field_count(record: dict, name: str) -> str:
@@ -566,7 +571,7 @@ def render_html(
 </div>
 <p class="note">Boxes: for each class, the top-scoring detections up to that field's count,
 i.e. the detections counted {_points_text(records, summary.classes)}{_model_text(summary)}.
-{_intervals_note(summary)}</p>
+{_intervals_note(summary, records)}</p>
 </body>
 </html>
 """

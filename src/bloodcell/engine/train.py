@@ -191,6 +191,8 @@ def train_one_epoch(
 
 
 def _run_dir(config: TrainConfig) -> Path:
+    if not str(config.out).strip():
+        raise ConfigError("--out: the path is empty; name a run folder")
     out = Path(config.out)
     if out.is_file():
         raise ConfigError(f"--out {out}: is a file, expected a run folder")

@@ -86,8 +86,9 @@ class CorruptJPEGError(ValueError):
 # pixel; hundreds are compressed data the decoder never reached: garbled bytes threw it off and it filled the
 # rest of the picture with what it misread.
 _DAMAGED = ("corrupt jpeg data", "premature end of jpeg file")
-_PADDING = re.compile(r"(\d+) extraneous bytes before marker 0xd9")
+_EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-f]{2})")
 _MOST_PADDING = 16
+_IN_SCANS = range(0xD0, 0xDA)  # RST0-7, EOI: markers met inside or right after compressed data
 
 
 def check_jpeg_data(data: bytes) -> None:
@@ -103,8 +104,7 @@ def check_jpeg_data(data: bytes) -> None:
         simplejpeg.decode_jpeg(data, strict=True, min_width=1, min_height=1)
     except ValueError as e:
         text = str(e).lower()
-        padding = _PADDING.search(text)
-        if not text.startswith(_DAMAGED) or (padding and int(padding.group(1)) <= _MOST_PADDING):
+        if not text.startswith(_DAMAGED) or _padding(text, data):
             return  # not damage (a colour space simplejpeg does not convert, ...): Pillow's pixels stand
         if text.startswith("premature end of jpeg file"):  # as Pillow's own "truncated" errors: watch waits
             raise OSError(f"JPEG data truncated: {e}") from None
@@ -112,6 +112,34 @@ def check_jpeg_data(data: bytes) -> None:
             f"damaged JPEG data ({e}): part of the picture decodes as gray or smeared blocks; the file was "
             "damaged in a copy or on the card: copy it again from the camera"
         ) from None
+
+
+def _padding(warning: str, data: bytes) -> bool:
+    """Whether libjpeg's "extraneous bytes" are a writer's padding: a few before the end marker, or any
+    between the header's segments (before the first scan, so before any pixel)."""
+    extraneous = _EXTRANEOUS.search(warning)
+    if extraneous is None:
+        return False
+    if int(extraneous.group(2), 16) == 0xD9:
+        return int(extraneous.group(1)) <= _MOST_PADDING
+    return int(extraneous.group(2), 16) not in _IN_SCANS and _padded_header(data)
+
+
+def _padded_header(data: bytes) -> bool:
+    """Whether stray bytes sit between the marker segments before the first scan (SOS). Hand-walked:
+    no library reports where libjpeg met them, and the header is a chain of (marker, length) pairs."""
+    i = 2  # after SOI
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return True
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill bytes before a marker are allowed
+            i += 1
+        elif marker == 0xDA:
+            return False
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return False
 
 
 def _orientations(a: np.ndarray) -> list[np.ndarray]:

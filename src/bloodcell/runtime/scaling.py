@@ -402,9 +402,10 @@ def given_scale(cell_size: float, reference: float | None, flag: str = "--cell-s
     scale = reference / cell_size
     if not SCALE_RANGE[0] - 1e-9 <= scale <= SCALE_RANGE[1] + 1e-9:  # 74.6 / 373 is 0.1999...: at the edge
         low, high = _cell_size_range(reference)
-        shown = f"{scale:.3g}"
-        if float(shown) in SCALE_RANGE:  # 0.1997 shown as 0.2 would read as inside the range it is refused by
-            shown = f"{scale:.4g}"
+        digits = 3  # as many as put the factor outside the range it is refused by (0.1997x, not 0.2x)
+        while SCALE_RANGE[0] <= float(f"{scale:.{digits}g}") <= SCALE_RANGE[1] and digits < 12:
+            digits += 1
+        shown = f"{scale:.{digits}g}"
         raise ConfigError(
             f"{_option(flag, f'{cell_size:g}')}: the model sees red cells {reference:g} px across, so images would "
             f"be resized {shown}x; {SCALE_RANGE[0]:g}x to {SCALE_RANGE[1]:g}x is supported "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from pathlib import Path
@@ -26,8 +27,15 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
             named = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             found = [f for f in named if f.is_file()]
             # x.jpg that is a broken link or a pipe: a failed input, not a file silently left out
-            unusable = [f"{f}: {unusable_reason(f)}" for f in named if not f.is_file() and not f.is_dir()]
-            problems += unusable
+            unusable = [f for f in named if not f.is_file() and not f.is_dir()]
+            for f in (f for f in unusable if f not in missing):  # listed in the results too, as a missing name
+                problems.append(f"{f}: {unusable_reason(f)}")
+                missing.append(f)
+            for f in named:  # the folder's order, the unusable among the others
+                if f in unusable:
+                    order.setdefault(("missing", str(f)), f)
+                elif f.is_file():
+                    order.setdefault(os.path.realpath(f), f)
             if not found and not unusable:
                 nested = any(f.is_dir() for f in p.iterdir())
                 hint = f"; subfolders are not searched (a glob like '{p / '**' / '*.jpg'}' is)" if nested else ""
@@ -51,11 +59,15 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
 
 def unusable_reason(path: Path) -> str:
     """Why a named path that is neither a file nor a folder cannot be read, in a few words."""
-    if path.is_symlink() and not path.exists():
+    try:
+        os.stat(path)
+    except OSError as e:
+        if not path.is_symlink():
+            return "no such file or folder"
+        if e.errno == errno.ELOOP:
+            return "a link that leads back to itself"
         return f"broken link (to {os.readlink(path)}, which is not there)"
-    if path.exists():
-        return "not a regular file (a pipe, socket or device)"
-    return "no such file or folder"
+    return "not a regular file (a pipe, socket or device)"
 
 
 def output_names(paths: list[Path]) -> list[str]:
