@@ -194,6 +194,17 @@ def test_an_empty_split_list_read_through_a_yaml_is_the_same_finding(tmp_path: P
     assert [f["kind"] for f in json.loads(out)["findings"]] == ["empty-split"] and code == 0
 
 
+def test_annotations_in_a_subfolder_are_a_finding(tmp_path: Path, capsys) -> None:
+    """A labelling tool's per-batch folders (Annotations/batch2/x.xml): not read, and said, not left out silently."""
+    voc = make_voc(tmp_path / "voc", n_images=2)
+    (voc.root / "Annotations" / "batch2").mkdir()
+    voc.xml_path("img1").rename(voc.root / "Annotations" / "batch2" / "img1.xml")
+    code, out, _ = _run(capsys, str(voc.root), "--json")
+    found = [(f["file"], f["kind"], f["action"]) for f in json.loads(out)["findings"]]
+    assert ("Annotations/batch2/img1.xml", "nested-annotation", "not read") in found
+    assert code == 1  # its image is left out (a finding of its own): a failed input
+
+
 def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):
     """`bloodcell data check --json - DATA | head`: exit 141 as a Unix tool killed by SIGPIPE, and no
     "error: Broken pipe" or "Exception ignored" from the flush at exit."""

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from bloodcell.data.sources import available_splits, load_dataset
+from bloodcell.data.sources import available_splits, load_dataset, read_spec
 from bloodcell.data.voc import SKIPPED_FROM, SUPERSEDED, Finding
 from bloodcell.errors import DatasetError
 from bloodcell.types import CLASS_NAMES
@@ -40,10 +40,26 @@ def check_dataset(
     dataset = load_dataset(root, split=split, class_names=class_names)  # a VOC folder or a dataset YAML
     findings = list(dataset.findings)
     if split is None:
-        findings += _split_findings(root, class_names)
+        findings += _split_findings(root, class_names) + _nested_annotations(root)
     elif not dataset.records and not findings:  # as the whole-folder check says of it
         findings.append(_empty_split(split))
     return CheckReport(Path(root), split, len(dataset), dataset.box_counts(), findings)
+
+
+def _nested_annotations(root: str | Path) -> list[Finding]:
+    """XML files in subfolders of Annotations/ (a tool's per-batch folders): VOC reads Annotations/*.xml only,
+    so their images would be left out of training without a word."""
+    found = []
+    sources = read_spec(root).sources
+    for source in sources:
+        folder = source.path / "Annotations"
+        for xml in sorted(folder.rglob("*.xml")):
+            if xml.parent != folder:
+                rel = xml.relative_to(source.path).as_posix()
+                name = rel if len(sources) == 1 else f"{source.path.name}/{rel}"
+                detail = f"{rel} is in a subfolder; only Annotations/*.xml are read: move it up to use it"
+                found.append(Finding(name, None, "nested-annotation", detail, "not read"))
+    return found
 
 
 SPLIT_KINDS = ("duplicate-id", "missing-annotation")  # findings a split list causes, not an annotation
