@@ -543,7 +543,7 @@ def test_load_image_says_a_file_it_may_not_read_is_unreadable_not_undecodable(tm
     def no_access(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("PIL.Image.open", no_access)
+    monkeypatch.setattr("pathlib.Path.read_bytes", no_access)  # as for a file of another user (tests run as root)
     with pytest.raises(UnreadableImageError, match=r"x.jpg: cannot read \(Permission denied\)"):
         load_image(tmp_path / "x.jpg")
 

@@ -193,8 +193,9 @@ def load_image(path: str | Path) -> np.ndarray:
     """Decode ``path`` fully; any failure becomes one ImageError naming the file."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            return read_pixels(im, path.read_bytes)
+        data = path.read_bytes()  # once: Pillow decodes it, a JPEG's damage check and 16-bit colour read it again
+        with Image.open(io.BytesIO(data)) as im:
+            return read_pixels(im, lambda: data)
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
     except PermissionError as e:
