@@ -203,6 +203,14 @@ def test_annotations_in_a_subfolder_are_a_finding(tmp_path: Path, capsys) -> Non
     found = [(f["file"], f["kind"], f["action"]) for f in json.loads(out)["findings"]]
     assert ("Annotations/batch2/img1.xml", "nested-annotation", "not read") in found
     assert code == 1  # its image is left out (a finding of its own): a failed input
+    (voc.root / "Annotations" / "old").mkdir()  # an older copy of one that is read: not "move it up"
+    (voc.root / "Annotations" / ".ipynb_checkpoints").mkdir()  # a notebook's: not the user's labels
+    for sub in ("old", ".ipynb_checkpoints"):
+        (voc.root / "Annotations" / sub / "img0.xml").write_bytes(voc.xml_path("img0").read_bytes())
+    _, out, _ = _run(capsys, str(voc.root), "--json")
+    details = {f["file"]: f["detail"] for f in json.loads(out)["findings"] if f["kind"] == "nested-annotation"}
+    assert set(details) == {"Annotations/batch2/img1.xml", "Annotations/old/img0.xml"}
+    assert details["Annotations/old/img0.xml"].endswith("Annotations/img0.xml is read; this one is not")
 
 
 def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):

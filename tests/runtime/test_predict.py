@@ -230,7 +230,7 @@ def test_a_broken_link_or_a_pipe_is_a_failed_input_not_a_silent_gap(model_file, 
     err = capsys.readouterr().err
     assert f"error: {slide / 'b.jpg'}: broken link (to {tmp_path / 'moved' / 'b.jpg'}, which is not there)" in err
     assert f"error: {slide / 'c.jpg'}: not a regular file (a pipe, socket or device)" in err
-    assert f"error: {slide / 'd.jpg'}: a link that leads back to itself" in err
+    assert f"error: {slide / 'd.jpg'}: a loop of links (it leads back to itself)" in err
     assert "1 image counted, 3 failed" in err  # the folder named twice: each once
     listed = {r["image"]: r.get("error") for r in json.loads(js.read_text())}  # every input, as for named ones
     assert list(listed) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"] and listed["a.jpg"] is None
@@ -535,6 +535,43 @@ def test_a_reader_that_quits_early_still_gets_the_result_files(model_file, image
     assert len(json.loads(js.read_text())) == 1 and len(list(csv.DictReader(cs.open()))) == 1  # its first line
     said = capsys.readouterr().err
     assert said == f"standard output closed after 1 of 6 images; their results are in {js} and {cs}\n"
+
+
+def test_a_cameras_harmless_jpeg_quirks_count_and_hidden_damage_does_not(images):
+    """Webcams pad before restart markers (Logitech's C270): counted. Header padding does not hide damage
+    after it (strict decoding stops at its first warning). MPO (a .jpg with MPF previews) is checked too."""
+    import io
+
+    import cv2
+
+    from bloodcell.errors import ImageError
+    from bloodcell.runtime.images import decode_image
+
+    rgb = np.asarray(Image.open(images / "a.jpg").convert("RGB"))
+    ok, encoded = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 3])
+    assert ok
+    data = encoded.tobytes()
+    scan = data.index(b"\xff\xda")
+    rst = data.index(b"\xff\xd0", scan)
+    padded = data[:rst] + b"\0\0\0\0" + data[rst:]
+    assert np.array_equal(decode_image(padded, "cam.jpg"), decode_image(data, "cam.jpg"))
+    header = data.index(b"\xff\xdb")
+    damaged = bytearray(data[:header] + b"\0\0" + data[header:])
+    middle = len(damaged) // 2
+    damaged[middle : middle + 512] = bytes(512)  # a block of zeros in the scan (a failing card)
+    assert _pillow_decodes(bytes(damaged))
+    with pytest.raises(ImageError, match="damaged JPEG data"):
+        decode_image(bytes(damaged), "both.jpg")
+    mpo = io.BytesIO()
+    Image.fromarray(rgb).save(mpo, "MPO", save_all=True, append_images=[Image.fromarray(rgb[::2, ::2])])
+    first = (
+        bytes(_garbled(mpo.getvalue()[: len(mpo.getvalue()) * 2 // 3], 1))
+        + mpo.getvalue()[len(mpo.getvalue()) * 2 // 3 :]
+    )
+    with Image.open(io.BytesIO(first)) as im:
+        assert im.format == "MPO"
+    with pytest.raises(ImageError):
+        decode_image(first, "camera.jpg")
 
 
 def _pillow_decodes(data: bytes) -> bool:

@@ -54,11 +54,16 @@ def _nested_annotations(root: str | Path) -> list[Finding]:
     for source in sources:
         folder = source.path / "Annotations"
         for xml in sorted(folder.rglob("*.xml")):
-            if xml.parent != folder:
-                rel = xml.relative_to(source.path).as_posix()
-                name = rel if len(sources) == 1 else f"{source.path.name}/{rel}"
+            inside = xml.relative_to(folder).parts[:-1]
+            if not inside or any(part.startswith(".") for part in inside):  # top level; .ipynb_checkpoints, ...
+                continue
+            rel = xml.relative_to(source.path).as_posix()
+            name = rel if len(sources) == 1 else f"{source.path.name}/{rel}"
+            if (folder / xml.name).is_file():  # an older copy, perhaps: moving it up would replace the one read
+                detail = f"{rel} is in a subfolder and Annotations/{xml.name} is read; this one is not"
+            else:
                 detail = f"{rel} is in a subfolder; only Annotations/*.xml are read: move it up to use it"
-                found.append(Finding(name, None, "nested-annotation", detail, "not read"))
+            found.append(Finding(name, None, "nested-annotation", detail, "not read"))
     return found
 
 

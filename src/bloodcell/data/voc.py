@@ -411,7 +411,7 @@ def _read_one(
         with Image.open(image_path) as im:
             if decode_images:
                 im.load()
-                if im.format == "JPEG":  # damaged data decodes silently: a model would learn the garbage
+                if im.format in ("JPEG", "MPO"):  # damaged data decodes silently: a model would learn the garbage
                     check_jpeg_data(image_path.read_bytes())
             width, height = im.size
             if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says "turned 90°": pixels are read turned

@@ -59,7 +59,7 @@ def read_pixels(im: Image.Image, raw: Callable[[], bytes]) -> np.ndarray:
     of them applies a TIFF's orientation tag), else Pillow's stands."""
     deep_colour = _sixteen_bit_colour(im)  # the tile that says so is gone once loaded
     im.load()
-    if im.format == "JPEG":
+    if im.format in ("JPEG", "MPO"):  # MPO: a JPEG with MPF previews (many cameras' .jpg)
         check_jpeg_data(raw())
     rgb = np.ascontiguousarray(to_rgb_uint8(im))
     if not deep_colour:
@@ -82,9 +82,9 @@ class CorruptJPEGError(ValueError):
 
 
 # libjpeg's warnings of damaged data (JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_JPEG_EOF,
-# JWRN_EXTRANEOUS_DATA). A few bytes before the end-of-image marker (0xd9) are a writer's padding, after every
-# pixel; hundreds are compressed data the decoder never reached: garbled bytes threw it off and it filled the
-# rest of the picture with what it misread.
+# JWRN_EXTRANEOUS_DATA). A few bytes before a restart or end-of-image marker are a writer's padding (webcams
+# such as Logitech's put some before their restart markers); hundreds are compressed data the decoder never
+# reached: garbled bytes threw it off and it filled the rest of the picture with what it misread.
 _DAMAGED = ("corrupt jpeg data", "premature end of jpeg file")
 _EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-f]{2})")
 _MOST_PADDING = 16
@@ -92,54 +92,52 @@ _IN_SCANS = range(0xD0, 0xDA)  # RST0-7, EOI: markers met inside or right after 
 
 
 def check_jpeg_data(data: bytes) -> None:
-    """CorruptJPEGError (an OSError saying "truncated" for a file that ends early) when the JPEG's compressed data is
-    damaged. Pillow decodes such a file without a word (libjpeg's warnings are dropped) and the garbled part
-    would be counted as cells or as empty background. simplejpeg's strict decode reports them; at 1/8 scale
-    it still reads every compressed byte (0.2 ms for 640x480)."""
+    """CorruptJPEGError (an OSError saying "truncated" for a file that ends early) when the JPEG's compressed
+    data is damaged. Pillow decodes such a file without a word (libjpeg's warnings are dropped) and the garbled
+    part would be counted as cells or as empty background. simplejpeg's strict decode reports them; at 1/8
+    scale it still reads every compressed byte (0.2 ms for 640x480)."""
     try:
         import simplejpeg
     except ImportError:  # a core dependency; an install without it counts as before, unchecked
         return
-    try:
-        simplejpeg.decode_jpeg(data, strict=True, min_width=1, min_height=1)
-    except ValueError as e:
-        text = str(e).lower()
-        if not text.startswith(_DAMAGED) or _padding(text, data):
+    for _ in range(2):  # a second time without the header's padding: strict decoding stops at the first warning
+        try:
+            simplejpeg.decode_jpeg(data, strict=True, min_width=1, min_height=1)
+            return
+        except ValueError as e:
+            text, error = str(e).lower(), e
+        extraneous = _EXTRANEOUS.search(text)
+        if not text.startswith(_DAMAGED):
             return  # not damage (a colour space simplejpeg does not convert, ...): Pillow's pixels stand
-        if text.startswith("premature end of jpeg file"):  # as Pillow's own "truncated" errors: watch waits
-            raise OSError(f"JPEG data truncated: {e}") from None
-        raise CorruptJPEGError(
-            f"damaged JPEG data ({e}): part of the picture decodes as gray or smeared blocks; the file was "
-            "damaged in a copy or on the card: copy it again from the camera"
-        ) from None
+        if extraneous and int(extraneous.group(2), 16) in _IN_SCANS:
+            if int(extraneous.group(1)) <= _MOST_PADDING:
+                return  # padding before a restart or the end marker
+        elif extraneous and (unpadded := _without_header_padding(data)) != data:
+            data = unpadded  # stray bytes between header segments, before any pixel: harmless
+            continue
+        break
+    if text.startswith("premature end of jpeg file"):  # as Pillow's own "truncated" errors: watch waits
+        raise OSError(f"JPEG data truncated: {error}")
+    raise CorruptJPEGError(
+        f"damaged JPEG data ({error}): part of the picture decodes as gray or smeared blocks; the file was "
+        "damaged in a copy or on the card: copy it again from the camera"
+    )
 
 
-def _padding(warning: str, data: bytes) -> bool:
-    """Whether libjpeg's "extraneous bytes" are a writer's padding: a few before the end marker, or any
-    between the header's segments (before the first scan, so before any pixel)."""
-    extraneous = _EXTRANEOUS.search(warning)
-    if extraneous is None:
-        return False
-    if int(extraneous.group(2), 16) == 0xD9:
-        return int(extraneous.group(1)) <= _MOST_PADDING
-    return int(extraneous.group(2), 16) not in _IN_SCANS and _padded_header(data)
-
-
-def _padded_header(data: bytes) -> bool:
-    """Whether stray bytes sit between the marker segments before the first scan (SOS). Hand-walked:
-    no library reports where libjpeg met them, and the header is a chain of (marker, length) pairs."""
-    i = 2  # after SOI
+def _without_header_padding(data: bytes) -> bytes:
+    """``data`` without stray bytes between the marker segments before the first scan (SOS). Hand-walked: no
+    library reports where libjpeg met them, and the header is a chain of (marker, length) pairs."""
+    out, i = bytearray(data[:2]), 2  # SOI
     while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return True
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill bytes before a marker are allowed
+        if data[i] != 0xFF or data[i + 1] == 0xFF:  # a stray byte, or a fill byte before a marker
             i += 1
-        elif marker == 0xDA:
-            return False
+        elif data[i + 1] == 0xDA:
+            return bytes(out + data[i:])
         else:
-            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    return False
+            end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+            out += data[i:end]
+            i = end
+    return data  # no scan: nothing to tell apart
 
 
 def _orientations(a: np.ndarray) -> list[np.ndarray]:

@@ -63,9 +63,11 @@ def unusable_reason(path: Path) -> str:
         os.stat(path)
     except OSError as e:
         if not path.is_symlink():
-            return "no such file or folder"
+            return "no such file or folder" if e.errno == errno.ENOENT else f"cannot read ({e.strerror})"
         if e.errno == errno.ELOOP:
-            return "a link that leads back to itself"
+            return "a loop of links (it leads back to itself)"
+        if e.errno != errno.ENOENT:
+            return f"a link that cannot be followed ({e.strerror})"
         return f"broken link (to {os.readlink(path)}, which is not there)"
     return "not a regular file (a pipe, socket or device)"
 
