@@ -240,6 +240,31 @@ def test_a_broken_link_or_a_pipe_is_a_failed_input_not_a_silent_gap(model_file, 
     assert record["error"] == f"{slide / 'c.jpg'}: not a regular file (a pipe, socket or device)"
 
 
+def test_a_file_whose_kind_cannot_be_read_is_a_failed_input_not_a_crash(
+    model_file, images, tmp_path, monkeypatch, capsys
+):
+    """A link into a folder this user may not enter: Python 3.11's is_file raises PermissionError there."""
+    import pathlib
+
+    slide = tmp_path / "slide"
+    slide.mkdir()
+    for name in ("a.jpg", "locked.jpg"):
+        shutil.copy(images / "a.jpg", slide / name)
+    real_stat = pathlib.Path.stat
+
+    def stat(self, *, follow_symlinks: bool = True):
+        if self.name == "locked.jpg" and follow_symlinks:  # the entry itself is listed; where it leads is not
+            raise PermissionError(13, "Permission denied")
+        return real_stat(self, follow_symlinks=follow_symlinks)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    assert main(["predict", str(slide), "--model", str(model_file)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"error: {slide / 'locked.jpg'}: cannot read (Permission denied)" in err and "1 image counted, 1 failed" in err
+    )
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10])
 def test_bad_model_file_is_one_line(tmp_path, images, capsys, content):
     bad = tmp_path / "m.pt"

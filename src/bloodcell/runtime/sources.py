@@ -23,27 +23,27 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
     for source in sources:
         p = Path(source)
         found: list[Path] = []
-        if p.is_dir():
+        if _is_dir(p):
             named = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            found = [f for f in named if f.is_file()]
+            found = [f for f in named if _is_file(f)]
             # x.jpg that is a broken link or a pipe: a failed input, not a file silently left out
-            unusable = [f for f in named if not f.is_file() and not f.is_dir()]
+            unusable = [f for f in named if not _is_file(f) and not _is_dir(f)]
             for f in (f for f in unusable if f not in missing):  # listed in the results too, as a missing name
                 problems.append(f"{f}: {unusable_reason(f)}")
                 missing.append(f)
             for f in named:  # the folder's order, the unusable among the others
                 if f in unusable:
                     order.setdefault(("missing", str(f)), f)
-                elif f.is_file():
+                elif _is_file(f):
                     order.setdefault(os.path.realpath(f), f)
             if not found and not unusable:
-                nested = any(f.is_dir() for f in p.iterdir())
+                nested = any(_is_dir(f) for f in p.iterdir())
                 hint = f"; subfolders are not searched (a glob like '{p / '**' / '*.jpg'}' is)" if nested else ""
                 problems.append(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)}){hint}")
-        elif p.is_file():
+        elif _is_file(p):
             found = [p]
         elif glob.has_magic(source):
-            found = sorted(Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file())  # "**": any depth
+            found = sorted(Path(f) for f in glob.glob(source, recursive=True) if _is_file(Path(f)))  # "**": any depth
             if not found:
                 problems.append(f"{source}: pattern matches no files")
         elif p not in missing:  # named twice: one failed input, not two
@@ -57,10 +57,26 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
     return [p for p in ordered if p not in gone], problems, missing, ordered
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False where the answer cannot be had (a link into a folder this user may not enter:
+    Python 3.11 raises there); unusable_reason then says why."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def unusable_reason(path: Path) -> str:
     """Why a named path that is neither a file nor a folder cannot be read, in a few words."""
     try:
-        os.stat(path)
+        path.stat()
     except OSError as e:
         if not path.is_symlink():
             return "no such file or folder" if e.errno == errno.ENOENT else f"cannot read ({e.strerror})"
