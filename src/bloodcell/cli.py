@@ -1074,17 +1074,17 @@ def _threads_note(threads: int | None) -> str | None:
     return f"--threads {threads} is more than the {cores} cores this process may use: slower, not faster"
 
 
-def _stdout_gone() -> bool:
-    """Whether standard output's reader has closed the pipe (not a socket's peer: poll says so of stdout
-    itself). If so, stdout is pointed at devnull, as Python's signal docs advise, so that the flush at exit
-    does not fail a second time."""
+def _reader_gone(stream) -> bool:
+    """Whether ``stream``'s reader has closed its pipe (not a socket's peer: poll says so of the stream
+    itself). If so, the stream is pointed at devnull, as Python's signal docs advise, so that the flush at
+    exit does not fail a second time."""
     import select
 
     try:
-        fd = sys.stdout.fileno()
-    except (OSError, ValueError):  # a stream without a descriptor (pytest's capture)
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):  # a stream without a descriptor (pytest's capture)
         return False
-    if not hasattr(select, "poll"):  # Windows: not known to be stdout's pipe, so said as any other error
+    if not hasattr(select, "poll"):  # Windows: not known to be this stream's pipe, so said as any other error
         return False
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
@@ -1103,7 +1103,8 @@ def _failed(error: BaseException, args: argparse.Namespace) -> int:
         if not _other_rank():
             print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    if isinstance(error, BrokenPipeError) and _stdout_gone():  # `bloodcell data check --json - | head`
+    # `bloodcell data check --json - | head` (or stderr's reader gone, `2>&1 | head`)
+    if isinstance(error, BrokenPipeError) and (_reader_gone(sys.stdout) or _reader_gone(sys.stderr)):
         return 141  # as a Unix tool killed by SIGPIPE: quiet, the reader has what it wanted
     if isinstance(error, OSError):  # unwritable --out, a file where a folder is expected, full disk, ...
         print(f"error: {describe_os_error(error)}", file=sys.stderr)

@@ -559,7 +559,7 @@ def test_a_reader_that_quits_early_still_gets_the_result_files(model_file, image
         run_predict([str(images)], model=str(model_file), json_path=str(js), csv_path=str(cs))
     assert len(json.loads(js.read_text())) == 1 and len(list(csv.DictReader(cs.open()))) == 1  # its first line
     said = capsys.readouterr().err
-    assert said == f"standard output closed after 1 of 6 images; their results are in {js} and {cs}\n"
+    assert said == f"output closed by its reader after 1 of 6 images; their results are in {js} and {cs}\n"
 
 
 def test_a_cameras_harmless_jpeg_quirks_count_and_hidden_damage_does_not(images):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -185,7 +186,8 @@ def run_predict(
     saved = " and ".join(p for p in (json_path, csv_path) if p)
     where = f"; their results are in {saved}" if saved else ""
     if pipe_closed is not None:  # said where it can still be read; then the CLI's quiet exit 141
-        print(f"standard output closed after {len(listed)} of {len(order)} images{where}", file=sys.stderr)
+        with contextlib.suppress(BrokenPipeError):  # stderr's reader may be the one that is gone
+            print(f"output closed by its reader after {len(listed)} of {len(order)} images{where}", file=sys.stderr)
         raise pipe_closed
     if interrupted:
         print(f"interrupted after {len(results)} of {len(paths)} images{where}", file=sys.stderr)
