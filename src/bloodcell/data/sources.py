@@ -2,7 +2,7 @@
 
 ``--data`` is a Pascal VOC folder or a dataset YAML that stacks several VOC folders::
 
-    sources:                       # later sources override earlier ones, per image file name
+    sources:                       # later sources override earlier ones, per image id
       - path: BCCD                 # relative to this file
         exhaustive: [WBC]          # classes whose every cell has a box (others: missing labels)
       - path: BCCD-dense
