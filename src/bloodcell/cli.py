@@ -786,14 +786,13 @@ def _predict_stream(args: argparse.Namespace) -> int:
     from bloodcell.app.video import DEFAULT_OUT, run_stream
     from bloodcell.runtime.loader import load_predictor, print_model_notes
 
-    check_outputs(
-        {}, {"--out": DEFAULT_OUT if args.out is None else args.out}
-    )  # an unwritable folder: now, not after the video
+    out = DEFAULT_OUT if args.out is None else args.out
+    check_outputs({}, {"--out": out})  # an unwritable folder: now, not after the video
     predictor = load_predictor(args.model, device=args.device, threads=args.threads, edgetpu=args.edgetpu)
     print_model_notes(predictor)
     _check_cell_size(predictor, args.cell_size)
     conf = _resolve_conf(args.conf, predictor)
-    summary = run_stream(predictor, args.stream, args.out, conf=conf, cell_size=args.cell_size)
+    summary = run_stream(predictor, args.stream, out, conf=conf, cell_size=args.cell_size)
     print(summary)
     return 130 if summary.interrupted else 0 if summary.complete else 1
 

@@ -47,24 +47,23 @@ def _refuse_overwriting_inputs(
     """ConfigError before any work when an output would replace an input (``--out`` the images' own
     folder, ``--csv`` naming an image or the model's sidecar) or another output (``--json`` inside
     ``--out`` where an annotated copy goes): what the user gave or asked for is never overwritten."""
-    inputs = {os.path.realpath(p): str(p) for p in names}
-    what = dict.fromkeys(inputs, "one of the input images")
+    inputs = {os.path.realpath(p): (str(p), "one of the input images") for p in names}  # real path -> (as given, role)
     try:
         weights = model_file(model)
     except BloodcellError:  # no shipped model here: load_predictor says so next
         weights = None
     if weights is not None:
         for path, role in ((weights, "the model file"), (sidecar_path(weights), "the model's sidecar")):
-            inputs[os.path.realpath(path)], what[os.path.realpath(path)] = str(path), role
+            inputs[os.path.realpath(path)] = (str(path), role)
     for flag, path in files.items():
         if path and os.path.realpath(path) in inputs:
-            raise ConfigError(f"{flag} {path}: is {what[os.path.realpath(path)]}; it would be overwritten")
+            raise ConfigError(f"{flag} {path}: is {inputs[os.path.realpath(path)][1]}; it would be overwritten")
     wanted = {os.path.realpath(path): flag for flag, path in files.items() if path}
     for source, name in names.items() if out else ():
         copy = os.path.realpath(annotated_path(out, name))
         if copy in inputs:
             raise ConfigError(
-                f"--out {out}: the annotated copy of {source} would overwrite {inputs[copy]}; choose another folder"
+                f"--out {out}: the annotated copy of {source} would overwrite {inputs[copy][0]}; choose another folder"
             )
         if copy in wanted:
             raise ConfigError(
@@ -76,11 +75,9 @@ def _refuse_overwriting_inputs(
 def _check_suffixes(files: dict[str, str | None]) -> None:
     """``--json counts.csv`` is a slip of the flag, not a wish for JSON in a .csv file."""
     for flag, path in files.items():
-        other = {"--json": ".csv", "--csv": ".json"}[flag]
-        if path and Path(path).suffix.lower() == other:
-            raise ConfigError(
-                f"{flag} {path}: names a {other[1:].upper()} file; did you mean {other.replace('.', '--')}?"
-            )
+        other = "--csv" if flag == "--json" else "--json"
+        if path and Path(path).suffix.lower() == "." + other[2:]:
+            raise ConfigError(f"{flag} {path}: names a {other[2:].upper()} file; did you mean {other}?")
 
 
 def _warn_min_score_above_points(min_score: float, predictor: Predictor, thresholds: tuple[float, ...] | None) -> None:

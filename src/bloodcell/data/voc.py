@@ -11,6 +11,7 @@ label noise of BCCD and is not applied.)
 from __future__ import annotations
 
 import glob
+import io
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -24,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from bloodcell import boxes as box_ops
 from bloodcell.errors import DatasetError
-from bloodcell.runtime.images import IMAGE_SUFFIXES, check_jpeg_data
+from bloodcell.runtime.images import IMAGE_SUFFIXES, JPEG_FORMATS, check_jpeg_data
 from bloodcell.types import CLASS_NAMES, Detections
 
 #: Class-name variants seen in blood-smear datasets, keyed by their canonical spelling
@@ -408,11 +409,12 @@ def _read_one(
     if image_path is None:
         return None
     try:
-        with Image.open(image_path) as im:
-            if decode_images:
+        data = image_path.read_bytes() if decode_images else None  # once: decoded, then checked for damage
+        with Image.open(image_path if data is None else io.BytesIO(data)) as im:
+            if data is not None:
                 im.load()
-                if im.format in ("JPEG", "MPO"):  # damaged data decodes silently: a model would learn the garbage
-                    check_jpeg_data(image_path.read_bytes())
+                if im.format in JPEG_FORMATS:  # damaged data decodes silently: a model would learn the garbage
+                    check_jpeg_data(data)
             width, height = im.size
             if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says "turned 90°": pixels are read turned
                 # Pillow 13 gives a TIFF's size already turned (older ones did not): its tags say the stored one

@@ -59,7 +59,7 @@ def read_pixels(im: Image.Image, raw: Callable[[], bytes]) -> np.ndarray:
     of them applies a TIFF's orientation tag), else Pillow's stands."""
     deep_colour = _sixteen_bit_colour(im)  # the tile that says so is gone once loaded
     im.load()
-    if im.format in ("JPEG", "MPO"):  # MPO: a JPEG with MPF previews (many cameras' .jpg)
+    if im.format in JPEG_FORMATS:
         check_jpeg_data(raw())
     rgb = np.ascontiguousarray(to_rgb_uint8(im))
     if not deep_colour:
@@ -75,6 +75,9 @@ def read_pixels(im: Image.Image, raw: Callable[[], bytes]) -> np.ndarray:
         if turned.shape == rgb.shape and np.array_equal((turned >> 8).astype(np.uint8), rgb):
             return np.ascontiguousarray(camera_levels(turned))
     return rgb
+
+
+JPEG_FORMATS = ("JPEG", "MPO")  # Pillow's names; MPO: a JPEG with MPF previews (many cameras' .jpg)
 
 
 class CorruptJPEGError(ValueError):

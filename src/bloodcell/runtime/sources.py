@@ -24,18 +24,17 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
         p = Path(source)
         found: list[Path] = []
         if _is_dir(p):
-            named = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            found = [f for f in named if _is_file(f)]
-            # x.jpg that is a broken link or a pipe: a failed input, not a file silently left out
-            unusable = [f for f in named if not _is_file(f) and not _is_dir(f)]
-            for f in (f for f in unusable if f not in missing):  # listed in the results too, as a missing name
-                problems.append(f"{f}: {unusable_reason(f)}")
-                missing.append(f)
-            for f in named:  # the folder's order, the unusable among the others
-                if f in unusable:
-                    order.setdefault(("missing", str(f)), f)
-                elif _is_file(f):
+            unusable = []  # x.jpg that is a broken link or a pipe: a failed input, not a file silently left out
+            for f in sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):  # in the folder's order
+                if _is_file(f):
+                    found.append(f)
                     order.setdefault(os.path.realpath(f), f)
+                elif not _is_dir(f):
+                    unusable.append(f)
+                    if f not in missing:  # listed in the results too, as a missing name
+                        problems.append(f"{f}: {unusable_reason(f)}")
+                        missing.append(f)
+                    order.setdefault(("missing", str(f)), f)
             if not found and not unusable:
                 nested = any(_is_dir(f) for f in p.iterdir())
                 hint = f"; subfolders are not searched (a glob like '{p / '**' / '*.jpg'}' is)" if nested else ""
