@@ -347,7 +347,7 @@ def test_a_stop_turned_into_another_error_is_still_a_stop(error, turned_into, su
     KeyboardInterrupt (seen in CI: a run stopped at its first plot exited 1 with a traceback)."""
     from bloodcell import cli
 
-    monkeypatch.setattr(cli, "cmd_val", _raising(error, turned_into, suppress))
+    monkeypatch.setattr(cli.model, "cmd_val", _raising(error, turned_into, suppress))
     if code is None:
         with pytest.raises(ImportError):
             cli.main(["val"])

@@ -51,7 +51,7 @@ TORCH_SIDE = {module for module, extra in EXTRAS.items() if extra in ("torch", "
 def layer_of(module: str) -> str | None:
     if module in SHARED:
         return "shared"
-    if module in ("bloodcell.cli", "bloodcell.__main__"):
+    if module == "bloodcell.__main__" or module == "bloodcell.cli" or module.startswith("bloodcell.cli."):
         return "cli"
     if module in TORCH_ADAPTERS:
         return "runtime torch adapters"

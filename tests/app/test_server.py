@@ -268,7 +268,7 @@ def test_fifty_concurrent_requests_on_loopback(predictor, slides, serving):
 
 def fake_server(monkeypatch) -> list:
     """`bloodcell serve` up to the server: the socket is bound (and closed at once), the app recorded."""
-    import bloodcell.cli as cli
+    import bloodcell.cli.apps as cli
 
     calls, bind = [], cli._listening_socket
     monkeypatch.setattr(cli, "_listening_socket", lambda host, port: bind(host, 0))
@@ -493,7 +493,7 @@ def test_a_busy_port_is_one_line_before_serving_is_announced(tmp_path, monkeypat
     def no_serving(*args, **kwargs):  # where the system lets a program bind any address: no hang, a failure
         raise AssertionError("bound 192.0.2.1: this machine allows non-local binds")
 
-    monkeypatch.setattr("bloodcell.cli._run_server", no_serving)
+    monkeypatch.setattr("bloodcell.cli.apps._run_server", no_serving)
     assert main(["serve", "--model", str(model), "--host", "192.0.2.1", "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --host 192.0.2.1: not an address of this computer (") and "warning" not in err

@@ -1,0 +1,173 @@
+"""The ``bloodcell`` command: parses arguments, builds typed settings, calls one API function.
+
+Every failure the user can fix ends in one line on stderr and a non-zero exit code:
+2 for unusable input (dataset, model, options), 1 for "ran, but some items failed".
+One module per group of commands (data, model, apps); options.py holds the option types they share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+
+from bloodcell.cli.apps import add_app_commands
+from bloodcell.cli.data import add_data_commands
+from bloodcell.cli.model import add_model_commands
+from bloodcell.errors import BloodcellError, StopSaid, describe_os_error, is_interrupt
+
+#: Packages that only the training / export extras install; a missing one gets an install hint.
+EXTRAS = {
+    "torch": "torch",
+    "torchvision": "torch",
+    "timm": "torch",
+    "pycocotools": "eval",
+    "matplotlib": "eval",
+    "pyarrow": "cluster",
+    "ray": "cluster",
+    "onnx": "export",
+    "litert_torch": "export",
+    "torchao": "export",
+    "fastapi": "serve",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "python_multipart": "serve",
+    "watchdog": "serve",
+}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bloodcell",
+        description="Detect and count RBC, WBC and platelets in blood-smear images.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
+    add_data_commands(sub)
+    add_model_commands(sub)
+    add_app_commands(sub)
+    return parser
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: an option it does not know is refused with that command's usage (argparse hands
+    unknown options up to `bloodcell`'s own parser, whose usage lists the commands, not the options)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extra = super().parse_known_args(args, namespace)
+        if extra and self._subparsers is None:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return namespace, extra
+
+
+def _version() -> str:
+    from bloodcell import __version__
+
+    return f"bloodcell {__version__}"
+
+
+OWN_STOP = ("serve",)  # commands that keep SIGTERM's default (see main); others stop as on Ctrl-C
+
+
+def _stops_on_sigterm(args: argparse.Namespace) -> bool:
+    if args.command == "train":  # one process stops as on Ctrl-C; torchrun and its launcher stop workers themselves
+        return not getattr(args, "devices", None) and "LOCAL_RANK" not in os.environ
+    return args.command not in OWN_STOP
+
+
+def _other_rank() -> bool:
+    """A distributed worker other than its machine's first (local rank 0). Every process checks the same
+    settings and data, so the first one's error or stop is theirs too: only it says it, once per
+    machine (a fault of one machine's data is still said there)."""
+    return os.environ.get("LOCAL_RANK", "0") != "0"
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # a scheduler's SIGTERM ends a command as Ctrl-C does: finished work is kept
+
+
+def _threads_note(threads: int | None) -> str | None:
+    """--threads above the cores this process may use: honoured, but the runtimes then fight over the cores
+    (16 threads on 2 cores ran the network 5-10x slower than 2)."""
+    from bloodcell.runtime.timing import available_cores
+
+    cores = available_cores()
+    if threads is None or threads <= cores:
+        return None
+    return f"--threads {threads} is more than the {cores} cores this process may use: slower, not faster"
+
+
+def _reader_gone(stream) -> bool:
+    """Whether ``stream``'s reader has closed its pipe (not a socket's peer: poll says so of the stream
+    itself). If so, the stream is pointed at devnull, as Python's signal docs advise, so that the flush at
+    exit does not fail a second time."""
+    import select
+
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):  # a stream without a descriptor (pytest's capture)
+        return False
+    if not hasattr(select, "poll"):  # Windows: not known to be this stream's pipe, so said as any other error
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    # a pipe with no reader left: POLLERR on Linux, POLLHUP on macOS
+    if not any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
+        return False
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return True
+
+
+def _failed(error: BaseException, args: argparse.Namespace) -> int:
+    """The exit code of a command that failed, its reason said on one line; an unexpected error (a bug)
+    is raised again with its traceback."""
+    if isinstance(error, BloodcellError):
+        if not _other_rank():
+            print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    # `bloodcell data check --json - | head` (or stderr's reader gone, `2>&1 | head`)
+    if isinstance(error, BrokenPipeError) and (_reader_gone(sys.stdout) or _reader_gone(sys.stderr)):
+        return 141  # as a Unix tool killed by SIGPIPE: quiet, the reader has what it wanted
+    if isinstance(error, OSError):  # unwritable --out, a file where a folder is expected, full disk, ...
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
+    top = (getattr(error, "name", None) or "").split(".")[0]
+    if isinstance(error, ModuleNotFoundError) and top in EXTRAS:
+        extra = "export" if args.command in ("export", "qat", "benchmark") else EXTRAS[top]  # torch and the converters
+        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))  # `data stats`
+        print(f"error: `bloodcell {command}` needs {top}: pip install 'bloodcell[{extra}]'", file=sys.stderr)
+        return 2
+    raise error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = get_args_parser().parse_args(argv)
+    args.argv = argv  # the command as given: `train --devices` hands it on to torchrun
+    import signal
+    import threading
+
+    # A scheduler's stop ends a command as Ctrl-C does: predict writes the results of the finished images,
+    # watch ends between files, batch writes its finished rows and run record, and a file being written is
+    # removed, not left as a hidden temporary. Not distributed train (torchrun and its launcher stop workers
+    # with SIGTERM themselves), nor serve (uvicorn's own handlers).
+    if note := _threads_note(getattr(args, "threads", None)):
+        print(f"warning: {note}", file=sys.stderr)
+    ours = _stops_on_sigterm(args) and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if ours else None
+    try:
+        return int(args.func(args) or 0)
+    except BaseException as e:
+        if not is_interrupt(e):
+            return _failed(e, args)
+        # Ctrl-C or SIGTERM, also where it landed inside code that turned it into its own error (a C
+        # extension's import, an exporter's "export failed"): a stop, not a fault
+        if not _other_rank() and not isinstance(e, StopSaid):  # a command that said how it stopped: once
+            print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
