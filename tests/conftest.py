@@ -30,6 +30,18 @@ def bccd_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def dense_root(bccd_root: Path) -> Path:
+    """BCCD-dense beside BCCD (every cell boxed on 90 train + 42 val images); CI must have it, as it must BCCD:
+    the counting guards read it, and a guard that skips is no guard."""
+    root = bccd_root.parent / "BCCD-dense"
+    if not (root / "Annotations").is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"BCCD-dense not found at {root}; CI must have ../shared/data/BCCD-dense")
+        pytest.skip(f"BCCD-dense not found at {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_voc(bccd_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 6-image VOC folder (train 4, val 2) of symlinks into BCCD: real data, seconds to train on."""
     root = tmp_path_factory.mktemp("tiny_voc")

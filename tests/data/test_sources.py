@@ -14,14 +14,6 @@ from bloodcell.errors import DatasetError
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def dense_root(bccd_root: Path) -> Path:
-    root = bccd_root.parent / "BCCD-dense"
-    if not (root / "Annotations").is_dir():
-        pytest.skip(f"BCCD-dense not found at {root}")
-    return root
-
-
 def write_spec(tmp_path: Path, bccd_root: Path, dense_root: Path, extra: str = "") -> Path:
     spec = tmp_path / "data.yaml"
     spec.write_text(

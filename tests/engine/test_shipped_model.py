@@ -14,10 +14,16 @@ from bloodcell.weights import default_model
 
 pytestmark = pytest.mark.slow
 
-#: Regression guards, looser than the targets (BENCHMARKS.md has the measured numbers).
+#: Regression guards: the counts issue's CI guard (RBC MAE 1.5, mAP 0.88), and its targets, a little looser, for
+#: what that guard leaves out (BENCHMARKS.md has the measured numbers). The operating points were fitted on
+#: these 42 dense val images, so the counting guard is in-sample: it catches a model or a counting change
+#: that got worse, not how well the model counts images it has not seen (BENCHMARKS: 2-fold).
 MIN_VAL_MAP50 = 0.88  # BCCD val with its original labels, the 2019 seed's metric (0.869)
 MAX_DENSE_RBC_MAE = 1.5  # red cells per image on the densely labelled val images
-MAX_DENSE_WBC_MAE = 0.05
+MAX_DENSE_RBC_TOTAL = 0.03  # |total % error|; target 2%
+MAX_DENSE_WBC_MAE = 0.05  # target 0.03
+MAX_DENSE_PLATELET_MAE = 0.15  # the target itself: a platelet point that drifts moves it at once
+MAX_DENSE_PLATELET_TOTAL = 0.10  # 42 platelets on the 42 images: one is 2.4%
 
 
 def test_shipped_model_is_small_and_checked():
@@ -28,6 +34,21 @@ def test_shipped_model_is_small_and_checked():
     assert len(info.conf) == 3 and all(0.05 <= c <= 0.95 for c in info.conf)
     assert info.calibration is not None and set(info.calibration["knots"]) == set(info.class_names)
     assert 60 <= info.cell_size <= 140
+
+
+def test_the_shipped_model_names_the_images_its_counting_was_fitted_on(bccd_root, dense_root):
+    """Its points were fitted on datasets/bccd-dense.yaml's val split (BCCD val, dense labels where they exist):
+    val on those images says its count errors are in-sample."""
+    from bloodcell.data.sources import load_dataset
+    from bloodcell.engine.validate import fitted_images, in_sample_note
+    from bloodcell.runtime.loader import load_predictor
+
+    predictor = load_predictor(None)
+    val_ids = (bccd_root / "ImageSets" / "Main" / "val.txt").read_text().split()
+    assert sorted(fitted_images(predictor)) == sorted(val_ids)
+    note = in_sample_note(predictor, load_dataset(dense_root, "val", decode_images=False))
+    assert note is not None and note.startswith("note: 42 of the 42 images scored here")
+    assert in_sample_note(predictor, load_dataset(bccd_root, "test", decode_images=False)) is None
 
 
 def test_the_shipped_model_by_its_file_name_from_any_folder(tmp_path, monkeypatch):
@@ -108,14 +129,14 @@ def test_predict_counts_white_cells_on_bccd(bccd_root, tmp_path):
     assert all(r["counts"]["RBC"] >= 5 for r in records)
 
 
-def test_shipped_model_counts_on_dense_val(bccd_root, tmp_path):
-    dense = bccd_root.parent / "BCCD-dense"
-    if not dense.is_dir():
-        pytest.skip(f"{dense} not found")
-    assert main(["val", "--data", str(dense), "--split", "val", "--json", str(tmp_path / "d.json"), "--out", ""]) == 0
+def test_shipped_model_counts_on_dense_val(dense_root, tmp_path):
+    args = ["val", "--data", str(dense_root), "--split", "val", "--json", str(tmp_path / "d.json"), "--out", ""]
+    assert main(args) == 0
     m = json.loads((tmp_path / "d.json").read_text())
     assert m["images"] == 42
     assert m["count_mae"]["RBC"] <= MAX_DENSE_RBC_MAE, m
+    assert abs(m["count_total_error"]["RBC"]) <= MAX_DENSE_RBC_TOTAL, m
     assert m["count_mae"]["WBC"] <= MAX_DENSE_WBC_MAE, m
-    assert abs(m["count_total_error"]["RBC"]) <= 0.05, m
+    assert m["count_mae"]["Platelets"] <= MAX_DENSE_PLATELET_MAE, m
+    assert abs(m["count_total_error"]["Platelets"]) <= MAX_DENSE_PLATELET_TOTAL, m
     assert 0.7 <= m["count_coverage"]["RBC"] <= 1.0, m

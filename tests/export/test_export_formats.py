@@ -149,7 +149,7 @@ def test_int8_map_within_half_a_point_of_fp32(exports, val_images):
     assert int8 >= fp32 - 0.005, (fp32, int8)
 
 
-def test_calibrate_refits_an_int8_export_into_its_sidecar(exports, bccd_root, tmp_path, capsys):
+def test_calibrate_refits_an_int8_export_into_its_sidecar(exports, dense_root, tmp_path, capsys):
     """The int8 file counts red cells on dense val close to the .pt at the operating points it inherits
     (histogram activation ranges undercounted: MAE 1.69, the .pt 1.10), and a refit on dense val with the
     export's own scores is no worse and within the shipped model's CI guard."""
@@ -157,9 +157,7 @@ def test_calibrate_refits_an_int8_export_into_its_sidecar(exports, bccd_root, tm
 
     from bloodcell.data.sources import load_dataset
 
-    dense = bccd_root.parent / "BCCD-dense"
-    if not (dense / "Annotations").is_dir():
-        pytest.skip(f"BCCD-dense not found at {dense}")
+    dense = dense_root
     model = tmp_path / "int8.tflite"
     shutil.copyfile(exports["int8"], model)
     shutil.copyfile(exports["int8"].with_name(exports["int8"].name + ".json"), tmp_path / "int8.tflite.json")
@@ -182,7 +180,9 @@ def test_calibrate_refits_an_int8_export_into_its_sidecar(exports, bccd_root, tm
     from bloodcell.engine.validate import in_sample_note  # val on those 42 images says they are in-sample
 
     assert in_sample_note(refit, load_dataset(dense, "val", decode_images=False)).startswith("note: 42 of the 42")
-    assert in_sample_note(unfitted, load_dataset(dense, "val", decode_images=False)) is None  # (fitted elsewhere)
+    # before its refit, the export carries the shipped .pt's fit (BCCD val, dense labels where they exist)
+    assert in_sample_note(unfitted, load_dataset(dense, "val", decode_images=False)).startswith("note: 42 of the 42")
+    assert in_sample_note(unfitted, load_dataset(dense, "train", decode_images=False)) is None
     alone = tmp_path / "pi" / "int8.tflite"  # the file copied without its sidecar counts the same
     alone.parent.mkdir()
     shutil.copyfile(model, alone)
