@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +34,21 @@ def test_samples_are_package_data() -> None:
     assert {"assets/samples/*.jpg", "assets/samples/*.md"} <= set(package_data["bloodcell"])
 
 
+def _make_predict_line(*variables: str) -> str:
+    """The `bloodcell predict` command `make predict` runs (make -n: printed, not run)."""
+    make = shutil.which("make") or pytest.skip("make not installed")
+    env = {k: v for k, v in os.environ.items() if k != "DATA"}
+    out = subprocess.run(
+        [make, "-n", "predict", *variables], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    return next(line for line in out.splitlines() if "bloodcell predict" in line)
+
+
 def test_make_predict_defaults_to_the_samples() -> None:
-    makefile = (REPO / "Makefile").read_text()
-    assert "DATA ?=\n" in makefile and "src/bloodcell/assets/samples/BloodImage_*.jpg" in makefile
+    line = _make_predict_line()
+    assert " src/bloodcell/assets/samples/BloodImage_*.jpg " in line and "--out runs/predict" in line
+    line = _make_predict_line("DATA=/data/BCCD")  # the README's `make predict DATA=...`: its first ten images
+    assert " /data/BCCD/JPEGImages/BloodImage_0000[0-9].jpg " in line and "samples" not in line
 
 
 def test_shipped_model_finds_cells_in_every_sample() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bloodcell.cli import EXTRAS
+from bloodcell.errors import EXTRAS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -33,6 +33,7 @@ SHARED = {
     "bloodcell.types",
     "bloodcell.boxes",
     "bloodcell.atomic",
+    "bloodcell.digest",
     "bloodcell.config",
     "bloodcell.palette",
     "bloodcell.weights",

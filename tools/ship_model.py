@@ -18,8 +18,9 @@ import torch
 
 from bloodcell.atomic import write_text
 from bloodcell.data.sources import load_dataset
+from bloodcell.digest import sha256_of
 from bloodcell.engine.evaluate import evaluate
-from bloodcell.models.checkpoint import read_checkpoint, save_checkpoint, sha256_file
+from bloodcell.models.checkpoint import read_checkpoint, save_checkpoint
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.weights import MANIFEST, WEIGHTS_DIR
 
@@ -49,7 +50,7 @@ def main() -> None:
     # fp16 storage (7 MB): the weights were trained in fp32 and calibrated after rounding to fp16
     payload["model"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
     save_checkpoint(target, payload)
-    digest = sha256_file(target)
+    digest = sha256_of(target)
     info = payload["info"]
     manifest = {"file": FILE, "sha256": digest, "name": info["name"], "metrics": results}
     write_text(MANIFEST, json.dumps(manifest, indent=2) + "\n")

@@ -16,7 +16,7 @@ The Python API behind the ``bloodcell`` command (heavy modules load on first use
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from bloodcell.errors import BloodcellError, ConfigError, DatasetError, ImageError, ModelError
+from bloodcell.errors import EXTRAS, BloodcellError, ConfigError, DatasetError, ImageError, ModelError
 from bloodcell.types import CLASS_NAMES, Detections
 
 __version__ = "0.1.0"
@@ -82,7 +82,15 @@ __all__ = [  # the names above and _LAZY's (written out: linters and type checke
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        try:
+            module = import_module(_LAZY[name])
+        except ModuleNotFoundError as e:  # the lite install has no torch: say which extra brings it
+            top = (e.name or "").split(".")[0]
+            if top not in EXTRAS:
+                raise
+            hint = f"bloodcell.{name} needs {top}: pip install 'bloodcell[{EXTRAS[top]}]'"
+            raise ModuleNotFoundError(hint, name=e.name) from e
+        return getattr(module, name)
     raise AttributeError(f"module 'bloodcell' has no attribute {name!r}")
 
 

@@ -59,6 +59,7 @@ def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """The inverse of ``xyxy_to_xywh``: COCO boxes (an export, or another tool's labels) read back."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
 
@@ -70,6 +71,7 @@ def xyxy_to_cxcywh(boxes: np.ndarray) -> np.ndarray:
 
 
 def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """The inverse of ``xyxy_to_cxcywh``: YOLO boxes read back."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     half = boxes[:, 2:] / 2
     return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
@@ -81,6 +83,7 @@ def normalize(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
 
 
 def denormalize(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
+    """The inverse of ``normalize``: [0, 1] fractions -> pixel coordinates."""
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array([width, height, width, height])
 
 

@@ -1,6 +1,49 @@
 """Errors that the CLI turns into one clear line (and an exit code) instead of a traceback."""
 
+import threading
 from pathlib import Path
+
+#: Packages that only an extra installs (`pip install 'bloodcell[EXTRA]'`): a missing one gets that hint
+#: from the CLI and the Python API.
+EXTRAS = {
+    "torch": "torch",
+    "torchvision": "torch",
+    "timm": "torch",
+    "pycocotools": "eval",
+    "matplotlib": "eval",
+    "pyarrow": "cluster",
+    "ray": "cluster",
+    "onnx": "export",
+    "litert_torch": "export",
+    "torchao": "export",
+    "fastapi": "serve",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "python_multipart": "serve",
+    "watchdog": "serve",
+}
+
+
+#: Set by the CLI's Ctrl-C / SIGTERM handler beside the KeyboardInterrupt it raises: Python drops an exception
+#: raised inside a garbage-collector callback (jax's, while litert-torch imports), so a stop landing there would
+#: be lost and the command would finish, and write, as if it had never been stopped.
+_STOP_ASKED = threading.Event()
+
+
+def ask_to_stop() -> None:
+    _STOP_ASKED.set()
+
+
+def forget_stop() -> None:
+    """A new command (the CLI's main called again in one process, as tests do) starts unstopped."""
+    _STOP_ASKED.clear()
+
+
+def check_stop() -> None:
+    """KeyboardInterrupt if a stop was asked, even one Python dropped: called before writing a file that a
+    stopped command must leave as it was (an export over an earlier one)."""
+    if _STOP_ASKED.is_set():
+        raise KeyboardInterrupt
 
 
 class BloodcellError(Exception):

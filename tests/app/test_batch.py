@@ -423,7 +423,7 @@ def test_a_stopped_run_keeps_its_rows_and_writes_its_summary(archive: Path, tmp_
     assert len(read_rows(out)) == 1
     [summary] = list(csv.DictReader(next((out / "_runs").glob("*.csv")).open()))
     assert (summary["interrupted"], summary["written"], summary["listed"]) == ("True", "1", "5")
-    assert "stopped: 1 images counted" in capsys.readouterr().err
+    assert "stopped: 1 image counted" in capsys.readouterr().err
     monkeypatch.setattr(job, "make_engine", real)
     again = run_batch([str(archive)], str(out), device="cpu", progress=False)
     assert (again.skipped, again.written) == (1, 4)
@@ -469,3 +469,20 @@ def test_the_summary_says_how_many_counts_are_doubtful(tmp_path: Path) -> None:
     assert str(summary).startswith("2 images counted (1 with warnings: the rows' warnings column), 0 failed")
     warned = {Path(r["path"]).name: bool(r["warnings"]) for r in read_rows(tmp_path / "out")}
     assert warned == {"gray.png": True, SAMPLES[0].name: False}
+
+
+def test_a_file_name_that_is_not_utf8_is_a_failed_input_naming_the_rename(archive: Path, tmp_path: Path) -> None:
+    """The archive's path column (a Parquet string) cannot hold its bytes: said with the fix, not a traceback."""
+    folder = tmp_path / "latin"
+    folder.mkdir()
+    shutil.copy(next(archive.rglob("*.jpg")), folder / "ok.jpg")
+    try:
+        shutil.copy(folder / "ok.jpg", os.fsencode(folder) + b"/caf\xe9.jpg")
+    except OSError as e:
+        pytest.skip(f"this file system refuses a non-UTF-8 name ({e})")
+    found = expand([str(folder)])
+    assert found.uris == [str(folder / "ok.jpg")]
+    assert found.problems == [
+        f"{folder}/caf\\xe9.jpg: the file name is not UTF-8 (a camera or share that writes Latin-1, say); "
+        "rename it (e.g. `convmv -f latin1 -t utf8 --notest FILE`)"
+    ]

@@ -120,7 +120,7 @@ def test_page_counts_equal_the_api(page, shipped, serving, bccd_root: Path, tmp_
         expect(page.locator("#thr-value")).to_have_text("+0.00")  # the slider starts at the model's operating points
         assert float(page.locator("#thr").input_value()) == 0
         page.locator("#files").set_input_files(str(image))
-        expect(page.locator("#status")).to_have_text("1 image(s)")
+        expect(page.locator("#status")).to_have_text("1 image counted")
         page.locator("#summary").wait_for(state="visible")
         assert page.locator(".card.error").count() == 0
 
@@ -210,14 +210,14 @@ def test_page_shows_warnings_keeps_names_skips_repeats_and_its_json_makes_a_repo
         page.goto(url + "/")
         expect(page.locator("#thr-value")).to_have_text("+0.00")
         page.locator("#files").set_input_files([str(gray), str(color)])
-        expect(page.locator("#status")).to_have_text("2 image(s)")
+        expect(page.locator("#status")).to_have_text("2 images counted")
         assert page.locator("#summary tbody tr").first.locator("td").first.inner_text() == gray.name
         warning = page.locator(".card .warnings").first.inner_text()
         assert warning.startswith("⚠ grayscale image")  # the API's warning, shown where the counts are
         assert page.locator("#summary tfoot td").last.inner_text() == "1 with warnings"
 
         page.locator("#files").set_input_files(str(gray))  # the same file again is not counted twice
-        expect(page.locator("#status")).to_have_text("2 image(s); 1 file(s) already on the page, not added again")
+        expect(page.locator("#status")).to_have_text("2 images counted; 1 file(s) already on the page, not added again")
         assert page.locator(".card").count() == 2
 
         summary = downloaded_report(page, "#json", tmp_path / "results.json")
@@ -229,18 +229,18 @@ def test_page_shows_warnings_keeps_names_skips_repeats_and_its_json_makes_a_repo
         broken.write_text("not an image")
         for _ in range(2):  # a failed upload dropped again is tried again, not refused as already there
             page.locator("#files").set_input_files(str(broken))
-            expect(page.locator("#status")).to_have_text("3 image(s)")
+            expect(page.locator("#status")).to_have_text("2 images counted, 1 failed")
             assert page.locator(".card.error").count() == 1
 
         page.locator("#clear").click()
-        expect(page.locator("#status")).to_have_text("0 image(s)")
+        expect(page.locator("#status")).to_have_text("0 images counted")
         assert page.locator(".card").count() == 0 and page.locator("#summary").is_hidden()
 
         # a TIFF, which browsers cannot draw: its counts, and a line saying why there is no picture
         tiff = tmp_path / "field.tif"
         Image.open(color).save(tiff)
         page.locator("#files").set_input_files([str(tiff), str(color)])
-        expect(page.locator("#status")).to_have_text("2 image(s)")
+        expect(page.locator("#status")).to_have_text("2 images counted")
         notes = page.locator(".card .no-preview")
         assert [notes.nth(i).is_visible() for i in range(2)] == [True, False]
         assert "cannot show this image" in notes.first.inner_text()
@@ -264,7 +264,7 @@ def test_two_files_of_one_name_are_two_fields_with_their_own_names(
     with serving(create_app(shipped)) as url:
         page.goto(url + "/")
         page.locator("#files").set_input_files([str(p) for p in names])
-        expect(page.locator("#status")).to_have_text("2 image(s)")
+        expect(page.locator("#status")).to_have_text("2 images counted")
         rows = page.locator("#summary tbody tr")
         assert [rows.nth(i).locator("td").first.inner_text() for i in range(2)] == ["s.jpg", "s (2).jpg"]
         shown = [table_counts(page, list(shipped.class_names), f"tbody tr:nth-child({i})") for i in (1, 2)]
@@ -273,7 +273,7 @@ def test_two_files_of_one_name_are_two_fields_with_their_own_names(
         assert summary.totals == {c: sum(counts[c] for counts in shown) for c in summary.classes}
         page.locator("#clear").click()
         page.locator("#files").set_input_files(str(names[1]))  # one field: one download to catch
-        expect(page.locator("#status")).to_have_text("1 image(s)")
+        expect(page.locator("#status")).to_have_text("1 image counted")
         with page.expect_download() as download:
             page.locator("#png").click()
         assert download.value.suggested_filename == "s.jpg_annotated.png"  # the whole name: f.jpg and f.png differ
@@ -292,7 +292,7 @@ def test_the_pages_csv_keeps_formula_names_as_text(page, shipped, serving, bccd_
     with serving(create_app(shipped)) as url:
         page.goto(url + "/")
         page.locator("#files").set_input_files([str(p) for p in files])
-        expect(page.locator("#status")).to_have_text("2 image(s)")
+        expect(page.locator("#status")).to_have_text("2 images counted")
         summary = downloaded_report(page, "#csv", tmp_path / "counts.csv")
     with open(tmp_path / "counts.csv", newline="") as f:
         assert sorted(row[0] for row in list(csv.reader(f))[1:]) == ["''=odd.jpg", "'=1+2.jpg"]

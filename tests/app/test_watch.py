@@ -386,8 +386,9 @@ def test_a_copy_paused_longer_than_settle_is_waited_for_not_failed(predictor, so
     assert watcher.poll_once() == [] and watcher.poll_once() == []
     assert watcher.failed == 0 and watcher.pending == 1 and not (out / "counts.csv").exists()
     assert capsys.readouterr().err.count("note: slow.jpg ends early (still being copied?)") == 1
-    time.sleep(0.01)  # a new mtime even on coarse clocks
     (folder / "slow.jpg").write_bytes(whole)
+    later = (folder / "slow.jpg").stat().st_mtime + 2  # a new mtime even on a file system with 2 s clocks
+    os.utime(folder / "slow.jpg", (later, later))
     [done] = watcher.poll_once()
     assert done.error is None and watcher.failed == 0 and watcher.pending == 0
     assert [r[0] for r in read_rows(out)] == ["slow.jpg"]
@@ -493,8 +494,9 @@ def test_a_watched_slide_makes_a_report(predictor, sources, tmp_path, capsys):
         shutil.copy(sources / name, folder / name)
     watcher = Watcher(predictor, folder, out, settle=0)
     watcher.drain()
-    time.sleep(0.01)
     shutil.copy(sources / "cam1.jpg", folder / "cam0.jpg")  # the camera rewrote a field: a second row
+    later = (folder / "cam0.jpg").stat().st_mtime + 2  # a new mtime even on a file system with 2 s clocks
+    os.utime(folder / "cam0.jpg", (later, later))
     watcher.drain()
     watcher.close()
     rows = read_rows(out)
@@ -722,3 +724,20 @@ def test_a_watch_with_another_model_into_the_same_counts_is_refused(predictor, s
     with Watcher(predictor, folder, out, settle=0, model="m.onnx@222222222222") as w:
         w.drain()
     assert json.loads((out / STATE_NAME).read_text())["model"] == "m.onnx@222222222222"
+
+
+def test_a_file_name_that_is_not_utf8_gets_its_row_with_the_bytes_escaped(predictor, sources, tmp_path):
+    """Its row was a traceback (and an empty counts.csv) on every start, so no later file was counted."""
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    try:
+        shutil.copy(sources / "cam0.jpg", os.fsencode(folder) + b"/caf\xe9.jpg")
+    except OSError as e:
+        pytest.skip(f"this file system refuses a non-UTF-8 name ({e})")
+    shutil.copy(sources / "cam1.jpg", folder / "later.jpg")
+    with Watcher(predictor, folder, out, settle=0) as watcher:
+        assert [r.error for r in watcher.drain()] == [None, None]
+    assert [r[0] for r in read_rows(out)] == ["caf\\xe9.jpg", "later.jpg"]
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["caf\\xe9.jpg", "later.jpg"]
+    with Watcher(predictor, folder, out, settle=0) as watcher:  # the next start knows it: not counted again
+        assert watcher.drain() == []

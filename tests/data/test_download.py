@@ -151,9 +151,9 @@ UNREACHABLE = ["http://127.0.0.1:9/bccd.tar.gz", "file:///nonexistent/bccd.tar.g
 def test_unreachable_url_fails_at_once_in_one_line(tmp_path: Path, url: str) -> None:
     start = time.monotonic()
     with pytest.raises(DatasetError) as info:
-        download_bccd(tmp_path / "BCCD", url=url, timeout=5)
+        download_bccd(tmp_path / "BCCD", url=url, timeout=60)
     message = str(info.value)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 10  # no retries, no wait for the timeout (60 s)
     assert message.startswith(f"cannot download BCCD from {url}: ") and "--data" in message and "\n" not in message
     assert not (tmp_path / "BCCD").exists()
 

@@ -2,15 +2,40 @@
 allows it), one failed export reported without hiding the others; exports and models are stand-ins."""
 
 import csv
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
+from bloodcell.data.sources import load_dataset
+from bloodcell.engine.evaluate import evaluate
 from bloodcell.errors import BloodcellError
 from bloodcell.export import benchmark as bench
 from bloodcell.export.formats import FORMATS, ExportFormat
+from bloodcell.runtime.images import load_image
+from bloodcell.types import Detections
 from fakes import FakePredictor
+
+
+class HalfRightPredictor(FakePredictor):
+    """Finds the labelled cells of the images it knows, every other one a box-width off (a false positive
+    ranked first): a score between 0 and 1 that only the real evaluator gives."""
+
+    def __init__(self, records) -> None:
+        super().__init__()
+        self.known = {load_image(r.image_path)[:4].tobytes(): r for r in records}
+
+    def _detect(self, image: np.ndarray, min_score: float) -> Detections:
+        record = self.known.get(image[:4].tobytes())
+        if record is None:  # warm-up and timing inputs
+            return Detections()
+        boxes = record.boxes.copy()
+        shift = boxes[1::2, 2] - boxes[1::2, 0]
+        boxes[1::2, [0, 2]] += shift[:, None]
+        scores = np.where(np.arange(len(boxes)) % 2, 0.9, 0.8)
+        return Detections(boxes, record.labels, scores)
 
 
 @pytest.fixture
@@ -33,6 +58,8 @@ def stand_ins(monkeypatch):
 
 
 def test_benchmark_runs_every_format_of_the_table(stand_ins, tiny_voc, tmp_path, monkeypatch, capsys):
+    records = load_dataset(tiny_voc, split="val").records
+    monkeypatch.setattr(bench, "load_predictor", lambda path, threads=None: HalfRightPredictor(records))
     monkeypatch.setitem(FORMATS, "npz", ExportFormat("npz", ".npz", int8=True, runtime="numpy"))
     model = tmp_path / "cell.pt"
     model.write_bytes(b"weights")
@@ -46,9 +73,12 @@ def test_benchmark_runs_every_format_of_the_table(stand_ins, tiny_voc, tmp_path,
     assert by_name["npz int8 (PTQ)"].file == str(tmp_path / "out" / "cell_int8.npz")
     for failed in ("onnx fp32", "onnx int8 (PTQ)"):  # a failed export is its row's error; the others go on
         assert by_name[failed].map50 is None and "no onnx today" in by_name[failed].error
+    # scored as `bloodcell val` scores (the stand-in finds every other labelled cell), and timed
+    expected = round(evaluate(HalfRightPredictor(records), records, cell_size="auto").voc_map50, 4)
+    assert 0.2 < expected < 0.9
     for r in rows:
-        if not r.format.startswith("onnx"):  # scored by the same evaluator as `bloodcell val`, and timed
-            assert r.error == "" and 0 <= r.map50 <= 1 and r.median_ms > 0, r
+        if not r.format.startswith("onnx"):
+            assert r.error == "" and r.map50 == expected and r.median_ms > 0, r
     assert by_name["npz fp32"].size_mb == 1.0
     with open(tmp_path / "out" / "benchmark.csv", newline="") as f:
         assert [row["format"] for row in csv.DictReader(f)] == [r.format for r in rows]
@@ -68,6 +98,11 @@ def test_a_missing_model_or_extra_is_one_error_before_any_export(tiny_voc, tmp_p
     (tmp_path / "broken.onnx").write_bytes(b"not a model")  # there, but no model: said before the exports too
     with pytest.raises(ModelError, match=r"broken\.onnx"):
         bench.benchmark(None, tiny_voc, out=tmp_path / "out", extra=[tmp_path / "broken.onnx"])
+    sidecar = tmp_path / "m.onnx.json"  # a sidecar given for its export: the flag named is --extra
+    sidecar.write_text("{}")
+    message = f"--extra {sidecar}: the metadata of an export; give the model itself: {tmp_path / 'm.onnx'}"
+    with pytest.raises(BloodcellError, match=f"^{re.escape(message)}$"):
+        bench.benchmark(None, tiny_voc, out=tmp_path / "out", extra=[sidecar])
     assert exported == [] and not (tmp_path / "out").exists()
 
 

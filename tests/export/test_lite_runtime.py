@@ -138,6 +138,8 @@ def test_lite_install_explains_torch_commands(lite):
     shipped = lite("predict", str(Path(bloodcell_root()) / "assets" / "samples" / "BloodImage_00007.jpg"))
     assert shipped.returncode == 2 and "Traceback" not in shipped.stderr  # no --model: the shipped .pt
     assert "is a PyTorch model and needs torch" in shipped.stderr and "--model cellnet_int8.tflite" in shipped.stderr
+    api = lite(code="try:\n    bloodcell.train\nexcept ModuleNotFoundError as e:\n    print(e, e.name)\n")
+    assert api.stdout == "bloodcell.train needs torch: pip install 'bloodcell[torch]' torch\n", api.stderr[-2000:]
 
 
 def bloodcell_root() -> str:

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -418,6 +419,20 @@ def test_annotated_copy_of_an_upper_case_png_is_a_png(model_file, images, tmp_pa
     assert written.name == "S.PNG" and Image.open(written).format == "PNG"
 
 
+def test_two_images_whose_annotated_copies_share_a_name_are_refused_before_any(model_file, images, tmp_path, capsys):
+    """s.bmp's copy gains .jpg (s.bmp.jpg), which is also s.bmp.jpg's own: one picture would replace the other,
+    and a report would show it for both fields."""
+    slide = tmp_path / "slide"
+    slide.mkdir()
+    shutil.copy(images / "b.bmp", slide / "s.bmp")
+    shutil.copy(images / "a.jpg", slide / "s.bmp.jpg")
+    out = tmp_path / "ann"
+    assert main(["predict", str(slide), "--model", str(model_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"would both be annotated as {out / 's.bmp.jpg'}; rename one" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("flag", ["--out", "--csv", "--json"])
 def test_outputs_never_overwrite_the_input_images(model_file, images, tmp_path, capsys, flag):
     slide = tmp_path / "slide"
@@ -642,3 +657,38 @@ def test_an_image_smaller_than_a_cell_is_counted_with_a_warning() -> None:
         assert tiny == (
             [f"image of {w}x{h} px: smaller than a cell, not a field of view (a thumbnail?)"] if warned else []
         )
+
+
+def _latin1_copy(source: Path, folder: Path, name: bytes) -> Path:
+    """A copy under a name that is not UTF-8 (a Latin-1 camera's é); skipped where the file system refuses it."""
+    target = os.fsencode(folder) + b"/" + name
+    try:
+        shutil.copyfile(source, target)
+    except OSError as e:  # macOS (APFS) and Windows names are Unicode: no such file can exist there
+        pytest.skip(f"this file system refuses a non-UTF-8 name ({e})")
+    return Path(os.fsdecode(target))
+
+
+def test_a_file_name_that_is_not_utf8_is_counted_and_named_with_its_bytes_escaped(model_file, images, tmp_path, capsys):
+    """Its counts reach every output (it was a traceback writing the CSV, after every image was counted):
+    named caf\\xe9.jpg in the CSV, the JSON and the annotated copy, which the report finds by that name."""
+    slide = tmp_path / "slide"
+    slide.mkdir()
+    latin = _latin1_copy(images / "a.jpg", slide, b"caf\xe9.jpg")
+    shutil.copy(images / "a.jpg", slide / "ok.jpg")
+    js, table, out = tmp_path / "r.json", tmp_path / "c.csv", tmp_path / "ann"
+    args = ["predict", str(slide), "--model", str(model_file), "--json", str(js), "--csv", str(table)]
+    assert main([*args, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("caf\\xe9.jpg: ")
+    records = json.loads(js.read_text(encoding="utf-8"))
+    assert [r["image"] for r in records] == ["caf\\xe9.jpg", "ok.jpg"] and records[0]["counts"] == records[1]["counts"]
+    assert Path(records[0]["path"]) == latin  # the JSON escapes the real name: the report opens the file itself
+    with open(table, newline="", encoding="utf-8") as f:
+        assert [row[0] for row in csv.reader(f)][1:] == ["caf\\xe9.jpg", "ok.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == ["caf\\xe9.jpg", "ok.jpg"]
+    from bloodcell.app.report import build_report
+
+    for results, folder in ((js, None), (table, out)):
+        summary = build_report(results, images_dir=folder, out=tmp_path / "report.html")
+        assert summary.fields == 2 and not summary.missing_images and not summary.failed_images
+        assert "caf\\xe9.jpg" in (tmp_path / "report.html").read_text(encoding="utf-8")

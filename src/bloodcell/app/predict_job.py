@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 STAGES = ("load", "letterbox", "network", "decode")
 
 
-def format_timing(result) -> str:
+def format_timing(result: ImageResult) -> str:
     """Where one image's time went: decoding the file, then the model's stages; "other" is the rest
     of inference (scale estimate, tiling, counting)."""
     t = result.timing_ms
@@ -59,8 +59,15 @@ def _refuse_overwriting_inputs(
         if path and os.path.realpath(path) in inputs:
             raise ConfigError(f"{flag} {path}: is {inputs[os.path.realpath(path)][1]}; it would be overwritten")
     wanted = {os.path.realpath(path): flag for flag, path in files.items() if path}
+    copies: dict[str, Path] = {}  # annotated copy -> the input it shows
     for source, name in names.items() if out else ():
         copy = os.path.realpath(annotated_path(out, name))
+        if copy in copies:  # s.bmp gains .jpg: s.bmp.jpg's copy is the same file
+            raise ConfigError(
+                f"--out {out}: {copies[copy]} and {source} would both be annotated as {annotated_path(out, name)}; "
+                "rename one, or count them in separate runs"
+            )
+        copies[copy] = source
         if copy in inputs:
             raise ConfigError(
                 f"--out {out}: the annotated copy of {source} would overwrite {inputs[copy][0]}; choose another folder"

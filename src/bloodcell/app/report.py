@@ -57,7 +57,7 @@ class ReportSummary:
     path: Path | None = None  # the HTML file written
 
     def __str__(self) -> str:
-        lines = [f"{self.fields} fields of view"]
+        lines = [f"{self.fields} field{'' if self.fields == 1 else 's'} of view"]
         lines += [
             f"{c}: {self.totals[c]} total{_interval_text(self.intervals, c)}, {self.mean_per_field[c]:.1f} per field"
             for c in self.classes
@@ -65,7 +65,7 @@ class ReportSummary:
         lines.append(f"WBC per 100 RBC: {_ratio(self.wbc_per_100_rbc)}")
         lines.append(f"Platelets per 100 RBC: {_ratio(self.platelets_per_100_rbc)}")
         if self.missing_images:
-            lines.append(f"{len(self.missing_images)} images missing or unreadable")
+            lines.append(f"{_images(len(self.missing_images))} missing or unreadable")
         if self.failed_images:
             names = _some(self.failed_images)
             lines.append(f"{_fields(len(self.failed_images))} failed to process, not counted: {names}")
@@ -98,6 +98,10 @@ def _some(names: tuple[str, ...], shown: int = 5) -> str:
 
 def _fields(n: int) -> str:
     return f"{n} field{'' if n == 1 else 's'}"
+
+
+def _images(n: int) -> str:
+    return f"{n} image{'' if n == 1 else 's'}"
 
 
 def _interval_text(intervals: dict[str, tuple[int, int]] | None, name: str) -> str:
@@ -552,7 +556,7 @@ def render_html(
 </head>
 <body>
 <h1>{e(title)}</h1>
-<p>{summary.fields} fields of view</p>
+<p>{summary.fields} field{"" if summary.fields == 1 else "s"} of view</p>
 {failed}<table>
 <tr><th>Class</th><th>Total</th><th>90% interval</th><th>Mean per field</th></tr>
 {totals}

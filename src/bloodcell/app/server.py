@@ -44,7 +44,7 @@ from bloodcell.app.api_schema import DETECT_RESPONSES
 from bloodcell.errors import ConfigError
 from bloodcell.palette import class_hex
 from bloodcell.runtime.counting import Conf, class_thresholds, parse_conf, parse_threshold
-from bloodcell.runtime.images import read_pixels
+from bloodcell.runtime.images import StackError, read_pixels
 from bloodcell.runtime.predict import Predictor, predict_image
 from bloodcell.runtime.scaling import check_cell_size, parse_cell_size
 
@@ -200,7 +200,7 @@ async def read_upload(chunks: AsyncIterator[bytes], content_type: str, limit: in
 
 
 @contextmanager
-def open_image(data: bytes) -> Iterator[Image.Image]:
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Iterator[Image.Image]:
     """Pillow's image over ``data`` with only its header read; any failure, here or in the block, is an ApiError."""
     if not data:
         raise ApiError(400, "empty file")
@@ -211,8 +211,12 @@ def open_image(data: bytes) -> Iterator[Image.Image]:
         raise
     except UnidentifiedImageError:
         raise ApiError(415, f"not an image Pillow can read ({', '.join(FORMATS)})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ApiError(413, f"image too large ({e})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # past Pillow's own limit
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found[1]):,} pixels" if found else "more pixels than Pillow opens"
+        raise ApiError(413, f"image of {size} is over the limit of {max_pixels:,} pixels") from None
+    except StackError as e:  # a multi-page TIFF: its own message says what to do
+        raise ApiError(422, str(e)) from None
     except Exception as e:  # truncated or corrupt data: Pillow raises OSError, SyntaxError, ValueError, struct.error...
         raise ApiError(422, f"cannot decode image ({type(e).__name__}: {e})") from None
 
@@ -228,13 +232,13 @@ def _check_pixels(im: Image.Image, max_pixels: int) -> int:
 
 def image_pixels(data: bytes, max_pixels: int = MAX_PIXELS) -> int:
     """Width x height from the header alone (nothing decoded); 413 above ``max_pixels``, 4xx if not an image."""
-    with open_image(data) as im:
+    with open_image(data, max_pixels) as im:
         return _check_pixels(im, max_pixels)
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Bytes -> (H, W, 3) uint8 if Pillow decodes them as an image of at most ``max_pixels``; else an ApiError."""
-    with open_image(data) as im:
+    with open_image(data, max_pixels) as im:
         _check_pixels(im, max_pixels)
         return read_pixels(im, lambda: data)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.atomic import write_bytes, write_text
 from bloodcell.runtime.predict import ImageResult
+from bloodcell.runtime.sources import printable
 
 
 def write_json(results: list[ImageResult], path: str | Path, model: str | None = None) -> Path:
@@ -81,7 +82,7 @@ def counts_row(result: ImageResult, class_names: tuple[str, ...]) -> list:
     """An image's row: its counts, or (a failed image) empty counts and its error."""
     label = spreadsheet_text(result.label)
     if result.error is not None:
-        return [label, *[""] * len(_class_columns(class_names)), "", spreadsheet_text(result.error)]
+        return [label, *[""] * len(_class_columns(class_names)), "", spreadsheet_text(printable(result.error))]
     return [label, *_class_values(result, class_names), spreadsheet_text("; ".join(result.warnings)), ""]
 
 

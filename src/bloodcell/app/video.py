@@ -19,6 +19,8 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +117,7 @@ def stream_name(source: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "stream"
 
 
-def gui_available(cv2) -> bool:
+def gui_available(cv2: ModuleType) -> bool:
     """True when a window can be shown: a display is set and this OpenCV build has GUI support."""
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return False
@@ -126,7 +128,7 @@ def gui_available(cv2) -> bool:
     return True
 
 
-def open_capture(cv2, source: str):
+def open_capture(cv2: ModuleType, source: str) -> Any:
     """An opened cv2.VideoCapture for a camera index, a video file or a URL; ImageError naming it otherwise."""
     is_camera = source.isdigit()
     is_url = "://" in source

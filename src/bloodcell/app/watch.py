@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import hashlib
 import json
 import os
 import sys
@@ -49,6 +48,7 @@ from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.folder_lock import lock_folder
 from bloodcell.app.sinks import counts_header, counts_row, format_counts, from_spreadsheet_text, save_annotated
 from bloodcell.atomic import write_text
+from bloodcell.digest import sha256_of
 from bloodcell.errors import ConfigError, ImageError, TruncatedImageError, UnreadableImageError, describe_os_error
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.runtime.predict import ImageResult, predict_image
@@ -382,7 +382,7 @@ class Watcher:
         self._save_state()
         self.processed += 1
         if self.log is not None:
-            line = f"{path.name}: {format_counts(result)} ({result.timing_ms['inference']:.0f} ms)"
+            line = f"{result.label}: {format_counts(result)} ({result.timing_ms['inference']:.0f} ms)"
             print(line, file=self.log, flush=True)
         for warning in result.warnings:  # as predict says them: a doubtful count must not pass unnoticed
             print(f"warning: {path.name}: {warning}", file=sys.stderr, flush=True)
@@ -466,12 +466,9 @@ class Watcher:
 
 
 def _digest(path: Path) -> str | None:
+    """The file's sha256, None if it cannot be read now (gone, or locked by the camera's writer)."""
     try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return sha256_of(path)
     except OSError:
         return None
 

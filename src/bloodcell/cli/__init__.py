@@ -16,26 +16,15 @@ from collections.abc import Sequence
 from bloodcell.cli.apps import add_app_commands
 from bloodcell.cli.data import add_data_commands
 from bloodcell.cli.model import add_model_commands
-from bloodcell.errors import BloodcellError, StopSaid, describe_os_error, is_interrupt
-
-#: Packages that only the training / export extras install; a missing one gets an install hint.
-EXTRAS = {
-    "torch": "torch",
-    "torchvision": "torch",
-    "timm": "torch",
-    "pycocotools": "eval",
-    "matplotlib": "eval",
-    "pyarrow": "cluster",
-    "ray": "cluster",
-    "onnx": "export",
-    "litert_torch": "export",
-    "torchao": "export",
-    "fastapi": "serve",
-    "starlette": "serve",
-    "uvicorn": "serve",
-    "python_multipart": "serve",
-    "watchdog": "serve",
-}
+from bloodcell.errors import (
+    EXTRAS,
+    BloodcellError,
+    StopSaid,
+    ask_to_stop,
+    describe_os_error,
+    forget_stop,
+    is_interrupt,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -85,6 +74,7 @@ def _other_rank() -> bool:
 
 
 def _stop(signum: int, frame: object) -> None:
+    ask_to_stop()  # remembered too: where Python drops the exception below, an export still stops before writing
     raise KeyboardInterrupt  # a scheduler's SIGTERM ends a command as Ctrl-C does: finished work is kept
 
 
@@ -157,7 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if note := _threads_note(getattr(args, "threads", None)):
         print(f"warning: {note}", file=sys.stderr)
     ours = _stops_on_sigterm(args) and threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _stop) if ours else None
+    forget_stop()
+    # Ctrl-C too, where Python's own handler is in place (a shell's background job ignores it: it stays so)
+    python_own = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    stops = [signal.SIGTERM, *([signal.SIGINT] if python_own else [])]
+    previous = {sig: signal.signal(sig, _stop) for sig in stops} if ours else {}
     try:
         return int(args.func(args) or 0)
     except BaseException as e:
@@ -169,5 +163,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("interrupted", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -404,15 +404,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     _print_written(result, int8=args.int8)
     if shortfall := calibration_shortfall(result, args.calib_images or CALIB_IMAGES):
         print(f"note: {shortfall}")
-    if "ops" in result.metadata:
-        print(f"ops: {', '.join(result.metadata['ops'])}")
     return 0
 
 
 def cmd_qat(args: argparse.Namespace) -> int:
     from bloodcell.export.qat import QATConfig, qat_finetune
 
-    if not args.out.endswith(".tflite"):
+    if not args.out.lower().endswith(".tflite"):
         raise ConfigError(f"--out {args.out}: QAT writes a .tflite file")
     check_outputs({"--out": args.out})
     config = QATConfig(
@@ -432,11 +430,17 @@ def cmd_qat(args: argparse.Namespace) -> int:
 
 
 def _print_written(result: ExportResult, int8: bool) -> None:
+    from bloodcell.export.edgetpu import edgetpu_note
+
     print(f"wrote {result.path} ({result.size_bytes / 2**20:.2f} MB) and {result.metadata_path}")
     if result.replaced_fit:
         print(f"note: the {result.path.name} replaced had been refit by `bloodcell calibrate`; refit this one too")
     if int8:  # quantized scores can shift: refit on val with every cell boxed (README, "int8 counting")
         print(REFIT_HINT.format(path=result.path))
+    if ops := result.metadata.get("ops"):  # TFLite files list theirs
+        print(f"ops: {', '.join(ops)}")
+        if int8:
+            print(edgetpu_note(result.path, ops))
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:

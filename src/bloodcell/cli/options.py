@@ -14,6 +14,7 @@ from bloodcell.errors import ConfigError
 
 if TYPE_CHECKING:
     from bloodcell.config import Choice
+    from bloodcell.runtime.predict import Predictor
 
 DATASET_HELP = "VOC dataset folder or dataset YAML (default: --data, $BLOODCELL_DATA, or the cache)"
 
@@ -101,7 +102,7 @@ def cell_size_text(text: str) -> float | str | None:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def resolve_conf(text: str | None, predictor) -> tuple[float, ...] | None:
+def resolve_conf(text: str | None, predictor: Predictor) -> tuple[float, ...] | None:
     """--conf for this model: None keeps its own operating points."""
     if text is None:
         return None
@@ -110,7 +111,7 @@ def resolve_conf(text: str | None, predictor) -> tuple[float, ...] | None:
     return parse_conf(text, tuple(predictor.class_names), predictor.conf)
 
 
-def check_cell_size(predictor, cell_size: float | str | None) -> None:
+def check_cell_size(predictor: Predictor, cell_size: float | str | None) -> None:
     """--cell-size against the model's trained cell size (a rescale out of range is refused by name)."""
     from bloodcell.runtime import scaling
 
@@ -131,7 +132,9 @@ def size_text(text: str) -> tuple[int, int]:
 # "argument --flag: ..." and exit code 2, before any model or dataset is loaded.
 
 
-def number(cast: type, low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
+def number(
+    cast: type, low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
     """An argparse ``type=`` for a finite int or float in [low, high] (``*_open``: the bound itself excluded)."""
     if high is None:
         interval = f"{'>' if low_open else '>='} {low:g}"

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bloodcell.data.sources import available_splits, load_dataset, read_spec
-from bloodcell.data.voc import SKIPPED_FROM, SUPERSEDED, Finding
+from bloodcell.data.voc import SKIPPED_FROM, SUPERSEDED, Finding, VOCDataset
 from bloodcell.errors import DatasetError
 from bloodcell.types import CLASS_NAMES
 
@@ -112,7 +112,7 @@ def _by_kind(findings: list[Finding]) -> str:
     return ", ".join(f"{n} {k}" for k, n in sorted(Counter(f.kind for f in findings).items()))
 
 
-def findings_note(dataset) -> str | None:
+def findings_note(dataset: VOCDataset) -> str | None:
     """One line for commands that read labels without listing their faults (train, val): how many the
     reader repaired or dropped, and how to see them. None when there are none."""
     found = [f for f in dataset.findings if not f.action.startswith(SUPERSEDED)]  # a later source's labels stand
@@ -125,7 +125,7 @@ def findings_note(dataset) -> str | None:
     )
 
 
-def skipped_note(dataset, level: str = "error", outcome: str = "the results cover") -> str | None:
+def skipped_note(dataset: VOCDataset, level: str = "error", outcome: str = "the results cover") -> str | None:
     """One line for commands whose results cover a split (train, val, calibrate): which listed images were
     left out, so the scores or the fit are over fewer images than the split names. None when none was."""
     skipped = [f for f in dataset.findings if f.skips_image]

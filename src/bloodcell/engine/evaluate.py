@@ -23,7 +23,7 @@ from bloodcell.runtime.counting import (
 )
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.predict import api_cell_size
-from bloodcell.runtime.scaling import detect_cells_batch
+from bloodcell.runtime.scaling import detect_cells_batch, rbc_sizes
 from bloodcell.types import Detections
 
 if TYPE_CHECKING:
@@ -160,14 +160,9 @@ def evaluate(
 
 
 def detected_cell_size(preds: list[Detections], rbc_conf: float) -> float | None:
-    """Median red-cell diameter (sqrt of box area) among counted RBC detections: the model's
-    reference scale, measured the way ``runtime.scaling`` measures new images."""
-    sizes = [
-        np.sqrt(np.prod(np.clip(p.boxes[sel, 2:] - p.boxes[sel, :2], 0, None), axis=1))
-        for p in preds
-        for sel in [(p.labels == 0) & (p.scores >= rbc_conf)]
-    ]
-    flat = np.concatenate(sizes) if sizes else np.zeros(0)
+    """Median red-cell diameter among counted RBC detections: the model's reference scale, measured as
+    ``runtime.scaling`` measures new images."""
+    flat = np.concatenate([rbc_sizes(p, rbc_conf) for p in preds]) if preds else np.zeros(0)
     return round(float(np.median(flat)), 1) if len(flat) else None
 
 

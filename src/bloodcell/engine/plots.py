@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -15,6 +16,9 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from bloodcell.atomic import write_bytes
+
+if TYPE_CHECKING:
+    from bloodcell.engine.metrics import DetectionMetrics
 
 plt.switch_backend("Agg")  # its C extension loads now, not on a run's first plot, where a stop can break its import
 
@@ -48,7 +52,7 @@ def plot_training(rows: list[dict], path: str | Path) -> Path:
     return _save(fig, Path(path))
 
 
-def plot_pr_curves(metrics, path: str | Path) -> Path:
+def plot_pr_curves(metrics: DetectionMetrics, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for name, curve in metrics.curves.items():
         if len(curve.recall):
@@ -63,7 +67,7 @@ def plot_pr_curves(metrics, path: str | Path) -> Path:
     return _save(fig, Path(path))
 
 
-def plot_confusion(metrics, path: str | Path) -> Path:
+def plot_confusion(metrics: DetectionMetrics, path: str | Path) -> Path:
     m = metrics.confusion
     labels = [*metrics.class_names, "background"]
     fig, ax = plt.subplots(figsize=(5, 4.5))

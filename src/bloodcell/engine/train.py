@@ -111,7 +111,11 @@ def _any_partial(targets: list[dict]) -> bool:
 
 
 def compute_losses(
-    model: nn.Module, criterion, images: torch.Tensor, targets: list[dict], teacher: nn.Module | None = None
+    model: nn.Module,
+    criterion: nn.Module | None,
+    images: torch.Tensor,
+    targets: list[dict],
+    teacher: nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     if criterion is None:  # torchvision detectors compute their own losses
         # Their transform rescales every input to min_size; crops are already at native scale.
@@ -136,7 +140,7 @@ def compute_losses(
 
 def train_one_epoch(
     model: nn.Module,
-    criterion,
+    criterion: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     loader: torch.utils.data.DataLoader,
@@ -678,7 +682,8 @@ def fit_counting_file(
     )
     points, iou = per_class(info.class_names, fit.conf), per_class(info.class_names, info.iou_threshold)
     cells = "no red cells found on val to measure" if fit.cell_size is None else f"red cells {fit.cell_size} px"
-    print(f"model: {target} (operating points {points}; NMS IoU {iou}; {cells})")
     for warning in fit.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    sys.stderr.flush()  # said before the last line, which names the model (README: "train's last line")
+    print(f"model: {target} (operating points {points}; NMS IoU {iou}; {cells})")
     return metrics

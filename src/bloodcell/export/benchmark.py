@@ -30,6 +30,7 @@ from bloodcell.runtime.predict import predict_image
 from bloodcell.weights import model_file
 
 if TYPE_CHECKING:
+    from bloodcell.data.voc import VOCRecord
     from bloodcell.runtime.predict import Predictor
 
 
@@ -77,7 +78,7 @@ def latencies_ms(predictor: Predictor, images: list, warmup: int = 3) -> list[fl
     return times
 
 
-def time_and_score(predictor: Predictor, records, warmup: int = 3) -> tuple[float, float]:
+def time_and_score(predictor: Predictor, records: list[VOCRecord], warmup: int = 3) -> tuple[float, float]:
     """mAP from the full ranked list (min score 0.001, the deployed scale handling); median latency
     from ``latencies_ms``."""
     preds = predict_records(predictor, records, cell_size="auto")
@@ -112,6 +113,9 @@ def benchmark(
     for path in extra or []:  # a missing or broken --extra (not a model, another export's sidecar): now
         if not Path(path).is_file():
             raise missing_model(Path(path))
+        if Path(path).name.lower().endswith((".onnx.json", ".tflite.json")):
+            exported = Path(path).with_suffix("")
+            raise ConfigError(f"--extra {path}: the metadata of an export; give the model itself: {exported}")
         if Path(path).suffix.lower() == ".pt":  # read, not loaded: loading sets torch's threads for the exports
             read_checkpoint(Path(path))
         else:
@@ -163,7 +167,8 @@ def _reason(e: Exception) -> str:
 
 def format_table(rows: list[BenchmarkRow], split: str, threads: int) -> str:
     w = max([22, *(len(r.format) for r in rows)])  # long --extra names keep the columns aligned
-    lines = [f"{'format':<{w}} {'size MB':>8} {f'mAP50 {split}':>11} {'ms/img':>8}  ({threads} threads)"]
+    plural = "" if threads == 1 else "s"
+    lines = [f"{'format':<{w}} {'size MB':>8} {f'mAP50 {split}':>11} {'ms/img':>8}  ({threads} thread{plural})"]
     for r in rows:
         m = "-" if r.map50 is None else f"{r.map50:.4f}"
         t = "-" if r.median_ms is None else f"{r.median_ms:.1f}"

@@ -19,7 +19,7 @@ from pathlib import Path
 from bloodcell.atomic import write_files
 from bloodcell.engine.evaluate import fit_counting, predict_records, score
 from bloodcell.engine.metrics import DetectionMetrics
-from bloodcell.errors import ConfigError
+from bloodcell.errors import ConfigError, check_stop
 from bloodcell.export.embed import with_metadata
 from bloodcell.runtime.counting import parse_nms_iou
 from bloodcell.runtime.exported import ExportedPredictor
@@ -94,5 +94,6 @@ def fit_export_counting(
             file=sys.stderr,
         )
     # Both complete before either replaces its file; the sidecar first (see exporter.export_model).
+    check_stop()
     write_files(files)
     return ExportFit(metrics, target, iou)

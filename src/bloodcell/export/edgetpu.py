@@ -7,6 +7,8 @@ repository, so it is not a dependency; this list follows Coral's "supported oper
 
 from __future__ import annotations
 
+from pathlib import Path
+
 EDGETPU_OPS = frozenset(
     {
         "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXPAND_DIMS",
@@ -18,8 +20,18 @@ EDGETPU_OPS = frozenset(
     }
 )  # fmt: skip
 
-COMPILE_COMMAND = "edgetpu_compiler -s -o OUT_DIR MODEL_int8.tflite   # writes MODEL_int8_edgetpu.tflite"
-
 
 def unsupported_ops(ops: list[str]) -> list[str]:
+    """The graph's ops that the Edge TPU cannot run (the compiler leaves them, and all after them, on the CPU)."""
     return sorted(set(ops) - EDGETPU_OPS)
+
+
+def edgetpu_note(path: Path, ops: list[str]) -> str:
+    """What an int8 TFLite export means for a Coral Edge TPU: compile it, or which ops would stay on the CPU."""
+    compiled = path.with_name(f"{path.stem}_edgetpu{path.suffix}")
+    if missing := unsupported_ops(ops):
+        return (
+            f"Edge TPU: {', '.join(missing)} not among its supported ops: the compiler would leave them, and "
+            "every op after them, on the CPU"
+        )
+    return f"Edge TPU: every op maps onto it; compile with `edgetpu_compiler -s {path}` (writes {compiled.name})"

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bloodcell.atomic import atomic_open
 from bloodcell.runtime.metadata import EMBED_KEY
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 
 def embed_tflite_metadata(path: Path, text: str) -> None:
@@ -52,7 +56,7 @@ def tflite_with_metadata(data: bytes, text: str) -> bytes:
     return bytes(builder.Output())
 
 
-def onnx_with_metadata(model, meta: dict):
+def onnx_with_metadata(model: ModelProto, meta: dict) -> ModelProto:
     """The ONNX ``model`` (a ModelProto) with ``meta`` as its metadata_props, replacing any there."""
     del model.metadata_props[:]
     model.metadata_props.add(key=EMBED_KEY, value=json.dumps(meta))  # what the runtime reads

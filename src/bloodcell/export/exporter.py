@@ -26,11 +26,12 @@ import torch
 
 from bloodcell import __version__
 from bloodcell.atomic import temp_prefix, write_files
-from bloodcell.errors import BloodcellError, ConfigError
+from bloodcell.digest import sha256_of
+from bloodcell.errors import BloodcellError, ConfigError, check_stop
 from bloodcell.export.embed import embed_tflite_metadata, onnx_with_metadata
 from bloodcell.export.formats import CALIB_IMAGES, get_format
 from bloodcell.export.graph import ExportGraph
-from bloodcell.models.checkpoint import ModelInfo, load_model, sha256_file
+from bloodcell.models.checkpoint import ModelInfo, load_model
 from bloodcell.models.registry import MODELS
 from bloodcell.runtime.loader import unfitted_checkpoint_note
 from bloodcell.runtime.metadata import (
@@ -143,6 +144,7 @@ def export_model(
     # the renames leaves the old file with the new sidecar (refused by the loader if their graphs differ),
     # never a new file silently read with the old sidecar's operating points.
     replaced_fit = _fitted(meta_path)
+    check_stop()  # a Ctrl-C the converter's import swallowed: the earlier export stays
     write_files([(meta_path, (json.dumps(meta, indent=2) + "\n").encode()), (out, data)])
     return ExportResult(out, meta_path, out.stat().st_size, meta, replaced_fit)
 
@@ -256,7 +258,7 @@ def _metadata(info: ModelInfo, source: Path, fmt: str, int8: bool, size: tuple[i
         "cell_size": info.cell_size,
         "input_scale": info.input_scale,
         "source": source.name,
-        "source_sha256": sha256_file(source),
+        "source_sha256": sha256_of(source),
         "source_metrics": info.metrics,
         # the images the inherited counting was fitted on (val says when it scores those again)
         **({"counting_fit": info.extra["counting_fit"]} if isinstance(info.extra.get("counting_fit"), dict) else {}),
@@ -359,7 +361,7 @@ def _convert_tflite(
     tmp = Path(name)
     try:
         edge.export(str(tmp))
-        meta["graph_sha256"] = sha256_file(tmp)  # before the metadata goes in
+        meta["graph_sha256"] = sha256_of(tmp)  # before the metadata goes in
         meta.update(_tflite_io(tmp, num_classes))
         embed_tflite_metadata(tmp, json.dumps(meta))
         return tmp.read_bytes()

@@ -14,14 +14,20 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 #: Ops between the graph input and its QuantizeLinear that only move values (type-agnostic).
 _DATA_MOVEMENT = ("Transpose", "Reshape", "Identity")
 
 
-def quantize_onnx(model, calibration: Sequence[np.ndarray], input_name: str = "images"):
+def quantize_onnx(
+    model: ModelProto, calibration: Sequence[np.ndarray], input_name: str = "images"
+) -> tuple[ModelProto, tuple[float, int]]:
     """(int8 ONNX ModelProto with a uint8 input, (input scale, input zero point)) from the float ``model``.
 
     ``model``'s input must be normalized pixels (export.graph's ``normalized_input``); ``calibration``
@@ -66,7 +72,7 @@ def quantize_qdq(source: Path, out: Path, feeds: Sequence[dict[str, np.ndarray]]
         )
 
 
-def integer_input(model, input_name: str = "images"):
+def integer_input(model: ModelProto, input_name: str = "images") -> tuple[ModelProto, tuple[float, int]]:
     """``model`` (QDQ) with its input's QuantizeLinear removed and the input typed uint8; also returns that
     QuantizeLinear's (scale, zero point). ValueError if the input does not reach a QuantizeLinear."""
     from onnx import TensorProto, numpy_helper

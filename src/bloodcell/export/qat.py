@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ from bloodcell.models.checkpoint import load_model
 from bloodcell.models.fold import fold_batch_norms
 from bloodcell.models.registry import MODELS
 from bloodcell.runtime.loader import unfitted_checkpoint_note
+
+if TYPE_CHECKING:
+    from bloodcell.export.exporter import ExportResult
 
 
 @dataclass
@@ -76,7 +80,7 @@ class _FixedTeacher:
 MAX_BATCH, SIDE32 = 256, (2, 128)  # the exported graph's dynamic range: batch, and sides in units of 32 px
 
 
-def qat_finetune(config: QATConfig, progress: bool = True):
+def qat_finetune(config: QATConfig, progress: bool = True) -> ExportResult:
     """Fine-tune ``config.model`` with fake quantization; write the int8 TFLite file and its metadata."""
     from torch.export import Dim
 

@@ -8,12 +8,16 @@ converts both the same way.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from torchao.quantization.pt2e.quantizer import Quantizer
 
-def make_quantizer(is_qat: bool = False):
+
+def make_quantizer(is_qat: bool = False) -> Quantizer:
     """litert-torch's symmetric per-channel int8 quantizer, made to cover every residual add."""
     from litert_torch.quantize import pt2e_quantizer
     from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec, get_output_act_qspec
@@ -73,7 +77,9 @@ def _annotate_conv_relu6(model: torch.fx.GraphModule, config) -> None:
         )
 
 
-def quantize_ptq(graph: nn.Module, example: torch.Tensor, calibration: Iterable[torch.Tensor]):
+def quantize_ptq(
+    graph: nn.Module, example: torch.Tensor, calibration: Iterable[torch.Tensor]
+) -> tuple[torch.fx.GraphModule, Quantizer]:
     """Export ``graph``, observe activations on ``calibration`` inputs; return (quantized graph, quantizer)."""
     from torchao.quantization.pt2e import quantize_pt2e
 

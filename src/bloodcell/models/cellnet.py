@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from bloodcell.models.backbones import BACKBONES, create_backbone
+from bloodcell.runtime.postprocess import MAX_LOG_DISTANCE
 
 
 @dataclass(frozen=True)
@@ -121,5 +122,5 @@ def make_points(height: int, width: int, strides: tuple[int, ...]) -> tuple[torc
 
 def decode_boxes(box: torch.Tensor, points: torch.Tensor, strides: torch.Tensor) -> torch.Tensor:
     """(.., A, 4) log distances -> (.., A, 4) xyxy pixels (torch twin of the numpy decoder)."""
-    d = box.clamp(max=8.0).exp() * strides[:, None]
+    d = box.clamp(max=MAX_LOG_DISTANCE).exp() * strides[:, None]
     return torch.cat([points - d[..., :2], points + d[..., 2:]], dim=-1)

@@ -8,7 +8,6 @@ Training checkpoints (last.pt) add optimizer, scheduler, EMA and RNG state for -
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import re
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from bloodcell.atomic import write_bytes
+from bloodcell.digest import sha256_of
 from bloodcell.errors import ModelError, missing_model
 from bloodcell.models.registry import MODELS, build_model, config_dict, model_config
 from bloodcell.weights import default_model, shipped_by_name
@@ -91,14 +91,6 @@ def _conf(value: Any) -> float | tuple[float, ...]:
     return float(value)
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -149,7 +141,7 @@ def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dic
     if not path.is_file():
         raise missing_model(path)
     if expected_sha256 is not None:
-        actual = sha256_file(path)
+        actual = sha256_of(path)
         if actual != expected_sha256:
             raise ModelError(f"{path}: sha256 {actual[:12]}… does not match the expected {expected_sha256[:12]}…")
     if path.suffix.lower() in (".onnx", ".tflite"):

@@ -15,7 +15,6 @@ Torch-free: the standard library, numpy, and the model runtimes (onnxruntime, ai
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from bloodcell.config import SCALE_LIMITS
+from bloodcell.digest import sha256_of
 from bloodcell.errors import MetadataError
 from bloodcell.runtime.counting import Calibration
 
@@ -130,13 +130,8 @@ def sidecar_path(model: Path) -> Path:
 def model_digest(model: Path) -> str:
     """sha256 of the model file and its sidecar, if any (an export's operating points may live there):
     what changes when either changes the counts."""
-    digest = hashlib.sha256()
-    for part in (model, sidecar_path(model)):
-        if part is model or part.is_file():
-            with open(part, "rb") as f:
-                while chunk := f.read(1 << 20):  # streamed: a model file need not sit in memory twice
-                    digest.update(chunk)
-    return digest.hexdigest()
+    sidecar = sidecar_path(model)
+    return sha256_of(model, *([sidecar] if sidecar.is_file() else []))
 
 
 def model_ref(model: Path) -> str:

@@ -1,7 +1,8 @@
 """Decoding CellNet's raw outputs into boxes: points, exp distances, score filter, NMS (numpy only).
 
-This is the only decoder: the torch model, ONNX and TFLite files all end here, so every
-format is scored by the same code.
+The reference decoder: ONNX and TFLite files, and the torch model on the CPU, all end here, so every
+format is scored by the same code. Two torch twins keep its rule: ``torch_predictor.decode_on_device``
+(a batch on a GPU) and ``models.cellnet.decode_boxes`` (the training loss's boxes).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import numpy as np
 
 from bloodcell import boxes as box_ops
 from bloodcell.types import Detections
+
+#: Log distances are clamped here before exp (e^8 strides: far beyond any image), so an untrained or
+#: int8-saturated output cannot overflow; the torch twins use the same bound.
+MAX_LOG_DISTANCE = 8.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ def decode(
     if len(cand_scores) > config.pre_nms_topk:
         top = np.argpartition(-cand_scores, config.pre_nms_topk)[: config.pre_nms_topk]
         idx, labels, cand_scores = idx[top], labels[top], cand_scores[top]
-    d = np.exp(np.minimum(box_logd[idx].astype(np.float32), 8.0)) * point_strides[idx, None]
+    d = np.exp(np.minimum(box_logd[idx].astype(np.float32), MAX_LOG_DISTANCE)) * point_strides[idx, None]
     p = points[idx]
     boxes = np.concatenate([p - d[:, :2], p + d[:, 2:]], axis=1)
     boxes = box_ops.clip(boxes, width, height)

@@ -31,7 +31,7 @@ from bloodcell.runtime.images import load_image
 from bloodcell.runtime.inputs import ImageInput, as_rgb
 from bloodcell.runtime.postprocess import PostprocessConfig
 from bloodcell.runtime.scaling import ScaledDetections, check_cell_size, detect_cells_batch, parse_cell_size
-from bloodcell.runtime.sources import output_names
+from bloodcell.runtime.sources import output_names, printable
 from bloodcell.runtime.timing import StageTimes
 from bloodcell.types import Detections
 
@@ -104,14 +104,15 @@ class ImageResult:
 
     @property
     def label(self) -> str:
-        """How outputs name the image: ``name`` (a relative path where file names repeat), else the file name."""
-        return self.name or self.path.name
+        """How outputs name the image: ``name`` (a relative path where file names repeat), else the file name,
+        as text any output can hold (``printable``)."""
+        return self.name or printable(self.path.name)
 
     def to_record(self) -> dict:
         """The JSON record of `bloodcell predict --json` (without its absolute ``path``); an image that
         failed is ``{"image", "error"}``, with no counts."""
         if self.error is not None:
-            return {"image": self.label, "error": self.error}
+            return {"image": self.label, "error": printable(self.error)}  # it may quote the path
         listed = self.detections if self.min_score is None else self.detections.above(self.min_score)
         record = {
             "image": self.label,
@@ -167,7 +168,10 @@ def _result(
     return result
 
 
-GRAYSCALE_WARNING = "grayscale image: the model tells white cells and platelets apart by their stain's colour"
+GRAYSCALE_WARNING = (
+    "grayscale image: the model tells white cells and platelets apart by their stain's colour, so their counts "
+    "and intervals here are doubtful"
+)
 # Under a platelet's size (~39 px on the training microscope): a thumbnail or an icon, not a field of view,
 # whose zero counts would pull a slide's mean per field down unseen.
 TINY_SIDE = 32

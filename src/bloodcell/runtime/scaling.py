@@ -207,10 +207,11 @@ def _fits(image: np.ndarray, scale: float, size: tuple[int, int]) -> bool:
     return max(1, round(w * scale)) <= size[0] and max(1, round(h * scale)) <= size[1]
 
 
-def _rbc_sizes(dets: Detections, threshold: float) -> np.ndarray:
+def rbc_sizes(dets: Detections, threshold: float) -> np.ndarray:
+    """Diameters (sqrt of box area) of the red cells (label 0) scored at least ``threshold``: how cell size
+    is measured, on new images here and on val when a model's reference size is fitted."""
     sel = (dets.labels == 0) & (dets.scores >= threshold)
-    wh = dets.boxes[sel, 2:] - dets.boxes[sel, :2]
-    return np.sqrt(np.clip(wh[:, 0] * wh[:, 1], 0, None))
+    return np.sqrt(np.prod(np.clip(dets.boxes[sel, 2:] - dets.boxes[sel, :2], 0, None), axis=1))
 
 
 def scaled_window(image: np.ndarray, scale: float, size: tuple[int, int]) -> np.ndarray:
@@ -227,7 +228,7 @@ def scaled_window(image: np.ndarray, scale: float, size: tuple[int, int]) -> np.
 def _measure(predictor: RawPredictor, image: np.ndarray, scale: float, rbc_conf: float) -> tuple[float | None, int]:
     """Red-cell diameter in ``image``'s pixels seen in the central window at ``scale`` (None if
     fewer than MIN_CELLS), and how many red cells were seen."""
-    sizes = _rbc_sizes(_window(predictor, scaled_window(image, scale, predictor.input_size), 0.05), rbc_conf)
+    sizes = rbc_sizes(_window(predictor, scaled_window(image, scale, predictor.input_size), 0.05), rbc_conf)
     return (float(np.median(sizes)) / scale if len(sizes) >= MIN_CELLS else None), len(sizes)
 
 
@@ -289,7 +290,7 @@ def estimate_scale(
     rbc_conf = float(class_thresholds(predictor.conf, len(predictor.class_names))[0])
     whole = _fits(image, prior, predictor.input_size)
     native = _window(predictor, _prior_window(predictor, image), min_score) if native is None else native
-    sizes = _rbc_sizes(native, rbc_conf)
+    sizes = rbc_sizes(native, rbc_conf)
     if len(sizes) >= MIN_CELLS:
         diameter: float | None = float(np.median(sizes)) / prior
     else:  # cells too small or too large to be found at the prior scale: try half and twice that

@@ -90,9 +90,18 @@ def unusable_reason(path: Path) -> str:
 def output_names(paths: list[Path]) -> list[str]:
     """How outputs name each image: its file name, or, when two inputs share a file name (a/s.jpg,
     b/s.jpg), its path relative to the inputs' common folder, so no output overwrites another."""
-    names = [p.name for p in paths]
+    names = [printable(p.name) for p in paths]
     if len(set(names)) == len(names):
         return names
     parents = [os.path.abspath(p.parent) for p in paths]
     base = os.path.commonpath(parents)
-    return [Path(os.path.relpath(os.path.abspath(p), base)).as_posix() for p in paths]
+    return [printable(Path(os.path.relpath(os.path.abspath(p), base)).as_posix()) for p in paths]
+
+
+def printable(text: str) -> str:
+    """A file name or path as text every output (CSV, HTML, Parquet) can hold: the bytes of a name that is
+    not UTF-8 (a Latin-1 camera's "café", which Python carries as lone surrogates) shown as ``caf\\xe9``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file system byte gave: its code point, escaped
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -16,7 +16,7 @@ from bloodcell.models.checkpoint import ModelInfo
 from bloodcell.models.fold import fold_batch_norms
 from bloodcell.models.registry import MODELS
 from bloodcell.runtime.counting import Calibration
-from bloodcell.runtime.postprocess import PostprocessConfig, decode, make_points
+from bloodcell.runtime.postprocess import MAX_LOG_DISTANCE, PostprocessConfig, decode, make_points
 from bloodcell.runtime.preprocess import letterbox
 from bloodcell.runtime.timing import StageTimes
 from bloodcell.types import Detections
@@ -83,7 +83,7 @@ def decode_on_device(
     above = cand >= config.min_score
     cand, flat, image = cand[above], flat[above], image[above]
     idx, labels = flat // classes, flat % classes
-    d = torch.exp(box_logd[image, idx].float().clamp(max=8.0)) * point_strides[idx, None]
+    d = torch.exp(box_logd[image, idx].float().clamp(max=MAX_LOG_DISTANCE)) * point_strides[idx, None]
     p = points[idx]
     boxes = torch.cat([p - d[:, :2], p + d[:, 2:]], dim=1)
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)

@@ -47,8 +47,9 @@ class BatchSummary:
     def __str__(self) -> str:
         counts = ", ".join(f"{v} {k}" for k, v in self.totals.items())
         warned = f" ({self.warned} with warnings: the rows' warnings column)" if self.warned else ""
+        counted = self.written - self.error_rows
         return (
-            f"{self.written - self.error_rows} images counted{warned}, {self.failed} failed, {self.skipped} "
+            f"{counted} image{'' if counted == 1 else 's'} counted{warned}, {self.failed} failed, {self.skipped} "
             f"skipped (already done); {self.written} rows written; {self.images_per_s:.1f} images/s; "
             f"totals: {counts or 'none'}"
         )

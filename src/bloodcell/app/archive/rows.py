@@ -6,7 +6,7 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bloodcell.app.archive.sources import read_bytes
 from bloodcell.errors import ImageError
@@ -15,8 +15,11 @@ from bloodcell.runtime.images import decode_image
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.predict import ImageResult, Predictor, predict_images
 
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-def schema(class_names: tuple[str, ...]):
+
+def schema(class_names: tuple[str, ...]) -> pa.Schema:
     """The dataset's columns; per-class counts are structs so a query reads ``counts.RBC``."""
     import pyarrow as pa
 

@@ -8,10 +8,15 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bloodcell.app.watch import STATE_NAME as WATCH_STATE
 from bloodcell.errors import BloodcellError, ConfigError
 from bloodcell.runtime.images import IMAGE_SUFFIXES
+from bloodcell.runtime.sources import printable
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 #: A SOURCE with one of these suffixes is a list of sources, one per line ('#' starts a comment).
 LIST_SUFFIXES = (".txt", ".lst")
@@ -94,7 +99,7 @@ def _remote(uri: str):
         raise ConfigError(f"{uri}: cannot open ({e})") from None
 
 
-def filesystem(uri: str):
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(pyarrow FileSystem, path inside it) for a URI or a local path. Remote filesystems are cached
     per bucket (scheme, host and options), so each image does not open a new client."""
     if "://" not in uri or uri.startswith("file://"):
@@ -219,6 +224,12 @@ def expand(sources: list[str]) -> ExpandedSources:
         add(source)
     first: dict[str, str] = {}  # each file once, however it was reached (a folder and a glob, a link and its target)
     for uri in uris:
+        if printable(uri) != uri:  # bytes that are not UTF-8 in a name: no Parquet string (nor pyarrow path) holds it
+            problems.append(
+                f"{printable(uri)}: the file name is not UTF-8 (a camera or share that writes Latin-1, say); "
+                "rename it (e.g. `convmv -f latin1 -t utf8 --notest FILE`)"
+            )
+            continue
         first.setdefault(file_key(uri), uri)
     return ExpandedSources(list(first.values()), problems, skipped)
 

@@ -89,7 +89,10 @@ const pending = () => state.items.filter((item) => !item.record && !item.error).
 
 function showStatus(note = "") {
   const done = state.items.length - pending();
-  const text = pending() ? `detecting… ${done} of ${state.items.length} done` : `${state.items.length} image(s)`;
+  const failed = state.items.filter((item) => item.error).length;
+  const counted = done - failed;
+  const finished = `${counted} image${counted === 1 ? "" : "s"} counted` + (failed ? `, ${failed} failed` : "");
+  const text = pending() ? `detecting… ${done} of ${state.items.length} done` : finished;
   $("status").textContent = note ? `${text}; ${note}` : text;
 }
 
