@@ -81,6 +81,13 @@ def card(info: dict, digest: str, results: dict, command: str, trained_on: str, 
     iou = info.get("iou_threshold", 0.5)
     ious = iou if isinstance(iou, list) else [iou] * len(info["class_names"])
     nms = ", ".join(f"{n} {t:.2f}" for n, t in zip(info["class_names"], ious, strict=True))
+    images = (info["extra"].get("counting_fit") or {}).get("images")
+    fitted = (
+        f"the {len(images)} val images named in the file (`counting_fit`): `bloodcell val` says when the counts "
+        "it scores are in-sample"
+        if images
+        else "not recorded in the file (refit with `bloodcell calibrate` to record it)"
+    )
     return f"""# Model card: {path.name}
 
 - **Architecture**: CellNet ({info["config"]["backbone"]} backbone, FPN {info["config"]["neck_channels"]} ch,
@@ -104,6 +111,7 @@ def card(info: dict, digest: str, results: dict, command: str, trained_on: str, 
 - **NMS IoU** (per class): {nms}. {nms_note}
 - **Count intervals**: isotonic calibration of each class's scores on val; 90% intervals from the
   Poisson-binomial of the calibrated scores.
+- **Fitted on**: {fitted}
 - **sha256**: `{digest}`
 - **Measured**: {dt.date.today().isoformat()} with `python tools/ship_model.py` (same evaluator as `bloodcell val`).
 

@@ -483,6 +483,12 @@ def test_a_file_name_that_is_not_utf8_is_a_failed_input_naming_the_rename(archiv
     found = expand([str(folder)])
     assert found.uris == [str(folder / "ok.jpg")]
     assert found.problems == [
-        f"{folder}/caf\\xe9.jpg: the file name is not UTF-8 (a camera or share that writes Latin-1, say); "
-        "rename it (e.g. `convmv -f latin1 -t utf8 --notest FILE`)"
+        f"{folder}/caf\\xe9.jpg: the file name caf\\xe9.jpg is not UTF-8 (a camera or share that writes Latin-1, "
+        "say); rename it (e.g. `convmv -f latin1 -t utf8 --notest FILE`)"
+    ]
+    os.mkdir(os.fsencode(folder) + b"/d\xe9j\xe0")  # a folder so named: the folder is the one to rename
+    os.rename(folder / "ok.jpg", os.fsencode(folder) + b"/d\xe9j\xe0/ok.jpg")
+    assert [p.split(": the ")[1].split(" is not")[0] for p in expand([str(folder)]).problems] == [
+        "file name caf\\xe9.jpg",
+        "folder name d\\xe9j\\xe0",
     ]

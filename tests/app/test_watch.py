@@ -741,3 +741,9 @@ def test_a_file_name_that_is_not_utf8_gets_its_row_with_the_bytes_escaped(predic
     assert sorted(p.name for p in (out / "annotated").iterdir()) == ["caf\\xe9.jpg", "later.jpg"]
     with Watcher(predictor, folder, out, settle=0) as watcher:  # the next start knows it: not counted again
         assert watcher.drain() == []
+    state = json.loads((out / STATE_NAME).read_text())
+    state["files"] = {}  # a stop after the rows were written, before the state was: the rows are adopted
+    (out / STATE_NAME).write_text(json.dumps(state))
+    with Watcher(predictor, folder, out, settle=0) as watcher:
+        assert watcher.drain() == []
+    assert [r[0] for r in read_rows(out)] == ["caf\\xe9.jpg", "later.jpg"]

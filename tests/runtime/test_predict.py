@@ -431,6 +431,12 @@ def test_two_images_whose_annotated_copies_share_a_name_are_refused_before_any(m
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"would both be annotated as {out / 's.bmp.jpg'}; rename one" in err
     assert not out.exists()
+    (slide / "s.bmp.jpg").unlink()  # named but not there: a failed input, which gets no copy to clash with
+    assert (
+        main(["predict", str(slide / "s.bmp"), str(slide / "s.bmp.jpg"), "--model", str(model_file), "--out", str(out)])
+        == 1
+    )
+    assert [p.name for p in out.iterdir()] == ["s.bmp.jpg"]
 
 
 @pytest.mark.parametrize("flag", ["--out", "--csv", "--json"])
@@ -688,7 +694,7 @@ def test_a_file_name_that_is_not_utf8_is_counted_and_named_with_its_bytes_escape
     assert sorted(p.name for p in out.iterdir()) == ["caf\\xe9.jpg", "ok.jpg"]
     from bloodcell.app.report import build_report
 
-    for results, folder in ((js, None), (table, out)):
+    for results, folder in ((js, None), (table, out), (js, slide), (table, slide)):  # --images: the originals too
         summary = build_report(results, images_dir=folder, out=tmp_path / "report.html")
         assert summary.fields == 2 and not summary.missing_images and not summary.failed_images
         assert "caf\\xe9.jpg" in (tmp_path / "report.html").read_text(encoding="utf-8")

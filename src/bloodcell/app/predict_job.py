@@ -17,7 +17,7 @@ from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.metadata import model_ref, sidecar_path
 from bloodcell.runtime.predict import ImageResult, predict_paths
 from bloodcell.runtime.scaling import check_cell_size
-from bloodcell.runtime.sources import expand_sources, output_names, unusable_reason
+from bloodcell.runtime.sources import expand_sources, output_names, printable, unusable_reason
 from bloodcell.weights import model_file
 
 if TYPE_CHECKING:
@@ -62,12 +62,13 @@ def _refuse_overwriting_inputs(
     copies: dict[str, Path] = {}  # annotated copy -> the input it shows
     for source, name in names.items() if out else ():
         copy = os.path.realpath(annotated_path(out, name))
-        if copy in copies:  # s.bmp gains .jpg: s.bmp.jpg's copy is the same file
-            raise ConfigError(
-                f"--out {out}: {copies[copy]} and {source} would both be annotated as {annotated_path(out, name)}; "
-                "rename one, or count them in separate runs"
-            )
-        copies[copy] = source
+        if source.is_file():  # a missing input (failed, listed) gets no copy
+            if copy in copies:  # s.bmp gains .jpg: s.bmp.jpg's copy is the same file
+                raise ConfigError(
+                    f"--out {out}: {copies[copy]} and {source} would both be annotated as "
+                    f"{annotated_path(out, name)}; rename one, or count them in separate runs"
+                )
+            copies[copy] = source
         if copy in inputs:
             raise ConfigError(
                 f"--out {out}: the annotated copy of {source} would overwrite {inputs[copy][0]}; choose another folder"
@@ -124,7 +125,7 @@ def run_predict(
     names = dict(zip([*paths, *missing], output_names([*paths, *missing]), strict=True))  # one name each
     _refuse_overwriting_inputs(names, out, files, model)
     for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {printable(problem)}", file=sys.stderr)
     predictor: Predictor = load_predictor(model, device=device, threads=threads, edgetpu=edgetpu, batch=batch)
     # the file that counts, named now: it may be rewritten (a training run's best.pt) before the JSON is
     model_name = model_ref(model_file(model)) if json_path else None
@@ -155,7 +156,7 @@ def run_predict(
             r.name = names.get(r.path)
             listed.append(r)
             if r.error:
-                print(f"error: {r.error}", file=sys.stderr)
+                print(f"error: {printable(r.error)}", file=sys.stderr)
                 failed += 1
                 continue
             if annotator is not None:
@@ -163,7 +164,7 @@ def run_predict(
                     save_annotated(r, annotator, out)
                 except OSError as e:  # e.g. a name too long for the output file system: the others go on
                     r.error = f"{r.label}: annotated image not written ({describe_os_error(e)})"
-                    print(f"error: {r.error}", file=sys.stderr)
+                    print(f"error: {printable(r.error)}", file=sys.stderr)
                     r.image = None
                     failed += 1
                     continue

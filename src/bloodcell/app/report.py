@@ -33,6 +33,7 @@ from bloodcell.atomic import write_text
 from bloodcell.errors import ConfigError, DatasetError, ImageError
 from bloodcell.palette import class_hex
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
+from bloodcell.runtime.sources import printable
 from bloodcell.types import Detections
 
 RBC, WBC, PLATELETS = "RBC", "WBC", "Platelets"
@@ -418,13 +419,21 @@ def source_image(record: dict, results_json: Path, images_dir: str | Path | None
         for png_name in (f"{inside.name}_annotated.png", f"{inside.stem}_annotated.png"):
             if (page_png := folder / inside.with_name(png_name)).is_file():
                 return page_png
-        return copy if images_dir is None else folder / inside
+        return copy if images_dir is None else _named(folder / inside)
     if images_dir is None:
         recorded = record.get("path")
         if isinstance(recorded, str) and Path(recorded).is_file():
             return Path(recorded)
         images_dir = results_json.parent
-    return Path(images_dir) / _inside(record["image"])
+    return _named(Path(images_dir) / _inside(record["image"]))
+
+
+def _named(path: Path) -> Path:
+    """``path``, or the file its name stands for: a name that is not UTF-8 is recorded with its bytes escaped
+    (``caf\\xe9.jpg``, runtime.sources.printable), the file on disk keeps them."""
+    if "\\" not in path.name or path.exists() or not path.parent.is_dir():
+        return path
+    return next((entry for entry in path.parent.iterdir() if printable(entry.name) == path.name), path)
 
 
 def _inside(name: str) -> Path:

@@ -52,6 +52,7 @@ from bloodcell.digest import sha256_of
 from bloodcell.errors import ConfigError, ImageError, TruncatedImageError, UnreadableImageError, describe_os_error
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.runtime.predict import ImageResult, predict_image
+from bloodcell.runtime.sources import printable
 
 if TYPE_CHECKING:
     from bloodcell.runtime.predict import Predictor
@@ -205,12 +206,16 @@ class Watcher:
         # names and errors were written as spreadsheet text (a leading = + - @ escaped, app.sinks)
         rows[1:] = [[from_spreadsheet_text(r[0]), *r[1:]] if r else r for r in rows[1:]]
         last = {r[0]: r for r in rows[1:] if r}
-        for name, n in Counter(r[0] for r in rows[1:] if r).items():
+        escaped: dict[str, str] | None = None  # a row's name -> the file's, for names that are not UTF-8
+        for label, n in Counter(r[0] for r in rows[1:] if r).items():
+            if "\\" in label and escaped is None:  # rows hold such names with their bytes escaped (printable)
+                escaped = {printable(e): e for e in os.listdir(self.folder) if printable(e) != e}
+            name = (escaped or {}).get(label, label)
             entry = self.state.get(name)
             if n > (entry or {}).get("rows", 0):
                 sig = self._signature(self.folder / name)
                 if sig is not None:
-                    error = from_spreadsheet_text(last[name][-1]) if len(rows[0]) == len(header) else ""
+                    error = from_spreadsheet_text(last[label][-1]) if len(rows[0]) == len(header) else ""
                     status = {"status": "failed", "error": error} if error else {"status": "ok"}
                     content = {} if error else {"sha256": _digest(self.folder / name)}  # a later rename is known
                     self.state[name] = {"size": sig[0], "mtime_ns": sig[1], **status, "rows": n, **content}
@@ -385,7 +390,7 @@ class Watcher:
             line = f"{result.label}: {format_counts(result)} ({result.timing_ms['inference']:.0f} ms)"
             print(line, file=self.log, flush=True)
         for warning in result.warnings:  # as predict says them: a doubtful count must not pass unnoticed
-            print(f"warning: {path.name}: {warning}", file=sys.stderr, flush=True)
+            print(f"warning: {result.label}: {warning}", file=sys.stderr, flush=True)
         return result
 
     def _young(self, name: str, sig: tuple[int, int]) -> bool:

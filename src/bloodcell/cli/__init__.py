@@ -163,5 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("interrupted", file=sys.stderr)
         return 130
     finally:
+        forget_stop()  # a later call in this process (the Python API after an in-process main) is not stopped
         for sig, handler in previous.items():
             signal.signal(sig, handler)

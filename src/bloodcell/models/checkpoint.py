@@ -21,7 +21,7 @@ from bloodcell.atomic import write_bytes
 from bloodcell.digest import sha256_of
 from bloodcell.errors import ModelError, missing_model
 from bloodcell.models.registry import MODELS, build_model, config_dict, model_config
-from bloodcell.weights import default_model, shipped_by_name
+from bloodcell.weights import default_model, shipped_by_name, shipped_info_extra
 
 FORMAT = "bloodcell-model"
 FORMAT_VERSION = 1
@@ -133,10 +133,12 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dict[str, Any]:
     path = shipped_by_name(path)
-    if expected_sha256 is None and path.is_file():  # the shipped model is checked however it was named
+    is_shipped = False
+    if path.is_file():  # the shipped model is checked however it was named
         with contextlib.suppress(ModelError, OSError):  # no usable shipped model: this file is another one
             shipped, digest = default_model()
-            if path.samefile(shipped):
+            is_shipped = path.samefile(shipped)
+            if is_shipped and expected_sha256 is None:
                 expected_sha256 = digest
     if not path.is_file():
         raise missing_model(path)
@@ -157,6 +159,8 @@ def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dic
         raise ModelError(f"{path}: {_load_failure(e)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path}: not a bloodcell model file (no '{FORMAT}' header)")
+    if is_shipped and isinstance(payload.get("info"), dict):  # the manifest's later records (its own win)
+        payload["info"]["extra"] = {**shipped_info_extra(), **(payload["info"].get("extra") or {})}
     return payload
 
 

@@ -20,6 +20,17 @@ def default_model() -> tuple[Path, str]:
     return WEIGHTS_DIR / manifest["file"], manifest["sha256"]
 
 
+def shipped_info_extra() -> dict:
+    """What the manifest adds to the shipped file's ``info.extra``: records made after it shipped (the val images
+    its counting was fitted on), kept here because changing the file would change its sha256, by which watch
+    folders and batch archives know the model that counted them."""
+    try:
+        extra = json.loads(MANIFEST.read_text()).get("info_extra", {})
+    except (OSError, ValueError):
+        return {}
+    return extra if isinstance(extra, dict) else {}
+
+
 def shipped_by_name(path: str | Path) -> Path:
     """``path``, or the shipped model when ``path`` is its bare file name (``cellnet_bccd.pt``) and no
     such file is here: the name works from any folder and any install, as Ultralytics' ``yolo11n.pt``."""

@@ -225,9 +225,11 @@ def expand(sources: list[str]) -> ExpandedSources:
     first: dict[str, str] = {}  # each file once, however it was reached (a folder and a glob, a link and its target)
     for uri in uris:
         if printable(uri) != uri:  # bytes that are not UTF-8 in a name: no Parquet string (nor pyarrow path) holds it
+            odd = next(part for part in Path(uri).parts if printable(part) != part)
+            what = "file" if odd == Path(uri).name else "folder"
             problems.append(
-                f"{printable(uri)}: the file name is not UTF-8 (a camera or share that writes Latin-1, say); "
-                "rename it (e.g. `convmv -f latin1 -t utf8 --notest FILE`)"
+                f"{printable(uri)}: the {what} name {printable(odd)} is not UTF-8 (a camera or share that writes "
+                f"Latin-1, say); rename it (e.g. `convmv -f latin1 -t utf8 --notest {what.upper()}`)"
             )
             continue
         first.setdefault(file_key(uri), uri)
