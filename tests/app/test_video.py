@@ -129,7 +129,9 @@ def test_unreadable_video_leaves_no_files(model_file, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "extra", [["a.jpg"], [], ["--json", "r.json"]], ids=["with-positional", "neither", "json-flag"]
+    "extra",
+    [["a.jpg"], [], ["--json", "r.json"], ["--voc", "labels"]],
+    ids=["with-positional", "neither", "json-flag", "voc-flag"],
 )
 def test_source_flag_combinations_are_refused(model_file, video, capsys, extra):
     argv = ["predict", *extra, "--model", str(model_file)]

@@ -454,3 +454,29 @@ def test_a_turned_image_has_the_size_it_is_decoded_at(tmp_path: Path, suffix: st
     assert load_image(image).shape[:2] == (64, 48)
     assert [(r.width, r.height) for r in dataset.records] == [(48, 64)]
     assert [f.kind for f in dataset.findings] == []
+
+
+def test_written_annotations_read_back_as_the_boxes_they_hold(tmp_path: Path) -> None:
+    """predict --voc writes what this reader reads: each box within half a pixel, clipped to the image and
+    at least a pixel wide (a sliver would be a zero-size finding), truncated where the frame cuts it."""
+    import xml.etree.ElementTree as ET
+
+    from bloodcell.data.voc import voc_annotation
+    from bloodcell.types import Detections
+
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "Annotations").mkdir()
+    Image.new("RGB", (64, 48), (200, 150, 160)).save(tmp_path / "JPEGImages" / "f.png")
+    boxes = np.array([[3.4, 5.6, 20.2, 30.5], [-2.0, 10.0, 12.0, 20.0], [40.0, 30.0, 70.0, 49.0], [8.2, 8.2, 8.4, 8.4]])
+    detections = Detections(boxes.astype(np.float32), np.array([0, 1, 2, 0]), np.array([0.9, 0.8, 0.7, 0.6]))
+    xml = voc_annotation("f.png", 64, 48, detections, CLASS_NAMES)
+    (tmp_path / "Annotations" / "f.xml").write_bytes(xml)
+    dataset = load_voc(tmp_path)
+    assert dataset.findings == []
+    [record] = dataset.records
+    assert record.labels.tolist() == [0, 1, 2, 0]
+    clipped = np.clip(boxes, 0, [[64, 48, 64, 48]])
+    assert np.abs(record.boxes[:3] - clipped[:3]).max() <= 0.5
+    assert record.boxes[3].tolist() == [8, 8, 9, 9]  # rounded to nothing: one pixel kept
+    truncated = [obj.findtext("truncated") for obj in ET.fromstring(xml).iter("object")]
+    assert truncated == ["0", "1", "1", "0"]

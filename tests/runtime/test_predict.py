@@ -698,3 +698,42 @@ def test_a_file_name_that_is_not_utf8_is_counted_and_named_with_its_bytes_escape
         summary = build_report(results, images_dir=folder, out=tmp_path / "report.html")
         assert summary.fields == 2 and not summary.missing_images and not summary.failed_images
         assert "caf\\xe9.jpg" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_voc_prelabels_hold_the_counted_boxes_and_never_overwrite(model_file, images, tmp_path, capsys):
+    """`predict --voc`: one XML per counted image (its boxes at the operating points, as --json lists them),
+    a folder `data check` and training read; a second run keeps what is there (corrected labels)."""
+    from bloodcell.data.voc import load_voc
+
+    root = tmp_path / "my_slides"
+    (root / "JPEGImages").mkdir(parents=True)
+    for name in ("a.jpg", "rgba.png"):
+        shutil.copy(images / name, root / "JPEGImages" / name)
+    js = tmp_path / "r.json"
+    args = ["predict", str(root / "JPEGImages"), "--model", str(model_file), "--json", str(js), "--min-score", "0.3"]
+    assert main([*args, "--voc", str(root / "Annotations")]) == 0
+    assert f"VOC annotations in {root / 'Annotations'}" in capsys.readouterr().out
+    dataset = load_voc(root)
+    assert dataset.findings == [] and sorted(r.image_id for r in dataset.records) == ["a", "rgba"]
+    listed = {r["image"]: r["detections"] for r in json.loads(js.read_text())}  # min score 0.3: the counted ones
+    for record in dataset.records:
+        dets = listed[record.image_path.name]
+        assert [CLASS_NAMES[i] for i in record.labels] == [d["label"] for d in dets] and len(dets) > 0
+        assert np.abs(record.boxes - np.array([d["box"] for d in dets])).max() <= 0.55  # rounded to pixels
+    corrected = root / "Annotations" / "a.xml"
+    corrected.write_text(corrected.read_text().replace("<name>RBC</name>", "<name>WBC</name>"))
+    before = corrected.read_bytes()
+    assert main([*args, "--voc", str(root / "Annotations")]) == 0
+    assert corrected.read_bytes() == before
+    assert "note: 2 annotation(s) already in" in capsys.readouterr().err
+
+
+def test_voc_prelabels_of_two_images_of_one_name_are_refused_before_any(model_file, images, tmp_path, capsys):
+    slide = tmp_path / "slide"
+    slide.mkdir()
+    shutil.copy(images / "a.jpg", slide / "s.jpg")
+    shutil.copy(images / "rgba.png", slide / "s.png")
+    assert main(["predict", str(slide), "--model", str(model_file), "--voc", str(tmp_path / "voc")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"would both be labelled in {tmp_path / 'voc' / 's.xml'}" in err
+    assert not (tmp_path / "voc").exists()

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bloodcell.app.annotate import BoxAnnotator
-from bloodcell.app.sinks import annotated_path, format_counts, save_annotated, write_counts_csv, write_json
+from bloodcell.app.sinks import (
+    annotated_path,
+    format_counts,
+    save_annotated,
+    voc_path,
+    write_counts_csv,
+    write_json,
+    write_voc,
+)
 from bloodcell.atomic import check_outputs
 from bloodcell.errors import BloodcellError, ConfigError, StopSaid, describe_os_error, is_interrupt
 from bloodcell.runtime.counting import class_thresholds, parse_conf
@@ -80,6 +88,22 @@ def _refuse_overwriting_inputs(
             )
 
 
+def _refuse_shared_annotations(names: dict[Path, str], voc: str | None) -> None:
+    """VOC names an annotation by its image's name without the suffix: s.jpg and s.png (or a/s.jpg and
+    b/s.jpg) would share one XML, and one image's labels would be the other's."""
+    if voc is None:
+        return
+    seen: dict[Path, Path] = {}
+    for source, name in names.items():
+        target = voc_path(voc, name)
+        if target in seen:
+            raise ConfigError(
+                f"--voc {voc}: {seen[target]} and {source} would both be labelled in {target} (VOC names an "
+                "annotation by its image's name); rename one, or label them into separate folders"
+            )
+        seen[target] = source
+
+
 def _check_suffixes(files: dict[str, str | None]) -> None:
     """``--json counts.csv`` is a slip of the flag, not a wish for JSON in a .csv file."""
     for flag, path in files.items():
@@ -108,6 +132,7 @@ def run_predict(
     out: str | None = None,
     json_path: str | None = None,
     csv_path: str | None = None,
+    voc: str | None = None,
     threads: int | None = None,
     edgetpu: bool = False,
     cell_size: float | str | None = "auto",
@@ -117,13 +142,15 @@ def run_predict(
 ) -> int:
     """Returns the exit code: 0 when every image was processed, 1 when any failed or none was found.
 
-    ``conf``: one operating point or per class (``RBC=0.4,WBC=0.5``); None keeps the model's."""
+    ``conf``: one operating point or per class (``RBC=0.4,WBC=0.5``); None keeps the model's. ``voc``: a folder
+    for each image's counted boxes as Pascal VOC XML (pre-labels to correct); files already there are kept."""
     files = {"--json": json_path, "--csv": csv_path}
     _check_suffixes(files)
-    check_outputs(files, {"--out": out})  # now, not after every image
+    check_outputs(files, {"--out": out, "--voc": voc})  # now, not after every image
     paths, problems, missing, order = expand_sources(sources)
     names = dict(zip([*paths, *missing], output_names([*paths, *missing]), strict=True))  # one name each
     _refuse_overwriting_inputs(names, out, files, model)
+    _refuse_shared_annotations({path: names[path] for path in paths}, voc)
     for problem in problems:
         print(f"error: {printable(problem)}", file=sys.stderr)
     predictor: Predictor = load_predictor(model, device=device, threads=threads, edgetpu=edgetpu, batch=batch)
@@ -133,6 +160,7 @@ def run_predict(
     check_cell_size(predictor, cell_size)
     annotator = BoxAnnotator(predictor.class_names) if out else None
     results, failed = [], len(problems)
+    kept: list[str] = []  # --voc files already there
     # what --json/--csv hold: every image input, failed ones with their error and names that are not there
     # too, in the order given
     listed = [ImageResult(path, error=f"{path}: {unusable_reason(path)}", name=names[path]) for path in missing]
@@ -159,11 +187,16 @@ def run_predict(
                 print(f"error: {printable(r.error)}", file=sys.stderr)
                 failed += 1
                 continue
-            if annotator is not None:
+            if annotator is not None or voc is not None:
+                what = "annotated image"
                 try:
-                    save_annotated(r, annotator, out)
+                    if annotator is not None:
+                        save_annotated(r, annotator, out)
+                    what = "VOC annotation"
+                    if voc is not None and write_voc(r, voc) is None:
+                        kept.append(voc_path(voc, r.label).name)
                 except OSError as e:  # e.g. a name too long for the output file system: the others go on
-                    r.error = f"{r.label}: annotated image not written ({describe_os_error(e)})"
+                    r.error = f"{r.label}: {what} not written ({describe_os_error(e)})"
                     print(f"error: {printable(r.error)}", file=sys.stderr)
                     r.image = None
                     failed += 1
@@ -199,6 +232,11 @@ def run_predict(
         raise StopSaid
     if out and results:
         print(f"annotated images in {Path(out)}")
+    if voc and results:
+        print(f"VOC annotations in {Path(voc)}")
+    if kept:  # a rerun into the folder, or labels being corrected there
+        some = ", ".join(kept[:5]) + (", ..." if len(kept) > 5 else "")
+        print(f"note: {len(kept)} annotation(s) already in {voc} kept, not overwritten: {some}", file=sys.stderr)
     for path in (json_path, csv_path):
         if path:
             print(f"wrote {path}")

@@ -1,4 +1,4 @@
-"""Small writers for prediction results: JSON list, counts CSV, annotated images (all atomic)."""
+"""Small writers for prediction results: JSON list, counts CSV, annotated images, VOC annotations (all atomic)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.atomic import write_bytes, write_text
+from bloodcell.data.voc import voc_annotation
 from bloodcell.runtime.predict import ImageResult
 from bloodcell.runtime.sources import printable
 
@@ -116,6 +117,22 @@ def save_annotated(result: ImageResult, annotator: BoxAnnotator, out_dir: str | 
     im.save(buffer, format="PNG" if path.suffix.lower() == ".png" else "JPEG", quality=92)
     write_bytes(path, buffer.getvalue())
     return path
+
+
+def write_voc(result: ImageResult, folder: str | Path) -> Path | None:
+    """``voc_path``: the image's counted boxes as Pascal VOC XML, labels to correct in a labelling tool (LabelImg,
+    CVAT) and train on. A file already there is kept, never overwritten (someone may have corrected it): None."""
+    path = voc_path(folder, result.label)
+    if path.exists():
+        return None
+    names = tuple(result.class_names)
+    write_bytes(path, voc_annotation(Path(result.label).name, result.width, result.height, result.counted, names))
+    return path
+
+
+def voc_path(folder: str | Path, label: str) -> Path:
+    """<folder>/<image id>.xml: VOC names an image's annotation by its file name without the suffix."""
+    return Path(folder) / f"{Path(label).stem}.xml"
 
 
 def annotated_path(out_dir: str | Path, label: str) -> Path:

@@ -106,6 +106,12 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="folder for annotated images (with --source: the annotated video and counts CSV)")
     p.add_argument("--json", help="write one record per image to this JSON file")
     p.add_argument("--csv", help="write per-image counts to this CSV file")
+    p.add_argument(
+        "--voc",
+        metavar="FOLDER",
+        help="write each image's counted boxes as Pascal VOC XML (FOLDER/<image id>.xml), labels to correct in "
+        "a labelling tool and train on; files already there are kept",
+    )
     p.add_argument("--threads", type=positive_int, help="CPU threads for the model (default: every core)")
     add_device(p)
     p.add_argument("--edgetpu", action="store_true", help="run a compiled .tflite model on a Coral Edge TPU")
@@ -351,6 +357,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         out=args.out,
         json_path=args.json,
         csv_path=args.csv,
+        voc=args.voc,
         threads=args.threads,
         edgetpu=args.edgetpu,
         device=args.device,
@@ -360,7 +367,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_stream(args: argparse.Namespace) -> int:
-    for flag in ("json", "csv", "min_score"):
+    for flag in ("json", "csv", "voc", "min_score"):
         if getattr(args, flag) is not None:
             raise ConfigError(f"--{flag.replace('_', '-')} is for images; --source writes <out>/<name>_counts.csv")
     if args.batch != 1:
