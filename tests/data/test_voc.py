@@ -457,8 +457,9 @@ def test_a_turned_image_has_the_size_it_is_decoded_at(tmp_path: Path, suffix: st
 
 
 def test_written_annotations_read_back_as_the_boxes_they_hold(tmp_path: Path) -> None:
-    """predict --voc writes what this reader reads: each box within half a pixel, clipped to the image and
-    at least a pixel wide (a sliver would be a zero-size finding), truncated where the frame cuts it."""
+    """predict --voc writes what this reader reads: each box within half a pixel, clipped to the image (from
+    1, as LabelImg saves and BCCD holds) and at least a pixel wide (a sliver would be a zero-size finding),
+    truncated where the frame cuts it."""
     import xml.etree.ElementTree as ET
 
     from bloodcell.data.voc import voc_annotation
@@ -475,8 +476,8 @@ def test_written_annotations_read_back_as_the_boxes_they_hold(tmp_path: Path) ->
     assert dataset.findings == []
     [record] = dataset.records
     assert record.labels.tolist() == [0, 1, 2, 0]
-    clipped = np.clip(boxes, 0, [[64, 48, 64, 48]])
-    assert np.abs(record.boxes[:3] - clipped[:3]).max() <= 0.5
+    clipped = np.clip(boxes, 1, [[64, 48, 64, 48]])
+    assert np.abs(record.boxes[:3] - clipped[:3]).max() <= 0.5 and record.boxes[1].tolist() == [1, 10, 12, 20]
     assert record.boxes[3].tolist() == [8, 8, 9, 9]  # rounded to nothing: one pixel kept
     truncated = [obj.findtext("truncated") for obj in ET.fromstring(xml).iter("object")]
     assert truncated == ["0", "1", "1", "0"]

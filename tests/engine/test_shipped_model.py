@@ -36,7 +36,7 @@ def test_shipped_model_is_small_and_checked():
     assert 60 <= info.cell_size <= 140
 
 
-def test_the_shipped_model_names_the_images_its_counting_was_fitted_on(bccd_root, dense_root):
+def test_the_shipped_model_names_the_images_its_counting_was_fitted_on(bccd_root, dense_root, tmp_path):
     """Its points were fitted on datasets/bccd-dense.yaml's val split (BCCD val, dense labels where they exist):
     val on those images says its count errors are in-sample."""
     from bloodcell.data.sources import load_dataset
@@ -49,6 +49,10 @@ def test_the_shipped_model_names_the_images_its_counting_was_fitted_on(bccd_root
     note = in_sample_note(predictor, load_dataset(dense_root, "val", decode_images=False))
     assert note is not None and note.startswith("note: 42 of the 42 images scored here")
     assert in_sample_note(predictor, load_dataset(bccd_root, "test", decode_images=False)) is None
+    copy = tmp_path / "models" / "mine.pt"  # the same bytes elsewhere are the same model, fitted on the same
+    copy.parent.mkdir()
+    shutil.copyfile(default_model()[0], copy)
+    assert sorted(fitted_images(load_predictor(copy))) == sorted(val_ids)
 
 
 def test_the_shipped_model_by_its_file_name_from_any_folder(tmp_path, monkeypatch):

@@ -725,7 +725,26 @@ def test_voc_prelabels_hold_the_counted_boxes_and_never_overwrite(model_file, im
     before = corrected.read_bytes()
     assert main([*args, "--voc", str(root / "Annotations")]) == 0
     assert corrected.read_bytes() == before
-    assert "note: 2 annotation(s) already in" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "note: 2 annotation(s) already in" in err and "warning" not in err and "VOC annotations in" not in out
+    other = root / "Annotations" / "rgba.xml"  # labels copied from another image: kept, and said
+    other.write_text(other.read_text().replace("<filename>rgba.png<", "<filename>elsewhere.jpg<"))
+    assert main([*args, "--voc", str(root / "Annotations")]) == 0
+    assert "warning: rgba.png: rgba.xml kept in" in capsys.readouterr().err
+
+
+def test_voc_prelabels_of_a_name_that_is_not_utf8_pair_with_their_image(model_file, images, tmp_path):
+    """The XML is named with the file's own bytes (the reader finds an image by its annotation's name)."""
+    from bloodcell.data.voc import load_voc
+
+    root = tmp_path / "my_slides"
+    (root / "JPEGImages").mkdir(parents=True)
+    latin = _latin1_copy(images / "a.jpg", root / "JPEGImages", b"caf\xe9.jpg")
+    assert (
+        main(["predict", str(root / "JPEGImages"), "--model", str(model_file), "--voc", str(root / "Annotations")]) == 0
+    )
+    dataset = load_voc(root)
+    assert dataset.findings == [] and [r.image_path for r in dataset.records] == [latin]
 
 
 def test_voc_prelabels_of_two_images_of_one_name_are_refused_before_any(model_file, images, tmp_path, capsys):

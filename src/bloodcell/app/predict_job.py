@@ -12,6 +12,7 @@ from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import (
     annotated_path,
     format_counts,
+    kept_voc_mismatch,
     save_annotated,
     voc_path,
     write_counts_csv,
@@ -88,14 +89,26 @@ def _refuse_overwriting_inputs(
             )
 
 
-def _refuse_shared_annotations(names: dict[Path, str], voc: str | None) -> None:
+def _write_voc(result: ImageResult, voc: str, kept: list[str]) -> bool:
+    """Writes the image's VOC annotation; one already there is kept (its name added to ``kept``), with a
+    warning when it looks like another image's. Whether it was written."""
+    if write_voc(result, voc) is not None:
+        return True
+    path = voc_path(voc, result.path)
+    kept.append(printable(path.name))
+    if why := kept_voc_mismatch(path, result):
+        print(f"warning: {result.label}: {kept[-1]} kept in {voc} may label another image: {why}", file=sys.stderr)
+    return False
+
+
+def _refuse_shared_annotations(sources: list[Path], voc: str | None) -> None:
     """VOC names an annotation by its image's name without the suffix: s.jpg and s.png (or a/s.jpg and
     b/s.jpg) would share one XML, and one image's labels would be the other's."""
     if voc is None:
         return
     seen: dict[Path, Path] = {}
-    for source, name in names.items():
-        target = voc_path(voc, name)
+    for source in sources:
+        target = voc_path(voc, source)
         if target in seen:
             raise ConfigError(
                 f"--voc {voc}: {seen[target]} and {source} would both be labelled in {target} (VOC names an "
@@ -150,7 +163,7 @@ def run_predict(
     paths, problems, missing, order = expand_sources(sources)
     names = dict(zip([*paths, *missing], output_names([*paths, *missing]), strict=True))  # one name each
     _refuse_overwriting_inputs(names, out, files, model)
-    _refuse_shared_annotations({path: names[path] for path in paths}, voc)
+    _refuse_shared_annotations(paths, voc)
     for problem in problems:
         print(f"error: {printable(problem)}", file=sys.stderr)
     predictor: Predictor = load_predictor(model, device=device, threads=threads, edgetpu=edgetpu, batch=batch)
@@ -161,6 +174,7 @@ def run_predict(
     annotator = BoxAnnotator(predictor.class_names) if out else None
     results, failed = [], len(problems)
     kept: list[str] = []  # --voc files already there
+    wrote_voc = 0
     # what --json/--csv hold: every image input, failed ones with their error and names that are not there
     # too, in the order given
     listed = [ImageResult(path, error=f"{path}: {unusable_reason(path)}", name=names[path]) for path in missing]
@@ -193,8 +207,8 @@ def run_predict(
                     if annotator is not None:
                         save_annotated(r, annotator, out)
                     what = "VOC annotation"
-                    if voc is not None and write_voc(r, voc) is None:
-                        kept.append(voc_path(voc, r.label).name)
+                    if voc is not None and _write_voc(r, voc, kept):
+                        wrote_voc += 1
                 except OSError as e:  # e.g. a name too long for the output file system: the others go on
                     r.error = f"{r.label}: {what} not written ({describe_os_error(e)})"
                     print(f"error: {printable(r.error)}", file=sys.stderr)
@@ -221,8 +235,8 @@ def run_predict(
         write_json(listed, json_path, model=model_name)
     if csv_path:
         write_counts_csv(listed, tuple(predictor.class_names), csv_path)
-    saved = " and ".join(p for p in (json_path, csv_path) if p)
-    where = f"; their results are in {saved}" if saved else ""
+    saved = [p for p in (json_path, csv_path) if p] + ([f"{voc} ({wrote_voc} VOC annotations)"] if wrote_voc else [])
+    where = f"; their results are in {' and '.join(saved)}" if saved else ""
     if pipe_closed is not None:  # said where it can still be read; then the CLI's quiet exit 141
         with contextlib.suppress(BrokenPipeError):  # stderr's reader may be the one that is gone
             print(f"output closed by its reader after {len(listed)} of {len(order)} images{where}", file=sys.stderr)
@@ -232,7 +246,7 @@ def run_predict(
         raise StopSaid
     if out and results:
         print(f"annotated images in {Path(out)}")
-    if voc and results:
+    if wrote_voc:
         print(f"VOC annotations in {Path(voc)}")
     if kept:  # a rerun into the folder, or labels being corrected there
         some = ", ".join(kept[:5]) + (", ..." if len(kept) > 5 else "")

@@ -122,7 +122,7 @@ def save_annotated(result: ImageResult, annotator: BoxAnnotator, out_dir: str | 
 def write_voc(result: ImageResult, folder: str | Path) -> Path | None:
     """``voc_path``: the image's counted boxes as Pascal VOC XML, labels to correct in a labelling tool (LabelImg,
     CVAT) and train on. A file already there is kept, never overwritten (someone may have corrected it): None."""
-    path = voc_path(folder, result.label)
+    path = voc_path(folder, result.path)
     if path.exists():
         return None
     names = tuple(result.class_names)
@@ -130,9 +130,28 @@ def write_voc(result: ImageResult, folder: str | Path) -> Path | None:
     return path
 
 
-def voc_path(folder: str | Path, label: str) -> Path:
-    """<folder>/<image id>.xml: VOC names an image's annotation by its file name without the suffix."""
-    return Path(folder) / f"{Path(label).stem}.xml"
+def voc_path(folder: str | Path, image: str | Path) -> Path:
+    """<folder>/<image id>.xml: VOC names an image's annotation by its file name without the suffix (the
+    file's own bytes, which the reader looks the image up by, even where they are not UTF-8)."""
+    return Path(folder) / f"{Path(image).stem}.xml"
+
+
+def kept_voc_mismatch(path: Path, result: ImageResult) -> str | None:
+    """Why an annotation kept at ``path`` may not be this image's: its <filename> names another image, or its
+    <size> is not this image's (labels from elsewhere, or a field re-shot). None when it looks like this image's."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as e:
+        return f"cannot be read as XML ({e})"
+    filename = (root.findtext("filename") or "").strip()
+    if filename and Path(filename).stem != Path(result.path).stem:
+        return f"its <filename> is {filename}"
+    size = (root.findtext("size/width"), root.findtext("size/height"))
+    if all(size) and size != (str(result.width), str(result.height)):
+        return f"its <size> is {size[0]}x{size[1]}, the image {result.width}x{result.height}"
+    return None
 
 
 def annotated_path(out_dir: str | Path, label: str) -> Path:

@@ -141,7 +141,8 @@ def voc_annotation(
 ) -> bytes:
     """One image's Pascal VOC XML (as LabelImg and CVAT write it) holding ``detections``: boxes rounded to
     whole pixels in this module's convention (read back, each covers what it covered, within half a
-    pixel), ``truncated`` where a box meets the image's edge (a cell the frame cuts)."""
+    pixel), and never below 1 (LabelImg's rule, and BCCD's labels: tools that read VOC as 1-based subtract
+    1), ``truncated`` where a box meets the image's edge (a cell the frame cuts)."""
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = "JPEGImages"
     ET.SubElement(root, "filename").text = filename
@@ -151,12 +152,12 @@ def voc_annotation(
     ET.SubElement(root, "segmented").text = "0"
     for box, label in zip(detections.boxes, detections.labels, strict=True):
         x1, y1, x2, y2 = (round(float(v)) for v in box)
-        x1, y1 = min(max(x1, 0), width - 1), min(max(y1, 0), height - 1)
+        x1, y1 = min(max(x1, 1), width - 1), min(max(y1, 1), height - 1)
         x2, y2 = min(max(x2, x1 + 1), width), min(max(y2, y1 + 1), height)  # a pixel at least: no zero-size box
         obj = ET.SubElement(root, "object")
         ET.SubElement(obj, "name").text = class_names[int(label)]
         ET.SubElement(obj, "pose").text = "Unspecified"
-        ET.SubElement(obj, "truncated").text = str(int(x1 == 0 or y1 == 0 or x2 == width or y2 == height))
+        ET.SubElement(obj, "truncated").text = str(int(x1 == 1 or y1 == 1 or x2 == width or y2 == height))
         ET.SubElement(obj, "difficult").text = "0"
         bndbox = ET.SubElement(obj, "bndbox")
         for tag, value in (("xmin", x1), ("ymin", y1), ("xmax", x2), ("ymax", y2)):
