@@ -11,6 +11,7 @@ The Python API behind the ``bloodcell`` command (heavy modules load on first use
     val = bloodcell.load_dataset("datasets/bccd-dense.yaml", split="val")
     metrics = bloodcell.evaluate(predictor, val, cell_size="auto")  # bloodcell val, on loaded records
     result = bloodcell.train(bloodcell.TrainConfig(epochs=40))  # bloodcell train
+    bloodcell.export_model(result.best, "tflite", "cellnet_int8.tflite", int8=True)  # bloodcell export
 """
 
 from importlib import import_module
@@ -31,6 +32,7 @@ _LAZY = {
     "train": "bloodcell.engine.train",
     "validate": "bloodcell.engine.validate",
     "evaluate": "bloodcell.engine.evaluate",
+    "export_model": "bloodcell.export.exporter",
     "load_predictor": "bloodcell.runtime.loader",
     "Predictor": "bloodcell.runtime.predict",
     "ImageResult": "bloodcell.runtime.predict",
@@ -50,6 +52,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time the modules
     from bloodcell.engine.evaluate import evaluate
     from bloodcell.engine.train import train
     from bloodcell.engine.validate import validate
+    from bloodcell.export.exporter import export_model
     from bloodcell.runtime.loader import load_predictor
     from bloodcell.runtime.predict import ImageResult, Predictor, predict, predict_paths
 
@@ -70,6 +73,7 @@ __all__ = [  # the names above and _LAZY's (written out: linters and type checke
     "compute_stats",
     "evaluate",
     "export_dataset",
+    "export_model",
     "load_dataset",
     "load_predictor",
     "load_voc",
