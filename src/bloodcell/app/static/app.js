@@ -202,7 +202,7 @@ function render() {
   });
   const doubtful = state.items.filter((item) => item.record && (item.record.warnings || []).length).length;
   const flagged = doubtful ? `${doubtful} with warnings` : "";
-  row(table.tFoot, [`All ${done} images`, "", ...shownSums, sums.reduce((a, b) => a + b, 0), flagged]);
+  row(table.tFoot, [`All ${done} image${done === 1 ? "" : "s"}`, "", ...shownSums, sums.reduce((a, b) => a + b, 0), flagged]);
   table.hidden = done === 0;
   for (const id of ["csv", "json", "png"]) $(id).disabled = done === 0;
   $("clear").disabled = state.items.length === 0;
