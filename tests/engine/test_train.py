@@ -349,7 +349,7 @@ def test_resume_refuses_a_finished_run_and_finds_the_latest_numbered_run(one_epo
 
 def test_a_new_run_beside_a_used_folder_gets_a_name_no_other_run_has(tmp_path):
     """runs/train -> runs/train2, as Ultralytics names them; runs/t1 -> runs/t1-2, not runs/t12 (run t12's)."""
-    from bloodcell.engine.train import _run_dir
+    from bloodcell.engine.train import CLAIM, _run_dir
 
     for used in ("train", "t1", "t1-2"):
         (tmp_path / used).mkdir()
@@ -357,6 +357,13 @@ def test_a_new_run_beside_a_used_folder_gets_a_name_no_other_run_has(tmp_path):
     assert _run_dir(TrainConfig(out=str(tmp_path / "train"))) == tmp_path / "train2"
     assert _run_dir(TrainConfig(out=str(tmp_path / "t1"))) == tmp_path / "t1-3"
     assert _run_dir(TrainConfig(out=str(tmp_path / "new"))) == tmp_path / "new"
+    # two runs started together into one --out: the first claims it at once (config.yaml), the second moves on
+    assert _run_dir(TrainConfig(out=str(tmp_path / "new"))) == tmp_path / "new2"
+    (tmp_path / "empty").mkdir()  # an empty folder is a new run's to take
+    assert _run_dir(TrainConfig(out=str(tmp_path / "empty"))) == tmp_path / "empty"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "new" / "config.yaml").write_text(CLAIM.format(pid=int(ended.stdout)))  # its run failed, say
+    assert _run_dir(TrainConfig(out=str(tmp_path / "new"))) == tmp_path / "new"  # (on its data): free again
 
 
 def test_freeze_bn_freezes_the_layers_that_have_statistics_only() -> None:

@@ -11,6 +11,7 @@ import glob
 import math
 import os
 import random
+import re
 import shlex
 import sys
 import time
@@ -200,12 +201,54 @@ def _run_dir(config: TrainConfig) -> Path:
     out = Path(config.out)
     if out.is_file():
         raise ConfigError(f"--out {out}: is a file, expected a run folder")
-    if config.resume or not out.exists() or not any(out.iterdir()):
+    if config.resume:
         return out
-    i = 2
-    while (candidate := out.with_name(f"{_numbering_prefix(out.name)}{i}")).exists():
-        i += 1
+    candidate, i = out, 2
+    while not _claim(candidate):  # used, or claimed this instant by a run started beside this one
+        candidate, i = out.with_name(f"{_numbering_prefix(out.name)}{i}"), i + 1
     return candidate
+
+
+#: What a run folder's config.yaml holds from its claim until the run writes its settings there.
+CLAIM = "# claimed by bloodcell train, process {pid}\n"
+
+
+def _claim(folder: Path) -> bool:
+    """Makes ``folder`` (new, or empty) this run's before the data loads: its config.yaml is created
+    exclusively, so two runs started together into one --out get two folders, never one between them. A
+    claim whose process has ended (a typo in --data, say) leaves the folder free for the next run."""
+    if folder.is_file():
+        return False
+    folder.mkdir(parents=True, exist_ok=True)  # an unwritable place: said now, not after the data
+    config = folder / "config.yaml"
+    if [entry.name for entry in folder.iterdir()] == [config.name] and _ended_claim(config):
+        config.unlink(missing_ok=True)
+    if any(folder.iterdir()):
+        return False
+    try:
+        fd = os.open(config, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(CLAIM.format(pid=os.getpid()))
+    return True
+
+
+def _ended_claim(config: Path) -> bool:
+    """Whether ``config`` is a claim (nothing else) made by a process that is no longer running."""
+    try:
+        claimed = re.fullmatch(CLAIM.format(pid=r"(\d+)"), config.read_text())
+    except OSError:
+        return False
+    if claimed is None:
+        return False
+    try:
+        os.kill(int(claimed[1]), 0)  # signal 0: only asks whether the process is there
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: running
+        pass
+    return False
 
 
 def _numbering_prefix(name: str) -> str:
