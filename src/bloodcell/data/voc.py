@@ -136,6 +136,11 @@ class VOCDataset:
         return Detections(np.zeros((len(labels), 4)), labels).counts(self.class_names)
 
 
+#: ``<source><database>`` of the pre-labels ``voc_annotation`` writes: a labelling tool that saves the file
+#: writes its own, so a file that still has this one holds the model's boxes, unchecked.
+PRELABEL_SOURCE = "bloodcell predict --voc (not yet checked)"
+
+
 def voc_annotation(
     filename: str, width: int, height: int, detections: Detections, class_names: tuple[str, ...]
 ) -> bytes:
@@ -146,6 +151,7 @@ def voc_annotation(
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = "JPEGImages"
     ET.SubElement(root, "filename").text = filename
+    ET.SubElement(ET.SubElement(root, "source"), "database").text = PRELABEL_SOURCE
     size = ET.SubElement(root, "size")
     for tag, value in (("width", width), ("height", height), ("depth", 3)):
         ET.SubElement(size, tag).text = str(value)
@@ -539,6 +545,12 @@ def _read_one(
         difficult.append(diff_text is not None and diff_text.strip() == "1")
         object_ids.append(i)
 
+    if tree.findtext("source/database") == PRELABEL_SOURCE:  # training on it would teach the model its own boxes
+        detail = (
+            "pre-labels from `bloodcell predict --voc`, not saved by a labelling tool since: correct its boxes (or "
+            "remove its <source> once checked) before training or scoring on it"
+        )
+        findings.append(Finding(xml_name, None, "unchecked-prelabel", detail, "kept"))
     if not tree.findall("object"):  # a blood smear without a cell: far more often a file saved before labelling
         detail = "no <object> in the file: every cell in its image is taken as background (training, scoring)"
         findings.append(Finding(xml_name, None, "no-objects", detail, "kept"))
