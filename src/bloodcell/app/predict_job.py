@@ -68,16 +68,8 @@ def _refuse_overwriting_inputs(
         if path and os.path.realpath(path) in inputs:
             raise ConfigError(f"{flag} {path}: is {inputs[os.path.realpath(path)][1]}; it would be overwritten")
     wanted = {os.path.realpath(path): flag for flag, path in files.items() if path}
-    copies: dict[str, Path] = {}  # annotated copy -> the input it shows
     for source, name in names.items() if out else ():
         copy = os.path.realpath(annotated_path(out, name))
-        if source.is_file():  # a missing input (failed, listed) gets no copy
-            if copy in copies:  # s.bmp gains .jpg: s.bmp.jpg's copy is the same file
-                raise ConfigError(
-                    f"--out {out}: {copies[copy]} and {source} would both be annotated as "
-                    f"{annotated_path(out, name)}; rename one, or count them in separate runs"
-                )
-            copies[copy] = source
         if copy in inputs:
             raise ConfigError(
                 f"--out {out}: the annotated copy of {source} would overwrite {inputs[copy][0]}; choose another folder"
@@ -92,29 +84,31 @@ def _refuse_overwriting_inputs(
 def _write_voc(result: ImageResult, voc: str, kept: list[str]) -> bool:
     """Writes the image's VOC annotation; one already there is kept (its name added to ``kept``), with a
     warning when it looks like another image's. Whether it was written."""
-    if write_voc(result, voc) is not None:
-        return True
-    path = voc_path(voc, result.path)
-    kept.append(printable(path.name))
-    if why := kept_voc_mismatch(path, result):
-        print(f"warning: {result.label}: {kept[-1]} kept in {voc} may label another image: {why}", file=sys.stderr)
-    return False
+    path, written = write_voc(result, voc)
+    if not written:
+        kept.append(printable(path.name))
+        if why := kept_voc_mismatch(path, result):
+            print(f"warning: {result.label}: {kept[-1]} kept in {voc} may label another image: {why}", file=sys.stderr)
+    return written
 
 
-def _refuse_shared_annotations(sources: list[Path], voc: str | None) -> None:
-    """VOC names an annotation by its image's name without the suffix: s.jpg and s.png (or a/s.jpg and
-    b/s.jpg) would share one XML, and one image's labels would be the other's."""
-    if voc is None:
-        return
-    seen: dict[Path, Path] = {}
-    for source in sources:
-        target = voc_path(voc, source)
-        if target in seen:
-            raise ConfigError(
-                f"--voc {voc}: {seen[target]} and {source} would both be labelled in {target} (VOC names an "
-                "annotation by its image's name); rename one, or label them into separate folders"
-            )
-        seen[target] = source
+def _refuse_shared_outputs(paths: list[Path], names: dict[Path, str], out: str | None, voc: str | None) -> None:
+    """ConfigError before any work when two images would get one output file: an annotated copy (s.bmp gains
+    .jpg, which is s.bmp.jpg's own name) or a VOC annotation (named by the image's name without the suffix:
+    s.jpg and s.png); one image's picture or labels would be the other's."""
+    outputs = [
+        (out, "--out", lambda p: annotated_path(out, names[p]), "be annotated as", "count them in separate runs"),
+        (voc, "--voc", lambda p: voc_path(voc, p), "be labelled in", "label them into separate folders"),
+    ]
+    for folder, flag, target_of, verb, instead in outputs:
+        seen: dict[str, Path] = {}
+        for source in paths if folder else ():
+            target = target_of(source)
+            if (key := os.path.realpath(target)) in seen:
+                raise ConfigError(
+                    f"{flag} {folder}: {seen[key]} and {source} would both {verb} {target}; rename one, or {instead}"
+                )
+            seen[key] = source
 
 
 def _check_suffixes(files: dict[str, str | None]) -> None:
@@ -163,7 +157,7 @@ def run_predict(
     paths, problems, missing, order = expand_sources(sources)
     names = dict(zip([*paths, *missing], output_names([*paths, *missing]), strict=True))  # one name each
     _refuse_overwriting_inputs(names, out, files, model)
-    _refuse_shared_annotations(paths, voc)
+    _refuse_shared_outputs(paths, names, out, voc)
     for problem in problems:
         print(f"error: {printable(problem)}", file=sys.stderr)
     predictor: Predictor = load_predictor(model, device=device, threads=threads, edgetpu=edgetpu, batch=batch)

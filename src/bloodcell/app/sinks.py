@@ -119,15 +119,16 @@ def save_annotated(result: ImageResult, annotator: BoxAnnotator, out_dir: str | 
     return path
 
 
-def write_voc(result: ImageResult, folder: str | Path) -> Path | None:
-    """``voc_path``: the image's counted boxes as Pascal VOC XML, labels to correct in a labelling tool (LabelImg,
-    CVAT) and train on. A file already there is kept, never overwritten (someone may have corrected it): None."""
+def write_voc(result: ImageResult, folder: str | Path) -> tuple[Path, bool]:
+    """``voc_path`` and whether it was written: the image's counted boxes as Pascal VOC XML, labels to correct in
+    a labelling tool (LabelImg, CVAT) and train on. A file already there is kept, never overwritten (someone may
+    have corrected it)."""
     path = voc_path(folder, result.path)
     if path.exists():
-        return None
+        return path, False
     names = tuple(result.class_names)
     write_bytes(path, voc_annotation(Path(result.label).name, result.width, result.height, result.counted, names))
-    return path
+    return path, True
 
 
 def voc_path(folder: str | Path, image: str | Path) -> Path:
