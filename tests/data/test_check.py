@@ -13,6 +13,7 @@ from voc_factory import BCCD_FINDINGS, UNUSABLE, VOCFolder, make_voc
 from bloodcell.cli import main
 from bloodcell.data.check import check_dataset, format_findings
 from bloodcell.data.sources import load_dataset
+from bloodcell.data.voc import UNKNOWN_DROPPED
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -115,7 +116,7 @@ def test_format_findings_names_file_and_object(tmp_path: Path) -> None:
     text = format_findings(check_dataset(tmp_path))
     header, row, summary = text.splitlines()
     assert header.split()[:3] == ["file", "object", "kind"]
-    assert row.split()[:3] == ["x.xml", "2", "unknown-class"] and row.endswith("dropped")  # the second <object>
+    assert row.split()[:3] == ["x.xml", "2", "unknown-class"] and row.endswith(UNKNOWN_DROPPED)  # the 2nd <object>
     assert summary.endswith("1 findings (1 unknown-class)")
 
 

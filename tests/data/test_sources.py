@@ -68,6 +68,11 @@ def test_split_that_only_one_source_has(tmp_path, bccd_root, dense_root):
         ("sources:\n  - {path: x, path: y}\n", "line 2, column 15: duplicate key 'path'"),
         ("sources:\n  - path: .\n  - path: ./\n", r"sources\[1\]: path './' \(.*\) is listed twice"),
         ("sources:\n  - ? [a, b]\n    : 1\n", "line 2, column 7: found unhashable key"),
+        ("sources:\n  - path: x\n    aliases: [WBC]\n", r"sources\[0\]: 'aliases' must map XML class names"),
+        ("sources:\n  - path: x\n    aliases: {Neutrophil: NK}\n", "maps to 'NK', which is not among"),
+        ("sources:\n  - path: x\n    aliases: {Neutrophil: 3}\n", "expected a class name or null"),
+        ("sources:\n  - path: x\n    aliases: {' platelet': WBC}\n", "' platelet' is read as 'Platelets' already"),
+        ("sources:\n  - path: x\n    aliases: {NK: RBC, n-k: WBC}\n", "'NK' and 'n-k' are one name to the reader"),
     ],
 )
 def test_bad_yaml_is_a_clear_error(tmp_path, text, message):
@@ -242,4 +247,31 @@ def test_a_later_source_replaces_an_image_saved_in_another_format(tmp_path):
     assert [(r.image_path.name, len(r.boxes), r.exhaustive) for r in merged.records] == [
         ("a.png", 2, (True, True, True)),
         ("b.jpg", 1, (False, True, False)),
+    ]
+
+
+def test_a_source_names_its_own_classes_and_the_rest_of_its_images_keep_their_completeness(tmp_path):
+    """A lab that labels white-cell subtypes maps them in its source; an unmapped name leaves its image (only)
+    without exhaustive classes, under the source's own `exhaustive`."""
+    lab = make_voc(tmp_path / "lab", n_images=1, splits=False)
+    lab.add("diff", (("RBC", (10, 10, 30, 30)), ("Neutrophil", (30, 10, 50, 40)), ("Eosinophil", (1, 1, 9, 9))))
+    lab.add("odd", (("RBC", (10, 10, 30, 30)), ("Basophil", (30, 10, 50, 40))))
+    spec = tmp_path / "data.yaml"
+    spec.write_text(
+        f"sources:\n  - path: {lab.root}\n    exhaustive: [RBC, WBC]\n"
+        "    aliases: {Neutrophil: wbc, Eosinophil: White Blood Cell}\n"
+    )
+    assert read_spec(spec).sources[0].aliases == (("Neutrophil", "WBC"), ("Eosinophil", "WBC"))
+    dataset = load_dataset(spec, None, decode_images=False)
+    records = {r.image_id: r for r in dataset.records}
+    assert records["diff"].labels.tolist() == [0, 1, 1]
+    assert {i: r.exhaustive for i, r in records.items()} == {
+        "img0": (True, True, False),
+        "diff": (True, True, False),
+        "odd": (False, False, False),
+    }
+    assert [(f.file, f.kind) for f in dataset.findings] == [
+        ("lab/diff.xml", "class-alias"),
+        ("lab/diff.xml", "class-alias"),
+        ("lab/odd.xml", "unknown-class"),
     ]

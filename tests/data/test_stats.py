@@ -97,3 +97,25 @@ def test_cli_stats(tmp_path: Path, capsys) -> None:
     assert last.startswith(f"error: {voc.root}: listed images left out (val 1); the statistics cover the others")
     stats = json.loads((tmp_path / "out3" / "stats.json").read_text())
     assert stats["splits"]["val"]["skipped_images"] == 1 and stats["splits"]["train"]["skipped_images"] == 0
+
+
+def test_a_split_a_dataset_yaml_reads_from_another_splits_list_is_said_once(tmp_path: Path, capsys) -> None:
+    """`splits: {val: test}` makes val and test one list: its rows once, then a line saying so (they were
+    printed twice, as if a second set of images), and one findings count."""
+    voc = make_voc(tmp_path / "v", n_images=3)
+    voc.add("odd", [("rbc", (1, 1, 9, 9))])  # a finding, in the test list only
+    voc.write_split("test", ["img2", "odd"])
+    spec = tmp_path / "d.yaml"
+    spec.write_text(f"sources:\n  - path: {voc.root}\nsplits: {{val: test}}\n")
+    stats = compute_stats(spec)
+    assert [(s.name, s.images, s.same_as) for s in stats.splits] == [
+        ("train", 2, None),
+        ("val", 2, None),
+        ("test", 2, "val"),
+    ]
+    assert [s.name for s in stats.distinct] == ["train", "val"]
+    text = str(stats)
+    assert [line.split()[0] for line in text.splitlines()[2:]] == ["train"] * 4 + ["val"] * 4 + ["test:"]
+    assert text.endswith("test: the same images as val (the dataset YAML's splits read one list)")
+    assert "(val 1);" in (stats.findings_warning() or "")
+    assert json.loads(write_stats(stats, tmp_path / "o").read_text())["splits"]["test"]["same_images_as"] == "val"

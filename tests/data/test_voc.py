@@ -15,7 +15,7 @@ from voc_factory import BCCD_FINDINGS, HEIGHT, UNUSABLE, WIDTH, VOCFolder, make_
 
 from bloodcell import boxes as box_ops
 from bloodcell.cli import main
-from bloodcell.data.voc import load_voc
+from bloodcell.data.voc import UNKNOWN_DROPPED, load_voc
 from bloodcell.errors import DatasetError
 from bloodcell.runtime.images import IMAGE_SUFFIXES
 from bloodcell.types import CLASS_NAMES
@@ -224,6 +224,38 @@ def test_bad_input_gives_its_finding(tmp_path: Path, case: str) -> None:
         assert len(by_id["bad"].boxes) == kept
 
 
+def test_a_cell_of_an_unknown_class_leaves_its_image_labelled_incompletely(tmp_path: Path) -> None:
+    """A "Neutrophil" is dropped, but its image no longer says every cell of a class is boxed: a white cell taught
+    as background (or counted as missing from the true count) would be the reader's doing; a nameless box too."""
+    voc = make_voc(tmp_path, n_images=1, splits=False)
+    voc.add("sub", (("RBC", (10, 10, 30, 30)), ("Neutrophil", (30, 10, 50, 40))))
+    voc.add("nameless", (("RBC", (10, 10, 30, 30)),))
+    path = voc.xml_path("nameless")
+    path.write_text(path.read_text().replace("<name>RBC</name>", "", 1))
+    dataset = load_voc(tmp_path)
+    masks = {r.image_id: r.exhaustive_mask(3).tolist() for r in dataset.records}
+    assert masks == {"img0": [True] * 3, "sub": [False] * 3, "nameless": [False] * 3}
+    [finding] = [f for f in dataset.findings if f.file == "sub.xml"]
+    assert finding.action == UNKNOWN_DROPPED
+    assert "map it in a dataset YAML source's aliases: {Neutrophil: RBC|WBC|Platelets}" in finding.detail
+
+
+def test_aliases_name_the_class_of_a_name_the_reader_does_not_know(tmp_path: Path) -> None:
+    """A lab's own names: a WBC subtype read as WBC (said, as the built-in variants are), debris left out as no
+    cell at all (its place stays background, the image stays exhaustive)."""
+    voc = make_voc(tmp_path, n_images=0, splits=False)
+    voc.add("lab", (("Neutrophil", (30, 10, 50, 40)), ("debris", (1, 1, 5, 5)), ("lymphocite", (5, 5, 20, 20))))
+    dataset = load_voc(tmp_path, aliases={"neutrophil": "WBC", "Debris": None, "Lymphocyte": "WBC"})
+    [record] = dataset.records
+    assert record.labels.tolist() == [1] and record.exhaustive is not None and not any(record.exhaustive)
+    assert [(f.object, f.kind, f.action) for f in dataset.findings] == [
+        (1, "class-alias", "renamed"),
+        (2, "class-alias", "dropped"),
+        (3, "unknown-class", UNKNOWN_DROPPED),
+    ]
+    assert "perhaps a typo of 'WBC'" in dataset.findings[2].detail  # one letter off an alias of it
+
+
 @pytest.mark.parametrize(
     ("content", "says"), [(b"", "empty file (0 bytes)"), (b"GIF? no", "not a format Pillow reads")]
 )
@@ -332,13 +364,15 @@ def test_an_unknown_class_that_looks_like_a_typo_says_which(tmp_path: Path) -> N
     voc.add("bad", [(name, (1 + i, 1, 9 + i, 9)) for i, name in enumerate(names)])
     details = [f.detail.removeprefix("class ").replace(" is not one of ['RBC', 'WBC', 'Platelets']", "") for f in
                load_voc(tmp_path).findings]  # fmt: skip
+    alias = " (a kind of one? map it in a dataset YAML source's aliases: {{{}: RBC|WBC|Platelets}}, or null for no cell"
+    alias += " to count)"
     assert details == [
         "'Plateletes' (perhaps a typo of 'Platelets'? fix the XML if so)",
         "'WCB' (perhaps a typo of 'WBC'? fix the XML if so)",
-        "'Neutrophil'",  # not a typo: no guess
-        "'NRBC'",  # a class with more in front, or another word, is another cell: no guess
-        "'Giant platelet'",
-        "'ebc'",  # one letter from RBC and from WBC: no guess
+        "'Neutrophil'" + alias.format("Neutrophil"),  # not a typo: no guess
+        "'NRBC'" + alias.format("NRBC"),  # a class with more in front, or another word, is another cell: no guess
+        "'Giant platelet'" + alias.format("Giant platelet"),
+        "'ebc'" + alias.format("ebc"),  # one letter from RBC and from WBC: no guess
     ]
 
 
@@ -434,7 +468,7 @@ def test_an_object_without_a_name_is_said_so(tmp_path: Path) -> None:
     text = path.read_text()
     path.write_text(text.replace(text[text.index("<name>") : text.index("</name>") + 7], "", 1))
     found = [f for f in load_voc(tmp_path).findings if f.object == 1]
-    assert [(f.kind, f.detail, f.action) for f in found] == [("unknown-class", "object has no <name>", "dropped")]
+    assert [(f.kind, f.detail, f.action) for f in found] == [("unknown-class", "object has no <name>", UNKNOWN_DROPPED)]
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".tif", ".png"])

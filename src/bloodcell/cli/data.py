@@ -95,7 +95,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     print(f"wrote {write_stats(stats, args.out)}")
     for path in plot_stats(stats, data_root(args), args.out):
         print(f"wrote {path}")
-    left_out = [f"{s.name} {s.skipped}" for s in stats.splits if s.skipped]
+    left_out = [f"{s.name} {s.skipped}" for s in stats.distinct if s.skipped]
     if left_out:  # a failed input, as in `data check`: said with the exit code, not only as a warning
         root = data_root(args)
         print(

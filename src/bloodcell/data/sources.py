@@ -7,6 +7,8 @@
         exhaustive: [WBC]          # classes whose every cell has a box (others: missing labels)
       - path: BCCD-dense
         exhaustive: [RBC, WBC, Platelets]
+      - path: our-lab
+        aliases: {Neutrophil: WBC, Lymphocyte: WBC, Debris: null}   # XML class -> class (null: not a cell)
     splits: {train: train, val: val, test: test}   # optional: split name -> ImageSets/Main file
 
 A plain VOC folder is one source with every class exhaustive.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import yaml
 
 from bloodcell.errors import DatasetError
@@ -54,6 +57,8 @@ def resolve_data_root(path: str | os.PathLike | None = None) -> Path:
 class Source:
     path: Path
     exhaustive: tuple[str, ...]  # class names labelled exhaustively in this source
+    #: (XML class name, class) pairs for names the reader does not know (a WBC subtype); class None: not a cell
+    aliases: tuple[tuple[str, str | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,35 @@ def _class_name(name: str, class_names: tuple[str, ...]) -> str:
 
     alias = DEFAULT_ALIASES.get(canonical(name))
     return alias if alias in class_names else name
+
+
+def _aliases(raw: object, class_names: tuple[str, ...], where: str) -> tuple[tuple[str, str | None], ...]:
+    """A source's ``aliases`` mapping, checked: each name is one the reader would not know, each class is one
+    of ``class_names`` (in any spelling the reader accepts) or null."""
+    from bloodcell.data.voc import DEFAULT_ALIASES, canonical
+
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{where}: 'aliases' must map XML class names to classes, e.g. {{Neutrophil: WBC}}")
+    known = {canonical(c): c for c in class_names} | {k: v for k, v in DEFAULT_ALIASES.items() if v in class_names}
+    pairs: list[tuple[str, str | None]] = []
+    for name, target in raw.items():
+        if not isinstance(name, str) or not name.strip():
+            raise DatasetError(f"{where}: aliases: {name!r} is not a class name as an XML writes it")
+        if canonical(name) in known:  # the reader takes it as that class already: a second meaning would hide it
+            raise DatasetError(f"{where}: aliases: {name!r} is read as {known[canonical(name)]!r} already")
+        if target is not None and not isinstance(target, str):
+            raise DatasetError(f"{where}: aliases: {name!r} maps to {target!r}; expected a class name or null")
+        cls = None if target is None else _class_name(target, class_names)
+        if cls is not None and cls not in class_names:
+            raise DatasetError(
+                f"{where}: aliases: {name!r} maps to {target!r}, which is not among {list(class_names)} "
+                "(null: boxes of something that is not a cell to count)"
+            )
+        same = [other for other, c in pairs if canonical(other) == canonical(name) and c != cls]
+        if same:  # the reader matches names as it matches classes: case, spaces, '_' and '-' aside
+            raise DatasetError(f"{where}: aliases: {same[0]!r} and {name!r} are one name to the reader, two classes")
+        pairs.append((name, cls))
+    return tuple(pairs)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -151,9 +185,9 @@ def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAME
             item = {"path": item}
         if not isinstance(item, dict) or not isinstance(item.get("path"), str):
             raise DatasetError(f"{where}: expected a mapping with a 'path' string")
-        unknown = set(item) - {"path", "exhaustive"}
+        unknown = set(item) - {"path", "exhaustive", "aliases"}
         if unknown:
-            raise DatasetError(f"{where}: unknown keys {sorted(unknown)}")
+            raise DatasetError(f"{where}: unknown keys {sorted(unknown)}; expected 'path', 'exhaustive', 'aliases'")
         folder = Path(os.path.expanduser(os.path.expandvars(item["path"])))
         if not folder.is_absolute():
             folder = path.parent / folder
@@ -164,6 +198,7 @@ def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAME
         bad = [c for c in exhaustive if c not in class_names]
         if bad:
             raise DatasetError(f"{where}: exhaustive classes {bad} are not among {list(class_names)}")
+        aliases = _aliases({} if item.get("aliases") is None else item["aliases"], class_names, where)
         if not folder.is_dir():
             raise DatasetError(f"{where}: path {item['path']!r} ({folder}) is not a folder")
         try:  # a folder without Annotations/ (its JPEGImages/, an empty folder) would add no image, silently
@@ -172,7 +207,7 @@ def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAME
             raise DatasetError(f"{where}: path {item['path']!r}: {e}") from None
         if any(os.path.samefile(folder, earlier.path) for earlier in sources):
             raise DatasetError(f"{where}: path {item['path']!r} ({folder}) is listed twice; list each folder once")
-        sources.append(Source(folder, tuple(exhaustive)))
+        sources.append(Source(folder, tuple(exhaustive), aliases))
     splits = doc.get("splits") or {}
     if not isinstance(splits, dict) or not all(isinstance(v, str) for v in splits.values()):
         raise DatasetError(f"{path}: 'splits' must map split names to ImageSets/Main file names")
@@ -247,10 +282,19 @@ def load_dataset(
         ids = [i for i in members if i in annotated[source.path] or (i in unannotated and members[i] == source.path)]
         if not ids:
             continue
-        part = load_voc(source.path, split_name, class_names=class_names, decode_images=decode_images, image_ids=ids)
-        mask = tuple(name in source.exhaustive for name in class_names)
+        part = load_voc(
+            source.path,
+            split_name,
+            class_names=class_names,
+            aliases=dict(source.aliases),
+            decode_images=decode_images,
+            image_ids=ids,
+        )
+        mask = np.array([name in source.exhaustive for name in class_names])
         for record in part.records:  # by image id: x.png in a later source replaces x.jpg in an earlier one
-            merged[record.image_id] = replace(record, exhaustive=mask)
+            # the source's completeness, less what the file itself leaves unknown (a box of an unknown class)
+            exhaustive = tuple(bool(e) for e in mask & record.exhaustive_mask(len(class_names)))
+            merged[record.image_id] = replace(record, exhaustive=exhaustive)
             labelled_by[record.image_id] = source.path
         parts.append((source.path, part.findings))
         read[source.path] = part.records

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from bloodcell import atomic
 from bloodcell import boxes as box_ops
-from bloodcell.data.sources import ALL_SPLIT, available_splits, is_spec_file, load_dataset
+from bloodcell.data.sources import ALL_SPLIT, available_splits, is_spec_file, load_dataset, read_spec
 from bloodcell.data.voc import VOCDataset
 from bloodcell.palette import class_hex
 from bloodcell.types import CLASS_NAMES
@@ -80,6 +80,7 @@ class SplitStats:
     findings: int  # reader findings (repairs, skipped images) in this split
     classes: tuple[ClassStats, ...]
     skipped: int = 0  # images left out: their annotation or image could not be used
+    same_as: str | None = None  # an earlier split a dataset YAML reads from the same list (splits: {val: test})
 
     @property
     def boxes_per_image(self) -> float:
@@ -93,6 +94,7 @@ class SplitStats:
             "findings": self.findings,
             "skipped_images": self.skipped,
             "classes": {c.name: c.to_dict() for c in self.classes},
+            **({"same_images_as": self.same_as} if self.same_as else {}),
         }
 
 
@@ -126,10 +128,15 @@ class DatasetStats:
             "sample": sample,
         }
 
+    @property
+    def distinct(self) -> tuple[SplitStats, ...]:
+        """The splits that are not another's images again: what tables, plots and warnings show."""
+        return tuple(s for s in self.splits if s.same_as is None)
+
     def __str__(self) -> str:
         head = ("split", "class", "images", "boxes", "per image", "size p10/50/90", "width p10/50/90")
         rows = [(*head, "height p10/50/90")]
-        for s in self.splits:
+        for s in self.distinct:
             for c in s.classes:
                 sizes = [str(p or "-") for p in (c.size, c.width, c.height)]
                 rows.append((s.name, c.name, str(c.images), str(c.boxes), f"{c.boxes_per_image:.2f}", *sizes))
@@ -141,11 +148,16 @@ class DatasetStats:
             for r in rows
         ]
         title = f"{self.root} (box counts after repair; sizes in px, size = sqrt(area))"
-        return "\n".join([title, *(line.rstrip() for line in lines)])
+        again = [
+            f"{s.name}: the same images as {s.same_as} (the dataset YAML's splits read one list)"
+            for s in self.splits
+            if s.same_as
+        ]
+        return "\n".join([title, *(line.rstrip() for line in lines), *again])
 
     def findings_warning(self) -> str | None:
         """One stderr line when the reader repaired or skipped anything (as train and val say it)."""
-        found = [f"{s.name} {s.findings}" for s in self.splits if s.findings]
+        found = [f"{s.name} {s.findings}" for s in self.distinct if s.findings]
         if not found:
             return None
         return (
@@ -207,10 +219,17 @@ def compute_stats(root: str | Path, class_names: tuple[str, ...] = CLASS_NAMES) 
     root = Path(root)
     splits = []
     sample = None
+    spec = read_spec(root, class_names)
+    read: dict[str, SplitStats] = {}  # split file -> the first split read from it
     for split in available_splits(root) or [None]:
+        if split is not None and (first := read.get(spec.split_file(split))) is not None:
+            splits.append(replace(first, name=split, same_as=first.name))
+            continue
         # Sizes come from the XML; decoding every JPEG is `data check`'s job, not this one's.
         dataset = load_dataset(root, split=split, class_names=class_names, decode_images=False)
         splits.append(_split_stats(split or ALL_SPLIT, dataset))
+        if split is not None:
+            read[spec.split_file(split)] = splits[-1]
         if sample is None:
             sample = _pick_sample(root, dataset)
     return DatasetStats(root=str(root), class_names=tuple(class_names), splits=tuple(splits), sample=sample)
@@ -255,10 +274,11 @@ def _plot_counts(stats: DatasetStats) -> Figure:
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(stats.class_names))
-    width = 0.8 / max(len(stats.splits), 1)
-    for k, split in enumerate(stats.splits):
+    splits = stats.distinct
+    width = 0.8 / max(len(splits), 1)
+    for k, split in enumerate(splits):
         counts = [c.boxes for c in split.classes]
-        bars = ax.bar(x + (k - (len(stats.splits) - 1) / 2) * width, counts, width, label=split.name)
+        bars = ax.bar(x + (k - (len(splits) - 1) / 2) * width, counts, width, label=split.name)
         ax.bar_label(bars, fontsize=8)
     ax.set_xticks(x, stats.class_names)
     ax.set_ylabel("boxes (after repair)")
@@ -274,10 +294,10 @@ def _plot_sizes(stats: DatasetStats) -> Figure:
     fig = Figure(figsize=(4 * n, 3.5), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
     for index, (ax, name) in enumerate(zip(axes, stats.class_names, strict=True)):
-        per_split = [s.classes[index].sizes for s in stats.splits]
+        per_split = [s.classes[index].sizes for s in stats.distinct]
         joined = np.concatenate(per_split)
         bins = np.histogram_bin_edges(joined, bins=30) if len(joined) else 10
-        for split, sizes in zip(stats.splits, per_split, strict=True):
+        for split, sizes in zip(stats.distinct, per_split, strict=True):
             ax.hist(sizes, bins=bins, histtype="step", linewidth=1.5, label=split.name)
         ax.axvline(32, color="grey", linestyle=":", linewidth=1)  # COCO's "small object" limit
         ax.set_title(name, color=class_colour(name, stats.class_names))

@@ -58,6 +58,9 @@ SKIPPED_FROM = "skipped from "
 FLAGGED_ID = re.compile(r"(.+?)\s+(-1|0|1)")
 #: The action of a finding whose labels a later source of a dataset YAML replaces (it no longer matters).
 SUPERSEDED = "superseded: "
+#: The action of an unknown class's box: dropped, and no class is taken as exhaustively labelled in its image
+#: (the cell may be a kind of one: a "Neutrophil" taught as background would teach the model to miss white cells).
+UNKNOWN_DROPPED = "dropped; no class taken as exhaustive in this image"
 #: The action of a later source's finding that left its image unlabelled there: an earlier source's labels stand.
 FELL_BACK = "skipped here; fell back to "
 
@@ -225,7 +228,7 @@ def load_voc(
     root: str | Path,
     split: str | None = None,
     class_names: tuple[str, ...] = CLASS_NAMES,
-    aliases: dict[str, str] | None = None,
+    aliases: dict[str, str | None] | None = None,
     decode_images: bool = True,
     image_ids: list[str] | None = None,
 ) -> VOCDataset:
@@ -233,6 +236,9 @@ def load_voc(
 
     ``split`` names ImageSets/Main/<split>.txt; None reads every XML file in Annotations/;
     ``image_ids`` (instead of the split's file) names the annotations to read.
+    ``aliases`` adds to ``DEFAULT_ALIASES``: an XML class name -> one of ``class_names``, or None for boxes of
+    something that is not a cell to count (left out; its place is background). A box of any other class is
+    left out too, and its image then labels no class exhaustively (the cell is one of them, or not).
     With ``decode_images`` every image is fully decoded so that truncated files are found here
     rather than in the middle of training.
     """
@@ -310,10 +316,11 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*") if p.suffix.lower() in suffixes and not p.name.startswith("."))
 
 
-def _did_you_mean(raw_name: str, aliases: dict[str, str]) -> str:
+def _did_you_mean(raw_name: str, aliases: dict[str, str | None]) -> str:
     """A typo's likely class ("Plateletes", "WCB"): said, not applied; a wrong guess would move a cell to
-    another class, and a cell left out of an exhaustive class is taught as background. Only one or two
-    letters off one class, and not a class name with more added ("NRBC", "giant platelet" are other cells)."""
+    another class. Only one or two letters off one class, and not a class name with more added ("NRBC",
+    "giant platelet" are other cells)."""
+    aliases = {alias: c for alias, c in aliases.items() if c is not None}  # null: not a cell, not a class
     name = canonical(raw_name)
     distance = {alias: _edits(name, alias) for alias in aliases}
     nearest = min(distance.values(), default=99)
@@ -430,7 +437,7 @@ def _read_one(
     root: Path,
     image_id: str,
     class_index: dict[str, int],
-    aliases: dict[str, str],
+    aliases: dict[str, str | None],
     decode_images: bool,
     findings: list[Finding],
     listed_in: str | None = None,
@@ -494,15 +501,26 @@ def _read_one(
     labels: list[int] = []
     difficult: list[bool] = []
     object_ids: list[int] = []
+    unknown = False  # a cell of no known class: which class it is a cell of, if any, is not known
     for i, obj in enumerate(tree.findall("object"), start=1):  # as a person counts them in the file
         raw_name = (obj.findtext("name") or "").strip()
         name = raw_name if raw_name in class_index else aliases.get(canonical(raw_name), raw_name)
         if obj.find("name") is None:
-            findings.append(Finding(xml_name, i, "unknown-class", "object has no <name>", "dropped"))
+            findings.append(Finding(xml_name, i, "unknown-class", "object has no <name>", UNKNOWN_DROPPED))
+            unknown = True
+            continue
+        if name is None:  # a source's aliases say it is no cell to count (debris, stain): background
+            detail = f"{raw_name!r} is not a counted class (the source's aliases map it to null)"
+            findings.append(Finding(xml_name, i, "class-alias", detail, "dropped"))
             continue
         if name not in class_index:
-            detail = f"class {raw_name!r} is not one of {list(class_index)}" + _did_you_mean(raw_name, aliases)
-            findings.append(Finding(xml_name, i, "unknown-class", detail, "dropped"))
+            hint = _did_you_mean(raw_name, aliases) or (
+                f" (a kind of one? map it in a dataset YAML source's aliases: {{{raw_name}: {'|'.join(class_index)}}}"
+                ", or null for no cell to count)"
+            )
+            detail = f"class {raw_name!r} is not one of {list(class_index)}" + hint
+            findings.append(Finding(xml_name, i, "unknown-class", detail, UNKNOWN_DROPPED))
+            unknown = True
             continue
         if name != raw_name:
             findings.append(Finding(xml_name, i, "class-alias", f"{raw_name!r} read as {name!r}", "renamed"))
@@ -566,6 +584,7 @@ def _read_one(
         boxes=boxes_arr[keep],
         labels=labels_arr[keep],
         difficult=difficult_arr[keep],
+        exhaustive=(False,) * len(class_index) if unknown else None,
     )
 
 
