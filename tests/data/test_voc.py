@@ -224,6 +224,28 @@ def test_bad_input_gives_its_finding(tmp_path: Path, case: str) -> None:
         assert len(by_id["bad"].boxes) == kept
 
 
+@pytest.mark.parametrize(
+    ("xml_size", "objects", "boxes", "action"),
+    [  # the boxes of an image resized after labelling are in <size>'s pixels: scaled to the image
+        ((128, 96), [(60, 40, 120, 90), (2, 2, 20, 20)], [[30, 20, 60, 45], [1, 1, 10, 10]], "boxes scaled"),
+        ((32, 24), [(10, 10, 30, 22)], [[20, 20, 60, 44]], "boxes scaled"),  # enlarged
+        ((129, 96), [(60, 40, 129, 90)], [[60 * 64 / 129, 20, 64, 45]], "boxes scaled"),  # a side rounded
+        # a wrong <size> over boxes drawn on this image (none reaches past it): kept as drawn
+        ((128, 96), [(10, 10, 60, 40)], [[10, 10, 60, 40]], "used image size"),
+        ((32, 24), [(10, 10, 60, 40)], [[10, 10, 60, 40]], "used image size"),  # past <size>: drawn on the image
+        ((100, 100), [(10, 10, 90, 40)], [[10, 10, 64, 40]], "used image size"),  # another shape: clipped
+    ],
+)
+def test_boxes_drawn_before_the_image_was_resized_are_scaled_to_it(tmp_path, xml_size, objects, boxes, action):
+    voc = VOCFolder(tmp_path)
+    voc.add("x", [("RBC", box) for box in objects], xml_size=xml_size)  # the image is 64x48
+    dataset = load_voc(tmp_path)
+    np.testing.assert_allclose(dataset.records[0].boxes, np.float32(boxes), rtol=1e-6)
+    size = [f for f in dataset.findings if f.kind == "size-mismatch"]
+    assert [f.action for f in size] == [action]
+    assert ("scaled by" in size[0].detail) == (action == "boxes scaled")
+
+
 def test_a_cell_of_an_unknown_class_leaves_its_image_labelled_incompletely(tmp_path: Path) -> None:
     """A "Neutrophil" is dropped, but its image no longer says every cell of a class is boxed: a white cell taught
     as background (or counted as missing from the true count) would be the reader's doing; a nameless box too."""

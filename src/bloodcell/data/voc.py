@@ -483,19 +483,18 @@ def _read_one(
 
     size = tree.find("size")
     xml_w, xml_h = _int_or_none(size, "width"), _int_or_none(size, "height")
+    frame = None  # (XML width, height) where the boxes were drawn on another size of the image
     if xml_w is None or xml_h is None:
         detail = f"<size> missing or invalid; image is {width}x{height}"
         findings.append(Finding(xml_name, None, "missing-size", detail, "used image size"))
     elif (xml_w, xml_h) != (width, height):
-        findings.append(
-            Finding(
-                xml_name,
-                None,
-                "size-mismatch",
-                f"<size> says {xml_w}x{xml_h} but {image_path.name} is {width}x{height}",
-                "used image size",
-            )
-        )
+        detail = f"<size> says {xml_w}x{xml_h} but {image_path.name} is {width}x{height}"
+        if _resized(tree, xml_w, xml_h, width, height):
+            frame = (xml_w, xml_h)
+            detail += f": boxes taken as drawn before the image was resized, scaled by {width / xml_w:.4g}"
+            findings.append(Finding(xml_name, None, "size-mismatch", detail, "boxes scaled"))
+        else:
+            findings.append(Finding(xml_name, None, "size-mismatch", detail, "used image size"))
 
     boxes: list[list[float]] = []
     labels: list[int] = []
@@ -548,15 +547,19 @@ def _read_one(
             detail = f"{name} box {coords} has zero or negative size{hint}"
             findings.append(Finding(xml_name, i, "degenerate-box", detail, "dropped"))
             continue
-        clipped = box_ops.clip(np.array(coords), width, height)[0]
+        frame_w, frame_h = frame or (width, height)  # the size the boxes were drawn on
+        clipped = box_ops.clip(np.array(coords), frame_w, frame_h)[0]
         if not np.array_equal(clipped, np.asarray(coords, dtype=np.float64)):
             if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-                detail = f"{name} box {coords} lies outside the {width}x{height} image"
+                detail = f"{name} box {coords} lies outside the {frame_w}x{frame_h} image"
                 findings.append(Finding(xml_name, i, "outside-image", detail, "dropped"))
                 continue
-            detail = f"{name} box {coords} extends past the {width}x{height} image"
+            detail = f"{name} box {coords} extends past the {frame_w}x{frame_h} image"
             findings.append(Finding(xml_name, i, "clipped-box", detail, "clipped"))
             coords = [float(v) for v in clipped]
+        if frame:  # each axis by its own factor: a resize rounds each side to whole pixels
+            scale = (width / frame_w, height / frame_h) * 2
+            coords = [min(v * f, limit) for v, f, limit in zip(coords, scale, (width, height) * 2, strict=True)]
         diff_text = obj.findtext("difficult")
         boxes.append(coords)
         labels.append(class_index[name])
@@ -586,6 +589,24 @@ def _read_one(
         difficult=difficult_arr[keep],
         exhaustive=(False,) * len(class_index) if unknown else None,
     )
+
+
+def _resized(tree: ET.ElementTree, xml_w: int, xml_h: int, width: int, height: int) -> bool:
+    """Whether an image whose <size> differs was resized after labelling (its boxes are in <size>'s pixels):
+    the same shape within rounding (a whole-pixel resize of either side), and some box reaching past the
+    image as it is now while none reaches past <size> (a wrong <size> over boxes drawn on this image: no)."""
+    if abs(width / xml_w - height / xml_h) * max(xml_w, xml_h) > 1.0:  # another shape: a crop or another image
+        return False
+    far = [0.0, 0.0]  # the furthest box corner, x and y
+    for bnd in tree.iterfind("object/bndbox"):
+        try:
+            x2, y2 = float(bnd.findtext("xmax")), float(bnd.findtext("ymax"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        far = [max(far[0], x2), max(far[1], y2)]
+    inside_size = far[0] <= xml_w + 1 and far[1] <= xml_h + 1
+    past_image = far[0] > width + 1 or far[1] > height + 1
+    return inside_size and (past_image or xml_w < width)  # enlarged: every box fits both frames, shapes agree
 
 
 def _merge_duplicates(
