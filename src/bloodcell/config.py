@@ -173,7 +173,8 @@ class TrainConfig:
     augment: str = _option("train", "augmentation preset", Choice(AUGMENT_PRESETS))
     missing_labels: str = _option(
         "ignore",
-        "how unlabelled cells of classes a source marks non-exhaustive train",
+        "how unlabelled cells train where a class is not exhaustive (a source's `exhaustive`, or an image with a box "
+        "of an unknown class)",
         Choice(MISSING_LABEL_METHODS),
     )
     missing_tau: float = _option(

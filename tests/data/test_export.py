@@ -546,6 +546,18 @@ def test_coco_of_several_folders_names_images_under_one_root_and_the_cli_warns_o
     assert "Platelets is not boxed exhaustively in 1 of 2" in err and "WBC is not" not in err
 
 
+def test_an_export_of_images_with_unknown_classes_says_once_what_it_teaches(tmp_path: Path, capsys) -> None:
+    """A Neutrophil box is left out of the export, which cannot mark its image as partly boxed: one line names
+    the class and the fix (aliases), not one line per class blaming completeness."""
+    voc = VOCFolder(tmp_path / "voc")
+    voc.add("x"), voc.add("y", (("RBC", (10, 10, 30, 30)), ("Neutrophil", (30, 10, 50, 40))))
+    assert main(["data", "export", str(voc.root), "--format", "csv", "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 2 images have boxes of classes that are none of RBC, WBC, Platelets (Neutrophil 1): the export " in err
+    assert "a detector trained on it learns those cells as background; name those classes in a dataset YAML" in err
+    assert "not boxed exhaustively" not in err
+
+
 def test_an_export_that_left_images_out_says_so_with_its_exit_code(tmp_path: Path, capsys) -> None:
     voc = VOCFolder(tmp_path / "voc")
     for name in ("a", "b"):

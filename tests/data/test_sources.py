@@ -8,6 +8,7 @@ import pytest
 from voc_factory import make_voc
 
 from bloodcell.cli import main
+from bloodcell.data.check import findings_note
 from bloodcell.data.sources import load_dataset, read_spec
 from bloodcell.errors import DatasetError
 
@@ -270,8 +271,47 @@ def test_a_source_names_its_own_classes_and_the_rest_of_its_images_keep_their_co
         "diff": (True, True, False),
         "odd": (False, False, False),
     }
-    assert [(f.file, f.kind) for f in dataset.findings] == [
-        ("lab/diff.xml", "class-alias"),
-        ("lab/diff.xml", "class-alias"),
-        ("lab/odd.xml", "unknown-class"),
-    ]
+    # the source's own names are applied, not repairs (`data check --strict` passes on them); the unknown one is said
+    assert [(f.file, f.kind) for f in dataset.findings] == [("lab/odd.xml", "unknown-class")]
+    [note] = findings_note(dataset).splitlines()[1:]  # type: ignore[union-attr]
+    assert note.startswith(f"warning: {spec}: 1 of 3 images have boxes of classes that are none of RBC, WBC, Platelets")
+    assert "(Basophil 1): they label no class exhaustively" in note and "source's aliases ({Neutrophil: WBC}" in note
+
+
+def test_a_fall_back_names_the_completeness_of_the_labels_kept(tmp_path):
+    """An earlier source's labels stand in for a broken later file: the finding says what they label
+    exhaustively in that image (an unknown class there: none), not what the source says in general."""
+    sparse, dense = make_voc(tmp_path / "sparse", 0, False), make_voc(tmp_path / "dense", 0, False)
+    sparse.add("a", (("RBC", (10, 10, 30, 30)), ("Band cell", (30, 10, 50, 40))))
+    dense.add("a", image=False)  # its XML names an image it does not have: this source cannot label it
+    spec = tmp_path / "data.yaml"
+    spec.write_text(f"sources:\n  - path: {sparse.root}\n  - path: {dense.root}\n")
+    [fell_back] = [f for f in load_dataset(spec, None, decode_images=False).findings if f.falls_back]
+    assert fell_back.action == "skipped here; fell back to sparse's labels (exhaustive there: none)"
+
+
+@pytest.mark.parametrize(
+    ("aliases", "message"),
+    [
+        ("{NO: WBC}", "YAML read a name as False: quote it"),
+        ("{Neutrophil: WBC}\n    exhaustive: [Neutrophil]", "'Neutrophil' is an alias: name its class, 'WBC'"),
+    ],
+)
+def test_alias_slips_are_named(tmp_path, aliases, message):
+    (tmp_path / "v" / "Annotations").mkdir(parents=True)
+    spec = tmp_path / "d.yaml"
+    spec.write_text(f"sources:\n  - path: v\n    aliases: {aliases}\n")
+    with pytest.raises(DatasetError, match=message):
+        read_spec(spec)
+
+
+def test_a_name_near_a_declared_alias_is_said_to_be_near_it(tmp_path):
+    """The slip may be the alias's ("Neutrophill:" in the YAML) or the XML's: both spellings are named."""
+    lab = make_voc(tmp_path / "lab", n_images=0, splits=False)
+    lab.add("a", (("Neutrophil", (30, 10, 50, 40)),))
+    spec = tmp_path / "data.yaml"
+    spec.write_text(f"sources:\n  - path: {lab.root}\n    aliases: {{Neutrophill: WBC}}\n")
+    [finding] = load_dataset(spec, None, decode_images=False).findings
+    assert finding.detail.endswith(
+        "(perhaps 'Neutrophill', which the aliases map to 'WBC'? add this spelling to them or fix the XML)"
+    )

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bloodcell.data.sources import available_splits, load_dataset, read_spec
-from bloodcell.data.voc import SKIPPED_FROM, SUPERSEDED, Finding, VOCDataset
+from bloodcell.data.voc import SKIPPED_FROM, SUPERSEDED, Finding, VOCDataset, unknown_classes
 from bloodcell.errors import DatasetError
 from bloodcell.types import CLASS_NAMES
 
@@ -112,16 +112,40 @@ def _by_kind(findings: list[Finding]) -> str:
     return ", ".join(f"{n} {k}" for k, n in sorted(Counter(f.kind for f in findings).items()))
 
 
-def findings_note(dataset: VOCDataset) -> str | None:
+#: What images labelling no class exhaustively mean to commands that train or score on them.
+UNKNOWN_EFFECT = (
+    "they label no class exhaustively, so their counts are not scored or fitted and their unboxed cells not taught "
+    "as background"
+)
+
+
+def findings_note(dataset: VOCDataset, unknown_effect: str = UNKNOWN_EFFECT) -> str | None:
     """One line for commands that read labels without listing their faults (train, val): how many the
     reader repaired or dropped, and how to see them. None when there are none."""
     found = [f for f in dataset.findings if not f.action.startswith(SUPERSEDED)]  # a later source's labels stand
     if not found:
         return None
     split = f" split {dataset.split}" if dataset.split else ""
-    return (
+    note = (
         f"warning: {dataset.root}{split}: {len(found)} label findings ({_by_kind(found)}) "
         f"repaired or dropped; `bloodcell data check {shlex.quote(str(dataset.root))}` lists them"
+    )
+    return "\n".join(filter(None, [note, unknown_class_note(dataset, unknown_effect)]))
+
+
+def unknown_class_note(dataset: VOCDataset, effect: str = UNKNOWN_EFFECT) -> str | None:
+    """One line when boxes of unknown classes left images labelling no class exhaustively: how many, which
+    names, what that does (``effect``), and the fix (a source's aliases). None when there are none."""
+    unknown = unknown_classes(dataset.findings)
+    if not unknown:
+        return None
+    names = Counter(name for found in unknown.values() for name in found)
+    shown = ", ".join(f"{name or '(no <name>)'!s} {n}" for name, n in names.most_common(4))
+    split = f" split {dataset.split}" if dataset.split else ""
+    return (
+        f"warning: {dataset.root}{split}: {len(unknown)} of {len(dataset.records)} images have boxes of classes "
+        f"that are none of {', '.join(dataset.class_names)} ({shown}{', ...' if len(names) > 4 else ''}): {effect}; "
+        "name those classes in a dataset YAML source's aliases ({Neutrophil: WBC}, null: no cell)"
     )
 
 

@@ -115,6 +115,8 @@ def _aliases(raw: object, class_names: tuple[str, ...], where: str) -> tuple[tup
     known = {canonical(c): c for c in class_names} | {k: v for k, v in DEFAULT_ALIASES.items() if v in class_names}
     pairs: list[tuple[str, str | None]] = []
     for name, target in raw.items():
+        if isinstance(name, bool):  # YAML 1.1 reads an unquoted yes/no/on/off as true/false
+            raise DatasetError(f"{where}: aliases: YAML read a name as {name}: quote it ('NO': WBC)")
         if not isinstance(name, str) or not name.strip():
             raise DatasetError(f"{where}: aliases: {name!r} is not a class name as an XML writes it")
         if canonical(name) in known:  # the reader takes it as that class already: a second meaning would hide it
@@ -194,11 +196,13 @@ def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAME
         exhaustive = item.get("exhaustive", list(class_names))
         if not isinstance(exhaustive, list) or not all(isinstance(c, str) for c in exhaustive):
             raise DatasetError(f"{where}: 'exhaustive' must be a list of class names")
+        aliases = _aliases({} if item.get("aliases") is None else item["aliases"], class_names, where)
         exhaustive = [_class_name(c, class_names) for c in exhaustive]  # "wbc", "platelet": as the XML reads
         bad = [c for c in exhaustive if c not in class_names]
         if bad:
-            raise DatasetError(f"{where}: exhaustive classes {bad} are not among {list(class_names)}")
-        aliases = _aliases({} if item.get("aliases") is None else item["aliases"], class_names, where)
+            named = {name: cls for name, cls in aliases if cls}
+            hint = "".join(f"; {c!r} is an alias: name its class, {named[c]!r}" for c in bad if c in named)
+            raise DatasetError(f"{where}: exhaustive classes {bad} are not among {list(class_names)}{hint}")
         if not folder.is_dir():
             raise DatasetError(f"{where}: path {item['path']!r} ({folder}) is not a folder")
         try:  # a folder without Annotations/ (its JPEGImages/, an empty folder) would add no image, silently
@@ -304,7 +308,6 @@ def load_dataset(
             parts.append((source.path, unlabelled_images(source.path, read.get(source.path, []), named)))
     parts += [(path, [finding]) for path, finding in listed_twice]
     order = {source.path: i for i, source in enumerate(spec.sources)}
-    exhaustive_of = {source.path: source.exhaustive for source in spec.sources}
     findings = []
     for path, found in parts:
         for f in found:
@@ -315,7 +318,8 @@ def load_dataset(
             elif later is not None and order[later] < order[path] and f.action == SKIPPED_IMAGE:
                 # an earlier source's labels stand in for this broken file: the image is kept, with their
                 # (perhaps partial) completeness, and the finding must not say it was left out
-                kept = ", ".join(exhaustive_of[later]) or "none"
+                mask = merged[Path(f.file).stem].exhaustive_mask(len(class_names))  # type: ignore[attr-defined]
+                kept = ", ".join(c for c, e in zip(class_names, mask, strict=True) if e) or "none"
                 f = replace(f, action=f"{FELL_BACK}{later.name}'s labels (exhaustive there: {kept})")
             findings.append(replace(f, file=f"{path.name}/{f.file}"))
     dataset = VOCDataset(root=root, class_names=tuple(class_names), split=split, findings=findings)

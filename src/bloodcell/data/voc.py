@@ -10,6 +10,7 @@ label noise of BCCD and is not applied.)
 
 from __future__ import annotations
 
+import ast
 import glob
 import io
 import os
@@ -175,6 +176,21 @@ def voc_annotation(
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
+def unknown_classes(findings: list[Finding]) -> dict[str, list[str]]:
+    """Annotation file (as the finding names it) -> the class names of its boxes that were dropped as unknown
+    ("" for a box without <name>): the images that label no class exhaustively for that reason."""
+    found: dict[str, list[str]] = {}
+    for f in findings:
+        if f.kind == "unknown-class" and f.action == UNKNOWN_DROPPED:
+            match = _UNKNOWN_DETAIL.match(f.detail)
+            found.setdefault(f.file, []).append(ast.literal_eval(match.group(1)) if match else "")
+    return found
+
+
+#: How ``_read_one`` words an unknown class (the name as repr): ``unknown_classes`` reads the name back.
+_UNKNOWN_DETAIL = re.compile(r"class ('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") is not one of ")
+
+
 def canonical(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name).casefold()
 
@@ -243,6 +259,7 @@ def load_voc(
     rather than in the middle of training.
     """
     root = check_root(root)
+    declared = {canonical(k): k for k in aliases or {}}  # the dataset's own names: applied, not findings
     aliases = {**DEFAULT_ALIASES, **{canonical(k): v for k, v in (aliases or {}).items()}}
     class_index = {name: i for i, name in enumerate(class_names)}
     if image_ids is not None:
@@ -264,7 +281,7 @@ def load_voc(
     labelled_by: dict[tuple[int, int | str], str] = {}
     for image_id in ids:
         listed_in = f"ImageSets/Main/{split}.txt" if split and image_ids is None else None
-        record = _read_one(root, image_id, class_index, aliases, decode_images, dataset.findings, listed_in)
+        record = _read_one(root, image_id, class_index, aliases, declared, decode_images, dataset.findings, listed_in)
         if record is None:
             continue
         key = _file_id(record.image_path)
@@ -316,10 +333,11 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*") if p.suffix.lower() in suffixes and not p.name.startswith("."))
 
 
-def _did_you_mean(raw_name: str, aliases: dict[str, str | None]) -> str:
+def _did_you_mean(raw_name: str, aliases: dict[str, str | None], declared: dict[str, str]) -> str:
     """A typo's likely class ("Plateletes", "WCB"): said, not applied; a wrong guess would move a cell to
     another class. Only one or two letters off one class, and not a class name with more added ("NRBC",
-    "giant platelet" are other cells)."""
+    "giant platelet" are other cells). Near a name the dataset's aliases declare, that name is said (either
+    spelling may be the slip: the XML's or the alias's)."""
     aliases = {alias: c for alias, c in aliases.items() if c is not None}  # null: not a cell, not a class
     name = canonical(raw_name)
     distance = {alias: _edits(name, alias) for alias in aliases}
@@ -332,6 +350,10 @@ def _did_you_mean(raw_name: str, aliases: dict[str, str | None]) -> str:
     )
     if nearest > 2 or len(classes) != 1 or extended:
         return ""
+    near = [declared[a] for a, d in distance.items() if d == nearest and a in declared]
+    if near:
+        cls = classes.pop()
+        return f" (perhaps {near[0]!r}, which the aliases map to {cls!r}? add this spelling to them or fix the XML)"
     return f" (perhaps a typo of {classes.pop()!r}? fix the XML if so)"
 
 
@@ -438,6 +460,7 @@ def _read_one(
     image_id: str,
     class_index: dict[str, int],
     aliases: dict[str, str | None],
+    declared: dict[str, str],
     decode_images: bool,
     findings: list[Finding],
     listed_in: str | None = None,
@@ -509,11 +532,9 @@ def _read_one(
             unknown = True
             continue
         if name is None:  # a source's aliases say it is no cell to count (debris, stain): background
-            detail = f"{raw_name!r} is not a counted class (the source's aliases map it to null)"
-            findings.append(Finding(xml_name, i, "class-alias", detail, "dropped"))
             continue
         if name not in class_index:
-            hint = _did_you_mean(raw_name, aliases) or (
+            hint = _did_you_mean(raw_name, aliases, declared) or (
                 f" (a kind of one? map it in a dataset YAML source's aliases: {{{raw_name}: {'|'.join(class_index)}}}"
                 ", or null for no cell to count)"
             )
@@ -521,7 +542,7 @@ def _read_one(
             findings.append(Finding(xml_name, i, "unknown-class", detail, UNKNOWN_DROPPED))
             unknown = True
             continue
-        if name != raw_name:
+        if name != raw_name and canonical(raw_name) not in declared:  # a variant the reader guessed: said
             findings.append(Finding(xml_name, i, "class-alias", f"{raw_name!r} read as {name!r}", "renamed"))
         bnd = obj.find("bndbox")
         if bnd is None:
