@@ -252,6 +252,8 @@ def test_train_help_shows_defaults_and_choices(capsys) -> None:
         (["data", "check", "/a", "--data", "/b"], "give the dataset once: /a or --data /b, not both"),
         (["qat", "--model", "m.pt", "--out", "q.tflite", "--imgsz", "32"], "multiple of 32 from 64 to 4096"),
         (["qat", "--model", "m.pt", "--out", "q.tflite", "--batch", "300"], "at most 256"),
+        (["qat", "--model", "m.pt", "--out", ".tflite"], "QAT writes a .tflite file; name it like"),  # before training
+        (["export", "--format", "onnx", "--out", "o/.onnx"], "an onnx file must end in .onnx; name it like model.onnx"),
     ],
 )
 def test_flags_that_would_do_nothing_are_refused(argv: list[str], message: str, capsys) -> None:
@@ -281,6 +283,12 @@ def test_download_hash_must_be_a_sha256(value: str, capsys) -> None:
         (["data", "stats", "d", "--out", "{file}"], "--out {file}: is a file, expected a folder"),
         (["report", "r.json", "--out", "{dir}"], "--out {dir}: cannot write there (is a folder"),
         (["train", "--data", "d", "--out", "{file}"], "--out {file}: is a file, expected a run folder"),
+        (
+            ["train", "--data", "d", "--out", "{file}/r"],
+            "--out {file}/r: cannot make the run folder {file}/r ({file} is",
+        ),
+        (["val", "--model", "{file}", "--json", "{file}"], "--json {file}: is the model file; it would be overwritten"),
+        (["val", "--out", "{dir}", "--json", "{dir}/pr_curves.png"], "--json {dir}/pr_curves.png: is where --out puts"),
     ],
 )
 def test_outputs_are_checked_before_the_work(argv: list[str], message: str, tmp_path, capsys) -> None:
@@ -289,6 +297,14 @@ def test_outputs_are_checked_before_the_work(argv: list[str], message: str, tmp_
     assert main([a.format(**where) for a in argv]) == 2  # before any model or dataset is read
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message.format(**where)}") and err.count("\n") == 1
+
+
+def test_calibrate_does_not_write_over_a_file_that_is_not_a_model(tmp_path, capsys) -> None:
+    notes = tmp_path / "notes.pt"
+    notes.write_text("my notes")
+    assert main(["calibrate", "--model", "cellnet_bccd.pt", "--data", "d", "--out", str(notes)]) == 2
+    assert f"--out {notes}: exists and is not a bloodcell model file" in capsys.readouterr().err
+    assert notes.read_text() == "my notes"
 
 
 def test_a_refused_command_leaves_no_output_folders(tmp_path, capsys) -> None:

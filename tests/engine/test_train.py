@@ -24,9 +24,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("model", ["cellnet", "cellnet-mnv2", "fasterrcnn"])
 def test_smoke_train_two_iterations_writes_a_complete_run(tiny_voc, tmp_path, model, capsys):
+    data = tiny_voc
+    if model == "fasterrcnn":  # labels that leave cells out, which its loss cannot leave out of "background"
+        data = tmp_path / "partial.yaml"
+        data.write_text(f"sources:\n  - path: {tiny_voc}\n    exhaustive: [WBC]\n")
     cfg = TrainConfig(
         model=model,
-        data=str(tiny_voc),
+        data=str(data),
         epochs=1,
         batch=2,
         imgsz=256,
@@ -64,6 +68,8 @@ def test_smoke_train_two_iterations_writes_a_complete_run(tiny_voc, tmp_path, mo
         assert load_predictor(exported).metadata.raw["counting_fit"] == {"images": val_ids}
         assert load_predictor(exported).notes == []
     if model == "fasterrcnn":  # fine-tuning its file: CellNet's missing-label settings would be ignored
+        said = "training images box some class incompletely (a dataset YAML's `exhaustive:`, or boxes of unknown"
+        assert said in capsys.readouterr().err
         again = dataclasses.replace(cfg, model=str(result.best), pretrained=True, missing_labels="pseudo")
         with pytest.raises(ConfigError, match="is a fasterrcnn model, which trains with its own"):
             train(again, progress=False)
@@ -195,6 +201,8 @@ def test_training_says_when_val_holds_training_images_or_a_label_option_has_noth
     assert note.startswith("--missing-labels / --missing-tau have nothing to do")
     partial = [dataclasses.replace(r, exhaustive=(False, True, False)) for r in train]  # BCCD's XML in a dataset YAML
     assert _split_notes(partial, val, config, {"missing_labels"}) == []
+    [same] = _split_notes(train, train, dataclasses.replace(config, val_split="train"), set())
+    assert same.startswith("--val-split train is the training split: the best epoch and the counting fit are")
 
 
 def test_a_stop_that_lands_inside_an_import_is_a_stop(tiny_voc, tmp_path, monkeypatch, capsys):
@@ -328,6 +336,18 @@ def test_a_run_names_its_files_absolutely_and_resume_compares_files(one_epoch_ru
     assert resumed.data == saved["train_config"]["data"]
     with pytest.raises(ConfigError, match=r"--data .* differs from the run's"):
         resume_config(TrainConfig(data=str(tmp_path), resume=True), saved, one_epoch_run, explicit=["data"])
+
+
+def test_a_run_without_data_names_the_dataset_the_environment_gave_it(one_epoch_run, tiny_voc, tmp_path, monkeypatch):
+    """No --data: $BLOODCELL_DATA's folder is the run's data, recorded; a resume with the variable changed goes on
+    with the run's own images (it took the new variable's silently: another dataset mid-run)."""
+    from bloodcell.engine.train import absolute_paths, resume_config
+
+    monkeypatch.setenv("BLOODCELL_DATA", str(tiny_voc))
+    assert absolute_paths(TrainConfig(model="cellnet")).data == str(tiny_voc)
+    monkeypatch.setenv("BLOODCELL_DATA", str(tmp_path))
+    saved = read_training_checkpoint(one_epoch_run / "last.pt")
+    assert resume_config(TrainConfig(resume=True), saved, one_epoch_run).data == saved["train_config"]["data"]
 
 
 def test_resume_refuses_a_finished_run_and_finds_the_latest_numbered_run(one_epoch_run, tmp_path, capsys):

@@ -54,6 +54,7 @@ def test_calibrate_refits_a_model_file(tiny_voc, tiny_model, tmp_path, capsys):
     scored = json.loads(js.read_text())
     assert set(scored["count_coverage"]) == {"RBC", "WBC", "Platelets"}
     assert scored["model"] == model_ref(out) and scored["data"] == str(tiny_voc) and scored["split"] == "val"
+    assert scored["cell_size"] == "auto"  # as scored: --cell-size moves mAP and counts
 
 
 def test_calibrate_stores_per_class_nms_iou_and_refuses_bad_ones(tiny_voc, tiny_model, tmp_path, capsys):

@@ -3,6 +3,7 @@ allows it), one failed export reported without hiding the others; exports and mo
 
 import csv
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -53,13 +54,19 @@ def stand_ins(monkeypatch):
 
     monkeypatch.setattr("bloodcell.export.exporter.export_model", export_model)  # benchmark imports it per call
     monkeypatch.setattr("bloodcell.models.checkpoint.read_checkpoint", lambda path: {})  # the stand-in .pt
-    monkeypatch.setattr(bench, "load_predictor", lambda path, threads=None: FakePredictor())
+    monkeypatch.setattr(bench, "load_predictor", lambda path, threads=None, **_: FakePredictor())
     return exported
 
 
 def test_benchmark_runs_every_format_of_the_table(stand_ins, tiny_voc, tmp_path, monkeypatch, capsys):
     records = load_dataset(tiny_voc, split="val").records
-    monkeypatch.setattr(bench, "load_predictor", lambda path, threads=None: HalfRightPredictor(records))
+    loaded = {}
+
+    def load_predictor(path, threads=None, **options):
+        loaded[Path(path).suffix] = options
+        return HalfRightPredictor(records)
+
+    monkeypatch.setattr(bench, "load_predictor", load_predictor)
     monkeypatch.setitem(FORMATS, "npz", ExportFormat("npz", ".npz", int8=True, runtime="numpy"))
     model = tmp_path / "cell.pt"
     model.write_bytes(b"weights")
@@ -80,6 +87,7 @@ def test_benchmark_runs_every_format_of_the_table(stand_ins, tiny_voc, tmp_path,
         if not r.format.startswith("onnx"):
             assert r.error == "" and r.map50 == expected and r.median_ms > 0, r
     assert by_name["npz fp32"].size_mb == 1.0
+    assert loaded[".pt"] == {"device": "cpu"} and loaded[".npz"] == {}  # a .pt on the CPU, as the exports run
     with open(tmp_path / "out" / "benchmark.csv", newline="") as f:
         assert [row["format"] for row in csv.DictReader(f)] == [r.format for r in rows]
     # int8 ranges from fewer images than asked: said, as `export --int8` says it
@@ -123,3 +131,35 @@ def test_a_model_that_cannot_be_exported_is_one_error(tiny_voc, tmp_path, monkey
     with pytest.raises(ConfigError, match="a fasterrcnn model, which cannot be exported"):
         bench.benchmark(tmp_path / "frcnn.pt", tiny_voc, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_extra_where_benchmark_writes_its_exports_is_refused(stand_ins, tiny_voc, tmp_path):
+    """`--extra out/cell_int8.onnx` would be replaced by benchmark's own int8 export and timed as the user's."""
+    from bloodcell.errors import ConfigError
+
+    out, model = tmp_path / "out", tmp_path / "cell.pt"
+    model.write_bytes(b"weights")
+    out.mkdir()
+    (out / "cell_int8.onnx").write_bytes(b"the user's")
+    with pytest.raises(ConfigError, match=r"--extra .*cell_int8\.onnx: benchmark writes its own export there"):
+        bench.benchmark(model, tiny_voc, out=out, extra=[out / "cell_int8.onnx"])
+    assert stand_ins == [] and (out / "cell_int8.onnx").read_bytes() == b"the user's"
+
+
+def test_a_split_with_no_image_to_score_is_one_error_before_any_export(stand_ins, tiny_voc, tmp_path):
+    from bloodcell.errors import DatasetError
+
+    data = shutil.copytree(tiny_voc, tmp_path / "voc", symlinks=True)  # the session's folder stays as it is
+    (data / "ImageSets" / "Main" / "none.txt").write_text("gone\n")  # an id with no annotation
+    model = tmp_path / "cell.pt"
+    model.write_bytes(b"weights")
+    with pytest.raises(DatasetError, match="split 'none' has no image to score \\(1 listed images left out"):
+        bench.benchmark(model, data, split="none", out=tmp_path / "out")
+    assert stand_ins == []
+
+
+def test_extra_may_be_given_more_than_once():
+    from bloodcell.cli import get_args_parser
+
+    args = get_args_parser().parse_args(["benchmark", "--extra", "a.tflite", "b.onnx", "--extra", "c.onnx"])
+    assert args.extra == ["a.tflite", "b.onnx", "c.onnx"]

@@ -20,10 +20,10 @@ from bloodcell.app.sinks import (
     write_voc,
 )
 from bloodcell.atomic import check_outputs
-from bloodcell.errors import BloodcellError, ConfigError, StopSaid, describe_os_error, is_interrupt
+from bloodcell.errors import ConfigError, StopSaid, describe_os_error, is_interrupt
 from bloodcell.runtime.counting import class_thresholds, parse_conf
-from bloodcell.runtime.loader import load_predictor, print_model_notes
-from bloodcell.runtime.metadata import model_ref, sidecar_path
+from bloodcell.runtime.loader import load_predictor, model_files, print_model_notes
+from bloodcell.runtime.metadata import model_ref
 from bloodcell.runtime.predict import ImageResult, predict_paths
 from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.runtime.sources import expand_sources, output_names, printable, unusable_reason
@@ -57,13 +57,7 @@ def _refuse_overwriting_inputs(
     folder, ``--csv`` naming an image or the model's sidecar) or another output (``--json`` inside
     ``--out`` where an annotated copy goes): what the user gave or asked for is never overwritten."""
     inputs = {os.path.realpath(p): (str(p), "one of the input images") for p in names}  # real path -> (as given, role)
-    try:
-        weights = model_file(model)
-    except BloodcellError:  # no shipped model here: load_predictor says so next
-        weights = None
-    if weights is not None:
-        for path, role in ((weights, "the model file"), (sidecar_path(weights), "the model's sidecar")):
-            inputs[os.path.realpath(path)] = (str(path), role)
+    inputs |= model_files(model)
     for flag, path in files.items():
         if path and os.path.realpath(path) in inputs:
             raise ConfigError(f"{flag} {path}: is {inputs[os.path.realpath(path)][1]}; it would be overwritten")

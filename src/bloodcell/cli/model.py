@@ -25,7 +25,7 @@ from bloodcell.cli.options import (
     score,
     size_text,
 )
-from bloodcell.errors import ConfigError, missing_model
+from bloodcell.errors import ConfigError, ModelError, missing_model
 
 REFIT_HINT = (
     "int8: refit its counting: bloodcell calibrate --model {path} --data DATA, DATA a val split with every cell "
@@ -161,7 +161,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="VOC dataset folder or dataset YAML")
     p.add_argument("--split", default="val", help="split to score and time on (default: val)")
     p.add_argument("--threads", type=positive_int, default=2, help="inference threads (default: 2)")
-    p.add_argument("--extra", nargs="+", default=[], help="more model files to include (e.g. a QAT .tflite)")
+    p.add_argument(
+        "--extra", nargs="+", action="extend", default=[], help="more model files to include (e.g. a QAT .tflite)"
+    )
     p.add_argument(
         "--out", default="runs/benchmark", help="folder for the exports and benchmark.csv (default: runs/benchmark)"
     )
@@ -264,6 +266,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     check_outputs({"--out": args.out})
     if not (found := shipped_by_name(model)).is_file():  # before the data is read and its notes printed
         raise missing_model(found)
+    if suffix == ".pt" and Path(args.out).is_file() and not Path(args.out).samefile(found):
+        from bloodcell.models.checkpoint import read_checkpoint
+
+        try:  # a model file is replaced, as --out asks; anything else was not the user's to lose
+            read_checkpoint(args.out)
+        except ModelError:
+            raise ConfigError(
+                f"--out {args.out}: exists and is not a bloodcell model file; it would be overwritten (name a new file)"
+            ) from None
     if suffix == ".pt" and args.nms_iou is not None:  # a bad file or --nms-iou: said before the data's notes
         from bloodcell.models.checkpoint import load_model
         from bloodcell.runtime.counting import parse_nms_iou
@@ -310,7 +321,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_val(args: argparse.Namespace) -> int:
     from bloodcell.data.check import skipped_note
-    from bloodcell.engine.validate import validate
+    from bloodcell.engine.validate import PLOTS, validate
 
     check_outputs({"--json": args.json}, {"--out": args.out or None})  # --out '': no plots, as its help says
     skipped: list[str] = []
@@ -332,7 +343,7 @@ def cmd_val(args: argparse.Namespace) -> int:
     )
     print(metrics)
     if args.out:
-        print(f"plots: {Path(args.out) / 'pr_curves.png'}, {Path(args.out) / 'confusion_matrix.png'}")
+        print(f"plots: {', '.join(str(Path(args.out) / name) for name in PLOTS)}")
     for note in skipped:  # after the table, where it is seen: these scores are not the whole split's
         print(note, file=sys.stderr)
     return 1 if skipped else 0
@@ -418,8 +429,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_qat(args: argparse.Namespace) -> int:
     from bloodcell.export.qat import QATConfig, qat_finetune
 
-    if not args.out.lower().endswith(".tflite"):
-        raise ConfigError(f"--out {args.out}: QAT writes a .tflite file")
+    if Path(args.out).suffix.lower() != ".tflite":  # ".tflite" alone is a hidden file with no suffix, as for export
+        raise ConfigError(f"--out {args.out}: QAT writes a .tflite file; name it like cellnet_qat.tflite")
     check_outputs({"--out": args.out})
     config = QATConfig(
         model=args.model,

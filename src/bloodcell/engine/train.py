@@ -204,8 +204,13 @@ def _run_dir(config: TrainConfig) -> Path:
     if config.resume:
         return out
     candidate, i = out, 2
-    while not _claim(candidate):  # used, or claimed this instant by a run started beside this one
-        candidate, i = out.with_name(f"{_numbering_prefix(out.name)}{i}"), i + 1
+    try:
+        while not _claim(candidate):  # used, or claimed this instant by a run started beside this one
+            candidate, i = out.with_name(f"{_numbering_prefix(out.name)}{i}"), i + 1
+    except OSError as e:  # an unwritable place (/proc, a read-only share): named as the option
+        blocking = next((p for p in (candidate, *candidate.parents) if p.is_file()), None)
+        reason = f"{blocking} is a file, not a folder" if blocking else (e.strerror or str(e))
+        raise ConfigError(f"--out {out}: cannot make the run folder {candidate} ({reason})") from None
     return candidate
 
 
@@ -309,7 +314,12 @@ def _split_notes(train: list, val: list, config: TrainConfig, given: set[str]) -
     user may mean it)."""
     notes = []
     shared = sorted({r.image_id for r in train} & {r.image_id for r in val})
-    if shared and config.train_split != config.val_split:
+    if config.train_split == config.val_split:
+        notes.append(
+            f"--val-split {config.val_split} is the training split: the best epoch and the counting fit are chosen "
+            "on images the model learns from"
+        )
+    elif shared:
         named = ", ".join(shared[:3]) + (", ..." if len(shared) > 3 else "")
         notes.append(
             f"{len(shared)} image{'s are' if len(shared) > 1 else ' is'} in both {config.train_split} and "
@@ -403,9 +413,12 @@ def _same_file(name: str, a: str, b: str) -> bool:
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:
     """``config`` with its file settings (--data, a --model file, --weights) made absolute (the shipped
-    model's bare file name, ``cellnet_bccd.pt``, becomes the packaged file's path)."""
+    model's bare file name, ``cellnet_bccd.pt``, becomes the packaged file's path; no --data, the dataset
+    the environment names)."""
     if _is_path("model", config.model):
         config = replace(config, model=str(shipped_by_name(config.model)))
+    # no --data: the folder $BLOODCELL_DATA or the cache names now (a resume must not follow a changed variable)
+    config = replace(config, data=str(resolve_data_root(config.data)))
     return replace(
         config, **{n: os.path.abspath(getattr(config, n)) for n in PATH_SETTINGS if _is_path(n, getattr(config, n))}
     )
@@ -557,7 +570,10 @@ def _train(
     for note in _split_notes(train_set.records, val_set.records, config, given_settings(config, explicit)):
         log(f"warning: {note}", file=sys.stderr)
     if len(records) < config.batch:
-        raise DatasetError(f"{root}: split {config.train_split!r} has {len(records)} usable images, fewer than --batch")
+        cut = f" (--max-images {config.max_images} of {len(train_set.records)})" if config.max_images else ""
+        raise DatasetError(
+            f"{root}: split {config.train_split!r} gives {len(records)} usable images{cut}, fewer than --batch"
+        )
     if not val_set.records:  # nothing to pick the best epoch on or fit the counting to
         raise DatasetError(f"{root}: split {config.val_split!r} has no usable images (--val-split)")
     class_names = train_set.class_names
@@ -566,6 +582,14 @@ def _train(
     # a resumed run's settings are its own (checked when it started), not the command line's
     initial = _initial_model(config, class_names, None if saved is not None else explicit)
     config, arch, mcfg, model = initial.config, initial.arch, initial.model_config, initial.model
+    partial = sum(r.exhaustive is not None and not all(r.exhaustive) for r in records)
+    if partial and MODELS[arch].kind != "dense":  # nothing to refuse: the user may mean it, but must know
+        log(
+            f"warning: {partial} of {len(records)} training images box some class incompletely (a dataset YAML's "
+            f"`exhaustive:`, or boxes of unknown classes); {arch} trains with torchvision's own loss, which takes "
+            "every unboxed place as background (--missing-labels is CellNet's)",
+            file=sys.stderr,
+        )
     frozen_bn = bn_with_statistics(model) if config.freeze_bn else set()  # decided on the initial model, as resumed
     if config.freeze_bn:  # what --freeze-bn does to this model, never silently nothing
         layers = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -18,11 +18,14 @@ from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.engine.plots import plot_confusion, plot_pr_curves
 from bloodcell.errors import ConfigError, DatasetError
 from bloodcell.runtime.counting import Conf, resolve_conf
-from bloodcell.runtime.loader import load_predictor, print_model_notes
+from bloodcell.runtime.loader import load_predictor, print_model_notes, refuse_overwriting_model
 from bloodcell.runtime.metadata import model_ref
 from bloodcell.runtime.predict import Predictor
 from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.weights import model_file
+
+#: The plots ``validate`` writes into ``out``, in this order.
+PLOTS = ("pr_curves.png", "confusion_matrix.png")
 
 
 def validate(
@@ -47,6 +50,11 @@ def validate(
     loaded = model is None or isinstance(model, (str, os.PathLike))
     if not loaded and (device != "auto" or threads is not None):
         raise ConfigError("device and threads are for a model file; a loaded predictor keeps its own")
+    if json_path and loaded:
+        refuse_overwriting_model({"--json": str(json_path)}, None if model is None else str(model))
+    plots = [Path(out) / name for name in PLOTS] if out else []
+    if json_path and any(os.path.realpath(json_path) == os.path.realpath(plot) for plot in plots):
+        raise ConfigError(f"--json {json_path}: is where --out puts a plot; name another file")
     predictor = load_predictor(model, device=device, threads=threads, batch=batch) if loaded else model
     # which model scored which data (--json): named as loaded; a loaded predictor does not know its file
     named = {"model": model_ref(model_file(model))} if loaded else {}
@@ -78,10 +86,11 @@ def validate(
         batch=batch,
     )
     if out:
-        plot_pr_curves(metrics, Path(out) / "pr_curves.png")
-        plot_confusion(metrics, Path(out) / "confusion_matrix.png")
+        plot_pr_curves(metrics, plots[0])
+        plot_confusion(metrics, plots[1])
     if json_path:
-        record = {**named, "data": str(Path(data_root).absolute()), "split": split, **metrics.to_dict()}
+        where = {"data": str(Path(data_root).absolute()), "split": split, "cell_size": cell_size}
+        record = {**named, **where, **metrics.to_dict()}
         write_text(json_path, json.dumps(record, indent=2) + "\n")
     return metrics
 

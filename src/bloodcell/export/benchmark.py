@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shlex
 import statistics
 import sys
 import time
@@ -20,9 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bloodcell.atomic import write_text
+from bloodcell.data.check import findings_note
 from bloodcell.data.sources import load_dataset
 from bloodcell.engine.evaluate import predict_records, score
-from bloodcell.errors import BloodcellError, ConfigError, missing_model
+from bloodcell.errors import BloodcellError, ConfigError, DatasetError, missing_model
 from bloodcell.export.formats import CALIB_IMAGES, FORMATS, ExportFormat
 from bloodcell.runtime.images import load_image
 from bloodcell.runtime.loader import load_predictor
@@ -120,7 +122,19 @@ def benchmark(
             read_checkpoint(Path(path))
         else:
             load_predictor(path, threads=1)  # its ModelError names the file; a second, not the exports' minutes
-    records = load_dataset(data, split=split).records
+    names = {v.file_name(source.stem) for v in variants()}  # the exports written into --out (and their sidecars)
+    for path in extra or []:
+        if Path(path).parent.resolve() == out.resolve() and Path(path).name.removesuffix(".json") in names:
+            raise ConfigError(f"--extra {path}: benchmark writes its own export there (--out {out}); move it out")
+    dataset = load_dataset(data, split=split)
+    records = dataset.records
+    if note := findings_note(dataset):
+        print(note, file=sys.stderr)
+    if not records:  # nothing to score: said now, not as an error in every row after every export
+        raise DatasetError(
+            f"{data}: split {split!r} has no image to score ({sum(f.skips_image for f in dataset.findings)} listed "
+            f"images left out; `bloodcell data check {shlex.quote(str(data))}` says why)"
+        )
     print(f"exporting {source.name} to {len(variants())} formats, then timing each", file=sys.stderr, flush=True)
     candidates: list[tuple[str, Path | None, str]] = [("torch (.pt)", source, "")]
     for variant in variants():
@@ -142,7 +156,9 @@ def benchmark(
             rows.append(BenchmarkRow(name, "", 0.0, None, None, error))
             continue
         try:
-            predictor = load_predictor(path if path != source or model else None, threads=threads)
+            # the CPU for every row (the table is per thread count; a .pt would otherwise take a GPU)
+            cpu = {"device": "cpu"} if path.suffix.lower() == ".pt" else {}
+            predictor = load_predictor(path if path != source or model else None, threads=threads, **cpu)
             map50, ms = time_and_score(predictor, records)
             rows.append(
                 BenchmarkRow(name, str(path), round(path.stat().st_size / 2**20, 2), round(map50, 4), round(ms, 1))

@@ -84,8 +84,10 @@ def export_model(
     """Export ``model`` (default: the shipped one) to ``out``; ``verbose`` shows the TFLite converter's log."""
     spec = get_format(fmt, int8)
     out = Path(out)
-    if out.suffix.lower() != spec.suffix:
-        raise ConfigError(f"--out {out}: {'an' if fmt[0] in 'aeiou' else 'a'} {fmt} file must end in {spec.suffix}")
+    if out.suffix.lower() != spec.suffix:  # (".onnx" alone is a hidden file's name, without a suffix)
+        name = f"; name it like model{spec.suffix}" if out.name.lower() == spec.suffix else ""
+        article = "an" if fmt[0] in "aeiou" else "a"
+        raise ConfigError(f"--out {out}: {article} {fmt} file must end in {spec.suffix}{name}")
     source = model_file(model)
     net, info = load_model(source)  # the shipped model is checked against its manifest there
     if MODELS[info.name].kind != "dense":

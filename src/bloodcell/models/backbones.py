@@ -72,6 +72,10 @@ def _load_lite0(body: nn.Module, path: str | None) -> None:
     # efficientnet_lite0 key order one to one, classifier included.
     full_keys = list(timm.create_model("efficientnet_lite0", pretrained=False).state_dict())
     if len(full_keys) != len(state):
+        if {"model", "info"} <= set(state):  # a whole bloodcell model file: fine-tuned with --model, not --weights
+            raise ModelError(
+                f"--weights {path}: a bloodcell model file, not backbone weights; fine-tune it: --model {path}"
+            )
         raise ModelError(f"{path or 'efficientnet_lite0 weights'}: {len(state)} tensors, expected {len(full_keys)}")
     renamed = dict(zip(full_keys, state.values(), strict=True))
     missing = [k for k in target if k not in renamed]

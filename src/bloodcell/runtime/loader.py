@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bloodcell.errors import ModelError, missing_model
+from bloodcell.errors import ConfigError, ModelError, missing_model
 from bloodcell.runtime.counting import per_class
 from bloodcell.runtime.timing import available_cores
 from bloodcell.weights import model_file
@@ -70,6 +71,28 @@ def load_predictor(
             f"{path}: this is the metadata of an export; pass the model itself: --model {path.with_suffix('')}"
         )
     raise ModelError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected .pt, .onnx or .tflite")
+
+
+def model_files(model: str | None) -> dict[str, tuple[str, str]]:
+    """Real path -> (path as given, role) of the model file a ``--model`` names and its sidecar: files that
+    commands reading the model must never write over. Empty when there is no model file to name."""
+    from bloodcell.errors import BloodcellError
+    from bloodcell.runtime.metadata import sidecar_path
+
+    try:
+        weights = model_file(model)
+    except BloodcellError:  # no shipped model here: loading it says so next
+        return {}
+    files = ((weights, "the model file"), (sidecar_path(weights), "the model's sidecar"))
+    return {os.path.realpath(path): (str(path), role) for path, role in files}
+
+
+def refuse_overwriting_model(files: dict[str, str | None], model: str | None) -> None:
+    """ConfigError before any work when an output (flag -> path) is the model file or its sidecar."""
+    inputs = model_files(model)
+    for flag, path in files.items():
+        if path and os.path.realpath(path) in inputs:
+            raise ConfigError(f"{flag} {path}: is {inputs[os.path.realpath(path)][1]}; it would be overwritten")
 
 
 def unfitted_checkpoint_note(path: Path, info: ModelInfo) -> str | None:
