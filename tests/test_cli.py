@@ -299,6 +299,25 @@ def test_outputs_are_checked_before_the_work(argv: list[str], message: str, tmp_
     assert err.startswith(f"error: {message.format(**where)}") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["predict", "a.jpg", "--source", ""], "--source: the value is empty"),
+        (["predict", "a.jpg", "--model", ""], "--model: the value is empty"),
+        (["predict", "a.jpg", ""], "SOURCE: an empty argument"),
+        (["watch", ""], "FOLDER: an empty argument"),  # it watched the current folder
+        (["serve", "--host", ""], "--host: the value is empty"),  # it listened on every interface
+        (["report", "r.json", "--images", ""], "--images: the value is empty"),
+        (["batch", "imgs", "--out", ""], "--out: the path is empty; name a folder"),
+        (["data", "check", "--data", ""], "--data: the value is empty"),
+        (["benchmark", "--extra", "a.onnx", ""], "--extra: the value is empty"),
+    ],
+)
+def test_an_empty_value_is_refused_not_taken_as_not_given(argv, said, capsys) -> None:
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"error: {said}")
+
+
 def test_calibrate_does_not_write_over_a_file_that_is_not_a_model(tmp_path, capsys) -> None:
     notes = tmp_path / "notes.pt"
     notes.write_text("my notes")

@@ -79,9 +79,12 @@ def test_sources_expand_folders_globs_lists_and_uris(archive: Path, tmp_path: Pa
     found = expand([str(nested)])
     assert found.uris == [str(archive / "day2" / "again.jpg")]
     assert found.problems == [f"{nested}: {nested.parent / 'again.jpg'}: no such file or folder"]
-    (archive / "day2" / "gone.jpg").symlink_to(archive / "no-such.jpg")  # a link to nothing: said, not silent
-    assert expand([str(archive / "day2")]).skipped == [
-        f"{archive / 'day2' / 'gone.jpg'}: a link to {archive / 'no-such.jpg'}, which does not exist"
+    (archive / "day2" / "gone.jpg").symlink_to(archive / "no-such.jpg")  # a link to nothing: a failed input
+    os.mkfifo(archive / "day2" / "pipe.jpg")  # a pipe named as an image: likewise (it was dropped unsaid)
+    found = expand([str(archive / "day2")])
+    assert found.skipped == [] and found.problems == [
+        f"{archive / 'day2' / 'gone.jpg'}: broken link (to {archive / 'no-such.jpg'}, which is not there)",
+        f"{archive / 'day2' / 'pipe.jpg'}: not a regular file (a pipe, socket or device)",
     ]
 
 

@@ -255,6 +255,23 @@ def test_non_images_hidden_files_and_subfolders_are_ignored(predictor, sources, 
     assert Watcher(counting, folder, out, settle=0).drain() == []  # its own out folder inside is not scanned
 
 
+def test_a_link_to_nothing_or_a_pipe_named_as_an_image_is_a_failed_file_said_once(predictor, sources, tmp_path, capsys):
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    (folder / "gone.jpg").symlink_to(tmp_path / "no-such.jpg")
+    os.mkfifo(folder / "pipe.png")
+    shutil.copy(sources / "noise.png", folder / "ok.png")
+    watcher = Watcher(FakePredictor(conf=CONF), folder, out, settle=0)
+    assert [r.path.name for r in watcher.drain()] == ["ok.png"] and watcher.failed == 2
+    assert watcher.drain() == []
+    err = capsys.readouterr().err
+    assert f"error: gone.jpg: broken link (to {tmp_path / 'no-such.jpg'}, which is not there)" in err
+    assert err.count("pipe.png: not a regular file") == 1  # once, not at every scan
+    shutil.copy(sources / "noise.png", tmp_path / "no-such.jpg")  # the link's file arrives: counted after all
+    assert [r.path.name for r in watcher.drain()] == ["gone.jpg"] and watcher.failed == 1
+    watcher.close()
+
+
 def test_cli_once(model_file, sources, tmp_path, capsys):
     folder = tmp_path / "cam"
     folder.mkdir()

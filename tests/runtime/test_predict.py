@@ -233,6 +233,8 @@ def test_a_broken_link_or_a_pipe_is_a_failed_input_not_a_silent_gap(model_file, 
     assert f"error: {slide / 'c.jpg'}: not a regular file (a pipe, socket or device)" in err
     assert f"error: {slide / 'd.jpg'}: a loop of links (it leads back to itself)" in err
     assert "1 image counted, 3 failed" in err  # the folder named twice: each once
+    assert main(["predict", str(slide / "*.jpg"), "--model", str(model_file)]) == 1  # a pattern reaches them too
+    assert capsys.readouterr().err.count(": not a regular file (a pipe, socket or device)") == 1
     listed = {r["image"]: r.get("error") for r in json.loads(js.read_text())}  # every input, as for named ones
     assert list(listed) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"] and listed["a.jpg"] is None
     assert [r["image"] for r in csv.DictReader(cs.open())] == list(listed)
@@ -759,3 +761,13 @@ def test_voc_prelabels_of_two_images_of_one_name_are_refused_before_any(model_fi
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"would both be labelled in {tmp_path / 'voc' / 's.xml'}" in err
     assert not (tmp_path / "voc").exists()
+
+
+@pytest.mark.parametrize("flag", ["--json", "--csv"])
+def test_a_results_file_where_voc_puts_an_annotation_is_refused(model_file, images, tmp_path, flag, capsys):
+    """`--voc vv --json vv/a.xml` wrote the JSON over a.jpg's annotation."""
+    target = tmp_path / "vv" / "a.xml"
+    argv = ["predict", str(images / "a.jpg"), "--model", str(model_file), "--voc", str(tmp_path / "vv"), flag]
+    assert main([*argv, str(target)]) == 2
+    assert f"{flag} {target}: is where --voc puts the annotation of {images / 'a.jpg'}" in capsys.readouterr().err
+    assert not target.exists()

@@ -51,17 +51,23 @@ def processed_line(done: int, failed: int) -> str:
 
 
 def _refuse_overwriting_inputs(
-    names: dict[Path, str], out: str | None, files: dict[str, str | None], model: str | None
+    names: dict[Path, str], out: str | None, files: dict[str, str | None], model: str | None, voc: str | None = None
 ) -> None:
     """ConfigError before any work when an output would replace an input (``--out`` the images' own
     folder, ``--csv`` naming an image or the model's sidecar) or another output (``--json`` inside
-    ``--out`` where an annotated copy goes): what the user gave or asked for is never overwritten."""
+    ``--out`` where an annotated copy goes, or in ``--voc`` where an image's annotation goes): what the user
+    gave or asked for is never overwritten."""
     inputs = {os.path.realpath(p): (str(p), "one of the input images") for p in names}  # real path -> (as given, role)
     inputs |= model_files(model)
     for flag, path in files.items():
         if path and os.path.realpath(path) in inputs:
             raise ConfigError(f"{flag} {path}: is {inputs[os.path.realpath(path)][1]}; it would be overwritten")
     wanted = {os.path.realpath(path): flag for flag, path in files.items() if path}
+    for source in names if voc else ():
+        if (flag := wanted.get(os.path.realpath(voc_path(voc, source)))) is not None:  # type: ignore[arg-type]
+            raise ConfigError(
+                f"{flag} {files[flag]}: is where --voc puts the annotation of {source}; name another file"
+            )
     for source, name in names.items() if out else ():
         copy = os.path.realpath(annotated_path(out, name))
         if copy in inputs:
@@ -150,7 +156,7 @@ def run_predict(
     check_outputs(files, {"--out": out, "--voc": voc})  # now, not after every image
     paths, problems, missing, order = expand_sources(sources)
     names = dict(zip([*paths, *missing], output_names([*paths, *missing]), strict=True))  # one name each
-    _refuse_overwriting_inputs(names, out, files, model)
+    _refuse_overwriting_inputs(names, out, files, model, voc)
     _refuse_shared_outputs(paths, names, out, voc)
     for problem in problems:
         print(f"error: {printable(problem)}", file=sys.stderr)

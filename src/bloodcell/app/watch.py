@@ -52,7 +52,7 @@ from bloodcell.digest import sha256_of
 from bloodcell.errors import ConfigError, ImageError, TruncatedImageError, UnreadableImageError, describe_os_error
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.runtime.predict import ImageResult, predict_image
-from bloodcell.runtime.sources import printable
+from bloodcell.runtime.sources import printable, unusable_reason
 
 if TYPE_CHECKING:
     from bloodcell.runtime.predict import Predictor
@@ -266,11 +266,12 @@ class Watcher:
         if self._gone:
             print(f"note: {self.folder} is back; watching it again", file=sys.stderr, flush=True)
             self._gone = False
-        return [
-            Path(e.path)
-            for e in entries
-            if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES and e.is_file()
-        ]
+        images = [e for e in entries if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES]
+        for e in images:  # a link to nothing, a pipe named x.jpg: said once, a failed file (never silently left out)
+            if not e.is_file() and not e.is_dir() and e.name not in self._failed:
+                print(f"error: {printable(e.name)}: {unusable_reason(Path(e.path))}", file=sys.stderr, flush=True)
+                self._failed.add(e.name)
+        return [Path(e.path) for e in images if e.is_file()]
 
     def _waiting_to_retry(self, name: str, sig: tuple[int, int], now: float) -> bool:
         known = self._unreadable.get(name)

@@ -19,6 +19,7 @@ from bloodcell.cli.model import add_model_commands
 from bloodcell.errors import (
     EXTRAS,
     BloodcellError,
+    ConfigError,
     StopSaid,
     ask_to_stop,
     describe_os_error,
@@ -133,10 +134,40 @@ def _failed(error: BaseException, args: argparse.Namespace) -> int:
     raise error
 
 
+#: Options whose empty value the command itself judges: outputs (check_outputs: "the path is empty"), val's
+#: `--out ''` (no plots), a report's title.
+EMPTY_JUDGED = ("out", "json", "csv", "voc", "title")
+
+
+def _refuse_empty(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """An empty value (`--model "$M"` with M unset) is refused, never taken as "not given" (the shipped
+    model, the current folder, every network interface)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest, None)
+            if chosen in action.choices:
+                _refuse_empty(action.choices[chosen], args)
+            continue
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        if action.dest in EMPTY_JUDGED or not any(isinstance(v, str) and not v.strip() for v in values):
+            continue
+        if action.option_strings:
+            flag = action.option_strings[-1]
+            raise ConfigError(f"{flag}: the value is empty (an unset shell variable?); give one, or leave {flag} out")
+        name = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
+        raise ConfigError(f"{name}: an empty argument (an unset shell variable?); name one")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     args.argv = argv  # the command as given: `train --devices` hands it on to torchrun
+    try:
+        _refuse_empty(parser, args)
+    except ConfigError as e:
+        return _failed(e, args)
     import signal
     import threading
 

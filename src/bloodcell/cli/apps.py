@@ -246,6 +246,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     from bloodcell.app.archive import run_batch
 
+    if not args.out.strip():  # the archive folder is checked by the run (it may hold an earlier run to resume)
+        raise ConfigError("--out: the path is empty; name a folder")
     summary = run_batch(
         args.source,
         args.out,

@@ -31,10 +31,7 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
                     order.setdefault(os.path.realpath(f), f)
                 elif not _is_dir(f):
                     unusable.append(f)
-                    if f not in missing:  # listed in the results too, as a missing name
-                        problems.append(f"{f}: {unusable_reason(f)}")
-                        missing.append(f)
-                    order.setdefault(("missing", str(f)), f)
+                    _failed_input(f, problems, missing, order)
             if not found and not unusable:
                 nested = any(_is_dir(f) for f in p.iterdir())
                 hint = f"; subfolders are not searched (a glob like '{p / '**' / '*.jpg'}' is)" if nested else ""
@@ -42,8 +39,12 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
         elif _is_file(p):
             found = [p]
         elif glob.has_magic(source):
-            found = sorted(Path(f) for f in glob.glob(source, recursive=True) if _is_file(Path(f)))  # "**": any depth
-            if not found:
+            matches = sorted(Path(f) for f in glob.glob(source, recursive=True))  # "**": any depth
+            found = [f for f in matches if _is_file(f)]
+            unusable = [f for f in matches if not _is_file(f) and not _is_dir(f)]  # as in a folder: said
+            for f in unusable:
+                _failed_input(f, problems, missing, order)
+            if not found and not unusable:
                 problems.append(f"{source}: pattern matches no files")
         elif p not in missing:  # named twice: one failed input, not two
             problems.append(f"{p}: {unusable_reason(p)}")
@@ -54,6 +55,15 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
     ordered = list(order.values())
     gone = set(missing)
     return [p for p in ordered if p not in gone], problems, missing, ordered
+
+
+def _failed_input(path: Path, problems: list[str], missing: list[Path], order: dict) -> None:
+    """A path that was asked for (in a folder, by a pattern) but is no readable file, a broken link or a pipe:
+    said, and listed in the results as a missing name (once however often it was reached)."""
+    if path not in missing:
+        problems.append(f"{path}: {unusable_reason(path)}")
+        missing.append(path)
+    order.setdefault(("missing", str(path)), path)
 
 
 def _is_file(path: Path) -> bool:

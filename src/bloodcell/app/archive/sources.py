@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from bloodcell.app.watch import STATE_NAME as WATCH_STATE
 from bloodcell.errors import BloodcellError, ConfigError
 from bloodcell.runtime.images import IMAGE_SUFFIXES
-from bloodcell.runtime.sources import printable
+from bloodcell.runtime.sources import printable, unusable_reason
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -27,15 +27,16 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _local_images(root: str) -> tuple[list[str], list[str]]:
-    """Images under a local folder, recursively, and what could not be read (subfolders; links to
-    nothing). A symbolic link to a folder inside ``root`` (a second way to it) or to one above it (a loop)
-    is not followed; links to folders elsewhere are, each real folder once. Hidden names and
-    `bloodcell watch` output skipped."""
+def _local_images(root: str) -> tuple[list[str], list[str], list[str]]:
+    """Images under a local folder, recursively; subfolders that could not be read (skipped); and image
+    names that are no readable file (a link to nothing, a pipe: failed inputs). A symbolic link to a folder
+    inside ``root`` (a second way to it) or to one above it (a loop) is not followed; links to folders
+    elsewhere are, each real folder once. Hidden names and `bloodcell watch` output skipped."""
     top = os.path.realpath(root)
     seen: set[str] = set()
     found: list[str] = []
     problems: list[str] = []
+    failed: list[str] = []
 
     def unreadable(e: OSError) -> None:
         problems.append(f"{e.filename}: cannot read ({e.strerror or e})")
@@ -63,9 +64,9 @@ def _local_images(root: str) -> tuple[list[str], list[str]]:
                 continue
             if os.path.isfile(path):
                 found.append(path)
-            elif os.path.islink(path):  # os.walk lists a link to nothing among the files
-                problems.append(f"{path}: a link to {os.readlink(path)}, which does not exist")
-    return sorted(found), problems
+            else:  # os.walk lists a link to nothing, a pipe among the files: images asked for, unreadable
+                failed.append(f"{printable(path)}: {unusable_reason(Path(path))}")
+    return sorted(found), problems, sorted(failed)
 
 
 def _pafs():
@@ -187,9 +188,11 @@ def expand(sources: list[str]) -> ExpandedSources:
         except OSError as e:
             problems.append(f"{source}: cannot read ({e})")
             return
+        failed: list[str] = []
         if info.type == pafs.FileType.Directory and isinstance(fs, pafs.LocalFileSystem):
-            found, unreadable = _local_images(path)
+            found, unreadable, failed = _local_images(path)
             skipped.extend(unreadable)
+            problems.extend(failed)
         elif info.type == pafs.FileType.Directory:  # a bucket: no links, no loops
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             found = sorted(
@@ -200,7 +203,7 @@ def expand(sources: list[str]) -> ExpandedSources:
                 and not any(_is_hidden(part) for part in i.path[len(path) :].split("/"))
             )
         if info.type == pafs.FileType.Directory:
-            if not found:
+            if not found and not failed:
                 problems.append(f"{source}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
             uris.extend(_uri(source, f) for f in found)
         elif info.type == pafs.FileType.File and Path(path).suffix.lower() in LIST_SUFFIXES and not nested:
