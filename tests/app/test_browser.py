@@ -69,6 +69,9 @@ def page(sync_playwright, tmp_path: Path):
         try:
             page = context.pages[0] if context.pages else context.new_page()
             page.set_default_timeout(20_000)
+            from playwright.sync_api import expect  # imported as the tests import it: playwright may be missing
+
+            expect.set_options(timeout=20_000)  # assertions wait as actions do (5 s: counting on a busy 2-core CI)
             yield page
         finally:
             context.close()

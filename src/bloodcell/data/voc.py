@@ -594,7 +594,10 @@ def _read_one(
         )
         findings.append(Finding(xml_name, None, "unchecked-prelabel", detail, "kept"))
     if not tree.findall("object"):  # a blood smear without a cell: far more often a file saved before labelling
-        detail = "no <object> in the file: every cell in its image is taken as background (training, scoring)"
+        detail = (
+            "no <object> in the file: its image's cells are taken as background (training, scoring) for every "
+            "class it labels exhaustively"
+        )
         findings.append(Finding(xml_name, None, "no-objects", detail, "kept"))
     boxes_arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     labels_arr = np.asarray(labels, dtype=np.int64)
