@@ -140,3 +140,11 @@ def test_jpeg_augmentation_is_a_real_jpeg_round_trip() -> None:
         expected = np.asarray(Image.open(buffer))
         assert isinstance(out, tv_tensors.Image) and np.array_equal(out.permute(1, 2, 0).numpy(), expected)
         assert not np.array_equal(expected, rgb)
+
+
+def test_paths_are_taken_as_the_cli_gives_file_names() -> None:
+    from pathlib import Path
+
+    config = TrainConfig(model=Path("runs/a/best.pt"), data=Path("d.yaml"), weights=None, out=Path("runs/b"))
+    assert (config.model, config.data, config.out) == ("runs/a/best.pt", "d.yaml", "runs/b")
+    assert config.scale is None  # a .pt given as a Path is a fine-tune, as its name says

@@ -12,6 +12,7 @@ The Python API behind the ``bloodcell`` command (heavy modules load on first use
     metrics = bloodcell.evaluate(predictor, val, cell_size="auto")  # bloodcell val, on loaded records
     result = bloodcell.train(bloodcell.TrainConfig(epochs=40))  # bloodcell train
     bloodcell.export_model(result.best, "tflite", "cellnet_int8.tflite", int8=True)  # bloodcell export
+    bloodcell.calibrate("cellnet_int8.tflite", "datasets/bccd-dense.yaml")  # bloodcell calibrate
 """
 
 from importlib import import_module
@@ -33,6 +34,7 @@ _LAZY = {
     "validate": "bloodcell.engine.validate",
     "evaluate": "bloodcell.engine.evaluate",
     "export_model": "bloodcell.export.exporter",
+    "calibrate": "bloodcell.export.calibrate",
     "load_predictor": "bloodcell.runtime.loader",
     "Predictor": "bloodcell.runtime.predict",
     "ImageResult": "bloodcell.runtime.predict",
@@ -52,6 +54,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time the modules
     from bloodcell.engine.evaluate import evaluate
     from bloodcell.engine.train import train
     from bloodcell.engine.validate import validate
+    from bloodcell.export.calibrate import calibrate
     from bloodcell.export.exporter import export_model
     from bloodcell.runtime.loader import load_predictor
     from bloodcell.runtime.predict import ImageResult, Predictor, predict, predict_paths
@@ -69,6 +72,7 @@ __all__ = [  # the names above and _LAZY's (written out: linters and type checke
     "TrainConfig",
     "__version__",
     "annotate",
+    "calibrate",
     "check_dataset",
     "compute_stats",
     "evaluate",

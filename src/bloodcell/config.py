@@ -8,6 +8,7 @@ ranges and choices are checked again when a TrainConfig is built in Python, befo
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -118,6 +119,11 @@ _NON_NEGATIVE = Number(float, 0)
 
 @dataclass
 class TrainConfig:
+    """Every setting of ``bloodcell train``, one field per flag (``data`` is ``--data``, ``input_size``
+    ``--input-size``; ``pretrained=False`` is ``--no-pretrained``, whose help each field's metadata holds).
+    Values are checked when the config is made (ConfigError naming the flag); unknown keys in
+    ``from_dict`` are errors. ``bloodcell.train(TrainConfig(...))`` runs it."""
+
     model: str = _option(
         "cellnet",
         "architecture to train, or a .pt model file to fine-tune on the same classes",
@@ -202,6 +208,9 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        for name in ("model", "data", "weights", "out"):  # a Path is a file name as the CLI gives it
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
         if self.scale is None and not self.model.endswith(".pt"):
             self.scale = 1.0  # a fine-tuned model file brings its own (see with_model_scale)
         if self.input_size is not None:

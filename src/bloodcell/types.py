@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 #: Default class order; index i in every model output and label file means CLASS_NAMES[i].
 CLASS_NAMES: tuple[str, ...] = ("RBC", "WBC", "Platelets")
+
+#: Class-name variants seen in blood-smear datasets, keyed by their canonical spelling
+#: (lower case, no spaces, underscores or hyphens).
+CLASS_ALIASES: dict[str, str] = {
+    "rbc": "RBC",
+    "rbcs": "RBC",
+    "redbloodcell": "RBC",
+    "redbloodcells": "RBC",
+    "wbc": "WBC",
+    "wbcs": "WBC",
+    "whitebloodcell": "WBC",
+    "whitebloodcells": "WBC",
+    "platelets": "Platelets",
+    "platelet": "Platelets",
+    "platlets": "Platelets",
+    "platlet": "Platelets",
+    "plt": "Platelets",
+}
+
+
+def canonical_class_name(name: str) -> str:
+    """A class name as spelling-blind key: lower case, no spaces, underscores or hyphens ("White_Blood Cell")."""
+    return re.sub(r"[\s_\-]+", "", name).casefold()
+
+
+def find_class(name: str, class_names: tuple[str, ...] | list[str]) -> int | None:
+    """The index of the class ``name`` means, in any case or in a variant the VOC reader takes ("platelet",
+    "wbc"); None if none."""
+    key = canonical_class_name(name)
+    for i, c in enumerate(class_names):
+        if canonical_class_name(c) == key:
+            return i
+    alias = CLASS_ALIASES.get(key)
+    return list(class_names).index(alias) if alias in class_names else None
 
 
 @dataclass

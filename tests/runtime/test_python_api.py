@@ -142,9 +142,9 @@ def test_predict_paths_takes_one_path_and_checks_its_options_at_the_call(shipped
 
 
 def test_operating_points_are_read_alike_in_every_form(shipped, image_path: Path) -> None:
-    forms = [{"RBC": 0.3}, "RBC=0.3", (0.3, *map(float, np.atleast_1d(shipped.conf)[1:]))]
+    forms = [{"RBC": 0.3}, "RBC=0.3", (0.3, *map(float, np.atleast_1d(shipped.conf)[1:])), {"red blood cell": 0.3}]
     counts = [bloodcell.predict(shipped, image_path, conf=c)[0].counts for c in forms]
-    assert counts[0] == counts[1] == counts[2]
+    assert counts[0] == counts[1] == counts[2] == counts[3]  # a class in any spelling the VOC reader takes
     assert counts[0]["RBC"] > bloodcell.predict(shipped, image_path)[0].counts["RBC"]  # a lower point counts more
     assert bloodcell.predict(shipped, image_path, cell_size="none")[0].scale == shipped.input_scale
     numpy_numbers = bloodcell.predict(shipped, image_path, min_score=np.float32(0.2), cell_size=np.float64(100))
@@ -202,3 +202,29 @@ def test_every_public_name_resolves_and_type_checkers_see_the_same_ones() -> Non
 def _assigned(tree: ast.Module, name: str) -> str:
     node = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == name)
     return ast.unparse(node.value)
+
+
+def test_calibrate_refits_a_model_file_as_the_command_does(tiny_voc: Path, tmp_path: Path) -> None:
+    """`bloodcell calibrate` is this call: the refit is written where asked, its val metrics returned."""
+    from bloodcell.runtime.loader import load_predictor
+
+    with pytest.raises(ConfigError, match=r"--out: name the new \.pt model file"):
+        bloodcell.calibrate("cellnet_bccd.pt", tiny_voc)
+    metrics = bloodcell.calibrate("cellnet_bccd.pt", tiny_voc, tmp_path / "fit.pt", threads=1)
+    refit = load_predictor(tmp_path / "fit.pt", device="cpu")
+    assert tuple(metrics.conf) == tuple(refit.conf)  # the points it reports are the ones it wrote
+    assert metrics.to_dict()["voc_map50"] == bloodcell.validate(refit, tiny_voc, progress=False).to_dict()["voc_map50"]
+
+
+def test_a_model_file_or_a_folder_where_a_loaded_one_belongs_is_said(shipped, image_path: Path, tiny_voc) -> None:
+    with pytest.raises(ConfigError, match=r"^predictor: expected a loaded model, got 'cellnet_bccd\.pt'; load it"):
+        bloodcell.predict("cellnet_bccd.pt", image_path)
+    with pytest.raises(ConfigError, match="expected a loaded model, got NoneType"):
+        list(bloodcell.predict_paths(None, [image_path]))
+    with pytest.raises(DatasetError, match=r"is a path; load it with bloodcell\.load_dataset"):
+        bloodcell.evaluate(shipped, str(tiny_voc))
+    with pytest.raises(ImageError, match="images: None"):
+        bloodcell.predict(shipped, None)
+    for threads in ("2", 0, True):
+        with pytest.raises(ConfigError, match="expected a whole number >= 1"):
+            bloodcell.load_predictor(threads=threads)

@@ -25,7 +25,7 @@ from bloodcell.cli.options import (
     score,
     size_text,
 )
-from bloodcell.errors import ConfigError, ModelError, missing_model
+from bloodcell.errors import ConfigError
 
 REFIT_HINT = (
     "int8: refit its counting: bloodcell calibrate --model {path} --data DATA, DATA a val split with every cell "
@@ -246,77 +246,21 @@ def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from bloodcell.data.check import findings_note, skipped_note
-    from bloodcell.data.sources import load_dataset
-    from bloodcell.runtime.metadata import MODEL_FORMATS, sidecar_path
-    from bloodcell.weights import shipped_by_name
+    from bloodcell.data.check import skipped_note
+    from bloodcell.export.calibrate import calibrate
 
-    model, suffix = Path(args.model), Path(args.model).suffix.lower()
-    if suffix in MODEL_FORMATS:  # an export: its fit goes where the runtime reads it first
-        sidecar = sidecar_path(model)
-        if args.out is not None and Path(args.out).resolve() != sidecar.resolve():
-            raise ConfigError(f"--out {args.out}: an export's fit goes to its sidecar {sidecar} (leave --out out)")
-        args.out = str(sidecar)
-    elif suffix != ".pt":
-        raise ConfigError(f"--model {args.model}: calibrate re-fits a .pt model or an .onnx/.tflite export")
-    elif args.out is None:
-        raise ConfigError("--out: name the new .pt model file (it may be --model itself)")
-    elif Path(args.out).suffix.lower() != ".pt":
-        raise ConfigError(f"--out {args.out}: calibrate writes a .pt model file; name it so")
-    check_outputs({"--out": args.out})
-    if not (found := shipped_by_name(model)).is_file():  # before the data is read and its notes printed
-        raise missing_model(found)
-    if suffix == ".pt" and Path(args.out).is_file() and not Path(args.out).samefile(found):
-        from bloodcell.models.checkpoint import read_checkpoint
-
-        try:  # a model file is replaced, as --out asks; anything else was not the user's to lose
-            read_checkpoint(args.out)
-        except ModelError:
-            raise ConfigError(
-                f"--out {args.out}: exists and is not a bloodcell model file; it would be overwritten (name a new file)"
-            ) from None
-    if suffix == ".pt" and args.nms_iou is not None:  # a bad file or --nms-iou: said before the data's notes
-        from bloodcell.models.checkpoint import load_model
-        from bloodcell.runtime.counting import parse_nms_iou
-
-        info = load_model(found)[1]
-        parse_nms_iou(args.nms_iou, info.class_names, info.iou_threshold)
-    elif suffix == ".pt":
-        from bloodcell.models.checkpoint import read_checkpoint
-
-        read_checkpoint(found)  # not a model file: ModelError now
     root = data_root(args)
-    dataset = load_dataset(root, split=args.split)
-    records = dataset.records
-    if not records:
-        raise ConfigError(f"{root}: split {args.split!r} has no usable images")
-    if note := findings_note(dataset):
+    skipped: list[str] = []
+
+    def read(dataset) -> None:
+        if Path(root).is_dir():
+            print(PLAIN_FOLDER_NOTE.format(root=root, done="counting is fitted", do="fit"), file=sys.stderr)
+        skipped.extend(filter(None, [skipped_note(dataset)]))
+
+    calibrate(args.model, root, args.out, args.split, args.nms_iou, args.threads, on_read=read)
+    for note in skipped:  # the fit is written, but over fewer images than the split lists
         print(note, file=sys.stderr)
-    if Path(root).is_dir():
-        print(PLAIN_FOLDER_NOTE.format(root=root, done="counting is fitted", do="fit"), file=sys.stderr)
-    if suffix == ".pt":
-        import torch
-
-        from bloodcell.engine.train import fit_counting_file
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        fit_counting_file(model, records, out=Path(args.out), nms_iou=args.nms_iou)
-    else:
-        from bloodcell.export.calibrate import fit_export_counting
-        from bloodcell.runtime.counting import per_class
-
-        fit = fit_export_counting(model, records, str(root), args.split, args.nms_iou, args.threads)
-        print(fit.metrics)
-        names, points = fit.metrics.class_names, per_class(fit.metrics.class_names, fit.metrics.conf)
-        print(
-            f"wrote {fit.sidecar} and the metadata inside {model.name} (operating points {points}; "
-            f"NMS IoU {per_class(names, fit.iou_threshold)})"
-        )
-    if note := skipped_note(dataset):  # the fit is written, but over fewer images than the split lists
-        print(note, file=sys.stderr)
-        return 1
-    return 0
+    return 1 if skipped else 0
 
 
 def cmd_val(args: argparse.Namespace) -> int:

@@ -27,25 +27,9 @@ from PIL import Image, UnidentifiedImageError
 from bloodcell import boxes as box_ops
 from bloodcell.errors import DatasetError
 from bloodcell.runtime.images import IMAGE_SUFFIXES, JPEG_FORMATS, check_jpeg_data
-from bloodcell.types import CLASS_NAMES, Detections
+from bloodcell.types import CLASS_ALIASES, CLASS_NAMES, Detections, canonical_class_name
 
-#: Class-name variants seen in blood-smear datasets, keyed by their canonical spelling
-#: (lower case, no spaces, underscores or hyphens).
-DEFAULT_ALIASES: dict[str, str] = {
-    "rbc": "RBC",
-    "rbcs": "RBC",
-    "redbloodcell": "RBC",
-    "redbloodcells": "RBC",
-    "wbc": "WBC",
-    "wbcs": "WBC",
-    "whitebloodcell": "WBC",
-    "whitebloodcells": "WBC",
-    "platelets": "Platelets",
-    "platelet": "Platelets",
-    "platlets": "Platelets",
-    "platlet": "Platelets",
-    "plt": "Platelets",
-}
+DEFAULT_ALIASES = CLASS_ALIASES  # the variants the reader takes (bloodcell.types)
 
 DUPLICATE_IOU = 0.9
 SPLITS = ("train", "val", "test", "trainval")
@@ -191,8 +175,7 @@ def unknown_classes(findings: list[Finding]) -> dict[str, list[str]]:
 _UNKNOWN_DETAIL = re.compile(r"class ('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") is not one of ")
 
 
-def canonical(name: str) -> str:
-    return re.sub(r"[\s_\-]+", "", name).casefold()
+canonical = canonical_class_name  # the reader's spelling-blind key (bloodcell.types)
 
 
 def read_split_ids(root: Path, split: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ from bloodcell.runtime.counting import (
     resolve_conf,
 )
 from bloodcell.runtime.images import load_image
-from bloodcell.runtime.predict import api_cell_size
+from bloodcell.runtime.predict import api_cell_size, check_predictor
 from bloodcell.runtime.scaling import detect_cells_batch, rbc_sizes
 from bloodcell.types import Detections
 
@@ -148,6 +149,9 @@ def evaluate(
     """Score ``predictor`` on ``records`` (or a dataset's: ``load_dataset(...)``); counts use ``conf``
     (one number, one per class, ``{"RBC": 0.4}``; default: the predictor's own). ``cell_size``: None scores
     images at the model's input scale, as training chose it; "auto" as `bloodcell val` does."""
+    check_predictor(predictor)
+    if isinstance(records, (str, os.PathLike)):
+        raise DatasetError(f"records: {records!r} is a path; load it with bloodcell.load_dataset (or use validate)")
     if isinstance(records, VOCDataset):
         records = records.records
     if not records:  # a score of nothing would read as 0.0000, as if the model had found nothing

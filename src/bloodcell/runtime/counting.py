@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bloodcell.errors import ConfigError
-from bloodcell.types import Detections
+from bloodcell.types import Detections, find_class
 
 Conf = float | Sequence[float]
 
@@ -76,13 +76,12 @@ def parse_conf(text: str, class_names: Sequence[str], default: Conf, flag: str =
             )
         values = [parse_threshold(text, flag)] * len(class_names)
         return tuple(values)
-    lookup = {n.casefold(): i for i, n in enumerate(class_names)}
     seen: set[int] = set()
     for part in text.split(","):
         name, sep, value = part.partition("=")
         if not sep:
             raise ConfigValueError(f"{flag} {text!r}: {part.strip()!r} is not CLASS=VALUE")
-        index = lookup.get(name.strip().casefold())
+        index = find_class(name, tuple(class_names))  # "platelet", "wbc": as the VOC reader takes them
         if index is None:
             raise ConfigValueError(f"{flag} {text!r}: unknown class {name.strip()!r}; classes: {list(class_names)}")
         if index in seen:
@@ -104,9 +103,8 @@ def resolve_conf(
     elif isinstance(conf, str):
         return parse_conf(conf, class_names, default, name)
     elif isinstance(conf, Mapping):
-        lookup = {n.casefold(): i for i, n in enumerate(class_names)}
         for key, value in conf.items():
-            index = lookup.get(str(key).strip().casefold())
+            index = find_class(str(key), tuple(class_names))
             if index is None:
                 raise ConfigValueError(f"{name}: unknown class {key!r}; classes: {list(class_names)}")
             if not is_real(value):

@@ -28,7 +28,11 @@ def load_predictor(
     """A predictor for ``path`` (.pt, .onnx, .tflite); None loads the shipped model after checking its sha256.
 
     ``device`` (auto, cpu, cuda, cuda:N) and ``batch`` > 1 are for .pt models; exported models run
-    one image per pass on the CPU (or the Edge TPU), so asking them for more is refused, not ignored."""
+    one image per pass on the CPU (or the Edge TPU), so asking them for more is refused, not ignored.
+    ``threads``: CPU threads (None: every core this process may use); for a .pt model this is torch's
+    process-wide setting, as ``torch.set_num_threads`` makes it."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"--threads {threads!r}: expected a whole number >= 1 (leave it out for every core)")
     # the shipped model, by default or by its file name; read_checkpoint checks it against the manifest
     path = model_file(path)
     suffix = path.suffix.lower()

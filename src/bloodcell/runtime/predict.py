@@ -276,6 +276,9 @@ def predict_paths(
     estimate: the model's input scale); ``keep_image``: keep the decoded pixels on the result (for
     drawing); ``batch``: images per network pass (worth it on a GPU); ``load_workers``: decoding threads.
     """
+    check_predictor(predictor)
+    if isinstance(paths, (np.ndarray, Image.Image)) or paths is None:
+        raise ImageError(f"paths: expected image file paths, not {type(paths).__name__} (arrays go to predict)")
     names = tuple(predictor.class_names)
     conf = resolve_conf(conf, names, predictor.conf)  # checked now, not at the first image
     min_score = check_min_score(min_score)
@@ -335,6 +338,16 @@ def api_cell_size(predictor: Predictor, cell_size: float | str | None) -> float 
     return cell_size
 
 
+def check_predictor(predictor: object, name: str = "predictor") -> None:
+    """ConfigError unless ``predictor`` is a loaded model (a file name is loaded once, by load_predictor)."""
+    if not hasattr(predictor, "predict") or not hasattr(predictor, "class_names"):
+        what = f"{predictor!r}" if isinstance(predictor, (str, os.PathLike)) else type(predictor).__name__
+        raise ConfigError(
+            f"{name}: expected a loaded model, got {what}; load it once with bloodcell.load_predictor(...) "
+            "and pass that"
+        )
+
+
 def predict(
     predictor: Predictor,
     images: ImageInput | Sequence[ImageInput],
@@ -360,8 +373,11 @@ def predict(
     name, or its path from the files' common folder where two files share a name. Folders are not
     searched (the CLI's ``predict`` does that).
     """
+    check_predictor(predictor)
     if isinstance(images, (bytes, bytearray)):
         raise ImageError("images: bytes are not an image; give a file path, a PIL image or an array")
+    if images is None:
+        raise ImageError("images: None; give a file path, a PIL image, an array or a list of them")
     one = isinstance(images, (str, os.PathLike, np.ndarray, Image.Image))
     items: list[ImageInput] = [images] if one else list(images)  # type: ignore[list-item]
     thresholds = resolve_conf(conf, tuple(predictor.class_names), predictor.conf)
