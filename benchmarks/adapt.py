@@ -75,7 +75,7 @@ def line(name: str, m) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--dense", default=str(REPO / "../shared/data/BCCD-dense"))
     p.add_argument("--model", help="model to adapt (default: the shipped model)")
     p.add_argument("--images", type=int, default=20, help="labelled images of the new microscope")

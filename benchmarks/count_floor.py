@@ -252,7 +252,7 @@ def edge_points_line(preds, records, edge: float = 8.0) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("models", nargs="+", help=".pt models; the first is swept, all together are the ensemble")
     p.add_argument("--dense", default=str(REPO / "../shared/data/BCCD-dense"))
     p.add_argument("--nms-iou", type=float, nargs="+", default=[0.4, 0.45, 0.5, 0.55, 0.6, 0.7])
@@ -296,13 +296,11 @@ def main() -> None:
     first.post = stored
     if own is None:
         own = predict_records(first, records, cell_size="auto")
-    for extent in args.edge_extent:
+    own_nms = "/".join(f"{t:g}" for t in np.atleast_1d(stored.iou_threshold))
+    for extent in args.edge_extent:  # on the model's own NMS thresholds, not the swept ones: said in the row
         cut = [drop_edge_slivers(d, (r.width, r.height), extent) for d, r in zip(own, records, strict=True)]
-        print(
-            row(
-                f"{Path(args.models[0]).stem}, edge red cells under {extent:g} px dropped", summary(cut, records, names)
-            )
-        )
+        label = f"{Path(args.models[0]).stem}, NMS IoU {own_nms} (its own), edge red cells under {extent:g} px dropped"
+        print(row(label, summary(cut, records, names)))
     if len(predictors) > 1:
         first.model = MeanOfModels([q.model for q in predictors])
         preds = predict_records(first, records, cell_size="auto")

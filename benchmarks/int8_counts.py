@@ -32,7 +32,7 @@ def red_cells(model: str | Path | None, bccd: str, split: str) -> int:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("model", type=Path, help="an int8 .tflite (or any export)")
     p.add_argument("--source", help="the .pt it came from (default: the shipped model)")
     p.add_argument("--bccd", default="../shared/data/BCCD")

@@ -23,7 +23,7 @@ from bloodcell.runtime.loader import load_predictor
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--data", default="../shared/data/BCCD")
     p.add_argument("--split", default="val")

@@ -727,7 +727,7 @@ def markdown(entries: list[Entry], cpu: dict[str, Any], args: argparse.Namespace
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = p.add_subparsers(dest="worker")
     # hidden worker subcommands, run by the orchestrator in the right venv
     w_info = sub.add_parser("_info")

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("model", nargs="?", help="model file (default: the shipped model)")
     p.add_argument("--data", default=str(REPO / "../shared/data/BCCD-dense"), help="labels that box every cell")
     p.add_argument("--split", default="val")

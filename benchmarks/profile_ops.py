@@ -342,7 +342,7 @@ def markdown(profiles: list[Profile], top: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--models-dir", type=Path, default=ROOT / "runs" / "peers" / "models")
     ap.add_argument("--files", nargs="*", help=f"model files (default: {', '.join(DEFAULT_FILES)} in --models-dir)")
     ap.add_argument("--threads", type=int, default=2)

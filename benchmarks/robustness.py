@@ -213,7 +213,7 @@ def run(predictor, samples: list[Sample], cell_size) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("models", nargs="*", help="model files (default: the shipped model)")
     p.add_argument("--dense", default=str(REPO / "../shared/data/BCCD-dense"))
     p.add_argument("--split", default="val")

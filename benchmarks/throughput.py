@@ -62,7 +62,7 @@ def run_predict(paths: list[Path], device: str, batch: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--data", default="../shared/data/BCCD")
     p.add_argument("--images", type=int, default=364)
     p.add_argument("--device", default="cpu")

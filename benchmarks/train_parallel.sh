@@ -13,11 +13,20 @@ shift 3
 mkdir -p "$runs"
 limit=()
 [[ -n ${TRAIN_TIMEOUT:-} ]] && limit=(timeout "$TRAIN_TIMEOUT")
+pids=() names=()
 while (($#)); do
   name=$1 flags=$2
   shift 2
   # shellcheck disable=SC2086  # FLAGS is a list of words
   "${limit[@]}" python -m bloodcell train --data "$data" --epochs "$epochs" --batch 8 --workers "${WORKERS:-3}" \
     --threads 2 --val-every 5 --device "${DEVICE:-cuda}" --out "$runs/$name" $flags ${TRAIN_FLAGS:-} > "$runs/$name.log" 2>&1 &
+  pids+=($!) names+=("$name")
 done
-wait
+failed=0  # each run's exit code, said (a bare `wait` returned 0 whatever they did)
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" || {
+    echo "run ${names[$i]} failed (exit $?): see $runs/${names[$i]}.log" >&2
+    failed=1
+  }
+done
+exit "$failed"

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--data", default=str(REPO / "../shared/data/BCCD"))
     p.add_argument("--splits", nargs="+", default=["train", "val"])
     args = p.parse_args()
