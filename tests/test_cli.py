@@ -311,6 +311,9 @@ def test_outputs_are_checked_before_the_work(argv: list[str], message: str, tmp_
         (["batch", "imgs", "--out", ""], "--out: the path is empty; name a folder"),
         (["data", "check", "--data", ""], "--data: the value is empty"),
         (["benchmark", "--extra", "a.onnx", ""], "--extra: the value is empty"),
+        (["data", "download", "--out", ""], "--out: the path is empty; name a folder"),  # it took the cache
+        (["train", "--resume", "--out", ""], "--out: the path is empty; name the run folder"),  # the current one
+        (["predict", "a.jpg", "--json", " "], "--json: the path is empty; name a file"),  # a file named " "
     ],
 )
 def test_an_empty_value_is_refused_not_taken_as_not_given(argv, said, capsys) -> None:

@@ -147,7 +147,8 @@ def check_outputs(files: dict[str, str | None], folders: dict[str, str | None] |
     would be written at a folder's path, before any long work."""
     for flag, path in [*files.items(), *(folders or {}).items()]:
         kind = "folder" if flag in (folders or {}) else "file"
-        if path == "":  # `--csv ""` (an unset shell variable) is a mistake, not "no CSV"
+        # `--csv ""` (an unset shell variable) is a mistake, not "no CSV"; "  " names no file either
+        if isinstance(path, str) and not path.strip():
             raise ConfigError(f"{flag}: the path is empty; name a {kind}")
         if path == "-":  # commands that can write to standard output say so before calling this
             raise ConfigError(f"{flag} -: this command cannot write to standard output; name a {kind}")

@@ -315,3 +315,23 @@ def test_a_name_near_a_declared_alias_is_said_to_be_near_it(tmp_path):
     assert finding.detail.endswith(
         "(perhaps 'Neutrophill', which the aliases map to 'WBC'? add this spelling to them or fix the XML)"
     )
+
+
+def test_aliases_at_the_top_of_the_file_are_every_sources_and_a_sources_own_win(tmp_path):
+    a, b = make_voc(tmp_path / "a", 0, False), make_voc(tmp_path / "b", 0, False)
+    a.add("x", (("Neutrophil", (30, 10, 50, 40)), ("Monocyte", (1, 1, 20, 20))))
+    b.add("y", (("neutrophil", (30, 10, 50, 40)),))
+    spec = tmp_path / "data.yaml"
+    spec.write_text(
+        f"aliases: {{Neutrophil: WBC, Monocyte: WBC}}\nsources:\n  - path: {a.root}\n    aliases: {{monocyte: null}}\n"
+        f"  - path: {b.root}\n"
+    )
+    assert [s.aliases for s in read_spec(spec).sources] == [
+        (("Neutrophil", "WBC"), ("monocyte", None)),
+        (("Neutrophil", "WBC"), ("Monocyte", "WBC")),
+    ]
+    dataset = load_dataset(spec, None, decode_images=False)
+    assert {r.image_id: r.labels.tolist() for r in dataset.records} == {"x": [1], "y": [1]} and not dataset.findings
+    spec.write_text(f"aliases: {{Neutrophil: NK}}\nsources:\n  - path: {a.root}\n")
+    with pytest.raises(DatasetError, match=f"^{spec}: aliases: 'Neutrophil' maps to 'NK'"):
+        read_spec(spec)

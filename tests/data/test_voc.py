@@ -230,6 +230,7 @@ def test_bad_input_gives_its_finding(tmp_path: Path, case: str) -> None:
         ((128, 96), [(60, 40, 120, 90), (2, 2, 20, 20)], [[30, 20, 60, 45], [1, 1, 10, 10]], "boxes scaled"),
         ((32, 24), [(10, 10, 30, 22)], [[20, 20, 60, 44]], "boxes scaled"),  # enlarged
         ((129, 96), [(60, 40, 129, 90)], [[60 * 64 / 129, 20, 64, 45]], "boxes scaled"),  # a side rounded
+        ((427, 321), [(300, 200, 427, 321)], [[300 * 64 / 427, 200 * 48 / 321, 64, 48]], "boxes scaled"),  # both
         # a wrong <size> over boxes drawn on this image (none reaches past it): kept as drawn
         ((128, 96), [(10, 10, 60, 40)], [[10, 10, 60, 40]], "used image size"),
         ((32, 24), [(10, 10, 60, 40)], [[10, 10, 60, 40]], "used image size"),  # past <size>: drawn on the image
@@ -244,6 +245,12 @@ def test_boxes_drawn_before_the_image_was_resized_are_scaled_to_it(tmp_path, xml
     size = [f for f in dataset.findings if f.kind == "size-mismatch"]
     assert [f.action for f in size] == [action]
     assert ("scaled by" in size[0].detail) == (action == "boxes scaled")
+
+
+def test_an_enlarged_image_without_boxes_has_nothing_scaled(tmp_path: Path) -> None:
+    VOCFolder(tmp_path).add("x", [], xml_size=(32, 24))
+    [size] = [f for f in load_voc(tmp_path).findings if f.kind == "size-mismatch"]
+    assert size.action == "used image size"
 
 
 def test_a_cell_of_an_unknown_class_leaves_its_image_labelled_incompletely(tmp_path: Path) -> None:

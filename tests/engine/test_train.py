@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ def test_smoke_train_two_iterations_writes_a_complete_run(tiny_voc, tmp_path, mo
         pretrained=False,
     )
     result = train(cfg, progress=False)
+    assert json.loads(json.dumps(result.to_dict()))["best"] == str(result.best)  # a pipeline can log it as is
     run = tmp_path / "run"
     for name in ("config.yaml", "metrics.csv", "results.png", "last.pt", "best.pt"):
         assert (run / name).is_file(), name
@@ -63,7 +65,9 @@ def test_smoke_train_two_iterations_writes_a_complete_run(tiny_voc, tmp_path, mo
         [note] = load_predictor(tmp_path / "last.onnx").notes  # and the export says it at every load
         assert "last.onnx was exported from a training checkpoint whose counting was not fitted" in note
         # best.pt's export carries the images its counting was fitted on (val's in-sample note reads them)
-        exported = export_model(result.best, "onnx", tmp_path / "best.onnx").path
+        written = export_model(result.best, "onnx", tmp_path / "best.onnx")
+        assert json.loads(json.dumps(written.to_dict()))["path"] == str(tmp_path / "best.onnx")
+        exported = written.path
         val_ids = sorted((tiny_voc / "ImageSets" / "Main" / "val.txt").read_text().split())
         assert load_predictor(exported).metadata.raw["counting_fit"] == {"images": val_ids}
         assert load_predictor(exported).notes == []

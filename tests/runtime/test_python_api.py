@@ -228,3 +228,29 @@ def test_a_model_file_or_a_folder_where_a_loaded_one_belongs_is_said(shipped, im
     for threads in ("2", 0, True):
         with pytest.raises(ConfigError, match="expected a whole number >= 1"):
             bloodcell.load_predictor(threads=threads)
+        with pytest.raises(ConfigError, match="expected a whole number >= 1"):  # before the data is read
+            bloodcell.calibrate("cellnet_bccd.pt", tiny_voc / "nowhere", "fit.pt", threads=threads)
+    assert bloodcell.load_predictor(threads=np.int64(1)).class_names  # numpy's integers are whole numbers
+
+
+def test_stage_times_are_each_threads_own() -> None:
+    """One predictor shared by two threads: each image's timing holds its own passes (one sum mixed them)."""
+    import threading
+
+    from bloodcell.runtime.timing import StageTimes
+
+    times, seen = StageTimes(), {}
+
+    def work(name: str, stage: str) -> None:
+        with times.stage(stage):
+            pass
+        barrier.wait()  # both have timed their stage before either takes
+        seen[name] = set(times.take())
+
+    barrier = threading.Barrier(2)
+    threads = [threading.Thread(target=work, args=a) for a in (("a", "network"), ("b", "letterbox"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": {"network"}, "b": {"letterbox"}} and times.take() == {}

@@ -165,6 +165,8 @@ def _warn_incomplete_yolo_yaml(path: Path) -> None:
 def cmd_data_download(args: argparse.Namespace) -> int:
     from bloodcell.data.download import download_bccd
 
+    if args.out is not None:  # `--out ""` (an unset variable) is refused, not taken for the default cache
+        check_outputs({}, {"--out": args.out})
     # Only options given on the command line override download_bccd's pinned defaults.
     options = {k: v for k, v in (("url", args.url), ("sha256", args.sha256)) if v is not None}
     print(f"BCCD ready at {download_bccd(args.out, **options)}")

@@ -120,8 +120,9 @@ UNKNOWN_EFFECT = (
 
 
 def findings_note(dataset: VOCDataset, unknown_effect: str = UNKNOWN_EFFECT) -> str | None:
-    """One line for commands that read labels without listing their faults (train, val): how many the
-    reader repaired or dropped, and how to see them. None when there are none."""
+    """For commands that read labels without listing their faults (train, val, calibrate, benchmark, data
+    export): one line of how many the reader repaired or dropped and how to see them, and a second
+    (``unknown_class_note``) when unknown classes left images without exhaustive classes. None when none."""
     found = [f for f in dataset.findings if not f.action.startswith(SUPERSEDED)]  # a later source's labels stand
     if not found:
         return None

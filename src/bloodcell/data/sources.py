@@ -10,6 +10,7 @@
       - path: our-lab
         aliases: {Neutrophil: WBC, Lymphocyte: WBC, Debris: null}   # XML class -> class (null: not a cell)
     splits: {train: train, val: val, test: test}   # optional: split name -> ImageSets/Main file
+    aliases: {Monocyte: WBC}                       # optional: every source's (a source's own win)
 
 A plain VOC folder is one source with every class exhaustive.
 """
@@ -136,6 +137,16 @@ def _aliases(raw: object, class_names: tuple[str, ...], where: str) -> tuple[tup
     return tuple(pairs)
 
 
+def _merged_aliases(
+    shared: tuple[tuple[str, str | None], ...], own: tuple[tuple[str, str | None], ...]
+) -> tuple[tuple[str, str | None], ...]:
+    """The file's aliases, then the source's: a name both give (in any spelling) takes the source's class."""
+    from bloodcell.data.voc import canonical
+
+    mine = {canonical(name) for name, _ in own}
+    return tuple(pair for pair in shared if canonical(pair[0]) not in mine) + own
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last, silently: a source's
     second ``path`` would replace its first)."""
@@ -174,9 +185,13 @@ def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAME
         raise DatasetError(f"{path}: cannot read dataset YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(doc, dict):
         raise DatasetError(f"{path}: expected a mapping with 'sources'")
-    unknown = set(doc) - {"sources", "splits"}
+    unknown = set(doc) - {"sources", "splits", "aliases"}
     if unknown:
-        raise DatasetError(f"{path}: unknown keys {sorted(unknown)}; expected 'sources' and optional 'splits'")
+        raise DatasetError(
+            f"{path}: unknown keys {sorted(unknown)}; expected 'sources' and optional 'splits' and 'aliases'"
+        )
+    # names every source shares (a lab's own); a source's own aliases add to them and win
+    shared = _aliases({} if doc.get("aliases") is None else doc["aliases"], class_names, f"{path}")
     raw_sources = doc.get("sources")
     if not isinstance(raw_sources, list) or not raw_sources:
         raise DatasetError(f"{path}: 'sources' must be a non-empty list of {{path, exhaustive}}")
@@ -196,7 +211,8 @@ def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAME
         exhaustive = item.get("exhaustive", list(class_names))
         if not isinstance(exhaustive, list) or not all(isinstance(c, str) for c in exhaustive):
             raise DatasetError(f"{where}: 'exhaustive' must be a list of class names")
-        aliases = _aliases({} if item.get("aliases") is None else item["aliases"], class_names, where)
+        own = _aliases({} if item.get("aliases") is None else item["aliases"], class_names, where)
+        aliases = _merged_aliases(shared, own)
         exhaustive = [_class_name(c, class_names) for c in exhaustive]  # "wbc", "platelet": as the XML reads
         bad = [c for c in exhaustive if c not in class_names]
         if bad:

@@ -602,15 +602,19 @@ def _resized(tree: ET.ElementTree, xml_w: int, xml_h: int, width: int, height: i
     """Whether an image whose <size> differs was resized after labelling (its boxes are in <size>'s pixels):
     the same shape within rounding (a whole-pixel resize of either side), and some box reaching past the
     image as it is now while none reaches past <size> (a wrong <size> over boxes drawn on this image: no)."""
-    if abs(width / xml_w - height / xml_h) * max(xml_w, xml_h) > 1.0:  # another shape: a crop or another image
-        return False
+    # one scale for both sides, each rounded to whole pixels by the resize (either way: up to a pixel)
+    if (width - 1) / xml_w > (height + 1) / xml_h or (height - 1) / xml_h > (width + 1) / xml_w:
+        return False  # another shape: a crop, or another image
     far = [0.0, 0.0]  # the furthest box corner, x and y
+    boxes = 0
     for bnd in tree.iterfind("object/bndbox"):
         try:
             x2, y2 = float(bnd.findtext("xmax")), float(bnd.findtext("ymax"))  # type: ignore[arg-type]
         except (TypeError, ValueError):
             continue
-        far = [max(far[0], x2), max(far[1], y2)]
+        far, boxes = [max(far[0], x2), max(far[1], y2)], boxes + 1
+    if not boxes:  # nothing to scale
+        return False
     inside_size = far[0] <= xml_w + 1 and far[1] <= xml_h + 1
     past_image = far[0] > width + 1 or far[1] > height + 1
     return inside_size and (past_image or xml_w < width)  # enlarged: every box fits both frames, shapes agree

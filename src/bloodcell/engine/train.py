@@ -77,6 +77,17 @@ class TrainResult:
     wall_time_s: float
     skipped: tuple[str, ...] = ()  # per split, which listed images were left out (data.check.skipped_note)
 
+    def to_dict(self) -> dict:
+        """JSON-ready: paths as strings, the best epoch's val metrics as ``DetectionMetrics.to_dict``."""
+        return {
+            "out": str(self.out),
+            "best": str(self.best),
+            "best_map50": self.best_map50,
+            "metrics": None if self.metrics is None else self.metrics.to_dict(),
+            "wall_time_s": self.wall_time_s,
+            "skipped": list(self.skipped),
+        }
+
 
 def seed_epoch(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     """Seed every global RNG from (seed, epoch, rank), so a resumed epoch replays exactly as
@@ -264,6 +275,8 @@ def _numbering_prefix(name: str) -> str:
 def _run_to_resume(config: TrainConfig, explicit: Collection[str] | None) -> Path:
     """--out, or without it the most recent run of the default name (runs/train, runs/train2, ...: a new
     run goes to the next free name, so the one to go on with is the last one written)."""
+    if not str(config.out).strip():  # Path("") is the current folder: a run there would be resumed
+        raise ConfigError("--out: the path is empty; name the run folder to resume")
     out = Path(config.out)
     if explicit is None or "out" in explicit:
         return out

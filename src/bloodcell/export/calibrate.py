@@ -27,6 +27,7 @@ from bloodcell.runtime.counting import parse_nms_iou, per_class
 from bloodcell.runtime.exported import ExportedPredictor
 from bloodcell.runtime.loader import load_predictor
 from bloodcell.runtime.metadata import PER_CLASS_NMS_VERSION, parse_metadata, refit_generation, sidecar_path
+from bloodcell.runtime.timing import check_threads
 
 if TYPE_CHECKING:
     from bloodcell.data.voc import VOCDataset
@@ -53,6 +54,7 @@ def calibrate(
     from bloodcell.runtime.metadata import MODEL_FORMATS
     from bloodcell.weights import shipped_by_name
 
+    check_threads(threads)
     model, suffix = Path(model), Path(model).suffix.lower()
     if suffix in MODEL_FORMATS:  # an export: its fit goes where the runtime reads it first
         sidecar = sidecar_path(model)

@@ -54,6 +54,16 @@ class ExportResult:
     metadata: dict = field(repr=False, default_factory=dict)
     replaced_fit: bool = False  # the file replaced had been refit by `bloodcell calibrate`
 
+    def to_dict(self) -> dict:
+        """JSON-ready: paths as strings, the metadata written beside the file."""
+        return {
+            "path": str(self.path),
+            "metadata_path": str(self.metadata_path),
+            "size_bytes": self.size_bytes,
+            "metadata": self.metadata,
+            "replaced_fit": self.replaced_fit,
+        }
+
 
 def calibration_images(
     data: str | Path | None, size: tuple[int, int], count: int, scale: float = 1.0

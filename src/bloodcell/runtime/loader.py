@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from bloodcell.errors import ConfigError, ModelError, missing_model
 from bloodcell.runtime.counting import per_class
-from bloodcell.runtime.timing import available_cores
+from bloodcell.runtime.timing import available_cores, check_threads
 from bloodcell.weights import model_file
 
 if TYPE_CHECKING:
@@ -31,8 +31,8 @@ def load_predictor(
     one image per pass on the CPU (or the Edge TPU), so asking them for more is refused, not ignored.
     ``threads``: CPU threads (None: every core this process may use); for a .pt model this is torch's
     process-wide setting, as ``torch.set_num_threads`` makes it."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"--threads {threads!r}: expected a whole number >= 1 (leave it out for every core)")
+    check_threads(threads)
+    threads = None if threads is None else int(threads)  # numpy's integers: torch and the runtimes take int
     # the shipped model, by default or by its file name; read_checkpoint checks it against the manifest
     path = model_file(path)
     suffix = path.suffix.lower()
