@@ -269,6 +269,21 @@ def test_a_cell_of_an_unknown_class_leaves_its_image_labelled_incompletely(tmp_p
     assert "map it in a dataset YAML source's aliases: {Neutrophil: RBC|WBC|Platelets}" in finding.detail
 
 
+def test_a_named_cell_whose_box_cannot_be_read_leaves_its_class_incomplete(tmp_path: Path) -> None:
+    """A WBC object without <bndbox>, or with a coordinate that is no number, is a white cell nobody can place:
+    dropped, and white cells are no longer exhaustive in its image (other classes are)."""
+    voc = VOCFolder(tmp_path)
+    voc.add("nobox", (("RBC", (10, 10, 30, 30)), ("WBC", None)))
+    voc.add("nan", (("Platelets", (1, "x", 9, 9)),))
+    dataset = load_voc(tmp_path)
+    masks = {r.image_id: r.exhaustive_mask(3).tolist() for r in dataset.records}
+    assert masks == {"nobox": [True, False, True], "nan": [True, True, False]}
+    assert {f.action for f in dataset.findings} == {
+        "dropped; WBC not taken as exhaustive in this image",
+        "dropped; Platelets not taken as exhaustive in this image",
+    }
+
+
 def test_aliases_name_the_class_of_a_name_the_reader_does_not_know(tmp_path: Path) -> None:
     """A lab's own names: a WBC subtype read as WBC (the dataset's declaration, so no finding), debris left out as no
     cell at all (its place stays background, the image stays exhaustive)."""

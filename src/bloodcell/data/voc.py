@@ -507,6 +507,7 @@ def _read_one(
     difficult: list[bool] = []
     object_ids: list[int] = []
     unknown = False  # a cell of no known class: which class it is a cell of, if any, is not known
+    lost: set[int] = set()  # classes with a cell whose box could not be read: not every one of them is boxed
     for i, obj in enumerate(tree.findall("object"), start=1):  # as a person counts them in the file
         raw_name = (obj.findtext("name") or "").strip()
         name = raw_name if raw_name in class_index else aliases.get(canonical(raw_name), raw_name)
@@ -529,7 +530,8 @@ def _read_one(
             findings.append(Finding(xml_name, i, "class-alias", f"{raw_name!r} read as {name!r}", "renamed"))
         bnd = obj.find("bndbox")
         if bnd is None:
-            findings.append(Finding(xml_name, i, "missing-bndbox", "object has no <bndbox>", "dropped"))
+            findings.append(Finding(xml_name, i, "missing-bndbox", "object has no <bndbox>", _cell_lost(name)))
+            lost.add(class_index[name])
             continue
         extra = len(obj.findall("bndbox")) - 1  # an editor's slip: one object, one box
         if extra:
@@ -542,7 +544,8 @@ def _read_one(
         except (TypeError, ValueError):
             texts = {tag: bnd.findtext(tag) for tag in ("xmin", "ymin", "xmax", "ymax")}
             detail = f"non-numeric or missing coordinates {texts}"
-            findings.append(Finding(xml_name, i, "bad-coordinate", detail, "dropped"))
+            findings.append(Finding(xml_name, i, "bad-coordinate", detail, _cell_lost(name)))
+            lost.add(class_index[name])
             continue
         x1, y1, x2, y2 = coords
         if x2 <= x1 or y2 <= y1:
@@ -594,8 +597,16 @@ def _read_one(
         boxes=boxes_arr[keep],
         labels=labels_arr[keep],
         difficult=difficult_arr[keep],
-        exhaustive=(False,) * len(class_index) if unknown else None,
+        exhaustive=None
+        if not (unknown or lost)
+        else tuple(not unknown and c not in lost for c in range(len(class_index))),
     )
+
+
+def _cell_lost(name: str) -> str:
+    """The action of a named cell whose box cannot be read: dropped, and its class is then not boxed
+    exhaustively in the image (the cell would be taught as background, and counted missing)."""
+    return f"dropped; {name} not taken as exhaustive in this image"
 
 
 def _resized(tree: ET.ElementTree, xml_w: int, xml_h: int, width: int, height: int) -> bool:
