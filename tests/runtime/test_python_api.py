@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -164,13 +165,16 @@ def test_annotate_draws_the_counted_boxes_or_says_what_it_needs(shipped, image_p
         bloodcell.annotate(lean, np.zeros((10, 10, 3), np.uint8))
 
 
-def test_evaluate_takes_a_dataset_and_refuses_nothing(shipped, tiny_voc: Path) -> None:
+def test_evaluate_takes_a_dataset_and_refuses_nothing(shipped, tiny_voc: Path, tmp_path: Path) -> None:
     val = bloodcell.load_dataset(tiny_voc, split="val")
     whole = bloodcell.evaluate(shipped, val)
     assert whole.to_dict() == bloodcell.evaluate(shipped, val.records).to_dict()
     with pytest.raises(DatasetError, match="no image to score"):
         bloodcell.evaluate(shipped, [])
     by_predictor = bloodcell.validate(shipped, tiny_voc, conf={"RBC": 0.5}, progress=False)
+    js = tmp_path / "v.json"
+    bloodcell.validate(shipped, tiny_voc, json_path=js, progress=False)  # a loaded model is named, as the CLI names it
+    assert json.loads(js.read_text())["model"].startswith("cellnet_bccd.pt@")
     by_text = bloodcell.validate(None, tiny_voc, conf="RBC=0.5", progress=False)
     assert by_predictor.to_dict() == by_text.to_dict()
     with pytest.raises(ConfigError, match="a loaded predictor keeps its own"):

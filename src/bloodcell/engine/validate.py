@@ -56,8 +56,9 @@ def validate(
     if json_path and any(os.path.realpath(json_path) == os.path.realpath(plot) for plot in plots):
         raise ConfigError(f"--json {json_path}: is where --out puts a plot; name another file")
     predictor = load_predictor(model, device=device, threads=threads, batch=batch) if loaded else model
-    # which model scored which data (--json): named as loaded; a loaded predictor does not know its file
-    named = {"model": model_ref(model_file(model))} if loaded else {}
+    # which model scored which data (--json): the file named, or the one a loaded predictor came from
+    source = model_file(model) if loaded else getattr(model, "path", None)
+    named = {"model": model_ref(Path(source))} if source is not None and Path(source).is_file() else {}
     print_model_notes(predictor)
     check_cell_size(predictor, cell_size)  # named as the CLI's option: --cell-size
     # the CLI's text: its errors name the option

@@ -68,6 +68,7 @@ def load_predictor(
         torch.set_num_threads(threads or available_cores())
         model, info = load_model(path)
         predictor = TorchPredictor(model, info, device=device)
+        predictor.path = path  # the file it was loaded from, as exports keep theirs: results name it
         predictor.notes += filter(None, [unfitted_checkpoint_note(path, info)])
         return predictor
     if path.name.lower().endswith((".onnx.json", ".tflite.json")):

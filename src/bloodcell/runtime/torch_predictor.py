@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -127,6 +128,7 @@ class TorchPredictor:
         # fp16 on a GPU: CellNet was trained with autocast there; the CPU keeps fp32.
         self.half = self.device.type == "cuda"
         self.times = StageTimes()
+        self.path: Path | None = None  # the file it was loaded from (load_predictor sets it)
 
     def describe(self) -> dict:
         """Architecture, format, metrics and name, from the model file's ModelInfo."""
