@@ -27,7 +27,8 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
         nargs="?",
         const="-",
         metavar="FILE",
-        help="findings as JSON instead of a table: to this file, or printed when no file is given",
+        help="findings as JSON: printed instead of the table when no file is given, or written to FILE "
+        "(the table printed too)",
     )
     p.set_defaults(func=cmd_data_check)
 

@@ -39,8 +39,8 @@ if TYPE_CHECKING:  # config is imported lazily below, like every other bloodcell
 
 #: calibrate's and val's note on a plain folder: ``done`` is what happens to counting, ``do`` what to do instead
 PLAIN_FOLDER_NOTE = (
-    "note: {root} is a plain VOC folder, so {done} as if every cell in it is boxed (but in images with boxes of "
-    "unknown classes); if its labels leave cells "
+    "note: {root} is a plain VOC folder, so {done} as if every cell in it is boxed (images with boxes of unknown "
+    "classes aside); if its labels leave cells "
     "out (BCCD's XML misses about 40% of red cells), {do} on a dataset YAML that says which classes are "
     "exhaustive (e.g. datasets/bccd-dense.yaml)"
 )
