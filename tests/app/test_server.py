@@ -78,7 +78,7 @@ def png_bomb(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("min_score", [None, 0.001])
+@pytest.mark.parametrize("min_score", [None, 0.001, 0.0])  # 0: as --min-score 0 takes it
 def test_detect_answers_the_predict_record(client, predictor, slides, min_score):
     path = slides[0]
     params = {} if min_score is None else {"min_score": min_score}
@@ -513,7 +513,7 @@ def test_options_are_honoured_or_refused_never_ignored(client, predictor, slides
         ({"conf": "Monocyte=0.5"}, "unknown class 'Monocyte'"),
         ({"conf": "2"}, "conf 2: expected a value in (0, 1]"),
         ({"cell_size": "big"}, "cell_size 'big': expected 'auto', 'none' or a diameter"),
-        ({"min_score": "nan"}, "min_score nan: expected a value in (0, 1]"),
+        ({"min_score": "nan"}, "min_score nan: expected a score from 0 to 1"),
     ]:
         r = post(client, data, "s.jpg", **params)
         assert r.status_code == 422 and message in r.json()["error"], r.text

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import math
 import re
 import threading
 from collections import deque
@@ -43,7 +44,7 @@ from bloodcell import __version__
 from bloodcell.app.api_schema import DETECT_RESPONSES
 from bloodcell.errors import ConfigError
 from bloodcell.palette import class_hex
-from bloodcell.runtime.counting import Conf, class_thresholds, parse_conf, parse_threshold
+from bloodcell.runtime.counting import Conf, class_thresholds, parse_conf
 from bloodcell.runtime.images import StackError, read_pixels
 from bloodcell.runtime.predict import Predictor, predict_image
 from bloodcell.runtime.scaling import check_cell_size, parse_cell_size
@@ -445,8 +446,8 @@ def create_app(
             raise ApiError(422, f"option(s) {', '.join(map(repr, repeated))} given more than once")
         options = DetectOptions(points, None, cell_size)
         try:
-            if "min_score" in params:  # as --conf's values are read: "nan" or "2" named in the option's words
-                options.min_score = parse_threshold(params["min_score"], "min_score")
+            if "min_score" in params:  # a score in [0, 1], as --min-score and the Python API take it
+                options.min_score = _min_score(params["min_score"])
             if "conf" in params:
                 options.conf = parse_conf(params["conf"], tuple(predictor.class_names), points, "conf")
         except ConfigError as e:
@@ -468,7 +469,7 @@ def create_app(
     )
     async def detect(
         request: Request,
-        min_score: str | None = Query(None, description="lowest score listed, in (0, 1] (default: conf)"),
+        min_score: str | None = Query(None, description="lowest score listed, in [0, 1] (default: conf)"),
         conf: str | None = Query(
             None, description="operating points: one value, or per class like RBC=0.4,WBC=0.6 (default: the server's)"
         ),
@@ -501,3 +502,14 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def _min_score(text: str) -> float:
+    """?min_score=: a score from 0 to 1 (0: every candidate), as ``--min-score`` reads it; ConfigError else."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # nan and inf too
+        raise ConfigError(f"min_score {text}: expected a score from 0 to 1")
+    return value
