@@ -298,6 +298,11 @@ def test_images_folders_and_videos_given_the_wrong_way_say_the_right_one(model_f
     assert main(["predict", str(video), "--model", str(model_file)]) == 1
     assert f"a video, not an image; `bloodcell predict --source {video}` counts its frames" in capsys.readouterr().err
     assert sorted(p.name for p in folder.iterdir()) == ["field.jpg"]  # nothing written
+    from bloodcell.errors import ImageError
+    from bloodcell.runtime.images import decode_image  # a batch's or an upload's bytes say it too
+
+    with pytest.raises(ImageError, match=r"v\.mp4: a video, not an image; `bloodcell predict --source"):
+        decode_image(video.read_bytes(), "v.mp4")
 
 
 def test_a_stream_that_gives_no_frame_leaves_no_folder(model_file, tmp_path, monkeypatch, capsys):

@@ -185,6 +185,8 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             return read_pixels(im, lambda: data)
     except UnidentifiedImageError:
+        if Path(name).suffix.lower() in VIDEO_SUFFIXES:  # a batch's or an upload's video: said as predict says it
+            raise ImageError(_video(name)) from None
         raise ImageError(f"{name}: {_unidentified(len(data))}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(name, e) from None
@@ -203,8 +205,7 @@ def load_image(path: str | Path) -> np.ndarray:
         raise UnreadableImageError(f"{path}: cannot read ({e.strerror})") from None
     except UnidentifiedImageError:
         if path.suffix.lower() in VIDEO_SUFFIXES:
-            hint = f"`bloodcell predict --source {shlex.quote(str(path))}` counts its frames"
-            raise ImageError(f"{path}: a video, not an image; {hint}") from None
+            raise ImageError(_video(str(path))) from None
         try:
             size = path.stat().st_size
         except OSError:  # gone since it was opened (a watched folder): not known to be empty
@@ -212,6 +213,10 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: {_unidentified(size)}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(path, e) from None
+
+
+def _video(name: str) -> str:
+    return f"{name}: a video, not an image; `bloodcell predict --source {shlex.quote(name)}` counts its frames"
 
 
 def _unidentified(size: int) -> str:
