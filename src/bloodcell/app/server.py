@@ -146,7 +146,7 @@ async def read_upload(chunks: AsyncIterator[bytes], content_type: str, limit: in
         raise ApiError(415, f"send the image as multipart/form-data in a field named {field!r}")
     if not params.get(b"boundary"):  # a client that set the header by hand, without the parts' separator
         raise ApiError(400, "malformed multipart body (its Content-Type has no boundary=...)")
-    too_big = ApiError(413, f"upload larger than the {limit / 2**20:g} MB limit")
+    too_big = ApiError(413, f"upload larger than the {limit / 2**20:.3g} MB limit")
 
     async def capped() -> AsyncIterator[bytes]:
         received = 0
