@@ -311,7 +311,8 @@ def test_a_name_near_a_declared_alias_is_said_to_be_near_it(tmp_path):
     lab.add("a", (("Neutrophil", (30, 10, 50, 40)),))
     spec = tmp_path / "data.yaml"
     spec.write_text(f"sources:\n  - path: {lab.root}\n    aliases: {{Neutrophill: WBC}}\n")
-    [finding] = load_dataset(spec, None, decode_images=False).findings
+    [finding, unused] = load_dataset(spec, None, decode_images=False).findings
+    assert unused.kind == "unused-alias" and "'Neutrophill'" in unused.detail  # the key, named from its side too
     assert finding.detail.endswith(
         "(perhaps 'Neutrophill', which the aliases map to 'WBC'? add this spelling to them or fix the XML)"
     )
@@ -335,3 +336,18 @@ def test_aliases_at_the_top_of_the_file_are_every_sources_and_a_sources_own_win(
     spec.write_text(f"aliases: {{Neutrophil: NK}}\nsources:\n  - path: {a.root}\n")
     with pytest.raises(DatasetError, match=f"^{spec}: aliases: 'Neutrophil' maps to 'NK'"):
         read_spec(spec)
+
+
+def test_an_alias_no_annotation_uses_is_said_when_the_folders_are_read_whole(tmp_path):
+    """`aliases: {Neutrophill: WBC}` (a typo) leaves every Neutrophil unknown: the key itself is named too."""
+    lab = make_voc(tmp_path / "lab", 0, False)
+    lab.add("a", (("Neutrophil", (30, 10, 50, 40)), ("lymphocyte", (1, 1, 20, 20))))
+    lab.write_split("val", ["a"])
+    spec = tmp_path / "data.yaml"
+    spec.write_text(
+        f"aliases: {{Lymphocyte: WBC}}\nsources:\n  - path: {lab.root}\n    aliases: {{Neutrophill: WBC}}\n"
+    )
+    whole = load_dataset(spec, None, decode_images=False).findings
+    assert [(f.file, f.kind) for f in whole] == [("lab/a.xml", "unknown-class"), ("data.yaml", "unused-alias")]
+    assert whole[1].detail.startswith("aliases 'Neutrophill': no <name> in the sources' annotations reads so")
+    assert [f.kind for f in load_dataset(spec, "val", decode_images=False).findings] == ["unknown-class"]

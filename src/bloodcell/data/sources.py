@@ -137,6 +137,21 @@ def _aliases(raw: object, class_names: tuple[str, ...], where: str) -> tuple[tup
     return tuple(pairs)
 
 
+def _unused_aliases(spec: DatasetSpec, names_read: set[str]) -> list:
+    """A finding per alias that no <name> of the sources' XML uses (every folder read whole): a typo'd key
+    leaves the name it meant unknown, and that name's images without exhaustive classes."""
+    from bloodcell.data.voc import Finding, canonical
+
+    names = dict.fromkeys(name for source in spec.sources for name, _ in source.aliases)
+    where = spec.file.name if spec.file else "aliases"
+    detail = "aliases {!r}: no <name> in the sources' annotations reads so (a typo of the name it meant?)"
+    return [
+        Finding(where, None, "unused-alias", detail.format(name), "none")
+        for name in names
+        if canonical(name) not in names_read
+    ]
+
+
 def _merged_aliases(
     shared: tuple[tuple[str, str | None], ...], own: tuple[tuple[str, str | None], ...]
 ) -> tuple[tuple[str, str | None], ...]:
@@ -297,6 +312,7 @@ def load_dataset(
     labelled_by: dict[str, Path] = {}  # image id -> the source whose labels it keeps
     parts = []  # (source, its findings)
     read: dict[Path, list] = {}  # source -> the records read from it (before a later source overrides them)
+    names_read: dict[Path, set[str]] = {}  # source -> the class names its XML uses (canonical)
     for source in spec.sources:
         # the annotated images, and those annotated nowhere that this source lists (its reader reports them)
         ids = [i for i in members if i in annotated[source.path] or (i in unannotated and members[i] == source.path)]
@@ -318,6 +334,7 @@ def load_dataset(
             labelled_by[record.image_id] = source.path
         parts.append((source.path, part.findings))
         read[source.path] = part.records
+        names_read[source.path] = part.names_read
     if split_name is None:  # every source's whole folder: its images that nobody labels are forgotten files
         named = {record.image_path.name for record in merged.values()}  # type: ignore[attr-defined]
         for source in spec.sources:
@@ -338,6 +355,8 @@ def load_dataset(
                 kept = ", ".join(c for c, e in zip(class_names, mask, strict=True) if e) or "none"
                 f = replace(f, action=f"{FELL_BACK}{later.name}'s labels (exhaustive there: {kept})")
             findings.append(replace(f, file=f"{path.name}/{f.file}"))
+    if split_name is None:  # the whole folders: an alias none of them uses was meant for another spelling
+        findings += _unused_aliases(spec, set().union(*names_read.values()))
     dataset = VOCDataset(root=root, class_names=tuple(class_names), split=split, findings=findings)
     dataset.records = sorted(merged.values(), key=lambda r: r.image_path.name)  # type: ignore[attr-defined]
     return dataset

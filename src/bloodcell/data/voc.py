@@ -115,6 +115,8 @@ class VOCDataset:
     split: str | None
     records: list[VOCRecord] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    #: every <name> read, spelling-blind (``canonical``): which of a source's aliases its XML uses
+    names_read: set[str] = field(default_factory=set)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -264,7 +266,17 @@ def load_voc(
     labelled_by: dict[tuple[int, int | str], str] = {}
     for image_id in ids:
         listed_in = f"ImageSets/Main/{split}.txt" if split and image_ids is None else None
-        record = _read_one(root, image_id, class_index, aliases, declared, decode_images, dataset.findings, listed_in)
+        record = _read_one(
+            root,
+            image_id,
+            class_index,
+            aliases,
+            declared,
+            decode_images,
+            dataset.findings,
+            listed_in,
+            dataset.names_read,
+        )
         if record is None:
             continue
         key = _file_id(record.image_path)
@@ -447,6 +459,7 @@ def _read_one(
     decode_images: bool,
     findings: list[Finding],
     listed_in: str | None = None,
+    names_read: set[str] | None = None,
 ) -> VOCRecord | None:
     xml_path = root / "Annotations" / f"{image_id}.xml"
     xml_name = xml_path.name
@@ -510,6 +523,8 @@ def _read_one(
     lost: set[int] = set()  # classes with a cell whose box could not be read: not every one of them is boxed
     for i, obj in enumerate(tree.findall("object"), start=1):  # as a person counts them in the file
         raw_name = (obj.findtext("name") or "").strip()
+        if names_read is not None:
+            names_read.add(canonical(raw_name))
         name = raw_name if raw_name in class_index else aliases.get(canonical(raw_name), raw_name)
         if obj.find("name") is None:
             findings.append(Finding(xml_name, i, "unknown-class", "object has no <name>", UNKNOWN_DROPPED))
