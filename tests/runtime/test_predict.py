@@ -306,6 +306,10 @@ def test_more_threads_than_cores_is_said(monkeypatch):
     monkeypatch.setattr("bloodcell.runtime.timing.available_cores", lambda: 2)
     assert cli._threads_note(None) is None and cli._threads_note(2) is None
     assert cli._threads_note(16) == "--threads 16 is more than the 2 cores this process may use: slower, not faster"
+    assert cli._threads_note(None, workers=2) is None  # batch: a thread each
+    note = "--workers 4 (a thread each) is more than the 2 cores this process may use: slower, not faster"
+    assert cli._threads_note(None, workers=4) == note
+    assert cli._threads_note(2, workers=2).startswith("--workers 2 x --threads 2 is more than the 2 cores")
 
 
 class _Pickled:  # any class: torch.save pickles it, torch.load(weights_only=True) refuses it

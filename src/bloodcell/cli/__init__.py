@@ -79,12 +79,15 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # a scheduler's SIGTERM ends a command as Ctrl-C does: finished work is kept
 
 
-def _threads_note(threads: int | None) -> str | None:
-    """--threads above the cores this process may use: honoured, but the runtimes then fight over the cores
-    (16 threads on 2 cores ran the network 5-10x slower than 2)."""
+def _threads_note(threads: int | None, workers: int = 1) -> str | None:
+    """--threads (per worker, for batch's --workers on this machine) above the cores this process may use:
+    honoured, but the runtimes then fight over the cores (16 threads on 2 cores ran the network 5-10x slower)."""
     from bloodcell.runtime.timing import available_cores
 
     cores = available_cores()
+    if workers > 1 and workers * (threads or 1) > cores:
+        each = f" x --threads {threads}" if threads else " (a thread each)"
+        return f"--workers {workers}{each} is more than the {cores} cores this process may use: slower, not faster"
     if threads is None or threads <= cores:
         return None
     return f"--threads {threads} is more than the {cores} cores this process may use: slower, not faster"
@@ -175,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # watch ends between files, batch writes its finished rows and run record, and a file being written is
     # removed, not left as a hidden temporary. Not distributed train (torchrun and its launcher stop workers
     # with SIGTERM themselves), nor serve (uvicorn's own handlers).
-    if note := _threads_note(getattr(args, "threads", None)):
+    # batch's workers on this machine share its cores (Ray joining a cluster spreads them over its nodes)
+    workers = args.workers if args.command == "batch" and not getattr(args, "address", None) else 1
+    if note := _threads_note(getattr(args, "threads", None), workers):
         print(f"warning: {note}", file=sys.stderr)
     ours = _stops_on_sigterm(args) and threading.current_thread() is threading.main_thread()
     forget_stop()
