@@ -168,6 +168,12 @@ def check_outputs(files: dict[str, str | None], folders: dict[str, str | None] |
         check_writable(flag, path)
 
 
+def blocked_reason(folder: Path, error: OSError) -> str:
+    """Why ``folder`` could not be made or written in: a file in its path's place, else the OS's words."""
+    blocking = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+    return f"{blocking} is a file, not a folder" if blocking else (error.strerror or str(error))
+
+
 def _probe(flag: str, path: str | Path, folder: Path, prefix: str) -> None:
     """Make ``folder`` and a temporary file in it, as a writer would, then remove what it made (a
     command refused later, or interrupted, leaves no empty folders); ConfigError naming what blocks it."""
@@ -178,9 +184,7 @@ def _probe(flag: str, path: str | Path, folder: Path, prefix: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        blocking = next((p for p in (folder, *folder.parents) if p.is_file()), None)
-        reason = f"{blocking} is a file, not a folder" if blocking else (e.strerror or str(e))
-        raise ConfigError(f"{flag} {path}: cannot write there ({reason})") from None
+        raise ConfigError(f"{flag} {path}: cannot write there ({blocked_reason(folder, e)})") from None
     finally:
         for p in made:
             with contextlib.suppress(OSError):  # another process may have written there meanwhile

@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from bloodcell.errors import DatasetError
-from bloodcell.types import CLASS_NAMES
+from bloodcell.types import CLASS_NAMES, canonical_class_name, find_class
 
 if TYPE_CHECKING:
     from bloodcell.data.voc import VOCDataset
@@ -100,28 +100,23 @@ def is_spec_file(path: str | os.PathLike) -> bool:
 
 def _class_name(name: str, class_names: tuple[str, ...]) -> str:
     """A class as a YAML names it, spelled as the XML reader accepts it ("wbc", " Platelet ")."""
-    from bloodcell.data.voc import DEFAULT_ALIASES, canonical
-
-    alias = DEFAULT_ALIASES.get(canonical(name))
-    return alias if alias in class_names else name
+    index = find_class(name, class_names)
+    return name if index is None else class_names[index]
 
 
 def _aliases(raw: object, class_names: tuple[str, ...], where: str) -> tuple[tuple[str, str | None], ...]:
     """A source's ``aliases`` mapping, checked: each name is one the reader would not know, each class is one
     of ``class_names`` (in any spelling the reader accepts) or null."""
-    from bloodcell.data.voc import DEFAULT_ALIASES, canonical
-
     if not isinstance(raw, dict):
         raise DatasetError(f"{where}: 'aliases' must map XML class names to classes, e.g. {{Neutrophil: WBC}}")
-    known = {canonical(c): c for c in class_names} | {k: v for k, v in DEFAULT_ALIASES.items() if v in class_names}
     pairs: list[tuple[str, str | None]] = []
     for name, target in raw.items():
         if isinstance(name, bool):  # YAML 1.1 reads an unquoted yes/no/on/off as true/false
             raise DatasetError(f"{where}: aliases: YAML read a name as {name}: quote it ('NO': WBC)")
         if not isinstance(name, str) or not name.strip():
             raise DatasetError(f"{where}: aliases: {name!r} is not a class name as an XML writes it")
-        if canonical(name) in known:  # the reader takes it as that class already: a second meaning would hide it
-            raise DatasetError(f"{where}: aliases: {name!r} is read as {known[canonical(name)]!r} already")
+        if (known := find_class(name, class_names)) is not None:  # the reader takes it as that class already
+            raise DatasetError(f"{where}: aliases: {name!r} is read as {class_names[known]!r} already")
         if target is not None and not isinstance(target, str):
             raise DatasetError(f"{where}: aliases: {name!r} maps to {target!r}; expected a class name or null")
         cls = None if target is None else _class_name(target, class_names)
@@ -130,7 +125,7 @@ def _aliases(raw: object, class_names: tuple[str, ...], where: str) -> tuple[tup
                 f"{where}: aliases: {name!r} maps to {target!r}, which is not among {list(class_names)} "
                 "(null: boxes of something that is not a cell to count)"
             )
-        same = [other for other, c in pairs if canonical(other) == canonical(name) and c != cls]
+        same = [other for other, c in pairs if canonical_class_name(other) == canonical_class_name(name) and c != cls]
         if same:  # the reader matches names as it matches classes: case, spaces, '_' and '-' aside
             raise DatasetError(f"{where}: aliases: {same[0]!r} and {name!r} are one name to the reader, two classes")
         pairs.append((name, cls))
@@ -140,7 +135,7 @@ def _aliases(raw: object, class_names: tuple[str, ...], where: str) -> tuple[tup
 def _unused_aliases(spec: DatasetSpec, names_read: set[str]) -> list:
     """A finding per alias that no <name> of the sources' XML uses (every folder read whole): a typo'd key
     leaves the name it meant unknown, and that name's images without exhaustive classes."""
-    from bloodcell.data.voc import Finding, canonical
+    from bloodcell.data.voc import Finding
 
     names = dict.fromkeys(name for source in spec.sources for name, _ in source.aliases)
     where = spec.file.name if spec.file else "aliases"
@@ -148,7 +143,7 @@ def _unused_aliases(spec: DatasetSpec, names_read: set[str]) -> list:
     return [
         Finding(where, None, "unused-alias", detail.format(name), "none")
         for name in names
-        if canonical(name) not in names_read
+        if canonical_class_name(name) not in names_read
     ]
 
 
@@ -156,10 +151,8 @@ def _merged_aliases(
     shared: tuple[tuple[str, str | None], ...], own: tuple[tuple[str, str | None], ...]
 ) -> tuple[tuple[str, str | None], ...]:
     """The file's aliases, then the source's: a name both give (in any spelling) takes the source's class."""
-    from bloodcell.data.voc import canonical
-
-    mine = {canonical(name) for name, _ in own}
-    return tuple(pair for pair in shared if canonical(pair[0]) not in mine) + own
+    mine = {canonical_class_name(name) for name, _ in own}
+    return tuple(pair for pair in shared if canonical_class_name(pair[0]) not in mine) + own
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -519,8 +519,9 @@ def _read_one(
     labels: list[int] = []
     difficult: list[bool] = []
     object_ids: list[int] = []
-    unknown = False  # a cell of no known class: which class it is a cell of, if any, is not known
-    lost: set[int] = set()  # classes with a cell whose box could not be read: not every one of them is boxed
+    # classes with a cell not boxed here: its box could not be read, or its class is unknown (then any class)
+    lost: set[int] = set()
+    frame_w, frame_h = frame or (width, height)  # the size the boxes were drawn on
     for i, obj in enumerate(tree.findall("object"), start=1):  # as a person counts them in the file
         raw_name = (obj.findtext("name") or "").strip()
         if names_read is not None:
@@ -528,7 +529,7 @@ def _read_one(
         name = raw_name if raw_name in class_index else aliases.get(canonical(raw_name), raw_name)
         if obj.find("name") is None:
             findings.append(Finding(xml_name, i, "unknown-class", "object has no <name>", UNKNOWN_DROPPED))
-            unknown = True
+            lost.update(class_index.values())
             continue
         if name is None:  # a source's aliases say it is no cell to count (debris, stain): background
             continue
@@ -539,7 +540,7 @@ def _read_one(
             )
             detail = f"class {raw_name!r} is not one of {list(class_index)}" + hint
             findings.append(Finding(xml_name, i, "unknown-class", detail, UNKNOWN_DROPPED))
-            unknown = True
+            lost.update(class_index.values())
             continue
         if name != raw_name and canonical(raw_name) not in declared:  # a variant the reader guessed: said
             findings.append(Finding(xml_name, i, "class-alias", f"{raw_name!r} read as {name!r}", "renamed"))
@@ -569,7 +570,6 @@ def _read_one(
             detail = f"{name} box {coords} has zero or negative size{hint}"
             findings.append(Finding(xml_name, i, "degenerate-box", detail, "dropped"))
             continue
-        frame_w, frame_h = frame or (width, height)  # the size the boxes were drawn on
         clipped = box_ops.clip(np.array(coords), frame_w, frame_h)[0]
         if not np.array_equal(clipped, np.asarray(coords, dtype=np.float64)):
             if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
@@ -612,9 +612,7 @@ def _read_one(
         boxes=boxes_arr[keep],
         labels=labels_arr[keep],
         difficult=difficult_arr[keep],
-        exhaustive=None
-        if not (unknown or lost)
-        else tuple(not unknown and c not in lost for c in range(len(class_index))),
+        exhaustive=tuple(c not in lost for c in range(len(class_index))) if lost else None,
     )
 
 

@@ -25,7 +25,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from bloodcell.atomic import write_text
+from bloodcell.atomic import blocked_reason, write_text
 from bloodcell.config import TrainConfig, flag_name, show
 from bloodcell.data.check import findings_note, skipped_note
 from bloodcell.data.dataset import DetectionDataset, SeededSampler, collate
@@ -219,9 +219,9 @@ def _run_dir(config: TrainConfig) -> Path:
         while not _claim(candidate):  # used, or claimed this instant by a run started beside this one
             candidate, i = out.with_name(f"{_numbering_prefix(out.name)}{i}"), i + 1
     except OSError as e:  # an unwritable place (/proc, a read-only share): named as the option
-        blocking = next((p for p in (candidate, *candidate.parents) if p.is_file()), None)
-        reason = f"{blocking} is a file, not a folder" if blocking else (e.strerror or str(e))
-        raise ConfigError(f"--out {out}: cannot make the run folder {candidate} ({reason})") from None
+        raise ConfigError(
+            f"--out {out}: cannot make the run folder {candidate} ({blocked_reason(candidate, e)})"
+        ) from None
     return candidate
 
 
