@@ -266,6 +266,7 @@ def test_two_files_of_one_name_are_two_fields_with_their_own_names(
         shutil.copy(bccd_root / "JPEGImages" / image, names[-1])
     with serving(create_app(shipped)) as url:
         page.goto(url + "/")
+        expect(page.locator("#thr-value")).to_have_text("+0.00")  # the page is wired once it has read the model
         page.locator("#files").set_input_files([str(p) for p in names])
         expect(page.locator("#status")).to_have_text("2 images counted")
         rows = page.locator("#summary tbody tr")
@@ -294,6 +295,7 @@ def test_the_pages_csv_keeps_formula_names_as_text(page, shipped, serving, bccd_
         shutil.copy(bccd_root / "JPEGImages" / IMAGES[0], path)
     with serving(create_app(shipped)) as url:
         page.goto(url + "/")
+        expect(page.locator("#thr-value")).to_have_text("+0.00")  # the page is wired once it has read the model
         page.locator("#files").set_input_files([str(p) for p in files])
         expect(page.locator("#status")).to_have_text("2 images counted")
         summary = downloaded_report(page, "#csv", tmp_path / "counts.csv")
