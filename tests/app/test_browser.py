@@ -266,7 +266,6 @@ def test_two_files_of_one_name_are_two_fields_with_their_own_names(
         shutil.copy(bccd_root / "JPEGImages" / image, names[-1])
     with serving(create_app(shipped)) as url:
         page.goto(url + "/")
-        expect(page.locator("#thr-value")).to_have_text("+0.00")  # the page is wired once it has read the model
         page.locator("#files").set_input_files([str(p) for p in names])
         expect(page.locator("#status")).to_have_text("2 images counted")
         rows = page.locator("#summary tbody tr")
@@ -295,7 +294,6 @@ def test_the_pages_csv_keeps_formula_names_as_text(page, shipped, serving, bccd_
         shutil.copy(bccd_root / "JPEGImages" / IMAGES[0], path)
     with serving(create_app(shipped)) as url:
         page.goto(url + "/")
-        expect(page.locator("#thr-value")).to_have_text("+0.00")  # the page is wired once it has read the model
         page.locator("#files").set_input_files([str(p) for p in files])
         expect(page.locator("#status")).to_have_text("2 images counted")
         summary = downloaded_report(page, "#csv", tmp_path / "counts.csv")
@@ -303,3 +301,28 @@ def test_the_pages_csv_keeps_formula_names_as_text(page, shipped, serving, bccd_
         assert sorted(row[0] for row in list(csv.reader(f))[1:]) == ["''=odd.jpg", "'=1+2.jpg"]
     # (no annotated PNGs were saved: the report names the two fields without pictures, by their own names)
     assert summary.fields == 2 and sorted(summary.missing_images) == ["'=odd.jpg", "=1+2.jpg"]
+
+
+def test_files_chosen_before_the_page_has_read_the_model_are_counted_once_it_has(
+    page, shipped, serving, bccd_root: Path
+):
+    """The page takes files at once (a drop before it is wired would open the image in place of the page) and
+    counts them when the model's answer comes; here that answer is held back until the file is chosen."""
+    from playwright.sync_api import expect
+
+    held = []
+    page.route("**/api/v1/model", lambda route: held.append(route))
+    with serving(create_app(shipped)) as url:
+        page.goto(url + "/")
+        for _ in range(200):  # the route's handler runs while Playwright waits
+            if held:
+                break
+            page.wait_for_timeout(50)
+        assert held, "the page never asked for the model"
+        page.locator("#files").set_input_files(str(bccd_root / "JPEGImages" / IMAGES[0]))
+        page.wait_for_timeout(300)
+        assert "operating points" not in page.locator("#model").inner_text()
+        assert page.locator(".card").count() == 0
+        held[0].continue_()
+        expect(page.locator("#status")).to_have_text("1 image counted")
+        assert page.locator(".card.error").count() == 0

@@ -77,6 +77,12 @@ def test_smoke_train_two_iterations_writes_a_complete_run(tiny_voc, tmp_path, mo
         again = dataclasses.replace(cfg, model=str(result.best), pretrained=True, missing_labels="pseudo")
         with pytest.raises(ConfigError, match="is a fasterrcnn model, which trains with its own"):
             train(again, progress=False)
+        # refused before the data's notes (here: the loss flags had nothing to do on fully boxed data)
+        exhaustive = tmp_path / "exhaustive.yaml"
+        exhaustive.write_text(f"sources:\n  - path: {tiny_voc}\n    exhaustive: [RBC, WBC, Platelets]\n")
+        with pytest.raises(ConfigError, match="is a fasterrcnn model, which trains with its own"):
+            train(dataclasses.replace(again, data=str(exhaustive)), progress=False)
+        assert "nothing to do" not in capsys.readouterr().err
         given_default = dataclasses.replace(again, missing_labels=TrainConfig().missing_labels)
         with pytest.raises(ConfigError, match="is a fasterrcnn model, which trains with its own"):
             train(given_default, progress=False, explicit={"model", "missing_labels"})  # given, though the default
@@ -87,6 +93,19 @@ def test_refuses_nonsense_options(tiny_voc):
         TrainConfig(imgsz=100)
     with pytest.raises(ConfigError, match="resume"):
         train(TrainConfig(data=str(tiny_voc), out="/nonexistent/run", resume=True), progress=False)
+
+
+def test_an_input_size_export_would_refuse_is_refused_before_training(tiny_voc, tmp_path):
+    """The limits export checks, said before the epochs: BCCD's red cells (about 100 px) need a shorter side
+    of 3 of them, at the run's scale; no side may pass 2048."""
+    small = TrainConfig(data=str(tiny_voc), input_size=(128, 96), scale=0.5, out=str(tmp_path / "a"), batch=2)
+    with pytest.raises(
+        ConfigError, match=r"--input-size 128x96: the shorter side must hold 3 red cells .* at --scale 0.5"
+    ):
+        train(small, progress=False)
+    with pytest.raises(ConfigError, match="--input-size 4096x480: sides up to 2048"):
+        train(dataclasses.replace(small, input_size=(4096, 480), scale=1.0), progress=False)
+    assert not list(tmp_path.rglob("*.pt"))  # refused before the first epoch
 
 
 def _train_cmd(data, out, *extra):

@@ -57,6 +57,7 @@ from bloodcell.models.checkpoint import (
     save_checkpoint,
     training_payload,
 )
+from bloodcell.models.input_size import MIN_CELLS_ACROSS, check_input_size
 from bloodcell.models.registry import MODELS, build_model, model_config
 from bloodcell.runtime.counting import Calibration, Conf
 from bloodcell.runtime.timing import available_cores
@@ -347,6 +348,32 @@ def _split_notes(train: list, val: list, config: TrainConfig, given: set[str]) -
     return notes
 
 
+def _labelled_cell_size(records: list, class_names: tuple[str, ...], scale: float) -> float | None:
+    """Median red-cell diameter (sqrt of box area) of the training labels at the model's scale, as
+    ``runtime.scaling`` measures detections; None without labelled red cells."""
+    if "RBC" not in class_names:
+        return None
+    rbc = class_names.index("RBC")
+    sides = [r.boxes[r.labels == rbc, 2:] - r.boxes[r.labels == rbc, :2] for r in records]
+    diameters = np.sqrt(np.prod(np.concatenate(sides), axis=1)) if sides else np.zeros(0)
+    return round(float(np.median(diameters)) * scale, 1) if len(diameters) else None
+
+
+def _check_input_size(config: TrainConfig, cell_size: float | None, explicit: Collection[str] | None) -> None:
+    """The network input's limits (those export checks), now rather than after the epochs."""
+    width, height = config.input_size
+    given = "input_size" in given_settings(config, explicit)
+    what = f"--input-size {width}x{height}" if given else f"the input {width}x{height} (--input-size sets another)"
+    try:
+        check_input_size((width, height), cell_size, what)
+    except ConfigError as e:
+        if cell_size and min(width, height) < MIN_CELLS_ACROSS * cell_size:
+            raise ConfigError(
+                f"{e} (red cells measured on the training labels at --scale {show(config.scale)})"
+            ) from None
+        raise
+
+
 def given_settings(config: TrainConfig, explicit: Collection[str] | None) -> set[str]:
     """The settings the user gave: ``explicit``, or (None: called from Python) those that differ from
     TrainConfig's defaults; None values are left to the run (a fine-tuned model's scale and sizes)."""
@@ -360,24 +387,15 @@ def given_settings(config: TrainConfig, explicit: Collection[str] | None) -> set
     }
 
 
-def _initial_model(
-    config: TrainConfig, class_names: tuple[str, ...], explicit: Collection[str] | None = None
-) -> InitialModel:
+def _initial_model(config: TrainConfig, class_names: tuple[str, ...]) -> InitialModel:
     """An architecture name builds a fresh model; a .pt model file is fine-tuned (same classes) at
-    its own scale, input size and NMS thresholds unless the config sets them. ``explicit``: see
-    ``given_settings``."""
+    its own scale, input size and NMS thresholds unless the config sets them."""
     if config.model.endswith(".pt"):
         from bloodcell.models.checkpoint import load_model
 
         model, info = load_model(config.model)
         if tuple(info.class_names) != tuple(class_names):
             raise ConfigError(f"{config.model}: classes {info.class_names} differ from the dataset's {class_names}")
-        loss_flags = given_settings(config, explicit) & {"missing_labels", "missing_tau"}
-        if MODELS[info.name].kind != "dense" and loss_flags:  # as refuse_unused does for --model fasterrcnn
-            raise ConfigError(
-                f"--missing-labels / --missing-tau shape CellNet's loss; {config.model} is a {info.name} model, "
-                "which trains with its own"
-            )
         config = config.with_model_scale(info.input_scale, info.input_size)
         fitted = None if info.calibration is None else (info.conf, Calibration.from_dict(info.calibration))
         mcfg = model_config(info.name, info.config)
@@ -569,7 +587,13 @@ def _train(
     if config.batch % ctx.world_size:
         raise ConfigError(f"--batch {config.batch} (global) must be a multiple of the {ctx.world_size} processes")
     if saved is None and Path(config.model).suffix.lower() == ".pt":  # a missing or wrong --model file: said
-        read_checkpoint(config.model)  # now, before the data's findings are printed
+        arch = read_checkpoint(config.model)["info"].get("name")  # now, before the data's findings are printed
+        loss_flags = given_settings(config, explicit) & {"missing_labels", "missing_tau"}
+        if arch in MODELS and MODELS[arch].kind != "dense" and loss_flags:  # as refuse_unused does for fasterrcnn
+            raise ConfigError(
+                f"--missing-labels / --missing-tau shape CellNet's loss; {config.model} is a {arch} model, "
+                "which trains with its own"
+            )
     out = Path(config.out) if config.resume else broadcast(_run_dir(config) if main else None, ctx)
     root = resolve_data_root(config.data)
     train_set = load_dataset(root, config.train_split)
@@ -592,9 +616,10 @@ def _train(
     class_names = train_set.class_names
 
     torch.manual_seed(config.seed)
-    # a resumed run's settings are its own (checked when it started), not the command line's
-    initial = _initial_model(config, class_names, None if saved is not None else explicit)
+    initial = _initial_model(config, class_names)
     config, arch, mcfg, model = initial.config, initial.arch, initial.model_config, initial.model
+    if saved is None:  # a resumed run's settings are its own, checked when it started
+        _check_input_size(config, _labelled_cell_size(records, class_names, config.scale), explicit)
     partial = sum(r.exhaustive is not None and not all(r.exhaustive) for r in records)
     if partial and MODELS[arch].kind != "dense":  # nothing to refuse: the user may mean it, but must know
         log(

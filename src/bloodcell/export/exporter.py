@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from bloodcell.export.embed import embed_tflite_metadata, onnx_with_metadata
 from bloodcell.export.formats import CALIB_IMAGES, get_format
 from bloodcell.export.graph import ExportGraph
 from bloodcell.models.checkpoint import ModelInfo, load_model
+from bloodcell.models.input_size import check_input_size
 from bloodcell.models.registry import MODELS
 from bloodcell.runtime.loader import unfitted_checkpoint_note
 from bloodcell.runtime.metadata import (
@@ -108,7 +108,8 @@ def export_model(
     width, height = imgsz or tuple(info.input_size)
     if width % 32 or height % 32:
         raise ConfigError(f"--imgsz {width}x{height}: both sides must be multiples of 32")
-    check_input_size((width, height), info.cell_size, given=imgsz is not None)
+    what = f"--imgsz {width}x{height}" if imgsz else f"the model's input {width}x{height} (pass --imgsz)"
+    check_input_size((width, height), info.cell_size, what)
     if tiling := smaller_input_note((width, height), tuple(info.input_size), info.cell_size):
         print(f"warning: {tiling}", file=sys.stderr)
     meta_path = check_metadata_path(out)
@@ -159,32 +160,6 @@ def export_model(
     check_stop()  # a Ctrl-C the converter's import swallowed: the earlier export stays
     write_files([(meta_path, (json.dumps(meta, indent=2) + "\n").encode()), (out, data)])
     return ExportResult(out, meta_path, out.stat().st_size, meta, replaced_fit)
-
-
-#: The largest network input side: larger images are tiled at prediction, so a larger input only costs
-#: memory (a 4800x3840 ONNX export took more than 24 GB).
-MAX_INPUT_SIDE = 2048
-#: The shorter side must hold this many red cells of the model's trained size: below it the cell-size
-#: estimate and the counts fail (a 160x128 input miscounted white cells; 256x224 counted as 480x384).
-MIN_CELLS_ACROSS = 3
-
-
-def check_input_size(size: tuple[int, int], cell_size: float | None, given: bool = True) -> None:
-    """ConfigError for a network input too large to export or too small for the model's cells; ``given``:
-    the size came from --imgsz (else it is the model's own input, which --imgsz can replace)."""
-    width, height = size
-    what = f"--imgsz {width}x{height}" if given else f"the model's input {width}x{height} (pass --imgsz)"
-    if max(width, height) > MAX_INPUT_SIDE:
-        raise ConfigError(
-            f"{what}: sides up to {MAX_INPUT_SIDE} (larger images are cut into tiles of the model's input "
-            "when predicting; a larger input only costs memory)"
-        )
-    if cell_size and min(width, height) < MIN_CELLS_ACROSS * cell_size:
-        need = 32 * math.ceil(MIN_CELLS_ACROSS * cell_size / 32)
-        raise ConfigError(
-            f"{what}: the shorter side must hold {MIN_CELLS_ACROSS} red cells of the model's trained size "
-            f"({cell_size:g} px), so {need} or more"
-        )
 
 
 def smaller_input_note(size: tuple[int, int], native: tuple[int, int], cell_size: float | None) -> str | None:

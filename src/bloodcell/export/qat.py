@@ -90,7 +90,8 @@ def qat_finetune(config: QATConfig, progress: bool = True) -> ExportResult:
         import litert_torch  # noqa: F401  (the quantizer's; imported here, where its log is caught)
         from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train, quantize_pt2e
 
-    from bloodcell.export.exporter import check_input_size, check_metadata_path, check_replaceable, export_model
+    from bloodcell.export.exporter import check_metadata_path, check_replaceable, export_model
+    from bloodcell.models.input_size import check_input_size
 
     low, high = 32 * SIDE32[0], 32 * SIDE32[1]
     if config.imgsz % 32 or not low <= config.imgsz <= high:
@@ -100,7 +101,8 @@ def qat_finetune(config: QATConfig, progress: bool = True) -> ExportResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     net, info = load_model(config.model)  # the model's faults before the data's (the data may be slow to read)
-    check_input_size(tuple(info.input_size), info.cell_size, given=False)  # the export at the end: said now
+    width, height = info.input_size  # the export at the end: said now
+    check_input_size((width, height), info.cell_size, f"{config.model}: input {width}x{height}")
     check_replaceable(Path(config.out), check_metadata_path(Path(config.out)))
     if MODELS[info.name].kind != "dense":
         raise ConfigError(f"{config.model}: QAT needs a one-stage model such as cellnet, not {info.name}")

@@ -97,6 +97,7 @@ function showStatus(note = "") {
 }
 
 async function upload(files) {
+  if (!(await ready)) return; // chosen while the page still reads the model: counted once it has it
   // A file that failed before is tried again (its error card goes); one counted already is not added twice.
   const retried = (item) => item.error && [...files].some((f) => sameFile(item.file, f));
   for (const item of state.items.filter(retried)) item.card.remove();
@@ -278,6 +279,7 @@ function wire() {
   });
   $("files").addEventListener("change", (e) => upload(e.target.files).then(() => (e.target.value = "")));
   $("thr").addEventListener("input", (e) => {
+    if (!state.model) return; // init() sets the slider back to 0 once the model is read
     state.shift = Number(e.target.value);
     $("thr-value").textContent = `${state.shift >= 0 ? "+" : ""}${state.shift.toFixed(2)}`;
     render();
@@ -288,4 +290,12 @@ function wire() {
   $("clear").addEventListener("click", clearAll);
 }
 
-init().then(wire, (e) => ($("model").textContent = `cannot reach the server: ${e.message}`));
+// Wired at once, so a file dropped before the model is read is not opened by the browser in place of the page.
+const ready = init().then(
+  () => true,
+  (e) => {
+    $("model").textContent = `cannot reach the server: ${e.message}`;
+    return false;
+  },
+);
+wire();
