@@ -1,7 +1,9 @@
 """Atomic file output: write to a temporary sibling, then rename over the target.
 
 A reader (or a crash) never sees a half-written file: ``os.replace`` is atomic on POSIX
-and Windows when source and target share a folder.
+and Windows when source and target share a folder. A symbolic link is written through (its target is
+replaced, the link kept); a device, pipe or socket (``/dev/stdout``, a FIFO) is written to directly, as
+nothing can be renamed over it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +33,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files only (mode 'w' or 'wb'), not {mode!r}")
     path = Path(path)
+    if is_stream(path):
+        with _open_stream(path, mode, **kwargs) as f:
+            yield f
+        return
+    path = _through_links(path)
     fd, tmp = _temp_sibling(path)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
@@ -43,6 +52,50 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         if isinstance(e, OSError) and e.filename == tmp:
             raise _as_target(e, path) from None
         raise
+
+
+def is_stream(path: Path) -> bool:
+    """True for a path that reaches a device, pipe or socket (``/dev/stdout``, ``/dev/null``, a FIFO), or an
+    open file descriptor (``/dev/fd/1``, which may be a redirected file): written to in place."""
+    if _in_proc(path) is not None:
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # not there yet (or a dangling link): a file to make
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _in_proc(path: Path) -> Path | None:
+    """The /proc path that ``path``'s chain of links reaches (``/dev/stdout`` -> ``/proc/self/fd/1``), if any."""
+    link = Path(os.path.abspath(path))
+    for _ in range(40):  # the chain as the kernel follows it (realpath would go on past /proc/self/fd/1)
+        link = Path(os.path.realpath(link.parent)) / link.name  # /dev/fd is itself a link to /proc/self/fd
+        if link.parts[1:2] == ("proc",):
+            return link
+        if not link.is_symlink():
+            return None
+        link = Path(os.path.abspath(link.parent / os.readlink(link)))
+    return None
+
+
+def _open_stream(path: Path, mode: str, **kwargs: Any) -> IO:
+    """``path`` opened where it is. One of this process's descriptors (``/dev/stdout``) is written through
+    that descriptor, so its lines and the process's own keep their order (opening /proc/self/fd/1 anew
+    would write over a redirected file from its start)."""
+    proc = _in_proc(path)
+    own = proc is not None and proc.parent.name == "fd" and proc.parts[2] in ("self", "thread-self", str(os.getpid()))
+    if own and proc.name.isdigit():
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        return os.fdopen(os.dup(int(proc.name)), mode, **kwargs)
+    return open(path, mode, **kwargs)
+
+
+def _through_links(path: Path) -> Path:
+    """The file a symbolic link at ``path`` names (replaced in its place, the link kept); ``path`` otherwise."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def _temp_sibling(path: Path) -> tuple[int, str]:
@@ -82,7 +135,9 @@ def write_files(files: Sequence[tuple[str | os.PathLike, bytes]]) -> None:
     done: list[tuple[str, Path]] = []
     try:
         for target, data in files:
-            path = Path(target)
+            path = _through_links(Path(target))
+            if is_stream(path):
+                continue  # written when the others are renamed into place
             fd, tmp = _temp_sibling(path)
             done.append((tmp, path))
             try:
@@ -95,6 +150,10 @@ def write_files(files: Sequence[tuple[str | os.PathLike, bytes]]) -> None:
             os.chmod(tmp, 0o666 & ~_umask())
         for tmp, path in done:
             os.replace(tmp, path)
+        for target, data in files:
+            if is_stream(Path(target)):
+                with _open_stream(Path(target), "wb") as f:
+                    f.write(data)
     finally:
         for tmp, _ in done:
             with contextlib.suppress(FileNotFoundError):
@@ -104,7 +163,7 @@ def write_files(files: Sequence[tuple[str | os.PathLike, bytes]]) -> None:
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``path`` as a whole when the block succeeds."""
-    path = Path(path)
+    path = _through_links(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
@@ -139,6 +198,11 @@ def check_writable(flag: str, path: str | Path) -> None:
     target = Path(path)
     if target.is_dir():
         raise ConfigError(f"{flag} {path}: cannot write there (is a folder, expected a file name)")
+    if is_stream(target):
+        if target.exists() and not os.access(target, os.W_OK):
+            raise ConfigError(f"{flag} {path}: cannot write there (permission denied)")
+        return
+    target = _through_links(target)
     _probe(flag, path, target.parent, temp_prefix(target))
 
 

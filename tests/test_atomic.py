@@ -1,0 +1,76 @@
+"""Outputs appear whole or not at all, and land where their path leads: through a symbolic link to its target,
+into a device or pipe in place (renaming a temporary over /dev/stdout would replace the device with a file)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from bloodcell.atomic import atomic_dir, atomic_open, check_writable, is_stream, write_files, write_text
+
+
+def test_a_failed_block_leaves_the_old_file_and_no_temporary(tmp_path: Path):
+    target = tmp_path / "counts.csv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), atomic_open(target) as f:
+        f.write("half")
+        raise RuntimeError("stopped")
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["counts.csv"]
+
+
+def test_a_symbolic_link_is_written_through_and_kept(tmp_path: Path):
+    (tmp_path / "shared").mkdir()
+    target = tmp_path / "shared" / "results.json"
+    target.write_text("old\n")
+    link = tmp_path / "results.json"
+    link.symlink_to(target)
+    write_text(link, "new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
+    model, sidecar = tmp_path / "m.onnx", tmp_path / "m.onnx.json"
+    sidecar.symlink_to(tmp_path / "shared" / "meta.json")  # a dangling link: its target is made
+    write_files([(model, b"net"), (sidecar, b"{}")])
+    assert sidecar.is_symlink() and (tmp_path / "shared" / "meta.json").read_bytes() == b"{}"
+    folder = tmp_path / "annotated"
+    folder.symlink_to(tmp_path / "shared", target_is_directory=True)
+    with atomic_dir(folder) as tmp:
+        (tmp / "a.png").write_bytes(b"png")
+    assert folder.is_symlink() and (tmp_path / "shared" / "a.png").read_bytes() == b"png"
+
+
+def test_a_pipe_and_devices_are_written_in_place(tmp_path: Path):
+    fifo = tmp_path / "counts.csv"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    write_text(fifo, "image,RBC\n")
+    reader.join(timeout=10)
+    assert got == ["image,RBC\n"] and fifo.is_fifo()
+    assert is_stream(Path("/dev/null")) and is_stream(Path("/dev/stdout")) and is_stream(Path("/dev/fd/1"))
+    assert not is_stream(tmp_path / "new.json") and not is_stream(Path("/dev/shm/x.json"))
+    write_text("/dev/null", "gone")
+    assert Path("/dev/null").is_char_device()
+    check_writable("--json", "/dev/null")  # no temporary file is probed for beside it
+    if Path("/dev/full").exists():  # a full disk is an error, never "wrote"
+        with pytest.raises(OSError) as e:
+            write_text("/dev/full", "x" * 100_000)
+        assert e.value.errno == errno.ENOSPC and Path("/dev/full").is_char_device()
+
+
+def test_dev_stdout_keeps_the_order_of_the_processs_own_lines_in_a_redirected_file(tmp_path: Path):
+    code = (
+        "from bloodcell.atomic import write_text\n"
+        "print('before', flush=True)\n"
+        "write_text('/dev/stdout', 'json\\n')\n"
+        "print('after')\n"
+    )
+    out = tmp_path / "out.txt"
+    with out.open("w") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True, timeout=60)
+    assert out.read_text() == "before\njson\nafter\n"  # opened anew, /proc/self/fd/1 would write from the start
