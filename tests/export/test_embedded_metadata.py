@@ -166,13 +166,19 @@ def test_old_export_without_embedded_metadata(tiny_exports, tmp_path):
     proto = onnx.load(str(tiny_exports["onnx"]))
     kept = [p for p in proto.metadata_props if p.key != EMBED_KEY]
     del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
     model = tmp_path / "old.onnx"
     onnx.save(proto, str(model))
     with pytest.raises(MetadataError, match=r"old\.onnx\.json: metadata missing, and old\.onnx has none embedded"):
         load_predictor(model)
     meta = json.loads(sidecar_of(tiny_exports["onnx"]).read_text())
-    meta.pop("format_version")
+    sidecar_of(model).write_text(json.dumps(meta))  # the graph as exported, before its metadata went in
+    assert load_predictor(model).class_names == ("RBC", "WBC", "Platelets")
+    proto.metadata_props.extend(kept)  # the graph changed (here: only its Netron keys): another network's file
+    onnx.save(proto, str(model))
+    with pytest.raises(MetadataError, match=r"old\.onnx\.json: made for another network \(graph sha256 .*no bloodcell"):
+        load_predictor(model)
+    for key in ("format_version", "graph_sha256"):  # as sidecars were before either was written
+        meta.pop(key)
     sidecar_of(model).write_text(json.dumps(meta))
     assert load_predictor(model).class_names == ("RBC", "WBC", "Platelets")
     sidecar_of(model).write_text(json.dumps({**meta, "class_names": ["RBC", "WBC", "Platelets", "Mono"]}))
@@ -290,3 +296,21 @@ def test_exporting_over_a_refit_file_says_so(tiny_model, tmp_path, capsys):
         "note: the m.onnx replaced had been refit by `bloodcell calibrate`; refit this one too"
         in capsys.readouterr().out
     )
+
+
+def test_a_network_that_outputs_nan_is_an_error_not_zero_counts(tiny_exports, image, tmp_path):
+    """Scores of NaN pass no threshold: without the check a broken file counts 0 cells, exit 0."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from bloodcell.errors import ModelError
+
+    proto = onnx.load(str(tiny_exports["onnx"]))  # its metadata kept: it describes the outputs' shapes
+    producer = next(n for n in proto.graph.node if "scores" in n.output)
+    producer.output[list(producer.output).index("scores")] = "scores_raw"
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(np.nan, np.float32), "nan"))
+    proto.graph.node.append(helper.make_node("Mul", ["scores_raw", "nan"], ["scores"]))
+    model = tmp_path / "nan.onnx"
+    onnx.save(proto, str(model))
+    with pytest.raises(ModelError, match=r"nan\.onnx: the network's outputs are not finite \(NaN or infinity\)"):
+        load_predictor(model).predict(image)

@@ -201,6 +201,8 @@ def test_metadata_must_describe_the_graph():
         with pytest.raises(MetadataError) as e:
             meta.check_graph(Path("m.onnx"), input_shape, outputs)
         assert str(e.value).startswith(f"{SOURCE}: field ") and fragment in str(e.value)
+    with pytest.raises(MetadataError, match=r"m\.onnx: takes channels-first images \(1x3x480x640, NCHW\)"):
+        meta.check_graph(Path("m.onnx"), [1, 3, 480, 640], [[1, anchors, 3], [1, anchors, 4]])
 
 
 def test_input_normalization_is_read_and_checked():

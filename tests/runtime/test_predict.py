@@ -202,6 +202,38 @@ def test_corrupt_file_is_reported_and_skipped(model_file, images, tmp_path, caps
     assert [r["image"] for r in counted] == ["other/a.jpg"] and failed == ["gone/a.jpg"]
 
 
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares ``width`` x ``height`` and holds no pixels: what decoders check before reading."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def test_decoder_warnings_name_their_file_and_an_oversized_image_says_the_limit(model_file, images, tmp_path, capsys):
+    """Pillow's own warning names its source line, once per process; each file's is said as a warning naming it.
+    An image past Pillow's pixel limit is a failed input whose error says the limit, not "DOS attack"."""
+    data = (images / "a.jpg").read_bytes()
+    exif = b"Exif\x00\x00MM\x00*" + b"\xff" * 20 + b"\x00\x00"  # a TIFF header pointing past its block
+    for name in ("one.jpg", "two.jpg"):
+        (tmp_path / name).write_bytes(data[:2] + b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif + data[2:])
+    huge = _png_header_only(tmp_path / "huge.png", 30000, 30000)
+    code = main(
+        ["predict", str(tmp_path / "one.jpg"), str(tmp_path / "two.jpg"), str(huge), "--model", str(model_file)]
+    )
+    err = capsys.readouterr().err
+    assert code == 1, err
+    for name in ("one.jpg", "two.jpg"):
+        assert f"warning: {tmp_path / name}: Corrupt EXIF data" in err and "the field may be turned" in err
+    assert f"{huge}: 900,000,000 pixels, over the 178,956,970 that are decoded" in err
+    assert "UserWarning" not in err and "DOS attack" not in err and "2 images counted, 1 failed" in err
+
+
 def test_empty_folder_and_missing_path(model_file, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

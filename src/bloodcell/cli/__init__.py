@@ -11,7 +11,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from bloodcell.cli.apps import add_app_commands
 from bloodcell.cli.data import add_data_commands
@@ -162,6 +162,33 @@ def _refuse_empty(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         raise ConfigError(f"{name}: an empty argument (an unset shell variable?); name one")
 
 
+@contextlib.contextmanager
+def _decoder_warnings_said() -> Iterator[None]:
+    """Pillow's warnings (a corrupt EXIF block) as one `warning:` line per file that names it; Python's own
+    form names Pillow's source line instead, once per process. A large image's decompression-bomb notice is
+    dropped: bloodcell tiles large fields (larger ones are refused with the limit said)."""
+    import warnings
+
+    from PIL import Image
+
+    from bloodcell.runtime.images import decoder_warning
+
+    pillow = f"{os.sep}PIL{os.sep}"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("always", module=r"PIL\.")
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # (the later filter is first)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if pillow in str(filename):
+                print(f"warning: {decoder_warning(message)}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = get_args_parser()
@@ -189,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stops = [signal.SIGTERM, *([signal.SIGINT] if python_own else [])]
     previous = {sig: signal.signal(sig, _stop) for sig in stops} if ours else {}
     try:
-        return int(args.func(args) or 0)
+        with _decoder_warnings_said():
+            return int(args.func(args) or 0)
     except BaseException as e:
         if not is_interrupt(e):
             return _failed(e, args)

@@ -100,6 +100,11 @@ class ExportedPredictor:
             canvas, lb = letterbox(image, self.input_size)
         with self.times.stage("network"):
             scores, boxes = self.run(canvas)
+        if not (np.isfinite(scores).all() and np.isfinite(boxes).all()):  # else NaN scores count nothing, silently
+            raise ModelError(
+                f"{self.path}: the network's outputs are not finite (NaN or infinity): the file is damaged, or "
+                "not the network its metadata describes; export the model again with `bloodcell export`"
+            )
         with self.times.stage("decode"):
             post = replace(self.post, min_score=min_score)
             dets = decode(scores, boxes, self.input_size, self.strides, post, probabilities=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import shlex
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -179,10 +181,32 @@ def _refuse_stacks(im: Image.Image) -> None:
         )
 
 
+_decoding = threading.local()  # the file this thread decodes: Pillow's warnings name none
+
+
+@contextlib.contextmanager
+def _decoding_file(name: str | Path) -> Iterator[None]:
+    _decoding.name = name
+    try:
+        yield
+    finally:
+        _decoding.name = None
+
+
+def decoder_warning(message: Warning | str) -> str:
+    """A Pillow warning as a line that names the file this thread was decoding when it came (the CLI says
+    Pillow's warnings so; a corrupt EXIF block loses the orientation tag, which turns the field)."""
+    text = " ".join(str(message).split()).rstrip(".")
+    if "exif" in text.lower():
+        text += " (its orientation tag, if it has one, is not applied: the field may be turned)"
+    name = getattr(_decoding, "name", None)
+    return f"{name}: {text}" if name is not None else text
+
+
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """``load_image`` for bytes already read (from a bucket, an upload); errors name ``name``."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _decoding_file(name), Image.open(io.BytesIO(data)) as im:
             return read_pixels(im, lambda: data)
     except UnidentifiedImageError:
         if Path(name).suffix.lower() in VIDEO_SUFFIXES:  # a batch's or an upload's video: said as predict says it
@@ -197,7 +221,7 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         data = path.read_bytes()  # once: Pillow decodes it, a JPEG's damage check and 16-bit colour read it again
-        with Image.open(io.BytesIO(data)) as im:
+        with _decoding_file(path), Image.open(io.BytesIO(data)) as im:
             return read_pixels(im, lambda: data)
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
@@ -229,6 +253,13 @@ def _decode_error(name: str | Path, e: Exception) -> ImageError:
     not create decoder object" for a WebP cut short."""
     if isinstance(e, (StackError, CorruptJPEGError)):
         return ImageError(f"{name}: {e}")
+    if isinstance(e, Image.DecompressionBombError):
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "more pixels"
+        return ImageError(
+            f"{name}: {size}, over the {2 * Image.MAX_IMAGE_PIXELS:,} that are decoded (Pillow's guard against "
+            "decompression bombs); cut the scan into fields of view and count those"
+        )
     text = str(e).lower()
     cut = "truncated" in text or "could not create decoder object" in text
     kind = TruncatedImageError if isinstance(e, OSError) and cut else ImageError

@@ -84,6 +84,11 @@ class ExportMetadata:
         (1, A, 4) outputs): decoding with the wrong class count or anchors fails mid-run or mislabels."""
         width, height = self.input_size
         shape = _dims(input_shape)
+        if shape is not None and len(shape) == 4 and shape[3] != 3 and shape[1] == 3:
+            raise MetadataError(
+                f"{model}: takes channels-first images ({'x'.join(map(str, shape))}, NCHW); bloodcell's exports "
+                "take channels-last (1xHxWx3, NHWC): this file is not one of them"
+            )
         if shape is not None and len(shape) == 4 and shape[1:3] != (height, width):
             self._fail("input_size", f"is {width}x{height} but {model.name} takes {shape[2]}x{shape[1]} images")
         outs = [_dims(s) for s in output_shapes]
@@ -210,6 +215,8 @@ def resolve_metadata(model: Path, sidecar: ExportMetadata | None, embedded: str 
             f"{sidecar_path(model)}: metadata missing, and {model.name} has none embedded; "
             "export the model again with `bloodcell export`"
         )
+    if sidecar is not None and inside is None and model.suffix.lower() == ".onnx":
+        _check_unmarked_graph(model, sidecar)
     if sidecar is not None and inside is not None:
         ours, theirs = sidecar.raw.get("source_sha256"), inside.raw.get("source_sha256")
         if ours and theirs and ours != theirs:  # same graph shape, other weights: its points fit those
@@ -230,6 +237,20 @@ def resolve_metadata(model: Path, sidecar: ExportMetadata | None, embedded: str 
     if expected is not None and meta.model_format != expected:
         meta._fail("model_format", f"is {meta.model_format!r} but {model.name} is a {model.suffix} file")
     return meta
+
+
+def _check_unmarked_graph(model: Path, sidecar: ExportMetadata) -> None:
+    """An ONNX file without bloodcell's metadata inside is the graph ``graph_sha256`` names byte for byte
+    (the export hashes it before the metadata goes in), or another network beside a copied sidecar."""
+    if not sidecar.graph_sha256 or sidecar_path(model).name != f"{model.name}.json":
+        return
+    actual = sha256_of(model)
+    if actual != sidecar.graph_sha256:
+        raise MetadataError(
+            f"{sidecar.source}: made for another network (graph sha256 {sidecar.graph_sha256[:12]}…; {model.name} "
+            f"is {actual[:12]}… and carries no bloodcell metadata of its own); export the model with `bloodcell "
+            "export`"
+        )
 
 
 def refit_inside_is_newer(sidecar: dict, inside: dict) -> bool:
