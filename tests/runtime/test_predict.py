@@ -67,6 +67,30 @@ def test_a_tiff_stack_is_refused_and_its_previews_ignored(images, tmp_path):
     assert np.array_equal(load_image(preview), np.asarray(field))
 
 
+@pytest.mark.parametrize("suffix", [".gif", ".png", ".webp"])
+def test_an_animation_is_refused_and_a_single_frame_of_its_format_read(images, tmp_path, suffix):
+    from bloodcell.errors import ImageError
+
+    field = Image.open(images / "a.jpg").convert("RGB")
+    animation, still = tmp_path / f"sweep{suffix}", tmp_path / f"still{suffix}"
+    field.save(animation, save_all=True, append_images=[field.rotate(90)], lossless=True)
+    field.save(still, lossless=True)
+    fmt = suffix[1:].upper()
+    video = "" if fmt == "WEBP" else r", or count them as a video's with `bloodcell predict --source`"
+    with pytest.raises(ImageError, match=rf"sweep\{suffix}: an animated {fmt} of 2 frames; .*ImageSequence\){video}$"):
+        load_image(animation)
+    assert load_image(still).shape == (field.height, field.width, 3)
+
+
+def test_an_image_kind_bloodcell_does_not_read_says_what_it_is(tmp_path):
+    from bloodcell.errors import ImageError
+
+    photo = tmp_path / "IMG_0001.HEIC"
+    photo.write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(100))
+    with pytest.raises(ImageError, match=r"IMG_0001\.HEIC: cannot decode image \(HEIC, not a format bloodcell reads"):
+        load_image(photo)
+
+
 def test_an_empty_file_and_a_non_image_say_the_same_from_disk_and_from_bytes(tmp_path):
     from bloodcell.errors import ImageError
     from bloodcell.runtime.images import decode_image
@@ -232,6 +256,23 @@ def test_decoder_warnings_name_their_file_and_an_oversized_image_says_the_limit(
         assert f"warning: {tmp_path / name}: Corrupt EXIF data" in err and "the field may be turned" in err
     assert f"{huge}: 900,000,000 pixels, over the 178,956,970 that are decoded" in err
     assert "UserWarning" not in err and "DOS attack" not in err and "2 images counted, 1 failed" in err
+
+
+def test_a_folder_says_which_image_files_it_leaves_out(model_file, images, tmp_path, capsys):
+    """An iPhone's HEIC or a camera's raw file beside its JPEG is not read: said as a note (exit 0), so the
+    field missing from the counts is no surprise; other files (notes, results) are left out unsaid."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    shutil.copy(images / "a.jpg", folder / "a.jpg")
+    for name in ("a.dng", "b.HEIC", "counts.csv"):
+        (folder / name).write_bytes(b"x")
+    assert main(["predict", str(folder), "--model", str(model_file)]) == 0
+    out, err = capsys.readouterr()
+    assert (
+        f"note: {folder}: 2 image files of a kind bloodcell does not read (HEIC, camera raw) left out: a.dng, b.HEIC"
+        in err
+    )
+    assert "counts.csv" not in err and out.startswith("a.jpg: ")
 
 
 def test_empty_folder_and_missing_path(model_file, tmp_path, capsys):

@@ -26,7 +26,13 @@ from bloodcell.runtime.loader import load_predictor, model_files, print_model_no
 from bloodcell.runtime.metadata import model_ref
 from bloodcell.runtime.predict import ImageResult, predict_paths
 from bloodcell.runtime.scaling import check_cell_size
-from bloodcell.runtime.sources import expand_sources, output_names, printable, unusable_reason
+from bloodcell.runtime.sources import (
+    expand_sources,
+    output_names,
+    printable,
+    unread_image_notes,
+    unusable_reason,
+)
 from bloodcell.weights import model_file
 
 if TYPE_CHECKING:
@@ -160,6 +166,8 @@ def run_predict(
     _refuse_shared_outputs(paths, names, out, voc)
     for problem in problems:
         print(f"error: {printable(problem)}", file=sys.stderr)
+    for note in unread_image_notes(sources):
+        print(f"note: {printable(note)}", file=sys.stderr)
     predictor: Predictor = load_predictor(model, device=device, threads=threads, edgetpu=edgetpu, batch=batch)
     # the file that counts, named now: it may be rewritten (a training run's best.pt) before the JSON is
     model_name = model_ref(model_file(model)) if json_path else None

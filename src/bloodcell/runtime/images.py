@@ -163,10 +163,21 @@ class StackError(ValueError):
     """A multi-page TIFF whose pages are fields of their own (a stack), not one image and its previews."""
 
 
+#: Formats whose files may be animations: every frame is a full picture (a time-lapse, a focus sweep).
+ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
+
+
 def _refuse_stacks(im: Image.Image) -> None:
     """A TIFF with several full-size pages (fields of view, a focus stack) would be counted by its first
-    page alone, silently; smaller later pages are previews (thumbnails, pyramid levels) and are ignored."""
+    page alone, silently; smaller later pages are previews (thumbnails, pyramid levels) and are ignored.
+    An animated GIF, PNG or WebP likewise."""
     pages = getattr(im, "n_frames", 1)
+    if im.format in ANIMATED_FORMATS and pages > 1:
+        video = "" if im.format == "WEBP" else ", or count them as a video's with `bloodcell predict --source`"
+        raise StackError(
+            f"an animated {im.format} of {pages} frames; bloodcell counts one image per file: save each frame as "
+            f"its own image (e.g. Pillow's ImageSequence){video}"
+        )
     if im.format != "TIFF" or pages <= 1:
         return
     size = im.size
@@ -211,7 +222,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     except UnidentifiedImageError:
         if Path(name).suffix.lower() in VIDEO_SUFFIXES:  # a batch's or an upload's video: said as predict says it
             raise ImageError(_video(name)) from None
-        raise ImageError(f"{name}: {_unidentified(len(data))}") from None
+        raise ImageError(f"{name}: {_unidentified(len(data), name)}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(name, e) from None
 
@@ -234,7 +245,7 @@ def load_image(path: str | Path) -> np.ndarray:
             size = path.stat().st_size
         except OSError:  # gone since it was opened (a watched folder): not known to be empty
             size = -1
-        raise ImageError(f"{path}: {_unidentified(size)}") from None
+        raise ImageError(f"{path}: {_unidentified(size, path)}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(path, e) from None
 
@@ -243,9 +254,29 @@ def _video(name: str) -> str:
     return f"{name}: a video, not an image; `bloodcell predict --source {shlex.quote(name)}` counts its frames"
 
 
-def _unidentified(size: int) -> str:
+#: Image files bloodcell does not read (no decoder in its dependencies), with what they are.
+OTHER_IMAGE_SUFFIXES = {
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".avif": "AVIF",
+    ".jxl": "JPEG XL",
+    ".jp2": "JPEG 2000",
+    ".dng": "camera raw",
+    ".cr2": "camera raw",
+    ".cr3": "camera raw",
+    ".nef": "camera raw",
+    ".arw": "camera raw",
+}
+
+
+def _unidentified(size: int, name: str | Path = "") -> str:
     """One message, from a file or from bytes, for what Pillow cannot identify."""
-    return "empty file (0 bytes)" if size == 0 else "cannot decode image (not a format Pillow reads)"
+    if size == 0:
+        return "empty file (0 bytes)"
+    kind = OTHER_IMAGE_SUFFIXES.get(Path(name).suffix.lower())
+    if kind:
+        return f"cannot decode image ({kind}, not a format bloodcell reads: save it as JPEG, PNG or TIFF)"
+    return "cannot decode image (not a format Pillow reads)"
 
 
 def _decode_error(name: str | Path, e: Exception) -> ImageError:

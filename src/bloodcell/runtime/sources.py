@@ -7,7 +7,7 @@ import glob
 import os
 from pathlib import Path
 
-from bloodcell.runtime.images import IMAGE_SUFFIXES
+from bloodcell.runtime.images import IMAGE_SUFFIXES, OTHER_IMAGE_SUFFIXES
 
 
 def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path], list[Path]]:
@@ -55,6 +55,24 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
     ordered = list(order.values())
     gone = set(missing)
     return [p for p in ordered if p not in gone], problems, missing, ordered
+
+
+def unread_image_notes(sources: list[str]) -> list[str]:
+    """For each folder given: the image files of kinds bloodcell does not read (an iPhone's HEIC, camera raw
+    beside its JPEG) that its listing leaves out, so a field missing from the counts is no surprise."""
+    notes = []
+    for source in sources:
+        if not _is_dir(Path(source)):
+            continue
+        left = sorted(f.name for f in Path(source).iterdir() if f.suffix.lower() in OTHER_IMAGE_SUFFIXES)
+        if left:
+            kinds = ", ".join(sorted({OTHER_IMAGE_SUFFIXES[Path(n).suffix.lower()] for n in left}))
+            named = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
+            notes.append(
+                f"{source}: {len(left)} image file{'s' if len(left) > 1 else ''} of a kind bloodcell does not read "
+                f"({kinds}) left out: {named}; save them as JPEG, PNG or TIFF to count them"
+            )
+    return notes
 
 
 def _failed_input(path: Path, problems: list[str], missing: list[Path], order: dict) -> None:
