@@ -19,6 +19,12 @@ def test_onnx_uses_every_core_unless_told(tiny_exports) -> None:
     one = load_predictor(tiny_exports["onnx"], threads=1)
     assert one.session.get_session_options().intra_op_num_threads == 1
     assert ort.get_device() == "CPU"
+    spinning = "session.intra_op.allow_spinning"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # ort's own default: threads spin
+        default.session.get_session_options().get_session_config_entry(spinning)
+    # more threads than cores: waiting threads sleep instead of spinning (999 threads took 40 s an image spinning)
+    many = load_predictor(tiny_exports["onnx"], threads=available_cores() + 1)
+    assert many.session.get_session_options().get_session_config_entry(spinning) == "0"
 
 
 def test_torch_uses_every_core_unless_told(tiny_model) -> None:

@@ -120,6 +120,8 @@ class OnnxPredictor(ExportedPredictor):
             raise ModelError("ONNX models need onnxruntime: pip install 'bloodcell[lite]'") from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or available_cores()
+        if options.intra_op_num_threads > available_cores():  # spinning threads beyond the cores: 50x slower
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
