@@ -95,6 +95,15 @@ def test_refuses_nonsense_options(tiny_voc):
         train(TrainConfig(data=str(tiny_voc), out="/nonexistent/run", resume=True), progress=False)
 
 
+def test_settings_a_run_would_not_use_are_refused_from_python_too(tiny_voc, tmp_path):
+    """What the CLI refuses (a fine-tune's backbone weights), train() refuses: never silently dropped."""
+    tuned = TrainConfig(data=str(tiny_voc), model="cellnet_bccd.pt", weights=str(tmp_path / "w.pth"), out=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"--model cellnet_bccd\.pt is fine-tuned from its own"):
+        train(tuned, progress=False)
+    with pytest.raises(ConfigError, match="Faster R-CNN trains with its own"):
+        train(TrainConfig(data=str(tiny_voc), model="fasterrcnn", missing_labels="pseudo"), progress=False)
+
+
 def test_an_input_size_export_would_refuse_is_refused_before_training(tiny_voc, tmp_path):
     """The limits export checks, said before the epochs: BCCD's red cells (about 100 px) need a shorter side
     of 3 of them, at the run's scale; no side may pass 2048."""

@@ -112,3 +112,16 @@ def test_qat_names_a_wrong_model_before_reading_the_data(tmp_path, capsys):
     argv = ["qat", "--model", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "no-such-data")]
     assert main([*argv, "--out", str(tmp_path / "q.tflite")]) == 2
     assert "m.onnx: an ONNX export; this needs the .pt model" in capsys.readouterr().err
+
+
+def test_a_qat_config_is_checked_when_made_as_the_command_checks_it(tmp_path):
+    """A Python caller's wrong output name or epoch count is said at once, not after the fine-tuning."""
+    from bloodcell.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--out m\.onnx: QAT writes a \.tflite file"):
+        QATConfig(model="cellnet_bccd.pt", out="m.onnx")
+    with pytest.raises(ConfigError, match=r"--epochs 0: expected an integer >= 1"):
+        QATConfig(model="cellnet_bccd.pt", out="m.tflite", epochs=0)
+    with pytest.raises(ConfigError, match=r"--lr 0: expected a number > 0"):
+        QATConfig(model="cellnet_bccd.pt", out="m.tflite", lr=0)
+    assert QATConfig(model=tmp_path / "a.pt", out=tmp_path / "m.tflite").out == str(tmp_path / "m.tflite")

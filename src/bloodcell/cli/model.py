@@ -373,9 +373,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_qat(args: argparse.Namespace) -> int:
     from bloodcell.export.qat import QATConfig, qat_finetune
 
-    if Path(args.out).suffix.lower() != ".tflite":  # ".tflite" alone is a hidden file with no suffix, as for export
-        raise ConfigError(f"--out {args.out}: QAT writes a .tflite file; name it like cellnet_qat.tflite")
-    check_outputs({"--out": args.out})
     config = QATConfig(
         model=args.model,
         out=args.out,
@@ -388,6 +385,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         threads=args.threads,
     )
+    check_outputs({"--out": args.out})
     _print_written(qat_finetune(config, progress=sys.stderr.isatty()), int8=True)  # no progress bars in logs
     return 0
 

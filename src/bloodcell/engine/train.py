@@ -510,6 +510,7 @@ def train(config: TrainConfig, progress: bool = True, explicit: Collection[str] 
                 "give --epochs N (more) to train on"
             )
     else:
+        config.refuse_unused(given_settings(config, explicit))  # as the CLI does: a Python caller's too
         config = absolute_paths(config)  # the run's config.yaml and last.pt name files so --resume works anywhere
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -7,6 +7,7 @@ on training crops with the CellNet loss (on probabilities) -> convert_pt2e -> TF
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from bloodcell.config import Number
 from bloodcell.data.dataset import DetectionDataset, collate
 from bloodcell.data.sources import load_dataset, resolve_data_root
 from bloodcell.data.transforms import make_transforms
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class QATConfig:
+    """Settings of ``bloodcell qat`` (each field its flag), checked when made: a Python caller's mistake is
+    said before the model loads, as the CLI's is."""
+
     model: str
     out: str
     data: str | None = None
@@ -45,6 +50,19 @@ class QATConfig:
     seed: int = 0
     max_images: int | None = None
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self.model, self.out = os.fspath(self.model), os.fspath(self.out)
+        if self.data is not None:
+            self.data = os.fspath(self.data)
+        if Path(self.out).suffix.lower() != ".tflite":  # ".tflite" alone is a hidden file with no suffix
+            raise ConfigError(f"--out {self.out}: QAT writes a .tflite file; name it like cellnet_qat.tflite")
+        checks = {"epochs": Number(int, 1), "batch": Number(int, 1), "imgsz": Number(int, 1), "seed": Number(int, 0)}
+        checks.update(lr=Number(float, 0, low_open=True), max_images=Number(int, 1), threads=Number(int, 1))
+        for name, check in checks.items():
+            value = getattr(self, name)
+            if value is not None and (problem := check.problem(value)):
+                raise ConfigError(f"--{name.replace('_', '-')} {value}: {problem}")
 
 
 class _NHWCModel(nn.Module):
