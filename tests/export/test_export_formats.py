@@ -209,6 +209,8 @@ def test_image_of_another_size_is_letterboxed(exports, val_images):
         (["--format", "onnx", "--out", "m.tflite"], "must end in .onnx"),
         (["--format", "tflite", "--imgsz", "650x480", "--out", "m.tflite"], "multiples of 32"),
         (["--format", "onnx", "--verbose", "--out", "m.onnx"], "the ONNX export prints none"),
+        (["--format", "tflite", "--data", "voc", "--out", "m.tflite"], "--data is for int8 calibration"),
+        (["--format", "onnx", "--calib-images", "50", "--out", "m.onnx"], "--calib-images is for int8 calibration"),
         # too small to hold a few of the model's cells (it counted nothing at 32x32), too large for memory
         (["--format", "onnx", "--imgsz", "160x128", "--out", "m.onnx"], "must hold 3 red cells of the model's"),
         (["--format", "onnx", "--imgsz", "4800x3840", "--out", "m.onnx"], "sides up to 2048"),
@@ -219,6 +221,17 @@ def test_export_refuses_nonsense(tmp_path, capsys, args, message):
     assert main(["export", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_python_export_refuses_what_the_command_refuses(tmp_path):
+    """Settings a float export would not use are refused from Python too, never silently dropped."""
+    with pytest.raises(ConfigError, match="--data is for int8 calibration; add --int8"):
+        export_model(None, "onnx", tmp_path / "m.onnx", data=tmp_path)
+    with pytest.raises(ConfigError, match="--calib-images is for int8 calibration"):
+        export_model(None, "tflite", tmp_path / "m.tflite", calib_images=10)
+    with pytest.raises(ConfigError, match="the ONNX export prints none"):
+        export_model(None, "onnx", tmp_path / "m.onnx", verbose=True)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -183,15 +183,10 @@ def build_report(
     return replace(summary, missing_images=tuple(missing), path=Path(out))
 
 
-def read_records(path: Path) -> list[dict]:
-    """The records of a `predict --json` file, the web page's results.json, or a counts CSV (`watch`'s
-    counts.csv, `predict --csv`, the page's counts.csv), checked; any fault is one DatasetError naming
-    the file. Images that failed (the page's error entries and rows) are left out (see ``read_slide``)."""
-    return read_slide(path)[0]
-
-
 def read_slide(path: Path) -> tuple[list[dict], list[str]]:
-    """``read_records``, and the names of the images that the results say failed to process."""
+    """The records of a `predict --json` file, the web page's results.json, or a counts CSV (`watch`'s
+    counts.csv, `predict --csv`, the page's counts.csv), checked (any fault is one DatasetError naming the
+    file), and apart from them the names of the images that the results say failed to process."""
     if path.suffix.lower() == ".parquet" or path.parent.name == "_runs" or any(path.glob("part-*.parquet")):
         raise DatasetError(
             f"{path}: a slide report reads one slide's `predict --json`/`--csv`, `watch` or web-page results; "

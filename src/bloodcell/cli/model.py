@@ -348,18 +348,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from bloodcell.export.exporter import calibration_shortfall, export_model
     from bloodcell.export.formats import CALIB_IMAGES
 
-    for flag, value in (("--calib-images", args.calib_images), ("--data", args.data)):
-        if value is not None and not args.int8:
-            raise ConfigError(f"{flag} is for int8 calibration; add --int8 or leave it out")
-    if args.verbose and args.format != "tflite":
-        raise ConfigError("--verbose shows the TFLite converter's log; the ONNX export prints none")
     check_outputs({"--out": args.out})
     result = export_model(
         args.model,
         args.format,
         args.out,
         int8=args.int8,
-        calib_images=args.calib_images or CALIB_IMAGES,
+        calib_images=args.calib_images,
         imgsz=args.imgsz,
         data=args.data,
         verbose=args.verbose,

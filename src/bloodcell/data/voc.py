@@ -32,7 +32,6 @@ from bloodcell.types import CLASS_ALIASES, CLASS_NAMES, Detections, canonical_cl
 DEFAULT_ALIASES = CLASS_ALIASES  # the variants the reader takes (bloodcell.types)
 
 DUPLICATE_IOU = 0.9
-SPLITS = ("train", "val", "test", "trainval")
 
 
 #: The action of a finding whose image could not be used at all (the dataset goes on without it).

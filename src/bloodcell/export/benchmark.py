@@ -140,9 +140,8 @@ def benchmark(
     for variant in variants():
         path = out / variant.file_name(source.stem)
         try:
-            result = export_model(
-                model, variant.format.name, path, int8=variant.int8, calib_images=calib_images, data=data
-            )
+            calibration = {"calib_images": calib_images, "data": data} if variant.int8 else {}
+            result = export_model(model, variant.format.name, path, int8=variant.int8, **calibration)
             if shortfall := calibration_shortfall(result, calib_images):  # as `export --int8` says it
                 print(f"note: {variant.label}: {shortfall}", file=sys.stderr)
             candidates.append((variant.label, path, ""))

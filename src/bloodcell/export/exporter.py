@@ -84,15 +84,21 @@ def export_model(
     fmt: str,
     out: str | Path,
     int8: bool = False,
-    calib_images: int = CALIB_IMAGES,
+    calib_images: int | None = None,
     imgsz: tuple[int, int] | None = None,
     data: str | Path | None = None,
     qat_state: dict | None = None,
     extra_metadata: dict | None = None,
     verbose: bool = False,
 ) -> ExportResult:
-    """Export ``model`` (default: the shipped one) to ``out``; ``verbose`` shows the TFLite converter's log."""
+    """Export ``model`` (default: the shipped one) to ``out``; ``verbose`` shows the TFLite converter's log.
+    ``data`` and ``calib_images`` (default ``CALIB_IMAGES``) are int8's calibration: refused without it."""
     spec = get_format(fmt, int8)
+    for flag, value in (("--calib-images", calib_images), ("--data", data)):
+        if value is not None and not int8:  # never silently unused
+            raise ConfigError(f"{flag} is for int8 calibration; add --int8 or leave it out")
+    if verbose and fmt != "tflite":
+        raise ConfigError("--verbose shows the TFLite converter's log; the ONNX export prints none")
     out = Path(out)
     if out.suffix.lower() != spec.suffix:  # (".onnx" alone is a hidden file's name, without a suffix)
         name = f"; name it like model{spec.suffix}" if out.name.lower() == spec.suffix else ""
@@ -136,7 +142,7 @@ def export_model(
     parse_metadata(meta, f"{out} (metadata of {source.name})")
     calibration = None
     if int8 and qat_state is None:
-        images = calibration_images(data, (width, height), calib_images, info.input_scale)
+        images = calibration_images(data, (width, height), calib_images or CALIB_IMAGES, info.input_scale)
         if not images:  # int8 ranges from no image: a model that detects nothing, however it exits
             raise ConfigError(
                 f"int8: the train split of {data or 'the default dataset'} has no images to set the int8 "
