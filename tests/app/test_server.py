@@ -567,3 +567,18 @@ def test_cli_serve_conf_sets_the_servers_operating_points_and_allowed_host_is_a_
         main(["serve", "--model", str(model_file), "--allowed-host", "http://myscope.lab:8000/"])
     assert "expected a host name or address" in capsys.readouterr().err
     assert main(["serve", "--model", str(model_file), "--conf", "Monocyte=0.4"]) == 2
+
+
+def test_a_python_app_takes_conf_as_predict_does_and_names_the_predictors_file(predictor, tmp_path, monkeypatch):
+    with TestClient(create_app(predictor, conf={"WBC": 0.6}), base_url=BASE) as c:
+        assert c.get("/api/v1/model").json()["conf"] == [0.3, 0.6, 0.3]
+    with pytest.raises(ConfigError, match=r"conf=2\.0: expected values in \(0, 1\]"):
+        create_app(predictor, conf=2.0)
+    with pytest.raises(ConfigError, match="needs a model that records its trained cell size"):
+        create_app(predictor, cell_size=60)
+    model = tmp_path / "fake.pt"
+    model.write_bytes(b"weights")
+    monkeypatch.setattr(predictor, "path", model, raising=False)
+    with TestClient(create_app(predictor), base_url=BASE) as c:
+        record = c.post("/api/v1/detect", files={"file": ("a.png", png(64, 48))}).json()
+    assert record["model"] == model_ref(model)  # a slide report of the page's results names it

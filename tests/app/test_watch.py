@@ -764,3 +764,27 @@ def test_a_file_name_that_is_not_utf8_gets_its_row_with_the_bytes_escaped(predic
     with Watcher(predictor, folder, out, settle=0) as watcher:
         assert watcher.drain() == []
     assert [r[0] for r in read_rows(out)] == ["caf\\xe9.jpg", "later.jpg"]
+
+
+def test_a_python_watcher_takes_conf_as_predict_does_and_names_its_model(tmp_path, monkeypatch):
+    """conf in any form predict takes ("RBC=0.4", a dict, one number), checked; a predictor loaded from a file
+    names what counts, so a second watch into the same out with other operating points is refused."""
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    predictor = FakePredictor(conf=CONF)
+    assert Watcher(predictor, folder, tmp_path / "a", conf={"rbc": 0.4}).conf == (0.4, CONF, CONF)
+    assert Watcher(predictor, folder, tmp_path / "a", conf="WBC=0.6").conf == (CONF, 0.6, CONF)
+    with pytest.raises(ConfigError, match=r"conf=2\.0: expected values in \(0, 1\]"):
+        Watcher(predictor, folder, tmp_path / "a", conf=2.0)
+    with pytest.raises(ConfigError, match="needs a model that records its trained cell size"):
+        Watcher(predictor, folder, tmp_path / "a", cell_size=60)  # checked before any image, as predict does
+    model = tmp_path / "fake.pt"
+    model.write_bytes(b"weights")
+    monkeypatch.setattr(predictor, "path", model, raising=False)
+    out = tmp_path / "b"
+    save_slide(folder / "a.jpg", seed=0)
+    with Watcher(predictor, folder, out) as first:
+        assert len(first.drain()) == 1
+        assert first.model is not None and first.model.startswith("fake.pt@")
+    with pytest.raises(ConfigError, match=r"not fake\.pt"), Watcher(predictor, folder, out, conf=0.5) as second:
+        second.drain()

@@ -22,7 +22,7 @@ import math
 import re
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +44,9 @@ from bloodcell import __version__
 from bloodcell.app.api_schema import DETECT_RESPONSES
 from bloodcell.errors import ConfigError
 from bloodcell.palette import class_hex
-from bloodcell.runtime.counting import Conf, class_thresholds, parse_conf
+from bloodcell.runtime.counting import Conf, class_thresholds, parse_conf, resolve_conf
 from bloodcell.runtime.images import StackError, read_pixels
+from bloodcell.runtime.metadata import model_ref as metadata_model_ref
 from bloodcell.runtime.predict import Predictor, predict_image
 from bloodcell.runtime.scaling import check_cell_size, parse_cell_size
 
@@ -368,7 +369,7 @@ def create_app(
     cell_size: float | str | None = "auto",
     *,
     model_ref: str | None = None,
-    conf: Conf | None = None,
+    conf: Conf | Mapping[str, float] | str | None = None,
     max_pixels: int = MAX_PIXELS,
     max_decoding_pixels: int | None = None,
     host: str = "127.0.0.1",
@@ -382,7 +383,8 @@ def create_app(
     page and the API count with (default: the model's). ``host``: the address uvicorn binds;
     with ``allowed_hosts`` (names or addresses), the only Host headers answered, and the only other sites
     allowed to POST. ``model_ref``: how each record names the model that counted (``model_ref()`` of its
-    file, as `predict --json` names it), so a slide report of the page's results says which model counted.
+    file, as `predict --json` names it; default: the predictor's file's), so a slide report of the page's
+    results says which model counted. ``conf`` as ``bloodcell.predict`` takes it.
     """
     bomb = Image.MAX_IMAGE_PIXELS  # Pillow's own guard (process-wide; None if someone turned it off)
     if max_pixels <= 0 or (bomb is not None and max_pixels > bomb):
@@ -394,9 +396,10 @@ def create_app(
     limit = int(max_upload_mb * 2**20)
     lock = threading.Lock()
     # the server's operating points: the model card tells them, the page and the API count with them
-    points = (
-        predictor.conf if conf is None else tuple(float(v) for v in class_thresholds(conf, len(predictor.class_names)))
-    )
+    points = resolve_conf(conf, tuple(predictor.class_names), predictor.conf)
+    check_cell_size(predictor, cell_size)
+    if model_ref is None and (path := getattr(predictor, "path", None)) is not None:
+        model_ref = metadata_model_ref(Path(path))
     card = model_card(predictor, model_name, points)
     # what a client may send and how it is counted, before it learns it from a refusal
     card["server"] = {"max_upload_mb": max_upload_mb, "max_megapixels": max_pixels / 1e6, "cell_size": cell_size}

@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -28,9 +29,10 @@ from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import frame_counts_header, frame_counts_row
 from bloodcell.atomic import write_text
 from bloodcell.errors import ConfigError, ImageError, is_interrupt
-from bloodcell.runtime.counting import Conf
+from bloodcell.runtime.counting import Conf, resolve_conf
 from bloodcell.runtime.images import IMAGE_SUFFIXES
 from bloodcell.runtime.predict import ImageResult, Predictor, predict_image
+from bloodcell.runtime.scaling import check_cell_size
 
 DEFAULT_OUT = "runs/predict"
 WINDOW = "bloodcell"
@@ -235,16 +237,18 @@ def run_stream(
     predictor: Predictor,
     source: str,
     out_dir: str | Path | None = None,
-    conf: Conf | None = None,
+    conf: Conf | Mapping[str, float] | str | None = None,
     show: bool | None = None,
     max_frames: int | None = None,
     cell_size: float | str | None = "auto",
 ) -> StreamSummary:
-    """Run ``predictor`` on every frame of ``source`` until it ends, q/Esc in the window, Ctrl-C or ``max_frames``."""
+    """Run ``predictor`` on every frame of ``source`` until it ends, q/Esc in the window, Ctrl-C or ``max_frames``.
+    ``conf`` as ``bloodcell.predict`` takes it (default: the model's operating points)."""
     import cv2
 
     source = str(source)
-    conf = predictor.conf if conf is None else conf
+    check_cell_size(predictor, cell_size)
+    conf = resolve_conf(conf, predictor.class_names, predictor.conf)
     class_names = tuple(predictor.class_names)
     name = stream_name(source)
     cap = open_capture(cv2, source)

@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -50,8 +51,11 @@ from bloodcell.app.sinks import counts_header, counts_row, format_counts, from_s
 from bloodcell.atomic import write_text
 from bloodcell.digest import sha256_of
 from bloodcell.errors import ConfigError, ImageError, TruncatedImageError, UnreadableImageError, describe_os_error
+from bloodcell.runtime.counting import Conf, conf_override, resolve_conf
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
+from bloodcell.runtime.metadata import counted_by, model_digest
 from bloodcell.runtime.predict import ImageResult, predict_image
+from bloodcell.runtime.scaling import check_cell_size
 from bloodcell.runtime.sources import printable, unusable_reason
 
 if TYPE_CHECKING:
@@ -77,15 +81,17 @@ class Watcher:
         predictor: Predictor,
         folder: str | Path,
         out: str | Path,
-        conf: float | tuple[float, ...] | None = None,
+        conf: Conf | Mapping[str, float] | str | None = None,
         settle: float = 1.0,
         scan_interval: float = 2.0,
         log: TextIO | None = None,
         cell_size: float | str | None = "auto",
         model: str | None = None,
     ) -> None:
-        """``model``: what counts (``runtime.metadata.counted_by``), kept in the state: a later watch into the same
-        ``out`` with another model, --conf or --cell-size is refused, not mixed into one counts.csv."""
+        """``conf`` as ``bloodcell.predict`` takes it (default: the model's operating points). ``model``: what
+        counts (``runtime.metadata.counted_by``; default: the predictor's file with ``conf`` and ``cell_size``), kept
+        in the state: a later watch into the same ``out`` with another model, --conf or --cell-size is refused, not
+        mixed into one counts.csv."""
         self.folder = Path(folder)
         self.out = Path(out)
         if not self.folder.is_dir():
@@ -94,10 +100,14 @@ class Watcher:
             raise ConfigError(f"--settle {settle:g}: must be >= 0 seconds")
         if scan_interval <= 0:
             raise ConfigError(f"scan interval {scan_interval:g}: must be positive")
+        check_cell_size(predictor, cell_size)
         self.predictor = predictor
         self.class_names = tuple(predictor.class_names)
-        self.conf = predictor.conf if conf is None else conf
+        self.conf = resolve_conf(conf, self.class_names, predictor.conf)
         self.cell_size = cell_size
+        if model is None and (path := getattr(predictor, "path", None)) is not None:
+            override = conf_override(self.conf, predictor.conf, len(self.class_names))
+            model = counted_by(Path(path).name, model_digest(Path(path)), override, cell_size)
         self.model = model
         self.settle = settle
         self.scan_interval = scan_interval
