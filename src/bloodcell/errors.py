@@ -1,6 +1,7 @@
 """Errors that the CLI turns into one clear line (and an exit code) instead of a traceback."""
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 #: Packages that only an extra installs (`pip install 'bloodcell[EXTRA]'`): a missing one gets that hint
@@ -22,6 +23,11 @@ EXTRAS = {
     "python_multipart": "serve",
     "watchdog": "serve",
 }
+
+
+def first_of(names: Sequence[str], shown: int = 3) -> str:
+    """'a, b, c, ...': the first ``shown`` names of a list a message names (a terminal line, not a listing)."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 #: Set by the CLI's Ctrl-C / SIGTERM handler beside the KeyboardInterrupt it raises: Python drops an exception

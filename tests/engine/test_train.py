@@ -109,12 +109,25 @@ def test_an_input_size_export_would_refuse_is_refused_before_training(tiny_voc, 
     of 3 of them, at the run's scale; no side may pass 2048."""
     small = TrainConfig(data=str(tiny_voc), input_size=(128, 96), scale=0.5, out=str(tmp_path / "a"), batch=2)
     with pytest.raises(
-        ConfigError, match=r"--input-size 128x96: the shorter side must hold 3 red cells .* at --scale 0.5"
+        ConfigError,
+        match=r"--input-size 128x96: the shorter side must hold 3 red cells .* at --scale 0\.5; train at a --scale "
+        r"of 0\.3 or less",
     ):
         train(small, progress=False)
     with pytest.raises(ConfigError, match="--input-size 4096x480: sides up to 2048"):
         train(dataclasses.replace(small, input_size=(4096, 480), scale=1.0), progress=False)
-    assert not list(tmp_path.rglob("*.pt"))  # refused before the first epoch
+    # a fine-tuned model's own input, not given: named as such
+    from bloodcell.models.checkpoint import model_payload, save_checkpoint
+    from bloodcell.weights import shipped_by_name
+
+    net, info = load_model(shipped_by_name("cellnet_bccd.pt"))
+    info.input_size = (224, 160)
+    own = tmp_path / "own.pt"
+    save_checkpoint(own, model_payload(net, info))
+    tuned = TrainConfig(data=str(tiny_voc), model=str(own), out=str(tmp_path / "c"), batch=2)
+    with pytest.raises(ConfigError, match=r"the input 224x160 \(--input-size sets another\): the shorter side"):
+        train(tuned, progress=False)
+    assert [p.name for p in tmp_path.rglob("*.pt")] == ["own.pt"]  # refused before the first epoch
 
 
 def _train_cmd(data, out, *extra):

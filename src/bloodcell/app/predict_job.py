@@ -20,7 +20,7 @@ from bloodcell.app.sinks import (
     write_voc,
 )
 from bloodcell.atomic import check_outputs
-from bloodcell.errors import ConfigError, StopSaid, describe_os_error, is_interrupt
+from bloodcell.errors import ConfigError, StopSaid, describe_os_error, first_of, is_interrupt
 from bloodcell.runtime.counting import class_thresholds, parse_conf
 from bloodcell.runtime.loader import load_predictor, model_files, print_model_notes
 from bloodcell.runtime.metadata import model_ref
@@ -251,7 +251,7 @@ def run_predict(
     if wrote_voc:
         print(f"VOC annotations in {Path(voc)}")
     if kept:  # a rerun into the folder, or labels being corrected there
-        some = ", ".join(kept[:5]) + (", ..." if len(kept) > 5 else "")
+        some = first_of(kept, 5)
         print(f"note: {len(kept)} annotation(s) already in {voc} kept, not overwritten: {some}", file=sys.stderr)
     for path in (json_path, csv_path):
         if path:

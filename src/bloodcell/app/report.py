@@ -30,7 +30,7 @@ from PIL import Image
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import annotated_path, from_spreadsheet_text
 from bloodcell.atomic import write_text
-from bloodcell.errors import ConfigError, DatasetError, ImageError
+from bloodcell.errors import ConfigError, DatasetError, ImageError, first_of
 from bloodcell.palette import class_hex
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.runtime.sources import printable
@@ -304,7 +304,7 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
 def _all_failed(failed: list[str]) -> str:
     if not failed:
         return ""
-    names = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
+    names = first_of(failed, 5)
     return f": every field failed to process ({names})"
 
 

@@ -20,7 +20,7 @@ from bloodcell.cli.options import (
     positive_int,
     resolve_conf,
 )
-from bloodcell.errors import ConfigError, is_interrupt
+from bloodcell.errors import ConfigError, first_of, is_interrupt
 
 
 def add_app_commands(sub: argparse._SubParsersAction) -> None:
@@ -216,14 +216,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
                     raise
                 print("stopped", file=sys.stderr)
                 if left := watcher.not_yet_counted():  # not lost: the next watch on this folder counts them
-                    names = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
+                    names = first_of(left, 5)
                     print(
                         f"note: {len(left)} file(s) not counted yet ({names}); the next watch counts them",
                         file=sys.stderr,
                     )
     earlier = watcher.failed_earlier()
     if earlier:  # a cron user would otherwise hear of a bad file only on the run that first met it
-        names = ", ".join(earlier[:5]) + (", ..." if len(earlier) > 5 else "")
+        names = first_of(earlier, 5)
         print(f"note: {len(earlier)} unchanged file(s) failed in an earlier run, not retried: {names}", file=sys.stderr)
     print(processed_line(watcher.processed, watcher.failed), file=sys.stderr if watcher.failed else sys.stdout)
     return 1 if watcher.failed else 0

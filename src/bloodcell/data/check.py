@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bloodcell.data.sources import available_splits, load_dataset, read_spec
 from bloodcell.data.voc import SKIPPED_FROM, SUPERSEDED, Finding, VOCDataset, unknown_classes
-from bloodcell.errors import DatasetError
+from bloodcell.errors import DatasetError, first_of
 from bloodcell.types import CLASS_NAMES
 
 
@@ -157,7 +157,7 @@ def skipped_note(dataset: VOCDataset, level: str = "error", outcome: str = "the 
     if not skipped:
         return None
     split = f" split {dataset.split}" if dataset.split else ""
-    names = ", ".join(f.file for f in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    names = first_of([f.file for f in skipped])
     return (
         f"{level}: {dataset.root}{split}: {len(skipped)} listed images left out ({_by_kind(skipped)}: {names}); "
         f"{outcome} the other {len(dataset.records)}"

@@ -15,7 +15,7 @@ from bloodcell.atomic import write_text
 from bloodcell.data.exports import coco, csvfile, tfrecord, yolo
 from bloodcell.data.sources import ALL_SPLIT, STANDARD_SPLITS, available_splits, load_dataset, resolve_data_root
 from bloodcell.data.voc import VOCDataset
-from bloodcell.errors import ConfigError
+from bloodcell.errors import ConfigError, first_of
 from bloodcell.types import CLASS_NAMES
 
 #: What an export folder holds beside the data: the dataset each format's files came from (JSON), so that
@@ -114,7 +114,7 @@ def _check_destination(out: Path, source: str, fmt: str, splits: list[str], made
     found = (p for pattern in sorted(patterns) for p in out.glob(pattern) if p.name != MARK)
     there = sorted(p.relative_to(out).as_posix() for p in found)
     if there and made != source:
-        shown = ", ".join(there[:4]) + (", ..." if len(there) > 4 else "")
+        shown = first_of(there, 4)
         whose = f"an export of {made}" if made else "files with no record of their data"
         raise ConfigError(
             f"{out}: holds {whose} in {fmt} format ({shown}); export {source} into a new or empty folder, "

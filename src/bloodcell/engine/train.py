@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bloodcell.atomic import blocked_reason, write_text
-from bloodcell.config import TrainConfig, flag_name, show
+from bloodcell.config import SCALE_LIMITS, TrainConfig, flag_name, show
 from bloodcell.data.check import findings_note, skipped_note
 from bloodcell.data.dataset import DetectionDataset, SeededSampler, collate
 from bloodcell.data.sources import load_dataset, resolve_data_root
@@ -46,7 +46,7 @@ from bloodcell.engine.ema import ModelEMA
 from bloodcell.engine.evaluate import fit_counting, predict_records, score
 from bloodcell.engine.metrics import DetectionMetrics
 from bloodcell.engine.plots import plot_training
-from bloodcell.errors import ConfigError, DatasetError, StopSaid, TrainingError, is_interrupt
+from bloodcell.errors import ConfigError, DatasetError, StopSaid, TrainingError, first_of, is_interrupt
 from bloodcell.models.cellnet_loss import CellNetLoss
 from bloodcell.models.checkpoint import (
     ModelInfo,
@@ -334,7 +334,7 @@ def _split_notes(train: list, val: list, config: TrainConfig, given: set[str]) -
             "on images the model learns from"
         )
     elif shared:
-        named = ", ".join(shared[:3]) + (", ..." if len(shared) > 3 else "")
+        named = first_of(shared)
         notes.append(
             f"{len(shared)} image{'s are' if len(shared) > 1 else ' is'} in both {config.train_split} and "
             f"{config.val_split} ({named}): the best "
@@ -359,17 +359,20 @@ def _labelled_cell_size(records: list, class_names: tuple[str, ...], scale: floa
     return round(float(np.median(diameters)) * scale, 1) if len(diameters) else None
 
 
-def _check_input_size(config: TrainConfig, cell_size: float | None, explicit: Collection[str] | None) -> None:
-    """The network input's limits (those export checks), now rather than after the epochs."""
+def _check_input_size(config: TrainConfig, cell_size: float | None, given: bool) -> None:
+    """The network input's limits (those export checks), now rather than after the epochs; ``given``: the
+    size is --input-size's (else the default at --scale, or the fine-tuned model's own)."""
     width, height = config.input_size
-    given = "input_size" in given_settings(config, explicit)
     what = f"--input-size {width}x{height}" if given else f"the input {width}x{height} (--input-size sets another)"
     try:
         check_input_size((width, height), cell_size, what)
     except ConfigError as e:
         if cell_size and min(width, height) < MIN_CELLS_ACROSS * cell_size:
+            fits = math.floor(20 * config.scale * min(width, height) / (MIN_CELLS_ACROSS * cell_size)) / 20
+            smaller = f"a --scale of {fits:g} or less, or " if fits >= SCALE_LIMITS[0] else ""
             raise ConfigError(
-                f"{e} (red cells measured on the training labels at --scale {show(config.scale)})"
+                f"{e} (red cells measured on the training labels at --scale {show(config.scale)}; train at "
+                f"{smaller}a larger --input-size)"
             ) from None
         raise
 
@@ -617,10 +620,11 @@ def _train(
     class_names = train_set.class_names
 
     torch.manual_seed(config.seed)
+    sized = "input_size" in given_settings(config, explicit)  # (before a fine-tuned model's own is filled in)
     initial = _initial_model(config, class_names)
     config, arch, mcfg, model = initial.config, initial.arch, initial.model_config, initial.model
     if saved is None:  # a resumed run's settings are its own, checked when it started
-        _check_input_size(config, _labelled_cell_size(records, class_names, config.scale), explicit)
+        _check_input_size(config, _labelled_cell_size(records, class_names, config.scale), sized)
     partial = sum(r.exhaustive is not None and not all(r.exhaustive) for r in records)
     if partial and MODELS[arch].kind != "dense":  # nothing to refuse: the user may mean it, but must know
         log(

@@ -7,6 +7,7 @@ import glob
 import os
 from pathlib import Path
 
+from bloodcell.errors import first_of
 from bloodcell.runtime.images import IMAGE_SUFFIXES, OTHER_IMAGE_SUFFIXES
 
 
@@ -67,7 +68,7 @@ def unread_image_notes(sources: list[str]) -> list[str]:
         left = sorted(f.name for f in Path(source).iterdir() if f.suffix.lower() in OTHER_IMAGE_SUFFIXES)
         if left:
             kinds = ", ".join(sorted({OTHER_IMAGE_SUFFIXES[Path(n).suffix.lower()] for n in left}))
-            named = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
+            named = first_of(left)
             notes.append(
                 f"{source}: {len(left)} image file{'s' if len(left) > 1 else ''} of a kind bloodcell does not read "
                 f"({kinds}) left out: {named}; save them as JPEG, PNG or TIFF to count them"

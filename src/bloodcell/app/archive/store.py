@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from bloodcell.app.archive.sources import filesystem
+from bloodcell.errors import first_of
 
 LOCK_NAME = ".bloodcell-batch.lock"  # a dot-name: Parquet readers skip it
 RUNS_DIR = "_runs"  # per-run summary CSVs; the underscore keeps Parquet readers away
@@ -30,7 +31,7 @@ def _refuse_other_files(folder: Path, out: str) -> None:
     if other:
         from bloodcell.errors import ConfigError
 
-        shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+        shown = first_of(other)
         raise ConfigError(
             f"--out {out}: holds other files ({shown}); give a new or empty folder, or an earlier batch's dataset"
         )
