@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from bloodcell.atomic import atomic_dir, atomic_open, check_writable, is_stream, write_files, write_text
+from bloodcell.atomic import (
+    atomic_dir,
+    atomic_open,
+    check_outputs,
+    check_writable,
+    is_stream,
+    write_files,
+    write_text,
+)
+from bloodcell.errors import ConfigError
 
 
 def test_a_failed_block_leaves_the_old_file_and_no_temporary(tmp_path: Path):
@@ -74,3 +83,15 @@ def test_dev_stdout_keeps_the_order_of_the_processs_own_lines_in_a_redirected_fi
     with out.open("w") as f:
         subprocess.run([sys.executable, "-c", code], stdout=f, check=True, timeout=60)
     assert out.read_text() == "before\njson\nafter\n"  # opened anew, /proc/self/fd/1 would write from the start
+    code = code.replace("write_text('/dev/stdout', 'json\\n')", "write_files([('/dev/stdout', b'json\\n')])")
+    code = code.replace("import write_text", "import write_files")
+    with out.open("w") as f:  # (a model and its sidecar, one of them a device: not renamed over stdout's file)
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True, timeout=60)
+    assert out.read_text() == "before\njson\nafter\n"
+
+
+def test_devices_are_not_one_output_twice(tmp_path: Path):
+    """/dev/null for two outputs is no clash (two files that resolve to one are)."""
+    check_outputs({"--json": "/dev/null", "--csv": "/dev/null"})
+    with pytest.raises(ConfigError, match="is also the --json file"):
+        check_outputs({"--json": str(tmp_path / "a"), "--csv": str(tmp_path / "." / "a")})

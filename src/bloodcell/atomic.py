@@ -71,7 +71,7 @@ def _in_proc(path: Path) -> Path | None:
     link = Path(os.path.abspath(path))
     for _ in range(40):  # the chain as the kernel follows it (realpath would go on past /proc/self/fd/1)
         link = Path(os.path.realpath(link.parent)) / link.name  # /dev/fd is itself a link to /proc/self/fd
-        if link.parts[1:2] == ("proc",):
+        if os.name == "posix" and link.parts[:2] == ("/", "proc"):
             return link
         if not link.is_symlink():
             return None
@@ -131,13 +131,13 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_files(files: Sequence[tuple[str | os.PathLike, bytes]]) -> None:
     """Write several files that belong together (a model and its sidecar): each is written and synced to a
     temporary sibling first, and only when all are complete are they renamed into place, in the order given.
-    A failed write (disk full) leaves every target as it was."""
+    A failed write (disk full) leaves every target as it was; a device or pipe among them is written last."""
     done: list[tuple[str, Path]] = []
     try:
         for target, data in files:
-            path = _through_links(Path(target))
-            if is_stream(path):
+            if is_stream(Path(target)):  # before links are followed: /dev/stdout's lead to what stdout writes to
                 continue  # written when the others are renamed into place
+            path = _through_links(Path(target))
             fd, tmp = _temp_sibling(path)
             done.append((tmp, path))
             try:
@@ -226,7 +226,7 @@ def check_outputs(files: dict[str, str | None], folders: dict[str, str | None] |
         same = next((f for f, folder in folders.items() if Path(folder).resolve() == Path(path).resolve()), None)
         if same:
             raise ConfigError(f"{flag} {path}: cannot write there (it is the {same} folder; expected a file name)")
-        other = seen.setdefault(Path(path).resolve(), flag)
+        other = flag if is_stream(Path(path)) else seen.setdefault(Path(path).resolve(), flag)  # /dev/null twice: fine
         if other != flag:
             raise ConfigError(f"{flag} {path}: is also the {other} file; each output needs a file of its own")
         check_writable(flag, path)

@@ -227,7 +227,7 @@ class TrainConfig:
             if self.imgsz is None:
                 self.imgsz = _multiple_of_32(448 * self.scale)
             if self.input_size is None:
-                self.input_size = (_multiple_of_32(640 * self.scale), _multiple_of_32(480 * self.scale))
+                self.input_size = default_input_size(self.scale)
 
     def refuse_unused(self, given: Collection[str]) -> None:
         """ConfigError for settings given (by name) that this run would not use, so none is silently dropped."""
@@ -266,6 +266,12 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training settings {sorted(unknown)}")
         return cls(**{"scale": 1.0, **d})  # saved before --scale existed: every run was at 1
+
+
+def default_input_size(scale: float) -> tuple[int, int]:
+    """The network input a model trained at ``scale`` gets unless --input-size says: BCCD's 640x480 field at that
+    scale, rounded up to multiples of 32 (480x384 at 0.75)."""
+    return _multiple_of_32(640 * scale), _multiple_of_32(480 * scale)
 
 
 def _multiple_of_32(pixels: float) -> int:

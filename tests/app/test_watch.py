@@ -778,6 +778,9 @@ def test_a_python_watcher_takes_conf_as_predict_does_and_names_its_model(tmp_pat
         Watcher(predictor, folder, tmp_path / "a", conf=2.0)
     with pytest.raises(ConfigError, match="needs a model that records its trained cell size"):
         Watcher(predictor, folder, tmp_path / "a", cell_size=60)  # checked before any image, as predict does
+    with pytest.raises(ConfigError, match=r"cell_size=0: expected 'auto', None or a diameter"):
+        Watcher(predictor, folder, tmp_path / "a", cell_size=0)
+    assert Watcher(predictor, folder, tmp_path / "a", cell_size="none").cell_size is None  # as predict reads it
     model = tmp_path / "fake.pt"
     model.write_bytes(b"weights")
     monkeypatch.setattr(predictor, "path", model, raising=False)

@@ -232,6 +232,8 @@ def test_the_python_export_refuses_what_the_command_refuses(tmp_path):
         export_model(None, "tflite", tmp_path / "m.tflite", calib_images=10)
     with pytest.raises(ConfigError, match="the ONNX export prints none"):
         export_model(None, "onnx", tmp_path / "m.onnx", verbose=True)
+    with pytest.raises(ConfigError, match="--calib-images 0: expected an integer >= 1"):  # not "0: the default"
+        export_model(None, "tflite", tmp_path / "m.tflite", int8=True, calib_images=0)
     assert list(tmp_path.iterdir()) == []
 
 

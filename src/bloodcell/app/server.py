@@ -47,7 +47,7 @@ from bloodcell.palette import class_hex
 from bloodcell.runtime.counting import Conf, class_thresholds, parse_conf, resolve_conf
 from bloodcell.runtime.images import StackError, read_pixels
 from bloodcell.runtime.metadata import model_ref as metadata_model_ref
-from bloodcell.runtime.predict import Predictor, predict_image
+from bloodcell.runtime.predict import Predictor, api_cell_size, predict_image
 from bloodcell.runtime.scaling import check_cell_size, parse_cell_size
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -397,7 +397,7 @@ def create_app(
     lock = threading.Lock()
     # the server's operating points: the model card tells them, the page and the API count with them
     points = resolve_conf(conf, tuple(predictor.class_names), predictor.conf)
-    check_cell_size(predictor, cell_size)
+    cell_size = api_cell_size(predictor, cell_size)
     if model_ref is None and (path := getattr(predictor, "path", None)) is not None:
         model_ref = metadata_model_ref(Path(path))
     card = model_card(predictor, model_name, points)

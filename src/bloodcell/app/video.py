@@ -31,8 +31,7 @@ from bloodcell.atomic import write_text
 from bloodcell.errors import ConfigError, ImageError, is_interrupt
 from bloodcell.runtime.counting import Conf, resolve_conf
 from bloodcell.runtime.images import IMAGE_SUFFIXES
-from bloodcell.runtime.predict import ImageResult, Predictor, predict_image
-from bloodcell.runtime.scaling import check_cell_size
+from bloodcell.runtime.predict import ImageResult, Predictor, api_cell_size, predict_image
 
 DEFAULT_OUT = "runs/predict"
 WINDOW = "bloodcell"
@@ -247,7 +246,7 @@ def run_stream(
     import cv2
 
     source = str(source)
-    check_cell_size(predictor, cell_size)
+    cell_size = api_cell_size(predictor, cell_size)
     conf = resolve_conf(conf, predictor.class_names, predictor.conf)
     class_names = tuple(predictor.class_names)
     name = stream_name(source)

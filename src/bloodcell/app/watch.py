@@ -54,8 +54,7 @@ from bloodcell.errors import ConfigError, ImageError, TruncatedImageError, Unrea
 from bloodcell.runtime.counting import Conf, conf_override, resolve_conf
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.runtime.metadata import counted_by, model_digest
-from bloodcell.runtime.predict import ImageResult, predict_image
-from bloodcell.runtime.scaling import check_cell_size
+from bloodcell.runtime.predict import ImageResult, api_cell_size, predict_image
 from bloodcell.runtime.sources import printable, unusable_reason
 
 if TYPE_CHECKING:
@@ -100,7 +99,7 @@ class Watcher:
             raise ConfigError(f"--settle {settle:g}: must be >= 0 seconds")
         if scan_interval <= 0:
             raise ConfigError(f"scan interval {scan_interval:g}: must be positive")
-        check_cell_size(predictor, cell_size)
+        cell_size = api_cell_size(predictor, cell_size)  # parsed ("none", "75") and checked: said before any image
         self.predictor = predictor
         self.class_names = tuple(predictor.class_names)
         self.conf = resolve_conf(conf, self.class_names, predictor.conf)

@@ -177,13 +177,14 @@ def _decoder_warnings_said() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("always", module=r"PIL\.")
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # (the later filter is first)
-        shown = warnings.showwarning
+        shown, said = warnings.showwarning, set()
 
         def show(message, category, filename, lineno, file=None, line=None):
-            if pillow in str(filename):
-                print(f"warning: {decoder_warning(message)}", file=sys.stderr)
-            else:
+            if pillow not in str(filename):
                 shown(message, category, filename, lineno, file, line)
+            elif (text := decoder_warning(message)) not in said:  # once per file (training reads files again)
+                said.add(text)
+                print(f"warning: {text}", file=sys.stderr)
 
         warnings.showwarning = show
         yield

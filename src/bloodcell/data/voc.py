@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from bloodcell import boxes as box_ops
 from bloodcell.errors import DatasetError
-from bloodcell.runtime.images import IMAGE_SUFFIXES, JPEG_FORMATS, check_jpeg_data
+from bloodcell.runtime.images import IMAGE_SUFFIXES, JPEG_FORMATS, check_jpeg_data, decoding_file
 from bloodcell.types import CLASS_ALIASES, CLASS_NAMES, Detections, canonical_class_name
 
 DEFAULT_ALIASES = CLASS_ALIASES  # the variants the reader takes (bloodcell.types)
@@ -471,7 +471,7 @@ def _read_one(
         return None
     try:
         data = image_path.read_bytes() if decode_images else None  # once: decoded, then checked for damage
-        with Image.open(image_path if data is None else io.BytesIO(data)) as im:
+        with decoding_file(image_path), Image.open(image_path if data is None else io.BytesIO(data)) as im:
             if data is not None:
                 im.load()
                 if im.format in JPEG_FORMATS:  # damaged data decodes silently: a model would learn the garbage

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bloodcell.atomic import blocked_reason, write_text
-from bloodcell.config import SCALE_LIMITS, TrainConfig, flag_name, show
+from bloodcell.config import SCALE_LIMITS, TrainConfig, default_input_size, flag_name, show
 from bloodcell.data.check import findings_note, skipped_note
 from bloodcell.data.dataset import DetectionDataset, SeededSampler, collate
 from bloodcell.data.sources import load_dataset, resolve_data_root
@@ -57,7 +57,7 @@ from bloodcell.models.checkpoint import (
     save_checkpoint,
     training_payload,
 )
-from bloodcell.models.input_size import MIN_CELLS_ACROSS, check_input_size
+from bloodcell.models.input_size import MAX_INPUT_SIDE, MIN_CELLS_ACROSS, check_input_size
 from bloodcell.models.registry import MODELS, build_model, model_config
 from bloodcell.runtime.counting import Calibration, Conf
 from bloodcell.runtime.timing import available_cores
@@ -367,14 +367,25 @@ def _check_input_size(config: TrainConfig, cell_size: float | None, given: bool)
     try:
         check_input_size((width, height), cell_size, what)
     except ConfigError as e:
-        if cell_size and min(width, height) < MIN_CELLS_ACROSS * cell_size:
-            fits = math.floor(20 * config.scale * min(width, height) / (MIN_CELLS_ACROSS * cell_size)) / 20
-            smaller = f"a --scale of {fits:g} or less, or " if fits >= SCALE_LIMITS[0] else ""
-            raise ConfigError(
-                f"{e} (red cells measured on the training labels at --scale {show(config.scale)}; train at "
-                f"{smaller}a larger --input-size)"
-            ) from None
-        raise
+        if max(width, height) > MAX_INPUT_SIDE:
+            raise
+        fix = "give a larger --input-size"  # the default input shrinks with --scale as the cells do
+        fits = math.floor(20 * config.scale * min(width, height) / (MIN_CELLS_ACROSS * cell_size)) / 20
+        if given and fits >= SCALE_LIMITS[0]:  # a fixed input holds more of smaller cells
+            fix = f"train at a --scale of {fits:g} or less, or give a larger --input-size"
+        raise ConfigError(
+            f"{e} (red cells measured on the training labels at --scale {show(config.scale)}; {fix})"
+        ) from None
+
+
+def _input_size_given(config: TrainConfig, explicit: Collection[str] | None) -> bool:
+    """Whether the network input is the user's --input-size, not the default at --scale (or, fine-tuning, the
+    model's own: unset until the model is read)."""
+    if explicit is not None:
+        return "input_size" in explicit
+    if config.input_size is None:
+        return False
+    return config.scale is None or tuple(config.input_size) != default_input_size(config.scale)
 
 
 def given_settings(config: TrainConfig, explicit: Collection[str] | None) -> set[str]:
@@ -620,7 +631,7 @@ def _train(
     class_names = train_set.class_names
 
     torch.manual_seed(config.seed)
-    sized = "input_size" in given_settings(config, explicit)  # (before a fine-tuned model's own is filled in)
+    sized = _input_size_given(config, explicit)  # (before a fine-tuned model's own is filled in)
     initial = _initial_model(config, class_names)
     config, arch, mcfg, model = initial.config, initial.arch, initial.model_config, initial.model
     if saved is None:  # a resumed run's settings are its own, checked when it started

@@ -97,6 +97,10 @@ def export_model(
     for flag, value in (("--calib-images", calib_images), ("--data", data)):
         if value is not None and not int8:  # never silently unused
             raise ConfigError(f"{flag} is for int8 calibration; add --int8 or leave it out")
+    if calib_images is not None and (
+        isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < 1
+    ):
+        raise ConfigError(f"--calib-images {calib_images!r}: expected an integer >= 1")
     if verbose and fmt != "tflite":
         raise ConfigError("--verbose shows the TFLite converter's log; the ONNX export prints none")
     out = Path(out)

@@ -173,10 +173,9 @@ def _refuse_stacks(im: Image.Image) -> None:
     An animated GIF, PNG or WebP likewise."""
     pages = getattr(im, "n_frames", 1)
     if im.format in ANIMATED_FORMATS and pages > 1:
-        video = "" if im.format == "WEBP" else ", or count them as a video's with `bloodcell predict --source`"
         raise StackError(
             f"an animated {im.format} of {pages} frames; bloodcell counts one image per file: save each frame as "
-            f"its own image (e.g. Pillow's ImageSequence){video}"
+            "its own image (e.g. Pillow's ImageSequence) and count those"
         )
     if im.format != "TIFF" or pages <= 1:
         return
@@ -196,7 +195,8 @@ _decoding = threading.local()  # the file this thread decodes: Pillow's warnings
 
 
 @contextlib.contextmanager
-def _decoding_file(name: str | Path) -> Iterator[None]:
+def decoding_file(name: str | Path) -> Iterator[None]:
+    """Names ``name`` as the file this thread decodes, for ``decoder_warning``."""
     _decoding.name = name
     try:
         yield
@@ -208,7 +208,7 @@ def decoder_warning(message: Warning | str) -> str:
     """A Pillow warning as a line that names the file this thread was decoding when it came (the CLI says
     Pillow's warnings so; a corrupt EXIF block loses the orientation tag, which turns the field)."""
     text = " ".join(str(message).split()).rstrip(".")
-    if "exif" in text.lower():
+    if text.startswith("Corrupt EXIF data") or re.search(r"EXIF.*\btag 274\b", text):  # the whole block, or it
         text += " (its orientation tag, if it has one, is not applied: the field may be turned)"
     name = getattr(_decoding, "name", None)
     return f"{name}: {text}" if name is not None else text
@@ -217,7 +217,7 @@ def decoder_warning(message: Warning | str) -> str:
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """``load_image`` for bytes already read (from a bucket, an upload); errors name ``name``."""
     try:
-        with _decoding_file(name), Image.open(io.BytesIO(data)) as im:
+        with decoding_file(name), Image.open(io.BytesIO(data)) as im:
             return read_pixels(im, lambda: data)
     except UnidentifiedImageError:
         if Path(name).suffix.lower() in VIDEO_SUFFIXES:  # a batch's or an upload's video: said as predict says it
@@ -232,7 +232,7 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         data = path.read_bytes()  # once: Pillow decodes it, a JPEG's damage check and 16-bit colour read it again
-        with _decoding_file(path), Image.open(io.BytesIO(data)) as im:
+        with decoding_file(path), Image.open(io.BytesIO(data)) as im:
             return read_pixels(im, lambda: data)
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
@@ -258,9 +258,7 @@ def _video(name: str) -> str:
 OTHER_IMAGE_SUFFIXES = {
     ".heic": "HEIC",
     ".heif": "HEIF",
-    ".avif": "AVIF",
     ".jxl": "JPEG XL",
-    ".jp2": "JPEG 2000",
     ".dng": "camera raw",
     ".cr2": "camera raw",
     ".cr3": "camera raw",

@@ -96,7 +96,8 @@ function showStatus(note = "") {
   $("status").textContent = note ? `${text}; ${note}` : text;
 }
 
-async function upload(files) {
+async function upload(chosen) {
+  const files = [...chosen]; // a drop's list may be emptied once its event ends
   if (!(await ready)) return; // chosen while the page still reads the model: counted once it has it
   // A file that failed before is tried again (its error card goes); one counted already is not added twice.
   const retried = (item) => item.error && [...files].some((f) => sameFile(item.file, f));

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 from bloodcell import boxes as box_ops
 from bloodcell.atomic import atomic_open, write_text
 from bloodcell.data.voc import VOCDataset, VOCRecord
+from bloodcell.runtime.images import decoding_file
 
 _CRC32C_POLY = 0x82F63B78  # Castagnoli, bit-reversed
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -116,7 +117,7 @@ def encoded_image(path: Path) -> tuple[bytes, bytes]:
     without an EXIF turn or flip. The OD API decodes only JPEG and PNG, and ignores EXIF while the boxes are in
     the turned frame (as the image is shown), so others become a PNG (lossless) of the pixels as shown."""
     data = path.read_bytes()
-    with Image.open(io.BytesIO(data)) as im:
+    with decoding_file(path), Image.open(io.BytesIO(data)) as im:
         if im.getexif().get(0x0112, 1) == 1:
             if data.startswith(b"\xff\xd8\xff"):
                 return data, b"jpeg"
