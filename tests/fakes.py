@@ -55,6 +55,8 @@ class FakePredictor:
         self.calls = 0  # predict() calls: servers call from many threads, hence the lock
         self._lock = threading.Lock()
         self.times = StageTimes()
+        self.path: Path | None = None  # built in memory, as a Predictor may be
+        self.notes: list[str] = []
 
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections:
         with self._lock:

@@ -358,7 +358,7 @@ def model_card(predictor: Predictor, name: str | None = None, conf: Conf | None 
         "conf": [float(v) for v in class_thresholds(conf or predictor.conf, len(classes))],  # one per class
         "nms_iou": [float(v) for v in class_thresholds(predictor.post.iou_threshold, len(classes))],  # per class
         "metrics": described.get("metrics") or None,
-        "notes": list(getattr(predictor, "notes", ())),  # e.g. an int8 file whose operating points were not refitted
+        "notes": list(predictor.notes),  # e.g. an int8 file whose operating points were not refitted
     }
 
 
@@ -398,7 +398,7 @@ def create_app(
     # the server's operating points: the model card tells them, the page and the API count with them
     points = resolve_conf(conf, tuple(predictor.class_names), predictor.conf)
     cell_size = api_cell_size(predictor, cell_size)
-    if model_ref is None and (path := getattr(predictor, "path", None)) is not None:
+    if model_ref is None and (path := predictor.path) is not None:
         model_ref = metadata_model_ref(Path(path))
     card = model_card(predictor, model_name, points)
     # what a client may send and how it is counted, before it learns it from a refusal

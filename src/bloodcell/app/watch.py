@@ -104,7 +104,7 @@ class Watcher:
         self.class_names = tuple(predictor.class_names)
         self.conf = resolve_conf(conf, self.class_names, predictor.conf)
         self.cell_size = cell_size
-        if model is None and (path := getattr(predictor, "path", None)) is not None:
+        if model is None and (path := predictor.path) is not None:
             override = conf_override(self.conf, predictor.conf, len(self.class_names))
             model = counted_by(Path(path).name, model_digest(Path(path)), override, cell_size)
         self.model = model

@@ -159,7 +159,7 @@ def evaluate(
     thresholds = resolve_conf(conf, tuple(predictor.class_names), predictor.conf)
     cell_size = api_cell_size(predictor, cell_size)
     preds = predict_records(predictor, records, progress=progress, cell_size=cell_size, batch=batch)
-    calibration = getattr(predictor, "calibration", None)
+    calibration = predictor.calibration
     return score(preds, records, tuple(predictor.class_names), thresholds, calibration)
 
 

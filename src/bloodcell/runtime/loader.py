@@ -114,5 +114,5 @@ def unfitted_checkpoint_note(path: Path, info: ModelInfo) -> str | None:
 
 def print_model_notes(predictor: Predictor) -> None:
     """Tell the user (stderr) what the loaded model file says about itself, e.g. an int8 file not refitted."""
-    for note in getattr(predictor, "notes", ()):
+    for note in predictor.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -47,6 +47,8 @@ class Predictor(Protocol):
     input_scale: float  # images from the training microscope are resized by this before the network
     times: StageTimes  # letterbox / network / decode time of the passes since last taken
     post: PostprocessConfig  # decoding and NMS settings (per-class IoU thresholds)
+    path: Path | None  # the model file it was loaded from (None: built in memory); results name the model by it
+    notes: list[str]  # what the model file says about itself (an int8 export not refitted, ...), said at load
 
     def predict(self, image: np.ndarray, min_score: float = 0.001) -> Detections:
         """One network pass on an (H, W, 3) uint8 RGB image, as is (no cell-size rescaling, no counts):
