@@ -158,17 +158,19 @@ def export_model(
     if fmt == "onnx":
         if qat_state is not None:
             raise ConfigError("quantization-aware training exports to TFLite only (bloodcell qat writes a .tflite)")
-        data = _export_onnx(graph, example, meta, calibration)
+        model_bytes = _export_onnx(graph, example, meta, calibration)
         parse_metadata(meta, f"{out} (metadata of {source.name})")  # with the int8 file's input levels
     else:
-        data = _export_tflite(graph, example, out, int8, calibration, qat_state, meta, len(info.class_names), verbose)
+        model_bytes = _export_tflite(
+            graph, example, out, int8, calibration, qat_state, meta, len(info.class_names), verbose
+        )
     # Only a finished export touches ``out``: a failed conversion or write leaves an earlier export and its
     # (perhaps recalibrated) sidecar as they were. The sidecar is renamed into place first: a stop between
     # the renames leaves the old file with the new sidecar (refused by the loader if their graphs differ),
     # never a new file silently read with the old sidecar's operating points.
     replaced_fit = _fitted(meta_path)
     check_stop()  # a Ctrl-C the converter's import swallowed: the earlier export stays
-    write_files([(meta_path, (json.dumps(meta, indent=2) + "\n").encode()), (out, data)])
+    write_files([(meta_path, (json.dumps(meta, indent=2) + "\n").encode()), (out, model_bytes)])
     return ExportResult(out, meta_path, out.stat().st_size, meta, replaced_fit)
 
 
