@@ -469,6 +469,35 @@ def _read_one(
     image_path = _find_image(root, image_id, tree.findtext("filename"), findings)
     if image_path is None:
         return None
+    size = _image_size(image_path, xml_name, decode_images, findings)
+    if size is None:
+        return None
+    width, height = size
+    frame = _boxes_frame(tree, xml_name, image_path, width, height, findings)
+    objects = _read_objects(tree, xml_name, class_index, aliases, declared, size, frame, findings, names_read)
+    _file_notes(tree, xml_name, findings)
+    boxes_arr = np.asarray(objects.boxes, dtype=np.float32).reshape(-1, 4)
+    labels_arr = np.asarray(objects.labels, dtype=np.int64)
+    difficult_arr = np.asarray(objects.difficult, dtype=bool)
+    keep = _merge_duplicates(xml_name, boxes_arr, labels_arr, objects.object_ids, list(class_index), findings)
+    lost = objects.lost
+    return VOCRecord(
+        image_path=image_path,
+        annotation_path=xml_path,
+        width=width,
+        height=height,
+        boxes=boxes_arr[keep],
+        labels=labels_arr[keep],
+        difficult=difficult_arr[keep],
+        exhaustive=tuple(c not in lost for c in range(len(class_index))) if lost else None,
+    )
+
+
+def _image_size(
+    image_path: Path, xml_name: str, decode_images: bool, findings: list[Finding]
+) -> tuple[int, int] | None:
+    """The image's (width, height) as it is shown (EXIF turns applied); decoded and checked for damage with
+    ``decode_images``. None, with a finding, for an image that cannot be used."""
     try:
         data = image_path.read_bytes() if decode_images else None  # once: decoded, then checked for damage
         with decoding_file(image_path), Image.open(image_path if data is None else io.BytesIO(data)) as im:
@@ -498,7 +527,14 @@ def _read_one(
         detail = f"{image_path.name} cannot be decoded: {e}"
         findings.append(Finding(xml_name, None, "bad-image", detail, SKIPPED_IMAGE))
         return None
+    return width, height
 
+
+def _boxes_frame(
+    tree: ET.ElementTree, xml_name: str, image_path: Path, width: int, height: int, findings: list[Finding]
+) -> tuple[int, int] | None:
+    """The (width, height) the boxes were drawn on where the XML's <size> is another size of this image (it
+    was resized after labelling), else None; a missing or differing <size> is a finding."""
     size = tree.find("size")
     xml_w, xml_h = _int_or_none(size, "width"), _int_or_none(size, "height")
     frame = None  # (XML width, height) where the boxes were drawn on another size of the image
@@ -513,13 +549,35 @@ def _read_one(
             findings.append(Finding(xml_name, None, "size-mismatch", detail, "boxes scaled"))
         else:
             findings.append(Finding(xml_name, None, "size-mismatch", detail, "used image size"))
+    return frame
 
-    boxes: list[list[float]] = []
-    labels: list[int] = []
-    difficult: list[bool] = []
-    object_ids: list[int] = []
-    # classes with a cell not boxed here: its box could not be read, or its class is unknown (then any class)
-    lost: set[int] = set()
+
+@dataclass
+class _Objects:
+    """The boxes one annotation file gives, and the classes with a cell it could not box."""
+
+    boxes: list[list[float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    difficult: list[bool] = field(default_factory=list)
+    object_ids: list[int] = field(default_factory=list)  # each box's <object>, counted from 1 as a person would
+    lost: set[int] = field(default_factory=set)  # its box could not be read, or its class is unknown (then any)
+
+
+def _read_objects(
+    tree: ET.ElementTree,
+    xml_name: str,
+    class_index: dict[str, int],
+    aliases: dict[str, str | None],
+    declared: dict[str, str],
+    size: tuple[int, int],
+    frame: tuple[int, int] | None,
+    findings: list[Finding],
+    names_read: set[str] | None,
+) -> _Objects:
+    """Each <object> as a box in the image's pixels (scaled from ``frame``, the size they were drawn on), or a
+    finding saying why it is not one."""
+    width, height = size
+    objects = _Objects()
     frame_w, frame_h = frame or (width, height)  # the size the boxes were drawn on
     for i, obj in enumerate(tree.findall("object"), start=1):  # as a person counts them in the file
         raw_name = (obj.findtext("name") or "").strip()
@@ -528,7 +586,7 @@ def _read_one(
         name = raw_name if raw_name in class_index else aliases.get(canonical(raw_name), raw_name)
         if obj.find("name") is None:
             findings.append(Finding(xml_name, i, "unknown-class", "object has no <name>", UNKNOWN_DROPPED))
-            lost.update(class_index.values())
+            objects.lost.update(class_index.values())
             continue
         if name is None:  # a source's aliases say it is no cell to count (debris, stain): background
             continue
@@ -539,14 +597,14 @@ def _read_one(
             )
             detail = f"class {raw_name!r} is not one of {list(class_index)}" + hint
             findings.append(Finding(xml_name, i, "unknown-class", detail, UNKNOWN_DROPPED))
-            lost.update(class_index.values())
+            objects.lost.update(class_index.values())
             continue
         if name != raw_name and canonical(raw_name) not in declared:  # a variant the reader guessed: said
             findings.append(Finding(xml_name, i, "class-alias", f"{raw_name!r} read as {name!r}", "renamed"))
         bnd = obj.find("bndbox")
         if bnd is None:
             findings.append(Finding(xml_name, i, "missing-bndbox", "object has no <bndbox>", _cell_lost(name)))
-            lost.add(class_index[name])
+            objects.lost.add(class_index[name])
             continue
         extra = len(obj.findall("bndbox")) - 1  # an editor's slip: one object, one box
         if extra:
@@ -560,7 +618,7 @@ def _read_one(
             texts = {tag: bnd.findtext(tag) for tag in ("xmin", "ymin", "xmax", "ymax")}
             detail = f"non-numeric or missing coordinates {texts}"
             findings.append(Finding(xml_name, i, "bad-coordinate", detail, _cell_lost(name)))
-            lost.add(class_index[name])
+            objects.lost.add(class_index[name])
             continue
         x1, y1, x2, y2 = coords
         if x2 <= x1 or y2 <= y1:
@@ -582,11 +640,15 @@ def _read_one(
             scale = (width / frame_w, height / frame_h) * 2
             coords = [min(v * f, limit) for v, f, limit in zip(coords, scale, (width, height) * 2, strict=True)]
         diff_text = obj.findtext("difficult")
-        boxes.append(coords)
-        labels.append(class_index[name])
-        difficult.append(diff_text is not None and diff_text.strip() == "1")
-        object_ids.append(i)
+        objects.boxes.append(coords)
+        objects.labels.append(class_index[name])
+        objects.difficult.append(diff_text is not None and diff_text.strip() == "1")
+        objects.object_ids.append(i)
+    return objects
 
+
+def _file_notes(tree: ET.ElementTree, xml_name: str, findings: list[Finding]) -> None:
+    """What the file as a whole says: unchecked pre-labels, or no object at all."""
     if tree.findtext("source/database") == PRELABEL_SOURCE:  # training on it would teach the model its own boxes
         detail = (
             "pre-labels from `bloodcell predict --voc`, not saved by a labelling tool since: correct its boxes (or "
@@ -599,20 +661,6 @@ def _read_one(
             "class it labels exhaustively"
         )
         findings.append(Finding(xml_name, None, "no-objects", detail, "kept"))
-    boxes_arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    labels_arr = np.asarray(labels, dtype=np.int64)
-    difficult_arr = np.asarray(difficult, dtype=bool)
-    keep = _merge_duplicates(xml_name, boxes_arr, labels_arr, object_ids, list(class_index), findings)
-    return VOCRecord(
-        image_path=image_path,
-        annotation_path=xml_path,
-        width=width,
-        height=height,
-        boxes=boxes_arr[keep],
-        labels=labels_arr[keep],
-        difficult=difficult_arr[keep],
-        exhaustive=tuple(c not in lost for c in range(len(class_index))) if lost else None,
-    )
 
 
 def _cell_lost(name: str) -> str:
