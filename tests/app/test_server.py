@@ -99,6 +99,7 @@ def test_detect_answers_the_predict_record(client, predictor, slides, min_score)
         ("día 1 [40x].jpg", "día 1 [40x].jpg"),
         ("..", "upload"),
         ("", "upload"),
+        ("a%22b%0A.jpg", 'a"b.jpg'),  # what clients write for " and a newline in a filename (form encoding)
     ],
 )
 def test_client_file_names_are_only_echoed_as_their_last_component(client, slides, given, echoed):
@@ -428,6 +429,21 @@ def test_cross_origin_posts_are_refused(predictor, slides, monkeypatch):
             assert r.status_code == 200, origin
         assert post(c, data).status_code == 200  # no Origin: curl, scripts
         assert len(ran) == 3
+        # the allowed site's page may read its answers (CORS); the page itself and others get no such header
+        shared = c.post("/api/v1/detect", files={"file": ("a.jpg", data)}, headers={"origin": "https://lab.example"})
+        assert (
+            shared.headers["access-control-allow-origin"] == "https://lab.example"
+            and "Origin" in shared.headers["vary"]
+        )
+        own = c.post("/api/v1/detect", files={"file": ("a.jpg", data)}, headers={"origin": BASE})
+        other = c.get("/api/v1/model", headers={"origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in own.headers and "access-control-allow-origin" not in other.headers
+        ask = {"access-control-request-method": "POST", "access-control-request-headers": "x-trace"}
+        preflight = c.options("/api/v1/detect", headers={"origin": "https://lab.example", **ask})
+        assert preflight.status_code == 204 and preflight.headers["access-control-allow-headers"] == "x-trace"
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        refused = c.options("/api/v1/detect", headers={"origin": "http://evil.example", **ask})
+        assert refused.status_code == 403 and "cross-origin" in refused.json()["error"]
 
 
 def test_security_headers_on_every_answer(client, slides):
@@ -582,3 +598,29 @@ def test_a_python_app_takes_conf_as_predict_does_and_names_the_predictors_file(p
     with TestClient(create_app(predictor), base_url=BASE) as c:
         record = c.post("/api/v1/detect", files={"file": ("a.png", png(64, 48))}).json()
     assert record["model"] == model_ref(model)  # a slide report of the page's results names it
+
+
+def test_an_upload_cut_off_by_its_client_is_no_server_error(predictor, slides, serving):
+    """A client that goes away mid-body (Ctrl-C on curl, a dropped link) leaves no traceback in the server log."""
+    import contextlib
+    import logging
+    import socket
+    from urllib.parse import urlsplit
+
+    body = b"--b\r\nContent-Disposition: form-data; name=file; filename=a.jpg\r\n\r\n" + slides[0].read_bytes()
+    logged: list[logging.LogRecord] = []
+    catch = logging.Handler(logging.ERROR)
+    catch.emit = logged.append  # uvicorn's loggers do not propagate to caplog's
+    with contextlib.ExitStack() as stack, serving(create_app(predictor)) as url:
+        logging.getLogger("uvicorn.error").addHandler(catch)
+        stack.callback(logging.getLogger("uvicorn.error").removeHandler, catch)
+        address = urlsplit(url)
+        with socket.create_connection((address.hostname, address.port)) as sock:
+            head = (
+                f"POST /api/v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                f"Content-Length: {len(body) + 100}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body[: len(body) // 2])
+        time.sleep(1.0)  # the server reads on, meets the end of the stream, and answers no one
+        assert httpx.get(f"{url}/api/v1/health", timeout=10).status_code == 200  # still serving
+    assert not logged, [r.getMessage() for r in logged]

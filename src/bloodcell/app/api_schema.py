@@ -34,7 +34,10 @@ class DetectRecord(BaseModel):
         max_length=3,
     )
     warnings: list[str] = Field(description="what makes these counts doubtful (e.g. grayscale, cell size not measured)")
-    detections: list[Detection] = Field(description="boxes scored at or above min_score (default: the operating point)")
+    detections: list[Detection] = Field(
+        description="boxes scored at or above min_score (default: the lowest class operating point); a box under its "
+        "own class's operating point is listed but not counted"
+    )
     model: str | None = Field(
         default=None, description="the model file that counted, name@sha256 prefix, as predict --json names it"
     )

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from python_multipart.multipart import parse_options_header
@@ -39,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from bloodcell import __version__
 from bloodcell.app.api_schema import DETECT_RESPONSES
@@ -109,7 +110,9 @@ class Upload:
 def safe_name(filename: str | None) -> str:
     """The last path component of a client's file name without control characters (only ever echoed, as
     JSON: a lab's names like ``patient#12 slide+3.jpg`` come back as they were sent)."""
-    name = re.split(r"[/\\]", filename or "")[-1]
+    # browsers, curl and httpx write " CR LF in a part's filename as %22 %0D %0A (the HTML form encoding)
+    name = re.sub("%(22|0D|0A)", lambda m: chr(int(m.group(1), 16)), filename or "", flags=re.IGNORECASE)
+    name = re.split(r"[/\\]", name)[-1]
     name = re.sub(r"[\x00-\x1f\x7f]", "", name).strip()[:255]
     return name if name.strip(".") else "upload"
 
@@ -151,11 +154,14 @@ async def read_upload(chunks: AsyncIterator[bytes], content_type: str, limit: in
 
     async def capped() -> AsyncIterator[bytes]:
         received = 0
-        async for chunk in chunks:
-            received += len(chunk)
-            if received > limit + FORM_OVERHEAD:
-                raise too_big
-            yield chunk
+        try:
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > limit + FORM_OVERHEAD:
+                    raise too_big
+                yield chunk
+        except ClientDisconnect:  # the client went away mid-upload (Ctrl-C, a dropped link): no one to answer
+            raise ApiError(400, "upload cut off: the client disconnected before the body ended") from None
 
     parser = UploadParser(
         Headers({"content-type": content_type}),
@@ -308,6 +314,10 @@ class GuardMiddleware:
         name = _host_name(host)
         return bool(name) and (name in self.hosts or (self.any_ip and _is_ip(name)))
 
+    @staticmethod
+    def same_origin(origin: str, host: str) -> bool:
+        return urlsplit(origin.strip().lower()).netloc == host.strip().lower()
+
     def origin_allowed(self, origin: str, host: str) -> bool:
         parts = urlsplit(origin.strip().lower())
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -319,15 +329,22 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
 
-        async def send_guarded(message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for key, value in SECURITY_HEADERS.items():
-                    headers.setdefault(key, value)
-            await send(message)
-
         headers = Headers(scope=scope)
         host = headers.get("host", "")
+        origin = headers.get("origin")
+        # a page of a site --allowed-host names may read the answers (CORS), as it may POST
+        shared = origin if origin and self.origin_allowed(origin, host) and not self.same_origin(origin, host) else None
+
+        async def send_guarded(message) -> None:
+            if message["type"] == "http.response.start":
+                out = MutableHeaders(scope=message)
+                for key, value in SECURITY_HEADERS.items():
+                    out.setdefault(key, value)
+                if shared:
+                    out["access-control-allow-origin"] = shared
+                    out.add_vary_header("Origin")
+            await send(message)
+
         if not self.host_allowed(host):
             error = (
                 f"Host {host!r} is not this server's; if you reach it under that name, "
@@ -335,7 +352,18 @@ class GuardMiddleware:
             )
             await JSONResponse({"error": error}, status_code=400)(scope, receive, send_guarded)
             return
-        origin = headers.get("origin")
+        if scope["method"] == "OPTIONS" and origin is not None and "access-control-request-method" in headers:
+            if shared:  # a browser's preflight (a request with headers beyond a form's)
+                preflight = {
+                    "access-control-allow-methods": "GET, HEAD, POST",
+                    "access-control-allow-headers": headers.get("access-control-request-headers", ""),
+                    "access-control-max-age": "600",
+                }
+                await Response(status_code=204, headers=preflight)(scope, receive, send_guarded)
+                return
+            error = f"cross-origin request from {origin!r} refused (allow a site with --allowed-host NAME)"
+            await JSONResponse({"error": error}, status_code=403)(scope, receive, send_guarded)
+            return
         if scope["method"] not in SAFE_METHODS and origin is not None and not self.origin_allowed(origin, host):
             error = f"cross-origin request from {origin!r} refused (allow a site with --allowed-host NAME)"
             await JSONResponse({"error": error}, status_code=403)(scope, receive, send_guarded)
@@ -472,7 +500,11 @@ def create_app(
     )
     async def detect(
         request: Request,
-        min_score: str | None = Query(None, description="lowest score listed, in [0, 1] (default: conf)"),
+        min_score: str | None = Query(
+            None,
+            description="lowest score listed in detections, in [0, 1] (default: the lowest class operating point; "
+            "a box under its own class's point is listed, not counted)",
+        ),
         conf: str | None = Query(
             None, description="operating points: one value, or per class like RBC=0.4,WBC=0.6 (default: the server's)"
         ),
@@ -499,9 +531,13 @@ def create_app(
     async def model() -> dict:
         return card
 
+    app.head("/api/v1/model", include_in_schema=False)(model)
+
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+
+    app.head("/", include_in_schema=False)(page)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
