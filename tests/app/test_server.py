@@ -464,6 +464,7 @@ def test_security_headers_on_every_answer(client, slides):
         assert "server" not in r.headers
     page_csp = answers[0].headers["content-security-policy"]
     assert "default-src 'self'" in page_csp and "script-src" not in page_csp  # static/app.js still loads
+    assert client.get("/static/index.html").headers["content-security-policy"] == page_csp  # the page at its other URL
 
 
 @pytest.mark.parametrize(

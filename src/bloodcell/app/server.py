@@ -338,6 +338,8 @@ class GuardMiddleware:
         async def send_guarded(message) -> None:
             if message["type"] == "http.response.start":
                 out = MutableHeaders(scope=message)
+                if out.get("content-type", "").startswith("text/html"):  # the page under any URL (/static/index.html)
+                    out.setdefault("content-security-policy", PAGE_CSP)
                 for key, value in SECURITY_HEADERS.items():
                     out.setdefault(key, value)
                 if shared:
