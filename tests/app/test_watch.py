@@ -53,7 +53,7 @@ def expected_counts(predictor, path):
 
 
 def read_rows(out):
-    with open(out / "counts.csv", newline="") as f:
+    with open(out / "counts.csv", newline="", encoding="utf-8-sig") as f:
         rows = list(csv.reader(f))
     assert rows[0] == counts_header(CLASS_NAMES)
     return rows[1:]
@@ -791,3 +791,40 @@ def test_a_python_watcher_takes_conf_as_predict_does_and_names_its_model(tmp_pat
         assert first.model is not None and first.model.startswith("fake.pt@")
     with pytest.raises(ConfigError, match=r"not fake\.pt"), Watcher(predictor, folder, out, conf=0.5) as second:
         second.drain()
+
+
+def test_an_output_folder_removed_while_watching_stops_it_and_a_csv_moved_away_is_said(tmp_path, capsys):
+    """Removed mid-run, the folder came back with a counts.csv missing every earlier row while the state said
+    those files were done (and without its lock); a counts.csv moved away to keep starts a new one, said."""
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    save_slide(folder / "a.jpg", seed=0)
+    with Watcher(FakePredictor(conf=CONF), folder, out, settle=0) as watcher:
+        assert len(watcher.drain()) == 1
+        shutil.rmtree(out)
+        save_slide(folder / "b.jpg", seed=1)
+        with pytest.raises(ConfigError, match="removed or emptied while watching"):
+            watcher.drain()
+    shutil.rmtree(out, ignore_errors=True)
+    with Watcher(FakePredictor(conf=CONF), folder, out, settle=0) as watcher:
+        assert len(watcher.drain()) == 2
+    (out / "counts.csv").rename(tmp_path / "kept.csv")
+    save_slide(folder / "c.jpg", seed=2)
+    capsys.readouterr()
+    with Watcher(FakePredictor(conf=CONF), folder, out, settle=0) as watcher:
+        assert len(watcher.drain()) == 1
+    assert "counts.csv not found: a new one begins with c.jpg (the rows of the 2 files" in capsys.readouterr().err
+    assert [r[0] for r in read_rows(out)] == ["c.jpg"]
+
+
+def test_a_counts_csv_saved_by_a_spreadsheet_goes_on(tmp_path):
+    """Excel's "CSV UTF-8" writes a byte-order mark and CRLF line ends: the same columns, not another model's."""
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    save_slide(folder / "a.jpg", seed=0)
+    with Watcher(FakePredictor(conf=CONF), folder, out, settle=0) as watcher:
+        watcher.drain()
+    text = (out / "counts.csv").read_text(encoding="utf-8")
+    (out / "counts.csv").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    save_slide(folder / "b.jpg", seed=1)
+    with Watcher(FakePredictor(conf=CONF), folder, out, settle=0) as watcher:
+        assert len(watcher.drain()) == 1
+    assert sorted(r[0] for r in read_rows(out)) == ["a.jpg", "b.jpg"]

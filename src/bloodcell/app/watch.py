@@ -125,6 +125,7 @@ class Watcher:
         self._truncated: dict[str, tuple[tuple[int, int], float]] = {}
         self._wake = threading.Event()
         self._gone = False  # the watched folder vanished (said once)
+        self._said_new_csv = False  # counts.csv moved away while files were counted (said once)
         self.out.mkdir(parents=True, exist_ok=True)
         # before the state is read: it is ours until close()
         self._lock = lock_folder(self.out / LOCK_NAME, "bloodcell watch")
@@ -201,6 +202,8 @@ class Watcher:
             if reader.line_num < len(lines):
                 where = f"{self.csv_path}: line {reader.line_num}"
                 raise ConfigError(f"{where}: not a counts CSV ({e}); use another --out") from None
+        if rows and rows[0]:  # saved by a spreadsheet ("CSV UTF-8"): its byte-order mark is no column name's
+            rows[0][0] = rows[0][0].removeprefix("\ufeff")
         if whole < len(lines):
             with open(self.csv_path, "r+b") as f:
                 f.truncate(sum(len(line.encode("utf-8", "surrogateescape")) for line in lines[:whole]))
@@ -232,8 +235,25 @@ class Watcher:
         if adopted:
             self._save_state()
 
+    def _check_out(self) -> None:
+        """Stop when the output folder was removed or emptied while watching (its lock is gone with it): going
+        on would make a new counts.csv missing every row before it, while the state says those files are done."""
+        if not (self.out / LOCK_NAME).is_file():
+            raise ConfigError(
+                f"{self.out}: removed or emptied while watching (its lock file is gone), with the rows of the files "
+                "counted so far; stopped: watch again to count the folder anew"
+            )
+
     def _append_row(self, result: ImageResult) -> None:
         size = self.csv_path.stat().st_size if self.csv_path.exists() else 0
+        counted = sum(1 for entry in self.state.values() if entry.get("rows"))
+        if size == 0 and counted and not self._said_new_csv:  # moved away (to keep it): a new one starts here
+            self._said_new_csv = True
+            print(
+                f"note: {self.csv_path} not found: a new one begins with {result.label} (the rows of the {counted} "
+                "files counted before are in the one moved away, and are not counted again)",
+                file=sys.stderr,
+            )
         try:
             self._write_row(result, new=size == 0)
         except BaseException:
@@ -339,6 +359,7 @@ class Watcher:
     def _process(self, path: Path, sig: tuple[int, int]) -> ImageResult | None:
         """The file's result (failures have .error); None for a truncated file young enough to be a copy
         still in progress (waited for, no row) and for one that changed since ``sig`` (it settles again)."""
+        self._check_out()
         if (renamed := self._renamed_from(path, sig)) is not None:  # its row stands: a second would count it twice
             counted_as = self.state[renamed].get("renamed_from", renamed)  # the name its row has, through renames
             # the old name's entry stays (its rows are in the CSV under it); this name has none of its own
