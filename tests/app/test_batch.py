@@ -263,6 +263,28 @@ def test_a_dataset_holds_one_models_counts(tmp_path: Path, tiny_model) -> None:
         run_batch([str(SAMPLES[0])], str(out), model=str(tiny_model()), device="cpu", progress=False)
 
 
+def test_foreign_parquet_and_list_encodings_are_said_not_tracebacks(tmp_path: Path) -> None:
+    """A Parquet file of other columns in --out, a list saved as UTF-16 (PowerShell) or with a byte-order mark
+    (Notepad): one line each, and the BOM's first path read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bloodcell.errors import ConfigError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.table({"a": [1, 2]}), out / "data.parquet")
+    with pytest.raises(ConfigError, match="holds Parquet files that are not bloodcell batch counts"):
+        run_batch([str(SAMPLES[0])], str(out), device="cpu", progress=False)
+    utf16, bom = tmp_path / "u16.txt", tmp_path / "bom.txt"
+    utf16.write_text(f"{SAMPLES[0]}\r\n", encoding="utf-16")
+    bom.write_text(f"{SAMPLES[0]}\n", encoding="utf-8-sig")
+    expanded = expand([str(utf16), str(bom)])
+    assert expanded.problems == [f"{utf16}: a list saved as UTF-16 (Windows PowerShell's default); save it as "
+                                 "UTF-8 text, one path per line (e.g. `Out-File -Encoding utf8`)"]  # fmt: skip
+    assert [Path(u).name for u in expanded.uris] == [SAMPLES[0].name]
+
+
 def test_a_rerun_with_other_settings_is_refused_not_mixed(tmp_path: Path) -> None:
     """Rows say which --conf and --cell-size counted them; a rerun with others would mix two kinds of counts."""
     from bloodcell.errors import ConfigError

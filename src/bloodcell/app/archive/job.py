@@ -90,6 +90,11 @@ def _written_by(store: ParquetStore, out: str, model_id: str, earlier_id: str = 
         done, models = store.written()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise ConfigError(f"--out {out}: holds Parquet files that are not this model's counts ({e})") from None
+    if None in models or None in done:  # a Parquet file of other columns: read with this schema, they are empty
+        raise ConfigError(
+            f"--out {out}: holds Parquet files that are not bloodcell batch counts (rows without a path or model); "
+            "use another --out"
+        )
     others = models - {model_id, earlier_id}
     if others:
         raise ConfigError(

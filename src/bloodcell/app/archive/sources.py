@@ -208,7 +208,15 @@ def expand(sources: list[str]) -> ExpandedSources:
             uris.extend(_uri(source, f) for f in found)
         elif info.type == pafs.FileType.File and Path(path).suffix.lower() in LIST_SUFFIXES and not nested:
             with fs.open_input_stream(path) as f:
-                lines = f.read().decode("utf-8", errors="replace").splitlines()
+                raw_list = f.read()
+            if raw_list.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw_list:
+                problems.append(
+                    f"{source}: a list saved as UTF-16 (Windows PowerShell's default); save it as UTF-8 text, one "
+                    "path per line (e.g. `Out-File -Encoding utf8`)"
+                )
+                return
+            # utf-8-sig: Notepad's byte-order mark is no part of the first path
+            lines = raw_list.decode("utf-8-sig", errors="replace").splitlines()
             base = os.path.dirname(path) if isinstance(fs, pafs.LocalFileSystem) else None
             for line in (raw.strip() for raw in lines):
                 if line and not line.startswith("#"):
