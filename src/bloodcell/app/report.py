@@ -250,7 +250,17 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
     """A counts CSV as records without detections (its rows hold counts, not boxes): one per image, the
     last row of an image that was counted again (watch appends a row when a file is rewritten)."""
     rows = list(csv.reader(io.StringIO(_read_text(path), newline="")))
+    if rows and rows[0] and rows[0][0].lower().startswith("sep="):  # Excel's separator line
+        rows = rows[1:]
     if not rows or not rows[0] or rows[0][0] != "image":
+        first = rows[0][0] if rows and rows[0] else ""
+        separator = next((sep for sep in ";\t|" if first.startswith(f"image{sep}")), None)
+        if separator:  # a spreadsheet saved it back with its own separator (European Excel: ;)
+            shown = {"\t": "tabs"}.get(separator, repr(separator))
+            raise DatasetError(
+                f"{path}: its columns are separated by {shown}, not commas (a spreadsheet saved it so); export "
+                "it as CSV with commas, or use the counts.csv bloodcell wrote"
+            )
         raise DatasetError(f"{path}: expected a counts CSV whose first column is 'image' (watch, predict --csv)")
     header = rows[0]
     classes = [c for c in header if f"{c}_lo90" in header and f"{c}_hi90" in header]
