@@ -335,8 +335,11 @@ def test_the_report_says_which_operating_points_counted(tmp_path: Path):
     build_report(make_slide(tmp_path / "s", records), out=tmp_path / "r.html")
     assert "counted at operating points RBC 0.60, WBC 0.55, Platelets 0.62." in (tmp_path / "r.html").read_text()
     records[1]["conf"] = [0.64, 0.55, 0.62]
-    build_report(make_slide(tmp_path / "t", records), out=tmp_path / "t.html")
+    summary = build_report(make_slide(tmp_path / "t", records), out=tmp_path / "t.html")
     assert "counted at each field's operating points." in (tmp_path / "t.html").read_text()
+    # two fields at other points (a rerun with --conf, the page's slider): their sum is no one count
+    said = "fields counted at 2 sets of operating points (0.6/0.55/0.62; 0.64/0.55/0.62): the totals mix"
+    assert f"warning: {said}" in str(summary) and said in (tmp_path / "t.html").read_text()
     for r in records:  # a predict or watch counts CSV records none: not claimed to be the model's
         del r["conf"]
     build_report(make_slide(tmp_path / "u", records), out=tmp_path / "u.html")

@@ -55,6 +55,7 @@ class ReportSummary:
     doubtful_images: tuple[str, ...] = ()  # counted fields with warnings (grayscale, scale not measured...)
     models: tuple[str, ...] = ()  # the models the records name (predict --json), in order of first appearance
     unnamed_model: int = 0  # records that name no model, in a slide where others do
+    operating_points: tuple[tuple[float, ...], ...] = ()  # the per-class points the records were counted at
     path: Path | None = None  # the HTML file written
 
     def __str__(self) -> str:
@@ -79,12 +80,23 @@ class ReportSummary:
             lines.append(f"warning: {UNNAMED_MODEL % (self.unnamed_model, self.models[0])}")
         elif self.models:
             lines.append(f"counted by {self.models[0]}")
+        if len(self.operating_points) > 1:
+            lines.append(f"warning: {mixed_points(self.operating_points)}")
         return "\n".join(lines)
 
 
 # fields counted by other models (or refits) are counts at other operating points: their sum is no one count
 MIXED_MODELS = "fields counted by %d models (%s): the totals mix their counts; count the slide again with one"
 UNNAMED_MODEL = "%d fields do not say which model counted them (the others: %s); the totals may mix models"
+
+
+def mixed_points(points: tuple[tuple[float, ...], ...]) -> str:
+    """Fields counted at other operating points (--conf, or the page's slider) mix two kinds of count."""
+    shown = "; ".join("/".join(f"{v:g}" for v in p) for p in points)
+    return (
+        f"fields counted at {len(points)} sets of operating points ({shown}): the totals mix their counts; count "
+        "the slide again at one"
+    )
 
 
 def _warnings(record: dict) -> list[str]:
@@ -393,7 +405,16 @@ def summarize(records: list[dict]) -> ReportSummary:
         doubtful_images=tuple(r["image"] for r in records if _warnings(r)),
         models=tuple(dict.fromkeys(named)),
         unnamed_model=len(records) - len(named) if named else 0,
+        operating_points=tuple(dict.fromkeys(p for r in records if (p := _points(r)) is not None)),
     )
+
+
+def _points(record: dict) -> tuple[float, ...] | None:
+    """The per-class operating points a record was counted at (``conf``), when it says them."""
+    conf = record.get("conf")
+    if not isinstance(conf, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in conf):
+        return None
+    return tuple(float(v) for v in conf)
 
 
 def counted_detections(record: dict, classes: tuple[str, ...]) -> Detections:
@@ -554,6 +575,8 @@ def render_html(
         failed += f'<p class="warn">{e(MIXED_MODELS % (len(summary.models), ", ".join(summary.models)))}.</p>\n'
     elif summary.unnamed_model:
         failed += f'<p class="warn">{e(UNNAMED_MODEL % (summary.unnamed_model, summary.models[0]))}.</p>\n'
+    if len(summary.operating_points) > 1:
+        failed += f'<p class="warn">{e(mixed_points(summary.operating_points))}.</p>\n'
     if summary.doubtful_images:
         names = ", ".join(e(n) for n in summary.doubtful_images)
         failed += (
