@@ -320,6 +320,9 @@ def test_folder_sources_take_each_real_file_once_and_skip_hidden_and_watch_outpu
     assert expand([str(archive / "day2")]).uris == [str(archive / "day2" / n) for n in ("again.jpg", "broken.jpg")] + [
         str(archive / "day2" / "far" / "far.jpg")
     ]  # the link back up (loop -> ..) does not take in the parent folder
+    # a watch that wrote into the folder it watched: its annotated copies are left out, its images are fields
+    shutil.copy(SAMPLES[2], watched / "own.jpg")
+    assert expand([str(watched)]).uris == [str(watched / "own.jpg")]
 
 
 def test_parts_left_by_killed_runs_are_removed_once_stale(tmp_path: Path) -> None:

@@ -64,6 +64,7 @@ STATE_NAME = ".bloodcell-watch.json"
 RETRY_UNREADABLE_S = 60.0
 TRUNCATED_WAIT_S = 30.0  # how long a truncated file may still be a copy in progress (by its mtime)
 LOCK_NAME = ".bloodcell-watch.lock"
+ANNOTATED_DIR = "annotated"  # the annotated copies, in the output folder
 # Output errors that belong to one image's name (too long for the file system, taken by a folder):
 # that image fails alone; any other output error stops the watch.
 FILE_NAME_ERRORS = (errno.ENAMETOOLONG, errno.EISDIR, errno.EINVAL)
@@ -114,7 +115,7 @@ class Watcher:
         self.annotator = BoxAnnotator(self.class_names)
         self.csv_path = self.out / CSV_NAME
         self.state_path = self.out / STATE_NAME
-        self.annotated_dir = self.out / "annotated"
+        self.annotated_dir = self.out / ANNOTATED_DIR
         self.processed = 0
         self._failed: set[str] = set()  # files whose latest version failed in this run
         self._columns = len(counts_header(self.class_names))  # fewer in a CSV an older bloodcell began

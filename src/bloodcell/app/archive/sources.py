@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bloodcell.app.watch import ANNOTATED_DIR as WATCH_ANNOTATED
 from bloodcell.app.watch import STATE_NAME as WATCH_STATE
 from bloodcell.errors import BloodcellError, ConfigError
 from bloodcell.runtime.images import IMAGE_SUFFIXES
@@ -49,14 +50,19 @@ def _local_images(root: str) -> tuple[list[str], list[str], list[str]]:
 
     for folder, dirs, files in os.walk(root, followlinks=True, onerror=unreadable):
         real = os.path.realpath(folder)
-        if real in seen or WATCH_STATE in files:  # seen, or `bloodcell watch` output (annotated copies)
+        if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
+        # `bloodcell watch` output: its annotated copies are not fields (the folder's own images are, where a
+        # watch wrote into the folder it watched)
+        copies = WATCH_ANNOTATED if WATCH_STATE in files else None
         dirs[:] = sorted(
             d
             for d in dirs
-            if not _is_hidden(d) and (not os.path.islink(os.path.join(folder, d)) or elsewhere(os.path.join(folder, d)))
+            if not _is_hidden(d)
+            and d != copies
+            and (not os.path.islink(os.path.join(folder, d)) or elsewhere(os.path.join(folder, d)))
         )
         for name in files:
             path = os.path.join(folder, name)
