@@ -455,3 +455,15 @@ def test_predict_csv_names_formulas_as_text_and_the_report_reads_them_back(tmp_p
     assert names == ["''=odd.jpg", "'=1+2.jpg", "'@cell.jpg", "plain.jpg"]
     summary = build_report(counts, images_dir=folder, out=tmp_path / "r.html")
     assert summary.fields == 4 and summary.missing_images == ()
+
+
+def test_a_field_listed_twice_is_counted_once_and_said(tmp_path: Path):
+    """Results files joined together (the same predict run twice): each field once, by its last record, as a
+    counts CSV keeps an image's last row; said, not silently doubled."""
+    records = [record("a.jpg", 40, 1, 3), record("b.jpg", 35, 0, 5)]
+    once = build_report(make_slide(tmp_path / "s", records), out=tmp_path / "r.html")
+    twice = build_report(make_slide(tmp_path / "t", records + [dict(r) for r in records]), out=tmp_path / "t.html")
+    assert twice.fields == once.fields == 2 and twice.totals == once.totals
+    said = "2 fields listed more than once (results files joined?), each counted once, by its last record: a.jpg, b.jpg"
+    assert f"note: {said}" in str(twice) and said in (tmp_path / "t.html").read_text()
+    assert "listed more than once" not in str(once)

@@ -56,6 +56,7 @@ class ReportSummary:
     models: tuple[str, ...] = ()  # the models the records name (predict --json), in order of first appearance
     unnamed_model: int = 0  # records that name no model, in a slide where others do
     operating_points: tuple[tuple[float, ...], ...] = ()  # the per-class points the records were counted at
+    repeated_images: tuple[str, ...] = ()  # fields the results list more than once: counted once, the last record
     path: Path | None = None  # the HTML file written
 
     def __str__(self) -> str:
@@ -82,12 +83,21 @@ class ReportSummary:
             lines.append(f"counted by {self.models[0]}")
         if len(self.operating_points) > 1:
             lines.append(f"warning: {mixed_points(self.operating_points)}")
+        if self.repeated_images:
+            lines.append(f"note: {repeated_note(self.repeated_images)}")
         return "\n".join(lines)
 
 
 # fields counted by other models (or refits) are counts at other operating points: their sum is no one count
 MIXED_MODELS = "fields counted by %d models (%s): the totals mix their counts; count the slide again with one"
 UNNAMED_MODEL = "%d fields do not say which model counted them (the others: %s); the totals may mix models"
+
+
+def repeated_note(names: tuple[str, ...]) -> str:
+    return (
+        f"{_fields(len(names))} listed more than once (results files joined?), each counted once, by its last "
+        f"record: {_some(names)}"
+    )
 
 
 def mixed_points(points: tuple[tuple[float, ...], ...]) -> str:
@@ -177,9 +187,10 @@ def build_report(
         raise ConfigError(f"thumb_px {thumb_px}: must be at least 16")
     results_json_path = Path(results_json_path)
     records, failed = read_slide(results_json_path)
+    records, repeated = _last_of_each(records)
     if images_dir is not None and not Path(images_dir).is_dir():
         raise ConfigError(f"--images {images_dir}: not a folder")
-    summary = replace(summarize(records), failed_images=tuple(failed))
+    summary = replace(summarize(records), failed_images=tuple(failed), repeated_images=repeated)
     annotator = BoxAnnotator(summary.classes, thickness=2, show_scores=False)
     tiles, missing = [], []
     for record in records:
@@ -193,6 +204,20 @@ def build_report(
     title = title or f"Slide report: {results_json_path.name}"
     write_text(out, render_html(title, summary, records, tiles, thumb_px))
     return replace(summary, missing_images=tuple(missing), path=Path(out))
+
+
+def _last_of_each(records: list[dict]) -> tuple[list[dict], tuple[str, ...]]:
+    """One record per image (by its path, else its name), the last, as a counts CSV keeps an image's last row:
+    results files joined together would count a field twice. Also the names that were listed more than once."""
+    last: dict[str, dict] = {}
+    repeated: dict[str, None] = {}
+    for record in records:
+        key = str(record.get("path") or record["image"])
+        if key in last:
+            repeated[str(record["image"])] = None
+            del last[key]  # in the order of its last appearance
+        last[key] = record
+    return list(last.values()), tuple(repeated)
 
 
 def read_slide(path: Path) -> tuple[list[dict], list[str]]:
@@ -577,6 +602,8 @@ def render_html(
         failed += f'<p class="warn">{e(UNNAMED_MODEL % (summary.unnamed_model, summary.models[0]))}.</p>\n'
     if len(summary.operating_points) > 1:
         failed += f'<p class="warn">{e(mixed_points(summary.operating_points))}.</p>\n'
+    if summary.repeated_images:
+        failed += f'<p class="warn">{e(repeated_note(summary.repeated_images))}.</p>\n'
     if summary.doubtful_images:
         names = ", ".join(e(n) for n in summary.doubtful_images)
         failed += (
