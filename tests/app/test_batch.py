@@ -520,3 +520,10 @@ def test_a_file_name_that_is_not_utf8_is_a_failed_input_naming_the_rename(archiv
         "file name caf\\xe9.jpg",
         "folder name d\\xe9j\\xe0",
     ]
+
+
+def test_a_pattern_reaching_a_broken_link_names_it_as_a_folder_does(archive: Path) -> None:
+    (archive / "gone.jpg").symlink_to(archive / "nowhere.jpg")
+    by_folder, by_pattern = expand([str(archive)]), expand([str(archive / "*.jpg")])
+    assert [p for p in by_folder.problems if "gone.jpg" in p] == [p for p in by_pattern.problems if "gone.jpg" in p]
+    assert len([p for p in by_pattern.problems if "gone.jpg" in p]) == 1

@@ -140,12 +140,16 @@ def _has_magic(source: str) -> bool:
     return glob.has_magic(source.partition("?")[0] if "://" in source else source)
 
 
-def _glob(source: str) -> list[str]:
+def _glob(source: str) -> tuple[list[str], list[str]]:
     """Matches of a glob: the local filesystem's own globbing, or a listing under the pattern's
-    fixed prefix matched with fnmatch in a bucket (object stores have no glob)."""
+    fixed prefix matched with fnmatch in a bucket (object stores have no glob); and the local matches that
+    are no readable file (a link to nothing, a pipe: failed inputs, as in a folder)."""
     if "://" not in source or source.startswith("file://"):
         local = source[len("file://") :] if source.startswith("file://") else source
-        return sorted(canonical(f) for f in glob.glob(local, recursive=True) if Path(f).is_file())
+        matches = glob.glob(local, recursive=True)
+        unusable = [m for m in matches if not Path(m).is_file() and not Path(m).is_dir()]
+        failed = [f"{printable(m)}: {unusable_reason(Path(m))}" for m in sorted(unusable)]
+        return sorted(canonical(f) for f in matches if Path(f).is_file()), failed
     pafs = _pafs()
     fs, pattern = filesystem(source)
     fixed = pattern[: min(i for i in (pattern.find(c) for c in "*?[") if i >= 0)].rsplit("/", 1)[0]
@@ -153,7 +157,7 @@ def _glob(source: str) -> list[str]:
     try:
         infos = fs.get_file_info(pafs.FileSelector(fixed, recursive=True))
     except OSError:
-        return []
+        return [], []
     # fnmatch's * also crosses "/": keep a listing's depth equal to the pattern's, as a shell glob does
     found = [
         i.path
@@ -162,7 +166,7 @@ def _glob(source: str) -> list[str]:
         and fnmatch.fnmatch(i.path, pattern)
         and ("**" in pattern or i.path.count("/") == depth)
     ]
-    return sorted(_uri(source, p) for p in found)
+    return sorted(_uri(source, p) for p in found), []
 
 
 def expand(sources: list[str]) -> ExpandedSources:
@@ -183,8 +187,9 @@ def expand(sources: list[str]) -> ExpandedSources:
 
     def add_one(source: str, nested: bool) -> None:
         if _has_magic(source):
-            found = _glob(source)
-            if not found:
+            found, failed = _glob(source)
+            problems.extend(failed)
+            if not found and not failed:
                 problems.append(f"{source}: pattern matches no files")
             uris.extend(found)
             return
