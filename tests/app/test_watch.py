@@ -828,3 +828,24 @@ def test_a_counts_csv_saved_by_a_spreadsheet_goes_on(tmp_path):
     with Watcher(FakePredictor(conf=CONF), folder, out, settle=0) as watcher:
         assert len(watcher.drain()) == 1
     assert sorted(r[0] for r in read_rows(out)) == ["a.jpg", "b.jpg"]
+
+
+def test_watch_once_stopped_says_what_is_left_and_exits_130(model_file, tmp_path, monkeypatch, capsys):
+    """--once asked for the whole folder: a Ctrl-C keeps what is counted, says what is not, and is no success."""
+    folder = tmp_path / "cam"
+    for i in range(3):
+        save_slide(folder / f"f{i}.jpg", seed=i)
+    real = Watcher._process
+    calls = []
+
+    def stop_at_the_second(self, path, sig):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, path, sig)
+
+    monkeypatch.setattr(Watcher, "_process", stop_at_the_second)
+    assert main(["watch", str(folder), "--once", "--settle", "0", "--model", str(model_file)]) == 130
+    err = capsys.readouterr().err
+    assert "stopped" in err and "2 file(s) not counted yet (f1.jpg, f2.jpg); the next watch counts them" in err
+    assert [r[0] for r in read_rows(folder / "bloodcell")] == ["f0.jpg"]

@@ -204,29 +204,32 @@ def cmd_watch(args: argparse.Namespace) -> int:
         cell_size=args.cell_size,
         model=model,
     )
+    stopped = False
     with watcher:  # holds the --out folder's lock until done
-        if args.once:
-            watcher.drain()
-        else:
+        if not args.once:
             print(f"watching {args.folder}, writing {out}/counts.csv (Ctrl+C stops)", file=sys.stderr)
-            try:
+        try:
+            if args.once:
+                watcher.drain()
+            else:
                 watcher.run(threading.Event())
-            except BaseException as e:  # Ctrl-C or SIGTERM
-                if not is_interrupt(e):
-                    raise
-                print("stopped", file=sys.stderr)
-                if left := watcher.not_yet_counted():  # not lost: the next watch on this folder counts them
-                    names = first_of(left, 5)
-                    print(
-                        f"note: {len(left)} file(s) not counted yet ({names}); the next watch counts them",
-                        file=sys.stderr,
-                    )
+        except BaseException as e:  # Ctrl-C or SIGTERM: what is counted is kept, and said
+            if not is_interrupt(e):
+                raise
+            stopped = args.once  # --once asked for the whole folder: not done (Ctrl-C is how a live watch ends)
+            print("stopped", file=sys.stderr)
+            if left := watcher.not_yet_counted():  # not lost: the next watch on this folder counts them
+                names = first_of(left, 5)
+                print(
+                    f"note: {len(left)} file(s) not counted yet ({names}); the next watch counts them",
+                    file=sys.stderr,
+                )
     earlier = watcher.failed_earlier()
     if earlier:  # a cron user would otherwise hear of a bad file only on the run that first met it
         names = first_of(earlier, 5)
         print(f"note: {len(earlier)} unchanged file(s) failed in an earlier run, not retried: {names}", file=sys.stderr)
     print(processed_line(watcher.processed, watcher.failed), file=sys.stderr if watcher.failed else sys.stdout)
-    return 1 if watcher.failed else 0
+    return 130 if stopped else 1 if watcher.failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
