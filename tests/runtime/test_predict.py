@@ -849,3 +849,14 @@ def test_a_results_file_where_voc_puts_an_annotation_is_refused(model_file, imag
     assert main([*argv, str(target)]) == 2
     assert f"{flag} {target}: is where --voc puts the annotation of {images / 'a.jpg'}" in capsys.readouterr().err
     assert not target.exists()
+
+
+def test_a_name_with_a_newline_or_an_escape_is_one_terminal_line(model_file, images, tmp_path, capsys):
+    """The terminal line escapes control characters (a newline split it; an escape sequence ran in the
+    terminal); the JSON keeps the name as it is."""
+    odd = tmp_path / "a\nb\x1b[31m.jpg"
+    shutil.copy(images / "a.jpg", odd)
+    assert main(["predict", str(odd), "--model", str(model_file), "--json", str(tmp_path / "r.json")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("a\\nb\\x1b[31m.jpg: ")
+    assert json.loads((tmp_path / "r.json").read_text())[0]["image"] == "a\nb\x1b[31m.jpg"

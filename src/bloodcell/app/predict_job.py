@@ -30,6 +30,7 @@ from bloodcell.runtime.sources import (
     expand_sources,
     output_names,
     printable,
+    shown,
     unread_image_notes,
     unusable_reason,
 )
@@ -94,7 +95,10 @@ def _write_voc(result: ImageResult, voc: str, kept: list[str]) -> bool:
     if not written:
         kept.append(printable(path.name))
         if why := kept_voc_mismatch(path, result):
-            print(f"warning: {result.label}: {kept[-1]} kept in {voc} may label another image: {why}", file=sys.stderr)
+            print(
+                f"warning: {shown(result.label)}: {kept[-1]} kept in {voc} may label another image: {why}",
+                file=sys.stderr,
+            )
     return written
 
 
@@ -165,9 +169,9 @@ def run_predict(
     _refuse_overwriting_inputs(names, out, files, model, voc)
     _refuse_shared_outputs(paths, names, out, voc)
     for problem in problems:
-        print(f"error: {printable(problem)}", file=sys.stderr)
+        print(f"error: {shown(problem)}", file=sys.stderr)
     for note in unread_image_notes(sources):
-        print(f"note: {printable(note)}", file=sys.stderr)
+        print(f"note: {shown(note)}", file=sys.stderr)
     predictor: Predictor = load_predictor(model, device=device, threads=threads, edgetpu=edgetpu, batch=batch)
     # the file that counts, named now: it may be rewritten (a training run's best.pt) before the JSON is
     model_name = model_ref(model_file(model)) if json_path else None
@@ -200,7 +204,7 @@ def run_predict(
             r.name = names.get(r.path)
             listed.append(r)
             if r.error:
-                print(f"error: {printable(r.error)}", file=sys.stderr)
+                print(f"error: {shown(r.error)}", file=sys.stderr)
                 failed += 1
                 continue
             if annotator is not None or voc is not None:
@@ -213,14 +217,14 @@ def run_predict(
                         wrote_voc += 1
                 except OSError as e:  # e.g. a name too long for the output file system: the others go on
                     r.error = f"{r.label}: {what} not written ({describe_os_error(e)})"
-                    print(f"error: {printable(r.error)}", file=sys.stderr)
+                    print(f"error: {shown(r.error)}", file=sys.stderr)
                     r.image = None
                     failed += 1
                     continue
             r.image = None
-            print(f"{r.label}: {format_counts(r)} ({r.timing_ms['inference']:.0f} ms)")
+            print(f"{shown(r.label)}: {format_counts(r)} ({r.timing_ms['inference']:.0f} ms)")
             for warning in r.warnings:
-                print(f"warning: {r.label}: {warning}", file=sys.stderr)
+                print(f"warning: {shown(r.label)}: {warning}", file=sys.stderr)
             if verbose:
                 print(f"  {format_timing(r)}")
             results.append(r)

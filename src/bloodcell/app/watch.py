@@ -55,7 +55,7 @@ from bloodcell.runtime.counting import Conf, conf_override, resolve_conf
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.runtime.metadata import counted_by, model_digest
 from bloodcell.runtime.predict import ImageResult, api_cell_size, predict_image
-from bloodcell.runtime.sources import printable, unusable_reason
+from bloodcell.runtime.sources import printable, shown, unusable_reason
 
 if TYPE_CHECKING:
     from bloodcell.runtime.predict import Predictor
@@ -419,10 +419,10 @@ class Watcher:
         self._save_state()
         self.processed += 1
         if self.log is not None:
-            line = f"{result.label}: {format_counts(result)} ({result.timing_ms['inference']:.0f} ms)"
+            line = f"{shown(result.label)}: {format_counts(result)} ({result.timing_ms['inference']:.0f} ms)"
             print(line, file=self.log, flush=True)
         for warning in result.warnings:  # as predict says them: a doubtful count must not pass unnoticed
-            print(f"warning: {result.label}: {warning}", file=sys.stderr, flush=True)
+            print(f"warning: {shown(result.label)}: {warning}", file=sys.stderr, flush=True)
         return result
 
     def _young(self, name: str, sig: tuple[int, int]) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import re
 from pathlib import Path
 
 from bloodcell.errors import first_of
@@ -125,6 +126,12 @@ def output_names(paths: list[Path]) -> list[str]:
     parents = [os.path.abspath(p.parent) for p in paths]
     base = os.path.commonpath(parents)
     return [printable(Path(os.path.relpath(os.path.abspath(p), base)).as_posix()) for p in paths]
+
+
+def shown(text: str) -> str:
+    """``printable`` for a terminal line: control characters escaped too (a newline in a file name would split
+    the line; an escape sequence would be run by the terminal), as ``\\n`` or ``\\x1b``."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], printable(text))
 
 
 def printable(text: str) -> str:
