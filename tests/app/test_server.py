@@ -470,8 +470,8 @@ def test_security_headers_on_every_answer(client, slides):
 @pytest.mark.parametrize(
     ("files", "data", "status", "message"),
     [
-        ({"file": ("a.jpg", b"x")}, {f"f{i}": "v" for i in range(100)}, 400, "Too many fields"),
-        ({"file": ("a.jpg", b"x")}, {"note": "x" * 100_000}, 400, "exceeded maximum size"),
+        ({"file": ("a.jpg", b"x")}, {f"f{i}": "v" for i in range(100)}, 422, "unexpected form field(s) (Too many"),
+        ({"file": ("a.jpg", b"x")}, {"note": "x" * 100_000}, 422, "exceeded maximum size"),
         ({"file": ("a.jpg", b"x")}, {"file": "a second part"}, 422, "one image"),
     ],
 )

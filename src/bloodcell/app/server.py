@@ -177,6 +177,12 @@ async def read_upload(chunks: AsyncIterator[bytes], content_type: str, limit: in
     except MultiPartException as e:
         if e.message.startswith("Too many files"):
             raise ApiError(422, f"send one image per request (one file part named {field!r})") from None
+        if e.message.startswith(("Too many fields", "Part exceeded maximum size")):  # form fields: refused anyway
+            raise ApiError(
+                422,
+                f"unexpected form field(s) ({e.message}): send only the image as {field!r}; options go in the "
+                f"query string ({QUERY_HELP})",
+            ) from None
         raise ApiError(400, f"malformed multipart body ({e.message})") from None
     if not parser.ended:
         await form.close()
