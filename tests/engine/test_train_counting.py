@@ -39,7 +39,11 @@ def test_calibrate_refits_a_model_file(tiny_voc, tiny_model, tmp_path, capsys):
     assert "operating points" in out_text
     # Two val images hold 2 white cells and no platelet: their operating points are guesses, and say so.
     assert "warning: WBC: operating point and intervals fitted on 2 labelled cells in 2 val images" in err
-    assert "warning: Platelets: operating point and intervals fitted on 0 labelled cells" in err
+    # no platelet at all: nothing to fit a point on (any point above the false ones would "count best")
+    assert (
+        "warning: Platelets: val holds no Platelets cell (in the 2 images that box it exhaustively): operating " in err
+    )
+    assert info.conf[2] == 0.5
     assert "warning: RBC" not in err
     assert "note: the count errors and coverage above are in-sample" in err and "on these 2 images" in err
     js = tmp_path / "v.json"
@@ -204,3 +208,29 @@ def test_the_fitted_images_a_file_records_are_read_whatever_its_history():
     assert fitted_images(export({"counting_fit": {"images": 5}})) == []
     assert fitted_images(export({"counting_fit": {"images": ["a", ["b"]]}})) == ["a"]
     assert fitted_images(SimpleNamespace(info=SimpleNamespace(extra={"counting_fit": {"images": ["x"]}}))) == ["x"]
+
+
+def test_a_val_without_red_cells_keeps_the_models_point_and_cell_size(tiny_voc, tmp_path, capsys):
+    """Val boxes every cell but holds no red one: the fit had put RBC's point above every score (0 red cells
+    counted) and dropped the reference cell size (no rescaling); the model's own stay, and say so."""
+    import shutil
+    import xml.etree.ElementTree as ET
+
+    from bloodcell.weights import shipped_by_name
+
+    data = tmp_path / "norbc"
+    shutil.copytree(tiny_voc, data, symlinks=False)
+    for image_id in (data / "ImageSets" / "Main" / "val.txt").read_text().split():
+        path = data / "Annotations" / f"{image_id}.xml"
+        tree = ET.parse(path)
+        for obj in [o for o in tree.getroot().findall("object") if o.findtext("name") == "RBC"]:
+            tree.getroot().remove(obj)
+        path.unlink()
+        tree.write(path)
+    _, shipped = load_model(shipped_by_name("cellnet_bccd.pt"))
+    out = tmp_path / "refit.pt"
+    assert main(["calibrate", "--model", "cellnet_bccd.pt", "--data", str(data), "--out", str(out)]) == 0
+    _, info = load_model(out)
+    assert info.conf[0] == shipped.conf[0] and info.cell_size is not None
+    err = capsys.readouterr().err
+    assert "RBC: val holds no RBC cell (in the 2 images that box it exhaustively), so it keeps the model's " in err

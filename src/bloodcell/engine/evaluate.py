@@ -214,18 +214,24 @@ def fit_counting(
     warnings = []
     for c, name in enumerate(class_names):
         labelled = [int((r.labels == c).sum()) for r in records if r.exhaustive_mask(k)[c]]
-        if not labelled:
+        if not sum(labelled):  # nothing to fit on: with no cell, any point above every false one "counts best"
+            why = (
+                "no val image labels it exhaustively"
+                if not labelled
+                else f"val holds no {name} cell (in the {len(labelled)} images that box it exhaustively)"
+            )
             if keep_earlier_calibration(name):
                 old = float(class_thresholds(prior[0], k)[c])
                 conf[c] = old
                 warnings.append(
-                    f"{name}: no val image labels it exhaustively, so it keeps the model's operating point "
-                    f"{old:.2f} and interval calibration (fitted before; refit it on images that label it exhaustively)"
+                    f"{name}: {why}, so it keeps the model's operating point {old:.2f} and interval calibration "
+                    "(fitted before; refit it on images with its cells, each boxed)"
                 )
             else:
+                conf[c] = 0.5
                 warnings.append(
-                    f"{name}: no val image labels it exhaustively: operating point left at {conf[c]:.2f} and its "
-                    f"intervals uninformed; its counts may be off (fit it on images that label it exhaustively)"
+                    f"{name}: {why}: operating point left at 0.50 and its intervals uninformed; its counts may be "
+                    "off (fit it on images with its cells, each boxed)"
                 )
         elif sum(labelled) < MIN_FIT_CELLS:
             # a calibration fitted on a handful of cells is a step (every score certain), and its intervals

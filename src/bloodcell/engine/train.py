@@ -788,7 +788,9 @@ def fit_counting_file(
     if prior is None and info.calibration is not None:
         prior = (info.conf, Calibration.from_dict(info.calibration))
     fit = fit_counting(preds, val_records, tuple(info.class_names), info.input_scale, prior)
-    info.conf, info.calibration, info.cell_size = fit.conf, fit.calibration.to_dict(), fit.cell_size
+    measured = fit.cell_size is not None  # none found on val: the model's own size stays (it rescales others')
+    info.conf, info.calibration = fit.conf, fit.calibration.to_dict()
+    info.cell_size = fit.cell_size if measured else info.cell_size
     metrics = score(preds, val_records, tuple(info.class_names), fit.conf, fit.calibration)
     info.metrics = {"val": metrics.to_dict()}
     info.extra.update(extra or {})
@@ -802,7 +804,9 @@ def fit_counting_file(
         file=sys.stderr,
     )
     points, iou = per_class(info.class_names, fit.conf), per_class(info.class_names, info.iou_threshold)
-    cells = "no red cells found on val to measure" if fit.cell_size is None else f"red cells {fit.cell_size} px"
+    cells = f"red cells {info.cell_size} px" + ("" if measured else " (the model's: none found on val to measure)")
+    if info.cell_size is None:
+        cells = "no red cells found on val to measure"
     for warning in fit.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     sys.stderr.flush()  # said before the last line, which names the model (README: "train's last line")

@@ -157,7 +157,7 @@ def fit_export_counting(
     raw.update(
         conf=list(fit.conf),
         calibration=fit.calibration.to_dict(),
-        cell_size=fit.cell_size,
+        cell_size=fit.cell_size if fit.cell_size is not None else meta.cell_size,  # none found on val: kept
         iou_threshold=list(iou) if isinstance(iou, tuple) else iou,
         fitted={
             "data": data,
