@@ -795,6 +795,11 @@ def test_voc_prelabels_hold_the_counted_boxes_and_never_overwrite(model_file, im
     assert f"VOC annotations in {root / 'Annotations'}" in capsys.readouterr().out
     dataset = load_voc(root)
     assert {f.kind for f in dataset.findings} == {"unchecked-prelabel"} and len(dataset.findings) == 2
+    from bloodcell.data.check import findings_note
+
+    note = findings_note(dataset)  # what train and val say: used as they are, not "repaired or dropped"
+    assert "2 annotation files are `bloodcell predict --voc` pre-labels that no labelling tool has saved" in note
+    assert "repaired or dropped" not in note
     assert sorted(r.image_id for r in dataset.records) == ["a", "rgba"]
     listed = {r["image"]: r["detections"] for r in json.loads(js.read_text())}  # min score 0.3: the counted ones
     for record in dataset.records:

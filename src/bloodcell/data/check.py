@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bloodcell.data.sources import available_splits, load_dataset, read_spec
-from bloodcell.data.voc import SKIPPED_FROM, SUPERSEDED, Finding, VOCDataset, unknown_classes
+from bloodcell.data.voc import KEPT, SKIPPED_FROM, SUPERSEDED, Finding, VOCDataset, unknown_classes
 from bloodcell.errors import DatasetError, first_of
 from bloodcell.types import CLASS_NAMES
 
@@ -126,12 +126,23 @@ def findings_note(dataset: VOCDataset, unknown_effect: str = UNKNOWN_EFFECT) -> 
     found = [f for f in dataset.findings if not f.action.startswith(SUPERSEDED)]  # a later source's labels stand
     if not found:
         return None
-    split = f" split {dataset.split}" if dataset.split else ""
-    note = (
-        f"warning: {dataset.root}{split}: {len(found)} label findings ({_by_kind(found)}) "
-        f"repaired or dropped; `bloodcell data check {shlex.quote(str(dataset.root))}` lists them"
-    )
-    return "\n".join(filter(None, [note, unknown_class_note(dataset, unknown_effect)]))
+    where = f"{dataset.root}{f' split {dataset.split}' if dataset.split else ''}"
+    listed = f"`bloodcell data check {shlex.quote(str(dataset.root))}` lists them"
+    fixed = [f for f in found if f.action != KEPT]
+    prelabels = [f for f in found if f.kind == "unchecked-prelabel"]
+    kept = [f for f in found if f.action == KEPT and f.kind != "unchecked-prelabel"]
+    notes = []
+    if fixed:
+        notes.append(f"warning: {where}: {len(fixed)} label findings ({_by_kind(fixed)}) repaired or dropped; {listed}")
+    if prelabels:  # used as they are, and the model would learn (and be scored on) its own boxes
+        notes.append(
+            f"warning: {where}: {len(prelabels)} annotation file{'s are' if len(prelabels) > 1 else ' is'} "
+            "`bloodcell predict --voc` pre-labels that no labelling tool has saved since: the model learns and is "
+            f"scored on its own boxes; correct them first (or remove their <source> once checked); {listed}"
+        )
+    if kept:
+        notes.append(f"warning: {where}: {len(kept)} label findings ({_by_kind(kept)}) kept as they are; {listed}")
+    return "\n".join(filter(None, [*notes, unknown_class_note(dataset, unknown_effect)]))
 
 
 def unknown_class_note(dataset: VOCDataset, effect: str = UNKNOWN_EFFECT) -> str | None:

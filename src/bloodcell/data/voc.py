@@ -34,6 +34,8 @@ DEFAULT_ALIASES = CLASS_ALIASES  # the variants the reader takes (bloodcell.type
 DUPLICATE_IOU = 0.9
 
 
+#: The action of a finding about labels used as they are (said, not repaired).
+KEPT = "kept"
 #: The action of a finding whose image could not be used at all (the dataset goes on without it).
 SKIPPED_IMAGE = "skipped image"
 #: The action of a split list's finding whose image the split goes without (a whole-folder read keeps it).
@@ -654,13 +656,13 @@ def _file_notes(tree: ET.ElementTree, xml_name: str, findings: list[Finding]) ->
             "pre-labels from `bloodcell predict --voc`, not saved by a labelling tool since: correct its boxes (or "
             "remove its <source> once checked) before training or scoring on it"
         )
-        findings.append(Finding(xml_name, None, "unchecked-prelabel", detail, "kept"))
+        findings.append(Finding(xml_name, None, "unchecked-prelabel", detail, KEPT))
     if not tree.findall("object"):  # a blood smear without a cell: far more often a file saved before labelling
         detail = (
             "no <object> in the file: its image's cells are taken as background (training, scoring) for every "
             "class it labels exhaustively"
         )
-        findings.append(Finding(xml_name, None, "no-objects", detail, "kept"))
+        findings.append(Finding(xml_name, None, "no-objects", detail, KEPT))
 
 
 def _cell_lost(name: str) -> str:
