@@ -85,7 +85,8 @@ def test_a_workers_error_is_its_one_line_not_torchruns_report(eight_images: Path
     done = subprocess.run([sys.executable, "-m", "bloodcell", *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.strip().splitlines() == [
-        f"error: {eight_images}: split 'train' gives 8 usable images, fewer than --batch"
+        f"error: {eight_images}: split 'train' gives 8 usable images, fewer than --batch 64; train with --batch 8 "
+        "or label more images"
     ]
 
 

@@ -88,11 +88,27 @@ def test_smoke_train_two_iterations_writes_a_complete_run(tiny_voc, tmp_path, mo
             train(given_default, progress=False, explicit={"model", "missing_labels"})  # given, though the default
 
 
-def test_refuses_nonsense_options(tiny_voc):
+def test_refuses_nonsense_options(tiny_voc, tmp_path):
     with pytest.raises(ConfigError):
         TrainConfig(imgsz=100)
     with pytest.raises(ConfigError, match="resume"):
         train(TrainConfig(data=str(tiny_voc), out="/nonexistent/run", resume=True), progress=False)
+    from bloodcell.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="gives 4 usable images, fewer than --batch 8; train with --batch 4 or"):
+        train(TrainConfig(data=str(tiny_voc), out=str(tmp_path / "run"), epochs=1), progress=False)
+    unsplit = tmp_path / "unsplit"
+    unsplit.mkdir()
+    for sub in ("Annotations", "JPEGImages"):
+        (unsplit / sub).symlink_to(tiny_voc / sub)
+    with pytest.raises(DatasetError, match=r"no split files: write the image ids .* one per line, into .*train\.txt"):
+        train(TrainConfig(data=str(unsplit), out=str(tmp_path / "run"), epochs=1), progress=False)
+    (unsplit / "ImageSets" / "Main").mkdir(parents=True)  # ids written with their suffix: nothing is usable
+    for split in ("train", "val"):
+        ids = (tiny_voc / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+        (unsplit / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}.jpg\n" for i in ids))
+    with pytest.raises(DatasetError, match=r"gives 0 usable images, .*; the first left out: .*split files list image"):
+        train(TrainConfig(data=str(unsplit), out=str(tmp_path / "run"), epochs=1), progress=False)
 
 
 def test_settings_a_run_would_not_use_are_refused_from_python_too(tiny_voc, tmp_path):

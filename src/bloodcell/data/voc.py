@@ -185,7 +185,12 @@ def read_split_ids(root: Path, split: str) -> list[str]:
     path = root / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
         there = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
-        has = f"this folder has {', '.join(there)}" if there else "this folder has no split files"
+        has = (
+            f"this folder has {', '.join(there)}"
+            if there
+            else "this folder has no split files: write the image ids (file names without suffix), one per line, "
+            f"into {root / 'ImageSets' / 'Main' / (split + '.txt')} (and the other splits' files)"
+        )
         raise DatasetError(f"{root}: no split {split!r} (ImageSets/Main/{split}.txt); {has}")
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of an id

@@ -622,9 +622,13 @@ def _train(
     for note in _split_notes(train_set.records, val_set.records, config, given_settings(config, explicit)):
         log(f"warning: {note}", file=sys.stderr)
     if len(records) < config.batch:
+        fits = len(records) // ctx.world_size * ctx.world_size  # a batch every process gets a share of
         cut = f" (--max-images {config.max_images} of {len(train_set.records)})" if config.max_images else ""
+        skipped = next((f for f in train_set.findings if f.skips_image), None)
+        why = f"; the first left out: {skipped.file}: {skipped.detail}" if skipped and not records else ""
         raise DatasetError(
-            f"{root}: split {config.train_split!r} gives {len(records)} usable images{cut}, fewer than --batch"
+            f"{root}: split {config.train_split!r} gives {len(records)} usable images{cut}, fewer than --batch "
+            f"{config.batch}" + (f"; train with --batch {fits} or label more images" if fits else why)
         )
     if not val_set.records:  # nothing to pick the best epoch on or fit the counting to
         raise DatasetError(f"{root}: split {config.val_split!r} has no usable images (--val-split)")
@@ -800,7 +804,8 @@ def fit_counting_file(
     print(metrics)
     print(
         f"note: the count errors and coverage above are in-sample: the operating points and calibration were fitted "
-        f"on these {len(val_records)} images; score others (e.g. `bloodcell val --split test`) to judge them",
+        f"on these {len(val_records)} images; score labelled images it was not fitted on (`bloodcell val --split "
+        "SPLIT`, another split than these) to judge them",
         file=sys.stderr,
     )
     points, iou = per_class(info.class_names, fit.conf), per_class(info.class_names, info.iou_threshold)
