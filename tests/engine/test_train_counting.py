@@ -27,6 +27,13 @@ def test_yaml_with_partial_labels_trains_and_fits_counting(tiny_voc, tmp_path):
     assert info.extra["train_config"]["missing_labels"] == "ignore"
     # RBC and platelets are not exhaustive anywhere: no image to fit or score their counts on
     assert info.conf[0] == 0.5 and info.metrics["val"]["count_images"] == {"RBC": 0, "WBC": 2, "Platelets": 0}
+    # its training images: every score there is in-sample, and val says so (its val split: no such note)
+    from bloodcell.engine.validate import trained_on_note
+    from bloodcell.runtime.loader import load_predictor
+
+    predictor = load_predictor(result.best)
+    assert "is the one this model was trained on" in trained_on_note(predictor, spec, "train")
+    assert trained_on_note(predictor, spec, "val") is None and trained_on_note(predictor, tiny_voc, "train") is None
 
 
 def test_calibrate_refits_a_model_file(tiny_voc, tiny_model, tmp_path, capsys):

@@ -70,6 +70,8 @@ def validate(
         print(note, file=sys.stderr)
     if note := in_sample_note(predictor, dataset):
         print(note, file=sys.stderr)
+    if note := trained_on_note(predictor, data_root, split):
+        print(note, file=sys.stderr)
     if on_read is not None:
         on_read(dataset)
     if not dataset.records:  # a score of nothing would print as 0.0000, as if the model had found nothing
@@ -107,6 +109,21 @@ def in_sample_note(predictor: Predictor, dataset: VOCDataset) -> str | None:
         f"note: {overlap} of the {len(dataset.records)} images scored here are named as those the model's operating "
         "points and calibration were fitted on: its count errors and coverage are in-sample (optimistic); "
         "score images it was not fitted on (a test split) to judge it"
+    )
+
+
+def trained_on_note(predictor: Predictor, data: str | Path, split: str) -> str | None:
+    """A note when ``split`` of ``data`` is the one the model was trained on (its training run recorded both):
+    every score there, mAP too, is in-sample."""
+    info = getattr(predictor, "info", None)  # a .pt model's training settings (exports do not carry them)
+    config = (info.extra or {}).get("train_config") if info is not None else None
+    if not isinstance(config, dict) or config.get("train_split") != split or not isinstance(config.get("data"), str):
+        return None
+    if os.path.realpath(str(data)) != os.path.realpath(config["data"]):
+        return None
+    return (
+        f"note: split {split!r} of {data} is the one this model was trained on: every score here, mAP too, is "
+        "in-sample (optimistic); score a split it did not learn from to judge it"
     )
 
 
