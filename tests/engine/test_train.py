@@ -320,7 +320,7 @@ def test_resume_with_more_epochs_goes_on_like_an_uninterrupted_run(one_epoch_run
     assert (settings["epochs"], settings["device"], settings["val_every"]) == (2, "cpu", 5)
     saved = read_training_checkpoint(run / "last.pt")  # rewritten by the resumed run, through the same helpers
     assert (saved["format_version"], saved["epoch"], saved["train_config"]["epochs"]) == (FORMAT_VERSION, 1, 2)
-    capsys.readouterr()  # the run's own output (the 4-image set's few-cells warnings)
+    assert "the labels changed" not in capsys.readouterr().err  # the run's own output: the same labels
     assert main(["train", "--resume", "--out", str(run), "--epochs", "1"]) == 2
     assert re.fullmatch(
         r"error: --resume --epochs 1: the run in \S+ already trained 2 epochs; give more to train on\n",
@@ -473,3 +473,20 @@ def test_freeze_bn_says_what_it_freezes(tiny_voc, tmp_path, capsys):
     assert main([*args, "--no-pretrained", "--freeze-bn", "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert re.search(r"--freeze-bn: 0 of (\d+) batch-norm layers keep their statistics; the other \1 are new", err)
+
+
+def test_a_resumed_run_says_when_its_labels_changed_since_it_started(tiny_voc, tmp_path):
+    """Flags that change the data are refused on --resume; an edited split or annotation cannot be: it is said."""
+    from bloodcell.data.voc import load_voc
+    from bloodcell.engine.train import labels_changed_note, labels_digest
+
+    root = shutil.copytree(tiny_voc, tmp_path / "voc")
+    before = {"train": labels_digest(load_voc(root, "train").records)}
+    assert labels_changed_note(before, before) is None and labels_changed_note(None, before) is None
+    _, *rest = (root / "ImageSets" / "Main" / "train.txt").read_text().split()
+    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(rest) + "\n")  # one image taken out
+    xml = root / "Annotations" / f"{rest[0]}.xml"
+    xml.write_text(xml.read_text().replace("<difficult>0</difficult>", "<difficult>1</difficult>", 1) + " ")
+    now = {"train": labels_digest(load_voc(root, "train").records)}
+    note = labels_changed_note(before, now)
+    assert note.startswith("the labels changed since the run started (train: 1 removed, 1 edited images)")

@@ -8,6 +8,7 @@ Every file is written atomically, so a kill at any moment leaves the last good s
 from __future__ import annotations
 
 import glob
+import hashlib
 import math
 import os
 import random
@@ -557,6 +558,7 @@ class _Loop:
     best_map: float = -1.0
     elapsed: float = 0.0
     saved_epochs: int = 0  # the epochs last.pt holds (a stop's note says it)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)  # split -> image id -> its annotation's digest
 
 
 def _data_loader(
@@ -577,6 +579,38 @@ def _data_loader(
         generator=torch.Generator().manual_seed(config.seed),  # workers' base seed: not from the global RNG
     )  # fmt: skip
     return sampler, loader
+
+
+def labels_digest(records: list) -> dict[str, str]:
+    """Each image's annotation file, by a digest of its bytes: what a resumed run compares its data with."""
+    digests = {}
+    for record in records:
+        try:
+            digests[record.image_id] = hashlib.sha256(record.annotation_path.read_bytes()).hexdigest()[:16]
+        except OSError:
+            digests[record.image_id] = ""
+    return digests
+
+
+def labels_changed_note(before: dict | None, now: dict[str, dict[str, str]]) -> str | None:
+    """What changed in the labels since the run started (images added, removed, annotations edited), per split;
+    None when nothing did, or the run's last.pt predates the record."""
+    if not isinstance(before, dict):
+        return None
+    changes = []
+    for split, digests in now.items():
+        old = before.get(split) or {}
+        added, removed = len(digests.keys() - old.keys()), len(old.keys() - digests.keys())
+        edited = sum(1 for i in digests.keys() & old.keys() if digests[i] != old[i])
+        parts = [f"{n} {what}" for n, what in ((added, "added"), (removed, "removed"), (edited, "edited")) if n]
+        if parts:
+            changes.append(f"{split}: {', '.join(parts)}")
+    if not changes:
+        return None
+    return (
+        f"the labels changed since the run started ({'; '.join(changes)} images): it goes on with them as they are "
+        "now, so its epochs learnt from two sets of labels (start a new run to train on one)"
+    )
 
 
 def _restore(loop: _Loop, saved: dict, config: TrainConfig, total: int, warmup: int) -> None:
@@ -675,7 +709,10 @@ def _train(
     )
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     loop = _Loop(model, criterion, ema, optimizer, scheduler, scaler, sampler, loader, frozen_bn)
+    loop.labels = {"train": labels_digest(records), "val": labels_digest(val_set.records)}
     if saved is not None:
+        if note := labels_changed_note(saved.get("labels"), loop.labels):
+            log(f"warning: {note}", file=sys.stderr)
         _restore(loop, saved, config, total, warmup)
         log(f"resuming {out} after epoch {loop.start_epoch}")
         before = saved.get("processes")  # None: a last.pt from before this was recorded
@@ -754,7 +791,7 @@ def _train_epoch(
         "ema": loop.ema.state_dict(), "optimizer": loop.optimizer.state_dict(),
         "scheduler": loop.scheduler.state_dict(), "epoch": epoch, "rows": loop.rows, "best_map50": loop.best_map,
         "elapsed_s": loop.elapsed, "scaler": loop.scaler.state_dict() if loop.scaler is not None else None,
-        "processes": ctx.world_size, "train_config": config.to_dict(),
+        "processes": ctx.world_size, "train_config": config.to_dict(), "labels": loop.labels,
     }))  # fmt: skip
     loop.saved_epochs = epoch + 1
     summary = f"epoch {epoch + 1}/{config.epochs} loss {row['loss']:.3f} ({loop.elapsed / 60:.1f} min)"

@@ -104,8 +104,9 @@ def model_payload(model: nn.Module, info: ModelInfo, half: bool = False) -> dict
 
 #: What --resume needs from last.pt besides the model file's header, info and weights.
 TRAINING_KEYS = ("ema", "optimizer", "scheduler", "scaler", "epoch", "rows", "best_map50", "elapsed_s", "train_config")
-#: Later additions, absent from older last.pt files (readers use .get): how many processes trained it.
-OPTIONAL_TRAINING_KEYS = ("processes",)
+#: Later additions, absent from older last.pt files (readers use .get): how many processes trained it, and
+#: each split's annotation digests (a resumed run says when its labels changed).
+OPTIONAL_TRAINING_KEYS = ("processes", "labels")
 
 
 def training_payload(model: nn.Module, info: ModelInfo, state: dict[str, Any]) -> dict[str, Any]:
