@@ -467,3 +467,13 @@ def test_a_field_listed_twice_is_counted_once_and_said(tmp_path: Path):
     said = "2 fields listed more than once (results files joined?), each counted once, by its last record: a.jpg, b.jpg"
     assert f"note: {said}" in str(twice) and said in (tmp_path / "t.html").read_text()
     assert "listed more than once" not in str(once)
+
+
+def test_a_field_failed_in_one_joined_file_and_counted_in_another_is_taken_by_its_last_record(tmp_path: Path):
+    failed = {"image": "a.jpg", "error": "a.jpg: cannot decode image"}
+    slide = make_slide(tmp_path / "s", [failed, record("a.jpg", 40, 1, 3), record("b.jpg", 35, 0, 5)], False)
+    summary = build_report(slide, out=tmp_path / "r.html")
+    assert summary.fields == 2 and summary.failed_images == () and summary.repeated_images == ("a.jpg",)
+    slide = make_slide(tmp_path / "t", [record("a.jpg", 40, 1, 3), record("b.jpg", 35, 0, 5), failed], False)
+    summary = build_report(slide, out=tmp_path / "t.html")
+    assert summary.fields == 1 and summary.failed_images == ("a.jpg",)

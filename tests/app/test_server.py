@@ -625,3 +625,28 @@ def test_an_upload_cut_off_by_its_client_is_no_server_error(predictor, slides, s
         time.sleep(1.0)  # the server reads on, meets the end of the stream, and answers no one
         assert httpx.get(f"{url}/api/v1/health", timeout=10).status_code == 200  # still serving
     assert not logged, [r.getMessage() for r in logged]
+
+
+def test_an_internal_error_is_json_with_every_header(slides):
+    """A bug in the model (here: predict raises) is a 500 {"error": ...} with the security and CORS headers, as
+    every other answer; Starlette's own layer sent it as plain text without them."""
+
+    class Broken(FakePredictor):
+        def predict(self, image, min_score=0.001):
+            raise RuntimeError("boom")
+
+    app = create_app(Broken(conf=0.3), allowed_hosts=["lab.example"])
+    with TestClient(app, base_url=BASE, raise_server_exceptions=False) as c:
+        r = c.post(
+            "/api/v1/detect",
+            files={"file": ("a.jpg", slides[0].read_bytes())},
+            headers={"origin": "https://lab.example"},
+        )
+    assert r.status_code == 500 and r.json() == {
+        "error": "internal error (RuntimeError); the server's log has the details"
+    }
+    assert (
+        r.headers["x-content-type-options"] == "nosniff"
+        and r.headers["access-control-allow-origin"] == "https://lab.example"
+    )
+    assert "Origin" in r.headers["vary"]

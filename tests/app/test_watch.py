@@ -202,7 +202,7 @@ def test_corrupt_file_is_recorded_once_as_failed(predictor, sources, tmp_path, c
     shutil.copy(sources / "cam0.jpg", folder / "bad.jpg")
     [result] = restarted.drain()
     assert result.error is None and [r[0] for r in read_rows(out)] == ["bad.jpg", "good.png", "bad.jpg"]
-    records, failed = read_slide(out / "counts.csv")
+    records, failed, _ = read_slide(out / "counts.csv")
     assert sorted(r["image"] for r in records) == ["bad.jpg", "good.png"] and failed == []
 
 
@@ -849,3 +849,16 @@ def test_watch_once_stopped_says_what_is_left_and_exits_130(model_file, tmp_path
     err = capsys.readouterr().err
     assert "stopped" in err and "2 file(s) not counted yet (f1.jpg, f2.jpg); the next watch counts them" in err
     assert [r[0] for r in read_rows(folder / "bloodcell")] == ["f0.jpg"]
+
+
+def test_without_flock_the_lock_file_is_made_and_watch_goes_on(tmp_path, monkeypatch):
+    """Windows has no flock: the lock file is made all the same, so the check that the output folder is still
+    there (its lock file) does not stop every watch at its first file."""
+    from bloodcell.app import folder_lock
+
+    monkeypatch.setattr(folder_lock, "fcntl", None)
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    save_slide(folder / "a.jpg", seed=0)
+    with Watcher(FakePredictor(conf=CONF), folder, out, settle=0) as watcher:
+        assert len(watcher.drain()) == 1
+    assert (out / LOCK_NAME).is_file()

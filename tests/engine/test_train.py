@@ -489,4 +489,4 @@ def test_a_resumed_run_says_when_its_labels_changed_since_it_started(tiny_voc, t
     xml.write_text(xml.read_text().replace("<difficult>0</difficult>", "<difficult>1</difficult>", 1) + " ")
     now = {"train": labels_digest(load_voc(root, "train").records)}
     note = labels_changed_note(before, now)
-    assert note.startswith("the labels changed since the run started (train: 1 removed, 1 edited images)")
+    assert note.startswith("the labels changed since last.pt was written (train: 1 removed, 1 edited images)")

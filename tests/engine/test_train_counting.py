@@ -50,7 +50,8 @@ def test_calibrate_refits_a_model_file(tiny_voc, tiny_model, tmp_path, capsys):
     assert (
         "warning: Platelets: val holds no Platelets cell (in the 2 images that box it exhaustively): operating " in err
     )
-    assert info.conf[2] == 0.5
+    assert info.conf[2] == 0.5  # and intervals uninformed, not "every score is no cell" fitted on no hit
+    assert info.calibration["knots"]["Platelets"] == {"score": [0.0, 1.0], "prob": [0.0, 1.0]}
     assert "warning: RBC" not in err
     assert "note: the count errors and coverage above are in-sample" in err and "on these 2 images" in err
     js = tmp_path / "v.json"
@@ -238,6 +239,21 @@ def test_a_val_without_red_cells_keeps_the_models_point_and_cell_size(tiny_voc, 
     out = tmp_path / "refit.pt"
     assert main(["calibrate", "--model", "cellnet_bccd.pt", "--data", str(data), "--out", str(out)]) == 0
     _, info = load_model(out)
-    assert info.conf[0] == shipped.conf[0] and info.cell_size is not None
+    assert info.conf[0] == shipped.conf[0]
     err = capsys.readouterr().err
     assert "RBC: val holds no RBC cell (in the 2 images that box it exhaustively), so it keeps the model's " in err
+    # fields without a cell (a blank slide): no red cell to measure either, so the model's reference size stays
+    from PIL import Image
+
+    for image_id in (data / "ImageSets" / "Main" / "val.txt").read_text().split():
+        (data / "JPEGImages" / f"{image_id}.jpg").unlink()
+        Image.new("RGB", (640, 480), (226, 214, 220)).save(data / "JPEGImages" / f"{image_id}.jpg")
+        path = data / "Annotations" / f"{image_id}.xml"
+        tree = ET.parse(path)
+        for obj in tree.getroot().findall("object"):
+            tree.getroot().remove(obj)
+        tree.write(path)
+    assert main(["calibrate", "--model", "cellnet_bccd.pt", "--data", str(data), "--out", str(out)]) == 0
+    _, blank = load_model(out)
+    assert blank.cell_size == shipped.cell_size and blank.conf == shipped.conf
+    assert f"red cells {shipped.cell_size} px (the model's: none found on val to measure)" in capsys.readouterr().out

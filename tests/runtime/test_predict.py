@@ -205,7 +205,7 @@ def test_corrupt_file_is_reported_and_skipped(model_file, images, tmp_path, caps
     ]
     assert rows[1]["RBC"] == "" and rows[2]["RBC"].isdigit()
     for results in (js, cs):
-        counted, failed = read_slide(results)
+        counted, failed, _ = read_slide(results)
         assert [r["image"] for r in counted] == ["a.jpg"] and failed == ["broken.jpg", "notes.jpg"]
     gone = tmp_path / "gone.jpg"  # a file named that is not there is an input that failed too
     argv = [str(images / "a.jpg"), str(gone), str(images / "b.bmp"), str(gone)]  # in the order given; once each
@@ -223,7 +223,7 @@ def test_corrupt_file_is_reported_and_skipped(model_file, images, tmp_path, caps
         main(["predict", str(tmp_path / "gone" / "a.jpg"), str(other), "--model", str(model_file), "--csv", str(cs)])
         == 1
     )
-    counted, failed = read_slide(cs)
+    counted, failed, _ = read_slide(cs)
     assert [r["image"] for r in counted] == ["other/a.jpg"] and failed == ["gone/a.jpg"]
 
 

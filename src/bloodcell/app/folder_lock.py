@@ -28,7 +28,8 @@ class _NoLock:
 def lock_folder(path: Path, command: str) -> FolderLock | IO[str]:
     """An open lock file holding an exclusive flock (the pid inside); ConfigError at once if another
     process has it (``command`` names what that process is, for the message)."""
-    if fcntl is None:
+    if fcntl is None:  # the file is made all the same: a watch checks it is there (its folder not removed)
+        path.write_text(f"{os.getpid()}\n", encoding="utf-8")
         return _NoLock()
     f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8")
     try:

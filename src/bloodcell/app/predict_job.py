@@ -96,7 +96,7 @@ def _write_voc(result: ImageResult, voc: str, kept: list[str]) -> bool:
         kept.append(printable(path.name))
         if why := kept_voc_mismatch(path, result):
             print(
-                f"warning: {shown(result.label)}: {kept[-1]} kept in {voc} may label another image: {why}",
+                f"warning: {shown(result.label)}: {shown(kept[-1])} kept in {voc} may label another image: {why}",
                 file=sys.stderr,
             )
     return written

@@ -23,6 +23,7 @@ import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -186,8 +187,7 @@ def build_report(
     if thumb_px < 16:
         raise ConfigError(f"thumb_px {thumb_px}: must be at least 16")
     results_json_path = Path(results_json_path)
-    records, failed = read_slide(results_json_path)
-    records, repeated = _last_of_each(records)
+    records, failed, repeated = read_slide(results_json_path)
     if images_dir is not None and not Path(images_dir).is_dir():
         raise ConfigError(f"--images {images_dir}: not a folder")
     summary = replace(summarize(records), failed_images=tuple(failed), repeated_images=repeated)
@@ -212,15 +212,24 @@ def _last_of_each(records: list[dict]) -> tuple[list[dict], tuple[str, ...]]:
     last: dict[str, dict] = {}
     repeated: dict[str, None] = {}
     for record in records:
-        key = str(record.get("path") or record["image"])
+        key = str(record.get("path") or record.get("image"))
         if key in last:
-            repeated[str(record["image"])] = None
+            repeated[str(record.get("image"))] = None
             del last[key]  # in the order of its last appearance
         last[key] = record
     return list(last.values()), tuple(repeated)
 
 
-def read_slide(path: Path) -> tuple[list[dict], list[str]]:
+class Slide(NamedTuple):
+    """What a results file says of a slide: its counted fields, the names of those that failed, and the names
+    listed more than once (each taken once, by its last record, as a counts CSV keeps an image's last row)."""
+
+    records: list[dict]
+    failed: list[str]
+    repeated: tuple[str, ...] = ()
+
+
+def read_slide(path: Path) -> Slide:
     """The records of a `predict --json` file, the web page's results.json, or a counts CSV (`watch`'s
     counts.csv, `predict --csv`, the page's counts.csv), checked (any fault is one DatasetError naming the
     file), and apart from them the names of the images that the results say failed to process."""
@@ -240,7 +249,7 @@ def read_slide(path: Path) -> tuple[list[dict], list[str]]:
             "(`bloodcell predict FOLDER --json results.json`) and report that"
         )
     if path.suffix.lower() == ".csv":
-        return _csv_records(path)
+        return Slide(*_csv_records(path))
     try:
         data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
@@ -251,16 +260,17 @@ def read_slide(path: Path) -> tuple[list[dict], list[str]]:
         raise DatasetError(
             f"{path}: expected a list of records (from `bloodcell predict --json`) or the web page's results.json"
         )
+    for i, record in enumerate(data):
+        problem = None if _failed(record) else _record_problem(record)
+        if problem:
+            raise DatasetError(f"{path}: record {i}: {problem}")
+    data, repeated = _last_of_each(data)  # a field failed in one joined file and counted in another: the last
     # an image that failed (predict's and the page's records with an "error"): named, not counted
     failed = [str(r.get("image")) for r in data if _failed(r)]
     data = [r for r in data if not _failed(r)]
     if not data:
         raise DatasetError(f"{path}: no records (fields of view){_all_failed(failed)}")
-    for i, record in enumerate(data):
-        problem = _record_problem(record)
-        if problem:
-            raise DatasetError(f"{path}: record {i}: {problem}")
-    return data, failed
+    return Slide(data, failed, repeated)
 
 
 def _read_text(path: Path) -> str:
@@ -439,7 +449,7 @@ def _points(record: dict) -> tuple[float, ...] | None:
     conf = record.get("conf")
     if not isinstance(conf, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in conf):
         return None
-    return tuple(float(v) for v in conf)
+    return tuple(round(float(v), 4) for v in conf)  # the page writes its points unrounded (0.6499999999999999)
 
 
 def counted_detections(record: dict, classes: tuple[str, ...]) -> Detections:

@@ -350,6 +350,7 @@ class GuardMiddleware:
                     out.setdefault(key, value)
                 if shared:
                     out["access-control-allow-origin"] = shared
+                if self.extra:  # answers differ by Origin: a shared cache must keep them apart
                     out.add_vary_header("Origin")
             await send(message)
 
@@ -360,7 +361,8 @@ class GuardMiddleware:
             )
             await JSONResponse({"error": error}, status_code=400)(scope, receive, send_guarded)
             return
-        if scope["method"] == "OPTIONS" and origin is not None and "access-control-request-method" in headers:
+        cross = origin is not None and not self.same_origin(origin, host)
+        if scope["method"] == "OPTIONS" and cross and "access-control-request-method" in headers:
             if shared:  # a browser's preflight (a request with headers beyond a form's)
                 preflight = {
                     "access-control-allow-methods": "GET, HEAD, POST",
@@ -440,7 +442,14 @@ def create_app(
     # what a client may send and how it is counted, before it learns it from a refusal
     card["server"] = {"max_upload_mb": max_upload_mb, "max_megapixels": max_pixels / 1e6, "cell_size": cell_size}
     app = FastAPI(title="bloodcell", version=__version__, description="Detect and count blood cells in images.")
-    app.add_middleware(GuardMiddleware, host=host, allowed_hosts=tuple(allowed_hosts))
+    # the outermost layer (add_middleware would put it inside Starlette's error layer, whose 500s then went out
+    # without the security and CORS headers)
+    inner = app.build_middleware_stack
+    app.build_middleware_stack = lambda: GuardMiddleware(inner(), host=host, allowed_hosts=tuple(allowed_hosts))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:  # a bug: JSON like every other error
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server's log has the details"}, 500)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -247,12 +247,12 @@ class Watcher:
 
     def _append_row(self, result: ImageResult) -> None:
         size = self.csv_path.stat().st_size if self.csv_path.exists() else 0
-        counted = sum(1 for entry in self.state.values() if entry.get("rows"))
-        if size == 0 and counted and not self._said_new_csv:  # moved away (to keep it): a new one starts here
+        counted = 0 if size or self._said_new_csv else sum(1 for entry in self.state.values() if entry.get("rows"))
+        if counted:  # moved away (to keep it): a new one starts here
             self._said_new_csv = True
             print(
-                f"note: {self.csv_path} not found: a new one begins with {result.label} (the rows of the {counted} "
-                "files counted before are in the one moved away, and are not counted again)",
+                f"note: {self.csv_path} not found: a new one begins with {shown(result.label)} (the rows of the "
+                f"{counted} files counted before are in the one moved away, and are not counted again)",
                 file=sys.stderr,
             )
         try:
@@ -299,7 +299,7 @@ class Watcher:
         images = [e for e in entries if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES]
         for e in images:  # a link to nothing, a pipe named x.jpg: said once, a failed file (never silently left out)
             if not e.is_file() and not e.is_dir() and e.name not in self._failed:
-                print(f"error: {printable(e.name)}: {unusable_reason(Path(e.path))}", file=sys.stderr, flush=True)
+                print(f"error: {shown(e.name)}: {unusable_reason(Path(e.path))}", file=sys.stderr, flush=True)
                 self._failed.add(e.name)
         return [Path(e.path) for e in images if e.is_file()]
 
@@ -367,7 +367,7 @@ class Watcher:
             self.state[path.name] = {**self.state[renamed], "rows": 0, "renamed_from": counted_as}
             self._save_state()
             note = f"same size, time and content as {renamed}, now gone: renamed, counted already as {counted_as}"
-            print(f"note: {path.name}: {note}", file=sys.stderr)
+            print(f"note: {shown(path.name)}: {shown(note)}", file=sys.stderr)
             return None
         entry = {"size": sig[0], "mtime_ns": sig[1], "rows": self.state.get(path.name, {}).get("rows", 0)}
         try:
@@ -382,7 +382,7 @@ class Watcher:
                     raise
                 if known is None:
                     wait = f"waiting up to {TRUNCATED_WAIT_S:g} s after its last change for the rest of it"
-                    print(f"note: {path.name} ends early (still being copied?); {wait}", file=sys.stderr)
+                    print(f"note: {shown(path.name)} ends early (still being copied?); {wait}", file=sys.stderr)
                 return None
             if self._changed_since(path, sig):
                 return None
@@ -395,7 +395,10 @@ class Watcher:
             self._failed.add(path.name)
             self._unreadable[path.name] = (sig, time.monotonic())
             error = _by_name(str(e), path)
-            print(f"error: {error} (tried again in {RETRY_UNREADABLE_S:g} s, or at the next start)", file=sys.stderr)
+            print(
+                f"error: {shown(error)} (tried again in {RETRY_UNREADABLE_S:g} s, or at the next start)",
+                file=sys.stderr,
+            )
             return ImageResult(path, conf=self.conf, class_names=self.class_names, error=error)
         except (ImageError, OSError) as e:
             if isinstance(e, OSError) and e.errno not in FILE_NAME_ERRORS:
@@ -405,7 +408,7 @@ class Watcher:
             # this file failed for good while it stays the same (unreadable, or a name no output can take)
             error = _by_name(str(e), path) if isinstance(e, ImageError) else describe_os_error(e)
             self._failed.add(path.name)
-            print(f"error: {error} (tried again if the file changes)", file=sys.stderr)
+            print(f"error: {shown(error)} (tried again if the file changes)", file=sys.stderr)
             failure = ImageResult(path, conf=self.conf, class_names=self.class_names, error=error)
             if self._columns == len(counts_header(self.class_names)):  # a row that names it (report lists it)
                 self._append_row(failure)
@@ -438,7 +441,7 @@ class Watcher:
         if now == sig:
             return False
         if now is None:
-            print(f"note: {path.name} was removed while it was read; not counted", file=sys.stderr)
+            print(f"note: {shown(path.name)} was removed while it was read; not counted", file=sys.stderr)
         else:
             self._pending[path.name] = (now, time.monotonic())
         return True

@@ -194,7 +194,8 @@ def fit_counting(
     (in network pixels: the val images' cells times the model's ``input_scale``).
 
     ``prior``: the model's fitted operating points and calibration, which a class that no val image
-    labels exhaustively keeps (val holds nothing to fit it on; 0.5 and an uninformed calibration else)."""
+    labels exhaustively, or whose val images hold none of its cells, keeps (val holds nothing to fit it on;
+    0.5 and an uninformed calibration else)."""
     k = len(class_names)
     conf = list(choose_conf(preds, records, k))
     calibration = fit_calibration(preds, records, class_names)
@@ -229,6 +230,9 @@ def fit_counting(
                 )
             else:
                 conf[c] = 0.5
+                if labelled:  # fitted on no hit (every score "no cell"): uninformed, as for a class never boxed
+                    knots[name] = fit_isotonic(np.zeros(0), np.zeros(0))
+                    width[name] = fit_interval_width([])
                 warnings.append(
                     f"{name}: {why}: operating point left at 0.50 and its intervals uninformed; its counts may be "
                     "off (fit it on images with its cells, each boxed)"

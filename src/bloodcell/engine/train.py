@@ -593,7 +593,7 @@ def labels_digest(records: list) -> dict[str, str]:
 
 
 def labels_changed_note(before: dict | None, now: dict[str, dict[str, str]]) -> str | None:
-    """What changed in the labels since the run started (images added, removed, annotations edited), per split;
+    """What changed in the labels since last.pt was written (images added, removed, annotations edited), per split;
     None when nothing did, or the run's last.pt predates the record."""
     if not isinstance(before, dict):
         return None
@@ -608,8 +608,8 @@ def labels_changed_note(before: dict | None, now: dict[str, dict[str, str]]) -> 
     if not changes:
         return None
     return (
-        f"the labels changed since the run started ({'; '.join(changes)} images): it goes on with them as they are "
-        "now, so its epochs learnt from two sets of labels (start a new run to train on one)"
+        f"the labels changed since last.pt was written ({'; '.join(changes)} images): the run goes on with them as "
+        "they are now, so its epochs learnt from two sets of labels (start a new run to train on one)"
     )
 
 
