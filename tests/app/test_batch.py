@@ -279,6 +279,10 @@ def test_foreign_parquet_and_list_encodings_are_said_not_tracebacks(tmp_path: Pa
     utf16, bom = tmp_path / "u16.txt", tmp_path / "bom.txt"
     utf16.write_text(f"{SAMPLES[0]}\r\n", encoding="utf-16")
     bom.write_text(f"{SAMPLES[0]}\n", encoding="utf-8-sig")
+    outer = tmp_path / "outer.txt"
+    outer.write_text(f"{bom}\n")  # a list inside a list: said, not a row "cannot decode image"
+    assert expand([str(outer)]).problems == [f"{outer}: {bom}: a list named inside a list is not read; name its "
+                                             "paths in the first list"]  # fmt: skip
     expanded = expand([str(utf16), str(bom)])
     assert expanded.problems == [f"{utf16}: a list saved as UTF-16 (Windows PowerShell's default); save it as "
                                  "UTF-8 text, one path per line (e.g. `Out-File -Encoding utf8`)"]  # fmt: skip

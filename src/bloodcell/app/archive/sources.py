@@ -237,6 +237,8 @@ def expand(sources: list[str]) -> ExpandedSources:
                     before = len(problems)
                     add(entry, nested=True)
                     problems[before:] = [f"{source}: {p}" for p in problems[before:]]  # which list named it
+        elif info.type == pafs.FileType.File and Path(path).suffix.lower() in LIST_SUFFIXES:  # (nested)
+            problems.append(f"{source}: a list named inside a list is not read; name its paths in the first list")
         elif info.type == pafs.FileType.File:
             uris.append(_uri(source, path))
         else:
