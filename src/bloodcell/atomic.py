@@ -133,10 +133,12 @@ def write_files(files: Sequence[tuple[str | os.PathLike, bytes]]) -> None:
     temporary sibling first, and only when all are complete are they renamed into place, in the order given.
     A failed write (disk full) leaves every target as it was; a device or pipe among them is written last."""
     done: list[tuple[str, Path]] = []
+    # told apart before links are followed (/dev/stdout's lead to what stdout writes to); written last
+    streams = [(Path(target), data) for target, data in files if is_stream(Path(target))]
     try:
         for target, data in files:
-            if is_stream(Path(target)):  # before links are followed: /dev/stdout's lead to what stdout writes to
-                continue  # written when the others are renamed into place
+            if any(Path(target) == stream for stream, _ in streams):
+                continue
             path = _through_links(Path(target))
             fd, tmp = _temp_sibling(path)
             done.append((tmp, path))
@@ -150,10 +152,9 @@ def write_files(files: Sequence[tuple[str | os.PathLike, bytes]]) -> None:
             os.chmod(tmp, 0o666 & ~_umask())
         for tmp, path in done:
             os.replace(tmp, path)
-        for target, data in files:
-            if is_stream(Path(target)):
-                with _open_stream(Path(target), "wb") as f:
-                    f.write(data)
+        for stream, data in streams:
+            with _open_stream(stream, "wb") as f:
+                f.write(data)
     finally:
         for tmp, _ in done:
             with contextlib.suppress(FileNotFoundError):

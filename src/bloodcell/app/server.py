@@ -362,19 +362,17 @@ class GuardMiddleware:
             await JSONResponse({"error": error}, status_code=400)(scope, receive, send_guarded)
             return
         cross = origin is not None and not self.same_origin(origin, host)
-        if scope["method"] == "OPTIONS" and cross and "access-control-request-method" in headers:
-            if shared:  # a browser's preflight (a request with headers beyond a form's)
-                preflight = {
-                    "access-control-allow-methods": "GET, HEAD, POST",
-                    "access-control-allow-headers": headers.get("access-control-request-headers", ""),
-                    "access-control-max-age": "600",
-                }
-                await Response(status_code=204, headers=preflight)(scope, receive, send_guarded)
-                return
-            error = f"cross-origin request from {origin!r} refused (allow a site with --allowed-host NAME)"
-            await JSONResponse({"error": error}, status_code=403)(scope, receive, send_guarded)
+        preflight = scope["method"] == "OPTIONS" and cross and "access-control-request-method" in headers
+        if preflight and shared:  # a browser's preflight (a request with headers beyond a form's)
+            allowed = {
+                "access-control-allow-methods": "GET, HEAD, POST",
+                "access-control-allow-headers": headers.get("access-control-request-headers", ""),
+                "access-control-max-age": "600",
+            }
+            await Response(status_code=204, headers=allowed)(scope, receive, send_guarded)
             return
-        if scope["method"] not in SAFE_METHODS and origin is not None and not self.origin_allowed(origin, host):
+        unsafe = scope["method"] not in SAFE_METHODS and origin is not None and not self.origin_allowed(origin, host)
+        if preflight or unsafe:
             error = f"cross-origin request from {origin!r} refused (allow a site with --allowed-host NAME)"
             await JSONResponse({"error": error}, status_code=403)(scope, receive, send_guarded)
             return

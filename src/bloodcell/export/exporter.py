@@ -25,6 +25,7 @@ import torch
 
 from bloodcell import __version__
 from bloodcell.atomic import temp_prefix, write_files
+from bloodcell.config import Number
 from bloodcell.digest import sha256_of
 from bloodcell.errors import BloodcellError, ConfigError, check_stop
 from bloodcell.export.embed import embed_tflite_metadata, onnx_with_metadata
@@ -97,10 +98,8 @@ def export_model(
     for flag, value in (("--calib-images", calib_images), ("--data", data)):
         if value is not None and not int8:  # never silently unused
             raise ConfigError(f"{flag} is for int8 calibration; add --int8 or leave it out")
-    if calib_images is not None and (
-        isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < 1
-    ):
-        raise ConfigError(f"--calib-images {calib_images!r}: expected an integer >= 1")
+    if calib_images is not None and (problem := Number(int, 1).problem(calib_images)):
+        raise ConfigError(f"--calib-images {calib_images!r}: {problem}")
     if verbose and fmt != "tflite":
         raise ConfigError("--verbose shows the TFLite converter's log; the ONNX export prints none")
     out = Path(out)
