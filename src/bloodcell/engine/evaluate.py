@@ -18,6 +18,7 @@ from bloodcell.runtime.counting import (
     Calibration,
     Conf,
     class_thresholds,
+    conformal_min_images,
     fit_interval_width,
     fit_isotonic,
     resolve_conf,
@@ -201,6 +202,7 @@ def fit_counting(
     calibration = fit_calibration(preds, records, class_names)
     knots, width = dict(calibration.knots), dict(calibration.width)
     earlier = prior[1] if prior is not None else None
+    few_images = conformal_min_images(calibration.level)
 
     def keep_earlier_calibration(name: str) -> bool:
         """The class's interval calibration from the model's earlier fit, where there is one."""
@@ -248,7 +250,26 @@ def fit_counting(
             warnings.append(
                 f"{name}: {what} fitted on {where}{kept_note}: its counts may be off; label more val images"
             )
-    size = detected_cell_size(preds, conf[0])
+        elif len(labelled) < few_images:
+            # many cells, too few images: the conformal width has no 90% quantile to take (see
+            # conformal_min_images), so the model's earlier calibration, fitted on more images, stays
+            level = f"{calibration.level:.0%}"
+            where = (
+                f"{name}: {len(labelled)} val images box it exhaustively, fewer than the {few_images} that fit a "
+                f"{level} interval's width"
+            )
+            if keep_earlier_calibration(name):
+                warnings.append(f"{where}: its intervals keep the calibration the model had; label more val images")
+            else:
+                cover = f"{len(labelled) / (len(labelled) + 1):.0%}"
+                warnings.append(f"{where}: its intervals cover about {cover} of new images, not {level}; label more")
+    measured = sum(len(rbc_sizes(p, conf[0])) for p in preds)
+    size = detected_cell_size(preds, conf[0]) if measured >= MIN_FIT_CELLS else None
     reference = None if size is None else round(size * input_scale, 1)
+    if 0 < measured < MIN_FIT_CELLS:  # a median of a few cells moves every later image's scale: not refitted
+        warnings.append(
+            f"red-cell size: {measured} counted red cells on val (fewer than {MIN_FIT_CELLS}) are too few to measure "
+            "it; the model's reference size, if it has one, stays"
+        )
     fitted = Calibration(knots, floor=calibration.floor, level=calibration.level, width=width)
     return CountingFit(tuple(conf), fitted, reference, tuple(warnings))

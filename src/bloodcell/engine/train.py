@@ -846,9 +846,9 @@ def fit_counting_file(
         file=sys.stderr,
     )
     points, iou = per_class(info.class_names, fit.conf), per_class(info.class_names, info.iou_threshold)
-    cells = f"red cells {info.cell_size} px" + ("" if measured else " (the model's: none found on val to measure)")
+    cells = f"red cells {info.cell_size} px" + ("" if measured else " (the model's: too few on val to measure)")
     if info.cell_size is None:
-        cells = "no red cells found on val to measure"
+        cells = "too few red cells on val to measure their size"
     for warning in fit.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     sys.stderr.flush()  # said before the last line, which names the model (README: "train's last line")

@@ -245,6 +245,18 @@ def half_widths(mean: float, lo: int, hi: int) -> tuple[float, float]:
     return max(mean - lo, 0.5), max(hi - mean, 0.5)
 
 
+def conformal_min_images(level: float = 0.9) -> int:
+    """Fewest val images whose split-conformal ``level`` quantile exists, ceil(level (n+1)) <= n: 9 at
+    90%. With fewer, ``fit_interval_width`` can only take the widest residual, which covers about n/(n+1)
+    of new images (4 images: 80%, and a draw's spread is wide: BENCHMARKS.md, twenty-second session)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level {level}: a coverage in (0, 1)")
+    n = 1
+    while math.ceil(round(level * (n + 1), 9)) > n:
+        n += 1
+    return n
+
+
 def fit_interval_width(residuals: Sequence[tuple[float, int, int, int]], level: float = 0.9) -> float:
     """Split-conformal factor on the half-widths: ``residuals`` holds (expected count, interval
     low, high, true count) per val image; the result is the finite-sample ``level`` quantile of
