@@ -83,6 +83,7 @@ def test_clean_dataset_exits_0(tmp_path: Path, capsys, strict: bool) -> None:
 def test_findings_exit_1_only_when_strict(tmp_path: Path, capsys, strict: bool) -> None:
     voc = make_voc(tmp_path)
     voc.add("bad", [("Platlets", (1, 1, 9, 9)), ("RBC", (5, 5, 5, 5))])
+    voc.write_split("train", ["img0", "bad"])
     code, out, _ = _run(capsys, str(tmp_path), "--json", *(["--strict"] if strict else []))
     assert code == (1 if strict else 0)
     report = json.loads(out)
@@ -158,7 +159,7 @@ def test_check_without_split_checks_the_split_lists_too(tmp_path: Path, capsys) 
 
 def test_an_unreadable_split_list_is_a_finding_not_the_end_of_the_report(tmp_path: Path, capsys) -> None:
     voc = make_voc(tmp_path, n_images=2)
-    (voc.root / "ImageSets" / "Main" / "test.txt").write_bytes(b"\xff\xfe img1\n")
+    (voc.root / "ImageSets" / "Main" / "test.txt").write_bytes(b"\xc3\x28 img1\n")  # no UTF-8, no UTF-16 mark
     code, out, _ = _run(capsys, str(tmp_path), "--json")
     report = json.loads(out)
     assert [(f["file"], f["kind"]) for f in report["findings"]] == [("ImageSets/Main/test.txt", "unreadable-split")]
@@ -225,3 +226,57 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):
     assert proc.wait(timeout=120) == 141 and err == ""
     whole = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert whole.returncode == 0 and whole.stdout.startswith("{")  # the same command, read to the end
+
+
+def test_labelled_images_no_split_lists_are_said_by_check_stats_and_export(tmp_path: Path, capsys) -> None:
+    voc = make_voc(tmp_path / "voc", n_images=5)  # train img0-img3, val and test img4
+    voc.write_split("train", ["img0", "img1"])  # img2 and img3 forgotten
+    code, out, _ = _run(capsys, str(voc.root), "--json")
+    found = [(f["file"], f["kind"], f["detail"]) for f in json.loads(out)["findings"]]
+    assert found == [
+        (
+            "ImageSets/Main",
+            "unlisted-image",
+            "2 labelled images are in none of the split lists: img2.jpg, img3.jpg; training and scoring by split "
+            "leave them out",
+        )
+    ]
+    assert code == 0  # a finding (exit 1 with --strict): a lab may keep images out of every split on purpose
+    assert main(["data", "stats", str(voc.root), "--out", str(tmp_path / "stats")]) == 0
+    assert "2 labelled images are in none of the split lists (img2.jpg, img3.jpg); these statistics leave them out" in (
+        capsys.readouterr().err
+    )
+    assert json.loads((tmp_path / "stats" / "stats.json").read_text())["unlisted_images"] == ["img2.jpg", "img3.jpg"]
+    assert main(["data", "export", str(voc.root), "--format", "csv", "--out", str(tmp_path / "csv")]) == 0
+    assert "in none of the split lists (img2.jpg, img3.jpg); the export leaves them out" in capsys.readouterr().err
+    args = ["data", "export", str(voc.root), "--format", "csv", "--out", str(tmp_path / "csv2"), "--split", "train"]
+    assert main(args) == 0 and "none of the split lists" not in capsys.readouterr().err  # asked for one split
+    voc.write_split("trainval", ["img0", "img1", "img2", "img3"])  # any list counts (VOC's trainval, a lab's own)
+    code, out, _ = _run(capsys, str(voc.root), "--json")
+    assert [f["kind"] for f in json.loads(out)["findings"]] == []
+
+
+def test_a_link_to_nowhere_in_jpegimages_is_a_row_not_the_end_of_the_report(tmp_path: Path, capsys) -> None:
+    voc = make_voc(tmp_path / "voc", n_images=2)
+    (voc.root / "JPEGImages" / "stray.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    voc.image_path("img1").unlink()
+    voc.image_path("img1").symlink_to(tmp_path / "gone.jpg")  # its annotation's row says it
+    code, out, _ = _run(capsys, str(voc.root), "--json")
+    found = [(f["file"], f["kind"], f["detail"]) for f in json.loads(out)["findings"]]
+    assert ("stray.jpg", "bad-image", "JPEGImages/stray.jpg: cannot read it (a link to nowhere)") in found
+    assert [k for _, k, _ in found].count("missing-image") == 1 and len(found) == 2 and code == 1
+    assert main(["data", "stats", str(voc.root), "--out", str(tmp_path / "stats")]) in (0, 1)
+
+
+def test_outputs_inside_the_folders_read_are_refused(tmp_path: Path, capsys) -> None:
+    """A report named Annotations/x.xml would replace a label file; plots in JPEGImages/ would be read as images."""
+    voc = make_voc(tmp_path / "voc", n_images=2)
+    label = voc.xml_path("img0")
+    before = label.read_text()
+    code, _, err = _run(capsys, str(voc.root), "--json", str(label))
+    assert code == 2 and f"--json {label}: is inside {voc.root / 'Annotations'}, which the dataset is read" in err
+    assert label.read_text() == before
+    assert main(["data", "stats", str(voc.root), "--out", str(voc.root / "JPEGImages")]) == 2
+    assert main(["data", "export", str(voc.root), "--format", "csv", "--out", str(voc.root / "ImageSets" / "x")]) == 2
+    assert "which the dataset is read from; write elsewhere" in capsys.readouterr().err
+    assert sorted(p.name for p in (voc.root / "JPEGImages").iterdir()) == ["img0.jpg", "img1.jpg"]

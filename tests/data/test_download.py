@@ -53,7 +53,7 @@ def test_download_extracts_only_the_dataset(tmp_path: Path) -> None:
     dest = tmp_path / "cache" / "BCCD"
     assert download_bccd(dest, url=archive.as_uri(), sha256=digest.upper()) == dest
     assert _tree(dest) == {
-        "LICENSE", "Annotations", "JPEGImages", "ImageSets", "ImageSets/Main",
+        "LICENSE", ".bloodcell-download.json", "Annotations", "JPEGImages", "ImageSets", "ImageSets/Main",
         "Annotations/img0.xml", "Annotations/img1.xml", "JPEGImages/img0.jpg", "JPEGImages/img1.jpg",
         "ImageSets/Main/train.txt", "ImageSets/Main/val.txt", "ImageSets/Main/test.txt",
     }  # fmt: skip
@@ -62,12 +62,15 @@ def test_download_extracts_only_the_dataset(tmp_path: Path) -> None:
     assert len(dataset) == 2 and dataset.findings == []
 
 
-def test_download_replaces_an_earlier_download(tmp_path: Path) -> None:
+def test_download_replaces_an_earlier_unchanged_download(tmp_path: Path) -> None:
     archive, digest = make_archive(tmp_path)
     dest = tmp_path / "BCCD"
-    (dest / "Annotations").mkdir(parents=True)
-    (dest / "Annotations" / "stale.xml").write_text("<annotation/>")
     download_bccd(dest, url=archive.as_uri(), sha256=digest)
+    (dest / ".DS_Store").write_bytes(b"Finder")  # what a file manager leaves is no edit
+    (dest / "JPEGImages" / "Thumbs.db").write_bytes(b"Explorer")
+    first = (dest / "Annotations" / "img0.xml").stat().st_ino
+    download_bccd(dest, url=archive.as_uri(), sha256=digest)
+    assert (dest / "Annotations" / "img0.xml").stat().st_ino != first  # unpacked again
     assert sorted(p.name for p in (dest / "Annotations").iterdir()) == ["img0.xml", "img1.xml"]
 
 
@@ -75,9 +78,25 @@ def test_download_refuses_to_wipe_an_unrelated_folder(tmp_path: Path) -> None:
     archive, digest = make_archive(tmp_path)
     (tmp_path / "home" / "notes.txt").parent.mkdir()
     (tmp_path / "home" / "notes.txt").write_text("keep me")
-    with pytest.raises(DatasetError, match="does not look like a BCCD download"):
+    with pytest.raises(DatasetError, match=r"holds notes\.txt, which a BCCD download does not; nothing was written"):
         download_bccd(tmp_path / "home", url=archive.as_uri(), sha256=digest)
     assert (tmp_path / "home" / "notes.txt").read_text() == "keep me"
+
+
+def test_download_refuses_a_labs_voc_folder_or_an_edited_download(tmp_path: Path) -> None:
+    """Both have an Annotations/ folder, as a download has: a lab's labels are never replaced by BCCD's."""
+    archive, digest = make_archive(tmp_path)
+    own = make_voc(tmp_path / "mylab", n_images=2).root  # Annotations, JPEGImages, ImageSets only
+    before = _tree(own)
+    with pytest.raises(DatasetError, match="differ from what a download unpacked there"):
+        download_bccd(own, url=archive.as_uri(), sha256=digest)
+    assert _tree(own) == before
+    dest = tmp_path / "BCCD"
+    download_bccd(dest, url=archive.as_uri(), sha256=digest)
+    (dest / "Annotations" / "img0.xml").write_text("<annotation><!-- corrected --></annotation>")
+    with pytest.raises(DatasetError, match="edited, or another dataset"):
+        download_bccd(dest, url=archive.as_uri(), sha256=digest)
+    assert "corrected" in (dest / "Annotations" / "img0.xml").read_text()
 
 
 def test_wrong_sha256_leaves_nothing(tmp_path: Path) -> None:

@@ -351,3 +351,61 @@ def test_an_alias_no_annotation_uses_is_said_when_the_folders_are_read_whole(tmp
     assert [(f.file, f.kind) for f in whole] == [("lab/a.xml", "unknown-class"), ("data.yaml", "unused-alias")]
     assert whole[1].detail.startswith("aliases 'Neutrophill': no <name> in the sources' annotations reads so")
     assert [f.kind for f in load_dataset(spec, "val", decode_images=False).findings] == ["unknown-class"]
+
+
+def test_sources_in_the_wrong_order_are_said(tmp_path, bccd_root, dense_root):
+    """A later source wins: dense labels listed before BCCD's sparse ones would go unused, silently."""
+    spec = tmp_path / "reversed.yaml"
+    spec.write_text(f"sources:\n  - path: {dense_root}\n  - path: {bccd_root}\n    exhaustive: [WBC]\n")
+    found = [f for f in load_dataset(spec, None, decode_images=False).findings if f.kind == "source-order"]
+    assert [f.detail for f in found] == [
+        "BCCD's labels replace BCCD-dense's on 132 images, though BCCD-dense boxes more classes exhaustively "
+        "(Platelets, RBC); the later source wins: list BCCD-dense after it if its labels should count"
+    ]
+    right = load_dataset(write_spec(tmp_path, bccd_root, dense_root), None, decode_images=False).findings
+    assert not [f for f in right if f.kind in ("source-order", "unused-source")]
+
+
+def test_a_source_whose_every_image_is_labelled_again_is_said(tmp_path):
+    a, b = make_voc(tmp_path / "a", n_images=2), make_voc(tmp_path / "b", n_images=3)
+    spec = tmp_path / "d.yaml"
+    spec.write_text(f"sources:\n  - path: {a.root}\n  - path: {b.root}\n")
+    found = [(f.file, f.kind, f.detail) for f in load_dataset(spec, None, decode_images=False).findings]
+    assert found == [
+        ("d.yaml", "unused-source", "every image a labels is labelled again by a later source: its labels are unused")
+    ]
+    # one split's read: the source may hold another split's images, so nothing is said there
+    assert not [f for f in load_dataset(spec, "train", decode_images=False).findings if f.kind == "unused-source"]
+
+
+def test_a_misspelt_split_key_is_refused(tmp_path):
+    from bloodcell.data.sources import available_splits
+
+    voc = make_voc(tmp_path / "lab", n_images=3)
+    for name, new in (("train", "training"), ("val", "validation")):
+        (voc.root / "ImageSets" / "Main" / f"{name}.txt").rename(voc.root / "ImageSets" / "Main" / f"{new}.txt")
+    spec = tmp_path / "lab.yaml"
+    spec.write_text(f"sources:\n  - path: {voc.root}\nsplits: {{trian: training, val: validation}}\n")
+    with pytest.raises(DatasetError, match=r"lab.yaml: splits: 'trian' is not a split bloodcell reads by itself \(did"):
+        available_splits(spec)
+    assert main(["data", "check", str(spec)]) == 2
+    spec.write_text(f"sources:\n  - path: {voc.root}\nsplits: {{train: training, trainval: training, test2: test}}\n")
+    assert available_splits(spec) == ["train", "test"]  # VOC's trainval, and a test2 beside test, are meant
+    spec.write_text(f"sources:\n  - path: {voc.root}\nsplits: {{train: training, val: validation, holdout: test}}\n")
+    assert available_splits(spec) == ["train", "val", "test"]  # another name is a split --split reads
+    assert len(load_dataset(spec, "holdout", decode_images=False).records) == 1
+    spec.write_text(f"sources:\n  - path: {voc.root}\nsplits: {{train: training, extra: nosuch}}\n")
+    with pytest.raises(DatasetError, match=r"splits \['extra'\] name ImageSets/Main/nosuch.txt, which no source has"):
+        available_splits(spec)
+
+
+def test_utf16_yaml_and_split_lists_are_read(tmp_path):
+    """PowerShell's `>` saves UTF-16 with a byte-order mark: read as what it says, not refused as bad UTF-8."""
+    voc = make_voc(tmp_path / "lab", n_images=3)
+    (voc.root / "ImageSets" / "Main" / "train.txt").write_text("img0\nimg1\n", encoding="utf-16")
+    spec = tmp_path / "lab.yaml"
+    spec.write_text(f"sources:\n  - path: {voc.root}\n", encoding="utf-16")
+    assert [r.image_id for r in load_dataset(spec, "train", decode_images=False).records] == ["img0", "img1"]
+    spec.write_bytes(f"sources:\n  - path: {voc.root}/caf".encode() + b"\xe9\n")  # Latin-1
+    with pytest.raises(DatasetError, match=r"lab.yaml: not UTF-8 text \(.* at byte \d+\); save it as UTF-8"):
+        read_spec(spec)

@@ -561,3 +561,64 @@ def test_written_annotations_read_back_as_the_boxes_they_hold(tmp_path: Path) ->
     saved.find("source/database").text = "Unknown"
     (tmp_path / "Annotations" / "f.xml").write_bytes(ET.tostring(saved))
     assert load_voc(tmp_path).findings == []
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_turned_boxes_move_as_pillow_moves_the_pixels(orientation):
+    from PIL import ImageOps
+
+    from bloodcell.data.voc import exif_turned_boxes
+
+    stored = np.zeros((48, 64), np.uint8)
+    stored[5:20, 10:30] = 255  # the box (10, 5, 30, 20) on the stored pixels
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.info["exif"] = exif.tobytes()
+    shown = np.asarray(ImageOps.exif_transpose(im))
+    ys, xs = np.nonzero(shown)
+    expected = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    moved = exif_turned_boxes(np.array([[10, 5, 30, 20]], np.float32), orientation, 64, 48)
+    assert moved.tolist() == [expected]
+
+
+def test_boxes_drawn_on_a_turned_images_stored_pixels_are_turned_with_it(tmp_path, capsys):
+    """A phone JPEG stored 64x48 with EXIF "turned 90° clockwise" shows as 48x64; a labelling tool that
+    ignores EXIF wrote <size> 64x48 and boxes on the stored pixels: they are turned as the image is."""
+    voc = VOCFolder(tmp_path / "voc")
+    voc.add("turned", [("WBC", (10, 5, 30, 20))])  # <size> WIDTH x HEIGHT: the stored pixels
+    stored = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    stored[5:20, 10:30] = (200, 60, 200)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(voc.image_path("turned"), exif=exif.tobytes())
+    dataset = load_voc(voc.root, None)
+    (record,) = dataset.records
+    assert (record.width, record.height) == (HEIGHT, WIDTH)
+    from bloodcell.runtime.images import load_image
+
+    x1, y1, x2, y2 = record.boxes[0].astype(int)
+    shown = load_image(voc.image_path("turned"))  # as training and prediction see it
+    assert shown[y1:y2, x1:x2].mean() > 100 and shown.mean() < 20  # the box holds the cell, none is outside
+    assert [(f.kind, f.action) for f in dataset.findings] == [("exif-turned", "boxes turned with the image")]
+    # a half turn keeps the size: which pixels the boxes were drawn on cannot be told, and it is said
+    exif[0x0112] = 3
+    Image.fromarray(stored).save(voc.image_path("turned"), exif=exif.tobytes())
+    dataset = load_voc(voc.root, None)
+    assert dataset.records[0].boxes[0].tolist() == [10, 5, 30, 20]
+    assert [f.kind for f in dataset.findings] == ["exif-orientation"]
+    assert "EXIF shows turned.jpg turned 180°; boxes taken as drawn on the image as shown" in dataset.findings[0].detail
+
+
+def test_an_xml_that_is_no_voc_annotation_and_an_empty_name_are_said(tmp_path):
+    voc = make_voc(tmp_path / "voc", n_images=3)
+    voc.xml_path("img0").write_text("<html><body><p>saved from a browser</p></body></html>")
+    voc.xml_path("img1").write_text('<annotation xmlns="http://x/voc"><object><name>RBC</name></object></annotation>')
+    voc.add("img2", [("", (2, 2, 30, 30)), ("WBC", (30, 10, 60, 44))])
+    found = {(f.file, f.kind): f for f in load_voc(voc.root, None).findings}
+    assert (
+        found[("img0.xml", "not-voc")].detail == "root element is <html>, not <annotation>: not a Pascal VOC annotation"
+    )
+    assert "in an XML namespace (<{http://x/voc}annotation>)" in found[("img1.xml", "not-voc")].detail
+    assert found[("img0.xml", "not-voc")].skips_image and found[("img1.xml", "not-voc")].skips_image
+    assert found[("img2.xml", "unknown-class")].detail == "object has an empty <name>"

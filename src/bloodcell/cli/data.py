@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bloodcell.atomic import atomic_open, check_outputs
 from bloodcell.cli.options import DATASET_HELP, data_root, sha256_hex
-from bloodcell.errors import ConfigError
+from bloodcell.errors import ConfigError, first_of
 
 
 def add_data_commands(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +41,9 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p = dsub.add_parser("export", help="write the (repaired) labels as CSV, COCO, YOLO or TFRecord")
     p.add_argument("path", nargs="?", help=DATASET_HELP)
     p.add_argument("--data", help="VOC dataset folder or dataset YAML (the same as PATH)")
-    p.add_argument("--format", required=True, choices=["csv", "coco", "yolo", "tfrecord"], help="output format")
+    p.add_argument(
+        "--format", required=True, type=str.lower, choices=["csv", "coco", "yolo", "tfrecord"], help="output format"
+    )
     p.add_argument("--out", required=True, help="output folder (one file or folder per split)")
     p.add_argument("--split", nargs="+", help="splits to export (default: those of train val test it has)")
     p.set_defaults(func=cmd_data_export)
@@ -57,6 +59,24 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_data_download)
 
 
+def _refuse_inside_dataset(root: str | Path, outputs: dict[str, str | None]) -> None:
+    """An output written into the folders being read would replace a label file or be read as one next time
+    (a report named Annotations/x.xml, plots among the images)."""
+    from bloodcell.data.sources import read_spec
+
+    for flag, path in outputs.items():
+        if not path or path == "-":
+            continue
+        target = Path(path).resolve()
+        for source in read_spec(root).sources:
+            for sub in ("Annotations", "JPEGImages", "ImageSets"):
+                folder = (source.path / sub).resolve()
+                if target == folder or folder in target.parents:
+                    raise ConfigError(
+                        f"{flag} {path}: is inside {folder}, which the dataset is read from; write elsewhere"
+                    )
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from bloodcell.data.check import check_dataset, format_findings
 
@@ -67,6 +87,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
             raise ConfigError(f"--json {args.json}: is {what}, not a file to write the report to")
         args.path, args.json = args.json, "-"  # `data check --json DATASET`: the flag as it was, then the dataset
     check_outputs({"--json": None if args.json == "-" else args.json})
+    _refuse_inside_dataset(data_root(args), {"--json": args.json})
     report = check_dataset(data_root(args), split=args.split)
     if args.json == "-":
         print(json.dumps(report.to_dict(), indent=2))
@@ -88,11 +109,12 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     from bloodcell.data.stats import compute_stats, plot_stats, write_stats
 
     check_outputs({}, {"--out": args.out})  # before the table, not after it
+    _refuse_inside_dataset(data_root(args), {"--out": args.out})
     stats = compute_stats(data_root(args))
     print(stats)
-    warning = stats.findings_warning()
-    if warning:
-        print(warning, file=sys.stderr)
+    for warning in (stats.findings_warning(), stats.unlisted_warning()):
+        if warning:
+            print(warning, file=sys.stderr)
     print(f"wrote {write_stats(stats, args.out)}")
     for path in plot_stats(stats, data_root(args), args.out):
         print(f"wrote {path}")
@@ -110,9 +132,11 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 def cmd_data_export(args: argparse.Namespace) -> int:
     from bloodcell.data.check import findings_note, skipped_note
     from bloodcell.data.export import export_dataset
+    from bloodcell.data.sources import unlisted_images
     from bloodcell.data.voc import unknown_classes
 
     check_outputs({}, {"--out": args.out})
+    _refuse_inside_dataset(data_root(args), {"--out": args.out})
     skipped = []  # one line per split that left images out, said again with the exit code
 
     def report(dataset) -> None:
@@ -142,6 +166,14 @@ def cmd_data_export(args: argparse.Namespace) -> int:
         print(f"wrote {path}", flush=True)
 
     export_dataset(data_root(args), args.format, args.out, splits=args.split, on_read=report, on_written=written)
+    # (splits named with --split: the others are left out on purpose)
+    unlisted = unlisted_images(data_root(args)) if args.split is None else []
+    if unlisted:
+        print(
+            f"warning: {data_root(args)}: {len(unlisted)} labelled images are in none of the split lists "
+            f"({first_of(unlisted)}); the export leaves them out",
+            file=sys.stderr,
+        )
     if args.format == "yolo":
         _warn_incomplete_yolo_yaml(Path(args.out) / "data.yaml")
     for line in skipped:  # an image left out of the export is a failed input, as in `data check`

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from bloodcell.data.sources import available_splits, load_dataset, read_spec
+from bloodcell.data.sources import available_splits, load_dataset, read_spec, unlisted_images
 from bloodcell.data.voc import KEPT, SKIPPED_FROM, SUPERSEDED, Finding, VOCDataset, unknown_classes
 from bloodcell.errors import DatasetError, first_of
 from bloodcell.types import CLASS_NAMES
@@ -88,6 +88,10 @@ def _split_findings(root: str | Path, class_names: tuple[str, ...]) -> list[Find
         members[name] = {r.image_path.name for r in part.records}
         if not part.records and not part.findings:  # a list saved before it was filled: a split of nothing
             found.append(_empty_split(name))
+    if unlisted := unlisted_images(root, class_names):  # forgotten when the lists were made: left out silently
+        detail = f"{len(unlisted)} labelled images are in none of the split lists: {first_of(unlisted)}; "
+        detail += "training and scoring by split leave them out"
+        found.append(Finding("ImageSets/Main", None, "unlisted-image", detail, "none"))
     for scored in ("val", "test"):  # (trainval overlaps train and val by design)
         for image in sorted(members.get("train", set()) & members.get(scored, set())):
             detail = f"in both train and {scored}: {scored} would score an image the model learns from"
@@ -169,8 +173,9 @@ def skipped_note(dataset: VOCDataset, level: str = "error", outcome: str = "the 
         return None
     split = f" split {dataset.split}" if dataset.split else ""
     names = first_of([f.file for f in skipped])
+    which = "listed" if dataset.split else "labelled"  # no split list: the folder's annotations named them
     return (
-        f"{level}: {dataset.root}{split}: {len(skipped)} listed images left out ({_by_kind(skipped)}: {names}); "
+        f"{level}: {dataset.root}{split}: {len(skipped)} {which} images left out ({_by_kind(skipped)}: {names}); "
         f"{outcome} the other {len(dataset.records)}"
     )
 

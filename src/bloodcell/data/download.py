@@ -9,6 +9,7 @@ name can write outside the destination; the destination appears only when everyt
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import tarfile
@@ -20,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from bloodcell.atomic import atomic_dir
 from bloodcell.data.sources import default_data_root
-from bloodcell.errors import DatasetError
+from bloodcell.errors import DatasetError, first_of
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ EXPECTED_SPLITS = ("train", "val", "test")
 #: Parts of the upstream BCCD/ folder that are unpacked (the rest of the repository is scripts).
 DATA_FOLDERS = ("Annotations", "JPEGImages", "ImageSets")
 CHUNK = 1 << 20
+#: Written into a download: the content it unpacked (hidden: ``tree_sha256_of`` and listings skip it).
+MARKER = ".bloodcell-download.json"
 
 
 def download_bccd(
@@ -71,13 +74,14 @@ def download_bccd(
         with atomic_dir(dest) as staging:
             _extract_bccd(archive, staging, url)
             _check_layout(staging, url, exact=sha256 is None)
-            if sha256 is None and tree_sha256 is not None:
-                content = tree_sha256_of(staging)
-                if content != tree_sha256:
-                    raise DatasetError(
-                        f"archive from {url}: dataset content has sha256 {content}, expected {tree_sha256}; "
-                        "it is not the pinned BCCD commit (nothing was written)"
-                    )
+            content = tree_sha256_of(staging)
+            if sha256 is None and tree_sha256 is not None and content != tree_sha256:
+                raise DatasetError(
+                    f"archive from {url}: dataset content has sha256 {content}, expected {tree_sha256}; "
+                    "it is not the pinned BCCD commit (nothing was written)"
+                )
+            # what was unpacked, so a later download knows this folder unchanged and may replace it
+            (staging / MARKER).write_text(json.dumps({"url": url, "tree_sha256": content}) + "\n")
     if sha256 is None:
         log.info("sha256 of the archive from %s is %s (content checked by tree hash)", url, digest)
     return dest
@@ -89,18 +93,42 @@ def tree_sha256_of(root: str | Path) -> str:
     lines = []
     for folder in DATA_FOLDERS:
         for path in sorted((root / folder).rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
+            if path.is_file() and not _os_file(path.name):
                 lines.append(f"{path.relative_to(root).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n")
     return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
 
 
+def _os_file(name: str) -> bool:
+    """A file a file manager leaves (.DS_Store, Thumbs.db, desktop.ini) or a hidden one (the download marker)."""
+    return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
+
+
 def _refuse_foreign_folder(dest: Path) -> None:
-    """Replacing ``dest`` wipes it, so only an empty folder or an earlier download may be replaced."""
+    """Replacing ``dest`` wipes it, so only an empty folder or an earlier, unchanged download may be replaced:
+    a lab's own VOC folder (or a BCCD copy whose labels it corrected) has an ``Annotations/`` too."""
     if dest.is_file():
         raise DatasetError(f"{dest}: is a file; pass a folder for the dataset")
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / "Annotations").is_dir():
+    if not dest.is_dir():
+        return
+    foreign = sorted(
+        p.name for p in dest.iterdir() if p.name not in {*DATA_FOLDERS, "LICENSE"} and not _os_file(p.name)
+    )
+    if foreign:
         raise DatasetError(
-            f"{dest}: folder exists and does not look like a BCCD download; choose a new or empty folder"
+            f"{dest}: folder exists and holds {first_of(foreign)}, which a BCCD download does not; nothing was "
+            "written (a download replaces the folder as a whole): choose a new or empty folder"
+        )
+    if not any(dest.iterdir()):
+        return
+    try:  # what this folder's download unpacked; a download from before the marker: the pinned content
+        unpacked = json.loads((dest / MARKER).read_text())["tree_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        unpacked = PINNED_TREE_SHA256
+    if tree_sha256_of(dest) != unpacked:
+        raise DatasetError(
+            f"{dest}: folder exists and its images or labels differ from what a download unpacked there (edited, "
+            "or another dataset); nothing was written (a download replaces the folder as a whole): choose a new "
+            "or empty folder"
         )
 
 

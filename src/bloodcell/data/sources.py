@@ -17,6 +17,8 @@ A plain VOC folder is one source with every class exhaustive.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -30,7 +32,7 @@ from bloodcell.errors import DatasetError
 from bloodcell.types import CLASS_NAMES, canonical_class_name, find_class
 
 if TYPE_CHECKING:
-    from bloodcell.data.voc import VOCDataset
+    from bloodcell.data.voc import Finding, VOCDataset
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -82,16 +84,77 @@ def available_splits(root: str | os.PathLike) -> list[str]:
     """The standard splits whose ImageSets/Main file the VOC folder (or any source of the dataset YAML)
     has, in order; empty when it has none."""
     spec = read_spec(root)
-    found = [
-        s
-        for s in STANDARD_SPLITS
-        if any((src.path / "ImageSets" / "Main" / f"{spec.split_file(s)}.txt").is_file() for src in spec.sources)
-    ]
-    named = [s for s in spec.splits if s in STANDARD_SPLITS and s not in found]
+    for key in spec.splits:  # a misspelt key ("trian") would leave its split unread, and nothing said
+        near = difflib.get_close_matches(key, STANDARD_SPLITS, n=1, cutoff=0.6)
+        # VOC's own trainval, and keys beside a split that is there anyway (test2 beside test.txt), are meant
+        if key not in (*STANDARD_SPLITS, "trainval") and near and not _has_list(spec, near[0]):
+            raise DatasetError(
+                f"{spec.file}: splits: '{key}' is not a split bloodcell reads by itself (did you mean '{near[0]}'?); "
+                "fix the key (a split of another name is read only with --split NAME)"
+            )
+
+    named = [s for s in spec.splits if not _has_list(spec, s)]
     if named:  # a split the YAML names on purpose is not silently left out
         files = ", ".join(f"ImageSets/Main/{spec.split_file(s)}.txt" for s in named)
         raise DatasetError(f"{spec.file}: splits {named} name {files}, which no source has")
+    return [s for s in STANDARD_SPLITS if _has_list(spec, s)]
+
+
+def _has_list(spec: DatasetSpec, split: str) -> bool:
+    """Whether any source has ``split``'s list file; one that is a folder is refused (not "no such split")."""
+    file = f"{spec.split_file(split)}.txt"
+    for src in spec.sources:
+        if (src.path / "ImageSets" / "Main" / file).is_dir():
+            raise DatasetError(f"{src.path / 'ImageSets' / 'Main' / file}: is a folder, where a split list goes")
+    return any((src.path / "ImageSets" / "Main" / file).is_file() for src in spec.sources)
+
+
+def _order_findings(
+    spec: DatasetSpec, replaced: Counter[tuple[Path, Path]], read: dict[Path, int], kept: set[Path], whole: bool
+) -> list[Finding]:
+    """A later source's labels win, so a YAML listing dense labels before sparse ones uses the sparse ones,
+    silently: said when a source boxing fewer classes exhaustively replaces one boxing more, and when
+    every image a source labels is labelled again later (its labels are never used)."""
+    from bloodcell.data.voc import Finding
+
+    exhaustive = {s.path: set(s.exhaustive) for s in spec.sources}
+    file = spec.file.name if spec.file else ""
+    found, said = [], set()
+    for (earlier, later), n in replaced.items():
+        if exhaustive[later] < exhaustive[earlier]:  # a strict subset: the later labels are the sparser ones
+            lost = ", ".join(sorted(exhaustive[earlier] - exhaustive[later]))
+            detail = (
+                f"{later.name}'s labels replace {earlier.name}'s on {n} images, though {earlier.name} boxes more "
+                f"classes exhaustively ({lost}); the later source wins: list {earlier.name} after it if its labels "
+                "should count"
+            )
+            found.append(Finding(file, None, "source-order", detail, "none"))
+            said.add(earlier)
+    for source in spec.sources if whole else ():  # (one split's read: the source may hold other splits' images)
+        if read.get(source.path) and source.path not in kept and source.path not in said:
+            detail = f"every image {source.path.name} labels is labelled again by a later source: its labels are unused"
+            found.append(Finding(file, None, "unused-source", detail, "none"))
     return found
+
+
+def unlisted_images(root: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAMES) -> list[str]:
+    """The labelled image files of the whole folder (or YAML) that no list in any source's ImageSets/Main
+    names (train, val, test, trainval, a lab's own): forgotten when the lists were made, they are in no
+    split's training or scores. Empty when there are no lists at all (every command then reads them all)."""
+    from bloodcell.data.voc import read_split_ids
+
+    spec = read_spec(root, class_names)
+    listed: set[str] = set()
+    lists = 0
+    for source in spec.sources:
+        for file in (source.path / "ImageSets" / "Main").glob("*.txt"):
+            lists += 1
+            with contextlib.suppress(DatasetError):  # an unreadable list is data check's own finding
+                listed.update(read_split_ids(source.path, file.stem))
+    if not lists:
+        return []
+    whole = load_dataset(root, None, class_names=class_names, decode_images=False)
+    return sorted(r.image_path.name for r in whole.records if r.image_id not in listed)
 
 
 def is_spec_file(path: str | os.PathLike) -> bool:
@@ -181,9 +244,12 @@ def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAME
     if not is_spec_file(path):
         return DatasetSpec(None, (Source(path, tuple(class_names)),), {})
     try:
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+        # bytes: YAML reads UTF-8 and, by their byte-order mark, UTF-16 files (PowerShell's `>` writes those)
+        doc = yaml.load(path.read_bytes(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
         raise DatasetError(f"{path}: dataset file not found") from None
+    except yaml.reader.ReaderError as e:  # bytes that are no UTF-8 (a Latin-1 path in it): said as such
+        raise DatasetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.position}); save it as UTF-8") from None
     except yaml.YAMLError as e:  # where, as an editor shows it: "line 3, column 9: expected ',' or ']'"
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -303,6 +369,7 @@ def load_dataset(
     unannotated = {i for i in members if not any(i in ids for ids in annotated.values())}
     merged: dict[str, object] = {}
     labelled_by: dict[str, Path] = {}  # image id -> the source whose labels it keeps
+    replaced: Counter[tuple[Path, Path]] = Counter()  # (earlier, later source) -> images whose labels it replaced
     parts = []  # (source, its findings)
     read: dict[Path, list] = {}  # source -> the records read from it (before a later source overrides them)
     names_read: dict[Path, set[str]] = {}  # source -> the class names its XML uses (canonical)
@@ -324,6 +391,8 @@ def load_dataset(
             # the source's completeness, less what the file itself leaves unknown (a box of an unknown class)
             exhaustive = tuple(bool(e) for e in mask & record.exhaustive_mask(len(class_names)))
             merged[record.image_id] = replace(record, exhaustive=exhaustive)
+            if record.image_id in labelled_by:
+                replaced[(labelled_by[record.image_id], source.path)] += 1
             labelled_by[record.image_id] = source.path
         parts.append((source.path, part.findings))
         read[source.path] = part.records
@@ -350,6 +419,9 @@ def load_dataset(
             findings.append(replace(f, file=f"{path.name}/{f.file}"))
     if split_name is None:  # the whole folders: an alias none of them uses was meant for another spelling
         findings += _unused_aliases(spec, set().union(*names_read.values()))
+    findings += _order_findings(
+        spec, replaced, {p: len(r) for p, r in read.items()}, set(labelled_by.values()), whole=split_name is None
+    )
     dataset = VOCDataset(root=root, class_names=tuple(class_names), split=split, findings=findings)
     dataset.records = sorted(merged.values(), key=lambda r: r.image_path.name)  # type: ignore[attr-defined]
     return dataset

@@ -18,8 +18,16 @@ import numpy as np
 
 from bloodcell import atomic
 from bloodcell import boxes as box_ops
-from bloodcell.data.sources import ALL_SPLIT, available_splits, is_spec_file, load_dataset, read_spec
+from bloodcell.data.sources import (
+    ALL_SPLIT,
+    available_splits,
+    is_spec_file,
+    load_dataset,
+    read_spec,
+    unlisted_images,
+)
 from bloodcell.data.voc import VOCDataset
+from bloodcell.errors import first_of
 from bloodcell.palette import class_hex
 from bloodcell.types import CLASS_NAMES
 
@@ -113,6 +121,7 @@ class DatasetStats:
     class_names: tuple[str, ...]
     splits: tuple[SplitStats, ...]
     sample: SampleImage | None = None
+    unlisted: tuple[str, ...] = ()  # labelled images in none of the split lists (not in any split's numbers)
 
     def to_dict(self) -> dict:
         sample = self.sample and {
@@ -125,6 +134,7 @@ class DatasetStats:
             "class_names": list(self.class_names),
             "counts_after_repair": True,
             "splits": {s.name: s.to_dict() for s in self.splits},
+            "unlisted_images": list(self.unlisted),
             "sample": sample,
         }
 
@@ -154,6 +164,14 @@ class DatasetStats:
             if s.same_as
         ]
         return "\n".join([title, *(line.rstrip() for line in lines), *again])
+
+    def unlisted_warning(self) -> str | None:
+        if not self.unlisted:
+            return None
+        return (
+            f"warning: {self.root}: {len(self.unlisted)} labelled images are in none of the split lists "
+            f"({first_of(list(self.unlisted))}); these statistics leave them out"
+        )
 
     def findings_warning(self) -> str | None:
         """One stderr line when the reader repaired or skipped anything (as train and val say it)."""
@@ -232,7 +250,8 @@ def compute_stats(root: str | Path, class_names: tuple[str, ...] = CLASS_NAMES) 
             read[spec.split_file(split)] = splits[-1]
         if sample is None:
             sample = _pick_sample(root, dataset)
-    return DatasetStats(root=str(root), class_names=tuple(class_names), splits=tuple(splits), sample=sample)
+    unlisted = unlisted_images(root, class_names)
+    return DatasetStats(str(root), tuple(class_names), tuple(splits), sample, tuple(unlisted))
 
 
 def write_stats(stats: DatasetStats, out_dir: str | Path) -> Path:

@@ -11,6 +11,8 @@ label noise of BCCD and is not applied.)
 from __future__ import annotations
 
 import ast
+import codecs
+import contextlib
 import glob
 import io
 import os
@@ -20,6 +22,7 @@ from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -193,9 +196,15 @@ def read_split_ids(root: Path, split: str) -> list[str]:
         )
         raise DatasetError(f"{root}: no split {split!r} (ImageSets/Main/{split}.txt); {has}")
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of an id
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read split file: {e}") from None
+        data = path.read_bytes()
+        # a byte-order mark (Windows editors) is not part of an id; one of UTF-16 (PowerShell's `>`) says how to read
+        utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+        text = data.decode("utf-16" if utf16 else "utf-8-sig")
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read split file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        what = "UTF-16 text that does not decode" if utf16 else "not UTF-8 text"
+        raise DatasetError(f"{path}: split file is {what} (byte {e.start}); save it as UTF-8") from None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     flagged = [FLAGGED_ID.fullmatch(line) for line in lines]
     if not all(flagged):  # a plain list: each line is an id, which may hold spaces ("slide 1 field")
@@ -222,7 +231,12 @@ def check_root(root: str | Path) -> Path:
             )
         raise DatasetError(f"{root}: dataset folder not found")
     if not root.is_dir():
-        hint = "; a dataset YAML is read by load_dataset" if root.suffix.lower() in (".yaml", ".yml") else ""
+        if root.suffix.lower() in (".yaml", ".yml"):
+            hint = "; a dataset YAML is read by load_dataset"
+        else:  # a dataset YAML saved without its suffix is read as a folder's path
+            hint = ""
+            with contextlib.suppress(OSError):
+                hint = "; a dataset YAML needs a .yaml name" if b"sources:" in root.read_bytes()[:4096] else ""
         raise DatasetError(f"{root}: is a file, expected a Pascal VOC folder with Annotations/ and JPEGImages/{hint}")
     if not (root / "Annotations").is_dir():
         inside = (root.parent / "Annotations").is_dir() and (root.parent / "JPEGImages").is_dir()
@@ -304,7 +318,15 @@ def unlabelled_images(root: Path, records: list[VOCRecord], labelled_elsewhere: 
     by_stem = {path.stem: path for path in used.values()}
     findings = []
     for image in _images(root / "JPEGImages"):
-        if _file_id(image) in used or image.name in labelled_elsewhere:
+        try:
+            file_id = _file_id(image)
+        except OSError as e:  # a link to nothing, a file gone since the listing: a row, not the end of the run
+            if not (root / "Annotations" / f"{image.stem}.xml").is_file():  # else its annotation's row says it
+                why = "a link to nowhere" if image.is_symlink() else (e.strerror or type(e).__name__)
+                detail = f"JPEGImages/{image.name}: cannot read it ({why})"
+                findings.append(Finding(image.name, None, "bad-image", detail, SKIPPED_IMAGE))
+            continue
+        if file_id in used or image.name in labelled_elsewhere:
             continue
         if (root / "Annotations" / f"{image.stem}.xml").is_file():
             if image.stem not in by_stem:
@@ -472,16 +494,32 @@ def _read_one(
     tree = _parse_xml(xml_path, findings, listed_in)
     if tree is None:
         return None
+    if tree.tag != "annotation":  # another XML file (an HTML page, a CVAT export) would read as "no cells"
+        local = tree.tag.rsplit("}", 1)[-1]
+        detail = (
+            f"its elements are in an XML namespace (<{tree.tag}>), which Pascal VOC files do not use: remove the xmlns"
+            if local == "annotation"
+            else f"root element is <{tree.tag}>, not <annotation>: not a Pascal VOC annotation"
+        )
+        findings.append(Finding(xml_name, None, "not-voc", detail, SKIPPED_IMAGE))
+        return None
 
     image_path = _find_image(root, image_id, tree.findtext("filename"), findings)
     if image_path is None:
         return None
-    size = _image_size(image_path, xml_name, decode_images, findings)
-    if size is None:
+    shown = _image_size(image_path, xml_name, decode_images, findings)
+    if shown is None:
         return None
-    width, height = size
-    frame = _boxes_frame(tree, xml_name, image_path, width, height, findings)
-    objects = _read_objects(tree, xml_name, class_index, aliases, declared, size, frame, findings, names_read)
+    width, height, orientation = shown
+    size = (width, height)
+    if _drawn_on_stored_pixels(tree, xml_name, image_path, shown, findings):  # read there, then turned with them
+        objects = _read_objects(
+            tree, xml_name, class_index, aliases, declared, (height, width), None, findings, names_read
+        )
+        objects.boxes = exif_turned_boxes(np.asarray(objects.boxes).reshape(-1, 4), orientation, height, width).tolist()
+    else:
+        frame = _boxes_frame(tree, xml_name, image_path, width, height, findings)
+        objects = _read_objects(tree, xml_name, class_index, aliases, declared, size, frame, findings, names_read)
     _file_notes(tree, xml_name, findings)
     boxes_arr = np.asarray(objects.boxes, dtype=np.float32).reshape(-1, 4)
     labels_arr = np.asarray(objects.labels, dtype=np.int64)
@@ -500,11 +538,63 @@ def _read_one(
     )
 
 
-def _image_size(
-    image_path: Path, xml_name: str, decode_images: bool, findings: list[Finding]
-) -> tuple[int, int] | None:
-    """The image's (width, height) as it is shown (EXIF turns applied); decoded and checked for damage with
-    ``decode_images``. None, with a finding, for an image that cannot be used."""
+class _ShownSize(NamedTuple):
+    width: int
+    height: int
+    orientation: int  # EXIF orientation, 1-8 (1: stored as shown)
+
+
+#: EXIF orientation -> how the stored pixels become the image shown (Pillow's exif_transpose does the same).
+EXIF_SHOWN = {2: "mirrored", 3: "turned 180°", 4: "flipped upside down", 5: "transposed", 6: "turned 90° clockwise",
+              7: "transversed", 8: "turned 90° counter-clockwise"}  # fmt: skip
+
+
+def exif_turned_boxes(boxes: np.ndarray, orientation: int, width: int, height: int) -> np.ndarray:
+    """(N, 4) xyxy boxes on the stored ``width`` x ``height`` pixels, moved as ``ImageOps.exif_transpose``
+    moves those pixels for EXIF ``orientation`` (points, so box edges, map exactly)."""
+    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
+    if orientation in (2, 3):
+        x1, x2 = width - x2, width - x1
+    if orientation in (3, 4):
+        y1, y2 = height - y2, height - y1
+    if orientation == 5:  # transpose: (x, y) -> (y, x)
+        x1, y1, x2, y2 = y1, x1, y2, x2
+    elif orientation == 6:  # 90° clockwise: (x, y) -> (height - y, x)
+        x1, y1, x2, y2 = height - y2, x1, height - y1, x2
+    elif orientation == 7:  # transverse: (x, y) -> (height - y, width - x)
+        x1, y1, x2, y2 = height - y2, width - x2, height - y1, width - x1
+    elif orientation == 8:  # 90° counter-clockwise: (x, y) -> (y, width - x)
+        x1, y1, x2, y2 = y1, width - x2, y2, width - x1
+    return np.stack([x1, y1, x2, y2], axis=1).astype(boxes.dtype) if len(boxes) else boxes
+
+
+def _drawn_on_stored_pixels(
+    tree: ET.ElementTree, xml_name: str, image_path: Path, shown: _ShownSize, findings: list[Finding]
+) -> bool:
+    """Whether the boxes were drawn on the image's stored pixels, which EXIF shows turned (a labelling tool
+    that ignores EXIF): its <size> is the stored one, the shown one turned. A mirror or a half turn keeps
+    the size, so which pixels the boxes were drawn on cannot be told: taken as shown, and said."""
+    if shown.orientation in (2, 3, 4) or (shown.orientation > 4 and shown.width == shown.height):
+        detail = (
+            f"EXIF shows {image_path.name} {EXIF_SHOWN[shown.orientation]}; boxes taken as drawn on the image as "
+            "shown (a tool that ignores EXIF draws them on the stored pixels: look at one)"
+        )
+        findings.append(Finding(xml_name, None, "exif-orientation", detail, KEPT))
+    size = tree.find("size")
+    xml = (_int_or_none(size, "width"), _int_or_none(size, "height"))
+    if shown.orientation < 5 or shown.width == shown.height or xml != (shown.height, shown.width):
+        return False
+    detail = (
+        f"<size> says {xml[0]}x{xml[1]}, the stored pixels of {image_path.name}, which EXIF shows "
+        f"{EXIF_SHOWN[shown.orientation]} as {shown.width}x{shown.height}: boxes taken as drawn on the stored pixels"
+    )
+    findings.append(Finding(xml_name, None, "exif-turned", detail, "boxes turned with the image"))
+    return True
+
+
+def _image_size(image_path: Path, xml_name: str, decode_images: bool, findings: list[Finding]) -> _ShownSize | None:
+    """The image's (width, height) as it is shown (EXIF turns applied) and its EXIF orientation; decoded and
+    checked for damage with ``decode_images``. None, with a finding, for an image that cannot be used."""
     try:
         data = image_path.read_bytes() if decode_images else None  # once: decoded, then checked for damage
         with decoding_file(image_path), Image.open(image_path if data is None else io.BytesIO(data)) as im:
@@ -513,7 +603,9 @@ def _image_size(
                 if im.format in JPEG_FORMATS:  # damaged data decodes silently: a model would learn the garbage
                     check_jpeg_data(data)
             width, height = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says "turned 90°": pixels are read turned
+            orientation = im.getexif().get(0x0112, 1)
+            orientation = orientation if orientation in range(1, 9) else 1  # (exif_transpose ignores others too)
+            if orientation in (5, 6, 7, 8):  # EXIF says "turned 90°": pixels are read turned
                 # Pillow 13 gives a TIFF's size already turned (older ones did not): its tags say the stored one
                 stored = (im.tag_v2[256], im.tag_v2[257]) if im.format == "TIFF" and 256 in im.tag_v2 else im.size
                 width, height = stored[1], stored[0]
@@ -534,7 +626,7 @@ def _image_size(
         detail = f"{image_path.name} cannot be decoded: {e}"
         findings.append(Finding(xml_name, None, "bad-image", detail, SKIPPED_IMAGE))
         return None
-    return width, height
+    return _ShownSize(width, height, orientation)
 
 
 def _boxes_frame(
@@ -591,8 +683,9 @@ def _read_objects(
         if names_read is not None:
             names_read.add(canonical(raw_name))
         name = raw_name if raw_name in class_index else aliases.get(canonical(raw_name), raw_name)
-        if obj.find("name") is None:
-            findings.append(Finding(xml_name, i, "unknown-class", "object has no <name>", UNKNOWN_DROPPED))
+        if not raw_name:  # no <name>, or an empty one (a box whose class was never picked)
+            what = "no <name>" if obj.find("name") is None else "an empty <name>"
+            findings.append(Finding(xml_name, i, "unknown-class", f"object has {what}", UNKNOWN_DROPPED))
             objects.lost.update(class_index.values())
             continue
         if name is None:  # a source's aliases say it is no cell to count (debris, stain): background

@@ -45,7 +45,8 @@ def instances(dataset: VOCDataset) -> dict[str, Any]:
         annotations += _annotations(record, image_id, first_id=len(annotations) + 1)
     categories = [{"id": i + 1, "name": name, "supercategory": "cell"} for i, name in enumerate(dataset.class_names)]
     info = {
-        "description": f"{dataset.root.name} {dataset.split}, repaired labels, exported by bloodcell {__version__}",
+        "description": f"{dataset.root.name} {dataset.split or 'all'}, repaired labels, exported by bloodcell "
+        f"{__version__}",
         "image_root": None if image_root is None else str(image_root),
     }
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}

@@ -30,7 +30,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src.resolve(), dst)
     except OSError:
-        shutil.copyfile(src, dst)
+        shutil.copyfile(src, dst)  # (a full disk: atomic_dir names the folder)
 
 
 def _write_split(dataset: VOCDataset, images: Path, labels: Path) -> None:
