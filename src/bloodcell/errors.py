@@ -62,6 +62,10 @@ class DatasetError(BloodcellError):
     """The dataset cannot be read at all (missing folder, missing split file, ...)."""
 
 
+class OutputError(BloodcellError):
+    """An output that could not be written whole (the earlier file of its name is kept)."""
+
+
 class ImageError(BloodcellError):
     """One image cannot be read or decoded."""
 

@@ -14,6 +14,7 @@ import pytest
 
 from bloodcell.app.sinks import counts_header, counts_row, frame_counts_header
 from bloodcell.cli import main
+from bloodcell.errors import ConfigError
 from bloodcell.runtime.counting import Calibration
 from bloodcell.runtime.predict import predict_image
 from bloodcell.types import CLASS_NAMES
@@ -177,9 +178,18 @@ def test_run_stream_stops_at_max_frames(predictor, video, tmp_path):
 
     summary = run_stream(predictor, str(video), tmp_path, conf=CONF, show=False, max_frames=2)
     assert summary.frames == 2 and not summary.shown and summary.fps == pytest.approx(2.0)
-    assert len((tmp_path / "slide_counts.csv").read_text().splitlines()) == 3
+    # a part of the file: its outputs never take (or replace) a whole run's names
+    assert summary.partial and not summary.complete and "stopped at max_frames=2" in str(summary)
+    assert len((tmp_path / "slide_counts.partial.csv").read_text().splitlines()) == 3
     assert sum(summary.totals.values()) > 0 and "2 frames" in str(summary)
+    whole = run_stream(predictor, str(video), tmp_path, conf=CONF, show=False, max_frames=FRAMES)  # all it has
+    assert whole.complete and (tmp_path / "slide_counts.csv").is_file()
+    assert not (tmp_path / "slide_counts.partial.csv").exists()
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match=r"max_frames: .*; give a whole number of frames, 1 or more"):
+            run_stream(predictor, str(video), tmp_path, conf=CONF, show=False, max_frames=bad)
     assert [stream_name(s) for s in ("a/b/x.mp4", "rtsp://h/cam?x=1", "http://h/")] == ["x", "cam", "h"]
+    assert stream_name("a?b.mp4") == "a_b" and stream_name("a.mp4") == "a"  # a file's ? is part of its name
     # other containers keep their suffix (x.mp4 and x.avi never share outputs); letters of any script stay
     assert [stream_name(s) for s in ("x.avi", "Müller 2.MOV", "é.mp4", "è.mp4")] == ["x.avi", "Müller_2.MOV", "é", "è"]
     assert re.fullmatch(r"camera0-\d{8}T\d{6}", stream_name("0"))  # each camera session its own files
@@ -401,3 +411,187 @@ def test_quitting_a_video_file_in_the_window_is_partial_but_no_failure():
     assert "cut off" not in str(quit_file)
     camera = StreamSummary("0", CLASS_NAMES, frames=40, quit=True)
     assert not camera.partial and camera.complete and "stopped" not in str(camera)
+
+
+def test_a_variable_rate_file_is_whole_and_timed_by_its_frames_own_stamps(
+    model_file, video, tmp_path, monkeypatch, capsys
+):
+    """A phone's variable-rate video: the container's frame count is duration x average rate (too many), the
+    frames' own time stamps are uneven. Read to its end it is whole (no .partial, exit 0), timed by its stamps."""
+    from bloodcell.app import video as video_module
+
+    real = video_module.open_capture
+    stamps = iter([0.0, 100.0, 200.0, 3000.0, 3500.0, 9800.0])  # ms; the last near the 10 s the container says
+
+    class VariableRate:
+        def __init__(self, cap) -> None:
+            self.cap, self.stamp = cap, 0.0
+
+        def read(self):
+            grabbed, frame = self.cap.read()
+            if grabbed:
+                self.stamp = next(stamps)
+            return grabbed, frame
+
+        def get(self, prop):
+            if prop == cv2.CAP_PROP_FRAME_COUNT:
+                return 20.0  # 10 s x 2 fps
+            return self.stamp if prop == cv2.CAP_PROP_POS_MSEC else self.cap.get(prop)
+
+        def __getattr__(self, name):
+            return getattr(self.cap, name)
+
+    monkeypatch.setattr(video_module, "open_capture", lambda cv2_, source: VariableRate(real(cv2_, source)))
+    out = tmp_path / "out"
+    assert main(["predict", "--source", str(video), "--model", str(model_file), "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().out
+    with open(out / "slide_counts.csv") as f:
+        assert [row["time_s"] for row in csv.DictReader(f)] == ["0.000", "0.100", "0.200", "3.000", "3.500", "9.800"]
+    # cut off after 3 s of a 10 s file: short of its end, so a part
+    stamps = iter([0.0, 100.0, 200.0, 3000.0, 3500.0, 4000.0])
+    assert main(["predict", "--source", str(video), "--model", str(model_file), "--out", str(out)]) == 1
+    assert "warning: read 6 of the 20 frames the source announces" in capsys.readouterr().out
+
+
+def test_a_video_the_disk_could_not_hold_replaces_nothing(model_file, video, tmp_path, monkeypatch, capsys):
+    """OpenCV's writer fails silently (a full disk leaves an mp4 without its index): the video is read back
+    before it replaces anything; the earlier run's pair stays, and the error names the file."""
+    from bloodcell.app import video as video_module
+
+    out = tmp_path / "out"
+    assert main(["predict", "--source", str(video), "--model", str(model_file), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    write = video_module._FileSink.write
+
+    def loses_a_frame(self, index, *args, **kwargs):
+        write(self, index, *args, **kwargs)
+        self.written += index == 2  # one frame the file does not hold, as a write that failed
+
+    monkeypatch.setattr(video_module._FileSink, "write", loses_a_frame)
+    capsys.readouterr()
+    assert main(["predict", "--source", str(video), "--model", str(model_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'slide_annotated.mp4'}: the annotated video was not written whole (6 of 7 frames readable" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary left, nothing replaced
+
+
+def test_outputs_blocked_by_a_folder_are_said_before_the_first_frame(model_file, video, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "slide_counts.csv").mkdir(parents=True)
+    assert main(["predict", "--source", str(video), "--model", str(model_file), "--out", str(out)]) == 2
+    assert f"{out / 'slide_counts.csv'}: is a folder, where this run's csv output goes" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["slide_counts.csv"]
+
+
+def test_awkward_sources_are_refused_by_name(model_file, video, tmp_path, capsys):
+    still = tmp_path / "still.mp4"  # a JPEG under a video's name: OpenCV would play it as a 1-frame video
+    cv2.imwrite(str(tmp_path / "f.jpg"), read_frames(video)[0])
+    (tmp_path / "f.jpg").rename(still)
+    for source, message in [
+        (str(still), f"--source {still}: an image; `bloodcell predict {still}` counts it"),
+        ("99999999999", "--source 99999999999: not a camera index (0 to 2147483647) nor a video file"),
+    ]:
+        assert main(["predict", "--source", source, "--model", str(model_file)]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["predict", "--source", "²", "--model", str(model_file)]) == 1  # a name, not a camera: no such file
+    assert "²: no such file or folder" in capsys.readouterr().err
+    if hasattr(os, "mkfifo"):  # (not on Windows)
+        os.mkfifo(tmp_path / "pipe.mp4")
+        assert main(["predict", "--source", str(tmp_path / "pipe.mp4"), "--model", str(model_file)]) == 1
+        assert "pipe.mp4: not a regular file (a pipe, socket or device)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", "--source", str(video), "--source", str(video), "--model", str(model_file)])
+    assert "--source given twice" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names that are not UTF-8: Linux file systems only")
+def test_a_name_not_utf8_is_read_and_a_killed_runs_temporary_swept(model_file, video, tmp_path, capsys):
+    """A Latin-1 file name (lone surrogates, which crash OpenCV's open) is read; a killed run's temporary
+    video is swept by the next run of that name."""
+    latin1 = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.avi")
+    os.link(video, latin1)
+    out = tmp_path / "out"
+    out.mkdir()
+    from bloodcell.app.video import _host
+
+    stale = out / f".caf_.avi_annotated.{_host()}-999999999.tmp.mp4"  # no such process (é's byte: "_")
+    elsewhere = out / ".caf_.avi_annotated.another-host-999999999.tmp.mp4"  # a shared folder's: not judged here
+    stale.write_bytes(b"half a video")
+    elsewhere.write_bytes(b"being written")
+    assert main(["predict", "--source", latin1, "--model", str(model_file), "--out", str(out)]) == 0
+    assert not stale.exists() and elsewhere.exists() and len(read_frames(out / "caf_.avi_annotated.mp4")) == FRAMES
+    assert f"{out / 'caf_.avi_annotated.mp4'}" in capsys.readouterr().out
+
+
+def test_an_odd_sized_field_keeps_every_pixel_in_the_video(predictor, video, tmp_path, monkeypatch):
+    """MPEG-4 wants even sides; OpenCV's writer would crop a 641x479 field's last row and column: padded."""
+    from bloodcell.app import video as video_module
+    from bloodcell.app.video import run_stream
+
+    real = video_module.open_capture
+
+    class OddSized:
+        def __init__(self, cap) -> None:
+            self.cap = cap
+
+        def read(self):
+            grabbed, frame = self.cap.read()
+            return grabbed, (cv2.resize(frame, (641, 479)) if grabbed else frame)
+
+        def __getattr__(self, name):
+            return getattr(self.cap, name)
+
+    monkeypatch.setattr(video_module, "open_capture", lambda cv2_, source: OddSized(real(cv2_, source)))
+    summary = run_stream(predictor, str(video), tmp_path, conf=CONF, show=False)
+    written = read_frames(summary.video_path)
+    assert len(written) == FRAMES and written[0].shape[:2] == (480, 642)
+    field = written[0][:479, :641].mean()
+    assert written[0][479].mean() < field / 4 and written[0][:, 641].mean() < field / 4  # the edge is black (lossy)
+    with open(summary.csv_path) as f:
+        assert {(r["width"], r["height"]) for r in csv.DictReader(f)} == {("641", "479")}
+
+
+def test_a_folder_with_a_video_says_it_is_left_out(model_file, video, tmp_path, capsys):
+    folder = tmp_path / "slide"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "field.jpg"), read_frames(video)[0])
+    (folder / "v.mp4").write_bytes(video.read_bytes())
+    assert main(["predict", str(folder), "--model", str(model_file), "--out", str(tmp_path / "out")]) == 0
+    assert f"note: {folder}: 1 video left out: v.mp4; `bloodcell predict --source {folder / 'v.mp4'}`" in (
+        capsys.readouterr().err
+    )
+
+
+def test_an_mpeg_stream_is_a_video_not_a_still_image(model_file, video, tmp_path):
+    """Pillow opens an MPEG-1 stream's first frame as an image: the still-image check must not refuse it."""
+    path = tmp_path / "clip.mpeg"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"PIM1"), 25.0, (640, 480))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build writes no MPEG-1")
+    for frame in read_frames(video)[:2]:
+        writer.write(frame)
+    writer.release()
+    assert main(["predict", "--source", str(path), "--model", str(model_file), "--out", str(tmp_path / "out")]) == 0
+
+
+def test_a_refused_video_rename_keeps_the_earlier_pair(model_file, video, tmp_path, monkeypatch, capsys):
+    """The counts CSV and the video are renamed together: if the video's rename is refused (a player holds the old
+    one open on Windows), the CSV gets its earlier file back, so the pair stays one run's."""
+    import bloodcell.atomic as atomic
+
+    out = tmp_path / "out"
+    assert main(["predict", "--source", str(video), "--model", str(model_file), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = os.replace
+
+    def held_open(src, dst):
+        if Path(dst).name == "slide_annotated.mp4":
+            raise PermissionError(13, "Permission denied", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", held_open)
+    assert (
+        main(["predict", "--source", str(video), "--model", str(model_file), "--out", str(out), "--conf", "0.9"]) == 2
+    )
+    assert f"{out / 'slide_annotated.mp4'}: Permission denied" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporaries left either

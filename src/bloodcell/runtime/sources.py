@@ -6,10 +6,11 @@ import errno
 import glob
 import os
 import re
+import shlex
 from pathlib import Path
 
 from bloodcell.errors import first_of
-from bloodcell.runtime.images import IMAGE_SUFFIXES, OTHER_IMAGE_SUFFIXES
+from bloodcell.runtime.images import IMAGE_SUFFIXES, OTHER_IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 
 def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path], list[Path]]:
@@ -66,7 +67,14 @@ def unread_image_notes(sources: list[str]) -> list[str]:
     for source in sources:
         if not _is_dir(Path(source)):
             continue
-        left = sorted(f.name for f in Path(source).iterdir() if f.suffix.lower() in OTHER_IMAGE_SUFFIXES)
+        files = sorted(f.name for f in Path(source).iterdir())
+        left = [n for n in files if Path(n).suffix.lower() in OTHER_IMAGE_SUFFIXES]
+        videos = [n for n in files if Path(n).suffix.lower() in VIDEO_SUFFIXES]
+        if videos:
+            notes.append(
+                f"{source}: {len(videos)} video{'s' if len(videos) > 1 else ''} left out: {first_of(videos)}; "
+                f"`bloodcell predict --source {shlex.quote(str(Path(source) / videos[0]))}` counts one frame by frame"
+            )
         if left:
             kinds = ", ".join(sorted({OTHER_IMAGE_SUFFIXES[Path(n).suffix.lower()] for n in left}))
             named = first_of(left)
