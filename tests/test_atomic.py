@@ -95,3 +95,42 @@ def test_devices_are_not_one_output_twice(tmp_path: Path):
     check_outputs({"--json": "/dev/null", "--csv": "/dev/null"})
     with pytest.raises(ConfigError, match="is also the --json file"):
         check_outputs({"--json": str(tmp_path / "a"), "--csv": str(tmp_path / "." / "a")})
+
+
+def test_a_write_that_fails_without_a_file_name_is_said_as_the_targets(tmp_path):
+    """A full disk fails a write or flush with no file name (`error: No space left on device`): said as the file
+    or folder being written, and nothing is left behind."""
+    from bloodcell.atomic import atomic_dir, atomic_open
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError) as info, atomic_open(tmp_path / "counts.csv") as f:
+        f.write("frame\n")
+        raise full
+    assert info.value.filename == str(tmp_path / "counts.csv") and info.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as info, atomic_dir(tmp_path / "labels"):
+        raise full
+    assert info.value.filename == str(tmp_path / "labels")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_files_written_together_stay_as_they_were_when_one_cannot_be_replaced(tmp_path, monkeypatch):
+    """A model and its sidecar: the sidecar is renamed first; if the model's rename then fails (held open on
+    Windows, immutable), the sidecar gets its earlier file back, and the error names the model, not a temporary."""
+    import bloodcell.atomic as atomic
+
+    sidecar, model, new = tmp_path / "m.onnx.json", tmp_path / "m.onnx", tmp_path / "new.txt"
+    sidecar.write_bytes(b"old sidecar")
+    model.write_bytes(b"old model")
+    real = os.replace
+
+    def refuse_the_model(src, dst):
+        if Path(dst) == model:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", refuse_the_model)
+    with pytest.raises(PermissionError) as info:
+        atomic.write_files([(new, b"a new file"), (sidecar, b"new sidecar"), (model, b"new model")])
+    assert info.value.filename == str(model)
+    assert sidecar.read_bytes() == b"old sidecar" and model.read_bytes() == b"old model" and not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]  # nothing hidden left

@@ -449,3 +449,14 @@ def test_an_empty_out_is_refused_not_taken_for_the_current_folder(command, tiny_
     assert main([*argv, "--out", ""]) == 2
     assert "--out: the path is empty; name a" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing written where the command ran
+
+
+@pytest.mark.parametrize(("best", "said"), [(0.0, True), (0.41, False)])
+def test_a_run_whose_best_epoch_finds_nothing_says_so(monkeypatch, capsys, best, said) -> None:
+    import bloodcell.engine.train as engine
+
+    result = engine.TrainResult(Path("run"), Path("run/best.pt"), best, object(), 0.0)  # type: ignore[arg-type]
+    monkeypatch.setattr(engine, "train", lambda config, progress, explicit: result)
+    assert main(["train"]) == 0  # the run worked and wrote its model: a warning, not a failure
+    err = capsys.readouterr().err
+    assert ("warning: the best epoch's val mAP@0.5 is 0: run/best.pt finds no labelled cell yet" in err) == said

@@ -9,6 +9,7 @@ nothing can be renamed over it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -49,7 +50,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename == tmp:
+        # a write or flush that failed (a full disk) names no file: it is this one's
+        if isinstance(e, OSError) and (e.filename == tmp or (e.filename is None and e.errno in WRITE_ERRNOS)):
             raise _as_target(e, path) from None
         raise
 
@@ -113,9 +115,16 @@ def temp_prefix(path: Path) -> str:
     return f".{path.name[:48]}."
 
 
+#: A write's failures that name no file (the disk or quota full, a file too large, an I/O error): the target's.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def _as_target(e: OSError, path: Path) -> OSError:
     """The same error, naming the file the caller asked for instead of its temporary sibling."""
-    return type(e)(e.errno, e.strerror, str(path))
+    try:
+        return type(e)(e.errno, e.strerror, str(path))
+    except TypeError:  # a subclass with a constructor of its own
+        return OSError(e.errno, e.strerror, str(path))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -140,18 +149,8 @@ def write_files(files: Sequence[tuple[str | os.PathLike, bytes]]) -> None:
             if any(Path(target) == stream for stream, _ in streams):
                 continue
             path = _through_links(Path(target))
-            fd, tmp = _temp_sibling(path)
-            done.append((tmp, path))
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as e:
-                raise _as_target(e, path) from None
-            os.chmod(tmp, 0o666 & ~_umask())
-        for tmp, path in done:
-            os.replace(tmp, path)
+            done.append((stage_bytes(path, data), path))
+        replace_together(done)
         for stream, data in streams:
             with _open_stream(stream, "wb") as f:
                 f.write(data)
@@ -159,6 +158,71 @@ def write_files(files: Sequence[tuple[str | os.PathLike, bytes]]) -> None:
         for tmp, _ in done:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+def stage_bytes(path: Path, data: bytes) -> str:
+    """``data`` in a synced temporary sibling of ``path``, with normal permissions, for ``replace_together``
+    (the caller removes it if it never gets there); an error names ``path``."""
+    fd, tmp = _temp_sibling(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _as_target(e, path) from None
+    return tmp
+
+
+def replace_together(pairs: list[tuple[str, Path]]) -> None:
+    """Rename each (temporary, target) into place; if one rename fails (a file held open on Windows, an
+    immutable one), the targets already replaced get their earlier files back: the set stays as it was."""
+    replaced: list[tuple[Path, Path | None]] = []  # target, the copy of its earlier file (None: it was new)
+    try:
+        for tmp, path in pairs:
+            kept = _earlier_copy(path)
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                if kept is not None:
+                    os.unlink(kept)
+                raise _as_target(e, path) from None
+            replaced.append((path, kept))
+    except BaseException:
+        for path, kept in reversed(replaced):
+            with contextlib.suppress(OSError):
+                if kept is not None:
+                    os.replace(kept, path)
+                else:
+                    os.unlink(path)
+        raise
+    finally:
+        for _, kept in replaced:
+            if kept is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(kept)
+
+
+def _earlier_copy(path: Path) -> Path | None:
+    """A hidden sibling holding ``path``'s current file (a hard link; a copy where links are refused), or None."""
+    if not path.exists():
+        return None
+    fd, name = _temp_sibling(path)
+    os.close(fd)
+    os.unlink(name)
+    try:
+        os.link(path, name)
+    except OSError:  # no hard links here (some file systems), or an immutable file: a copy keeps it as well
+        try:
+            shutil.copy2(path, name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            raise
+    return Path(name)
 
 
 @contextlib.contextmanager
@@ -182,8 +246,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.filename is None and e.errno in WRITE_ERRNOS:  # a full disk: this folder's
+            raise _as_target(e, path) from None
         raise
 
 

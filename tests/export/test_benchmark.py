@@ -54,6 +54,7 @@ def stand_ins(monkeypatch):
 
     monkeypatch.setattr("bloodcell.export.exporter.export_model", export_model)  # benchmark imports it per call
     monkeypatch.setattr("bloodcell.models.checkpoint.read_checkpoint", lambda path: {})  # the stand-in .pt
+    monkeypatch.setattr("bloodcell.models.checkpoint.load_model", lambda path: (None, None))  # (its weights build)
     monkeypatch.setattr(bench, "load_predictor", lambda path, threads=None, **_: FakePredictor())
     return exported
 

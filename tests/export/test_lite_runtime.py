@@ -155,6 +155,17 @@ def test_lite_install_names_the_eval_extra_and_watches_without_watchdog(lite, ex
     assert run.returncode == 2
     assert "`bloodcell data stats` needs matplotlib: pip install 'bloodcell[eval]'" in run.stderr
     assert not (tmp_path / "stats").exists()
+    # every missing extra in one line, before the data is read or the model loaded (not one per try)
+    run = lite("val", "--model", "some.pt", "--data", str(tiny_voc))
+    assert run.returncode == 2 and run.stderr.splitlines() == [
+        "error: `bloodcell val` needs pycocotools, matplotlib, torch: pip install 'bloodcell[eval,torch]'"
+    ]
+    run = lite(
+        "batch", str(tiny_voc / "JPEGImages"), "--out", str(tmp_path / "b.parquet"), "--model", str(exports["int8"])
+    )
+    assert run.returncode == 2 and run.stderr.splitlines() == [
+        "error: `bloodcell batch` needs pyarrow: pip install 'bloodcell[cluster]'"
+    ]
     folder = tmp_path / "cam"
     folder.mkdir()
     shutil.copy(next((tiny_voc / "JPEGImages").glob("*.jpg")), folder / "field.jpg")

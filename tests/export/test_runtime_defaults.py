@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -43,10 +44,15 @@ def test_verbose_predict_shows_where_time_goes(fmt: str, tiny_exports, capsys) -
     from bloodcell.cli import main
 
     assert main(["predict", str(SAMPLE), "--model", str(tiny_exports[fmt]), "--verbose", "--cell-size", "none"]) == 0
-    line = capsys.readouterr().out.splitlines()[1]
-    stages = dict(part.rsplit(" ", 2)[:2] for part in line.strip().split(" · ") if part.endswith(" ms"))
-    assert list(stages) == ["load", "letterbox", "network", "decode", "other"]
+    headline, line = capsys.readouterr().out.splitlines()[:2]
+    found = re.fullmatch(r"load ([\d.]+) ms, then inference ([\d.]+) ms: (.*) ms · scale [\d.]+", line.strip())
+    assert found, line
+    stages = dict(part.split(" ") for part in found[3].split(" · "))
+    assert list(stages) == ["letterbox", "network", "decode", "other"]
     assert all(float(v) >= 0 for v in stages.values()) and float(stages["network"]) > 0
+    # the stages add up to the inference time, which the image's own line shows (load apart)
+    assert abs(sum(map(float, stages.values())) - float(found[2])) < 0.3
+    assert headline.endswith(f"({float(found[2]):.0f} ms)")
 
 
 def test_litert_load_chatter_is_dropped_and_its_warnings_kept(capfd):

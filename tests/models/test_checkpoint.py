@@ -102,3 +102,16 @@ def test_a_file_that_is_not_a_model_says_what_it_is(tmp_path, name, content, mes
     (tmp_path / name).write_bytes(content)
     with pytest.raises(ModelError, match=message):
         load_model(tmp_path / name)
+
+
+@pytest.mark.parametrize("weights", [None, ["not", "a", "state"], {"conv.weight": 1}])
+def test_a_model_file_with_settings_but_no_weights_is_named(tmp_path, weights) -> None:
+    """Hand-made (or cut by a script): bloodcell's header and settings, no tensors. One line, not a traceback."""
+    payload = model_payload(nn.Linear(1, 1), INFO)
+    if weights is None:
+        del payload["model"]
+    else:
+        payload["model"] = weights
+    save_checkpoint(tmp_path / "m.pt", payload)
+    with pytest.raises(ModelError, match=r"m\.pt: bad model file: its settings are there, but no weights"):
+        load_model(tmp_path / "m.pt")

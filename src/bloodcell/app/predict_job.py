@@ -47,9 +47,11 @@ def format_timing(result: ImageResult) -> str:
     """Where one image's time went: decoding the file, then the model's stages; "other" is the rest
     of inference (scale estimate, tiling, counting)."""
     t = result.timing_ms
-    parts = [f"{k} {t[k]:.1f} ms" for k in STAGES if k in t]
     other = t.get("inference", 0.0) - sum(t.get(k, 0.0) for k in STAGES[1:])
-    return " · ".join([*parts, f"other {max(other, 0.0):.1f} ms", f"scale {result.scale:.2f}"])
+    stages = [f"{k} {t[k]:.1f}" for k in STAGES[1:] if k in t] + [f"other {max(other, 0.0):.1f}"]
+    # the image's line shows the inference time alone: the file's load is said apart, not summed into it
+    load = f"load {t['load']:.1f} ms, then " if "load" in t else ""
+    return f"{load}inference {t.get('inference', 0.0):.1f} ms: {' · '.join(stages)} ms · scale {result.scale:.2f}"
 
 
 def processed_line(done: int, failed: int) -> str:

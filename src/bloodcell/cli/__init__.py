@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -93,6 +94,40 @@ def _threads_note(threads: int | None, workers: int = 1) -> str | None:
     return f"--threads {threads} is more than the {cores} cores this process may use: slower, not faster"
 
 
+#: Modules a command always imports: checked before it starts, so a lite install says every missing extra at
+#: once, before reading data or loading a model (not one per try, after the work began).
+COMMAND_NEEDS = {
+    "val": ("pycocotools", "matplotlib"),
+    "calibrate": ("pycocotools",),
+    "batch": ("pyarrow",),
+    "data stats": ("matplotlib",),
+}
+#: Commands whose --model (default: the shipped model) is a .pt file that needs torch to run.
+MODEL_COMMANDS = ("predict", "val", "calibrate", "serve", "watch", "batch")
+
+
+def _importable(name: str) -> bool:
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # an import guard's refusal, or a broken install: not usable either
+        return False
+
+
+def _missing_extras(args: argparse.Namespace) -> str | None:
+    """What the command needs that this install lacks, as one line naming every extra; None: nothing."""
+    command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+    missing = [m for m in COMMAND_NEEDS.get(command, ()) if not _importable(m)]
+    if not missing:
+        return None  # (a .pt alone without torch: the model loader says that, with the export to use instead)
+    model = getattr(args, "model", None)
+    if command in MODEL_COMMANDS and (model is None or str(model).endswith(".pt")) and not _importable("torch"):
+        missing.append("torch")  # else the next try would stop at the model
+    extras = ",".join(dict.fromkeys(EXTRAS[m] for m in missing))
+    return f"`bloodcell {command}` needs {', '.join(missing)}: pip install 'bloodcell[{extras}]'"
+
+
 def _reader_gone(stream) -> bool:
     """Whether ``stream``'s reader has closed its pipe (not a socket's peer: poll says so of the stream
     itself). If so, the stream is pointed at devnull, as Python's signal docs advise, so that the flush at
@@ -157,7 +192,8 @@ def _refuse_empty(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             continue
         if action.option_strings:
             flag = action.option_strings[-1]
-            raise ConfigError(f"{flag}: the value is empty (an unset shell variable?); give one, or leave {flag} out")
+            leave = "" if action.required else f", or leave {flag} out"  # a required flag cannot be left out
+            raise ConfigError(f"{flag}: the value is empty (an unset shell variable?); give one{leave}")
         name = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
         raise ConfigError(f"{name}: an empty argument (an unset shell variable?); name one")
 
@@ -199,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _refuse_empty(parser, args)
     except ConfigError as e:
         return _failed(e, args)
+    if missing := _missing_extras(args):
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     import signal
     import threading
 

@@ -46,6 +46,17 @@ PLAIN_FOLDER_NOTE = (
 )
 
 
+class _OneSource(argparse.Action):
+    """--source given twice is refused: one stream per run, and the first would be dropped without a word."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(
+                f"--source given twice ({getattr(namespace, self.dest)}, {values}): one video or camera per run"
+            )
+        setattr(namespace, self.dest, values)
+
+
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
     # No defaults here: cmd_train sees which settings were given (--resume keeps the run's for the others).
     p = sub.add_parser("train", help="train a detector on a VOC dataset")
@@ -95,7 +106,13 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "source", nargs="*", help="image files, folders (their own images, not subfolders) or globs (** for any depth)"
     )
-    p.add_argument("--source", dest="stream", metavar="0|VIDEO|URL", help="camera index, video file or stream URL")
+    p.add_argument(
+        "--source",
+        dest="stream",
+        metavar="0|VIDEO|URL",
+        action=_OneSource,
+        help="camera index, video file or stream URL",
+    )
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.add_argument("--conf", type=conf_text, help=CONF_HELP)
     add_cell_size(p)
@@ -123,7 +140,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="export a model to ONNX or TFLite (fp32 or full-integer int8)")
     p.add_argument("--model", help="model file (default: the shipped model)")
-    p.add_argument("--format", required=True, help="onnx or tflite")
+    p.add_argument("--format", required=True, type=str.lower, help="onnx or tflite")
     p.add_argument(
         "--int8",
         action="store_true",
@@ -225,6 +242,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bloodcell.engine.train import train
 
     result = train(config, progress=sys.stderr.isatty(), explicit=given)  # no progress bars in logs
+    if result.metrics is not None and result.best_map50 == 0:  # ran, and a model is written: but it finds nothing
+        print(
+            f"warning: the best epoch's val mAP@0.5 is 0: {result.best} finds no labelled cell yet (too few epochs, a "
+            "learning rate too high, or labels that do not match the images: `bloodcell data check` lists faults)",
+            file=sys.stderr,
+        )
     for note in result.skipped:  # trained, but on fewer images than the splits list: a failed input
         print(note, file=sys.stderr)
     if result.skipped:

@@ -101,7 +101,7 @@ def benchmark(
     """Export ``model`` to every format, then score and time each (plus ``extra`` files, e.g. a QAT export)."""
     # imported here: the exporter brings torch, and ``latencies_ms`` times .tflite/.onnx models without it
     from bloodcell.export.exporter import calibration_shortfall, export_model
-    from bloodcell.models.checkpoint import read_checkpoint
+    from bloodcell.models.checkpoint import load_model, read_checkpoint
     from bloodcell.models.registry import MODELS
 
     if model is not None and Path(model).suffix.lower() != ".pt":
@@ -112,6 +112,7 @@ def benchmark(
     arch = (read_checkpoint(source).get("info") or {}).get("name")
     if arch in MODELS and MODELS[arch].kind != "dense":
         raise ConfigError(f"--model {source}: a {arch} model, which cannot be exported; benchmark needs cellnet")
+    load_model(source)  # its settings and weights build the network (a file with a header but no weights: now)
     for path in extra or []:  # a missing or broken --extra (not a model, another export's sidecar): now
         if not Path(path).is_file():
             raise missing_model(Path(path))

@@ -56,10 +56,12 @@ def calibrate(
 
     check_threads(threads)
     model, suffix = Path(model), Path(model).suffix.lower()
+    flag = "--out"
     if suffix in MODEL_FORMATS:  # an export: its fit goes where the runtime reads it first
         sidecar = sidecar_path(model)
         if out is not None and Path(out).resolve() != sidecar.resolve():
             raise ConfigError(f"--out {out}: an export's fit goes to its sidecar {sidecar} (leave --out out)")
+        flag = flag if out is not None else "the fit's sidecar"  # not a flag the user never gave
         out = sidecar
     elif suffix != ".pt":
         raise ConfigError(f"--model {model}: calibrate re-fits a .pt model or an .onnx/.tflite export")
@@ -67,11 +69,15 @@ def calibrate(
         raise ConfigError("--out: name the new .pt model file (it may be --model itself)")
     elif Path(out).suffix.lower() != ".pt":
         raise ConfigError(f"--out {out}: calibrate writes a .pt model file; name it so")
-    check_outputs({"--out": str(out)})
+    check_outputs({flag: str(out)})
     if not (found := shipped_by_name(model)).is_file():  # before the data is read and its notes printed
         raise missing_model(found)
     if suffix == ".pt":
         _check_pt(found, Path(out), nms_iou)
+    else:  # an export that does not load, or a --nms-iou its classes refuse: before the data's notes too
+        meta = load_predictor(found, threads=threads).metadata
+        if nms_iou is not None:
+            parse_nms_iou(nms_iou, meta.class_names, meta.iou_threshold)
     root = resolve_data_root(data)
     dataset = load_dataset(root, split=split)
     if not dataset.records:

@@ -115,9 +115,9 @@ def export_model(
     if qat_state is None and unfitted:  # (qat says it before training)
         print(f"warning: {unfitted}, then export that", file=sys.stderr)
     width, height = imgsz or tuple(info.input_size)
-    if width % 32 or height % 32:
-        raise ConfigError(f"--imgsz {width}x{height}: both sides must be multiples of 32")
     what = f"--imgsz {width}x{height}" if imgsz else f"the model's input {width}x{height} (pass --imgsz)"
+    if width % 32 or height % 32:
+        raise ConfigError(f"{what}: both sides must be multiples of 32")
     check_input_size((width, height), info.cell_size, what)
     if tiling := smaller_input_note((width, height), tuple(info.input_size), info.cell_size):
         print(f"warning: {tiling}", file=sys.stderr)
@@ -202,7 +202,9 @@ def calibration_shortfall(result: ExportResult, asked: int) -> str | None:
     used = result.metadata.get("calibration_images")
     if used is None or used >= asked:
         return None
-    return f"int8 ranges set from {used} images: the train split has no more (asked for {asked})"
+    return (
+        f"int8 ranges set from {used} image{'s' if used != 1 else ''}: the train split has no more (asked for {asked})"
+    )
 
 
 def check_replaceable(out: Path, meta_path: Path) -> None:

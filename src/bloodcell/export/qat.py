@@ -23,6 +23,7 @@ from bloodcell.data.sources import load_dataset, resolve_data_root
 from bloodcell.data.transforms import make_transforms
 from bloodcell.engine.train import seed_epoch, train_one_epoch
 from bloodcell.errors import ConfigError
+from bloodcell.export.formats import CALIB_IMAGES
 from bloodcell.export.graph import ExportGraph
 from bloodcell.export.quantize import make_quantizer
 from bloodcell.models.cellnet_loss import CellNetLoss
@@ -128,6 +129,12 @@ def qat_finetune(config: QATConfig, progress: bool = True) -> ExportResult:
     records = load_dataset(resolve_data_root(config.data), split="train").records[: config.max_images]
     if len(records) < config.batch:
         raise ConfigError(f"QAT: {len(records)} training images, fewer than --batch {config.batch}")
+    if len(records) < CALIB_IMAGES:  # as export --int8 says of fewer calibration images: its ranges rest on them
+        print(
+            f"warning: QAT learns its int8 ranges from {len(records)} training images (export --int8 calibrates on "
+            f"{CALIB_IMAGES}); check the file's counts before use: `bloodcell val --model {config.out}`",
+            file=sys.stderr,
+        )
     if note := unfitted_checkpoint_note(Path(config.model), info):  # said before the QAT epochs, not after
         print(f"warning: {note}, then run qat on that", file=sys.stderr)
     folded, _ = fold_batch_norms(net)

@@ -220,7 +220,9 @@ def load_model(path: str | Path, expected_sha256: str | None = None) -> tuple[nn
         raise ModelError(f"{path}: unknown architecture {info.name!r}")
     model = build_model(info.name, model_config(info.name, info.config), pretrained=False)
     ema = payload.get("ema") if payload.get("kind") == "training" else None
-    weights = ema["module"] if isinstance(ema, dict) and isinstance(ema.get("module"), dict) else payload["model"]
+    weights = ema["module"] if isinstance(ema, dict) and isinstance(ema.get("module"), dict) else payload.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ModelError(f"{path}: bad model file: its settings are there, but no weights (tensors by layer name)")
     state = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     try:
         model.load_state_dict(state, strict=True)
