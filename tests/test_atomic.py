@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -134,3 +135,38 @@ def test_files_written_together_stay_as_they_were_when_one_cannot_be_replaced(tm
     assert info.value.filename == str(model)
     assert sidecar.read_bytes() == b"old sidecar" and model.read_bytes() == b"old model" and not new.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]  # nothing hidden left
+
+
+def test_an_earlier_file_that_cannot_be_put_back_is_kept_and_named(tmp_path, monkeypatch):
+    import bloodcell.atomic as atomic
+
+    first, second = tmp_path / "counts.csv", tmp_path / "video.mp4"
+    first.write_bytes(b"old counts")
+    second.write_bytes(b"old video")
+    real, to_first = os.replace, []
+
+    def refuse(src, dst):  # the video's rename, and then the counts' restore (its second rename)
+        to_first.extend([src] if Path(dst) == first else [])
+        if Path(dst) == second or len(to_first) == 2:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", refuse)
+    with pytest.raises(OSError, match=r"and not put back as it was: .*counts\.csv's earlier file is .*") as info:
+        atomic.write_files([(first, b"new counts"), (second, b"new video")])
+    kept = Path(re.search(r"earlier file is (\S+?\.tmp)", str(info.value))[1])
+    assert kept.read_bytes() == b"old counts" and second.read_bytes() == b"old video"  # nothing lost
+
+
+def test_the_last_file_of_a_set_needs_no_copy_of_its_earlier_file(tmp_path, monkeypatch):
+    """A copy of the earlier file is only for putting it back when a later rename fails: the last (a video of
+    gigabytes, on a drive without hard links) is never copied."""
+    import bloodcell.atomic as atomic
+
+    copied = []
+    real = atomic._earlier_copy
+    monkeypatch.setattr(atomic, "_earlier_copy", lambda path: copied.append(path.name) or real(path))
+    (tmp_path / "a.json").write_bytes(b"old")
+    (tmp_path / "b.mp4").write_bytes(b"old")
+    atomic.write_files([(tmp_path / "a.json", b"new"), (tmp_path / "b.mp4", b"new")])
+    assert copied == ["a.json"] and sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.mp4"]

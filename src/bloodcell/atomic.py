@@ -137,10 +137,14 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
-def write_files(files: Sequence[tuple[str | os.PathLike, bytes]]) -> None:
+def write_files(
+    files: Sequence[tuple[str | os.PathLike, bytes]], written: Sequence[tuple[str | os.PathLike, str]] = ()
+) -> None:
     """Write several files that belong together (a model and its sidecar): each is written and synced to a
     temporary sibling first, and only when all are complete are they renamed into place, in the order given.
-    A failed write (disk full) leaves every target as it was; a device or pipe among them is written last."""
+    A failed write (disk full) leaves every target as it was; a device or pipe among them is written last.
+    ``written``: (target, temporary) pairs already written and synced by the caller (a video), renamed after
+    ``files``; their temporaries are removed whatever happens."""
     done: list[tuple[str, Path]] = []
     # told apart before links are followed (/dev/stdout's lead to what stdout writes to); written last
     streams = [(Path(target), data) for target, data in files if is_stream(Path(target))]
@@ -150,12 +154,13 @@ def write_files(files: Sequence[tuple[str | os.PathLike, bytes]]) -> None:
                 continue
             path = _through_links(Path(target))
             done.append((stage_bytes(path, data), path))
+        done += [(str(tmp), _through_links(Path(target))) for target, tmp in written]
         replace_together(done)
         for stream, data in streams:
             with _open_stream(stream, "wb") as f:
                 f.write(data)
     finally:
-        for tmp, _ in done:
+        for tmp in [t for t, _ in done] + [str(t) for _, t in written]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
@@ -179,11 +184,13 @@ def stage_bytes(path: Path, data: bytes) -> str:
 
 def replace_together(pairs: list[tuple[str, Path]]) -> None:
     """Rename each (temporary, target) into place; if one rename fails (a file held open on Windows, an
-    immutable one), the targets already replaced get their earlier files back: the set stays as it was."""
+    immutable one), the targets already replaced get their earlier files back: the set stays as it was.
+    (The last target needs no copy of its earlier file: nothing after it can fail.) An earlier file that
+    could not be put back is kept beside its target, and the error names it."""
     replaced: list[tuple[Path, Path | None]] = []  # target, the copy of its earlier file (None: it was new)
     try:
-        for tmp, path in pairs:
-            kept = _earlier_copy(path)
+        for i, (tmp, path) in enumerate(pairs):
+            kept = _earlier_copy(path) if i < len(pairs) - 1 else None
             try:
                 os.replace(tmp, path)
             except OSError as e:
@@ -191,13 +198,19 @@ def replace_together(pairs: list[tuple[str, Path]]) -> None:
                     os.unlink(kept)
                 raise _as_target(e, path) from None
             replaced.append((path, kept))
-    except BaseException:
+    except BaseException as e:
+        lost = []
         for path, kept in reversed(replaced):
-            with contextlib.suppress(OSError):
+            try:
                 if kept is not None:
                     os.replace(kept, path)
                 else:
                     os.unlink(path)
+            except OSError:
+                lost.append(f"{path}'s earlier file is {kept}" if kept else f"{path} is this run's")
+        replaced.clear()  # put back (or kept where it could not be): nothing more to remove
+        if lost and isinstance(e, OSError):
+            raise OSError(e.errno, f"{e.strerror}; and not put back as it was: {'; '.join(lost)}", e.filename) from None
         raise
     finally:
         for _, kept in replaced:
@@ -218,9 +231,11 @@ def _earlier_copy(path: Path) -> Path | None:
     except OSError:  # no hard links here (some file systems), or an immutable file: a copy keeps it as well
         try:
             shutil.copy2(path, name)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(OSError):
                 os.unlink(name)
+            if isinstance(e, OSError):
+                raise _as_target(e, path) from None
             raise
     return Path(name)
 

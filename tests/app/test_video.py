@@ -182,6 +182,8 @@ def test_run_stream_stops_at_max_frames(predictor, video, tmp_path):
     assert summary.partial and not summary.complete and "stopped at max_frames=2" in str(summary)
     assert len((tmp_path / "slide_counts.partial.csv").read_text().splitlines()) == 3
     assert sum(summary.totals.values()) > 0 and "2 frames" in str(summary)
+    short = run_stream(predictor, str(video), tmp_path, conf=CONF, show=False, max_frames=FRAMES - 1)
+    assert short.partial  # one frame short: within a container count's tolerance, but the file had another
     whole = run_stream(predictor, str(video), tmp_path, conf=CONF, show=False, max_frames=FRAMES)  # all it has
     assert whole.complete and (tmp_path / "slide_counts.csv").is_file()
     assert not (tmp_path / "slide_counts.partial.csv").exists()
@@ -595,3 +597,18 @@ def test_a_refused_video_rename_keeps_the_earlier_pair(model_file, video, tmp_pa
     )
     assert f"{out / 'slide_annotated.mp4'}: Permission denied" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporaries left either
+
+
+def test_counts_csv_written_through_its_link_and_a_file_named_like_a_camera(model_file, video, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    kept = tmp_path / "lab" / "slide_counts.csv"  # a lab links the counts into its own folder
+    kept.parent.mkdir()
+    kept.write_text("earlier\n")
+    (out / "slide_counts.csv").symlink_to(kept)
+    assert main(["predict", "--source", str(video), "--model", str(model_file), "--out", str(out)]) == 0
+    assert (out / "slide_counts.csv").is_symlink() and kept.read_text().startswith("frame,time_s,")
+    monkeypatch.chdir(tmp_path)
+    Path("12").write_bytes(video.read_bytes())  # a file named 12 here is that file, not camera 12
+    assert main(["predict", "--source", "12", "--model", str(model_file), "--out", str(out)]) == 0
+    assert (out / "12_counts.csv").is_file()

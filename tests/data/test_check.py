@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -254,6 +255,13 @@ def test_labelled_images_no_split_lists_are_said_by_check_stats_and_export(tmp_p
     voc.write_split("trainval", ["img0", "img1", "img2", "img3"])  # any list counts (VOC's trainval, a lab's own)
     code, out, _ = _run(capsys, str(voc.root), "--json")
     assert [f["kind"] for f in json.loads(out)["findings"]] == []
+    for split in ("train", "val", "test", "trainval"):  # only a lab's own list: every command reads the folder
+        (voc.root / "ImageSets" / "Main" / f"{split}.txt").unlink()
+    voc.write_split("fold1", ["img0"])
+    code, out, _ = _run(capsys, str(voc.root), "--json")
+    assert "unlisted-image" not in [f["kind"] for f in json.loads(out)["findings"]]
+    assert main(["data", "export", str(voc.root), "--format", "csv", "--out", str(tmp_path / "csv3")]) == 0
+    assert "none of the split lists" not in capsys.readouterr().err
 
 
 def test_a_link_to_nowhere_in_jpegimages_is_a_row_not_the_end_of_the_report(tmp_path: Path, capsys) -> None:
@@ -280,3 +288,10 @@ def test_outputs_inside_the_folders_read_are_refused(tmp_path: Path, capsys) -> 
     assert main(["data", "export", str(voc.root), "--format", "csv", "--out", str(voc.root / "ImageSets" / "x")]) == 2
     assert "which the dataset is read from; write elsewhere" in capsys.readouterr().err
     assert sorted(p.name for p in (voc.root / "JPEGImages").iterdir()) == ["img0.jpg", "img1.jpg"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_given_as_the_dataset_is_refused_without_reading_it(tmp_path: Path, capsys) -> None:
+    os.mkfifo(tmp_path / "data")  # read to look for a YAML's "sources:", it would never end
+    code, _, err = _run(capsys, str(tmp_path / "data"))
+    assert code == 2 and "expected a Pascal VOC folder" in err

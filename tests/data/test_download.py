@@ -97,6 +97,11 @@ def test_download_refuses_a_labs_voc_folder_or_an_edited_download(tmp_path: Path
     with pytest.raises(DatasetError, match="edited, or another dataset"):
         download_bccd(dest, url=archive.as_uri(), sha256=digest)
     assert "corrected" in (dest / "Annotations" / "img0.xml").read_text()
+    clean = tmp_path / "clean"
+    download_bccd(clean, url=archive.as_uri(), sha256=digest)
+    (clean / ".git").mkdir()  # a lab versioning its copy: hidden, and still theirs
+    with pytest.raises(DatasetError, match=r"holds \.git, which a BCCD download does not"):
+        download_bccd(clean, url=archive.as_uri(), sha256=digest)
 
 
 def test_wrong_sha256_leaves_nothing(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from PIL import Image
 
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import frame_counts_header, frame_counts_row
-from bloodcell.atomic import replace_together, stage_bytes
+from bloodcell.atomic import write_files
 from bloodcell.errors import ConfigError, ImageError, OutputError, is_interrupt
 from bloodcell.runtime.counting import Conf, resolve_conf
 from bloodcell.runtime.images import IMAGE_SUFFIXES
@@ -132,8 +132,9 @@ MAX_CAMERA_INDEX = 2**31 - 1
 
 
 def is_camera(source: str) -> bool:
-    """A camera index: ASCII digits only ("²" and "٣" are names of files, as any other text)."""
-    return source.isascii() and source.isdigit()
+    """A camera index: ASCII digits only ("²" and "٣" are names of files, as any other text), and no file of
+    that name here (a file named 12 is that file)."""
+    return source.isascii() and source.isdigit() and not Path(source).is_file()
 
 
 def stream_name(source: str) -> str:
@@ -143,9 +144,8 @@ def stream_name(source: str) -> str:
     outputs); a URL's last path part. Letters of any script are kept; other characters become "_"."""
     if is_camera(source):
         return f"camera{int(source)}-{time.strftime('%Y%m%dT%H%M%S')}"
-    tail = (
-        (source.split("?")[0] if "://" in source else source).rstrip("/").rsplit("/", 1)[-1]
-    )  # a file's ? is its name
+    # a URL's last path part (its query left out); a file's own name (a ? in it is part of the name)
+    tail = source.split("?")[0].rstrip("/").rsplit("/", 1)[-1] if "://" in source else Path(source).name
     name = Path(tail).stem if Path(tail).suffix.lower() == ".mp4" else tail
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "stream"
 
@@ -308,7 +308,7 @@ class _FileSink:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
             return False
-        with open(self.tmp_path, "rb") as f:  # on disk before the rename, as atomic_open does for other outputs
+        with open(self.tmp_path, "r+b") as f:  # on disk before the rename (Windows syncs only what it may write)
             os.fsync(f.fileno())
         self.video_path, self.csv_path = self.paths(partial)
         # OpenCV's writer fails silently (a full disk leaves a file without its index): read it back first
@@ -322,13 +322,9 @@ class _FileSink:
                 f"{self.video_path}: the annotated video was not written whole ({readable} of {self.written} frames "
                 "readable; a full disk?); no file of this run replaced an earlier one"
             )
-        staged = stage_bytes(self.csv_path, self.rows.getvalue().encode())
-        try:  # both or neither: a rename refused (a player holding the old video on Windows) keeps the earlier pair
-            replace_together([(staged, self.csv_path), (str(self.tmp_path), self.video_path)])
-        finally:
-            for tmp in (staged, self.tmp_path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+        # both or neither: a rename refused (a player holding the old video on Windows) keeps the earlier pair;
+        # a counts.csv that is a link is written through it, one on a device in place, as every other output
+        write_files([(self.csv_path, self.rows.getvalue().encode())], written=[(self.video_path, str(self.tmp_path))])
         if not partial:  # this run's whole files supersede a cut-short earlier run's
             for stale in self.paths(partial=True):
                 with contextlib.suppress(FileNotFoundError):
@@ -398,8 +394,9 @@ def run_stream(
             # a camera never ends by itself, nor does a live stream: no more frames is a dropout, not an end
             summary.source_stopped = ran_out and not is_file and not summary.expected_frames
             # the API's max_frames before a file's end: its files are a part, as a stopped run's are
+            # stopped by max_frames: a part if the source had another frame (not by the count's tolerance)
             cut = not ran_out and not summary.quit and (is_file or summary.expected_frames > 0)
-            summary.limited = cut and not (summary.expected_frames and not summary._short)  # (all it had: whole)
+            summary.limited = cut and bool(cap.grab())
         except BaseException as e:  # Ctrl-C ends a camera stream; the files are kept (a file's: said so)
             if not is_interrupt(e) or summary.frames == 0:
                 raise  # nothing to keep: an interrupted command, not an unreadable source

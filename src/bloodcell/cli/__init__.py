@@ -122,7 +122,7 @@ def _missing_extras(args: argparse.Namespace) -> str | None:
     if not missing:
         return None  # (a .pt alone without torch: the model loader says that, with the export to use instead)
     model = getattr(args, "model", None)
-    if command in MODEL_COMMANDS and (model is None or str(model).endswith(".pt")) and not _importable("torch"):
+    if command in MODEL_COMMANDS and (model is None or str(model).lower().endswith(".pt")) and not _importable("torch"):
         missing.append("torch")  # else the next try would stop at the model
     extras = ",".join(dict.fromkeys(EXTRAS[m] for m in missing))
     return f"`bloodcell {command}` needs {', '.join(missing)}: pip install 'bloodcell[{extras}]'"

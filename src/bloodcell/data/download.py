@@ -93,14 +93,17 @@ def tree_sha256_of(root: str | Path) -> str:
     lines = []
     for folder in DATA_FOLDERS:
         for path in sorted((root / folder).rglob("*")):
-            if path.is_file() and not _os_file(path.name):
+            if path.is_file() and not path.name.startswith(".") and not _os_file(path.name):
                 lines.append(f"{path.relative_to(root).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n")
     return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
 
 
+#: Files a file manager leaves in any folder it shows (no edit of the dataset).
+OS_FILES = (".ds_store", "thumbs.db", "desktop.ini")
+
+
 def _os_file(name: str) -> bool:
-    """A file a file manager leaves (.DS_Store, Thumbs.db, desktop.ini) or a hidden one (the download marker)."""
-    return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
+    return name.lower() in OS_FILES or name.startswith("._")  # ._x: macOS's resource forks on other drives
 
 
 def _refuse_foreign_folder(dest: Path) -> None:
@@ -110,9 +113,8 @@ def _refuse_foreign_folder(dest: Path) -> None:
         raise DatasetError(f"{dest}: is a file; pass a folder for the dataset")
     if not dest.is_dir():
         return
-    foreign = sorted(
-        p.name for p in dest.iterdir() if p.name not in {*DATA_FOLDERS, "LICENSE"} and not _os_file(p.name)
-    )
+    known = {*DATA_FOLDERS, "LICENSE", MARKER}  # any other entry, a hidden .git/ too, would be wiped with the folder
+    foreign = sorted(p.name for p in dest.iterdir() if p.name not in known and not _os_file(p.name))
     if foreign:
         raise DatasetError(
             f"{dest}: folder exists and holds {first_of(foreign)}, which a BCCD download does not; nothing was "

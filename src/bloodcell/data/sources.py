@@ -140,19 +140,17 @@ def _order_findings(
 def unlisted_images(root: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAMES) -> list[str]:
     """The labelled image files of the whole folder (or YAML) that no list in any source's ImageSets/Main
     names (train, val, test, trainval, a lab's own): forgotten when the lists were made, they are in no
-    split's training or scores. Empty when there are no lists at all (every command then reads them all)."""
+    split's training or scores. Empty without a train, val or test list (every command then reads them all)."""
     from bloodcell.data.voc import read_split_ids
 
     spec = read_spec(root, class_names)
+    if not available_splits(root):  # no train/val/test list: every command reads the whole folder
+        return []
     listed: set[str] = set()
-    lists = 0
     for source in spec.sources:
         for file in (source.path / "ImageSets" / "Main").glob("*.txt"):
-            lists += 1
             with contextlib.suppress(DatasetError):  # an unreadable list is data check's own finding
                 listed.update(read_split_ids(source.path, file.stem))
-    if not lists:
-        return []
     whole = load_dataset(root, None, class_names=class_names, decode_images=False)
     return sorted(r.image_path.name for r in whole.records if r.image_id not in listed)
 

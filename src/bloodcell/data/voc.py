@@ -236,7 +236,9 @@ def check_root(root: str | Path) -> Path:
         else:  # a dataset YAML saved without its suffix is read as a folder's path
             hint = ""
             with contextlib.suppress(OSError):
-                hint = "; a dataset YAML needs a .yaml name" if b"sources:" in root.read_bytes()[:4096] else ""
+                if root.is_file():  # (a pipe or a device given as the dataset is not read: it may never end)
+                    with open(root, "rb") as f:
+                        hint = "; a dataset YAML needs a .yaml name" if b"sources:" in f.read(4096) else ""
         raise DatasetError(f"{root}: is a file, expected a Pascal VOC folder with Annotations/ and JPEGImages/{hint}")
     if not (root / "Annotations").is_dir():
         inside = (root.parent / "Annotations").is_dir() and (root.parent / "JPEGImages").is_dir()
