@@ -44,8 +44,9 @@ def coverage(preds, records, names, conf, calibration) -> dict[str, float]:
 
 
 def refitted(preds, records, names, prior: Calibration) -> Calibration:
-    """The calibration refitted on these images whatever their number (bloodcell before the twenty-second
-    session): a class with fewer than MIN_FIT_CELLS labelled cells keeps the model's, as it did then."""
+    """The calibration refitted on these images whatever their number, as `calibrate` did before the rule on
+    images: a class with fewer than MIN_FIT_CELLS labelled cells keeps the model's, as it did then (every
+    class is boxed exhaustively in dense val, so no exhaustive mask is needed here)."""
     cal = fit_calibration(preds, records, names)
     knots, width = dict(cal.knots), dict(cal.width)
     for c, name in enumerate(names):

@@ -127,6 +127,20 @@ def _as_target(e: OSError, path: Path) -> OSError:
         return OSError(e.errno, e.strerror, str(path))
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs on this machine, for judging another run's claim or temporary file.
+    Windows has no signal 0 (there it is CTRL_C_EVENT, sent to the process group): taken as alive there."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process is there
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: running
+        return True
+    return True
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(text)
@@ -138,12 +152,12 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_files(
-    files: Sequence[tuple[str | os.PathLike, bytes]], written: Sequence[tuple[str | os.PathLike, str]] = ()
+    files: Sequence[tuple[str | os.PathLike, bytes]], staged: Sequence[tuple[str | os.PathLike, str]] = ()
 ) -> None:
     """Write several files that belong together (a model and its sidecar): each is written and synced to a
     temporary sibling first, and only when all are complete are they renamed into place, in the order given.
     A failed write (disk full) leaves every target as it was; a device or pipe among them is written last.
-    ``written``: (target, temporary) pairs already written and synced by the caller (a video), renamed after
+    ``staged``: (target, temporary) pairs the caller already wrote and synced (a video), renamed after
     ``files``; their temporaries are removed whatever happens."""
     done: list[tuple[str, Path]] = []
     # told apart before links are followed (/dev/stdout's lead to what stdout writes to); written last
@@ -154,13 +168,13 @@ def write_files(
                 continue
             path = _through_links(Path(target))
             done.append((stage_bytes(path, data), path))
-        done += [(str(tmp), _through_links(Path(target))) for target, tmp in written]
+        done += [(str(tmp), _through_links(Path(target))) for target, tmp in staged]
         replace_together(done)
         for stream, data in streams:
             with _open_stream(stream, "wb") as f:
                 f.write(data)
     finally:
-        for tmp in [t for t, _ in done] + [str(t) for _, t in written]:
+        for tmp in {*(t for t, _ in done), *(str(t) for _, t in staged)}:  # (staged ones too if never reached)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
@@ -208,7 +222,7 @@ def replace_together(pairs: list[tuple[str, Path]]) -> None:
                     os.unlink(path)
             except OSError:
                 lost.append(f"{path}'s earlier file is {kept}" if kept else f"{path} is this run's")
-        replaced.clear()  # put back (or kept where it could not be): nothing more to remove
+        replaced.clear()  # each earlier file is back in place or named in the error: none may be removed
         if lost and isinstance(e, OSError):
             raise OSError(e.errno, f"{e.strerror}; and not put back as it was: {'; '.join(lost)}", e.filename) from None
         raise
@@ -225,7 +239,7 @@ def _earlier_copy(path: Path) -> Path | None:
         return None
     fd, name = _temp_sibling(path)
     os.close(fd)
-    os.unlink(name)
+    os.unlink(name)  # its name only, for the link (the name taken meanwhile: a copy over it, below)
     try:
         os.link(path, name)
     except OSError:  # no hard links here (some file systems), or an immutable file: a copy keeps it as well

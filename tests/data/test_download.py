@@ -98,6 +98,8 @@ def test_download_refuses_a_labs_voc_folder_or_an_edited_download(tmp_path: Path
         download_bccd(dest, url=archive.as_uri(), sha256=digest)
     assert "corrected" in (dest / "Annotations" / "img0.xml").read_text()
     clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / ".DS_Store").write_bytes(b"Finder")  # an empty folder a file manager has shown: still empty
     download_bccd(clean, url=archive.as_uri(), sha256=digest)
     (clean / ".git").mkdir()  # a lab versioning its copy: hidden, and still theirs
     with pytest.raises(DatasetError, match=r"holds \.git, which a BCCD download does not"):

@@ -32,12 +32,13 @@ from PIL import Image
 
 from bloodcell.app.annotate import BoxAnnotator
 from bloodcell.app.sinks import frame_counts_header, frame_counts_row
-from bloodcell.atomic import write_files
+from bloodcell.atomic import process_alive, write_files
 from bloodcell.errors import ConfigError, ImageError, OutputError, is_interrupt
 from bloodcell.runtime.counting import Conf, resolve_conf
 from bloodcell.runtime.images import IMAGE_SUFFIXES
 from bloodcell.runtime.predict import ImageResult, Predictor, api_cell_size, predict_image
-from bloodcell.runtime.sources import shown, unusable_reason
+from bloodcell.runtime.sources import shown as safe_text
+from bloodcell.runtime.sources import unusable_reason
 
 DEFAULT_OUT = "runs/predict"
 WINDOW = "bloodcell"
@@ -91,7 +92,7 @@ class StreamSummary:
     def __str__(self) -> str:
         means = ", ".join(f"{v:.1f} {k}" for k, v in self.mean_per_frame().items())
         rate = f" ({self.frames / self.seconds:.1f} counted per second)" if self.seconds > 0 else ""
-        what = f"camera {self.source}" if is_camera(self.source) else shown(self.source)
+        what = f"camera {self.source}" if is_camera(self.source) else safe_text(self.source)
         lines = [f"{what}: {self.frames} frames{rate}, mean per frame {means or '-'}"]
         if self.interrupted:
             of = f" of {self.expected_frames}" if self.expected_frames else ""
@@ -115,9 +116,9 @@ class StreamSummary:
                 "(cut off or damaged?); the .partial files hold those"
             )
         if self.video_path:
-            lines.append(f"annotated video: {shown(str(self.video_path))}")
+            lines.append(f"annotated video: {safe_text(str(self.video_path))}")
         if self.csv_path:
-            lines.append(f"per-frame counts: {shown(str(self.csv_path))}")
+            lines.append(f"per-frame counts: {safe_text(str(self.csv_path))}")
         return "\n".join(lines)
 
 
@@ -263,7 +264,7 @@ class _FileSink:
         prefix = f".{self.name}_annotated.{_host()}-"  # another machine's (a shared folder) are not ours to judge
         for stale in self.out_dir.glob(f"{glob.escape(prefix)}*.tmp.mp4"):
             pid = stale.name[len(prefix) : -len(".tmp.mp4")]
-            if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     stale.unlink()
 
@@ -324,7 +325,7 @@ class _FileSink:
             )
         # both or neither: a rename refused (a player holding the old video on Windows) keeps the earlier pair;
         # a counts.csv that is a link is written through it, one on a device in place, as every other output
-        write_files([(self.csv_path, self.rows.getvalue().encode())], written=[(self.video_path, str(self.tmp_path))])
+        write_files([(self.csv_path, self.rows.getvalue().encode())], staged=[(self.video_path, str(self.tmp_path))])
         if not partial:  # this run's whole files supersede a cut-short earlier run's
             for stale in self.paths(partial=True):
                 with contextlib.suppress(FileNotFoundError):
@@ -334,18 +335,6 @@ class _FileSink:
 
 def _host() -> str:
     return re.sub(r"[^\w-]+", "_", socket.gethostname()) or "host"
-
-
-def _process_alive(pid: int) -> bool:
-    if os.name == "nt":  # signal 0 there is CTRL_C_EVENT, not a probe: every temporary is taken as in use
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
-        return True
-    return True
 
 
 def run_stream(
@@ -376,28 +365,28 @@ def run_stream(
     class_names = tuple(predictor.class_names)
     name = stream_name(source)
     cap = open_capture(cv2, source)
-    shown, sink, ok, partial = False, None, False, False
+    in_window, sink, ok, partial = False, None, False, False
     try:
-        shown = show is not False and gui_available(cv2)
+        in_window = show is not False and gui_available(cv2)
         is_file = not is_camera(source) and "://" not in source
         fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
         fps = fps if fps > 0 and (is_file or fps < 1000) else 0.0  # a camera's 1000+ is a driver's placeholder
-        if out_dir is not None or not shown:
+        if out_dir is not None or not in_window:
             sink = _FileSink(cv2, Path(out_dir or DEFAULT_OUT), name, fps or 10.0, class_names)
         annotator = BoxAnnotator(class_names)
-        summary = StreamSummary(source, class_names, totals=dict.fromkeys(class_names, 0), fps=fps, shown=shown)
-        if not is_camera(source):  # a file, or a stream that serves one (a live one: 0)
+        summary = StreamSummary(source, class_names, totals=dict.fromkeys(class_names, 0), fps=fps, shown=in_window)
+        if not is_camera(source):  # files say how many frames they hold; a served file too, a live stream 0
             summary.expected_frames = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
         started = time.monotonic()
         try:
-            ran_out = _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, shown, max_frames, cell_size)
+            ran_out = _loop(cv2, cap, predictor, conf, name, annotator, sink, summary, in_window, max_frames, cell_size)
             # a camera never ends by itself, nor does a live stream: no more frames is a dropout, not an end
             summary.source_stopped = ran_out and not is_file and not summary.expected_frames
-            # the API's max_frames before a file's end: its files are a part, as a stopped run's are
-            # stopped by max_frames: a part if the source had another frame (not by the count's tolerance)
+            # stopped by the API's max_frames: a part if the file had another frame (not judged by the count's
+            # tolerance), whose outputs must not replace a whole run's
             cut = not ran_out and not summary.quit and (is_file or summary.expected_frames > 0)
             summary.limited = cut and bool(cap.grab())
-        except BaseException as e:  # Ctrl-C ends a camera stream; the files are kept (a file's: said so)
+        except BaseException as e:  # Ctrl-C is how a camera stream ends: its frames are kept (a file's: as a part)
             if not is_interrupt(e) or summary.frames == 0:
                 raise  # nothing to keep: an interrupted command, not an unreadable source
             summary.interrupted = is_file or summary.expected_frames > 0  # a file, here or served: cut short
@@ -408,7 +397,7 @@ def run_stream(
         partial = summary.partial
     finally:
         cap.release()
-        if shown:
+        if in_window:
             with contextlib.suppress(cv2.error):
                 cv2.destroyWindow(WINDOW)
         if sink is not None and sink.close(ok, partial):

@@ -115,7 +115,7 @@ def _importable(name: str) -> bool:
         return False
 
 
-def _missing_extras(args: argparse.Namespace) -> str | None:
+def _missing_extras_message(args: argparse.Namespace) -> str | None:
     """What the command needs that this install lacks, as one line naming every extra; None: nothing."""
     command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
     missing = [m for m in COMMAND_NEEDS.get(command, ()) if not _importable(m)]
@@ -235,9 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _refuse_empty(parser, args)
     except ConfigError as e:
         return _failed(e, args)
-    if missing := _missing_extras(args):
-        print(f"error: {missing}", file=sys.stderr)
-        return 2
+    if missing := _missing_extras_message(args):
+        return _failed(ConfigError(missing), args)  # (said once per machine under torchrun, as every error)
     import signal
     import threading
 

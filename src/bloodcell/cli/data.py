@@ -63,18 +63,16 @@ def _refuse_inside_dataset(root: str | Path, outputs: dict[str, str | None]) -> 
     """An output written into the folders being read would replace a label file or be read as one next time
     (a report named Annotations/x.xml, plots among the images)."""
     from bloodcell.data.sources import read_spec
+    from bloodcell.data.voc import VOC_FOLDERS
 
+    folders = [(source.path / sub).resolve() for source in read_spec(root).sources for sub in VOC_FOLDERS]
     for flag, path in outputs.items():
         if not path or path == "-":
             continue
         target = Path(path).resolve()
-        for source in read_spec(root).sources:
-            for sub in ("Annotations", "JPEGImages", "ImageSets"):
-                folder = (source.path / sub).resolve()
-                if target == folder or folder in target.parents:
-                    raise ConfigError(
-                        f"{flag} {path}: is inside {folder}, which the dataset is read from; write elsewhere"
-                    )
+        for folder in folders:
+            if target.is_relative_to(folder):
+                raise ConfigError(f"{flag} {path}: is inside {folder}, which the dataset is read from; write elsewhere")
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:

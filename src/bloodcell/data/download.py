@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from bloodcell.atomic import atomic_dir
 from bloodcell.data.sources import default_data_root
+from bloodcell.data.voc import VOC_FOLDERS
 from bloodcell.errors import DatasetError, first_of
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ PINNED_TREE_SHA256 = "0bb479c7ed1c5f1e410e8e3c1b9a1565ee37feeb8e6375f6c93534deeb
 EXPECTED_ANNOTATIONS = 364
 EXPECTED_SPLITS = ("train", "val", "test")
 #: Parts of the upstream BCCD/ folder that are unpacked (the rest of the repository is scripts).
-DATA_FOLDERS = ("Annotations", "JPEGImages", "ImageSets")
+DATA_FOLDERS = VOC_FOLDERS
 CHUNK = 1 << 20
 #: Written into a download: the content it unpacked (hidden: ``tree_sha256_of`` and listings skip it).
 MARKER = ".bloodcell-download.json"
@@ -113,14 +114,15 @@ def _refuse_foreign_folder(dest: Path) -> None:
         raise DatasetError(f"{dest}: is a file; pass a folder for the dataset")
     if not dest.is_dir():
         return
+    entries = [p.name for p in dest.iterdir() if not _os_file(p.name)]  # a file manager's own files aside
     known = {*DATA_FOLDERS, "LICENSE", MARKER}  # any other entry, a hidden .git/ too, would be wiped with the folder
-    foreign = sorted(p.name for p in dest.iterdir() if p.name not in known and not _os_file(p.name))
+    foreign = sorted(name for name in entries if name not in known)
     if foreign:
         raise DatasetError(
             f"{dest}: folder exists and holds {first_of(foreign)}, which a BCCD download does not; nothing was "
             "written (a download replaces the folder as a whole): choose a new or empty folder"
         )
-    if not any(dest.iterdir()):
+    if not entries:  # empty, but for what Finder or Explorer left there
         return
     try:  # what this folder's download unpacked; a download from before the marker: the pinned content
         unpacked = json.loads((dest / MARKER).read_text())["tree_sha256"]

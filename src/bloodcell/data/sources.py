@@ -109,7 +109,7 @@ def _has_list(spec: DatasetSpec, split: str) -> bool:
     return any((src.path / "ImageSets" / "Main" / file).is_file() for src in spec.sources)
 
 
-def _order_findings(
+def _source_order_findings(
     spec: DatasetSpec, replaced: Counter[tuple[Path, Path]], read: dict[Path, int], kept: set[Path], whole: bool
 ) -> list[Finding]:
     """A later source's labels win, so a YAML listing dense labels before sparse ones uses the sparse ones,
@@ -417,7 +417,7 @@ def load_dataset(
             findings.append(replace(f, file=f"{path.name}/{f.file}"))
     if split_name is None:  # the whole folders: an alias none of them uses was meant for another spelling
         findings += _unused_aliases(spec, set().union(*names_read.values()))
-    findings += _order_findings(
+    findings += _source_order_findings(
         spec, replaced, {p: len(r) for p, r in read.items()}, set(labelled_by.values()), whole=split_name is None
     )
     dataset = VOCDataset(root=root, class_names=tuple(class_names), split=split, findings=findings)

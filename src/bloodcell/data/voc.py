@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from bloodcell import boxes as box_ops
 from bloodcell.errors import DatasetError
@@ -38,6 +38,8 @@ DUPLICATE_IOU = 0.9
 
 
 #: The action of a finding about labels used as they are (said, not repaired).
+#: The folders of a Pascal VOC dataset that hold its labels, images and split lists.
+VOC_FOLDERS = ("Annotations", "JPEGImages", "ImageSets")
 KEPT = "kept"
 #: The action of a finding whose image could not be used at all (the dataset goes on without it).
 SKIPPED_IMAGE = "skipped image"
@@ -509,16 +511,17 @@ def _read_one(
     image_path = _find_image(root, image_id, tree.findtext("filename"), findings)
     if image_path is None:
         return None
-    shown = _image_size(image_path, xml_name, decode_images, findings)
+    shown = _shown_size(image_path, xml_name, decode_images, findings)
     if shown is None:
         return None
     width, height, orientation = shown
     size = (width, height)
     if _drawn_on_stored_pixels(tree, xml_name, image_path, shown, findings):  # read there, then turned with them
         objects = _read_objects(
-            tree, xml_name, class_index, aliases, declared, (height, width), None, findings, names_read
+            tree, xml_name, class_index, aliases, declared, shown.stored, None, findings, names_read
         )
-        objects.boxes = exif_turned_boxes(np.asarray(objects.boxes).reshape(-1, 4), orientation, height, width).tolist()
+        boxes = np.asarray(objects.boxes).reshape(-1, 4)
+        objects.boxes = exif_turned_boxes(boxes, orientation, *shown.stored).tolist()
     else:
         frame = _boxes_frame(tree, xml_name, image_path, width, height, findings)
         objects = _read_objects(tree, xml_name, class_index, aliases, declared, size, frame, findings, names_read)
@@ -544,6 +547,16 @@ class _ShownSize(NamedTuple):
     width: int
     height: int
     orientation: int  # EXIF orientation, 1-8 (1: stored as shown)
+
+    @property
+    def quarter_turn(self) -> bool:
+        """EXIF turns the stored pixels by 90° (orientations 5-8): the stored width is the shown height."""
+        return self.orientation > 4
+
+    @property
+    def stored(self) -> tuple[int, int]:
+        """(width, height) of the pixels as stored in the file."""
+        return (self.height, self.width) if self.quarter_turn else (self.width, self.height)
 
 
 #: EXIF orientation -> how the stored pixels become the image shown (Pillow's exif_transpose does the same).
@@ -576,7 +589,7 @@ def _drawn_on_stored_pixels(
     """Whether the boxes were drawn on the image's stored pixels, which EXIF shows turned (a labelling tool
     that ignores EXIF): its <size> is the stored one, the shown one turned. A mirror or a half turn keeps
     the size, so which pixels the boxes were drawn on cannot be told: taken as shown, and said."""
-    if shown.orientation in (2, 3, 4) or (shown.orientation > 4 and shown.width == shown.height):
+    if shown.orientation in (2, 3, 4) or (shown.quarter_turn and shown.width == shown.height):
         detail = (
             f"EXIF shows {image_path.name} {EXIF_SHOWN[shown.orientation]}; boxes taken as drawn on the image as "
             "shown (a tool that ignores EXIF draws them on the stored pixels: look at one)"
@@ -584,7 +597,7 @@ def _drawn_on_stored_pixels(
         findings.append(Finding(xml_name, None, "exif-orientation", detail, KEPT))
     size = tree.find("size")
     xml = (_int_or_none(size, "width"), _int_or_none(size, "height"))
-    if shown.orientation < 5 or shown.width == shown.height or xml != (shown.height, shown.width):
+    if not shown.quarter_turn or shown.width == shown.height or xml != shown.stored:
         return False
     detail = (
         f"<size> says {xml[0]}x{xml[1]}, the stored pixels of {image_path.name}, which EXIF shows "
@@ -594,7 +607,7 @@ def _drawn_on_stored_pixels(
     return True
 
 
-def _image_size(image_path: Path, xml_name: str, decode_images: bool, findings: list[Finding]) -> _ShownSize | None:
+def _shown_size(image_path: Path, xml_name: str, decode_images: bool, findings: list[Finding]) -> _ShownSize | None:
     """The image's (width, height) as it is shown (EXIF turns applied) and its EXIF orientation; decoded and
     checked for damage with ``decode_images``. None, with a finding, for an image that cannot be used."""
     try:
@@ -605,7 +618,7 @@ def _image_size(image_path: Path, xml_name: str, decode_images: bool, findings: 
                 if im.format in JPEG_FORMATS:  # damaged data decodes silently: a model would learn the garbage
                     check_jpeg_data(data)
             width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
             orientation = orientation if orientation in range(1, 9) else 1  # (exif_transpose ignores others too)
             if orientation in (5, 6, 7, 8):  # EXIF says "turned 90°": pixels are read turned
                 # Pillow 13 gives a TIFF's size already turned (older ones did not): its tags say the stored one

@@ -173,6 +173,8 @@ def detected_cell_size(preds: list[Detections], rbc_conf: float) -> float | None
 
 #: Fewer labelled cells of a class on val than this, and its operating point is a guess: said as a warning.
 MIN_FIT_CELLS = 20
+#: Fewer counted red cells on val than this, and their median size is no reference to rescale images by.
+MIN_SIZE_CELLS = 20
 
 
 @dataclass
@@ -251,8 +253,8 @@ def fit_counting(
                 f"{name}: {what} fitted on {where}{kept_note}: its counts may be off; label more val images"
             )
         elif len(labelled) < few_images:
-            # many cells, too few images: the conformal width has no 90% quantile to take (see
-            # conformal_min_images), so the model's earlier calibration, fitted on more images, stays
+            # many cells, too few images: the conformal width has no quantile at the intervals' level to take
+            # (see conformal_min_images), so the model's earlier calibration, fitted on more images, stays
             level = f"{calibration.level:.0%}"
             where = (
                 f"{name}: {len(labelled)} val images box it exhaustively, fewer than the {few_images} that fit a "
@@ -264,11 +266,11 @@ def fit_counting(
                 cover = f"{len(labelled) / (len(labelled) + 1):.0%}"
                 warnings.append(f"{where}: its intervals cover about {cover} of new images, not {level}; label more")
     measured = sum(len(rbc_sizes(p, conf[0])) for p in preds)
-    size = detected_cell_size(preds, conf[0]) if measured >= MIN_FIT_CELLS else None
+    size = detected_cell_size(preds, conf[0]) if measured >= MIN_SIZE_CELLS else None
     reference = None if size is None else round(size * input_scale, 1)
-    if 0 < measured < MIN_FIT_CELLS:  # a median of a few cells moves every later image's scale: not refitted
+    if 0 < measured < MIN_SIZE_CELLS:  # a median of a few cells moves every later image's scale: not refitted
         warnings.append(
-            f"red-cell size: {measured} counted red cells on val (fewer than {MIN_FIT_CELLS}) are too few to measure "
+            f"red-cell size: {measured} counted red cells on val (fewer than {MIN_SIZE_CELLS}) are too few to measure "
             "it; the model's reference size, if it has one, stays"
         )
     fitted = Calibration(knots, floor=calibration.floor, level=calibration.level, width=width)

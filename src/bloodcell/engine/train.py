@@ -26,7 +26,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from bloodcell.atomic import blocked_reason, write_text
+from bloodcell.atomic import blocked_reason, process_alive, write_text
 from bloodcell.config import SCALE_LIMITS, TrainConfig, default_input_size, flag_name, show
 from bloodcell.data.check import findings_note, skipped_note
 from bloodcell.data.dataset import DetectionDataset, SeededSampler, collate
@@ -260,13 +260,7 @@ def _ended_claim(config: Path) -> bool:
         return False
     if claimed is None:
         return False
-    try:
-        os.kill(int(claimed[1]), 0)  # signal 0: only asks whether the process is there
-    except ProcessLookupError:
-        return True
-    except OSError:  # another user's process: running
-        pass
-    return False
+    return not process_alive(int(claimed[1]))
 
 
 def _numbering_prefix(name: str) -> str:

@@ -248,7 +248,7 @@ def half_widths(mean: float, lo: int, hi: int) -> tuple[float, float]:
 def conformal_min_images(level: float = 0.9) -> int:
     """Fewest val images whose split-conformal ``level`` quantile exists, ceil(level (n+1)) <= n: 9 at
     90%. With fewer, ``fit_interval_width`` can only take the widest residual, which covers about n/(n+1)
-    of new images (4 images: 80%, and a draw's spread is wide: BENCHMARKS.md, twenty-second session)."""
+    of new images (4 images: 80%, and a draw's spread is wide: `python benchmarks/small_val.py`)."""
     if not 0 < level < 1:
         raise ValueError(f"level {level}: a coverage in (0, 1)")
     n = 1
