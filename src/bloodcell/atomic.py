@@ -331,6 +331,8 @@ def check_outputs(files: dict[str, str | None], folders: dict[str, str | None] |
 def blocked_reason(folder: Path, error: OSError) -> str:
     """Why ``folder`` could not be made or written in: a file in its path's place, else the OS's words."""
     blocking = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+    if blocking is None and folder.is_symlink() and not folder.exists():
+        return f"{folder} is a link to {os.readlink(folder)}, which is not there"
     return f"{blocking} is a file, not a folder" if blocking else (error.strerror or str(error))
 
 

@@ -295,3 +295,16 @@ def test_a_pipe_given_as_the_dataset_is_refused_without_reading_it(tmp_path: Pat
     os.mkfifo(tmp_path / "data")  # read to look for a YAML's "sources:", it would never end
     code, _, err = _run(capsys, str(tmp_path / "data"))
     assert code == 2 and "expected a Pascal VOC folder" in err
+
+
+def test_an_image_in_a_subfolder_and_a_dangling_out_link_are_named(tmp_path: Path, capsys) -> None:
+    voc = make_voc(tmp_path / "voc", n_images=2)
+    (voc.root / "JPEGImages" / "batch2").mkdir()
+    voc.image_path("img1").rename(voc.root / "JPEGImages" / "batch2" / "img1.jpg")  # a tool's per-batch folder
+    code, out, _ = _run(capsys, str(voc.root), "--json")
+    assert code == 1  # an image left out
+    (found,) = [f for f in json.loads(out)["findings"] if f["kind"] == "missing-image"]
+    assert found["detail"].endswith("(JPEGImages/batch2/img1.jpg is in a subfolder, which is not read)")
+    (tmp_path / "plots").symlink_to(tmp_path / "gone")
+    assert main(["data", "stats", str(voc.root), "--out", str(tmp_path / "plots")]) == 2
+    assert f"is a link to {tmp_path / 'gone'}, which is not there" in capsys.readouterr().err

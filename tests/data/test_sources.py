@@ -66,6 +66,10 @@ def test_split_that_only_one_source_has(tmp_path, bccd_root, dense_root):
         ("sources:\n  - path: x\n   exhaustive: [RBC]\n", "YAML: line 3, column 4: expected <block end>"),
         ("sources:\n  - 3\n", "'path' string"),
         ("sources:\n  - path: nowhere\n", r"sources\[0\]: path 'nowhere' \(.*nowhere\) is not a folder"),
+        (
+            "sources:\n  - path: ${BLOODCELL_UNSET_9}/x\n",
+            r"not a folder \(environment variable BLOODCELL_UNSET_9 is not",
+        ),
         ("sources:\n  - {path: x, path: y}\n", "line 2, column 15: duplicate key 'path'"),
         ("sources:\n  - path: .\n  - path: ./\n", r"sources\[1\]: path './' \(.*\) is listed twice"),
         ("sources:\n  - ? [a, b]\n    : 1\n", "line 2, column 7: found unhashable key"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -292,7 +293,9 @@ def read_spec(path: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAME
             hint = "".join(f"; {c!r} is an alias: name its class, {named[c]!r}" for c in bad if c in named)
             raise DatasetError(f"{where}: exhaustive classes {bad} are not among {list(class_names)}{hint}")
         if not folder.is_dir():
-            raise DatasetError(f"{where}: path {item['path']!r} ({folder}) is not a folder")
+            unset = [v for v in re.findall(r"\$\{?(\w+)", str(item["path"])) if v not in os.environ]
+            hint = f" (environment variable {', '.join(unset)} is not set)" if unset else ""
+            raise DatasetError(f"{where}: path {item['path']!r} ({folder}) is not a folder{hint}")
         try:  # a folder without Annotations/ (its JPEGImages/, an empty folder) would add no image, silently
             check_root(folder)
         except DatasetError as e:

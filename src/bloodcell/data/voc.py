@@ -422,8 +422,17 @@ def _find_image(root: Path, image_id: str, filename: str | None, findings: list[
         if not (root / "Annotations" / f"{named.stem}.xml").is_file():
             return named
         detail += f"; its <filename> names {named.name}, which {named.stem}.xml labels"
+    elif nested := _in_subfolder(folder, image_id):  # a tool's per-batch folders: VOC reads JPEGImages/ only
+        detail += f" ({nested.relative_to(folder.parent).as_posix()} is in a subfolder, which is not read)"
     findings.append(Finding(xml_name, None, "missing-image", detail, SKIPPED_IMAGE))
     return None
+
+
+def _in_subfolder(folder: Path, image_id: str) -> Path | None:
+    """An image of this id one folder down in JPEGImages/ (JPEGImages/batch2/x.jpg), if there is one."""
+    suffixes = {s.lower() for s in IMAGE_SUFFIXES}
+    found = (p for p in folder.glob(f"*/{glob.escape(image_id)}.*") if p.suffix.lower() in suffixes)
+    return next(found, None)
 
 
 def _xml_case_hint(folder: Path, stem: str) -> str:
