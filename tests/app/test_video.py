@@ -458,18 +458,18 @@ def test_a_variable_rate_file_is_whole_and_timed_by_its_frames_own_stamps(
 def test_a_video_the_disk_could_not_hold_replaces_nothing(model_file, video, tmp_path, monkeypatch, capsys):
     """OpenCV's writer fails silently (a full disk leaves an mp4 without its index): the video is read back
     before it replaces anything; the earlier run's pair stays, and the error names the file."""
-    from bloodcell.app import video as video_module
+    from bloodcell.app import video_sink
 
     out = tmp_path / "out"
     assert main(["predict", "--source", str(video), "--model", str(model_file), "--out", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    write = video_module._FileSink.write
+    write = video_sink.VideoFileSink.write
 
     def loses_a_frame(self, index, *args, **kwargs):
         write(self, index, *args, **kwargs)
         self.written += index == 2  # one frame the file does not hold, as a write that failed
 
-    monkeypatch.setattr(video_module._FileSink, "write", loses_a_frame)
+    monkeypatch.setattr(video_sink.VideoFileSink, "write", loses_a_frame)
     capsys.readouterr()
     assert main(["predict", "--source", str(video), "--model", str(model_file), "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -514,9 +514,9 @@ def test_a_name_not_utf8_is_read_and_a_killed_runs_temporary_swept(model_file, v
     os.link(video, latin1)
     out = tmp_path / "out"
     out.mkdir()
-    from bloodcell.app.video import _host
+    from bloodcell.app.video_sink import host_tag
 
-    stale = out / f".caf_.avi_annotated.{_host()}-999999999.tmp.mp4"  # no such process (é's byte: "_")
+    stale = out / f".caf_.avi_annotated.{host_tag()}-999999999.tmp.mp4"  # no such process (é's byte: "_")
     elsewhere = out / ".caf_.avi_annotated.another-host-999999999.tmp.mp4"  # a shared folder's: not judged here
     stale.write_bytes(b"half a video")
     elsewhere.write_bytes(b"being written")

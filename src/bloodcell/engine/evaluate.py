@@ -207,18 +207,11 @@ def fit_counting(
     few_images = conformal_min_images(calibration.level)
 
     def keep_earlier_calibration(name: str) -> bool:
-        """The class's interval calibration from the model's earlier fit, where there is one."""
-        if earlier is None or name not in earlier.knots:
-            return False
-        knots[name] = earlier.knots[name]
-        width.pop(name, None)
-        if name in earlier.width:
-            width[name] = earlier.width[name]
-        return True
+        return _restore_earlier(name, earlier, knots, width)
 
     warnings = []
     for c, name in enumerate(class_names):
-        labelled = [int((r.labels == c).sum()) for r in records if r.exhaustive_mask(k)[c]]
+        labelled = [int((r.labels == c).sum()) for r in records if r.exhaustive_mask(k)[c]]  # cells per image
         if not sum(labelled):  # nothing to fit on: with no cell, any point above every false one "counts best"
             why = (
                 "no val image labels it exhaustively"
@@ -265,13 +258,40 @@ def fit_counting(
             else:
                 cover = f"{len(labelled) / (len(labelled) + 1):.0%}"
                 warnings.append(f"{where}: its intervals cover about {cover} of new images, not {level}; label more")
-    measured = sum(len(rbc_sizes(p, conf[0])) for p in preds)
-    size = detected_cell_size(preds, conf[0]) if measured >= MIN_SIZE_CELLS else None
-    reference = None if size is None else round(size * input_scale, 1)
-    if 0 < measured < MIN_SIZE_CELLS:  # a median of a few cells moves every later image's scale: not refitted
-        warnings.append(
-            f"red-cell size: {measured} counted red cells on val (fewer than {MIN_SIZE_CELLS}) are too few to measure "
-            "it; the model's reference size, if it has one, stays"
-        )
+    reference, said = _reference_cell_size(preds, conf[0], input_scale)
+    warnings += [said] if said else []
     fitted = Calibration(knots, floor=calibration.floor, level=calibration.level, width=width)
     return CountingFit(tuple(conf), fitted, reference, tuple(warnings))
+
+
+def _restore_earlier(name: str, earlier: Calibration | None, knots: dict, width: dict) -> bool:
+    """Put the class's interval calibration from the model's earlier fit into ``knots`` and ``width``, where
+    there is one; whether there was."""
+    if earlier is None or name not in earlier.knots:
+        return False
+    knots[name] = earlier.knots[name]
+    width.pop(name, None)
+    if name in earlier.width:
+        width[name] = earlier.width[name]
+    return True
+
+
+def _reference_cell_size(
+    preds: list[Detections], rbc_conf: float, input_scale: float
+) -> tuple[float | None, str | None]:
+    """The red-cell reference size in network pixels (None: too few counted red cells to measure it, so the
+    model's stays), and a warning when some were counted but too few: a median of a few cells would move
+    every later image's scale."""
+    measured = sum(len(rbc_sizes(p, rbc_conf)) for p in preds)
+    if measured < MIN_SIZE_CELLS:
+        said = (
+            None
+            if not measured
+            else (
+                f"red-cell size: {measured} counted red cells on val (fewer than {MIN_SIZE_CELLS}) are too few to "
+                "measure it; the model's reference size, if it has one, stays"
+            )
+        )
+        return None, said
+    size = detected_cell_size(preds, rbc_conf)
+    return (None if size is None else round(size * input_scale, 1)), None
