@@ -259,3 +259,11 @@ def test_a_val_without_red_cells_keeps_the_models_point_and_cell_size(tiny_voc, 
     _, blank = load_model(out)
     assert blank.cell_size == shipped.cell_size and blank.conf == shipped.conf
     assert f"red cells {shipped.cell_size} px (the model's: too few on val to measure)" in capsys.readouterr().out
+
+
+def test_a_refit_on_another_split_names_it_in_its_warnings(tiny_voc, tiny_model, tmp_path, capsys):
+    out = tmp_path / "fitted.pt"
+    args = ["calibrate", "--model", str(tiny_model()), "--data", str(tiny_voc), "--split", "train", "--out", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "RBC: 4 train images box it exhaustively, fewer than the 9" in err and " val images" not in err

@@ -191,6 +191,7 @@ def fit_counting(
     class_names: tuple[str, ...],
     input_scale: float = 1.0,
     prior: tuple[Conf, Calibration | None] | None = None,
+    split: str = "val",
 ) -> CountingFit:
     """Everything counting needs, fitted on val: per-class operating points, score calibration
     for the intervals, and the reference red-cell size for rescaling other microscopes' images
@@ -198,7 +199,7 @@ def fit_counting(
 
     ``prior``: the model's fitted operating points and calibration, which a class that no val image
     labels exhaustively, or whose val images hold none of its cells, keeps (val holds nothing to fit it on;
-    0.5 and an uninformed calibration else)."""
+    0.5 and an uninformed calibration else). ``split``: the records' split, as the warnings name it."""
     k = len(class_names)
     conf = list(choose_conf(preds, records, k))
     calibration = fit_calibration(preds, records, class_names)
@@ -214,9 +215,9 @@ def fit_counting(
         labelled = [int((r.labels == c).sum()) for r in records if r.exhaustive_mask(k)[c]]  # cells per image
         if not sum(labelled):  # nothing to fit on: with no cell, any point above every false one "counts best"
             why = (
-                "no val image labels it exhaustively"
+                f"no {split} image labels it exhaustively"
                 if not labelled
-                else f"val holds no {name} cell (in the {len(labelled)} images that box it exhaustively)"
+                else f"{split} holds no {name} cell (in the {len(labelled)} images that box it exhaustively)"
             )
             if keep_earlier_calibration(name):
                 old = float(class_thresholds(prior[0], k)[c])
@@ -240,25 +241,25 @@ def fit_counting(
             # (after train --model: the starting model's, fitted on its weights; the closest to a fit there is)
             kept = keep_earlier_calibration(name)
             what = "operating point" if kept else "operating point and intervals"
-            where = f"{sum(labelled)} labelled cells in {len(labelled)} val images (fewer than {MIN_FIT_CELLS})"
+            where = f"{sum(labelled)} labelled cells in {len(labelled)} {split} images (fewer than {MIN_FIT_CELLS})"
             kept_note = ", its intervals keep the calibration the model had (too few cells to fit one)" if kept else ""
             warnings.append(
-                f"{name}: {what} fitted on {where}{kept_note}: its counts may be off; label more val images"
+                f"{name}: {what} fitted on {where}{kept_note}: its counts may be off; label more {split} images"
             )
         elif len(labelled) < few_images:
             # many cells, too few images: the conformal width has no quantile at the intervals' level to take
             # (see conformal_min_images), so the model's earlier calibration, fitted on more images, stays
             level = f"{calibration.level:.0%}"
             where = (
-                f"{name}: {len(labelled)} val images box it exhaustively, fewer than the {few_images} that fit a "
+                f"{name}: {len(labelled)} {split} images box it exhaustively, fewer than the {few_images} that fit a "
                 f"{level} interval's width"
             )
             if keep_earlier_calibration(name):
-                warnings.append(f"{where}: its intervals keep the calibration the model had; label more val images")
+                warnings.append(f"{where}: its intervals keep the calibration the model had; label more {split} images")
             else:
                 cover = f"{len(labelled) / (len(labelled) + 1):.0%}"
                 warnings.append(f"{where}: its intervals cover about {cover} of new images, not {level}; label more")
-    reference, said = _reference_cell_size(preds, conf[0], input_scale)
+    reference, said = _reference_cell_size(preds, conf[0], input_scale, split)
     warnings += [said] if said else []
     fitted = Calibration(knots, floor=calibration.floor, level=calibration.level, width=width)
     return CountingFit(tuple(conf), fitted, reference, tuple(warnings))
@@ -277,7 +278,7 @@ def _restore_earlier(name: str, earlier: Calibration | None, knots: dict, width:
 
 
 def _reference_cell_size(
-    preds: list[Detections], rbc_conf: float, input_scale: float
+    preds: list[Detections], rbc_conf: float, input_scale: float, split: str = "val"
 ) -> tuple[float | None, str | None]:
     """The red-cell reference size in network pixels (None: too few counted red cells to measure it, so the
     model's stays), and a warning when some were counted but too few: a median of a few cells would move
@@ -288,7 +289,7 @@ def _reference_cell_size(
             None
             if not measured
             else (
-                f"red-cell size: {measured} counted red cells on val (fewer than {MIN_SIZE_CELLS}) are too few to "
+                f"red-cell size: {measured} counted red cells on {split} (fewer than {MIN_SIZE_CELLS}) are too few to "
                 "measure it; the model's reference size, if it has one, stays"
             )
         )

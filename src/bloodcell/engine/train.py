@@ -734,7 +734,9 @@ def _train(
         if not main:
             return TrainResult(out, out / "best.pt", loop.best_map, None, loop.elapsed)
         extra = {"train_wall_time_s": round(loop.elapsed, 1)}
-        metrics = fit_counting_file(out / "best.pt", val_set.records, extra=extra, prior=initial.counting)
+        metrics = fit_counting_file(
+            out / "best.pt", val_set.records, extra=extra, prior=initial.counting, split=config.val_split
+        )
         skipped = tuple(note for d in (train_set, val_set) if (note := skipped_note(d)))
         return TrainResult(out, out / "best.pt", metrics.voc_map50, metrics, loop.elapsed, skipped)
     except BaseException as e:  # Ctrl-C (or SIGTERM, which the CLI turns into it): say what is kept
@@ -804,12 +806,14 @@ def fit_counting_file(
     extra: dict | None = None,
     nms_iou: str | None = None,
     prior: tuple[Conf, Calibration | None] | None = None,
+    split: str = "val",
 ) -> DetectionMetrics:
     """Fit a model file's counting on val (per-class operating points with the least count error,
     score calibration for the 90% intervals, reference red-cell size) and store it with the val
     metrics, in ``out`` (default: in place). ``nms_iou``: new NMS IoU threshold(s) to store first,
     as ``--nms-iou`` takes them ("0.45" or "WBC=0.3"; other classes keep the model's). ``prior``: what
-    a class no val image labels exhaustively keeps (default: the file's own fit, if it has one)."""
+    a class no val image labels exhaustively keeps (default: the file's own fit, if it has one). ``split``: the
+    records' split, as the warnings name it."""
     from bloodcell.models.checkpoint import load_model
     from bloodcell.runtime.counting import parse_nms_iou, per_class
 
@@ -822,7 +826,7 @@ def fit_counting_file(
     preds = predict_records(predictor, val_records)
     if prior is None and info.calibration is not None:
         prior = (info.conf, Calibration.from_dict(info.calibration))
-    fit = fit_counting(preds, val_records, tuple(info.class_names), info.input_scale, prior)
+    fit = fit_counting(preds, val_records, tuple(info.class_names), info.input_scale, prior, split)
     measured = fit.cell_size is not None  # none found on val: the model's own size stays (it rescales others')
     info.conf, info.calibration = fit.conf, fit.calibration.to_dict()
     info.cell_size = fit.cell_size if measured else info.cell_size

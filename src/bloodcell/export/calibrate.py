@@ -93,7 +93,7 @@ def calibrate(
 
         if threads:
             torch.set_num_threads(threads)
-        return fit_counting_file(model, dataset.records, out=Path(out), nms_iou=nms_iou)
+        return fit_counting_file(model, dataset.records, out=Path(out), nms_iou=nms_iou, split=split)
     fit = fit_export_counting(model, dataset.records, str(root), split, nms_iou, threads)
     print(fit.metrics)
     names, points = fit.metrics.class_names, per_class(fit.metrics.class_names, fit.metrics.conf)
@@ -154,7 +154,7 @@ def fit_export_counting(
     names = tuple(meta.class_names)
     preds = predict_records(predictor, val_records)
     prior = None if meta.calibration is None else (meta.conf, meta.calibration)
-    fit = fit_counting(preds, val_records, names, meta.input_scale, prior)
+    fit = fit_counting(preds, val_records, names, meta.input_scale, prior, split)
     for warning in fit.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     metrics = score(preds, val_records, names, fit.conf, fit.calibration)
