@@ -39,18 +39,31 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             yield f
         return
     path = _through_links(path)
+    with _staged(path, mode, **kwargs) as (f, tmp):
+        yield f
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise _as_target(e, path) from None
+
+
+@contextlib.contextmanager
+def _staged(path: Path, mode: str, **kwargs: Any) -> Iterator[tuple[IO, str]]:
+    """A temporary sibling of ``path`` open for writing, and its name: flushed, synced and given normal
+    permissions when the block ends; removed when it fails, a write's error (a full disk, which names no
+    file) then named as ``path``'s."""
     fd, tmp = _temp_sibling(path)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
+            yield f, tmp
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        # a write or flush that failed (a full disk) names no file: it is this one's
         if isinstance(e, OSError) and (e.filename == tmp or (e.filename is None and e.errno in WRITE_ERRNOS)):
             raise _as_target(e, path) from None
         raise
@@ -182,17 +195,8 @@ def write_files(
 def stage_bytes(path: Path, data: bytes) -> str:
     """``data`` in a synced temporary sibling of ``path``, with normal permissions, for ``replace_together``
     (the caller removes it if it never gets there); an error names ``path``."""
-    fd, tmp = _temp_sibling(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise _as_target(e, path) from None
+    with _staged(path, "wb") as (f, tmp):
+        f.write(data)
     return tmp
 
 

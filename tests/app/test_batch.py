@@ -531,3 +531,29 @@ def test_a_pattern_reaching_a_broken_link_names_it_as_a_folder_does(archive: Pat
     by_folder, by_pattern = expand([str(archive)]), expand([str(archive / "*.jpg")])
     assert [p for p in by_folder.problems if "gone.jpg" in p] == [p for p in by_pattern.problems if "gone.jpg" in p]
     assert len([p for p in by_pattern.problems if "gone.jpg" in p]) == 1
+
+
+def test_a_folders_videos_and_heic_are_said_and_names_not_utf8_refused_by_name(tmp_path: Path) -> None:
+    folder = tmp_path / "slides"
+    (folder / "day1").mkdir(parents=True)
+    shutil.copy(SAMPLES[0], folder / "day1" / "a.jpg")
+    (folder / "day1" / "clip.mp4").write_bytes(b"\0" * 64)
+    (folder / "phone.heic").write_bytes(b"\0" * 64)
+    found = expand([str(folder)])
+    assert found.uris == [str(folder / "day1" / "a.jpg")] and found.notes == [
+        f"{folder}: 1 video left out: day1/clip.mp4; `bloodcell predict --source {folder / 'day1' / 'clip.mp4'}` "
+        "counts one frame by frame",
+        f"{folder}: 1 image file of a kind bloodcell does not read (HEIC) left out: phone.heic; save them as JPEG, "
+        "PNG or TIFF to count them",
+    ]
+    latin1 = os.fsdecode(bytes(tmp_path) + b"/d\xe9")  # a folder named by a Latin-1 share: no traceback
+    os.mkdir(latin1)
+    assert expand([latin1]).problems == [
+        f"{tmp_path}/d\\xe9: the folder name d\\xe9 is not UTF-8 (a camera or share that writes Latin-1, say); "
+        "rename it (e.g. `convmv -f latin1 -t utf8 --notest FOLDER`)"
+    ]
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(str(folder / "day1" / "a.jpg").encode() + b"\n" + bytes(tmp_path) + b"/caf\xe9.jpg\n")
+    found = expand([str(listing)])
+    assert found.uris == [str(folder / "day1" / "a.jpg")]
+    assert found.problems == [f"{listing}: line 2 is not UTF-8 text (a Latin-1 name?); save the list as UTF-8"]

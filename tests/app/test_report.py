@@ -252,6 +252,7 @@ def test_report_of_predict_output_draws_on_the_originals_not_the_annotated_copie
         ("image,width,height,scale,RBC,RBC_lo90,RBC_hi90\na.jpg,64,48,1,three,2,4\n", "line 2: not a whole number"),
         ("image,width,height,scale,RBC,RBC_lo90,RBC_hi90\na.jpg,64,48,1,3,2\n", "line 2: 6 columns"),
         ("image,width,height,scale,RBC,RBC_lo90,RBC_hi90\n", "no records"),
+        ("", "empty file; expected a counts CSV"),
         ("image;RBC;RBC_lo90;RBC_hi90\na.jpg;3;2;4\n", "its columns are separated by ';', not commas"),
         ("sep=;\nimage;RBC;RBC_lo90;RBC_hi90\na.jpg;3;2;4\n", "its columns are separated by ';', not commas"),
         (

@@ -192,6 +192,15 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_serving(client, slides, kind):
     assert post(client, slides[0].read_bytes()).status_code == 200
 
 
+def test_a_video_or_heic_upload_says_what_it_is(client, slides):
+    r = post(client, b"\0\0\0\x18ftypmp42" + b"\0" * 64, "clip.mp4")
+    assert r.status_code == 415 and "a video, not an image; `bloodcell predict --source FILE`" in r.json()["error"]
+    r = post(client, b"\0\0\0\x18ftypheic" + b"\0" * 64, "IMG_0001.HEIC")
+    assert r.status_code == 415 and r.json()["error"].startswith(
+        "IMG_0001.HEIC: HEIC, a kind of image bloodcell does not"
+    )
+
+
 @pytest.mark.parametrize(
     ("request_kw", "status"),
     [

@@ -862,3 +862,19 @@ def test_without_flock_the_lock_file_is_made_and_watch_goes_on(tmp_path, monkeyp
     with Watcher(FakePredictor(conf=CONF), folder, out, settle=0) as watcher:
         assert len(watcher.drain()) == 1
     assert (out / LOCK_NAME).is_file()
+
+
+def test_videos_and_heic_dropped_into_the_folder_are_said_once(predictor, sources, tmp_path, capsys):
+    folder, out = tmp_path / "cam", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(sources / "noise.png", folder / "ok.png")
+    (folder / "clip.mp4").write_bytes(b"\0" * 64)
+    (folder / "phone.heic").write_bytes(b"\0" * 64)
+    watcher = Watcher(FakePredictor(conf=CONF), folder, out, settle=0)
+    assert [r.path.name for r in watcher.drain()] == ["ok.png"]
+    (folder / "later.HEIC").write_bytes(b"\0" * 64)  # one that lands while watching
+    assert watcher.drain() == [] and watcher.drain() == []
+    err = capsys.readouterr().err
+    assert err.count("1 video left out: clip.mp4; `bloodcell predict --source") == 1
+    assert err.count("(HEIC) left out: phone.heic") == 1 and err.count("left out: later.HEIC") == 1
+    watcher.close()

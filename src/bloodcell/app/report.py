@@ -297,6 +297,8 @@ def _csv_records(path: Path) -> tuple[list[dict], list[str]]:
     """A counts CSV as records without detections (its rows hold counts, not boxes): one per image, the
     last row of an image that was counted again (watch appends a row when a file is rewritten)."""
     rows = list(csv.reader(io.StringIO(_read_text(path), newline="")))
+    if not any(rows):  # (a watch that never counted writes its header: this one never got that far)
+        raise DatasetError(f"{path}: empty file; expected a counts CSV (watch, predict --csv)")
     if rows and rows[0] and rows[0][0].lower().startswith("sep="):  # Excel's separator line
         rows = rows[1:]
     if not rows or not rows[0] or rows[0][0] != "image":

@@ -46,7 +46,7 @@ from bloodcell.app.api_schema import DETECT_RESPONSES
 from bloodcell.errors import ConfigError
 from bloodcell.palette import class_hex
 from bloodcell.runtime.counting import Conf, class_thresholds, parse_conf, resolve_conf
-from bloodcell.runtime.images import StackError, read_pixels
+from bloodcell.runtime.images import OTHER_IMAGE_SUFFIXES, VIDEO_SUFFIXES, StackError, read_pixels
 from bloodcell.runtime.metadata import model_ref as metadata_model_ref
 from bloodcell.runtime.predict import Predictor, api_cell_size, predict_image
 from bloodcell.runtime.scaling import check_cell_size, parse_cell_size
@@ -214,8 +214,9 @@ async def read_upload(chunks: AsyncIterator[bytes], content_type: str, limit: in
 
 
 @contextmanager
-def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Iterator[Image.Image]:
-    """Pillow's image over ``data`` with only its header read; any failure, here or in the block, is an ApiError."""
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS, name: str = "") -> Iterator[Image.Image]:
+    """Pillow's image over ``data`` with only its header read; any failure, here or in the block, is an ApiError.
+    ``name``: the upload's file name, which tells a video or an iPhone's HEIC apart (said as predict says them)."""
     if not data:
         raise ApiError(400, "empty file")
     try:
@@ -224,6 +225,13 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Iterator[Image.Imag
     except ApiError:
         raise
     except UnidentifiedImageError:
+        suffix = Path(name).suffix.lower()
+        if suffix in VIDEO_SUFFIXES:
+            raise ApiError(415, "a video, not an image; `bloodcell predict --source FILE` counts its frames") from None
+        if kind := OTHER_IMAGE_SUFFIXES.get(suffix):
+            raise ApiError(
+                415, f"{kind}, a kind of image bloodcell does not read: save it as JPEG, PNG or TIFF"
+            ) from None
         raise ApiError(415, f"not an image Pillow can read ({', '.join(FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # past Pillow's own limit
         found = re.search(r"\((\d+) pixels\)", str(e))
@@ -244,9 +252,9 @@ def _check_pixels(im: Image.Image, max_pixels: int) -> int:
     return pixels
 
 
-def image_pixels(data: bytes, max_pixels: int = MAX_PIXELS) -> int:
+def image_pixels(data: bytes, max_pixels: int = MAX_PIXELS, name: str = "") -> int:
     """Width x height from the header alone (nothing decoded); 413 above ``max_pixels``, 4xx if not an image."""
-    with open_image(data, max_pixels) as im:
+    with open_image(data, max_pixels, name) as im:
         return _check_pixels(im, max_pixels)
 
 
@@ -465,7 +473,7 @@ def create_app(
     def detect_sync(upload: Upload, options: DetectOptions) -> dict:
         name = safe_name(upload.filename)
         try:
-            pixels = image_pixels(upload.data, max_pixels)  # the header only: refused before anything is decoded
+            pixels = image_pixels(upload.data, max_pixels, upload.filename)  # the header only: refused before decoding
             with budget.hold(pixels):  # decoded pixels are held until inference is done
                 image = decode_image(upload.data, max_pixels)
                 with lock:

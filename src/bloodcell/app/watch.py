@@ -55,7 +55,7 @@ from bloodcell.runtime.counting import Conf, conf_override, resolve_conf
 from bloodcell.runtime.images import IMAGE_SUFFIXES, load_image
 from bloodcell.runtime.metadata import counted_by, model_digest
 from bloodcell.runtime.predict import ImageResult, api_cell_size, predict_image
-from bloodcell.runtime.sources import printable, shown, unusable_reason
+from bloodcell.runtime.sources import left_out_notes, printable, shown, unusable_reason
 
 if TYPE_CHECKING:
     from bloodcell.runtime.predict import Predictor
@@ -118,6 +118,7 @@ class Watcher:
         self.annotated_dir = self.out / ANNOTATED_DIR
         self.processed = 0
         self._failed: set[str] = set()  # files whose latest version failed in this run
+        self._noted: set[str] = set()  # names seen in the folder: a video or HEIC among them is said once
         self._columns = len(counts_header(self.class_names))  # fewer in a CSV an older bloodcell began
         # files that could not be read (permissions): version and when, retried after RETRY_UNREADABLE_S
         self._unreadable: dict[str, tuple[tuple[int, int], float]] = {}
@@ -297,6 +298,10 @@ class Watcher:
             print(f"note: {self.folder} is back; watching it again", file=sys.stderr, flush=True)
             self._gone = False
         images = [e for e in entries if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES]
+        others = [e.name for e in entries if not e.name.startswith(".") and e.name not in self._noted]
+        for note in left_out_notes(str(self.folder), others):  # a video or an iPhone's HEIC: said once each
+            print(f"note: {shown(note)}", file=sys.stderr, flush=True)
+        self._noted.update(others)
         for e in images:  # a link to nothing, a pipe named x.jpg: said once, a failed file (never silently left out)
             if not e.is_file() and not e.is_dir() and e.name not in self._failed:
                 print(f"error: {shown(e.name)}: {unusable_reason(Path(e.path))}", file=sys.stderr, flush=True)

@@ -222,6 +222,8 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     except UnidentifiedImageError:
         if Path(name).suffix.lower() in VIDEO_SUFFIXES:  # a batch's or an upload's video: said as predict says it
             raise ImageError(_video(name)) from None
+        if _tiff_cut_before_directory(data):
+            raise TruncatedImageError(f"{name}: cannot decode image (a TIFF that ends before its directory)") from None
         raise ImageError(f"{name}: {_unidentified(len(data), name)}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(name, e) from None
@@ -245,6 +247,8 @@ def load_image(path: str | Path) -> np.ndarray:
             size = path.stat().st_size
         except OSError:  # gone since it was opened (a watched folder): not known to be empty
             size = -1
+        if _tiff_cut_before_directory(data):
+            raise TruncatedImageError(f"{path}: cannot decode image (a TIFF that ends before its directory)") from None
         raise ImageError(f"{path}: {_unidentified(size, path)}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(path, e) from None
@@ -265,6 +269,14 @@ OTHER_IMAGE_SUFFIXES = {
     ".nef": "camera raw",
     ".arw": "camera raw",
 }
+
+
+def _tiff_cut_before_directory(data: bytes) -> bool:
+    """A TIFF header whose first image directory lies past the end of the data: a file that ends early
+    (libtiff writes the directory after the pixels, so a copy still under way has none yet)."""
+    if len(data) < 8 or data[:4] not in (b"II*\x00", b"MM\x00*"):
+        return False
+    return int.from_bytes(data[4:8], "little" if data[:2] == b"II" else "big") >= len(data)
 
 
 def _unidentified(size: int, name: str | Path = "") -> str:

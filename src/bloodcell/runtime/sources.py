@@ -62,26 +62,33 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
 
 def unread_image_notes(sources: list[str]) -> list[str]:
     """For each folder given: the image files of kinds bloodcell does not read (an iPhone's HEIC, camera raw
-    beside its JPEG) that its listing leaves out, so a field missing from the counts is no surprise."""
+    beside its JPEG) and the videos that its listing leaves out, so a field missing from the counts is no surprise."""
     notes = []
     for source in sources:
-        if not _is_dir(Path(source)):
-            continue
-        files = sorted(f.name for f in Path(source).iterdir())
-        left = [n for n in files if Path(n).suffix.lower() in OTHER_IMAGE_SUFFIXES]
-        videos = [n for n in files if Path(n).suffix.lower() in VIDEO_SUFFIXES]
-        if videos:
-            notes.append(
-                f"{source}: {len(videos)} video{'s' if len(videos) > 1 else ''} left out: {first_of(videos)}; "
-                f"`bloodcell predict --source {shlex.quote(str(Path(source) / videos[0]))}` counts one frame by frame"
-            )
-        if left:
-            kinds = ", ".join(sorted({OTHER_IMAGE_SUFFIXES[Path(n).suffix.lower()] for n in left}))
-            named = first_of(left)
-            notes.append(
-                f"{source}: {len(left)} image file{'s' if len(left) > 1 else ''} of a kind bloodcell does not read "
-                f"({kinds}) left out: {named}; save them as JPEG, PNG or TIFF to count them"
-            )
+        if _is_dir(Path(source)):
+            notes += left_out_notes(source, sorted(f.name for f in Path(source).iterdir()))
+    return notes
+
+
+def left_out_notes(where: str, names: list[str]) -> list[str]:
+    """What of ``names`` (files in the folder ``where``, or paths under it) a folder's listing leaves out:
+    videos (`predict --source` counts them frame by frame) and images of kinds bloodcell does not read."""
+    left = [n for n in names if Path(n).suffix.lower() in OTHER_IMAGE_SUFFIXES]
+    videos = [n for n in names if Path(n).suffix.lower() in VIDEO_SUFFIXES]
+    notes = []
+    if videos:
+        notes.append(
+            f"{printable(where)}: {len(videos)} video{'s' if len(videos) > 1 else ''} left out: "
+            f"{first_of([printable(v) for v in videos])}; `bloodcell predict --source "
+            f"{shlex.quote(printable(str(Path(where) / videos[0])))}` counts one frame by frame"
+        )
+    if left:
+        kinds = ", ".join(sorted({OTHER_IMAGE_SUFFIXES[Path(n).suffix.lower()] for n in left}))
+        notes.append(
+            f"{printable(where)}: {len(left)} image file{'s' if len(left) > 1 else ''} of a kind bloodcell does not "
+            f"read ({kinds}) left out: {first_of([printable(n) for n in left])}; save them as JPEG, PNG or TIFF to "
+            "count them"
+        )
     return notes
 
 

@@ -20,6 +20,7 @@ from bloodcell.runtime.counting import conf_override, parse_conf
 from bloodcell.runtime.loader import load_predictor, print_model_notes
 from bloodcell.runtime.metadata import counted_by, model_digest
 from bloodcell.runtime.scaling import check_cell_size
+from bloodcell.runtime.sources import printable
 from bloodcell.weights import model_file
 
 #: --out names a folder; these suffixes name a file a user meant instead (a CSV or JSON of counts)
@@ -153,6 +154,8 @@ def run_batch(
     earlier_id = counted_by(probe.describe()["name"], digest, override, cell_size)
     del probe
     expanded = expand(sources)
+    for note in expanded.notes:  # a folder's videos and HEIC files: not counted, and said so
+        print(f"note: {note}", file=sys.stderr)
     for skipped in expanded.skipped:  # a mount's lost+found, say: not images that failed
         print(f"warning: {skipped}, skipped", file=sys.stderr)
     for problem in expanded.problems:
@@ -160,7 +163,9 @@ def run_batch(
     summary.failed += len(expanded.problems)
     summary.listed = len(expanded.uris)
     if not expanded.uris:  # nothing to count: no dataset folder made for it (a typo'd source, an empty folder)
-        print(f"error: no image found in {' '.join(sources)}; nothing written to {out}", file=sys.stderr)
+        print(
+            f"error: no image found in {' '.join(map(printable, sources))}; nothing written to {out}", file=sys.stderr
+        )
         summary.failed = max(summary.failed, 1)
         return summary
     if "://" not in out or out.startswith("file://"):  # an unwritable folder: now, not after the first part

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import glob
 import os
@@ -14,7 +15,7 @@ from bloodcell.app.watch import ANNOTATED_DIR as WATCH_ANNOTATED
 from bloodcell.app.watch import STATE_NAME as WATCH_STATE
 from bloodcell.errors import BloodcellError, ConfigError
 from bloodcell.runtime.images import IMAGE_SUFFIXES
-from bloodcell.runtime.sources import printable, unusable_reason
+from bloodcell.runtime.sources import left_out_notes, printable, unusable_reason
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -28,16 +29,18 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _local_images(root: str) -> tuple[list[str], list[str], list[str]]:
-    """Images under a local folder, recursively; subfolders that could not be read (skipped); and image
-    names that are no readable file (a link to nothing, a pipe: failed inputs). A symbolic link to a folder
-    inside ``root`` (a second way to it) or to one above it (a loop) is not followed; links to folders
-    elsewhere are, each real folder once. Hidden names and `bloodcell watch` output skipped."""
+def _local_images(root: str) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Images under a local folder, recursively; subfolders that could not be read (skipped); image names
+    that are no readable file (a link to nothing, a pipe: failed inputs); and the other files' paths under
+    ``root`` (videos and HEIC among them are said). A symbolic link to a folder inside ``root`` (a second way
+    to it) or to one above it (a loop) is not followed; links to folders elsewhere are, each real folder
+    once. Hidden names and `bloodcell watch` output skipped."""
     top = os.path.realpath(root)
     seen: set[str] = set()
     found: list[str] = []
     problems: list[str] = []
     failed: list[str] = []
+    others: list[str] = []
 
     def unreadable(e: OSError) -> None:
         problems.append(f"{e.filename}: cannot read ({e.strerror or e})")
@@ -66,13 +69,15 @@ def _local_images(root: str) -> tuple[list[str], list[str], list[str]]:
         )
         for name in files:
             path = os.path.join(folder, name)
+            if not _is_hidden(name) and Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                others.append(os.path.relpath(path, root))  # a video, an iPhone's HEIC: said, not counted
             if _is_hidden(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             if os.path.isfile(path):
                 found.append(path)
             else:  # os.walk lists a link to nothing, a pipe among the files: images asked for, unreadable
                 failed.append(f"{printable(path)}: {unusable_reason(Path(path))}")
-    return sorted(found), problems, sorted(failed)
+    return sorted(found), problems, sorted(failed), sorted(others)
 
 
 def _pafs():
@@ -124,6 +129,7 @@ class ExpandedSources:
     uris: list[str]  # each image once, in the order given
     problems: list[str]
     skipped: list[str] = field(default_factory=list)  # subfolders that could not be read (e.g. lost+found)
+    notes: list[str] = field(default_factory=list)  # files of a kind not counted (videos, HEIC), by folder
 
 
 def _uri(source: str, inner: str) -> str:
@@ -176,6 +182,7 @@ def expand(sources: list[str]) -> ExpandedSources:
     uris: list[str] = []
     problems: list[str] = []
     skipped: list[str] = []
+    notes: list[str] = []  # files a folder holds that are not counted: videos, HEIC
 
     def add(source: str, nested: bool = False) -> None:
         try:
@@ -184,6 +191,8 @@ def expand(sources: list[str]) -> ExpandedSources:
             problems.append(str(e))
         except OSError as e:  # e.g. an unreadable subfolder or list file
             problems.append(f"{source}: cannot read ({e.strerror or e})")
+        except UnicodeEncodeError:  # a name that is not UTF-8 (pyarrow's paths are UTF-8 strings)
+            problems.append(_not_utf8(source))
 
     def add_one(source: str, nested: bool) -> None:
         if _has_magic(source):
@@ -201,9 +210,10 @@ def expand(sources: list[str]) -> ExpandedSources:
             return
         failed: list[str] = []
         if info.type == pafs.FileType.Directory and isinstance(fs, pafs.LocalFileSystem):
-            found, unreadable, failed = _local_images(path)
+            found, unreadable, failed, others = _local_images(path)
             skipped.extend(unreadable)
             problems.extend(failed)
+            notes.extend(left_out_notes(source, others))
         elif info.type == pafs.FileType.Directory:  # a bucket: no links, no loops
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             found = sorted(
@@ -226,8 +236,16 @@ def expand(sources: list[str]) -> ExpandedSources:
                     "path per line (e.g. `Out-File -Encoding utf8`)"
                 )
                 return
-            # utf-8-sig: Notepad's byte-order mark is no part of the first path
-            lines = raw_list.decode("utf-8-sig", errors="replace").splitlines()
+            # utf-8-sig: Notepad's byte-order mark is no part of the first path; a line in another encoding (a
+            # Latin-1 name) is said by its number, not looked for under a garbled name
+            lines = []
+            for number, raw in enumerate(raw_list.removeprefix(codecs.BOM_UTF8).splitlines(), start=1):
+                try:
+                    lines.append(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    problems.append(
+                        f"{source}: line {number} is not UTF-8 text (a Latin-1 name?); save the list as UTF-8"
+                    )
             base = os.path.dirname(path) if isinstance(fs, pafs.LocalFileSystem) else None
             for line in (raw.strip() for raw in lines):
                 if line and not line.startswith("#"):
@@ -249,15 +267,20 @@ def expand(sources: list[str]) -> ExpandedSources:
     first: dict[str, str] = {}  # each file once, however it was reached (a folder and a glob, a link and its target)
     for uri in uris:
         if printable(uri) != uri:  # bytes that are not UTF-8 in a name: no Parquet string (nor pyarrow path) holds it
-            odd = next(part for part in Path(uri).parts if printable(part) != part)
-            what = "file" if odd == Path(uri).name else "folder"
-            problems.append(
-                f"{printable(uri)}: the {what} name {printable(odd)} is not UTF-8 (a camera or share that writes "
-                f"Latin-1, say); rename it (e.g. `convmv -f latin1 -t utf8 --notest {what.upper()}`)"
-            )
+            problems.append(_not_utf8(uri))
             continue
         first.setdefault(file_key(uri), uri)
-    return ExpandedSources(list(first.values()), problems, skipped)
+    return ExpandedSources(list(first.values()), problems, skipped, notes)
+
+
+def _not_utf8(uri: str) -> str:
+    """Why a path whose name holds bytes that are not UTF-8 cannot be counted, and how to rename it."""
+    odd = next((part for part in Path(uri).parts if printable(part) != part), uri)
+    what = "file" if odd == Path(uri).name and not os.path.isdir(uri) else "folder"
+    return (
+        f"{printable(uri)}: the {what} name {printable(odd)} is not UTF-8 (a camera or share that writes "
+        f"Latin-1, say); rename it (e.g. `convmv -f latin1 -t utf8 --notest {what.upper()}`)"
+    )
 
 
 def read_bytes(uri: str) -> bytes:
