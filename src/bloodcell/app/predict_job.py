@@ -118,7 +118,8 @@ def _refuse_shared_outputs(paths: list[Path], names: dict[Path, str], out: str |
             target = target_of(source)
             if (key := os.path.realpath(target)) in seen:
                 raise ConfigError(
-                    f"{flag} {folder}: {seen[key]} and {source} would both {verb} {target}; rename one, or {instead}"
+                    f"{flag} {folder}: {printable(str(seen[key]))} and {printable(str(source))} would both {verb} "
+                    f"{printable(str(target))}; rename one, or {instead}"
                 )
             seen[key] = source
 

@@ -190,7 +190,7 @@ def expand(sources: list[str]) -> ExpandedSources:
         except BloodcellError as e:  # an unknown scheme, a bucket that cannot be opened: the others go on
             problems.append(str(e))
         except OSError as e:  # e.g. an unreadable subfolder or list file
-            problems.append(f"{source}: cannot read ({e.strerror or e})")
+            problems.append(f"{printable(source)}: cannot read ({e.strerror or e})")
         except UnicodeEncodeError:  # a name that is not UTF-8 (pyarrow's paths are UTF-8 strings)
             problems.append(_not_utf8(source))
 
@@ -199,14 +199,14 @@ def expand(sources: list[str]) -> ExpandedSources:
             found, failed = _glob(source)
             problems.extend(failed)
             if not found and not failed:
-                problems.append(f"{source}: pattern matches no files")
+                problems.append(f"{printable(source)}: pattern matches no files")
             uris.extend(found)
             return
         fs, path = filesystem(source)
         try:
             info = fs.get_file_info(path)
         except OSError as e:
-            problems.append(f"{source}: cannot read ({e})")
+            problems.append(f"{printable(source)}: cannot read ({e})")
             return
         failed: list[str] = []
         if info.type == pafs.FileType.Directory and isinstance(fs, pafs.LocalFileSystem):
@@ -225,15 +225,15 @@ def expand(sources: list[str]) -> ExpandedSources:
             )
         if info.type == pafs.FileType.Directory:
             if not found and not failed:
-                problems.append(f"{source}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+                problems.append(f"{printable(source)}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
             uris.extend(_uri(source, f) for f in found)
         elif info.type == pafs.FileType.File and Path(path).suffix.lower() in LIST_SUFFIXES and not nested:
             with fs.open_input_stream(path) as f:
                 raw_list = f.read()
             if raw_list.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw_list:
                 problems.append(
-                    f"{source}: a list saved as UTF-16 (Windows PowerShell's default); save it as UTF-8 text, one "
-                    "path per line (e.g. `Out-File -Encoding utf8`)"
+                    f"{printable(source)}: a list saved as UTF-16 (Windows PowerShell's default); save it as UTF-8 "
+                    "text, one path per line (e.g. `Out-File -Encoding utf8`)"
                 )
                 return
             # utf-8-sig: Notepad's byte-order mark is no part of the first path; a line in another encoding (a
@@ -244,7 +244,8 @@ def expand(sources: list[str]) -> ExpandedSources:
                     lines.append(raw.decode("utf-8"))
                 except UnicodeDecodeError:
                     problems.append(
-                        f"{source}: line {number} is not UTF-8 text (a Latin-1 name?); save the list as UTF-8"
+                        f"{printable(source)}: line {number} is not UTF-8 text (a Latin-1 name?); save the list "
+                        "as UTF-8"
                     )
             base = os.path.dirname(path) if isinstance(fs, pafs.LocalFileSystem) else None
             for line in (raw.strip() for raw in lines):
@@ -254,13 +255,15 @@ def expand(sources: list[str]) -> ExpandedSources:
                     entry = os.path.join(base, line) if local else line
                     before = len(problems)
                     add(entry, nested=True)
-                    problems[before:] = [f"{source}: {p}" for p in problems[before:]]  # which list named it
+                    problems[before:] = [f"{printable(source)}: {p}" for p in problems[before:]]  # which list named it
         elif info.type == pafs.FileType.File and Path(path).suffix.lower() in LIST_SUFFIXES:  # (nested)
-            problems.append(f"{source}: a list named inside a list is not read; name its paths in the first list")
+            problems.append(
+                f"{printable(source)}: a list named inside a list is not read; name its paths in the first list"
+            )
         elif info.type == pafs.FileType.File:
             uris.append(_uri(source, path))
         else:
-            problems.append(f"{source}: no such file or folder")
+            problems.append(f"{printable(source)}: no such file or folder")
 
     for source in sources:
         add(source)
