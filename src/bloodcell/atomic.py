@@ -43,10 +43,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         yield f
     try:
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # a refused rename, or Ctrl-C on it: no temporary left behind
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise _as_target(e, path) from None
+        if isinstance(e, OSError):
+            raise _as_target(e, path) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -147,7 +149,7 @@ def process_alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process is there
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # (a number past any pid: no such process)
         return False
     except OSError:  # another user's process: running
         return True

@@ -265,5 +265,8 @@ def test_a_refit_on_another_split_names_it_in_its_warnings(tiny_voc, tiny_model,
     out = tmp_path / "fitted.pt"
     args = ["calibrate", "--model", str(tiny_model()), "--data", str(tiny_voc), "--split", "train", "--out", str(out)]
     assert main(args) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "RBC: 4 train images box it exhaustively, fewer than the 9" in err and " val images" not in err
+    assert " val" not in out.splitlines()[-1]  # the model line too
+    _, info = load_model(out_path := tmp_path / "fitted.pt")
+    assert list(info.metrics) == ["train"] and out_path.is_file()  # stored under the split it was fitted on

@@ -728,8 +728,11 @@ def test_an_image_cut_short_is_a_truncated_image_error(images, fmt):
     assert not isinstance(garbage.value, TruncatedImageError)
     buffer = io.BytesIO()  # libtiff's layout: the directory after the pixels, so a cut file has none to identify
     Image.open(images / "a.jpg").convert("RGB").save(buffer, format="TIFF", compression="tiff_lzw")
-    with pytest.raises(TruncatedImageError, match="a TIFF that ends before its directory"):
-        decode_image(buffer.getvalue()[: len(buffer.getvalue()) // 2], "cut.tif")
+    whole = buffer.getvalue()
+    directory = int.from_bytes(whole[4:8], "little")
+    for cut in (len(whole) // 2, directory + 1, directory + 20, len(whole) - 3):  # before it, and inside it
+        with pytest.raises(TruncatedImageError, match="a TIFF that ends before its directory"):
+            decode_image(whole[:cut], "cut.tif")
 
 
 def test_an_image_smaller_than_a_cell_is_counted_with_a_warning() -> None:

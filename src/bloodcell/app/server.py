@@ -473,7 +473,7 @@ def create_app(
     def detect_sync(upload: Upload, options: DetectOptions) -> dict:
         name = safe_name(upload.filename)
         try:
-            pixels = image_pixels(upload.data, max_pixels, upload.filename)  # the header only: refused before decoding
+            pixels = image_pixels(upload.data, max_pixels, name)  # the header only: refused before decoding
             with budget.hold(pixels):  # decoded pixels are held until inference is done
                 image = decode_image(upload.data, max_pixels)
                 with lock:

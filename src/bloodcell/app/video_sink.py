@@ -58,7 +58,7 @@ class VideoFileSink:
         prefix = f".{self.name}_annotated.{host_tag()}-"  # another machine's (a shared folder) are not ours to judge
         for stale in self.out_dir.glob(f"{glob.escape(prefix)}*.tmp.mp4"):
             pid = stale.name[len(prefix) : -len(".tmp.mp4")]
-            if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            if pid.isascii() and pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     stale.unlink()
 

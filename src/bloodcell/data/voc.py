@@ -37,9 +37,9 @@ DEFAULT_ALIASES = CLASS_ALIASES  # the variants the reader takes (bloodcell.type
 DUPLICATE_IOU = 0.9
 
 
-#: The action of a finding about labels used as they are (said, not repaired).
 #: The folders of a Pascal VOC dataset that hold its labels, images and split lists.
 VOC_FOLDERS = ("Annotations", "JPEGImages", "ImageSets")
+#: The action of a finding about labels used as they are (said, not repaired).
 KEPT = "kept"
 #: The action of a finding whose image could not be used at all (the dataset goes on without it).
 SKIPPED_IMAGE = "skipped image"

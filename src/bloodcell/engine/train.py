@@ -831,7 +831,7 @@ def fit_counting_file(
     info.conf, info.calibration = fit.conf, fit.calibration.to_dict()
     info.cell_size = fit.cell_size if measured else info.cell_size
     metrics = score(preds, val_records, tuple(info.class_names), fit.conf, fit.calibration)
-    info.metrics = {"val": metrics.to_dict()}
+    info.metrics = {split: metrics.to_dict()}  # (in-sample: the points were fitted on these images)
     info.extra.update(extra or {})
     info.extra["counting_fit"] = {"images": sorted({r.image_id for r in val_records})}  # val says when it scores these
     target = out or path
@@ -844,9 +844,9 @@ def fit_counting_file(
         file=sys.stderr,
     )
     points, iou = per_class(info.class_names, fit.conf), per_class(info.class_names, info.iou_threshold)
-    cells = f"red cells {info.cell_size} px" + ("" if measured else " (the model's: too few on val to measure)")
+    cells = f"red cells {info.cell_size} px" + ("" if measured else f" (the model's: too few on {split} to measure)")
     if info.cell_size is None:
-        cells = "too few red cells on val to measure their size"
+        cells = f"too few red cells on {split} to measure their size"
     for warning in fit.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     sys.stderr.flush()  # said before the last line, which names the model (README: "train's last line")

@@ -271,12 +271,31 @@ OTHER_IMAGE_SUFFIXES = {
 }
 
 
+#: Bytes per value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, ..., LONG8).
+TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 16: 8}
+
+
 def _tiff_cut_before_directory(data: bytes) -> bool:
-    """A TIFF header whose first image directory lies past the end of the data: a file that ends early
-    (libtiff writes the directory after the pixels, so a copy still under way has none yet)."""
+    """A TIFF whose first image directory, or a value it points to, lies past the end of the data: a file
+    that ends early (libtiff writes the directory after the pixels, so a copy under way has none yet)."""
     if len(data) < 8 or data[:4] not in (b"II*\x00", b"MM\x00*"):
         return False
-    return int.from_bytes(data[4:8], "little" if data[:2] == b"II" else "big") >= len(data)
+    order = "little" if data[:2] == b"II" else "big"
+
+    def number(at: int, size: int) -> int:
+        return int.from_bytes(data[at : at + size], order)
+
+    offset = number(4, 4)
+    if offset + 2 > len(data):
+        return True
+    entries = number(offset, 2)
+    if offset + 2 + 12 * entries + 4 > len(data):  # cut inside the directory itself
+        return True
+    for entry in range(offset + 2, offset + 2 + 12 * entries, 12):  # or inside a value kept after it
+        size = TIFF_TYPE_SIZES.get(number(entry + 2, 2), 1) * number(entry + 4, 4)
+        if size > 4 and number(entry + 8, 4) + size > len(data):
+            return True
+    return False
 
 
 def _unidentified(size: int, name: str | Path = "") -> str:

@@ -213,7 +213,7 @@ def expand(sources: list[str]) -> ExpandedSources:
             found, unreadable, failed, others = _local_images(path)
             skipped.extend(unreadable)
             problems.extend(failed)
-            notes.extend(left_out_notes(source, others))
+            notes.extend(left_out_notes(path, others))  # the local path: a file:// source's works in `predict`
         elif info.type == pafs.FileType.Directory:  # a bucket: no links, no loops
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             found = sorted(
@@ -273,7 +273,7 @@ def expand(sources: list[str]) -> ExpandedSources:
             problems.append(_not_utf8(uri))
             continue
         first.setdefault(file_key(uri), uri)
-    return ExpandedSources(list(first.values()), problems, skipped, notes)
+    return ExpandedSources(list(first.values()), problems, skipped, list(dict.fromkeys(notes)))  # a folder given twice
 
 
 def _not_utf8(uri: str) -> str:
