@@ -18,7 +18,7 @@ from PIL import Image
 
 from bloodcell.errors import ConfigError, ImageError
 from bloodcell.runtime.images import IMAGE_SUFFIXES
-from bloodcell.runtime.sources import unusable_reason
+from bloodcell.runtime.sources import is_file, unusable_reason
 
 #: Pillow formats a still image given to --source may be in (not MPEG, whose video streams Pillow also opens).
 STILL_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
@@ -75,7 +75,7 @@ def _check_video_file(path: Path, source: str) -> None:
         raise ConfigError(
             f"--source {source}: a folder; images in it are counted by `bloodcell predict {shlex.quote(source)}`"
         )
-    if not _is_regular_file(path):
+    if not is_file(path):
         raise ImageError(f"{source}: {unusable_reason(path)}")
     if not os.access(path, os.R_OK):
         raise ImageError(f"{source}: cannot read it (permission denied)")
@@ -90,13 +90,6 @@ def _check_video_file(path: Path, source: str) -> None:
             f"--source {source}: an image; `bloodcell predict {shlex.quote(source)}` counts it "
             "(--source is for cameras, videos and streams)"
         )
-
-
-def _is_regular_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager

@@ -117,15 +117,25 @@ def _importable(name: str) -> bool:
 
 def _missing_extras_message(args: argparse.Namespace) -> str | None:
     """What the command needs that this install lacks, as one line naming every extra; None: nothing."""
-    command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+    command = _command_name(args)
     missing = [m for m in COMMAND_NEEDS.get(command, ()) if not _importable(m)]
     if not missing:
         return None  # (a .pt alone without torch: the model loader says that, with the export to use instead)
     model = getattr(args, "model", None)
     if command in MODEL_COMMANDS and (model is None or str(model).lower().endswith(".pt")) and not _importable("torch"):
         missing.append("torch")  # else the next try would stop at the model
-    extras = ",".join(dict.fromkeys(EXTRAS[m] for m in missing))
-    return f"`bloodcell {command}` needs {', '.join(missing)}: pip install 'bloodcell[{extras}]'"
+    return _install_hint(command, missing, [EXTRAS[m] for m in missing])
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """The command as typed: `val`, `data stats`."""
+    return " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+
+
+def _install_hint(command: str, modules: Sequence[str], extras: Sequence[str]) -> str:
+    return (
+        f"`bloodcell {command}` needs {', '.join(modules)}: pip install 'bloodcell[{','.join(dict.fromkeys(extras))}]'"
+    )
 
 
 def _reader_gone(stream) -> bool:
@@ -166,8 +176,7 @@ def _failed(error: BaseException, args: argparse.Namespace) -> int:
     top = (getattr(error, "name", None) or "").split(".")[0]
     if isinstance(error, ModuleNotFoundError) and top in EXTRAS:
         extra = "export" if args.command in ("export", "qat", "benchmark") else EXTRAS[top]  # torch and the converters
-        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))  # `data stats`
-        print(f"error: `bloodcell {command}` needs {top}: pip install 'bloodcell[{extra}]'", file=sys.stderr)
+        print(f"error: {_install_hint(_command_name(args), [top], [extra])}", file=sys.stderr)
         return 2
     raise error
 

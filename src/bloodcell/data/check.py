@@ -40,7 +40,7 @@ def check_dataset(
     dataset = load_dataset(root, split=split, class_names=class_names)  # a VOC folder or a dataset YAML
     findings = list(dataset.findings)
     if split is None:
-        findings += _split_findings(root, class_names) + _nested_annotations(root)
+        findings += _split_findings(root, class_names, dataset.records) + _nested_annotations(root)
     elif not dataset.records and not findings:  # as the whole-folder check says of it
         findings.append(_empty_split(split))
     return CheckReport(Path(root), split, len(dataset), dataset.box_counts(), findings)
@@ -70,8 +70,9 @@ def _nested_annotations(root: str | Path) -> list[Finding]:
 SPLIT_KINDS = ("duplicate-id", "missing-annotation")  # findings a split list causes, not an annotation
 
 
-def _split_findings(root: str | Path, class_names: tuple[str, ...]) -> list[Finding]:
-    """What only the split lists get wrong (the whole-folder read already reported every annotation's faults)."""
+def _split_findings(root: str | Path, class_names: tuple[str, ...], records: list) -> list[Finding]:
+    """What only the split lists get wrong (the whole-folder read, ``records``, already reported every
+    annotation's faults)."""
     found, members = [], {}
     for name in available_splits(root):
         try:
@@ -88,7 +89,7 @@ def _split_findings(root: str | Path, class_names: tuple[str, ...]) -> list[Find
         members[name] = {r.image_path.name for r in part.records}
         if not part.records and not part.findings:  # a list saved before it was filled: a split of nothing
             found.append(_empty_split(name))
-    if unlisted := unlisted_images(root, class_names):  # forgotten when the lists were made: left out silently
+    if unlisted := unlisted_images(root, class_names, records):  # forgotten when the lists were made: left out silently
         detail = f"{len(unlisted)} labelled images are in none of the split lists: {first_of(unlisted)}; "
         detail += "training and scoring by split leave them out"
         found.append(Finding("ImageSets/Main", None, "unlisted-image", detail, "none"))

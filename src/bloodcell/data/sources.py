@@ -138,10 +138,13 @@ def _source_order_findings(
     return found
 
 
-def unlisted_images(root: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAMES) -> list[str]:
+def unlisted_images(
+    root: str | os.PathLike, class_names: tuple[str, ...] = CLASS_NAMES, records: list | None = None
+) -> list[str]:
     """The labelled image files of the whole folder (or YAML) that no list in any source's ImageSets/Main
     names (train, val, test, trainval, a lab's own): forgotten when the lists were made, they are in no
-    split's training or scores. Empty without a train, val or test list (every command then reads them all)."""
+    split's training or scores. Empty without a train, val or test list (every command then reads them all).
+    ``records``: the whole folder's, where the caller has read them already."""
     from bloodcell.data.voc import read_split_ids
 
     spec = read_spec(root, class_names)
@@ -152,8 +155,9 @@ def unlisted_images(root: str | os.PathLike, class_names: tuple[str, ...] = CLAS
         for file in (source.path / "ImageSets" / "Main").glob("*.txt"):
             with contextlib.suppress(DatasetError):  # an unreadable list is data check's own finding
                 listed.update(read_split_ids(source.path, file.stem))
-    whole = load_dataset(root, None, class_names=class_names, decode_images=False)
-    return sorted(r.image_path.name for r in whole.records if r.image_id not in listed)
+    if records is None:
+        records = load_dataset(root, None, class_names=class_names, decode_images=False).records
+    return sorted(r.image_path.name for r in records if r.image_id not in listed)
 
 
 def is_spec_file(path: str | os.PathLike) -> bool:
@@ -336,10 +340,7 @@ def load_dataset(
 
     root = resolve_data_root(data)
     spec = read_spec(root, class_names)
-    if split == ALL_SPLIT and not (
-        available_splits(root)
-        or any((s.path / "ImageSets" / "Main" / f"{spec.split_file(split)}.txt").is_file() for s in spec.sources)
-    ):
+    if split == ALL_SPLIT and not (available_splits(root) or _has_list(spec, split)):
         split = None  # "all", as exports name a folder without train/val/test lists: every annotation
     if spec.file is None:
         return load_voc(root, split, class_names=class_names, decode_images=decode_images)

@@ -164,13 +164,6 @@ def evaluate(
     return score(preds, records, tuple(predictor.class_names), thresholds, calibration)
 
 
-def detected_cell_size(preds: list[Detections], rbc_conf: float) -> float | None:
-    """Median red-cell diameter among counted RBC detections: the model's reference scale, measured as
-    ``runtime.scaling`` measures new images."""
-    flat = np.concatenate([rbc_sizes(p, rbc_conf) for p in preds]) if preds else np.zeros(0)
-    return round(float(np.median(flat)), 1) if len(flat) else None
-
-
 #: Fewer labelled cells of a class on val than this, and its operating point is a guess: said as a warning.
 MIN_FIT_CELLS = 20
 #: Fewer counted red cells on val than this, and their median size is no reference to rescale images by.
@@ -207,9 +200,6 @@ def fit_counting(
     earlier = prior[1] if prior is not None else None
     few_images = conformal_min_images(calibration.level)
 
-    def keep_earlier_calibration(name: str) -> bool:
-        return _restore_earlier(name, earlier, knots, width)
-
     warnings = []
     for c, name in enumerate(class_names):
         labelled = [int((r.labels == c).sum()) for r in records if r.exhaustive_mask(k)[c]]  # cells per image
@@ -219,7 +209,7 @@ def fit_counting(
                 if not labelled
                 else f"{split} holds no {name} cell (in the {len(labelled)} images that box it exhaustively)"
             )
-            if keep_earlier_calibration(name):
+            if _restore_earlier(name, earlier, knots, width):
                 old = float(class_thresholds(prior[0], k)[c])
                 conf[c] = old
                 warnings.append(
@@ -239,7 +229,7 @@ def fit_counting(
             # a calibration fitted on a handful of cells is a step (every score certain), and its intervals
             # collapse to the count itself ("2 (2-2)"): false certainty; the model's earlier fit, if any, stays
             # (after train --model: the starting model's, fitted on its weights; the closest to a fit there is)
-            kept = keep_earlier_calibration(name)
+            kept = _restore_earlier(name, earlier, knots, width)
             what = "operating point" if kept else "operating point and intervals"
             where = f"{sum(labelled)} labelled cells in {len(labelled)} {split} images (fewer than {MIN_FIT_CELLS})"
             kept_note = ", its intervals keep the calibration the model had (too few cells to fit one)" if kept else ""
@@ -254,7 +244,7 @@ def fit_counting(
                 f"{name}: {len(labelled)} {split} images box it exhaustively, fewer than the {few_images} that fit a "
                 f"{level} interval's width"
             )
-            if keep_earlier_calibration(name):
+            if _restore_earlier(name, earlier, knots, width):
                 warnings.append(f"{where}: its intervals keep the calibration the model had; label more {split} images")
             else:
                 cover = f"{len(labelled) / (len(labelled) + 1):.0%}"
@@ -280,10 +270,11 @@ def _restore_earlier(name: str, earlier: Calibration | None, knots: dict, width:
 def _reference_cell_size(
     preds: list[Detections], rbc_conf: float, input_scale: float, split: str = "val"
 ) -> tuple[float | None, str | None]:
-    """The red-cell reference size in network pixels (None: too few counted red cells to measure it, so the
-    model's stays), and a warning when some were counted but too few: a median of a few cells would move
-    every later image's scale."""
-    measured = sum(len(rbc_sizes(p, rbc_conf)) for p in preds)
+    """The red-cell reference size in network pixels: the median diameter of the counted red cells, measured as
+    ``runtime.scaling`` measures new images (None: too few of them, so the model's stays), and a warning when
+    some were counted but too few: a median of a few cells would move every later image's scale."""
+    sizes = np.concatenate([rbc_sizes(p, rbc_conf) for p in preds]) if preds else np.zeros(0)
+    measured = len(sizes)
     if measured < MIN_SIZE_CELLS:
         said = (
             None
@@ -294,5 +285,4 @@ def _reference_cell_size(
             )
         )
         return None, said
-    size = detected_cell_size(preds, rbc_conf)
-    return (None if size is None else round(size * input_scale, 1)), None
+    return round(round(float(np.median(sizes)), 1) * input_scale, 1), None

@@ -29,7 +29,7 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
         if _is_dir(p):
             unusable = []  # x.jpg that is a broken link or a pipe: a failed input, not a file silently left out
             for f in sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):  # in the folder's order
-                if _is_file(f):
+                if is_file(f):
                     found.append(f)
                     order.setdefault(os.path.realpath(f), f)
                 elif not _is_dir(f):
@@ -39,12 +39,12 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[str], list[Path
                 nested = any(_is_dir(f) for f in p.iterdir())
                 hint = f"; subfolders are not searched (a glob like '{p / '**' / '*.jpg'}' is)" if nested else ""
                 problems.append(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)}){hint}")
-        elif _is_file(p):
+        elif is_file(p):
             found = [p]
         elif glob.has_magic(source):
             matches = sorted(Path(f) for f in glob.glob(source, recursive=True))  # "**": any depth
-            found = [f for f in matches if _is_file(f)]
-            unusable = [f for f in matches if not _is_file(f) and not _is_dir(f)]  # as in a folder: said
+            found = [f for f in matches if is_file(f)]
+            unusable = [f for f in matches if not is_file(f) and not _is_dir(f)]  # as in a folder: said
             for f in unusable:
                 _failed_input(f, problems, missing, order)
             if not found and not unusable:
@@ -101,7 +101,7 @@ def _failed_input(path: Path, problems: list[str], missing: list[Path], order: d
     order.setdefault(("missing", str(path)), path)
 
 
-def _is_file(path: Path) -> bool:
+def is_file(path: Path) -> bool:
     """Path.is_file, False where the answer cannot be had (a link into a folder this user may not enter:
     Python 3.11 raises there); unusable_reason then says why."""
     try:
